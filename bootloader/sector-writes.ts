@@ -1,0 +1,20 @@
+// A plan's writes: whole logical sectors, applied strictly in order, each durable before the next.
+import type { Disk } from '../lib/blockdev.ts'
+
+export interface SectorWrite {
+  region: 'primary-array' | 'primary-header' | 'backup-array' | 'backup-header' | 'mbr'
+  lba: bigint
+  data: Buffer
+  why: string
+}
+
+export async function applySectorWrites(disk: Disk, writes: readonly SectorWrite[], log: (line: string) => void = () => {}): Promise<void> {
+  for (const w of writes) {
+    log(`writing ${w.region} LBA ${w.lba} (${w.data.length} bytes): ${w.why}`)
+    await disk.writeSectorDurable(w.lba, w.data)
+  }
+}
+
+export function describeWrite(w: SectorWrite): Record<string, unknown> {
+  return { region: w.region, lba: w.lba.toString(), bytes: w.data.length, why: w.why }
+}

@@ -1,0 +1,47 @@
+// What every CLI command looks like: its help text, its options and a run function that returns
+// a result object (printed as JSON with --json, else by the command's own human formatter).
+import { parseArgs, type ParseArgsConfig } from 'node:util'
+import { LabhostError } from '../lib/errors.ts'
+
+export type OptionSpec = NonNullable<ParseArgsConfig['options']>
+
+export interface Context {
+  json: boolean
+  dryRun: boolean
+  /** Plain progress lines go to stderr so stdout stays the result. */
+  log: (line: string) => void
+}
+
+export interface Command {
+  name: string
+  summary: string
+  usage: string
+  options: OptionSpec
+  run(values: Record<string, string | boolean | undefined>, positionals: string[], ctx: Context): Promise<CommandResult>
+}
+
+export interface CommandResult {
+  data: unknown
+  human: string
+  exitCode?: number
+}
+
+export const COMMON_OPTIONS: OptionSpec = {
+  json: { type: 'boolean', default: false },
+  'dry-run': { type: 'boolean', default: false },
+  help: { type: 'boolean', short: 'h', default: false },
+}
+
+export function parseCommandArgs(cmd: Command, argv: string[]) {
+  try {
+    return parseArgs({ args: argv, options: { ...COMMON_OPTIONS, ...cmd.options }, allowPositionals: true, strict: true })
+  } catch (e) {
+    throw new LabhostError('usage', `${(e as Error).message}`, `see \`labhost ${cmd.name} --help\``)
+  }
+}
+
+export function requireString(values: Record<string, unknown>, name: string, cmd: Command): string {
+  const v = values[name]
+  if (typeof v !== 'string' || v === '') throw new LabhostError('usage', `labhost ${cmd.name} needs --${name}`, `usage: ${cmd.usage}`)
+  return v
+}

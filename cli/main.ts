@@ -1,0 +1,74 @@
+// labhost: a thin CLI over the library. It parses arguments, runs one command, prints its result
+// (human text, or JSON with --json) and exits with the failure class's code.
+import { ExitCode, isLabhostError, LabhostError } from '../lib/errors.ts'
+import { bootloaderMbr } from './commands/bootloader.ts'
+import { slotsRepair, slotsStatus, slotsSwitch } from './commands/slots.ts'
+import { parseCommandArgs, type Command, type Context } from './command.ts'
+
+export const VERSION = '0.1.0'
+
+const COMMANDS: Command[] = [slotsStatus, slotsSwitch, slotsRepair, bootloaderMbr]
+
+function topHelp(): string {
+  const width = Math.max(...COMMANDS.map((c) => c.name.length))
+  return [
+    'labhost — unattended installer and atomic A/B updater for lab PCs',
+    '',
+    'usage: labhost <command> [options]      labhost <command> --help',
+    '',
+    'commands:',
+    ...COMMANDS.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`),
+    '',
+    'common options: --json (machine-readable output), --dry-run (print the plan, write nothing), --help',
+    'exit codes: ' + Object.entries(ExitCode).map(([k, v]) => `${v} ${k}`).join(', '),
+  ].join('\n')
+}
+
+function commandHelp(c: Command): string {
+  return [`labhost ${c.name} — ${c.summary}`, '', `usage: ${c.usage}`].join('\n')
+}
+
+export async function main(argv: string[], out = process.stdout, err = process.stderr): Promise<number> {
+  const json = argv.includes('--json')
+  try {
+    if (argv.length === 0 || argv[0] === '--help' || argv[0] === '-h' || argv[0] === 'help') {
+      out.write(topHelp() + '\n')
+      return 0
+    }
+    if (argv[0] === '--version') {
+      out.write(`labhost ${VERSION}\n`)
+      return 0
+    }
+    const cmd = COMMANDS.find((c) => {
+      const words = c.name.split(' ')
+      return words.every((w, i) => argv[i] === w)
+    })
+    if (!cmd) {
+      const group = COMMANDS.filter((c) => c.name.startsWith(`${argv[0]} `))
+      if (group.length && (argv.length === 1 || argv.includes('--help'))) {
+        out.write(group.map((c) => `labhost ${c.name.padEnd(16)} ${c.summary}`).join('\n') + '\n')
+        return argv.includes('--help') ? 0 : ExitCode.usage
+      }
+      throw new LabhostError('usage', `unknown command: ${argv.slice(0, 2).join(' ')}`, 'run `labhost --help` for the list of commands')
+    }
+    const { values, positionals } = parseCommandArgs(cmd, argv.slice(cmd.name.split(' ').length))
+    if (values.help) {
+      out.write(commandHelp(cmd) + '\n')
+      return 0
+    }
+    const ctx: Context = {
+      json,
+      dryRun: values['dry-run'] === true,
+      log: (line) => err.write(`${line}\n`),
+    }
+    const result = await cmd.run(values as Record<string, string | boolean | undefined>, positionals, ctx)
+    out.write((json ? JSON.stringify(result.data, null, 2) : result.human) + '\n')
+    return result.exitCode ?? 0
+  } catch (e) {
+    const le = isLabhostError(e) ? e : new LabhostError('internal', (e as Error)?.stack ?? String(e), 'this is a bug in labhost; please report it with the command line')
+    if (json) out.write(JSON.stringify(le.toJSON(), null, 2) + '\n')
+    err.write(`labhost: error: ${le.message}\n  hint: ${le.hint}\n`)
+    return le.exitCode
+  }
+}
+

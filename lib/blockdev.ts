@@ -1,0 +1,138 @@
+// Sector-level access to a disk: a block device or a plain image file, opened the same way.
+// Reads go through pread; the durable single-sector write is one O_DIRECT|O_DSYNC write(2)
+// on block devices (done by dd, which owns an aligned buffer) and pwrite + fdatasync on files.
+import fs from 'node:fs'
+import path from 'node:path'
+import { LabhostError } from './errors.ts'
+import { run } from './exec.ts'
+
+export interface DiskInfo {
+  path: string
+  isBlockDevice: boolean
+  sizeBytes: number
+  /** Logical sector size; for image files, the one given or 512. */
+  sectorSize: number
+}
+
+export function sysfsBlockDir(rdev: number): string {
+  // Linux dev_t: major in bits 8..19, minor in bits 0..7 and 20..31.
+  const major = (rdev >> 8) & 0xfff
+  const minor = (rdev & 0xff) | ((rdev >> 12) & 0xfff00)
+  return `/sys/dev/block/${major}:${minor}`
+}
+
+function readSysfsNumber(file: string): number {
+  return Number(fs.readFileSync(file, 'utf8').trim())
+}
+
+export function describeDisk(diskPath: string, fileSectorSize?: number): DiskInfo {
+  let st: fs.Stats
+  try {
+    st = fs.statSync(diskPath)
+  } catch {
+    throw new LabhostError('notFound', `disk ${diskPath} does not exist`, 'check the path or the device name (lsblk lists disks)')
+  }
+  if (st.isBlockDevice()) {
+    const dir = sysfsBlockDir(st.rdev)
+    return {
+      path: diskPath,
+      isBlockDevice: true,
+      sizeBytes: readSysfsNumber(path.join(dir, 'size')) * 512,
+      sectorSize: readSysfsNumber(path.join(dir, 'queue/logical_block_size')),
+    }
+  }
+  if (!st.isFile()) {
+    throw new LabhostError('notFound', `${diskPath} is neither a block device nor an image file`, 'name a disk such as /dev/sda or a disk image file')
+  }
+  return { path: diskPath, isBlockDevice: false, sizeBytes: st.size, sectorSize: fileSectorSize ?? 512 }
+}
+
+export class Disk {
+  readonly info: DiskInfo
+  private fd: number
+
+  private constructor(info: DiskInfo, fd: number) {
+    this.info = info
+    this.fd = fd
+  }
+
+  static open(diskPath: string, opts: { sectorSize?: number } = {}): Disk {
+    const info = describeDisk(diskPath, opts.sectorSize)
+    if (info.sectorSize !== 512 && info.sectorSize !== 4096) {
+      throw new LabhostError('sectorSizeUnsupported', `${diskPath} has ${info.sectorSize}-byte logical sectors`,
+        'labhost supports 512-byte and 4096-byte (4Kn) disks')
+    }
+    try {
+      return new Disk(info, fs.openSync(diskPath, 'r'))
+    } catch (e) {
+      throw new LabhostError('io', `cannot open ${diskPath}: ${(e as Error).message}`, 'run as root and check the device exists')
+    }
+  }
+
+  /** Same disk, reinterpreted with another sector size (image files only). */
+  withSectorSize(sectorSize: number): Disk {
+    return Disk.open(this.info.path, { sectorSize })
+  }
+
+  get sectorSize(): number {
+    return this.info.sectorSize
+  }
+
+  get lastLba(): bigint {
+    return BigInt(Math.floor(this.info.sizeBytes / this.info.sectorSize)) - 1n
+  }
+
+  read(offset: number, length: number): Buffer {
+    const buf = Buffer.alloc(length)
+    let done = 0
+    while (done < length) {
+      const n = fs.readSync(this.fd, buf, done, length - done, offset + done)
+      if (n === 0) {
+        throw new LabhostError('io', `short read on ${this.info.path} at byte ${offset + done}`, 'the disk is smaller than its partition table says; check the device')
+      }
+      done += n
+    }
+    return buf
+  }
+
+  readSectors(lba: bigint, count: number): Buffer {
+    return this.read(Number(lba) * this.sectorSize, count * this.sectorSize)
+  }
+
+  /**
+   * Write exactly one logical sector durably. This is the primitive the slot switch commits with:
+   * one write(2) of one sector, O_DIRECT|O_DSYNC on a block device.
+   */
+  async writeSectorDurable(lba: bigint, data: Buffer): Promise<void> {
+    if (data.length !== this.sectorSize) {
+      throw new LabhostError('internal', `refusing a ${data.length}-byte write to a ${this.sectorSize}-byte sector`, 'this is a bug in labhost')
+    }
+    if (this.info.isBlockDevice) {
+      await run('dd', [`of=${this.info.path}`, `bs=${this.sectorSize}`, `seek=${lba}`, 'count=1',
+        'iflag=fullblock', 'oflag=direct,dsync', 'conv=notrunc', 'status=none'], { input: data })
+      return
+    }
+    const fd = fs.openSync(this.info.path, 'r+')
+    try {
+      const n = fs.writeSync(fd, data, 0, data.length, Number(lba) * this.sectorSize)
+      if (n !== data.length) throw new LabhostError('io', `short write to ${this.info.path}`, 'check free space and the disk')
+      fs.fdatasyncSync(fd)
+    } finally {
+      fs.closeSync(fd)
+    }
+  }
+
+  close(): void {
+    fs.closeSync(this.fd)
+  }
+}
+
+/** Open, use, and always close a disk. */
+export async function withDisk<T>(diskPath: string, opts: { sectorSize?: number }, fn: (d: Disk) => Promise<T> | T): Promise<T> {
+  const disk = Disk.open(diskPath, opts)
+  try {
+    return await fn(disk)
+  } finally {
+    disk.close()
+  }
+}

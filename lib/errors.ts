@@ -1,0 +1,48 @@
+// One error type for the whole tool: a stable code, an exit status per failure class, and a hint
+// that tells the operator what to do. The CLI prints `message` + `hint` on one line each.
+
+export const ExitCode = {
+  ok: 0,
+  internal: 1,
+  usage: 2,
+  notFound: 3,
+  io: 4,
+  toolFailed: 5,
+  configInvalid: 10,
+  gptPrimaryInvalid: 20,
+  gptBackupInvalid: 21,
+  slotsNotFound: 22,
+  slotsSplitSectors: 23,
+  nameTailFull: 24,
+  slotFlagsAmbiguous: 25,
+  gptMismatch: 26,
+  sectorSizeUnsupported: 27,
+} as const
+
+export type ErrorCode = keyof typeof ExitCode
+
+export class LabhostError extends Error {
+  readonly code: ErrorCode
+  readonly hint: string
+  readonly details: Record<string, unknown>
+
+  constructor(code: ErrorCode, message: string, hint: string, details: Record<string, unknown> = {}) {
+    super(message)
+    this.name = 'LabhostError'
+    this.code = code
+    this.hint = hint
+    this.details = details
+  }
+
+  get exitCode(): number {
+    return ExitCode[this.code]
+  }
+
+  toJSON(): Record<string, unknown> {
+    return { error: this.code, exitCode: this.exitCode, message: this.message, hint: this.hint, ...this.details }
+  }
+}
+
+export function isLabhostError(e: unknown): e is LabhostError {
+  return e instanceof LabhostError
+}
