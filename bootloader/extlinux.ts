@@ -5,12 +5,10 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { run } from '../lib/exec.ts'
 
-export interface ExtlinuxEntry {
-  label: string
-  kernel: string
-  initrd?: string
-  append: string
-}
+export type ExtlinuxEntry =
+  | { label: string; kernel: string; initrd?: string; append: string }
+  /** A COM32 module from /boot/extlinux, e.g. poweroff.c32. */
+  | { label: string; com32: string }
 
 export interface ExtlinuxConfig {
   /** Serial console (port 0 = ttyS0) for headless lab PCs and VM tests. */
@@ -23,7 +21,12 @@ export function renderExtlinuxConf(cfg: ExtlinuxConfig): string {
   if (cfg.serial) lines.push(`SERIAL ${cfg.serial.port} ${cfg.serial.baud}`)
   lines.push(`DEFAULT ${cfg.entries[0]?.label ?? 'linux'}`, 'PROMPT 0', 'TIMEOUT 0', '')
   for (const e of cfg.entries) {
-    lines.push(`LABEL ${e.label}`, `  KERNEL ${e.kernel}`)
+    lines.push(`LABEL ${e.label}`)
+    if ('com32' in e) {
+      lines.push(`  COM32 ${e.com32}`, '')
+      continue
+    }
+    lines.push(`  KERNEL ${e.kernel}`)
     if (e.initrd) lines.push(`  INITRD ${e.initrd}`)
     lines.push(`  APPEND ${e.append}`, '')
   }

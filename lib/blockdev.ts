@@ -136,3 +136,23 @@ export async function withDisk<T>(diskPath: string, opts: { sectorSize?: number 
     disk.close()
   }
 }
+
+/** Copy a whole file into another file or device at a byte offset (test fixtures, image assembly). */
+export function copyFileInto(src: string, dst: string, offset: number): void {
+  const inFd = fs.openSync(src, 'r')
+  const outFd = fs.openSync(dst, 'r+')
+  try {
+    const buf = Buffer.alloc(4 << 20)
+    let pos = 0
+    for (;;) {
+      const n = fs.readSync(inFd, buf, 0, buf.length, pos)
+      if (n === 0) break
+      fs.writeSync(outFd, buf, 0, n, offset + pos)
+      pos += n
+    }
+    fs.fsyncSync(outFd)
+  } finally {
+    fs.closeSync(inFd)
+    fs.closeSync(outFd)
+  }
+}

@@ -1,0 +1,64 @@
+// Debian packages as build inputs, fetched with the machine's own apt configuration (so its
+// mirror is whatever the apt sources say) and unpacked with dpkg-deb -x into a cache.
+import fs from 'node:fs'
+import path from 'node:path'
+import { LabhostError } from '../lib/errors.ts'
+import { run } from '../lib/exec.ts'
+
+export function cacheRoot(): string {
+  return process.env.LABHOST_CACHE ?? path.resolve(import.meta.dirname, '../.cache')
+}
+
+async function aptGet(args: string[], cwd?: string): Promise<string> {
+  return (await run('apt-get', ['-q', '-o', 'APT::Sandbox::User=root', ...args], { cwd, timeoutMs: 15 * 60_000 })).stdout
+}
+
+/** The concrete package a metapackage (e.g. linux-image-amd64) depends on. */
+export async function resolveMetapackage(name: string): Promise<string> {
+  const { stdout } = await run('apt-cache', ['depends', name])
+  const dep = /Depends: (linux-image-[^\s]+)/.exec(stdout)?.[1]
+  if (!dep) {
+    throw new LabhostError('notFound', `apt knows no package ${name}`, 'run `apt-get update` (scripts/setup.sh does) and check the apt sources')
+  }
+  return dep
+}
+
+/** Download and unpack one package; returns the unpack directory. Cached by package file name. */
+export async function unpackDebianPackage(name: string): Promise<string> {
+  const debDir = path.join(cacheRoot(), 'debs')
+  fs.mkdirSync(debDir, { recursive: true })
+  let deb = fs.readdirSync(debDir).find((f) => f.startsWith(`${name}_`) && f.endsWith('.deb'))
+  if (!deb) {
+    await aptGet(['download', name], debDir)
+    deb = fs.readdirSync(debDir).find((f) => f.startsWith(`${name}_`) && f.endsWith('.deb'))
+    if (!deb) throw new LabhostError('notFound', `apt-get download ${name} produced no .deb`, 'check the apt sources and the network to the Debian mirror')
+  }
+  const out = path.join(cacheRoot(), 'unpacked', deb.replace(/\.deb$/, ''))
+  if (!fs.existsSync(out)) {
+    const tmp = `${out}.tmp-${process.pid}`
+    fs.rmSync(tmp, { recursive: true, force: true })
+    fs.mkdirSync(tmp, { recursive: true })
+    await run('dpkg-deb', ['-x', path.join(debDir, deb), tmp])
+    fs.renameSync(tmp, out)
+  }
+  return out
+}
+
+export interface DebianKernel {
+  version: string
+  vmlinuz: string
+  modulesDir: string
+}
+
+/** The current Debian kernel (linux-image-amd64's dependency), unpacked. */
+export async function debianKernel(): Promise<DebianKernel> {
+  const pkg = await resolveMetapackage('linux-image-amd64')
+  const root = await unpackDebianPackage(pkg)
+  const version = pkg.replace(/^linux-image-/, '')
+  const vmlinuz = path.join(root, 'boot', `vmlinuz-${version}`)
+  const modulesDir = path.join(root, 'lib/modules', version)
+  if (!fs.existsSync(vmlinuz) || !fs.existsSync(modulesDir)) {
+    throw new LabhostError('notFound', `${pkg} holds no vmlinuz-${version} and modules`, 'the package layout changed; check dpkg -c of the .deb')
+  }
+  return { version, vmlinuz, modulesDir }
+}

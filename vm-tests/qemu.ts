@@ -1,0 +1,64 @@
+// The QEMU side of the VM driver: boot a machine from raw disk images, capture the serial
+// console, and wait until the guest powers off (or a timeout says it never did).
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { execa } from 'execa'
+import { chooseAccel, type Accel } from './accel.ts'
+
+export interface VmDisk {
+  file: string
+  /** ide-hd: the BIOS boot disk; virtio-blk lets tests give a 4Kn logical block size. */
+  bus: 'ide-hd' | 'virtio-blk' | 'usb-storage'
+  rotationRate?: number
+  logicalBlockSize?: 512 | 4096
+  readOnly?: boolean
+}
+
+export interface VmSpec {
+  disks: VmDisk[]
+  memoryMb?: number
+  /** DMI system vendor / product, as `-smbios type=1` sets them. */
+  smbios?: { manufacturer: string; product: string }
+  accel?: Accel
+}
+
+export interface BootResult {
+  serial: string
+  accel: Accel
+  poweredOff: boolean
+  timedOut: boolean
+  seconds: number
+  stderr: string
+}
+
+export function qemuArgs(spec: VmSpec, accel: Accel, serialFile: string): string[] {
+  const args = ['-machine', 'pc', '-accel', accel, '-m', String(spec.memoryMb ?? 512), '-display', 'none', '-nic', 'none',
+    '-serial', `file:${serialFile}`, '-monitor', 'none', '-no-reboot']
+  if (accel === 'kvm') args.push('-cpu', 'host')
+  if (spec.smbios) args.push('-smbios', `type=1,manufacturer=${spec.smbios.manufacturer.replace(/,/g, ',,')},product=${spec.smbios.product.replace(/,/g, ',,')}`)
+  if (spec.disks.some((d) => d.bus === 'usb-storage')) args.push('-device', 'qemu-xhci,id=xhci')
+  spec.disks.forEach((d, i) => {
+    args.push('-drive', `file=${d.file},format=raw,if=none,id=d${i}${d.readOnly ? ',readonly=on' : ''}`)
+    const bs = d.logicalBlockSize ? `,logical_block_size=${d.logicalBlockSize},physical_block_size=${d.logicalBlockSize}` : ''
+    if (d.bus === 'ide-hd') args.push('-device', `ide-hd,drive=d${i},bus=ide.${i},rotation_rate=${d.rotationRate ?? 1}${bs}`)
+    else if (d.bus === 'virtio-blk') args.push('-device', `virtio-blk-pci,drive=d${i}${bs}`)
+    else args.push('-device', `usb-storage,bus=xhci.0,drive=d${i},removable=on`)
+  })
+  return args
+}
+
+/** Boot until the guest powers off (qemu exits) or `timeoutMs` passes; the process is always ended. */
+export async function bootUntilPowerOff(spec: VmSpec, timeoutMs: number): Promise<BootResult> {
+  const accel = spec.accel ?? (await chooseAccel())
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'labhost-vm-'))
+  const serialFile = path.join(dir, 'serial.log')
+  const started = Date.now()
+  try {
+    const r = await execa('qemu-system-x86_64', qemuArgs(spec, accel, serialFile), { reject: false, timeout: timeoutMs, killSignal: 'SIGKILL' })
+    const serial = fs.existsSync(serialFile) ? fs.readFileSync(serialFile, 'latin1') : ''
+    return { serial, accel, poweredOff: r.exitCode === 0 && !r.timedOut, timedOut: r.timedOut === true, seconds: (Date.now() - started) / 1000, stderr: String(r.stderr ?? '') }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
+}
