@@ -18,7 +18,7 @@ export function findRootSlots(gpt: Gpt, names: SlotNames = DEFAULT_SLOT_NAMES): 
     if (matches.length !== 1) {
       throw new LabhostError('slotsNotFound',
         `${gpt.path} has ${matches.length === 0 ? 'no' : matches.length} partition${matches.length === 1 ? '' : 's'} named "${names[id]}" (root slot ${id})`,
-        `partition the disk with the labhost layout (one "${names.A}" and one "${names.B}"), or pass --slot-names`)
+        `partition the disk with the labhost layout (one "${names.A}" and one "${names.B}"), or pass --slot-names; nothing was written`)
     }
     return matches[0]!
   }

@@ -1,0 +1,94 @@
+// Helpers shared by the tests: temp dirs and loop devices released on teardown (also when a test
+// fails), byte-range hashes to prove what a command did not touch, a seeded PRNG, and the CLI.
+import crypto from 'node:crypto'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { execa } from 'execa'
+import { attachLoop, detachLoop, type LoopOptions } from './loop.ts'
+
+interface Teardown { teardown(fn: () => unknown): void }
+
+export const REPO_ROOT = path.resolve(import.meta.dirname, '..')
+
+export function tmpDir(t: Teardown, prefix = 'labhost-test-'): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix))
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  return dir
+}
+
+export async function loop(t: Teardown, file: string, o: LoopOptions = {}): Promise<string> {
+  const dev = await attachLoop(file, o)
+  t.teardown(() => detachLoop(dev))
+  return dev
+}
+
+export function sparseFile(file: string, bytes: number): string {
+  fs.writeFileSync(file, '')
+  fs.truncateSync(file, bytes)
+  return file
+}
+
+export function readRange(file: string, offset: number, length: number): Buffer {
+  const fd = fs.openSync(file, 'r')
+  try {
+    const b = Buffer.alloc(length)
+    fs.readSync(fd, b, 0, length, offset)
+    return b
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
+export function sha256(b: Buffer): string {
+  return crypto.createHash('sha256').update(b).digest('hex')
+}
+
+/** The whole device or file, hashed (used to prove a refusal wrote nothing). */
+export function hashWhole(file: string): string {
+  const h = crypto.createHash('sha256')
+  const fd = fs.openSync(file, 'r')
+  try {
+    const b = Buffer.alloc(4 << 20)
+    for (let pos = 0; ; ) {
+      const n = fs.readSync(fd, b, 0, b.length, pos)
+      if (n === 0) break
+      h.update(b.subarray(0, n))
+      pos += n
+    }
+  } finally {
+    fs.closeSync(fd)
+  }
+  return h.digest('hex')
+}
+
+/** Indices of `unit`-sized blocks in which two equal-length buffers differ. */
+export function differingBlocks(a: Buffer, b: Buffer, unit: number): number[] {
+  const out: number[] = []
+  for (let off = 0; off < a.length; off += unit) if (!a.subarray(off, off + unit).equals(b.subarray(off, off + unit))) out.push(off / unit)
+  return out
+}
+
+/** mulberry32: small, seeded, reproducible. */
+export function prng(seed: number): () => number {
+  let s = seed >>> 0
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0
+    let x = s
+    x = Math.imul(x ^ (x >>> 15), x | 1)
+    x ^= x + Math.imul(x ^ (x >>> 7), x | 61)
+    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
+  }
+}
+
+export function seedFromEnv(): number {
+  const s = process.env.LABHOST_SEED
+  return s ? Number(s) : crypto.randomInt(2 ** 31)
+}
+
+export interface CliResult { code: number; stdout: string; stderr: string }
+
+export async function runCli(args: string[]): Promise<CliResult> {
+  const r = await execa(process.execPath, [path.join(REPO_ROOT, 'cli/bin.ts'), ...args], { reject: false })
+  return { code: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr) }
+}
