@@ -62,6 +62,20 @@ export function hashWhole(file: string): string {
   return h.digest('hex')
 }
 
+/** XOR bytes into a file or device in place. */
+export function xorRange(file: string, offset: number, mask: Buffer): void {
+  const fd = fs.openSync(file, 'r+')
+  try {
+    const b = Buffer.alloc(mask.length)
+    fs.readSync(fd, b, 0, b.length, offset)
+    for (let i = 0; i < b.length; i++) b[i]! ^= mask[i]!
+    fs.writeSync(fd, b, 0, b.length, offset)
+    fs.fsyncSync(fd)
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
 /** Indices of `unit`-sized blocks in which two equal-length buffers differ. */
 export function differingBlocks(a: Buffer, b: Buffer, unit: number): number[] {
   const out: number[] = []

@@ -45,19 +45,6 @@ export async function sgdiskVerify(target: string): Promise<string> {
   return r.stdout
 }
 
-export function xorByte(file: string, offset: number, mask = 0xff): void {
-  const fd = fs.openSync(file, 'r+')
-  try {
-    const b = Buffer.alloc(1)
-    fs.readSync(fd, b, 0, 1, offset)
-    b[0]! ^= mask
-    fs.writeSync(fd, b, 0, 1, offset)
-    fs.fsyncSync(fd)
-  } finally {
-    fs.closeSync(fd)
-  }
-}
-
 /**
  * Change the backup entry array and keep it valid (entries CRC and header CRC recomputed):
  * a backup that is valid on its own but disagrees with the primary.

@@ -2,8 +2,8 @@
 // byte is unchanged.
 import t from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
-import { hashWhole, loop, runCli, sparseFile, tmpDir } from '../../lib/test-helpers.ts'
-import { makeGptDisk, rewriteBackupValid, STANDARD_LAYOUT, xorByte, type GptDiskSpec } from './gpt-fixtures.ts'
+import { hashWhole, loop, runCli, sparseFile, tmpDir, xorRange } from '../../lib/test-helpers.ts'
+import { makeGptDisk, rewriteBackupValid, STANDARD_LAYOUT, type GptDiskSpec } from './gpt-fixtures.ts'
 
 const DISK_BYTES = 48 << 20
 
@@ -21,9 +21,9 @@ const withAttrs = (a: number[], b: number[]): GptDiskSpec => ({
 })
 
 const cases: Case[] = [
-  { name: 'invalid primary entry-array CRC', damage: (f, ss) => xorByte(f, 2 * ss + 2 * 128 + 60, 0x01), code: ExitCode.gptPrimaryInvalid, message: /primary GPT .* invalid: entry-array CRC32/ },
-  { name: 'invalid primary header CRC', damage: (f, ss) => xorByte(f, ss + 40, 0x01), code: ExitCode.gptPrimaryInvalid, message: /primary GPT .* invalid: header CRC32/ },
-  { name: 'corrupt backup header', damage: (f, ss) => xorByte(f, DISK_BYTES - ss + 20, 0x10), code: ExitCode.gptBackupInvalid, message: /backup GPT .* invalid/ },
+  { name: 'invalid primary entry-array CRC', damage: (f, ss) => xorRange(f, 2 * ss + 2 * 128 + 60, Buffer.from([0x01])), code: ExitCode.gptPrimaryInvalid, message: /primary GPT .* invalid: entry-array CRC32/ },
+  { name: 'invalid primary header CRC', damage: (f, ss) => xorRange(f, ss + 40, Buffer.from([0x01])), code: ExitCode.gptPrimaryInvalid, message: /primary GPT .* invalid: header CRC32/ },
+  { name: 'corrupt backup header', damage: (f, ss) => xorRange(f, DISK_BYTES - ss + 20, Buffer.from([0x10])), code: ExitCode.gptBackupInvalid, message: /backup GPT .* invalid/ },
   {
     name: 'root entries in different sectors',
     spec: { parts: [{ number: 1, name: 'rootA', sizeKiB: 8192, attrs: [2] }, { number: 3, name: 'persistent', sizeKiB: 2048 }, { number: 40, name: 'rootB', sizeKiB: 8192 }] },
