@@ -6,7 +6,7 @@ import { LabhostError } from '../lib/errors.ts'
 import { run } from '../lib/exec.ts'
 
 export function cacheRoot(): string {
-  return process.env.LABHOST_CACHE ?? path.resolve(import.meta.dirname, '../.cache')
+  return process.env.LABHOST_CACHE ?? path.resolve(import.meta.dirname ?? process.cwd(), '../.cache')
 }
 
 async function aptGet(args: string[], cwd?: string): Promise<string> {

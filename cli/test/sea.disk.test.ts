@@ -1,0 +1,30 @@
+// npm run build gives one executable that works alone: copied to an empty directory, with no
+// node_modules and no node on PATH, it switches a real loop device.
+import fs from 'node:fs'
+import path from 'node:path'
+import { execa } from 'execa'
+import t from 'tap'
+import { loop, REPO_ROOT, sparseFile, tmpDir } from '../../lib/test-helpers.ts'
+import { makeGptDisk, sgdiskVerify, STANDARD_LAYOUT } from '../../bootloader/test/gpt-fixtures.ts'
+
+t.test('dist/labhost runs with nothing beside it', async (t) => {
+  const built = await execa(process.execPath, [path.join(REPO_ROOT, 'scripts/build.ts')], { cwd: REPO_ROOT, reject: false, all: true })
+  t.equal(built.exitCode, 0, 'npm run build succeeds', { output: String(built.all).slice(-2000) })
+  const dir = tmpDir(t)
+  const exe = path.join(dir, 'labhost')
+  fs.copyFileSync(path.join(REPO_ROOT, 'dist/labhost'), exe)
+  fs.chmodSync(exe, 0o755)
+  const env = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' }
+  const v = await execa(exe, ['--version'], { cwd: dir, env, extendEnv: false, reject: false })
+  t.match(String(v.stdout), /^labhost \d+\.\d+\.\d+/)
+  t.equal(String(v.stderr), '', 'no warnings printed')
+
+  const dev = await loop(t, sparseFile(path.join(dir, 'disk.img'), 32 << 20))
+  await makeGptDisk(dev, STANDARD_LAYOUT)
+  const sw = await execa(exe, ['slots', 'switch', '--disk', dev, '--to', 'B', '--json'], { cwd: dir, env, extendEnv: false, reject: false })
+  t.equal(sw.exitCode, 0, 'switch exits 0', { stderr: sw.stderr })
+  t.equal(JSON.parse(String(sw.stdout)).to, 'B')
+  const st = await execa(exe, ['slots', 'status', '--disk', dev, '--json'], { cwd: dir, env, extendEnv: false, reject: false })
+  t.equal(JSON.parse(String(st.stdout)).active, 'B')
+  t.match(await sgdiskVerify(dev), /No problems found/)
+})
