@@ -37,9 +37,10 @@ export function renderExtlinuxConf(cfg: ExtlinuxConfig): string {
  * Mind the filesystem: syslinux 6.04 fails to load files from ext4 with 1 KiB blocks and extents
  * ("failed: I/O error"); make root filesystems with 4 KiB blocks (mkfs.ext4 -b 4096).
  */
-export async function installExtlinux(mountDir: string, cfg: ExtlinuxConfig): Promise<void> {
+export async function installExtlinux(mountDir: string, cfg: ExtlinuxConfig, o: { cpu?: number } = {}): Promise<void> {
   const dir = path.join(mountDir, 'boot/extlinux')
   fs.mkdirSync(dir, { recursive: true })
   fs.writeFileSync(path.join(dir, 'extlinux.conf'), renderExtlinuxConf(cfg))
-  await run('extlinux', ['--install', dir])
+  if (o.cpu === undefined) await run('extlinux', ['--install', dir])
+  else await run('taskset', ['-c', String(o.cpu), 'extlinux', '--install', dir])
 }

@@ -52,7 +52,12 @@ export interface DebianKernel {
 
 /** The current Debian kernel (linux-image-amd64's dependency), unpacked. */
 export async function debianKernel(): Promise<DebianKernel> {
-  const pkg = await resolveMetapackage('linux-image-amd64')
+  return kernelFromPackage('linux-image-amd64')
+}
+
+/** A kernel package (or a metapackage such as linux-image-amd64), unpacked. */
+export async function kernelFromPackage(name: string): Promise<DebianKernel> {
+  const pkg = /^linux-image-\d/.test(name) ? name : await resolveMetapackage(name)
   const root = await unpackDebianPackage(pkg)
   const version = pkg.replace(/^linux-image-/, '')
   const vmlinuz = path.join(root, 'boot', `vmlinuz-${version}`)

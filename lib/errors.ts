@@ -17,6 +17,11 @@ export const ExitCode = {
   slotFlagsAmbiguous: 25,
   gptMismatch: 26,
   sectorSizeUnsupported: 27,
+  signatureInvalid: 30,
+  manifestInvalid: 31,
+  hashMismatch: 32,
+  imageTooSmall: 40,
+  packageMissing: 41,
 } as const
 
 export type ErrorCode = keyof typeof ExitCode

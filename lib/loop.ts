@@ -37,9 +37,10 @@ export async function withLoop<T>(file: string, o: LoopOptions, fn: (dev: string
   }
 }
 
-export async function withMount<T>(dev: string, fn: (dir: string) => Promise<T>, opts: { readOnly?: boolean } = {}): Promise<T> {
+export async function withMount<T>(dev: string, fn: (dir: string) => Promise<T>, opts: { readOnly?: boolean; options?: string } = {}): Promise<T> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'labhost-mnt-'))
-  await run('mount', [...(opts.readOnly ? ['-o', 'ro'] : []), dev, dir])
+  const o = [opts.readOnly ? 'ro' : '', opts.options ?? ''].filter(Boolean).join(',')
+  await run('mount', [...(o ? ['-o', o] : []), dev, dir])
   try {
     return await fn(dir)
   } finally {

@@ -1,0 +1,68 @@
+// labhost image build|keygen|verify, and labhost schema: root images and their signed manifests.
+import fs from 'node:fs'
+import path from 'node:path'
+import { LabhostError } from '../../lib/errors.ts'
+import { LayoutSchema } from '../../lib/layout.ts'
+import { z } from 'zod'
+import { buildImage } from '../../image-build/build.ts'
+import { generateKeyPair, readPublicKey, verifyImageDir } from '../../image-build/manifest.ts'
+import { recipeJsonSchema } from '../../image-build/recipe.ts'
+import { requireString, type Command } from '../command.ts'
+
+export const imageBuild: Command = {
+  name: 'image build',
+  summary: 'build a signed root image from a recipe (a file, or a shipped one: test)',
+  usage: 'labhost image build RECIPE --out DIR --key SIGNING.key [--json]',
+  options: { out: { type: 'string' }, key: { type: 'string' } },
+  async run(values, positionals, ctx) {
+    const recipe = positionals[0]
+    if (!recipe) throw new LabhostError('usage', 'labhost image build needs a RECIPE', `usage: ${this.usage}`)
+    const out = requireString(values, 'out', this)
+    const key = requireString(values, 'key', this)
+    if (ctx.dryRun) throw new LabhostError('usage', 'image build has no --dry-run: it writes only into --out', 'leave out --dry-run')
+    const r = await buildImage(recipe, { out, keyFile: key, log: ctx.log })
+    const m = r.manifest
+    return {
+      data: { manifest: r.manifestFile, name: m.name, version: m.version, size: m.image.size, sha256: m.image.sha256, transportSize: m.transport.size, seconds: r.seconds },
+      human: `built ${m.name} ${m.version}: ${r.manifestFile}\n  root.img ${m.image.size} bytes sha256 ${m.image.sha256}\n  root.img.zst ${m.transport.size} bytes\n  in ${r.seconds.toFixed(1)} s`,
+    }
+  },
+}
+
+export const imageKeygen: Command = {
+  name: 'image keygen',
+  summary: 'make an ed25519 signing key pair (DIR/labhost-signing.key, .pub)',
+  usage: 'labhost image keygen --out DIR [--json]',
+  options: { out: { type: 'string' } },
+  async run(values) {
+    const k = generateKeyPair(requireString(values, 'out', this))
+    return { data: k, human: `private key ${k.privateKeyFile} (keep it off the images)\npublic key  ${k.publicKeyFile}` }
+  },
+}
+
+export const imageVerify: Command = {
+  name: 'image verify',
+  summary: "check a manifest's signature and the image files beside it",
+  usage: 'labhost image verify DIR|MANIFEST --key TRUSTED.pub [--json]',
+  options: { key: { type: 'string' } },
+  async run(values, positionals) {
+    const target = positionals[0]
+    if (!target) throw new LabhostError('usage', 'labhost image verify needs a DIR or MANIFEST', `usage: ${this.usage}`)
+    const file = fs.existsSync(target) && fs.statSync(target).isDirectory() ? path.join(target, 'manifest.json') : target
+    const m = verifyImageDir(file, readPublicKey(requireString(values, 'key', this)))
+    return { data: { manifest: file, name: m.name, version: m.version, sha256: m.image.sha256, signer: m.signer, ok: true }, human: `${file}: ${m.name} ${m.version} signed by ${m.signer}: OK` }
+  },
+}
+
+export const schema: Command = {
+  name: 'schema',
+  summary: 'print the JSON Schema of a configuration file kind (recipe, layout) for editors',
+  usage: 'labhost schema recipe|layout',
+  options: {},
+  async run(_values, positionals) {
+    const kind = positionals[0]
+    const s = kind === 'recipe' ? recipeJsonSchema() : kind === 'layout' ? z.toJSONSchema(LayoutSchema, { io: 'input' }) : null
+    if (!s) throw new LabhostError('usage', `no schema named ${kind ?? '(none)'}`, 'use `labhost schema recipe` or `labhost schema layout`')
+    return { data: s, human: JSON.stringify(s, null, 2) }
+  },
+}

@@ -1,0 +1,208 @@
+// labhost image build: recipe → staging tree → ext4 root image with extlinux → zstd transport
+// copy → signed manifest. Reproducible: fixed UUIDs and hash seed, every timestamp set to
+// SOURCE_DATE_EPOCH, no journal (the root is mounted read-only), extlinux's own writes normalised.
+import crypto from 'node:crypto'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { LabhostError } from '../lib/errors.ts'
+import { run } from '../lib/exec.ts'
+import { renderFstab } from '../lib/layout.ts'
+import { withLoop, withMount } from '../lib/loop.ts'
+import { installExtlinux, renderExtlinuxConf, type ExtlinuxConfig } from '../bootloader/extlinux.ts'
+import { unpackDebianPackage, kernelFromPackage } from './debian-packages.ts'
+import { buildInitramfs } from './initramfs.ts'
+import { rootRuleInit } from './initramfs-init.ts'
+import { CHUNK_SIZE, hashChunks, keyFingerprint, MANIFEST_FORMAT, readPrivateKey, signManifest, type Manifest } from './manifest.ts'
+import { loadRecipe, type LoadedRecipe } from './recipe.ts'
+
+export const DEFAULT_EPOCH = 1_700_000_000
+/** Fixed ext4 directory hash seed: part of what makes two builds identical. */
+const HASH_SEED = '6c1d1a2b-0a11-4b5e-9c3a-5eed5eed5eed'
+
+export interface BuildOptions {
+  out: string
+  keyFile: string
+  epoch?: number
+  log?: (line: string) => void
+}
+
+export interface BuildResult {
+  manifestFile: string
+  manifest: Manifest
+  seconds: number
+}
+
+function machineSuite(): string {
+  const osr = fs.readFileSync('/etc/os-release', 'utf8')
+  return /^VERSION_CODENAME=(.*)$/m.exec(osr)?.[1]?.replace(/"/g, '') ?? 'unknown'
+}
+
+async function stageBase(r: LoadedRecipe, staging: string): Promise<void> {
+  const { base } = r.recipe
+  if (base.method === 'debootstrap') {
+    throw new LabhostError('configInvalid', `${r.file}: base.method: debootstrap is not built yet`, 'use method: packages for now (see the image-build issue)')
+  }
+  if (base.suite !== machineSuite()) {
+    throw new LabhostError('configInvalid', `${r.file}: base.suite: ${base.suite} is not this machine's Debian release (${machineSuite()})`,
+      'method packages takes packages from the machine\'s own apt sources: use its release')
+  }
+  for (const [i, pkg] of base.packages.entries()) {
+    let dir: string
+    try {
+      dir = await unpackDebianPackage(pkg)
+    } catch (e) {
+      throw new LabhostError('packageMissing', `${r.file}: base.packages.${i}: package ${pkg} cannot be had from the apt sources (${(e as Error).message.split(':').pop()?.trim()})`,
+        'check the package name (apt-cache policy NAME) and run apt-get update')
+    }
+    await run('cp', ['-a', `${dir}/.`, staging])
+  }
+  if (base.busyboxLinks) {
+    const bb = path.join(staging, 'bin/busybox')
+    if (!fs.existsSync(bb)) throw new LabhostError('configInvalid', `${r.file}: base.busyboxLinks is set but no /bin/busybox is staged`, 'add busybox-static to base.packages')
+    const { stdout } = await run(bb, ['--list-full'])
+    for (const rel of stdout.split('\n').filter(Boolean)) {
+      const target = path.join(staging, rel)
+      fs.mkdirSync(path.dirname(target), { recursive: true })
+      if (!fs.existsSync(target)) fs.symlinkSync('/bin/busybox', target)
+    }
+  }
+}
+
+function setTimes(root: string, epoch: number): void {
+  const walk = (p: string) => {
+    const st = fs.lstatSync(p)
+    if (st.isDirectory()) for (const e of fs.readdirSync(p)) walk(path.join(p, e))
+    fs.lutimesSync(p, epoch, epoch)
+  }
+  walk(root)
+}
+
+function listTree(root: string): string[] {
+  const out: string[] = ['/']
+  const walk = (rel: string) => {
+    for (const e of fs.readdirSync(path.join(root, rel), { withFileTypes: true })) {
+      const r = `${rel}/${e.name}`
+      out.push(r)
+      if (e.isDirectory()) walk(r)
+    }
+  }
+  walk('')
+  return out
+}
+
+/**
+ * Set every timestamp of every inode to the epoch (mkfs -d copies ctimes, which cannot be set on
+ * the staging tree; mounting and extlinux write their own), and reset the superblock's
+ * mount-time fields, with debugfs. `paths` are the image's files, `/`-rooted.
+ */
+async function normaliseExt4(image: string, epoch: number, paths: string[]): Promise<void> {
+  const quote = (p: string) => `"${p.replace(/"/g, '\\"')}"`
+  const cmds = [
+    ...['mtime', 'wtime', 'lastcheck', 'mkfs_time'].map((f) => `ssv ${f} ${epoch}`),
+    // last_mounted holds the random mount path: overwrite all of it, then end it at byte 0.
+    'ssv mnt_count 0', 'ssv kbytes_written 0', `ssv last_mounted ${'x'.repeat(63)}`, 'ssv last_mounted ""',
+    ...paths.flatMap((f) => [
+      ...['atime', 'mtime', 'ctime', 'crtime'].flatMap((t) => [`sif ${quote(f)} ${t} ${epoch}`, `sif ${quote(f)} ${t}_extra 0`]),
+      `sif ${quote(f)} version_lo 0`, `sif ${quote(f)} version_hi 0`,
+    ]),
+  ]
+  await run('debugfs', ['-w', '-f', '-', image], { input: cmds.join('\n') + '\n', env: { ...process.env, E2FSPROGS_FAKE_TIME: String(epoch) } as Record<string, string> })
+}
+
+export async function buildImage(recipeName: string, o: BuildOptions): Promise<BuildResult> {
+  const started = Date.now()
+  const log = o.log ?? (() => {})
+  const r = loadRecipe(recipeName)
+  const epoch = o.epoch ?? (process.env.SOURCE_DATE_EPOCH ? Number(process.env.SOURCE_DATE_EPOCH) : DEFAULT_EPOCH)
+  const key = readPrivateKey(o.keyFile)
+  const publicKey = crypto.createPublicKey(key)
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'labhost-build-'))
+  try {
+    const staging = path.join(work, 'root')
+    fs.mkdirSync(staging)
+    const extlinuxConfig: ExtlinuxConfig = {
+      serial: { port: 0, baud: 115200 },
+      entries: [{ label: 'labhost', kernel: '/boot/vmlinuz', initrd: '/boot/initrd.img', append: r.recipe.kernel.cmdline }],
+    }
+    log(`staging ${r.recipe.name} ${r.recipe.version} (${r.recipe.base.method}: ${r.recipe.base.packages.join(' ')})`)
+    await stageBase(r, staging)
+    const kernel = await kernelFromPackage(r.recipe.kernel.package)
+    log(`kernel ${kernel.version}; initramfs with ${r.recipe.kernel.initramfsModules.join(' ')}`)
+    const initrd = await buildInitramfs({ modulesDir: kernel.modulesDir, modules: r.recipe.kernel.initramfsModules, init: rootRuleInit(r.layout) })
+    for (const d of ['boot', 'dev', 'proc', 'sys', 'run', 'tmp', 'etc/labhost', 'sbin', ...r.layout.partitions.map((p) => p.mount.slice(1))]) {
+      fs.mkdirSync(path.join(staging, d), { recursive: true })
+    }
+    fs.copyFileSync(kernel.vmlinuz, path.join(staging, 'boot/vmlinuz'))
+    fs.writeFileSync(path.join(staging, 'boot/initrd.img'), initrd)
+    fs.writeFileSync(path.join(staging, 'etc/fstab'), renderFstab(r.layout))
+    fs.writeFileSync(path.join(staging, 'etc/labhost/version'), `${r.recipe.version}\n`)
+    fs.writeFileSync(path.join(staging, 'etc/labhost/recipe'), `${r.recipe.name} ${r.hash}\n`)
+    fs.writeFileSync(path.join(staging, 'etc/labhost/trusted.pub'), publicKey.export({ format: 'pem', type: 'spki' }))
+    for (const f of r.recipe.files) {
+      const dest = path.join(staging, f.path)
+      fs.mkdirSync(path.dirname(dest), { recursive: true })
+      fs.rmSync(dest, { force: true })
+      fs.writeFileSync(dest, f.content, { mode: parseInt(f.mode, 8) })
+      fs.chmodSync(dest, parseInt(f.mode, 8))
+    }
+    // extlinux rewrites these in place: inodes made by mkfs keep generation 0, where the kernel
+    // would give new ones a random generation that ends up in checksums.
+    const extlinuxDir = path.join(staging, 'boot/extlinux')
+    fs.mkdirSync(extlinuxDir, { recursive: true })
+    fs.writeFileSync(path.join(extlinuxDir, 'ldlinux.sys'), '')
+    fs.writeFileSync(path.join(extlinuxDir, 'ldlinux.c32'), '')
+    fs.writeFileSync(path.join(extlinuxDir, 'extlinux.conf'), renderExtlinuxConf(extlinuxConfig))
+    setTimes(staging, epoch)
+
+    fs.mkdirSync(o.out, { recursive: true })
+    const image = path.join(o.out, 'root.img')
+    log(`making ext4 (${r.recipe.imageSizeMiB} MiB, UUID ${r.layout.rootFsUuid})`)
+    fs.rmSync(image, { force: true })
+    fs.writeFileSync(image, '')
+    fs.truncateSync(image, r.recipe.imageSizeMiB << 20)
+    try {
+      await run('mkfs.ext4', ['-q', '-F', '-b', '4096', '-O', '^has_journal', '-U', r.layout.rootFsUuid, '-L', 'labhost-root',
+        '-E', `hash_seed=${HASH_SEED},root_owner=0:0`, '-d', staging, image], { env: { ...process.env, E2FSPROGS_FAKE_TIME: String(epoch) } as Record<string, string> })
+    } catch (e) {
+      const msg = String((e as LabhostError).details?.stderr ?? (e as Error).message)
+      if (/Could not allocate|No space|too small/i.test(msg)) {
+        throw new LabhostError('imageTooSmall', `${r.file}: imageSizeMiB: ${r.recipe.imageSizeMiB} MiB is too small for the image's content`,
+          `raise imageSizeMiB (the staged tree is ${Math.ceil(Number((await run('du', ['-sm', staging])).stdout.split('\t')[0]))} MiB)`)
+      }
+      throw e
+    }
+    log('installing extlinux')
+    // Same block placement every time: delalloc goals do not depend on the pid, stream
+    // allocation (mb_stream_req 0) avoids the per-CPU locality groups, and extlinux runs on CPU 0.
+    await withLoop(image, {}, (dev) => withMount(dev, async (dir) => {
+      fs.writeFileSync(`/sys/fs/ext4/${path.basename(dev)}/mb_stream_req`, '0')
+      await installExtlinux(dir, extlinuxConfig, { cpu: 0 })
+    }, { options: 'noatime' }))
+    await normaliseExt4(image, epoch, listTree(staging))
+    await run('e2fsck', ['-fn', image])
+
+    log('compressing the transport copy (zstd)')
+    const transport = path.join(o.out, 'root.img.zst')
+    fs.rmSync(transport, { force: true })
+    await run('zstd', ['-q', '-T0', '-9', '-o', transport, image])
+    const img = hashChunks(image, CHUNK_SIZE)
+    const tr = hashChunks(transport, CHUNK_SIZE)
+    const manifest = signManifest({
+      format: MANIFEST_FORMAT,
+      name: r.recipe.name,
+      version: r.recipe.version,
+      recipeHash: r.hash,
+      createdAt: epoch,
+      layout: { rootFsUuid: r.layout.rootFsUuid, slotSizeMiB: r.layout.slotSizeMiB, slots: { A: r.layout.slots.A.name, B: r.layout.slots.B.name } },
+      image: { file: 'root.img', size: img.size, sha256: img.sha256, chunkSize: CHUNK_SIZE, chunks: img.chunks },
+      transport: { file: 'root.img.zst', size: tr.size, sha256: tr.sha256, compression: 'zstd' },
+      signer: keyFingerprint(publicKey),
+    }, key)
+    const manifestFile = path.join(o.out, 'manifest.json')
+    fs.writeFileSync(manifestFile, JSON.stringify(manifest, null, 2) + '\n')
+    return { manifestFile, manifest, seconds: (Date.now() - started) / 1000 }
+  } finally {
+    fs.rmSync(work, { recursive: true, force: true })
+  }
+}

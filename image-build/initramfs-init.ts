@@ -1,0 +1,105 @@
+// /init of the root-image initramfs, shared by every recipe (DESIGN §2, §4). It mounts the root
+// slot whose legacy-bootable bit is set in the primary GPT — the rule gptmbr applied — and runs
+// the trial-boot counter: a slot on trial gets N boots; when they run out without
+// `labhost mark-good`, the saved pre-switch sector is written back (one sector, primary first,
+// then the backup mirror) and the machine reboots into the previous slot.
+import type { Layout } from '../lib/layout.ts'
+import { stateFsUuid } from '../lib/layout.ts'
+import { LOAD_MODULES_SH } from './initramfs.ts'
+
+/** Where the trial state lives on the state partition (relative to its mount point). */
+export const TRIAL_DIR = 'labhost'
+export const TRIAL_FILE = 'labhost/trial'
+
+export function rootRuleInit(layout: Layout): string {
+  return `#!/bin/sh
+export PATH=/bin:/sbin
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs -o mode=0755 run /run
+mkdir -p /run/labhost
+${LOAD_MODULES_SH}
+say() { echo "labhost-initramfs: $*"; }
+fail() { say "FATAL: $*"; echo "LABHOST-INITRAMFS-FAIL $*"; sleep 10; reboot -f; }
+
+part_by_name() {
+  for d in /sys/class/block/*; do
+    [ -f "$d/partition" ] && grep -qx "PARTNAME=$1" "$d/uevent" && { echo "\${d##*/}"; return 0; }
+  done
+  return 1
+}
+i=0
+while :; do
+  PA=$(part_by_name '${layout.slots.A.name}'); PB=$(part_by_name '${layout.slots.B.name}')
+  [ -n "$PA" ] && [ -n "$PB" ] && break
+  i=$((i + 1)); [ $i -ge 300 ] && fail "no partitions named ${layout.slots.A.name} and ${layout.slots.B.name}"
+  sleep 0.1
+done
+DISK=$(basename "$(readlink -f /sys/class/block/$PA/..)")
+[ "$(basename "$(readlink -f /sys/class/block/$PB/..)")" = "$DISK" ] || fail "root slots on different disks"
+SS=$(cat /sys/block/$DISK/queue/logical_block_size)
+u32() { od -An -tu4 -j "$1" -N 4 /dev/$DISK | tr -d ' '; }
+u8() { od -An -tu1 -j "$1" -N 1 /dev/$DISK | tr -d ' '; }
+[ "$(dd if=/dev/$DISK bs=$SS skip=1 count=1 2>/dev/null | head -c 8)" = "EFI PART" ] || fail "no primary GPT on /dev/$DISK"
+ELBA=$(u32 $((SS + 72)))
+ESZ=$(u32 $((SS + 84)))
+flag() { n=$(cat /sys/class/block/$1/partition); b=$(u8 $((ELBA * SS + (n - 1) * ESZ + 48))); echo $(((b >> 2) & 1)); }
+pick_slot() {
+  FA=$(flag $PA); FB=$(flag $PB)
+  if [ "$FA$FB" = 10 ]; then SLOT=A; ROOT=$PA; OTHER=B
+  elif [ "$FA$FB" = 01 ]; then SLOT=B; ROOT=$PB; OTHER=A
+  else fail "GPT bootable flags A=$FA B=$FB: not exactly one root slot flagged"; fi
+}
+pick_slot
+
+# Trial boots: state on the writable partition ${layout.stateMount}.
+ST=/run/labhost/state
+mkdir -p $ST
+STATE_DEV=$(findfs UUID=${stateFsUuid(layout).toLowerCase()} 2>/dev/null)
+TRIAL=""
+if [ -n "$STATE_DEV" ] && mount -t ext4 -o rw,noatime "$STATE_DEV" $ST 2>/dev/null; then
+  [ -f $ST/${TRIAL_FILE} ] && TRIAL=$ST/${TRIAL_FILE}
+else
+  say "no state partition: trial boots are not counted"
+fi
+put_state() { # atomic replace of a small file: write, fsync, rename, fsync the directory
+  printf '%s\\n' "$2" > "$1.tmp" && sync "$1.tmp" && mv "$1.tmp" "$1" && sync "$(dirname "$1")"
+}
+if [ -n "$TRIAL" ]; then
+  TRIAL_SLOT=""; BOOTS_LEFT=0; PRIMARY_LBA=""; BACKUP_LBA=""
+  . $TRIAL
+  if [ "$TRIAL_SLOT" = "$SLOT" ] && [ "$BOOTS_LEFT" -gt 0 ]; then
+    BOOTS_LEFT=$((BOOTS_LEFT - 1))
+    put_state $TRIAL "$(sed "s/^BOOTS_LEFT=.*/BOOTS_LEFT=$BOOTS_LEFT/" $TRIAL)"
+    say "slot $SLOT on trial, $BOOTS_LEFT boot(s) left after this one"
+    echo "LABHOST-TRIAL slot=$SLOT left=$BOOTS_LEFT"
+  elif [ "$TRIAL_SLOT" = "$SLOT" ]; then
+    say "slot $SLOT was never marked good: rolling back to slot $OTHER"
+    D=$(dirname $TRIAL)
+    dd if=/dev/$DISK bs=$SS skip=$PRIMARY_LBA count=1 2>/dev/null > /run/labhost/current.sector
+    cmp -s /run/labhost/current.sector $D/committed.sector || fail "the GPT sector is not the one the update wrote; not rolling back"
+    dd if=$D/rollback.sector of=/dev/$DISK bs=$SS seek=$PRIMARY_LBA count=1 oflag=direct conv=notrunc,fsync 2>/dev/null || fail "rollback write failed"
+    dd if=$D/rollback.sector of=/dev/$DISK bs=$SS seek=$BACKUP_LBA count=1 oflag=direct conv=notrunc,fsync 2>/dev/null || fail "rollback mirror failed"
+    put_state $D/last-result "RESULT=rolled-back
+FROM=$SLOT
+TO=$OTHER
+VERSION=$VERSION"
+    rm -f $TRIAL; sync
+    umount $ST
+    echo "LABHOST-ROLLBACK from=$SLOT to=$OTHER"
+    reboot -f
+  fi
+fi
+mountpoint -q $ST && umount $ST
+
+mkdir -p /newroot
+mount -t ext4 -o ro,noatime /dev/$ROOT /newroot || fail "cannot mount /dev/$ROOT"
+printf 'SLOT=%s\\nDEVICE=/dev/%s\\nDISK=/dev/%s\\n' $SLOT $ROOT $DISK > /run/labhost/boot
+say "booting slot $SLOT from /dev/$ROOT"
+echo "LABHOST-ROOT slot=$SLOT dev=$ROOT"
+for m in dev proc sys run; do mount --move /$m /newroot/$m || fail "/newroot/$m is missing"; done
+exec switch_root /newroot /sbin/init
+`
+}

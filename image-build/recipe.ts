@@ -1,0 +1,73 @@
+// Image recipes: YAML, validated here. The schema is the documentation (`labhost schema`
+// exports it as JSON Schema for editors).
+import crypto from 'node:crypto'
+import fs from 'node:fs'
+import path from 'node:path'
+import { z } from 'zod'
+import { loadConfig } from '../lib/config.ts'
+import { LabhostError } from '../lib/errors.ts'
+import { loadLayout, type Layout } from '../lib/layout.ts'
+
+const debName = z.string().regex(/^[a-z0-9][a-z0-9+.-]+$/, 'must be a Debian package name')
+
+export const RecipeSchema = z.object({
+  name: z.string().regex(/^[a-z0-9-]+$/, 'lower-case letters, digits and dashes'),
+  version: z.string().regex(/^\d+(\.\d+){0,3}([-+~][0-9A-Za-z.]+)?$/, 'a version such as 1.2.0'),
+  description: z.string().optional(),
+  base: z.object({
+    method: z.enum(['packages', 'debootstrap']).describe('packages: apt-get download + dpkg-deb -x of the listed packages (small test image); debootstrap: a full Debian'),
+    suite: z.string().describe("Debian release, e.g. bookworm; the mirror is the machine's own apt source"),
+    packages: z.array(debName).default([]).describe('packages to put into the root filesystem'),
+    busyboxLinks: z.boolean().default(false).describe('create /bin/<applet> links to busybox (images without coreutils)'),
+  }).strict(),
+  kernel: z.object({
+    package: debName.default('linux-image-amd64'),
+    initramfsModules: z.array(z.string().regex(/^[a-z0-9_-]+$/)).describe('modules the initramfs loads, dependencies are added'),
+    cmdline: z.string().default('console=ttyS0,115200 quiet'),
+  }).strict(),
+  files: z.array(z.object({
+    path: z.string().regex(/^\/[^\0]+$/, 'an absolute path inside the image'),
+    content: z.string(),
+    mode: z.string().regex(/^0?[0-7]{3,4}$/, 'an octal mode such as 0644').default('0644'),
+  }).strict()).default([]),
+  imageSizeMiB: z.number().int().min(8).describe('size of the raw root filesystem image'),
+  layout: z.string().default('../layouts/default.yaml').describe('layout file, relative to the recipe'),
+  trial: z.object({ boots: z.number().int().min(1).max(20).default(3) }).strict().default({ boots: 3 }),
+}).strict()
+
+export type Recipe = z.infer<typeof RecipeSchema>
+
+export interface LoadedRecipe {
+  file: string
+  recipe: Recipe
+  layout: Layout
+  /** SHA-256 of the recipe file and its layout file: what the cache and the manifest key on. */
+  hash: string
+}
+
+export const RECIPES_DIR = path.resolve(import.meta.dirname ?? '.', 'recipes')
+
+/** A recipe by file path, or by the name of a shipped recipe (`test`, `host`). */
+export function resolveRecipe(nameOrFile: string): string {
+  if (fs.existsSync(nameOrFile)) return nameOrFile
+  const shipped = path.join(RECIPES_DIR, `${nameOrFile}.yaml`)
+  if (fs.existsSync(shipped)) return shipped
+  throw new LabhostError('notFound', `no recipe ${nameOrFile}`, `give a recipe file, or one of: ${fs.readdirSync(RECIPES_DIR).map((f) => f.replace(/\.yaml$/, '')).join(', ')}`)
+}
+
+export function loadRecipe(nameOrFile: string): LoadedRecipe {
+  const file = resolveRecipe(nameOrFile)
+  const recipe = loadConfig(file, RecipeSchema)
+  const layoutFile = path.resolve(path.dirname(file), recipe.layout)
+  const layout = loadLayout(layoutFile)
+  if (recipe.imageSizeMiB > layout.slotSizeMiB) {
+    throw new LabhostError('configInvalid', `${file}: imageSizeMiB: ${recipe.imageSizeMiB} is larger than the slots of ${layoutFile} (${layout.slotSizeMiB} MiB)`,
+      'make the image smaller or the slots larger')
+  }
+  const hash = crypto.createHash('sha256').update(fs.readFileSync(file)).update(fs.readFileSync(layoutFile)).digest('hex')
+  return { file, recipe, layout, hash }
+}
+
+export function recipeJsonSchema(): unknown {
+  return z.toJSONSchema(RecipeSchema, { io: 'input' })
+}
