@@ -92,7 +92,7 @@ VERSION=$VERSION"
     reboot -f
   fi
 fi
-mountpoint -q $ST && umount $ST
+grep -q " $ST " /proc/mounts && umount $ST
 
 mkdir -p /newroot
 mount -t ext4 -o ro,noatime /dev/$ROOT /newroot || fail "cannot mount /dev/$ROOT"

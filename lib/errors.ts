@@ -22,6 +22,7 @@ export const ExitCode = {
   hashMismatch: 32,
   imageTooSmall: 40,
   packageMissing: 41,
+  diskTooSmall: 50,
 } as const
 
 export type ErrorCode = keyof typeof ExitCode

@@ -1,0 +1,74 @@
+// Partitioning by the layout: the two root slots as entries 1 and 2 (one sector of the entry
+// array, as the slot switch needs), then the layout's partitions of that disk, with the fixed
+// PARTUUIDs and names; filesystems with the fixed UUIDs.
+import { LabhostError } from '../lib/errors.ts'
+import { run } from '../lib/exec.ts'
+import type { Layout, LayoutPartition } from '../lib/layout.ts'
+import { withLoop } from '../lib/loop.ts'
+
+export type DiskRole = 'ssd' | 'hdd'
+
+export interface PlannedPartition {
+  number: number
+  name: string
+  partuuid: string
+  firstLba: number
+  /** Inclusive; 0 = up to the end of the disk. */
+  lastLba: number
+  fsUuid?: string
+  mount?: string
+}
+
+const MiB = 1 << 20
+
+/** The partitions of one disk, placed from 1 MiB on; `rest` takes what is left. */
+export function planDisk(layout: Layout, role: DiskRole, diskBytes: number, sectorSize: number): PlannedPartition[] {
+  const perMiB = MiB / sectorSize
+  const usableEnd = Math.floor(diskBytes / sectorSize) - 1 - Math.ceil(16384 / sectorSize) - 1
+  const out: PlannedPartition[] = []
+  let next = perMiB
+  const add = (name: string, partuuid: string, sizeMiB: number | 'rest', extra: Partial<PlannedPartition> = {}) => {
+    const last = sizeMiB === 'rest' ? Math.floor((usableEnd + 1) / perMiB) * perMiB - 1 : next + sizeMiB * perMiB - 1
+    if (last > usableEnd || last < next) {
+      throw new LabhostError('diskTooSmall', `the ${role.toUpperCase()} (${(diskBytes / MiB).toFixed(0)} MiB) is too small for partition ${name} of the layout`,
+        'use a larger disk or a layout with smaller partitions')
+    }
+    out.push({ number: out.length + 1, name, partuuid, firstLba: next, lastLba: last, ...extra })
+    next = last + 1
+  }
+  if (role === 'ssd') {
+    add(layout.slots.A.name, layout.slots.A.partuuid, layout.slotSizeMiB)
+    add(layout.slots.B.name, layout.slots.B.partuuid, layout.slotSizeMiB)
+  }
+  const parts = layout.partitions.filter((p: LayoutPartition) => p.disk === role)
+  parts.forEach((p, i) => {
+    if (p.sizeMiB === 'rest' && i < parts.length - 1) {
+      throw new LabhostError('configInvalid', `layout: partition ${p.name} takes the rest of the ${role.toUpperCase()} but is not its last partition`,
+        "give it a size in MiB, or move it last on its disk")
+    }
+    add(p.name, p.partuuid, p.sizeMiB, { fsUuid: p.fsUuid, mount: p.mount })
+  })
+  return out
+}
+
+export function sgdiskArgs(plan: PlannedPartition[], bootSlot: 'A' | 'B' | null): string[] {
+  const args = ['--zap-all', '--clear']
+  for (const p of plan) {
+    args.push('-n', `${p.number}:${p.firstLba}:${p.lastLba}`, '-c', `${p.number}:${p.name}`, '-u', `${p.number}:${p.partuuid}`, '-t', `${p.number}:8300`)
+  }
+  if (bootSlot) args.push('-A', `${bootSlot === 'A' ? 1 : 2}:set:2`)
+  return args
+}
+
+export async function partitionDisk(target: string, plan: PlannedPartition[], bootSlot: 'A' | 'B' | null): Promise<void> {
+  await run('sgdisk', [...sgdiskArgs(plan, bootSlot), target])
+}
+
+/** mkfs.ext4 with the fixed UUID on a partition, addressed by byte range through a loop device. */
+export async function makeFilesystem(diskFile: string, p: PlannedPartition, sectorSize: number): Promise<void> {
+  if (!p.fsUuid) return
+  const offset = p.firstLba * sectorSize
+  const sizeLimit = (p.lastLba - p.firstLba + 1) * sectorSize
+  await withLoop(diskFile, { offset, sizeLimit, sectorSize }, (dev) =>
+    run('mkfs.ext4', ['-q', '-F', '-b', '4096', '-U', p.fsUuid!, '-L', p.name, dev]))
+}
