@@ -69,6 +69,17 @@ async function stageBase(r: LoadedRecipe, staging: string): Promise<void> {
   }
 }
 
+/** The labhost executable to put into images: this one when running as the single executable. */
+export async function labhostExecutable(): Promise<string> {
+  const sea = await import('node:sea').catch(() => null)
+  if (sea?.isSea()) return process.execPath
+  const built = path.resolve(import.meta.dirname ?? '.', '../dist/labhost')
+  if (!fs.existsSync(built)) {
+    throw new LabhostError('notFound', `the recipe carries labhost, but ${built} is not built`, 'run `npm run build` first')
+  }
+  return built
+}
+
 function setTimes(root: string, epoch: number): void {
   const walk = (p: string) => {
     const st = fs.lstatSync(p)
@@ -139,6 +150,11 @@ export async function buildImage(recipeName: string, o: BuildOptions): Promise<B
     fs.writeFileSync(path.join(staging, 'etc/labhost/version'), `${r.recipe.version}\n`)
     fs.writeFileSync(path.join(staging, 'etc/labhost/recipe'), `${r.recipe.name} ${r.hash}\n`)
     fs.writeFileSync(path.join(staging, 'etc/labhost/trusted.pub'), publicKey.export({ format: 'pem', type: 'spki' }))
+    if (r.recipe.carryLabhost) {
+      fs.mkdirSync(path.join(staging, 'usr/sbin'), { recursive: true })
+      fs.copyFileSync(await labhostExecutable(), path.join(staging, 'usr/sbin/labhost'))
+      fs.chmodSync(path.join(staging, 'usr/sbin/labhost'), 0o755)
+    }
     for (const f of r.recipe.files) {
       const dest = path.join(staging, f.path)
       fs.mkdirSync(path.dirname(dest), { recursive: true })

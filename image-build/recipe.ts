@@ -25,6 +25,7 @@ export const RecipeSchema = z.object({
     initramfsModules: z.array(z.string().regex(/^[a-z0-9_-]+$/)).describe('modules the initramfs loads, dependencies are added'),
     cmdline: z.string().default('console=ttyS0,115200 quiet'),
   }).strict(),
+  carryLabhost: z.boolean().default(false).describe('put this labhost executable at /usr/sbin/labhost (needs libc6, libstdc++6, libgcc-s1 in the image)'),
   files: z.array(z.object({
     path: z.string().regex(/^\/[^\0]+$/, 'an absolute path inside the image'),
     content: z.string(),

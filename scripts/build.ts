@@ -26,7 +26,9 @@ fs.writeFileSync(seaConfig, JSON.stringify({ main: bundle, output: blob, disable
 await execa(process.execPath, ['--experimental-sea-config', seaConfig], { stdio: 'inherit' })
 const exe = path.join(dist, 'labhost')
 fs.rmSync(exe, { force: true })
-fs.copyFileSync(process.execPath, exe)
+// Node's debug symbols are a sixth of its size; the binary goes onto every root image.
+const stripped = await execa('strip', ['-o', exe, process.execPath], { reject: false })
+if (stripped.exitCode !== 0) fs.copyFileSync(process.execPath, exe)
 fs.chmodSync(exe, 0o755)
 await execa('postject', [exe, 'NODE_SEA_BLOB', blob, '--sentinel-fuse', 'NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2'], { preferLocal: true, localDir: root, stdio: 'inherit' })
 console.log(`built ${path.relative(root, exe)} (${(fs.statSync(exe).size / 2 ** 20).toFixed(0)} MiB, Node ${process.version})`)

@@ -17,6 +17,16 @@ if (process.getuid?.() !== 0 && kinds.some((k) => k !== 'unit')) {
   process.exit(2)
 }
 
+// Disk and VM tests use the single executable (images carry it): build it once, up front.
+if (kinds.some((k) => k !== 'unit')) {
+  const b = await execa(process.execPath, [path.join(root, 'scripts/build.ts')], { cwd: root, reject: false, all: true })
+  if (b.exitCode !== 0) {
+    console.log(String(b.all))
+    console.log('0 passed, 1 failed')
+    process.exit(1)
+  }
+}
+
 const totals = { pass: 0, fail: 0, skip: 0, todo: 0 }
 let tapFailed = false
 const groups: { files: string[]; jobs: number; timeout: number }[] = [

@@ -39,6 +39,7 @@ t.test('image in slot A, A flagged: the initramfs mounts A, fstab mounts every p
   const disks = await buildHostDisks(d, layout, image, { slots: ['A'], flag: 'A' })
   const serial = await boot(t, disks)
   t.match(serial, /LABHOST-ROOT slot=A dev=sda1/, 'initramfs picked slot A', { serial: serial.slice(-3000) })
+  t.match(serial, /LABHOST-CLI labhost \d+\.\d+\.\d+ active=A/, "the labhost binary in the image runs and reads the GPT")
   t.same(userspace(serial)?.slice(1), ['1.0.0', 'A'], 'userspace runs from A')
   for (const m of ['/persistent', '/var/log', '/qcow2/backing', '/qcow2/user']) t.match(serial, `LABHOST-MOUNT ${m}`, `${m} mounted`)
 })

@@ -1,5 +1,6 @@
-// npm run build gives one executable that works alone: copied to an empty directory, with no
-// node_modules and no node on PATH, it switches a real loop device.
+// npm run build (run by npm test before the tests) gives one executable that works alone:
+// copied to an empty directory, with no node_modules and no node on PATH, it switches a real
+// loop device.
 import fs from 'node:fs'
 import path from 'node:path'
 import { execa } from 'execa'
@@ -8,8 +9,7 @@ import { loop, REPO_ROOT, sparseFile, tmpDir } from '../../lib/test-helpers.ts'
 import { makeGptDisk, sgdiskVerify, STANDARD_LAYOUT } from '../../bootloader/test/gpt-fixtures.ts'
 
 t.test('dist/labhost runs with nothing beside it', async (t) => {
-  const built = await execa(process.execPath, [path.join(REPO_ROOT, 'scripts/build.ts')], { cwd: REPO_ROOT, reject: false, all: true })
-  t.equal(built.exitCode, 0, 'npm run build succeeds', { output: String(built.all).slice(-2000) })
+  t.ok(fs.existsSync(path.join(REPO_ROOT, 'dist/labhost')), 'dist/labhost is built')
   const dir = tmpDir(t)
   const exe = path.join(dir, 'labhost')
   fs.copyFileSync(path.join(REPO_ROOT, 'dist/labhost'), exe)

@@ -102,6 +102,6 @@ t.test('labhost schema recipe: a JSON Schema with the recipe keys', async (t) =>
   const r = await runCli(['schema', 'recipe'])
   t.equal(r.code, 0)
   const s = JSON.parse(r.stdout)
-  t.same(Object.keys(s.properties).sort(), ['base', 'description', 'files', 'imageSizeMiB', 'kernel', 'layout', 'name', 'trial', 'version'])
+  t.same(Object.keys(s.properties).sort(), ['base', 'carryLabhost', 'description', 'files', 'imageSizeMiB', 'kernel', 'layout', 'name', 'trial', 'version'])
   t.equal(s.additionalProperties, false, 'unknown keys are errors for editors too')
 })
