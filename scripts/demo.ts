@@ -1,33 +1,73 @@
-// npm run demo: the main job on an embedded default, as far as it is built today:
-// a two-slot disk with the real boot chain, booted in QEMU, switched to B, booted again.
+// npm run demo: the main job on the embedded default, as far as labhost has grown.
+// Builds the `test` image twice (versions 1.0.0 and 1.1.0, signed), lays out a virtual SSD and
+// HDD by the test layout with 1.0.0 in slot A, boots it in QEMU, then updates: verifies the
+// 1.1.0 manifest, writes slot B, reads it back against the manifest, switches with one sector
+// write, and boots 1.1.0 from B. (`labhost install` and `labhost update` will take over the
+// assembly and update steps as those issues land.)
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { main as cli } from '../cli/main.ts'
-import { bootUntilPowerOff, type VmSpec } from '../vm-tests/qemu.ts'
-import { buildBootChainDisk, buildSlotImages, parseBootReport } from '../vm-tests/fixtures/boot-chain-disk.ts'
+import { execa } from 'execa'
+import YAML from 'yaml'
+import { copyFileInto, Disk } from '../lib/blockdev.ts'
+import { readGpt } from '../bootloader/gpt.ts'
+import { applySwitch, planSwitch } from '../bootloader/switch.ts'
+import { buildImage } from '../image-build/build.ts'
+import { generateKeyPair, hashChunks, readPublicKey, verifyImageDir } from '../image-build/manifest.ts'
+import { loadRecipe, RECIPES_DIR } from '../image-build/recipe.ts'
+import { bootUntilPowerOff } from '../vm-tests/qemu.ts'
+import { buildHostDisks } from '../vm-tests/fixtures/host-disks.ts'
 
+const root = path.resolve(import.meta.dirname, '..')
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'labhost-demo-'))
-const disk = path.join(dir, 'disk.img')
 const say = (s: string) => console.log(`demo: ${s}`)
+let failed = false
 try {
-  say('building two root slot images (Debian kernel + busybox initramfs, extlinux installed)')
-  await buildBootChainDisk(disk, await buildSlotImages(dir))
-  const spec: VmSpec = { disks: [{ file: disk, bus: 'ide-hd' }] }
-  let failed = false
-  for (const [i, expect] of (['A', 'B', 'A'] as const).entries()) {
-    if (i > 0) {
-      say(`labhost slots switch --disk ${disk} --to ${expect}`)
-      if ((await cli(['slots', 'switch', '--disk', disk, '--to', expect])) !== 0) failed = true
-    }
-    const r = await bootUntilPowerOff(spec, 240_000)
-    const rep = parseBootReport(r.serial)
-    const parts = Object.entries(rep.disks.sda?.parts ?? {}).map(([d, n]) => `${d}:${n}`).join(' ')
-    say(`booted slot ${rep.slot ?? '?'} under ${r.accel} in ${r.seconds.toFixed(1)} s; the kernel sees ${parts || 'no partitions'}`)
-    if (rep.slot !== expect || !parts) failed = true
+  if (!fs.existsSync(path.join(root, 'dist/labhost'))) {
+    say('building dist/labhost (the images carry it)')
+    await execa(process.execPath, [path.join(root, 'scripts/build.ts')], { stdio: 'inherit' })
   }
-  say(failed ? 'FAILED' : 'booted A, switched to B with one sector write, booted B, switched back, booted A')
-  process.exitCode = failed ? 1 : 0
+  const keys = generateKeyPair(path.join(dir, 'keys'))
+  const v2Recipe = path.join(dir, 'test-1.1.0.yaml')
+  const r = YAML.parse(fs.readFileSync(path.join(RECIPES_DIR, 'test.yaml'), 'utf8'))
+  fs.writeFileSync(v2Recipe, YAML.stringify({ ...r, version: '1.1.0', layout: path.join(RECIPES_DIR, r.layout) }))
+  const v1 = await buildImage('test', { out: path.join(dir, 'v1'), keyFile: keys.privateKeyFile })
+  say(`built test ${v1.manifest.version}: ${v1.manifest.image.size >> 20} MiB, ${v1.manifest.transport.size >> 20} MiB zstd, ${v1.seconds.toFixed(1)} s`)
+  const v2 = await buildImage(v2Recipe, { out: path.join(dir, 'v2'), keyFile: keys.privateKeyFile })
+  say(`built test ${v2.manifest.version}`)
+
+  const layout = loadRecipe('test').layout
+  const disks = await buildHostDisks(dir, layout, path.join(dir, 'v1/root.img'), { slots: ['A'], flag: 'A' })
+  say(`virtual SSD ${disks.ssd} (${disks.ssdPlan.map((p) => p.name).join(', ')}) and HDD ${disks.hdd} (${disks.hddPlan.map((p) => p.name).join(', ')}); 1.0.0 in slot A`)
+
+  const boot = async (expect: { version: string; slot: string }) => {
+    const res = await bootUntilPowerOff({ disks: [{ file: disks.ssd, bus: 'ide-hd', rotationRate: 1 }, { file: disks.hdd, bus: 'ide-hd', rotationRate: 7200 }] }, 300_000)
+    const m = /LABHOST-USERSPACE version=(\S+) slot=([AB])/.exec(res.serial)
+    const mounts = [...res.serial.matchAll(/LABHOST-MOUNT (\S+)/g)].map((x) => x[1]).join(' ')
+    say(`booted under ${res.accel} in ${res.seconds.toFixed(1)} s: version ${m?.[1] ?? '?'} from slot ${m?.[2] ?? '?'}; mounted ${mounts || 'nothing'}`)
+    if (m?.[1] !== expect.version || m?.[2] !== expect.slot) failed = true
+  }
+  await boot({ version: '1.0.0', slot: 'A' })
+
+  say('update to 1.1.0: verify the signed manifest, write slot B, read back, switch')
+  const manifest = verifyImageDir(v2.manifestFile, readPublicKey(keys.publicKeyFile))
+  const slotB = disks.ssdPlan[1]!
+  copyFileInto(path.join(dir, 'v2/root.img'), disks.ssd, slotB.firstLba * 512)
+  const readBack = path.join(dir, 'slotB.readback')
+  await execa('dd', [`if=${disks.ssd}`, `of=${readBack}`, 'bs=1M', `skip=${slotB.firstLba * 512}`, `count=${manifest.image.size}`, 'iflag=skip_bytes,count_bytes', 'status=none'])
+  if (hashChunks(readBack).sha256 !== manifest.image.sha256) throw new Error('slot B does not read back as the manifest says')
+  const disk = Disk.open(disks.ssd)
+  try {
+    await applySwitch(disk, planSwitch(disk, readGpt(disk), 'B'))
+  } finally {
+    disk.close()
+  }
+  await boot({ version: '1.1.0', slot: 'B' })
+  say(failed ? 'FAILED' : 'built, installed, booted 1.0.0 from A, updated to 1.1.0 in B, booted it')
+} catch (e) {
+  failed = true
+  console.error(`demo: ${(e as Error).message}`)
 } finally {
   fs.rmSync(dir, { recursive: true, force: true })
+  process.exitCode = failed ? 1 : 0
 }
