@@ -10,7 +10,7 @@ import { run } from '../lib/exec.ts'
 import { renderFstab } from '../lib/layout.ts'
 import { withLoop, withMount } from '../lib/loop.ts'
 import { installExtlinux, renderExtlinuxConf, type ExtlinuxConfig } from '../bootloader/extlinux.ts'
-import { unpackDebianPackage, kernelFromPackage } from './debian-packages.ts'
+import { cacheRoot, kernelFromPackage, unpackDebianPackage } from './debian-packages.ts'
 import { buildInitramfs } from './initramfs.ts'
 import { rootRuleInit } from './initramfs-init.ts'
 import { CHUNK_SIZE, hashChunks, keyFingerprint, MANIFEST_FORMAT, readPrivateKey, signManifest, type Manifest } from './manifest.ts'
@@ -24,6 +24,8 @@ export interface BuildOptions {
   out: string
   keyFile: string
   epoch?: number
+  /** Build from scratch even when the cache holds this image. */
+  noCache?: boolean
   log?: (line: string) => void
 }
 
@@ -31,6 +33,7 @@ export interface BuildResult {
   manifestFile: string
   manifest: Manifest
   seconds: number
+  cached: boolean
 }
 
 function machineSuite(): string {
@@ -121,6 +124,21 @@ async function normaliseExt4(image: string, epoch: number, paths: string[]): Pro
   await run('debugfs', ['-w', '-f', '-', image], { input: cmds.join('\n') + '\n', env: { ...process.env, E2FSPROGS_FAKE_TIME: String(epoch) } as Record<string, string> })
 }
 
+const OUTPUTS = ['root.img', 'root.img.zst', 'manifest.json']
+
+/**
+ * What decides the bytes of an image: recipe and layout, the candidate versions of its Debian
+ * packages, the labhost executable it carries, the builder itself, the epoch and the signer.
+ */
+async function cacheKey(r: LoadedRecipe, epoch: number, signer: string): Promise<string> {
+  const h = crypto.createHash('sha256').update(`${r.hash}\n${epoch}\n${signer}\n`)
+  const pkgs = [...r.recipe.base.packages, r.recipe.kernel.package]
+  h.update((await run('apt-cache', ['policy', ...pkgs])).stdout.replace(/^\s*\*\*\*.*$/gm, ''))
+  for (const f of ['build.ts', 'initramfs.ts', 'initramfs-init.ts', 'cpio.ts', 'manifest.ts']) h.update(fs.readFileSync(path.join(import.meta.dirname ?? '.', f)))
+  if (r.recipe.carryLabhost) h.update(hashChunks(await labhostExecutable()).sha256)
+  return h.digest('hex')
+}
+
 export async function buildImage(recipeName: string, o: BuildOptions): Promise<BuildResult> {
   const started = Date.now()
   const log = o.log ?? (() => {})
@@ -128,6 +146,15 @@ export async function buildImage(recipeName: string, o: BuildOptions): Promise<B
   const epoch = o.epoch ?? (process.env.SOURCE_DATE_EPOCH ? Number(process.env.SOURCE_DATE_EPOCH) : DEFAULT_EPOCH)
   const key = readPrivateKey(o.keyFile)
   const publicKey = crypto.createPublicKey(key)
+  const cacheId = o.noCache ? null : await cacheKey(r, epoch, keyFingerprint(publicKey)).catch(() => null)
+  const cacheDir = cacheId ? path.join(cacheRoot(), 'images', cacheId) : null
+  if (cacheDir && OUTPUTS.every((f) => fs.existsSync(path.join(cacheDir, f)))) {
+    log(`cached: ${cacheDir}`)
+    fs.mkdirSync(o.out, { recursive: true })
+    for (const f of OUTPUTS) fs.copyFileSync(path.join(cacheDir, f), path.join(o.out, f))
+    const manifestFile = path.join(o.out, 'manifest.json')
+    return { manifestFile, manifest: JSON.parse(fs.readFileSync(manifestFile, 'utf8')) as Manifest, seconds: (Date.now() - started) / 1000, cached: true }
+  }
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'labhost-build-'))
   try {
     const staging = path.join(work, 'root')
@@ -217,7 +244,14 @@ export async function buildImage(recipeName: string, o: BuildOptions): Promise<B
     }, key)
     const manifestFile = path.join(o.out, 'manifest.json')
     fs.writeFileSync(manifestFile, JSON.stringify(manifest, null, 2) + '\n')
-    return { manifestFile, manifest, seconds: (Date.now() - started) / 1000 }
+    if (cacheDir) {
+      const tmp = `${cacheDir}.tmp-${process.pid}`
+      fs.mkdirSync(tmp, { recursive: true })
+      for (const f of OUTPUTS) fs.copyFileSync(path.join(o.out, f), path.join(tmp, f))
+      fs.rmSync(cacheDir, { recursive: true, force: true })
+      fs.renameSync(tmp, cacheDir)
+    }
+    return { manifestFile, manifest, seconds: (Date.now() - started) / 1000, cached: false }
   } finally {
     fs.rmSync(work, { recursive: true, force: true })
   }

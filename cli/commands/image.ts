@@ -12,19 +12,19 @@ import { requireString, type Command } from '../command.ts'
 export const imageBuild: Command = {
   name: 'image build',
   summary: 'build a signed root image from a recipe (a file, or a shipped one: test)',
-  usage: 'labhost image build RECIPE --out DIR --key SIGNING.key [--json]',
-  options: { out: { type: 'string' }, key: { type: 'string' } },
+  usage: 'labhost image build RECIPE --out DIR --key SIGNING.key [--no-cache] [--json]',
+  options: { out: { type: 'string' }, key: { type: 'string' }, 'no-cache': { type: 'boolean', default: false } },
   async run(values, positionals, ctx) {
     const recipe = positionals[0]
     if (!recipe) throw new LabhostError('usage', 'labhost image build needs a RECIPE', `usage: ${this.usage}`)
     const out = requireString(values, 'out', this)
     const key = requireString(values, 'key', this)
     if (ctx.dryRun) throw new LabhostError('usage', 'image build has no --dry-run: it writes only into --out', 'leave out --dry-run')
-    const r = await buildImage(recipe, { out, keyFile: key, log: ctx.log })
+    const r = await buildImage(recipe, { out, keyFile: key, log: ctx.log, noCache: values['no-cache'] === true })
     const m = r.manifest
     return {
-      data: { manifest: r.manifestFile, name: m.name, version: m.version, size: m.image.size, sha256: m.image.sha256, transportSize: m.transport.size, seconds: r.seconds },
-      human: `built ${m.name} ${m.version}: ${r.manifestFile}\n  root.img ${m.image.size} bytes sha256 ${m.image.sha256}\n  root.img.zst ${m.transport.size} bytes\n  in ${r.seconds.toFixed(1)} s`,
+      data: { manifest: r.manifestFile, name: m.name, version: m.version, size: m.image.size, sha256: m.image.sha256, transportSize: m.transport.size, seconds: r.seconds, cached: r.cached },
+      human: `built ${m.name} ${m.version}: ${r.manifestFile}\n  root.img ${m.image.size} bytes sha256 ${m.image.sha256}\n  root.img.zst ${m.transport.size} bytes\n  in ${r.seconds.toFixed(1)} s${r.cached ? ' (from the cache)' : ''}`,
     }
   },
 }

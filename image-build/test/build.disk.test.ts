@@ -21,10 +21,11 @@ t.test('two builds of the test recipe are bit-identical, and verify', async (t) 
   const outs = [`${dir}/b1`, `${dir}/b2`]
   const results = []
   for (const out of outs) {
-    const r = await runCli(['image', 'build', 'test', '--out', out, '--key', key, '--json'])
+    const r = await runCli(['image', 'build', 'test', '--out', out, '--key', key, '--json', '--no-cache'])
     t.equal(r.code, 0, 'build exits 0', { stderr: r.stderr })
     results.push(JSON.parse(r.stdout))
   }
+  t.notOk(results[0].cached || results[1].cached, 'both built from scratch')
   t.equal(results[0].sha256, results[1].sha256, `same SHA-256 ${results[0].sha256}`)
   for (const f of ['root.img', 'root.img.zst', 'manifest.json']) {
     t.ok(fs.readFileSync(`${outs[0]}/${f}`).equals(fs.readFileSync(`${outs[1]}/${f}`)), `${f} identical`)
@@ -37,6 +38,16 @@ t.test('two builds of the test recipe are bit-identical, and verify', async (t) 
   const e2 = await import('node:child_process')
   e2.execFileSync('e2fsck', ['-fn', `${outs[0]}/root.img`])
   t.pass('e2fsck finds the image clean')
+})
+
+t.test('a rebuild of the same recipe comes from the cache, byte for byte', async (t) => {
+  const r = await runCli(['image', 'build', 'test', '--out', `${dir}/b3`, '--key', key, '--json'])
+  t.equal(r.code, 0)
+  const first = JSON.parse(r.stdout)
+  const again = JSON.parse((await runCli(['image', 'build', 'test', '--out', `${dir}/b4`, '--key', key, '--json'])).stdout)
+  t.equal(again.cached, true, 'served from the cache')
+  t.ok(again.seconds < first.seconds || first.cached, `faster (${again.seconds} s)`)
+  t.ok(fs.readFileSync(`${dir}/b4/root.img`).equals(fs.readFileSync(`${dir}/b1/root.img`)), 'same bytes as a fresh build')
 })
 
 t.test('one changed byte is caught', async (t) => {
