@@ -24,7 +24,7 @@ export interface BuildOptions {
   out: string
   keyFile: string
   epoch?: number
-  /** Build from scratch even when the cache holds this image. */
+  /** Build from scratch even when the cache holds this image (the result still refreshes the cache). */
   noCache?: boolean
   log?: (line: string) => void
 }
@@ -146,9 +146,9 @@ export async function buildImage(recipeName: string, o: BuildOptions): Promise<B
   const epoch = o.epoch ?? (process.env.SOURCE_DATE_EPOCH ? Number(process.env.SOURCE_DATE_EPOCH) : DEFAULT_EPOCH)
   const key = readPrivateKey(o.keyFile)
   const publicKey = crypto.createPublicKey(key)
-  const cacheId = o.noCache ? null : await cacheKey(r, epoch, keyFingerprint(publicKey)).catch(() => null)
+  const cacheId = await cacheKey(r, epoch, keyFingerprint(publicKey)).catch(() => null)
   const cacheDir = cacheId ? path.join(cacheRoot(), 'images', cacheId) : null
-  if (cacheDir && OUTPUTS.every((f) => fs.existsSync(path.join(cacheDir, f)))) {
+  if (cacheDir && !o.noCache && OUTPUTS.every((f) => fs.existsSync(path.join(cacheDir, f)))) {
     log(`cached: ${cacheDir}`)
     fs.mkdirSync(o.out, { recursive: true })
     for (const f of OUTPUTS) fs.copyFileSync(path.join(cacheDir, f), path.join(o.out, f))

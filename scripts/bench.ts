@@ -1,0 +1,76 @@
+// npm run bench: figures measured against a peer in the same run, printed as ratios and written
+// to bench/results.json. Informational figures (no peer yet) carry peer: null.
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { execa } from 'execa'
+import { buildImage } from '../image-build/build.ts'
+import { generateKeyPair } from '../image-build/manifest.ts'
+import { attachLoop, detachLoop } from '../lib/loop.ts'
+import { makeGptDisk, STANDARD_LAYOUT } from '../bootloader/test/gpt-fixtures.ts'
+
+interface Figure { name: string; value: number; unit: string; peer: string | null; peerValue: number | null; ratio: number | null; note?: string }
+
+const root = path.resolve(import.meta.dirname, '..')
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'labhost-bench-'))
+const figures: Figure[] = []
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
+const fig = (f: Omit<Figure, 'ratio'>) => {
+  const full = { ...f, ratio: f.peerValue ? Number((f.value / f.peerValue).toFixed(3)) : null }
+  figures.push(full)
+  console.log(`${f.name}: ${f.value} ${f.unit}${f.peer ? ` | ${f.peer}: ${f.peerValue} ${f.unit} | ratio ${full.ratio}` : ''}`)
+}
+const sectorsWritten = (dev: string) => Number(fs.readFileSync(`/sys/block/${path.basename(dev)}/stat`, 'utf8').trim().split(/\s+/)[6])
+const labhost = [process.execPath, path.join(root, 'cli/bin.ts')]
+
+try {
+  // 1. The slot switch against sgdisk changing the same two attribute bits (ABAB, median of 7).
+  const file = path.join(dir, 'disk.img')
+  fs.writeFileSync(file, '')
+  fs.truncateSync(file, 256 << 20)
+  const dev = await attachLoop(file, { directIo: true })
+  try {
+    await makeGptDisk(dev, STANDARD_LAYOUT)
+    const ours: number[] = []
+    const theirs: number[] = []
+    const oursSectors: number[] = []
+    const theirsSectors: number[] = []
+    let to = 'B'
+    for (let i = 0; i < 7; i++) {
+      let s0 = sectorsWritten(dev)
+      let t0 = performance.now()
+      await execa(labhost[0]!, [labhost[1]!, 'slots', 'switch', '--disk', dev, '--to', to])
+      ours.push((performance.now() - t0) / 1000)
+      oursSectors.push(sectorsWritten(dev) - s0)
+      to = to === 'B' ? 'A' : 'B'
+      s0 = sectorsWritten(dev)
+      t0 = performance.now()
+      await execa('sgdisk', ['-A', '1:toggle:2', '-A', '2:toggle:2', dev])
+      theirs.push((performance.now() - t0) / 1000)
+      theirsSectors.push(sectorsWritten(dev) - s0)
+      await execa(labhost[0]!, [labhost[1]!, 'slots', 'switch', '--disk', dev, '--to', to === 'B' ? 'A' : 'B']).catch(() => undefined)
+    }
+    fig({ name: 'slot switch, wall time (CLI, includes node start)', value: Number(median(ours).toFixed(3)), unit: 's', peer: 'sgdisk -A toggle (same bits)', peerValue: Number(median(theirs).toFixed(3)) })
+    fig({ name: 'slot switch, 512-byte sectors written to the disk', value: median(oursSectors), unit: 'sectors', peer: 'sgdisk -A toggle (same bits)', peerValue: median(theirsSectors), note: 'labhost: commit sector + backup mirror; sgdisk rewrites headers and both arrays' })
+  } finally {
+    await detachLoop(dev)
+  }
+
+  // 2. Image build (informational: no peer builds this image).
+  const keys = generateKeyPair(path.join(dir, 'keys'))
+  const cold = await buildImage('test', { out: path.join(dir, 'img'), keyFile: keys.privateKeyFile, noCache: true })
+  fig({ name: 'image build, test recipe, from scratch', value: Number(cold.seconds.toFixed(2)), unit: 's', peer: null, peerValue: null })
+  const warm = await buildImage('test', { out: path.join(dir, 'img2'), keyFile: keys.privateKeyFile })
+  if (!warm.cached) throw new Error('the second build did not come from the cache')
+  fig({ name: 'image build, test recipe, from the cache', value: Number(warm.seconds.toFixed(2)), unit: 's', peer: 'the same build from scratch', peerValue: Number(cold.seconds.toFixed(2)) })
+  fig({ name: 'test image, raw ext4 size', value: cold.manifest.image.size, unit: 'bytes', peer: null, peerValue: null })
+  fig({ name: 'test image, zstd transport size', value: cold.manifest.transport.size, unit: 'bytes', peer: 'raw image', peerValue: cold.manifest.image.size })
+  fig({ name: 'labhost executable size', value: fs.statSync(path.join(root, 'dist/labhost')).size, unit: 'bytes', peer: null, peerValue: null })
+
+  const machine = { cpu: os.cpus()[0]?.model ?? 'unknown', cores: os.cpus().length, memGiB: Math.round(os.totalmem() / 2 ** 30), kernel: os.release(), node: process.version }
+  fs.mkdirSync(path.join(root, 'bench'), { recursive: true })
+  fs.writeFileSync(path.join(root, 'bench/results.json'), JSON.stringify({ when: new Date().toISOString(), machine, figures: figures.map((f) => ({ ...f, machine: machine.cpu })) }, null, 2) + '\n')
+  console.log('written bench/results.json')
+} finally {
+  fs.rmSync(dir, { recursive: true, force: true })
+}
