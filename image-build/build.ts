@@ -12,7 +12,7 @@ import { withLoop, withMount } from '../lib/loop.ts'
 import { installExtlinux, renderExtlinuxConf, type ExtlinuxConfig } from '../bootloader/extlinux.ts'
 import { cacheRoot, kernelFromPackage, unpackDebianPackage } from './debian-packages.ts'
 import { buildInitramfs } from './initramfs.ts'
-import { rootRuleInit } from './initramfs-init.ts'
+import { rootRuleInit, stickInit } from './initramfs-init.ts'
 import { CHUNK_SIZE, hashChunks, keyFingerprint, MANIFEST_FORMAT, readPrivateKey, signManifest, type Manifest } from './manifest.ts'
 import { loadRecipe, type LoadedRecipe } from './recipe.ts'
 
@@ -167,13 +167,15 @@ export async function buildImage(recipeName: string, o: BuildOptions): Promise<B
     await stageBase(r, staging)
     const kernel = await kernelFromPackage(r.recipe.kernel.package)
     log(`kernel ${kernel.version}; initramfs with ${r.recipe.kernel.initramfsModules.join(' ')}`)
-    const initrd = await buildInitramfs({ modulesDir: kernel.modulesDir, modules: r.recipe.kernel.initramfsModules, init: rootRuleInit(r.layout) })
-    for (const d of ['boot', 'dev', 'proc', 'sys', 'run', 'tmp', 'etc/labhost', 'sbin', ...r.layout.partitions.map((p) => p.mount.slice(1))]) {
+    const init = r.recipe.role === 'stick' ? stickInit() : rootRuleInit(r.layout)
+    const initrd = await buildInitramfs({ modulesDir: kernel.modulesDir, modules: r.recipe.kernel.initramfsModules, init })
+    const mountPoints = r.recipe.role === 'host' ? r.layout.partitions.map((p) => p.mount.slice(1)) : ['data']
+    for (const d of ['boot', 'dev', 'proc', 'sys', 'run', 'tmp', 'etc/labhost', 'sbin', ...mountPoints]) {
       fs.mkdirSync(path.join(staging, d), { recursive: true })
     }
     fs.copyFileSync(kernel.vmlinuz, path.join(staging, 'boot/vmlinuz'))
     fs.writeFileSync(path.join(staging, 'boot/initrd.img'), initrd)
-    fs.writeFileSync(path.join(staging, 'etc/fstab'), renderFstab(r.layout))
+    if (r.recipe.role === 'host') fs.writeFileSync(path.join(staging, 'etc/fstab'), renderFstab(r.layout))
     fs.writeFileSync(path.join(staging, 'etc/labhost/version'), `${r.recipe.version}\n`)
     fs.writeFileSync(path.join(staging, 'etc/labhost/recipe'), `${r.recipe.name} ${r.hash}\n`)
     fs.writeFileSync(path.join(staging, 'etc/labhost/trusted.pub'), publicKey.export({ format: 'pem', type: 'spki' }))

@@ -11,8 +11,10 @@ import { LOAD_MODULES_SH } from './initramfs.ts'
 export const TRIAL_DIR = 'labhost'
 export const TRIAL_FILE = 'labhost/trial'
 
-export function rootRuleInit(layout: Layout): string {
-  return `#!/bin/sh
+/** Partition name of the installer stick's system partition. */
+export const STICK_PARTITION = 'labhost-stick'
+
+const PROLOGUE = `#!/bin/sh
 export PATH=/bin:/sbin
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
@@ -30,6 +32,29 @@ part_by_name() {
   done
   return 1
 }
+`
+
+const SWITCH_ROOT = `for m in dev proc sys run; do mount --move /$m /newroot/$m || fail "/newroot/$m is missing"; done
+exec switch_root /newroot /sbin/init
+`
+
+/** The installer stick: mount its system partition (found by name, USB can be slow) and start it. */
+export function stickInit(): string {
+  return `${PROLOGUE}
+i=0
+until P=$(part_by_name '${STICK_PARTITION}'); do
+  i=$((i + 1)); [ $i -ge 300 ] && fail "no partition named ${STICK_PARTITION}: is this the labhost stick?"
+  sleep 0.1
+done
+mkdir -p /newroot
+mount -t ext4 -o ro,noatime /dev/$P /newroot || fail "cannot mount /dev/$P"
+printf 'STICK=/dev/%s\\nSTICK_DISK=/dev/%s\\n' $P "$(basename "$(readlink -f /sys/class/block/$P/..)")" > /run/labhost/stick
+echo "LABHOST-STICK-ROOT dev=$P"
+${SWITCH_ROOT}`
+}
+
+export function rootRuleInit(layout: Layout): string {
+  return `${PROLOGUE}
 i=0
 while :; do
   PA=$(part_by_name '${layout.slots.A.name}'); PB=$(part_by_name '${layout.slots.B.name}')
@@ -99,7 +124,5 @@ mount -t ext4 -o ro,noatime /dev/$ROOT /newroot || fail "cannot mount /dev/$ROOT
 printf 'SLOT=%s\\nDEVICE=/dev/%s\\nDISK=/dev/%s\\n' $SLOT $ROOT $DISK > /run/labhost/boot
 say "booting slot $SLOT from /dev/$ROOT"
 echo "LABHOST-ROOT slot=$SLOT dev=$ROOT"
-for m in dev proc sys run; do mount --move /$m /newroot/$m || fail "/newroot/$m is missing"; done
-exec switch_root /newroot /sbin/init
-`
+${SWITCH_ROOT}`
 }

@@ -14,6 +14,7 @@ export const RecipeSchema = z.object({
   name: z.string().regex(/^[a-z0-9-]+$/, 'lower-case letters, digits and dashes'),
   version: z.string().regex(/^\d+(\.\d+){0,3}([-+~][0-9A-Za-z.]+)?$/, 'a version such as 1.2.0'),
   description: z.string().optional(),
+  role: z.enum(['host', 'stick']).default('host').describe('host: a root slot image (A/B initramfs rule, fstab from the layout); stick: the system of the USB installer stick'),
   base: z.object({
     method: z.enum(['packages', 'debootstrap']).describe('packages: apt-get download + dpkg-deb -x of the listed packages (small test image); debootstrap: a full Debian'),
     suite: z.string().describe("Debian release, e.g. bookworm; the mirror is the machine's own apt source"),

@@ -13,6 +13,8 @@ export interface VmDisk {
   rotationRate?: number
   logicalBlockSize?: 512 | 4096
   readOnly?: boolean
+  /** SeaBIOS boot order: lower boots first. */
+  bootIndex?: number
 }
 
 export interface VmSpec {
@@ -38,12 +40,18 @@ export function qemuArgs(spec: VmSpec, accel: Accel, serialFile: string): string
   if (accel === 'kvm') args.push('-cpu', 'host')
   if (spec.smbios) args.push('-smbios', `type=1,manufacturer=${spec.smbios.manufacturer.replace(/,/g, ',,')},product=${spec.smbios.product.replace(/,/g, ',,')}`)
   if (spec.disks.some((d) => d.bus === 'usb-storage')) args.push('-device', 'qemu-xhci,id=xhci')
+  let ide = 0
   spec.disks.forEach((d, i) => {
     args.push('-drive', `file=${d.file},format=raw,if=none,id=d${i}${d.readOnly ? ',readonly=on' : ''}`)
-    const bs = d.logicalBlockSize ? `,logical_block_size=${d.logicalBlockSize},physical_block_size=${d.logicalBlockSize}` : ''
-    if (d.bus === 'ide-hd') args.push('-device', `ide-hd,drive=d${i},bus=ide.${i},rotation_rate=${d.rotationRate ?? 1}${bs}`)
+    const bs = (d.logicalBlockSize ? `,logical_block_size=${d.logicalBlockSize},physical_block_size=${d.logicalBlockSize}` : '') +
+      (d.bootIndex !== undefined ? `,bootindex=${d.bootIndex}` : '')
+    if (d.bus === 'ide-hd') {
+      // the pc machine has two IDE buses with two units each
+      args.push('-device', `ide-hd,drive=d${i},bus=ide.${ide >> 1},unit=${ide & 1},rotation_rate=${d.rotationRate ?? 1}${bs}`)
+      ide++
+    }
     else if (d.bus === 'virtio-blk') args.push('-device', `virtio-blk-pci,drive=d${i}${bs}`)
-    else args.push('-device', `usb-storage,bus=xhci.0,drive=d${i},removable=on`)
+    else args.push('-device', `usb-storage,bus=xhci.0,drive=d${i},removable=on${d.bootIndex !== undefined ? `,bootindex=${d.bootIndex}` : ''}`)
   })
   return args
 }

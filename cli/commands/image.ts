@@ -7,6 +7,7 @@ import { z } from 'zod'
 import { buildImage } from '../../image-build/build.ts'
 import { generateKeyPair, readPublicKey, verifyImageDir } from '../../image-build/manifest.ts'
 import { recipeJsonSchema } from '../../image-build/recipe.ts'
+import { buildStick } from '../../image-build/stick.ts'
 import { requireString, type Command } from '../command.ts'
 
 export const imageBuild: Command = {
@@ -26,6 +27,21 @@ export const imageBuild: Command = {
       data: { manifest: r.manifestFile, name: m.name, version: m.version, size: m.image.size, sha256: m.image.sha256, transportSize: m.transport.size, seconds: r.seconds, cached: r.cached },
       human: `built ${m.name} ${m.version}: ${r.manifestFile}\n  root.img ${m.image.size} bytes sha256 ${m.image.sha256}\n  root.img.zst ${m.transport.size} bytes\n  in ${r.seconds.toFixed(1)} s${r.cached ? ' (from the cache)' : ''}`,
     }
+  },
+}
+
+export const imageStick: Command = {
+  name: 'image stick',
+  summary: 'make a bootable USB installer stick image carrying a signed root image and install.yaml',
+  usage: 'labhost image stick --image DIR --config install.yaml --out stick.img --key SIGNING.key [--json]',
+  options: { image: { type: 'string' }, config: { type: 'string' }, out: { type: 'string' }, key: { type: 'string' } },
+  async run(values, _pos, ctx) {
+    if (ctx.dryRun) throw new LabhostError('usage', 'image stick has no --dry-run: it writes only --out', 'leave out --dry-run')
+    const r = await buildStick({
+      imageDir: requireString(values, 'image', this), config: requireString(values, 'config', this),
+      out: requireString(values, 'out', this), keyFile: requireString(values, 'key', this), log: ctx.log,
+    })
+    return { data: r, human: `stick image ${r.out} (${r.sizeBytes >> 20} MiB): write it to a USB stick with dd bs=4M oflag=direct` }
   },
 }
 

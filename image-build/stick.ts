@@ -1,0 +1,81 @@
+// The USB installer stick: a GPT disk image with the stick system (bootable: gptmbr + extlinux)
+// and a FAT data partition LABHOST holding the signed root image, its manifest, install.yaml
+// and a reports/ folder where the installer leaves its log and report.
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import crypto from 'node:crypto'
+import YAML from 'yaml'
+import { copyFileInto, Disk } from '../lib/blockdev.ts'
+import { LabhostError } from '../lib/errors.ts'
+import { run } from '../lib/exec.ts'
+import { withLoop } from '../lib/loop.ts'
+import { planGptmbr } from '../bootloader/mbr.ts'
+import { applySectorWrites } from '../bootloader/sector-writes.ts'
+import { buildImage } from './build.ts'
+import { STICK_PARTITION } from './initramfs-init.ts'
+import { readPrivateKey, verifyImageDir } from './manifest.ts'
+
+export const DATA_PARTITION = 'LABHOST'
+const MiB = 1 << 20
+
+export interface StickOptions {
+  imageDir: string
+  config: string
+  out: string
+  keyFile: string
+  log?: (line: string) => void
+}
+
+export async function buildStick(o: StickOptions): Promise<{ out: string; sizeBytes: number }> {
+  const log = o.log ?? (() => {})
+  const publicKey = crypto.createPublicKey(readPrivateKey(o.keyFile))
+  const manifest = verifyImageDir(path.join(o.imageDir, 'manifest.json'), publicKey)
+  let configText: string
+  try {
+    configText = fs.readFileSync(o.config, 'utf8')
+    YAML.parse(configText)
+  } catch (e) {
+    throw new LabhostError('configInvalid', `${o.config}: not a readable YAML install config: ${(e as Error).message.split('\n')[0]}`, 'give the install.yaml the installer should run with')
+  }
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'labhost-stick-'))
+  try {
+    log('building the stick system (recipe stick)')
+    const sys = await buildImage('stick', { out: path.join(work, 'sys'), keyFile: o.keyFile, log })
+    const sysImage = path.join(work, 'sys/root.img')
+    const transport = path.join(o.imageDir, manifest.transport.file)
+    const dataMiB = Math.ceil((fs.statSync(transport).size + 64 * 1024) / MiB) + 16
+    const sysMiB = Math.ceil(sys.manifest.image.size / MiB)
+    const totalMiB = 1 + sysMiB + dataMiB + 1
+    fs.rmSync(o.out, { force: true })
+    fs.writeFileSync(o.out, '')
+    fs.truncateSync(o.out, totalMiB * MiB)
+    const sysFirst = 2048
+    const sysLast = sysFirst + sysMiB * 2048 - 1
+    await run('sgdisk', ['--clear', '-n', `1:${sysFirst}:${sysLast}`, '-c', `1:${STICK_PARTITION}`, '-t', '1:8300', '-A', '1:set:2',
+      '-n', '2:0:0', '-c', `2:${DATA_PARTITION}`, '-t', '2:0700', o.out])
+    copyFileInto(sysImage, o.out, sysFirst * 512)
+    const disk = Disk.open(o.out)
+    try {
+      await applySectorWrites(disk, planGptmbr(disk))
+    } finally {
+      disk.close()
+    }
+    const dataFirst = (sysLast + 1) * 512
+    const dataBytes = fs.statSync(o.out).size - dataFirst - 34 * 512
+    log(`data partition LABHOST: ${manifest.name} ${manifest.version}, ${path.basename(o.config)}`)
+    await withLoop(o.out, { offset: dataFirst, sizeLimit: dataBytes }, (dev) =>
+      run('mkfs.vfat', ['-n', DATA_PARTITION, '-i', '1ab0057c', dev]))
+    // mtools writes FAT without mounting it (the build host's kernel may have no vfat).
+    const configCopy = path.join(work, 'install.yaml')
+    fs.writeFileSync(configCopy, configText)
+    const fat = `${o.out}@@${dataFirst}`
+    const env = { ...process.env, MTOOLS_SKIP_CHECK: '1' } as Record<string, string>
+    await run('mmd', ['-i', fat, '::/image', '::/reports'], { env })
+    await run('mcopy', ['-i', fat, path.join(o.imageDir, 'manifest.json'), transport, '::/image/'], { env })
+    await run('mcopy', ['-i', fat, configCopy, '::/install.yaml'], { env })
+    return { out: o.out, sizeBytes: totalMiB * MiB }
+  } finally {
+    fs.rmSync(work, { recursive: true, force: true })
+  }
+}

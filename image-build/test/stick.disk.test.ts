@@ -1,0 +1,52 @@
+// labhost image stick: layout of the stick image, and refusals before anything is made.
+import fs from 'node:fs'
+import t from 'tap'
+import { ExitCode } from '../../lib/errors.ts'
+import { run } from '../../lib/exec.ts'
+import { runCli, tmpDir } from '../../lib/test-helpers.ts'
+import { isValid, openGptDisk, readGpt } from '../../bootloader/gpt.ts'
+
+const dir = tmpDir(t, 'labhost-stick-test-')
+const key = `${dir}/keys/labhost-signing.key`
+const env = { ...process.env, MTOOLS_SKIP_CHECK: '1' } as Record<string, string>
+
+t.before(async () => {
+  await runCli(['image', 'keygen', '--out', `${dir}/keys`])
+  const b = await runCli(['image', 'build', 'test', '--out', `${dir}/image`, '--key', key])
+  if (b.code !== 0) throw new Error(b.stderr)
+  fs.writeFileSync(`${dir}/install.yaml`, 'allowedModels: []\n')
+})
+
+t.test('a bootable GPT stick with the system and a FAT data partition', async (t) => {
+  const r = await runCli(['image', 'stick', '--image', `${dir}/image`, '--config', `${dir}/install.yaml`, '--out', `${dir}/stick.img`, '--key', key])
+  t.equal(r.code, 0, 'exits 0', { stderr: r.stderr })
+  const disk = openGptDisk(`${dir}/stick.img`)
+  const gpt = readGpt(disk)
+  disk.close()
+  t.ok(isValid(gpt.primary) && isValid(gpt.backup))
+  t.same(gpt.entries.map((e) => [e.name, e.legacyBootable]), [['labhost-stick', true], ['LABHOST', false]])
+  const off = Number(gpt.entries[1]!.firstLba) * 512
+  const ls = await run('mdir', ['-b', '-i', `${dir}/stick.img@@${off}`, '::/image'], { env })
+  t.match(ls.stdout, /manifest\.json/)
+  t.match(ls.stdout, /root\.img\.zst/)
+  const cfg = await run('mtype', ['-i', `${dir}/stick.img@@${off}`, '::/install.yaml'], { env })
+  t.equal(cfg.stdout, 'allowedModels: []\n')
+})
+
+t.test('a tampered image is refused; no stick is written', async (t) => {
+  fs.cpSync(`${dir}/image`, `${dir}/bad`, { recursive: true })
+  const m = JSON.parse(fs.readFileSync(`${dir}/bad/manifest.json`, 'utf8'))
+  m.version = '9.9.9'
+  fs.writeFileSync(`${dir}/bad/manifest.json`, JSON.stringify(m))
+  const r = await runCli(['image', 'stick', '--image', `${dir}/bad`, '--config', `${dir}/install.yaml`, '--out', `${dir}/bad.img`, '--key', key])
+  t.equal(r.code, ExitCode.signatureInvalid)
+  t.notOk(fs.existsSync(`${dir}/bad.img`))
+})
+
+t.test('a config that is not YAML is refused', async (t) => {
+  fs.writeFileSync(`${dir}/broken.yaml`, 'allowedModels: [unclosed\n')
+  const r = await runCli(['image', 'stick', '--image', `${dir}/image`, '--config', `${dir}/broken.yaml`, '--out', `${dir}/b2.img`, '--key', key])
+  t.equal(r.code, ExitCode.configInvalid)
+  t.match(r.stderr, /broken\.yaml: not a readable YAML install config/)
+  t.notOk(fs.existsSync(`${dir}/b2.img`))
+})
