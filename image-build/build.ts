@@ -10,7 +10,7 @@ import { run } from '../lib/exec.ts'
 import { renderFstab } from '../lib/layout.ts'
 import { withLoop, withMount } from '../lib/loop.ts'
 import { installExtlinux, renderExtlinuxConf, type ExtlinuxConfig } from '../bootloader/extlinux.ts'
-import { cacheRoot, kernelFromPackage, unpackDebianPackage } from './debian-packages.ts'
+import { cacheRoot, debianMirror, kernelFromPackage, machineSuite, unpackDebianPackage } from './debian-packages.ts'
 import { buildInitramfs } from './initramfs.ts'
 import { rootRuleInit, stickInit } from './initramfs-init.ts'
 import { CHUNK_SIZE, hashChunks, keyFingerprint, MANIFEST_FORMAT, readPrivateKey, signManifest, type Manifest } from './manifest.ts'
@@ -36,15 +36,29 @@ export interface BuildResult {
   cached: boolean
 }
 
-function machineSuite(): string {
-  const osr = fs.readFileSync('/etc/os-release', 'utf8')
-  return /^VERSION_CODENAME=(.*)$/m.exec(osr)?.[1]?.replace(/"/g, '') ?? 'unknown'
-}
-
 async function stageBase(r: LoadedRecipe, staging: string): Promise<void> {
   const { base } = r.recipe
   if (base.method === 'debootstrap') {
-    throw new LabhostError('configInvalid', `${r.file}: base.method: debootstrap is not built yet`, 'use method: packages for now (see the image-build issue)')
+    const mirror = debianMirror(base.suite)
+    const include = base.packages.length ? [`--include=${base.packages.join(',')}`] : []
+    try {
+      await run('debootstrap', ['--variant=minbase', ...include, base.suite, staging, mirror], { timeoutMs: 30 * 60_000 })
+    } catch (e) {
+      const tail = String((e as LabhostError).details?.stderr ?? (e as Error).message)
+      const missing = /Couldn't find these debs: (.*)/.exec(tail)?.[1]
+      if (missing) throw new LabhostError('packageMissing', `${r.file}: base.packages: ${missing.trim()} cannot be had from ${base.suite}`, 'check the package names (apt-cache policy NAME)')
+      throw e
+    }
+    // Identity comes from /persistent, not from the image; apt's lists are not part of a host.
+    for (const f of fs.readdirSync(path.join(staging, 'etc/ssh')).filter((f) => f.startsWith('ssh_host_'))) fs.rmSync(path.join(staging, 'etc/ssh', f))
+    fs.writeFileSync(path.join(staging, 'etc/machine-id'), '')
+    for (const d of ['var/lib/apt/lists', 'var/cache/apt']) {
+      for (const f of fs.readdirSync(path.join(staging, d))) if (f !== 'partial' && f !== 'archives') fs.rmSync(path.join(staging, d, f), { recursive: true, force: true })
+    }
+    fs.rmSync(path.join(staging, 'var/cache/apt/archives'), { recursive: true, force: true })
+    fs.mkdirSync(path.join(staging, 'var/cache/apt/archives/partial'), { recursive: true })
+    for (const f of ['var/log/bootstrap.log', 'var/log/dpkg.log', 'var/log/alternatives.log', 'var/log/apt/history.log', 'var/log/apt/term.log']) fs.rmSync(path.join(staging, f), { force: true })
+    return
   }
   if (base.suite !== machineSuite()) {
     throw new LabhostError('configInvalid', `${r.file}: base.suite: ${base.suite} is not this machine's Debian release (${machineSuite()})`,
@@ -174,6 +188,12 @@ export async function buildImage(recipeName: string, o: BuildOptions): Promise<B
       fs.mkdirSync(path.join(staging, d), { recursive: true })
     }
     fs.copyFileSync(kernel.vmlinuz, path.join(staging, 'boot/vmlinuz'))
+    if (r.recipe.kernel.modulesInRoot) {
+      const dest = path.join(staging, 'lib/modules', kernel.version)
+      fs.mkdirSync(path.dirname(dest), { recursive: true })
+      await run('cp', ['-a', kernel.modulesDir, dest])
+      await run('depmod', ['-b', staging, kernel.version])
+    }
     fs.writeFileSync(path.join(staging, 'boot/initrd.img'), initrd)
     if (r.recipe.role === 'host') fs.writeFileSync(path.join(staging, 'etc/fstab'), renderFstab(r.layout))
     fs.writeFileSync(path.join(staging, 'etc/labhost/version'), `${r.recipe.version}\n`)
@@ -198,6 +218,12 @@ export async function buildImage(recipeName: string, o: BuildOptions): Promise<B
     fs.writeFileSync(path.join(extlinuxDir, 'ldlinux.sys'), '')
     fs.writeFileSync(path.join(extlinuxDir, 'ldlinux.c32'), '')
     fs.writeFileSync(path.join(extlinuxDir, 'extlinux.conf'), renderExtlinuxConf(extlinuxConfig))
+    for (const l of r.recipe.links) {
+      const dest = path.join(staging, l.path)
+      fs.mkdirSync(path.dirname(dest), { recursive: true })
+      fs.rmSync(dest, { force: true })
+      fs.symlinkSync(l.target, dest)
+    }
     setTimes(staging, epoch)
 
     fs.mkdirSync(o.out, { recursive: true })

@@ -67,3 +67,39 @@ export async function kernelFromPackage(name: string): Promise<DebianKernel> {
   }
   return { version, vmlinuz, modulesDir }
 }
+
+/** This machine's Debian release, e.g. bookworm. */
+export function machineSuite(): string {
+  const osr = fs.readFileSync('/etc/os-release', 'utf8')
+  return /^VERSION_CODENAME=(.*)$/m.exec(osr)?.[1]?.replace(/"/g, '') ?? 'unknown'
+}
+
+/**
+ * The Debian mirror of this machine's apt sources that serves `suite` (deb822 .sources files
+ * and the one-line sources.list format). Never a built-in host name.
+ */
+export function debianMirror(suite: string): string {
+  const found: string[] = []
+  const dir = '/etc/apt/sources.list.d'
+  const deb822 = fs.existsSync(dir) ? fs.readdirSync(dir).filter((f) => f.endsWith('.sources')).map((f) => path.join(dir, f)) : []
+  for (const f of deb822) {
+    for (const stanza of fs.readFileSync(f, 'utf8').split(/\n\s*\n/)) {
+      const field = (k: string) => new RegExp(`^${k}:\\s*(.*)$`, 'mi').exec(stanza)?.[1]?.trim() ?? ''
+      if (/^\s*Enabled:\s*no/mi.test(stanza)) continue
+      if (field('Types').split(/\s+/).includes('deb') && field('Suites').split(/\s+/).includes(suite) && field('Components').split(/\s+/).includes('main')) {
+        found.push(...field('URIs').split(/\s+/).filter(Boolean))
+      }
+    }
+  }
+  const list = '/etc/apt/sources.list'
+  if (fs.existsSync(list)) {
+    for (const line of fs.readFileSync(list, 'utf8').split('\n')) {
+      const m = /^deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+(\S+)\s+(.*)$/.exec(line.trim())
+      if (m && m[2] === suite && m[3]!.split(/\s+/).includes('main')) found.push(m[1]!)
+    }
+  }
+  if (!found.length) {
+    throw new LabhostError('configInvalid', `no apt source of this machine serves ${suite} main`, `add a deb source for ${suite} to /etc/apt/sources.list.d, or use this machine's release`)
+  }
+  return found[0]!
+}

@@ -25,6 +25,7 @@ export const RecipeSchema = z.object({
     package: debName.default('linux-image-amd64'),
     initramfsModules: z.array(z.string().regex(/^[a-z0-9_-]+$/)).describe('modules the initramfs loads, dependencies are added'),
     cmdline: z.string().default('console=ttyS0,115200 quiet'),
+    modulesInRoot: z.boolean().default(false).describe("copy the kernel's modules into /lib/modules of the root filesystem (for userspace drivers)"),
   }).strict(),
   carryLabhost: z.boolean().default(false).describe('put this labhost executable at /usr/sbin/labhost (needs libc6, libstdc++6, libgcc-s1 in the image)'),
   files: z.array(z.object({
@@ -32,6 +33,10 @@ export const RecipeSchema = z.object({
     content: z.string(),
     mode: z.string().regex(/^0?[0-7]{3,4}$/, 'an octal mode such as 0644').default('0644'),
   }).strict()).default([]),
+  links: z.array(z.object({
+    path: z.string().regex(/^\/[^\0]+$/, 'an absolute path inside the image'),
+    target: z.string().min(1),
+  }).strict()).default([]).describe('symbolic links to create, e.g. to enable systemd units'),
   imageSizeMiB: z.number().int().min(8).describe('size of the raw root filesystem image'),
   layout: z.string().default('../layouts/default.yaml').describe('layout file, relative to the recipe'),
   trial: z.object({ boots: z.number().int().min(1).max(20).default(3) }).strict().default({ boots: 3 }),

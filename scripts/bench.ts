@@ -65,6 +65,10 @@ try {
   fig({ name: 'image build, test recipe, from the cache', value: Number(warm.seconds.toFixed(2)), unit: 's', peer: 'the same build from scratch', peerValue: Number(cold.seconds.toFixed(2)) })
   fig({ name: 'test image, raw ext4 size', value: cold.manifest.image.size, unit: 'bytes', peer: null, peerValue: null })
   fig({ name: 'test image, zstd transport size', value: cold.manifest.transport.size, unit: 'bytes', peer: 'raw image', peerValue: cold.manifest.image.size })
+  const host = await buildImage('host', { out: path.join(dir, 'host'), keyFile: keys.privateKeyFile, noCache: true })
+  fig({ name: 'image build, host recipe (debootstrap), from scratch', value: Number(host.seconds.toFixed(1)), unit: 's', peer: null, peerValue: null })
+  fig({ name: 'host image, raw ext4 size', value: host.manifest.image.size, unit: 'bytes', peer: null, peerValue: null })
+  fig({ name: 'host image, zstd transport size', value: host.manifest.transport.size, unit: 'bytes', peer: 'raw image', peerValue: host.manifest.image.size })
   fig({ name: 'labhost executable size', value: fs.statSync(path.join(root, 'dist/labhost')).size, unit: 'bytes', peer: null, peerValue: null })
 
   const machine = { cpu: os.cpus()[0]?.model ?? 'unknown', cores: os.cpus().length, memGiB: Math.round(os.totalmem() / 2 ** 30), kernel: os.release(), node: process.version }

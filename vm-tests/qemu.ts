@@ -56,16 +56,30 @@ export function qemuArgs(spec: VmSpec, accel: Accel, serialFile: string): string
   return args
 }
 
-/** Boot until the guest powers off (qemu exits) or `timeoutMs` passes; the process is always ended. */
-export async function bootUntilPowerOff(spec: VmSpec, timeoutMs: number): Promise<BootResult> {
+/**
+ * Boot until the guest powers off (qemu exits), the serial console shows `until`, or
+ * `timeoutMs` passes; the QEMU process is always ended.
+ */
+export async function bootUntilPowerOff(spec: VmSpec, timeoutMs: number, until?: RegExp): Promise<BootResult> {
   const accel = spec.accel ?? (await chooseAccel())
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'labhost-vm-'))
   const serialFile = path.join(dir, 'serial.log')
   const started = Date.now()
+  const readSerial = () => (fs.existsSync(serialFile) ? fs.readFileSync(serialFile, 'latin1') : '')
+  let sawMarker = false
   try {
-    const r = await execa('qemu-system-x86_64', qemuArgs(spec, accel, serialFile), { reject: false, timeout: timeoutMs, killSignal: 'SIGKILL' })
-    const serial = fs.existsSync(serialFile) ? fs.readFileSync(serialFile, 'latin1') : ''
-    return { serial, accel, poweredOff: r.exitCode === 0 && !r.timedOut, timedOut: r.timedOut === true, seconds: (Date.now() - started) / 1000, stderr: String(r.stderr ?? '') }
+    const vm = execa('qemu-system-x86_64', qemuArgs(spec, accel, serialFile), { reject: false, timeout: timeoutMs, killSignal: 'SIGKILL' })
+    const poll = until ? setInterval(() => {
+      if (until.test(readSerial())) {
+        sawMarker = true
+        vm.kill('SIGKILL')
+      }
+    }, 500) : undefined
+    const r = await vm
+    if (poll) clearInterval(poll)
+    const serial = readSerial()
+    const timedOut = r.timedOut === true && !sawMarker
+    return { serial, accel, poweredOff: r.exitCode === 0 && !r.timedOut, timedOut, seconds: (Date.now() - started) / 1000, stderr: String(r.stderr ?? '') }
   } finally {
     fs.rmSync(dir, { recursive: true, force: true })
   }
