@@ -5,6 +5,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { TRIAL_DIR, TRIAL_FILE } from '../image-build/initramfs-init.ts'
+import { writeDurable } from './host-state.ts'
 
 export interface TrialState {
   slot: 'A' | 'B'
@@ -16,24 +17,6 @@ export interface TrialState {
   rollbackSector: Buffer
 }
 
-function writeDurable(file: string, data: string | Buffer): void {
-  const tmp = `${file}.tmp`
-  const fd = fs.openSync(tmp, 'w', 0o644)
-  try {
-    fs.writeSync(fd, typeof data === 'string' ? Buffer.from(data) : data)
-    fs.fsyncSync(fd)
-  } finally {
-    fs.closeSync(fd)
-  }
-  fs.renameSync(tmp, file)
-  const dfd = fs.openSync(path.dirname(file), 'r')
-  try {
-    fs.fsyncSync(dfd)
-  } finally {
-    fs.closeSync(dfd)
-  }
-}
-
 /** Write the state under a mounted state partition; the trial file goes last (it arms the trial). */
 export function writeTrialState(stateRoot: string, s: TrialState): void {
   const dir = path.join(stateRoot, TRIAL_DIR)
@@ -43,10 +26,4 @@ export function writeTrialState(stateRoot: string, s: TrialState): void {
   writeDurable(path.join(stateRoot, TRIAL_FILE), [
     `TRIAL_SLOT=${s.slot}`, `BOOTS_LEFT=${s.bootsLeft}`, `VERSION=${s.version.replace(/[^0-9A-Za-z.+~-]/g, '')}`,
     `PRIMARY_LBA=${s.primaryLba}`, `BACKUP_LBA=${s.backupLba}`, ''].join('\n'))
-}
-
-export function readLastResult(stateRoot: string): Record<string, string> | null {
-  const f = path.join(stateRoot, TRIAL_DIR, 'last-result')
-  if (!fs.existsSync(f)) return null
-  return Object.fromEntries(fs.readFileSync(f, 'utf8').split('\n').filter((l) => l.includes('=')).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]))
 }

@@ -10,7 +10,8 @@ import { readGpt } from '../bootloader/gpt.ts'
 import { planSwitch, applySwitch } from '../bootloader/switch.ts'
 import { slotStatus } from '../bootloader/slots.ts'
 import { loadRecipe } from '../image-build/recipe.ts'
-import { readLastResult, writeTrialState } from '../updater/trial-state.ts'
+import { writeTrialState } from '../updater/trial-state.ts'
+import { readLastResult } from '../updater/host-state.ts'
 import { bootUntilPowerOff, type VmSpec } from './qemu.ts'
 import { buildHostDisks, withPartition, type HostDisks } from './fixtures/host-disks.ts'
 
@@ -80,6 +81,6 @@ t.test('trial: B gets its boots, then the initramfs rolls back to A by itself', 
   t.ok(gptRegion.equals(fs.readFileSync(disks.ssd).subarray(0, 34 * 512)))
   const third = await boot(t, disks)
   t.same(userspace(third)?.[2], 'A', 'the host comes back on A')
-  const result = await withPartition(disks.ssd, logPart, async (root) => readLastResult(root))
+  const result = await withPartition(disks.ssd, logPart, async (root) => readLastResult({ bootFile: '', versionFile: '', stateRoot: root }))
   t.same(result, { RESULT: 'rolled-back', FROM: 'B', TO: 'A', VERSION: '1.0.0' }, 'the rollback is recorded for labhost status')
 })

@@ -1,0 +1,89 @@
+// What a running host knows about itself: the slot its initramfs booted (/run/labhost/boot), the
+// installed version, and the trial state on the state partition. Paths can be pointed elsewhere
+// for tests and for inspecting a disk from outside.
+import fs from 'node:fs'
+import path from 'node:path'
+import { LabhostError } from '../lib/errors.ts'
+import { TRIAL_DIR, TRIAL_FILE } from '../image-build/initramfs-init.ts'
+
+export interface HostPaths {
+  /** The initramfs's record of what it booted. */
+  bootFile: string
+  /** Mount point of the state partition (the layout's stateMount). */
+  stateRoot: string
+  versionFile: string
+}
+
+export const DEFAULT_PATHS: HostPaths = { bootFile: '/run/labhost/boot', stateRoot: '/var/log', versionFile: '/etc/labhost/version' }
+
+export function parseShellVars(text: string): Record<string, string> {
+  return Object.fromEntries(text.split('\n').map((l) => /^([A-Z_]+)=(.*)$/.exec(l.trim())).filter((m) => m !== null).map((m) => [m![1]!, m![2]!]))
+}
+
+export interface BootInfo { slot: 'A' | 'B'; device: string; disk: string }
+
+export function readBootInfo(p: HostPaths): BootInfo {
+  if (!fs.existsSync(p.bootFile)) {
+    throw new LabhostError('notFound', `${p.bootFile} is missing: this system was not booted by the labhost initramfs`,
+      'run on a labhost host, or name the disk with --disk')
+  }
+  const v = parseShellVars(fs.readFileSync(p.bootFile, 'utf8'))
+  if (v.SLOT !== 'A' && v.SLOT !== 'B') throw new LabhostError('io', `${p.bootFile} names no slot`, 'reboot; the initramfs rewrites it at every boot')
+  return { slot: v.SLOT, device: v.DEVICE ?? '', disk: v.DISK ?? '' }
+}
+
+export interface TrialInfo { slot: string; bootsLeft: number; version: string }
+
+export function readTrial(p: HostPaths): TrialInfo | null {
+  const f = path.join(p.stateRoot, TRIAL_FILE)
+  if (!fs.existsSync(f)) return null
+  const v = parseShellVars(fs.readFileSync(f, 'utf8'))
+  return { slot: v.TRIAL_SLOT ?? '', bootsLeft: Number(v.BOOTS_LEFT ?? 0), version: v.VERSION ?? '' }
+}
+
+export function readLastResult(p: HostPaths): Record<string, string> | null {
+  const f = path.join(p.stateRoot, TRIAL_DIR, 'last-result')
+  return fs.existsSync(f) ? parseShellVars(fs.readFileSync(f, 'utf8')) : null
+}
+
+export function readVersion(p: HostPaths): string | null {
+  return fs.existsSync(p.versionFile) ? fs.readFileSync(p.versionFile, 'utf8').trim() : null
+}
+
+/** Replace a small file atomically and durably (write, fsync, rename, fsync the directory). */
+export function writeDurable(file: string, data: string | Buffer): void {
+  const tmp = `${file}.tmp`
+  const fd = fs.openSync(tmp, 'w', 0o644)
+  try {
+    fs.writeSync(fd, typeof data === 'string' ? Buffer.from(data) : data)
+    fs.fsyncSync(fd)
+  } finally {
+    fs.closeSync(fd)
+  }
+  fs.renameSync(tmp, file)
+  syncDir(path.dirname(file))
+}
+
+export function syncDir(dir: string): void {
+  const fd = fs.openSync(dir, 'r')
+  try {
+    fs.fsyncSync(fd)
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
+/** End a trial: the booted slot is good. Returns what was done. */
+export function markGood(p: HostPaths): { marked: boolean; slot: string; reason: string } {
+  const boot = readBootInfo(p)
+  const trial = readTrial(p)
+  if (!trial) return { marked: false, slot: boot.slot, reason: 'no trial pending' }
+  if (trial.slot !== boot.slot) {
+    return { marked: false, slot: boot.slot, reason: `the trial is for slot ${trial.slot}, but slot ${boot.slot} is running` }
+  }
+  const dir = path.join(p.stateRoot, TRIAL_DIR)
+  writeDurable(path.join(dir, 'last-result'), `RESULT=good\nSLOT=${boot.slot}\nVERSION=${trial.version}\n`)
+  fs.rmSync(path.join(p.stateRoot, TRIAL_FILE))
+  syncDir(dir)
+  return { marked: true, slot: boot.slot, reason: `slot ${boot.slot} (version ${trial.version}) marked good` }
+}
