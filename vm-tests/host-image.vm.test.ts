@@ -1,8 +1,13 @@
 // The `host` recipe (debootstrap'd Debian, systemd, openssh-server) boots from slot A through
-// the shared initramfs, and sshd runs with the host keys the installer puts on /persistent.
+// the shared initramfs, sshd runs with the host keys the installer puts on /persistent, and
+// labhost-mark-good.service ends a trial after its health check.
 import fs from 'node:fs'
 import t from 'tap'
 import { run } from '../lib/exec.ts'
+import { Disk } from '../lib/blockdev.ts'
+import { readGpt } from '../bootloader/gpt.ts'
+import { planSwitch } from '../bootloader/switch.ts'
+import { writeTrialState } from '../updater/trial-state.ts'
 import { runCli, tmpDir } from '../lib/test-helpers.ts'
 import { loadRecipe } from '../image-build/recipe.ts'
 import { bootUntilPowerOff } from './qemu.ts'
@@ -21,12 +26,25 @@ t.test('host image: systemd userspace from slot A, sshd with keys from /persiste
     fs.mkdirSync(`${root}/ssh`, { mode: 0o700 })
     for (const type of ['ed25519', 'rsa']) await run('ssh-keygen', ['-q', '-t', type, '-N', '', '-f', `${root}/ssh/ssh_host_${type}_key`])
   })
-  const r = await bootUntilPowerOff({ memoryMb: 1024, disks: [{ file: disks.ssd, bus: 'ide-hd', rotationRate: 1 }, { file: disks.hdd, bus: 'ide-hd', rotationRate: 7200 }] },
-    400_000, /LABHOST-USERSPACE[^\n]*\n/)
-  t.comment(`booted under ${r.accel} in ${r.seconds.toFixed(1)} s`)
-  t.match(r.serial, /LABHOST-ROOT slot=A dev=sda1/, 'the initramfs mounted slot A', { serial: r.serial.slice(-3000) })
-  const m = /LABHOST-USERSPACE version=(\S+) slot=(\S+) device=\S+ ssh=(\S+) labhost=(\S+)/.exec(r.serial)
+  // Slot A on trial with one boot: only labhost-mark-good.service stands between it and a
+  // rollback to the (empty) slot B at the second boot.
+  const disk = Disk.open(disks.ssd)
+  t.teardown(() => disk.close())
+  const toB = planSwitch(disk, readGpt(disk), 'B')
+  await withPartition(disks.ssd, disks.ssdPlan.find((p) => p.mount === layout.stateMount)!, async (root) => writeTrialState(root, {
+    slot: 'A', bootsLeft: 1, version: '1.0.0', primaryLba: toB.writes[0]!.lba, backupLba: toB.writes[1]!.lba,
+    committedSector: disk.readSectors(toB.writes[0]!.lba, 1), rollbackSector: toB.writes[0]!.data,
+  }))
   const labhostVersion = (await runCli(['--version'])).stdout.trim().replace(' ', '-')
-  t.same(m?.slice(1), ['1.0.0', 'A', 'active', labhostVersion],
-    'systemd reached multi-user, sshd is active with the /persistent keys, labhost runs')
+  for (const [i, expectTrial] of [[1, /LABHOST-TRIAL slot=A left=0/], [2, null]] as const) {
+    const r = await bootUntilPowerOff({ memoryMb: 1024, disks: [{ file: disks.ssd, bus: 'ide-hd', rotationRate: 1 }, { file: disks.hdd, bus: 'ide-hd', rotationRate: 7200 }] },
+      400_000, /LABHOST-USERSPACE[^\n]*\n/)
+    t.comment(`boot ${i} under ${r.accel} in ${r.seconds.toFixed(1)} s`)
+    t.match(r.serial, /LABHOST-ROOT slot=A dev=sda1/, `boot ${i}: the initramfs mounted slot A`, { serial: r.serial.slice(-3000) })
+    if (expectTrial) t.match(r.serial, expectTrial, 'boot 1 is the trial boot')
+    else t.notMatch(r.serial, /LABHOST-TRIAL|LABHOST-ROLLBACK/, 'boot 2: no trial left, no rollback')
+    const m = /LABHOST-USERSPACE version=(\S+) slot=(\S+) device=\S+ ssh=(\S+) labhost=(\S+) trial=(\S+)/.exec(r.serial)
+    t.same(m?.slice(1), ['1.0.0', 'A', 'active', labhostVersion, 'none'],
+      `boot ${i}: multi-user reached, sshd active with the /persistent keys, labhost runs, mark-good ended the trial`)
+  }
 })

@@ -84,3 +84,33 @@ t.test('trial: B gets its boots, then the initramfs rolls back to A by itself', 
   const result = await withPartition(disks.ssd, logPart, async (root) => readLastResult({ bootFile: '', versionFile: '', stateRoot: root }))
   t.same(result, { RESULT: 'rolled-back', FROM: 'B', TO: 'A', VERSION: '1.0.0' }, 'the rollback is recorded for labhost status')
 })
+
+t.test('trial ended by labhost mark-good in userspace: no rollback, status says good', async (t) => {
+  const d = tmpDir(t)
+  const disks = await buildHostDisks(d, layout, image, { slots: ['A', 'B'], flag: 'A' })
+  const disk = Disk.open(disks.ssd)
+  t.teardown(() => disk.close())
+  const plan = planSwitch(disk, readGpt(disk), 'B')
+  const primaryLba = plan.writes[0]!.lba
+  const rollbackSector = disk.readSectors(primaryLba, 1)
+  await applySwitch(disk, plan)
+  const logPart = disks.ssdPlan.find((p) => p.mount === layout.stateMount)!
+  await withPartition(disks.ssd, logPart, async (root) => writeTrialState(root, {
+    slot: 'B', bootsLeft: 1, version: '1.0.0', primaryLba, backupLba: plan.writes[1]!.lba,
+    committedSector: disk.readSectors(primaryLba, 1), rollbackSector,
+  }))
+  // the test image's init runs /persistent/test-hook: here, the health check passes at once
+  await withPartition(disks.ssd, disks.ssdPlan.find((p) => p.mount === '/persistent')!, async (root) => {
+    fs.writeFileSync(`${root}/test-hook`, '#!/bin/sh\necho "LABHOST-MARK $(/usr/sbin/labhost mark-good)"\necho "LABHOST-STATUS $(/usr/sbin/labhost status --json | tr -d \' \\n\')"\n', { mode: 0o755 })
+  })
+  const first = await boot(t, disks)
+  t.match(first, /LABHOST-TRIAL slot=B left=0/)
+  t.match(first, /LABHOST-MARK slot B \(version 1\.0\.0\) marked good/)
+  const second = await boot(t, disks)
+  t.notMatch(second, /LABHOST-ROLLBACK/, 'no rollback')
+  t.same(userspace(second)?.[2], 'B', 'B stays')
+  const st = JSON.parse(/LABHOST-STATUS (\{.*\})/.exec(second)?.[1] ?? '{}')
+  t.same(st.lastResult, { RESULT: 'good', SLOT: 'B', VERSION: '1.0.0' }, 'labhost status in the guest reports the good trial')
+  t.equal(st.gpt?.active, 'B')
+  t.same(st.problems, [])
+})
