@@ -69,11 +69,6 @@ export class Disk {
     }
   }
 
-  /** Same disk, reinterpreted with another sector size (image files only). */
-  withSectorSize(sectorSize: number): Disk {
-    return Disk.open(this.info.path, { sectorSize })
-  }
-
   get sectorSize(): number {
     return this.info.sectorSize
   }
@@ -124,16 +119,6 @@ export class Disk {
 
   close(): void {
     fs.closeSync(this.fd)
-  }
-}
-
-/** Open, use, and always close a disk. */
-export async function withDisk<T>(diskPath: string, opts: { sectorSize?: number }, fn: (d: Disk) => Promise<T> | T): Promise<T> {
-  const disk = Disk.open(diskPath, opts)
-  try {
-    return await fn(disk)
-  } finally {
-    disk.close()
   }
 }
 

@@ -48,8 +48,3 @@ export async function run(cmd: string, args: readonly string[], opts: RunOptions
   return { stdout: String(r.stdout ?? ''), stderr: String(r.stderr ?? '') }
 }
 
-/** True when `cmd` can be found on PATH. */
-export async function hasTool(cmd: string): Promise<boolean> {
-  const r = await execa('sh', ['-c', `command -v ${cmd}`], { reject: false })
-  return r.exitCode === 0
-}

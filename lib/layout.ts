@@ -1,6 +1,5 @@
 // The disk layout: root slots and the other partitions with their fixed PARTUUIDs and
 // filesystem UUIDs (DESIGN §2). Images generate /etc/fstab from it; the installer partitions by it.
-import path from 'node:path'
 import { z } from 'zod'
 import { loadConfig } from './config.ts'
 import { LabhostError } from './errors.ts'
@@ -34,8 +33,6 @@ export const LayoutSchema = z.object({
 
 export type Layout = z.infer<typeof LayoutSchema>
 export type LayoutPartition = z.infer<typeof PartitionSchema>
-
-export const DEFAULT_LAYOUT_FILE = path.resolve(import.meta.dirname ?? '.', '../image-build/layouts/default.yaml')
 
 export function loadLayout(file: string): Layout {
   const layout = loadConfig(file, LayoutSchema)

@@ -17,6 +17,14 @@ if (process.getuid?.() !== 0 && kinds.some((k) => k !== 'unit')) {
   process.exit(2)
 }
 
+// The type check is part of the test run: strict TypeScript, no unused code.
+const tsc = await execa('tsc', ['--noEmit', '-p', root], { cwd: root, reject: false, all: true, preferLocal: true })
+if (tsc.exitCode !== 0) {
+  console.log(String(tsc.all))
+  console.log('0 passed, 1 failed')
+  process.exit(1)
+}
+
 // Disk and VM tests use the single executable (images carry it): build it once, up front.
 if (kinds.some((k) => k !== 'unit')) {
   const b = await execa(process.execPath, [path.join(root, 'scripts/build.ts')], { cwd: root, reject: false, all: true })

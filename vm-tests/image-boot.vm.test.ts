@@ -4,7 +4,6 @@
 import fs from 'node:fs'
 import t, { type Test } from 'tap'
 import { Disk } from '../lib/blockdev.ts'
-import { loadLayout } from '../lib/layout.ts'
 import { runCli, tmpDir } from '../lib/test-helpers.ts'
 import { readGpt } from '../bootloader/gpt.ts'
 import { planSwitch, applySwitch } from '../bootloader/switch.ts'
@@ -33,6 +32,21 @@ async function boot(t: Test, disks: HostDisks) {
   return r.serial
 }
 
+/** What an update does after writing slot B: switch to it and arm a trial with `boots` boots. */
+async function putBOnTrial(t: Test, disks: HostDisks, boots: number): Promise<Disk> {
+  const disk = Disk.open(disks.ssd)
+  t.teardown(() => disk.close())
+  const plan = planSwitch(disk, readGpt(disk), 'B')
+  const primaryLba = plan.writes[0]!.lba
+  const rollbackSector = disk.readSectors(primaryLba, 1)
+  await applySwitch(disk, plan)
+  await withPartition(disks.ssd, disks.ssdPlan.find((p) => p.mount === layout.stateMount)!, async (root) => writeTrialState(root, {
+    slot: 'B', bootsLeft: boots, version: '1.0.0', primaryLba, backupLba: plan.writes[1]!.lba,
+    committedSector: disk.readSectors(primaryLba, 1), rollbackSector,
+  }))
+  return disk
+}
+
 const userspace = (serial: string) => /LABHOST-USERSPACE version=(\S+) slot=([AB])/.exec(serial)
 
 t.test('image in slot A, A flagged: the initramfs mounts A, fstab mounts every partition by UUID', async (t) => {
@@ -56,18 +70,8 @@ t.test('the same image in both slots, B flagged: the initramfs mounts B', async 
 t.test('trial: B gets its boots, then the initramfs rolls back to A by itself', async (t) => {
   const d = tmpDir(t)
   const disks = await buildHostDisks(d, layout, image, { slots: ['A', 'B'], flag: 'A' })
-  const disk = Disk.open(disks.ssd)
-  t.teardown(() => disk.close())
-  const before = readGpt(disk)
-  const plan = planSwitch(disk, before, 'B')
-  const primaryLba = plan.writes[0]!.lba
-  const rollbackSector = disk.readSectors(primaryLba, 1)
-  await applySwitch(disk, plan)
+  const disk = await putBOnTrial(t, disks, 1)
   const logPart = disks.ssdPlan.find((p) => p.mount === layout.stateMount)!
-  await withPartition(disks.ssd, logPart, async (root) => writeTrialState(root, {
-    slot: 'B', bootsLeft: 1, version: '1.0.0', primaryLba, backupLba: plan.writes[1]!.lba,
-    committedSector: disk.readSectors(primaryLba, 1), rollbackSector,
-  }))
   const first = await boot(t, disks)
   t.match(first, /LABHOST-TRIAL slot=B left=0/, 'first boot of B counts down')
   t.same(userspace(first)?.[2], 'B')
@@ -88,17 +92,7 @@ t.test('trial: B gets its boots, then the initramfs rolls back to A by itself', 
 t.test('trial ended by labhost mark-good in userspace: no rollback, status says good', async (t) => {
   const d = tmpDir(t)
   const disks = await buildHostDisks(d, layout, image, { slots: ['A', 'B'], flag: 'A' })
-  const disk = Disk.open(disks.ssd)
-  t.teardown(() => disk.close())
-  const plan = planSwitch(disk, readGpt(disk), 'B')
-  const primaryLba = plan.writes[0]!.lba
-  const rollbackSector = disk.readSectors(primaryLba, 1)
-  await applySwitch(disk, plan)
-  const logPart = disks.ssdPlan.find((p) => p.mount === layout.stateMount)!
-  await withPartition(disks.ssd, logPart, async (root) => writeTrialState(root, {
-    slot: 'B', bootsLeft: 1, version: '1.0.0', primaryLba, backupLba: plan.writes[1]!.lba,
-    committedSector: disk.readSectors(primaryLba, 1), rollbackSector,
-  }))
+  await putBOnTrial(t, disks, 1)
   // the test image's init runs /persistent/test-hook: here, the health check passes at once
   await withPartition(disks.ssd, disks.ssdPlan.find((p) => p.mount === '/persistent')!, async (root) => {
     fs.writeFileSync(`${root}/test-hook`, '#!/bin/sh\necho "LABHOST-MARK $(/usr/sbin/labhost mark-good)"\necho "LABHOST-STATUS $(/usr/sbin/labhost status --json | tr -d \' \\n\')"\n', { mode: 0o755 })
