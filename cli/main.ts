@@ -2,14 +2,14 @@
 // (human text, or JSON with --json) and exits with the failure class's code.
 import { ExitCode, isLabhostError, LabhostError } from '../lib/errors.ts'
 import { bootloaderMbr } from './commands/bootloader.ts'
-import { markGoodCommand, status } from './commands/host.ts'
+import { markGoodCommand, status, update } from './commands/host.ts'
 import { imageBuild, imageKeygen, imageStick, imageVerify, schema } from './commands/image.ts'
 import { slotsRepair, slotsStatus, slotsSwitch } from './commands/slots.ts'
 import { parseCommandArgs, type Command, type Context } from './command.ts'
 
 export const VERSION = '0.1.0'
 
-const COMMANDS: Command[] = [slotsStatus, slotsSwitch, slotsRepair, bootloaderMbr, imageBuild, imageKeygen, imageVerify, imageStick, schema, status, markGoodCommand]
+const COMMANDS: Command[] = [slotsStatus, slotsSwitch, slotsRepair, bootloaderMbr, imageBuild, imageKeygen, imageVerify, imageStick, schema, update, status, markGoodCommand]
 
 function topHelp(): string {
   const width = Math.max(...COMMANDS.map((c) => c.name.length))

@@ -1,8 +1,10 @@
-// labhost status and labhost mark-good: what a running host reports and confirms.
+// labhost update, status and mark-good: what a running host does, reports and confirms.
 import fs from 'node:fs'
 import path from 'node:path'
 import { DEFAULT_PATHS, markGood, writeDurable, type HostPaths } from '../../updater/host-state.ts'
 import { gatherStatus, renderHuman, renderPrometheus } from '../../updater/status.ts'
+import { runUpdate } from '../../updater/update.ts'
+import { LabhostError } from '../../lib/errors.ts'
 import type { Command, OptionSpec } from '../command.ts'
 
 const PATH_OPTIONS: OptionSpec = {
@@ -44,5 +46,30 @@ export const markGoodCommand: Command = {
   async run(values) {
     const r = markGood(hostPaths(values))
     return { data: r, human: r.reason }
+  },
+}
+
+export const update: Command = {
+  name: 'update',
+  summary: 'write a signed image to the inactive slot, verify it from the disk, switch to it on trial',
+  usage: 'labhost update DIR|MANIFEST [--trusted-key PUB] [--disk DEV] [--allow-downgrade] [--trial-boots N] [--dry-run] [--json]',
+  options: { ...PATH_OPTIONS, 'trusted-key': { type: 'string' }, disk: { type: 'string' }, 'allow-downgrade': { type: 'boolean', default: false }, 'trial-boots': { type: 'string' } },
+  async run(values, positionals, ctx) {
+    const source = positionals[0]
+    if (!source) throw new LabhostError('usage', 'labhost update needs a SOURCE (an image directory or its manifest.json)', `usage: ${this.usage}`)
+    const plan = await runUpdate({
+      source,
+      trustedKey: typeof values['trusted-key'] === 'string' ? values['trusted-key'] : '/etc/labhost/trusted.pub',
+      paths: hostPaths(values),
+      disk: typeof values.disk === 'string' ? values.disk : undefined,
+      allowDowngrade: values['allow-downgrade'] === true,
+      trialBoots: typeof values['trial-boots'] === 'string' ? Number(values['trial-boots']) : undefined,
+      dryRun: ctx.dryRun,
+      log: ctx.log,
+    })
+    const human = [`${ctx.dryRun ? 'would update' : 'updated'} ${plan.disk}: slot ${plan.from.slot} (${plan.from.version ?? '?'}) -> slot ${plan.to.slot} (${plan.to.version})`,
+      ...plan.writes.map((w) => `  ${ctx.dryRun ? 'would write' : 'wrote'} ${w}`),
+      ...(ctx.dryRun ? [] : [`  slot ${plan.to.slot} boots next, on trial until labhost mark-good`])].join('\n')
+    return { data: { ...plan, dryRun: ctx.dryRun }, human }
   },
 }

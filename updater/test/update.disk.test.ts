@@ -1,0 +1,155 @@
+// labhost update from a local image directory, on a disk laid out by the test layout: the
+// inactive slot and the GPT sector are all it writes, and every bad input leaves the disk,
+// the running slot and the state untouched.
+import crypto from 'node:crypto'
+import fs from 'node:fs'
+import path from 'node:path'
+import t, { type Test } from 'tap'
+import YAML from 'yaml'
+import { copyFileInto } from '../../lib/blockdev.ts'
+import { ExitCode } from '../../lib/errors.ts'
+import { run } from '../../lib/exec.ts'
+import { differingBlocks, hashWhole, readRange, runCli, sparseFile, tmpDir, xorRange } from '../../lib/test-helpers.ts'
+import { openGptDisk, readGpt } from '../../bootloader/gpt.ts'
+import { slotStatus } from '../../bootloader/slots.ts'
+import { buildImage } from '../../image-build/build.ts'
+import { generateKeyPair, readPrivateKey, signManifest, type Manifest } from '../../image-build/manifest.ts'
+import { loadRecipe, RECIPES_DIR } from '../../image-build/recipe.ts'
+import { partitionDisk, planDisk, type PlannedPartition } from '../../installer/partition.ts'
+import { runUpdate } from '../update.ts'
+
+const MiB = 1 << 20
+const dir = tmpDir(t, 'labhost-update-test-')
+const layout = loadRecipe('test').layout
+let keys: { privateKeyFile: string; publicKeyFile: string }
+let v1 = ''
+let v2 = ''
+
+t.before(async () => {
+  keys = generateKeyPair(`${dir}/keys`)
+  v1 = path.dirname((await buildImage('test', { out: `${dir}/v1`, keyFile: keys.privateKeyFile })).manifestFile)
+  const r = YAML.parse(fs.readFileSync(path.join(RECIPES_DIR, 'test.yaml'), 'utf8'))
+  fs.writeFileSync(`${dir}/test-2.yaml`, YAML.stringify({ ...r, version: '2.0.0', layout: path.join(RECIPES_DIR, r.layout) }))
+  v2 = path.dirname((await buildImage(`${dir}/test-2.yaml`, { out: `${dir}/v2`, keyFile: keys.privateKeyFile })).manifestFile)
+})
+
+interface Host { disk: string; plan: PlannedPartition[]; args: string[]; state: string; lib: { bootFile: string; stateRoot: string; versionFile: string } }
+
+async function host(t: Test): Promise<Host> {
+  const d = tmpDir(t)
+  const disk = sparseFile(`${d}/ssd.img`, (2 + 2 * layout.slotSizeMiB + 8 + 16 + 16 + 2) * MiB)
+  const plan = planDisk(layout, 'ssd', fs.statSync(disk).size, 512)
+  await partitionDisk(disk, plan, 'A')
+  copyFileInto(`${v1}/root.img`, disk, plan[0]!.firstLba * 512)
+  fs.writeFileSync(`${d}/boot`, `SLOT=A\nDEVICE=${disk}\nDISK=${disk}\n`)
+  fs.writeFileSync(`${d}/version`, '1.0.0\n')
+  fs.mkdirSync(`${d}/state`)
+  const lib = { bootFile: `${d}/boot`, stateRoot: `${d}/state`, versionFile: `${d}/version` }
+  return { disk, plan, state: `${d}/state`, lib, args: ['--boot-file', lib.bootFile, '--state-root', lib.stateRoot, '--version-file', lib.versionFile, '--trusted-key', keys.publicKeyFile] }
+}
+
+function snapshot(h: Host) {
+  return { disk: hashWhole(h.disk), state: fs.readdirSync(h.state, { recursive: true }).sort().join(',') }
+}
+
+/** A copy of an image directory with its manifest changed and signed again by the trusted key. */
+function resigned(t: Test, src: string, change: (m: Manifest) => void): string {
+  const d = tmpDir(t)
+  fs.cpSync(src, d, { recursive: true })
+  const m = JSON.parse(fs.readFileSync(`${d}/manifest.json`, 'utf8')) as Manifest
+  change(m)
+  fs.writeFileSync(`${d}/manifest.json`, JSON.stringify(signManifest(m, readPrivateKey(keys.privateKeyFile))))
+  return d
+}
+
+t.test('update 1.0.0 -> 2.0.0 writes slot B and one GPT sector (and its mirror), arms the trial', async (t) => {
+  const h = await host(t)
+  const before = { head: readRange(h.disk, 0, MiB), tail: readRange(h.disk, fs.statSync(h.disk).size - MiB, MiB), slotA: hashWhole(`${v1}/root.img`) }
+  const outsideB = () => {
+    const b = h.plan[1]!
+    const size = fs.statSync(h.disk).size
+    return crypto.createHash('sha256').update(readRange(h.disk, MiB, b.firstLba * 512 - MiB)).update(readRange(h.disk, (b.lastLba + 1) * 512, size - MiB - (b.lastLba + 1) * 512)).digest('hex')
+  }
+  const outside = outsideB()
+  const dry = await runCli(['update', v2, '--dry-run', '--json', ...h.args])
+  t.equal(dry.code, 0, 'dry run exits 0', { stderr: dry.stderr })
+  t.same(JSON.parse(dry.stdout).to.slot, 'B')
+  t.equal(readRange(h.disk, 0, MiB).equals(before.head), true, '--dry-run writes nothing')
+
+  const r = await runCli(['update', v2, ...h.args])
+  t.equal(r.code, 0, 'update exits 0', { stderr: r.stderr })
+  const slotB = readRange(h.disk, h.plan[1]!.firstLba * 512, fs.statSync(`${v2}/root.img`).size)
+  t.ok(slotB.equals(fs.readFileSync(`${v2}/root.img`)), 'slot B holds the 2.0.0 image')
+  t.equal(outsideB(), outside, 'slot A and every other partition: unchanged')
+  t.same(differingBlocks(before.head, readRange(h.disk, 0, MiB), 512), [2], 'primary region: only the root-entry sector changed')
+  t.same(differingBlocks(before.tail, readRange(h.disk, fs.statSync(h.disk).size - MiB, MiB), 512).length, 1, 'backup region: only its mirror')
+  const d = openGptDisk(h.disk)
+  t.equal(slotStatus(readGpt(d)).active, 'B', 'B boots next')
+  d.close()
+  const st = JSON.parse((await runCli(['status', '--json', ...h.args.slice(0, 6)])).stdout)
+  t.same(st.trial, { slot: 'B', bootsLeft: 3, version: '2.0.0' }, 'B is on trial')
+  const again = await runCli(['update', v2, ...h.args])
+  t.equal(again.code, ExitCode.slotFlagsAmbiguous, 'a second update before rebooting is refused')
+})
+
+const refusals: { name: string; source: (t: Test) => string; code: number; message: RegExp }[] = [
+  {
+    name: 'bad signature',
+    source: (t) => { const d = tmpDir(t); fs.cpSync(v2, d, { recursive: true }); const m = JSON.parse(fs.readFileSync(`${d}/manifest.json`, 'utf8')); m.version = '2.0.1'; fs.writeFileSync(`${d}/manifest.json`, JSON.stringify(m)); return d },
+    code: ExitCode.signatureInvalid, message: /signature does not match/,
+  },
+  { name: 'signed by another key', source: (t) => { const d = tmpDir(t); const k = generateKeyPair(`${d}/k`); fs.cpSync(v2, `${d}/img`, { recursive: true }); const m = JSON.parse(fs.readFileSync(`${d}/img/manifest.json`, 'utf8')); fs.writeFileSync(`${d}/img/manifest.json`, JSON.stringify(signManifest(m, readPrivateKey(k.privateKeyFile)))); return `${d}/img` }, code: ExitCode.signatureInvalid, message: /signature does not match/ },
+  { name: 'manifest for a different layout', source: (t) => resigned(t, v2, (m) => { m.layout.slots = { A: 'sysA', B: 'sysB' } }), code: ExitCode.manifestInvalid, message: /layout with root slots sysA\/sysB/ },
+  { name: 'image larger than the slot', source: (t) => resigned(t, v2, (m) => { m.image.size = (layout.slotSizeMiB + 1) * MiB }), code: ExitCode.imageTooSmall, message: /larger than slot B/ },
+  { name: 'not newer than the running version', source: () => v1, code: ExitCode.notNewer, message: /1\.0\.0 is not newer than the running 1\.0\.0/ },
+  {
+    name: 'truncated download',
+    source: (t) => { const d = tmpDir(t); fs.cpSync(v2, d, { recursive: true }); fs.truncateSync(`${d}/root.img.zst`, Math.floor(fs.statSync(`${d}/root.img.zst`).size / 2)); return d },
+    code: ExitCode.hashMismatch, message: /ends early/,
+  },
+]
+
+for (const c of refusals) {
+  t.test(`refused: ${c.name}; running slot, GPT and state untouched`, async (t) => {
+    const h = await host(t)
+    const source = c.source(t)
+    const slotA = () => hashWhole(h.disk).length && crypto.createHash('sha256').update(readRange(h.disk, h.plan[0]!.firstLba * 512, (h.plan[0]!.lastLba - h.plan[0]!.firstLba + 1) * 512)).digest('hex')
+    const gpt = () => Buffer.concat([readRange(h.disk, 0, MiB), readRange(h.disk, fs.statSync(h.disk).size - MiB, MiB)])
+    const before = { ...snapshot(h), slotA: slotA(), gpt: gpt() }
+    const r = await runCli(['update', source, ...h.args])
+    t.equal(r.code, c.code, `exit ${c.code}`, { stderr: r.stderr })
+    t.match(r.stderr, c.message)
+    t.match(r.stderr, /hint: /)
+    t.equal(slotA(), before.slotA, 'running slot A unchanged')
+    t.ok(gpt().equals(before.gpt), 'GPT regions unchanged')
+    t.equal(snapshot(h).state, before.state, 'no trial armed')
+    if (c.name !== 'truncated download') t.equal(snapshot(h).disk, before.disk, 'refused before writing: the whole disk is byte-identical')
+  })
+}
+
+t.test('hash mismatch in the middle of the stream: stops at that chunk', async (t) => {
+  const h = await host(t)
+  const d = tmpDir(t)
+  fs.cpSync(v2, d, { recursive: true })
+  fs.copyFileSync(`${v2}/root.img`, `${d}/bad.img`)
+  xorRange(`${d}/bad.img`, 5 * MiB + 17, Buffer.from([0x40]))
+  await run('zstd', ['-q', '-f', '-o', `${d}/root.img.zst`, `${d}/bad.img`])
+  const gptBefore = readRange(h.disk, 0, MiB)
+  const r = await runCli(['update', d, ...h.args])
+  t.equal(r.code, ExitCode.hashMismatch)
+  t.match(r.stderr, /while writing: chunk 5 /)
+  t.ok(readRange(h.disk, 0, MiB).equals(gptBefore), 'GPT unchanged')
+  t.same(fs.readdirSync(h.state), [], 'no trial armed')
+})
+
+t.test('a byte corrupted on the disk after writing is caught by the read-back', async (t) => {
+  const h = await host(t)
+  const gptBefore = readRange(h.disk, 0, MiB)
+  const corruptAt = h.plan[1]!.firstLba * 512 + 7 * MiB + 3
+  await t.rejects(runUpdate({
+    source: v2, trustedKey: keys.publicKeyFile, paths: h.lib,
+    afterWrite: () => xorRange(h.disk, corruptAt, Buffer.from([0x01])),
+  }), { code: 'hashMismatch', message: /reading slot B back .*: chunk 7 / })
+  t.ok(readRange(h.disk, 0, MiB).equals(gptBefore), 'no switch')
+  t.same(fs.readdirSync(h.state), [], 'no trial armed')
+})

@@ -1,0 +1,232 @@
+// labhost update from a local image directory (manifest.json + root.img.zst): trust first, then
+// write the inactive slot only, hashing each chunk as it is written, read it back from the disk,
+// arm the trial, and commit with the one-sector switch (DESIGN §3, §4).
+import crypto from 'node:crypto'
+import fs from 'node:fs'
+import path from 'node:path'
+import { execa } from 'execa'
+import { Disk } from '../lib/blockdev.ts'
+import { LabhostError } from '../lib/errors.ts'
+import { openGptDisk, readGpt } from '../bootloader/gpt.ts'
+import { findRootSlots, otherSlot, slotStatus, type SlotId } from '../bootloader/slots.ts'
+import { applySwitch, planSwitch } from '../bootloader/switch.ts'
+import { readManifest, readPublicKey, verifyManifestSignature, type Manifest } from '../image-build/manifest.ts'
+import { readBootInfo, readTrial, readVersion, type HostPaths } from './host-state.ts'
+import { writeTrialState } from './trial-state.ts'
+
+export interface UpdateOptions {
+  source: string
+  trustedKey: string
+  paths: HostPaths
+  /** The disk holding the root slots; default: the one the initramfs booted from. */
+  disk?: string
+  allowDowngrade?: boolean
+  trialBoots?: number
+  dryRun?: boolean
+  log?: (line: string) => void
+  /** Test seam: runs after the slot is written and synced, before it is read back. */
+  afterWrite?: () => Promise<void> | void
+}
+
+export interface UpdatePlan {
+  disk: string
+  from: { slot: SlotId; version: string | null }
+  to: { slot: SlotId; version: string; partition: number; firstByte: number; bytes: number }
+  source: string
+  writes: string[]
+}
+
+function compareVersions(a: string, b: string): number {
+  const pa = a.split(/[.+~-]/).map((x) => (/^\d+$/.test(x) ? Number(x) : x))
+  const pb = b.split(/[.+~-]/).map((x) => (/^\d+$/.test(x) ? Number(x) : x))
+  for (let i = 0; i < Math.max(pa.length, pb.length); i++) {
+    const x = pa[i] ?? 0
+    const y = pb[i] ?? 0
+    if (x === y) continue
+    return typeof x === 'number' && typeof y === 'number' ? x - y : String(x) < String(y) ? -1 : 1
+  }
+  return 0
+}
+
+export function planUpdate(o: UpdateOptions): { plan: UpdatePlan; manifest: Manifest } {
+  const manifestFile = fs.existsSync(o.source) && fs.statSync(o.source).isDirectory() ? path.join(o.source, 'manifest.json') : o.source
+  const manifest = readManifest(manifestFile)
+  verifyManifestSignature(manifest, readPublicKey(o.trustedKey), manifestFile)
+  const boot = readBootInfo(o.paths)
+  const diskPath = o.disk ?? boot.disk
+  const disk = openGptDisk(diskPath)
+  try {
+    const gpt = readGpt(disk)
+    const st = slotStatus(gpt, manifest.layout.slots)
+    if (st.slots.length !== 2) {
+      throw new LabhostError('manifestInvalid', `${manifestFile} is for a layout with root slots ${manifest.layout.slots.A}/${manifest.layout.slots.B}, which ${diskPath} does not have`,
+        'use an image built for this host\'s layout; nothing was written')
+    }
+    if (!st.primaryValid || !st.backupValid || st.active === null) {
+      throw new LabhostError(st.primaryValid ? (st.backupValid ? 'slotFlagsAmbiguous' : 'gptBackupInvalid') : 'gptPrimaryInvalid',
+        `the GPT of ${diskPath} is not in a state to update: ${st.problem ?? [...st.primaryProblems, ...st.backupProblems].join('; ')}`,
+        'inspect with `labhost slots status` and repair first; nothing was written')
+    }
+    if (st.active !== boot.slot) {
+      throw new LabhostError('slotFlagsAmbiguous', `running slot ${boot.slot}, but the GPT flags slot ${st.active} to boot next`,
+        'an earlier switch is not booted yet: reboot into it (or switch back) before updating; nothing was written')
+    }
+    const trial = readTrial(o.paths)
+    if (trial && trial.slot === boot.slot) {
+      throw new LabhostError('trialPending', `slot ${boot.slot} is still on trial (${trial.bootsLeft} boot(s) left)`,
+        'wait for labhost mark-good (after the health check) before the next update; nothing was written')
+    }
+    const current = readVersion(o.paths)
+    if (current && compareVersions(manifest.version, current) <= 0 && !o.allowDowngrade) {
+      throw new LabhostError('notNewer', `${manifest.name} ${manifest.version} is not newer than the running ${current}`,
+        'pass --allow-downgrade to install it anyway; nothing was written')
+    }
+    const target = otherSlot(boot.slot)
+    const entry = findRootSlots(gpt, manifest.layout.slots)[target]
+    const firstByte = Number(entry.firstLba) * disk.sectorSize
+    const slotBytes = Number(entry.lastLba - entry.firstLba + 1n) * disk.sectorSize
+    if (manifest.image.size > slotBytes) {
+      throw new LabhostError('imageTooSmall', `the image (${manifest.image.size} bytes) is larger than slot ${target} (${slotBytes} bytes)`,
+        'build a smaller image or re-partition with larger slots; nothing was written')
+    }
+    const transport = path.join(path.dirname(manifestFile), manifest.transport.file)
+    if (!fs.existsSync(transport)) throw new LabhostError('notFound', `${transport} is missing`, 'copy the whole image directory; nothing was written')
+    return {
+      manifest,
+      plan: {
+        disk: diskPath,
+        from: { slot: boot.slot, version: current },
+        to: { slot: target, version: manifest.version, partition: entry.number, firstByte, bytes: manifest.image.size },
+        source: transport,
+        writes: [
+          `slot ${target} (partition ${entry.number}, bytes ${firstByte}..${firstByte + manifest.image.size - 1})`,
+          `trial state under ${o.paths.stateRoot}`,
+          `one GPT sector (commit), then its backup mirror`,
+        ],
+      },
+    }
+  } finally {
+    disk.close()
+  }
+}
+
+function chunkMismatch(manifest: Manifest, index: number, what: string): LabhostError {
+  return new LabhostError('hashMismatch', `${what}: chunk ${index} (bytes ${index * manifest.image.chunkSize}..) does not match the signed manifest`,
+    'the download or the disk corrupted the image; run the update again (slot in use and GPT untouched)')
+}
+
+/**
+ * Feed a byte stream to `onChunk` in whole pieces of `size` bytes; returns the shorter tail, for
+ * the caller to check once it knows the stream ended well (a truncated stream ends in a tail).
+ */
+async function forEachChunk(stream: AsyncIterable<unknown>, size: number, onChunk: (chunk: Buffer) => void): Promise<Buffer> {
+  let pending: Buffer = Buffer.alloc(0)
+  for await (const data of stream) {
+    pending = pending.length ? Buffer.concat([pending, data as Buffer]) : (data as Buffer)
+    while (pending.length >= size) {
+      onChunk(pending.subarray(0, size))
+      pending = pending.subarray(size)
+    }
+  }
+  return pending
+}
+
+/** Stream-decompress the transport file into the target range, checking every chunk on the way. */
+async function writeSlot(plan: UpdatePlan, manifest: Manifest, log: (l: string) => void): Promise<void> {
+  const size = manifest.image.chunkSize
+  const fd = fs.openSync(plan.disk, 'r+')
+  try {
+    const zstd = execa('zstd', ['-dc', plan.source], { buffer: false, encoding: 'buffer', reject: false, stderr: 'pipe' })
+    let written = 0
+    let index = 0
+    const flushChunk = (chunk: Buffer) => {
+      if (written + chunk.length > manifest.image.size) throw new LabhostError('hashMismatch', 'the image is longer than its manifest says', 'the transport file was replaced: fetch it again')
+      const h = crypto.createHash('sha256').update(chunk).digest('hex')
+      if (h !== manifest.image.chunks[index]) throw chunkMismatch(manifest, index, 'while writing')
+      fs.writeSync(fd, chunk, 0, chunk.length, plan.to.firstByte + written)
+      written += chunk.length
+      index++
+      if (index % 64 === 0) log(`written ${written >> 20} of ${manifest.image.size >> 20} MiB`)
+    }
+    let tail: Buffer
+    try {
+      tail = await forEachChunk(zstd.stdout!, size, flushChunk)
+    } catch (e) {
+      zstd.kill()
+      await zstd
+      throw e
+    }
+    const r = await zstd
+    if (r.exitCode === 0 && tail.length) flushChunk(tail)
+    if (r.exitCode !== 0 || written !== manifest.image.size) {
+      throw new LabhostError('hashMismatch', `the transport file ends early: ${written} of ${manifest.image.size} bytes (${String(r.stderr ?? '').trim().split('\n').pop()})`,
+        'the download is truncated: fetch it again (slot in use and GPT untouched)')
+    }
+    fs.fsyncSync(fd)
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
+/** Read the slot back from the device, bypassing the page cache, and compare chunk by chunk. */
+async function verifySlot(plan: UpdatePlan, manifest: Manifest): Promise<void> {
+  const size = manifest.image.chunkSize
+  const dd = execa('dd', [`if=${plan.disk}`, 'bs=4M', 'iflag=direct,skip_bytes,count_bytes', `skip=${plan.to.firstByte}`, `count=${manifest.image.size}`, 'status=none'],
+    { buffer: false, encoding: 'buffer', reject: false })
+  let index = 0
+  const check = (chunk: Buffer) => {
+    if (crypto.createHash('sha256').update(chunk).digest('hex') !== manifest.image.chunks[index]) throw chunkMismatch(manifest, index, `reading slot ${plan.to.slot} back from ${plan.disk}`)
+    index++
+  }
+  let tail: Buffer
+  try {
+    tail = await forEachChunk(dd.stdout!, size, check)
+  } catch (e) {
+    dd.kill()
+    await dd
+    throw e
+  }
+  await dd
+  if (tail.length) check(tail)
+  if (index !== manifest.image.chunks.length) throw chunkMismatch(manifest, index, `reading slot ${plan.to.slot} back (short read)`)
+}
+
+export async function runUpdate(o: UpdateOptions): Promise<UpdatePlan> {
+  const log = o.log ?? (() => {})
+  const { plan, manifest } = planUpdate(o)
+  if (o.dryRun) return plan
+  const lockFile = path.join(path.dirname(o.paths.bootFile), 'update.lock')
+  let lock: number
+  try {
+    lock = fs.openSync(lockFile, 'wx')
+  } catch {
+    throw new LabhostError('busy', `another labhost update holds ${lockFile}`, 'wait for it to finish (or remove the lock if no update runs); nothing was written')
+  }
+  try {
+    fs.writeSync(lock, `${process.pid}\n`)
+    log(`writing ${manifest.name} ${manifest.version} to slot ${plan.to.slot} of ${plan.disk}`)
+    await writeSlot(plan, manifest, log)
+    await o.afterWrite?.()
+    log(`reading slot ${plan.to.slot} back`)
+    await verifySlot(plan, manifest)
+    const disk = Disk.open(plan.disk)
+    try {
+      const sw = planSwitch(disk, readGpt(disk), plan.to.slot, manifest.layout.slots)
+      const commit = sw.writes.find((w) => w.region === 'primary-array')!
+      // Armed before the commit: from the instant the new slot boots, it is on trial.
+      writeTrialState(o.paths.stateRoot, {
+        slot: plan.to.slot, bootsLeft: o.trialBoots ?? 3, version: manifest.version,
+        primaryLba: commit.lba, backupLba: sw.writes.find((w) => w.region === 'backup-array')?.lba ?? commit.lba,
+        committedSector: commit.data, rollbackSector: disk.readSectors(commit.lba, 1),
+      })
+      log(`switching to slot ${plan.to.slot}`)
+      await applySwitch(disk, sw, manifest.layout.slots, log)
+    } finally {
+      disk.close()
+    }
+    return plan
+  } finally {
+    fs.closeSync(lock)
+    fs.rmSync(lockFile, { force: true })
+  }
+}
