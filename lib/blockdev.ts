@@ -1,6 +1,6 @@
 // Sector-level access to a disk: a block device or a plain image file, opened the same way.
-// Reads go through pread; the durable single-sector write is one O_DIRECT|O_DSYNC write(2)
-// on block devices (done by dd, which owns an aligned buffer) and pwrite + fdatasync on files.
+// Reads go through pread; the durable single-sector write is one O_DIRECT write(2) followed by
+// fsync on block devices (done by dd, which owns an aligned buffer) and pwrite + fdatasync on files.
 import fs from 'node:fs'
 import path from 'node:path'
 import { LabhostError } from './errors.ts'
@@ -103,8 +103,9 @@ export class Disk {
       throw new LabhostError('internal', `refusing a ${data.length}-byte write to a ${this.sectorSize}-byte sector`, 'this is a bug in labhost')
     }
     if (this.info.isBlockDevice) {
+      // O_DIRECT write, then fsync before dd exits (busybox dd, on the hosts, has no oflag=dsync)
       await run('dd', [`of=${this.info.path}`, `bs=${this.sectorSize}`, `seek=${lba}`, 'count=1',
-        'iflag=fullblock', 'oflag=direct,dsync', 'conv=notrunc', 'status=none'], { input: data })
+        'iflag=fullblock', 'oflag=direct', 'conv=notrunc,fsync', 'status=none'], { input: data })
       return
     }
     const fd = fs.openSync(this.info.path, 'r+')
