@@ -1,22 +1,18 @@
 // npm run demo: the main job on the embedded default, as far as labhost has grown.
 // Builds the `test` image twice (versions 1.0.0 and 1.1.0, signed), lays out a virtual SSD and
-// HDD by the test layout with 1.0.0 in slot A, boots it in QEMU, then updates: verifies the
-// 1.1.0 manifest, writes slot B, reads it back against the manifest, switches with one sector
-// write, and boots 1.1.0 from B. (`labhost install` and `labhost update` will take over the
-// assembly and update steps as those issues land.)
+// HDD by the test layout with 1.0.0 in slot A (`labhost install` will do this step once the
+// installer issue lands), boots it in QEMU where the host runs `labhost update` on the 1.1.0
+// image directory, reboots into 1.1.0 on trial in slot B, and marks it good.
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { execa } from 'execa'
 import YAML from 'yaml'
-import { copyFileInto, Disk } from '../lib/blockdev.ts'
-import { readGpt } from '../bootloader/gpt.ts'
-import { applySwitch, planSwitch } from '../bootloader/switch.ts'
 import { buildImage } from '../image-build/build.ts'
-import { generateKeyPair, hashChunks, readPublicKey, verifyImageDir } from '../image-build/manifest.ts'
+import { generateKeyPair } from '../image-build/manifest.ts'
 import { loadRecipe, RECIPES_DIR } from '../image-build/recipe.ts'
 import { bootUntilPowerOff } from '../vm-tests/qemu.ts'
-import { buildHostDisks } from '../vm-tests/fixtures/host-disks.ts'
+import { buildHostDisks, stageSelfUpdate } from '../vm-tests/fixtures/host-disks.ts'
 
 const root = path.resolve(import.meta.dirname, '..')
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'labhost-demo-'))
@@ -37,33 +33,28 @@ try {
   say(`built test ${v2.manifest.version}`)
 
   const layout = loadRecipe('test').layout
-  const disks = await buildHostDisks(dir, layout, path.join(dir, 'v1/root.img'), { slots: ['A'], flag: 'A' })
+  const disks = await buildHostDisks(dir, layout, path.join(dir, 'v1/root.img'), { slots: ['A'], flag: 'A', restMiB: 96 })
   say(`virtual SSD ${disks.ssd} (${disks.ssdPlan.map((p) => p.name).join(', ')}) and HDD ${disks.hdd} (${disks.hddPlan.map((p) => p.name).join(', ')}); 1.0.0 in slot A`)
 
+  await stageSelfUpdate(disks, path.join(dir, 'v2'), 'v1.1.0')
+
   const boot = async (expect: { version: string; slot: string }) => {
-    const res = await bootUntilPowerOff({ disks: [{ file: disks.ssd, bus: 'ide-hd', rotationRate: 1 }, { file: disks.hdd, bus: 'ide-hd', rotationRate: 7200 }] }, 300_000)
+    const res = await bootUntilPowerOff({ disks: [{ file: disks.ssd, bus: 'ide-hd', rotationRate: 1 }, { file: disks.hdd, bus: 'ide-hd', rotationRate: 7200 }] }, 600_000)
     const m = /LABHOST-USERSPACE version=(\S+) slot=([AB])/.exec(res.serial)
     const mounts = [...res.serial.matchAll(/LABHOST-MOUNT (\S+)/g)].map((x) => x[1]).join(' ')
     say(`booted under ${res.accel} in ${res.seconds.toFixed(1)} s: version ${m?.[1] ?? '?'} from slot ${m?.[2] ?? '?'}; mounted ${mounts || 'nothing'}`)
     if (m?.[1] !== expect.version || m?.[2] !== expect.slot) failed = true
+    return res.serial
   }
-  await boot({ version: '1.0.0', slot: 'A' })
-
-  say('update to 1.1.0: verify the signed manifest, write slot B, read back, switch')
-  const manifest = verifyImageDir(v2.manifestFile, readPublicKey(keys.publicKeyFile))
-  const slotB = disks.ssdPlan[1]!
-  copyFileInto(path.join(dir, 'v2/root.img'), disks.ssd, slotB.firstLba * 512)
-  const readBack = path.join(dir, 'slotB.readback')
-  await execa('dd', [`if=${disks.ssd}`, `of=${readBack}`, 'bs=1M', `skip=${slotB.firstLba * 512}`, `count=${manifest.image.size}`, 'iflag=skip_bytes,count_bytes', 'status=none'])
-  if (hashChunks(readBack).sha256 !== manifest.image.sha256) throw new Error('slot B does not read back as the manifest says')
-  const disk = Disk.open(disks.ssd)
-  try {
-    await applySwitch(disk, planSwitch(disk, readGpt(disk), 'B'))
-  } finally {
-    disk.close()
-  }
-  await boot({ version: '1.1.0', slot: 'B' })
-  say(failed ? 'FAILED' : 'built, installed, booted 1.0.0 from A, updated to 1.1.0 in B, booted it')
+  say('boot 1: 1.0.0 runs `labhost update /qcow2/backing/v1.1.0` (signature, chunk hashes, read-back, one-sector switch)')
+  const first = await boot({ version: '1.0.0', slot: 'A' })
+  say(`labhost update exit ${/LABHOST-UPDATE-EXIT (\d+)/.exec(first)?.[1] ?? '?'}`)
+  if (!/LABHOST-UPDATE-EXIT 0/.test(first)) failed = true
+  say('boot 2: slot B on trial; the health check runs `labhost mark-good`')
+  const second = await boot({ version: '1.1.0', slot: 'B' })
+  say(/LABHOST-MARK (.*)/.exec(second)?.[1]?.trim() ?? 'not marked good')
+  if (!/LABHOST-MARK slot B/.test(second)) failed = true
+  say(failed ? 'FAILED' : 'built, laid out SSD+HDD, booted 1.0.0 from A, updated to 1.1.0 in B, booted it on trial, marked it good')
 } catch (e) {
   failed = true
   console.error(`demo: ${(e as Error).message}`)

@@ -9,18 +9,7 @@ import { buildImage } from '../image-build/build.ts'
 import { generateKeyPair } from '../image-build/manifest.ts'
 import { loadRecipe, RECIPES_DIR } from '../image-build/recipe.ts'
 import { bootUntilPowerOff } from './qemu.ts'
-import { buildHostDisks, withPartition } from './fixtures/host-disks.ts'
-
-const HOOK = `#!/bin/sh
-. /run/labhost/boot
-if [ "$SLOT" = A ] && [ ! -e /var/log/labhost/last-result ]; then
-  /usr/sbin/labhost update /qcow2/backing/v2 --trial-boots 2 > /dev/console 2>&1
-  echo "LABHOST-UPDATE-EXIT $?"
-else
-  echo "LABHOST-MARK $(/usr/sbin/labhost mark-good)"
-fi
-echo "LABHOST-STATUS $(/usr/sbin/labhost status --json | tr -d ' \\n')"
-`
+import { buildHostDisks, stageSelfUpdate } from './fixtures/host-disks.ts'
 
 t.test('1.0.0 in A updates itself to 2.0.0 in B, boots it on trial, marks it good', async (t) => {
   const dir = tmpDir(t, 'labhost-vm-update-')
@@ -31,11 +20,7 @@ t.test('1.0.0 in A updates itself to 2.0.0 in B, boots it on trial, marks it goo
   const v2 = await buildImage(`${dir}/test-2.yaml`, { out: `${dir}/v2`, keyFile: keys.privateKeyFile })
   const layout = loadRecipe('test').layout
   const disks = await buildHostDisks(dir, layout, path.join(path.dirname(v1.manifestFile), 'root.img'), { slots: ['A'], flag: 'A', restMiB: 96 })
-  await withPartition(disks.ssd, disks.ssdPlan.find((p) => p.mount === '/qcow2/backing')!, async (root) => {
-    fs.mkdirSync(`${root}/v2`)
-    for (const f of ['manifest.json', 'root.img.zst']) fs.copyFileSync(path.join(path.dirname(v2.manifestFile), f), `${root}/v2/${f}`)
-  })
-  await withPartition(disks.ssd, disks.ssdPlan.find((p) => p.mount === '/persistent')!, async (root) => fs.writeFileSync(`${root}/test-hook`, HOOK, { mode: 0o755 }))
+  await stageSelfUpdate(disks, path.dirname(v2.manifestFile), 'v2', '--trial-boots 2')
   const vm = { disks: [{ file: disks.ssd, bus: 'ide-hd' as const, rotationRate: 1 }, { file: disks.hdd, bus: 'ide-hd' as const, rotationRate: 7200 }] }
 
   const first = await bootUntilPowerOff(vm, 600_000)
