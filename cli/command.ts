@@ -2,6 +2,7 @@
 // a result object (printed as JSON with --json, else by the command's own human formatter).
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { LabhostError } from '../lib/errors.ts'
+import type { Progress } from '../lib/progress.ts'
 
 export type OptionSpec = NonNullable<ParseArgsConfig['options']>
 
@@ -10,6 +11,8 @@ export interface Context {
   dryRun: boolean
   /** Plain progress lines go to stderr so stdout stays the result. */
   log: (line: string) => void
+  /** A progress reporter for one long step: a bar on a terminal, plain lines otherwise (stderr). */
+  progress: (label: string) => Progress
 }
 
 export interface Command {

@@ -1,6 +1,7 @@
 // labhost: a thin CLI over the library. It parses arguments, runs one command, prints its result
 // (human text, or JSON with --json) and exits with the failure class's code.
 import { ExitCode, isLabhostError, LabhostError } from '../lib/errors.ts'
+import { createProgress } from '../lib/progress.ts'
 import { bootloaderMbr } from './commands/bootloader.ts'
 import { markGoodCommand, status, update } from './commands/host.ts'
 import { imageBuild, imageKeygen, imageStick, imageVerify, schema } from './commands/image.ts'
@@ -62,6 +63,7 @@ export async function main(argv: string[], out = process.stdout, err = process.s
       json,
       dryRun: values['dry-run'] === true,
       log: (line) => err.write(`${line}\n`),
+      progress: (label) => createProgress(label, { isTTY: (err as { isTTY?: boolean }).isTTY === true, columns: (err as { columns?: number }).columns, write: (s) => err.write(s) }),
     }
     const result = await cmd.run(values as Record<string, string | boolean | undefined>, positionals, ctx)
     out.write((json ? JSON.stringify(result.data, null, 2) : result.human) + '\n')

@@ -93,7 +93,7 @@ put_state() { # atomic replace of a small file: write, fsync, rename, fsync the 
   printf '%s\\n' "$2" > "$1.tmp" && sync "$1.tmp" && mv "$1.tmp" "$1" && sync "$(dirname "$1")"
 }
 if [ -n "$TRIAL" ]; then
-  TRIAL_SLOT=""; BOOTS_LEFT=0; PRIMARY_LBA=""; BACKUP_LBA=""
+  TRIAL_SLOT=""; BOOTS_LEFT=0; PRIMARY_LBA=""; BACKUP_LBA=""; FROM_VERSION=""; UPDATED_AT=""
   . $TRIAL
   if [ "$TRIAL_SLOT" = "$SLOT" ] && [ "$BOOTS_LEFT" -gt 0 ]; then
     BOOTS_LEFT=$((BOOTS_LEFT - 1))
@@ -110,7 +110,9 @@ if [ -n "$TRIAL" ]; then
     put_state $D/last-result "RESULT=rolled-back
 FROM=$SLOT
 TO=$OTHER
-VERSION=$VERSION"
+VERSION=$VERSION
+FROM_VERSION=$FROM_VERSION
+UPDATED_AT=$UPDATED_AT"
     rm -f $TRIAL; sync
     umount $ST
     echo "LABHOST-ROLLBACK from=$SLOT to=$OTHER"

@@ -84,13 +84,26 @@ export function verifyManifestSignature(m: Manifest, key: crypto.KeyObject, wher
 }
 
 export function readManifest(file: string): Manifest {
-  let m: Manifest
+  let text: string
   try {
-    m = JSON.parse(fs.readFileSync(file, 'utf8')) as Manifest
+    text = fs.readFileSync(file, 'utf8')
   } catch (e) {
     throw new LabhostError('manifestInvalid', `${file} is not a readable manifest: ${(e as Error).message}`, 'point at the manifest.json written by `labhost image build`')
   }
-  if (m.format !== MANIFEST_FORMAT) throw new LabhostError('manifestInvalid', `${file}: format ${JSON.stringify(m.format)} is not ${MANIFEST_FORMAT}`, 'rebuild the image with this labhost version')
+  return parseManifest(text, file)
+}
+
+/** Parse a manifest's text; `where` (a file or URL) names it in errors. */
+export function parseManifest(text: string, where: string): Manifest {
+  let m: Manifest
+  try {
+    m = JSON.parse(text) as Manifest
+  } catch (e) {
+    throw new LabhostError('manifestInvalid', `${where} is not a readable manifest: ${(e as Error).message}`, 'point at the manifest.json written by `labhost image build`')
+  }
+  if (m === null || typeof m !== 'object' || m.format !== MANIFEST_FORMAT) {
+    throw new LabhostError('manifestInvalid', `${where}: format ${JSON.stringify(m?.format)} is not ${MANIFEST_FORMAT}`, 'rebuild the image with this labhost version')
+  }
   return m
 }
 

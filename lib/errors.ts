@@ -23,6 +23,7 @@ export const ExitCode = {
   notNewer: 33,
   trialPending: 34,
   busy: 35,
+  downloadFailed: 36,
   imageTooSmall: 40,
   packageMissing: 41,
   diskTooSmall: 50,

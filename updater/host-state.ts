@@ -82,7 +82,9 @@ export function markGood(p: HostPaths): { marked: boolean; slot: string; reason:
     return { marked: false, slot: boot.slot, reason: `the trial is for slot ${trial.slot}, but slot ${boot.slot} is running` }
   }
   const dir = path.join(p.stateRoot, TRIAL_DIR)
-  writeDurable(path.join(dir, 'last-result'), `RESULT=good\nSLOT=${boot.slot}\nVERSION=${trial.version}\n`)
+  const record = parseShellVars(fs.readFileSync(path.join(p.stateRoot, TRIAL_FILE), 'utf8'))
+  const carried = ['FROM_VERSION', 'UPDATED_AT', 'UPDATE_SECONDS'].filter((k) => record[k]).map((k) => `${k}=${record[k]}\n`).join('')
+  writeDurable(path.join(dir, 'last-result'), `RESULT=good\nSLOT=${boot.slot}\nVERSION=${trial.version}\n${carried}MARKED_AT=${new Date().toISOString()}\n`)
   fs.rmSync(path.join(p.stateRoot, TRIAL_FILE))
   syncDir(dir)
   return { marked: true, slot: boot.slot, reason: `slot ${boot.slot} (version ${trial.version}) marked good` }

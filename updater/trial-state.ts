@@ -15,7 +15,13 @@ export interface TrialState {
   backupLba: bigint
   committedSector: Buffer
   rollbackSector: Buffer
+  /** For the record: what ran before, when the update was written and how long it took. */
+  fromVersion?: string | null
+  updatedAt?: Date
+  updateSeconds?: number
 }
+
+const safe = (v: string) => v.replace(/[^0-9A-Za-z.+~:-]/g, '')
 
 /** Write the state under a mounted state partition; the trial file goes last (it arms the trial). */
 export function writeTrialState(stateRoot: string, s: TrialState): void {
@@ -24,6 +30,10 @@ export function writeTrialState(stateRoot: string, s: TrialState): void {
   writeDurable(path.join(dir, 'committed.sector'), s.committedSector)
   writeDurable(path.join(dir, 'rollback.sector'), s.rollbackSector)
   writeDurable(path.join(stateRoot, TRIAL_FILE), [
-    `TRIAL_SLOT=${s.slot}`, `BOOTS_LEFT=${s.bootsLeft}`, `VERSION=${s.version.replace(/[^0-9A-Za-z.+~-]/g, '')}`,
-    `PRIMARY_LBA=${s.primaryLba}`, `BACKUP_LBA=${s.backupLba}`, ''].join('\n'))
+    `TRIAL_SLOT=${s.slot}`, `BOOTS_LEFT=${s.bootsLeft}`, `VERSION=${safe(s.version)}`,
+    `PRIMARY_LBA=${s.primaryLba}`, `BACKUP_LBA=${s.backupLba}`,
+    ...(s.fromVersion ? [`FROM_VERSION=${safe(s.fromVersion)}`] : []),
+    ...(s.updatedAt ? [`UPDATED_AT=${safe(s.updatedAt.toISOString())}`] : []),
+    ...(s.updateSeconds !== undefined ? [`UPDATE_SECONDS=${s.updateSeconds.toFixed(1)}`] : []),
+    ''].join('\n'))
 }

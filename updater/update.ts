@@ -4,15 +4,19 @@
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
+import { Readable } from 'node:stream'
+import { pipeline } from 'node:stream/promises'
 import { execa } from 'execa'
 import { Disk } from '../lib/blockdev.ts'
 import { LabhostError } from '../lib/errors.ts'
 import { openGptDisk, readGpt } from '../bootloader/gpt.ts'
 import { findRootSlots, otherSlot, slotStatus, type SlotId } from '../bootloader/slots.ts'
 import { applySwitch, planSwitch } from '../bootloader/switch.ts'
-import { readManifest, readPublicKey, verifyManifestSignature, type Manifest } from '../image-build/manifest.ts'
+import { readPublicKey, verifyManifestSignature, type Manifest } from '../image-build/manifest.ts'
 import { readBootInfo, readTrial, readVersion, type HostPaths } from './host-state.ts'
 import { writeTrialState } from './trial-state.ts'
+import { DEFAULT_FETCH, openSource, type FetchOptions, type UpdateSource } from './source.ts'
+import type { Progress } from '../lib/progress.ts'
 
 export interface UpdateOptions {
   source: string
@@ -24,6 +28,10 @@ export interface UpdateOptions {
   trialBoots?: number
   dryRun?: boolean
   log?: (line: string) => void
+  /** Progress of the write (download + decompress + write) and of the read-back. */
+  progress?: (step: 'write' | 'verify') => Progress
+  /** Retries, backoff and timeouts of an http(s) source. */
+  fetch?: Partial<FetchOptions>
   /** Test seam: runs after the slot is written and synced, before it is read back. */
   afterWrite?: () => Promise<void> | void
 }
@@ -34,6 +42,11 @@ export interface UpdatePlan {
   to: { slot: SlotId; version: string; partition: number; firstByte: number; bytes: number }
   source: string
   writes: string[]
+}
+
+export interface UpdateResult extends UpdatePlan {
+  seconds: { write: number; verify: number; total: number }
+  transfer: UpdateSource['stats']
 }
 
 function compareVersions(a: string, b: string): number {
@@ -48,10 +61,11 @@ function compareVersions(a: string, b: string): number {
   return 0
 }
 
-export function planUpdate(o: UpdateOptions): { plan: UpdatePlan; manifest: Manifest } {
-  const manifestFile = fs.existsSync(o.source) && fs.statSync(o.source).isDirectory() ? path.join(o.source, 'manifest.json') : o.source
-  const manifest = readManifest(manifestFile)
-  verifyManifestSignature(manifest, readPublicKey(o.trustedKey), manifestFile)
+export async function planUpdate(o: UpdateOptions): Promise<{ plan: UpdatePlan; manifest: Manifest; source: UpdateSource }> {
+  const trusted = readPublicKey(o.trustedKey)
+  const source = await openSource(o.source, { ...DEFAULT_FETCH, log: o.log, ...o.fetch })
+  const { manifest, manifestWhere: manifestFile } = source
+  verifyManifestSignature(manifest, trusted, manifestFile)
   const boot = readBootInfo(o.paths)
   const diskPath = o.disk ?? boot.disk
   const disk = openGptDisk(diskPath)
@@ -89,15 +103,14 @@ export function planUpdate(o: UpdateOptions): { plan: UpdatePlan; manifest: Mani
       throw new LabhostError('imageTooSmall', `the image (${manifest.image.size} bytes) is larger than slot ${target} (${slotBytes} bytes)`,
         'build a smaller image or re-partition with larger slots; nothing was written')
     }
-    const transport = path.join(path.dirname(manifestFile), manifest.transport.file)
-    if (!fs.existsSync(transport)) throw new LabhostError('notFound', `${transport} is missing`, 'copy the whole image directory; nothing was written')
     return {
       manifest,
+      source,
       plan: {
         disk: diskPath,
         from: { slot: boot.slot, version: current },
         to: { slot: target, version: manifest.version, partition: entry.number, firstByte, bytes: manifest.image.size },
-        source: transport,
+        source: source.transportWhere,
         writes: [
           `slot ${target} (partition ${entry.number}, bytes ${firstByte}..${firstByte + manifest.image.size - 1})`,
           `trial state under ${o.paths.stateRoot}`,
@@ -131,12 +144,20 @@ async function forEachChunk(stream: AsyncIterable<unknown>, size: number, onChun
   return pending
 }
 
-/** Stream-decompress the transport file into the target range, checking every chunk on the way. */
-async function writeSlot(plan: UpdatePlan, manifest: Manifest, log: (l: string) => void): Promise<void> {
+/**
+ * Decompress the transport stream (a local file or a download in progress) into the target
+ * range, checking every chunk against the signed manifest before it is written.
+ */
+async function writeSlot(plan: UpdatePlan, manifest: Manifest, source: UpdateSource, progress: Progress | undefined): Promise<void> {
   const size = manifest.image.chunkSize
   const fd = fs.openSync(plan.disk, 'r+')
   try {
-    const zstd = execa('zstd', ['-dc', plan.source], { buffer: false, encoding: 'buffer', reject: false, stderr: 'pipe' })
+    const zstd = execa('zstd', ['-dc'], { buffer: false, encoding: 'buffer', reject: false, stdin: 'pipe', stderr: 'pipe' })
+    let feedError: unknown
+    const feed = pipeline(Readable.from(source.transport()), zstd.stdin!).catch((e) => {
+      feedError = e
+      zstd.kill()
+    })
     let written = 0
     let index = 0
     const flushChunk = (chunk: Buffer) => {
@@ -146,17 +167,21 @@ async function writeSlot(plan: UpdatePlan, manifest: Manifest, log: (l: string) 
       fs.writeSync(fd, chunk, 0, chunk.length, plan.to.firstByte + written)
       written += chunk.length
       index++
-      if (index % 64 === 0) log(`written ${written >> 20} of ${manifest.image.size >> 20} MiB`)
+      progress?.(written, manifest.image.size)
     }
     let tail: Buffer
     try {
       tail = await forEachChunk(zstd.stdout!, size, flushChunk)
     } catch (e) {
       zstd.kill()
+      await feed
       await zstd
       throw e
     }
+    await feed
     const r = await zstd
+    // A failed download explains a short zstd stream better than zstd's own complaint.
+    if (feedError) throw feedError
     if (r.exitCode === 0 && tail.length) flushChunk(tail)
     if (r.exitCode !== 0 || written !== manifest.image.size) {
       throw new LabhostError('hashMismatch', `the transport file ends early: ${written} of ${manifest.image.size} bytes (${String(r.stderr ?? '').trim().split('\n').pop()})`,
@@ -169,7 +194,7 @@ async function writeSlot(plan: UpdatePlan, manifest: Manifest, log: (l: string) 
 }
 
 /** Read the slot back from the device, bypassing the page cache, and compare chunk by chunk. */
-async function verifySlot(plan: UpdatePlan, manifest: Manifest): Promise<void> {
+async function verifySlot(plan: UpdatePlan, manifest: Manifest, progress: Progress | undefined): Promise<void> {
   const size = manifest.image.chunkSize
   const dd = execa('dd', [`if=${plan.disk}`, 'bs=4M', 'iflag=direct,skip_bytes,count_bytes', `skip=${plan.to.firstByte}`, `count=${manifest.image.size}`, 'status=none'],
     { buffer: false, encoding: 'buffer', reject: false })
@@ -177,6 +202,7 @@ async function verifySlot(plan: UpdatePlan, manifest: Manifest): Promise<void> {
   const check = (chunk: Buffer) => {
     if (crypto.createHash('sha256').update(chunk).digest('hex') !== manifest.image.chunks[index]) throw chunkMismatch(manifest, index, `reading slot ${plan.to.slot} back from ${plan.disk}`)
     index++
+    progress?.(Math.min(index * size, manifest.image.size), manifest.image.size)
   }
   let tail: Buffer
   try {
@@ -191,10 +217,12 @@ async function verifySlot(plan: UpdatePlan, manifest: Manifest): Promise<void> {
   if (index !== manifest.image.chunks.length) throw chunkMismatch(manifest, index, `reading slot ${plan.to.slot} back (short read)`)
 }
 
-export async function runUpdate(o: UpdateOptions): Promise<UpdatePlan> {
+export async function runUpdate(o: UpdateOptions): Promise<UpdateResult> {
   const log = o.log ?? (() => {})
-  const { plan, manifest } = planUpdate(o)
-  if (o.dryRun) return plan
+  const started = Date.now()
+  const { plan, manifest, source } = await planUpdate(o)
+  const seconds = { write: 0, verify: 0, total: 0 }
+  if (o.dryRun) return { ...plan, seconds, transfer: source.stats }
   const lockFile = path.join(path.dirname(o.paths.bootFile), 'update.lock')
   let lock: number
   try {
@@ -204,11 +232,15 @@ export async function runUpdate(o: UpdateOptions): Promise<UpdatePlan> {
   }
   try {
     fs.writeSync(lock, `${process.pid}\n`)
-    log(`writing ${manifest.name} ${manifest.version} to slot ${plan.to.slot} of ${plan.disk}`)
-    await writeSlot(plan, manifest, log)
+    log(`writing ${manifest.name} ${manifest.version} from ${source.transportWhere} to slot ${plan.to.slot} of ${plan.disk}`)
+    let t0 = Date.now()
+    await writeSlot(plan, manifest, source, o.progress?.('write'))
+    seconds.write = (Date.now() - t0) / 1000
     await o.afterWrite?.()
     log(`reading slot ${plan.to.slot} back`)
-    await verifySlot(plan, manifest)
+    t0 = Date.now()
+    await verifySlot(plan, manifest, o.progress?.('verify'))
+    seconds.verify = (Date.now() - t0) / 1000
     const disk = Disk.open(plan.disk)
     try {
       const sw = planSwitch(disk, readGpt(disk), plan.to.slot, manifest.layout.slots)
@@ -218,13 +250,15 @@ export async function runUpdate(o: UpdateOptions): Promise<UpdatePlan> {
         slot: plan.to.slot, bootsLeft: o.trialBoots ?? 3, version: manifest.version,
         primaryLba: commit.lba, backupLba: sw.writes.find((w) => w.region === 'backup-array')?.lba ?? commit.lba,
         committedSector: commit.data, rollbackSector: disk.readSectors(commit.lba, 1),
+        fromVersion: plan.from.version, updatedAt: new Date(), updateSeconds: (Date.now() - started) / 1000,
       })
       log(`switching to slot ${plan.to.slot}`)
       await applySwitch(disk, sw, manifest.layout.slots, log)
     } finally {
       disk.close()
     }
-    return plan
+    seconds.total = (Date.now() - started) / 1000
+    return { ...plan, seconds, transfer: source.stats }
   } finally {
     fs.closeSync(lock)
     fs.rmSync(lockFile, { force: true })

@@ -86,7 +86,7 @@ t.test('trial: B gets its boots, then the initramfs rolls back to A by itself', 
   const third = await boot(t, disks)
   t.same(userspace(third)?.[2], 'A', 'the host comes back on A')
   const result = await withPartition(disks.ssd, logPart, async (root) => readLastResult({ bootFile: '', versionFile: '', stateRoot: root }))
-  t.same(result, { RESULT: 'rolled-back', FROM: 'B', TO: 'A', VERSION: '1.0.0' }, 'the rollback is recorded for labhost status')
+  t.match(result, { RESULT: 'rolled-back', FROM: 'B', TO: 'A', VERSION: '1.0.0' }, 'the rollback is recorded for labhost status')
 })
 
 t.test('trial ended by labhost mark-good in userspace: no rollback, status says good', async (t) => {
@@ -104,7 +104,7 @@ t.test('trial ended by labhost mark-good in userspace: no rollback, status says 
   t.notMatch(second, /LABHOST-ROLLBACK/, 'no rollback')
   t.same(userspace(second)?.[2], 'B', 'B stays')
   const st = JSON.parse(/LABHOST-STATUS (\{.*\})/.exec(second)?.[1] ?? '{}')
-  t.same(st.lastResult, { RESULT: 'good', SLOT: 'B', VERSION: '1.0.0' }, 'labhost status in the guest reports the good trial')
+  t.match(st.lastResult, { RESULT: 'good', SLOT: 'B', VERSION: '1.0.0' }, 'labhost status in the guest reports the good trial')
   t.equal(st.gpt?.active, 'B')
   t.same(st.problems, [])
 })

@@ -37,7 +37,7 @@ t.test('1.0.0 in A updates itself to 2.0.0 in B, boots it on trial, marks it goo
   t.match(second.serial, /LABHOST-USERSPACE version=2\.0\.0 slot=B/, 'running 2.0.0 from B', { serial: second.serial.slice(-3000) })
   t.match(second.serial, /LABHOST-MARK slot B \(version 2\.0\.0\) marked good/)
   const st2 = JSON.parse(/LABHOST-STATUS (\{.*\})/.exec(second.serial)?.[1] ?? '{}')
-  t.same(st2.lastResult, { RESULT: 'good', SLOT: 'B', VERSION: '2.0.0' })
+  t.match(st2.lastResult, { RESULT: 'good', SLOT: 'B', VERSION: '2.0.0', FROM_VERSION: '1.0.0', UPDATE_SECONDS: /^\d/ })
   t.equal(st2.version, '2.0.0')
   t.same(st2.problems, [])
 })

@@ -5,6 +5,7 @@ import { DEFAULT_PATHS, markGood, writeDurable, type HostPaths } from '../../upd
 import { gatherStatus, renderHuman, renderPrometheus } from '../../updater/status.ts'
 import { runUpdate } from '../../updater/update.ts'
 import { LabhostError } from '../../lib/errors.ts'
+import { powerAction } from '../../lib/power.ts'
 import type { Command, OptionSpec } from '../command.ts'
 
 const PATH_OPTIONS: OptionSpec = {
@@ -51,25 +52,44 @@ export const markGoodCommand: Command = {
 
 export const update: Command = {
   name: 'update',
-  summary: 'write a signed image to the inactive slot, verify it from the disk, switch to it on trial',
-  usage: 'labhost update DIR|MANIFEST [--trusted-key PUB] [--disk DEV] [--allow-downgrade] [--trial-boots N] [--dry-run] [--json]',
-  options: { ...PATH_OPTIONS, 'trusted-key': { type: 'string' }, disk: { type: 'string' }, 'allow-downgrade': { type: 'boolean', default: false }, 'trial-boots': { type: 'string' } },
+  summary: 'write a signed image (directory, manifest or http(s) URL) to the inactive slot, verify it from the disk, switch to it on trial',
+  usage: 'labhost update DIR|MANIFEST|URL [--trusted-key PUB] [--disk DEV] [--allow-downgrade] [--trial-boots N] [--retries N] [--timeout SECONDS] [--reboot] [--dry-run] [--json]',
+  options: {
+    ...PATH_OPTIONS, 'trusted-key': { type: 'string' }, disk: { type: 'string' }, 'allow-downgrade': { type: 'boolean', default: false }, 'trial-boots': { type: 'string' },
+    retries: { type: 'string' }, timeout: { type: 'string' }, reboot: { type: 'boolean', default: false },
+  },
   async run(values, positionals, ctx) {
     const source = positionals[0]
-    if (!source) throw new LabhostError('usage', 'labhost update needs a SOURCE (an image directory or its manifest.json)', `usage: ${this.usage}`)
-    const plan = await runUpdate({
+    if (!source) throw new LabhostError('usage', 'labhost update needs a SOURCE (an image directory, its manifest.json, or an http(s) URL of one)', `usage: ${this.usage}`)
+    const num = (k: string) => {
+      if (typeof values[k] !== 'string') return undefined
+      const n = Number(values[k])
+      if (!Number.isFinite(n) || n < 0) throw new LabhostError('usage', `--${k} ${JSON.stringify(values[k])} is not a number`, `usage: ${this.usage}`)
+      return n
+    }
+    const timeout = num('timeout')
+    const result = await runUpdate({
       source,
       trustedKey: typeof values['trusted-key'] === 'string' ? values['trusted-key'] : '/etc/labhost/trusted.pub',
       paths: hostPaths(values),
       disk: typeof values.disk === 'string' ? values.disk : undefined,
       allowDowngrade: values['allow-downgrade'] === true,
-      trialBoots: typeof values['trial-boots'] === 'string' ? Number(values['trial-boots']) : undefined,
+      trialBoots: num('trial-boots'),
+      fetch: { ...(num('retries') !== undefined ? { retries: num('retries') } : {}), ...(timeout !== undefined ? { timeoutMs: timeout * 1000 } : {}) },
       dryRun: ctx.dryRun,
       log: ctx.log,
+      progress: (step) => ctx.progress(step === 'write' ? 'writing' : 'verifying'),
     })
-    const human = [`${ctx.dryRun ? 'would update' : 'updated'} ${plan.disk}: slot ${plan.from.slot} (${plan.from.version ?? '?'}) -> slot ${plan.to.slot} (${plan.to.version})`,
-      ...plan.writes.map((w) => `  ${ctx.dryRun ? 'would write' : 'wrote'} ${w}`),
-      ...(ctx.dryRun ? [] : [`  slot ${plan.to.slot} boots next, on trial until labhost mark-good`])].join('\n')
-    return { data: { ...plan, dryRun: ctx.dryRun }, human }
+    const human = [`${ctx.dryRun ? 'would update' : 'updated'} ${result.disk}: slot ${result.from.slot} (${result.from.version ?? '?'}) -> slot ${result.to.slot} (${result.to.version})`,
+      ...result.writes.map((w) => `  ${ctx.dryRun ? 'would write' : 'wrote'} ${w}`),
+      ...(ctx.dryRun ? [] : [`  write ${result.seconds.write.toFixed(1)} s, read-back ${result.seconds.verify.toFixed(1)} s` +
+        (result.transfer.requests ? `, ${result.transfer.requests} request(s), ${result.transfer.resumes} resumed` : ''),
+      `  slot ${result.to.slot} boots next, on trial until labhost mark-good${values.reboot ? '; rebooting' : ''}`])].join('\n')
+    if (values.reboot && !ctx.dryRun) {
+      // print before the machine goes down
+      ctx.log(human)
+      await powerAction('reboot', ctx.log)
+    }
+    return { data: { ...result, dryRun: ctx.dryRun }, human }
   },
 }

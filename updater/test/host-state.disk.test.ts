@@ -47,7 +47,7 @@ t.test('mark-good ends a trial of the running slot, once', async (t) => {
   t.same(JSON.parse(m.stdout), { marked: true, slot: 'B', reason: 'slot B (version 2.0.0) marked good' })
   t.notOk(fs.existsSync(`${h.dir}/state/labhost/trial`), 'the trial file is gone: the initramfs will not roll back')
   const after = JSON.parse((await runCli(['status', '--json', ...h.args])).stdout)
-  t.same(after.lastResult, { RESULT: 'good', SLOT: 'B', VERSION: '2.0.0' })
+  t.match(after.lastResult, { RESULT: 'good', SLOT: 'B', VERSION: '2.0.0', MARKED_AT: /^\d{4}-/ })
   const again = JSON.parse((await runCli(['mark-good', '--json', ...h.args])).stdout)
   t.equal(again.marked, false)
   t.equal(again.reason, 'no trial pending')

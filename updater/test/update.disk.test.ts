@@ -3,54 +3,29 @@
 // the running slot and the state untouched.
 import crypto from 'node:crypto'
 import fs from 'node:fs'
-import path from 'node:path'
 import t, { type Test } from 'tap'
-import YAML from 'yaml'
-import { copyFileInto } from '../../lib/blockdev.ts'
 import { ExitCode } from '../../lib/errors.ts'
 import { run } from '../../lib/exec.ts'
-import { differingBlocks, hashWhole, readRange, runCli, sparseFile, tmpDir, xorRange } from '../../lib/test-helpers.ts'
+import { differingBlocks, hashWhole, readRange, runCli, tmpDir, xorRange } from '../../lib/test-helpers.ts'
 import { openGptDisk, readGpt } from '../../bootloader/gpt.ts'
 import { slotStatus } from '../../bootloader/slots.ts'
-import { buildImage } from '../../image-build/build.ts'
 import { generateKeyPair, readPrivateKey, signManifest, type Manifest } from '../../image-build/manifest.ts'
-import { loadRecipe, RECIPES_DIR } from '../../image-build/recipe.ts'
-import { partitionDisk, planDisk, type PlannedPartition } from '../../installer/partition.ts'
 import { runUpdate } from '../update.ts'
+import { buildImages, layout, makeHost, protectedParts, wholeDisk, type Images } from './update-fixtures.ts'
 
 const MiB = 1 << 20
 const dir = tmpDir(t, 'labhost-update-test-')
-const layout = loadRecipe('test').layout
-let keys: { privateKeyFile: string; publicKeyFile: string }
+let images: Images
+let keys: Images['keys']
 let v1 = ''
 let v2 = ''
 
 t.before(async () => {
-  keys = generateKeyPair(`${dir}/keys`)
-  v1 = path.dirname((await buildImage('test', { out: `${dir}/v1`, keyFile: keys.privateKeyFile })).manifestFile)
-  const r = YAML.parse(fs.readFileSync(path.join(RECIPES_DIR, 'test.yaml'), 'utf8'))
-  fs.writeFileSync(`${dir}/test-2.yaml`, YAML.stringify({ ...r, version: '2.0.0', layout: path.join(RECIPES_DIR, r.layout) }))
-  v2 = path.dirname((await buildImage(`${dir}/test-2.yaml`, { out: `${dir}/v2`, keyFile: keys.privateKeyFile })).manifestFile)
+  images = await buildImages(dir)
+  ;({ keys, v1, v2 } = images)
 })
 
-interface Host { disk: string; plan: PlannedPartition[]; args: string[]; state: string; lib: { bootFile: string; stateRoot: string; versionFile: string } }
-
-async function host(t: Test): Promise<Host> {
-  const d = tmpDir(t)
-  const disk = sparseFile(`${d}/ssd.img`, (2 + 2 * layout.slotSizeMiB + 8 + 16 + 16 + 2) * MiB)
-  const plan = planDisk(layout, 'ssd', fs.statSync(disk).size, 512)
-  await partitionDisk(disk, plan, 'A')
-  copyFileInto(`${v1}/root.img`, disk, plan[0]!.firstLba * 512)
-  fs.writeFileSync(`${d}/boot`, `SLOT=A\nDEVICE=${disk}\nDISK=${disk}\n`)
-  fs.writeFileSync(`${d}/version`, '1.0.0\n')
-  fs.mkdirSync(`${d}/state`)
-  const lib = { bootFile: `${d}/boot`, stateRoot: `${d}/state`, versionFile: `${d}/version` }
-  return { disk, plan, state: `${d}/state`, lib, args: ['--boot-file', lib.bootFile, '--state-root', lib.stateRoot, '--version-file', lib.versionFile, '--trusted-key', keys.publicKeyFile] }
-}
-
-function snapshot(h: Host) {
-  return { disk: hashWhole(h.disk), state: fs.readdirSync(h.state, { recursive: true }).sort().join(',') }
-}
+const host = (t: Test) => makeHost(t, images)
 
 /** A copy of an image directory with its manifest changed and signed again by the trusted key. */
 function resigned(t: Test, src: string, change: (m: Manifest) => void): string {
@@ -113,17 +88,16 @@ for (const c of refusals) {
   t.test(`refused: ${c.name}; running slot, GPT and state untouched`, async (t) => {
     const h = await host(t)
     const source = c.source(t)
-    const slotA = () => hashWhole(h.disk).length && crypto.createHash('sha256').update(readRange(h.disk, h.plan[0]!.firstLba * 512, (h.plan[0]!.lastLba - h.plan[0]!.firstLba + 1) * 512)).digest('hex')
-    const gpt = () => Buffer.concat([readRange(h.disk, 0, MiB), readRange(h.disk, fs.statSync(h.disk).size - MiB, MiB)])
-    const before = { ...snapshot(h), slotA: slotA(), gpt: gpt() }
+    const before = { disk: wholeDisk(h), ...protectedParts(h) }
     const r = await runCli(['update', source, ...h.args])
     t.equal(r.code, c.code, `exit ${c.code}`, { stderr: r.stderr })
     t.match(r.stderr, c.message)
     t.match(r.stderr, /hint: /)
-    t.equal(slotA(), before.slotA, 'running slot A unchanged')
-    t.ok(gpt().equals(before.gpt), 'GPT regions unchanged')
-    t.equal(snapshot(h).state, before.state, 'no trial armed')
-    if (c.name !== 'truncated download') t.equal(snapshot(h).disk, before.disk, 'refused before writing: the whole disk is byte-identical')
+    const after = protectedParts(h)
+    t.equal(after.slotA, before.slotA, 'running slot A unchanged')
+    t.equal(after.gpt, before.gpt, 'GPT regions unchanged')
+    t.equal(after.state, before.state, 'no trial armed')
+    if (c.name !== 'truncated download') t.equal(wholeDisk(h), before.disk, 'refused before writing: the whole disk is byte-identical')
   })
 }
 

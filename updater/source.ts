@@ -1,0 +1,190 @@
+// Where an update comes from: a local image directory (or its manifest.json), or an http(s) URL
+// of one. Either way the caller gets the manifest text first — to verify before any write — and
+// then the compressed transport file as a byte stream. Over HTTP that stream survives server
+// errors and dropped connections: it waits with backoff and resumes with a Range request from
+// the first byte it does not have yet, so a resumed download never starts over.
+import fs from 'node:fs'
+import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import got, { HTTPError, type Response } from 'got'
+import { LabhostError } from '../lib/errors.ts'
+import { parseManifest, type Manifest } from '../image-build/manifest.ts'
+
+export interface FetchOptions {
+  /** Failed attempts in a row (no byte gained) before giving up. */
+  retries: number
+  /** First wait after a failure; doubles each time, at most 30 s. */
+  backoffMs: number
+  /** Connect timeout and the longest a connection may stay silent. */
+  timeoutMs: number
+  log?: (line: string) => void
+}
+
+export const DEFAULT_FETCH: FetchOptions = { retries: 6, backoffMs: 1000, timeoutMs: 30_000 }
+
+export interface TransferStats {
+  /** HTTP requests made for the transport file (1 when nothing went wrong). */
+  requests: number
+  /** Requests that continued from a byte offset with Range. */
+  resumes: number
+  failures: string[]
+}
+
+export interface UpdateSource {
+  /** The manifest's file or URL, for messages. */
+  manifestWhere: string
+  manifest: Manifest
+  /** The transport file's path or URL. */
+  transportWhere: string
+  /** The compressed transport file from its first byte. */
+  transport(): AsyncIterable<Buffer>
+  stats: TransferStats
+}
+
+export const isUrl = (s: string): boolean => /^https?:\/\//i.test(s)
+
+export async function openSource(spec: string, fetch: FetchOptions = DEFAULT_FETCH): Promise<UpdateSource> {
+  return isUrl(spec) ? openHttpSource(spec, fetch) : openLocalSource(spec)
+}
+
+function openLocalSource(spec: string): UpdateSource {
+  if (!fs.existsSync(spec)) throw new LabhostError('notFound', `${spec} does not exist`, 'name an image directory, its manifest.json, or an http(s) URL of one')
+  const manifestFile = fs.statSync(spec).isDirectory() ? path.join(spec, 'manifest.json') : spec
+  let text: string
+  try {
+    text = fs.readFileSync(manifestFile, 'utf8')
+  } catch (e) {
+    throw new LabhostError('manifestInvalid', `${manifestFile} is not a readable manifest: ${(e as Error).message}`, 'point at the manifest.json written by `labhost image build`')
+  }
+  const manifest = parseManifest(text, manifestFile)
+  const transport = path.join(path.dirname(manifestFile), path.basename(manifest.transport.file))
+  if (!fs.existsSync(transport)) throw new LabhostError('notFound', `${transport} is missing`, 'copy the whole image directory; nothing was written')
+  return {
+    manifestWhere: manifestFile,
+    manifest,
+    transportWhere: transport,
+    transport: () => fs.createReadStream(transport, { highWaterMark: 1 << 20 }),
+    stats: { requests: 0, resumes: 0, failures: [] },
+  }
+}
+
+/** `URL/` and `URL` (a directory) mean `URL/manifest.json`; a URL ending in .json is the manifest. */
+export function manifestUrl(spec: string): string {
+  const u = new URL(spec)
+  if (!u.pathname.endsWith('.json')) u.pathname = u.pathname.replace(/\/?$/, '/manifest.json')
+  return u.toString()
+}
+
+const retriableStatus = (status: number) => status >= 500 || status === 408 || status === 429
+
+function describe(e: unknown): string {
+  if (e instanceof HTTPError) return `HTTP ${e.response.statusCode}`
+  const err = e as { code?: string; message?: string }
+  return err.code ? `${err.code}: ${err.message}` : String(err.message ?? e)
+}
+
+function isRetriable(e: unknown): boolean {
+  if (e instanceof HTTPError) return retriableStatus(e.response.statusCode)
+  return !(e instanceof LabhostError)
+}
+
+function backoff(o: FetchOptions, failures: number): number {
+  return Math.min(30_000, o.backoffMs * 2 ** (failures - 1))
+}
+
+function gaveUp(url: string, o: FetchOptions, last: unknown, what: string): LabhostError {
+  if (last instanceof HTTPError && !retriableStatus(last.response.statusCode)) {
+    const code = last.response.statusCode === 404 ? 'notFound' : 'downloadFailed'
+    return new LabhostError(code, `${url}: the server answered HTTP ${last.response.statusCode}`, `check the URL and that the image is published there; ${what}`)
+  }
+  return new LabhostError('downloadFailed', `${url}: giving up after ${o.retries} failed attempts in a row (last: ${describe(last)})`,
+    `check the network and the server, then run the same command again; ${what}`)
+}
+
+const gotOptions = (o: FetchOptions) => ({
+  retry: { limit: 0 },
+  decompress: false,
+  timeout: { connect: o.timeoutMs, socket: o.timeoutMs, response: o.timeoutMs },
+})
+
+async function fetchText(url: string, o: FetchOptions): Promise<string> {
+  for (let failures = 0; ;) {
+    try {
+      return await got(url, gotOptions(o)).text()
+    } catch (e) {
+      failures++
+      if (!isRetriable(e) || failures >= o.retries) throw gaveUp(url, o, e, 'nothing was written')
+      const wait = backoff(o, failures)
+      o.log?.(`${url}: ${describe(e)}; retrying in ${(wait / 1000).toFixed(1)} s`)
+      await sleep(wait)
+    }
+  }
+}
+
+async function openHttpSource(spec: string, o: FetchOptions): Promise<UpdateSource> {
+  const mUrl = manifestUrl(spec)
+  const manifest = parseManifest(await fetchText(mUrl, o), mUrl)
+  const tUrl = new URL(path.posix.basename(manifest.transport.file), mUrl).toString()
+  const stats: TransferStats = { requests: 0, resumes: 0, failures: [] }
+  return { manifestWhere: mUrl, manifest, transportWhere: tUrl, transport: () => resumableDownload(tUrl, manifest.transport.size, o, stats), stats }
+}
+
+/**
+ * The bytes 0..size-1 of `url`, across as many requests as it takes: after an error, a timeout
+ * or a connection that ends early, wait and ask for the rest with `Range: bytes=N-`. A server
+ * that ignores Range (200 instead of 206) is read from the start and the known bytes skipped.
+ */
+export async function* resumableDownload(url: string, size: number, o: FetchOptions, stats: TransferStats): AsyncGenerator<Buffer> {
+  let offset = 0
+  let failures = 0
+  while (offset < size) {
+    const resuming = offset > 0
+    const stream = got.stream(url, { ...gotOptions(o), headers: resuming ? { range: `bytes=${offset}-` } : {} })
+    stats.requests++
+    if (resuming) stats.resumes++
+    const gainedFrom = offset
+    try {
+      const response = await new Promise<Response>((resolve, reject) => {
+        stream.once('response', resolve)
+        stream.once('error', reject)
+      })
+      let skip = 0
+      if (resuming && response.statusCode === 206) {
+        const start = /^bytes (\d+)-/.exec(String(response.headers['content-range'] ?? ''))?.[1]
+        if (Number(start) !== offset) throw new LabhostError('downloadFailed', `${url}: asked for bytes from ${offset}, the server sent ${response.headers['content-range'] ?? 'no Content-Range'}`, 'serve the image from a plain HTTP server; nothing was switched')
+      } else if (resuming) {
+        skip = offset
+      }
+      for await (const data of stream as AsyncIterable<Buffer>) {
+        let piece = data
+        if (skip) {
+          const n = Math.min(skip, piece.length)
+          skip -= n
+          piece = piece.subarray(n)
+          if (!piece.length) continue
+        }
+        if (offset + piece.length > size) piece = piece.subarray(0, size - offset)
+        offset += piece.length
+        if (piece.length) yield piece
+        if (offset >= size) break
+      }
+      if (offset < size) throw new Error(`connection ended at byte ${offset} of ${size}`)
+    } catch (e) {
+      if (!isRetriable(e)) {
+        if (e instanceof HTTPError && e.response.statusCode === 416) {
+          throw new LabhostError('downloadFailed', `${url} is shorter than its manifest says (no bytes from ${offset} of ${size})`, 'the published transport file is truncated: publish the image again; nothing was switched')
+        }
+        throw e instanceof LabhostError ? e : gaveUp(url, o, e, 'nothing was switched')
+      }
+      if (offset > gainedFrom) failures = 0
+      failures++
+      stats.failures.push(`${describe(e)} at byte ${offset}`)
+      if (failures >= o.retries) throw gaveUp(url, o, e, 'nothing was switched')
+      const wait = backoff(o, failures)
+      o.log?.(`${url}: ${describe(e)} at byte ${offset} of ${size}; resuming in ${(wait / 1000).toFixed(1)} s`)
+      await sleep(wait)
+    } finally {
+      stream.destroy()
+    }
+  }
+}

@@ -1,0 +1,143 @@
+// labhost update from an http:// URL served on the loopback: the image is written while it
+// downloads; server errors are retried, a dropped connection resumes with Range from where it
+// stopped, and a download that cannot complete leaves slot A, the GPT and the state untouched.
+import fs from 'node:fs'
+import t, { type Test } from 'tap'
+import { ExitCode } from '../../lib/errors.ts'
+import { serveDirectory, type Fault, type Server } from '../../lib/http-serve.ts'
+import { runCli, tmpDir } from '../../lib/test-helpers.ts'
+import { openGptDisk, readGpt } from '../../bootloader/gpt.ts'
+import { slotStatus } from '../../bootloader/slots.ts'
+import { buildImages, makeHost, protectedParts, slotBHolds, wholeDisk, type Images } from './update-fixtures.ts'
+
+const dir = tmpDir(t, 'labhost-http-update-')
+let images: Images
+
+t.before(async () => {
+  images = await buildImages(dir)
+})
+
+async function serve(t: Test, root: string, fault?: (path: string, index: number) => Fault | undefined): Promise<Server> {
+  const server = await serveDirectory(root, { fault: fault ? (r) => fault(r.path, r.index) : undefined })
+  t.teardown(() => server.close())
+  return server
+}
+
+const transportRequests = (s: Server) => s.requests.filter((r) => r.path.endsWith('.zst'))
+const activeSlot = (disk: string) => {
+  const d = openGptDisk(disk)
+  try {
+    return slotStatus(readGpt(d)).active
+  } finally {
+    d.close()
+  }
+}
+
+t.test('update from http://: one request, written while downloading, B on trial', async (t) => {
+  const h = await makeHost(t, images)
+  const server = await serve(t, images.v2)
+  const r = await runCli(['update', `${server.url}/`, '--json', ...h.args])
+  t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
+  const out = JSON.parse(r.stdout)
+  t.equal(out.source, `${server.url}/root.img.zst`)
+  t.same(out.transfer, { requests: 1, resumes: 0, failures: [] })
+  t.ok(slotBHolds(h, `${images.v2}/root.img`), 'slot B holds 2.0.0')
+  t.equal(activeSlot(h.disk), 'B')
+  t.same(server.requests.map((q) => [q.path, q.status]), [['/manifest.json', 200], ['/root.img.zst', 200]])
+})
+
+t.test('server answers 500 three times, then recovers: the update completes', async (t) => {
+  const h = await makeHost(t, images)
+  let transportErrors = 0
+  const server = await serve(t, images.v2, (p) => (p.endsWith('.zst') && transportErrors++ < 3 ? { status: 500 } : undefined))
+  const r = await runCli(['update', server.url, '--json', ...h.args])
+  t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
+  t.match(r.stderr, /HTTP 500 at byte 0 .*resuming in 1\.0 s/)
+  t.same(transportRequests(server).map((q) => q.status), [500, 500, 500, 200])
+  t.ok(slotBHolds(h, `${images.v2}/root.img`), 'slot B holds 2.0.0')
+  t.equal(activeSlot(h.disk), 'B')
+})
+
+t.test('connection dropped mid-way: resumes with Range from the byte it stopped at, does not restart', async (t) => {
+  const h = await makeHost(t, images)
+  const size = fs.statSync(`${images.v2}/root.img.zst`).size
+  const cut = Math.floor(size * 0.4)
+  const server = await serve(t, images.v2, (p, i) => (p.endsWith('.zst') && i === 1 ? { dropAfter: cut } : undefined))
+  const r = await runCli(['update', `${server.url}/manifest.json`, '--json', ...h.args])
+  t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
+  const reqs = transportRequests(server)
+  t.equal(reqs.length, 2, 'two requests for the transport file')
+  t.equal(reqs[0]!.bytes, cut, 'the first one was cut')
+  t.equal(reqs[1]!.range, `bytes=${cut}-`, 'the second asks for the rest only')
+  t.equal(reqs[1]!.status, 206)
+  t.equal(reqs[0]!.bytes + reqs[1]!.bytes, size, 'every byte was sent once')
+  t.match(JSON.parse(r.stdout).transfer, { requests: 2, resumes: 1 })
+  t.ok(slotBHolds(h, `${images.v2}/root.img`), 'slot B holds 2.0.0')
+})
+
+t.test('a server that ignores Range: the resumed response is read from the start, known bytes skipped', async (t) => {
+  const h = await makeHost(t, images)
+  const size = fs.statSync(`${images.v2}/root.img.zst`).size
+  const server = await serve(t, images.v2, (p, i) => (p.endsWith('.zst') ? (i === 1 ? { dropAfter: Math.floor(size / 3) } : { ignoreRange: true }) : undefined))
+  const r = await runCli(['update', server.url, ...h.args])
+  t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
+  t.same(transportRequests(server).map((q) => q.status), [200, 200])
+  t.ok(slotBHolds(h, `${images.v2}/root.img`), 'slot B holds 2.0.0')
+})
+
+const failures: { name: string; setup: (t: Test) => Promise<{ url: string; args?: string[] }>; code: number; message: RegExp; untouchedDisk: boolean }[] = [
+  {
+    name: 'truncated file on the server',
+    setup: async (t) => {
+      const d = tmpDir(t)
+      fs.cpSync(images.v2, d, { recursive: true })
+      fs.truncateSync(`${d}/root.img.zst`, Math.floor(fs.statSync(`${d}/root.img.zst`).size / 2))
+      return { url: (await serve(t, d)).url }
+    },
+    code: ExitCode.downloadFailed, message: /shorter than its manifest says/, untouchedDisk: false,
+  },
+  {
+    name: 'bad signature',
+    setup: async (t) => {
+      const d = tmpDir(t)
+      fs.cpSync(images.v2, d, { recursive: true })
+      const m = JSON.parse(fs.readFileSync(`${d}/manifest.json`, 'utf8'))
+      m.image.size -= 4096
+      fs.writeFileSync(`${d}/manifest.json`, JSON.stringify(m))
+      return { url: (await serve(t, d)).url }
+    },
+    code: ExitCode.signatureInvalid, message: /signature does not match/, untouchedDisk: true,
+  },
+  { name: 'no image at the URL (404)', setup: async (t) => ({ url: `${(await serve(t, dir)).url}/nothing/` }), code: ExitCode.notFound, message: /HTTP 404/, untouchedDisk: true },
+  {
+    name: 'server gone for good',
+    setup: async (t) => {
+      const s = await serve(t, images.v2)
+      await s.close()
+      return { url: s.url, args: ['--retries', '2'] }
+    },
+    code: ExitCode.downloadFailed, message: /giving up after 2 failed attempts in a row \(last: ECONNREFUSED/, untouchedDisk: true,
+  },
+  {
+    name: 'connection always dropped at the same byte',
+    setup: async (t) => {
+      const size = fs.statSync(`${images.v2}/root.img.zst`).size
+      return { url: (await serve(t, images.v2, (p, i) => (p.endsWith('.zst') ? (i === 1 ? { dropAfter: Math.floor(size / 2) } : { dropAfter: 0 }) : undefined))).url, args: ['--retries', '3'] }
+    },
+    code: ExitCode.downloadFailed, message: /giving up after 3 failed attempts/, untouchedDisk: false,
+  },
+]
+
+for (const c of failures) {
+  t.test(`refused: ${c.name}; slot A, GPT and state untouched`, async (t) => {
+    const h = await makeHost(t, images)
+    const before = { disk: wholeDisk(h), ...protectedParts(h) }
+    const { url, args = [] } = await c.setup(t)
+    const r = await runCli(['update', url, ...args, ...h.args])
+    t.equal(r.code, c.code, `exit ${c.code}`, { stderr: r.stderr })
+    t.match(r.stderr, c.message)
+    t.match(r.stderr, /hint: /)
+    t.same(protectedParts(h), { slotA: before.slotA, gpt: before.gpt, state: before.state }, 'slot A, both GPT regions and the state: byte-identical')
+    if (c.untouchedDisk) t.equal(wholeDisk(h), before.disk, 'refused before the first write: the whole disk is byte-identical')
+  })
+}

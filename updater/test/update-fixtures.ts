@@ -1,0 +1,73 @@
+// Shared by the updater's disk tests: a signing key, the test image as 1.0.0 and 2.0.0 (cached
+// builds), and a host disk laid out by the test layout running 1.0.0 from slot A, with its
+// state files in a temporary directory.
+import crypto from 'node:crypto'
+import fs from 'node:fs'
+import path from 'node:path'
+import type { Test } from 'tap'
+import YAML from 'yaml'
+import { copyFileInto } from '../../lib/blockdev.ts'
+import { hashWhole, readRange, sparseFile, tmpDir } from '../../lib/test-helpers.ts'
+import { buildImage } from '../../image-build/build.ts'
+import { generateKeyPair } from '../../image-build/manifest.ts'
+import { loadRecipe, RECIPES_DIR } from '../../image-build/recipe.ts'
+import { partitionDisk, planDisk, type PlannedPartition } from '../../installer/partition.ts'
+
+const MiB = 1 << 20
+export const layout = loadRecipe('test').layout
+
+export interface Images {
+  keys: { privateKeyFile: string; publicKeyFile: string }
+  v1: string
+  v2: string
+}
+
+/** Build (or take from the cache) the test image as 1.0.0 and 2.0.0, signed by a new key. */
+export async function buildImages(dir: string): Promise<Images> {
+  const keys = generateKeyPair(`${dir}/keys`)
+  const v1 = path.dirname((await buildImage('test', { out: `${dir}/v1`, keyFile: keys.privateKeyFile })).manifestFile)
+  const r = YAML.parse(fs.readFileSync(path.join(RECIPES_DIR, 'test.yaml'), 'utf8'))
+  fs.writeFileSync(`${dir}/test-2.yaml`, YAML.stringify({ ...r, version: '2.0.0', layout: path.join(RECIPES_DIR, r.layout) }))
+  const v2 = path.dirname((await buildImage(`${dir}/test-2.yaml`, { out: `${dir}/v2`, keyFile: keys.privateKeyFile })).manifestFile)
+  return { keys, v1, v2 }
+}
+
+export interface Host {
+  disk: string
+  plan: PlannedPartition[]
+  state: string
+  lib: { bootFile: string; stateRoot: string; versionFile: string }
+  /** CLI options that point labhost at this host's files. */
+  args: string[]
+}
+
+export async function makeHost(t: Test, images: Images): Promise<Host> {
+  const d = tmpDir(t)
+  const disk = sparseFile(`${d}/ssd.img`, (2 + 2 * layout.slotSizeMiB + 8 + 16 + 16 + 2) * MiB)
+  const plan = planDisk(layout, 'ssd', fs.statSync(disk).size, 512)
+  await partitionDisk(disk, plan, 'A')
+  copyFileInto(`${images.v1}/root.img`, disk, plan[0]!.firstLba * 512)
+  fs.writeFileSync(`${d}/boot`, `SLOT=A\nDEVICE=${disk}\nDISK=${disk}\n`)
+  fs.writeFileSync(`${d}/version`, '1.0.0\n')
+  fs.mkdirSync(`${d}/state`)
+  const lib = { bootFile: `${d}/boot`, stateRoot: `${d}/state`, versionFile: `${d}/version` }
+  return { disk, plan, state: `${d}/state`, lib, args: ['--boot-file', lib.bootFile, '--state-root', lib.stateRoot, '--version-file', lib.versionFile, '--trusted-key', images.keys.publicKeyFile] }
+}
+
+/** What an update must never change when it fails: slot A, both GPT regions, the state files. */
+export function protectedParts(h: Host) {
+  const size = fs.statSync(h.disk).size
+  const a = h.plan[0]!
+  return {
+    slotA: crypto.createHash('sha256').update(readRange(h.disk, a.firstLba * 512, (a.lastLba - a.firstLba + 1) * 512)).digest('hex'),
+    gpt: crypto.createHash('sha256').update(readRange(h.disk, 0, MiB)).update(readRange(h.disk, size - MiB, MiB)).digest('hex'),
+    state: fs.readdirSync(h.state, { recursive: true }).sort().join(','),
+  }
+}
+
+export const wholeDisk = (h: Host) => hashWhole(h.disk)
+
+/** Slot B's first `bytes` bytes equal the file's. */
+export function slotBHolds(h: Host, file: string): boolean {
+  return readRange(h.disk, h.plan[1]!.firstLba * 512, fs.statSync(file).size).equals(fs.readFileSync(file))
+}
