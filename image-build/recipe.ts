@@ -3,6 +3,7 @@
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
+import YAML from 'yaml'
 import { z } from 'zod'
 import { loadConfig } from '../lib/config.ts'
 import { LabhostError } from '../lib/errors.ts'
@@ -73,6 +74,20 @@ export function loadRecipe(nameOrFile: string): LoadedRecipe {
   }
   const hash = crypto.createHash('sha256').update(fs.readFileSync(file)).update(fs.readFileSync(layoutFile)).digest('hex')
   return { file, recipe, layout, hash }
+}
+
+/**
+ * Write a variant of a recipe to `file` (another version, other files): `change` edits the
+ * parsed YAML; the layout path is made absolute so the variant can live anywhere.
+ */
+export function writeRecipeVariant(base: string, file: string, change: (r: Recipe) => void): string {
+  const from = resolveRecipe(base)
+  const r = YAML.parse(fs.readFileSync(from, 'utf8')) as Recipe
+  r.layout = path.resolve(path.dirname(from), r.layout)
+  change(r)
+  fs.mkdirSync(path.dirname(file), { recursive: true })
+  fs.writeFileSync(file, YAML.stringify(r))
+  return file
 }
 
 export function recipeJsonSchema(): unknown {

@@ -23,6 +23,11 @@ export interface VmSpec {
   /** DMI system vendor / product, as `-smbios type=1` sets them. */
   smbios?: { manufacturer: string; product: string }
   accel?: Accel
+  /**
+   * A virtio NIC on QEMU user networking, restricted: the guest reaches nothing but the
+   * forwards listed here (guest address 10.0.2.100:port -> this machine's 127.0.0.1:port).
+   */
+  net?: { forwards: { guestPort: number; hostPort: number }[] }
 }
 
 export interface BootResult {
@@ -35,8 +40,14 @@ export interface BootResult {
 }
 
 export function qemuArgs(spec: VmSpec, accel: Accel, serialFile: string): string[] {
-  const args = ['-machine', 'pc', '-accel', accel, '-m', String(spec.memoryMb ?? 512), '-display', 'none', '-nic', 'none',
+  const args = ['-machine', 'pc', '-accel', accel, '-m', String(spec.memoryMb ?? 512), '-display', 'none',
     '-serial', `file:${serialFile}`, '-monitor', 'none', '-no-reboot']
+  if (spec.net) {
+    const fwd = spec.net.forwards.map((f) => `,guestfwd=tcp:10.0.2.100:${f.guestPort}-tcp:127.0.0.1:${f.hostPort}`).join('')
+    args.push('-netdev', `user,id=n0,restrict=on${fwd}`, '-device', 'virtio-net-pci,netdev=n0')
+  } else {
+    args.push('-nic', 'none')
+  }
   if (accel === 'kvm') args.push('-cpu', 'host')
   if (spec.smbios) args.push('-smbios', `type=1,manufacturer=${spec.smbios.manufacturer.replace(/,/g, ',,')},product=${spec.smbios.product.replace(/,/g, ',,')}`)
   if (spec.disks.some((d) => d.bus === 'usb-storage')) args.push('-device', 'qemu-xhci,id=xhci')

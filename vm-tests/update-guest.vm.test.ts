@@ -1,43 +1,88 @@
-// labhost update run by the host itself: the test image (1.0.0, slot A) updates to 2.0.0 from a
-// local image directory, reboots into slot B on trial, and marks it good.
+// labhost update run by the host itself, in QEMU, five boots:
+//  1. 1.0.0 (slot A) updates from a local directory to 1.5.0, a deliberately broken image whose
+//     userspace dies at once (never marks good), and reboots with --reboot;
+//  2. 1.5.0 boots on trial in B, dies (kernel panic, reboot);
+//  3. the trial is used up: the initramfs switches back to A by itself and reboots;
+//  4. 1.0.0 again, status reports the rollback; it updates to 2.0.0 over HTTP from a server on
+//     this machine's loopback, reached through QEMU user networking only, and reboots;
+//  5. 2.0.0 boots on trial in B, the health hook marks it good, status reports it.
 import fs from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
-import YAML from 'yaml'
+import { serveDirectory } from '../lib/http-serve.ts'
 import { tmpDir } from '../lib/test-helpers.ts'
 import { buildImage } from '../image-build/build.ts'
 import { generateKeyPair } from '../image-build/manifest.ts'
-import { loadRecipe, RECIPES_DIR } from '../image-build/recipe.ts'
-import { bootUntilPowerOff } from './qemu.ts'
-import { buildHostDisks, stageSelfUpdate } from './fixtures/host-disks.ts'
+import { loadRecipe, writeRecipeVariant } from '../image-build/recipe.ts'
+import { bootUntilPowerOff, type VmSpec } from './qemu.ts'
+import { buildHostDisks, GUEST_SERVER, stageUpdatePlan, statusLines } from './fixtures/host-disks.ts'
 
-t.test('1.0.0 in A updates itself to 2.0.0 in B, boots it on trial, marks it good', async (t) => {
+t.test('broken 1.5.0 rolls back to 1.0.0 by itself; 2.0.0 over HTTP boots on trial and is marked good', async (t) => {
   const dir = tmpDir(t, 'labhost-vm-update-')
   const keys = generateKeyPair(`${dir}/keys`)
-  const v1 = await buildImage('test', { out: `${dir}/v1`, keyFile: keys.privateKeyFile })
-  const r = YAML.parse(fs.readFileSync(path.join(RECIPES_DIR, 'test.yaml'), 'utf8'))
-  fs.writeFileSync(`${dir}/test-2.yaml`, YAML.stringify({ ...r, version: '2.0.0', layout: path.join(RECIPES_DIR, r.layout) }))
-  const v2 = await buildImage(`${dir}/test-2.yaml`, { out: `${dir}/v2`, keyFile: keys.privateKeyFile })
-  const layout = loadRecipe('test').layout
-  const disks = await buildHostDisks(dir, layout, path.join(path.dirname(v1.manifestFile), 'root.img'), { slots: ['A'], flag: 'A', restMiB: 96 })
-  await stageSelfUpdate(disks, path.dirname(v2.manifestFile), 'v2', '--trial-boots 2')
-  const vm = { disks: [{ file: disks.ssd, bus: 'ide-hd' as const, rotationRate: 1 }, { file: disks.hdd, bus: 'ide-hd' as const, rotationRate: 7200 }] }
+  const build = async (name: string, change: Parameters<typeof writeRecipeVariant>[2]) =>
+    path.dirname((await buildImage(writeRecipeVariant('test', `${dir}/recipes/${name}.yaml`, change), { out: `${dir}/${name}`, keyFile: keys.privateKeyFile })).manifestFile)
+  const v1 = await build('v1', () => {})
+  const broken = await build('broken', (r) => {
+    r.version = '1.5.0'
+    r.files = [...(r.files ?? []).filter((f) => f.path !== '/sbin/init'),
+      { path: '/sbin/init', mode: '0755', content: '#!/bin/sh\necho "LABHOST-BROKEN version=$(cat /etc/labhost/version)"\nexit 1\n' }]
+  })
+  const v2 = await build('v2', (r) => { r.version = '2.0.0' })
+  const served = `${dir}/served`
+  fs.mkdirSync(served)
+  fs.cpSync(v2, `${served}/v2`, { recursive: true })
+  const server = await serveDirectory(served)
+  t.teardown(() => server.close())
 
-  const first = await bootUntilPowerOff(vm, 600_000)
-  t.comment(`boot 1 under ${first.accel} in ${first.seconds.toFixed(1)} s`)
-  t.match(first.serial, /LABHOST-USERSPACE version=1\.0\.0 slot=A/)
-  t.match(first.serial, /LABHOST-UPDATE-EXIT 0/, 'labhost update succeeded in the guest', { serial: first.serial.slice(-3000) })
-  const st1 = JSON.parse(/LABHOST-STATUS (\{.*\})/.exec(first.serial)?.[1] ?? '{}')
-  t.equal(st1.gpt?.active, 'B', 'after the update, B boots next')
-  t.same(st1.trial, { slot: 'B', bootsLeft: 2, version: '2.0.0' })
+  const disks = await buildHostDisks(dir, loadRecipe('test').layout, `${v1}/root.img`, { slots: ['A'], flag: 'A', restMiB: 96 })
+  await stageUpdatePlan(disks, {
+    images: { broken },
+    steps: [
+      { name: 'broken', args: '/qcow2/backing/broken --trial-boots 1 --reboot' },
+      { name: 'v2', args: `${GUEST_SERVER}/v2/ --trial-boots 2 --reboot` },
+    ],
+  })
+  const vm: VmSpec = {
+    disks: [{ file: disks.ssd, bus: 'ide-hd', rotationRate: 1 }, { file: disks.hdd, bus: 'ide-hd', rotationRate: 7200 }],
+    net: { forwards: [{ guestPort: 8080, hostPort: server.port }] },
+  }
+  const boot = async (n: number) => {
+    const r = await bootUntilPowerOff(vm, 600_000)
+    t.comment(`boot ${n} under ${r.accel} in ${r.seconds.toFixed(1)} s`)
+    t.notOk(r.timedOut, `boot ${n} ended by itself`, { serial: r.serial.slice(-3000) })
+    return r.serial
+  }
 
-  const second = await bootUntilPowerOff(vm, 300_000)
-  t.comment(`boot 2 under ${second.accel} in ${second.seconds.toFixed(1)} s`)
-  t.match(second.serial, /LABHOST-TRIAL slot=B left=1/, 'B boots on trial')
-  t.match(second.serial, /LABHOST-USERSPACE version=2\.0\.0 slot=B/, 'running 2.0.0 from B', { serial: second.serial.slice(-3000) })
-  t.match(second.serial, /LABHOST-MARK slot B \(version 2\.0\.0\) marked good/)
-  const st2 = JSON.parse(/LABHOST-STATUS (\{.*\})/.exec(second.serial)?.[1] ?? '{}')
-  t.match(st2.lastResult, { RESULT: 'good', SLOT: 'B', VERSION: '2.0.0', FROM_VERSION: '1.0.0', UPDATE_SECONDS: /^\d/ })
-  t.equal(st2.version, '2.0.0')
-  t.same(st2.problems, [])
+  const b1 = await boot(1)
+  t.match(b1, /LABHOST-USERSPACE version=1\.0\.0 slot=A/)
+  t.match(b1, /LABHOST-STEP broken/)
+  t.notMatch(b1, /LABHOST-UPDATE-EXIT/, 'labhost update --reboot rebooted the VM', { serial: b1.slice(-3000) })
+
+  const b2 = await boot(2)
+  t.match(b2, /LABHOST-TRIAL slot=B left=0/, 'the broken image boots on trial')
+  t.match(b2, /LABHOST-BROKEN version=1\.5\.0/, 'its userspace dies without marking good')
+
+  const b3 = await boot(3)
+  t.match(b3, /LABHOST-ROLLBACK from=B to=A/, 'the initramfs rolls back by itself', { serial: b3.slice(-3000) })
+
+  const b4 = await boot(4)
+  t.match(b4, /LABHOST-USERSPACE version=1\.0\.0 slot=A/, '1.0.0 runs again')
+  const [rolledBack] = statusLines(b4)
+  t.match(rolledBack?.lastResult, { RESULT: 'rolled-back', FROM: 'B', TO: 'A', VERSION: '1.5.0', FROM_VERSION: '1.0.0' }, 'labhost status reports the rollback')
+  t.equal(rolledBack?.gpt?.active, 'A')
+  t.match(b4, /LABHOST-STEP v2/)
+  t.notMatch(b4, /LABHOST-UPDATE-EXIT/, 'the HTTP update succeeded and rebooted', { serial: b4.slice(-3000) })
+  t.same(server.requests.map((q) => [q.path, q.status]), [['/v2/manifest.json', 200], ['/v2/root.img.zst', 200]], 'the guest fetched the manifest and the image from the loopback server')
+
+  const b5 = await boot(5)
+  t.match(b5, /LABHOST-TRIAL slot=B left=1/)
+  t.match(b5, /LABHOST-USERSPACE version=2\.0\.0 slot=B/)
+  t.match(b5, /LABHOST-MARK slot B \(version 2\.0\.0\) marked good/)
+  const [good] = statusLines(b5)
+  t.equal(good?.version, '2.0.0')
+  t.equal(good?.gpt?.active, 'B', '2.0.0 is active')
+  t.equal(good?.trial, null, 'no trial pending')
+  t.match(good?.lastResult, { RESULT: 'good', SLOT: 'B', VERSION: '2.0.0', FROM_VERSION: '1.0.0', UPDATE_SECONDS: /^\d/ })
+  t.same(good?.problems, [])
 })

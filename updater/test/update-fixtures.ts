@@ -5,12 +5,11 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import type { Test } from 'tap'
-import YAML from 'yaml'
 import { copyFileInto } from '../../lib/blockdev.ts'
 import { hashWhole, readRange, sparseFile, tmpDir } from '../../lib/test-helpers.ts'
 import { buildImage } from '../../image-build/build.ts'
 import { generateKeyPair } from '../../image-build/manifest.ts'
-import { loadRecipe, RECIPES_DIR } from '../../image-build/recipe.ts'
+import { loadRecipe, writeRecipeVariant } from '../../image-build/recipe.ts'
 import { partitionDisk, planDisk, type PlannedPartition } from '../../installer/partition.ts'
 
 const MiB = 1 << 20
@@ -26,9 +25,8 @@ export interface Images {
 export async function buildImages(dir: string): Promise<Images> {
   const keys = generateKeyPair(`${dir}/keys`)
   const v1 = path.dirname((await buildImage('test', { out: `${dir}/v1`, keyFile: keys.privateKeyFile })).manifestFile)
-  const r = YAML.parse(fs.readFileSync(path.join(RECIPES_DIR, 'test.yaml'), 'utf8'))
-  fs.writeFileSync(`${dir}/test-2.yaml`, YAML.stringify({ ...r, version: '2.0.0', layout: path.join(RECIPES_DIR, r.layout) }))
-  const v2 = path.dirname((await buildImage(`${dir}/test-2.yaml`, { out: `${dir}/v2`, keyFile: keys.privateKeyFile })).manifestFile)
+  const recipe2 = writeRecipeVariant('test', `${dir}/test-2.yaml`, (r) => { r.version = '2.0.0' })
+  const v2 = path.dirname((await buildImage(recipe2, { out: `${dir}/v2`, keyFile: keys.privateKeyFile })).manifestFile)
   return { keys, v1, v2 }
 }
 
