@@ -266,6 +266,7 @@ export async function buildImage(recipeName: string, o: BuildOptions): Promise<B
       recipeHash: r.hash,
       createdAt: epoch,
       layout: { rootFsUuid: r.layout.rootFsUuid, slotSizeMiB: r.layout.slotSizeMiB, slots: { A: r.layout.slots.A.name, B: r.layout.slots.B.name } },
+      diskLayout: r.layout,
       image: { file: 'root.img', size: img.size, sha256: img.sha256, chunkSize: CHUNK_SIZE, chunks: img.chunks },
       transport: { file: 'root.img.zst', size: tr.size, sha256: tr.sha256, compression: 'zstd' },
       signer: keyFingerprint(publicKey),

@@ -4,6 +4,7 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { LabhostError } from '../lib/errors.ts'
+import type { Layout } from '../lib/layout.ts'
 
 export const MANIFEST_FORMAT = 'labhost-manifest/1'
 export const CHUNK_SIZE = 1 << 20
@@ -15,6 +16,8 @@ export interface Manifest {
   recipeHash: string
   createdAt: number
   layout: { rootFsUuid: string; slotSizeMiB: number; slots: { A: string; B: string } }
+  /** The whole layout the image was built for (its fstab): the installer partitions by it. */
+  diskLayout?: Layout
   image: { file: string; size: number; sha256: string; chunkSize: number; chunks: string[] }
   transport: { file: string; size: number; sha256: string; compression: 'zstd' }
   signer: string

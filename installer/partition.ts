@@ -4,7 +4,7 @@
 import { LabhostError } from '../lib/errors.ts'
 import { run } from '../lib/exec.ts'
 import type { Layout, LayoutPartition } from '../lib/layout.ts'
-import { withLoop } from '../lib/loop.ts'
+import { withPartitionDevice } from '../lib/partition-dev.ts'
 
 export type DiskRole = 'ssd' | 'hdd'
 
@@ -64,11 +64,9 @@ export async function partitionDisk(target: string, plan: PlannedPartition[], bo
   await run('sgdisk', [...sgdiskArgs(plan, bootSlot), target])
 }
 
-/** mkfs.ext4 with the fixed UUID on a partition, addressed by byte range through a loop device. */
+/** mkfs.ext4 with the fixed UUID on a partition (its kernel node, or a loop device over its range). */
 export async function makeFilesystem(diskFile: string, p: PlannedPartition, sectorSize: number): Promise<void> {
   if (!p.fsUuid) return
-  const offset = p.firstLba * sectorSize
-  const sizeLimit = (p.lastLba - p.firstLba + 1) * sectorSize
-  await withLoop(diskFile, { offset, sizeLimit, sectorSize }, (dev) =>
+  await withPartitionDevice(diskFile, p, sectorSize, (dev) =>
     run('mkfs.ext4', ['-q', '-F', '-b', '4096', '-U', p.fsUuid!, '-L', p.name, dev]))
 }

@@ -27,6 +27,12 @@ export const ExitCode = {
   imageTooSmall: 40,
   packageMissing: 41,
   diskTooSmall: 50,
+  modelRejected: 51,
+  diskMissing: 52,
+  diskAmbiguous: 53,
+  diskHasData: 54,
+  diskIsBootMedium: 55,
+  biosFailed: 56,
 } as const
 
 export type ErrorCode = keyof typeof ExitCode

@@ -8,6 +8,8 @@ import { buildImage } from '../image-build/build.ts'
 import { generateKeyPair } from '../image-build/manifest.ts'
 import { attachLoop, detachLoop } from '../lib/loop.ts'
 import { makeGptDisk, STANDARD_LAYOUT } from '../bootloader/test/gpt-fixtures.ts'
+import { loadRecipe } from '../image-build/recipe.ts'
+import { partitionDisk, planDisk } from '../installer/partition.ts'
 
 interface Figure { name: string; value: number; unit: string; peer: string | null; peerValue: number | null; ratio: number | null; note?: string }
 
@@ -22,6 +24,61 @@ const fig = (f: Omit<Figure, 'ratio'>) => {
 }
 const sectorsWritten = (dev: string) => Number(fs.readFileSync(`/sys/block/${path.basename(dev)}/stat`, 'utf8').trim().split(/\s+/)[6])
 const labhost = [process.execPath, path.join(root, 'cli/bin.ts')]
+
+/**
+ * 3. Writing an image into the inactive slot: `labhost update` (zstd transport, per-chunk hashes,
+ * fsync, O_DIRECT read-back, switch) against `bmaptool copy` of the same transport file with its
+ * bmap (checksums on) into the same slot range, and the write phase alone against
+ * `dd bs=4M oflag=direct conv=fsync` of the raw image. Median of 3 rounds, peers interleaved.
+ */
+async function benchUpdateWrite(imageDir: string, imageBytes: number): Promise<void> {
+  const layout = loadRecipe('host').layout
+  const diskFile = path.join(dir, 'update-disk.img')
+  fs.writeFileSync(diskFile, '')
+  const rest = layout.partitions.filter((p) => p.disk === 'ssd').reduce((n, p) => n + (p.sizeMiB === 'rest' ? 64 : p.sizeMiB), 0)
+  fs.truncateSync(diskFile, (2 + 2 * layout.slotSizeMiB + rest + 2) * 2 ** 20)
+  const plan = planDisk(layout, 'ssd', fs.statSync(diskFile).size, 512)
+  await partitionDisk(diskFile, plan, 'A')
+  const slotB = plan[1]!
+  const disk = await attachLoop(diskFile, { directIo: true })
+  const slot = await attachLoop(diskFile, { directIo: true, offset: slotB.firstLba * 512, sizeLimit: (slotB.lastLba - slotB.firstLba + 1) * 512 })
+  const state = path.join(dir, 'update-state')
+  fs.mkdirSync(state)
+  fs.writeFileSync(path.join(dir, 'boot'), `SLOT=A\nDEVICE=${disk}\nDISK=${disk}\n`)
+  fs.writeFileSync(path.join(dir, 'version'), '0.0.0\n')
+  const bmap = path.join(dir, 'root.bmap')
+  await execa('bmaptool', ['create', '-o', bmap, path.join(imageDir, 'root.img')])
+  const keyArgs = ['--trusted-key', path.join(dir, 'keys/labhost-signing.pub'), '--boot-file', path.join(dir, 'boot'), '--state-root', state, '--version-file', path.join(dir, 'version')]
+  const rounds = { labhost: [] as number[], write: [] as number[], bmaptool: [] as number[], dd: [] as number[] }
+  try {
+    for (let i = 0; i < 3; i++) {
+      let t0 = performance.now()
+      const r = await execa(labhost[0]!, [labhost[1]!, 'update', imageDir, '--json', ...keyArgs])
+      rounds.labhost.push((performance.now() - t0) / 1000)
+      rounds.write.push(JSON.parse(r.stdout).seconds.write)
+      await execa(labhost[0]!, [labhost[1]!, 'slots', 'switch', '--disk', disk, '--to', 'A'])
+      fs.rmSync(state, { recursive: true })
+      fs.mkdirSync(state)
+      t0 = performance.now()
+      await execa('bmaptool', ['copy', '--bmap', bmap, path.join(imageDir, 'root.img.zst'), slot])
+      rounds.bmaptool.push((performance.now() - t0) / 1000)
+      t0 = performance.now()
+      await execa('dd', [`if=${path.join(imageDir, 'root.img')}`, `of=${slot}`, 'bs=4M', 'oflag=direct', 'conv=fsync', 'status=none'])
+      rounds.dd.push((performance.now() - t0) / 1000)
+    }
+  } finally {
+    await detachLoop(slot)
+    await detachLoop(disk)
+    fs.rmSync(diskFile, { force: true })
+  }
+  const mbps = (s: number) => Number((imageBytes / 2 ** 20 / s).toFixed(1))
+  const mapped = fs.readFileSync(bmap, 'utf8').match(/<MappedBlocksCount>\s*(\d+)/)?.[1]
+  fig({ name: 'update throughput, whole labhost update (chunk hashes, O_DIRECT write, fsync, O_DIRECT read-back, switch)', value: mbps(median(rounds.labhost)), unit: 'MiB/s of image',
+    peer: 'bmaptool copy --bmap root.img.zst (checksums on)', peerValue: mbps(median(rounds.bmaptool)),
+    note: `image ${imageBytes >> 20} MiB; bmaptool writes only the ${mapped ?? '?'} mapped 4 KiB blocks, labhost writes every byte and reads them back from the disk` })
+  fig({ name: 'update throughput, write phase only (raw root.img from the image directory, chunk hashes, dd O_DIRECT, fsync)', value: mbps(median(rounds.write)), unit: 'MiB/s of image',
+    peer: 'dd bs=4M oflag=direct conv=fsync of the raw image', peerValue: mbps(median(rounds.dd)), note: 'higher is better; ratio = labhost / dd' })
+}
 
 try {
   // 1. The slot switch against sgdisk changing the same two attribute bits (ABAB, median of 7).
@@ -69,6 +126,7 @@ try {
   fig({ name: 'image build, host recipe (debootstrap), from scratch', value: Number(host.seconds.toFixed(1)), unit: 's', peer: null, peerValue: null })
   fig({ name: 'host image, raw ext4 size', value: host.manifest.image.size, unit: 'bytes', peer: null, peerValue: null })
   fig({ name: 'host image, zstd transport size', value: host.manifest.transport.size, unit: 'bytes', peer: 'raw image', peerValue: host.manifest.image.size })
+  await benchUpdateWrite(path.join(dir, 'host'), host.manifest.image.size)
   fig({ name: 'labhost executable size', value: fs.statSync(path.join(root, 'dist/labhost')).size, unit: 'bytes', peer: null, peerValue: null })
 
   const machine = { cpu: os.cpus()[0]?.model ?? 'unknown', cores: os.cpus().length, memGiB: Math.round(os.totalmem() / 2 ** 30), kernel: os.release(), node: process.version }

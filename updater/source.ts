@@ -36,8 +36,10 @@ export interface UpdateSource {
   manifest: Manifest
   /** The transport file's path or URL. */
   transportWhere: string
-  /** The compressed transport file from its first byte. */
+  /** The transport file from its first byte. */
   transport(): AsyncIterable<Buffer>
+  /** false when the stream is the raw image itself (a local directory that has root.img). */
+  compressed: boolean
   stats: TransferStats
 }
 
@@ -57,15 +59,17 @@ function openLocalSource(spec: string): UpdateSource {
     throw new LabhostError('manifestInvalid', `${manifestFile} is not a readable manifest: ${(e as Error).message}`, 'point at the manifest.json written by `labhost image build`')
   }
   const manifest = parseManifest(text, manifestFile)
-  const transport = path.join(path.dirname(manifestFile), path.basename(manifest.transport.file))
-  if (!fs.existsSync(transport)) throw new LabhostError('notFound', `${transport} is missing`, 'copy the whole image directory; nothing was written')
-  return {
-    manifestWhere: manifestFile,
-    manifest,
-    transportWhere: transport,
-    transport: () => fs.createReadStream(transport, { highWaterMark: 1 << 20 }),
-    stats: { requests: 0, resumes: 0, failures: [] },
+  const dir = path.dirname(manifestFile)
+  const stats = { requests: 0, resumes: 0, failures: [] }
+  // The raw image, when it is there at its full size, saves the decompression (a build
+  // directory, an unpacked copy); its chunks are checked all the same.
+  const raw = path.join(dir, path.basename(manifest.image.file))
+  if (fs.existsSync(raw) && fs.statSync(raw).size === manifest.image.size) {
+    return { manifestWhere: manifestFile, manifest, transportWhere: raw, transport: () => fs.createReadStream(raw, { highWaterMark: 1 << 20 }), compressed: false, stats }
   }
+  const transport = path.join(dir, path.basename(manifest.transport.file))
+  if (!fs.existsSync(transport)) throw new LabhostError('notFound', `${transport} is missing`, 'copy the whole image directory; nothing was written')
+  return { manifestWhere: manifestFile, manifest, transportWhere: transport, transport: () => fs.createReadStream(transport, { highWaterMark: 1 << 20 }), compressed: true, stats }
 }
 
 /** `URL/` and `URL` (a directory) mean `URL/manifest.json`; a URL ending in .json is the manifest. */
@@ -126,7 +130,7 @@ async function openHttpSource(spec: string, o: FetchOptions): Promise<UpdateSour
   const manifest = parseManifest(await fetchText(mUrl, o), mUrl)
   const tUrl = new URL(path.posix.basename(manifest.transport.file), mUrl).toString()
   const stats: TransferStats = { requests: 0, resumes: 0, failures: [] }
-  return { manifestWhere: mUrl, manifest, transportWhere: tUrl, transport: () => resumableDownload(tUrl, manifest.transport.size, o, stats), stats }
+  return { manifestWhere: mUrl, manifest, transportWhere: tUrl, transport: () => resumableDownload(tUrl, manifest.transport.size, o, stats), compressed: true, stats }
 }
 
 /**

@@ -1,12 +1,8 @@
-// labhost update from a local image directory (manifest.json + root.img.zst): trust first, then
+// labhost update from an image directory, manifest or http(s) URL: trust first, then
 // write the inactive slot only, hashing each chunk as it is written, read it back from the disk,
 // arm the trial, and commit with the one-sector switch (DESIGN §3, §4).
-import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
-import { Readable } from 'node:stream'
-import { pipeline } from 'node:stream/promises'
-import { execa } from 'execa'
 import { Disk } from '../lib/blockdev.ts'
 import { LabhostError } from '../lib/errors.ts'
 import { openGptDisk, readGpt } from '../bootloader/gpt.ts'
@@ -16,6 +12,7 @@ import { readPublicKey, verifyManifestSignature, type Manifest } from '../image-
 import { readBootInfo, readTrial, readVersion, type HostPaths } from './host-state.ts'
 import { writeTrialState } from './trial-state.ts'
 import { DEFAULT_FETCH, openSource, type FetchOptions, type UpdateSource } from './source.ts'
+import { verifyImage, writeImage } from './slot-writer.ts'
 import type { Progress } from '../lib/progress.ts'
 
 export interface UpdateOptions {
@@ -123,100 +120,6 @@ export async function planUpdate(o: UpdateOptions): Promise<{ plan: UpdatePlan; 
   }
 }
 
-function chunkMismatch(manifest: Manifest, index: number, what: string): LabhostError {
-  return new LabhostError('hashMismatch', `${what}: chunk ${index} (bytes ${index * manifest.image.chunkSize}..) does not match the signed manifest`,
-    'the download or the disk corrupted the image; run the update again (slot in use and GPT untouched)')
-}
-
-/**
- * Feed a byte stream to `onChunk` in whole pieces of `size` bytes; returns the shorter tail, for
- * the caller to check once it knows the stream ended well (a truncated stream ends in a tail).
- */
-async function forEachChunk(stream: AsyncIterable<unknown>, size: number, onChunk: (chunk: Buffer) => void): Promise<Buffer> {
-  let pending: Buffer = Buffer.alloc(0)
-  for await (const data of stream) {
-    pending = pending.length ? Buffer.concat([pending, data as Buffer]) : (data as Buffer)
-    while (pending.length >= size) {
-      onChunk(pending.subarray(0, size))
-      pending = pending.subarray(size)
-    }
-  }
-  return pending
-}
-
-/**
- * Decompress the transport stream (a local file or a download in progress) into the target
- * range, checking every chunk against the signed manifest before it is written.
- */
-async function writeSlot(plan: UpdatePlan, manifest: Manifest, source: UpdateSource, progress: Progress | undefined): Promise<void> {
-  const size = manifest.image.chunkSize
-  const fd = fs.openSync(plan.disk, 'r+')
-  try {
-    const zstd = execa('zstd', ['-dc'], { buffer: false, encoding: 'buffer', reject: false, stdin: 'pipe', stderr: 'pipe' })
-    let feedError: unknown
-    const feed = pipeline(Readable.from(source.transport()), zstd.stdin!).catch((e) => {
-      feedError = e
-      zstd.kill()
-    })
-    let written = 0
-    let index = 0
-    const flushChunk = (chunk: Buffer) => {
-      if (written + chunk.length > manifest.image.size) throw new LabhostError('hashMismatch', 'the image is longer than its manifest says', 'the transport file was replaced: fetch it again')
-      const h = crypto.createHash('sha256').update(chunk).digest('hex')
-      if (h !== manifest.image.chunks[index]) throw chunkMismatch(manifest, index, 'while writing')
-      fs.writeSync(fd, chunk, 0, chunk.length, plan.to.firstByte + written)
-      written += chunk.length
-      index++
-      progress?.(written, manifest.image.size)
-    }
-    let tail: Buffer
-    try {
-      tail = await forEachChunk(zstd.stdout!, size, flushChunk)
-    } catch (e) {
-      zstd.kill()
-      await feed
-      await zstd
-      throw e
-    }
-    await feed
-    const r = await zstd
-    // A failed download explains a short zstd stream better than zstd's own complaint.
-    if (feedError) throw feedError
-    if (r.exitCode === 0 && tail.length) flushChunk(tail)
-    if (r.exitCode !== 0 || written !== manifest.image.size) {
-      throw new LabhostError('hashMismatch', `the transport file ends early: ${written} of ${manifest.image.size} bytes (${String(r.stderr ?? '').trim().split('\n').pop()})`,
-        'the download is truncated: fetch it again (slot in use and GPT untouched)')
-    }
-    fs.fsyncSync(fd)
-  } finally {
-    fs.closeSync(fd)
-  }
-}
-
-/** Read the slot back from the device, bypassing the page cache, and compare chunk by chunk. */
-async function verifySlot(plan: UpdatePlan, manifest: Manifest, progress: Progress | undefined): Promise<void> {
-  const size = manifest.image.chunkSize
-  const dd = execa('dd', [`if=${plan.disk}`, 'bs=4M', 'iflag=direct,skip_bytes,count_bytes', `skip=${plan.to.firstByte}`, `count=${manifest.image.size}`, 'status=none'],
-    { buffer: false, encoding: 'buffer', reject: false })
-  let index = 0
-  const check = (chunk: Buffer) => {
-    if (crypto.createHash('sha256').update(chunk).digest('hex') !== manifest.image.chunks[index]) throw chunkMismatch(manifest, index, `reading slot ${plan.to.slot} back from ${plan.disk}`)
-    index++
-    progress?.(Math.min(index * size, manifest.image.size), manifest.image.size)
-  }
-  let tail: Buffer
-  try {
-    tail = await forEachChunk(dd.stdout!, size, check)
-  } catch (e) {
-    dd.kill()
-    await dd
-    throw e
-  }
-  await dd
-  if (tail.length) check(tail)
-  if (index !== manifest.image.chunks.length) throw chunkMismatch(manifest, index, `reading slot ${plan.to.slot} back (short read)`)
-}
-
 export async function runUpdate(o: UpdateOptions): Promise<UpdateResult> {
   const log = o.log ?? (() => {})
   const started = Date.now()
@@ -234,12 +137,12 @@ export async function runUpdate(o: UpdateOptions): Promise<UpdateResult> {
     fs.writeSync(lock, `${process.pid}\n`)
     log(`writing ${manifest.name} ${manifest.version} from ${source.transportWhere} to slot ${plan.to.slot} of ${plan.disk}`)
     let t0 = Date.now()
-    await writeSlot(plan, manifest, source, o.progress?.('write'))
+    await writeImage({ disk: plan.disk, firstByte: plan.to.firstByte, name: `slot ${plan.to.slot}` }, manifest, source, o.progress?.('write'))
     seconds.write = (Date.now() - t0) / 1000
     await o.afterWrite?.()
     log(`reading slot ${plan.to.slot} back`)
     t0 = Date.now()
-    await verifySlot(plan, manifest, o.progress?.('verify'))
+    await verifyImage({ disk: plan.disk, firstByte: plan.to.firstByte, name: `slot ${plan.to.slot}` }, manifest, o.progress?.('verify'))
     seconds.verify = (Date.now() - t0) / 1000
     const disk = Disk.open(plan.disk)
     try {

@@ -3,6 +3,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { LabhostError } from '../../lib/errors.ts'
 import { LayoutSchema } from '../../lib/layout.ts'
+import { InstallConfigSchema } from '../../installer/config.ts'
 import { z } from 'zod'
 import { buildImage } from '../../image-build/build.ts'
 import { generateKeyPair, readPublicKey, verifyImageDir } from '../../image-build/manifest.ts'
@@ -72,13 +73,13 @@ export const imageVerify: Command = {
 
 export const schema: Command = {
   name: 'schema',
-  summary: 'print the JSON Schema of a configuration file kind (recipe, layout) for editors',
-  usage: 'labhost schema recipe|layout',
+  summary: 'print the JSON Schema of a configuration file kind (recipe, layout, install) for editors',
+  usage: 'labhost schema recipe|layout|install',
   options: {},
   async run(_values, positionals) {
     const kind = positionals[0]
-    const s = kind === 'recipe' ? recipeJsonSchema() : kind === 'layout' ? z.toJSONSchema(LayoutSchema, { io: 'input' }) : null
-    if (!s) throw new LabhostError('usage', `no schema named ${kind ?? '(none)'}`, 'use `labhost schema recipe` or `labhost schema layout`')
+    const s = kind === 'recipe' ? recipeJsonSchema() : kind === 'layout' ? z.toJSONSchema(LayoutSchema, { io: 'input' }) : kind === 'install' ? z.toJSONSchema(InstallConfigSchema, { io: 'input' }) : null
+    if (!s) throw new LabhostError('usage', `no schema named ${kind ?? '(none)'}`, 'use `labhost schema recipe`, `labhost schema layout` or `labhost schema install`')
     return { data: s, human: JSON.stringify(s, null, 2) }
   },
 }

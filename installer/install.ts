@@ -1,0 +1,206 @@
+// labhost install: image a new lab PC unattended. Everything that can refuse — model, image
+// trust, disks, their contents — is decided before the first write; the plan (which disk, which
+// partitions, what is erased, what is kept) is what --dry-run prints. Then: partition, make
+// filesystems, write the image to slot A and read it back, gptmbr, identity on /persistent,
+// the report on /persistent and on the stick, and reboot or power off.
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { Disk } from '../lib/blockdev.ts'
+import { LabhostError } from '../lib/errors.ts'
+import type { Layout } from '../lib/layout.ts'
+import { withPartitionMounted } from '../lib/partition-dev.ts'
+import type { Progress } from '../lib/progress.ts'
+import { planGptmbr } from '../bootloader/mbr.ts'
+import { applySectorWrites } from '../bootloader/sector-writes.ts'
+import { readPublicKey, verifyManifestSignature } from '../image-build/manifest.ts'
+import { openSource } from '../updater/source.ts'
+import { verifyImage, writeImage } from '../updater/slot-writer.ts'
+import { writeDurable } from '../updater/host-state.ts'
+import { loadInstallConfig, type InstallConfig } from './config.ts'
+import { classifyDisk, ext4UuidAt, type DiskContent } from './disk-content.ts'
+import { bootMedia, describe, describeBlockDisk, diskNameOf, listDisks, selectDisk, type BlockDisk } from './disks.ts'
+import { ensureIdentity, type Identity } from './identity.ts'
+import { readMachine, requireModel, type Machine } from './machine.ts'
+import { makeFilesystem, partitionDisk, planDisk, type DiskRole, type PlannedPartition } from './partition.ts'
+
+export interface InstallOptions {
+  config: string
+  /** The image directory (manifest.json + root.img.zst) on the stick. */
+  image: string
+  trustedKey: string
+  /** The installer's own boot medium (never a target). */
+  stick?: string
+  /** Name the disks instead of matching them by properties (still checked for size and contents). */
+  ssd?: string
+  hdd?: string
+  /** Where the report and a copy of it go besides /persistent (the stick's reports/). */
+  reportDir?: string
+  newIdentity?: boolean
+  /** Root of sysfs (DMI, block devices); tests point it at a prepared tree. */
+  sysRoot?: string
+  dryRun?: boolean
+  log?: (line: string) => void
+  progress?: (label: string) => Progress
+}
+
+export interface PlannedDisk {
+  role: DiskRole
+  disk: BlockDisk
+  content: DiskContent
+  partitions: (PlannedPartition & { action: 'image' | 'empty' | 'mkfs' | 'keep' })[]
+  erases: string
+}
+
+export interface InstallPlan {
+  machine: Machine
+  image: { name: string; version: string; bytes: number }
+  disks: PlannedDisk[]
+  finish: InstallConfig['finish']
+}
+
+export interface InstallReport extends InstallPlan {
+  identity: Identity
+  steps: { step: string; seconds: number }[]
+  startedAt: string
+  finishedAt: string
+  labhost: string
+}
+
+function pickDisk(role: DiskRole, config: InstallConfig, named: string | undefined, excluded: Set<string>, sysRoot: string): BlockDisk {
+  const match = config.disks[role]!
+  if (!named) return selectDisk(role, match, listDisks(sysRoot), excluded)
+  if (!fs.existsSync(named)) throw new LabhostError('diskMissing', `--${role} ${named} does not exist`, 'name an existing disk; nothing was written')
+  const d = { ...describeBlockDisk(diskNameOf(named)), path: named }
+  if (excluded.has(d.name)) throw new LabhostError('diskIsBootMedium', `--${role} ${named} is the installer's own medium`, 'the stick is never a target; nothing was written')
+  if (d.sizeBytes < match.minSizeGiB * 2 ** 30) {
+    throw new LabhostError('diskTooSmall', `--${role} ${describe(d)} is smaller than disks.${role}.minSizeGiB ${match.minSizeGiB} GiB`, 'use a larger disk; nothing was written')
+  }
+  return d
+}
+
+function planOne(role: DiskRole, disk: BlockDisk, layout: Layout, config: InstallConfig, configFile: string, newIdentity: boolean): PlannedDisk {
+  let parts: PlannedPartition[]
+  try {
+    parts = planDisk(layout, role, disk.sizeBytes, disk.sectorSize)
+  } catch (e) {
+    if (e instanceof LabhostError && e.code === 'diskTooSmall') throw new LabhostError('diskTooSmall', `${describe(disk)}: ${e.message}`, 'use a larger disk; nothing was written')
+    throw e
+  }
+  const content = classifyDisk(disk.path, parts)
+  if (content.kind === 'foreign' && !config.disks.eraseForeignData) {
+    throw new LabhostError('diskHasData', `the ${role.toUpperCase()} ${describe(disk)} holds ${content.what}`,
+      `set disks.eraseForeignData: true in ${configFile} to erase it, or wipe it first; nothing was written`)
+  }
+  const partitions = parts.map((p, i) => {
+    const action = role === 'ssd' && i === 0 ? 'image' as const : role === 'ssd' && i === 1 ? 'empty' as const : 'mkfs' as const
+    if (action !== 'mkfs' || content.kind !== 'labhost' || !config.keep.includes(p.name) || (newIdentity && p.mount === '/persistent')) return { ...p, action }
+    const old = content.partitions.find((q) => q.number === p.number)
+    const same = old && old.firstLba === p.firstLba && old.lastLba === p.lastLba
+    const intact = same && ext4UuidAt(disk.path, p.firstLba * disk.sectorSize)?.toLowerCase() === p.fsUuid?.toLowerCase()
+    return { ...p, action: intact ? 'keep' as const : action }
+  })
+  const erases = content.kind === 'blank' ? 'nothing (the disk is blank)'
+    : content.kind === 'foreign' ? `everything: ${content.what}`
+      : `the earlier labhost install, except ${partitions.filter((p) => p.action === 'keep').map((p) => p.name).join(', ') || 'nothing'}`
+  return { role, disk, content, partitions, erases }
+}
+
+export async function planInstall(o: InstallOptions): Promise<{ plan: InstallPlan; config: InstallConfig; layout: Layout }> {
+  const config = loadInstallConfig(o.config)
+  const machine = readMachine(o.sysRoot)
+  requireModel(config, o.config, machine)
+  const trusted = readPublicKey(o.trustedKey)
+  const source = await openSource(o.image)
+  verifyManifestSignature(source.manifest, trusted, source.manifestWhere)
+  const layout = source.manifest.diskLayout
+  if (!layout) throw new LabhostError('manifestInvalid', `${source.manifestWhere} does not carry its disk layout`, 'rebuild the image with this labhost version')
+  const excluded = bootMedia(o.stick)
+  const roles: DiskRole[] = layout.partitions.some((p) => p.disk === 'hdd') ? ['ssd', 'hdd'] : ['ssd']
+  if (roles.includes('hdd') && !config.disks.hdd) {
+    throw new LabhostError('configInvalid', `${o.config}: disks.hdd: missing, but the image's layout has HDD partitions (${layout.partitions.filter((p) => p.disk === 'hdd').map((p) => p.name).join(', ')})`, 'describe the HDD under disks.hdd')
+  }
+  const chosen = roles.map((role) => pickDisk(role, config, role === 'ssd' ? o.ssd : o.hdd, excluded, o.sysRoot ?? '/sys'))
+  if (chosen.length === 2 && chosen[0]!.name === chosen[1]!.name) {
+    throw new LabhostError('diskAmbiguous', `the SSD and the HDD would be the same disk ${describe(chosen[0]!)}`, 'give them different properties in install.yaml; nothing was written')
+  }
+  const disks = chosen.map((d, i) => planOne(roles[i]!, d, layout, config, o.config, o.newIdentity === true))
+  const image = { name: source.manifest.name, version: source.manifest.version, bytes: source.manifest.image.size }
+  const slotA = disks[0]!.partitions[0]!
+  if (image.bytes > (slotA.lastLba - slotA.firstLba + 1) * disks[0]!.disk.sectorSize) {
+    throw new LabhostError('imageTooSmall', `the image (${image.bytes} bytes) is larger than slot A`, 'use an image built for this layout; nothing was written')
+  }
+  return { plan: { machine, image, disks, finish: config.finish }, config, layout }
+}
+
+export function renderPlan(p: InstallPlan, dryRun: boolean): string {
+  const lines = [`machine: ${p.machine.vendor} / ${p.machine.product}${p.machine.serial ? ` (serial ${p.machine.serial})` : ''}`,
+    `image: ${p.image.name} ${p.image.version} (${(p.image.bytes / 2 ** 20).toFixed(0)} MiB)`]
+  for (const d of p.disks) {
+    lines.push(`${d.role.toUpperCase()}: ${describe(d.disk)}`, `  erases: ${d.erases}`)
+    for (const q of d.partitions) {
+      const size = ((q.lastLba - q.firstLba + 1) * d.disk.sectorSize) / 2 ** 20
+      const what = { image: 'write the root image (slot A, boots first)', empty: 'left empty (slot B, for the first update)', mkfs: `new ext4 ${q.fsUuid}`, keep: `kept (ext4 ${q.fsUuid} intact)` }[q.action]
+      lines.push(`  ${String(q.number).padStart(2)} ${q.name.padEnd(12)} ${size.toFixed(0).padStart(7)} MiB  ${(q.mount ?? '').padEnd(15)} ${what}`)
+    }
+  }
+  lines.push(`then: gptmbr in the SSD's MBR, SSH host keys and machine UUID on /persistent (kept if present), report, ${p.finish}`)
+  if (dryRun) lines.push('dry run: nothing was written')
+  return lines.join('\n')
+}
+
+export async function runInstall(o: InstallOptions): Promise<{ plan: InstallPlan; report?: InstallReport }> {
+  const log = o.log ?? (() => {})
+  const startedAt = new Date()
+  const steps: InstallReport['steps'] = []
+  const step = async <T>(name: string, fn: () => Promise<T>): Promise<T> => {
+    log(`step: ${name}`)
+    const t0 = Date.now()
+    const r = await fn()
+    steps.push({ step: name, seconds: (Date.now() - t0) / 1000 })
+    return r
+  }
+  const { plan } = await step('check machine, image and disks', () => planInstall(o))
+  for (const line of renderPlan(plan, o.dryRun === true).split('\n')) log(line)
+  if (o.dryRun) return { plan }
+
+  for (const d of plan.disks) {
+    await step(`partition the ${d.role.toUpperCase()}`, async () => {
+      await partitionDisk(d.disk.path, d.partitions, d.role === 'ssd' ? 'A' : null)
+      for (const p of d.partitions.filter((q) => q.action === 'mkfs')) await makeFilesystem(d.disk.path, p, d.disk.sectorSize)
+    })
+  }
+  const ssd = plan.disks[0]!
+  const slotA = ssd.partitions[0]!
+  await step('write the root image to slot A', async () => {
+    const source = await openSource(o.image)
+    const target = { disk: ssd.disk.path, firstByte: slotA.firstLba * ssd.disk.sectorSize, name: 'slot A' }
+    await writeImage(target, source.manifest, source, o.progress?.('writing'))
+    await verifyImage(target, source.manifest, o.progress?.('verifying'))
+  })
+  await step('install gptmbr', async () => {
+    const disk = Disk.open(ssd.disk.path)
+    try {
+      await applySectorWrites(disk, planGptmbr(disk), log)
+    } finally {
+      disk.close()
+    }
+  })
+  const persistent = ssd.partitions.find((p) => p.mount === '/persistent')
+  if (!persistent) throw new LabhostError('configInvalid', 'the image layout has no /persistent partition for the host identity', 'use a layout with a persistent partition')
+  let report: InstallReport | undefined
+  await step('identity and report', () => withPartitionMounted(ssd.disk.path, persistent, ssd.disk.sectorSize, async (dir) => {
+    const identity = await ensureIdentity(dir, { newIdentity: o.newIdentity })
+    log(`identity: machine ${identity.machineUuid}, ssh ed25519 ${identity.sshHostKeys.ed25519} (${identity.created ? 'new' : 'kept'})`)
+    report = { ...plan, identity, steps, startedAt: startedAt.toISOString(), finishedAt: new Date().toISOString(), labhost: process.env.LABHOST_VERSION ?? 'labhost' }
+    writeDurable(path.join(dir, 'install-report.json'), JSON.stringify(report, null, 2) + '\n')
+  }))
+  report!.finishedAt = new Date().toISOString()
+  if (o.reportDir) {
+    fs.mkdirSync(o.reportDir, { recursive: true })
+    const name = `${(plan.machine.serial || os.hostname()).replace(/[^\w.-]/g, '_')}-${startedAt.toISOString().replace(/[:.]/g, '-')}.json`
+    fs.writeFileSync(path.join(o.reportDir, name), JSON.stringify(report, null, 2) + '\n')
+    log(`report: ${path.join(o.reportDir, name)}`)
+  }
+  return { plan, report }
+}

@@ -1,0 +1,42 @@
+// Which machine this is (DMI, as the kernel exports it) and whether the config may image it.
+import fs from 'node:fs'
+import path from 'node:path'
+import { LabhostError } from '../lib/errors.ts'
+import type { InstallConfig } from './config.ts'
+
+export interface Machine {
+  vendor: string
+  product: string
+  serial: string | null
+  biosVersion: string | null
+}
+
+const read = (dir: string, f: string): string | null => {
+  try {
+    return fs.readFileSync(path.join(dir, f), 'utf8').trim()
+  } catch {
+    return null
+  }
+}
+
+/** DMI strings from `<sysRoot>/class/dmi/id` (product_serial needs root). */
+export function readMachine(sysRoot = '/sys'): Machine {
+  const dir = path.join(sysRoot, 'class/dmi/id')
+  const vendor = read(dir, 'sys_vendor')
+  const product = read(dir, 'product_name')
+  if (vendor === null || product === null) {
+    throw new LabhostError('modelRejected', `${dir} has no sys_vendor/product_name: the machine model cannot be checked`, 'run the installer on the PC itself (DMI is needed); nothing was written')
+  }
+  return { vendor, product, serial: read(dir, 'product_serial'), biosVersion: read(dir, 'bios_version') }
+}
+
+export function modelAllowed(config: InstallConfig, m: Machine): boolean {
+  return config.models.some((a) => a.vendor === m.vendor && (a.product !== undefined ? a.product === m.product : new RegExp(`^(?:${a.productPattern})$`).test(m.product)))
+}
+
+export function requireModel(config: InstallConfig, configFile: string, m: Machine): void {
+  if (modelAllowed(config, m)) return
+  const allowed = config.models.map((a) => `${a.vendor} / ${a.product ?? `/${a.productPattern}/`}`).join('; ')
+  throw new LabhostError('modelRejected', `this machine is "${m.vendor} / ${m.product}", which ${configFile} does not list (allowed: ${allowed})`,
+    'add the model to models: in install.yaml if it is meant to be imaged; nothing was written')
+}

@@ -1,0 +1,179 @@
+// labhost install on loop devices (the disks named with --ssd/--hdd; property matching is in
+// disks.unit.test.ts and the VM tests) and a DMI tree laid out like /sys/class/dmi/id: a blank
+// SSD+HDD are imaged, a re-run keeps the identity, and every refusal leaves both disks
+// byte-identical with its own exit code and a refusal report on the "stick".
+import fs from 'node:fs'
+import t, { type Test } from 'tap'
+import YAML from 'yaml'
+import { ExitCode } from '../../lib/errors.ts'
+import { run } from '../../lib/exec.ts'
+import { withMount } from '../../lib/loop.ts'
+import { hashWhole, loop, readRange, runCli, sparseFile, tmpDir } from '../../lib/test-helpers.ts'
+import { openGptDisk, readGpt } from '../../bootloader/gpt.ts'
+import { findGptmbr } from '../../bootloader/mbr.ts'
+import { slotStatus } from '../../bootloader/slots.ts'
+import { buildImage } from '../../image-build/build.ts'
+import { generateKeyPair, type Manifest } from '../../image-build/manifest.ts'
+import { withPartitionDevice } from '../../lib/partition-dev.ts'
+
+const MiB = 1 << 20
+const dir = tmpDir(t, 'labhost-install-test-')
+let keys: { privateKeyFile: string; publicKeyFile: string }
+let image = ''
+let manifest: Manifest
+
+t.before(async () => {
+  keys = generateKeyPair(`${dir}/keys`)
+  const built = await buildImage('test', { out: `${dir}/image`, keyFile: keys.privateKeyFile })
+  image = `${dir}/image`
+  manifest = built.manifest
+  fs.rmSync(`${image}/root.img`) // the stick carries the compressed transport only
+})
+
+const CONFIG = {
+  models: [{ vendor: 'Dell Inc.', product: 'OptiPlex 7010' }, { vendor: 'LENOVO', productPattern: '10A[0-9]S0[0-9]{2}00' }],
+  disks: { ssd: { rotational: false, minSizeGiB: 0.4 }, hdd: { rotational: true, minSizeGiB: 0.03 } },
+  finish: 'none',
+}
+
+interface Machine { ssd: string; hdd: string; sys: string; reports: string; config: string; args: (extra?: string[]) => string[] }
+
+async function machine(t: Test, o: { product?: string; ssdMiB?: number; config?: object } = {}): Promise<Machine> {
+  const d = tmpDir(t)
+  fs.mkdirSync(`${d}/sys/class/dmi/id`, { recursive: true })
+  for (const [f, v] of [['sys_vendor', 'Dell Inc.'], ['product_name', o.product ?? 'OptiPlex 7010'], ['product_serial', 'CN0TEST42']]) fs.writeFileSync(`${d}/sys/class/dmi/id/${f}`, `${v}\n`)
+  const ssd = await loop(t, sparseFile(`${d}/ssd.img`, (o.ssdMiB ?? 480) * MiB), { directIo: true })
+  const hdd = await loop(t, sparseFile(`${d}/hdd.img`, 40 * MiB), { directIo: true })
+  fs.writeFileSync(`${d}/install.yaml`, YAML.stringify(o.config ?? CONFIG))
+  const m = { ssd, hdd, sys: `${d}/sys`, reports: `${d}/reports`, config: `${d}/install.yaml` }
+  return { ...m, args: (extra = []) => ['install', '--config', m.config, '--image', image, '--ssd', ssd, '--hdd', hdd, '--sys-root', m.sys, '--report-dir', m.reports, '--trusted-key', keys.publicKeyFile, ...extra] }
+}
+
+const hashes = (m: Machine) => [hashWhole(m.ssd), hashWhole(m.hdd)]
+
+async function persistentFiles(m: Machine): Promise<Record<string, string>> {
+  const gpt = readGpt(openGptDisk(m.ssd))
+  const p = gpt.entries.find((e) => e.name === 'persistent')!
+  return withPartitionDevice(m.ssd, { number: p.number, firstLba: Number(p.firstLba), lastLba: Number(p.lastLba) }, 512, (dev) => withMount(dev, async (root) => {
+    const out: Record<string, string> = {}
+    for (const f of ['machine-uuid', 'ssh/ssh_host_ed25519_key.pub', 'ssh/ssh_host_rsa_key.pub', 'install-report.json']) out[f] = fs.existsSync(`${root}/${f}`) ? fs.readFileSync(`${root}/${f}`, 'utf8') : ''
+    return out
+  }, { readOnly: true }))
+}
+
+t.test('blank SSD + HDD: dry run writes nothing; install partitions, writes slot A, gptmbr, identity, reports', async (t) => {
+  const m = await machine(t)
+  const before = hashes(m)
+  const dry = await runCli([...m.args(), '--dry-run'])
+  t.equal(dry.code, 0, 'dry run exits 0', { stderr: dry.stderr })
+  t.match(dry.stdout, /machine: Dell Inc\. \/ OptiPlex 7010 \(serial CN0TEST42\)/)
+  t.match(dry.stdout, /SSD: .*\n {2}erases: nothing \(the disk is blank\)/)
+  t.match(dry.stdout, / 1 rootA .* write the root image/)
+  t.match(dry.stdout, / 1 user .*\/qcow2\/user .*new ext4 6c1d1a2b-0a11-4b5e-9c3a-0000000000f6/)
+  t.match(dry.stdout, /dry run: nothing was written/)
+  t.same(hashes(m), before, '--dry-run: both disks byte-identical')
+
+  const r = await runCli([...m.args(), '--json'])
+  t.equal(r.code, 0, 'install exits 0', { stderr: r.stderr })
+  const report = JSON.parse(r.stdout)
+  t.same(report.steps.map((s: { step: string }) => s.step), ['check machine, image and disks', 'partition the SSD', 'partition the HDD', 'write the root image to slot A', 'install gptmbr', 'identity and report'])
+  t.equal(report.identity.created, true)
+  t.match(report.identity.sshHostKeys, { ed25519: /^SHA256:/, rsa: /^SHA256:/ })
+
+  const sg = await run('sgdisk', ['-v', m.ssd])
+  t.match(sg.stdout, /No problems found/, 'sgdisk -v: SSD GPT valid')
+  const gpt = readGpt(openGptDisk(m.ssd))
+  t.same(gpt.entries.map((e) => [e.number, e.name, e.partGuid.toLowerCase()]), [
+    [1, 'rootA', '6c1d1a2b-0a11-4b5e-9c3a-00000000000a'], [2, 'rootB', '6c1d1a2b-0a11-4b5e-9c3a-00000000000b'],
+    [3, 'persistent', '6c1d1a2b-0a11-4b5e-9c3a-000000000003'], [4, 'log', '6c1d1a2b-0a11-4b5e-9c3a-000000000004'], [5, 'backing', '6c1d1a2b-0a11-4b5e-9c3a-000000000005']])
+  t.equal(slotStatus(gpt).active, 'A', 'slot A is flagged to boot')
+  const slotA = gpt.entries[0]!
+  await run('zstd', ['-d', '-q', '-f', '-o', `${dir}/raw.img`, `${image}/root.img.zst`])
+  t.ok(readRange(m.ssd, Number(slotA.firstLba) * 512, manifest.image.size).equals(fs.readFileSync(`${dir}/raw.img`)), 'slot A holds the image')
+  t.ok(readRange(m.ssd, 0, 440).equals(fs.readFileSync(findGptmbr()).subarray(0, 440)), 'gptmbr boot code in the MBR')
+  t.same(readGpt(openGptDisk(m.hdd)).entries.map((e) => e.name), ['user'])
+  const blkid = await run('blkid', ['-p', '-o', 'value', '-s', 'UUID', '-O', String(Number(readGpt(openGptDisk(m.hdd)).entries[0]!.firstLba) * 512), m.hdd])
+  t.equal(blkid.stdout.trim(), '6c1d1a2b-0a11-4b5e-9c3a-0000000000f6', 'HDD user filesystem has the fixed UUID')
+
+  const files = await persistentFiles(m)
+  t.match(files['machine-uuid'], /^[0-9a-f-]{36}\n$/)
+  t.match(files['ssh/ssh_host_ed25519_key.pub'], /^ssh-ed25519 /)
+  t.match(files['ssh/ssh_host_rsa_key.pub'], /^ssh-rsa /)
+  t.equal(JSON.parse(files['install-report.json']!).identity.machineUuid, files['machine-uuid']!.trim(), 'report on /persistent')
+  const onStick = fs.readdirSync(m.reports)
+  t.equal(onStick.length, 1, 'one report on the stick')
+  t.match(JSON.parse(fs.readFileSync(`${m.reports}/${onStick[0]}`, 'utf8')), { machine: { product: 'OptiPlex 7010' }, image: { version: manifest.version } })
+
+  // Re-running on the imaged machine keeps the identity; --new-identity replaces it.
+  const again = await runCli([...m.args(), '--json'])
+  t.equal(again.code, 0, 're-run exits 0', { stderr: again.stderr })
+  t.match(again.stderr, /erases: the earlier labhost install, except persistent/)
+  t.equal(JSON.parse(again.stdout).identity.created, false, 'identity kept')
+  t.same(await persistentFiles(m).then((f) => [f['machine-uuid'], f['ssh/ssh_host_ed25519_key.pub']]), [files['machine-uuid'], files['ssh/ssh_host_ed25519_key.pub']], 'same machine UUID and host key')
+  const fresh = await runCli([...m.args(), '--new-identity', '--json'])
+  t.equal(fresh.code, 0, { stderr: fresh.stderr })
+  t.equal(JSON.parse(fresh.stdout).identity.created, true)
+  t.not((await persistentFiles(m))['machine-uuid'], files['machine-uuid'], '--new-identity: a new machine UUID')
+})
+
+const refusals: { name: string; setup: (t: Test) => Promise<{ m: Machine; extra?: string[] }>; code: number; message: RegExp }[] = [
+  { name: 'model not on the list', setup: async (t) => ({ m: await machine(t, { product: 'OptiPlex 9999' }) }), code: ExitCode.modelRejected, message: /"Dell Inc\. \/ OptiPlex 9999", which .* does not list/ },
+  { name: 'SSD too small', setup: async (t) => ({ m: await machine(t, { ssdMiB: 300 }) }), code: ExitCode.diskTooSmall, message: /smaller than disks\.ssd\.minSizeGiB/ },
+  {
+    name: 'SSD with existing partitions',
+    setup: async (t) => {
+      const m = await machine(t)
+      await run('sgdisk', ['-n', '1:2048:+100M', '-c', '1:Windows', m.ssd])
+      return { m }
+    },
+    code: ExitCode.diskHasData, message: /holds a GPT with 1 partition\(s\): Windows/,
+  },
+  {
+    name: 'HDD with a filesystem and no partition table',
+    setup: async (t) => {
+      const m = await machine(t)
+      await run('mkfs.ext4', ['-q', '-F', m.hdd])
+      return { m }
+    },
+    code: ExitCode.diskHasData, message: /the HDD .* holds data in its first MiB/,
+  },
+  { name: 'the stick as the SSD', setup: async (t) => { const m = await machine(t); return { m, extra: ['--stick', m.ssd] } }, code: ExitCode.diskIsBootMedium, message: /installer's own medium/ },
+  {
+    name: 'malformed install.yaml',
+    setup: async (t) => {
+      const m = await machine(t)
+      fs.writeFileSync(m.config, 'models:\n  - vendor: Dell Inc.\n    product: [unclosed\n')
+      return { m }
+    },
+    code: ExitCode.configInvalid, message: /install\.yaml: not valid YAML/,
+  },
+  {
+    name: 'config key with a wrong type',
+    setup: async (t) => ({ m: await machine(t, { config: { ...CONFIG, disks: { ...CONFIG.disks, ssd: { rotational: 'no', minSizeGiB: 1 } } } }) }),
+    code: ExitCode.configInvalid, message: /install\.yaml: disks\.ssd\.rotational: .*found value "no"/,
+  },
+  {
+    name: 'image signed by another key',
+    setup: async (t) => {
+      const m = await machine(t)
+      return { m, extra: ['--trusted-key', generateKeyPair(`${tmpDir(t)}/other`).publicKeyFile] }
+    },
+    code: ExitCode.signatureInvalid, message: /signature does not match/,
+  },
+]
+
+for (const c of refusals) {
+  t.test(`refused: ${c.name}; both disks byte-identical, reason on the stick`, async (t) => {
+    const { m, extra = [] } = await c.setup(t)
+    const before = hashes(m)
+    const r = await runCli([...m.args(), ...extra])
+    t.equal(r.code, c.code, `exit ${c.code}`, { stderr: r.stderr })
+    t.match(r.stderr, c.message)
+    t.match(r.stderr, /hint: .*/)
+    t.equal(r.stderr.trim().split('\n').filter((l) => l.startsWith('labhost: error:')).length, 1, 'one error line')
+    t.same(hashes(m), before, 'SSD and HDD unchanged')
+    const reports = fs.existsSync(m.reports) ? fs.readdirSync(m.reports) : []
+    t.equal(reports.length, 1, 'a refusal report on the stick')
+    t.match(JSON.parse(fs.readFileSync(`${m.reports}/${reports[0]}`, 'utf8')), { result: 'refused', exitCode: c.code })
+  })
+}
