@@ -5,9 +5,8 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import crypto from 'node:crypto'
-import YAML from 'yaml'
+import { loadInstallConfig } from '../installer/config.ts'
 import { copyFileInto, Disk } from '../lib/blockdev.ts'
-import { LabhostError } from '../lib/errors.ts'
 import { run } from '../lib/exec.ts'
 import { withLoop } from '../lib/loop.ts'
 import { planGptmbr } from '../bootloader/mbr.ts'
@@ -31,13 +30,9 @@ export async function buildStick(o: StickOptions): Promise<{ out: string; sizeBy
   const log = o.log ?? (() => {})
   const publicKey = crypto.createPublicKey(readPrivateKey(o.keyFile))
   const manifest = verifyImageDir(path.join(o.imageDir, 'manifest.json'), publicKey)
-  let configText: string
-  try {
-    configText = fs.readFileSync(o.config, 'utf8')
-    YAML.parse(configText)
-  } catch (e) {
-    throw new LabhostError('configInvalid', `${o.config}: not a readable YAML install config: ${(e as Error).message.split('\n')[0]}`, 'give the install.yaml the installer should run with')
-  }
+  // the installer's own schema: a stick with a config the installer would refuse is not made
+  loadInstallConfig(o.config)
+  const configText = fs.readFileSync(o.config, 'utf8')
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'labhost-stick-'))
   try {
     log('building the stick system (recipe stick)')

@@ -24,6 +24,7 @@ export const DiskMatchSchema = z.object({
   maxSizeGiB: z.number().positive().optional().describe('largest acceptable disk'),
   model: pattern.optional().describe('pattern for the disk model'),
   serial: pattern.optional().describe('pattern for the disk serial number'),
+  usb: z.boolean().default(false).describe('also consider USB-attached disks (the installer stick never is)'),
 }).strict()
 
 export const InstallConfigSchema = z.object({

@@ -95,7 +95,7 @@ export const describe = (d: BlockDisk) => `${d.path} (${d.model || 'no model'}, 
  */
 export function selectDisk(role: 'ssd' | 'hdd', m: DiskMatch, disks: BlockDisk[], excluded: Set<string>): BlockDisk {
   const label = role.toUpperCase()
-  const kind = disks.filter((d) => d.rotational === m.rotational && fullMatch(m.model, d.model) && fullMatch(m.serial, d.serial))
+  const kind = disks.filter((d) => d.rotational === m.rotational && (m.usb || !d.usb) && fullMatch(m.model, d.model) && fullMatch(m.serial, d.serial))
   const fits = (d: BlockDisk) => d.sizeBytes >= m.minSizeGiB * GiB && (m.maxSizeGiB === undefined || d.sizeBytes <= m.maxSizeGiB * GiB)
   const candidates = kind.filter((d) => !excluded.has(d.name) && fits(d))
   if (candidates.length === 1) return candidates[0]!

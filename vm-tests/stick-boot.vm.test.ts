@@ -1,43 +1,147 @@
-// The USB installer stick boots from an emulated USB stick in a lab-PC-shaped VM (blank SSD and
-// HDD, Dell DMI strings), mounts its data partition and starts `labhost install` with the
-// config it carries, logging onto the stick.
+// The USB installer stick in a lab-PC-shaped VM (emulated USB stick, SSD with rotation_rate=1,
+// HDD with rotation_rate=7200, DMI strings): it boots, `labhost install` picks the disks by
+// their properties, images them unattended and powers off; the PC then boots the lab host
+// image from the SSD. A re-run keeps the identity. Every refusal leaves the disks byte-identical,
+// the PC on with the reason on screen, and the reason in reports/ on the stick.
 import fs from 'node:fs'
-import t from 'tap'
+import t, { type Test } from 'tap'
+import YAML from 'yaml'
+import { ExitCode } from '../lib/errors.ts'
 import { run } from '../lib/exec.ts'
+import { withMount } from '../lib/loop.ts'
+import { withPartitionDevice } from '../lib/partition-dev.ts'
 import { hashWhole, runCli, sparseFile, tmpDir } from '../lib/test-helpers.ts'
-import { bootUntilPowerOff } from './qemu.ts'
+import { openGptDisk, readGpt } from '../bootloader/gpt.ts'
+import { bootUntilPowerOff, type VmDisk } from './qemu.ts'
 
-t.test('the stick boots and starts the installer', async (t) => {
-  const dir = tmpDir(t, 'labhost-vm-stick-')
+const MiB = 1 << 20
+const DELL = { manufacturer: 'Dell Inc.', product: 'OptiPlex 7010' }
+const CONFIG = {
+  models: [DELL].map((m) => ({ vendor: m.manufacturer, product: m.product })),
+  disks: { ssd: { rotational: false, minSizeGiB: 0.55 }, hdd: { rotational: true, minSizeGiB: 0.05 } },
+  finish: 'poweroff',
+}
+
+const dir = tmpDir(t, 'labhost-vm-stick-')
+let stickTemplate = ''
+
+t.before(async () => {
   t.equal((await runCli(['image', 'keygen', '--out', `${dir}/keys`])).code, 0)
   const key = `${dir}/keys/labhost-signing.key`
   const b = await runCli(['image', 'build', 'test', '--out', `${dir}/image`, '--key', key])
-  t.equal(b.code, 0, 'image build', { stderr: b.stderr })
-  fs.writeFileSync(`${dir}/install.yaml`, 'allowedModels:\n  - { vendor: "Dell Inc.", product: "OptiPlex 7010" }\n')
-  const s = await runCli(['image', 'stick', '--image', `${dir}/image`, '--config', `${dir}/install.yaml`, '--out', `${dir}/stick.img`, '--key', key, '--json'])
-  t.equal(s.code, 0, 'image stick', { stderr: s.stderr })
-
-  const ssd = sparseFile(`${dir}/ssd.img`, 512 << 20)
-  const hdd = sparseFile(`${dir}/hdd.img`, 256 << 20)
-  const before = { ssd: hashWhole(ssd), hdd: hashWhole(hdd) }
-  const r = await bootUntilPowerOff({
-    smbios: { manufacturer: 'Dell Inc.', product: 'OptiPlex 7010' },
-    disks: [
-      { file: `${dir}/stick.img`, bus: 'usb-storage', bootIndex: 0 },
-      { file: ssd, bus: 'ide-hd', rotationRate: 1, bootIndex: 1 },
-      { file: hdd, bus: 'ide-hd', rotationRate: 7200, bootIndex: 2 },
-    ],
-  }, 300_000)
-  t.comment(`booted under ${r.accel} in ${r.seconds.toFixed(1)} s`)
-  t.match(r.serial, /LABHOST-STICK-ROOT dev=sd\w1/, 'the stick system started from the USB stick', { serial: r.serial.slice(-2000) })
-  t.match(r.serial, /LABHOST-STICK-INSTALL-START config=\/data\/install\.yaml/, 'labhost install was started with the stick\'s config')
-  t.match(r.serial, /LABHOST-STICK-INSTALL-END/)
-  t.ok(r.poweredOff, 'and the machine powered off')
-
-  const sector = (await run('sgdisk', ['-i', '2', `${dir}/stick.img`])).stdout
-  const first = Number(/First sector: (\d+)/.exec(sector)?.[1])
-  const log = await run('mtype', ['-i', `${dir}/stick.img@@${first * 512}`, '::/reports/install.log'], { env: { ...process.env, MTOOLS_SKIP_CHECK: '1' } as Record<string, string> })
-  t.match(log.stdout, /labhost/, 'the installer\'s output is in reports/install.log on the stick')
-  // `labhost install` is the installer issue's; until then it must not have touched the disks.
-  t.same({ ssd: hashWhole(ssd), hdd: hashWhole(hdd) }, before, 'SSD and HDD unchanged')
+  if (b.code !== 0) throw new Error(`image build: ${b.stderr}`)
+  fs.writeFileSync(`${dir}/install.yaml`, YAML.stringify(CONFIG))
+  const s = await runCli(['image', 'stick', '--image', `${dir}/image`, '--config', `${dir}/install.yaml`, '--out', `${dir}/stick.img`, '--key', key])
+  if (s.code !== 0) throw new Error(`image stick: ${s.stderr}`)
+  stickTemplate = `${dir}/stick.img`
 })
+
+async function newStick(t: Test): Promise<string> {
+  const f = `${tmpDir(t)}/stick.img`
+  await run('cp', ['--sparse=always', stickTemplate, f])
+  return f
+}
+
+async function stickFile(stick: string, file: string): Promise<string> {
+  const first = Number(/First sector: (\d+)/.exec((await run('sgdisk', ['-i', '2', stick])).stdout)?.[1])
+  const env = { ...process.env, MTOOLS_SKIP_CHECK: '1' } as Record<string, string>
+  return (await run('mtype', ['-i', `${stick}@@${first * 512}`, `::/${file}`], { env })).stdout
+}
+
+async function stickReports(stick: string): Promise<string[]> {
+  const first = Number(/First sector: (\d+)/.exec((await run('sgdisk', ['-i', '2', stick])).stdout)?.[1])
+  const env = { ...process.env, MTOOLS_SKIP_CHECK: '1' } as Record<string, string>
+  return (await run('mdir', ['-b', '-i', `${stick}@@${first * 512}`, '::/reports'], { env })).stdout.split('\n').map((l) => l.trim().replace(/^.*\//, '')).filter((l) => l.endsWith('.json'))
+}
+
+const ssdDisk = (file: string, bootIndex = 1): VmDisk => ({ file, bus: 'ide-hd', rotationRate: 1, bootIndex })
+const hddDisk = (file: string): VmDisk => ({ file, bus: 'ide-hd', rotationRate: 7200, bootIndex: 2 })
+
+async function bootStick(t: Test, stick: string, disks: VmDisk[], smbios = DELL) {
+  const r = await bootUntilPowerOff({ smbios, disks: [{ file: stick, bus: 'usb-storage', bootIndex: 0 }, ...disks] }, 600_000, /labhost install refused \(exit \d+\)/)
+  t.comment(`stick boot under ${r.accel} in ${r.seconds.toFixed(1)} s`)
+  t.match(r.serial, /LABHOST-STICK-INSTALL-START config=\/data\/install\.yaml/, 'the stick started labhost install', { serial: r.serial.slice(-3000) })
+  return { ...r, exit: Number(/LABHOST-STICK-INSTALL-END exit=(\d+)/.exec(r.serial)?.[1] ?? NaN) }
+}
+
+async function persistentFiles(ssd: string): Promise<Record<string, string>> {
+  const p = readGpt(openGptDisk(ssd)).entries.find((e) => e.name === 'persistent')!
+  return withPartitionDevice(ssd, { number: p.number, firstLba: Number(p.firstLba), lastLba: Number(p.lastLba) }, 512, (dev) => withMount(dev, async (root) => {
+    const out: Record<string, string> = {}
+    for (const f of ['machine-uuid', 'ssh/ssh_host_ed25519_key', 'ssh/ssh_host_rsa_key.pub', 'install-report.json']) out[f] = fs.existsSync(`${root}/${f}`) ? fs.readFileSync(`${root}/${f}`, 'utf8') : ''
+    return out
+  }, { readOnly: true }))
+}
+
+t.test('blank SSD + HDD: installed unattended, boots the lab host from the SSD; a re-run keeps the identity', async (t) => {
+  const d = tmpDir(t)
+  const ssd = sparseFile(`${d}/ssd.img`, 640 * MiB)
+  const hdd = sparseFile(`${d}/hdd.img`, 64 * MiB)
+  const stick = await newStick(t)
+  const r = await bootStick(t, stick, [ssdDisk(ssd), hddDisk(hdd)])
+  t.equal(r.exit, 0, 'labhost install exit 0', { serial: r.serial.slice(-4000) })
+  t.ok(r.poweredOff, 'the PC powered off by itself (finish: poweroff)')
+  const log = await stickFile(stick, 'reports/install.log')
+  t.match(log, /SSD: \/dev\/sd\w \(QEMU HARDDISK, serial QM0000\d/, 'the SSD was found by its properties')
+  t.match(log, /HDD: \/dev\/sd\w .*rotational\)/, 'the HDD too')
+  t.match(log, /step: write the root image to slot A/)
+  t.equal((await stickReports(stick)).length, 1, 'the install report is on the stick')
+  const files = await persistentFiles(ssd)
+  t.match(files['machine-uuid'], /^[0-9a-f-]{36}\n$/, 'machine UUID on /persistent')
+  t.match(files['ssh/ssh_host_ed25519_key'], /BEGIN OPENSSH PRIVATE KEY/, 'SSH host keys on /persistent')
+  t.match(JSON.parse(files['install-report.json']!), { machine: { vendor: 'Dell Inc.', product: 'OptiPlex 7010' }, identity: { created: true } })
+
+  const host = await bootUntilPowerOff({ smbios: DELL, disks: [ssdDisk(ssd), hddDisk(hdd)] }, 300_000)
+  t.comment(`SSD boot in ${host.seconds.toFixed(1)} s`)
+  t.match(host.serial, /LABHOST-USERSPACE version=1\.0\.0 slot=A/, 'the PC boots the lab host image from slot A of the SSD', { serial: host.serial.slice(-3000) })
+  for (const m of ['/persistent', '/var/log', '/qcow2/backing', '/qcow2/user']) t.match(host.serial, new RegExp(`LABHOST-MOUNT ${m}\\b`), `fstab mounts ${m} by UUID`)
+
+  const again = await bootStick(t, await newStick(t), [ssdDisk(ssd), hddDisk(hdd)])
+  t.equal(again.exit, 0, 're-run exit 0', { serial: again.serial.slice(-4000) })
+  const kept = await persistentFiles(ssd)
+  t.equal(kept['machine-uuid'], files['machine-uuid'], 'same machine UUID')
+  t.equal(kept['ssh/ssh_host_ed25519_key'], files['ssh/ssh_host_ed25519_key'], 'same SSH host key')
+  t.match(JSON.parse(kept['install-report.json']!), { identity: { created: false } })
+})
+
+const refusals: { name: string; disks: (d: string) => Promise<VmDisk[]>; smbios?: typeof DELL; code: number; message: RegExp }[] = [
+  {
+    name: 'a model not on the list', smbios: { manufacturer: 'Dell Inc.', product: 'OptiPlex 9020' },
+    disks: async (d) => [ssdDisk(sparseFile(`${d}/ssd.img`, 640 * MiB)), hddDisk(sparseFile(`${d}/hdd.img`, 64 * MiB))],
+    code: ExitCode.modelRejected, message: /"Dell Inc\. \/ OptiPlex 9020", which \/data\/install\.yaml does not list/,
+  },
+  { name: 'no HDD', disks: async (d) => [ssdDisk(sparseFile(`${d}/ssd.img`, 640 * MiB))], code: ExitCode.diskMissing, message: /no rotational disk for the HDD/ },
+  {
+    name: 'an SSD too small',
+    disks: async (d) => [ssdDisk(sparseFile(`${d}/ssd.img`, 320 * MiB)), hddDisk(sparseFile(`${d}/hdd.img`, 64 * MiB))],
+    code: ExitCode.diskTooSmall, message: /no SSD of 0\.55\+ GiB: found \/dev\/sd\w \(QEMU HARDDISK/,
+  },
+  {
+    name: 'two candidate SSDs',
+    disks: async (d) => [ssdDisk(sparseFile(`${d}/ssd.img`, 640 * MiB)), ssdDisk(sparseFile(`${d}/ssd2.img`, 700 * MiB), 3), hddDisk(sparseFile(`${d}/hdd.img`, 64 * MiB))],
+    code: ExitCode.diskAmbiguous, message: /2 disks fit the SSD/,
+  },
+  {
+    name: 'an SSD with existing partitions',
+    disks: async (d) => {
+      const ssd = sparseFile(`${d}/ssd.img`, 640 * MiB)
+      await run('sgdisk', ['-n', '1:2048:+64M', '-c', '1:Windows', '-n', '2:0:+64M', '-c', '2:Recovery', ssd])
+      return [ssdDisk(ssd), hddDisk(sparseFile(`${d}/hdd.img`, 64 * MiB))]
+    },
+    code: ExitCode.diskHasData, message: /holds a GPT with 2 partition\(s\): Windows, Recovery/,
+  },
+]
+
+for (const c of refusals) {
+  t.test(`refused: ${c.name}; every disk byte-identical, the reason on the stick`, async (t) => {
+    const disks = await c.disks(tmpDir(t))
+    const before = disks.map((x) => hashWhole(x.file))
+    const stick = await newStick(t)
+    const r = await bootStick(t, stick, disks, c.smbios)
+    t.equal(r.exit, c.code, `labhost install exit ${c.code}`, { serial: r.serial.slice(-3000) })
+    t.match(r.serial, /labhost install refused/, 'the PC stays on, showing the refusal')
+    t.same(disks.map((x) => hashWhole(x.file)), before, 'all disks byte-identical')
+    t.match(await stickFile(stick, 'reports/install.log'), c.message, 'the reason is in reports/install.log on the stick')
+    t.equal((await stickReports(stick)).length, 1, 'a refusal report on the stick')
+  })
+}

@@ -10,11 +10,11 @@ import { requireString, type Command } from '../command.ts'
 export const install: Command = {
   name: 'install',
   summary: 'image this PC: check the model, pick and partition the disks, write the root image to slot A, identity, report, reboot',
-  usage: 'labhost install --config install.yaml --image DIR [--stick DEV] [--ssd DEV] [--hdd DEV] [--report-dir DIR] [--trusted-key PUB] [--new-identity] [--no-finish] [--dry-run] [--json]',
+  usage: 'labhost install --config install.yaml --image DIR [--stick DEV] [--ssd DEV] [--hdd DEV] [--report-dir DIR] [--trusted-key PUB] [--new-identity] [--no-finish | --finish-file FILE] [--dry-run] [--json]',
   options: {
     config: { type: 'string' }, image: { type: 'string' }, stick: { type: 'string' }, ssd: { type: 'string' }, hdd: { type: 'string' },
     'report-dir': { type: 'string' }, 'trusted-key': { type: 'string' }, 'new-identity': { type: 'boolean', default: false },
-    'no-finish': { type: 'boolean', default: false }, 'sys-root': { type: 'string' },
+    'no-finish': { type: 'boolean', default: false }, 'finish-file': { type: 'string' }, 'sys-root': { type: 'string' },
   },
   async run(values, _positionals, ctx) {
     const s = (k: string) => (typeof values[k] === 'string' ? (values[k] as string) : undefined)
@@ -28,7 +28,9 @@ export const install: Command = {
       })
       if (ctx.dryRun || !report) return { data: { ...plan, dryRun: true }, human: renderPlan(plan, true) }
       const human = `installed ${plan.image.name} ${plan.image.version} on ${plan.disks.map((d) => d.disk.path).join(' + ')} in ${report.steps.reduce((n, x) => n + x.seconds, 0).toFixed(1)} s; identity ${report.identity.created ? 'created' : 'kept'}`
-      if (plan.finish !== 'none' && values['no-finish'] !== true) {
+      const finishFile = s('finish-file')
+      if (finishFile) fs.writeFileSync(finishFile, `${plan.finish}\n`)
+      else if (plan.finish !== 'none' && values['no-finish'] !== true) {
         ctx.log(human)
         await powerAction(plan.finish, ctx.log)
       }

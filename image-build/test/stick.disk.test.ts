@@ -14,8 +14,10 @@ t.before(async () => {
   await runCli(['image', 'keygen', '--out', `${dir}/keys`])
   const b = await runCli(['image', 'build', 'test', '--out', `${dir}/image`, '--key', key])
   if (b.code !== 0) throw new Error(b.stderr)
-  fs.writeFileSync(`${dir}/install.yaml`, 'allowedModels: []\n')
+  fs.writeFileSync(`${dir}/install.yaml`, CONFIG)
 })
+
+const CONFIG = 'models:\n  - { vendor: "Dell Inc.", product: "OptiPlex 7010" }\ndisks:\n  ssd: { rotational: false, minSizeGiB: 0.5 }\n  hdd: { rotational: true, minSizeGiB: 0.05 }\n'
 
 t.test('a bootable GPT stick with the system and a FAT data partition', async (t) => {
   const r = await runCli(['image', 'stick', '--image', `${dir}/image`, '--config', `${dir}/install.yaml`, '--out', `${dir}/stick.img`, '--key', key])
@@ -30,7 +32,7 @@ t.test('a bootable GPT stick with the system and a FAT data partition', async (t
   t.match(ls.stdout, /manifest\.json/)
   t.match(ls.stdout, /root\.img\.zst/)
   const cfg = await run('mtype', ['-i', `${dir}/stick.img@@${off}`, '::/install.yaml'], { env })
-  t.equal(cfg.stdout, 'allowedModels: []\n')
+  t.equal(cfg.stdout, CONFIG)
 })
 
 t.test('a tampered image is refused; no stick is written', async (t) => {
@@ -43,10 +45,15 @@ t.test('a tampered image is refused; no stick is written', async (t) => {
   t.notOk(fs.existsSync(`${dir}/bad.img`))
 })
 
-t.test('a config that is not YAML is refused', async (t) => {
-  fs.writeFileSync(`${dir}/broken.yaml`, 'allowedModels: [unclosed\n')
+t.test('a config the installer would refuse is refused at stick build', async (t) => {
+  fs.writeFileSync(`${dir}/wrong.yaml`, 'allowedModels: []\n')
+  const w = await runCli(['image', 'stick', '--image', `${dir}/image`, '--config', `${dir}/wrong.yaml`, '--out', `${dir}/b1.img`, '--key', key])
+  t.equal(w.code, ExitCode.configInvalid)
+  t.match(w.stderr, /wrong\.yaml: (models: .*found value missing|\(top level\): .*unknown key\(s\) allowedModels)/)
+  t.notOk(fs.existsSync(`${dir}/b1.img`))
+  fs.writeFileSync(`${dir}/broken.yaml`, 'models: [unclosed\n')
   const r = await runCli(['image', 'stick', '--image', `${dir}/image`, '--config', `${dir}/broken.yaml`, '--out', `${dir}/b2.img`, '--key', key])
   t.equal(r.code, ExitCode.configInvalid)
-  t.match(r.stderr, /broken\.yaml: not a readable YAML install config/)
+  t.match(r.stderr, /broken\.yaml: not valid YAML/)
   t.notOk(fs.existsSync(`${dir}/b2.img`))
 })
