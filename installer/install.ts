@@ -17,6 +17,7 @@ import { readPublicKey, verifyManifestSignature } from '../image-build/manifest.
 import { openSource } from '../updater/source.ts'
 import { verifyImage, writeImage } from '../updater/slot-writer.ts'
 import { writeDurable } from '../updater/host-state.ts'
+import { applyBios, planBios, type BiosPlan, type BiosResult } from './bios.ts'
 import { loadInstallConfig, type InstallConfig } from './config.ts'
 import { classifyDisk, ext4UuidAt, type DiskContent } from './disk-content.ts'
 import { bootMedia, describe, describeBlockDisk, diskNameOf, listDisks, selectDisk, type BlockDisk } from './disks.ts'
@@ -55,11 +56,13 @@ export interface PlannedDisk {
 export interface InstallPlan {
   machine: Machine
   image: { name: string; version: string; bytes: number }
+  bios: BiosPlan
   disks: PlannedDisk[]
   finish: InstallConfig['finish']
 }
 
-export interface InstallReport extends InstallPlan {
+export interface InstallReport extends Omit<InstallPlan, 'bios'> {
+  bios: BiosResult
   identity: Identity
   steps: { step: string; seconds: number }[]
   startedAt: string
@@ -115,6 +118,7 @@ export async function planInstall(o: InstallOptions): Promise<{ plan: InstallPla
   verifyManifestSignature(source.manifest, trusted, source.manifestWhere)
   const layout = source.manifest.diskLayout
   if (!layout) throw new LabhostError('manifestInvalid', `${source.manifestWhere} does not carry its disk layout`, 'rebuild the image with this labhost version')
+  const bios = await planBios(config.bios, o.sysRoot)
   const excluded = bootMedia(o.stick)
   const roles: DiskRole[] = layout.partitions.some((p) => p.disk === 'hdd') ? ['ssd', 'hdd'] : ['ssd']
   if (roles.includes('hdd') && !config.disks.hdd) {
@@ -130,12 +134,13 @@ export async function planInstall(o: InstallOptions): Promise<{ plan: InstallPla
   if (image.bytes > (slotA.lastLba - slotA.firstLba + 1) * disks[0]!.disk.sectorSize) {
     throw new LabhostError('imageTooSmall', `the image (${image.bytes} bytes) is larger than slot A`, 'use an image built for this layout; nothing was written')
   }
-  return { plan: { machine, image, disks, finish: config.finish }, config, layout }
+  return { plan: { machine, image, bios, disks, finish: config.finish }, config, layout }
 }
 
 export function renderPlan(p: InstallPlan, dryRun: boolean): string {
   const lines = [`machine: ${p.machine.vendor} / ${p.machine.product}${p.machine.serial ? ` (serial ${p.machine.serial})` : ''}`,
-    `image: ${p.image.name} ${p.image.version} (${(p.image.bytes / 2 ** 20).toFixed(0)} MiB)`]
+    `image: ${p.image.name} ${p.image.version} (${(p.image.bytes / 2 ** 20).toFixed(0)} MiB)`,
+    `BIOS (${p.bios.backend}${p.bios.where ? ` ${p.bios.where}` : ''}): ${p.bios.changes.map((c) => `${c.name} ${c.from} -> ${c.to}`).join(', ') || 'no changes'}${p.bios.unchanged.length ? `; already set: ${p.bios.unchanged.join(', ')}` : ''}`]
   for (const d of p.disks) {
     lines.push(`${d.role.toUpperCase()}: ${describe(d.disk)}`, `  erases: ${d.erases}`)
     for (const q of d.partitions) {
@@ -160,9 +165,11 @@ export async function runInstall(o: InstallOptions): Promise<{ plan: InstallPlan
     steps.push({ step: name, seconds: (Date.now() - t0) / 1000 })
     return r
   }
-  const { plan } = await step('check machine, image and disks', () => planInstall(o))
+  const { plan, config } = await step('check machine, image and disks', () => planInstall(o))
   for (const line of renderPlan(plan, o.dryRun === true).split('\n')) log(line)
   if (o.dryRun) return { plan }
+  const bios = await step('BIOS settings', () => applyBios(plan.bios, config.bios, o.config, o.sysRoot))
+  if (bios.changes.length) log(`BIOS: changed ${bios.changes.map((c) => c.name).join(', ')}${bios.pendingReboot ? ' (pending reboot)' : ''}`)
 
   for (const d of plan.disks) {
     await step(`partition the ${d.role.toUpperCase()}`, async () => {
@@ -192,7 +199,7 @@ export async function runInstall(o: InstallOptions): Promise<{ plan: InstallPlan
   await step('identity and report', () => withPartitionMounted(ssd.disk.path, persistent, ssd.disk.sectorSize, async (dir) => {
     const identity = await ensureIdentity(dir, { newIdentity: o.newIdentity })
     log(`identity: machine ${identity.machineUuid}, ssh ed25519 ${identity.sshHostKeys.ed25519} (${identity.created ? 'new' : 'kept'})`)
-    report = { ...plan, identity, steps, startedAt: startedAt.toISOString(), finishedAt: new Date().toISOString(), labhost: process.env.LABHOST_VERSION ?? 'labhost' }
+    report = { ...plan, bios, identity, steps, startedAt: startedAt.toISOString(), finishedAt: new Date().toISOString(), labhost: process.env.LABHOST_VERSION ?? 'labhost' }
     writeDurable(path.join(dir, 'install-report.json'), JSON.stringify(report, null, 2) + '\n')
   }))
   report!.finishedAt = new Date().toISOString()

@@ -70,13 +70,14 @@ t.test('blank SSD + HDD: dry run writes nothing; install partitions, writes slot
   t.match(dry.stdout, /SSD: .*\n {2}erases: nothing \(the disk is blank\)/)
   t.match(dry.stdout, / 1 rootA .* write the root image/)
   t.match(dry.stdout, / 1 user .*\/qcow2\/user .*new ext4 6c1d1a2b-0a11-4b5e-9c3a-0000000000f6/)
+  t.match(dry.stdout, /BIOS \(none\): no changes/)
   t.match(dry.stdout, /dry run: nothing was written/)
   t.same(hashes(m), before, '--dry-run: both disks byte-identical')
 
   const r = await runCli([...m.args(), '--json'])
   t.equal(r.code, 0, 'install exits 0', { stderr: r.stderr })
   const report = JSON.parse(r.stdout)
-  t.same(report.steps.map((s: { step: string }) => s.step), ['check machine, image and disks', 'partition the SSD', 'partition the HDD', 'write the root image to slot A', 'install gptmbr', 'identity and report'])
+  t.same(report.steps.map((s: { step: string }) => s.step), ['check machine, image and disks', 'BIOS settings', 'partition the SSD', 'partition the HDD', 'write the root image to slot A', 'install gptmbr', 'identity and report'])
   t.equal(report.identity.created, true)
   t.match(report.identity.sshHostKeys, { ed25519: /^SHA256:/, rsa: /^SHA256:/ })
 
@@ -114,6 +115,22 @@ t.test('blank SSD + HDD: dry run writes nothing; install partitions, writes slot
   t.equal(fresh.code, 0, { stderr: fresh.stderr })
   t.equal(JSON.parse(fresh.stdout).identity.created, true)
   t.not((await persistentFiles(m))['machine-uuid'], files['machine-uuid'], '--new-identity: a new machine UUID')
+})
+
+t.test('BIOS settings through install: planned in --dry-run, applied and reported by the install', async (t) => {
+  const m = await machine(t, { config: { ...CONFIG, bios: { settings: { Virtualization: 'Enabled' } } } })
+  const fw = `${m.sys}/class/firmware-attributes/dell-wmi-sysman`
+  fs.mkdirSync(`${fw}/attributes/Virtualization`, { recursive: true })
+  for (const [f, v] of [['type', 'enumeration'], ['current_value', 'Disabled'], ['possible_values', 'Disabled;Enabled']]) fs.writeFileSync(`${fw}/attributes/Virtualization/${f}`, `${v}\n`)
+  fs.writeFileSync(`${fw}/attributes/pending_reboot`, '0\n')
+  const dry = await runCli([...m.args(), '--dry-run'])
+  t.equal(dry.code, 0, { stderr: dry.stderr })
+  t.match(dry.stdout, /BIOS \(sysfs .*dell-wmi-sysman\): Virtualization Disabled -> Enabled/)
+  t.equal(fs.readFileSync(`${fw}/attributes/Virtualization/current_value`, 'utf8'), 'Disabled\n', 'dry run: BIOS untouched')
+  const r = await runCli([...m.args(), '--json'])
+  t.equal(r.code, 0, { stderr: r.stderr })
+  t.match(JSON.parse(r.stdout).bios, { backend: 'sysfs', changes: [{ name: 'Virtualization', from: 'Disabled', to: 'Enabled' }] })
+  t.equal(fs.readFileSync(`${fw}/attributes/Virtualization/current_value`, 'utf8'), 'Enabled')
 })
 
 const refusals: { name: string; setup: (t: Test) => Promise<{ m: Machine; extra?: string[] }>; code: number; message: RegExp }[] = [
