@@ -24,6 +24,14 @@ const fig = (f: Omit<Figure, 'ratio'>) => {
 }
 const sectorsWritten = (dev: string) => Number(fs.readFileSync(`/sys/block/${path.basename(dev)}/stat`, 'utf8').trim().split(/\s+/)[6])
 const labhost = [process.execPath, path.join(root, 'cli/bin.ts')]
+/** Drop the page cache between contenders (DESIGN §6), where the kernel lets us. */
+const dropCaches = () => {
+  try {
+    fs.writeFileSync('/proc/sys/vm/drop_caches', '3\n')
+  } catch {
+    // a container may not allow it; the loop devices use direct I/O either way
+  }
+}
 
 /**
  * 3. Writing an image into the inactive slot: `labhost update` (zstd transport, per-chunk hashes,
@@ -52,6 +60,7 @@ async function benchUpdateWrite(imageDir: string, imageBytes: number): Promise<v
   const rounds = { labhost: [] as number[], write: [] as number[], bmaptool: [] as number[], dd: [] as number[] }
   try {
     for (let i = 0; i < 3; i++) {
+      dropCaches()
       let t0 = performance.now()
       const r = await execa(labhost[0]!, [labhost[1]!, 'update', imageDir, '--json', ...keyArgs])
       rounds.labhost.push((performance.now() - t0) / 1000)
@@ -59,9 +68,11 @@ async function benchUpdateWrite(imageDir: string, imageBytes: number): Promise<v
       await execa(labhost[0]!, [labhost[1]!, 'slots', 'switch', '--disk', disk, '--to', 'A'])
       fs.rmSync(state, { recursive: true })
       fs.mkdirSync(state)
+      dropCaches()
       t0 = performance.now()
       await execa('bmaptool', ['copy', '--bmap', bmap, path.join(imageDir, 'root.img.zst'), slot])
       rounds.bmaptool.push((performance.now() - t0) / 1000)
+      dropCaches()
       t0 = performance.now()
       await execa('dd', [`if=${path.join(imageDir, 'root.img')}`, `of=${slot}`, 'bs=4M', 'oflag=direct', 'conv=fsync', 'status=none'])
       rounds.dd.push((performance.now() - t0) / 1000)
@@ -78,6 +89,47 @@ async function benchUpdateWrite(imageDir: string, imageBytes: number): Promise<v
     note: `image ${imageBytes >> 20} MiB; bmaptool writes only the ${mapped ?? '?'} mapped 4 KiB blocks, labhost writes every byte and reads them back from the disk` })
   fig({ name: 'update throughput, write phase only (raw root.img from the image directory, chunk hashes, dd O_DIRECT, fsync)', value: mbps(median(rounds.write)), unit: 'MiB/s of image',
     peer: 'dd bs=4M oflag=direct conv=fsync of the raw image', peerValue: mbps(median(rounds.dd)), note: 'higher is better; ratio = labhost / dd' })
+}
+
+/**
+ * 4. labhost install of the host image onto blank loop-device disks (the default layout), time
+ * per step, and its image step (zstd transport as on the stick, hashing, O_DIRECT write and
+ * read-back) against `dd bs=4M oflag=direct conv=fsync` of the raw image to the same slot.
+ */
+async function benchInstall(imageDir: string, imageBytes: number): Promise<void> {
+  const stickImage = path.join(dir, 'stick-image')
+  fs.mkdirSync(stickImage)
+  for (const f of ['manifest.json', 'root.img.zst']) fs.copyFileSync(path.join(imageDir, f), path.join(stickImage, f))
+  const sys = path.join(dir, 'sys')
+  fs.mkdirSync(path.join(sys, 'class/dmi/id'), { recursive: true })
+  fs.writeFileSync(path.join(sys, 'class/dmi/id/sys_vendor'), 'Dell Inc.\n')
+  fs.writeFileSync(path.join(sys, 'class/dmi/id/product_name'), 'OptiPlex 7010\n')
+  fs.writeFileSync(path.join(dir, 'install.yaml'), 'models: [{ vendor: Dell Inc., product: OptiPlex 7010 }]\ndisks:\n  ssd: { rotational: false, minSizeGiB: 10 }\n  hdd: { rotational: true, minSizeGiB: 1 }\nfinish: none\n')
+  const files = [['ssd', 12], ['hdd', 2]].map(([n, gib]) => {
+    const f = path.join(dir, `install-${n}.img`)
+    fs.writeFileSync(f, '')
+    fs.truncateSync(f, Number(gib) * 2 ** 30)
+    return f
+  })
+  const [ssd, hdd] = [await attachLoop(files[0]!, { directIo: true }), await attachLoop(files[1]!, { directIo: true })]
+  try {
+    const r = await execa(labhost[0]!, [labhost[1]!, 'install', '--config', path.join(dir, 'install.yaml'), '--image', stickImage, '--ssd', ssd!, '--hdd', hdd!,
+      '--sys-root', sys, '--trusted-key', path.join(dir, 'keys/labhost-signing.pub'), '--json'])
+    const report = JSON.parse(r.stdout) as { steps: { step: string; seconds: number }[]; disks: { partitions: { firstLba: number }[] }[] }
+    for (const st of report.steps) fig({ name: `install step: ${st.step}`, value: Number(st.seconds.toFixed(2)), unit: 's', peer: null, peerValue: null })
+    fig({ name: 'install total (host image, 12 GiB SSD + 2 GiB HDD, default layout)', value: Number(report.steps.reduce((n, x) => n + x.seconds, 0).toFixed(2)), unit: 's', peer: null, peerValue: null })
+    const write = report.steps.find((x) => x.step === 'write the root image to slot A')!.seconds
+    const t0 = performance.now()
+    await execa('dd', [`if=${path.join(imageDir, 'root.img')}`, `of=${ssd}`, 'bs=4M', 'oflag=direct,seek_bytes', `seek=${report.disks[0]!.partitions[0]!.firstLba * 512}`, 'conv=fsync,notrunc', 'status=none'])
+    const dd = (performance.now() - t0) / 1000
+    const mbps = (x: number) => Number((imageBytes / 2 ** 20 / x).toFixed(1))
+    fig({ name: 'install image write to slot A (zstd transport, chunk hashes, O_DIRECT write, read-back)', value: mbps(write), unit: 'MiB/s of image',
+      peer: 'dd bs=4M oflag=direct conv=fsync of the raw image, same slot', peerValue: mbps(dd), note: 'higher is better; labhost also decompresses and reads everything back' })
+  } finally {
+    await detachLoop(ssd!)
+    await detachLoop(hdd!)
+    for (const f of files) fs.rmSync(f, { force: true })
+  }
 }
 
 try {
@@ -127,6 +179,7 @@ try {
   fig({ name: 'host image, raw ext4 size', value: host.manifest.image.size, unit: 'bytes', peer: null, peerValue: null })
   fig({ name: 'host image, zstd transport size', value: host.manifest.transport.size, unit: 'bytes', peer: 'raw image', peerValue: host.manifest.image.size })
   await benchUpdateWrite(path.join(dir, 'host'), host.manifest.image.size)
+  await benchInstall(path.join(dir, 'host'), host.manifest.image.size)
   fig({ name: 'labhost executable size', value: fs.statSync(path.join(root, 'dist/labhost')).size, unit: 'bytes', peer: null, peerValue: null })
 
   const machine = { cpu: os.cpus()[0]?.model ?? 'unknown', cores: os.cpus().length, memGiB: Math.round(os.totalmem() / 2 ** 30), kernel: os.release(), node: process.version }

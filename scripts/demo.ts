@@ -1,9 +1,9 @@
-// npm run demo: the main job on the embedded default, as far as labhost has grown.
-// Builds the `test` image twice (versions 1.0.0 and 1.1.0, signed), lays out a virtual SSD and
-// HDD by the test layout with 1.0.0 in slot A (`labhost install` will do this step once the
-// installer issue lands), serves 1.1.0 over HTTP on this machine's loopback, boots the host in
-// QEMU where it runs `labhost update http://… --reboot` through QEMU user networking, reboots
-// into 1.1.0 on trial in slot B, and marks it good.
+// npm run demo: the main job on the embedded default. Builds the `test` image twice (1.0.0 and
+// 1.1.0, signed) and an installer stick with 1.0.0; boots the stick in QEMU on a blank
+// Dell-shaped PC with a virtual SSD and HDD, where `labhost install` images them unattended and
+// powers off; serves 1.1.0 over HTTP on this machine's loopback; boots the PC from its SSD, where
+// the host runs `labhost update http://… --reboot` through QEMU user networking; boots 1.1.0 on
+// trial in slot B and marks it good.
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -13,17 +13,17 @@ import { generateKeyPair } from '../image-build/manifest.ts'
 import { loadRecipe, writeRecipeVariant } from '../image-build/recipe.ts'
 import { serveDirectory } from '../lib/http-serve.ts'
 import { bootUntilPowerOff } from '../vm-tests/qemu.ts'
-import { buildHostDisks, GUEST_SERVER, stageUpdatePlan } from '../vm-tests/fixtures/host-disks.ts'
+import { GUEST_SERVER, stageUpdatePlan } from '../vm-tests/fixtures/host-disks.ts'
+import { buildStick } from '../image-build/stick.ts'
+import { planDisk } from '../installer/partition.ts'
 
 const root = path.resolve(import.meta.dirname, '..')
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'labhost-demo-'))
 const say = (s: string) => console.log(`demo: ${s}`)
 let failed = false
 try {
-  if (!fs.existsSync(path.join(root, 'dist/labhost'))) {
-    say('building dist/labhost (the images carry it)')
-    await execa(process.execPath, [path.join(root, 'scripts/build.ts')], { stdio: 'inherit' })
-  }
+  say('building dist/labhost (the images and the stick carry it)')
+  await execa(process.execPath, [path.join(root, 'scripts/build.ts')], { stdio: 'inherit' })
   const keys = generateKeyPair(path.join(dir, 'keys'))
   const v2Recipe = writeRecipeVariant('test', path.join(dir, 'test-1.1.0.yaml'), (r) => { r.version = '1.1.0' })
   const v1 = await buildImage('test', { out: path.join(dir, 'v1'), keyFile: keys.privateKeyFile })
@@ -31,9 +31,27 @@ try {
   const v2 = await buildImage(v2Recipe, { out: path.join(dir, 'v2'), keyFile: keys.privateKeyFile })
   say(`built test ${v2.manifest.version}`)
 
+  // The technician's part: a stick with 1.0.0 and install.yaml, booted on a blank Dell PC.
+  const config = path.join(dir, 'install.yaml')
+  fs.writeFileSync(config, 'models: [{ vendor: Dell Inc., product: OptiPlex 7010 }]\ndisks:\n  ssd: { rotational: false, minSizeGiB: 0.5 }\n  hdd: { rotational: true, minSizeGiB: 0.05 }\nfinish: poweroff\n')
+  const stick = await buildStick({ imageDir: path.join(dir, 'v1'), config, out: path.join(dir, 'stick.img'), keyFile: keys.privateKeyFile })
+  say(`built the installer stick ${stick.out} (${stick.sizeBytes >> 20} MiB) with 1.0.0 and install.yaml`)
+  const ssd = path.join(dir, 'ssd.img')
+  const hdd = path.join(dir, 'hdd.img')
+  for (const [f, mib] of [[ssd, 640], [hdd, 64]] as const) {
+    fs.writeFileSync(f, '')
+    fs.truncateSync(f, mib << 20)
+  }
+  say('boot 0: a blank Dell OptiPlex 7010 (SSD + HDD) boots the stick; labhost install runs unattended')
+  const inst = await bootUntilPowerOff({
+    smbios: { manufacturer: 'Dell Inc.', product: 'OptiPlex 7010' },
+    disks: [{ file: stick.out, bus: 'usb-storage', bootIndex: 0 }, { file: ssd, bus: 'ide-hd', rotationRate: 1, bootIndex: 1 }, { file: hdd, bus: 'ide-hd', rotationRate: 7200, bootIndex: 2 }],
+  }, 600_000, /labhost install refused/)
+  const instExit = /LABHOST-STICK-INSTALL-END exit=(\d+)/.exec(inst.serial)?.[1]
+  say(`installed under ${inst.accel} in ${inst.seconds.toFixed(1)} s: labhost install exit ${instExit ?? '?'}${inst.poweredOff ? ', powered off' : ''}`)
+  if (instExit !== '0') throw new Error(`the install failed:\n${inst.serial.slice(-3000)}`)
   const layout = loadRecipe('test').layout
-  const disks = await buildHostDisks(dir, layout, path.join(dir, 'v1/root.img'), { slots: ['A'], flag: 'A', restMiB: 96 })
-  say(`virtual SSD ${disks.ssd} (${disks.ssdPlan.map((p) => p.name).join(', ')}) and HDD ${disks.hdd} (${disks.hddPlan.map((p) => p.name).join(', ')}); 1.0.0 in slot A`)
+  const disks = { ssd, hdd, ssdPlan: planDisk(layout, 'ssd', fs.statSync(ssd).size, 512), hddPlan: planDisk(layout, 'hdd', fs.statSync(hdd).size, 512) }
 
   const server = await serveDirectory(path.join(dir, 'v2'))
   say(`serving ${path.join(dir, 'v2')} at ${server.url} (the guest sees it as ${GUEST_SERVER})`)
@@ -60,7 +78,7 @@ try {
   const second = await boot({ version: '1.1.0', slot: 'B' })
   say(/LABHOST-MARK (.*)/.exec(second)?.[1]?.trim() ?? 'not marked good')
   if (!/LABHOST-MARK slot B/.test(second)) failed = true
-  say(failed ? 'FAILED' : 'built, laid out SSD+HDD, booted 1.0.0 from A, updated to 1.1.0 over HTTP into B, booted it on trial, marked it good')
+  say(failed ? 'FAILED' : 'built, installed from the stick onto SSD+HDD, booted 1.0.0 from A, updated to 1.1.0 over HTTP into B, booted it on trial, marked it good')
 } catch (e) {
   failed = true
   console.error(`demo: ${(e as Error).message}`)
