@@ -163,6 +163,8 @@ export async function runInstall(o: InstallOptions): Promise<{ plan: InstallPlan
     const t0 = Date.now()
     const r = await fn()
     steps.push({ step: name, seconds: (Date.now() - t0) / 1000 })
+    // fault injection for the tests: die here as a power cut would stop the install
+    if (process.env.LABHOST_FAULT_AFTER_STEP === name) process.kill(process.pid, 'SIGKILL')
     return r
   }
   const { plan, config } = await step('check machine, image and disks', () => planInstall(o))

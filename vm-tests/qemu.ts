@@ -43,7 +43,9 @@ export function qemuArgs(spec: VmSpec, accel: Accel, serialFile: string): string
   const args = ['-machine', 'pc', '-accel', accel, '-m', String(spec.memoryMb ?? 512), '-display', 'none',
     '-serial', `file:${serialFile}`, '-monitor', 'none', '-no-reboot']
   if (spec.net) {
-    const fwd = spec.net.forwards.map((f) => `,guestfwd=tcp:10.0.2.100:${f.guestPort}-tcp:127.0.0.1:${f.hostPort}`).join('')
+    // cmd: runs one `nc` per guest connection (a tcp: chardev would be one connection, opened
+    // when QEMU starts, shared by every guest connection)
+    const fwd = spec.net.forwards.map((f) => `,guestfwd=tcp:10.0.2.100:${f.guestPort}-cmd:busybox nc 127.0.0.1 ${f.hostPort}`).join('')
     args.push('-netdev', `user,id=n0,restrict=on${fwd}`, '-device', 'virtio-net-pci,netdev=n0')
   } else {
     args.push('-nic', 'none')

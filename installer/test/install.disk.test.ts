@@ -3,6 +3,9 @@
 // SSD+HDD are imaged, a re-run keeps the identity, and every refusal leaves both disks
 // byte-identical with its own exit code and a refusal report on the "stick".
 import fs from 'node:fs'
+import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { execa } from 'execa'
 import t, { type Test } from 'tap'
 import YAML from 'yaml'
 import { ExitCode } from '../../lib/errors.ts'
@@ -131,6 +134,34 @@ t.test('BIOS settings through install: planned in --dry-run, applied and reporte
   t.equal(r.code, 0, { stderr: r.stderr })
   t.match(JSON.parse(r.stdout).bios, { backend: 'sysfs', changes: [{ name: 'Virtualization', from: 'Disabled', to: 'Enabled' }] })
   t.equal(fs.readFileSync(`${fw}/attributes/Virtualization/current_value`, 'utf8'), 'Enabled')
+})
+
+t.test('an install cut off after any step, or killed in the middle of the image write, succeeds when run again', async (t) => {
+  const cuts = ['BIOS settings', 'partition the SSD', 'partition the HDD', 'write the root image to slot A', 'install gptmbr', 'mid-write']
+  for (const cut of cuts) {
+    const m = await machine(t)
+    if (cut === 'mid-write') {
+      // SIGKILL while slot A is being written
+      const child = execa(process.execPath, [path.join(import.meta.dirname, '../../cli/bin.ts'), ...m.args()], { reject: false })
+      let err = ''
+      child.stderr!.on('data', (d) => { err += String(d) })
+      while (!/step: write the root image/.test(err) && child.exitCode === null) await sleep(20)
+      await sleep(300)
+      child.kill('SIGKILL')
+      const r = await child
+      t.equal(r.signal, 'SIGKILL', 'killed mid-write')
+    } else {
+      const r = await execa(process.execPath, [path.join(import.meta.dirname, '../../cli/bin.ts'), ...m.args()], { reject: false, env: { LABHOST_FAULT_AFTER_STEP: cut } })
+      t.equal(r.signal, 'SIGKILL', `cut after "${cut}"`, { stderr: r.stderr })
+    }
+    const again = await runCli([...m.args(), '--json'])
+    t.equal(again.code, 0, `re-run after a cut at "${cut}" succeeds`, { stderr: again.stderr })
+    const gpt = readGpt(openGptDisk(m.ssd))
+    t.equal(slotStatus(gpt).active, 'A')
+    await run('zstd', ['-d', '-q', '-f', '-o', `${dir}/raw.img`, `${image}/root.img.zst`])
+    t.ok(readRange(m.ssd, Number(gpt.entries[0]!.firstLba) * 512, manifest.image.size).equals(fs.readFileSync(`${dir}/raw.img`)), 'slot A holds the image')
+    t.match((await persistentFiles(m))['machine-uuid'], /^[0-9a-f-]{36}\n$/, 'identity present')
+  }
 })
 
 const refusals: { name: string; setup: (t: Test) => Promise<{ m: Machine; extra?: string[] }>; code: number; message: RegExp }[] = [
