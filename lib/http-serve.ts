@@ -77,7 +77,8 @@ export async function serveDirectory(root: string, o: ServeOptions = {}): Promis
         const part = buf.subarray(0, fault.dropAfter - record.bytes)
         record.bytes += part.length
         stream.destroy()
-        res.write(part, () => res.socket?.destroy())
+        // end, not destroy: the bytes written reach the client, then the connection closes early
+        res.write(part, () => res.socket?.end())
         return
       }
       record.bytes += buf.length
