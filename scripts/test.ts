@@ -1,5 +1,5 @@
-// npm test: every *.{unit,disk,vm}.test.ts file under tap. Unit and disk tests run two at a time;
-// VM tests one at a time (two cores: never two VM suites at once). Ends with `N passed, N failed`.
+// npm test: every *.{unit,disk,vm}.test.ts file under tap. VM tests one at a time (two cores:
+// never two VM suites at once), unit and disk tests beside them. Ends with `N passed, N failed`.
 import fs from 'node:fs'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
@@ -37,22 +37,27 @@ if (kinds.some((k) => k !== 'unit')) {
 
 const totals = { pass: 0, fail: 0, skip: 0, todo: 0 }
 let tapFailed = false
-const groups: { files: string[]; jobs: number; timeout: number }[] = [
-  { files: [...(kinds.includes('unit') ? pick('unit') : []), ...(kinds.includes('disk') ? pick('disk') : [])], jobs: 2, timeout: 600 },
-  { files: kinds.includes('vm') ? pick('vm') : [], jobs: 1, timeout: 1800 },
+const vmFiles = kinds.includes('vm') ? pick('vm') : []
+const otherFiles = [...(kinds.includes('unit') ? pick('unit') : []), ...(kinds.includes('disk') ? pick('disk') : [])]
+// Two cores: the VM tests run one at a time on one, and the unit and disk tests beside them on
+// the other (one at a time then; two at a time when there is no VM test to share with).
+const groups: { name: string; files: string[]; jobs: number; timeout: number; live: boolean }[] = [
+  { name: 'VM tests', files: vmFiles, jobs: 1, timeout: 1800, live: true },
+  { name: 'unit and disk tests', files: otherFiles, jobs: vmFiles.length ? 1 : 2, timeout: 900, live: !vmFiles.length },
 ]
-for (const g of groups) {
-  if (!g.files.length) continue
+await Promise.all(groups.filter((g) => g.files.length).map(async (g) => {
   const p = execa('tap', [`--jobs=${g.jobs}`, `--timeout=${g.timeout}`, ...g.files], { cwd: root, reject: false, all: true, preferLocal: true })
-  p.all?.pipe(process.stdout)
+  if (g.live) p.all?.pipe(process.stdout)
   const r = await p
+  // the group that ran beside the live one prints when it is done, in one piece
+  if (!g.live) console.log(`\n# ---- ${g.name} (ran beside the VM tests) ----\n${String(r.all ?? '')}\n# ---- end of ${g.name} ----\n`)
   const summary = /# \{ ([^}]*) \}/.exec(String(r.all ?? ''))?.[1] ?? ''
   for (const kv of summary.split(',')) {
-    const [k, v] = kv.split(':').map((s) => s.trim())
+    const [k, v] = kv.split(':').map((x) => x.trim())
     if (k && k in totals) totals[k as keyof typeof totals] += Number(v)
   }
   if (r.exitCode !== 0) tapFailed = true
-}
+}))
 if (tapFailed && totals.fail === 0) totals.fail = 1 // tap failed without counting a failure (crash, timeout)
 console.log(`${totals.pass} passed, ${totals.fail} failed${totals.skip ? `, ${totals.skip} skipped` : ''}`)
 process.exit(totals.fail > 0 || totals.pass === 0 ? 1 : 0)

@@ -1,4 +1,5 @@
-// labhost update run by the host itself, in QEMU, five boots:
+// labhost update run by the host itself, in QEMU, five boots (the initramfs's trial and rollback
+// and labhost mark-good, end to end):
 //  1. 1.0.0 (slot A) updates from a local directory to 1.5.0, a deliberately broken image whose
 //     userspace dies at once (never marks good), and reboots with --reboot;
 //  2. 1.5.0 boots on trial in B, dies (kernel panic, reboot);
@@ -54,6 +55,7 @@ t.test('broken 1.5.0 rolls back to 1.0.0 by itself; 2.0.0 over HTTP boots on tri
     return r.serial
   }
 
+  const gptBefore = fs.readFileSync(disks.ssd).subarray(0, 34 * 512)
   const b1 = await boot(1)
   t.match(b1, /LABHOST-USERSPACE version=1\.0\.0 slot=A/)
   t.match(b1, /LABHOST-STEP broken/)
@@ -65,12 +67,14 @@ t.test('broken 1.5.0 rolls back to 1.0.0 by itself; 2.0.0 over HTTP boots on tri
 
   const b3 = await boot(3)
   t.match(b3, /LABHOST-ROLLBACK from=B to=A/, 'the initramfs rolls back by itself', { serial: b3.slice(-3000) })
+  t.ok(fs.readFileSync(disks.ssd).subarray(0, 34 * 512).equals(gptBefore), 'the primary GPT region is byte for byte what it was before the update')
 
   const b4 = await boot(4)
   t.match(b4, /LABHOST-USERSPACE version=1\.0\.0 slot=A/, '1.0.0 runs again')
   const [rolledBack] = statusLines(b4)
   t.match(rolledBack?.lastResult, { RESULT: 'rolled-back', FROM: 'B', TO: 'A', VERSION: '1.5.0', FROM_VERSION: '1.0.0' }, 'labhost status reports the rollback')
   t.equal(rolledBack?.gpt?.active, 'A')
+  t.match(rolledBack?.gpt, { primaryValid: true, backupValid: true, tablesAgree: true }, 'both GPTs valid and in agreement after the rollback')
   t.match(b4, /LABHOST-STEP v2/)
   t.notMatch(b4, /LABHOST-UPDATE-EXIT/, 'the HTTP update succeeded and rebooted', { serial: b4.slice(-3000) })
   t.same(server.requests.map((q) => [q.path, q.status]), [['/v2/manifest.json', 200], ['/v2/root.img.zst', 200]], 'the guest fetched the manifest and the image from the loopback server')
