@@ -35,6 +35,14 @@ if (kinds.some((k) => k !== 'unit')) {
   }
 }
 
+// tap rebuilds itself for our plugin set on its first run; two tap runs at once would race on it
+const built = await execa('tap', ['build'], { cwd: root, reject: false, all: true, preferLocal: true })
+if (built.exitCode !== 0) {
+  console.log(String(built.all))
+  console.log('0 passed, 1 failed')
+  process.exit(1)
+}
+
 const totals = { pass: 0, fail: 0, skip: 0, todo: 0 }
 let tapFailed = false
 const vmFiles = kinds.includes('vm') ? pick('vm') : []
