@@ -73,7 +73,9 @@ export interface InstallReport extends Omit<InstallPlan, 'bios'> {
 function pickDisk(role: DiskRole, config: InstallConfig, named: string | undefined, excluded: Set<string>, sysRoot: string): BlockDisk {
   const match = config.disks[role]!
   if (!named) return selectDisk(role, match, listDisks(sysRoot), excluded)
-  if (!fs.existsSync(named)) throw new LabhostError('diskMissing', `--${role} ${named} does not exist`, 'name an existing disk; nothing was written')
+  if (!fs.existsSync(named) || !fs.statSync(named).isBlockDevice()) {
+    throw new LabhostError('diskMissing', `--${role} ${named} is not a block device`, 'name a disk such as /dev/sdb (losetup makes one of an image file); nothing was written')
+  }
   const d = { ...describeBlockDisk(diskNameOf(named)), path: named }
   if (excluded.has(d.name)) throw new LabhostError('diskIsBootMedium', `--${role} ${named} is the installer's own medium`, 'the stick is never a target; nothing was written')
   if (d.sizeBytes < match.minSizeGiB * 2 ** 30) {

@@ -22,7 +22,7 @@ export interface ImageTarget {
 
 function chunkMismatch(manifest: Manifest, index: number, what: string): LabhostError {
   return new LabhostError('hashMismatch', `${what}: chunk ${index} (bytes ${index * manifest.image.chunkSize}..) does not match the signed manifest`,
-    'the download or the disk corrupted the image; run the update again (slot in use and GPT untouched)')
+    'the download or the disk corrupted the image: run it again (only the target slot was written, nothing was switched)')
 }
 
 /**
@@ -65,6 +65,8 @@ export async function writeImage(target: ImageTarget, manifest: Manifest, source
     { buffer: false, reject: false, stdin: 'pipe', stdout: 'ignore', stderr: 'pipe', encoding: 'buffer' })
   const sinkErr: Buffer[] = []
   sink.stderr!.on('data', (d: Buffer) => sinkErr.push(d))
+  // a dd that dies early closes its stdin: its exit status reports that, not an EPIPE here
+  sink.stdin!.on('error', () => {})
   // zstd decompresses a compressed stream; a raw image is read as it is.
   const zstd = source.compressed ? execa('zstd', ['-dc'], { buffer: false, encoding: 'buffer', reject: false, stdin: 'pipe', stderr: 'pipe' }) : null
   let feedError: unknown
@@ -102,7 +104,7 @@ export async function writeImage(target: ImageTarget, manifest: Manifest, source
     if (r.exitCode === 0 && tail.length) await flushChunk(tail)
     if (r.exitCode !== 0 || written !== manifest.image.size) {
       throw new LabhostError('hashMismatch', `the transport file ends early: ${written} of ${manifest.image.size} bytes (${String(r.stderr ?? '').trim().split('\n').pop()})`,
-        'the download is truncated: fetch it again (slot in use and GPT untouched)')
+        'the download is truncated: run it again (only the target slot was written, nothing was switched)')
     }
   } catch (e) {
     sink.kill()
@@ -113,7 +115,7 @@ export async function writeImage(target: ImageTarget, manifest: Manifest, source
   const w = await sink
   if (w.exitCode !== 0) {
     throw new LabhostError('io', `writing ${target.name} of ${target.disk} failed: ${Buffer.concat(sinkErr).toString().trim() || `dd exit ${w.exitCode}`}`,
-      'check the disk (dmesg); the running slot and the GPT were not touched')
+      'check the disk (dmesg); only the target slot was written, nothing was switched')
   }
 }
 
