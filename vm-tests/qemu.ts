@@ -15,6 +15,11 @@ export interface VmDisk {
   readOnly?: boolean
   /** SeaBIOS boot order: lower boots first. */
   bootIndex?: number
+  /**
+   * Record every write and flush the guest sends to this disk into this file (QEMU's
+   * blklogwrites driver, dm-log-writes format; vm-tests/write-log.ts reads it).
+   */
+  writeLog?: string
 }
 
 export interface VmSpec {
@@ -55,7 +60,13 @@ export function qemuArgs(spec: VmSpec, accel: Accel, serialFile: string): string
   if (spec.disks.some((d) => d.bus === 'usb-storage')) args.push('-device', 'qemu-xhci,id=xhci')
   let ide = 0
   spec.disks.forEach((d, i) => {
-    args.push('-drive', `file=${d.file},format=raw,if=none,id=d${i}${d.readOnly ? ',readonly=on' : ''}`)
+    if (d.writeLog) {
+      fs.writeFileSync(d.writeLog, '')
+      args.push('-blockdev', `driver=file,node-name=f${i},filename=${d.file}`, '-blockdev', `driver=file,node-name=l${i},filename=${d.writeLog}`,
+        '-blockdev', `driver=blklogwrites,node-name=d${i},file=f${i},log=l${i},log-sector-size=512`)
+    } else {
+      args.push('-drive', `file=${d.file},format=raw,if=none,id=d${i}${d.readOnly ? ',readonly=on' : ''}`)
+    }
     const bs = (d.logicalBlockSize ? `,logical_block_size=${d.logicalBlockSize},physical_block_size=${d.logicalBlockSize}` : '') +
       (d.bootIndex !== undefined ? `,bootindex=${d.bootIndex}` : '')
     if (d.bus === 'ide-hd') {
