@@ -47,6 +47,42 @@ export function describeDisk(diskPath: string, fileSectorSize?: number): DiskInf
   return { path: diskPath, isBlockDevice: false, sizeBytes: st.size, sectorSize: fileSectorSize ?? 512 }
 }
 
+/**
+ * One write(2) of one sector with O_DIRECT|O_DSYNC, then fsync: the device sees exactly that
+ * sector (a buffered write would reach it as a whole page). O_DIRECT needs a buffer aligned to
+ * the logical sector; Node cannot ask for one, so the sector is copied to successive offsets of
+ * a larger buffer until the kernel accepts the address (a misaligned O_DIRECT write fails with
+ * EINVAL before any I/O). Returns false where O_DIRECT is not possible, for the caller's fallback.
+ */
+function writeOneSectorDirect(device: string, byteOffset: number, data: Buffer): boolean {
+  const { O_WRONLY, O_DIRECT, O_DSYNC } = fs.constants
+  if (O_DIRECT === undefined) return false
+  let fd: number
+  try {
+    fd = fs.openSync(device, O_WRONLY | O_DIRECT | O_DSYNC)
+  } catch {
+    return false
+  }
+  try {
+    const pool = Buffer.allocUnsafeSlow(data.length + 8192)
+    for (let at = 0; at <= 8192; at += 16) {
+      const buf = pool.subarray(at, at + data.length)
+      data.copy(buf)
+      try {
+        const n = fs.writeSync(fd, buf, 0, buf.length, byteOffset)
+        if (n !== buf.length) throw new LabhostError('io', `short write to ${device}`, 'check the disk')
+        fs.fsyncSync(fd)
+        return true
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EINVAL') throw e
+      }
+    }
+    return false
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
 export class Disk {
   readonly info: DiskInfo
   private fd: number
@@ -103,6 +139,7 @@ export class Disk {
       throw new LabhostError('internal', `refusing a ${data.length}-byte write to a ${this.sectorSize}-byte sector`, 'this is a bug in labhost')
     }
     if (this.info.isBlockDevice) {
+      if (writeOneSectorDirect(this.info.path, Number(lba) * this.sectorSize, data)) return
       // O_DIRECT write, then fsync before dd exits (busybox dd, on the hosts, has no oflag=dsync)
       await run('dd', [`of=${this.info.path}`, `bs=${this.sectorSize}`, `seek=${lba}`, 'count=1',
         'iflag=fullblock', 'oflag=direct', 'conv=notrunc,fsync', 'status=none'], { input: data })

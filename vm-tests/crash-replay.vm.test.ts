@@ -51,6 +51,8 @@ t.test('every crash point of a recorded update boots 1.0.0 or 2.0.0; a naive swi
   // The naive switch: the same commit, but only the attribute bytes flipped (no compensation).
   const commitIndex = writes.findIndex((w) => w.offset <= 1024 && w.offset + w.length > 1024 && w.data && !w.data.subarray(1024 - w.offset, 1536 - w.offset).equals(fs.readFileSync(before).subarray(1024, 1536)))
   t.ok(commitIndex > 0, `found the commit write (#${commitIndex})`)
+  t.equal(writes[commitIndex]!.length, 512, 'the commit reaches the disk as one 512-byte write (DESIGN §3.4)')
+  t.equal(writes[commitIndex]!.offset, 1024, 'at LBA 2, the sector holding both root entries')
   const naive = writes.map((w) => ({ ...w }))
   const sector = Buffer.from(fs.readFileSync(before).subarray(naive[commitIndex]!.offset, naive[commitIndex]!.offset + naive[commitIndex]!.length))
   for (const entry of [0, 1]) sector[1024 - naive[commitIndex]!.offset + entry * 128 + 48]! ^= 0x04
