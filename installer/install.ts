@@ -14,7 +14,7 @@ import type { Progress } from '../lib/progress.ts'
 import { planGptmbr } from '../bootloader/mbr.ts'
 import { applySectorWrites } from '../bootloader/sector-writes.ts'
 import { readPublicKey, verifyManifestSignature } from '../image-build/manifest.ts'
-import { openSource } from '../updater/source.ts'
+import { openSource, type UpdateSource } from '../updater/source.ts'
 import { verifyImage, writeImage } from '../updater/slot-writer.ts'
 import { writeDurable } from '../updater/host-state.ts'
 import { applyBios, planBios, type BiosPlan, type BiosResult } from './bios.ts'
@@ -111,7 +111,7 @@ function planOne(role: DiskRole, disk: BlockDisk, layout: Layout, config: Instal
   return { role, disk, content, partitions, erases }
 }
 
-export async function planInstall(o: InstallOptions): Promise<{ plan: InstallPlan; config: InstallConfig; layout: Layout }> {
+export async function planInstall(o: InstallOptions): Promise<{ plan: InstallPlan; config: InstallConfig; layout: Layout; source: UpdateSource }> {
   const config = loadInstallConfig(o.config)
   const machine = readMachine(o.sysRoot)
   requireModel(config, o.config, machine)
@@ -136,7 +136,7 @@ export async function planInstall(o: InstallOptions): Promise<{ plan: InstallPla
   if (image.bytes > (slotA.lastLba - slotA.firstLba + 1) * disks[0]!.disk.sectorSize) {
     throw new LabhostError('imageTooSmall', `the image (${image.bytes} bytes) is larger than slot A`, 'use an image built for this layout; nothing was written')
   }
-  return { plan: { machine, image, bios, disks, finish: config.finish }, config, layout }
+  return { plan: { machine, image, bios, disks, finish: config.finish }, config, layout, source }
 }
 
 export function renderPlan(p: InstallPlan, dryRun: boolean): string {
@@ -169,7 +169,7 @@ export async function runInstall(o: InstallOptions): Promise<{ plan: InstallPlan
     if (process.env.LABHOST_FAULT_AFTER_STEP === name) process.kill(process.pid, 'SIGKILL')
     return r
   }
-  const { plan, config } = await step('check machine, image and disks', () => planInstall(o))
+  const { plan, config, source } = await step('check machine, image and disks', () => planInstall(o))
   for (const line of renderPlan(plan, o.dryRun === true).split('\n')) log(line)
   if (o.dryRun) return { plan }
   const bios = await step('BIOS settings', () => applyBios(plan.bios, config.bios, o.config, o.sysRoot))
@@ -184,7 +184,7 @@ export async function runInstall(o: InstallOptions): Promise<{ plan: InstallPlan
   const ssd = plan.disks[0]!
   const slotA = ssd.partitions[0]!
   await step('write the root image to slot A', async () => {
-    const source = await openSource(o.image)
+    // the source whose manifest was verified in the plan: its chunk hashes check the write
     const target = { disk: ssd.disk.path, firstByte: slotA.firstLba * ssd.disk.sectorSize, name: 'slot A' }
     await writeImage(target, source.manifest, source, o.progress?.('writing'))
     await verifyImage(target, source.manifest, o.progress?.('verifying'))

@@ -8,7 +8,7 @@ import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import got, { HTTPError, type Response } from 'got'
 import { LabhostError } from '../lib/errors.ts'
-import { parseManifest, type Manifest } from '../image-build/manifest.ts'
+import { parseManifest, readManifest, type Manifest } from '../image-build/manifest.ts'
 
 export interface FetchOptions {
   /** Failed attempts in a row (no byte gained) before giving up. */
@@ -52,13 +52,7 @@ export async function openSource(spec: string, fetch: FetchOptions = DEFAULT_FET
 function openLocalSource(spec: string): UpdateSource {
   if (!fs.existsSync(spec)) throw new LabhostError('notFound', `${spec} does not exist`, 'name an image directory, its manifest.json, or an http(s) URL of one')
   const manifestFile = fs.statSync(spec).isDirectory() ? path.join(spec, 'manifest.json') : spec
-  let text: string
-  try {
-    text = fs.readFileSync(manifestFile, 'utf8')
-  } catch (e) {
-    throw new LabhostError('manifestInvalid', `${manifestFile} is not a readable manifest: ${(e as Error).message}`, 'point at the manifest.json written by `labhost image build`')
-  }
-  const manifest = parseManifest(text, manifestFile)
+  const manifest = readManifest(manifestFile)
   const dir = path.dirname(manifestFile)
   const stats = { requests: 0, resumes: 0, failures: [] }
   // The raw image, when it is there at its full size, saves the decompression (a build
