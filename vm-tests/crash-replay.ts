@@ -118,22 +118,17 @@ export function replay(input: ReplayInput): ReplayReport {
         choices.set(sector, list)
       }
     }
-    // per slot: whole before the epoch, and whole if all its writes of the epoch land
+    // the primary region as the epoch found it; then the epoch lands in full: per slot, whole
+    // before it and whole once all its writes of the epoch are there
+    const region = Buffer.from(disk.subarray(0, regionBytes))
     const touched = new Set(ws.map(slotOf).filter((s) => s !== null))
     const before = { ...whole }
+    for (const w of input.writes.slice(epochStart, end)) apply(w)
     const after = { ...whole }
-    if (touched.size) {
-      const copy = Buffer.from(disk)
-      for (const w of ws) {
-        if (w.data) w.data.copy(copy, w.offset)
-        else copy.fill(0, w.offset, w.offset + w.length)
-      }
-      for (const s of touched) after[s] = wholeImage(copy.subarray(input.slots[s].offset, input.slots[s].offset + input.slots[s].bytes), images)
-    }
+    for (const s of touched) after[s] = wholeImage(slotBytes(s), images)
     const slotOptions = (s: 'A' | 'B') => (touched.has(s) ? [...new Set([before[s], after[s], null])] : [before[s]])
     const sectors = [...choices.keys()]
     const combos = sectors.reduce((n, s) => n * choices.get(s)!.length, 1)
-    const region = Buffer.from(disk.subarray(0, regionBytes))
     for (let c = 0; c < combos; c++) {
       let k = c
       for (const s of sectors) {
@@ -150,8 +145,7 @@ export function replay(input: ReplayInput): ReplayReport {
         }
       }
     }
-    for (const w of input.writes.slice(epochStart, end)) apply(w)
-    whole = { ...after }
+    whole = after
     epochStart = end
   }
   input.writes.forEach((w, i) => {
