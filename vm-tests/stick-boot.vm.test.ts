@@ -8,11 +8,9 @@ import t, { type Test } from 'tap'
 import YAML from 'yaml'
 import { ExitCode } from '../lib/errors.ts'
 import { run } from '../lib/exec.ts'
-import { withMount } from '../lib/loop.ts'
-import { withPartitionDevice } from '../lib/partition-dev.ts'
 import { hashWhole, runCli, sparseFile, tmpDir } from '../lib/test-helpers.ts'
-import { openGptDisk, readGpt } from '../bootloader/gpt.ts'
 import { bootUntilPowerOff, type VmDisk } from './qemu.ts'
+import { readPartitionFiles } from './fixtures/host-disks.ts'
 
 const MiB = 1 << 20
 const DELL = { manufacturer: 'Dell Inc.', product: 'OptiPlex 7010' }
@@ -42,16 +40,20 @@ async function newStick(t: Test): Promise<string> {
   return f
 }
 
-async function stickFile(stick: string, file: string): Promise<string> {
+/** mtools' view of the stick's FAT data partition (its second GPT entry). */
+async function stickData(stick: string): Promise<{ image: string; env: Record<string, string> }> {
   const first = Number(/First sector: (\d+)/.exec((await run('sgdisk', ['-i', '2', stick])).stdout)?.[1])
-  const env = { ...process.env, MTOOLS_SKIP_CHECK: '1' } as Record<string, string>
-  return (await run('mtype', ['-i', `${stick}@@${first * 512}`, `::/${file}`], { env })).stdout
+  return { image: `${stick}@@${first * 512}`, env: { ...process.env, MTOOLS_SKIP_CHECK: '1' } as Record<string, string> }
+}
+
+async function stickFile(stick: string, file: string): Promise<string> {
+  const { image, env } = await stickData(stick)
+  return (await run('mtype', ['-i', image, `::/${file}`], { env })).stdout
 }
 
 async function stickReports(stick: string): Promise<string[]> {
-  const first = Number(/First sector: (\d+)/.exec((await run('sgdisk', ['-i', '2', stick])).stdout)?.[1])
-  const env = { ...process.env, MTOOLS_SKIP_CHECK: '1' } as Record<string, string>
-  return (await run('mdir', ['-b', '-i', `${stick}@@${first * 512}`, '::/reports'], { env })).stdout.split('\n').map((l) => l.trim().replace(/^.*\//, '')).filter((l) => l.endsWith('.json'))
+  const { image, env } = await stickData(stick)
+  return (await run('mdir', ['-b', '-i', image, '::/reports'], { env })).stdout.split('\n').map((l) => l.trim().replace(/^.*\//, '')).filter((l) => l.endsWith('.json'))
 }
 
 const ssdDisk = (file: string, bootIndex = 1): VmDisk => ({ file, bus: 'ide-hd', rotationRate: 1, bootIndex })
@@ -64,14 +66,7 @@ async function bootStick(t: Test, stick: string, disks: VmDisk[], smbios = DELL)
   return { ...r, exit: Number(/LABHOST-STICK-INSTALL-END exit=(\d+)/.exec(r.serial)?.[1] ?? NaN) }
 }
 
-async function persistentFiles(ssd: string): Promise<Record<string, string>> {
-  const p = readGpt(openGptDisk(ssd)).entries.find((e) => e.name === 'persistent')!
-  return withPartitionDevice(ssd, { number: p.number, firstLba: Number(p.firstLba), lastLba: Number(p.lastLba) }, 512, (dev) => withMount(dev, async (root) => {
-    const out: Record<string, string> = {}
-    for (const f of ['machine-uuid', 'ssh/ssh_host_ed25519_key', 'ssh/ssh_host_rsa_key.pub', 'install-report.json']) out[f] = fs.existsSync(`${root}/${f}`) ? fs.readFileSync(`${root}/${f}`, 'utf8') : ''
-    return out
-  }, { readOnly: true }))
-}
+const persistentFiles = (ssd: string) => readPartitionFiles(ssd, 'persistent', ['machine-uuid', 'ssh/ssh_host_ed25519_key', 'ssh/ssh_host_rsa_key.pub', 'install-report.json'])
 
 t.test('blank SSD + HDD: installed unattended, boots the lab host from the SSD; a re-run keeps the identity', async (t) => {
   const d = tmpDir(t)

@@ -10,14 +10,13 @@ import t, { type Test } from 'tap'
 import YAML from 'yaml'
 import { ExitCode } from '../../lib/errors.ts'
 import { run } from '../../lib/exec.ts'
-import { withMount } from '../../lib/loop.ts'
 import { hashWhole, loop, readRange, runCli, sparseFile, tmpDir } from '../../lib/test-helpers.ts'
 import { openGptDisk, readGpt } from '../../bootloader/gpt.ts'
 import { findGptmbr } from '../../bootloader/mbr.ts'
 import { slotStatus } from '../../bootloader/slots.ts'
 import { buildImage } from '../../image-build/build.ts'
 import { generateKeyPair, type Manifest } from '../../image-build/manifest.ts'
-import { withPartitionDevice } from '../../lib/partition-dev.ts'
+import { readPartitionFiles } from '../../vm-tests/fixtures/host-disks.ts'
 
 const MiB = 1 << 20
 const dir = tmpDir(t, 'labhost-install-test-')
@@ -54,15 +53,7 @@ async function machine(t: Test, o: { product?: string; ssdMiB?: number; config?:
 
 const hashes = (m: Machine) => [hashWhole(m.ssd), hashWhole(m.hdd)]
 
-async function persistentFiles(m: Machine): Promise<Record<string, string>> {
-  const gpt = readGpt(openGptDisk(m.ssd))
-  const p = gpt.entries.find((e) => e.name === 'persistent')!
-  return withPartitionDevice(m.ssd, { number: p.number, firstLba: Number(p.firstLba), lastLba: Number(p.lastLba) }, 512, (dev) => withMount(dev, async (root) => {
-    const out: Record<string, string> = {}
-    for (const f of ['machine-uuid', 'ssh/ssh_host_ed25519_key.pub', 'ssh/ssh_host_rsa_key.pub', 'install-report.json']) out[f] = fs.existsSync(`${root}/${f}`) ? fs.readFileSync(`${root}/${f}`, 'utf8') : ''
-    return out
-  }, { readOnly: true }))
-}
+const persistentFiles = (m: Machine) => readPartitionFiles(m.ssd, 'persistent', ['machine-uuid', 'ssh/ssh_host_ed25519_key.pub', 'ssh/ssh_host_rsa_key.pub', 'install-report.json'])
 
 t.test('blank SSD + HDD: dry run writes nothing; install partitions, writes slot A, gptmbr, identity, reports', async (t) => {
   const m = await machine(t)
