@@ -40,6 +40,8 @@ export interface UpdateSource {
   transport(): AsyncIterable<Buffer>
   /** false when the stream is the raw image itself (a local directory that has root.img). */
   compressed: boolean
+  /** The raw image as a local file: the writer reads it straight into its buffers. */
+  rawImageFile?: string
   stats: TransferStats
 }
 
@@ -59,7 +61,7 @@ function openLocalSource(spec: string): UpdateSource {
   // directory, an unpacked copy); its chunks are checked all the same.
   const raw = path.join(dir, path.basename(manifest.image.file))
   if (fs.existsSync(raw) && fs.statSync(raw).size === manifest.image.size) {
-    return { manifestWhere: manifestFile, manifest, transportWhere: raw, transport: () => fs.createReadStream(raw, { highWaterMark: 1 << 20 }), compressed: false, stats }
+    return { manifestWhere: manifestFile, manifest, transportWhere: raw, transport: () => fs.createReadStream(raw, { highWaterMark: 1 << 20 }), compressed: false, rawImageFile: raw, stats }
   }
   const transport = path.join(dir, path.basename(manifest.transport.file))
   if (!fs.existsSync(transport)) throw new LabhostError('notFound', `${transport} is missing`, 'copy the whole image directory; nothing was written')

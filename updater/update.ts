@@ -12,7 +12,7 @@ import { readPublicKey, verifyManifestSignature, type Manifest } from '../image-
 import { readBootInfo, readTrial, readVersion, type HostPaths } from './host-state.ts'
 import { writeTrialState } from './trial-state.ts'
 import { DEFAULT_FETCH, openSource, type FetchOptions, type UpdateSource } from './source.ts'
-import { verifyImage, writeImage } from './slot-writer.ts'
+import { verifyImage, writeImage, type WriteStats } from './slot-writer.ts'
 import type { Progress } from '../lib/progress.ts'
 
 export interface UpdateOptions {
@@ -44,6 +44,8 @@ export interface UpdatePlan {
 export interface UpdateResult extends UpdatePlan {
   seconds: { write: number; verify: number; total: number }
   transfer: UpdateSource['stats']
+  /** How the slot's bytes reached the disk (absent on --dry-run). */
+  written?: WriteStats
 }
 
 function compareVersions(a: string, b: string): number {
@@ -137,7 +139,7 @@ export async function runUpdate(o: UpdateOptions): Promise<UpdateResult> {
     fs.writeSync(lock, `${process.pid}\n`)
     log(`writing ${manifest.name} ${manifest.version} from ${source.transportWhere} to slot ${plan.to.slot} of ${plan.disk}`)
     let t0 = Date.now()
-    await writeImage({ disk: plan.disk, firstByte: plan.to.firstByte, name: `slot ${plan.to.slot}` }, manifest, source, o.progress?.('write'))
+    const written = await writeImage({ disk: plan.disk, firstByte: plan.to.firstByte, name: `slot ${plan.to.slot}` }, manifest, source, o.progress?.('write'))
     seconds.write = (Date.now() - t0) / 1000
     await o.afterWrite?.()
     log(`reading slot ${plan.to.slot} back`)
@@ -161,7 +163,7 @@ export async function runUpdate(o: UpdateOptions): Promise<UpdateResult> {
       disk.close()
     }
     seconds.total = (Date.now() - started) / 1000
-    return { ...plan, seconds, transfer: source.stats }
+    return { ...plan, seconds, transfer: source.stats, written }
   } finally {
     fs.closeSync(lock)
     fs.rmSync(lockFile, { force: true })

@@ -1,0 +1,107 @@
+// The image writer on its own, on real targets: a loop device with direct I/O (512-byte and 4Kn
+// sectors) and a plain file. The target range starts full of random bytes, so a chunk the writer
+// skipped or zeroed wrongly shows; the image has a long zero run (zeroed by the kernel), a short
+// one (written), and a last chunk that ends inside a 4 KiB block (the disk's bytes after it stay).
+import crypto from 'node:crypto'
+import fs from 'node:fs'
+import t from 'tap'
+import { execa } from 'execa'
+import { readRange, sparseFile, tmpDir, loop } from '../../lib/test-helpers.ts'
+import { hashChunks, type Manifest } from '../../image-build/manifest.ts'
+import { verifyImage, writeImage } from '../slot-writer.ts'
+import type { UpdateSource } from '../source.ts'
+
+const MiB = 1 << 20
+const CHUNK = MiB
+// chunk kinds: d = random data, 0 = zeros; the image ends 1234 bytes into chunk 13
+const KINDS = 'dd000000d00ddd'
+const SIZE = (KINDS.length - 1) * CHUNK + 1234
+const FIRST_BYTE = 3 * MiB
+
+function makeImage(file: string): Buffer {
+  const img = Buffer.alloc(SIZE)
+  ;[...KINDS].forEach((k, i) => {
+    if (k === 'd') crypto.randomFillSync(img, i * CHUNK, Math.min(CHUNK, SIZE - i * CHUNK))
+  })
+  fs.writeFileSync(file, img)
+  return img
+}
+
+function manifestFor(file: string): Manifest {
+  const h = hashChunks(file, CHUNK)
+  return { image: { file: 'root.img', size: h.size, sha256: h.sha256, chunkSize: CHUNK, chunks: h.chunks } } as Manifest
+}
+
+async function sourceFor(file: string, compressed: boolean): Promise<UpdateSource> {
+  if (compressed) await execa('zstd', ['-q', '-f', '-1', file, '-o', `${file}.zst`])
+  const f = compressed ? `${file}.zst` : file
+  return { manifestWhere: f, manifest: manifestFor(file), transportWhere: f, transport: () => fs.createReadStream(f, { highWaterMark: 300_000 }), compressed, stats: { requests: 0, resumes: 0, failures: [] } }
+}
+
+const targets = [
+  { name: 'loop device, 512-byte sectors, direct I/O', loop: { directIo: true } },
+  { name: 'loop device, 4096-byte sectors (4Kn), direct I/O', loop: { directIo: true, sectorSize: 4096 } },
+  { name: 'plain file', loop: null },
+] as const
+
+for (const target of targets) {
+  for (const compressed of [false, true]) {
+    t.test(`${target.name}, ${compressed ? 'zstd' : 'raw'} stream: the range holds the image exactly, the bytes after it are kept`, async (t) => {
+      const d = tmpDir(t)
+      const image = makeImage(`${d}/root.img`)
+      const backing = sparseFile(`${d}/disk.img`, 24 * MiB)
+      const garbage = crypto.randomBytes(24 * MiB)
+      fs.writeFileSync(backing, garbage)
+      const dev = target.loop ? await loop(t, backing, target.loop) : backing
+      const source = await sourceFor(`${d}/root.img`, compressed)
+      const progress: number[] = []
+      const stats = await writeImage({ disk: dev, firstByte: FIRST_BYTE, name: 'slot B' }, source.manifest, source, (done) => progress.push(done))
+      // the run of 6 zero chunks is zeroed by the kernel on a block device; the run of 2 is written
+      t.same(stats, target.loop ? { dataBytes: SIZE - 8 * CHUNK, kernelZeroedBytes: 6 * CHUNK, writtenZeroBytes: 2 * CHUNK }
+        : { dataBytes: SIZE - 8 * CHUNK, kernelZeroedBytes: 0, writtenZeroBytes: 8 * CHUNK }, 'zero chunks: not sent as data')
+      t.ok(readRange(backing, FIRST_BYTE, SIZE).equals(image), 'the range reads back as the image, zero chunks included')
+      t.ok(readRange(backing, 0, FIRST_BYTE).equals(garbage.subarray(0, FIRST_BYTE)), 'bytes before the range untouched')
+      t.ok(readRange(backing, FIRST_BYTE + SIZE, 24 * MiB - FIRST_BYTE - SIZE).equals(garbage.subarray(FIRST_BYTE + SIZE)), 'bytes after the image untouched (also inside its last 4 KiB block)')
+      t.equal(progress.at(-1), SIZE, 'progress reaches the image size')
+      await verifyImage({ disk: dev, firstByte: FIRST_BYTE, name: 'slot B' }, source.manifest)
+      t.pass('read-back verifies')
+    })
+  }
+}
+
+t.test('read-back catches one flipped byte in a zeroed run and in the odd tail, naming the chunk', async (t) => {
+  const d = tmpDir(t)
+  makeImage(`${d}/root.img`)
+  const backing = sparseFile(`${d}/disk.img`, 24 * MiB)
+  const dev = await loop(t, backing, { directIo: true })
+  const source = await sourceFor(`${d}/root.img`, false)
+  const target = { disk: dev, firstByte: FIRST_BYTE, name: 'slot B' }
+  await writeImage(target, source.manifest, source)
+  for (const [chunk, at] of [[4, 4 * CHUNK + 777], [13, SIZE - 1]] as const) {
+    const fd = fs.openSync(dev, 'r+')
+    const b = Buffer.alloc(1)
+    fs.readSync(fd, b, 0, 1, FIRST_BYTE + at)
+    b[0]! ^= 0x20
+    fs.writeSync(fd, b, 0, 1, FIRST_BYTE + at)
+    fs.fsyncSync(fd)
+    fs.closeSync(fd)
+    await t.rejects(verifyImage(target, source.manifest), new RegExp(`chunk ${chunk} \\(`), `chunk ${chunk} reported`)
+    await writeImage(target, source.manifest, source)
+    await verifyImage(target, source.manifest)
+  }
+})
+
+t.test('a chunk that does not match stops the writer before it is written; nothing after it is written', async (t) => {
+  const d = tmpDir(t)
+  const image = makeImage(`${d}/root.img`)
+  const source = await sourceFor(`${d}/root.img`, false)
+  const bad = Buffer.from(image)
+  bad[9 * CHUNK + 5]! ^= 1
+  fs.writeFileSync(`${d}/bad.img`, bad)
+  const backing = sparseFile(`${d}/disk.img`, 24 * MiB)
+  const dev = await loop(t, backing, { directIo: true })
+  const badSource = { ...source, transport: () => fs.createReadStream(`${d}/bad.img`) }
+  await t.rejects(writeImage({ disk: dev, firstByte: FIRST_BYTE, name: 'slot B' }, source.manifest, badSource), /while writing: chunk 9 \(/)
+  t.ok(readRange(backing, FIRST_BYTE + 9 * CHUNK, SIZE - 9 * CHUNK).equals(Buffer.alloc(SIZE - 9 * CHUNK)), 'chunk 9 and after: not written')
+  t.ok(readRange(backing, FIRST_BYTE, CHUNK).equals(image.subarray(0, CHUNK)), 'chunks before it were written')
+})
