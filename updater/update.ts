@@ -29,9 +29,18 @@ export interface UpdateOptions {
   progress?: (step: 'write' | 'verify') => Progress
   /** Retries, backoff and timeouts of an http(s) source. */
   fetch?: Partial<FetchOptions>
+  /**
+   * Called as the update enters each phase (`labhost update --announce-phases` prints them, the
+   * fault-injection campaign aims its resets by them).
+   */
+  phase?: (name: UpdatePhase) => void
   /** Test seam: runs after the slot is written and synced, before it is read back. */
   afterWrite?: () => Promise<void> | void
 }
+
+/** start: plan verified, lock held; commit: the one-sector switch is next; done: switched. */
+export const UPDATE_PHASES = ['start', 'write', 'verify', 'arm-trial', 'commit', 'done'] as const
+export type UpdatePhase = typeof UPDATE_PHASES[number]
 
 export interface UpdatePlan {
   disk: string
@@ -137,12 +146,15 @@ export async function runUpdate(o: UpdateOptions): Promise<UpdateResult> {
   }
   try {
     fs.writeSync(lock, `${process.pid}\n`)
+    o.phase?.('start')
+    o.phase?.('write')
     log(`writing ${manifest.name} ${manifest.version} from ${source.transportWhere} to slot ${plan.to.slot} of ${plan.disk}`)
     let t0 = Date.now()
     const written = await writeImage({ disk: plan.disk, firstByte: plan.to.firstByte, name: `slot ${plan.to.slot}` }, manifest, source, o.progress?.('write'))
     seconds.write = (Date.now() - t0) / 1000
     await o.afterWrite?.()
     log(`reading slot ${plan.to.slot} back`)
+    o.phase?.('verify')
     t0 = Date.now()
     await verifyImage({ disk: plan.disk, firstByte: plan.to.firstByte, name: `slot ${plan.to.slot}` }, manifest, o.progress?.('verify'))
     seconds.verify = (Date.now() - t0) / 1000
@@ -151,6 +163,7 @@ export async function runUpdate(o: UpdateOptions): Promise<UpdateResult> {
       const sw = planSwitch(disk, readGpt(disk), plan.to.slot, manifest.layout.slots)
       const commit = sw.writes.find((w) => w.region === 'primary-array')!
       // Armed before the commit: from the instant the new slot boots, it is on trial.
+      o.phase?.('arm-trial')
       writeTrialState(o.paths.stateRoot, {
         slot: plan.to.slot, bootsLeft: o.trialBoots ?? 3, version: manifest.version,
         primaryLba: commit.lba, backupLba: sw.writes.find((w) => w.region === 'backup-array')?.lba ?? commit.lba,
@@ -158,7 +171,9 @@ export async function runUpdate(o: UpdateOptions): Promise<UpdateResult> {
         fromVersion: plan.from.version, updatedAt: new Date(), updateSeconds: (Date.now() - started) / 1000,
       })
       log(`switching to slot ${plan.to.slot}`)
+      o.phase?.('commit')
       await applySwitch(disk, sw, manifest.layout.slots, log)
+      o.phase?.('done')
     } finally {
       disk.close()
     }

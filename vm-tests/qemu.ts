@@ -44,9 +44,15 @@ export interface BootResult {
   stderr: string
 }
 
-export function qemuArgs(spec: VmSpec, accel: Accel, serialFile: string): string[] {
+/**
+ * `machine.reboot`: 'exit' ends QEMU when the guest reboots (a boot test ends there); 'restart'
+ * keeps the machine running across reboots and resets. `machine.qmp`: a QMP control socket.
+ */
+export function qemuArgs(spec: VmSpec, accel: Accel, serialFile: string, machine: { reboot?: 'exit' | 'restart'; qmp?: string } = {}): string[] {
   const args = ['-machine', 'pc', '-accel', accel, '-m', String(spec.memoryMb ?? 512), '-display', 'none',
-    '-serial', `file:${serialFile}`, '-monitor', 'none', '-no-reboot']
+    '-serial', `file:${serialFile}`, '-monitor', 'none']
+  if ((machine.reboot ?? 'exit') === 'exit') args.push('-no-reboot')
+  if (machine.qmp) args.push('-qmp', `unix:${machine.qmp},server=on,wait=off`)
   if (spec.net) {
     // cmd: runs one `nc` per guest connection (a tcp: chardev would be one connection, opened
     // when QEMU starts, shared by every guest connection)

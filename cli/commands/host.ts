@@ -53,10 +53,12 @@ export const markGoodCommand: Command = {
 export const update: Command = {
   name: 'update',
   summary: 'write a signed image (directory, manifest or http(s) URL) to the inactive slot, verify it from the disk, switch to it on trial',
-  usage: 'labhost update DIR|MANIFEST|URL [--trusted-key PUB] [--disk DEV] [--allow-downgrade] [--trial-boots N] [--retries N] [--timeout SECONDS] [--reboot] [--dry-run] [--json]',
+  usage: 'labhost update DIR|MANIFEST|URL [--trusted-key PUB] [--disk DEV] [--allow-downgrade] [--trial-boots N] [--retries N] [--timeout SECONDS] [--reboot] [--announce-phases] [--dry-run] [--json]',
   options: {
     ...PATH_OPTIONS, 'trusted-key': { type: 'string' }, disk: { type: 'string' }, 'allow-downgrade': { type: 'boolean', default: false }, 'trial-boots': { type: 'string' },
     retries: { type: 'string' }, timeout: { type: 'string' }, reboot: { type: 'boolean', default: false },
+    // one line per phase on stderr (LABHOST-PHASE name): vm-tests aims its resets by them
+    'announce-phases': { type: 'boolean', default: false },
   },
   async run(values, positionals, ctx) {
     const source = positionals[0]
@@ -79,6 +81,7 @@ export const update: Command = {
       dryRun: ctx.dryRun,
       log: ctx.log,
       progress: (step) => ctx.progress(step === 'write' ? 'writing' : 'verifying'),
+      phase: values['announce-phases'] ? (name) => process.stderr.write(`LABHOST-PHASE ${name}\n`) : undefined,
     })
     const human = [`${ctx.dryRun ? 'would update' : 'updated'} ${result.disk}: slot ${result.from.slot} (${result.from.version ?? '?'}) -> slot ${result.to.slot} (${result.to.version})`,
       ...result.writes.map((w) => `  ${ctx.dryRun ? 'would write' : 'wrote'} ${w}`),

@@ -1,0 +1,364 @@
+// The random-reset campaign (issue 6): a host in a VM updates itself again and again between two
+// versions (every cycle writes the inactive slot and switches); the harness resets the machine at
+// an instant drawn from the seed — uniformly over the update, or just before and after the commit
+// write, aimed by the phases the guest announces on its serial console — and then the machine
+// must boot, into the old or the new version, with that slot's bytes equal to the signed image.
+// A cycle that reaches no userspace within the timeout is a brick: the run stops and keeps the
+// disks and the serial log.
+import crypto from 'node:crypto'
+import fs from 'node:fs'
+import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { prng } from '../lib/test-helpers.ts'
+import { buildImage, labhostExecutable } from '../image-build/build.ts'
+import { generateKeyPair, readManifest, type Manifest } from '../image-build/manifest.ts'
+import { loadRecipe, writeRecipeVariant } from '../image-build/recipe.ts'
+import { buildHostDisks, withPartition, type HostDisks } from './fixtures/host-disks.ts'
+import type { RunningVm, VmDriver } from './driver.ts'
+import type { VmSpec } from './qemu.ts'
+
+export interface CampaignOptions {
+  driver: VmDriver
+  cycles: number
+  seed: number
+  /** Scratch space for images and disks. */
+  workDir: string
+  /** Where a brick's disks and serial log are kept. */
+  keepDir: string
+  /** A cycle that reaches no userspace within this is a brick. */
+  bootTimeoutMs?: number
+  /** Share of resets aimed at the commit (the rest fall uniformly over the update); default 0.4. */
+  commitWeight?: number
+  /** Fault injection: the guest switches slots without CRC compensation. */
+  injectNaiveSwitch?: boolean
+  log?: (line: string) => void
+}
+
+export type Outcome = 'completed' | 'old' | 'new' | 'brick' | 'wrong-bytes'
+
+export interface CycleRecord {
+  cycle: number
+  /** calibration: the first update runs to its end unreset, to learn how long updates take. */
+  aim: 'calibration' | 'uniform' | 'commit'
+  from: string
+  to: string
+  /** Milliseconds after the update announced `start`; null for the calibration cycle. */
+  resetAtMs: number | null
+  /** The last phase the guest announced before the reset (`boot`: it had already rebooted). */
+  phase: string | null
+  outcome: Outcome
+  /** What came up after the reset (or the reboot). */
+  booted: { version: string; slot: string } | null
+  /** Reset (or reboot) to userspace. */
+  bootSeconds: number | null
+  /** labhost update's exit code when it ended by itself without switching (a failed update). */
+  updateExit?: number
+}
+
+export interface CampaignReport {
+  driver: string
+  accel: string
+  seed: number
+  cycles: number
+  resets: number
+  old: number
+  new: number
+  bricked: number
+  failedUpdates: number
+  seconds: number
+  resetsPerHour: number
+  calibration: { updateMs: number; commitTailMs: number } | null
+  records: CycleRecord[]
+  kept?: string
+}
+
+export const summaryLine = (r: CampaignReport): string =>
+  `cycles ${r.cycles}, resets ${r.resets}, old ${r.old}, new ${r.new}, bricked ${r.bricked}` + (r.failedUpdates ? `, failed updates ${r.failedUpdates}` : '')
+
+const VERSIONS = ['1.0.0', '2.0.0'] as const
+
+/** A lean test image for cycling fast: labhost runs from /qcow2/backing, so the slot holds only busybox and the kernel. */
+async function buildCampaignImages(dir: string): Promise<{ keys: string; dirs: Record<string, string>; manifests: Record<string, Manifest> }> {
+  const keys = generateKeyPair(`${dir}/keys`)
+  const dirs: Record<string, string> = {}
+  const manifests: Record<string, Manifest> = {}
+  for (const version of VERSIONS) {
+    const recipe = writeRecipeVariant('test', `${dir}/recipes/campaign-${version}.yaml`, (r) => {
+      r.version = version
+      r.carryLabhost = false
+      r.imageSizeMiB = 64
+      r.files = [...(r.files ?? []).filter((f) => f.path !== '/sbin/init'), {
+        path: '/sbin/init', mode: '0755', content: [
+          '#!/bin/sh', 'export PATH=/bin:/sbin:/usr/bin:/usr/sbin', 'mount -t tmpfs tmpfs /tmp', 'mount -a 2>/dev/null', '. /run/labhost/boot',
+          'echo "LABHOST-USERSPACE version=$(cat /etc/labhost/version) slot=$SLOT device=$DEVICE"',
+          '[ -x /persistent/test-hook ] && /persistent/test-hook', 'sync', 'poweroff -f', ''].join('\n'),
+      }]
+    })
+    const built = await buildImage(recipe, { out: `${dir}/v${version}`, keyFile: keys.privateKeyFile })
+    dirs[version] = path.dirname(built.manifestFile)
+    manifests[version] = readManifest(built.manifestFile)
+  }
+  return { keys: keys.publicKeyFile, dirs, manifests }
+}
+
+/**
+ * The guest's side of a cycle, run by the test image's init on every boot: confirm the running
+ * slot, then update to the other version (a downgrade every second time) and reboot.
+ */
+function cycleHook(injectNaiveSwitch: boolean): string {
+  return `#!/bin/sh
+L=/qcow2/backing/labhost
+echo "LABHOST-MARK $($L mark-good 2>&1)"
+V=$(cat /etc/labhost/version)
+case "$V" in ${VERSIONS[0]}) NEXT=${VERSIONS[1]} ;; *) NEXT=${VERSIONS[0]} ;; esac
+echo "LABHOST-CYCLE-UPDATE from=$V to=$NEXT"
+${injectNaiveSwitch ? 'LABHOST_FAULT_SKIP_CRC_COMPENSATION=1 ' : ''}$L update /qcow2/backing/$NEXT --allow-downgrade --trial-boots 3 --announce-phases --reboot > /dev/console 2>&1
+echo "LABHOST-UPDATE-EXIT $?"
+sync
+reboot -f
+`
+}
+
+async function stageCampaign(disks: HostDisks, dirs: Record<string, string>, injectNaiveSwitch: boolean): Promise<void> {
+  const exe = await labhostExecutable()
+  await withPartition(disks.ssd, disks.ssdPlan.find((p) => p.mount === '/qcow2/backing')!, async (root) => {
+    fs.copyFileSync(exe, `${root}/labhost`)
+    fs.chmodSync(`${root}/labhost`, 0o755)
+    for (const [version, dir] of Object.entries(dirs)) {
+      fs.mkdirSync(`${root}/${version}`)
+      for (const f of ['manifest.json', 'root.img.zst']) fs.copyFileSync(`${dir}/${f}`, `${root}/${version}/${f}`)
+    }
+  })
+  await withPartition(disks.ssd, disks.ssdPlan.find((p) => p.mount === '/persistent')!, async (root) => {
+    fs.writeFileSync(`${root}/test-hook`, cycleHook(injectNaiveSwitch), { mode: 0o755 })
+  })
+}
+
+interface Marker { at: number; kind: 'userspace' | 'phase' | 'cycle' | 'exit'; a: string; b: string }
+
+const MARKERS: [RegExp, Marker['kind']][] = [
+  [/LABHOST-USERSPACE version=(\S+) slot=([AB])/, 'userspace'],
+  [/LABHOST-PHASE (\S+)()/, 'phase'],
+  [/LABHOST-CYCLE-UPDATE from=(\S+) to=(\S+)/, 'cycle'],
+  [/LABHOST-UPDATE-EXIT (\d+)()/, 'exit'],
+]
+
+/** The guest's announcements, in order, stamped with the host time they were seen at. */
+class Console {
+  private vm: RunningVm
+  private done = 0
+  private partial = ''
+  private queue: Marker[] = []
+
+  constructor(vm: RunningVm) {
+    this.vm = vm
+  }
+
+  private poll(): void {
+    const text = this.vm.serial()
+    const fresh = this.partial + text.slice(this.done)
+    this.done = text.length
+    const lines = fresh.split('\n')
+    this.partial = lines.pop() ?? ''
+    const at = Date.now()
+    for (const line of lines) {
+      for (const [re, kind] of MARKERS) {
+        const m = re.exec(line)
+        if (m) this.queue.push({ at, kind, a: m[1]!, b: m[2]! })
+      }
+    }
+  }
+
+  /** The next announcement, or null when `deadline` (ms epoch) passes or the VM is gone. */
+  async next(deadline: number): Promise<Marker | null> {
+    for (;;) {
+      this.poll()
+      const m = this.queue.shift()
+      if (m) return m
+      if (Date.now() >= deadline || this.vm.exited()) return null
+      await sleep(25)
+    }
+  }
+
+  async until(kind: Marker['kind'], deadline: number, seen?: (m: Marker) => void): Promise<Marker | null> {
+    for (;;) {
+      const m = await this.next(deadline)
+      if (!m || m.kind === kind) return m
+      seen?.(m)
+    }
+  }
+}
+
+function slotHash(disks: HostDisks, slot: string, bytes: number): string {
+  const p = disks.ssdPlan[slot === 'A' ? 0 : 1]!
+  const fd = fs.openSync(disks.ssd, 'r')
+  try {
+    const h = crypto.createHash('sha256')
+    const buf = Buffer.alloc(4 << 20)
+    for (let done = 0; done < bytes;) {
+      const n = fs.readSync(fd, buf, 0, Math.min(buf.length, bytes - done), p.firstLba * 512 + done)
+      h.update(buf.subarray(0, n))
+      done += n
+    }
+    return h.digest('hex')
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
+export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignReport> {
+  const log = o.log ?? (() => {})
+  const rnd = prng(o.seed)
+  const bootTimeout = o.bootTimeoutMs ?? 180_000
+  const commitWeight = o.commitWeight ?? 0.4
+  fs.mkdirSync(o.workDir, { recursive: true })
+  const { dirs, manifests } = await buildCampaignImages(o.workDir)
+  const disks = await buildHostDisks(o.workDir, loadRecipe('test').layout, `${dirs[VERSIONS[0]]}/root.img`, { slots: ['A'], flag: 'A', restMiB: 200 })
+  await stageCampaign(disks, dirs, o.injectNaiveSwitch ?? false)
+  const spec: VmSpec = { disks: [{ file: disks.ssd, bus: 'ide-hd', rotationRate: 1 }, { file: disks.hdd, bus: 'ide-hd', rotationRate: 7200 }], memoryMb: 512 }
+  const serialFile = path.join(o.workDir, 'serial.log')
+  const report: CampaignReport = {
+    driver: o.driver.name, accel: await o.driver.accel(), seed: o.seed, cycles: 0, resets: 0, old: 0, new: 0, bricked: 0, failedUpdates: 0,
+    seconds: 0, resetsPerHour: 0, calibration: null, records: [],
+  }
+  const started = Date.now()
+  let vm = await o.driver.start(spec, serialFile)
+  let con = new Console(vm)
+  // the guest's own power-off (never expected) is answered by powering it on again
+  const restartIfGone = async () => {
+    if (!vm.exited()) return
+    log('the VM powered off; powering it on again')
+    await vm.powerOff()
+    vm = await o.driver.start(spec, serialFile)
+    con = new Console(vm)
+  }
+  const brick = async (record: CycleRecord, why: string) => {
+    record.outcome = 'brick'
+    report.bricked++
+    report.records.push(record)
+    await vm.powerOff()
+    const keep = path.join(o.keepDir, `brick-seed${o.seed}-cycle${record.cycle}`)
+    fs.mkdirSync(keep, { recursive: true })
+    for (const f of [disks.ssd, disks.hdd, serialFile]) fs.copyFileSync(f, path.join(keep, path.basename(f)))
+    fs.writeFileSync(path.join(keep, 'why.txt'), `${why}\n${JSON.stringify(record, null, 2)}\n`)
+    report.kept = keep
+    log(`BRICK in cycle ${record.cycle}: ${why}; disks and serial log kept in ${keep}`)
+  }
+  /** Wait for userspace after a reset or reboot; check the booted slot holds that version's bytes exactly. */
+  const awaitBoot = async (record: CycleRecord, since: number): Promise<boolean> => {
+    const up = await con.until('userspace', Date.now() + bootTimeout)
+    if (!up) {
+      await brick(record, `no userspace within ${bootTimeout / 1000} s`)
+      return false
+    }
+    record.booted = { version: up.a, slot: up.b }
+    record.bootSeconds = (up.at - since) / 1000
+    const m = manifests[up.a]
+    if (!m || slotHash(disks, up.b, m.image.size) !== m.image.sha256) {
+      record.outcome = 'wrong-bytes'
+      await brick(record, `version ${up.a} came up from slot ${up.b}, whose bytes are not that signed image`)
+      return false
+    }
+    return true
+  }
+
+  try {
+    let boot: CycleRecord = { cycle: -1, aim: 'calibration', from: '', to: '', resetAtMs: null, phase: null, outcome: 'completed', booted: null, bootSeconds: null }
+    if (!(await awaitBoot(boot, started))) return report
+    let calibration: { updateMs: number; commitTailMs: number } | null = null
+    for (let cycle = 0; cycle < o.cycles + 1; cycle++) {
+      const record: CycleRecord = { cycle, aim: calibration ? (rnd() < commitWeight ? 'commit' : 'uniform') : 'calibration', from: '', to: '', resetAtMs: null, phase: null, outcome: 'completed', booted: null, bootSeconds: null }
+      const announced = await con.until('cycle', Date.now() + bootTimeout)
+      if (!announced) {
+        await restartIfGone()
+        await brick(record, 'the guest never started its update')
+        break
+      }
+      record.from = announced.a
+      record.to = announced.b
+      const phases: Record<string, number> = {}
+      let phase: string | null = null
+      const note = (m: Marker) => {
+        if (m.kind === 'phase') {
+          phases[m.a] = m.at
+          phase = m.a
+        }
+        if (m.kind === 'exit') record.updateExit = Number(m.a)
+        if (m.kind === 'userspace') phase = 'boot'
+      }
+      // the update announces its start, or fails before it (then the guest reboots by itself)
+      for (let m: Marker | null; phases.start === undefined && record.updateExit === undefined;) {
+        if (!(m = await con.next(Date.now() + 120_000))) break
+        note(m)
+      }
+      if (phases.start === undefined) {
+        if (record.updateExit === undefined) {
+          await brick(record, 'labhost update never announced its start')
+          break
+        }
+        report.failedUpdates++
+        report.records.push(record)
+        log(`cycle ${cycle}: labhost update failed before writing (exit ${record.updateExit}); the guest reboots`)
+        continue
+      }
+      const start = phases.start
+      if (!calibration) {
+        // calibration: the update runs to its end and reboots by itself
+        const up = await con.until('userspace', Date.now() + bootTimeout, note)
+        if (!up || phases.done === undefined || phases['arm-trial'] === undefined) {
+          await brick(record, up ? 'the calibration update did not finish' : 'no userspace after the calibration update')
+          break
+        }
+        calibration = { updateMs: phases.done - start, commitTailMs: phases.done - phases['arm-trial'] }
+        report.calibration = calibration
+        record.booted = { version: up.a, slot: up.b }
+        record.bootSeconds = (up.at - phases.done) / 1000
+        if (up.a !== record.to) {
+          await brick(record, `the calibration update to ${record.to} booted ${up.a}`)
+          break
+        }
+        log(`calibration: update ${(calibration.updateMs / 1000).toFixed(1)} s, arm-trial to done ${calibration.commitTailMs} ms`)
+        report.records.push(record)
+        continue
+      }
+      // aim the reset: anywhere in the update, or from arming the trial (just before the commit) to just after the switch
+      let resetAt = start + rnd() * (calibration.updateMs + 1000)
+      if (record.aim === 'commit') {
+        const deadline = Date.now() + 4 * calibration.updateMs + 60_000
+        for (let m: Marker | null; phases['arm-trial'] === undefined && phase !== 'boot' && record.updateExit === undefined;) {
+          if (!(m = await con.next(deadline))) break
+          note(m)
+        }
+        resetAt = (phases['arm-trial'] ?? Date.now()) + rnd() * (calibration.commitTailMs + 1000)
+      }
+      while (Date.now() < resetAt) {
+        const m = await con.next(Math.min(resetAt, Date.now() + 25))
+        if (m) note(m)
+      }
+      record.resetAtMs = Date.now() - start
+      record.phase = phase
+      await restartIfGone()
+      await vm.reset()
+      report.resets++
+      const resetTime = Date.now()
+      if (!(await awaitBoot(record, resetTime))) break
+      record.outcome = record.booted!.version === record.from ? 'old' : record.booted!.version === record.to ? 'new' : 'wrong-bytes'
+      if (record.outcome === 'wrong-bytes') {
+        await brick(record, `booted ${record.booted!.version}, neither ${record.from} nor ${record.to}`)
+        break
+      }
+      if (record.outcome === 'old') report.old++
+      else report.new++
+      if (record.updateExit !== undefined) report.failedUpdates++
+      report.records.push(record)
+      log(`cycle ${cycle}: ${record.from} -> ${record.to}, reset ${record.aim} at ${(record.resetAtMs / 1000).toFixed(2)} s (${record.phase}) -> ${record.outcome} ${record.booted!.version} in slot ${record.booted!.slot}, userspace after ${record.bootSeconds!.toFixed(1)} s` +
+        (record.updateExit !== undefined ? `; the update had failed by itself (exit ${record.updateExit})` : ''))
+    }
+  } finally {
+    await vm.powerOff()
+    report.cycles = report.records.filter((r) => r.aim !== 'calibration').length
+    report.seconds = (Date.now() - started) / 1000
+    report.resetsPerHour = Math.round(report.resets / (report.seconds / 3600))
+  }
+  return report
+}

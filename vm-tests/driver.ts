@@ -1,0 +1,68 @@
+// The VM driver interface the fault-injection campaign runs on: start a machine from raw disk
+// images, follow its serial console, reset it hard, power it off, and copy its disks aside.
+// QEMU (over QMP) is always there; VirtualBox (over VBoxManage) is used when it is installed.
+import fs from 'node:fs'
+import { execa } from 'execa'
+import type { VmSpec } from './qemu.ts'
+
+export interface RunningVm {
+  /** Everything the serial console printed since the machine started. */
+  serial(): string
+  /** Hard reset, as the reset button (no shutdown, caches in the guest lost). */
+  reset(): Promise<void>
+  /** Pull the plug; resolves once the machine is gone. */
+  powerOff(): Promise<void>
+  /** True once the machine stopped by itself (the guest powered off) or was powered off. */
+  exited(): boolean
+}
+
+export interface VmDriver {
+  readonly name: 'qemu' | 'virtualbox'
+  /** How the CPU is run: kvm/tcg for QEMU, the hypervisor for VirtualBox. */
+  accel(): Promise<string>
+  /** Power on. Guest reboots and resets keep the same machine running. */
+  start(spec: VmSpec, serialFile: string): Promise<RunningVm>
+}
+
+export async function vboxManageAvailable(): Promise<boolean> {
+  const r = await execa('VBoxManage', ['--version'], { reject: false }).catch(() => null)
+  return r?.exitCode === 0
+}
+
+/** `qemu`, `virtualbox`, or `auto`: VirtualBox where VBoxManage works, QEMU otherwise. */
+export async function chooseDriver(name: string = 'auto'): Promise<VmDriver> {
+  if (name === 'qemu' || (name === 'auto' && !(await vboxManageAvailable()))) return new (await import('./qemu-driver.ts')).QemuDriver()
+  if (name === 'virtualbox' || name === 'auto') {
+    if (!(await vboxManageAvailable())) throw new Error('--driver virtualbox: VBoxManage is not installed here')
+    return new (await import('./virtualbox-driver.ts')).VirtualBoxDriver()
+  }
+  throw new Error(`unknown driver ${name}: use qemu, virtualbox or auto`)
+}
+
+/** Follows a growing serial log file without re-reading it. */
+export class SerialTail {
+  private file: string
+  private offset = 0
+  private text = ''
+
+  constructor(file: string) {
+    this.file = file
+  }
+
+  read(): string {
+    if (!fs.existsSync(this.file)) return this.text
+    const fd = fs.openSync(this.file, 'r')
+    try {
+      const size = fs.fstatSync(fd).size
+      if (size > this.offset) {
+        const b = Buffer.alloc(size - this.offset)
+        fs.readSync(fd, b, 0, b.length, this.offset)
+        this.offset = size
+        this.text += b.toString('latin1')
+      }
+    } finally {
+      fs.closeSync(fd)
+    }
+    return this.text
+  }
+}
