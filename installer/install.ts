@@ -16,6 +16,7 @@ import { applySectorWrites } from '../bootloader/sector-writes.ts'
 import { readPublicKey, verifyManifestSignature } from '../image-build/manifest.ts'
 import { openSource, type UpdateSource } from '../updater/source.ts'
 import { verifyImage, writeImage } from '../updater/slot-writer.ts'
+import { clearUnfinished, diskIdentity, readUnfinished, writeUnfinished } from './unfinished.ts'
 import { writeDurable } from '../updater/host-state.ts'
 import { applyBios, planBios, type BiosPlan, type BiosResult } from './bios.ts'
 import { loadInstallConfig, type InstallConfig } from './config.ts'
@@ -84,7 +85,13 @@ function pickDisk(role: DiskRole, config: InstallConfig, named: string | undefin
   return d
 }
 
-function planOne(role: DiskRole, disk: BlockDisk, layout: Layout, config: InstallConfig, configFile: string, newIdentity: boolean): PlannedDisk {
+/**
+ * `unfinished`: this disk's entry in the record of an install this stick started and did not
+ * finish (installer/unfinished.ts): whatever it holds is that install's work, imaged again, and
+ * what that install kept is kept again.
+ */
+function planOne(role: DiskRole, disk: BlockDisk, layout: Layout, config: InstallConfig, configFile: string, newIdentity: boolean,
+  unfinished?: { startedAt: string; kept: string[] }): PlannedDisk {
   let parts: PlannedPartition[]
   try {
     parts = planDisk(layout, role, disk.sizeBytes, disk.sectorSize)
@@ -93,19 +100,22 @@ function planOne(role: DiskRole, disk: BlockDisk, layout: Layout, config: Instal
     throw e
   }
   const content = classifyDisk(disk.path, parts)
-  if (content.kind === 'foreign' && !config.disks.eraseForeignData) {
+  if (content.kind === 'foreign' && !config.disks.eraseForeignData && !unfinished) {
     throw new LabhostError('diskHasData', `the ${role.toUpperCase()} ${describe(disk)} holds ${content.what}`,
       `set disks.eraseForeignData: true in ${configFile} to erase it, or wipe it first; nothing was written`)
   }
   const partitions = parts.map((p, i) => {
     const action = role === 'ssd' && i === 0 ? 'image' as const : role === 'ssd' && i === 1 ? 'empty' as const : 'mkfs' as const
     if (action !== 'mkfs' || content.kind !== 'labhost' || !config.keep.includes(p.name) || (newIdentity && p.mount === '/persistent')) return { ...p, action }
+    // a filesystem the unfinished install was making may be half made, whatever its superblock says
+    if (unfinished && !unfinished.kept.includes(p.name)) return { ...p, action }
     const old = content.partitions.find((q) => q.number === p.number)
     const same = old && old.firstLba === p.firstLba && old.lastLba === p.lastLba
     const intact = same && ext4UuidAt(disk.path, p.firstLba * disk.sectorSize)?.toLowerCase() === p.fsUuid?.toLowerCase()
     return { ...p, action: intact ? 'keep' as const : action }
   })
-  const erases = content.kind === 'blank' ? 'nothing (the disk is blank)'
+  const erases = unfinished && content.kind !== 'blank' ? `the unfinished install this stick started at ${unfinished.startedAt} (${content.kind === 'foreign' ? content.what : 'labhost partitions'}), except ${partitions.filter((p) => p.action === 'keep').map((p) => p.name).join(', ') || 'nothing'}`
+    : content.kind === 'blank' ? 'nothing (the disk is blank)'
     : content.kind === 'foreign' ? `everything: ${content.what}`
       : `the earlier labhost install, except ${partitions.filter((p) => p.action === 'keep').map((p) => p.name).join(', ') || 'nothing'}`
   return { role, disk, content, partitions, erases }
@@ -130,7 +140,11 @@ export async function planInstall(o: InstallOptions): Promise<{ plan: InstallPla
   if (chosen.length === 2 && chosen[0]!.name === chosen[1]!.name) {
     throw new LabhostError('diskAmbiguous', `the SSD and the HDD would be the same disk ${describe(chosen[0]!)}`, 'give them different properties in install.yaml; nothing was written')
   }
-  const disks = chosen.map((d, i) => planOne(roles[i]!, d, layout, config, o.config, o.newIdentity === true))
+  const unfinished = readUnfinished(o.reportDir)
+  const disks = chosen.map((d, i) => {
+    const mine = unfinished?.disks.find((u) => u.role === roles[i] && u.identity === diskIdentity(d))
+    return planOne(roles[i]!, d, layout, config, o.config, o.newIdentity === true, mine && { startedAt: unfinished!.startedAt, kept: mine.kept })
+  })
   const image = { name: source.manifest.name, version: source.manifest.version, bytes: source.manifest.image.size }
   const slotA = disks[0]!.partitions[0]!
   if (image.bytes > (slotA.lastLba - slotA.firstLba + 1) * disks[0]!.disk.sectorSize) {
@@ -175,6 +189,14 @@ export async function runInstall(o: InstallOptions): Promise<{ plan: InstallPlan
   const bios = await step('BIOS settings', () => applyBios(plan.bios, config.bios, o.config, o.sysRoot))
   if (bios.changes.length) log(`BIOS: changed ${bios.changes.map((c) => c.name).join(', ')}${bios.pendingReboot ? ' (pending reboot)' : ''}`)
 
+  // From here on the disks change: a power cut leaves them to this stick's re-run (unfinished.ts).
+  if (o.reportDir) {
+    const earlier = readUnfinished(o.reportDir)
+    writeUnfinished(o.reportDir, {
+      startedAt: earlier?.startedAt ?? startedAt.toISOString(),
+      disks: plan.disks.map((d) => ({ role: d.role, identity: diskIdentity(d.disk), kept: d.partitions.filter((p) => p.action === 'keep').map((p) => p.name) })),
+    })
+  }
   for (const d of plan.disks) {
     await step(`partition the ${d.role.toUpperCase()}`, async () => {
       await partitionDisk(d.disk.path, d.partitions, d.role === 'ssd' ? 'A' : null)
@@ -208,7 +230,7 @@ export async function runInstall(o: InstallOptions): Promise<{ plan: InstallPlan
   }))
   report!.finishedAt = new Date().toISOString()
   if (o.reportDir) {
-    fs.mkdirSync(o.reportDir, { recursive: true })
+    clearUnfinished(o.reportDir)
     const name = `${(plan.machine.serial || os.hostname()).replace(/[^\w.-]/g, '_')}-${startedAt.toISOString().replace(/[:.]/g, '-')}.json`
     fs.writeFileSync(path.join(o.reportDir, name), JSON.stringify(report, null, 2) + '\n')
     log(`report: ${path.join(o.reportDir, name)}`)

@@ -22,7 +22,7 @@ await build({
 })
 const seaConfig = path.join(dist, 'sea-config.json')
 const blob = path.join(dist, 'sea-prep.blob')
-fs.writeFileSync(seaConfig, JSON.stringify({ main: bundle, output: blob, disableExperimentalSEAWarning: true, useCodeCache: false }))
+fs.writeFileSync(seaConfig, JSON.stringify({ main: bundle, output: blob, disableExperimentalSEAWarning: true, useCodeCache: true }))
 await execa(process.execPath, ['--experimental-sea-config', seaConfig], { stdio: 'inherit' })
 const exe = path.join(dist, 'labhost')
 fs.rmSync(exe, { force: true })

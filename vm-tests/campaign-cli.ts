@@ -1,8 +1,9 @@
-// npm run vm-tests -- [--cycles N] [--seed S] [--json report.json] [--driver auto|qemu|virtualbox]
-//                     [--keep DIR] [--commit-weight F] [--inject-naive-switch]
-// The random-reset campaign (vm-tests/campaign.ts): prints a line per cycle and the summary
-// `cycles N, resets N, old N, new N, bricked N`; exits 1 when a cycle bricked (its disks and
-// serial log are kept) or an update failed by itself.
+// npm run vm-tests -- [--mode update|install] [--cycles N] [--seed S] [--json report.json]
+//                     [--driver auto|qemu|virtualbox] [--keep DIR] [--commit-weight F] [--inject-naive-switch]
+// The random-reset campaign: resets during updates (vm-tests/campaign.ts; summary `cycles N,
+// resets N, old N, new N, bricked N`) or during installs from the stick (install-campaign.ts).
+// Exits 1 when a cycle bricked or a re-run failed (disks and serial log are kept) or an update
+// failed by itself.
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -11,10 +12,12 @@ import { parseArgs } from 'node:util'
 import { execa } from 'execa'
 import { chooseDriver } from './driver.ts'
 import { runUpdateCampaign, summaryLine } from './campaign.ts'
+import { installSummaryLine, runInstallCampaign } from './install-campaign.ts'
 
 const root = path.resolve(import.meta.dirname, '..')
 const { values } = parseArgs({
   options: {
+    mode: { type: 'string', default: 'update' },
     cycles: { type: 'string', default: '20' },
     seed: { type: 'string' },
     json: { type: 'string' },
@@ -26,7 +29,7 @@ const { values } = parseArgs({
   },
 })
 if (values.help) {
-  console.log(fs.readFileSync(import.meta.filename, 'utf8').split('\n').slice(0, 5).map((l) => l.replace(/^\/\/ ?/, '')).join('\n'))
+  console.log(fs.readFileSync(import.meta.filename, 'utf8').split('\n').slice(0, 6).map((l) => l.replace(/^\/\/ ?/, '')).join('\n'))
   process.exit(0)
 }
 const cycles = Number(values.cycles)
@@ -35,19 +38,29 @@ if (!Number.isInteger(cycles) || cycles < 1 || !Number.isInteger(seed)) {
   console.error('--cycles needs a positive whole number and --seed a whole number')
   process.exit(2)
 }
-// the guest runs the single-file executable this checkout builds
-if (!fs.existsSync(path.join(root, 'dist/labhost'))) await execa(process.execPath, [path.join(root, 'scripts/build.ts')], { stdio: 'inherit' })
+// the guest runs the single-file executable of this checkout: build it as it is now
+await execa(process.execPath, [path.join(root, 'scripts/build.ts')], { stdio: ['ignore', 'ignore', 'inherit'] })
 const driver = await chooseDriver(values.driver)
 const workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'labhost-campaign-'))
 console.log(`campaign: ${cycles} cycles, seed ${seed}, driver ${driver.name} (${await driver.accel()}), work ${workDir}`)
 try {
-  const report = await runUpdateCampaign({
-    driver, cycles, seed, workDir, keepDir: values.keep, commitWeight: Number(values['commit-weight']),
-    injectNaiveSwitch: values['inject-naive-switch'], log: (l) => console.log(l),
-  })
-  if (values.json) fs.writeFileSync(values.json, JSON.stringify(report, null, 2) + '\n')
-  console.log(`${summaryLine(report)}; ${report.resetsPerHour} resets per hour under ${report.accel}, ${(report.seconds / 60).toFixed(1)} min`)
-  process.exitCode = report.bricked || report.failedUpdates ? 1 : 0
+  if (values.mode === 'install') {
+    const report = await runInstallCampaign({ driver, cycles, seed, workDir, keepDir: values.keep, log: (l) => console.log(l) })
+    if (values.json) fs.writeFileSync(values.json, JSON.stringify(report, null, 2) + '\n')
+    console.log(`${installSummaryLine(report)} under ${report.accel}, ${(report.seconds / 60).toFixed(1)} min`)
+    process.exitCode = report.failed ? 1 : 0
+  } else if (values.mode === 'update') {
+    const report = await runUpdateCampaign({
+      driver, cycles, seed, workDir, keepDir: values.keep, commitWeight: Number(values['commit-weight']),
+      injectNaiveSwitch: values['inject-naive-switch'], log: (l) => console.log(l),
+    })
+    if (values.json) fs.writeFileSync(values.json, JSON.stringify(report, null, 2) + '\n')
+    console.log(`${summaryLine(report)}; ${report.resetsPerHour} resets per hour under ${report.accel}, ${(report.seconds / 60).toFixed(1)} min`)
+    process.exitCode = report.bricked || report.failedUpdates ? 1 : 0
+  } else {
+    console.error(`--mode ${values.mode}: use update or install`)
+    process.exitCode = 2
+  }
 } finally {
   fs.rmSync(workDir, { recursive: true, force: true })
 }

@@ -8,13 +8,14 @@
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
-import { setTimeout as sleep } from 'node:timers/promises'
 import { prng } from '../lib/test-helpers.ts'
 import { buildImage, labhostExecutable } from '../image-build/build.ts'
+import { TRIAL_FILE } from '../image-build/initramfs-init.ts'
 import { generateKeyPair, readManifest, type Manifest } from '../image-build/manifest.ts'
 import { loadRecipe, writeRecipeVariant } from '../image-build/recipe.ts'
 import { buildHostDisks, withPartition, type HostDisks } from './fixtures/host-disks.ts'
-import type { RunningVm, VmDriver } from './driver.ts'
+import type { VmDriver } from './driver.ts'
+import { Console, type Marker, type MarkerPattern } from './console-markers.ts'
 import type { VmSpec } from './qemu.ts'
 
 export interface CampaignOptions {
@@ -67,7 +68,7 @@ export interface CampaignReport {
   failedUpdates: number
   seconds: number
   resetsPerHour: number
-  calibration: { updateMs: number; commitTailMs: number } | null
+  calibration: { updateMs: number; verifyMs: number; commitTailMs: number } | null
   records: CycleRecord[]
   kept?: string
 }
@@ -78,7 +79,7 @@ export const summaryLine = (r: CampaignReport): string =>
 const VERSIONS = ['1.0.0', '2.0.0'] as const
 
 /** A lean test image for cycling fast: labhost runs from /qcow2/backing, so the slot holds only busybox and the kernel. */
-async function buildCampaignImages(dir: string): Promise<{ keys: string; dirs: Record<string, string>; manifests: Record<string, Manifest> }> {
+export async function buildCampaignImages(dir: string): Promise<{ keyFile: string; dirs: Record<string, string>; manifests: Record<string, Manifest> }> {
   const keys = generateKeyPair(`${dir}/keys`)
   const dirs: Record<string, string> = {}
   const manifests: Record<string, Manifest> = {}
@@ -86,7 +87,7 @@ async function buildCampaignImages(dir: string): Promise<{ keys: string; dirs: R
     const recipe = writeRecipeVariant('test', `${dir}/recipes/campaign-${version}.yaml`, (r) => {
       r.version = version
       r.carryLabhost = false
-      r.imageSizeMiB = 64
+      r.imageSizeMiB = 48
       r.files = [...(r.files ?? []).filter((f) => f.path !== '/sbin/init'), {
         path: '/sbin/init', mode: '0755', content: [
           '#!/bin/sh', 'export PATH=/bin:/sbin:/usr/bin:/usr/sbin', 'mount -t tmpfs tmpfs /tmp', 'mount -a 2>/dev/null', '. /run/labhost/boot',
@@ -98,7 +99,7 @@ async function buildCampaignImages(dir: string): Promise<{ keys: string; dirs: R
     dirs[version] = path.dirname(built.manifestFile)
     manifests[version] = readManifest(built.manifestFile)
   }
-  return { keys: keys.publicKeyFile, dirs, manifests }
+  return { keyFile: keys.privateKeyFile, dirs, manifests }
 }
 
 /**
@@ -108,7 +109,8 @@ async function buildCampaignImages(dir: string): Promise<{ keys: string; dirs: R
 function cycleHook(injectNaiveSwitch: boolean): string {
   return `#!/bin/sh
 L=/qcow2/backing/labhost
-echo "LABHOST-MARK $($L mark-good 2>&1)"
+# confirm the running slot when it is on trial (each labhost start costs seconds under TCG)
+[ -e /var/log/${TRIAL_FILE} ] && echo "LABHOST-MARK $($L mark-good 2>&1)"
 V=$(cat /etc/labhost/version)
 case "$V" in ${VERSIONS[0]}) NEXT=${VERSIONS[1]} ;; *) NEXT=${VERSIONS[0]} ;; esac
 echo "LABHOST-CYCLE-UPDATE from=$V to=$NEXT"
@@ -134,60 +136,12 @@ async function stageCampaign(disks: HostDisks, dirs: Record<string, string>, inj
   })
 }
 
-interface Marker { at: number; kind: 'userspace' | 'phase' | 'cycle' | 'exit'; a: string; b: string }
-
-const MARKERS: [RegExp, Marker['kind']][] = [
+const MARKERS: MarkerPattern[] = [
   [/LABHOST-USERSPACE version=(\S+) slot=([AB])/, 'userspace'],
   [/LABHOST-PHASE (\S+)()/, 'phase'],
   [/LABHOST-CYCLE-UPDATE from=(\S+) to=(\S+)/, 'cycle'],
   [/LABHOST-UPDATE-EXIT (\d+)()/, 'exit'],
 ]
-
-/** The guest's announcements, in order, stamped with the host time they were seen at. */
-class Console {
-  private vm: RunningVm
-  private done = 0
-  private partial = ''
-  private queue: Marker[] = []
-
-  constructor(vm: RunningVm) {
-    this.vm = vm
-  }
-
-  private poll(): void {
-    const text = this.vm.serial()
-    const fresh = this.partial + text.slice(this.done)
-    this.done = text.length
-    const lines = fresh.split('\n')
-    this.partial = lines.pop() ?? ''
-    const at = Date.now()
-    for (const line of lines) {
-      for (const [re, kind] of MARKERS) {
-        const m = re.exec(line)
-        if (m) this.queue.push({ at, kind, a: m[1]!, b: m[2]! })
-      }
-    }
-  }
-
-  /** The next announcement, or null when `deadline` (ms epoch) passes or the VM is gone. */
-  async next(deadline: number): Promise<Marker | null> {
-    for (;;) {
-      this.poll()
-      const m = this.queue.shift()
-      if (m) return m
-      if (Date.now() >= deadline || this.vm.exited()) return null
-      await sleep(25)
-    }
-  }
-
-  async until(kind: Marker['kind'], deadline: number, seen?: (m: Marker) => void): Promise<Marker | null> {
-    for (;;) {
-      const m = await this.next(deadline)
-      if (!m || m.kind === kind) return m
-      seen?.(m)
-    }
-  }
-}
 
 function slotHash(disks: HostDisks, slot: string, bytes: number): string {
   const p = disks.ssdPlan[slot === 'A' ? 0 : 1]!
@@ -223,14 +177,14 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
   }
   const started = Date.now()
   let vm = await o.driver.start(spec, serialFile)
-  let con = new Console(vm)
+  let con = new Console(vm, MARKERS)
   // the guest's own power-off (never expected) is answered by powering it on again
   const restartIfGone = async () => {
     if (!vm.exited()) return
     log('the VM powered off; powering it on again')
     await vm.powerOff()
     vm = await o.driver.start(spec, serialFile)
-    con = new Console(vm)
+    con = new Console(vm, MARKERS)
   }
   const brick = async (record: CycleRecord, why: string) => {
     record.outcome = 'brick'
@@ -245,8 +199,10 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
     log(`BRICK in cycle ${record.cycle}: ${why}; disks and serial log kept in ${keep}`)
   }
   /** Wait for userspace after a reset or reboot; check the booted slot holds that version's bytes exactly. */
+  let lastUp = 0
   const awaitBoot = async (record: CycleRecord, since: number): Promise<boolean> => {
     const up = await con.until('userspace', Date.now() + bootTimeout)
+    if (up) lastUp = up.at
     if (!up) {
       await brick(record, `no userspace within ${bootTimeout / 1000} s`)
       return false
@@ -265,7 +221,7 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
   try {
     let boot: CycleRecord = { cycle: -1, aim: 'calibration', from: '', to: '', resetAtMs: null, phase: null, outcome: 'completed', booted: null, bootSeconds: null }
     if (!(await awaitBoot(boot, started))) return report
-    let calibration: { updateMs: number; commitTailMs: number } | null = null
+    let calibration: { updateMs: number; verifyMs: number; commitTailMs: number } | null = null
     for (let cycle = 0; cycle < o.cycles + 1; cycle++) {
       const record: CycleRecord = { cycle, aim: calibration ? (rnd() < commitWeight ? 'commit' : 'uniform') : 'calibration', from: '', to: '', resetAtMs: null, phase: null, outcome: 'completed', booted: null, bootSeconds: null }
       const announced = await con.until('cycle', Date.now() + bootTimeout)
@@ -309,7 +265,7 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
           await brick(record, up ? 'the calibration update did not finish' : 'no userspace after the calibration update')
           break
         }
-        calibration = { updateMs: phases.done - start, commitTailMs: phases.done - phases['arm-trial'] }
+        calibration = { updateMs: phases.done - start, verifyMs: phases['arm-trial'] - (phases.verify ?? phases['arm-trial']), commitTailMs: phases.done - phases['arm-trial'] }
         report.calibration = calibration
         record.booted = { version: up.a, slot: up.b }
         record.bootSeconds = (up.at - phases.done) / 1000
@@ -317,19 +273,22 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
           await brick(record, `the calibration update to ${record.to} booted ${up.a}`)
           break
         }
-        log(`calibration: update ${(calibration.updateMs / 1000).toFixed(1)} s, arm-trial to done ${calibration.commitTailMs} ms`)
+        const sec = (a: number, b: number) => `${((b - a) / 1000).toFixed(1)} s`
+        log(`calibration: userspace to update start ${sec(lastUp, start)} (labhost mark-good ${sec(lastUp, announced.at)}), write ${sec(start, phases.verify ?? start)}, ` +
+          `read-back ${sec(phases.verify ?? start, phases['arm-trial'])}, arm-trial to done ${calibration.commitTailMs} ms, reboot to userspace ${sec(phases.done, up.at)}`)
         report.records.push(record)
         continue
       }
-      // aim the reset: anywhere in the update, or from arming the trial (just before the commit) to just after the switch
+      // aim the reset: anywhere in the update, or around the commit — from half a second before the
+      // trial is armed (the end of the read-back, as calibrated) to half a second after the switch
       let resetAt = start + rnd() * (calibration.updateMs + 1000)
       if (record.aim === 'commit') {
         const deadline = Date.now() + 4 * calibration.updateMs + 60_000
-        for (let m: Marker | null; phases['arm-trial'] === undefined && phase !== 'boot' && record.updateExit === undefined;) {
+        for (let m: Marker | null; phases.verify === undefined && phase !== 'boot' && record.updateExit === undefined;) {
           if (!(m = await con.next(deadline))) break
           note(m)
         }
-        resetAt = (phases['arm-trial'] ?? Date.now()) + rnd() * (calibration.commitTailMs + 1000)
+        resetAt = (phases.verify ?? Date.now()) + calibration.verifyMs - 500 + rnd() * (calibration.commitTailMs + 1000)
       }
       while (Date.now() < resetAt) {
         const m = await con.next(Math.min(resetAt, Date.now() + 25))

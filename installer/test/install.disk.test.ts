@@ -155,6 +155,33 @@ t.test('an install cut off after any step, or killed in the middle of the image 
   }
 })
 
+t.test('a cut inside the partitioning (primary GPT missing, backup written) is this stick\'s own unfinished work: the re-run images the disk; without the stick\'s record it is refused as foreign data', async (t) => {
+  for (const withRecord of [true, false]) {
+    const m = await machine(t)
+    // a first run that a re-run keeps /persistent from, then a re-run cut after partitioning
+    t.equal((await runCli([...m.args(), '--json'])).code, 0)
+    const uuid = (await persistentFiles(m))['machine-uuid']
+    const cut = await execa(process.execPath, [path.join(import.meta.dirname, '../../cli/bin.ts'), ...m.args()], { reject: false, env: { LABHOST_FAULT_AFTER_STEP: 'partition the HDD' } })
+    t.equal(cut.signal, 'SIGKILL')
+    t.ok(fs.existsSync(`${m.reports}/unfinished-install.json`), 'the stick remembers the unfinished install')
+    // what a power cut between sgdisk's writes leaves: the HDD's backup GPT without its primary
+    const fd = fs.openSync(m.hdd, 'r+')
+    fs.writeSync(fd, Buffer.alloc(3 * 512), 0, 3 * 512, 0)
+    fs.closeSync(fd)
+    if (!withRecord) fs.rmSync(`${m.reports}/unfinished-install.json`)
+    const again = await runCli([...m.args(), '--json'])
+    if (withRecord) {
+      t.equal(again.code, 0, 're-run with the record: exit 0', { stderr: again.stderr })
+      t.match(again.stderr, /HDD: .*\n {2}erases: the unfinished install this stick started at .*data in its last MiB/)
+      t.notOk(fs.existsSync(`${m.reports}/unfinished-install.json`), 'the record is gone once the install completed')
+      t.equal((await persistentFiles(m))['machine-uuid'], uuid, 'the identity the unfinished run kept is kept again')
+      t.same(readGpt(openGptDisk(m.hdd)).entries.map((e) => e.name), ['user'])
+    } else {
+      t.equal(again.code, ExitCode.diskHasData, 'without the record: refused as foreign data', { stderr: again.stderr })
+    }
+  }
+})
+
 const refusals: { name: string; setup: (t: Test) => Promise<{ m: Machine; extra?: string[] }>; code: number; message: RegExp }[] = [
   { name: 'model not on the list', setup: async (t) => ({ m: await machine(t, { product: 'OptiPlex 9999' }) }), code: ExitCode.modelRejected, message: /"Dell Inc\. \/ OptiPlex 9999", which .* does not list/ },
   { name: 'SSD too small', setup: async (t) => ({ m: await machine(t, { ssdMiB: 300 }) }), code: ExitCode.diskTooSmall, message: /smaller than disks\.ssd\.minSizeGiB/ },

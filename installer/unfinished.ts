@@ -1,0 +1,61 @@
+// The stick's memory of an install it started and has not finished: written durably to the
+// report directory before the first disk write, removed once the install completed. A re-run
+// after a power cut reads it, so a disk the cut left half-partitioned by this stick (a GPT
+// without its backup, a backup without its primary, a filesystem half made) is recognised as
+// its own unfinished work and imaged again — never mistaken for somebody's data and refused —
+// and the partitions that install kept are kept again.
+import fs from 'node:fs'
+import path from 'node:path'
+import type { BlockDisk } from './disks.ts'
+
+export const UNFINISHED_FILE = 'unfinished-install.json'
+
+export interface UnfinishedInstall {
+  startedAt: string
+  disks: { role: string; identity: string; kept: string[] }[]
+}
+
+/** A disk as the stick recognises it again after a reboot (kernel names may change; serials do not). */
+export function diskIdentity(d: BlockDisk): string {
+  return d.serial ? `${d.model}|${d.serial}|${d.sizeBytes}` : `${d.name}|${d.sizeBytes}`
+}
+
+export function readUnfinished(reportDir: string | undefined): UnfinishedInstall | null {
+  if (!reportDir) return null
+  try {
+    const r = JSON.parse(fs.readFileSync(path.join(reportDir, UNFINISHED_FILE), 'utf8')) as UnfinishedInstall
+    return Array.isArray(r.disks) ? r : null
+  } catch {
+    // none, or torn by the very power cut it is for: then the disks are judged as they are
+    return null
+  }
+}
+
+function syncDir(dir: string): void {
+  const fd = fs.openSync(dir, 'r')
+  try {
+    fs.fsyncSync(fd)
+  } catch {
+    // some file systems (vfat) do not sync directories; the file itself was synced
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
+export function writeUnfinished(reportDir: string, record: UnfinishedInstall): void {
+  fs.mkdirSync(reportDir, { recursive: true })
+  const file = path.join(reportDir, UNFINISHED_FILE)
+  const fd = fs.openSync(file, 'w')
+  try {
+    fs.writeSync(fd, JSON.stringify(record, null, 2) + '\n')
+    fs.fsyncSync(fd)
+  } finally {
+    fs.closeSync(fd)
+  }
+  syncDir(reportDir)
+}
+
+export function clearUnfinished(reportDir: string): void {
+  fs.rmSync(path.join(reportDir, UNFINISHED_FILE), { force: true })
+  syncDir(reportDir)
+}

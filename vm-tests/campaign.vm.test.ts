@@ -1,0 +1,38 @@
+// The short random-reset campaign `npm test` runs (the long soak is `npm run vm-tests -- --cycles
+// 500`): 20 resets of a host that updates itself between 1.0.0 and 2.0.0, each followed by a boot
+// that must bring up one of the two with that slot's bytes exactly the signed image. Then the
+// same campaign with a switch that skips the CRC compensation must report a brick.
+// LABHOST_SEED=S repeats a run; the JSON report goes to reports/campaign.json.
+import fs from 'node:fs'
+import path from 'node:path'
+import t from 'tap'
+import { REPO_ROOT, seedFromEnv, tmpDir } from '../lib/test-helpers.ts'
+import { QemuDriver } from './qemu-driver.ts'
+import { runUpdateCampaign, summaryLine } from './campaign.ts'
+
+const RESETS = 20
+
+t.test(`short campaign: ${RESETS} resets aimed over updates and at the commit, no brick`, async (t) => {
+  const seed = seedFromEnv()
+  const keep = tmpDir(t, 'labhost-campaign-keep-')
+  const report = await runUpdateCampaign({ driver: new QemuDriver(), cycles: RESETS, seed, workDir: tmpDir(t, 'labhost-campaign-'), keepDir: keep, log: (l) => t.comment(l) })
+  fs.mkdirSync(path.join(REPO_ROOT, 'reports'), { recursive: true })
+  fs.writeFileSync(path.join(REPO_ROOT, 'reports/campaign.json'), JSON.stringify(report, null, 2) + '\n')
+  t.comment(`seed ${seed}: ${summaryLine(report)} under ${report.accel}, ${report.resetsPerHour} resets/hour`)
+  t.equal(report.bricked, 0, 'no reset bricked the host', { kept: report.kept })
+  t.equal(report.failedUpdates, 0, 'no update failed by itself')
+  t.equal(report.resets, RESETS, `${RESETS} resets`)
+  t.equal(report.old + report.new, RESETS, 'every reset was followed by a boot of the old or the new version')
+  const resets = report.records.filter((r) => r.resetAtMs !== null)
+  t.ok(resets.some((r) => r.phase === 'write') && resets.some((r) => r.phase === 'verify' || r.phase === 'arm-trial' || r.phase === 'commit' || r.phase === 'done'),
+    'resets landed while the slot was written and around the switch', { phases: resets.map((r) => r.phase) })
+  t.ok(report.old > 0 && report.new > 0, 'some resets came back to the old version, some to the new one')
+})
+
+t.test('the same campaign with a switch that skips the CRC compensation reports a brick', async (t) => {
+  const keep = tmpDir(t, 'labhost-campaign-keep-')
+  const report = await runUpdateCampaign({ driver: new QemuDriver(), cycles: 1, seed: 1, workDir: tmpDir(t, 'labhost-campaign-'), keepDir: keep, injectNaiveSwitch: true, bootTimeoutMs: 45_000, log: (l) => t.comment(l) })
+  t.equal(report.bricked, 1, summaryLine(report))
+  t.ok(report.kept && fs.existsSync(path.join(report.kept, 'ssd.img')) && fs.existsSync(path.join(report.kept, 'serial.log')), 'the brick\'s disk and serial log are kept')
+  t.match(fs.readFileSync(path.join(report.kept!, 'serial.log'), 'latin1'), /LABHOST-INITRAMFS-FAIL/, 'the kept serial log shows the initramfs finding no root')
+})
