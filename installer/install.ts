@@ -106,13 +106,17 @@ function planOne(role: DiskRole, disk: BlockDisk, layout: Layout, config: Instal
   }
   const partitions = parts.map((p, i) => {
     const action = role === 'ssd' && i === 0 ? 'image' as const : role === 'ssd' && i === 1 ? 'empty' as const : 'mkfs' as const
-    if (action !== 'mkfs' || content.kind !== 'labhost' || !config.keep.includes(p.name) || (newIdentity && p.mount === '/persistent')) return { ...p, action }
-    // a filesystem the unfinished install was making may be half made, whatever its superblock says
-    if (unfinished && !unfinished.kept.includes(p.name)) return { ...p, action }
+    if (action !== 'mkfs' || !config.keep.includes(p.name) || (newIdentity && p.mount === '/persistent')) return { ...p, action }
+    const intactAt = () => ext4UuidAt(disk.path, p.firstLba * disk.sectorSize)?.toLowerCase() === p.fsUuid?.toLowerCase()
+    if (unfinished) {
+      // what the unfinished install kept is where the plan puts it, whatever its cut left of the
+      // GPT; a filesystem it was making may be half made, whatever its superblock says
+      return { ...p, action: unfinished.kept.includes(p.name) && intactAt() ? 'keep' as const : action }
+    }
+    if (content.kind !== 'labhost') return { ...p, action }
     const old = content.partitions.find((q) => q.number === p.number)
     const same = old && old.firstLba === p.firstLba && old.lastLba === p.lastLba
-    const intact = same && ext4UuidAt(disk.path, p.firstLba * disk.sectorSize)?.toLowerCase() === p.fsUuid?.toLowerCase()
-    return { ...p, action: intact ? 'keep' as const : action }
+    return { ...p, action: same && intactAt() ? 'keep' as const : action }
   })
   const erases = unfinished && content.kind !== 'blank' ? `the unfinished install this stick started at ${unfinished.startedAt} (${content.kind === 'foreign' ? content.what : 'labhost partitions'}), except ${partitions.filter((p) => p.action === 'keep').map((p) => p.name).join(', ') || 'nothing'}`
     : content.kind === 'blank' ? 'nothing (the disk is blank)'

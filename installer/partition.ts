@@ -1,6 +1,8 @@
 // Partitioning by the layout: the two root slots as entries 1 and 2 (one sector of the entry
 // array, as the slot switch needs), then the layout's partitions of that disk, with the fixed
 // PARTUUIDs and names; filesystems with the fixed UUIDs.
+import fs from 'node:fs'
+import { describeDisk } from '../lib/blockdev.ts'
 import { LabhostError } from '../lib/errors.ts'
 import { run } from '../lib/exec.ts'
 import type { Layout, LayoutPartition } from '../lib/layout.ts'
@@ -60,7 +62,23 @@ export function sgdiskArgs(plan: PlannedPartition[], bootSlot: 'A' | 'B' | null)
   return args
 }
 
+/**
+ * A fresh GPT by the plan. The old GPT regions are zeroed first (MBR, primary header and array;
+ * backup array and header), never a byte of a partition: sgdisk refuses to zap a table it finds
+ * damaged ("Invalid partition data!"), which is just what a power cut in an earlier run leaves.
+ */
 export async function partitionDisk(target: string, plan: PlannedPartition[], bootSlot: 'A' | 'B' | null): Promise<void> {
+  const { sizeBytes, sectorSize } = describeDisk(target)
+  const arraySectors = Math.ceil((128 * 128) / sectorSize)
+  const fd = fs.openSync(target, 'r+')
+  try {
+    const zeros = Buffer.alloc((2 + arraySectors) * sectorSize)
+    fs.writeSync(fd, zeros, 0, zeros.length, 0)
+    fs.writeSync(fd, zeros, 0, (1 + arraySectors) * sectorSize, sizeBytes - (1 + arraySectors) * sectorSize)
+    fs.fsyncSync(fd)
+  } finally {
+    fs.closeSync(fd)
+  }
   await run('sgdisk', [...sgdiskArgs(plan, bootSlot), target])
 }
 

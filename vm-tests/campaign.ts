@@ -9,11 +9,12 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { prng } from '../lib/test-helpers.ts'
-import { buildImage, labhostExecutable } from '../image-build/build.ts'
+import { buildImage } from '../image-build/build.ts'
 import { TRIAL_FILE } from '../image-build/initramfs-init.ts'
 import { generateKeyPair, readManifest, type Manifest } from '../image-build/manifest.ts'
-import { loadRecipe, writeRecipeVariant } from '../image-build/recipe.ts'
+import { loadRecipe } from '../image-build/recipe.ts'
 import { buildHostDisks, withPartition, type HostDisks } from './fixtures/host-disks.ts'
+import { GUEST_LABHOST, leanRecipe, stageLabhost } from './fixtures/lean-image.ts'
 import type { VmDriver } from './driver.ts'
 import { Console, type Marker, type MarkerPattern } from './console-markers.ts'
 import type { VmSpec } from './qemu.ts'
@@ -78,23 +79,13 @@ export const summaryLine = (r: CampaignReport): string =>
 
 const VERSIONS = ['1.0.0', '2.0.0'] as const
 
-/** A lean test image for cycling fast: labhost runs from /qcow2/backing, so the slot holds only busybox and the kernel. */
+/** The two versions the campaign alternates between: lean test images (fixtures/lean-image.ts). */
 export async function buildCampaignImages(dir: string): Promise<{ keyFile: string; dirs: Record<string, string>; manifests: Record<string, Manifest> }> {
   const keys = generateKeyPair(`${dir}/keys`)
   const dirs: Record<string, string> = {}
   const manifests: Record<string, Manifest> = {}
   for (const version of VERSIONS) {
-    const recipe = writeRecipeVariant('test', `${dir}/recipes/campaign-${version}.yaml`, (r) => {
-      r.version = version
-      r.carryLabhost = false
-      r.imageSizeMiB = 48
-      r.files = [...(r.files ?? []).filter((f) => f.path !== '/sbin/init'), {
-        path: '/sbin/init', mode: '0755', content: [
-          '#!/bin/sh', 'export PATH=/bin:/sbin:/usr/bin:/usr/sbin', 'mount -t tmpfs tmpfs /tmp', 'mount -a 2>/dev/null', '. /run/labhost/boot',
-          'echo "LABHOST-USERSPACE version=$(cat /etc/labhost/version) slot=$SLOT device=$DEVICE"',
-          '[ -x /persistent/test-hook ] && /persistent/test-hook', 'sync', 'poweroff -f', ''].join('\n'),
-      }]
-    })
+    const recipe = leanRecipe(`${dir}/recipes/campaign-${version}.yaml`, (r) => { r.version = version })
     const built = await buildImage(recipe, { out: `${dir}/v${version}`, keyFile: keys.privateKeyFile })
     dirs[version] = path.dirname(built.manifestFile)
     manifests[version] = readManifest(built.manifestFile)
@@ -108,7 +99,7 @@ export async function buildCampaignImages(dir: string): Promise<{ keyFile: strin
  */
 function cycleHook(injectNaiveSwitch: boolean): string {
   return `#!/bin/sh
-L=/qcow2/backing/labhost
+L=${GUEST_LABHOST}
 # confirm the running slot when it is on trial (each labhost start costs seconds under TCG)
 [ -e /var/log/${TRIAL_FILE} ] && echo "LABHOST-MARK $($L mark-good 2>&1)"
 V=$(cat /etc/labhost/version)
@@ -122,10 +113,8 @@ reboot -f
 }
 
 async function stageCampaign(disks: HostDisks, dirs: Record<string, string>, injectNaiveSwitch: boolean): Promise<void> {
-  const exe = await labhostExecutable()
+  await stageLabhost(disks)
   await withPartition(disks.ssd, disks.ssdPlan.find((p) => p.mount === '/qcow2/backing')!, async (root) => {
-    fs.copyFileSync(exe, `${root}/labhost`)
-    fs.chmodSync(`${root}/labhost`, 0o755)
     for (const [version, dir] of Object.entries(dirs)) {
       fs.mkdirSync(`${root}/${version}`)
       for (const f of ['manifest.json', 'root.img.zst']) fs.copyFileSync(`${dir}/${f}`, `${root}/${version}/${f}`)

@@ -1,4 +1,4 @@
-// Crash-point replay of one real update: the test image (1.0.0 in A) updates itself to 2.0.0 in
+// Crash-point replay of one real update: the (lean) test image (1.0.0 in A) updates itself to 2.0.0 in
 // QEMU while QEMU records every write and flush it sends to the SSD; then every state a power
 // cut could leave is judged offline (crash-replay.ts) — each must boot 1.0.0 or 2.0.0 — and a
 // sample of states is booted for real to check the judgement. A switch that skips the CRC
@@ -10,9 +10,10 @@ import { tmpDir } from '../lib/test-helpers.ts'
 import { openGptDisk, readGpt } from '../bootloader/gpt.ts'
 import { buildImage } from '../image-build/build.ts'
 import { generateKeyPair, type Manifest } from '../image-build/manifest.ts'
-import { loadRecipe, writeRecipeVariant } from '../image-build/recipe.ts'
+import { loadRecipe } from '../image-build/recipe.ts'
 import { bootUntilPowerOff, type VmSpec } from './qemu.ts'
 import { buildHostDisks, stageUpdatePlan } from './fixtures/host-disks.ts'
+import { leanRecipe, stageLabhost } from './fixtures/lean-image.ts'
 import { materialize, replay, type ReplayInput } from './crash-replay.ts'
 import { readWriteLog } from './write-log.ts'
 
@@ -20,10 +21,11 @@ t.test('every crash point of a recorded update boots 1.0.0 or 2.0.0; a naive swi
   const dir = tmpDir(t, 'labhost-vm-replay-')
   const keys = generateKeyPair(`${dir}/keys`)
   const build = async (name: string, version: string) =>
-    path.dirname((await buildImage(writeRecipeVariant('test', `${dir}/${name}.yaml`, (r) => { r.version = version }), { out: `${dir}/${name}`, keyFile: keys.privateKeyFile })).manifestFile)
+    path.dirname((await buildImage(leanRecipe(`${dir}/${name}.yaml`, (r) => { r.version = version }), { out: `${dir}/${name}`, keyFile: keys.privateKeyFile })).manifestFile)
   const v1 = await build('v1', '1.0.0')
   const v2 = await build('v2', '2.0.0')
-  const disks = await buildHostDisks(dir, loadRecipe('test').layout, `${v1}/root.img`, { slots: ['A'], flag: 'A', restMiB: 96 })
+  const disks = await buildHostDisks(dir, loadRecipe('test').layout, `${v1}/root.img`, { slots: ['A'], flag: 'A', restMiB: 160 })
+  await stageLabhost(disks)
   await stageUpdatePlan(disks, { images: { v2 }, steps: [{ name: 'v2', args: '/qcow2/backing/v2 --reboot' }] })
   const before = `${dir}/ssd-before.img`
   fs.copyFileSync(disks.ssd, before)

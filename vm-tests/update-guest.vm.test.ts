@@ -14,15 +14,16 @@ import { serveDirectory } from '../lib/http-serve.ts'
 import { tmpDir } from '../lib/test-helpers.ts'
 import { buildImage } from '../image-build/build.ts'
 import { generateKeyPair } from '../image-build/manifest.ts'
-import { loadRecipe, writeRecipeVariant } from '../image-build/recipe.ts'
+import { loadRecipe } from '../image-build/recipe.ts'
 import { bootUntilPowerOff, type VmSpec } from './qemu.ts'
 import { buildHostDisks, GUEST_SERVER, stageUpdatePlan, statusLines } from './fixtures/host-disks.ts'
+import { leanRecipe, stageLabhost } from './fixtures/lean-image.ts'
 
 t.test('broken 1.5.0 rolls back to 1.0.0 by itself; 2.0.0 over HTTP boots on trial and is marked good', async (t) => {
   const dir = tmpDir(t, 'labhost-vm-update-')
   const keys = generateKeyPair(`${dir}/keys`)
-  const build = async (name: string, change: Parameters<typeof writeRecipeVariant>[2]) =>
-    path.dirname((await buildImage(writeRecipeVariant('test', `${dir}/recipes/${name}.yaml`, change), { out: `${dir}/${name}`, keyFile: keys.privateKeyFile })).manifestFile)
+  const build = async (name: string, change: Parameters<typeof leanRecipe>[1]) =>
+    path.dirname((await buildImage(leanRecipe(`${dir}/recipes/${name}.yaml`, change), { out: `${dir}/${name}`, keyFile: keys.privateKeyFile })).manifestFile)
   const v1 = await build('v1', () => {})
   const broken = await build('broken', (r) => {
     r.version = '1.5.0'
@@ -36,7 +37,8 @@ t.test('broken 1.5.0 rolls back to 1.0.0 by itself; 2.0.0 over HTTP boots on tri
   const server = await serveDirectory(served)
   t.teardown(() => server.close())
 
-  const disks = await buildHostDisks(dir, loadRecipe('test').layout, `${v1}/root.img`, { slots: ['A'], flag: 'A', restMiB: 96 })
+  const disks = await buildHostDisks(dir, loadRecipe('test').layout, `${v1}/root.img`, { slots: ['A'], flag: 'A', restMiB: 160 })
+  await stageLabhost(disks)
   await stageUpdatePlan(disks, {
     images: { broken },
     steps: [

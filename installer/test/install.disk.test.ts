@@ -155,27 +155,37 @@ t.test('an install cut off after any step, or killed in the middle of the image 
   }
 })
 
-t.test('a cut inside the partitioning (primary GPT missing, backup written) is this stick\'s own unfinished work: the re-run images the disk; without the stick\'s record it is refused as foreign data', async (t) => {
-  for (const withRecord of [true, false]) {
+t.test('cuts inside the partitioning: a table the cut left damaged is rewritten, and what only the stick knows is its own work is re-imaged, keeping /persistent', async (t) => {
+  const cutRerun = async (damage: (m: Machine) => void, withRecord: boolean) => {
     const m = await machine(t)
-    // a first run that a re-run keeps /persistent from, then a re-run cut after partitioning
+    // a first run (a re-run keeps its /persistent), then a re-run cut after partitioning
     t.equal((await runCli([...m.args(), '--json'])).code, 0)
     const uuid = (await persistentFiles(m))['machine-uuid']
     const cut = await execa(process.execPath, [path.join(import.meta.dirname, '../../cli/bin.ts'), ...m.args()], { reject: false, env: { LABHOST_FAULT_AFTER_STEP: 'partition the HDD' } })
     t.equal(cut.signal, 'SIGKILL')
     t.ok(fs.existsSync(`${m.reports}/unfinished-install.json`), 'the stick remembers the unfinished install')
-    // what a power cut between sgdisk's writes leaves: the HDD's backup GPT without its primary
-    const fd = fs.openSync(m.hdd, 'r+')
-    fs.writeSync(fd, Buffer.alloc(3 * 512), 0, 3 * 512, 0)
-    fs.closeSync(fd)
+    damage(m)
     if (!withRecord) fs.rmSync(`${m.reports}/unfinished-install.json`)
-    const again = await runCli([...m.args(), '--json'])
+    return { m, uuid, again: await runCli([...m.args(), '--json']) }
+  }
+  const zero = (file: string, lbas: number[]) => {
+    const fd = fs.openSync(file, 'r+')
+    for (const lba of lbas) fs.writeSync(fd, Buffer.alloc(512), 0, 512, lba >= 0 ? lba * 512 : fs.fstatSync(fd).size + lba * 512)
+    fs.closeSync(fd)
+  }
+  // 1. the SSD's primary GPT gone, its backup whole: recognisably labhost's, so no record needed;
+  //    sgdisk alone would refuse to zap it ("Invalid partition data!")
+  const one = await cutRerun((m) => zero(m.ssd, [0, 1, 2]), false)
+  t.equal(one.again.code, 0, 'primary GPT gone: the re-run completes', { stderr: one.again.stderr })
+  t.equal((await persistentFiles(one.m))['machine-uuid'], one.uuid, 'identity kept')
+  // 2. both GPT headers gone, the primary array left: no GPT, yet data — the stick's record says it is its own
+  for (const withRecord of [true, false]) {
+    const { m, uuid, again } = await cutRerun((m) => zero(m.ssd, [1, -1]), withRecord)
     if (withRecord) {
-      t.equal(again.code, 0, 're-run with the record: exit 0', { stderr: again.stderr })
-      t.match(again.stderr, /HDD: .*\n {2}erases: the unfinished install this stick started at .*data in its last MiB/)
+      t.equal(again.code, 0, 'no valid GPT, with the record: the re-run completes', { stderr: again.stderr })
+      t.match(again.stderr, /SSD: .*\n {2}erases: the unfinished install this stick started at .*data in its first MiB.*except persistent/)
       t.notOk(fs.existsSync(`${m.reports}/unfinished-install.json`), 'the record is gone once the install completed')
       t.equal((await persistentFiles(m))['machine-uuid'], uuid, 'the identity the unfinished run kept is kept again')
-      t.same(readGpt(openGptDisk(m.hdd)).entries.map((e) => e.name), ['user'])
     } else {
       t.equal(again.code, ExitCode.diskHasData, 'without the record: refused as foreign data', { stderr: again.stderr })
     }
