@@ -1,5 +1,5 @@
 // npm run vm-tests -- [--mode update|install] [--cycles N] [--seed S] [--json report.json]
-//                     [--driver auto|qemu|virtualbox] [--keep DIR] [--commit-weight F] [--inject-naive-switch]
+//                     [--driver auto|qemu|virtualbox] [--keep DIR] [--commit-weight F] [--cpus N] [--inject-naive-switch]
 // The random-reset campaign: resets during updates (vm-tests/campaign.ts; summary `cycles N,
 // resets N, old N, new N, bricked N`) or during installs from the stick (install-campaign.ts).
 // Exits 1 when a cycle bricked or a re-run failed (disks and serial log are kept) or an update
@@ -24,6 +24,7 @@ const { values } = parseArgs({
     driver: { type: 'string', default: 'auto' },
     keep: { type: 'string', default: path.join(os.tmpdir(), 'labhost-campaign-bricks') },
     'commit-weight': { type: 'string', default: '0.4' },
+    cpus: { type: 'string', default: '1' },
     'inject-naive-switch': { type: 'boolean', default: false },
     help: { type: 'boolean', short: 'h', default: false },
   },
@@ -51,7 +52,7 @@ try {
     process.exitCode = report.failed ? 1 : 0
   } else if (values.mode === 'update') {
     const report = await runUpdateCampaign({
-      driver, cycles, seed, workDir, keepDir: values.keep, commitWeight: Number(values['commit-weight']),
+      driver, cycles, seed, workDir, keepDir: values.keep, commitWeight: Number(values['commit-weight']), cpus: Number(values.cpus),
       injectNaiveSwitch: values['inject-naive-switch'], log: (l) => console.log(l),
     })
     if (values.json) fs.writeFileSync(values.json, JSON.stringify(report, null, 2) + '\n')

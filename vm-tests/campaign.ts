@@ -31,6 +31,8 @@ export interface CampaignOptions {
   bootTimeoutMs?: number
   /** Share of resets aimed at the commit (the rest fall uniformly over the update); default 0.4. */
   commitWeight?: number
+  /** Virtual CPUs of the host under test (default 1). */
+  cpus?: number
   /** Fault injection: the guest switches slots without CRC compensation. */
   injectNaiveSwitch?: boolean
   log?: (line: string) => void
@@ -158,7 +160,7 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
   const { dirs, manifests } = await buildCampaignImages(o.workDir)
   const disks = await buildHostDisks(o.workDir, loadRecipe('test').layout, `${dirs[VERSIONS[0]]}/root.img`, { slots: ['A'], flag: 'A', restMiB: 200 })
   await stageCampaign(disks, dirs, o.injectNaiveSwitch ?? false)
-  const spec: VmSpec = { disks: [{ file: disks.ssd, bus: 'ide-hd', rotationRate: 1 }, { file: disks.hdd, bus: 'ide-hd', rotationRate: 7200 }], memoryMb: 512 }
+  const spec: VmSpec = { disks: [{ file: disks.ssd, bus: 'ide-hd', rotationRate: 1 }, { file: disks.hdd, bus: 'ide-hd', rotationRate: 7200 }], memoryMb: 512, cpus: o.cpus ?? 1 }
   const serialFile = path.join(o.workDir, 'serial.log')
   const report: CampaignReport = {
     driver: o.driver.name, accel: await o.driver.accel(), seed: o.seed, cycles: 0, resets: 0, old: 0, new: 0, bricked: 0, failedUpdates: 0,

@@ -31,7 +31,7 @@ t.test(`short campaign: ${RESETS} resets aimed over updates and at the commit, n
 
 t.test('the same campaign with a switch that skips the CRC compensation reports a brick', async (t) => {
   const keep = tmpDir(t, 'labhost-campaign-keep-')
-  const report = await runUpdateCampaign({ driver: new QemuDriver(), cycles: 1, seed: 1, workDir: tmpDir(t, 'labhost-campaign-'), keepDir: keep, injectNaiveSwitch: true, bootTimeoutMs: 45_000, log: (l) => t.comment(l) })
+  const report = await runUpdateCampaign({ driver: new QemuDriver(), cycles: 1, seed: 1, workDir: tmpDir(t, 'labhost-campaign-'), keepDir: keep, injectNaiveSwitch: true, bootTimeoutMs: 30_000, log: (l) => t.comment(l) })
   t.equal(report.bricked, 1, summaryLine(report))
   t.ok(report.kept && fs.existsSync(path.join(report.kept, 'ssd.img')) && fs.existsSync(path.join(report.kept, 'serial.log')), 'the brick\'s disk and serial log are kept')
   const serial = fs.readFileSync(path.join(report.kept!, 'serial.log'), 'latin1')

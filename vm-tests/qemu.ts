@@ -25,6 +25,8 @@ export interface VmDisk {
 export interface VmSpec {
   disks: VmDisk[]
   memoryMb?: number
+  /** Virtual CPUs (default 1); under TCG each is a host thread. */
+  cpus?: number
   /** DMI system vendor / product, as `-smbios type=1` sets them. */
   smbios?: { manufacturer: string; product: string }
   accel?: Accel
@@ -52,6 +54,7 @@ export function qemuArgs(spec: VmSpec, accel: Accel, serialFile: string, machine
   const args = ['-machine', 'pc', '-accel', accel, '-m', String(spec.memoryMb ?? 512), '-display', 'none',
     '-serial', `file:${serialFile}`, '-monitor', 'none']
   if ((machine.reboot ?? 'exit') === 'exit') args.push('-no-reboot')
+  if (spec.cpus && spec.cpus > 1) args.push('-smp', String(spec.cpus))
   if (machine.qmp) args.push('-qmp', `unix:${machine.qmp},server=on,wait=off`)
   if (spec.net) {
     // cmd: runs one `nc` per guest connection (a tcp: chardev would be one connection, opened

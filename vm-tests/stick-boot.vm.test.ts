@@ -99,17 +99,14 @@ t.test('blank SSD + HDD: installed unattended, boots the lab host from the SSD; 
   t.match(JSON.parse(kept['install-report.json']!), { identity: { created: false } })
 })
 
+// One refusal per way the PC's own hardware is read (DMI, the disks' sysfs, their contents); a
+// missing HDD and a too-small SSD are refused by the same selection code, tested on loop devices
+// and a sysfs tree in installer/test/ (each boot here costs half a minute of npm test).
 const refusals: { name: string; disks: (d: string) => Promise<VmDisk[]>; smbios?: typeof DELL; code: number; message: RegExp }[] = [
   {
     name: 'a model not on the list', smbios: { manufacturer: 'Dell Inc.', product: 'OptiPlex 9020' },
     disks: async (d) => [ssdDisk(sparseFile(`${d}/ssd.img`, 640 * MiB)), hddDisk(sparseFile(`${d}/hdd.img`, 64 * MiB))],
     code: ExitCode.modelRejected, message: /"Dell Inc\. \/ OptiPlex 9020", which \/data\/install\.yaml does not list/,
-  },
-  { name: 'no HDD', disks: async (d) => [ssdDisk(sparseFile(`${d}/ssd.img`, 640 * MiB))], code: ExitCode.diskMissing, message: /no rotational disk for the HDD/ },
-  {
-    name: 'an SSD too small',
-    disks: async (d) => [ssdDisk(sparseFile(`${d}/ssd.img`, 320 * MiB)), hddDisk(sparseFile(`${d}/hdd.img`, 64 * MiB))],
-    code: ExitCode.diskTooSmall, message: /no SSD of 0\.55\+ GiB: found \/dev\/sd\w \(QEMU HARDDISK/,
   },
   {
     name: 'two candidate SSDs',
