@@ -129,7 +129,8 @@ export async function runInstallCampaign(o: InstallCampaignOptions): Promise<Ins
             break
           }
         }
-        const end = await con.until('end', deadline, note)
+        // the re-run's own steps are not the step the reset hit
+        const end = await con.until('end', deadline, report.calibration ? undefined : note)
         record.exit = end ? Number(end.a) : null
         if (!report.calibration && end) report.calibration = { installMs: end.at - start.at }
         // finish: poweroff — the PC turns itself off after a completed install
