@@ -16,7 +16,7 @@ import { applySectorWrites } from '../bootloader/sector-writes.ts'
 import { readPublicKey, verifyManifestSignature } from '../image-build/manifest.ts'
 import { openSource, type UpdateSource } from '../updater/source.ts'
 import { verifyImage, writeImage } from '../updater/slot-writer.ts'
-import { clearUnfinished, diskIdentity, readUnfinished, writeUnfinished } from './unfinished.ts'
+import { clearUnfinished, diskIdentity, markUnfinished, readUnfinished } from './unfinished.ts'
 import { writeDurable } from '../updater/host-state.ts'
 import { applyBios, planBios, type BiosPlan, type BiosResult } from './bios.ts'
 import { loadInstallConfig, type InstallConfig } from './config.ts'
@@ -147,7 +147,7 @@ export async function planInstall(o: InstallOptions): Promise<{ plan: InstallPla
   const unfinished = readUnfinished(o.reportDir)
   const disks = chosen.map((d, i) => {
     const mine = unfinished?.disks.find((u) => u.role === roles[i] && u.identity === diskIdentity(d))
-    return planOne(roles[i]!, d, layout, config, o.config, o.newIdentity === true, mine && { startedAt: unfinished!.startedAt, kept: mine.kept })
+    return planOne(roles[i]!, d, layout, config, o.config, o.newIdentity === true, mine)
   })
   const image = { name: source.manifest.name, version: source.manifest.version, bytes: source.manifest.image.size }
   const slotA = disks[0]!.partitions[0]!
@@ -195,11 +195,12 @@ export async function runInstall(o: InstallOptions): Promise<{ plan: InstallPlan
 
   // From here on the disks change: a power cut leaves them to this stick's re-run (unfinished.ts).
   if (o.reportDir) {
-    const earlier = readUnfinished(o.reportDir)
-    writeUnfinished(o.reportDir, {
-      startedAt: earlier?.startedAt ?? startedAt.toISOString(),
-      disks: plan.disks.map((d) => ({ role: d.role, identity: diskIdentity(d.disk), kept: d.partitions.filter((p) => p.action === 'keep').map((p) => p.name) })),
-    })
+    const earlier = readUnfinished(o.reportDir)?.disks ?? []
+    markUnfinished(o.reportDir, plan.disks.map((d) => {
+      const identity = diskIdentity(d.disk)
+      return { role: d.role, identity, kept: d.partitions.filter((p) => p.action === 'keep').map((p) => p.name),
+        startedAt: earlier.find((e) => e.identity === identity)?.startedAt ?? startedAt.toISOString() }
+    }))
   }
   for (const d of plan.disks) {
     await step(`partition the ${d.role.toUpperCase()}`, async () => {
@@ -234,7 +235,7 @@ export async function runInstall(o: InstallOptions): Promise<{ plan: InstallPlan
   }))
   report!.finishedAt = new Date().toISOString()
   if (o.reportDir) {
-    clearUnfinished(o.reportDir)
+    clearUnfinished(o.reportDir, plan.disks.map((d) => diskIdentity(d.disk)))
     const name = `${(plan.machine.serial || os.hostname()).replace(/[^\w.-]/g, '_')}-${startedAt.toISOString().replace(/[:.]/g, '-')}.json`
     fs.writeFileSync(path.join(o.reportDir, name), JSON.stringify(report, null, 2) + '\n')
     log(`report: ${path.join(o.reportDir, name)}`)

@@ -1,4 +1,4 @@
-// The stick's memory of an install it started and has not finished: written durably to the
+// The stick's memory of installs it started and has not finished, per disk: written durably to the
 // report directory before the first disk write, removed once the install completed. A re-run
 // after a power cut reads it, so a disk the cut left half-partitioned by this stick (a GPT
 // without its backup, a backup without its primary, a filesystem half made) is recognised as
@@ -10,9 +10,9 @@ import type { BlockDisk } from './disks.ts'
 
 export const UNFINISHED_FILE = 'unfinished-install.json'
 
+/** Per disk, so a stick taken from one half-imaged PC to the next still knows both. */
 export interface UnfinishedInstall {
-  startedAt: string
-  disks: { role: string; identity: string; kept: string[] }[]
+  disks: { role: string; identity: string; kept: string[]; startedAt: string }[]
 }
 
 /** A disk as the stick recognises it again after a reboot (kernel names may change; serials do not). */
@@ -42,7 +42,7 @@ function syncDir(dir: string): void {
   }
 }
 
-export function writeUnfinished(reportDir: string, record: UnfinishedInstall): void {
+function writeUnfinished(reportDir: string, record: UnfinishedInstall): void {
   fs.mkdirSync(reportDir, { recursive: true })
   const file = path.join(reportDir, UNFINISHED_FILE)
   const fd = fs.openSync(file, 'w')
@@ -55,7 +55,16 @@ export function writeUnfinished(reportDir: string, record: UnfinishedInstall): v
   syncDir(reportDir)
 }
 
-export function clearUnfinished(reportDir: string): void {
+/** Record these disks as being installed (replacing what the record said of them). */
+export function markUnfinished(reportDir: string, disks: UnfinishedInstall['disks']): void {
+  const others = (readUnfinished(reportDir)?.disks ?? []).filter((d) => !disks.some((x) => x.identity === d.identity))
+  writeUnfinished(reportDir, { disks: [...others, ...disks] })
+}
+
+/** These disks are done: forget them (and the file, when no other disk is left in it). */
+export function clearUnfinished(reportDir: string, identities: string[]): void {
+  const left = (readUnfinished(reportDir)?.disks ?? []).filter((d) => !identities.includes(d.identity))
+  if (left.length) return writeUnfinished(reportDir, { disks: left })
   fs.rmSync(path.join(reportDir, UNFINISHED_FILE), { force: true })
   syncDir(reportDir)
 }

@@ -38,7 +38,8 @@ export interface CampaignOptions {
   log?: (line: string) => void
 }
 
-export type Outcome = 'completed' | 'old' | 'new' | 'brick' | 'wrong-bytes'
+/** brick: no userspace in time, or a version came up whose slot is not its signed image. */
+export type Outcome = 'completed' | 'old' | 'new' | 'brick'
 
 export interface CycleRecord {
   cycle: number
@@ -202,7 +203,6 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
     record.bootSeconds = (up.at - since) / 1000
     const m = manifests[up.a]
     if (!m || slotHash(disks, up.b, m.image.size) !== m.image.sha256) {
-      record.outcome = 'wrong-bytes'
       await brick(record, `version ${up.a} came up from slot ${up.b}, whose bytes are not that signed image`)
       return false
     }
@@ -210,7 +210,7 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
   }
 
   try {
-    let boot: CycleRecord = { cycle: -1, aim: 'calibration', from: '', to: '', resetAtMs: null, phase: null, outcome: 'completed', booted: null, bootSeconds: null }
+    const boot: CycleRecord = { cycle: -1, aim: 'calibration', from: '', to: '', resetAtMs: null, phase: null, outcome: 'completed', booted: null, bootSeconds: null }
     if (!(await awaitBoot(boot, started))) return report
     let calibration: { updateMs: number; verifyMs: number; commitTailMs: number } | null = null
     for (let cycle = 0; cycle < o.cycles + 1; cycle++) {
@@ -292,11 +292,11 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
       report.resets++
       const resetTime = Date.now()
       if (!(await awaitBoot(record, resetTime))) break
-      record.outcome = record.booted!.version === record.from ? 'old' : record.booted!.version === record.to ? 'new' : 'wrong-bytes'
-      if (record.outcome === 'wrong-bytes') {
+      if (record.booted!.version !== record.from && record.booted!.version !== record.to) {
         await brick(record, `booted ${record.booted!.version}, neither ${record.from} nor ${record.to}`)
         break
       }
+      record.outcome = record.booted!.version === record.from ? 'old' : 'new'
       if (record.outcome === 'old') report.old++
       else report.new++
       if (record.updateExit !== undefined) report.failedUpdates++
