@@ -11,6 +11,7 @@ import { run } from '../lib/exec.ts'
 import { hashWhole, runCli, sparseFile, tmpDir } from '../lib/test-helpers.ts'
 import { bootUntilPowerOff, type VmDisk } from './qemu.ts'
 import { readPartitionFiles } from './fixtures/host-disks.ts'
+import { leanRecipe } from './fixtures/lean-image.ts'
 
 const MiB = 1 << 20
 const DELL = { manufacturer: 'Dell Inc.', product: 'OptiPlex 7010' }
@@ -26,7 +27,8 @@ let stickTemplate = ''
 t.before(async () => {
   t.equal((await runCli(['image', 'keygen', '--out', `${dir}/keys`])).code, 0)
   const key = `${dir}/keys/labhost-signing.key`
-  const b = await runCli(['image', 'build', 'test', '--out', `${dir}/image`, '--key', key])
+  // the lean test image (fixtures/lean-image.ts): the stick carries labhost itself, the PC need not
+  const b = await runCli(['image', 'build', leanRecipe(`${dir}/lean.yaml`), '--out', `${dir}/image`, '--key', key])
   if (b.code !== 0) throw new Error(`image build: ${b.stderr}`)
   fs.writeFileSync(`${dir}/install.yaml`, YAML.stringify(CONFIG))
   const s = await runCli(['image', 'stick', '--image', `${dir}/image`, '--config', `${dir}/install.yaml`, '--out', `${dir}/stick.img`, '--key', key])
