@@ -31,10 +31,14 @@ export class HashPool {
         this.waiting.get(id)?.resolve(hash)
         this.waiting.delete(id)
       })
-      w.on('error', (e) => {
+      // a worker that fails or exits fails what it was asked; later hashes run on this thread
+      const broken = (e: unknown) => {
         for (const p of this.waiting.values()) p.reject(e)
         this.waiting.clear()
-      })
+        this.workers = []
+      }
+      w.on('error', broken)
+      w.on('exit', (code) => { if (this.workers.length) broken(new Error(`a hashing worker exited (${code})`)) })
       this.workers.push(w)
     }
   }
@@ -59,7 +63,8 @@ export class HashPool {
   }
 
   async close(): Promise<void> {
-    await Promise.all(this.workers.map((w) => w.terminate()))
+    const workers = this.workers
     this.workers = []
+    await Promise.all(workers.map((w) => w.terminate()))
   }
 }

@@ -1,0 +1,29 @@
+// SHA-256 in worker threads over shared aligned buffers: the same digests as on the main thread,
+// many requests in flight, and a pool whose workers are gone still answers (on the main thread).
+import crypto from 'node:crypto'
+import t from 'tap'
+import { alignedBuffers } from '../direct-io.ts'
+import { HashPool } from '../hash-pool.ts'
+
+const hex = (b: Buffer) => crypto.createHash('sha256').update(b).digest('hex')
+
+t.test('worker digests equal the main thread\'s, for shared and plain buffers, many at once', async (t) => {
+  const pool = new HashPool(2)
+  t.teardown(() => pool.close())
+  const shared = alignedBuffers(6, 300_001)
+  shared.forEach((b, i) => crypto.randomFillSync(b, 0, b.length - i))
+  t.ok(shared.every((b) => b.buffer instanceof SharedArrayBuffer), 'aligned buffers live in shared memory')
+  const views = shared.flatMap((b) => [b, b.subarray(17, 1000), b.subarray(0, 0)])
+  t.same(await Promise.all(views.map((v) => pool.sha256(v))), views.map(hex))
+  const plain = crypto.randomBytes(12345)
+  t.equal(await pool.sha256(plain), hex(plain), 'a buffer outside shared memory is hashed here')
+})
+
+t.test('after the workers are gone, hashing still answers', async (t) => {
+  const pool = new HashPool(1)
+  const [b] = alignedBuffers(1, 4096)
+  crypto.randomFillSync(b!)
+  t.equal(await pool.sha256(b!), hex(b!))
+  await pool.close()
+  t.equal(await pool.sha256(b!), hex(b!), 'closed pool: main thread')
+})
