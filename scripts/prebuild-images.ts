@@ -5,12 +5,12 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { buildImage } from '../image-build/build.ts'
-import { generateKeyPair } from '../image-build/manifest.ts'
+import { cacheKeys } from '../image-build/cache-keys.ts'
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'labhost-prebuild-'))
 try {
-  const keys = generateKeyPair(path.join(dir, 'keys'))
-  const r = await buildImage('host', { out: path.join(dir, 'host'), keyFile: keys.privateKeyFile })
+  // the signer is part of the cache key: the VM test signs with the same cached test key
+  const r = await buildImage('host', { out: path.join(dir, 'host'), keyFile: cacheKeys().privateKeyFile })
   console.log(`host image ${r.cached ? 'already in the cache' : `built into the cache in ${r.seconds.toFixed(0)} s`}`)
 } finally {
   fs.rmSync(dir, { recursive: true, force: true })

@@ -45,8 +45,7 @@ if (built.exitCode !== 0) {
 
 const totals = { pass: 0, fail: 0, skip: 0, todo: 0 }
 let tapFailed = false
-// host-image boots the debootstrap image: last, so the other lane can build it first (below)
-const vmFiles = (kinds.includes('vm') ? pick('vm') : []).sort((a, b) => Number(a.includes('host-image')) - Number(b.includes('host-image')))
+const vmFiles = kinds.includes('vm') ? pick('vm') : []
 const otherFiles = [...(kinds.includes('unit') ? pick('unit') : []), ...(kinds.includes('disk') ? pick('disk') : [])]
 // Two cores: the VM tests run one at a time on one, and the unit and disk tests beside them on
 // the other (one at a time then; two at a time when there is no VM test to share with).

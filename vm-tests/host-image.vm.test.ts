@@ -3,6 +3,7 @@
 // labhost-mark-good.service ends a trial after its health check.
 import fs from 'node:fs'
 import t from 'tap'
+import { cacheKeys } from '../image-build/cache-keys.ts'
 import { run } from '../lib/exec.ts'
 import { Disk } from '../lib/blockdev.ts'
 import { readGpt } from '../bootloader/gpt.ts'
@@ -15,8 +16,8 @@ import { buildHostDisks, withPartition } from './fixtures/host-disks.ts'
 
 t.test('host image: systemd userspace from slot A, sshd with keys from /persistent', async (t) => {
   const dir = tmpDir(t, 'labhost-vm-host-')
-  t.equal((await runCli(['image', 'keygen', '--out', `${dir}/keys`])).code, 0)
-  const b = await runCli(['image', 'build', 'host', '--out', `${dir}/image`, '--key', `${dir}/keys/labhost-signing.key`, '--json'])
+  // signed with the cached test key, so the image npm test prebuilt beside the VM tests is a cache hit
+  const b = await runCli(['image', 'build', 'host', '--out', `${dir}/image`, '--key', cacheKeys().privateKeyFile, '--json'])
   t.equal(b.code, 0, 'image build host', { stderr: b.stderr.slice(-2000) })
   t.comment(`host image: ${JSON.parse(b.stdout).size} bytes, built in ${JSON.parse(b.stdout).seconds} s`)
   const layout = loadRecipe('host').layout
