@@ -6,6 +6,7 @@
 // and the partitions that install kept are kept again.
 import fs from 'node:fs'
 import path from 'node:path'
+import { syncDir, writeDurable } from '../updater/host-state.ts'
 import type { BlockDisk } from './disks.ts'
 
 export const UNFINISHED_FILE = 'unfinished-install.json'
@@ -31,28 +32,9 @@ export function readUnfinished(reportDir: string | undefined): UnfinishedInstall
   }
 }
 
-function syncDir(dir: string): void {
-  const fd = fs.openSync(dir, 'r')
-  try {
-    fs.fsyncSync(fd)
-  } catch {
-    // some file systems (vfat) do not sync directories; the file itself was synced
-  } finally {
-    fs.closeSync(fd)
-  }
-}
-
 function writeUnfinished(reportDir: string, record: UnfinishedInstall): void {
   fs.mkdirSync(reportDir, { recursive: true })
-  const file = path.join(reportDir, UNFINISHED_FILE)
-  const fd = fs.openSync(file, 'w')
-  try {
-    fs.writeSync(fd, JSON.stringify(record, null, 2) + '\n')
-    fs.fsyncSync(fd)
-  } finally {
-    fs.closeSync(fd)
-  }
-  syncDir(reportDir)
+  writeDurable(path.join(reportDir, UNFINISHED_FILE), JSON.stringify(record, null, 2) + '\n')
 }
 
 /** Record these disks as being installed (replacing what the record said of them). */

@@ -281,10 +281,7 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
         }
         resetAt = (phases.verify ?? Date.now()) + calibration.verifyMs - 500 + rnd() * (calibration.commitTailMs + 1000)
       }
-      while (Date.now() < resetAt) {
-        const m = await con.next(Math.min(resetAt, Date.now() + 25))
-        if (m) note(m)
-      }
+      await con.waitUntil(resetAt, note)
       record.resetAtMs = Date.now() - start
       record.phase = phase
       await restartIfGone()

@@ -47,6 +47,14 @@ export class Console {
     }
   }
 
+  /** Let time pass until `at` (ms epoch), handing the announcements made meanwhile to `seen`. */
+  async waitUntil(at: number, seen: (m: Marker) => void): Promise<void> {
+    while (Date.now() < at) {
+      const m = await this.next(Math.min(at, Date.now() + 25))
+      if (m) seen(m)
+    }
+  }
+
   /** The next announcement of `kind`; the ones before it go to `seen`. */
   async until(kind: string, deadline: number, seen?: (m: Marker) => void): Promise<Marker | null> {
     for (;;) {

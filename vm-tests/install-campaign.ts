@@ -117,10 +117,7 @@ export async function runInstallCampaign(o: InstallCampaignOptions): Promise<Ins
         const note = (m: Marker) => { if (m.kind === 'step') record.step = m.a }
         if (report.calibration) {
           const resetAt = start.at + rnd() * report.calibration.installMs
-          while (Date.now() < resetAt) {
-            const m = await con.next(Math.min(resetAt, Date.now() + 25))
-            if (m) note(m)
-          }
+          await con.waitUntil(resetAt, note)
           record.resetAtMs = Date.now() - start.at
           await vm.reset()
           report.resets++
