@@ -1,15 +1,17 @@
 // Writing a signed image into a byte range of a disk (a root slot): decompress the transport
-// stream as it arrives, check every chunk against the signed manifest before it is written, write
-// it with O_DIRECT while the next chunks arrive, make all-zero chunks read as zeros without sending
-// them (lib/direct-io.ts), fdatasync, then read the range back from the device with O_DIRECT and
-// compare again. Used by `labhost update` (inactive slot) and `labhost install` (slot A).
+// stream as it arrives, write it with O_DIRECT while the next chunks arrive, read each written
+// chunk back from the device (O_DIRECT: no cache answers) and compare its SHA-256 with the signed
+// manifest while later chunks are written, make the chunks the manifest says are zeros read as
+// zeros without sending them (lib/direct-io.ts), fdatasync, then read back what was not read yet
+// (the zeroed chunks; everything where the target has no O_DIRECT, after dropping the cache).
+// Every byte is judged once, from the disk. Used by `labhost update` (inactive slot) and
+// `labhost install` (slot A).
 import crypto from 'node:crypto'
 import fs from 'node:fs'
-import { Readable } from 'node:stream'
-import { pipeline } from 'node:stream/promises'
 import { execa } from 'execa'
 import { alignedBuffers, DIRECT_ALIGN, DirectFile, readUpTo, roundUp } from '../lib/direct-io.ts'
 import { LabhostError } from '../lib/errors.ts'
+import { ZstdReader, type ZstdVerdict } from '../lib/zstd-reader.ts'
 import { HashPool } from '../lib/hash-pool.ts'
 import type { Progress } from '../lib/progress.ts'
 import type { Manifest } from '../image-build/manifest.ts'
@@ -26,6 +28,8 @@ export interface ImageTarget {
 const WRITE_BUFFERS = 8
 /** Reads the verifier keeps in flight ahead of the chunk it is hashing. */
 const READ_AHEAD = 8
+/** Read-backs the writer keeps in flight behind its writes. */
+const WRITE_READ_BACKS = 4
 
 function chunkMismatch(manifest: Manifest, index: number, what: string): LabhostError {
   return new LabhostError('hashMismatch', `${what}: chunk ${index} (bytes ${index * manifest.image.chunkSize}..) does not match the signed manifest`,
@@ -67,10 +71,10 @@ class ChunkChecker {
   }
 }
 
-/** Buffers handed out and given back; a waiter is woken by a returned buffer or a failure. */
+/** Buffers handed out and given back; waiters are woken in turn by returned buffers, all by a failure. */
 class BufferPool {
   private free: Buffer[]
-  private wake: (() => void) | null = null
+  private waiters: (() => void)[] = []
   failure: unknown = null
 
   constructor(buffers: Buffer[]) {
@@ -78,26 +82,40 @@ class BufferPool {
   }
 
   async take(): Promise<Buffer> {
-    while (!this.free.length && !this.failure) await new Promise<void>((resolve) => { this.wake = resolve })
+    while (!this.free.length && !this.failure) await new Promise<void>((resolve) => this.waiters.push(resolve))
     if (this.failure) throw this.failure
     return this.free.pop()!
   }
 
   give(buf: Buffer): void {
     this.free.push(buf)
-    this.signal()
+    this.waiters.shift()?.()
   }
 
   fail(e: unknown): void {
     this.failure ??= e
-    this.signal()
+    for (const w of this.waiters.splice(0)) w()
   }
+}
 
-  private signal(): void {
-    const w = this.wake
-    this.wake = null
-    w?.()
-  }
+/** A test seam: called before the bytes of chunk `index` (at byte `at` of the disk) are read back. */
+export type BeforeReadBack = (index: number, at: number, length: number) => Promise<void> | void
+
+export interface WriteOptions {
+  progress?: Progress
+  /**
+   * Read every chunk back from the device as soon as its O_DIRECT write completed, and compare it
+   * with the manifest (while later chunks are written). WriteResult.readBack names the chunks so
+   * checked; verifyImage checks the rest. Without O_DIRECT nothing is read back here.
+   */
+  readBack?: boolean
+  beforeReadBack?: BeforeReadBack
+}
+
+export interface WriteResult {
+  stats: WriteStats
+  /** Chunks already read back from the device and found matching. */
+  readBack: Set<number>
 }
 
 export interface WriteStats {
@@ -113,23 +131,49 @@ export interface WriteStats {
  * Decompress the transport stream (a local file or a download in progress) into the target
  * range, checking every chunk against the signed manifest before it is written.
  */
-export async function writeImage(target: ImageTarget, manifest: Manifest, source: UpdateSource, progress?: Progress): Promise<WriteStats> {
+export async function writeImage(target: ImageTarget, manifest: Manifest, source: UpdateSource, o: WriteOptions = {}): Promise<WriteResult> {
+  const { progress } = o
   const { chunkSize: size, size: total, chunks } = manifest.image
   const file = DirectFile.open(target.disk, 'write')
-  const buffers = alignedBuffers(WRITE_BUFFERS + 1, roundUp(size, DIRECT_ALIGN))
+  const readBack = (o.readBack ?? false) && file.direct
+  const buffers = alignedBuffers(WRITE_BUFFERS + 1 + (readBack ? WRITE_READ_BACKS : 0), roundUp(size, DIRECT_ALIGN))
   const checker = new ChunkChecker(manifest, buffers.pop()!)
+  const readPool = new BufferPool(buffers.splice(WRITE_BUFFERS))
   const pool = new BufferPool(buffers)
   const block = alignedBuffers(1, DIRECT_ALIGN)[0]!
   const writes = new Set<Promise<void>>()
+  const readBacks = new Set<Promise<void>>()
+  const checked = new Set<number>()
+  let firstBad = Infinity
+  // Read chunk `index` back (its write has completed) and compare it with the manifest. Chunks
+  // written before a bad one are still read back, so the first bad chunk is the one reported.
+  const readBackChunk = (index: number, at: number, length: number) => {
+    const r: Promise<void> = (async () => {
+      const b = await readPool.take()
+      try {
+        await o.beforeReadBack?.(index, at, length)
+        await file.read(b, roundUp(length, DIRECT_ALIGN), at)
+        if (await checker.matches(index, b.subarray(0, length))) checked.add(index)
+        else {
+          firstBad = Math.min(firstBad, index)
+          pool.fail(chunkMismatch(manifest, index, `reading ${target.name} back from ${target.disk}`))
+        }
+      } finally {
+        readPool.give(b)
+      }
+    })().catch((e) => pool.fail(e)).finally(() => readBacks.delete(r))
+    readBacks.add(r)
+  }
   const zeroRuns: { at: number; length: number }[] = []
   let received = 0
   let written = 0
-  // Chunks hash concurrently, but each is written only after every chunk before it matched:
-  // a bad chunk stops the writer with nothing after it on the disk.
+  // Chunks are written in stream order, several in flight; each is read back and hashed once its
+  // write completed. A chunk that does not match stops the writer (the target slot is not bootable
+  // until the switch, which comes only after every chunk matched from the disk).
   let inOrder = Promise.resolve()
 
-  // One full chunk (or the image's shorter tail) is in `buf`: start its hash; once it and all
-  // chunks before it match, write it (or note it as zeros). The buffer returns to the pool after.
+  // One full chunk (or the image's shorter tail) is in `buf`: write it (or note it as zeros), then
+  // read it back. The buffer returns to the pool when its write completed.
   const place = (buf: Buffer, length: number) => {
     const index = received / size
     if (index >= chunks.length || length > checker.length(index)) {
@@ -140,22 +184,24 @@ export async function writeImage(target: ImageTarget, manifest: Manifest, source
     if (length < checker.length(index)) return pool.give(buf)
     received += length
     const at = target.firstByte + index * size
-    const matches = checker.matches(index, buf.subarray(0, length))
-    matches.catch(() => {}) // a failed hash is reported where it is awaited, below
     inOrder = inOrder.then(async () => {
       if (pool.failure) return pool.give(buf)
-      if (!await matches) {
-        pool.give(buf)
-        throw chunkMismatch(manifest, index, 'while writing')
-      }
-      written += length
-      progress?.(written, total)
-      if (checker.isZero(index) && length % DIRECT_ALIGN === 0) {
-        pool.give(buf)
-        const last = zeroRuns.at(-1)
-        if (last && last.at + last.length === at) last.length += length
-        else zeroRuns.push({ at, length })
-        return
+      // a chunk the manifest says is zeros is compared with zeros here and zeroed at the end;
+      // every other chunk is hashed once, when it is read back from the disk
+      if (checker.isZero(index)) {
+        if (!buf.subarray(0, length).equals(checker.zeros.subarray(0, length))) {
+          pool.give(buf)
+          throw chunkMismatch(manifest, index, 'while writing')
+        }
+        if (length % DIRECT_ALIGN === 0) {
+          pool.give(buf)
+          written += length
+          progress?.(written, total)
+          const last = zeroRuns.at(-1)
+          if (last && last.at + last.length === at) last.length += length
+          else zeroRuns.push({ at, length })
+          return
+        }
       }
       let span = length
       if (file.direct && length % DIRECT_ALIGN) {
@@ -165,7 +211,11 @@ export async function writeImage(target: ImageTarget, manifest: Manifest, source
         block.copy(buf, length, length - whole, DIRECT_ALIGN)
         span = whole + DIRECT_ALIGN
       }
-      const w: Promise<void> = file.write(buf, span, at).catch((e) => pool.fail(e)).finally(() => {
+      const w: Promise<void> = file.write(buf, span, at).then(() => {
+        written += length
+        progress?.(written, total)
+        if (readBack) readBackChunk(index, at, length)
+      }, (e) => pool.fail(e)).finally(() => {
         writes.delete(w)
         pool.give(buf)
       })
@@ -175,40 +225,50 @@ export async function writeImage(target: ImageTarget, manifest: Manifest, source
   const settle = async () => {
     await inOrder
     await Promise.all(writes)
+    await Promise.all(readBacks)
   }
 
-  // A local raw image is read chunk by chunk into the buffers themselves.
+  // Chunk by chunk into the buffers themselves: `fill` reads up to `length` bytes of chunk `index`
+  // (fewer only where the input ends). One byte past the last chunk tells an input that is longer.
+  const readChunks = async (fill: (buf: Buffer, index: number, length: number) => Promise<number>) => {
+    for (let index = 0; ; index++) {
+      const length = index < chunks.length ? checker.length(index) : 1
+      const b = await pool.take()
+      const n = await fill(b, index, length).catch((e) => {
+        pool.give(b)
+        throw e
+      })
+      if (n === 0) return pool.give(b)
+      place(b, n)
+      if (n < length) return
+    }
+  }
+  // A local raw image is read as it is; a compressed stream through zstd (lib/zstd-reader.ts).
   const readRaw = async (file: string) => {
     const fd = fs.openSync(file, 'r')
     try {
-      for (let index = 0; index < chunks.length; index++) {
-        const b = await pool.take()
-        const n = await readUpTo(fd, b, checker.length(index), index * size).catch((e) => {
-          pool.give(b)
-          throw new LabhostError('io', `reading ${file} failed: ${(e as Error).message}`, 'check the image file; only the target slot was written, nothing was switched')
-        })
-        place(b, n)
-        if (n < checker.length(index)) break
-      }
+      await readChunks((b, index, length) => readUpTo(fd, b, length, index * size).catch((e) => {
+        throw new LabhostError('io', `reading ${file} failed: ${(e as Error).message}`, 'check the image file; only the target slot was written, nothing was switched')
+      }))
     } finally {
       fs.closeSync(fd)
     }
   }
-  // zstd decompresses a compressed stream; a raw image is read as it is.
-  const zstd = source.compressed ? execa('zstd', ['-dc'], { buffer: false, encoding: 'buffer', reject: false, stdin: 'pipe', stderr: 'pipe' }) : null
-  let feedError: unknown
-  const feed = zstd ? pipeline(Readable.from(source.transport()), zstd.stdin!).catch((e) => {
-    feedError = e
-    zstd.kill()
-  }) : Promise.resolve()
+  const readZstd = (z: ZstdReader) => readChunks(async (b, _index, length) => {
+    let n = 0
+    for (let r; n < length && (r = await z.read(b, n, length - n)); n += r);
+    return n
+  })
+  let zstd: ZstdReader | null = null
+  let verdict: ZstdVerdict = { ok: true, message: '' }
   let buf: Buffer | null = null
   let filled = 0
-  let streamed = false
   try {
+    let finished = false
     try {
       if (source.rawImageFile) await readRaw(source.rawImageFile)
-      else for await (const data of zstd ? zstd.stdout! : source.transport()) {
-        const piece = data as Buffer
+      else if (source.compressed) await readZstd(zstd = await ZstdReader.open(source.transport()))
+      else for await (const piece of source.transport()) {
         for (let from = 0; from < piece.length;) {
           buf ??= await pool.take()
           const n = Math.min(size - filled, piece.length - from)
@@ -223,20 +283,18 @@ export async function writeImage(target: ImageTarget, manifest: Manifest, source
           }
         }
       }
-      streamed = true
+      finished = true
     } finally {
-      // stop the decompressor when this ends early; never when it is finishing by itself
-      if (!streamed) zstd?.kill()
-      await Promise.all([feed, zstd])
+      // stop zstd when this ends early; never when it is finishing by itself
+      if (zstd) verdict = await zstd.finish(!finished)
     }
-    const r = zstd ? await zstd : { exitCode: 0, stderr: '' }
-    if (r.exitCode === 0 && buf && filled) place(buf, filled)
+    if (buf && filled) place(buf, filled)
     await settle()
     // A failed download explains a short zstd stream better than zstd's own complaint.
-    if (feedError) throw feedError
+    if (verdict.inputError) throw verdict.inputError
     if (pool.failure) throw pool.failure
-    if (r.exitCode !== 0 || written !== total) {
-      throw new LabhostError('hashMismatch', `the transport file ends early: ${written} of ${total} bytes (${String(r.stderr ?? '').trim().split('\n').pop()})`,
+    if (!verdict.ok || written !== total) {
+      throw new LabhostError('hashMismatch', `the transport file ends early: ${written} of ${total} bytes (${verdict.ok ? 'the stream ended' : `zstd: ${verdict.message}`})`,
         'the download is truncated: run it again (only the target slot was written, nothing was switched)')
     }
     const stats = { dataBytes: total, kernelZeroedBytes: 0, writtenZeroBytes: 0 }
@@ -246,7 +304,11 @@ export async function writeImage(target: ImageTarget, manifest: Manifest, source
       else stats.writtenZeroBytes += run.length
     }
     await file.sync()
-    return stats
+    return { stats, readBack: checked }
+  } catch (e) {
+    // a chunk that did not read back right is the first thing to report, whatever stopped the writer
+    await settle()
+    throw firstBad < chunks.length ? chunkMismatch(manifest, firstBad, `reading ${target.name} back from ${target.disk}`) : e
   } finally {
     await settle()
     file.close()
@@ -254,21 +316,32 @@ export async function writeImage(target: ImageTarget, manifest: Manifest, source
   }
 }
 
+export interface VerifyOptions {
+  progress?: Progress
+  /** Chunks already read back and found matching (WriteResult.readBack): not read again. */
+  skip?: Set<number>
+  beforeReadBack?: BeforeReadBack
+}
+
 /**
  * Read the slot back from the device, bypassing the page cache, and compare chunk by chunk
- * (READ_AHEAD readers, each reading and hashing every READ_AHEAD-th chunk). Reports the first bad
- * chunk: after a mismatch, only chunks before it are still checked.
+ * (READ_AHEAD readers, each reading and hashing every READ_AHEAD-th chunk to check). Reports the
+ * first bad chunk: after a mismatch, only chunks before it are still checked.
  */
-export async function verifyImage(target: ImageTarget, manifest: Manifest, progress?: Progress): Promise<void> {
+export async function verifyImage(target: ImageTarget, manifest: Manifest, o: VerifyOptions = {}): Promise<void> {
+  const { progress, skip = new Set<number>() } = o
   const { chunkSize: size, size: total, chunks } = manifest.image
   const file = DirectFile.open(target.disk, 'read')
   const buffers = alignedBuffers(READ_AHEAD + 1, roundUp(size, DIRECT_ALIGN))
   const checker = new ChunkChecker(manifest, buffers.pop()!)
+  const todo = chunks.map((_, i) => i).filter((i) => !skip.has(i))
   let firstBad = Infinity
-  let checked = 0
+  let checked = chunks.length - todo.length
   const reader = async (buf: Buffer, first: number) => {
-    for (let i = first; i < chunks.length && i < firstBad; i += buffers.length) {
+    for (let k = first; k < todo.length && todo[k]! < firstBad; k += buffers.length) {
+      const i = todo[k]!
       const length = checker.length(i)
+      await o.beforeReadBack?.(i, target.firstByte + i * size, length)
       await file.read(buf, file.direct ? roundUp(length, DIRECT_ALIGN) : length, target.firstByte + i * size)
       if (!await checker.matches(i, buf.subarray(0, length))) firstBad = Math.min(firstBad, i)
       checked++

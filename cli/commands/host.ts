@@ -53,15 +53,21 @@ export const markGoodCommand: Command = {
 export const update: Command = {
   name: 'update',
   summary: 'write a signed image (directory, manifest or http(s) URL) to the inactive slot, verify it from the disk, switch to it on trial',
-  usage: 'labhost update DIR|MANIFEST|URL [--trusted-key PUB] [--disk DEV] [--allow-downgrade] [--trial-boots N] [--retries N] [--timeout SECONDS] [--reboot] [--announce-phases] [--dry-run] [--json]',
+  usage: 'labhost update DIR|MANIFEST|URL [--trusted-key PUB] [--disk DEV] [--allow-downgrade] [--trial-boots N] [--retries N] [--timeout SECONDS] [--reboot] [--read-back during|after] [--announce-phases] [--dry-run] [--json]',
   options: {
     ...PATH_OPTIONS, 'trusted-key': { type: 'string' }, disk: { type: 'string' }, 'allow-downgrade': { type: 'boolean', default: false }, 'trial-boots': { type: 'string' },
     retries: { type: 'string' }, timeout: { type: 'string' }, reboot: { type: 'boolean', default: false },
     // one line per phase on stderr (LABHOST-PHASE name): vm-tests aims its resets by them
     'announce-phases': { type: 'boolean', default: false },
+    // after (default): the whole slot is read back once it is written and synced; during: each
+    // chunk as soon as its write completed, overlapping the two (measured slower on loop devices
+    // and rotating disks, where reads between the writes cost seeks or contend with them)
+    'read-back': { type: 'string', default: 'after' },
   },
   async run(values, positionals, ctx) {
     const source = positionals[0]
+    const readBack = values['read-back']
+    if (readBack !== 'during' && readBack !== 'after') throw new LabhostError('usage', `--read-back ${JSON.stringify(readBack)} is neither during nor after`, `usage: ${this.usage}`)
     if (!source) throw new LabhostError('usage', 'labhost update needs a SOURCE (an image directory, its manifest.json, or an http(s) URL of one)', `usage: ${this.usage}`)
     const num = (k: string) => {
       if (typeof values[k] !== 'string') return undefined
@@ -77,6 +83,7 @@ export const update: Command = {
       disk: typeof values.disk === 'string' ? values.disk : undefined,
       allowDowngrade: values['allow-downgrade'] === true,
       trialBoots: num('trial-boots'),
+      readBack,
       fetch: { ...(num('retries') !== undefined ? { retries: num('retries') } : {}), ...(timeout !== undefined ? { timeoutMs: timeout * 1000 } : {}) },
       dryRun: ctx.dryRun,
       log: ctx.log,

@@ -8,6 +8,7 @@ import t from 'tap'
 import { execa } from 'execa'
 import { readRange, sparseFile, tmpDir, loop } from '../../lib/test-helpers.ts'
 import { hashChunks, type Manifest } from '../../image-build/manifest.ts'
+import { DirectFile } from '../../lib/direct-io.ts'
 import { verifyImage, writeImage } from '../slot-writer.ts'
 import type { UpdateSource } from '../source.ts'
 
@@ -55,7 +56,13 @@ for (const target of targets) {
       const dev = target.loop ? await loop(t, backing, target.loop) : backing
       const source = await sourceFor(`${d}/root.img`, compressed)
       const progress: number[] = []
-      const stats = await writeImage({ disk: dev, firstByte: FIRST_BYTE, name: 'slot B' }, source.manifest, source, (done) => progress.push(done))
+      const { stats, readBack } = await writeImage({ disk: dev, firstByte: FIRST_BYTE, name: 'slot B' }, source.manifest, source, { progress: (done) => progress.push(done), readBack: true })
+      // with O_DIRECT every chunk written as data was read back while writing; zeroed chunks were
+      // not; a file system without O_DIRECT (tmpfs) leaves all of it to verifyImage
+      const probe = DirectFile.open(dev, 'read')
+      probe.close()
+      t.same([...readBack].sort((a, b) => a - b), probe.direct ? [...KINDS].flatMap((k, i) => (k === 'd' || i === KINDS.length - 1 ? [i] : [])) : [],
+        probe.direct ? 'read back while writing: the data chunks' : 'nothing read back while writing without O_DIRECT')
       // the run of 6 zero chunks is zeroed by the kernel on a block device; the run of 2 is written
       t.same(stats, target.loop ? { dataBytes: SIZE - 8 * CHUNK, kernelZeroedBytes: 6 * CHUNK, writtenZeroBytes: 2 * CHUNK }
         : { dataBytes: SIZE - 8 * CHUNK, kernelZeroedBytes: 0, writtenZeroBytes: 8 * CHUNK }, 'zero chunks: not sent as data')
@@ -91,17 +98,53 @@ t.test('read-back catches one flipped byte in a zeroed run and in the odd tail, 
   }
 })
 
-t.test('a chunk that does not match stops the writer before it is written; nothing after it is written', async (t) => {
+t.test('a data chunk that does not match the manifest is caught by its read-back; a chunk due to be zeros, before it is written', async (t) => {
   const d = tmpDir(t)
   const image = makeImage(`${d}/root.img`)
   const source = await sourceFor(`${d}/root.img`, false)
-  const bad = Buffer.from(image)
-  bad[9 * CHUNK + 5]! ^= 1
-  fs.writeFileSync(`${d}/bad.img`, bad)
   const backing = sparseFile(`${d}/disk.img`, 24 * MiB)
   const dev = await loop(t, backing, { directIo: true })
-  const badSource = { ...source, transport: () => fs.createReadStream(`${d}/bad.img`) }
-  await t.rejects(writeImage({ disk: dev, firstByte: FIRST_BYTE, name: 'slot B' }, source.manifest, badSource), /while writing: chunk 9 \(/)
-  t.ok(readRange(backing, FIRST_BYTE + 9 * CHUNK, SIZE - 9 * CHUNK).equals(Buffer.alloc(SIZE - 9 * CHUNK)), 'chunk 9 and after: not written')
-  t.ok(readRange(backing, FIRST_BYTE, CHUNK).equals(image.subarray(0, CHUNK)), 'chunks before it were written')
+  const target = { disk: dev, firstByte: FIRST_BYTE, name: 'slot B' }
+  const streamOf = (name: string, at: number) => {
+    const bad = Buffer.from(image)
+    bad[at]! ^= 1
+    fs.writeFileSync(`${d}/${name}`, bad)
+    return { ...source, transport: () => fs.createReadStream(`${d}/${name}`) }
+  }
+  // data chunk 11: written, read back, reported (and by verifyImage when the read-back comes after)
+  await t.rejects(writeImage(target, source.manifest, streamOf('bad11.img', 11 * CHUNK + 5), { readBack: true }), /reading slot B back from .*: chunk 11 \(/)
+  const { readBack } = await writeImage(target, source.manifest, streamOf('bad11.img', 11 * CHUNK + 5))
+  t.same(readBack, new Set(), 'nothing read back while writing unless asked')
+  await t.rejects(verifyImage(target, source.manifest, { skip: readBack }), /reading slot B back from .*: chunk 11 \(/)
+  // chunk 3, zeros in the manifest, arrives with a byte set: refused before anything is zeroed
+  const before = readRange(backing, FIRST_BYTE + 2 * CHUNK, 6 * CHUNK)
+  await t.rejects(writeImage(target, source.manifest, streamOf('bad3.img', 3 * CHUNK + 5), { readBack: true }), /while writing: chunk 3 \(/)
+  t.ok(readRange(backing, FIRST_BYTE + 2 * CHUNK, 6 * CHUNK).equals(before), 'the zero run is not zeroed')
+})
+
+t.test('read-back while writing: a chunk changed on the disk after its write is reported, the first bad one', async (t) => {
+  const d = tmpDir(t)
+  makeImage(`${d}/root.img`)
+  const backing = sparseFile(`${d}/disk.img`, 24 * MiB)
+  const dev = await loop(t, backing, { directIo: true })
+  const source = await sourceFor(`${d}/root.img`, true)
+  const target = { disk: dev, firstByte: FIRST_BYTE, name: 'slot B' }
+  const seen: number[] = []
+  // chunks 12 and 8 are damaged between their write and their read-back; 8 is the first bad one
+  const damage = async (index: number, at: number) => {
+    seen.push(index)
+    if (index !== 8 && index !== 12) return
+    const fd = fs.openSync(dev, 'r+')
+    fs.writeSync(fd, Buffer.from('X'), 0, 1, at + 100)
+    fs.fsyncSync(fd)
+    fs.closeSync(fd)
+  }
+  await t.rejects(writeImage(target, source.manifest, source, { readBack: true, beforeReadBack: damage }), new RegExp('reading slot B back from .*: chunk 8 \\('))
+  t.ok(seen.includes(8), 'chunk 8 was read back')
+  t.notOk(seen.some((i) => KINDS[i] === '0' && i < KINDS.length - 1), 'zeroed chunks are not read back while writing')
+  // written again cleanly, the rest is read back after the write: the zeroed chunks
+  const seenAfter: number[] = []
+  const { readBack } = await writeImage(target, source.manifest, source, { readBack: true })
+  await verifyImage(target, source.manifest, { skip: readBack, beforeReadBack: (i) => { seenAfter.push(i) } })
+  t.same(seenAfter.sort((a, b) => a - b), [...KINDS].flatMap((k, i) => (k === '0' ? [i] : [])), 'verifyImage reads back only what the writer did not')
 })

@@ -108,28 +108,38 @@ for (const c of refusals) {
   })
 }
 
-t.test('hash mismatch in the middle of the stream: stops at that chunk', async (t) => {
-  const h = await host(t)
-  const d = transportOnly(t, v2)
-  fs.copyFileSync(`${v2}/root.img`, `${d}/bad.img`)
-  xorRange(`${d}/bad.img`, 5 * MiB + 17, Buffer.from([0x40]))
-  await run('zstd', ['-q', '-f', '-o', `${d}/root.img.zst`, `${d}/bad.img`])
-  fs.rmSync(`${d}/bad.img`)
-  const gptBefore = readRange(h.disk, 0, MiB)
-  const r = await runCli(['update', d, ...h.args])
-  t.equal(r.code, ExitCode.hashMismatch)
-  t.match(r.stderr, /while writing: chunk 5 /)
-  t.ok(readRange(h.disk, 0, MiB).equals(gptBefore), 'GPT unchanged')
-  t.same(fs.readdirSync(h.state), [], 'no trial armed')
-})
+for (const readBack of ['during', 'after']) {
+  t.test(`hash mismatch in the middle of the stream (--read-back ${readBack}): reported at that chunk, nothing switched`, async (t) => {
+    const h = await host(t)
+    const d = transportOnly(t, v2)
+    fs.copyFileSync(`${v2}/root.img`, `${d}/bad.img`)
+    // a chunk of data (not zeros) after the first few
+    const chunk = [...Array(40).keys()].find((i) => i >= 5 && readRange(`${v2}/root.img`, i * MiB, MiB).some((b) => b !== 0))!
+    xorRange(`${d}/bad.img`, chunk * MiB + 17, Buffer.from([0x40]))
+    await run('zstd', ['-q', '-f', '-o', `${d}/root.img.zst`, `${d}/bad.img`])
+    fs.rmSync(`${d}/bad.img`)
+    const gptBefore = readRange(h.disk, 0, MiB)
+    const slotA = readRange(h.disk, h.plan[0]!.firstLba * 512, h.plan[1]!.firstLba * 512 - h.plan[0]!.firstLba * 512)
+    const r = await runCli(['update', d, '--read-back', readBack, ...h.args])
+    t.equal(r.code, ExitCode.hashMismatch)
+    t.match(r.stderr, new RegExp(`reading slot B back from .*: chunk ${chunk} `))
+    t.ok(readRange(h.disk, 0, MiB).equals(gptBefore), 'GPT unchanged')
+    t.ok(readRange(h.disk, h.plan[0]!.firstLba * 512, slotA.length).equals(slotA), 'active slot A unchanged')
+    t.same(fs.readdirSync(h.state), [], 'no trial armed')
+  })
+}
 
 t.test('a byte corrupted on the disk after writing is caught by the read-back', async (t) => {
   const h = await host(t)
   const gptBefore = readRange(h.disk, 0, MiB)
   const corruptAt = h.plan[1]!.firstLba * 512 + 7 * MiB + 3
+  let corrupted = 0
   await t.rejects(runUpdate({
     source: v2, trustedKey: keys.publicKeyFile, paths: h.lib,
-    afterWrite: () => xorRange(h.disk, corruptAt, Buffer.from([0x01])),
+    // the chunk is corrupted once, between its write and its read-back
+    beforeReadBack: (index, at, length) => {
+      if (at <= corruptAt && corruptAt < at + length && !corrupted++) xorRange(h.disk, corruptAt, Buffer.from([0x01]))
+    },
   }), { code: 'hashMismatch', message: /reading slot B back .*: chunk 7 / })
   t.ok(readRange(h.disk, 0, MiB).equals(gptBefore), 'no switch')
   t.same(fs.readdirSync(h.state), [], 'no trial armed')

@@ -1,0 +1,83 @@
+// A zstd stream decompressed by the zstd program into a FIFO, which the caller reads straight into
+// its own buffers. Reading a child's stdout as a Node stream allocates a buffer per pipe read (64
+// KiB), and zlib's zstd one per output chunk: for a 1 GiB image that is garbage collection on the
+// main thread that costs more than the decompression. Here the data goes from zstd to the kernel
+// to the caller's (shared, aligned) buffer, and nothing is allocated per read.
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { Readable } from 'node:stream'
+import { pipeline } from 'node:stream/promises'
+import { execa, type ResultPromise } from 'execa'
+import { LabhostError } from './errors.ts'
+
+export interface ZstdVerdict {
+  /** zstd decoded its whole input without complaint. */
+  ok: boolean
+  /** zstd's last line on stderr, when it failed. */
+  message: string
+  /** Reading the compressed input failed (a download that gave up): that is the real cause. */
+  inputError?: unknown
+}
+
+export class ZstdReader {
+  private dir: string
+  private fh: fs.promises.FileHandle
+  private zstd: ResultPromise
+  private feed: Promise<void>
+  private failure: { input?: unknown }
+
+  private constructor(dir: string, fh: fs.promises.FileHandle, zstd: ResultPromise, feed: Promise<void>, failure: { input?: unknown }) {
+    this.dir = dir
+    this.fh = fh
+    this.zstd = zstd
+    this.feed = feed
+    this.failure = failure
+  }
+
+  /** Start decompressing `input`; resolves once zstd has opened its end of the FIFO. */
+  static async open(input: AsyncIterable<Buffer>): Promise<ZstdReader> {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'labhost-zstd-'))
+    const fifo = path.join(dir, 'out')
+    try {
+      await execa('mkfifo', ['-m', '600', fifo])
+    } catch (e) {
+      fs.rmSync(dir, { recursive: true, force: true })
+      throw new LabhostError('io', `cannot make a FIFO in ${dir}: ${(e as Error).message}`, 'labhost needs a writable temporary directory (TMPDIR) and mkfifo')
+    }
+    // --no-sparse: zstd would seek in its output to skip zeros, which a FIFO cannot
+    const zstd = execa('zstd', ['-d', '-q', '-f', '--no-sparse', '-o', fifo], { stdin: 'pipe', stdout: 'ignore', stderr: 'pipe', reject: false, encoding: 'utf8' })
+    const failure: { input?: unknown } = {}
+    const feed = pipeline(Readable.from(input), zstd.stdin!).catch((e) => {
+      failure.input = e
+      zstd.kill()
+    })
+    // The read end opens when zstd opens the write end. Should zstd end without opening it (not
+    // installed, killed), a write end opened and closed here lets the read end open on an empty FIFO.
+    const opening = fs.promises.open(fifo, 'r')
+    void zstd.then(() => {
+      try {
+        fs.closeSync(fs.openSync(fifo, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK))
+      } catch {
+        // the read end is open already (ENXIO cannot happen while our open waits)
+      }
+    })
+    const fh = await opening
+    return new ZstdReader(dir, fh, zstd, feed, failure)
+  }
+
+  /** Read up to `length` bytes into `buf` at `offset`; 0 at the end of the stream. */
+  async read(buf: Buffer, offset: number, length: number): Promise<number> {
+    return (await this.fh.read(buf, offset, length, null)).bytesRead
+  }
+
+  /** After the end (or to stop early: kill first): how zstd and the input ended. Cleans up. */
+  async finish(kill = false): Promise<ZstdVerdict> {
+    if (kill) this.zstd.kill()
+    await this.fh.close()
+    const [r] = await Promise.all([this.zstd, this.feed])
+    fs.rmSync(this.dir, { recursive: true, force: true })
+    const stderr = String(r.stderr ?? '').trim()
+    return { ok: r.exitCode === 0, message: stderr.split('\n').pop() || `zstd exited with ${r.exitCode ?? r.signal}`, inputError: this.failure.input }
+  }
+}
