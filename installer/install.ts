@@ -213,8 +213,9 @@ export async function runInstall(o: InstallOptions): Promise<{ plan: InstallPlan
   await step('write the root image to slot A', async () => {
     // the source whose manifest was verified in the plan: its chunk hashes check the write
     const target = { disk: ssd.disk.path, firstByte: slotA.firstLba * ssd.disk.sectorSize, name: 'slot A' }
-    const written = await writeImage(target, source.manifest, source, { progress: o.progress?.('writing'), readBack: true })
-    await verifyImage(target, source.manifest, { progress: o.progress?.('verifying'), skip: written.readBack })
+    // written, synced, then read back from the disk and hashed against the manifest
+    await writeImage(target, source.manifest, source, { progress: o.progress?.('writing') })
+    await verifyImage(target, source.manifest, { progress: o.progress?.('verifying') })
   })
   await step('install gptmbr', async () => {
     const disk = Disk.open(ssd.disk.path)

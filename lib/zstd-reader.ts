@@ -35,8 +35,11 @@ export class ZstdReader {
     this.failure = failure
   }
 
-  /** Start decompressing `input`; resolves once zstd has opened its end of the FIFO. */
-  static async open(input: AsyncIterable<Buffer>): Promise<ZstdReader> {
+  /**
+   * Start decompressing `input` (a byte stream, or a local file zstd reads itself); resolves once
+   * zstd has opened its end of the FIFO.
+   */
+  static async open(input: AsyncIterable<Buffer> | string): Promise<ZstdReader> {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'labhost-zstd-'))
     const fifo = path.join(dir, 'out')
     try {
@@ -46,9 +49,11 @@ export class ZstdReader {
       throw new LabhostError('io', `cannot make a FIFO in ${dir}: ${(e as Error).message}`, 'labhost needs a writable temporary directory (TMPDIR) and mkfifo')
     }
     // --no-sparse: zstd would seek in its output to skip zeros, which a FIFO cannot
-    const zstd = execa('zstd', ['-d', '-q', '-f', '--no-sparse', '-o', fifo], { stdin: 'pipe', stdout: 'ignore', stderr: 'pipe', reject: false, encoding: 'utf8' })
+    const file = typeof input === 'string'
+    const zstd = execa('zstd', ['-d', '-q', '-f', '--no-sparse', '-o', fifo, ...(file ? ['--', input] : [])],
+      { stdin: file ? 'ignore' : 'pipe', stdout: 'ignore', stderr: 'pipe', reject: false, encoding: 'utf8' })
     const failure: { input?: unknown } = {}
-    const feed = pipeline(Readable.from(input), zstd.stdin!).catch((e) => {
+    const feed = file ? Promise.resolve() : pipeline(Readable.from(input), zstd.stdin!).catch((e) => {
       failure.input = e
       zstd.kill()
     })
@@ -78,6 +83,7 @@ export class ZstdReader {
     const [r] = await Promise.all([this.zstd, this.feed])
     fs.rmSync(this.dir, { recursive: true, force: true })
     const stderr = String(r.stderr ?? '').trim()
-    return { ok: r.exitCode === 0, message: stderr.split('\n').pop() || `zstd exited with ${r.exitCode ?? r.signal}`, inputError: this.failure.input }
+    const why = r.exitCode !== undefined ? `zstd exited with ${r.exitCode}` : r.signal ? `zstd ended by ${r.signal}` : String((r as { shortMessage?: string }).shortMessage ?? 'zstd did not run')
+    return { ok: r.exitCode === 0, message: stderr.split('\n').pop() || why, inputError: this.failure.input }
   }
 }

@@ -267,7 +267,7 @@ export async function writeImage(target: ImageTarget, manifest: Manifest, source
     let finished = false
     try {
       if (source.rawImageFile) await readRaw(source.rawImageFile)
-      else if (source.compressed) await readZstd(zstd = await ZstdReader.open(source.transport()))
+      else if (source.compressed) await readZstd(zstd = await ZstdReader.open(source.transportFile ?? source.transport()))
       else for await (const piece of source.transport()) {
         for (let from = 0; from < piece.length;) {
           buf ??= await pool.take()

@@ -42,6 +42,8 @@ export interface UpdateSource {
   compressed: boolean
   /** The raw image as a local file: the writer reads it straight into its buffers. */
   rawImageFile?: string
+  /** The compressed transport as a local file: zstd reads it itself. */
+  transportFile?: string
   stats: TransferStats
 }
 
@@ -65,7 +67,7 @@ function openLocalSource(spec: string): UpdateSource {
   }
   const transport = path.join(dir, path.basename(manifest.transport.file))
   if (!fs.existsSync(transport)) throw new LabhostError('notFound', `${transport} is missing`, 'copy the whole image directory; nothing was written')
-  return { manifestWhere: manifestFile, manifest, transportWhere: transport, transport: () => fs.createReadStream(transport, { highWaterMark: 1 << 20 }), compressed: true, stats }
+  return { manifestWhere: manifestFile, manifest, transportWhere: transport, transport: () => fs.createReadStream(transport, { highWaterMark: 1 << 20 }), compressed: true, transportFile: transport, stats }
 }
 
 /** `URL/` and `URL` (a directory) mean `URL/manifest.json`; a URL ending in .json is the manifest. */
