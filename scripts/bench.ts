@@ -3,6 +3,7 @@
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
+import { spawnSync } from 'node:child_process'
 import { execa } from 'execa'
 import { buildImage } from '../image-build/build.ts'
 import { generateKeyPair } from '../image-build/manifest.ts'
@@ -25,8 +26,13 @@ const fig = (f: Omit<Figure, 'ratio'>) => {
 const sectorsWritten = (dev: string) => Number(fs.readFileSync(`/sys/block/${path.basename(dev)}/stat`, 'utf8').trim().split(/\s+/)[6])
 // the shipped single-file executable, built first (as `npm run build` does)
 const labhost = path.join(root, 'dist/labhost')
-/** Drop the page cache between contenders (DESIGN §6), where the kernel lets us. */
+/**
+ * Drop the page cache between contenders (DESIGN §6), where the kernel lets us. Dirty pages are
+ * written first (sync): they cannot be dropped, and their writeback (a freshly built image) would
+ * otherwise compete with the next contender for the disk.
+ */
 const dropCaches = () => {
+  spawnSync('sync')
   try {
     fs.writeFileSync('/proc/sys/vm/drop_caches', '3\n')
   } catch {
