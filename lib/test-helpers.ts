@@ -46,15 +46,20 @@ export function sha256(b: Buffer): string {
 
 /** The whole device or file, hashed (used to prove a refusal wrote nothing). */
 export function hashWhole(file: string): string {
+  return hashRange(file, 0, Infinity)
+}
+
+/** SHA-256 of `length` bytes of `file` from byte `start` (fewer where the file ends). */
+export function hashRange(file: string, start: number, length: number): string {
   const h = crypto.createHash('sha256')
   const fd = fs.openSync(file, 'r')
   try {
     const b = Buffer.alloc(4 << 20)
-    for (let pos = 0; ; ) {
-      const n = fs.readSync(fd, b, 0, b.length, pos)
+    for (let done = 0; done < length;) {
+      const n = fs.readSync(fd, b, 0, Math.min(b.length, length - done), start + done)
       if (n === 0) break
       h.update(b.subarray(0, n))
-      pos += n
+      done += n
     }
   } finally {
     fs.closeSync(fd)

@@ -44,15 +44,16 @@ class ChunkChecker {
   readonly manifest: Manifest
   readonly zeros: Buffer
   private zeroHashes = new Map<number, string>()
-  private hashes = new HashPool()
+  /** Started at the first hash: a writer that reads nothing back needs no workers. */
+  private hashes: HashPool | null = null
 
   constructor(manifest: Manifest, zeros: Buffer) {
     this.manifest = manifest
     this.zeros = zeros
   }
 
-  close(): Promise<void> {
-    return this.hashes.close()
+  async close(): Promise<void> {
+    await this.hashes?.close()
   }
 
   length(index: number): number {
@@ -67,7 +68,9 @@ class ChunkChecker {
   }
 
   async matches(index: number, data: Buffer): Promise<boolean> {
-    return this.isZero(index) ? data.equals(this.zeros.subarray(0, data.length)) : await this.hashes.sha256(data) === this.manifest.image.chunks[index]
+    if (this.isZero(index)) return data.equals(this.zeros.subarray(0, data.length))
+    this.hashes ??= new HashPool()
+    return await this.hashes.sha256(data) === this.manifest.image.chunks[index]
   }
 }
 
@@ -129,7 +132,8 @@ export interface WriteStats {
 
 /**
  * Decompress the transport stream (a local file or a download in progress) into the target
- * range, checking every chunk against the signed manifest before it is written.
+ * range. Chunks the manifest says are zeros are compared with zeros before they are zeroed; the
+ * others are hashed when they are read back (here with `readBack`, else by verifyImage).
  */
 export async function writeImage(target: ImageTarget, manifest: Manifest, source: UpdateSource, o: WriteOptions = {}): Promise<WriteResult> {
   const { progress } = o

@@ -1,6 +1,6 @@
 // labhost update from an image directory, manifest or http(s) URL: trust first, then
-// write the inactive slot only, hashing each chunk as it is written, read it back from the disk,
-// arm the trial, and commit with the one-sector switch (DESIGN §3, §4).
+// write the inactive slot only, fsync, read it back from the disk hashing every chunk against the
+// signed manifest, arm the trial, and commit with the one-sector switch (DESIGN §3, §4).
 import fs from 'node:fs'
 import path from 'node:path'
 import { Disk } from '../lib/blockdev.ts'

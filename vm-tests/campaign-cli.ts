@@ -54,6 +54,8 @@ try {
     const report = await runUpdateCampaign({
       driver, cycles, seed, workDir, keepDir: values.keep, commitWeight: Number(values['commit-weight']), cpus: Number(values.cpus),
       injectNaiveSwitch: values['inject-naive-switch'], log: (l) => console.log(l),
+      // the report so far, after every cycle: a soak that is cut off still leaves its record
+      onCycle: values.json ? (r) => fs.writeFileSync(values.json!, JSON.stringify({ ...r, partial: true }, null, 2) + '\n') : undefined,
     })
     if (values.json) fs.writeFileSync(values.json, JSON.stringify(report, null, 2) + '\n')
     console.log(`${summaryLine(report)}; ${report.resetsPerHour} resets per hour under ${report.accel}, ${(report.seconds / 60).toFixed(1)} min`)

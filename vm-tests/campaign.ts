@@ -5,10 +5,9 @@
 // must boot, into the old or the new version, with that slot's bytes equal to the signed image.
 // A cycle that reaches no userspace within the timeout is a brick: the run stops and keeps the
 // disks and the serial log.
-import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
-import { prng } from '../lib/test-helpers.ts'
+import { hashRange, prng } from '../lib/test-helpers.ts'
 import { buildImage } from '../image-build/build.ts'
 import { TRIAL_FILE } from '../image-build/initramfs-init.ts'
 import { generateKeyPair, readManifest, type Manifest } from '../image-build/manifest.ts'
@@ -36,6 +35,8 @@ export interface CampaignOptions {
   /** Fault injection: the guest switches slots without CRC compensation. */
   injectNaiveSwitch?: boolean
   log?: (line: string) => void
+  /** Called with the report so far after every cycle (a long soak keeps a record if it is cut off). */
+  onCycle?: (report: CampaignReport) => void
 }
 
 /** brick: no userspace in time, or a version came up whose slot is not its signed image. */
@@ -136,20 +137,7 @@ const MARKERS: MarkerPattern[] = [
 ]
 
 function slotHash(disks: HostDisks, slot: string, bytes: number): string {
-  const p = disks.ssdPlan[slot === 'A' ? 0 : 1]!
-  const fd = fs.openSync(disks.ssd, 'r')
-  try {
-    const h = crypto.createHash('sha256')
-    const buf = Buffer.alloc(4 << 20)
-    for (let done = 0; done < bytes;) {
-      const n = fs.readSync(fd, buf, 0, Math.min(buf.length, bytes - done), p.firstLba * 512 + done)
-      h.update(buf.subarray(0, n))
-      done += n
-    }
-    return h.digest('hex')
-  } finally {
-    fs.closeSync(fd)
-  }
+  return hashRange(disks.ssd, disks.ssdPlan[slot === 'A' ? 0 : 1]!.firstLba * 512, bytes)
 }
 
 export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignReport> {
@@ -168,6 +156,16 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
     seconds: 0, resetsPerHour: 0, calibration: null, records: [],
   }
   const started = Date.now()
+  const tally = () => {
+    report.cycles = report.records.filter((r) => r.aim !== 'calibration').length
+    report.seconds = (Date.now() - started) / 1000
+    report.resetsPerHour = Math.round(report.resets / (report.seconds / 3600))
+  }
+  const keep = (record: CycleRecord) => {
+    report.records.push(record)
+    tally()
+    o.onCycle?.(report)
+  }
   let vm = await o.driver.start(spec, serialFile)
   let con = new Console(vm, MARKERS)
   // the guest's own power-off (never expected) is answered by powering it on again
@@ -181,14 +179,14 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
   const brick = async (record: CycleRecord, why: string) => {
     record.outcome = 'brick'
     report.bricked++
-    report.records.push(record)
     await vm.powerOff()
-    const keep = path.join(o.keepDir, `brick-seed${o.seed}-cycle${record.cycle}`)
-    fs.mkdirSync(keep, { recursive: true })
-    for (const f of [disks.ssd, disks.hdd, serialFile]) fs.copyFileSync(f, path.join(keep, path.basename(f)))
-    fs.writeFileSync(path.join(keep, 'why.txt'), `${why}\n${JSON.stringify(record, null, 2)}\n`)
-    report.kept = keep
-    log(`BRICK in cycle ${record.cycle}: ${why}; disks and serial log kept in ${keep}`)
+    const dir = path.join(o.keepDir, `brick-seed${o.seed}-cycle${record.cycle}`)
+    fs.mkdirSync(dir, { recursive: true })
+    for (const f of [disks.ssd, disks.hdd, serialFile]) fs.copyFileSync(f, path.join(dir, path.basename(f)))
+    fs.writeFileSync(path.join(dir, 'why.txt'), `${why}\n${JSON.stringify(record, null, 2)}\n`)
+    report.kept = dir
+    keep(record)
+    log(`BRICK in cycle ${record.cycle}: ${why}; disks and serial log kept in ${dir}`)
   }
   /** Wait for userspace after a reset or reboot; check the booted slot holds that version's bytes exactly. */
   let lastUp = 0
@@ -244,7 +242,7 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
           break
         }
         report.failedUpdates++
-        report.records.push(record)
+        keep(record)
         log(`cycle ${cycle}: labhost update failed before writing (exit ${record.updateExit}); the guest reboots`)
         continue
       }
@@ -267,7 +265,7 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
         const sec = (a: number, b: number) => `${((b - a) / 1000).toFixed(1)} s`
         log(`calibration: userspace to update start ${sec(lastUp, start)} (labhost mark-good ${sec(lastUp, announced.at)}), write ${sec(start, phases.verify ?? start)}, ` +
           `read-back ${sec(phases.verify ?? start, phases['arm-trial'])}, arm-trial to done ${calibration.commitTailMs} ms, reboot to userspace ${sec(phases.done, up.at)}`)
-        report.records.push(record)
+        keep(record)
         continue
       }
       // aim the reset: anywhere in the update, or around the commit — from half a second before the
@@ -297,15 +295,13 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
       if (record.outcome === 'old') report.old++
       else report.new++
       if (record.updateExit !== undefined) report.failedUpdates++
-      report.records.push(record)
+      keep(record)
       log(`cycle ${cycle}: ${record.from} -> ${record.to}, reset ${record.aim} at ${(record.resetAtMs / 1000).toFixed(2)} s (${record.phase}) -> ${record.outcome} ${record.booted!.version} in slot ${record.booted!.slot}, userspace after ${record.bootSeconds!.toFixed(1)} s` +
         (record.updateExit !== undefined ? `; the update had failed by itself (exit ${record.updateExit})` : ''))
     }
   } finally {
     await vm.powerOff()
-    report.cycles = report.records.filter((r) => r.aim !== 'calibration').length
-    report.seconds = (Date.now() - started) / 1000
-    report.resetsPerHour = Math.round(report.resets / (report.seconds / 3600))
+    tally()
   }
   return report
 }
