@@ -144,3 +144,17 @@ t.test('a byte corrupted on the disk after writing is caught by the read-back', 
   t.ok(readRange(h.disk, 0, MiB).equals(gptBefore), 'no switch')
   t.same(fs.readdirSync(h.state), [], 'no trial armed')
 })
+
+t.test('--read-back takes during or after; anything else is a usage error before anything is read', async (t) => {
+  const h = await host(t)
+  const before = wholeDisk(h)
+  const r = await runCli(['update', v2, '--read-back', 'sometimes', ...h.args])
+  t.equal(r.code, ExitCode.usage)
+  t.match(r.stderr, /--read-back "sometimes" is neither during nor after/)
+  t.equal(wholeDisk(h), before, 'disk unchanged')
+  const ok = await runCli(['update', v2, '--read-back', 'during', '--json', ...h.args])
+  t.equal(ok.code, 0, 'with --read-back during the update completes')
+  const b = h.plan[1]!
+  const m = JSON.parse(fs.readFileSync(`${v2}/manifest.json`, 'utf8')) as Manifest
+  t.equal(crypto.createHash('sha256').update(readRange(h.disk, b.firstLba * 512, m.image.size)).digest('hex'), m.image.sha256, 'slot B holds the image')
+})
