@@ -15,6 +15,7 @@ import { buildInitramfs } from './initramfs.ts'
 import { rootRuleInit, stickInit } from './initramfs-init.ts'
 import { CHUNK_SIZE, hashChunks, keyFingerprint, MANIFEST_FORMAT, readPrivateKey, signManifest, type Manifest } from './manifest.ts'
 import { loadRecipe, type LoadedRecipe } from './recipe.ts'
+import { compressFramed } from './zstd-frames.ts'
 
 export const DEFAULT_EPOCH = 1_700_000_000
 /** Fixed ext4 directory hash seed: part of what makes two builds identical. */
@@ -148,7 +149,7 @@ async function cacheKey(r: LoadedRecipe, epoch: number, signer: string): Promise
   const h = crypto.createHash('sha256').update(`${r.hash}\n${epoch}\n${signer}\n`)
   const pkgs = [...r.recipe.base.packages, r.recipe.kernel.package]
   h.update((await run('apt-cache', ['policy', ...pkgs])).stdout.replace(/^\s*\*\*\*.*$/gm, ''))
-  for (const f of ['build.ts', 'initramfs.ts', 'initramfs-init.ts', 'cpio.ts', 'manifest.ts']) h.update(fs.readFileSync(path.join(import.meta.dirname ?? '.', f)))
+  for (const f of ['build.ts', 'initramfs.ts', 'initramfs-init.ts', 'cpio.ts', 'manifest.ts', 'zstd-frames.ts']) h.update(fs.readFileSync(path.join(import.meta.dirname ?? '.', f)))
   if (r.recipe.carryLabhost) h.update(hashChunks(await labhostExecutable()).sha256)
   return h.digest('hex')
 }
@@ -253,10 +254,10 @@ export async function buildImage(recipeName: string, o: BuildOptions): Promise<B
     await normaliseExt4(image, epoch, listTree(staging))
     await run('e2fsck', ['-fn', image])
 
-    log('compressing the transport copy (zstd)')
+    log('compressing the transport copy (zstd, one frame per chunk)')
     const transport = path.join(o.out, 'root.img.zst')
     fs.rmSync(transport, { force: true })
-    await run('zstd', ['-q', '-T0', '-9', '-o', transport, image])
+    const frames = await compressFramed(image, transport, CHUNK_SIZE)
     const img = hashChunks(image, CHUNK_SIZE)
     const tr = hashChunks(transport, CHUNK_SIZE)
     const manifest = signManifest({
@@ -268,7 +269,7 @@ export async function buildImage(recipeName: string, o: BuildOptions): Promise<B
       layout: { rootFsUuid: r.layout.rootFsUuid, slotSizeMiB: r.layout.slotSizeMiB, slots: { A: r.layout.slots.A.name, B: r.layout.slots.B.name } },
       diskLayout: r.layout,
       image: { file: 'root.img', size: img.size, sha256: img.sha256, chunkSize: CHUNK_SIZE, chunks: img.chunks },
-      transport: { file: 'root.img.zst', size: tr.size, sha256: tr.sha256, compression: 'zstd' },
+      transport: { file: 'root.img.zst', size: tr.size, sha256: tr.sha256, compression: 'zstd', frames },
       signer: keyFingerprint(publicKey),
     }, key)
     const manifestFile = path.join(o.out, 'manifest.json')

@@ -19,7 +19,11 @@ export interface Manifest {
   /** The whole layout the image was built for (its fstab): the installer partitions by it. */
   diskLayout?: Layout
   image: { file: string; size: number; sha256: string; chunkSize: number; chunks: string[] }
-  transport: { file: string; size: number; sha256: string; compression: 'zstd' }
+  /**
+   * The zstd copy that is downloaded. `frames`: the size of each chunk's own zstd frame, in chunk
+   * order (image-build/zstd-frames.ts): a delta update fetches single chunks by their byte range.
+   */
+  transport: { file: string; size: number; sha256: string; compression: 'zstd'; frames?: number[] }
   signer: string
   signature?: string
 }

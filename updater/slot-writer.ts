@@ -36,6 +36,15 @@ function chunkMismatch(manifest: Manifest, index: number, what: string): Labhost
     'the download or the disk corrupted the image: run it again (only the target slot was written, nothing was switched)')
 }
 
+const zeroHashes = new Map<number, string>()
+
+/** SHA-256 of `length` zero bytes: the signed hash of an all-zero chunk. */
+export function zeroChunkHash(length: number): string {
+  let h = zeroHashes.get(length)
+  if (!h) zeroHashes.set(length, h = crypto.createHash('sha256').update(Buffer.alloc(length)).digest('hex'))
+  return h
+}
+
 /**
  * Chunk checks against the manifest. A chunk whose signed hash is that of zeros is checked by
  * comparing it with zeros (the same verdict, without hashing), and the writer need not send it.
@@ -43,7 +52,6 @@ function chunkMismatch(manifest: Manifest, index: number, what: string): Labhost
 class ChunkChecker {
   readonly manifest: Manifest
   readonly zeros: Buffer
-  private zeroHashes = new Map<number, string>()
   /** Started at the first hash: a writer that reads nothing back needs no workers. */
   private hashes: HashPool | null = null
 
@@ -62,9 +70,7 @@ class ChunkChecker {
   }
 
   isZero(index: number): boolean {
-    const n = this.length(index)
-    if (!this.zeroHashes.has(n)) this.zeroHashes.set(n, crypto.createHash('sha256').update(this.zeros.subarray(0, n)).digest('hex'))
-    return this.manifest.image.chunks[index] === this.zeroHashes.get(n)
+    return this.manifest.image.chunks[index] === zeroChunkHash(this.length(index))
   }
 
   async matches(index: number, data: Buffer): Promise<boolean> {

@@ -25,8 +25,10 @@ export const DEFAULT_FETCH: FetchOptions = { retries: 6, backoffMs: 1000, timeou
 export interface TransferStats {
   /** HTTP requests made for the transport file (1 when nothing went wrong). */
   requests: number
-  /** Requests that continued from a byte offset with Range. */
+  /** Requests that continued with Range after a failure, from the first byte not yet received. */
   resumes: number
+  /** Body bytes received from the network (all requests, including bytes a server resent). */
+  bytes: number
   failures: string[]
 }
 
@@ -44,6 +46,8 @@ export interface UpdateSource {
   rawImageFile?: string
   /** The compressed transport as a local file: zstd reads it itself. */
   transportFile?: string
+  /** The transport's URL and the fetch options, when it is downloaded (a delta update asks for parts of it). */
+  remote?: { url: string; fetch: FetchOptions }
   stats: TransferStats
 }
 
@@ -58,7 +62,7 @@ function openLocalSource(spec: string): UpdateSource {
   const manifestFile = fs.statSync(spec).isDirectory() ? path.join(spec, 'manifest.json') : spec
   const manifest = readManifest(manifestFile)
   const dir = path.dirname(manifestFile)
-  const stats = { requests: 0, resumes: 0, failures: [] }
+  const stats = { requests: 0, resumes: 0, bytes: 0, failures: [] }
   // The raw image, when it is there at its full size, saves the decompression (a build
   // directory, an unpacked copy); its chunks are checked all the same.
   const raw = path.join(dir, path.basename(manifest.image.file))
@@ -127,23 +131,28 @@ async function openHttpSource(spec: string, o: FetchOptions): Promise<UpdateSour
   const mUrl = manifestUrl(spec)
   const manifest = parseManifest(await fetchText(mUrl, o), mUrl)
   const tUrl = new URL(path.posix.basename(manifest.transport.file), mUrl).toString()
-  const stats: TransferStats = { requests: 0, resumes: 0, failures: [] }
-  return { manifestWhere: mUrl, manifest, transportWhere: tUrl, transport: () => resumableDownload(tUrl, manifest.transport.size, o, stats), compressed: true, stats }
+  const stats: TransferStats = { requests: 0, resumes: 0, bytes: 0, failures: [] }
+  return {
+    manifestWhere: mUrl, manifest, transportWhere: tUrl, compressed: true, stats, remote: { url: tUrl, fetch: o },
+    transport: () => resumableDownload(tUrl, { start: 0, end: manifest.transport.size }, o, stats),
+  }
 }
 
 /**
- * The bytes 0..size-1 of `url`, across as many requests as it takes: after an error, a timeout
- * or a connection that ends early, wait and ask for the rest with `Range: bytes=N-`. A server
- * that ignores Range (200 instead of 206) is read from the start and the known bytes skipped.
+ * The bytes start..end-1 of `url`, across as many requests as it takes: after an error, a timeout
+ * or a connection that ends early, wait and ask for the rest with `Range: bytes=N-(end-1)`. A
+ * server that ignores Range (200 instead of 206) is read from its first byte, the bytes before
+ * the wanted ones skipped.
  */
-export async function* resumableDownload(url: string, size: number, o: FetchOptions, stats: TransferStats): AsyncGenerator<Buffer> {
-  let offset = 0
+export async function* resumableDownload(url: string, want: { start: number; end: number }, o: FetchOptions, stats: TransferStats): AsyncGenerator<Buffer> {
+  const size = want.end
+  let offset = want.start
   let failures = 0
   while (offset < size) {
     const resuming = offset > 0
-    const stream = got.stream(url, { ...gotOptions(o), headers: resuming ? { range: `bytes=${offset}-` } : {} })
+    const stream = got.stream(url, { ...gotOptions(o), headers: resuming ? { range: `bytes=${offset}-${size - 1}` } : {} })
     stats.requests++
-    if (resuming) stats.resumes++
+    if (offset > want.start) stats.resumes++
     const gainedFrom = offset
     try {
       const response = await new Promise<Response>((resolve, reject) => {
@@ -158,6 +167,7 @@ export async function* resumableDownload(url: string, size: number, o: FetchOpti
         skip = offset
       }
       for await (const data of stream as AsyncIterable<Buffer>) {
+        stats.bytes += data.length
         let piece = data
         if (skip) {
           const n = Math.min(skip, piece.length)

@@ -13,6 +13,7 @@ import { readBootInfo, readTrial, readVersion, type HostPaths } from './host-sta
 import { writeTrialState } from './trial-state.ts'
 import { DEFAULT_FETCH, openSource, type FetchOptions, type UpdateSource } from './source.ts'
 import { verifyImage, writeImage, type BeforeReadBack, type WriteStats } from './slot-writer.ts'
+import { deltaPays, deltaSource, deltaUnusable, planDelta, type DeltaSummary } from './delta.ts'
 import type { Progress } from '../lib/progress.ts'
 
 export interface UpdateOptions {
@@ -43,6 +44,11 @@ export interface UpdateOptions {
   readBack?: 'during' | 'after'
   /** Test seam: runs before each chunk of the written slot is read back from the disk. */
   beforeReadBack?: BeforeReadBack
+  /**
+   * From an http(s) source: take the chunks the host has in its slots from the disk and download
+   * only the others (updater/delta.ts), when the manifest has a frame index and that fetches less.
+   */
+  delta?: boolean
 }
 
 /** start: plan verified, lock held; commit: the one-sector switch is next; done: switched. */
@@ -51,14 +57,16 @@ export type UpdatePhase = typeof UPDATE_PHASES[number]
 
 export interface UpdatePlan {
   disk: string
-  from: { slot: SlotId; version: string | null }
-  to: { slot: SlotId; version: string; partition: number; firstByte: number; bytes: number }
+  from: { slot: SlotId; version: string | null; firstByte: number; slotBytes: number }
+  to: { slot: SlotId; version: string; partition: number; firstByte: number; bytes: number; slotBytes: number }
   source: string
   writes: string[]
+  /** What a delta takes from the disk and downloads; `used` false names why the whole image is downloaded. */
+  delta?: (DeltaSummary & { used: true }) | { used: false; reason: string }
 }
 
 export interface UpdateResult extends UpdatePlan {
-  seconds: { write: number; verify: number; total: number }
+  seconds: { scan: number; write: number; verify: number; total: number }
   transfer: UpdateSource['stats']
   /** How the slot's bytes reached the disk (absent on --dry-run). */
   written?: WriteStats
@@ -111,9 +119,11 @@ export async function planUpdate(o: UpdateOptions): Promise<{ plan: UpdatePlan; 
         'pass --allow-downgrade to install it anyway; nothing was written')
     }
     const target = otherSlot(boot.slot)
-    const entry = findRootSlots(gpt, manifest.layout.slots)[target]
+    const entries = findRootSlots(gpt, manifest.layout.slots)
+    const entry = entries[target]
     const firstByte = Number(entry.firstLba) * disk.sectorSize
     const slotBytes = Number(entry.lastLba - entry.firstLba + 1n) * disk.sectorSize
+    const activeEntry = entries[boot.slot]
     if (manifest.image.size > slotBytes) {
       throw new LabhostError('imageTooSmall', `the image (${manifest.image.size} bytes) is larger than slot ${target} (${slotBytes} bytes)`,
         'build a smaller image or re-partition with larger slots; nothing was written')
@@ -123,8 +133,11 @@ export async function planUpdate(o: UpdateOptions): Promise<{ plan: UpdatePlan; 
       source,
       plan: {
         disk: diskPath,
-        from: { slot: boot.slot, version: current },
-        to: { slot: target, version: manifest.version, partition: entry.number, firstByte, bytes: manifest.image.size },
+        from: {
+          slot: boot.slot, version: current, firstByte: Number(activeEntry.firstLba) * disk.sectorSize,
+          slotBytes: Number(activeEntry.lastLba - activeEntry.firstLba + 1n) * disk.sectorSize,
+        },
+        to: { slot: target, version: manifest.version, partition: entry.number, firstByte, bytes: manifest.image.size, slotBytes },
         source: source.transportWhere,
         writes: [
           `slot ${target} (partition ${entry.number}, bytes ${firstByte}..${firstByte + manifest.image.size - 1})`,
@@ -138,12 +151,46 @@ export async function planUpdate(o: UpdateOptions): Promise<{ plan: UpdatePlan; 
   }
 }
 
+/**
+ * Where the image's bytes come from: the source as opened, or (a delta) the chunks the host has
+ * plus the missing ones downloaded. Reads both slots; writes nothing.
+ */
+async function chooseSource(o: UpdateOptions, plan: UpdatePlan, manifest: Manifest, source: UpdateSource, log: (line: string) => void): Promise<UpdateSource> {
+  if (!o.delta || !source.remote) return source
+  const unusable = deltaUnusable(manifest)
+  if (unusable) {
+    plan.delta = { used: false, reason: unusable }
+    log(`downloading the whole image: ${unusable}`)
+    return source
+  }
+  const d = await planDelta(manifest, plan.disk, {
+    active: { firstByte: plan.from.firstByte, bytes: plan.from.slotBytes },
+    target: { firstByte: plan.to.firstByte, bytes: plan.to.slotBytes },
+  })
+  const s = d.summary
+  const what = `${s.fetched} of ${s.chunks} chunks, ${s.fetchBytes} of ${s.transportBytes} transport bytes in ${s.requests} request(s); ` +
+    `${s.fromActive} from slot ${plan.from.slot}, ${s.fromTarget} from slot ${plan.to.slot}, ${s.zero} zero`
+  if (!deltaPays(s)) {
+    plan.delta = { used: false, reason: `a delta would fetch ${what}` }
+    log(`downloading the whole image: a delta would fetch ${what}`)
+    return source
+  }
+  plan.delta = { used: true, ...s }
+  plan.writes[0] += `, delta: ${what}`
+  log(`delta: fetching ${what}`)
+  return deltaSource(d, manifest, plan.disk, source)
+}
+
 export async function runUpdate(o: UpdateOptions): Promise<UpdateResult> {
   const log = o.log ?? (() => {})
   const started = Date.now()
-  const { plan, manifest, source } = await planUpdate(o)
-  const seconds = { write: 0, verify: 0, total: 0 }
-  if (o.dryRun) return { ...plan, seconds, transfer: source.stats }
+  const planned = await planUpdate(o)
+  const { plan, manifest } = planned
+  const seconds = { scan: 0, write: 0, verify: 0, total: 0 }
+  if (o.dryRun) {
+    await chooseSource(o, plan, manifest, planned.source, log)
+    return { ...plan, seconds, transfer: planned.source.stats }
+  }
   const lockFile = path.join(path.dirname(o.paths.bootFile), 'update.lock')
   let lock: number
   try {
@@ -154,9 +201,12 @@ export async function runUpdate(o: UpdateOptions): Promise<UpdateResult> {
   try {
     fs.writeSync(lock, `${process.pid}\n`)
     o.phase?.('start')
+    let t0 = Date.now()
+    const source = await chooseSource(o, plan, manifest, planned.source, log)
+    seconds.scan = (Date.now() - t0) / 1000
     o.phase?.('write')
     log(`writing ${manifest.name} ${manifest.version} from ${source.transportWhere} to slot ${plan.to.slot} of ${plan.disk}`)
-    let t0 = Date.now()
+    t0 = Date.now()
     // with readBack 'during', chunks are read back from the disk as soon as they are written
     // (O_DIRECT); what is left (all of it by default) is read back after the fdatasync
     const target = { disk: plan.disk, firstByte: plan.to.firstByte, name: `slot ${plan.to.slot}` }

@@ -50,10 +50,13 @@ export const markGoodCommand: Command = {
   },
 }
 
+/** Delta updates are opt-in (--delta) until the VM tests and the fault-injection campaign ran with them. */
+const DELTA_BY_DEFAULT = false
+
 export const update: Command = {
   name: 'update',
   summary: 'write a signed image (directory, manifest or http(s) URL) to the inactive slot, verify it from the disk, switch to it on trial',
-  usage: 'labhost update DIR|MANIFEST|URL [--trusted-key PUB] [--disk DEV] [--allow-downgrade] [--trial-boots N] [--retries N] [--timeout SECONDS] [--reboot] [--read-back during|after] [--announce-phases] [--dry-run] [--json]',
+  usage: 'labhost update DIR|MANIFEST|URL [--trusted-key PUB] [--disk DEV] [--allow-downgrade] [--trial-boots N] [--retries N] [--timeout SECONDS] [--reboot] [--read-back during|after] [--delta|--no-delta] [--announce-phases] [--dry-run] [--json]',
   options: {
     ...PATH_OPTIONS, 'trusted-key': { type: 'string' }, disk: { type: 'string' }, 'allow-downgrade': { type: 'boolean', default: false }, 'trial-boots': { type: 'string' },
     retries: { type: 'string' }, timeout: { type: 'string' }, reboot: { type: 'boolean', default: false },
@@ -63,6 +66,9 @@ export const update: Command = {
     // chunk as soon as its write completed, overlapping the two (measured slower on loop devices
     // and rotating disks, where reads between the writes cost seeks or contend with them)
     'read-back': { type: 'string', default: 'after' },
+    // from an http(s) URL: take the chunks this host already has in its slots from the disk and
+    // download only the missing ones (when the image has a frame index and that is cheaper)
+    delta: { type: 'boolean', default: DELTA_BY_DEFAULT },
   },
   async run(values, positionals, ctx) {
     const source = positionals[0]
@@ -84,6 +90,7 @@ export const update: Command = {
       allowDowngrade: values['allow-downgrade'] === true,
       trialBoots: num('trial-boots'),
       readBack,
+      delta: values.delta === true,
       fetch: { ...(num('retries') !== undefined ? { retries: num('retries') } : {}), ...(timeout !== undefined ? { timeoutMs: timeout * 1000 } : {}) },
       dryRun: ctx.dryRun,
       log: ctx.log,
@@ -92,8 +99,9 @@ export const update: Command = {
     })
     const human = [`${ctx.dryRun ? 'would update' : 'updated'} ${result.disk}: slot ${result.from.slot} (${result.from.version ?? '?'}) -> slot ${result.to.slot} (${result.to.version})`,
       ...result.writes.map((w) => `  ${ctx.dryRun ? 'would write' : 'wrote'} ${w}`),
+      ...(result.delta?.used === false ? [`  downloading the whole image: ${result.delta.reason}`] : []),
       ...(ctx.dryRun ? [] : [`  write ${result.seconds.write.toFixed(1)} s, read-back ${result.seconds.verify.toFixed(1)} s` +
-        (result.transfer.requests ? `, ${result.transfer.requests} request(s), ${result.transfer.resumes} resumed` : ''),
+        (result.transfer.requests ? `, ${result.transfer.requests} request(s), ${result.transfer.resumes} resumed, ${result.transfer.bytes} bytes downloaded` : ''),
       `  slot ${result.to.slot} boots next, on trial until labhost mark-good${values.reboot ? '; rebooting' : ''}`])].join('\n')
     if (values.reboot && !ctx.dryRun) {
       // print before the machine goes down

@@ -41,7 +41,7 @@ t.test('update from http://: one request, written while downloading, B on trial'
   t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
   const out = JSON.parse(r.stdout)
   t.equal(out.source, `${server.url}/root.img.zst`)
-  t.same(out.transfer, { requests: 1, resumes: 0, failures: [] })
+  t.same(out.transfer, { requests: 1, resumes: 0, bytes: fs.statSync(`${images.v2}/root.img.zst`).size, failures: [] })
   t.ok(slotBHolds(h, `${images.v2}/root.img`), 'slot B holds 2.0.0')
   t.equal(activeSlot(h.disk), 'B')
   t.same(server.requests.map((q) => [q.path, q.status]), [['/manifest.json', 200], ['/root.img.zst', 200]])
@@ -71,12 +71,13 @@ t.test('connection dropped mid-way: resumes with Range from the byte it stopped 
   t.equal(reqs[0]!.bytes, cut, 'the first one was cut')
   // it resumes from the first byte it had not consumed when the error came: at most what was
   // still buffered in the client (< 1 MiB) is asked for again
-  const from = Number(/^bytes=(\d+)-$/.exec(reqs[1]!.range ?? '')?.[1])
+  const [, from = NaN, to = NaN] = (/^bytes=(\d+)-(\d+)$/.exec(reqs[1]!.range ?? '') ?? []).map(Number)
+  t.equal(to, size - 1, 'up to the last byte')
   t.ok(from > cut - MiB && from <= cut, `the second asks for the rest only: from byte ${from} (cut at ${cut})`)
   t.equal(reqs[1]!.status, 206)
   t.equal(reqs[1]!.bytes, size - from, 'and gets exactly that')
   t.ok(reqs[0]!.bytes + reqs[1]!.bytes < size + MiB, 'nothing like a restart')
-  t.match(JSON.parse(r.stdout).transfer, { requests: 2, resumes: 1 })
+  t.match(JSON.parse(r.stdout).transfer, { requests: 2, resumes: 1, bytes: reqs[0]!.bytes + reqs[1]!.bytes })
   t.ok(slotBHolds(h, `${images.v2}/root.img`), 'slot B holds 2.0.0')
 })
 

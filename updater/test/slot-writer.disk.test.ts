@@ -36,7 +36,7 @@ function manifestFor(file: string): Manifest {
 async function sourceFor(file: string, compressed: boolean): Promise<UpdateSource> {
   if (compressed) await execa('zstd', ['-q', '-f', '-1', file, '-o', `${file}.zst`])
   const f = compressed ? `${file}.zst` : file
-  return { manifestWhere: f, manifest: manifestFor(file), transportWhere: f, transport: () => fs.createReadStream(f, { highWaterMark: 300_000 }), compressed, stats: { requests: 0, resumes: 0, failures: [] } }
+  return { manifestWhere: f, manifest: manifestFor(file), transportWhere: f, transport: () => fs.createReadStream(f, { highWaterMark: 300_000 }), compressed, stats: { requests: 0, resumes: 0, bytes: 0, failures: [] } }
 }
 
 const targets = [
