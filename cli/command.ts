@@ -37,7 +37,7 @@ export const COMMON_OPTIONS: OptionSpec = {
 
 export function parseCommandArgs(cmd: Command, argv: string[]) {
   try {
-    return parseArgs({ args: argv, options: { ...COMMON_OPTIONS, ...cmd.options }, allowPositionals: true, allowNegative: true, strict: true })
+    return parseArgs({ args: argv, options: { ...COMMON_OPTIONS, ...cmd.options }, allowPositionals: true, strict: true })
   } catch (e) {
     throw new LabhostError('usage', `${(e as Error).message}`, `see \`labhost ${cmd.name} --help\``)
   }

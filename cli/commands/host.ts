@@ -56,7 +56,7 @@ const DELTA_BY_DEFAULT = false
 export const update: Command = {
   name: 'update',
   summary: 'write a signed image (directory, manifest or http(s) URL) to the inactive slot, verify it from the disk, switch to it on trial',
-  usage: 'labhost update DIR|MANIFEST|URL [--trusted-key PUB] [--disk DEV] [--allow-downgrade] [--trial-boots N] [--retries N] [--timeout SECONDS] [--reboot] [--read-back during|after] [--delta|--no-delta] [--announce-phases] [--dry-run] [--json]',
+  usage: 'labhost update DIR|MANIFEST|URL [--trusted-key PUB] [--disk DEV] [--allow-downgrade] [--trial-boots N] [--retries N] [--timeout SECONDS] [--reboot] [--read-back during|after] [--delta] [--announce-phases] [--dry-run] [--json]',
   options: {
     ...PATH_OPTIONS, 'trusted-key': { type: 'string' }, disk: { type: 'string' }, 'allow-downgrade': { type: 'boolean', default: false }, 'trial-boots': { type: 'string' },
     retries: { type: 'string' }, timeout: { type: 'string' }, reboot: { type: 'boolean', default: false },

@@ -77,7 +77,8 @@ t.test('connection dropped mid-way: resumes with Range from the byte it stopped 
   t.equal(reqs[1]!.status, 206)
   t.equal(reqs[1]!.bytes, size - from, 'and gets exactly that')
   t.ok(reqs[0]!.bytes + reqs[1]!.bytes < size + MiB, 'nothing like a restart')
-  t.match(JSON.parse(r.stdout).transfer, { requests: 2, resumes: 1, bytes: reqs[0]!.bytes + reqs[1]!.bytes })
+  // what the client consumed: the bytes before the resume point, then the rest, once each
+  t.match(JSON.parse(r.stdout).transfer, { requests: 2, resumes: 1, bytes: size })
   t.ok(slotBHolds(h, `${images.v2}/root.img`), 'slot B holds 2.0.0')
 })
 
