@@ -1,5 +1,6 @@
 // npm run vm-tests -- [--mode update|install] [--cycles N] [--seed S] [--json report.json]
 //                     [--driver auto|qemu|virtualbox] [--keep DIR] [--commit-weight F] [--cpus N] [--inject-naive-switch]
+//                     [--resume report.json]  (continue a cut-off update campaign to N cycles in all)
 // The random-reset campaign: resets during updates (vm-tests/campaign.ts; summary `cycles N,
 // resets N, old N, new N, bricked N`) or during installs from the stick (install-campaign.ts).
 // Exits 1 when a cycle bricked or a re-run failed (disks and serial log are kept) or an update
@@ -11,7 +12,7 @@ import crypto from 'node:crypto'
 import { parseArgs } from 'node:util'
 import { execa } from 'execa'
 import { chooseDriver } from './driver.ts'
-import { runUpdateCampaign, summaryLine } from './campaign.ts'
+import { runUpdateCampaign, summaryLine, type CampaignReport } from './campaign.ts'
 import { installSummaryLine, runInstallCampaign } from './install-campaign.ts'
 
 const root = path.resolve(import.meta.dirname, '..')
@@ -26,15 +27,35 @@ const { values } = parseArgs({
     'commit-weight': { type: 'string', default: '0.4' },
     cpus: { type: 'string', default: '1' },
     'inject-naive-switch': { type: 'boolean', default: false },
+    resume: { type: 'string' },
     help: { type: 'boolean', short: 'h', default: false },
   },
 })
 if (values.help) {
-  console.log(fs.readFileSync(import.meta.filename, 'utf8').split('\n').slice(0, 6).map((l) => l.replace(/^\/\/ ?/, '')).join('\n'))
+  console.log(fs.readFileSync(import.meta.filename, 'utf8').split('\n').slice(0, 7).map((l) => l.replace(/^\/\/ ?/, '')).join('\n'))
   process.exit(0)
 }
+// a cut-off soak continues from its report: same seed, its cycles count, written back to it
+let resume: CampaignReport | undefined
+if (values.resume) {
+  try {
+    resume = JSON.parse(fs.readFileSync(values.resume, 'utf8')) as CampaignReport
+  } catch (e) {
+    console.error(`--resume ${values.resume}: not a campaign report (${(e as Error).message})`)
+    process.exit(2)
+  }
+  if (values.seed !== undefined && Number(values.seed) !== resume.seed) {
+    console.error(`--resume ${values.resume} was made with seed ${resume.seed}, not ${values.seed}: drop --seed`)
+    process.exit(2)
+  }
+  if (values.mode !== 'update') {
+    console.error('--resume continues update campaigns only')
+    process.exit(2)
+  }
+  values.json ??= values.resume
+}
 const cycles = Number(values.cycles)
-const seed = values.seed !== undefined ? Number(values.seed) : crypto.randomInt(2 ** 31)
+const seed = resume ? resume.seed : values.seed !== undefined ? Number(values.seed) : crypto.randomInt(2 ** 31)
 if (!Number.isInteger(cycles) || cycles < 1 || !Number.isInteger(seed)) {
   console.error('--cycles needs a positive whole number and --seed a whole number')
   process.exit(2)
@@ -43,7 +64,8 @@ if (!Number.isInteger(cycles) || cycles < 1 || !Number.isInteger(seed)) {
 await execa(process.execPath, [path.join(root, 'scripts/build.ts')], { stdio: ['ignore', 'ignore', 'inherit'] })
 const driver = await chooseDriver(values.driver)
 const workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'labhost-campaign-'))
-console.log(`campaign: ${cycles} cycles, seed ${seed}, driver ${driver.name} (${await driver.accel()}), work ${workDir}`)
+console.log(`campaign: ${cycles} cycles, seed ${seed}, driver ${driver.name} (${await driver.accel()}), work ${workDir}` +
+  (resume ? `; resuming ${values.resume} after its ${resume.cycles} cycles` : ''))
 try {
   if (values.mode === 'install') {
     const report = await runInstallCampaign({ driver, cycles, seed, workDir, keepDir: values.keep, log: (l) => console.log(l) })
@@ -53,7 +75,7 @@ try {
   } else if (values.mode === 'update') {
     const report = await runUpdateCampaign({
       driver, cycles, seed, workDir, keepDir: values.keep, commitWeight: Number(values['commit-weight']), cpus: Number(values.cpus),
-      injectNaiveSwitch: values['inject-naive-switch'], log: (l) => console.log(l),
+      injectNaiveSwitch: values['inject-naive-switch'], log: (l) => console.log(l), resume,
       // the report so far, after every cycle: a soak that is cut off still leaves its record
       onCycle: values.json ? (r) => fs.writeFileSync(values.json!, JSON.stringify({ ...r, partial: true }, null, 2) + '\n') : undefined,
     })

@@ -37,6 +37,12 @@ export interface CampaignOptions {
   log?: (line: string) => void
   /** Called with the report so far after every cycle (a long soak keeps a record if it is cut off). */
   onCycle?: (report: CampaignReport) => void
+  /**
+   * The partial report of a run of the same seed that was cut off: its cycles count, its random
+   * draws are replayed so the next cycles get the instants the uncut run would have drawn, and
+   * the machine starts afresh (1.0.0 in slot A, a new calibration).
+   */
+  resume?: CampaignReport
 }
 
 /** brick: no userspace in time, or a version came up whose slot is not its signed image. */
@@ -76,6 +82,19 @@ export interface CampaignReport {
   calibration: { updateMs: number; verifyMs: number; commitTailMs: number } | null
   records: CycleRecord[]
   kept?: string
+  /** The runs the report was made in: more than one when a cut-off run was resumed. */
+  runs?: { firstCycle: number; seconds: number }[]
+}
+
+/**
+ * How many numbers a recorded cycle drew from the seed's sequence: the aim; then the uniform
+ * instant; then, aimed at the commit, the instant around it. A cycle whose update failed before
+ * it started drew only its aim; the calibration drew nothing.
+ */
+export function drawsOf(r: CycleRecord): number {
+  if (r.aim === 'calibration') return 0
+  if (r.resetAtMs === null && r.outcome === 'completed') return 1
+  return r.aim === 'commit' ? 3 : 2
 }
 
 export const summaryLine = (r: CampaignReport): string =>
@@ -143,6 +162,12 @@ function slotHash(disks: HostDisks, slot: string, bytes: number): string {
 export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignReport> {
   const log = o.log ?? (() => {})
   const rnd = prng(o.seed)
+  const prior = o.resume
+  if (prior) {
+    if (prior.seed !== o.seed) throw new Error(`the report to resume was made with seed ${prior.seed}, not ${o.seed}`)
+    if (prior.bricked) throw new Error('the report to resume ends in a brick: inspect it, do not resume it')
+    for (const r of prior.records) for (let k = drawsOf(r); k > 0; k--) rnd()
+  }
   const bootTimeout = o.bootTimeoutMs ?? 180_000
   const commitWeight = o.commitWeight ?? 0.4
   fs.mkdirSync(o.workDir, { recursive: true })
@@ -155,11 +180,20 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
     driver: o.driver.name, accel: await o.driver.accel(), seed: o.seed, cycles: 0, resets: 0, old: 0, new: 0, bricked: 0, failedUpdates: 0,
     seconds: 0, resetsPerHour: 0, calibration: null, records: [],
   }
+  if (prior) {
+    if (prior.driver !== report.driver || prior.accel !== report.accel) throw new Error(`the report to resume ran on ${prior.driver} (${prior.accel}), this run would use ${report.driver} (${report.accel})`)
+    Object.assign(report, { resets: prior.resets, old: prior.old, new: prior.new, failedUpdates: prior.failedUpdates, records: [...prior.records] })
+  }
+  const counted = () => report.records.filter((r) => r.aim !== 'calibration').length
+  const firstCycle = (prior?.records.at(-1)?.cycle ?? -1) + 1
+  const runs = prior ? prior.runs ?? [{ firstCycle: 0, seconds: prior.seconds }] : []
   const started = Date.now()
   const tally = () => {
-    report.cycles = report.records.filter((r) => r.aim !== 'calibration').length
-    report.seconds = (Date.now() - started) / 1000
+    report.cycles = counted()
+    report.runs = [...runs, { firstCycle, seconds: (Date.now() - started) / 1000 }]
+    report.seconds = report.runs.reduce((n, r) => n + r.seconds, 0)
     report.resetsPerHour = Math.round(report.resets / (report.seconds / 3600))
+    if (report.runs.length === 1) delete report.runs
   }
   const keep = (record: CycleRecord) => {
     report.records.push(record)
@@ -211,7 +245,7 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
     const boot: CycleRecord = { cycle: -1, aim: 'calibration', from: '', to: '', resetAtMs: null, phase: null, outcome: 'completed', booted: null, bootSeconds: null }
     if (!(await awaitBoot(boot, started))) return report
     let calibration: { updateMs: number; verifyMs: number; commitTailMs: number } | null = null
-    for (let cycle = 0; cycle < o.cycles + 1; cycle++) {
+    for (let cycle = firstCycle; counted() < o.cycles; cycle++) {
       const record: CycleRecord = { cycle, aim: calibration ? (rnd() < commitWeight ? 'commit' : 'uniform') : 'calibration', from: '', to: '', resetAtMs: null, phase: null, outcome: 'completed', booted: null, bootSeconds: null }
       const announced = await con.until('cycle', Date.now() + bootTimeout)
       if (!announced) {
