@@ -26,6 +26,8 @@ export interface ServeOptions {
   host?: string
   port?: number
   fault?: (req: { path: string; range: string | null; index: number }) => Fault | undefined
+  /** Called when a response is over (sent, or its connection closed). */
+  onRequest?: (req: ServedRequest) => void
 }
 
 export interface Server {
@@ -42,6 +44,7 @@ export async function serveDirectory(root: string, o: ServeOptions = {}): Promis
     const range = typeof req.headers.range === 'string' ? req.headers.range : null
     const record: ServedRequest = { path: urlPath, range, status: 0, bytes: 0 }
     requests.push(record)
+    res.once('close', () => o.onRequest?.(record))
     const fault = o.fault?.({ path: urlPath, range, index: requests.length - 1 }) ?? {}
     const answer = (status: number, headers: http.OutgoingHttpHeaders = {}, body = '') => {
       record.status = status

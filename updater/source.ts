@@ -30,6 +30,8 @@ export interface TransferStats {
   /** Body bytes received from the network (all requests, including bytes a server resent). */
   bytes: number
   failures: string[]
+  /** A BitTorrent download (updater/torrent.ts): its file, how long it took, the aria2c left seeding. */
+  torrent?: { url: string; file: string; seconds: number; seederPid: number | null; seedMinutes: number }
 }
 
 export interface UpdateSource {
@@ -114,9 +116,14 @@ const gotOptions = (o: FetchOptions) => ({
 })
 
 async function fetchText(url: string, o: FetchOptions): Promise<string> {
+  return (await fetchBytes(url, o)).toString('utf8')
+}
+
+/** A small file (a manifest, a .torrent) whole, with the same retries and backoff as the image. */
+export async function fetchBytes(url: string, o: FetchOptions): Promise<Buffer> {
   for (let failures = 0; ;) {
     try {
-      return await got(url, gotOptions(o)).text()
+      return await got(url, gotOptions(o)).buffer()
     } catch (e) {
       failures++
       if (!isRetriable(e) || failures >= o.retries) throw gaveUp(url, o, e, 'nothing was written')

@@ -14,6 +14,7 @@ import { writeTrialState } from './trial-state.ts'
 import { DEFAULT_FETCH, openSource, type FetchOptions, type UpdateSource } from './source.ts'
 import { verifyImage, writeImage, type BeforeReadBack, type WriteStats } from './slot-writer.ts'
 import { deltaPays, deltaSource, deltaUnusable, planDelta, type DeltaSummary } from './delta.ts'
+import { torrentSource, torrentUrlFor, type TorrentOptions } from './torrent.ts'
 import type { Progress } from '../lib/progress.ts'
 
 export interface UpdateOptions {
@@ -49,6 +50,11 @@ export interface UpdateOptions {
    * only the others (updater/delta.ts), when the manifest has a frame index and that fetches less.
    */
   delta?: boolean
+  /**
+   * From an http(s) source: download the transport file with BitTorrent (the .torrent beside it)
+   * instead of from the server alone; a delta that pays still goes over HTTP (it is small).
+   */
+  torrent?: TorrentOptions
 }
 
 /** start: plan verified, lock held; commit: the one-sector switch is next; done: switched. */
@@ -156,6 +162,16 @@ export async function planUpdate(o: UpdateOptions): Promise<{ plan: UpdatePlan; 
  * plus the missing ones downloaded. Reads both slots; writes nothing.
  */
 async function chooseSource(o: UpdateOptions, plan: UpdatePlan, manifest: Manifest, source: UpdateSource, log: (line: string) => void): Promise<UpdateSource> {
+  const chosen = await chooseDelta(o, plan, manifest, source, log)
+  if (chosen !== source || !o.torrent || !source.remote) return chosen
+  if (o.dryRun) {
+    plan.writes[0] += `, downloaded with BitTorrent (${torrentUrlFor(source.remote.url)})`
+    return source
+  }
+  return torrentSource(source, manifest, { ...o.torrent, log })
+}
+
+async function chooseDelta(o: UpdateOptions, plan: UpdatePlan, manifest: Manifest, source: UpdateSource, log: (line: string) => void): Promise<UpdateSource> {
   if (!o.delta || !source.remote) return source
   const unusable = deltaUnusable(manifest)
   if (unusable) {

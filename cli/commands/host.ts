@@ -4,6 +4,7 @@ import path from 'node:path'
 import { DEFAULT_PATHS, markGood, writeDurable, type HostPaths } from '../../updater/host-state.ts'
 import { gatherStatus, renderHuman, renderPrometheus } from '../../updater/status.ts'
 import { runUpdate } from '../../updater/update.ts'
+import { DEFAULT_TORRENT } from '../../updater/torrent.ts'
 import { LabhostError } from '../../lib/errors.ts'
 import { powerAction } from '../../lib/power.ts'
 import type { Command, OptionSpec } from '../command.ts'
@@ -56,7 +57,7 @@ const DELTA_BY_DEFAULT = false
 export const update: Command = {
   name: 'update',
   summary: 'write a signed image (directory, manifest or http(s) URL) to the inactive slot, verify it from the disk, switch to it on trial',
-  usage: 'labhost update DIR|MANIFEST|URL [--trusted-key PUB] [--disk DEV] [--allow-downgrade] [--trial-boots N] [--retries N] [--timeout SECONDS] [--reboot] [--read-back during|after] [--delta] [--announce-phases] [--dry-run] [--json]',
+  usage: 'labhost update DIR|MANIFEST|URL [--trusted-key PUB] [--disk DEV] [--allow-downgrade] [--trial-boots N] [--retries N] [--timeout SECONDS] [--reboot] [--read-back during|after] [--delta] [--torrent [--download-dir DIR] [--seed-minutes N] [--seed-ratio R] [--tracker-interval SECONDS] [--download-limit RATE]] [--announce-phases] [--dry-run] [--json]',
   options: {
     ...PATH_OPTIONS, 'trusted-key': { type: 'string' }, disk: { type: 'string' }, 'allow-downgrade': { type: 'boolean', default: false }, 'trial-boots': { type: 'string' },
     retries: { type: 'string' }, timeout: { type: 'string' }, reboot: { type: 'boolean', default: false },
@@ -69,6 +70,9 @@ export const update: Command = {
     // from an http(s) URL: take the chunks this host already has in its slots from the disk and
     // download only the missing ones (when the image has a frame index and that is cheaper)
     delta: { type: 'boolean', default: DELTA_BY_DEFAULT },
+    // the transport file over BitTorrent (aria2c, the .torrent beside it), seeded on afterwards
+    torrent: { type: 'boolean', default: false },
+    'download-dir': { type: 'string' }, 'seed-minutes': { type: 'string' }, 'seed-ratio': { type: 'string' }, 'tracker-interval': { type: 'string' }, 'download-limit': { type: 'string' },
   },
   async run(values, positionals, ctx) {
     const source = positionals[0]
@@ -82,6 +86,10 @@ export const update: Command = {
       return n
     }
     const timeout = num('timeout')
+    const rate = (v: string) => {
+      if (!/^\d+[KM]?$/.test(v)) throw new LabhostError('usage', `--download-limit ${JSON.stringify(v)} is not a rate`, 'give bytes per second, with K or M: 500K, 5M')
+      return v
+    }
     const result = await runUpdate({
       source,
       trustedKey: typeof values['trusted-key'] === 'string' ? values['trusted-key'] : '/etc/labhost/trusted.pub',
@@ -91,6 +99,15 @@ export const update: Command = {
       trialBoots: num('trial-boots'),
       readBack,
       delta: values.delta === true,
+      torrent: values.torrent ? {
+        ...DEFAULT_TORRENT,
+        ...(typeof values['download-dir'] === 'string' ? { dir: values['download-dir'] } : {}),
+        ...(num('seed-minutes') !== undefined ? { seedMinutes: num('seed-minutes') } : {}),
+        ...(num('seed-ratio') !== undefined ? { seedRatio: num('seed-ratio') } : {}),
+        ...(num('tracker-interval') !== undefined ? { trackerIntervalSeconds: num('tracker-interval') } : {}),
+        ...(timeout !== undefined ? { stallSeconds: timeout } : {}),
+        ...(typeof values['download-limit'] === 'string' ? { downloadLimit: rate(values['download-limit']) } : {}),
+      } : undefined,
       fetch: { ...(num('retries') !== undefined ? { retries: num('retries') } : {}), ...(timeout !== undefined ? { timeoutMs: timeout * 1000 } : {}) },
       dryRun: ctx.dryRun,
       log: ctx.log,
@@ -101,7 +118,8 @@ export const update: Command = {
       ...result.writes.map((w) => `  ${ctx.dryRun ? 'would write' : 'wrote'} ${w}`),
       ...(result.delta?.used === false ? [`  downloading the whole image: ${result.delta.reason}`] : []),
       ...(ctx.dryRun ? [] : [`  write ${result.seconds.write.toFixed(1)} s, read-back ${result.seconds.verify.toFixed(1)} s` +
-        (result.transfer.requests ? `, ${result.transfer.requests} request(s), ${result.transfer.resumes} resumed, ${result.transfer.bytes} bytes downloaded` : ''),
+        (result.transfer.requests ? `, ${result.transfer.requests} request(s), ${result.transfer.resumes} resumed, ${result.transfer.bytes} bytes downloaded` : '') +
+        (result.transfer.torrent ? `; BitTorrent ${result.transfer.torrent.seconds.toFixed(1)} s, aria2c seeds on for ${result.transfer.torrent.seedMinutes} min` : ''),
       `  slot ${result.to.slot} boots next, on trial until labhost mark-good${values.reboot ? '; rebooting' : ''}`])].join('\n')
     if (values.reboot && !ctx.dryRun) {
       // print before the machine goes down

@@ -9,6 +9,8 @@ import { buildImage } from '../../image-build/build.ts'
 import { generateKeyPair, readPublicKey, verifyImageDir } from '../../image-build/manifest.ts'
 import { recipeJsonSchema } from '../../image-build/recipe.ts'
 import { buildStick } from '../../image-build/stick.ts'
+import { publishImage } from '../../image-build/torrent.ts'
+import { serveDirectory } from '../../lib/http-serve.ts'
 import { requireString, type Command } from '../command.ts'
 
 export const imageBuild: Command = {
@@ -43,6 +45,42 @@ export const imageStick: Command = {
       out: requireString(values, 'out', this), keyFile: requireString(values, 'key', this), log: ctx.log,
     })
     return { data: r, human: `stick image ${r.out} (${r.sizeBytes >> 20} MiB): write it to a USB stick with dd bs=4M oflag=direct` }
+  },
+}
+
+export const imagePublish: Command = {
+  name: 'image publish',
+  summary: 'make the BitTorrent file of an image directory (root.img.zst.torrent, by mktorrent) for `labhost update --torrent`',
+  usage: 'labhost image publish DIR --tracker URL [--tracker URL...] [--web-seed URL...] [--json]',
+  options: { tracker: { type: 'string', multiple: true }, 'web-seed': { type: 'string', multiple: true } },
+  async run(values, positionals, ctx) {
+    const dir = positionals[0]
+    if (!dir) throw new LabhostError('usage', 'labhost image publish needs an image DIR', `usage: ${this.usage}`)
+    if (ctx.dryRun) throw new LabhostError('usage', 'image publish has no --dry-run: it writes only DIR/root.img.zst.torrent', 'leave out --dry-run')
+    const r = await publishImage(dir, { trackers: (values.tracker as string[] | undefined) ?? [], webSeeds: values['web-seed'] as string[] | undefined })
+    return { data: r, human: `${r.torrentFile}: info hash ${r.infoHash}, ${r.pieces} pieces\n  serve it beside manifest.json; trackers with a whitelist need the info hash` }
+  },
+}
+
+export const imageServe: Command = {
+  name: 'image serve',
+  summary: 'serve image directories over HTTP (GET/HEAD with Range) for `labhost update URL`, until stopped',
+  usage: 'labhost image serve DIR [--host ADDRESS] [--port N]',
+  options: { host: { type: 'string', default: '127.0.0.1' }, port: { type: 'string', default: '8080' } },
+  async run(values, positionals, ctx) {
+    const dir = positionals[0]
+    if (!dir || !fs.existsSync(dir)) throw new LabhostError('usage', `labhost image serve needs an existing DIR${dir ? ` (${dir} does not exist)` : ''}`, `usage: ${this.usage}`)
+    const port = Number(values.port)
+    if (!Number.isInteger(port) || port < 0 || port > 65535) throw new LabhostError('usage', `--port ${JSON.stringify(values.port)} is not a port number`, `usage: ${this.usage}`)
+    const server = await serveDirectory(dir, { host: String(values.host), port, onRequest: (q) => ctx.log(`${q.status} ${q.path} ${q.range ?? ''} ${q.bytes} bytes`) })
+    ctx.log(`serving ${dir} at ${server.url}/ (stop with Ctrl-C or SIGTERM)`)
+    await new Promise<void>((resolve) => {
+      process.once('SIGINT', resolve)
+      process.once('SIGTERM', resolve)
+    })
+    await server.close()
+    const served = server.requests.reduce((n, q) => n + q.bytes, 0)
+    return { data: { url: server.url, requests: server.requests.length, bytes: served }, human: `served ${server.requests.length} request(s), ${served} body bytes` }
   },
 }
 

@@ -31,7 +31,10 @@ export async function buildImages(dir: string): Promise<Images> {
 }
 
 export interface Host {
+  /** The disk image file. */
   disk: string
+  /** What labhost runs from: the file, or a loop device of it. */
+  device: string
   plan: PlannedPartition[]
   state: string
   lib: { bootFile: string; stateRoot: string; versionFile: string }
@@ -40,16 +43,24 @@ export interface Host {
 }
 
 export async function makeHost(t: Test, images: Images): Promise<Host> {
-  const d = tmpDir(t)
+  return makeHostIn(tmpDir(t), images)
+}
+
+/**
+ * A host (see Host) whose files live in `d`. With `attach` (a loop device of d/ssd.img, say),
+ * labhost runs from the device it returns; the tests read the file.
+ */
+export async function makeHostIn(d: string, images: Images, attach?: (file: string) => Promise<string>): Promise<Host> {
   const disk = sparseFile(`${d}/ssd.img`, (2 + 2 * layout.slotSizeMiB + 8 + 16 + 16 + 2) * MiB)
   const plan = planDisk(layout, 'ssd', fs.statSync(disk).size, 512)
   await partitionDisk(disk, plan, 'A')
   copyFileInto(`${images.v1}/root.img`, disk, plan[0]!.firstLba * 512)
-  fs.writeFileSync(`${d}/boot`, `SLOT=A\nDEVICE=${disk}\nDISK=${disk}\n`)
+  const device = attach ? await attach(disk) : disk
+  fs.writeFileSync(`${d}/boot`, `SLOT=A\nDEVICE=${device}\nDISK=${device}\n`)
   fs.writeFileSync(`${d}/version`, '1.0.0\n')
   fs.mkdirSync(`${d}/state`)
   const lib = { bootFile: `${d}/boot`, stateRoot: `${d}/state`, versionFile: `${d}/version` }
-  return { disk, plan, state: `${d}/state`, lib, args: ['--boot-file', lib.bootFile, '--state-root', lib.stateRoot, '--version-file', lib.versionFile, '--trusted-key', images.keys.publicKeyFile] }
+  return { disk, device, plan, state: `${d}/state`, lib, args: ['--boot-file', lib.bootFile, '--state-root', lib.stateRoot, '--version-file', lib.versionFile, '--trusted-key', images.keys.publicKeyFile] }
 }
 
 /** What an update must never change when it fails: slot A, both GPT regions, the state files. */

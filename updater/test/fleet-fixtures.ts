@@ -1,0 +1,115 @@
+// A lab on one machine (lib/netns.ts): a server namespace running the image HTTP server
+// (`labhost image serve`), opentracker (whitelisting the image's info hash) and the first aria2c
+// seeder, and host namespaces each with a disk on a loop device running 1.0.0 from slot A.
+// Used by the fleet test and `npm run bench`; close() stops every process and removes it all.
+import fs from 'node:fs'
+import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { ResultPromise } from 'execa'
+import { attachLoop, detachLoop } from '../../lib/loop.ts'
+import { createLab, type Lab, type LabMember } from '../../lib/netns.ts'
+import { REPO_ROOT } from '../../lib/test-helpers.ts'
+import { publishImage } from '../../image-build/torrent.ts'
+import { makeHostIn, type Host, type Images } from './update-fixtures.ts'
+
+export const HTTP_PORT = 8080
+export const TRACKER_PORT = 6969
+
+export interface FleetHost extends Host {
+  member: LabMember
+  downloadDir: string
+}
+
+export interface Fleet {
+  lab: Lab
+  server: LabMember
+  hosts: FleetHost[]
+  /** The image directory served (2.0.0, with its .torrent). */
+  imageDir: string
+  url: string
+  transportBytes: number
+  /** Start the honest seeder on the server (the first source of the pieces). */
+  seed(dir?: string, extra?: string[]): ResultPromise
+  /** Add an info hash to the tracker's whitelist (it reloads the list on SIGHUP). */
+  allow(infoHash: string): Promise<void>
+  /** `labhost update` on a host, inside its namespace. */
+  update(h: FleetHost, args: string[]): ResultPromise
+  close(): Promise<void>
+}
+
+const cli = path.join(REPO_ROOT, 'cli/bin.ts')
+
+/** Wait until a long-running process printed `pattern` (or ended, or `ms` passed). */
+async function waitFor(p: ResultPromise, pattern: RegExp, ms: number, what: string): Promise<void> {
+  let seen = ''
+  let ended = false
+  p.all?.on('data', (d: Buffer) => { seen += d.toString() })
+  void p.then(() => { ended = true })
+  for (const until = Date.now() + ms; !pattern.test(seen); await sleep(50)) {
+    if (ended || Date.now() > until) throw new Error(`${what} did not start: ${seen.trim().slice(-500) || (ended ? 'it exited' : 'no output')}`)
+  }
+}
+
+export async function startFleet(dir: string, images: Images, o: { hosts: number; prefix: string }): Promise<Fleet> {
+  const lab = await createLab(o.prefix, o.hosts)
+  const loops: string[] = []
+  const processes: ResultPromise[] = []
+  const close = async () => {
+    for (const p of processes) p.kill('SIGKILL')
+    await lab.close()
+    for (const l of loops) await detachLoop(l).catch(() => {})
+  }
+  try {
+    const server = lab.members[0]!
+    const url = `http://${server.ip}:${HTTP_PORT}`
+    const imageDir = path.join(dir, 'served')
+    fs.cpSync(images.v2, imageDir, { recursive: true })
+    const published = await publishImage(imageDir, { trackers: [`http://${server.ip}:${TRACKER_PORT}/announce`] })
+    // opentracker drops to `nobody` inside its chroot and tracks whitelisted torrents only
+    const chroot = fs.mkdtempSync(path.join(dir, 'tracker-'))
+    fs.chmodSync(chroot, 0o755)
+    fs.writeFileSync(path.join(chroot, 'whitelist'), `${published.infoHash}\n`)
+    fs.writeFileSync(path.join(dir, 'opentracker.conf'), 'access.whitelist /whitelist\n')
+    const tracker = lab.spawn(server, 'opentracker', ['-i', server.ip, '-p', String(TRACKER_PORT), '-P', String(TRACKER_PORT), '-d', chroot, '-f', path.join(dir, 'opentracker.conf')])
+    processes.push(tracker)
+    const http = lab.spawn(server, process.execPath, [cli, 'image', 'serve', path.join(dir, 'served'), '--host', server.ip, '--port', String(HTTP_PORT)])
+    processes.push(http)
+    await waitFor(http, /serving /, 30_000, 'labhost image serve')
+    await sleep(300) // opentracker binds at once; give it the moment
+    const hosts: FleetHost[] = []
+    for (const [i, member] of lab.members.slice(1).entries()) {
+      const d = path.join(dir, `host${i + 1}`)
+      fs.mkdirSync(d)
+      const h = await makeHostIn(d, images, async (file) => {
+        const dev = await attachLoop(file)
+        loops.push(dev)
+        return dev
+      })
+      hosts.push({ ...h, member, downloadDir: path.join(d, 'download') })
+    }
+    return {
+      lab, server, hosts, imageDir, url, transportBytes: fs.statSync(path.join(imageDir, 'root.img.zst')).size,
+      seed(seedDir = imageDir, extra = []) {
+        const p = lab.spawn(server, 'aria2c', [`--dir=${seedDir}`, '--seed-ratio=0.0', '--check-integrity=true', '--enable-dht=false', '--bt-enable-lpd=false',
+          '--bt-tracker-interval=2', '--summary-interval=0', '--console-log-level=error', ...extra, path.join(seedDir, 'root.img.zst.torrent')])
+        processes.push(p)
+        return p
+      },
+      async allow(infoHash) {
+        fs.appendFileSync(path.join(chroot, 'whitelist'), `${infoHash}\n`)
+        tracker.kill('SIGHUP')
+        await sleep(500)
+      },
+      update(h, args) {
+        return lab.spawn(h.member, process.execPath, [cli, 'update', url, '--json', ...h.args, ...args])
+      },
+      close,
+    }
+  } catch (e) {
+    await close()
+    throw e
+  }
+}
+
+/** BitTorrent options for a test host: its own download directory, quick announces, short seeding. */
+export const torrentArgs = (h: FleetHost, extra: string[] = []) => ['--torrent', '--download-dir', h.downloadDir, '--tracker-interval', '2', '--seed-minutes', '2', ...extra]

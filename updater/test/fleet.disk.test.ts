@@ -1,0 +1,105 @@
+// The fleet on one machine: a server and 8 hosts in network namespaces, opentracker on the server,
+// every host running the real `labhost update --torrent` against its disk on a loop device. The
+// hosts share the pieces, so the server sends far less than 8 copies; a host that loses its link
+// mid-transfer finishes; a seeder of corrupted pieces, or a .torrent for other bytes, never gets a
+// byte into a slot.
+import fs from 'node:fs'
+import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import t, { type Test } from 'tap'
+import { ExitCode } from '../../lib/errors.ts'
+import { tmpDir, hashWhole, xorRange } from '../../lib/test-helpers.ts'
+import { publishImage } from '../../image-build/torrent.ts'
+import { buildImages, protectedParts, slotBHolds, type Images } from './update-fixtures.ts'
+import { startFleet, torrentArgs, TRACKER_PORT, type Fleet } from './fleet-fixtures.ts'
+
+const dir = tmpDir(t, 'labhost-fleet-')
+let images: Images
+
+t.before(async () => {
+  images = await buildImages(dir)
+})
+
+async function fleet(t: Test, hosts: number, prefix: string): Promise<Fleet> {
+  const d = tmpDir(t, 'labhost-fleet-run-')
+  const f = await startFleet(d, images, { hosts, prefix })
+  t.teardown(() => f.close())
+  return f
+}
+
+t.test('8 hosts update over BitTorrent: every slot B is 2.0.0, the server sends far less than 8 copies', async (t) => {
+  const f = await fleet(t, 8, 'lhft')
+  f.seed()
+  const before = await f.lab.txBytes(f.server)
+  const started = Date.now()
+  const runs = await Promise.all(f.hosts.map((h) => f.update(h, torrentArgs(h))))
+  const seconds = (Date.now() - started) / 1000
+  const sent = (await f.lab.txBytes(f.server)) - before
+  for (const [i, r] of runs.entries()) {
+    t.equal(r.exitCode, 0, `host ${i + 1} exit 0`, { output: String(r.all).slice(-2000) })
+    const out = JSON.parse(String(r.stdout))
+    t.ok(out.transfer.torrent?.file, `host ${i + 1} downloaded with BitTorrent`)
+    t.ok(slotBHolds(f.hosts[i]!, `${images.v2}/root.img`), `host ${i + 1}: slot B holds 2.0.0`)
+  }
+  const ratio = sent / f.transportBytes
+  t.comment(`server sent ${sent} bytes for 8 hosts = ${ratio.toFixed(2)} x the ${f.transportBytes}-byte transport file, last host done after ${seconds.toFixed(1)} s`)
+  // plain HTTP sends at least 8 copies; the peers must have carried a good part of it
+  t.ok(ratio < 4, `the server sent ${ratio.toFixed(2)} copies (< 4)`)
+})
+
+t.test('a host whose link goes down mid-transfer resumes when it comes back and finishes', async (t) => {
+  const f = await fleet(t, 1, 'lhfn')
+  f.seed()
+  const h = f.hosts[0]!
+  // slow enough that the link drop falls inside the transfer
+  const run = f.update(h, torrentArgs(h, ['--download-limit', `${Math.ceil(f.transportBytes / 8 / 1024)}K`]))
+  // the transfer has begun when aria2c created the file
+  const started = () => fs.existsSync(h.downloadDir) && fs.readdirSync(h.downloadDir, { recursive: true }).map(String).some((n) => n.endsWith('root.img.zst'))
+  for (const until = Date.now() + 30_000; Date.now() < until && !started(); await sleep(100));
+  t.ok(started(), 'the download began')
+  await sleep(1500)
+  await f.lab.link(h.member, false)
+  t.comment('link down')
+  await sleep(4000)
+  await f.lab.link(h.member, true)
+  t.comment('link up')
+  const r = await run
+  t.equal(r.exitCode, 0, 'exit 0', { output: String(r.all).slice(-2000) })
+  const out = JSON.parse(String(r.stdout))
+  t.ok(out.transfer.torrent.seconds > 5, `the download spanned the outage (${out.transfer.torrent.seconds} s)`)
+  t.ok(slotBHolds(h, `${images.v2}/root.img`), 'slot B holds 2.0.0')
+})
+
+t.test('refused: the only seeder serves corrupted pieces; aria2c never completes, nothing is written', async (t) => {
+  const f = await fleet(t, 1, 'lhfc')
+  const bad = tmpDir(t)
+  for (const n of ['root.img.zst', 'root.img.zst.torrent']) fs.copyFileSync(path.join(f.imageDir, n), path.join(bad, n))
+  // a byte changed in every fourth piece, seeded without checking
+  for (let at = 1000; at < f.transportBytes; at += 4 << 20) xorRange(path.join(bad, 'root.img.zst'), at, Buffer.from([0x5a]))
+  f.seed(bad, ['--check-integrity=false', '--bt-seed-unverified=true'])
+  const h = f.hosts[0]!
+  const before = { disk: hashWhole(h.disk), ...protectedParts(h) }
+  const r = await f.update(h, torrentArgs(h, ['--timeout', '15']))
+  t.equal(r.exitCode, ExitCode.downloadFailed, 'download failed exit code', { output: String(r.all).slice(-2000) })
+  t.match(String(r.stderr), /BitTorrent download of .* made no progress for 15 s/)
+  t.equal(hashWhole(h.disk), before.disk, 'the disk is byte-identical')
+})
+
+t.test('refused: a .torrent for other bytes (seeded in full) is caught by the signed manifest before any write', async (t) => {
+  const f = await fleet(t, 1, 'lhfo')
+  // the served .torrent now describes a changed transport file, which the server seeds
+  const other = tmpDir(t)
+  fs.copyFileSync(path.join(f.imageDir, 'manifest.json'), path.join(other, 'manifest.json'))
+  fs.copyFileSync(path.join(f.imageDir, 'root.img.zst'), path.join(other, 'root.img.zst'))
+  xorRange(path.join(other, 'root.img.zst'), 4096, Buffer.from([0x01]))
+  const published = await publishImage(other, { trackers: [`http://${f.server.ip}:${TRACKER_PORT}/announce`] })
+  fs.copyFileSync(published.torrentFile, path.join(f.imageDir, 'root.img.zst.torrent'))
+  await f.allow(published.infoHash)
+  f.seed(other)
+  const h = f.hosts[0]!
+  const before = hashWhole(h.disk)
+  const r = await f.update(h, torrentArgs(h, ['--timeout', '30']))
+  t.equal(r.exitCode, ExitCode.hashMismatch, 'hash mismatch exit code', { output: String(r.all).slice(-2000) })
+  t.match(String(r.stderr), /is not the signed transport file/)
+  t.equal(hashWhole(h.disk), before, 'the disk is byte-identical')
+})

@@ -1,0 +1,127 @@
+// The transport file over BitTorrent: aria2c downloads the .torrent published beside the signed
+// manifest (labhost image publish) from the lab's peers, then keeps seeding it for a while after
+// labhost is done, so the next hosts fetch from this one instead of the server. The download
+// lands in RAM (/run by default: an update never writes /persistent) and is checked against the
+// signed manifest before a byte of it is written; the slot writer then checks every chunk again.
+//
+// Peers in the same lab come first where aria2c allows it: Local Peer Discovery (multicast on the
+// lab's subnet) finds them without the tracker, and DHT stays off, so peers come from the tracker
+// and the LAN only.
+import { spawn } from 'node:child_process'
+import fs from 'node:fs'
+import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { LabhostError } from '../lib/errors.ts'
+import { hashChunks, type Manifest } from '../image-build/manifest.ts'
+import { fetchBytes, type UpdateSource } from './source.ts'
+
+export interface TorrentOptions {
+  /** Download (and seeding) directory; default /run/labhost/torrent (RAM, gone at reboot). */
+  dir: string
+  /** Minutes aria2c goes on seeding after the download completed (it outlives labhost; a reboot ends it). */
+  seedMinutes: number
+  /** Also stop seeding at this upload/download ratio; 0: only the time counts. */
+  seedRatio: number
+  /** Seconds between announces to the tracker; 0: what the tracker asks for. */
+  trackerIntervalSeconds: number
+  /** Give up when no byte arrived for this long. */
+  stallSeconds: number
+  /** Download rate limit in aria2c's notation (`5M`: 5 MiB/s); none by default. */
+  downloadLimit?: string
+  log?: (line: string) => void
+}
+
+export const DEFAULT_TORRENT: TorrentOptions = { dir: '/run/labhost/torrent', seedMinutes: 30, seedRatio: 0, trackerIntervalSeconds: 60, stallSeconds: 300 }
+
+/** The URL of the .torrent published for a transport file URL. */
+export const torrentUrlFor = (transportUrl: string): string => `${transportUrl}.torrent`
+
+function tailOf(file: string, lines = 4): string {
+  try {
+    return fs.readFileSync(file, 'utf8').trim().split('\n').filter((l) => /error|exception|fail/i.test(l)).slice(-lines).join(' | ')
+  } catch {
+    return ''
+  }
+}
+
+/**
+ * Download the transport file of `source` (an http source) with aria2c and return it as a local
+ * source. Checks size and SHA-256 against the signed manifest; leaves aria2c seeding.
+ */
+export async function torrentSource(source: UpdateSource, manifest: Manifest, o: TorrentOptions): Promise<UpdateSource> {
+  const remote = source.remote
+  if (!remote) throw new Error('torrentSource needs a downloaded source')
+  const log = o.log ?? (() => {})
+  const started = Date.now()
+  const torrentUrl = torrentUrlFor(remote.url)
+  // one directory per transport file: a new image never meets the pieces of another
+  const dir = path.join(o.dir, manifest.transport.sha256.slice(0, 16))
+  fs.mkdirSync(dir, { recursive: true })
+  const name = path.basename(manifest.transport.file)
+  const file = path.join(dir, name)
+  const torrentFile = path.join(dir, `${name}.torrent`)
+  fs.writeFileSync(torrentFile, await fetchBytes(torrentUrl, remote.fetch))
+  const marker = path.join(dir, 'complete')
+  const hook = path.join(dir, 'on-complete.sh')
+  fs.rmSync(marker, { force: true })
+  fs.writeFileSync(hook, `#!/bin/sh\n: > '${marker}'\n`, { mode: 0o755 })
+  const logFile = path.join(dir, 'aria2c.log')
+  const args = [
+    `--dir=${dir}`, '--continue=true', '--check-integrity=true', '--auto-file-renaming=false', '--allow-overwrite=true', '--file-allocation=none',
+    '--enable-dht=false', '--enable-dht6=false', '--bt-enable-lpd=true',
+    `--seed-time=${o.seedMinutes}`, `--seed-ratio=${o.seedRatio.toFixed(1)}`, `--bt-stop-timeout=${o.stallSeconds}`,
+    ...(o.trackerIntervalSeconds ? [`--bt-tracker-interval=${o.trackerIntervalSeconds}`] : []),
+    ...(o.downloadLimit ? [`--max-overall-download-limit=${o.downloadLimit}`] : []),
+    `--on-bt-download-complete=${hook}`, '--summary-interval=0', '--console-log-level=error', `--log=${logFile}`, '--log-level=notice',
+    torrentFile,
+  ]
+  log(`downloading ${name} with BitTorrent (${torrentUrl}) into ${dir}`)
+  // its own session: it seeds on after labhost exits
+  const child = spawn('aria2c', args, { detached: true, stdio: 'ignore' })
+  let exit: { code: number | null; error?: string } | null = null
+  child.once('exit', (code) => { exit = { code } })
+  child.once('error', (e) => { exit = { code: null, error: (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'aria2c is not installed' : e.message } })
+  const stop = () => {
+    try {
+      if (child.pid && !exit) process.kill(-child.pid, 'SIGTERM')
+    } catch { /* gone already */ }
+  }
+  // Progress is what lands in the file: a piece aria2c rejects (bad hash) is fetched again into
+  // the same place, so a peer that serves only corrupted pieces makes no progress, however busy.
+  const allocated = () => (fs.existsSync(file) ? fs.statSync(file).blocks * 512 : 0)
+  let last = { bytes: 0, at: Date.now() }
+  while (!fs.existsSync(marker)) {
+    if (exit) {
+      const e = exit as { code: number | null; error?: string }
+      throw new LabhostError(e.error === 'aria2c is not installed' ? 'toolFailed' : 'downloadFailed',
+        `BitTorrent download of ${torrentUrl} failed: ${e.error ?? `aria2c exited with ${e.code}`}${tailOf(logFile) ? `: ${tailOf(logFile)}` : ''}`,
+        'check the tracker and that a peer or the server seeds the torrent (see aria2c.log there), or update over HTTP without --torrent; nothing was written')
+    }
+    const bytes = allocated()
+    if (bytes > last.bytes) last = { bytes, at: Date.now() }
+    else if (Date.now() - last.at > o.stallSeconds * 1000) {
+      stop()
+      throw new LabhostError('downloadFailed', `BitTorrent download of ${torrentUrl} made no progress for ${o.stallSeconds} s (${bytes} of ${manifest.transport.size} bytes verified or in flight)`,
+        'no peer serves good pieces: check that the server seeds the torrent (aria2c.log in the download directory), or update over HTTP without --torrent; nothing was written')
+    }
+    await sleep(200)
+  }
+  const seconds = (Date.now() - started) / 1000
+  const h = hashChunks(file)
+  if (h.size !== manifest.transport.size || h.sha256 !== manifest.transport.sha256) {
+    stop()
+    throw new LabhostError('hashMismatch', `the file the torrent delivered (${file}) is not the signed transport file (size ${h.size} vs ${manifest.transport.size})`,
+      'the .torrent beside the manifest belongs to another image: publish it again (labhost image publish); nothing was written')
+  }
+  child.unref()
+  log(`downloaded ${name} with BitTorrent in ${seconds.toFixed(1)} s; aria2c (pid ${child.pid}) seeds it for ${o.seedMinutes} min`)
+  source.stats.torrent = { url: torrentUrl, file, seconds, seederPid: exit ? null : child.pid ?? null, seedMinutes: o.seedMinutes }
+  return {
+    ...source,
+    transportWhere: `${file} (BitTorrent)`,
+    compressed: true,
+    transportFile: file,
+    rawImageFile: undefined,
+    transport: () => fs.createReadStream(file, { highWaterMark: 1 << 20 }),
+  }
+}
