@@ -16,6 +16,7 @@ import { rootRuleInit, stickInit } from './initramfs-init.ts'
 import { CHUNK_SIZE, hashChunks, keyFingerprint, MANIFEST_FORMAT, readPrivateKey, signManifest, type Manifest } from './manifest.ts'
 import { loadRecipe, type LoadedRecipe } from './recipe.ts'
 import { compressFramed } from './zstd-frames.ts'
+import { BLOCK_HASH_BYTES, BLOCK_SIZE, writeBlockIndex } from './block-index.ts'
 
 export const DEFAULT_EPOCH = 1_700_000_000
 /** Fixed ext4 directory hash seed: part of what makes two builds identical. */
@@ -139,7 +140,7 @@ async function normaliseExt4(image: string, epoch: number, paths: string[]): Pro
   await run('debugfs', ['-w', '-f', '-', image], { input: cmds.join('\n') + '\n', env: { ...process.env, E2FSPROGS_FAKE_TIME: String(epoch) } as Record<string, string> })
 }
 
-const OUTPUTS = ['root.img', 'root.img.zst', 'manifest.json']
+const OUTPUTS = ['root.img', 'root.img.zst', 'root.img.blocks', 'manifest.json']
 
 /**
  * What decides the bytes of an image: recipe and layout, the candidate versions of its Debian
@@ -149,7 +150,7 @@ async function cacheKey(r: LoadedRecipe, epoch: number, signer: string): Promise
   const h = crypto.createHash('sha256').update(`${r.hash}\n${epoch}\n${signer}\n`)
   const pkgs = [...r.recipe.base.packages, r.recipe.kernel.package]
   h.update((await run('apt-cache', ['policy', ...pkgs])).stdout.replace(/^\s*\*\*\*.*$/gm, ''))
-  for (const f of ['build.ts', 'initramfs.ts', 'initramfs-init.ts', 'cpio.ts', 'manifest.ts', 'zstd-frames.ts']) h.update(fs.readFileSync(path.join(import.meta.dirname ?? '.', f)))
+  for (const f of ['build.ts', 'initramfs.ts', 'initramfs-init.ts', 'cpio.ts', 'manifest.ts', 'zstd-frames.ts', 'block-index.ts']) h.update(fs.readFileSync(path.join(import.meta.dirname ?? '.', f)))
   if (r.recipe.carryLabhost) h.update(hashChunks(await labhostExecutable()).sha256)
   return h.digest('hex')
 }
@@ -258,6 +259,9 @@ export async function buildImage(recipeName: string, o: BuildOptions): Promise<B
     const transport = path.join(o.out, 'root.img.zst')
     fs.rmSync(transport, { force: true })
     const frames = await compressFramed(image, transport, CHUNK_SIZE)
+    const blocksFile = path.join(o.out, 'root.img.blocks')
+    writeBlockIndex(image, blocksFile)
+    const blocks = hashChunks(blocksFile, CHUNK_SIZE)
     const img = hashChunks(image, CHUNK_SIZE)
     const tr = hashChunks(transport, CHUNK_SIZE)
     const manifest = signManifest({
@@ -270,6 +274,7 @@ export async function buildImage(recipeName: string, o: BuildOptions): Promise<B
       diskLayout: r.layout,
       image: { file: 'root.img', size: img.size, sha256: img.sha256, chunkSize: CHUNK_SIZE, chunks: img.chunks },
       transport: { file: 'root.img.zst', size: tr.size, sha256: tr.sha256, compression: 'zstd', frames },
+      blocks: { file: 'root.img.blocks', size: blocks.size, sha256: blocks.sha256, blockSize: BLOCK_SIZE, hashBytes: BLOCK_HASH_BYTES },
       signer: keyFingerprint(publicKey),
     }, key)
     const manifestFile = path.join(o.out, 'manifest.json')

@@ -24,6 +24,8 @@ export interface Manifest {
    * order (image-build/zstd-frames.ts): a delta update fetches single chunks by their byte range.
    */
   transport: { file: string; size: number; sha256: string; compression: 'zstd'; frames?: number[] }
+  /** The block index (image-build/block-index.ts): short hashes of every block, for delta updates. */
+  blocks?: { file: string; size: number; sha256: string; blockSize: number; hashBytes: number }
   signer: string
   signature?: string
 }
@@ -146,7 +148,7 @@ export function verifyImageDir(manifestFile: string, key: crypto.KeyObject): Man
   const m = readManifest(manifestFile)
   verifyManifestSignature(m, key, manifestFile)
   const dir = path.dirname(manifestFile)
-  for (const part of [m.image, m.transport]) {
+  for (const part of [m.image, m.transport, ...(m.blocks ? [m.blocks] : [])]) {
     const f = path.join(dir, part.file)
     if (!fs.existsSync(f)) continue
     const h = hashChunks(f)

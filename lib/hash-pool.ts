@@ -10,16 +10,22 @@ const WORKER = `
 const { parentPort } = require('node:worker_threads')
 const crypto = require('node:crypto')
 const memories = []
-parentPort.on('message', ({ id, memory, offset, length }) => {
+parentPort.on('message', ({ id, memory, offset, length, block, keep }) => {
   if (typeof memory !== 'number') return memories.push(memory)
-  const hash = crypto.createHash('sha256').update(new Uint8Array(memories[memory], offset, length)).digest('hex')
-  parentPort.postMessage({ id, hash })
+  const data = new Uint8Array(memories[memory], offset, length)
+  const hash = crypto.createHash('sha256').update(data).digest('hex')
+  let blocks
+  if (block) {
+    blocks = ''
+    for (let at = 0; at < length; at += block) blocks += crypto.createHash('sha256').update(data.subarray(at, Math.min(length, at + block))).digest('hex').slice(0, 2 * keep)
+  }
+  parentPort.postMessage({ id, hash, blocks })
 })
 `
 
 export class HashPool {
   private workers: Worker[] = []
-  private waiting = new Map<number, { resolve: (hash: string) => void; reject: (e: unknown) => void }>()
+  private waiting = new Map<number, { resolve: (r: { hash: string; blocks?: string }) => void; reject: (e: unknown) => void }>()
   private nextId = 0
   private memories: SharedArrayBuffer[] = []
 
@@ -27,8 +33,8 @@ export class HashPool {
   constructor(threads = Math.min(4, os.availableParallelism())) {
     for (let i = 0; i < threads; i++) {
       const w = new Worker(WORKER, { eval: true })
-      w.on('message', ({ id, hash }: { id: number; hash: string }) => {
-        this.waiting.get(id)?.resolve(hash)
+      w.on('message', ({ id, hash, blocks }: { id: number; hash: string; blocks?: string }) => {
+        this.waiting.get(id)?.resolve({ hash, blocks })
         this.waiting.delete(id)
       })
       // a worker that fails or exits fails what it was asked; later hashes run on this thread
@@ -44,9 +50,23 @@ export class HashPool {
   }
 
   /** Hex SHA-256 of `data`; off the main thread when `data` lies in a SharedArrayBuffer. */
-  sha256(data: Buffer): Promise<string> {
+  async sha256(data: Buffer): Promise<string> {
+    return (await this.hash(data)).hash
+  }
+
+  /**
+   * SHA-256 of `data`, and of each `blockSize` piece of it cut to its first `keep` bytes, in hex
+   * one after the other (the block index of image-build/block-index.ts).
+   */
+  async sha256WithBlocks(data: Buffer, blockSize: number, keep: number): Promise<{ hash: string; blocks: string }> {
+    const r = await this.hash(data, { block: blockSize, keep })
+    return { hash: r.hash, blocks: r.blocks ?? '' }
+  }
+
+  private hash(data: Buffer, blocks?: { block: number; keep: number }): Promise<{ hash: string; blocks?: string }> {
     if (!this.workers.length || !(data.buffer instanceof SharedArrayBuffer)) {
-      return Promise.resolve(crypto.createHash('sha256').update(data).digest('hex'))
+      const hash = crypto.createHash('sha256').update(data).digest('hex')
+      return Promise.resolve({ hash, blocks: blocks ? blockHashes(data, blocks.block, blocks.keep).toString('hex') : undefined })
     }
     // each shared memory is posted to the workers once; a hash request names it by number
     let memory = this.memories.indexOf(data.buffer)
@@ -58,7 +78,7 @@ export class HashPool {
     const worker = this.workers[id % this.workers.length]!
     return new Promise((resolve, reject) => {
       this.waiting.set(id, { resolve, reject })
-      worker.postMessage({ id, memory, offset: data.byteOffset, length: data.length })
+      worker.postMessage({ id, memory, offset: data.byteOffset, length: data.length, ...blocks })
     })
   }
 
@@ -67,4 +87,13 @@ export class HashPool {
     this.workers = []
     await Promise.all(workers.map((w) => w.terminate()))
   }
+}
+
+/** The first `keep` bytes of the SHA-256 of each `blockSize` piece of `data`, concatenated. */
+export function blockHashes(data: Uint8Array, blockSize: number, keep: number): Buffer {
+  const out = Buffer.alloc(Math.ceil(data.length / blockSize) * keep)
+  for (let at = 0, k = 0; at < data.length; at += blockSize, k += keep) {
+    crypto.createHash('sha256').update(data.subarray(at, Math.min(data.length, at + blockSize))).digest().copy(out, k, 0, keep)
+  }
+  return out
 }

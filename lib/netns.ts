@@ -25,8 +25,19 @@ export interface Lab {
   close(): Promise<void>
 }
 
-/** `prefix` (a few letters) names the namespaces; `subnet` is the first three octets of the /24. */
-export async function createLab(prefix: string, hosts: number, subnet = '10.77.0'): Promise<Lab> {
+export interface LabOptions {
+  /** The first three octets of the lab's /24. */
+  subnet?: string
+  /**
+   * Every switch port's speed, both ways (tc tbf on the member's interface and on its port), as
+   * in a real lab; 0: as fast as this machine copies packets.
+   */
+  portMbit?: number
+}
+
+/** `prefix` (a few letters) names the namespaces. */
+export async function createLab(prefix: string, hosts: number, o: LabOptions = {}): Promise<Lab> {
+  const subnet = o.subnet ?? '10.77.0'
   const sw = `${prefix}-sw`
   const members: LabMember[] = Array.from({ length: hosts + 1 }, (_, i) => ({ ns: `${prefix}-${i}`, ip: `${subnet}.${i + 1}`, dev: 'eth0' }))
   const namespaces = [sw, ...members.map((m) => m.ns)]
@@ -56,6 +67,11 @@ export async function createLab(prefix: string, hosts: number, subnet = '10.77.0
       await run('ip', ['-n', m.ns, 'link', 'set', m.dev, 'up'])
       await run('ip', ['-n', m.ns, 'link', 'set', 'lo', 'up'])
       await run('ip', ['-n', m.ns, 'route', 'add', '224.0.0.0/4', 'dev', m.dev])
+      if (o.portMbit) {
+        const tbf = ['root', 'tbf', 'rate', `${o.portMbit}mbit`, 'burst', '256kb', 'latency', '50ms']
+        await run('ip', ['netns', 'exec', m.ns, 'tc', 'qdisc', 'add', 'dev', m.dev, ...tbf])
+        await run('ip', ['netns', 'exec', sw, 'tc', 'qdisc', 'add', 'dev', `p${i}`, ...tbf])
+      }
     }
   } catch (e) {
     await close()

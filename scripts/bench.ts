@@ -9,8 +9,12 @@ import { buildImage } from '../image-build/build.ts'
 import { generateKeyPair } from '../image-build/manifest.ts'
 import { attachLoop, detachLoop } from '../lib/loop.ts'
 import { makeGptDisk, STANDARD_LAYOUT } from '../bootloader/test/gpt-fixtures.ts'
-import { loadRecipe } from '../image-build/recipe.ts'
+import { loadRecipe, writeRecipeVariant } from '../image-build/recipe.ts'
 import { partitionDisk, planDisk } from '../installer/partition.ts'
+import { copyFileInto } from '../lib/blockdev.ts'
+import { serveDirectory } from '../lib/http-serve.ts'
+import type { Images } from '../updater/test/update-fixtures.ts'
+import { PORT_MBIT, startFleet, torrentArgs } from '../updater/test/fleet-fixtures.ts'
 
 interface Figure { name: string; value: number; unit: string; peer: string | null; peerValue: number | null; ratio: number | null; note?: string }
 
@@ -160,8 +164,97 @@ async function benchInstall(imageDir: string, imageBytes: number): Promise<void>
   }
 }
 
+/**
+ * 5. Fleet distribution (issue 7): 8 hosts in network namespaces update to one image at once,
+ * from the server alone over HTTP, then (a new lab, same image) over BitTorrent with opentracker
+ * and the server as first seeder. Bytes the server's interface sent per transport-file size, and
+ * the time until the last host finished.
+ */
+async function benchFleet(keys: { privateKeyFile: string; publicKeyFile: string }): Promise<void> {
+  const images = await buildFleetImages(keys)
+  const rounds: Record<'http' | 'torrent', { ratio: number; seconds: number }> = { http: { ratio: 0, seconds: 0 }, torrent: { ratio: 0, seconds: 0 } }
+  for (const mode of ['http', 'torrent'] as const) {
+    const fleetDir = fs.mkdtempSync(path.join(dir, `fleet-${mode}-`))
+    const f = await startFleet(fleetDir, images, { hosts: 8, prefix: `lhb${mode[0]}` })
+    try {
+      if (mode === 'torrent') f.seed()
+      const before = await f.lab.txBytes(f.server)
+      const t0 = performance.now()
+      const runs = await Promise.all(f.hosts.map((h) => f.update(h, mode === 'torrent' ? torrentArgs(h) : [])))
+      rounds[mode] = { seconds: (performance.now() - t0) / 1000, ratio: ((await f.lab.txBytes(f.server)) - before) / f.transportBytes }
+      for (const r of runs) if (r.exitCode !== 0) throw new Error(`a ${mode} fleet host failed: ${String(r.all).slice(-1000)}`)
+    } finally {
+      await f.close()
+      fs.rmSync(fleetDir, { recursive: true, force: true })
+    }
+  }
+  const note = `bytes sent on the server's interface (all protocols) / transport file size; 8 hosts in network namespaces on one bridge, every port ${PORT_MBIT} Mbit/s both ways (tc tbf)`
+  fig({ name: 'fleet: server bytes sent per image, 8 hosts, BitTorrent (aria2c, opentracker, server seeds first)', value: Number(rounds.torrent.ratio.toFixed(2)), unit: 'x image', peer: 'plain HTTP from the same server', peerValue: Number(rounds.http.ratio.toFixed(2)), note })
+  fig({ name: 'fleet: time until the last of 8 hosts finished its update, BitTorrent', value: Number(rounds.torrent.seconds.toFixed(1)), unit: 's', peer: 'plain HTTP from the same server', peerValue: Number(rounds.http.seconds.toFixed(1)) })
+}
+
+/** The test image as 1.0.0 and 2.0.0, as the fleet fixture wants them. */
+async function buildFleetImages(keys: { privateKeyFile: string; publicKeyFile: string }): Promise<Images> {
+  const v1 = path.dirname((await buildImage('test', { out: path.join(dir, 'fleet-v1'), keyFile: keys.privateKeyFile })).manifestFile)
+  const recipe2 = writeRecipeVariant('test', path.join(dir, 'fleet-test-2.yaml'), (r) => { r.version = '2.0.0' })
+  const v2 = path.dirname((await buildImage(recipe2, { out: path.join(dir, 'fleet-v2'), keyFile: keys.privateKeyFile })).manifestFile)
+  return { keys, v1, v2 }
+}
+
+/**
+ * 6. Delta update (issue 7): the host image 1.0.0, and 1.1.0 with one package more; a host
+ * running 1.0.0 updates over HTTP with --delta. Bytes downloaded per image size, against the
+ * whole transport file a full update downloads.
+ */
+async function benchDelta(v1Dir: string, keys: { privateKeyFile: string; publicKeyFile: string }): Promise<void> {
+  const recipe2 = writeRecipeVariant('host', path.join(dir, 'host-1.1.0.yaml'), (r) => {
+    r.version = '1.1.0'
+    r.base.packages = [...r.base.packages, DELTA_EXTRA_PACKAGE]
+  })
+  const v2 = await buildImage(recipe2, { out: path.join(dir, 'host-1.1.0'), keyFile: keys.privateKeyFile })
+  const layout = loadRecipe('host').layout
+  const diskFile = path.join(dir, 'delta-disk.img')
+  fs.writeFileSync(diskFile, '')
+  const rest = layout.partitions.filter((p) => p.disk === 'ssd').reduce((n, p) => n + (p.sizeMiB === 'rest' ? 64 : p.sizeMiB), 0)
+  fs.truncateSync(diskFile, (2 + 2 * layout.slotSizeMiB + rest + 2) * 2 ** 20)
+  const plan = planDisk(layout, 'ssd', fs.statSync(diskFile).size, 512)
+  await partitionDisk(diskFile, plan, 'A')
+  copyFileInto(path.join(v1Dir, 'root.img'), diskFile, plan[0]!.firstLba * 512)
+  const disk = await attachLoop(diskFile, { directIo: true })
+  const state = path.join(dir, 'delta-state')
+  fs.mkdirSync(state)
+  fs.writeFileSync(path.join(dir, 'delta-boot'), `SLOT=A\nDEVICE=${disk}\nDISK=${disk}\n`)
+  fs.writeFileSync(path.join(dir, 'delta-version'), '1.0.0\n')
+  const server = await serveDirectory(path.join(dir, 'host-1.1.0'))
+  try {
+    const r = await execa(labhost, ['update', `${server.url}/`, '--delta', '--json', '--trusted-key', keys.publicKeyFile,
+      '--boot-file', path.join(dir, 'delta-boot'), '--state-root', state, '--version-file', path.join(dir, 'delta-version')])
+    const out = JSON.parse(r.stdout) as { delta: { used: boolean; fetched: number; chunks: number; fromActive: number; zero: number }; transfer: { bytes: number } }
+    const size = v2.manifest.image.size
+    const note = `one package added (${DELTA_EXTRA_PACKAGE}); ${out.delta.used ? `${out.delta.fetched} of ${out.delta.chunks} chunks fetched, ${out.delta.fromActive} taken from slot A, ${out.delta.zero} zero` : 'delta not used'}`
+    fig({ name: 'delta update, host image 1.0.0 -> 1.1.0 (one package added): bytes downloaded per image size', value: out.transfer.bytes, unit: 'bytes', peer: 'raw image size', peerValue: size, note })
+    fig({ name: 'delta update, host image 1.0.0 -> 1.1.0: bytes downloaded', value: out.transfer.bytes, unit: 'bytes', peer: 'the full update\'s download (the whole transport file)', peerValue: v2.manifest.transport.size, note })
+  } finally {
+    await server.close()
+    await detachLoop(disk)
+    fs.rmSync(diskFile, { force: true })
+  }
+}
+
+/** The package the delta benchmark's 1.1.0 adds: small, no new dependencies. */
+const DELTA_EXTRA_PACKAGE = 'less'
+
 try {
   await execa(process.execPath, [path.join(root, 'scripts/build.ts')], { stdio: 'inherit' })
+  // `npm run bench -- --fleet-only`: only the fleet and delta figures, printed, not written
+  if (process.argv.includes('--fleet-only')) {
+    const keys = generateKeyPair(path.join(dir, 'keys'))
+    await benchFleet(keys)
+    await buildImage('host', { out: path.join(dir, 'host'), keyFile: keys.privateKeyFile })
+    await benchDelta(path.join(dir, 'host'), keys)
+    fs.rmSync(dir, { recursive: true, force: true })
+    process.exit(0)
+  }
   // `npm run bench -- --update-only IMAGE_DIR PUBLIC_KEY`: only the update figures, on a built
   // image, printed and not written to bench/results.json (for work on the writer)
   const only = process.argv.indexOf('--update-only')
@@ -219,6 +312,8 @@ try {
   fig({ name: 'host image, zstd transport size', value: host.manifest.transport.size, unit: 'bytes', peer: 'raw image', peerValue: host.manifest.image.size })
   await benchUpdateWrite(path.join(dir, 'host'), host.manifest.image.size, path.join(dir, 'keys/labhost-signing.pub'))
   await benchInstall(path.join(dir, 'host'), host.manifest.image.size)
+  await benchDelta(path.join(dir, 'host'), keys)
+  await benchFleet(keys)
   fig({ name: 'labhost executable size', value: fs.statSync(path.join(root, 'dist/labhost')).size, unit: 'bytes', peer: null, peerValue: null })
 
   const machine = { cpu: os.cpus()[0]?.model ?? 'unknown', cores: os.cpus().length, memGiB: Math.round(os.totalmem() / 2 ** 30), kernel: os.release(), node: process.version }

@@ -5,8 +5,9 @@
 // chunks' own zstd frames in the transport file (image-build/zstd-frames.ts). The result is an
 // ordinary raw-image stream for the slot writer, so the slot is written and then read back and
 // verified exactly as in a full update; nothing here is trusted without that check.
+import crypto from 'node:crypto'
 import { alignedBuffers, DIRECT_ALIGN, DirectFile, roundUp } from '../lib/direct-io.ts'
-import { HashPool } from '../lib/hash-pool.ts'
+import { blockHashes, HashPool } from '../lib/hash-pool.ts'
 import { LabhostError } from '../lib/errors.ts'
 import type { Manifest } from '../image-build/manifest.ts'
 import { decompressFrame, frameOffsets } from '../image-build/zstd-frames.ts'
@@ -22,6 +23,8 @@ export interface SlotRange {
 export type ChunkFrom =
   | { kind: 'zero' }
   | { kind: 'disk'; slot: 'active' | 'target'; index: number; at: number }
+  /** Assembled from blocks found on the disk: each block's byte offset, or -1 for a zero block. */
+  | { kind: 'blocks'; at: number[] }
   | { kind: 'fetch' }
 
 /** Byte range [start, end) of the transport file holding the frames of chunks first..last. */
@@ -38,6 +41,8 @@ export interface DeltaSummary {
   /** Chunks taken from the running slot, and from the slot being written (already in place or further on). */
   fromActive: number
   fromTarget: number
+  /** Chunks assembled from blocks found anywhere in either slot (with the block index). */
+  fromBlocks: number
   fetched: number
   /** Transport bytes the delta asks for, in `requests` Range requests (before any retry). */
   fetchBytes: number
@@ -67,19 +72,31 @@ export function deltaUnusable(manifest: Manifest): string | null {
   return null
 }
 
-/** SHA-256 of each chunk-sized piece of a slot on the new image's chunk grid, as far as the slot reaches. */
-async function hashSlot(file: DirectFile, slot: SlotRange, manifest: Manifest, pool: HashPool): Promise<(string | null)[]> {
+/**
+ * SHA-256 of each chunk-sized piece of a slot on the new image's chunk grid, as far as the slot
+ * reaches; with `blocks`, also where each block hash (as in the block index) lies on the disk.
+ */
+async function hashSlot(file: DirectFile, slot: SlotRange, manifest: Manifest, pool: HashPool, blocks?: Map<string, number>): Promise<(string | null)[]> {
   const { chunkSize, size } = manifest.image
   const count = manifest.image.chunks.length
   const hashes: (string | null)[] = new Array<string | null>(count).fill(null)
+  const index = manifest.blocks
   const buffers = alignedBuffers(SCAN_READERS, roundUp(chunkSize, DIRECT_ALIGN))
   const reader = async (buf: Buffer, first: number) => {
     for (let i = first; i < count; i += buffers.length) {
       const length = Math.min(chunkSize, size - i * chunkSize)
       const span = file.direct ? roundUp(length, DIRECT_ALIGN) : length
       if (i * chunkSize + span > slot.bytes) break
-      await file.read(buf, span, slot.firstByte + i * chunkSize)
-      hashes[i] = await pool.sha256(buf.subarray(0, length))
+      const at = slot.firstByte + i * chunkSize
+      await file.read(buf, span, at)
+      if (!blocks || !index) {
+        hashes[i] = await pool.sha256(buf.subarray(0, length))
+        continue
+      }
+      const r = await pool.sha256WithBlocks(buf.subarray(0, length), index.blockSize, index.hashBytes)
+      hashes[i] = r.hash
+      const w = 2 * index.hashBytes
+      for (let k = 0; k * w < r.blocks.length; k++) blocks.set(r.blocks.slice(k * w, (k + 1) * w), at + k * index.blockSize)
     }
   }
   await Promise.all(buffers.map((b, k) => reader(b, k)))
@@ -90,7 +107,7 @@ async function hashSlot(file: DirectFile, slot: SlotRange, manifest: Manifest, p
  * Decide for every chunk of the new image where it comes from. Reads and hashes both slots of
  * `disk` as far as the image reaches; writes nothing.
  */
-export async function planDelta(manifest: Manifest, disk: string, slots: { active: SlotRange; target: SlotRange }): Promise<DeltaPlan> {
+export async function planDelta(manifest: Manifest, disk: string, slots: { active: SlotRange; target: SlotRange }, blockIndex?: Buffer): Promise<DeltaPlan> {
   const started = Date.now()
   const { chunks: wanted, chunkSize } = manifest.image
   const frames = manifest.transport.frames!
@@ -98,9 +115,12 @@ export async function planDelta(manifest: Manifest, disk: string, slots: { activ
   const pool = new HashPool()
   let active: (string | null)[]
   let target: (string | null)[]
+  // where each block hash lies: in the running slot, and (the last place) in the slot being written
+  const activeBlocks = blockIndex && manifest.blocks ? new Map<string, number>() : undefined
+  const targetBlocks = activeBlocks ? new Map<string, number>() : undefined
   try {
-    active = await hashSlot(file, slots.active, manifest, pool)
-    target = await hashSlot(file, slots.target, manifest, pool)
+    active = await hashSlot(file, slots.active, manifest, pool, activeBlocks)
+    target = await hashSlot(file, slots.target, manifest, pool, targetBlocks)
   } finally {
     file.close()
     await pool.close()
@@ -119,6 +139,8 @@ export async function planDelta(manifest: Manifest, disk: string, slots: { activ
     if (a !== undefined) return { kind: 'disk', slot: 'active', index: a, at: slots.active.firstByte + a * chunkSize }
     const later = inTarget.get(h)?.find((j) => j > i)
     if (later !== undefined) return { kind: 'disk', slot: 'target', index: later, at: slots.target.firstByte + later * chunkSize }
+    const assembled = activeBlocks && targetBlocks && blockIndex ? findBlocks(manifest, blockIndex, i, activeBlocks, targetBlocks, slots.target.firstByte + i * chunkSize) : null
+    if (assembled) return { kind: 'blocks', at: assembled }
     return { kind: 'fetch' }
   })
   // runs of missing chunks as byte ranges of the transport file; runs separated by a few small
@@ -143,6 +165,7 @@ export async function planDelta(manifest: Manifest, disk: string, slots: { activ
       zero: count((c) => c.kind === 'zero'),
       fromActive: count((c) => c.kind === 'disk' && c.slot === 'active'),
       fromTarget: count((c) => c.kind === 'disk' && c.slot === 'target'),
+      fromBlocks: count((c) => c.kind === 'blocks'),
       fetched: count((c) => c.kind === 'fetch'),
       fetchBytes: ranges.reduce((n, r) => n + r.end - r.start, 0),
       requests: ranges.length,
@@ -151,6 +174,34 @@ export async function planDelta(manifest: Manifest, disk: string, slots: { activ
     },
   }
 }
+
+/**
+ * Where every block of chunk `i` lies on the disk (-1: a zero block), or null when one is found
+ * nowhere. Blocks of the slot being written count only at or after `notBefore` (the chunk's own
+ * place): what lies before it is overwritten by then.
+ */
+function findBlocks(manifest: Manifest, index: Buffer, i: number, active: Map<string, number>, target: Map<string, number>, notBefore: number): number[] | null {
+  const { blockSize, hashBytes } = manifest.blocks!
+  const { chunkSize, size } = manifest.image
+  const first = (i * chunkSize) / blockSize
+  const count = Math.ceil(Math.min(chunkSize, size - i * chunkSize) / blockSize)
+  if (Math.min(chunkSize, size - i * chunkSize) % blockSize) return null
+  const zero = zeroBlockHash(blockSize, hashBytes)
+  const at: number[] = []
+  for (let k = 0; k < count; k++) {
+    const h = index.toString('hex', (first + k) * hashBytes, (first + k + 1) * hashBytes)
+    if (h === zero) {
+      at.push(-1)
+      continue
+    }
+    const a = active.get(h) ?? target.get(h)
+    if (a === undefined || (!active.has(h) && a < notBefore)) return null
+    at.push(a)
+  }
+  return at
+}
+
+const zeroBlockHash = (blockSize: number, hashBytes: number) => blockHashes(new Uint8Array(blockSize), blockSize, hashBytes).toString('hex')
 
 /** Whether the delta is worth it against downloading the whole transport file. */
 export const deltaPays = (s: DeltaSummary): boolean => s.fetchBytes <= DELTA_MAX_SHARE * s.transportBytes
@@ -185,6 +236,30 @@ async function* fetchChunks(plan: DeltaPlan, manifest: Manifest, remote: NonNull
   }
 }
 
+/** Read the blocks at `at` (byte offsets; -1: zeros) into `buf` in order, runs of adjacent blocks in one read. */
+async function assemble(file: DirectFile, buf: Buffer, at: number[], blockSize: number): Promise<void> {
+  for (let k = 0; k < at.length;) {
+    if (at[k] === -1) {
+      buf.fill(0, k * blockSize, (k + 1) * blockSize)
+      k++
+      continue
+    }
+    let n = 1
+    while (k + n < at.length && at[k + n] === at[k]! + n * blockSize) n++
+    await file.read(buf.subarray(k * blockSize), n * blockSize, at[k]!)
+    k += n
+  }
+}
+
+/** One chunk downloaded by itself (its frame), when what was found on the disk was not it. */
+async function fetchOne(manifest: Manifest, i: number, remote: NonNullable<UpdateSource['remote']>, stats: UpdateSource['stats']): Promise<Buffer> {
+  const offsets = frameOffsets(manifest.transport.frames!)
+  const parts: Buffer[] = []
+  for await (const p of resumableDownload(remote.url, { start: offsets[i]!, end: offsets[i + 1]! }, remote.fetch, stats)) parts.push(p)
+  const { chunkSize, size } = manifest.image
+  return decompressFrame(Buffer.concat(parts), Math.min(chunkSize, size - i * chunkSize), `${remote.url}: the frame of chunk ${i}`)
+}
+
 /**
  * The new image as a raw stream for the slot writer: zero chunks as zeros, chunks the host has
  * read from the disk, the others downloaded. `source` is the http source the manifest came from.
@@ -212,6 +287,11 @@ export function deltaSource(plan: DeltaPlan, manifest: Manifest, disk: string, s
           else if (from.kind === 'disk') {
             await file.read(buf!, file.direct ? roundUp(length, DIRECT_ALIGN) : length, from.at)
             yield buf!.subarray(0, length)
+          } else if (from.kind === 'blocks') {
+            await assemble(file, buf!, from.at, manifest.blocks!.blockSize)
+            // a short hash found the blocks; the chunk's signed SHA-256 decides (else: download it)
+            if (crypto.createHash('sha256').update(buf!.subarray(0, length)).digest('hex') === manifest.image.chunks[i]) yield buf!.subarray(0, length)
+            else yield await fetchOne(manifest, i, remote, source.stats)
           } else {
             const next = await fetched.next()
             if (next.done || next.value.index !== i) throw new Error(`delta: chunk ${i} expected from the download, got ${next.done ? 'its end' : next.value.index}`)

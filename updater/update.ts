@@ -1,6 +1,7 @@
 // labhost update from an image directory, manifest or http(s) URL: trust first, then
 // write the inactive slot only, fsync, read it back from the disk hashing every chunk against the
 // signed manifest, arm the trial, and commit with the one-sector switch (DESIGN §3, §4).
+import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { Disk } from '../lib/blockdev.ts'
@@ -11,7 +12,7 @@ import { applySwitch, planSwitch } from '../bootloader/switch.ts'
 import { readPublicKey, verifyManifestSignature, type Manifest } from '../image-build/manifest.ts'
 import { readBootInfo, readTrial, readVersion, type HostPaths } from './host-state.ts'
 import { writeTrialState } from './trial-state.ts'
-import { DEFAULT_FETCH, openSource, type FetchOptions, type UpdateSource } from './source.ts'
+import { DEFAULT_FETCH, fetchBytes, openSource, type FetchOptions, type UpdateSource } from './source.ts'
 import { verifyImage, writeImage, type BeforeReadBack, type WriteStats } from './slot-writer.ts'
 import { deltaPays, deltaSource, deltaUnusable, planDelta, type DeltaSummary } from './delta.ts'
 import { torrentSource, torrentUrlFor, type TorrentOptions } from './torrent.ts'
@@ -182,10 +183,10 @@ async function chooseDelta(o: UpdateOptions, plan: UpdatePlan, manifest: Manifes
   const d = await planDelta(manifest, plan.disk, {
     active: { firstByte: plan.from.firstByte, bytes: plan.from.slotBytes },
     target: { firstByte: plan.to.firstByte, bytes: plan.to.slotBytes },
-  })
+  }, await fetchBlockIndex(manifest, source, log))
   const s = d.summary
   const what = `${s.fetched} of ${s.chunks} chunks, ${s.fetchBytes} of ${s.transportBytes} transport bytes in ${s.requests} request(s); ` +
-    `${s.fromActive} from slot ${plan.from.slot}, ${s.fromTarget} from slot ${plan.to.slot}, ${s.zero} zero`
+    `${s.fromActive} from slot ${plan.from.slot}, ${s.fromTarget} from slot ${plan.to.slot}, ${s.fromBlocks} assembled from blocks, ${s.zero} zero`
   if (!deltaPays(s)) {
     plan.delta = { used: false, reason: `a delta would fetch ${what}` }
     log(`downloading the whole image: a delta would fetch ${what}`)
@@ -195,6 +196,27 @@ async function chooseDelta(o: UpdateOptions, plan: UpdatePlan, manifest: Manifes
   plan.writes[0] += `, delta: ${what}`
   log(`delta: fetching ${what}`)
   return deltaSource(d, manifest, plan.disk, source)
+}
+
+/**
+ * The image's block index (short hashes of every 4 KiB block), downloaded and checked against the
+ * signed manifest; without one (an older image, or a damaged download) the delta matches whole
+ * chunks only.
+ */
+async function fetchBlockIndex(manifest: Manifest, source: UpdateSource, log: (line: string) => void): Promise<Buffer | undefined> {
+  const b = manifest.blocks
+  if (!b || !source.remote) return undefined
+  const url = new URL(path.posix.basename(b.file), source.remote.url).toString()
+  try {
+    const data = await fetchBytes(url, source.remote.fetch)
+    source.stats.requests++
+    source.stats.bytes += data.length
+    if (data.length === b.size && crypto.createHash('sha256').update(data).digest('hex') === b.sha256) return data
+    log(`${url} does not match the signed manifest: matching whole chunks only`)
+  } catch (e) {
+    log(`${url}: ${(e as Error).message}; matching whole chunks only`)
+  }
+  return undefined
 }
 
 export async function runUpdate(o: UpdateOptions): Promise<UpdateResult> {

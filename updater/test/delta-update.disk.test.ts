@@ -3,6 +3,7 @@
 // slot comes from the disk. The slot is then verified from the disk as in a full update. A damaged
 // frame is refused with slot A, the GPT and the state byte-identical; a dropped connection
 // resumes within its range; where a delta does not pay, the whole image is downloaded.
+import crypto from 'node:crypto'
 import fs from 'node:fs'
 import t, { type Test } from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
@@ -11,10 +12,12 @@ import { runCli, tmpDir, xorRange } from '../../lib/test-helpers.ts'
 import { copyFileInto } from '../../lib/blockdev.ts'
 import { openGptDisk, readGpt } from '../../bootloader/gpt.ts'
 import { slotStatus } from '../../bootloader/slots.ts'
-import { readPrivateKey, signManifest, type Manifest } from '../../image-build/manifest.ts'
-import { frameOffsets } from '../../image-build/zstd-frames.ts'
+import { hashChunks, readPrivateKey, signManifest, type Manifest } from '../../image-build/manifest.ts'
+import { writeBlockIndex } from '../../image-build/block-index.ts'
+import { compressFramed, frameOffsets } from '../../image-build/zstd-frames.ts'
 import { buildImages, makeHost, protectedParts, slotBHolds, wholeDisk, type Images } from './update-fixtures.ts'
 
+const MiB = 1 << 20
 const dir = tmpDir(t, 'labhost-delta-update-')
 let images: Images
 let m1: Manifest
@@ -57,7 +60,7 @@ t.test('1.0.0 -> 2.0.0: only the frames of the chunks 1.0.0 lacks are downloaded
   const lackingBytes = lacking.reduce((n, i) => n + offsets[i + 1]! - offsets[i]!, 0)
   t.ok(out.delta.fetched >= lacking.length, `fetched ${out.delta.fetched} chunk(s), at least the ${lacking.length} lacking`)
   t.ok(out.delta.fetchBytes >= lackingBytes && out.delta.fetchBytes <= lackingBytes + lacking.length * (64 << 10) * 2, 'asked for their frames (and small frames between them at most)')
-  t.equal(out.transfer.bytes, out.delta.fetchBytes, 'received exactly what was asked for')
+  t.equal(out.transfer.bytes, out.delta.fetchBytes + m2.blocks!.size, 'received exactly what was asked for, and the block index')
   t.ok(out.transfer.bytes < m2.transport.size / 4, `downloaded ${out.transfer.bytes} of ${m2.transport.size} transport bytes`)
   t.equal(out.delta.fromActive + out.delta.fromTarget + out.delta.zero + out.delta.fetched, m2.image.chunks.length, 'every chunk has a source')
   t.ok(out.delta.fromActive > 0, 'chunks taken from slot A')
@@ -94,7 +97,7 @@ t.test('a connection dropped inside a range resumes within it', async (t) => {
   t.equal(reqs[0]!.bytes, 1000, 'the first request was cut after 1000 bytes')
   const first = /^bytes=(\d+)-(\d+)$/.exec(reqs[0]!.range ?? '')!.map(Number)
   t.equal(reqs[1]!.range, `bytes=${first[1]! + 1000}-${first[2]}`, 'the next one asks for the rest of that range')
-  t.match(out.transfer, { resumes: 1, bytes: out.delta.fetchBytes })
+  t.match(out.transfer, { resumes: 1, bytes: out.delta.fetchBytes + m2.blocks!.size })
   t.ok(slotBHolds(h, `${images.v2}/root.img`))
 })
 
@@ -124,8 +127,41 @@ t.test('where the host has nothing of the image, the whole transport file is dow
   const out = JSON.parse(r.stdout)
   t.match(out.delta, { used: false, reason: /^a delta would fetch/ })
   t.same(transportRequests(server).map((q) => [q.status, q.range]), [[200, null]])
-  t.equal(out.transfer.bytes, m2.transport.size)
+  t.equal(out.transfer.bytes, m2.transport.size + m2.blocks!.size, 'the block index, then the whole transport file')
   t.ok(slotBHolds(h, `${images.v2}/root.img`))
+})
+
+t.test('an image whose blocks moved (3 new blocks inserted at 5 MiB + 12 KiB): chunks are assembled from blocks of slot A', async (t) => {
+  const h = await makeHost(t, images)
+  const d = tmpDir(t)
+  // 3.0.0: 1.0.0 with three new blocks in the middle, everything after them moved by 12 KiB
+  const v1 = fs.readFileSync(`${images.v1}/root.img`)
+  const at = 5 * MiB + 12 * 1024
+  const inserted = crypto.randomBytes(3 * 4096)
+  fs.writeFileSync(`${d}/root.img`, Buffer.concat([v1.subarray(0, at), inserted, v1.subarray(at, v1.length - inserted.length)]))
+  const frames = await compressFramed(`${d}/root.img`, `${d}/root.img.zst`, m1.image.chunkSize)
+  writeBlockIndex(`${d}/root.img`, `${d}/root.img.blocks`)
+  const img = hashChunks(`${d}/root.img`)
+  const tr = hashChunks(`${d}/root.img.zst`)
+  const bl = hashChunks(`${d}/root.img.blocks`)
+  const m3: Manifest = {
+    ...m1, version: '3.0.0',
+    image: { ...m1.image, sha256: img.sha256, chunks: img.chunks },
+    transport: { ...m1.transport, size: tr.size, sha256: tr.sha256, frames },
+    blocks: { ...m1.blocks!, size: bl.size, sha256: bl.sha256 },
+  }
+  fs.writeFileSync(`${d}/manifest.json`, JSON.stringify(signManifest(m3, readPrivateKey(images.keys.privateKeyFile))))
+  const moved = img.chunks.filter((c, i) => c !== m1.image.chunks[i] && !m1.image.chunks.includes(c)).length
+  t.ok(moved > 100, `${moved} chunks of 3.0.0 are in no chunk of 1.0.0`)
+  const server = await serve(t, d)
+  const r = await runCli(['update', server.url, '--delta', '--json', ...h.args])
+  t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
+  const out = JSON.parse(r.stdout)
+  t.equal(out.delta.used, true)
+  t.ok(out.delta.fromBlocks >= moved - 2, `${out.delta.fromBlocks} chunks assembled from blocks of slot A`)
+  t.ok(out.delta.fetched <= 2, `${out.delta.fetched} chunk(s) fetched: the one with the new blocks (and the tail)`)
+  t.ok(slotBHolds(h, `${d}/root.img`), 'slot B holds 3.0.0 byte for byte')
+  t.equal(activeSlot(h.disk), 'B')
 })
 
 t.test('an image without a frame index (built before delta updates) is downloaded whole', async (t) => {

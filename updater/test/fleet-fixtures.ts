@@ -50,8 +50,11 @@ async function waitFor(p: ResultPromise, pattern: RegExp, ms: number, what: stri
   }
 }
 
+/** Switch ports of the lab, both ways: a gigabit lab switch. */
+export const PORT_MBIT = 1000
+
 export async function startFleet(dir: string, images: Images, o: { hosts: number; prefix: string }): Promise<Fleet> {
-  const lab = await createLab(o.prefix, o.hosts)
+  const lab = await createLab(o.prefix, o.hosts, { portMbit: PORT_MBIT })
   const loops: string[] = []
   const processes: ResultPromise[] = []
   const close = async () => {
