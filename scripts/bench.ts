@@ -44,6 +44,18 @@ const dropCaches = () => {
   }
 }
 
+/** An SSD image file with the host layout's partitions (64 MiB for `rest`), slot A flagged. */
+async function hostSsd(name: string) {
+  const layout = loadRecipe('host').layout
+  const diskFile = path.join(dir, name)
+  fs.writeFileSync(diskFile, '')
+  const rest = layout.partitions.filter((p) => p.disk === 'ssd').reduce((n, p) => n + (p.sizeMiB === 'rest' ? 64 : p.sizeMiB), 0)
+  fs.truncateSync(diskFile, (2 + 2 * layout.slotSizeMiB + rest + 2) * 2 ** 20)
+  const plan = planDisk(layout, 'ssd', fs.statSync(diskFile).size, 512)
+  await partitionDisk(diskFile, plan, 'A')
+  return { diskFile, plan }
+}
+
 /**
  * 3. Writing an image into the inactive slot. Whole `labhost update` runs (manifest check,
  * O_DIRECT write, O_DIRECT read-back hashed against the manifest, fsync, switch; the executable's
@@ -55,13 +67,7 @@ const dropCaches = () => {
  * page cache dropped before each.
  */
 async function benchUpdateWrite(imageDir: string, imageBytes: number, trustedKey: string): Promise<void> {
-  const layout = loadRecipe('host').layout
-  const diskFile = path.join(dir, 'update-disk.img')
-  fs.writeFileSync(diskFile, '')
-  const rest = layout.partitions.filter((p) => p.disk === 'ssd').reduce((n, p) => n + (p.sizeMiB === 'rest' ? 64 : p.sizeMiB), 0)
-  fs.truncateSync(diskFile, (2 + 2 * layout.slotSizeMiB + rest + 2) * 2 ** 20)
-  const plan = planDisk(layout, 'ssd', fs.statSync(diskFile).size, 512)
-  await partitionDisk(diskFile, plan, 'A')
+  const { diskFile, plan } = await hostSsd('update-disk.img')
   const slotB = plan[1]!
   const disk = await attachLoop(diskFile, { directIo: true })
   const slot = await attachLoop(diskFile, { directIo: true, offset: slotB.firstLba * 512, sizeLimit: (slotB.lastLba - slotB.firstLba + 1) * 512 })
@@ -212,13 +218,7 @@ async function benchDelta(v1Dir: string, keys: { privateKeyFile: string; publicK
     r.base.packages = [...r.base.packages, DELTA_EXTRA_PACKAGE]
   })
   const v2 = await buildImage(recipe2, { out: path.join(dir, 'host-1.1.0'), keyFile: keys.privateKeyFile })
-  const layout = loadRecipe('host').layout
-  const diskFile = path.join(dir, 'delta-disk.img')
-  fs.writeFileSync(diskFile, '')
-  const rest = layout.partitions.filter((p) => p.disk === 'ssd').reduce((n, p) => n + (p.sizeMiB === 'rest' ? 64 : p.sizeMiB), 0)
-  fs.truncateSync(diskFile, (2 + 2 * layout.slotSizeMiB + rest + 2) * 2 ** 20)
-  const plan = planDisk(layout, 'ssd', fs.statSync(diskFile).size, 512)
-  await partitionDisk(diskFile, plan, 'A')
+  const { diskFile, plan } = await hostSsd('delta-disk.img')
   copyFileInto(path.join(v1Dir, 'root.img'), diskFile, plan[0]!.firstLba * 512)
   const disk = await attachLoop(diskFile, { directIo: true })
   const state = path.join(dir, 'delta-state')

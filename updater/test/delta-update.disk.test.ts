@@ -5,17 +5,15 @@
 // resumes within its range; where a delta does not pay, the whole image is downloaded.
 import crypto from 'node:crypto'
 import fs from 'node:fs'
-import t, { type Test } from 'tap'
+import t from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
-import { serveDirectory, type Fault, type Server } from '../../lib/http-serve.ts'
 import { runCli, tmpDir, xorRange } from '../../lib/test-helpers.ts'
 import { copyFileInto } from '../../lib/blockdev.ts'
-import { openGptDisk, readGpt } from '../../bootloader/gpt.ts'
-import { slotStatus } from '../../bootloader/slots.ts'
 import { hashChunks, readPrivateKey, signManifest, type Manifest } from '../../image-build/manifest.ts'
 import { writeBlockIndex } from '../../image-build/block-index.ts'
 import { compressFramed, frameOffsets } from '../../image-build/zstd-frames.ts'
 import { buildImages, makeHost, protectedParts, slotBHolds, wholeDisk, type Images } from './update-fixtures.ts'
+import { activeSlot, serve, transportRequests } from './http-fixtures.ts'
 
 const MiB = 1 << 20
 const dir = tmpDir(t, 'labhost-delta-update-')
@@ -28,22 +26,6 @@ t.before(async () => {
   m1 = JSON.parse(fs.readFileSync(`${images.v1}/manifest.json`, 'utf8')) as Manifest
   m2 = JSON.parse(fs.readFileSync(`${images.v2}/manifest.json`, 'utf8')) as Manifest
 })
-
-async function serve(t: Test, root: string, fault?: (path: string, index: number) => Fault | undefined): Promise<Server> {
-  const server = await serveDirectory(root, { fault: fault ? (r) => fault(r.path, r.index) : undefined })
-  t.teardown(() => server.close())
-  return server
-}
-
-const transportRequests = (s: Server) => s.requests.filter((r) => r.path.endsWith('.zst'))
-const activeSlot = (disk: string) => {
-  const d = openGptDisk(disk)
-  try {
-    return slotStatus(readGpt(d)).active
-  } finally {
-    d.close()
-  }
-}
 /** Chunks of 2.0.0 whose hash is nowhere in 1.0.0: what a host running 1.0.0 lacks. */
 const missing = () => m2.image.chunks.map((h, i) => [h, i] as const).filter(([h]) => !m1.image.chunks.includes(h)).map(([, i]) => i)
 

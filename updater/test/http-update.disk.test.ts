@@ -4,11 +4,9 @@
 import fs from 'node:fs'
 import t, { type Test } from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
-import { serveDirectory, type Fault, type Server } from '../../lib/http-serve.ts'
 import { runCli, tmpDir } from '../../lib/test-helpers.ts'
-import { openGptDisk, readGpt } from '../../bootloader/gpt.ts'
-import { slotStatus } from '../../bootloader/slots.ts'
 import { buildImages, makeHost, protectedParts, slotBHolds, wholeDisk, type Images } from './update-fixtures.ts'
+import { activeSlot, serve, transportRequests } from './http-fixtures.ts'
 
 const MiB = 1 << 20
 const dir = tmpDir(t, 'labhost-http-update-')
@@ -17,22 +15,6 @@ let images: Images
 t.before(async () => {
   images = await buildImages(dir)
 })
-
-async function serve(t: Test, root: string, fault?: (path: string, index: number) => Fault | undefined): Promise<Server> {
-  const server = await serveDirectory(root, { fault: fault ? (r) => fault(r.path, r.index) : undefined })
-  t.teardown(() => server.close())
-  return server
-}
-
-const transportRequests = (s: Server) => s.requests.filter((r) => r.path.endsWith('.zst'))
-const activeSlot = (disk: string) => {
-  const d = openGptDisk(disk)
-  try {
-    return slotStatus(readGpt(d)).active
-  } finally {
-    d.close()
-  }
-}
 
 t.test('update from http://: one request, written while downloading, B on trial', async (t) => {
   const h = await makeHost(t, images)
