@@ -3,7 +3,7 @@
 import crypto from 'node:crypto'
 import t from 'tap'
 import { alignedBuffers } from '../direct-io.ts'
-import { HashPool } from '../hash-pool.ts'
+import { blockHashes, HashPool } from '../hash-pool.ts'
 
 const hex = (b: Buffer) => crypto.createHash('sha256').update(b).digest('hex')
 
@@ -26,4 +26,16 @@ t.test('after the workers are gone, hashing still answers', async (t) => {
   t.equal(await pool.sha256(b!), hex(b!))
   await pool.close()
   t.equal(await pool.sha256(b!), hex(b!), 'closed pool: main thread')
+})
+
+t.test('block hashes: each block\'s SHA-256 prefix, in order, in workers and on the main thread', async (t) => {
+  const pool = new HashPool(2)
+  t.teardown(() => pool.close())
+  const [b] = alignedBuffers(1, 5 * 4096 + 100)
+  crypto.randomFillSync(b!)
+  b!.fill(0, 4096, 8192)
+  const expected = [0, 1, 2, 3, 4, 5].map((k) => hex(b!.subarray(k * 4096, Math.min(b!.length, (k + 1) * 4096))).slice(0, 16)).join('')
+  t.equal(blockHashes(b!, 4096, 8).toString('hex'), expected, 'main thread: 6 blocks, the last one short')
+  t.same(await pool.sha256WithBlocks(b!, 4096, 8), { hash: hex(b!), blocks: expected }, 'worker: the same, with the whole hash')
+  t.same(await pool.sha256WithBlocks(Buffer.from(b!), 4096, 8), { hash: hex(b!), blocks: expected }, 'a plain buffer: on the main thread')
 })
