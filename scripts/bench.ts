@@ -186,7 +186,8 @@ async function benchFleet(keys: { privateKeyFile: string; publicKeyFile: string 
       if (mode === 'torrent') f.seed()
       const before = await f.lab.txBytes(f.server)
       const t0 = performance.now()
-      const runs = await Promise.all(f.hosts.map((h) => f.update(h, mode === 'torrent' ? torrentArgs(h) : [])))
+      // whole images both ways (--full): the distribution of a new image, not a delta
+      const runs = await Promise.all(f.hosts.map((h) => f.update(h, mode === 'torrent' ? torrentArgs(h) : ['--full'])))
       rounds[mode] = { seconds: (performance.now() - t0) / 1000, ratio: ((await f.lab.txBytes(f.server)) - before) / f.transportBytes }
       for (const r of runs) if (r.exitCode !== 0) throw new Error(`a ${mode} fleet host failed: ${String(r.all).slice(-1000)}`)
     } finally {

@@ -68,10 +68,10 @@ try {
     if (m?.[1] !== expect.version || m?.[2] !== expect.slot) failed = true
     return res.serial
   }
-  say(`boot 1: 1.0.0 runs \`labhost update ${GUEST_SERVER}/ --reboot\` (signature, download written as it streams, chunk hashes, read-back, one-sector switch)`)
+  say(`boot 1: 1.0.0 runs \`labhost update ${GUEST_SERVER}/ --reboot\` (signature, a delta: the block index and only the chunks 1.0.0 lacks, chunk hashes, read-back, one-sector switch)`)
   const first = await boot({ version: '1.0.0', slot: 'A' })
   const exit = /LABHOST-UPDATE-EXIT \S+ (\d+)/.exec(first)?.[1]
-  say(exit === undefined ? `labhost update finished and rebooted the VM (${server.requests.length} HTTP requests)` : `labhost update FAILED with exit ${exit}`)
+  say(exit === undefined ? `labhost update finished and rebooted the VM (${server.requests.length} HTTP requests, ${server.requests.reduce((n, q) => n + q.bytes, 0)} bytes served)` : `labhost update FAILED with exit ${exit}`)
   if (exit !== undefined) failed = true
   say('boot 2: slot B on trial; the health check runs `labhost mark-good`')
   const second = await boot({ version: '1.1.0', slot: 'B' })

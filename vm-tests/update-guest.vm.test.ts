@@ -79,7 +79,12 @@ t.test('broken 1.5.0 rolls back to 1.0.0 by itself; 2.0.0 over HTTP boots on tri
   t.match(rolledBack?.gpt, { primaryValid: true, backupValid: true, tablesAgree: true }, 'both GPTs valid and in agreement after the rollback')
   t.match(b4, /LABHOST-STEP v2/)
   t.notMatch(b4, /LABHOST-UPDATE-EXIT/, 'the HTTP update succeeded and rebooted', { serial: b4.slice(-3000) })
-  t.same(server.requests.map((q) => [q.path, q.status]), [['/v2/manifest.json', 200], ['/v2/root.img.zst', 200]], 'the guest fetched the manifest and the image from the loopback server')
+  // a delta update (the default): manifest, block index, then Range requests for the chunks 1.0.0 lacks
+  const [manifestReq, blocksReq, ...transportReqs] = server.requests
+  t.same([manifestReq?.path, manifestReq?.status, blocksReq?.path, blocksReq?.status], ['/v2/manifest.json', 200, '/v2/root.img.blocks', 200], 'the guest fetched the manifest and the block index from the loopback server')
+  t.ok(transportReqs.length > 0 && transportReqs.every((q) => q.path === '/v2/root.img.zst' && q.status === 206), 'then only Range requests for the transport file', { requests: server.requests })
+  const transportBytes = transportReqs.reduce((n, q) => n + q.bytes, 0)
+  t.ok(transportBytes < fs.statSync(path.join(served, 'v2/root.img.zst')).size / 4, `a delta: ${transportBytes} transport bytes`)
 
   const b5 = await boot(5)
   t.match(b5, /LABHOST-TRIAL slot=B left=1/)

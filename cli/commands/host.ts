@@ -51,13 +51,11 @@ export const markGoodCommand: Command = {
   },
 }
 
-/** Delta updates are opt-in (--delta) until the VM tests and the fault-injection campaign ran with them. */
-const DELTA_BY_DEFAULT = false
 
 export const update: Command = {
   name: 'update',
   summary: 'write a signed image (directory, manifest or http(s) URL) to the inactive slot, verify it from the disk, switch to it on trial',
-  usage: 'labhost update DIR|MANIFEST|URL [--trusted-key PUB] [--disk DEV] [--allow-downgrade] [--trial-boots N] [--retries N] [--timeout SECONDS] [--reboot] [--read-back during|after] [--delta] [--torrent [--download-dir DIR] [--seed-minutes N] [--seed-ratio R] [--tracker-interval SECONDS] [--download-limit RATE]] [--announce-phases] [--dry-run] [--json]',
+  usage: 'labhost update DIR|MANIFEST|URL [--trusted-key PUB] [--disk DEV] [--allow-downgrade] [--trial-boots N] [--retries N] [--timeout SECONDS] [--reboot] [--read-back during|after] [--full] [--torrent [--download-dir DIR] [--seed-minutes N] [--seed-ratio R] [--tracker-interval SECONDS] [--download-limit RATE]] [--announce-phases] [--dry-run] [--json]',
   options: {
     ...PATH_OPTIONS, 'trusted-key': { type: 'string' }, disk: { type: 'string' }, 'allow-downgrade': { type: 'boolean', default: false }, 'trial-boots': { type: 'string' },
     retries: { type: 'string' }, timeout: { type: 'string' }, reboot: { type: 'boolean', default: false },
@@ -67,9 +65,11 @@ export const update: Command = {
     // chunk as soon as its write completed, overlapping the two (measured slower on loop devices
     // and rotating disks, where reads between the writes cost seeks or contend with them)
     'read-back': { type: 'string', default: 'after' },
-    // from an http(s) URL: take the chunks this host already has in its slots from the disk and
-    // download only the missing ones (when the image has a frame index and that is cheaper)
-    delta: { type: 'boolean', default: DELTA_BY_DEFAULT },
+    // from an http(s) URL, by default: the chunks this host already has in its slots come from the
+    // disk and only the missing ones are downloaded (when the image has a frame index and that is
+    // cheaper); --full downloads the whole transport file (--delta: the default, said explicitly)
+    full: { type: 'boolean', default: false },
+    delta: { type: 'boolean', default: false },
     // the transport file over BitTorrent (aria2c, the .torrent beside it), seeded on afterwards
     torrent: { type: 'boolean', default: false },
     'download-dir': { type: 'string' }, 'seed-minutes': { type: 'string' }, 'seed-ratio': { type: 'string' }, 'tracker-interval': { type: 'string' }, 'download-limit': { type: 'string' },
@@ -77,6 +77,7 @@ export const update: Command = {
   async run(values, positionals, ctx) {
     const source = positionals[0]
     const readBack = values['read-back']
+    if (values.full && values.delta) throw new LabhostError('usage', '--full and --delta contradict each other', 'leave one out (delta is the default)')
     if (readBack !== 'during' && readBack !== 'after') throw new LabhostError('usage', `--read-back ${JSON.stringify(readBack)} is neither during nor after`, `usage: ${this.usage}`)
     if (!source) throw new LabhostError('usage', 'labhost update needs a SOURCE (an image directory, its manifest.json, or an http(s) URL of one)', `usage: ${this.usage}`)
     const num = (k: string) => {
@@ -98,7 +99,7 @@ export const update: Command = {
       allowDowngrade: values['allow-downgrade'] === true,
       trialBoots: num('trial-boots'),
       readBack,
-      delta: values.delta === true,
+      delta: values.full !== true,
       torrent: values.torrent ? {
         ...DEFAULT_TORRENT,
         ...(typeof values['download-dir'] === 'string' ? { dir: values['download-dir'] } : {}),

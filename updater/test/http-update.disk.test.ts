@@ -1,4 +1,4 @@
-// labhost update from an http:// URL served on the loopback: the image is written while it
+// labhost update --full from an http:// URL served on the loopback: the image is written while it
 // downloads; server errors are retried, a dropped connection resumes with Range from where it
 // stopped, and a download that cannot complete leaves slot A, the GPT and the state untouched.
 import fs from 'node:fs'
@@ -19,7 +19,7 @@ t.before(async () => {
 t.test('update from http://: one request, written while downloading, B on trial', async (t) => {
   const h = await makeHost(t, images)
   const server = await serve(t, images.v2)
-  const r = await runCli(['update', `${server.url}/`, '--json', ...h.args])
+  const r = await runCli(['update', `${server.url}/`, '--full', '--json', ...h.args])
   t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
   const out = JSON.parse(r.stdout)
   t.equal(out.source, `${server.url}/root.img.zst`)
@@ -33,7 +33,7 @@ t.test('server answers 500 three times, then recovers: the update completes', as
   const h = await makeHost(t, images)
   let transportErrors = 0
   const server = await serve(t, images.v2, (p) => (p.endsWith('.zst') && transportErrors++ < 3 ? { status: 500 } : undefined))
-  const r = await runCli(['update', server.url, '--json', ...h.args])
+  const r = await runCli(['update', server.url, '--full', '--json', ...h.args])
   t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
   t.match(r.stderr, /HTTP 500 at byte 0 .*resuming in 1\.0 s/)
   t.same(transportRequests(server).map((q) => q.status), [500, 500, 500, 200])
@@ -46,7 +46,7 @@ t.test('connection dropped mid-way: resumes with Range from the byte it stopped 
   const size = fs.statSync(`${images.v2}/root.img.zst`).size
   const cut = Math.floor(size * 0.4)
   const server = await serve(t, images.v2, (p, i) => (p.endsWith('.zst') && i === 1 ? { dropAfter: cut } : undefined))
-  const r = await runCli(['update', `${server.url}/manifest.json`, '--json', ...h.args])
+  const r = await runCli(['update', `${server.url}/manifest.json`, '--full', '--json', ...h.args])
   t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
   const reqs = transportRequests(server)
   t.equal(reqs.length, 2, 'two requests for the transport file')
@@ -68,7 +68,7 @@ t.test('a server that ignores Range: the resumed response is read from the start
   const h = await makeHost(t, images)
   const size = fs.statSync(`${images.v2}/root.img.zst`).size
   const server = await serve(t, images.v2, (p, i) => (p.endsWith('.zst') ? (i === 1 ? { dropAfter: Math.floor(size / 3) } : { ignoreRange: true }) : undefined))
-  const r = await runCli(['update', server.url, ...h.args])
+  const r = await runCli(['update', server.url, '--full', ...h.args])
   t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
   t.same(transportRequests(server).map((q) => q.status), [200, 200])
   t.ok(slotBHolds(h, `${images.v2}/root.img`), 'slot B holds 2.0.0')
@@ -122,7 +122,7 @@ for (const c of failures) {
     const h = await makeHost(t, images)
     const before = { disk: wholeDisk(h), ...protectedParts(h) }
     const { url, args = [] } = await c.setup(t)
-    const r = await runCli(['update', url, ...args, ...h.args])
+    const r = await runCli(['update', url, '--full', ...args, ...h.args])
     t.equal(r.code, c.code, `exit ${c.code}`, { stderr: r.stderr })
     t.match(r.stderr, c.message)
     t.match(r.stderr, /hint: /)
