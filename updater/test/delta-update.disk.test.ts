@@ -16,6 +16,23 @@ import { buildImages, makeHost, protectedParts, slotBHolds, wholeDisk, type Imag
 import { activeSlot, serve, transportRequests } from './http-fixtures.ts'
 
 const MiB = 1 << 20
+
+/** Sign `d/root.img` as `version` (its transport, block index and manifest beside it), layout of 1.0.0. */
+async function publishVariant(d: string, version: string) {
+  const frames = await compressFramed(`${d}/root.img`, `${d}/root.img.zst`, m1.image.chunkSize)
+  writeBlockIndex(`${d}/root.img`, `${d}/root.img.blocks`)
+  const img = hashChunks(`${d}/root.img`)
+  const tr = hashChunks(`${d}/root.img.zst`)
+  const bl = hashChunks(`${d}/root.img.blocks`)
+  const m: Manifest = {
+    ...m1, version,
+    image: { ...m1.image, sha256: img.sha256, chunks: img.chunks },
+    transport: { ...m1.transport, size: tr.size, sha256: tr.sha256, frames },
+    blocks: { ...m1.blocks!, size: bl.size, sha256: bl.sha256 },
+  }
+  fs.writeFileSync(`${d}/manifest.json`, JSON.stringify(signManifest(m, readPrivateKey(images.keys.privateKeyFile))))
+  return img
+}
 const dir = tmpDir(t, 'labhost-delta-update-')
 let images: Images
 let m1: Manifest
@@ -122,18 +139,7 @@ t.test('an image whose blocks moved (3 new blocks inserted at 5 MiB + 12 KiB): c
   const at = 5 * MiB + 12 * 1024
   const inserted = crypto.randomBytes(3 * 4096)
   fs.writeFileSync(`${d}/root.img`, Buffer.concat([v1.subarray(0, at), inserted, v1.subarray(at, v1.length - inserted.length)]))
-  const frames = await compressFramed(`${d}/root.img`, `${d}/root.img.zst`, m1.image.chunkSize)
-  writeBlockIndex(`${d}/root.img`, `${d}/root.img.blocks`)
-  const img = hashChunks(`${d}/root.img`)
-  const tr = hashChunks(`${d}/root.img.zst`)
-  const bl = hashChunks(`${d}/root.img.blocks`)
-  const m3: Manifest = {
-    ...m1, version: '3.0.0',
-    image: { ...m1.image, sha256: img.sha256, chunks: img.chunks },
-    transport: { ...m1.transport, size: tr.size, sha256: tr.sha256, frames },
-    blocks: { ...m1.blocks!, size: bl.size, sha256: bl.sha256 },
-  }
-  fs.writeFileSync(`${d}/manifest.json`, JSON.stringify(signManifest(m3, readPrivateKey(images.keys.privateKeyFile))))
+  const img = await publishVariant(d, '3.0.0')
   const moved = img.chunks.filter((c, i) => c !== m1.image.chunks[i] && !m1.image.chunks.includes(c)).length
   t.ok(moved > 100, `${moved} chunks of 3.0.0 are in no chunk of 1.0.0`)
   const server = await serve(t, d)
@@ -145,6 +151,33 @@ t.test('an image whose blocks moved (3 new blocks inserted at 5 MiB + 12 KiB): c
   t.ok(out.delta.fetched <= 2, `${out.delta.fetched} chunk(s) fetched: the one with the new blocks (and the tail)`)
   t.ok(slotBHolds(h, `${d}/root.img`), 'slot B holds 3.0.0 byte for byte')
   t.equal(activeSlot(h.disk), 'B')
+})
+
+t.test('the slot being written lends a chunk only from where it is not yet overwritten', async (t) => {
+  const h = await makeHost(t, images)
+  const d = tmpDir(t)
+  // 4.0.0: 1.0.0 with chunks 5 and 9 new; slot B holds chunk 5's bytes at chunk 2 (written before
+  // chunk 5 is: unusable) and chunk 9's at chunk 30 (written after: usable)
+  const size = m1.image.chunkSize
+  const image = Buffer.from(fs.readFileSync(`${images.v1}/root.img`))
+  const [c5, c9] = [crypto.randomBytes(size), crypto.randomBytes(size)]
+  c5.copy(image, 5 * size)
+  c9.copy(image, 9 * size)
+  fs.writeFileSync(`${d}/root.img`, image)
+  await publishVariant(d, '4.0.0')
+  const slotB = h.plan[1]!.firstLba * 512
+  const fd = fs.openSync(h.disk, 'r+')
+  fs.writeSync(fd, c5, 0, size, slotB + 2 * size)
+  fs.writeSync(fd, c9, 0, size, slotB + 30 * size)
+  fs.closeSync(fd)
+  const server = await serve(t, d)
+  const r = await runCli(['update', server.url, '--json', ...h.args])
+  t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
+  const out = JSON.parse(r.stdout)
+  t.match(out.delta, { used: true, fetched: 1, fromTarget: 1 }, 'chunk 5 fetched, chunk 9 taken from further on in slot B')
+  const offsets = frameOffsets(JSON.parse(fs.readFileSync(`${d}/manifest.json`, 'utf8')).transport.frames)
+  t.same(transportRequests(server).map((q) => q.range), [`bytes=${offsets[5]}-${offsets[6]! - 1}`], 'one Range request: the frame of chunk 5')
+  t.ok(slotBHolds(h, `${d}/root.img`), 'slot B holds 4.0.0 byte for byte')
 })
 
 t.test('an image without a frame index (built before delta updates) is downloaded whole', async (t) => {
