@@ -30,6 +30,9 @@ export interface Manifest {
   signature?: string
 }
 
+/** Bytes of chunk `index` of the image: the chunk size, less for the last one. */
+export const chunkLength = (m: Manifest, index: number): number => Math.min(m.image.chunkSize, m.image.size - index * m.image.chunkSize)
+
 /** JSON with keys sorted at every level: the bytes that are signed. */
 export function canonicalJson(v: unknown): string {
   if (Array.isArray(v)) return `[${v.map(canonicalJson).join(',')}]`

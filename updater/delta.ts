@@ -9,7 +9,7 @@ import crypto from 'node:crypto'
 import { alignedBuffers, DIRECT_ALIGN, DirectFile, roundUp } from '../lib/direct-io.ts'
 import { blockHashes, HashPool } from '../lib/hash-pool.ts'
 import { LabhostError } from '../lib/errors.ts'
-import type { Manifest } from '../image-build/manifest.ts'
+import { chunkLength, type Manifest } from '../image-build/manifest.ts'
 import { decompressFrame, frameOffsets } from '../image-build/zstd-frames.ts'
 import { resumableDownload, type UpdateSource } from './source.ts'
 import { zeroChunkHash } from './slot-writer.ts'
@@ -77,14 +77,14 @@ export function deltaUnusable(manifest: Manifest): string | null {
  * reaches; with `blocks`, also where each block hash (as in the block index) lies on the disk.
  */
 async function hashSlot(file: DirectFile, slot: SlotRange, manifest: Manifest, pool: HashPool, blocks?: Map<string, number>): Promise<(string | null)[]> {
-  const { chunkSize, size } = manifest.image
+  const { chunkSize } = manifest.image
   const count = manifest.image.chunks.length
   const hashes: (string | null)[] = new Array<string | null>(count).fill(null)
   const index = manifest.blocks
   const buffers = alignedBuffers(SCAN_READERS, roundUp(chunkSize, DIRECT_ALIGN))
   const reader = async (buf: Buffer, first: number) => {
     for (let i = first; i < count; i += buffers.length) {
-      const length = Math.min(chunkSize, size - i * chunkSize)
+      const length = chunkLength(manifest, i)
       const span = file.direct ? roundUp(length, DIRECT_ALIGN) : length
       if (i * chunkSize + span > slot.bytes) break
       const at = slot.firstByte + i * chunkSize
@@ -132,7 +132,7 @@ export async function planDelta(manifest: Manifest, disk: string, slots: { activ
   const inTarget = new Map<string, number[]>()
   target.forEach((h, j) => { if (h) inTarget.set(h, [...(inTarget.get(h) ?? []), j]) })
   const chunks: ChunkFrom[] = wanted.map((h, i) => {
-    const length = Math.min(chunkSize, manifest.image.size - i * chunkSize)
+    const length = chunkLength(manifest, i)
     if (h === zeroChunkHash(length)) return { kind: 'zero' }
     if (target[i] === h) return { kind: 'disk', slot: 'target', index: i, at: slots.target.firstByte + i * chunkSize }
     const a = active[i] === h ? i : inActive.get(h)
@@ -182,10 +182,11 @@ export async function planDelta(manifest: Manifest, disk: string, slots: { activ
  */
 function findBlocks(manifest: Manifest, index: Buffer, i: number, active: Map<string, number>, target: Map<string, number>, notBefore: number): number[] | null {
   const { blockSize, hashBytes } = manifest.blocks!
-  const { chunkSize, size } = manifest.image
+  const { chunkSize } = manifest.image
   const first = (i * chunkSize) / blockSize
-  const count = Math.ceil(Math.min(chunkSize, size - i * chunkSize) / blockSize)
-  if (Math.min(chunkSize, size - i * chunkSize) % blockSize) return null
+  const length = chunkLength(manifest, i)
+  if (length % blockSize) return null
+  const count = length / blockSize
   const zero = zeroBlockHash(blockSize, hashBytes)
   const at: number[] = []
   for (let k = 0; k < count; k++) {
@@ -201,7 +202,14 @@ function findBlocks(manifest: Manifest, index: Buffer, i: number, active: Map<st
   return at
 }
 
-const zeroBlockHash = (blockSize: number, hashBytes: number) => blockHashes(new Uint8Array(blockSize), blockSize, hashBytes).toString('hex')
+const zeroBlockHashes = new Map<string, string>()
+/** The index entry of an all-zero block (computed once). */
+function zeroBlockHash(blockSize: number, hashBytes: number): string {
+  const key = `${blockSize}/${hashBytes}`
+  let h = zeroBlockHashes.get(key)
+  if (!h) zeroBlockHashes.set(key, h = blockHashes(new Uint8Array(blockSize), blockSize, hashBytes).toString('hex'))
+  return h
+}
 
 /** Whether the delta is worth it against downloading the whole transport file. */
 export const deltaPays = (s: DeltaSummary): boolean => s.fetchBytes <= DELTA_MAX_SHARE * s.transportBytes
@@ -212,7 +220,6 @@ export const deltaPays = (s: DeltaSummary): boolean => s.fetchBytes <= DELTA_MAX
  * takes from elsewhere (zero chunks) are skipped.
  */
 async function* fetchChunks(plan: DeltaPlan, manifest: Manifest, remote: NonNullable<UpdateSource['remote']>, stats: UpdateSource['stats']): AsyncGenerator<{ index: number; data: Buffer }> {
-  const { chunkSize, size } = manifest.image
   const frames = manifest.transport.frames!
   for (const range of plan.ranges) {
     let pending: Buffer[] = []
@@ -227,7 +234,7 @@ async function* fetchChunks(plan: DeltaPlan, manifest: Manifest, remote: NonNull
         pending = [all.subarray(frames[index]!)]
         have -= frame.length
         if (plan.chunks[index]!.kind === 'fetch') {
-          yield { index, data: decompressFrame(frame, Math.min(chunkSize, size - index * chunkSize), `${remote.url}: the frame of chunk ${index}`) }
+          yield { index, data: decompressFrame(frame, chunkLength(manifest, index), `${remote.url}: the frame of chunk ${index}`) }
         }
         index++
       }
@@ -256,8 +263,7 @@ async function fetchOne(manifest: Manifest, i: number, remote: NonNullable<Updat
   const offsets = frameOffsets(manifest.transport.frames!)
   const parts: Buffer[] = []
   for await (const p of resumableDownload(remote.url, { start: offsets[i]!, end: offsets[i + 1]! }, remote.fetch, stats)) parts.push(p)
-  const { chunkSize, size } = manifest.image
-  return decompressFrame(Buffer.concat(parts), Math.min(chunkSize, size - i * chunkSize), `${remote.url}: the frame of chunk ${i}`)
+  return decompressFrame(Buffer.concat(parts), chunkLength(manifest, i), `${remote.url}: the frame of chunk ${i}`)
 }
 
 /**
@@ -267,7 +273,7 @@ async function fetchOne(manifest: Manifest, i: number, remote: NonNullable<Updat
 export function deltaSource(plan: DeltaPlan, manifest: Manifest, disk: string, source: UpdateSource): UpdateSource {
   const remote = source.remote
   if (!remote) throw new Error('deltaSource needs a downloaded source')
-  const { chunkSize, size } = manifest.image
+  const { chunkSize } = manifest.image
   return {
     ...source,
     transportWhere: `${remote.url} (delta: ${plan.summary.fetched} of ${plan.summary.chunks} chunks)`,
@@ -282,7 +288,7 @@ export function deltaSource(plan: DeltaPlan, manifest: Manifest, disk: string, s
       try {
         for (let i = 0; i < plan.chunks.length; i++) {
           const from = plan.chunks[i]!
-          const length = Math.min(chunkSize, size - i * chunkSize)
+          const length = chunkLength(manifest, i)
           if (from.kind === 'zero') yield zeros.subarray(0, length)
           else if (from.kind === 'disk') {
             await file.read(buf!, file.direct ? roundUp(length, DIRECT_ALIGN) : length, from.at)

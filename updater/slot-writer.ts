@@ -14,7 +14,7 @@ import { LabhostError } from '../lib/errors.ts'
 import { ZstdReader, type ZstdVerdict } from '../lib/zstd-reader.ts'
 import { HashPool } from '../lib/hash-pool.ts'
 import type { Progress } from '../lib/progress.ts'
-import type { Manifest } from '../image-build/manifest.ts'
+import { chunkLength, type Manifest } from '../image-build/manifest.ts'
 import type { UpdateSource } from './source.ts'
 
 export interface ImageTarget {
@@ -65,8 +65,7 @@ class ChunkChecker {
   }
 
   length(index: number): number {
-    const { size, chunkSize } = this.manifest.image
-    return Math.min(chunkSize, size - index * chunkSize)
+    return chunkLength(this.manifest, index)
   }
 
   isZero(index: number): boolean {

@@ -93,8 +93,9 @@ export async function torrentSource(source: UpdateSource, manifest: Manifest, o:
   while (!fs.existsSync(marker)) {
     if (exit) {
       const e = exit as { code: number | null; error?: string }
+      const logged = tailOf(logFile)
       throw new LabhostError(e.error === 'aria2c is not installed' ? 'toolFailed' : 'downloadFailed',
-        `BitTorrent download of ${torrentUrl} failed: ${e.error ?? `aria2c exited with ${e.code}`}${tailOf(logFile) ? `: ${tailOf(logFile)}` : ''}`,
+        `BitTorrent download of ${torrentUrl} failed: ${e.error ?? `aria2c exited with ${e.code}`}${logged ? `: ${logged}` : ''}`,
         'check the tracker and that a peer or the server seeds the torrent (see aria2c.log there), or update over HTTP without --torrent; nothing was written')
     }
     const bytes = allocated()
