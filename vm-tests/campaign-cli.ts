@@ -1,5 +1,6 @@
 // npm run vm-tests -- [--mode update|install] [--cycles N] [--seed S] [--json report.json]
 //                     [--driver auto|qemu|virtualbox] [--keep DIR] [--commit-weight F] [--cpus N] [--inject-naive-switch]
+//                     [--stratified]  (alternate commit/uniform aims, instants in slices: what npm test runs)
 //                     [--resume report.json]  (continue a cut-off update campaign to N cycles in all)
 // The random-reset campaign: resets during updates (vm-tests/campaign.ts; summary `cycles N,
 // resets N, old N, new N, bricked N`) or during installs from the stick (install-campaign.ts).
@@ -25,6 +26,7 @@ const { values } = parseArgs({
     driver: { type: 'string', default: 'auto' },
     keep: { type: 'string', default: path.join(os.tmpdir(), 'labhost-campaign-bricks') },
     'commit-weight': { type: 'string', default: '0.4' },
+    stratified: { type: 'boolean', default: false },
     cpus: { type: 'string', default: '1' },
     'inject-naive-switch': { type: 'boolean', default: false },
     resume: { type: 'string' },
@@ -74,7 +76,7 @@ try {
     process.exitCode = report.failed ? 1 : 0
   } else if (values.mode === 'update') {
     const report = await runUpdateCampaign({
-      driver, cycles, seed, workDir, keepDir: values.keep, commitWeight: Number(values['commit-weight']), cpus: Number(values.cpus),
+      driver, cycles, seed, workDir, keepDir: values.keep, commitWeight: Number(values['commit-weight']), stratified: values.stratified, cpus: Number(values.cpus),
       injectNaiveSwitch: values['inject-naive-switch'], log: (l) => console.log(l), resume,
       // the report so far, after every cycle: a soak that is cut off still leaves its record
       onCycle: values.json ? (r) => fs.writeFileSync(values.json!, JSON.stringify({ ...r, partial: true }, null, 2) + '\n') : undefined,

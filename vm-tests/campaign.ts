@@ -30,6 +30,13 @@ export interface CampaignOptions {
   bootTimeoutMs?: number
   /** Share of resets aimed at the commit (the rest fall uniformly over the update); default 0.4. */
   commitWeight?: number
+  /**
+   * Stratified aims for a short run: resets alternate between commit and uniform aims, and the
+   * k-th of n resets of an aim falls at a random instant inside the k-th n-th of its window, so
+   * a handful of resets covers the whole update and both sides of the switch. Default: every
+   * aim and instant drawn independently (the soak).
+   */
+  stratified?: boolean
   /** Virtual CPUs of the host under test (default 1). */
   cpus?: number
   /** Fault injection: the guest switches slots without CRC compensation. */
@@ -80,6 +87,8 @@ export interface CampaignReport {
   seconds: number
   resetsPerHour: number
   calibration: { updateMs: number; verifyMs: number; commitTailMs: number } | null
+  /** How aims and instants were drawn (CampaignOptions.stratified). */
+  aims: 'independent' | 'stratified'
   records: CycleRecord[]
   kept?: string
   /** The runs the report was made in: more than one when a cut-off run was resumed. */
@@ -95,6 +104,22 @@ export function drawsOf(r: CycleRecord): number {
   if (r.aim === 'calibration') return 0
   if (r.resetAtMs === null && r.outcome === 'completed') return 1
   return r.aim === 'commit' ? 3 : 2
+}
+
+/** The aim of the nth counted cycle, from its draw (made in both modes, so drawsOf() holds). */
+export function aimOf(o: { stratified?: boolean; commitWeight: number }, nth: number, draw: number): 'commit' | 'uniform' {
+  if (o.stratified) return nth % 2 === 0 ? 'commit' : 'uniform'
+  return draw < o.commitWeight ? 'commit' : 'uniform'
+}
+
+/**
+ * Where in its aim's window (0..1) the nth counted cycle resets, from its draw: the draw itself,
+ * or stratified, inside the k-th of n equal slices when it is the k-th of n resets of its aim.
+ */
+export function fractionOf(o: { stratified?: boolean; cycles: number }, nth: number, draw: number): number {
+  if (!o.stratified) return draw
+  const n = nth % 2 === 0 ? Math.ceil(o.cycles / 2) : Math.floor(o.cycles / 2)
+  return (Math.floor(nth / 2) + draw) / n
 }
 
 export const summaryLine = (r: CampaignReport): string =>
@@ -178,9 +203,10 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
   const serialFile = path.join(o.workDir, 'serial.log')
   const report: CampaignReport = {
     driver: o.driver.name, accel: await o.driver.accel(), seed: o.seed, cycles: 0, resets: 0, old: 0, new: 0, bricked: 0, failedUpdates: 0,
-    seconds: 0, resetsPerHour: 0, calibration: null, records: [],
+    seconds: 0, resetsPerHour: 0, calibration: null, aims: o.stratified ? 'stratified' : 'independent', records: [],
   }
   if (prior) {
+    if (o.stratified) throw new Error('a stratified campaign cannot be resumed: its strata depend on the cycle count')
     if (prior.driver !== report.driver || prior.accel !== report.accel) throw new Error(`the report to resume ran on ${prior.driver} (${prior.accel}), this run would use ${report.driver} (${report.accel})`)
     Object.assign(report, { resets: prior.resets, old: prior.old, new: prior.new, failedUpdates: prior.failedUpdates, records: [...prior.records] })
   }
@@ -246,7 +272,10 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
     if (!(await awaitBoot(boot, started))) return report
     let calibration: { updateMs: number; verifyMs: number; commitTailMs: number } | null = null
     for (let cycle = firstCycle; counted() < o.cycles; cycle++) {
-      const record: CycleRecord = { cycle, aim: calibration ? (rnd() < commitWeight ? 'commit' : 'uniform') : 'calibration', from: '', to: '', resetAtMs: null, phase: null, outcome: 'completed', booted: null, bootSeconds: null }
+      // the aim's draw is made in both modes, so drawsOf() holds for either
+      const nth = counted() // cycles aimed before this one (the calibration is not counted)
+      const aim = calibration ? aimOf({ ...o, commitWeight }, nth, rnd()) : 'calibration'
+      const record: CycleRecord = { cycle, aim, from: '', to: '', resetAtMs: null, phase: null, outcome: 'completed', booted: null, bootSeconds: null }
       const announced = await con.until('cycle', Date.now() + bootTimeout)
       if (!announced) {
         await restartIfGone()
@@ -304,14 +333,15 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
       }
       // aim the reset: anywhere in the update, or around the commit — from half a second before the
       // trial is armed (the end of the read-back, as calibrated) to half a second after the switch
-      let resetAt = start + rnd() * (calibration.updateMs + 1000)
+      const within = (u: number) => fractionOf(o, nth, u)
+      let resetAt = start + within(rnd()) * (calibration.updateMs + 1000)
       if (record.aim === 'commit') {
         const deadline = Date.now() + 4 * calibration.updateMs + 60_000
         for (let m: Marker | null; phases.verify === undefined && phase !== 'boot' && record.updateExit === undefined;) {
           if (!(m = await con.next(deadline))) break
           note(m)
         }
-        resetAt = (phases.verify ?? Date.now()) + calibration.verifyMs - 500 + rnd() * (calibration.commitTailMs + 1000)
+        resetAt = (phases.verify ?? Date.now()) + calibration.verifyMs - 500 + within(rnd()) * (calibration.commitTailMs + 1000)
       }
       await con.waitUntil(resetAt, note)
       record.resetAtMs = Date.now() - start
