@@ -17,6 +17,10 @@ if (process.getuid?.() !== 0 && kinds.some((k) => k !== 'unit')) {
   process.exit(2)
 }
 
+// Every test starts `labhost` (node cli/bin.ts) dozens of times: Node's compile cache keeps the
+// compiled (type-stripped) modules between starts — 0.9 s per start to 0.6 s on this machine.
+process.env.NODE_COMPILE_CACHE ??= path.join(root, '.cache/node-compile-cache')
+
 // The type check is part of the test run: strict TypeScript, no unused code.
 const tsc = await execa('tsc', ['--noEmit', '-p', root], { cwd: root, reject: false, all: true, preferLocal: true })
 if (tsc.exitCode !== 0) {

@@ -6,7 +6,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import got, { HTTPError, type Response } from 'got'
+import type { Got, HTTPError, Response } from 'got'
 import { LabhostError } from '../lib/errors.ts'
 import { parseManifest, readManifest, type Manifest } from '../image-build/manifest.ts'
 
@@ -83,16 +83,28 @@ export function manifestUrl(spec: string): string {
   return u.toString()
 }
 
+// got is loaded on the first download only: it is a third of the CLI's start-up time, and most
+// commands (and updates from a directory) never use it.
+let gotModule: Promise<Got> | undefined
+const loadGot = () => (gotModule ??= import('got').then((m) => m.default))
+
+/** The HTTP status of a got HTTPError (an answer outside 2xx), else undefined. */
+function httpStatus(e: unknown): number | undefined {
+  return e instanceof Error && e.name === 'HTTPError' ? (e as HTTPError).response.statusCode : undefined
+}
+
 const retriableStatus = (status: number) => status >= 500 || status === 408 || status === 429
 
 function describe(e: unknown): string {
-  if (e instanceof HTTPError) return `HTTP ${e.response.statusCode}`
+  const status = httpStatus(e)
+  if (status !== undefined) return `HTTP ${status}`
   const err = e as { code?: string; message?: string }
   return err.code ? `${err.code}: ${err.message}` : String(err.message ?? e)
 }
 
 function isRetriable(e: unknown): boolean {
-  if (e instanceof HTTPError) return retriableStatus(e.response.statusCode)
+  const status = httpStatus(e)
+  if (status !== undefined) return retriableStatus(status)
   return !(e instanceof LabhostError)
 }
 
@@ -101,9 +113,10 @@ function backoff(o: FetchOptions, failures: number): number {
 }
 
 function gaveUp(url: string, o: FetchOptions, last: unknown, what: string): LabhostError {
-  if (last instanceof HTTPError && !retriableStatus(last.response.statusCode)) {
-    const code = last.response.statusCode === 404 ? 'notFound' : 'downloadFailed'
-    return new LabhostError(code, `${url}: the server answered HTTP ${last.response.statusCode}`, `check the URL and that the image is published there; ${what}`)
+  const status = httpStatus(last)
+  if (status !== undefined && !retriableStatus(status)) {
+    const code = status === 404 ? 'notFound' : 'downloadFailed'
+    return new LabhostError(code, `${url}: the server answered HTTP ${status}`, `check the URL and that the image is published there; ${what}`)
   }
   return new LabhostError('downloadFailed', `${url}: giving up after ${o.retries} failed attempts in a row (last: ${describe(last)})`,
     `check the network and the server, then run the same command again; ${what}`)
@@ -121,6 +134,7 @@ async function fetchText(url: string, o: FetchOptions): Promise<string> {
 
 /** A small file (a manifest, a .torrent) whole, with the same retries and backoff as the image. */
 export async function fetchBytes(url: string, o: FetchOptions): Promise<Buffer> {
+  const got = await loadGot()
   for (let failures = 0; ;) {
     try {
       return await got(url, gotOptions(o)).buffer()
@@ -155,6 +169,7 @@ export async function* resumableDownload(url: string, want: { start: number; end
   const size = want.end
   let offset = want.start
   let failures = 0
+  const got = await loadGot()
   while (offset < size) {
     const resuming = offset > 0
     const stream = got.stream(url, { ...gotOptions(o), headers: resuming ? { range: `bytes=${offset}-${size - 1}` } : {} })
@@ -190,7 +205,7 @@ export async function* resumableDownload(url: string, want: { start: number; end
       if (offset < size) throw new Error(`connection ended at byte ${offset} of ${size}`)
     } catch (e) {
       if (!isRetriable(e)) {
-        if (e instanceof HTTPError && e.response.statusCode === 416) {
+        if (httpStatus(e) === 416) {
           throw new LabhostError('downloadFailed', `${url} is shorter than its manifest says (no bytes from ${offset} of ${size})`, 'the published transport file is truncated: publish the image again; nothing was switched')
         }
         throw e instanceof LabhostError ? e : gaveUp(url, o, e, 'nothing was switched')
