@@ -284,7 +284,11 @@ export async function buildImage(recipeName: string, o: BuildOptions): Promise<B
       fs.mkdirSync(tmp, { recursive: true })
       for (const f of OUTPUTS) fs.copyFileSync(path.join(o.out, f), path.join(tmp, f))
       fs.rmSync(cacheDir, { recursive: true, force: true })
-      fs.renameSync(tmp, cacheDir)
+      try {
+        fs.renameSync(tmp, cacheDir)
+      } catch {
+        fs.rmSync(tmp, { recursive: true, force: true }) // a build beside this one was first: its copy stays
+      }
     }
     return { manifestFile, manifest, seconds: (Date.now() - started) / 1000, cached: false }
   } finally {

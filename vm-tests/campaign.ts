@@ -8,9 +8,10 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { hashRange, prng } from '../lib/test-helpers.ts'
+import { cacheKeys } from '../image-build/cache-keys.ts'
 import { buildImage } from '../image-build/build.ts'
 import { TRIAL_FILE } from '../image-build/initramfs-init.ts'
-import { generateKeyPair, readManifest, type Manifest } from '../image-build/manifest.ts'
+import { readManifest, type Manifest } from '../image-build/manifest.ts'
 import { loadRecipe } from '../image-build/recipe.ts'
 import { buildHostDisks, withPartition, type HostDisks } from './fixtures/host-disks.ts'
 import { GUEST_LABHOST, leanRecipe, stageLabhost } from './fixtures/lean-image.ts'
@@ -129,7 +130,7 @@ const VERSIONS = ['1.0.0', '2.0.0'] as const
 
 /** The two versions the campaign alternates between: lean test images (fixtures/lean-image.ts). */
 export async function buildCampaignImages(dir: string): Promise<{ keyFile: string; dirs: Record<string, string>; manifests: Record<string, Manifest> }> {
-  const keys = generateKeyPair(`${dir}/keys`)
+  const keys = cacheKeys()
   const dirs: Record<string, string> = {}
   const manifests: Record<string, Manifest> = {}
   for (const version of VERSIONS) {

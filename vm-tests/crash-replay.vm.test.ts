@@ -8,8 +8,9 @@ import path from 'node:path'
 import t from 'tap'
 import { tmpDir } from '../lib/test-helpers.ts'
 import { openGptDisk, readGpt } from '../bootloader/gpt.ts'
+import { cacheKeys } from '../image-build/cache-keys.ts'
 import { buildImage } from '../image-build/build.ts'
-import { generateKeyPair, type Manifest } from '../image-build/manifest.ts'
+import type { Manifest } from '../image-build/manifest.ts'
 import { loadRecipe } from '../image-build/recipe.ts'
 import { bootUntilPowerOff, type VmSpec } from './qemu.ts'
 import { buildHostDisks, stageUpdatePlan } from './fixtures/host-disks.ts'
@@ -19,7 +20,7 @@ import { readWriteLog } from './write-log.ts'
 
 t.test('every crash point of a recorded update boots 1.0.0 or 2.0.0; a naive switch is caught', async (t) => {
   const dir = tmpDir(t, 'labhost-vm-replay-')
-  const keys = generateKeyPair(`${dir}/keys`)
+  const keys = cacheKeys()
   const build = async (name: string, version: string) =>
     path.dirname((await buildImage(leanRecipe(`${dir}/${name}.yaml`, (r) => { r.version = version }), { out: `${dir}/${name}`, keyFile: keys.privateKeyFile })).manifestFile)
   const v1 = await build('v1', '1.0.0')

@@ -12,8 +12,8 @@ import path from 'node:path'
 import t from 'tap'
 import { serveDirectory } from '../lib/http-serve.ts'
 import { tmpDir } from '../lib/test-helpers.ts'
+import { cacheKeys } from '../image-build/cache-keys.ts'
 import { buildImage } from '../image-build/build.ts'
-import { generateKeyPair } from '../image-build/manifest.ts'
 import { loadRecipe } from '../image-build/recipe.ts'
 import { bootUntilPowerOff, type VmSpec } from './qemu.ts'
 import { buildHostDisks, GUEST_SERVER, stageUpdatePlan, statusLines } from './fixtures/host-disks.ts'
@@ -21,7 +21,7 @@ import { leanRecipe, stageLabhost } from './fixtures/lean-image.ts'
 
 t.test('broken 1.5.0 rolls back to 1.0.0 by itself; 2.0.0 over HTTP boots on trial and is marked good', async (t) => {
   const dir = tmpDir(t, 'labhost-vm-update-')
-  const keys = generateKeyPair(`${dir}/keys`)
+  const keys = cacheKeys()
   const build = async (name: string, change: Parameters<typeof leanRecipe>[1]) =>
     path.dirname((await buildImage(leanRecipe(`${dir}/recipes/${name}.yaml`, change), { out: `${dir}/${name}`, keyFile: keys.privateKeyFile })).manifestFile)
   const v1 = await build('v1', () => {})

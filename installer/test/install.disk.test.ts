@@ -15,6 +15,7 @@ import { hashWhole, loop, readRange, runCli, sparseFile, tmpDir } from '../../li
 import { openGptDisk, readGpt } from '../../bootloader/gpt.ts'
 import { findGptmbr } from '../../bootloader/mbr.ts'
 import { slotStatus } from '../../bootloader/slots.ts'
+import { cacheKeys } from '../../image-build/cache-keys.ts'
 import { buildImage } from '../../image-build/build.ts'
 import { generateKeyPair, type Manifest } from '../../image-build/manifest.ts'
 import { readPartitionFiles } from '../../vm-tests/fixtures/host-disks.ts'
@@ -26,7 +27,7 @@ let image = ''
 let manifest: Manifest
 
 t.before(async () => {
-  keys = generateKeyPair(`${dir}/keys`)
+  keys = cacheKeys()
   const built = await buildImage('test', { out: `${dir}/image`, keyFile: keys.privateKeyFile })
   image = `${dir}/image`
   manifest = built.manifest

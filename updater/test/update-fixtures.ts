@@ -1,14 +1,15 @@
-// Shared by the updater's disk tests: a signing key, the test image as 1.0.0 and 2.0.0 (cached
-// builds), and a host disk laid out by the test layout running 1.0.0 from slot A, with its
-// state files in a temporary directory.
+// Shared by the updater's disk tests: the suite's signing key (image-build/cache-keys.ts), the
+// test image as 1.0.0 and 2.0.0 (cached builds, shared by every test file), and a host disk laid
+// out by the test layout running 1.0.0 from slot A, with its state files in a temporary directory.
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import type { Test } from 'tap'
 import { copyFileInto } from '../../lib/blockdev.ts'
-import { hashWhole, readRange, sparseFile, tmpDir } from '../../lib/test-helpers.ts'
+import { run } from '../../lib/exec.ts'
+import { hashRange, hashWhole, readRange, sparseFile, tmpDir } from '../../lib/test-helpers.ts'
+import { cacheKeys } from '../../image-build/cache-keys.ts'
 import { buildImage } from '../../image-build/build.ts'
-import { generateKeyPair } from '../../image-build/manifest.ts'
 import { loadRecipe, writeRecipeVariant } from '../../image-build/recipe.ts'
 import { partitionDisk, planDisk, type PlannedPartition } from '../../installer/partition.ts'
 
@@ -21,9 +22,9 @@ export interface Images {
   v2: string
 }
 
-/** Build (or take from the cache) the test image as 1.0.0 and 2.0.0, signed by a new key. */
+/** Build (or take from the cache) the test image as 1.0.0 and 2.0.0, signed by the suite's key. */
 export async function buildImages(dir: string): Promise<Images> {
-  const keys = generateKeyPair(`${dir}/keys`)
+  const keys = cacheKeys()
   const v1 = path.dirname((await buildImage('test', { out: `${dir}/v1`, keyFile: keys.privateKeyFile })).manifestFile)
   const recipe2 = writeRecipeVariant('test', `${dir}/test-2.yaml`, (r) => { r.version = '2.0.0' })
   const v2 = path.dirname((await buildImage(recipe2, { out: `${dir}/v2`, keyFile: keys.privateKeyFile })).manifestFile)
@@ -51,10 +52,9 @@ export async function makeHost(t: Test, images: Images): Promise<Host> {
  * labhost runs from the device it returns; the tests read the file.
  */
 export async function makeHostIn(d: string, images: Images, attach?: (file: string) => Promise<string>): Promise<Host> {
-  const disk = sparseFile(`${d}/ssd.img`, (2 + 2 * layout.slotSizeMiB + 8 + 16 + 16 + 2) * MiB)
-  const plan = planDisk(layout, 'ssd', fs.statSync(disk).size, 512)
-  await partitionDisk(disk, plan, 'A')
-  copyFileInto(`${images.v1}/root.img`, disk, plan[0]!.firstLba * 512)
+  const { file, plan } = await hostTemplate(images)
+  const disk = `${d}/ssd.img`
+  await run('cp', ['--sparse=always', file, disk])
   const device = attach ? await attach(disk) : disk
   fs.writeFileSync(`${d}/boot`, `SLOT=A\nDEVICE=${device}\nDISK=${device}\n`)
   fs.writeFileSync(`${d}/version`, '1.0.0\n')
@@ -63,12 +63,34 @@ export async function makeHostIn(d: string, images: Images, attach?: (file: stri
   return { disk, device, plan, state: `${d}/state`, lib, args: ['--boot-file', lib.bootFile, '--state-root', lib.stateRoot, '--version-file', lib.versionFile, '--trusted-key', images.keys.publicKeyFile] }
 }
 
+const templates = new Map<string, Promise<{ file: string; plan: PlannedPartition[] }>>()
+
+/**
+ * The host disk, partitioned with 1.0.0 in slot A, made once per image set beside its images:
+ * every host is a sparse copy of it (partitioning and formatting take seconds, a copy
+ * milliseconds).
+ */
+function hostTemplate(images: Images): Promise<{ file: string; plan: PlannedPartition[] }> {
+  let made = templates.get(images.v1)
+  if (!made) {
+    made = (async () => {
+      const file = sparseFile(`${path.dirname(images.v1)}/host-template-${path.basename(images.v1)}.img`, (2 + 2 * layout.slotSizeMiB + 8 + 16 + 16 + 2) * MiB)
+      const plan = planDisk(layout, 'ssd', fs.statSync(file).size, 512)
+      await partitionDisk(file, plan, 'A')
+      copyFileInto(`${images.v1}/root.img`, file, plan[0]!.firstLba * 512)
+      return { file, plan }
+    })()
+    templates.set(images.v1, made)
+  }
+  return made
+}
+
 /** What an update must never change when it fails: slot A, both GPT regions, the state files. */
 export function protectedParts(h: Host) {
   const size = fs.statSync(h.disk).size
   const a = h.plan[0]!
   return {
-    slotA: crypto.createHash('sha256').update(readRange(h.disk, a.firstLba * 512, (a.lastLba - a.firstLba + 1) * 512)).digest('hex'),
+    slotA: hashRange(h.disk, a.firstLba * 512, (a.lastLba - a.firstLba + 1) * 512),
     gpt: crypto.createHash('sha256').update(readRange(h.disk, 0, MiB)).update(readRange(h.disk, size - MiB, MiB)).digest('hex'),
     state: fs.readdirSync(h.state, { recursive: true }).sort().join(','),
   }
