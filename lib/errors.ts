@@ -24,6 +24,7 @@ export const ExitCode = {
   trialPending: 34,
   busy: 35,
   downloadFailed: 36,
+  tlsUntrusted: 37,
   imageTooSmall: 40,
   packageMissing: 41,
   diskTooSmall: 50,

@@ -1,8 +1,9 @@
-// A small static HTTP server for image directories: GET and HEAD with single Range requests, so
+// A small static HTTP(S) server for image directories: GET and HEAD with single Range requests, so
 // `labhost update URL` can resume. Tests and the demo serve images with it on the loopback; a
 // fault hook lets tests answer with errors or cut a response short, as real networks do.
 import fs from 'node:fs'
 import http from 'node:http'
+import https from 'node:https'
 import type { AddressInfo } from 'node:net'
 import path from 'node:path'
 
@@ -28,6 +29,8 @@ export interface ServeOptions {
   fault?: (req: { path: string; range: string | null; index: number }) => Fault | undefined
   /** Called when a response is over (sent, or its connection closed). */
   onRequest?: (req: ServedRequest) => void
+  /** Serve https with this certificate (chain) and key, PEM. */
+  tls?: { cert: string | Buffer; key: string | Buffer }
 }
 
 export interface Server {
@@ -39,7 +42,7 @@ export interface Server {
 
 export async function serveDirectory(root: string, o: ServeOptions = {}): Promise<Server> {
   const requests: ServedRequest[] = []
-  const server = http.createServer((req, res) => {
+  const handler: http.RequestListener = (req, res) => {
     const urlPath = decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname)
     const range = typeof req.headers.range === 'string' ? req.headers.range : null
     const record: ServedRequest = { path: urlPath, range, status: 0, bytes: 0 }
@@ -91,11 +94,12 @@ export async function serveDirectory(root: string, o: ServeOptions = {}): Promis
       }
     })
     stream.on('end', () => res.end())
-  })
+  }
+  const server = o.tls ? https.createServer({ cert: o.tls.cert, key: o.tls.key }, handler) : http.createServer(handler)
   await new Promise<void>((resolve) => server.listen(o.port ?? 0, o.host ?? '127.0.0.1', resolve))
   const port = (server.address() as AddressInfo).port
   return {
-    url: `http://${o.host ?? '127.0.0.1'}:${port}`,
+    url: `${o.tls ? 'https' : 'http'}://${o.host ?? '127.0.0.1'}:${port}`,
     port,
     requests,
     close: () => new Promise<void>((resolve) => {

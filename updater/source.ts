@@ -5,6 +5,7 @@
 // the first byte it does not have yet, so a resumed download never starts over.
 import fs from 'node:fs'
 import path from 'node:path'
+import tls from 'node:tls'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Got, HTTPError, Response } from 'got'
 import { LabhostError } from '../lib/errors.ts'
@@ -17,6 +18,11 @@ export interface FetchOptions {
   backoffMs: number
   /** Connect timeout and the longest a connection may stay silent. */
   timeoutMs: number
+  /**
+   * A PEM file of certificate authorities trusted for https besides Node's own list (a lab's
+   * internal CA); aria2c is given it too.
+   */
+  caFile?: string
   log?: (line: string) => void
 }
 
@@ -93,6 +99,28 @@ function httpStatus(e: unknown): number | undefined {
   return e instanceof Error && e.name === 'HTTPError' ? (e as HTTPError).response.statusCode : undefined
 }
 
+// OpenSSL's verdicts on a server certificate (and Node's host-name check): no retry mends them
+const TLS_TRUST_ERRORS = new Set(['DEPTH_ZERO_SELF_SIGNED_CERT', 'SELF_SIGNED_CERT_IN_CHAIN', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'CERT_UNTRUSTED', 'CERT_HAS_EXPIRED', 'CERT_NOT_YET_VALID', 'CERT_REVOKED', 'CERT_SIGNATURE_FAILURE', 'ERR_TLS_CERT_ALTNAME_INVALID'])
+
+function untrusted(url: string, o: FetchOptions, e: unknown, what: string): LabhostError | null {
+  const err = e as { code?: string; message?: string }
+  if (!err.code || !TLS_TRUST_ERRORS.has(err.code)) return null
+  const hint = err.code === 'ERR_TLS_CERT_ALTNAME_INVALID'
+    ? `use the host name the certificate names in the URL, or give the server a certificate for this one; ${what}`
+    : o.caFile ? `${o.caFile} does not vouch for this server: give the CA that signed its certificate (PEM) with --ca; ${what}` : `give the CA that signed the server's certificate (PEM) with --ca FILE; ${what}`
+  return new LabhostError('tlsUntrusted', `${url}: the server's certificate is not trusted (${err.code}: ${err.message})`, hint)
+}
+
+/** got's https options: Node's own CA list, and the --ca file's certificates. */
+function httpsOptions(o: FetchOptions): { certificateAuthority?: string[] } {
+  if (!o.caFile) return {}
+  if (!fs.existsSync(o.caFile)) throw new LabhostError('notFound', `--ca ${o.caFile} does not exist`, 'give a PEM file of the CA certificate(s) that signed the image server\'s certificate; nothing was written')
+  const pem = fs.readFileSync(o.caFile, 'utf8')
+  if (!/-----BEGIN CERTIFICATE-----/.test(pem)) throw new LabhostError('usage', `--ca ${o.caFile} holds no PEM certificate`, 'give a PEM file (-----BEGIN CERTIFICATE-----); nothing was written')
+  return { certificateAuthority: [...tls.rootCertificates, pem] }
+}
+
 const retriableStatus = (status: number) => status >= 500 || status === 408 || status === 429
 
 function describe(e: unknown): string {
@@ -105,6 +133,7 @@ function describe(e: unknown): string {
 function isRetriable(e: unknown): boolean {
   const status = httpStatus(e)
   if (status !== undefined) return retriableStatus(status)
+  if (TLS_TRUST_ERRORS.has((e as { code?: string }).code ?? '')) return false
   return !(e instanceof LabhostError)
 }
 
@@ -113,6 +142,9 @@ function backoff(o: FetchOptions, failures: number): number {
 }
 
 function gaveUp(url: string, o: FetchOptions, last: unknown, what: string): LabhostError {
+  if (last instanceof LabhostError) return last
+  const tlsError = untrusted(url, o, last, what)
+  if (tlsError) return tlsError
   const status = httpStatus(last)
   if (status !== undefined && !retriableStatus(status)) {
     const code = status === 404 ? 'notFound' : 'downloadFailed'
@@ -123,6 +155,7 @@ function gaveUp(url: string, o: FetchOptions, last: unknown, what: string): Labh
 }
 
 const gotOptions = (o: FetchOptions) => ({
+  https: httpsOptions(o),
   retry: { limit: 0 },
   decompress: false,
   timeout: { connect: o.timeoutMs, socket: o.timeoutMs, response: o.timeoutMs },
@@ -149,6 +182,7 @@ export async function fetchBytes(url: string, o: FetchOptions): Promise<Buffer> 
 }
 
 async function openHttpSource(spec: string, o: FetchOptions): Promise<UpdateSource> {
+  httpsOptions(o) // a bad --ca is refused before any request
   const mUrl = manifestUrl(spec)
   const manifest = parseManifest(await fetchText(mUrl, o), mUrl)
   const tUrl = new URL(path.posix.basename(manifest.transport.file), mUrl).toString()

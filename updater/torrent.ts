@@ -72,6 +72,7 @@ export async function torrentSource(source: UpdateSource, manifest: Manifest, o:
     `--seed-time=${o.seedMinutes}`, `--seed-ratio=${o.seedRatio.toFixed(1)}`, `--bt-stop-timeout=${o.stallSeconds}`,
     ...(o.trackerIntervalSeconds ? [`--bt-tracker-interval=${o.trackerIntervalSeconds}`] : []),
     ...(o.downloadLimit ? [`--max-overall-download-limit=${o.downloadLimit}`] : []),
+    ...(remote.fetch.caFile ? [`--ca-certificate=${path.resolve(remote.fetch.caFile)}`] : []),
     `--on-bt-download-complete=${hook}`, '--summary-interval=0', '--console-log-level=error', `--log=${logFile}`, '--log-level=notice',
     torrentFile,
   ]

@@ -55,10 +55,12 @@ export const markGoodCommand: Command = {
 export const update: Command = {
   name: 'update',
   summary: 'write a signed image (directory, manifest or http(s) URL) to the inactive slot, verify it from the disk, switch to it on trial',
-  usage: 'labhost update DIR|MANIFEST|URL [--trusted-key PUB] [--disk DEV] [--allow-downgrade] [--trial-boots N] [--retries N] [--timeout SECONDS] [--reboot] [--read-back during|after] [--full] [--torrent [--download-dir DIR] [--seed-minutes N] [--seed-ratio R] [--tracker-interval SECONDS] [--download-limit RATE]] [--announce-phases] [--dry-run] [--json]',
+  usage: 'labhost update DIR|MANIFEST|URL [--trusted-key PUB] [--disk DEV] [--allow-downgrade] [--trial-boots N] [--retries N] [--timeout SECONDS] [--ca PEM] [--reboot] [--read-back during|after] [--full] [--torrent [--download-dir DIR] [--seed-minutes N] [--seed-ratio R] [--tracker-interval SECONDS] [--download-limit RATE]] [--announce-phases] [--dry-run] [--json]',
   options: {
     ...PATH_OPTIONS, 'trusted-key': { type: 'string' }, disk: { type: 'string' }, 'allow-downgrade': { type: 'boolean', default: false }, 'trial-boots': { type: 'string' },
     retries: { type: 'string' }, timeout: { type: 'string' }, reboot: { type: 'boolean', default: false },
+    // https from a server whose certificate a lab CA signed: that CA's certificate (PEM)
+    ca: { type: 'string' },
     // one line per phase on stderr (LABHOST-PHASE name): vm-tests aims its resets by them
     'announce-phases': { type: 'boolean', default: false },
     // after (default): the whole slot is read back once it is written and synced; during: each
@@ -109,7 +111,10 @@ export const update: Command = {
         ...(timeout !== undefined ? { stallSeconds: timeout } : {}),
         ...(typeof values['download-limit'] === 'string' ? { downloadLimit: rate(values['download-limit']) } : {}),
       } : undefined,
-      fetch: { ...(num('retries') !== undefined ? { retries: num('retries') } : {}), ...(timeout !== undefined ? { timeoutMs: timeout * 1000 } : {}) },
+      fetch: {
+        ...(num('retries') !== undefined ? { retries: num('retries') } : {}), ...(timeout !== undefined ? { timeoutMs: timeout * 1000 } : {}),
+        ...(typeof values.ca === 'string' ? { caFile: values.ca } : {}),
+      },
       dryRun: ctx.dryRun,
       log: ctx.log,
       progress: (step) => ctx.progress(step === 'write' ? 'writing' : 'verifying'),

@@ -64,15 +64,19 @@ export const imagePublish: Command = {
 
 export const imageServe: Command = {
   name: 'image serve',
-  summary: 'serve image directories over HTTP (GET/HEAD with Range) for `labhost update URL`, until stopped',
-  usage: 'labhost image serve DIR [--host ADDRESS] [--port N]',
-  options: { host: { type: 'string', default: '127.0.0.1' }, port: { type: 'string', default: '8080' } },
+  summary: 'serve image directories over HTTP or HTTPS (GET/HEAD with Range) for `labhost update URL`, until stopped',
+  usage: 'labhost image serve DIR [--host ADDRESS] [--port N] [--tls-cert PEM --tls-key PEM]',
+  options: { host: { type: 'string', default: '127.0.0.1' }, port: { type: 'string', default: '8080' }, 'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' } },
   async run(values, positionals, ctx) {
     const dir = positionals[0]
     if (!dir || !fs.existsSync(dir)) throw new LabhostError('usage', `labhost image serve needs an existing DIR${dir ? ` (${dir} does not exist)` : ''}`, `usage: ${this.usage}`)
     const port = Number(values.port)
     if (!Number.isInteger(port) || port < 0 || port > 65535) throw new LabhostError('usage', `--port ${JSON.stringify(values.port)} is not a port number`, `usage: ${this.usage}`)
-    const server = await serveDirectory(dir, { host: String(values.host), port, onRequest: (q) => ctx.log(`${q.status} ${q.path} ${q.range ?? ''} ${q.bytes} bytes`) })
+    const [cert, key] = [values['tls-cert'], values['tls-key']]
+    if ((typeof cert === 'string') !== (typeof key === 'string')) throw new LabhostError('usage', 'https needs both --tls-cert and --tls-key', `usage: ${this.usage}`)
+    for (const f of [cert, key]) if (typeof f === 'string' && !fs.existsSync(f)) throw new LabhostError('notFound', `${f} does not exist`, 'give PEM files of the server certificate and its key')
+    const tls = typeof cert === 'string' && typeof key === 'string' ? { cert: fs.readFileSync(cert), key: fs.readFileSync(key) } : undefined
+    const server = await serveDirectory(dir, { host: String(values.host), port, tls, onRequest: (q) => ctx.log(`${q.status} ${q.path} ${q.range ?? ''} ${q.bytes} bytes`) })
     ctx.log(`serving ${dir} at ${server.url}/ (stop with Ctrl-C or SIGTERM)`)
     await new Promise<void>((resolve) => {
       process.once('SIGINT', resolve)

@@ -1,19 +1,23 @@
 // labhost update --full from an http:// URL served on the loopback: the image is written while it
 // downloads; server errors are retried, a dropped connection resumes with Range from where it
 // stopped, and a download that cannot complete leaves slot A, the GPT and the state untouched.
+// https:// from a server a lab CA (made with openssl here) signed: trusted with --ca; an
+// untrusted certificate or a wrong host name is refused at once, before any write.
 import fs from 'node:fs'
 import t, { type Test } from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
 import { runCli, tmpDir } from '../../lib/test-helpers.ts'
 import { buildImages, makeHost, protectedParts, slotBHolds, wholeDisk, type Images } from './update-fixtures.ts'
-import { activeSlot, serve, transportRequests } from './http-fixtures.ts'
+import { activeSlot, makeLabCa, serve, transportRequests } from './http-fixtures.ts'
 
 const MiB = 1 << 20
 const dir = tmpDir(t, 'labhost-http-update-')
 let images: Images
+let lab: Awaited<ReturnType<typeof makeLabCa>>
 
 t.before(async () => {
   images = await buildImages(dir)
+  lab = await makeLabCa(`${dir}/ca`)
 })
 
 t.test('update from http://: one request, written while downloading, B on trial', async (t) => {
@@ -117,6 +121,37 @@ const failures: { name: string; setup: (t: Test) => Promise<{ url: string; args?
   },
 ]
 
+t.test('https:// from a server a lab CA signed, trusted with --ca: the update (a delta, by Range) completes', async (t) => {
+  const h = await makeHost(t, images)
+  const server = await serve(t, images.v2, undefined, lab.server)
+  t.match(server.url, /^https:/)
+  const r = await runCli(['update', `${server.url}/`, '--ca', lab.ca, '--json', ...h.args])
+  t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
+  t.equal(JSON.parse(r.stdout).delta.used, true, 'a delta')
+  t.ok(transportRequests(server).length > 0 && transportRequests(server).every((q) => q.status === 206), 'its frames fetched by Range over TLS')
+  t.ok(slotBHolds(h, `${images.v2}/root.img`), 'slot B holds 2.0.0')
+  t.equal(activeSlot(h.disk), 'B')
+})
+
+const tlsFailures: typeof failures = [
+  {
+    name: 'https server whose certificate no trusted CA signed (no --ca)',
+    setup: async (t) => ({ url: (await serve(t, images.v2, undefined, lab.server)).url }),
+    code: ExitCode.tlsUntrusted, message: /certificate is not trusted \((UNABLE_TO_VERIFY_LEAF_SIGNATURE|UNABLE_TO_GET_ISSUER_CERT_LOCALLY)[^\n]*\n.*hint: give the CA .* with --ca FILE/, untouchedDisk: true,
+  },
+  {
+    name: 'https certificate for another host name (--ca given)',
+    setup: async (t) => ({ url: (await serve(t, images.v2, undefined, lab.otherName)).url, args: ['--ca', lab.ca] }),
+    code: ExitCode.tlsUntrusted, message: /certificate is not trusted \(ERR_TLS_CERT_ALTNAME_INVALID[^\n]*\n.*hint: use the host name the certificate names/, untouchedDisk: true,
+  },
+  {
+    name: '--ca file that holds no certificate',
+    setup: async (t) => ({ url: (await serve(t, images.v2, undefined, lab.server)).url, args: ['--ca', lab.server.key] }),
+    code: ExitCode.usage, message: /holds no PEM certificate/, untouchedDisk: true,
+  },
+]
+failures.push(...tlsFailures)
+
 for (const c of failures) {
   t.test(`refused: ${c.name}; slot A, GPT and state untouched`, async (t) => {
     const h = await makeHost(t, images)
@@ -128,5 +163,6 @@ for (const c of failures) {
     t.match(r.stderr, /hint: /)
     t.same(protectedParts(h), { slotA: before.slotA, gpt: before.gpt, state: before.state }, 'slot A, both GPT regions and the state: byte-identical')
     if (c.untouchedDisk) t.equal(wholeDisk(h), before.disk, 'refused before the first write: the whole disk is byte-identical')
+    if (c.code === ExitCode.tlsUntrusted) t.notMatch(r.stderr, /retrying/, 'an untrusted certificate is not retried')
   })
 }
