@@ -338,11 +338,22 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
       let resetAt = start + within(rnd()) * (calibration.updateMs + 1000)
       if (record.aim === 'commit') {
         const deadline = Date.now() + 4 * calibration.updateMs + 60_000
-        for (let m: Marker | null; phases.verify === undefined && phase !== 'boot' && record.updateExit === undefined;) {
-          if (!(m = await con.next(deadline))) break
-          note(m)
+        const awaitPhase = async (name: string) => {
+          for (let m: Marker | null; phases[name] === undefined && phase !== 'boot' && record.updateExit === undefined;) {
+            if (!(m = await con.next(deadline))) break
+            note(m)
+          }
         }
-        resetAt = (phases.verify ?? Date.now()) + calibration.verifyMs - 500 + within(rnd()) * (calibration.commitTailMs + 1000)
+        await awaitPhase('verify')
+        const offset = -500 + within(rnd()) * (calibration.commitTailMs + 1000)
+        if (offset < 0) {
+          resetAt = (phases.verify ?? Date.now()) + calibration.verifyMs + offset
+        } else {
+          // after the trial is armed: from the guest's own announcement of it, so a read-back
+          // slower than calibrated (a busy host) does not pull the aim back into the read-back
+          await awaitPhase('arm-trial')
+          resetAt = (phases['arm-trial'] ?? Date.now()) + offset
+        }
       }
       await con.waitUntil(resetAt, note)
       record.resetAtMs = Date.now() - start

@@ -64,7 +64,9 @@ t.test('every crash point of a recorded update boots 1.0.0 or 2.0.0; a naive swi
   t.ok(bad.bricked.length > 0, `the naive switch is caught offline: ${bad.bricked.length} bricked state(s), e.g. ${bad.bricked[0]?.why}`)
 
   // Boot a sample: just before the commit (1.0.0), the end (2.0.0 on trial), the naive end (no boot).
-  const boot = async (file: string) => (await bootUntilPowerOff({ disks: [{ file, bus: 'ide-hd', rotationRate: 1 }, hdd] } satisfies VmSpec, 300_000)).serial
+  // each ends at the first verdict on the console: userspace up, or the initramfs giving up
+  const verdict = /LABHOST-USERSPACE version=\S+ slot=[AB]|LABHOST-INITRAMFS-FAIL/
+  const boot = async (file: string) => (await bootUntilPowerOff({ disks: [{ file, bus: 'ide-hd', rotationRate: 1 }, hdd] } satisfies VmSpec, 300_000, verdict)).serial
   const pre = await boot(materialize(before, writes, commitIndex, `${dir}/pre-commit.img`))
   t.match(pre, /LABHOST-USERSPACE version=1\.0\.0 slot=A/, 'the state just before the commit boots 1.0.0, as judged')
   const end = await boot(materialize(before, writes, writes.length, `${dir}/end.img`))
