@@ -108,7 +108,7 @@ function untrusted(url: string, o: FetchOptions, e: unknown, what: string): Labh
   if (!err.code || !TLS_TRUST_ERRORS.has(err.code)) return null
   const hint = err.code === 'ERR_TLS_CERT_ALTNAME_INVALID'
     ? `use the host name the certificate names in the URL, or give the server a certificate for this one; ${what}`
-    : o.caFile ? `${o.caFile} does not vouch for this server: give the CA that signed its certificate (PEM) with --ca; ${what}` : `give the CA that signed the server's certificate (PEM) with --ca FILE; ${what}`
+    : o.caFile ? `${o.caFile} does not vouch for this server: give the CA certificate that signed its certificate with --ca PEM; ${what}` : `give the CA certificate that signed the server's certificate with --ca PEM; ${what}`
   return new LabhostError('tlsUntrusted', `${url}: the server's certificate is not trusted (${err.code}: ${err.message})`, hint)
 }
 

@@ -137,7 +137,7 @@ const tlsFailures: typeof failures = [
   {
     name: 'https server whose certificate no trusted CA signed (no --ca)',
     setup: async (t) => ({ url: (await serve(t, images.v2, undefined, lab.server)).url }),
-    code: ExitCode.tlsUntrusted, message: /certificate is not trusted \((UNABLE_TO_VERIFY_LEAF_SIGNATURE|UNABLE_TO_GET_ISSUER_CERT_LOCALLY)[^\n]*\n.*hint: give the CA .* with --ca FILE/, untouchedDisk: true,
+    code: ExitCode.tlsUntrusted, message: /certificate is not trusted \((UNABLE_TO_VERIFY_LEAF_SIGNATURE|UNABLE_TO_GET_ISSUER_CERT_LOCALLY)[^\n]*\n.*hint: give the CA certificate .* with --ca PEM/, untouchedDisk: true,
   },
   {
     name: 'https certificate for another host name (--ca given)',
