@@ -48,3 +48,9 @@ export function requireString(values: Record<string, unknown>, name: string, cmd
   if (typeof v !== 'string' || v === '') throw new LabhostError('usage', `labhost ${cmd.name} needs --${name}`, `usage: ${cmd.usage}`)
   return v
 }
+
+/** A bytes-per-second option as aria2c takes it (500K, 30M, 1000000), or a usage error naming it. */
+export function rateOption(flag: string, value: string): string {
+  if (!/^\d+[KM]?$/.test(value)) throw new LabhostError('usage', `--${flag} ${JSON.stringify(value)} is not a rate`, 'give bytes per second, with K or M: 500K, 30M')
+  return value
+}

@@ -5,13 +5,13 @@ import { createProgress } from '../lib/progress.ts'
 import { bootloaderMbr } from './commands/bootloader.ts'
 import { install } from './commands/install.ts'
 import { markGoodCommand, status, update } from './commands/host.ts'
-import { imageBuild, imageKeygen, imagePublish, imageServe, imageStick, imageVerify, schema } from './commands/image.ts'
+import { imageBuild, imageKeygen, imagePublish, imageSeed, imageServe, imageStick, imageVerify, schema } from './commands/image.ts'
 import { slotsRepair, slotsStatus, slotsSwitch } from './commands/slots.ts'
 import { parseCommandArgs, type Command, type Context } from './command.ts'
 
 export const VERSION = '0.1.0'
 
-const COMMANDS: Command[] = [slotsStatus, slotsSwitch, slotsRepair, bootloaderMbr, imageBuild, imageKeygen, imageVerify, imageStick, imagePublish, imageServe, schema, install, update, status, markGoodCommand]
+const COMMANDS: Command[] = [slotsStatus, slotsSwitch, slotsRepair, bootloaderMbr, imageBuild, imageKeygen, imageVerify, imageStick, imagePublish, imageSeed, imageServe, schema, install, update, status, markGoodCommand]
 
 function topHelp(): string {
   const width = Math.max(...COMMANDS.map((c) => c.name.length))

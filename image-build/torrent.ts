@@ -1,11 +1,13 @@
 // labhost image publish: a BitTorrent metainfo file for an image's transport copy, next to its
 // signed manifest (root.img.zst → root.img.zst.torrent), made by mktorrent. The torrent is not
 // signed and need not be: a host checks what it downloaded against the signed manifest.
+// labhost image seed: the first seeder of a published image (aria2c), after checking the file.
+import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import { LabhostError } from '../lib/errors.ts'
 import { run } from '../lib/exec.ts'
-import { readManifest } from './manifest.ts'
+import { hashChunks, readManifest } from './manifest.ts'
 
 export interface PublishOptions {
   /** Announce URLs (http://tracker:6969/announce); the first is the primary. */
@@ -48,4 +50,47 @@ export async function publishImage(imageDir: string, o: PublishOptions): Promise
   // -d: no creation date, so the same image and trackers give the same torrent (and info hash)
   await run('mktorrent', ['-d', '-l', String(pieceLog2), ...o.trackers.flatMap((t) => ['-a', t]), ...(o.webSeeds ?? []).flatMap((w) => ['-w', w]), '-o', out, transport])
   return { torrentFile: out, infoHash: await infoHash(out), pieces: Math.ceil(manifest.transport.size / 2 ** pieceLog2) }
+}
+
+export interface SeedOptions {
+  /** aria2c's --max-overall-upload-limit (bytes per second, K or M suffix); none by default. */
+  uploadLimit?: string
+  /** Seconds between announces (aria2c's --bt-tracker-interval); the tracker decides by default. */
+  trackerIntervalSeconds?: number
+  /** Ends the seeder (SIGTERM to aria2c). */
+  signal?: AbortSignal
+  log?: (line: string) => void
+}
+
+/**
+ * Seed a published image directory until `signal` aborts: its transport file is checked against
+ * the signed manifest first (a seeder of other bytes would only waste the lab's bandwidth), then
+ * aria2c seeds it — DHT off, Local Peer Discovery on, no ratio limit.
+ */
+export async function seedImage(imageDir: string, o: SeedOptions = {}): Promise<{ seconds: number }> {
+  const manifest = readManifest(path.join(imageDir, 'manifest.json'))
+  const transport = path.join(imageDir, path.basename(manifest.transport.file))
+  const torrent = torrentFileFor(transport)
+  if (!fs.existsSync(torrent)) throw new LabhostError('notFound', `${torrent} is missing`, 'make it first: labhost image publish DIR --tracker URL')
+  const h = fs.existsSync(transport) ? hashChunks(transport) : null
+  if (!h || h.size !== manifest.transport.size || h.sha256 !== manifest.transport.sha256) {
+    throw new LabhostError('hashMismatch', `${transport} is not the transport file its signed manifest names${h ? ` (size ${h.size} vs ${manifest.transport.size})` : ' (missing)'}`,
+      'copy the whole image directory again from the build; nothing is seeded')
+  }
+  const args = [`--dir=${path.dirname(transport)}`, '--seed-ratio=0.0', '--check-integrity=true', '--enable-dht=false', '--enable-dht6=false', '--bt-enable-lpd=true',
+    ...(o.trackerIntervalSeconds ? [`--bt-tracker-interval=${o.trackerIntervalSeconds}`] : []),
+    ...(o.uploadLimit ? [`--max-overall-upload-limit=${o.uploadLimit}`] : []),
+    '--summary-interval=0', '--console-log-level=warn', torrent]
+  const started = Date.now()
+  o.log?.(`seeding ${transport} (${await infoHash(torrent)})${o.uploadLimit ? `, uploads capped at ${o.uploadLimit}/s` : ''}`)
+  // its console lines go to stderr: stdout stays the command's result (--json)
+  const child = spawn('aria2c', args, { stdio: ['ignore', 2, 2] })
+  const stop = () => child.kill('SIGTERM')
+  o.signal?.addEventListener('abort', stop, { once: true })
+  const code = await new Promise<number | null>((resolve, reject) => {
+    child.once('error', reject)
+    child.once('exit', (c) => resolve(c))
+  }).finally(() => o.signal?.removeEventListener('abort', stop))
+  if (!o.signal?.aborted && code !== 0) throw new LabhostError('toolFailed', `aria2c stopped seeding ${torrent} (exit ${code})`, 'see its messages above; is the port free and the tracker reachable?')
+  return { seconds: (Date.now() - started) / 1000 }
 }

@@ -178,16 +178,16 @@ async function benchInstall(imageDir: string, imageBytes: number): Promise<void>
  */
 async function benchFleet(keys: { privateKeyFile: string; publicKeyFile: string }): Promise<void> {
   const images = await buildFleetImages(keys)
-  const rounds: Record<'http' | 'torrent', { ratio: number; seconds: number }> = { http: { ratio: 0, seconds: 0 }, torrent: { ratio: 0, seconds: 0 } }
-  for (const mode of ['http', 'torrent'] as const) {
+  const rounds: Record<'http' | 'torrent' | 'capped', { ratio: number; seconds: number }> = { http: { ratio: 0, seconds: 0 }, torrent: { ratio: 0, seconds: 0 }, capped: { ratio: 0, seconds: 0 } }
+  for (const mode of ['http', 'torrent', 'capped'] as const) {
     const fleetDir = fs.mkdtempSync(path.join(dir, `fleet-${mode}-`))
     const f = await startFleet(fleetDir, images, { hosts: 8, prefix: `lhb${mode[0]}` })
     try {
-      if (mode === 'torrent') f.seed()
+      if (mode !== 'http') f.seed(mode === 'capped' ? { uploadLimit: SEED_CAP } : {})
       const before = await f.lab.txBytes(f.server)
       const t0 = performance.now()
       // whole images both ways (--full): the distribution of a new image, not a delta
-      const runs = await Promise.all(f.hosts.map((h) => f.update(h, mode === 'torrent' ? torrentArgs(h) : ['--full'])))
+      const runs = await Promise.all(f.hosts.map((h) => f.update(h, mode === 'http' ? ['--full'] : torrentArgs(h))))
       rounds[mode] = { seconds: (performance.now() - t0) / 1000, ratio: ((await f.lab.txBytes(f.server)) - before) / f.transportBytes }
       for (const r of runs) if (r.exitCode !== 0) throw new Error(`a ${mode} fleet host failed: ${String(r.all).slice(-1000)}`)
     } finally {
@@ -198,7 +198,12 @@ async function benchFleet(keys: { privateKeyFile: string; publicKeyFile: string 
   const note = `bytes sent on the server's interface (all protocols) / transport file size; 8 hosts in network namespaces on one bridge, every port ${PORT_MBIT} Mbit/s both ways (tc tbf)`
   fig({ name: 'fleet: server bytes sent per image, 8 hosts, BitTorrent (aria2c, opentracker, server seeds first)', value: Number(rounds.torrent.ratio.toFixed(2)), unit: 'x image', peer: 'plain HTTP from the same server', peerValue: Number(rounds.http.ratio.toFixed(2)), note })
   fig({ name: 'fleet: time until the last of 8 hosts finished its update, BitTorrent', value: Number(rounds.torrent.seconds.toFixed(1)), unit: 's', peer: 'plain HTTP from the same server', peerValue: Number(rounds.http.seconds.toFixed(1)) })
+  fig({ name: `fleet: server bytes sent per image, 8 hosts, BitTorrent, server seeding with --upload-limit ${SEED_CAP}`, value: Number(rounds.capped.ratio.toFixed(2)), unit: 'x image', peer: 'plain HTTP from the same server', peerValue: Number(rounds.http.ratio.toFixed(2)), note })
+  fig({ name: `fleet: time until the last of 8 hosts finished its update, BitTorrent, server seeding with --upload-limit ${SEED_CAP}`, value: Number(rounds.capped.seconds.toFixed(1)), unit: 's', peer: 'plain HTTP from the same server', peerValue: Number(rounds.http.seconds.toFixed(1)) })
 }
+
+/** The server's upload cap in the third fleet round (a quarter of its 1 Gbit/s port, in bytes). */
+const SEED_CAP = '30M'
 
 /** The test image as 1.0.0 and 2.0.0, as the fleet fixture wants them. */
 async function buildFleetImages(keys: { privateKeyFile: string; publicKeyFile: string }): Promise<Images> {

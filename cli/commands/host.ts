@@ -7,7 +7,7 @@ import { runUpdate } from '../../updater/update.ts'
 import { DEFAULT_TORRENT } from '../../updater/torrent.ts'
 import { LabhostError } from '../../lib/errors.ts'
 import { powerAction } from '../../lib/power.ts'
-import type { Command, OptionSpec } from '../command.ts'
+import { rateOption, type Command, type OptionSpec } from '../command.ts'
 
 const PATH_OPTIONS: OptionSpec = {
   'boot-file': { type: 'string' },
@@ -89,10 +89,6 @@ export const update: Command = {
       return n
     }
     const timeout = num('timeout')
-    const rate = (v: string) => {
-      if (!/^\d+[KM]?$/.test(v)) throw new LabhostError('usage', `--download-limit ${JSON.stringify(v)} is not a rate`, 'give bytes per second, with K or M: 500K, 5M')
-      return v
-    }
     const result = await runUpdate({
       source,
       trustedKey: typeof values['trusted-key'] === 'string' ? values['trusted-key'] : '/etc/labhost/trusted.pub',
@@ -109,7 +105,7 @@ export const update: Command = {
         ...(num('seed-ratio') !== undefined ? { seedRatio: num('seed-ratio') } : {}),
         ...(num('tracker-interval') !== undefined ? { trackerIntervalSeconds: num('tracker-interval') } : {}),
         ...(timeout !== undefined ? { stallSeconds: timeout } : {}),
-        ...(typeof values['download-limit'] === 'string' ? { downloadLimit: rate(values['download-limit']) } : {}),
+        ...(typeof values['download-limit'] === 'string' ? { downloadLimit: rateOption('download-limit', values['download-limit']) } : {}),
       } : undefined,
       fetch: {
         ...(num('retries') !== undefined ? { retries: num('retries') } : {}), ...(timeout !== undefined ? { timeoutMs: timeout * 1000 } : {}),

@@ -9,9 +9,9 @@ import { buildImage } from '../../image-build/build.ts'
 import { generateKeyPair, readPublicKey, verifyImageDir } from '../../image-build/manifest.ts'
 import { recipeJsonSchema } from '../../image-build/recipe.ts'
 import { buildStick } from '../../image-build/stick.ts'
-import { publishImage } from '../../image-build/torrent.ts'
+import { publishImage, seedImage } from '../../image-build/torrent.ts'
 import { serveDirectory } from '../../lib/http-serve.ts'
-import { requireString, type Command } from '../command.ts'
+import { rateOption, requireString, type Command } from '../command.ts'
 
 export const imageBuild: Command = {
   name: 'image build',
@@ -85,6 +85,31 @@ export const imageServe: Command = {
     await server.close()
     const served = server.requests.reduce((n, q) => n + q.bytes, 0)
     return { data: { url: server.url, requests: server.requests.length, bytes: served }, human: `served ${server.requests.length} request(s), ${served} body bytes` }
+  },
+}
+
+export const imageSeed: Command = {
+  name: 'image seed',
+  summary: 'seed a published image over BitTorrent (aria2c) as its first source, until stopped',
+  usage: 'labhost image seed DIR [--upload-limit RATE] [--tracker-interval SECONDS]',
+  options: { 'upload-limit': { type: 'string' }, 'tracker-interval': { type: 'string' } },
+  async run(values, positionals, ctx) {
+    const dir = positionals[0]
+    if (!dir || !fs.existsSync(dir)) throw new LabhostError('usage', `labhost image seed needs an existing DIR${dir ? ` (${dir} does not exist)` : ''}`, `usage: ${this.usage}`)
+    const limit = values['upload-limit']
+    const interval = values['tracker-interval']
+    if (typeof interval === 'string' && !/^\d+$/.test(interval)) throw new LabhostError('usage', `--tracker-interval ${JSON.stringify(interval)} is not a number of seconds`, `usage: ${this.usage}`)
+    const stop = new AbortController()
+    const abort = () => stop.abort()
+    process.once('SIGINT', abort)
+    process.once('SIGTERM', abort)
+    try {
+      const r = await seedImage(dir, { uploadLimit: typeof limit === 'string' ? rateOption('upload-limit', limit) : undefined, trackerIntervalSeconds: typeof interval === 'string' ? Number(interval) : undefined, signal: stop.signal, log: ctx.log })
+      return { data: r, human: `seeded for ${r.seconds.toFixed(0)} s` }
+    } finally {
+      process.off('SIGINT', abort)
+      process.off('SIGTERM', abort)
+    }
   },
 }
 

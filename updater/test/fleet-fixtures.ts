@@ -28,8 +28,10 @@ export interface Fleet {
   imageDir: string
   url: string
   transportBytes: number
-  /** Start the honest seeder on the server (the first source of the pieces). */
-  seed(dir?: string, extra?: string[]): ResultPromise
+  /** Start the honest seeder on the server (the first source of the pieces): `labhost image seed`. */
+  seed(o?: { uploadLimit?: string }): ResultPromise
+  /** Start aria2c seeding `dir` with these extra flags, unchecked (a seeder of bad or other bytes). */
+  seedRaw(dir: string, extra?: string[]): ResultPromise
   /** Add an info hash to the tracker's whitelist (it reloads the list on SIGHUP). */
   allow(infoHash: string): Promise<void>
   /** `labhost update` on a host, inside its namespace. */
@@ -58,6 +60,9 @@ export async function startFleet(dir: string, images: Images, o: { hosts: number
   const loops: string[] = []
   const processes: ResultPromise[] = []
   const close = async () => {
+    // SIGTERM first: `labhost image seed` ends its aria2c then; whatever is left, SIGKILL
+    for (const p of processes) p.kill('SIGTERM')
+    await Promise.race([Promise.allSettled(processes), sleep(3000)])
     for (const p of processes) p.kill('SIGKILL')
     await lab.close()
     for (const l of loops) await detachLoop(l).catch(() => {})
@@ -92,7 +97,12 @@ export async function startFleet(dir: string, images: Images, o: { hosts: number
     }
     return {
       lab, server, hosts, imageDir, url, transportBytes: fs.statSync(path.join(imageDir, 'root.img.zst')).size,
-      seed(seedDir = imageDir, extra = []) {
+      seed(o = {}) {
+        const p = lab.spawn(server, process.execPath, [cli, 'image', 'seed', imageDir, '--tracker-interval', '2', ...(o.uploadLimit ? ['--upload-limit', o.uploadLimit] : [])])
+        processes.push(p)
+        return p
+      },
+      seedRaw(seedDir, extra = []) {
         const p = lab.spawn(server, 'aria2c', [`--dir=${seedDir}`, '--seed-ratio=0.0', '--check-integrity=true', '--enable-dht=false', '--bt-enable-lpd=false',
           '--bt-tracker-interval=2', '--summary-interval=0', '--console-log-level=error', ...extra, path.join(seedDir, 'root.img.zst.torrent')])
         processes.push(p)

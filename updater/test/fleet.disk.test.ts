@@ -2,13 +2,13 @@
 // every host running the real `labhost update --torrent` against its disk on a loop device. The
 // hosts share the pieces, so the server sends far less than 8 copies; a host that loses its link
 // mid-transfer finishes; a seeder of corrupted pieces, or a .torrent for other bytes, never gets a
-// byte into a slot.
+// byte into a slot; `labhost image seed` refuses a directory never published or bytes not signed.
 import fs from 'node:fs'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t, { type Test } from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
-import { tmpDir, hashWhole, xorRange } from '../../lib/test-helpers.ts'
+import { hashWhole, runCli, tmpDir, xorRange } from '../../lib/test-helpers.ts'
 import { publishImage } from '../../image-build/torrent.ts'
 import { buildImages, protectedParts, slotBHolds, type Images } from './update-fixtures.ts'
 import { startFleet, torrentArgs, TRACKER_PORT, type Fleet } from './fleet-fixtures.ts'
@@ -76,7 +76,7 @@ t.test('refused: the only seeder serves corrupted pieces; aria2c never completes
   for (const n of ['root.img.zst', 'root.img.zst.torrent']) fs.copyFileSync(path.join(f.imageDir, n), path.join(bad, n))
   // a byte changed in every fourth piece, seeded without checking
   for (let at = 1000; at < f.transportBytes; at += 4 << 20) xorRange(path.join(bad, 'root.img.zst'), at, Buffer.from([0x5a]))
-  f.seed(bad, ['--check-integrity=false', '--bt-seed-unverified=true'])
+  f.seedRaw(bad, ['--check-integrity=false', '--bt-seed-unverified=true'])
   const h = f.hosts[0]!
   const before = { disk: hashWhole(h.disk), ...protectedParts(h) }
   const r = await f.update(h, torrentArgs(h, ['--timeout', '15']))
@@ -95,11 +95,26 @@ t.test('refused: a .torrent for other bytes (seeded in full) is caught by the si
   const published = await publishImage(other, { trackers: [`http://${f.server.ip}:${TRACKER_PORT}/announce`] })
   fs.copyFileSync(published.torrentFile, path.join(f.imageDir, 'root.img.zst.torrent'))
   await f.allow(published.infoHash)
-  f.seed(other)
+  f.seedRaw(other)
   const h = f.hosts[0]!
   const before = hashWhole(h.disk)
   const r = await f.update(h, torrentArgs(h, ['--timeout', '30']))
   t.equal(r.exitCode, ExitCode.hashMismatch, 'hash mismatch exit code', { output: String(r.all).slice(-2000) })
   t.match(String(r.stderr), /is not the signed transport file/)
   t.equal(hashWhole(h.disk), before, 'the disk is byte-identical')
+})
+
+t.test('labhost image seed refuses what it must not seed: a directory never published, a transport file not the signed one', async (t) => {
+  const d = tmpDir(t)
+  fs.cpSync(images.v2, d, { recursive: true })
+  const unpublished = await runCli(['image', 'seed', d])
+  t.equal(unpublished.code, ExitCode.notFound, 'not published: exit 3', { stderr: unpublished.stderr })
+  t.match(unpublished.stderr, /root\.img\.zst\.torrent is missing\n.*hint: make it first: labhost image publish/)
+  await publishImage(d, { trackers: ['http://127.0.0.1:6969/announce'] })
+  xorRange(path.join(d, 'root.img.zst'), 4096, Buffer.from([0x01]))
+  const changed = await runCli(['image', 'seed', d])
+  t.equal(changed.code, ExitCode.hashMismatch, 'a changed transport file: exit 32', { stderr: changed.stderr })
+  t.match(changed.stderr, /is not the transport file its signed manifest names/)
+  const rate = await runCli(['image', 'seed', d, '--upload-limit', 'fast'])
+  t.equal(rate.code, ExitCode.usage, 'a rate that is no rate: usage error')
 })
