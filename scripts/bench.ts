@@ -183,7 +183,7 @@ async function benchFleet(keys: { privateKeyFile: string; publicKeyFile: string 
     const fleetDir = fs.mkdtempSync(path.join(dir, `fleet-${mode}-`))
     const f = await startFleet(fleetDir, images, { hosts: 8, prefix: `lhb${mode[0]}` })
     try {
-      if (mode !== 'http') f.seed(mode === 'capped' ? { uploadLimit: SEED_CAP } : {})
+      if (mode !== 'http') await f.seed(mode === 'capped' ? { uploadLimit: SEED_CAP } : {})
       const before = await f.lab.txBytes(f.server)
       const t0 = performance.now()
       // whole images both ways (--full): the distribution of a new image, not a delta

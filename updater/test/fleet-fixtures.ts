@@ -28,8 +28,11 @@ export interface Fleet {
   imageDir: string
   url: string
   transportBytes: number
-  /** Start the honest seeder on the server (the first source of the pieces): `labhost image seed`. */
-  seed(o?: { uploadLimit?: string }): ResultPromise
+  /**
+   * Start the honest seeder on the server (the first source of the pieces), `labhost image seed`,
+   * and wait until it has announced itself: a lab's server seeds before its hosts are told to update.
+   */
+  seed(o?: { uploadLimit?: string }): Promise<void>
   /** Start aria2c seeding `dir` with these extra flags, unchecked (a seeder of bad or other bytes). */
   seedRaw(dir: string, extra?: string[]): ResultPromise
   /** Add an info hash to the tracker's whitelist (it reloads the list on SIGHUP). */
@@ -97,10 +100,11 @@ export async function startFleet(dir: string, images: Images, o: { hosts: number
     }
     return {
       lab, server, hosts, imageDir, url, transportBytes: fs.statSync(path.join(imageDir, 'root.img.zst')).size,
-      seed(o = {}) {
+      async seed(o = {}) {
         const p = lab.spawn(server, process.execPath, [cli, 'image', 'seed', imageDir, '--tracker-interval', '2', ...(o.uploadLimit ? ['--upload-limit', o.uploadLimit] : [])])
         processes.push(p)
-        return p
+        await waitFor(p, /seeding /, 30_000, 'labhost image seed')
+        await sleep(2500) // aria2c checks the file, then announces (every 2 s)
       },
       seedRaw(seedDir, extra = []) {
         const p = lab.spawn(server, 'aria2c', [`--dir=${seedDir}`, '--seed-ratio=0.0', '--check-integrity=true', '--enable-dht=false', '--bt-enable-lpd=false',

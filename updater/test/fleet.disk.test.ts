@@ -29,7 +29,9 @@ async function fleet(t: Test, hosts: number, prefix: string): Promise<Fleet> {
 
 t.test('8 hosts update over BitTorrent: every slot B is 2.0.0, the server sends far less than 8 copies', async (t) => {
   const f = await fleet(t, 8, 'lhft')
-  f.seed()
+  // seeded as the README advises for a lab: the server's upload capped at a quarter of its port,
+  // so the hosts carry the fan-out (uncapped, the server sent 2.2–3.7 copies here; `npm run bench`)
+  await f.seed({ uploadLimit: '30M' })
   const before = await f.lab.txBytes(f.server)
   const started = Date.now()
   const runs = await Promise.all(f.hosts.map((h) => f.update(h, torrentArgs(h))))
@@ -43,13 +45,13 @@ t.test('8 hosts update over BitTorrent: every slot B is 2.0.0, the server sends 
   }
   const ratio = sent / f.transportBytes
   t.comment(`server sent ${sent} bytes for 8 hosts = ${ratio.toFixed(2)} x the ${f.transportBytes}-byte transport file, last host done after ${seconds.toFixed(1)} s`)
-  // plain HTTP sends at least 8 copies; the peers must have carried a good part of it
-  t.ok(ratio < 4, `the server sent ${ratio.toFixed(2)} copies (< 4)`)
+  // plain HTTP sends at least 8 copies; the peers must have carried most of it
+  t.ok(ratio < 3, `the server sent ${ratio.toFixed(2)} copies (< 3)`)
 })
 
 t.test('a host whose link goes down mid-transfer resumes when it comes back and finishes', async (t) => {
   const f = await fleet(t, 1, 'lhfn')
-  f.seed()
+  await f.seed()
   const h = f.hosts[0]!
   // slow enough that the link drop falls inside the transfer
   const run = f.update(h, torrentArgs(h, ['--download-limit', `${Math.ceil(f.transportBytes / 8 / 1024)}K`]))
