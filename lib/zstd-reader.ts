@@ -68,6 +68,9 @@ export class ZstdReader {
       }
     })
     const fh = await opening
+    // both ends are open: the name is no longer needed, and a labhost killed from here on
+    // (SIGKILL, a power cut of the process) leaves nothing in the temporary directory
+    fs.rmSync(dir, { recursive: true, force: true })
     return new ZstdReader(dir, fh, zstd, feed, failure)
   }
 

@@ -133,8 +133,9 @@ t.test('an install cut off after any step, or killed in the middle of the image 
   for (const cut of cuts) {
     const m = await machine(t)
     if (cut === 'mid-write') {
-      // SIGKILL while slot A is being written
-      const child = execa(process.execPath, [path.join(import.meta.dirname, '../../cli/bin.ts'), ...m.args()], { reject: false })
+      // SIGKILL while slot A is being written (its own TMPDIR: what a killed run leaves there is seen)
+      const tmp = tmpDir(t)
+      const child = execa(process.execPath, [path.join(import.meta.dirname, '../../cli/bin.ts'), ...m.args()], { reject: false, env: { TMPDIR: tmp } })
       let err = ''
       child.stderr!.on('data', (d) => { err += String(d) })
       while (!/step: write the root image/.test(err) && child.exitCode === null) await sleep(20)
@@ -142,6 +143,7 @@ t.test('an install cut off after any step, or killed in the middle of the image 
       child.kill('SIGKILL')
       const r = await child
       t.equal(r.signal, 'SIGKILL', 'killed mid-write')
+      t.same(fs.readdirSync(tmp), [], 'the killed run left nothing in its temporary directory (the zstd FIFO is unlinked once open)')
     } else {
       const r = await execa(process.execPath, [path.join(import.meta.dirname, '../../cli/bin.ts'), ...m.args()], { reject: false, env: { LABHOST_FAULT_AFTER_STEP: cut } })
       t.equal(r.signal, 'SIGKILL', `cut after "${cut}"`, { stderr: r.stderr })
