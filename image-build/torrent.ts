@@ -7,7 +7,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { LabhostError } from '../lib/errors.ts'
 import { run } from '../lib/exec.ts'
-import { hashChunks, readManifest } from './manifest.ts'
+import { matchesPart, readManifest } from './manifest.ts'
 
 export interface PublishOptions {
   /** Announce URLs (http://tracker:6969/announce); the first is the primary. */
@@ -72,8 +72,8 @@ export async function seedImage(imageDir: string, o: SeedOptions = {}): Promise<
   const transport = path.join(imageDir, path.basename(manifest.transport.file))
   const torrent = torrentFileFor(transport)
   if (!fs.existsSync(torrent)) throw new LabhostError('notFound', `${torrent} is missing`, 'make it first: labhost image publish DIR --tracker URL')
-  const h = fs.existsSync(transport) ? hashChunks(transport) : null
-  if (!h || h.size !== manifest.transport.size || h.sha256 !== manifest.transport.sha256) {
+  const h = fs.existsSync(transport) ? matchesPart(transport, manifest.transport) : null
+  if (!h?.ok) {
     throw new LabhostError('hashMismatch', `${transport} is not the transport file its signed manifest names${h ? ` (size ${h.size} vs ${manifest.transport.size})` : ' (missing)'}`,
       'copy the whole image directory again from the build; nothing is seeded')
   }

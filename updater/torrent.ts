@@ -12,7 +12,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { LabhostError } from '../lib/errors.ts'
-import { hashChunks, type Manifest } from '../image-build/manifest.ts'
+import { matchesPart, type Manifest } from '../image-build/manifest.ts'
 import { fetchBytes, type UpdateSource } from './source.ts'
 
 export interface TorrentOptions {
@@ -109,8 +109,8 @@ export async function torrentSource(source: UpdateSource, manifest: Manifest, o:
     await sleep(200)
   }
   const seconds = (Date.now() - started) / 1000
-  const h = hashChunks(file)
-  if (h.size !== manifest.transport.size || h.sha256 !== manifest.transport.sha256) {
+  const h = matchesPart(file, manifest.transport)
+  if (!h.ok) {
     stop()
     throw new LabhostError('hashMismatch', `the file the torrent delivered (${file}) is not the signed transport file (size ${h.size} vs ${manifest.transport.size})`,
       'the .torrent beside the manifest belongs to another image: publish it again (labhost image publish); nothing was written')
