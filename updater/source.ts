@@ -112,13 +112,19 @@ function untrusted(url: string, o: FetchOptions, e: unknown, what: string): Labh
   return new LabhostError('tlsUntrusted', `${url}: the server's certificate is not trusted (${err.code}: ${err.message})`, hint)
 }
 
-/** got's https options: Node's own CA list, and the --ca file's certificates. */
+const caLists = new Map<string, string[]>()
+
+/** got's https options: Node's own CA list, and the --ca file's certificates (read once). */
 function httpsOptions(o: FetchOptions): { certificateAuthority?: string[] } {
   if (!o.caFile) return {}
-  if (!fs.existsSync(o.caFile)) throw new LabhostError('notFound', `--ca ${o.caFile} does not exist`, 'give a PEM file of the CA certificate(s) that signed the image server\'s certificate; nothing was written')
-  const pem = fs.readFileSync(o.caFile, 'utf8')
-  if (!/-----BEGIN CERTIFICATE-----/.test(pem)) throw new LabhostError('usage', `--ca ${o.caFile} holds no PEM certificate`, 'give a PEM file (-----BEGIN CERTIFICATE-----); nothing was written')
-  return { certificateAuthority: [...tls.rootCertificates, pem] }
+  let list = caLists.get(o.caFile)
+  if (!list) {
+    if (!fs.existsSync(o.caFile)) throw new LabhostError('notFound', `--ca ${o.caFile} does not exist`, 'give a PEM file of the CA certificate(s) that signed the image server\'s certificate; nothing was written')
+    const pem = fs.readFileSync(o.caFile, 'utf8')
+    if (!/-----BEGIN CERTIFICATE-----/.test(pem)) throw new LabhostError('usage', `--ca ${o.caFile} holds no PEM certificate`, 'give a PEM file (-----BEGIN CERTIFICATE-----); nothing was written')
+    caLists.set(o.caFile, list = [...tls.rootCertificates, pem])
+  }
+  return { certificateAuthority: list }
 }
 
 const retriableStatus = (status: number) => status >= 500 || status === 408 || status === 429
