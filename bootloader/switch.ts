@@ -11,6 +11,7 @@ import {
 } from './gpt.ts'
 import { applySectorWrites, type SectorWrite } from './sector-writes.ts'
 import { DEFAULT_SLOT_NAMES, findRootSlots, slotStatus, type SlotId, type SlotNames } from './slots.ts'
+import { fault } from '../lib/faults.ts'
 
 /** Offset inside an entry of the 4 compensation bytes: the last 4 bytes of the name field. */
 export const COMPENSATION_OFFSET = ENTRY_NAME_OFFSET + ENTRY_NAME_BYTES - 4
@@ -116,12 +117,11 @@ export function planSwitch(disk: Disk, gpt: Gpt, to: SlotId, names: SlotNames = 
 }
 
 /**
- * Fault injection for vm-tests only (LABHOST_FAULT_SKIP_CRC_COMPENSATION=1): the naive switch,
- * flags flipped and the array CRC left wrong. It must brick a host, and the fault-injection
- * campaign must say so.
+ * Fault injection (lib/faults.ts; test builds only): the naive switch, flags flipped and the array
+ * CRC left wrong. It must brick a host, and the fault-injection campaign must say so.
  */
 function naiveSwitchInjected(): boolean {
-  return process.env.LABHOST_FAULT_SKIP_CRC_COMPENSATION === '1'
+  return fault('SKIP_CRC_COMPENSATION') === '1'
 }
 
 /** Apply a switch plan, then read the disk back and prove the new state. */

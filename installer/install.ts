@@ -25,6 +25,7 @@ import { bootMedia, describe, describeBlockDisk, diskNameOf, listDisks, selectDi
 import { ensureIdentity, type Identity } from './identity.ts'
 import { readMachine, requireModel, type Machine } from './machine.ts'
 import { makeFilesystem, partitionDisk, planDisk, type DiskRole, type PlannedPartition } from './partition.ts'
+import { fault } from '../lib/faults.ts'
 
 export interface InstallOptions {
   config: string
@@ -183,8 +184,8 @@ export async function runInstall(o: InstallOptions): Promise<{ plan: InstallPlan
     const t0 = Date.now()
     const r = await fn()
     steps.push({ step: name, seconds: (Date.now() - t0) / 1000 })
-    // fault injection for the tests: die here as a power cut would stop the install
-    if (process.env.LABHOST_FAULT_AFTER_STEP === name) process.kill(process.pid, 'SIGKILL')
+    // fault injection (test builds only): die here as a power cut would stop the install
+    if (fault('AFTER_STEP') === name) process.kill(process.pid, 'SIGKILL')
     return r
   }
   const { plan, config, source } = await step('check machine, image and disks', () => planInstall(o))

@@ -1,14 +1,20 @@
 // npm run build: bundle the CLI with esbuild and inject it into a copy of Node 24 as a single
 // executable application (Node SEA) at dist/labhost. It needs no node_modules beside it.
+// `--faults` builds dist/labhost-faults instead: the same program with the fault-injection points
+// of lib/faults.ts kept, for the tests and the vm-tests campaign only. The release build compiles
+// them out (LABHOST_FAULTS=false), so no environment variable can make it skip a safety step.
 import fs from 'node:fs'
 import path from 'node:path'
+import { parseArgs } from 'node:util'
 import { build } from 'esbuild'
 import { execa } from 'execa'
 
 const root = path.resolve(import.meta.dirname, '..')
+const { values } = parseArgs({ options: { faults: { type: 'boolean', default: false } } })
+const name = values.faults ? 'labhost-faults' : 'labhost'
 const dist = path.join(root, 'dist')
 fs.mkdirSync(dist, { recursive: true })
-const bundle = path.join(dist, 'labhost.cjs')
+const bundle = path.join(dist, `${name}.cjs`)
 await build({
   entryPoints: [path.join(root, 'cli/bin.ts')],
   bundle: true,
@@ -17,14 +23,19 @@ await build({
   target: 'node24',
   outfile: bundle,
   // import.meta has no meaning in the CommonJS bundle; modules fall back to their own defaults.
-  define: { 'import.meta.dirname': 'undefined' },
+  define: { 'import.meta.dirname': 'undefined', 'globalThis.LABHOST_FAULTS': String(values.faults) },
+  // minifySyntax folds `if (false)` branches away: what lib/faults.ts guards leaves the release bundle
+  minifySyntax: true,
   logLevel: 'warning',
 })
-const seaConfig = path.join(dist, 'sea-config.json')
-const blob = path.join(dist, 'sea-prep.blob')
+if (!values.faults && fs.readFileSync(bundle, 'utf8').includes('LABHOST_FAULT_')) {
+  throw new Error(`${bundle} still names a LABHOST_FAULT_ variable: lib/faults.ts must be compiled out of the release build`)
+}
+const seaConfig = path.join(dist, `${name}.sea-config.json`)
+const blob = path.join(dist, `${name}.sea-prep.blob`)
 fs.writeFileSync(seaConfig, JSON.stringify({ main: bundle, output: blob, disableExperimentalSEAWarning: true, useCodeCache: true }))
 await execa(process.execPath, ['--experimental-sea-config', seaConfig], { stdio: 'inherit' })
-const exe = path.join(dist, 'labhost')
+const exe = path.join(dist, name)
 fs.rmSync(exe, { force: true })
 // Node's debug symbols are a sixth of its size; the binary goes onto every root image.
 const stripped = await execa('strip', ['-o', exe, process.execPath], { reject: false })

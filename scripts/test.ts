@@ -30,12 +30,15 @@ if (tsc.exitCode !== 0) {
 }
 
 // Disk and VM tests use the single executable (images carry it): build it once, up front.
+// The release build and the fault-enabled one (lib/faults.ts) that the campaign's mutants run.
 if (kinds.some((k) => k !== 'unit')) {
-  const b = await execa(process.execPath, [path.join(root, 'scripts/build.ts')], { cwd: root, reject: false, all: true })
-  if (b.exitCode !== 0) {
-    console.log(String(b.all))
-    console.log('0 passed, 1 failed')
-    process.exit(1)
+  for (const flags of [[], ['--faults']]) {
+    const b = await execa(process.execPath, [path.join(root, 'scripts/build.ts'), ...flags], { cwd: root, reject: false, all: true })
+    if (b.exitCode !== 0) {
+      console.log(String(b.all))
+      console.log('0 passed, 1 failed')
+      process.exit(1)
+    }
   }
 }
 

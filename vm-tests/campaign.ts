@@ -162,7 +162,8 @@ reboot -f
 }
 
 async function stageCampaign(disks: HostDisks, dirs: Record<string, string>, injectNaiveSwitch: boolean): Promise<void> {
-  await stageLabhost(disks)
+  // the release executable ignores fault variables: a mutant runs the fault-enabled build
+  await stageLabhost(disks, { faults: injectNaiveSwitch })
   await withPartition(disks.ssd, disks.ssdPlan.find((p) => p.mount === '/qcow2/backing')!, async (root) => {
     for (const [version, dir] of Object.entries(dirs)) {
       fs.mkdirSync(`${root}/${version}`)

@@ -28,3 +28,28 @@ t.test('dist/labhost runs with nothing beside it', async (t) => {
   t.equal(JSON.parse(String(st.stdout)).active, 'B')
   t.match(await sgdiskVerify(dev), /No problems found/)
 })
+
+// Fault injection lives in lib/faults.ts and is compiled out of the release build: the variable
+// that makes the test build switch without CRC compensation (and so brick a host) does nothing
+// to dist/labhost. The fault-enabled build obeys it, so this test can tell the two apart.
+t.test('the release executable ignores fault-injection variables; dist/labhost-faults obeys them', async (t) => {
+  for (const f of ['dist/labhost.cjs', 'dist/labhost-faults.cjs']) t.ok(fs.existsSync(path.join(REPO_ROOT, f)), `${f} is built`)
+  t.notMatch(fs.readFileSync(path.join(REPO_ROOT, 'dist/labhost.cjs'), 'utf8'), /LABHOST_FAULT_/, 'the release bundle names no fault variable')
+  const dir = tmpDir(t)
+  const env = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', LABHOST_FAULT_SKIP_CRC_COMPENSATION: '1' }
+  for (const [exe, naive] of [['dist/labhost', false], ['dist/labhost-faults', true]] as const) {
+    const dev = await loop(t, sparseFile(path.join(dir, `${path.basename(exe)}.img`), 32 << 20))
+    await makeGptDisk(dev, STANDARD_LAYOUT)
+    const sw = await execa(path.join(REPO_ROOT, exe), ['slots', 'switch', '--disk', dev, '--to', 'B', '--json'], { cwd: dir, env, extendEnv: false, reject: false })
+    const st = await execa(path.join(REPO_ROOT, exe), ['slots', 'status', '--disk', dev, '--json'], { cwd: dir, env, extendEnv: false, reject: false })
+    const status = JSON.parse(String(st.stdout))
+    if (naive) {
+      t.not(sw.exitCode, 0, `${exe}: the naive switch is refused by its own read-back`)
+      t.notOk(status.primaryValid, `${exe}: the primary GPT's entry-array CRC is wrong (the injected fault)`)
+    } else {
+      t.equal(sw.exitCode, 0, `${exe}: switch exits 0`, { stderr: sw.stderr })
+      t.ok(status.primaryValid && status.backupValid && status.active === 'B', `${exe}: both GPTs valid, slot B active`)
+      t.match(await sgdiskVerify(dev), /No problems found/, `${exe}: sgdisk -v finds no problem`)
+    }
+  }
+})
