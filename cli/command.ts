@@ -51,6 +51,31 @@ export function requireString(values: Record<string, unknown>, name: string, cmd
 
 /** A bytes-per-second option as aria2c takes it (500K, 30M, 1000000), or a usage error naming it. */
 export function rateOption(flag: string, value: string): string {
-  if (!/^\d+[KM]?$/.test(value)) throw new LabhostError('usage', `--${flag} ${JSON.stringify(value)} is not a rate`, 'give bytes per second, with K or M: 500K, 30M')
+  // aria2c reads 0 as "no limit": the opposite of what a 0 on the command line seems to ask for
+  if (!/^0*[1-9]\d*[KM]?$/.test(value)) throw new LabhostError('usage', `--${flag} ${JSON.stringify(value)} is not a rate`, 'give bytes per second above 0, with K or M: 500K, 30M; leave the option out for no limit')
   return value
+}
+
+export interface NumberRange {
+  min: number
+  max: number
+  /** Fractions allowed (a ratio); otherwise a whole number. */
+  fraction?: boolean
+}
+
+/**
+ * A numeric option: undefined when it is absent, else its value within `range`, or a usage error
+ * naming the option and the value. Plain decimal digits only: no 1e3, 0x10, Infinity or empty.
+ */
+export function numberOption(values: Record<string, unknown>, flag: string, range: NumberRange): number | undefined {
+  const raw = values[flag]
+  if (raw === undefined) return undefined
+  const text = String(raw)
+  const n = Number(text)
+  const syntax = range.fraction ? /^\d+(\.\d+)?$/ : /^\d+$/
+  if (!syntax.test(text) || n < range.min || n > range.max) {
+    const what = range.fraction ? 'a number' : 'a whole number'
+    throw new LabhostError('usage', `--${flag} ${JSON.stringify(text)} is not ${what} from ${range.min} to ${range.max}`, `give --${flag} ${what} from ${range.min} to ${range.max}`)
+  }
+  return n
 }

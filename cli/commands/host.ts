@@ -7,15 +7,15 @@ import { runUpdate } from '../../updater/update.ts'
 import { DEFAULT_TORRENT } from '../../updater/torrent.ts'
 import { LabhostError } from '../../lib/errors.ts'
 import { powerAction } from '../../lib/power.ts'
-import { rateOption, type Command, type OptionSpec } from '../command.ts'
+import { numberOption, rateOption, type Command, type NumberRange, type OptionSpec } from '../command.ts'
 
-const PATH_OPTIONS: OptionSpec = {
+export const PATH_OPTIONS: OptionSpec = {
   'boot-file': { type: 'string' },
   'state-root': { type: 'string' },
   'version-file': { type: 'string' },
 }
 
-function hostPaths(values: Record<string, unknown>): HostPaths {
+export function hostPaths(values: Record<string, unknown>): HostPaths {
   const s = (k: string, d: string) => (typeof values[k] === 'string' ? (values[k] as string) : d)
   return { bootFile: s('boot-file', DEFAULT_PATHS.bootFile), stateRoot: s('state-root', DEFAULT_PATHS.stateRoot), versionFile: s('version-file', DEFAULT_PATHS.versionFile) }
 }
@@ -52,12 +52,25 @@ export const markGoodCommand: Command = {
 }
 
 
+// update's numeric options. trial-boots: the initramfs counts a trial's boots down, and 0 rolled the
+// new slot back at its first boot
+const NUMERIC_OPTIONS = {
+  'trial-boots': { min: 1, max: 100 },
+  retries: { min: 1, max: 1000 },
+  timeout: { min: 1, max: 86400 },
+  'seed-minutes': { min: 0, max: 10080 },
+  'seed-ratio': { min: 0, max: 1000, fraction: true },
+  'tracker-interval': { min: 1, max: 86400 },
+} satisfies Record<string, NumberRange>
+
 export const update: Command = {
   name: 'update',
   summary: 'write a signed image (directory, manifest or http(s) URL) to the inactive slot, verify it from the disk, switch to it on trial',
-  usage: 'labhost update DIR|MANIFEST|URL [--trusted-key PUB] [--disk DEV] [--allow-downgrade] [--trial-boots N] [--retries N] [--timeout SECONDS] [--ca PEM] [--reboot] [--read-back during|after] [--full] [--torrent [--download-dir DIR] [--seed-minutes N] [--seed-ratio R] [--tracker-interval SECONDS] [--download-limit RATE]] [--announce-phases] [--dry-run] [--json]',
+  usage: 'labhost update DIR|MANIFEST|URL [--trusted-key PUB] [--disk DEV] [--allow-downgrade] [--allow-other-image] [--trial-boots N] [--retries N] [--timeout SECONDS] [--ca PEM] [--reboot] [--read-back during|after] [--full] [--torrent [--download-dir DIR] [--seed-minutes N] [--seed-ratio R] [--tracker-interval SECONDS] [--download-limit RATE]] [--announce-phases] [--dry-run] [--json]',
   options: {
-    ...PATH_OPTIONS, 'trusted-key': { type: 'string' }, disk: { type: 'string' }, 'allow-downgrade': { type: 'boolean', default: false }, 'trial-boots': { type: 'string' },
+    ...PATH_OPTIONS, 'trusted-key': { type: 'string' }, disk: { type: 'string' }, 'allow-downgrade': { type: 'boolean', default: false },
+    // accept an image whose name differs from the running image's (a `test` image on a `host` host)
+    'allow-other-image': { type: 'boolean', default: false }, 'trial-boots': { type: 'string' },
     retries: { type: 'string' }, timeout: { type: 'string' }, reboot: { type: 'boolean', default: false },
     // https from a server whose certificate a lab CA signed: that CA's certificate (PEM)
     ca: { type: 'string' },
@@ -82,12 +95,10 @@ export const update: Command = {
     if (values.full && values.delta) throw new LabhostError('usage', '--full and --delta contradict each other', 'leave one out (delta is the default)')
     if (readBack !== 'during' && readBack !== 'after') throw new LabhostError('usage', `--read-back ${JSON.stringify(readBack)} is neither during nor after`, `usage: ${this.usage}`)
     if (!source) throw new LabhostError('usage', 'labhost update needs a SOURCE (an image directory, its manifest.json, or an http(s) URL of one)', `usage: ${this.usage}`)
-    const num = (k: string) => {
-      if (typeof values[k] !== 'string') return undefined
-      const n = Number(values[k])
-      if (!Number.isFinite(n) || n < 0) throw new LabhostError('usage', `--${k} ${JSON.stringify(values[k])} is not a number`, `usage: ${this.usage}`)
-      return n
-    }
+    // all checked, also those only --torrent reads: a typo is an error, not silently ignored
+    const num = (k: keyof typeof NUMERIC_OPTIONS) => numberOption(values, k, NUMERIC_OPTIONS[k])
+    for (const k of Object.keys(NUMERIC_OPTIONS) as (keyof typeof NUMERIC_OPTIONS)[]) num(k)
+    if (typeof values['download-limit'] === 'string') rateOption('download-limit', values['download-limit'])
     const timeout = num('timeout')
     const result = await runUpdate({
       source,
@@ -95,6 +106,7 @@ export const update: Command = {
       paths: hostPaths(values),
       disk: typeof values.disk === 'string' ? values.disk : undefined,
       allowDowngrade: values['allow-downgrade'] === true,
+      allowOtherImage: values['allow-other-image'] === true,
       trialBoots: num('trial-boots'),
       readBack,
       delta: values.full !== true,

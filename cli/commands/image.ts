@@ -11,7 +11,7 @@ import { recipeJsonSchema } from '../../image-build/recipe.ts'
 import { buildStick } from '../../image-build/stick.ts'
 import { publishImage, seedImage } from '../../image-build/torrent.ts'
 import { serveDirectory } from '../../lib/http-serve.ts'
-import { rateOption, requireString, type Command } from '../command.ts'
+import { numberOption, rateOption, requireString, type Command } from '../command.ts'
 
 export const imageBuild: Command = {
   name: 'image build',
@@ -97,14 +97,13 @@ export const imageSeed: Command = {
     const dir = positionals[0]
     if (!dir || !fs.existsSync(dir)) throw new LabhostError('usage', `labhost image seed needs an existing DIR${dir ? ` (${dir} does not exist)` : ''}`, `usage: ${this.usage}`)
     const limit = values['upload-limit']
-    const interval = values['tracker-interval']
-    if (typeof interval === 'string' && !/^\d+$/.test(interval)) throw new LabhostError('usage', `--tracker-interval ${JSON.stringify(interval)} is not a number of seconds`, `usage: ${this.usage}`)
+    const interval = numberOption(values, 'tracker-interval', { min: 1, max: 86400 })
     const stop = new AbortController()
     const abort = () => stop.abort()
     process.once('SIGINT', abort)
     process.once('SIGTERM', abort)
     try {
-      const r = await seedImage(dir, { uploadLimit: typeof limit === 'string' ? rateOption('upload-limit', limit) : undefined, trackerIntervalSeconds: typeof interval === 'string' ? Number(interval) : undefined, signal: stop.signal, log: ctx.log })
+      const r = await seedImage(dir, { uploadLimit: typeof limit === 'string' ? rateOption('upload-limit', limit) : undefined, trackerIntervalSeconds: interval, signal: stop.signal, log: ctx.log })
       return { data: r, human: `seeded for ${r.seconds.toFixed(0)} s` }
     } finally {
       process.off('SIGINT', abort)
