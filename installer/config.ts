@@ -2,15 +2,13 @@
 // documentation (`labhost schema install` exports it as JSON Schema for editors).
 import { z } from 'zod'
 import { loadConfig } from '../lib/config.ts'
+import { patternProblem } from '../lib/pattern.ts'
 
-const pattern = z.string().min(1).refine((s) => {
-  try {
-    new RegExp(s)
-    return true
-  } catch {
-    return false
-  }
-}, 'must be a valid regular expression').describe('regular expression, matched against the whole value')
+// compiled (and kept) here: the installer matches with the same engine, lib/pattern.ts
+const pattern = z.string().min(1).superRefine((s, ctx) => {
+  const problem = patternProblem(s)
+  if (problem) ctx.addIssue({ code: 'custom', message: `not a pattern RE2 takes (no backreferences or lookaround): ${problem}` })
+}).describe('RE2 regular expression (linear time: no backreferences or lookaround), matched against the whole value')
 
 export const ModelSchema = z.object({
   vendor: z.string().min(1).describe('DMI sys_vendor, exactly (e.g. "Dell Inc.")'),

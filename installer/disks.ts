@@ -5,6 +5,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { sysfsBlockDir } from '../lib/blockdev.ts'
 import { LabhostError } from '../lib/errors.ts'
+import { fullMatch } from '../lib/pattern.ts'
 import type { DiskMatch } from './config.ts'
 
 export interface BlockDisk {
@@ -85,7 +86,7 @@ export function bootMedia(stick?: string, mountsFile = '/proc/self/mounts'): Set
   return out
 }
 
-const fullMatch = (pattern: string | undefined, v: string) => pattern === undefined || new RegExp(`^(?:${pattern})$`).test(v)
+const matches = (pattern: string | undefined, v: string) => pattern === undefined || fullMatch(pattern, v)
 export const describe = (d: BlockDisk) => `${d.path} (${d.model || 'no model'}, serial ${d.serial || 'none'}, ${(d.sizeBytes / GiB).toFixed(1)} GiB${d.rotational ? ', rotational' : ''})`
 
 /**
@@ -95,7 +96,7 @@ export const describe = (d: BlockDisk) => `${d.path} (${d.model || 'no model'}, 
  */
 export function selectDisk(role: 'ssd' | 'hdd', m: DiskMatch, disks: BlockDisk[], excluded: Set<string>): BlockDisk {
   const label = role.toUpperCase()
-  const kind = disks.filter((d) => d.rotational === m.rotational && (m.usb || !d.usb) && fullMatch(m.model, d.model) && fullMatch(m.serial, d.serial))
+  const kind = disks.filter((d) => d.rotational === m.rotational && (m.usb || !d.usb) && matches(m.model, d.model) && matches(m.serial, d.serial))
   const fits = (d: BlockDisk) => d.sizeBytes >= m.minSizeGiB * GiB && (m.maxSizeGiB === undefined || d.sizeBytes <= m.maxSizeGiB * GiB)
   const candidates = kind.filter((d) => !excluded.has(d.name) && fits(d))
   if (candidates.length === 1) return candidates[0]!

@@ -2,6 +2,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { LabhostError } from '../lib/errors.ts'
+import { fullMatch } from '../lib/pattern.ts'
 import type { InstallConfig } from './config.ts'
 
 export interface Machine {
@@ -31,7 +32,7 @@ export function readMachine(sysRoot = '/sys'): Machine {
 }
 
 export function modelAllowed(config: InstallConfig, m: Machine): boolean {
-  return config.models.some((a) => a.vendor === m.vendor && (a.product !== undefined ? a.product === m.product : new RegExp(`^(?:${a.productPattern})$`).test(m.product)))
+  return config.models.some((a) => a.vendor === m.vendor && (a.product !== undefined ? a.product === m.product : fullMatch(a.productPattern!, m.product)))
 }
 
 export function requireModel(config: InstallConfig, configFile: string, m: Machine): void {
