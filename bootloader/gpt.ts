@@ -1,6 +1,7 @@
 // Reading and validating a GPT: protective MBR, primary and backup headers and entry arrays.
 // Validation follows what the consumers of the table check: the kernel's efi.c (signature,
 // header CRC, my_lba, usable range, entry size, entry-array CRC) and gptmbr (nothing at all).
+import crypto from 'node:crypto'
 import zlib from 'node:zlib'
 import { Disk } from '../lib/blockdev.ts'
 import { LabhostError } from '../lib/errors.ts'
@@ -35,6 +36,8 @@ export interface GptSide {
   /** Where the header was read. */
   headerLba: bigint
   header: GptHeader | null
+  /** The header sector as read (for telling whether the table changed since it was read). */
+  headerSector: Buffer
   /** The raw entry array (entryCount × entrySize bytes), when the header was readable. */
   entries: Buffer | null
   problems: string[]
@@ -75,6 +78,12 @@ export interface Gpt {
   differingSectors: number[]
   /** Header fields on which a valid primary and a valid backup disagree. */
   mismatches: string[]
+  /**
+   * What is wrong with the partitions themselves (from the array `entries` came from): an entry
+   * that ends before it starts, lies outside the usable range, or overlaps another. The kernel
+   * and gptmbr accept such a table; labhost writes nothing on a disk that has one.
+   */
+  layoutProblems: string[]
 }
 
 export function isValid(side: GptSide): boolean {
@@ -142,8 +151,8 @@ export function parseEntries(entries: Buffer, entrySize: number): GptEntry[] {
 
 function readSide(disk: Disk, which: 'primary' | 'backup', headerLba: bigint): GptSide {
   const ss = disk.sectorSize
-  const side: GptSide = { which, headerLba, header: null, entries: null, problems: [] }
   const sector = disk.readSectors(headerLba, 1)
+  const side: GptSide = { which, headerLba, header: null, headerSector: sector, entries: null, problems: [] }
   const h = parseHeader(sector)
   if (!h) {
     side.problems.push(`no GPT signature at LBA ${headerLba}`)
@@ -167,6 +176,13 @@ function readSide(disk: Disk, which: 'primary' | 'backup', headerLba: bigint): G
   const arraySectors = BigInt(Math.ceil(arrayBytes / ss))
   if (h.entriesLba < 2n || h.entriesLba + arraySectors - 1n > disk.lastLba) {
     p.push(`entry array at LBA ${h.entriesLba} (+${arraySectors} sectors) lies outside the disk`)
+  } else if (h.entriesLba + arraySectors - 1n >= h.firstUsableLba && h.entriesLba <= h.lastUsableLba) {
+    // a partition could then overwrite the table that describes it
+    p.push(`entry array at LBA ${h.entriesLba} (+${arraySectors} sectors) lies inside the usable range ${h.firstUsableLba}..${h.lastUsableLba}`)
+  }
+  const headers = [0n, h.myLba, h.alternateLba] // the protective MBR and both GPT headers
+  if (headers.some((lba) => h.firstUsableLba <= lba && lba <= h.lastUsableLba)) {
+    p.push(`usable range ${h.firstUsableLba}..${h.lastUsableLba} covers the MBR or a GPT header (LBA ${headers.join(', ')})`)
   }
   if (!sizeOk || p.some((m) => m.startsWith('entry array'))) return side
   const entries = disk.read(Number(h.entriesLba) * ss, arrayBytes)
@@ -196,6 +212,7 @@ export function readGpt(disk: Disk): Gpt {
   }
   const mismatches = isValid(primary) && isValid(backup) ? compareHeaders(primary.header!, backup.header!, disk.lastLba) : []
   const source = isValid(primary) ? primary : isValid(backup) ? backup : null
+  const entries = source ? parseEntries(source.entries!, source.header!.entrySize) : []
   return {
     path: disk.info.path,
     sectorSize: disk.sectorSize,
@@ -203,9 +220,58 @@ export function readGpt(disk: Disk): Gpt {
     mbr: readProtectiveMbr(disk),
     primary,
     backup,
-    entries: source ? parseEntries(source.entries!, source.header!.entrySize) : [],
+    entries,
     differingSectors,
     mismatches,
+    layoutProblems: source ? layoutProblems(entries, source.header!) : [],
+  }
+}
+
+/** How a partition is named in messages: its number and its name, quoted and escaped (the name is the disk's word, not ours). */
+export function describeEntry(e: GptEntry): string {
+  return `partition ${e.number} ${JSON.stringify(e.name)}`
+}
+
+/**
+ * Partition boundaries checked before anything is written by them: each entry inside the
+ * header's usable range with first <= last, and no two entries sharing a sector. A CRC-valid
+ * table says nothing about this, and an update that trusted it wrote over the running slot.
+ */
+export function layoutProblems(entries: GptEntry[], h: GptHeader): string[] {
+  const out: string[] = []
+  const sane: GptEntry[] = []
+  for (const e of entries) {
+    if (e.firstLba > e.lastLba) out.push(`${describeEntry(e)} ends at LBA ${e.lastLba}, before it starts at LBA ${e.firstLba}`)
+    else if (e.firstLba < h.firstUsableLba || e.lastLba > h.lastUsableLba) {
+      out.push(`${describeEntry(e)} (LBA ${e.firstLba}..${e.lastLba}) lies outside the usable range ${h.firstUsableLba}..${h.lastUsableLba}`)
+    } else sane.push(e)
+  }
+  sane.sort((a, b) => (a.firstLba < b.firstLba ? -1 : a.firstLba > b.firstLba ? 1 : a.index - b.index))
+  let reach: GptEntry | null = null // the entry that ends furthest among those seen so far
+  for (const e of sane) {
+    if (reach && e.firstLba <= reach.lastLba) {
+      out.push(`${describeEntry(e)} (LBA ${e.firstLba}..${e.lastLba}) overlaps ${describeEntry(reach)} (LBA ${reach.firstLba}..${reach.lastLba})`)
+    }
+    if (!reach || e.lastLba > reach.lastLba) reach = e
+  }
+  return out
+}
+
+/**
+ * The partition table exactly as read (both headers and arrays): the updater compares it at its
+ * commit with the one it planned against, so a table changed in between is never switched.
+ */
+export function gptFingerprint(gpt: Gpt): string {
+  const h = crypto.createHash('sha256')
+  for (const side of [gpt.primary, gpt.backup]) h.update(side.headerSector).update(side.entries ?? Buffer.alloc(0))
+  return h.digest('hex')
+}
+
+/** Refuse a table whose partition boundaries cannot be trusted (see layoutProblems). */
+export function requireSaneLayout(gpt: Gpt): void {
+  if (gpt.layoutProblems.length) {
+    throw new LabhostError('gptLayoutInvalid', `the partitions on ${gpt.path} cannot be trusted: ${gpt.layoutProblems.join('; ')}`,
+      're-partition the disk with the labhost layout (the installer does this), or fix the table with sgdisk; nothing was written', { problems: gpt.layoutProblems })
   }
 }
 

@@ -51,6 +51,8 @@ export interface SlotStatus {
   mismatches: string[]
   /** Entries other than the root slots that carry the legacy-bootable bit (gptmbr refuses to boot then). */
   otherFlagged: number[]
+  /** Partition boundaries that cannot be trusted (gpt.ts layoutProblems): labhost writes nothing then. */
+  layoutProblems: string[]
   problem: string | null
 }
 
@@ -72,6 +74,7 @@ export function slotStatus(gpt: Gpt, names: SlotNames = DEFAULT_SLOT_NAMES): Slo
   const otherFlagged = gpt.entries.filter((e) => e.legacyBootable && !rootNumbers.includes(e.number)).map((e) => e.number)
   if (!problem && flagged.length !== 1) problem = flagged.length === 0 ? 'no root slot is flagged bootable' : 'both root slots are flagged bootable'
   if (!problem && otherFlagged.length) problem = `partition(s) ${otherFlagged.join(', ')} also carry the legacy-bootable bit`
+  if (!problem && gpt.layoutProblems.length) problem = `the partition boundaries cannot be trusted: ${gpt.layoutProblems.join('; ')}`
   return {
     disk: gpt.path,
     sectorSize: gpt.sectorSize,
@@ -85,6 +88,7 @@ export function slotStatus(gpt: Gpt, names: SlotNames = DEFAULT_SLOT_NAMES): Slo
     differingSectors: gpt.differingSectors,
     mismatches: gpt.mismatches,
     otherFlagged,
+    layoutProblems: gpt.layoutProblems,
     problem,
   }
 }

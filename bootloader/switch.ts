@@ -6,7 +6,7 @@ import { LabhostError } from '../lib/errors.ts'
 import type { Disk } from '../lib/blockdev.ts'
 import { forgeXor } from './crc-forge.ts'
 import {
-  arrayCrc, ENTRY_ATTR_OFFSET, ENTRY_NAME_BYTES, ENTRY_NAME_OFFSET, LEGACY_BOOTABLE_BIT, readGpt, requireValidGpt,
+  arrayCrc, ENTRY_ATTR_OFFSET, ENTRY_NAME_BYTES, ENTRY_NAME_OFFSET, LEGACY_BOOTABLE_BIT, readGpt, requireSaneLayout, requireValidGpt,
   type Gpt, type GptEntry,
 } from './gpt.ts'
 import { applySectorWrites, type SectorWrite } from './sector-writes.ts'
@@ -40,6 +40,7 @@ function hasRoom(e: GptEntry): boolean {
 
 export function planSwitch(disk: Disk, gpt: Gpt, to: SlotId, names: SlotNames = DEFAULT_SLOT_NAMES): SwitchPlan {
   requireValidGpt(gpt)
+  requireSaneLayout(gpt)
   const ss = gpt.sectorSize
   const ph = gpt.primary.header!
   const bh = gpt.backup.header!

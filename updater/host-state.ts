@@ -50,6 +50,12 @@ export function readVersion(p: HostPaths): string | null {
   return fs.existsSync(p.versionFile) ? fs.readFileSync(p.versionFile, 'utf8').trim() : null
 }
 
+/** The running image's name: the first word of /etc/labhost/recipe (beside the version file), which image builds write. */
+export function readImageName(p: HostPaths): string | null {
+  const f = path.join(path.dirname(p.versionFile), 'recipe')
+  return fs.existsSync(f) ? fs.readFileSync(f, 'utf8').trim().split(/\s+/)[0] || null : null
+}
+
 /** Replace a small file atomically and durably (write, fsync, rename, fsync the directory). */
 export function writeDurable(file: string, data: string | Buffer): void {
   const tmp = `${file}.tmp`

@@ -2,15 +2,16 @@
 // write the inactive slot only, fsync, read it back from the disk hashing every chunk against the
 // signed manifest, arm the trial, and commit with the one-sector switch (DESIGN §3, §4).
 import crypto from 'node:crypto'
-import fs from 'node:fs'
 import path from 'node:path'
 import { Disk } from '../lib/blockdev.ts'
 import { LabhostError } from '../lib/errors.ts'
-import { openGptDisk, readGpt } from '../bootloader/gpt.ts'
+import { gptFingerprint, openGptDisk, readGpt, requireSaneLayout } from '../bootloader/gpt.ts'
+import { lockDisk } from '../lib/disk-lock.ts'
+import { compareVersions } from '../lib/version.ts'
 import { findRootSlots, otherSlot, slotStatus, type SlotId } from '../bootloader/slots.ts'
 import { applySwitch, planSwitch } from '../bootloader/switch.ts'
 import { readPublicKey, verifyManifestSignature, type Manifest } from '../image-build/manifest.ts'
-import { readBootInfo, readTrial, readVersion, type HostPaths } from './host-state.ts'
+import { readBootInfo, readImageName, readTrial, readVersion, type HostPaths } from './host-state.ts'
 import { writeTrialState } from './trial-state.ts'
 import { DEFAULT_FETCH, fetchBytes, openSource, type FetchOptions, type UpdateSource } from './source.ts'
 import { verifyImage, writeImage, type BeforeReadBack, type WriteStats } from './slot-writer.ts'
@@ -25,6 +26,8 @@ export interface UpdateOptions {
   /** The disk holding the root slots; default: the one the initramfs booted from. */
   disk?: string
   allowDowngrade?: boolean
+  /** Accept an image whose name differs from the running image's (say `test` on a `host` host). */
+  allowOtherImage?: boolean
   trialBoots?: number
   dryRun?: boolean
   log?: (line: string) => void
@@ -68,6 +71,8 @@ export interface UpdatePlan {
   to: { slot: SlotId; version: string; partition: number; firstByte: number; bytes: number; slotBytes: number }
   source: string
   writes: string[]
+  /** SHA-256 of both GPT headers and arrays as planned against: the commit refuses a table changed since. */
+  gptFingerprint: string
   /** What a delta takes from the disk and downloads; `used` false names why the whole image is downloaded. */
   delta?: (DeltaSummary & { used: true }) | { used: false; reason: string }
 }
@@ -77,18 +82,6 @@ export interface UpdateResult extends UpdatePlan {
   transfer: UpdateSource['stats']
   /** How the slot's bytes reached the disk (absent on --dry-run). */
   written?: WriteStats
-}
-
-function compareVersions(a: string, b: string): number {
-  const pa = a.split(/[.+~-]/).map((x) => (/^\d+$/.test(x) ? Number(x) : x))
-  const pb = b.split(/[.+~-]/).map((x) => (/^\d+$/.test(x) ? Number(x) : x))
-  for (let i = 0; i < Math.max(pa.length, pb.length); i++) {
-    const x = pa[i] ?? 0
-    const y = pb[i] ?? 0
-    if (x === y) continue
-    return typeof x === 'number' && typeof y === 'number' ? x - y : String(x) < String(y) ? -1 : 1
-  }
-  return 0
 }
 
 export async function planUpdate(o: UpdateOptions): Promise<{ plan: UpdatePlan; manifest: Manifest; source: UpdateSource }> {
@@ -101,6 +94,7 @@ export async function planUpdate(o: UpdateOptions): Promise<{ plan: UpdatePlan; 
   const disk = openGptDisk(diskPath)
   try {
     const gpt = readGpt(disk)
+    requireSaneLayout(gpt)
     const st = slotStatus(gpt, manifest.layout.slots)
     if (st.slots.length !== 2) {
       throw new LabhostError('manifestInvalid', `${manifestFile} is for a layout with root slots ${manifest.layout.slots.A}/${manifest.layout.slots.B}, which ${diskPath} does not have`,
@@ -120,9 +114,14 @@ export async function planUpdate(o: UpdateOptions): Promise<{ plan: UpdatePlan; 
       throw new LabhostError('trialPending', `slot ${boot.slot} is still on trial (${trial.bootsLeft} boot(s) left)`,
         'wait for labhost mark-good (after the health check) before the next update; nothing was written')
     }
+    const runningName = readImageName(o.paths)
+    if (runningName !== null && runningName !== manifest.name && !o.allowOtherImage) {
+      throw new LabhostError('otherImage', `${manifestFile} is image ${JSON.stringify(manifest.name)}, but this host runs image ${JSON.stringify(runningName)}`,
+        'update with an image of the same name, or pass --allow-other-image to replace this host\'s image with another; nothing was written')
+    }
     const current = readVersion(o.paths)
     if (current && compareVersions(manifest.version, current) <= 0 && !o.allowDowngrade) {
-      throw new LabhostError('notNewer', `${manifest.name} ${manifest.version} is not newer than the running ${current}`,
+      throw new LabhostError('notNewer', `${manifest.name} ${manifest.version} is not newer than the running ${current} (versions order as Debian's, a hyphen marking a pre-release)`,
         'pass --allow-downgrade to install it anyway; nothing was written')
     }
     const target = otherSlot(boot.slot)
@@ -146,6 +145,7 @@ export async function planUpdate(o: UpdateOptions): Promise<{ plan: UpdatePlan; 
         },
         to: { slot: target, version: manifest.version, partition: entry.number, firstByte, bytes: manifest.image.size, slotBytes },
         source: source.transportWhere,
+        gptFingerprint: gptFingerprint(gpt),
         writes: [
           `slot ${target} (partition ${entry.number}, bytes ${firstByte}..${firstByte + manifest.image.size - 1})`,
           `trial state under ${o.paths.stateRoot}`,
@@ -208,7 +208,7 @@ async function fetchBlockIndex(manifest: Manifest, source: UpdateSource, log: (l
   if (!b || !source.remote) return undefined
   const url = new URL(path.posix.basename(b.file), source.remote.url).toString()
   try {
-    const data = await fetchBytes(url, source.remote.fetch)
+    const data = await fetchBytes(url, source.remote.fetch, { maxBytes: b.size })
     source.stats.requests++
     source.stats.bytes += data.length
     if (data.length === b.size && crypto.createHash('sha256').update(data).digest('hex') === b.sha256) return data
@@ -222,6 +222,17 @@ async function fetchBlockIndex(manifest: Manifest, source: UpdateSource, log: (l
 export async function runUpdate(o: UpdateOptions): Promise<UpdateResult> {
   const log = o.log ?? (() => {})
   const started = Date.now()
+  // The disk's lock first (lib/disk-lock.ts; `slots switch` and `slots repair` take it too): the
+  // table planned against stays the table written to. A dry run writes nothing and takes none.
+  const lock = o.dryRun ? null : await lockDisk(o.disk ?? readBootInfo(o.paths).disk, 'labhost update')
+  try {
+    return await lockedUpdate(o, log, started)
+  } finally {
+    await lock?.release()
+  }
+}
+
+async function lockedUpdate(o: UpdateOptions, log: (line: string) => void, started: number): Promise<UpdateResult> {
   const planned = await planUpdate(o)
   const { plan, manifest } = planned
   const seconds = { scan: 0, write: 0, verify: 0, total: 0 }
@@ -229,55 +240,47 @@ export async function runUpdate(o: UpdateOptions): Promise<UpdateResult> {
     await chooseSource(o, plan, manifest, planned.source, log)
     return { ...plan, seconds, transfer: planned.source.stats }
   }
-  const lockFile = path.join(path.dirname(o.paths.bootFile), 'update.lock')
-  let lock: number
+  o.phase?.('start')
+  let t0 = Date.now()
+  const source = await chooseSource(o, plan, manifest, planned.source, log)
+  seconds.scan = (Date.now() - t0) / 1000
+  o.phase?.('write')
+  log(`writing ${manifest.name} ${manifest.version} from ${source.transportWhere} to slot ${plan.to.slot} of ${plan.disk}`)
+  t0 = Date.now()
+  // with readBack 'during', chunks are read back from the disk as soon as they are written
+  // (O_DIRECT); what is left (all of it by default) is read back after the fdatasync
+  const target = { disk: plan.disk, firstByte: plan.to.firstByte, name: `slot ${plan.to.slot}` }
+  const written = await writeImage(target, manifest, source, { progress: o.progress?.('write'), readBack: o.readBack === 'during', beforeReadBack: o.beforeReadBack })
+  seconds.write = (Date.now() - t0) / 1000
+  log(written.readBack.size ? `reading the rest of slot ${plan.to.slot} back (${written.readBack.size} of ${manifest.image.chunks.length} chunks were read back while writing)` : `reading slot ${plan.to.slot} back`)
+  o.phase?.('verify')
+  t0 = Date.now()
+  await verifyImage(target, manifest, { progress: o.progress?.('verify'), skip: written.readBack, beforeReadBack: o.beforeReadBack })
+  seconds.verify = (Date.now() - t0) / 1000
+  const disk = Disk.open(plan.disk)
   try {
-    lock = fs.openSync(lockFile, 'wx')
-  } catch {
-    throw new LabhostError('busy', `another labhost update holds ${lockFile}`, 'wait for it to finish (or remove the lock if no update runs); nothing was written')
-  }
-  try {
-    fs.writeSync(lock, `${process.pid}\n`)
-    o.phase?.('start')
-    let t0 = Date.now()
-    const source = await chooseSource(o, plan, manifest, planned.source, log)
-    seconds.scan = (Date.now() - t0) / 1000
-    o.phase?.('write')
-    log(`writing ${manifest.name} ${manifest.version} from ${source.transportWhere} to slot ${plan.to.slot} of ${plan.disk}`)
-    t0 = Date.now()
-    // with readBack 'during', chunks are read back from the disk as soon as they are written
-    // (O_DIRECT); what is left (all of it by default) is read back after the fdatasync
-    const target = { disk: plan.disk, firstByte: plan.to.firstByte, name: `slot ${plan.to.slot}` }
-    const written = await writeImage(target, manifest, source, { progress: o.progress?.('write'), readBack: o.readBack === 'during', beforeReadBack: o.beforeReadBack })
-    seconds.write = (Date.now() - t0) / 1000
-    log(written.readBack.size ? `reading the rest of slot ${plan.to.slot} back (${written.readBack.size} of ${manifest.image.chunks.length} chunks were read back while writing)` : `reading slot ${plan.to.slot} back`)
-    o.phase?.('verify')
-    t0 = Date.now()
-    await verifyImage(target, manifest, { progress: o.progress?.('verify'), skip: written.readBack, beforeReadBack: o.beforeReadBack })
-    seconds.verify = (Date.now() - t0) / 1000
-    const disk = Disk.open(plan.disk)
-    try {
-      const sw = planSwitch(disk, readGpt(disk), plan.to.slot, manifest.layout.slots)
-      const commit = sw.writes.find((w) => w.region === 'primary-array')!
-      // Armed before the commit: from the instant the new slot boots, it is on trial.
-      o.phase?.('arm-trial')
-      writeTrialState(o.paths.stateRoot, {
-        slot: plan.to.slot, bootsLeft: o.trialBoots ?? 3, version: manifest.version,
-        primaryLba: commit.lba, backupLba: sw.writes.find((w) => w.region === 'backup-array')?.lba ?? commit.lba,
-        committedSector: commit.data, rollbackSector: disk.readSectors(commit.lba, 1),
-        fromVersion: plan.from.version, updatedAt: new Date(), updateSeconds: (Date.now() - started) / 1000,
-      })
-      log(`switching to slot ${plan.to.slot}`)
-      o.phase?.('commit')
-      await applySwitch(disk, sw, manifest.layout.slots, log)
-      o.phase?.('done')
-    } finally {
-      disk.close()
+    const gpt = readGpt(disk)
+    if (gptFingerprint(gpt) !== plan.gptFingerprint) {
+      throw new LabhostError('gptChanged', `the partition table of ${plan.disk} changed while slot ${plan.to.slot} was written (something else wrote the GPT)`,
+        `inspect with \`labhost slots status\` and run the update again; slot ${plan.to.slot} was written but not switched to, nothing else was written`)
     }
-    seconds.total = (Date.now() - started) / 1000
-    return { ...plan, seconds, transfer: source.stats, written: written.stats }
+    const sw = planSwitch(disk, gpt, plan.to.slot, manifest.layout.slots)
+    const commit = sw.writes.find((w) => w.region === 'primary-array')!
+    // Armed before the commit: from the instant the new slot boots, it is on trial.
+    o.phase?.('arm-trial')
+    writeTrialState(o.paths.stateRoot, {
+      slot: plan.to.slot, bootsLeft: o.trialBoots ?? 3, version: manifest.version,
+      primaryLba: commit.lba, backupLba: sw.writes.find((w) => w.region === 'backup-array')?.lba ?? commit.lba,
+      committedSector: commit.data, rollbackSector: disk.readSectors(commit.lba, 1),
+      fromVersion: plan.from.version, updatedAt: new Date(), updateSeconds: (Date.now() - started) / 1000,
+    })
+    log(`switching to slot ${plan.to.slot}`)
+    o.phase?.('commit')
+    await applySwitch(disk, sw, manifest.layout.slots, log)
+    o.phase?.('done')
   } finally {
-    fs.closeSync(lock)
-    fs.rmSync(lockFile, { force: true })
+    disk.close()
   }
+  seconds.total = (Date.now() - started) / 1000
+  return { ...plan, seconds, transfer: source.stats, written: written.stats }
 }

@@ -50,13 +50,28 @@ export async function sgdiskVerify(target: string): Promise<string> {
  * a backup that is valid on its own but disagrees with the primary.
  */
 export function rewriteBackupValid(file: string, sectorSize: number, mutate: (entries: Buffer) => void): void {
+  rewriteArrays(file, sectorSize, ['backup'], mutate)
+}
+
+/**
+ * Change both entry arrays alike and keep the table CRC-valid (what a crafted or buggy
+ * partitioner leaves).
+ */
+export function rewriteGptValid(file: string, sectorSize: number, mutate: (entries: Buffer) => void): void {
+  rewriteArrays(file, sectorSize, ['primary', 'backup'], mutate)
+}
+
+function rewriteArrays(file: string, sectorSize: number, sides: ('primary' | 'backup')[], mutate: (entries: Buffer) => void): void {
   const size = fs.statSync(file).isBlockDevice() ? 0 : fs.statSync(file).size
+  const total = size || Number(fs.readFileSync(`/sys/class/block/${file.split('/').pop()}/size`, 'utf8')) * 512
+  for (const side of sides) rewriteSide(file, sectorSize, side === 'primary' ? 1 : total / sectorSize - 1, mutate)
+}
+
+function rewriteSide(file: string, sectorSize: number, headerLba: number, mutate: (entries: Buffer) => void): void {
   const fd = fs.openSync(file, 'r+')
   try {
-    const total = size || Number(fs.readFileSync(`/sys/class/block/${file.split('/').pop()}/size`, 'utf8')) * 512
-    const lastLba = total / sectorSize - 1
     const hdr = Buffer.alloc(sectorSize)
-    fs.readSync(fd, hdr, 0, sectorSize, lastLba * sectorSize)
+    fs.readSync(fd, hdr, 0, sectorSize, headerLba * sectorSize)
     const h = parseHeader(hdr)!
     const entries = Buffer.alloc(h.entryCount * h.entrySize)
     fs.readSync(fd, entries, 0, entries.length, Number(h.entriesLba) * sectorSize)
@@ -64,7 +79,7 @@ export function rewriteBackupValid(file: string, sectorSize: number, mutate: (en
     fs.writeSync(fd, entries, 0, entries.length, Number(h.entriesLba) * sectorSize)
     hdr.writeUInt32LE(arrayCrc(entries), 88)
     hdr.writeUInt32LE(headerCrcOf(hdr, h.headerSize), 16)
-    fs.writeSync(fd, hdr, 0, sectorSize, lastLba * sectorSize)
+    fs.writeSync(fd, hdr, 0, sectorSize, headerLba * sectorSize)
     fs.fsyncSync(fd)
   } finally {
     fs.closeSync(fd)
