@@ -8,7 +8,7 @@ import path from 'node:path'
 import tls from 'node:tls'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Got, HTTPError, Response } from 'got'
-import { LabhostError } from '../lib/errors.ts'
+import { LabhostError, type ErrorCode } from '../lib/errors.ts'
 import { parseManifest, readManifest, type Manifest } from '../image-build/manifest.ts'
 
 export interface FetchOptions {
@@ -167,22 +167,64 @@ const gotOptions = (o: FetchOptions) => ({
   timeout: { connect: o.timeoutMs, socket: o.timeoutMs, response: o.timeoutMs },
 })
 
-async function fetchText(url: string, o: FetchOptions): Promise<string> {
-  return (await fetchBytes(url, o)).toString('utf8')
+/**
+ * The largest manifest.json fetched (it is read before its signature can be checked). A manifest
+ * lists a SHA-256 per 1 MiB chunk and a frame size per chunk: 64 GiB of image make 65,536 of each,
+ * about 5.6 MiB of pretty-printed JSON; 16 MiB holds images up to about 180 GiB.
+ */
+export const MANIFEST_MAX_BYTES = 16 << 20
+
+/** How far an unverified download may go: `maxBytes`, and the error code that refuses more. */
+export interface FetchLimit {
+  maxBytes: number
+  /** The refusal's code (default downloadFailed) and what it says was not done. */
+  code?: ErrorCode
+  what?: string
 }
 
-/** A small file (a manifest, a .torrent) whole, with the same retries and backoff as the image. */
-export async function fetchBytes(url: string, o: FetchOptions): Promise<Buffer> {
+const mib = (n: number) => `${+(n / 2 ** 20).toFixed(2)} MiB`
+
+function tooLarge(url: string, limit: FetchLimit, got: string): LabhostError {
+  return new LabhostError(limit.code ?? 'downloadFailed', `${url} is larger than the ${limit.maxBytes}-byte (${mib(limit.maxBytes)}) cap for it (${got}); stopped reading`,
+    `what the server sends there is no part of a labhost image directory: check the URL and what is published; ${limit.what ?? 'nothing was written'}`)
+}
+
+async function fetchText(url: string, o: FetchOptions, limit?: FetchLimit): Promise<string> {
+  return (await fetchBytes(url, o, limit)).toString('utf8')
+}
+
+/**
+ * A small file (a manifest, a .torrent, the block index) whole, with the same retries and backoff
+ * as the image. With `limit`, a response whose Content-Length is larger is refused before its
+ * body is read, and one without is read only up to the cap.
+ */
+export async function fetchBytes(url: string, o: FetchOptions, limit?: FetchLimit): Promise<Buffer> {
   const got = await loadGot()
   for (let failures = 0; ;) {
+    const stream = got.stream(url, gotOptions(o))
     try {
-      return await got(url, gotOptions(o)).buffer()
+      const response = await new Promise<Response>((resolve, reject) => {
+        stream.once('response', resolve)
+        stream.once('error', reject)
+      })
+      const declared = Number(response.headers['content-length'])
+      if (limit && declared > limit.maxBytes) throw tooLarge(url, limit, `Content-Length ${declared}`)
+      const parts: Buffer[] = []
+      let n = 0
+      for await (const data of stream as AsyncIterable<Buffer>) {
+        n += data.length
+        if (limit && n > limit.maxBytes) throw tooLarge(url, limit, `more than ${limit.maxBytes} bytes sent`)
+        parts.push(data)
+      }
+      return Buffer.concat(parts, n)
     } catch (e) {
       failures++
-      if (!isRetriable(e) || failures >= o.retries) throw gaveUp(url, o, e, 'nothing was written')
+      if (!isRetriable(e) || failures >= o.retries) throw gaveUp(url, o, e, limit?.what ?? 'nothing was written')
       const wait = backoff(o, failures)
       o.log?.(`${url}: ${describe(e)}; retrying in ${(wait / 1000).toFixed(1)} s`)
       await sleep(wait)
+    } finally {
+      stream.destroy()
     }
   }
 }
@@ -190,7 +232,7 @@ export async function fetchBytes(url: string, o: FetchOptions): Promise<Buffer> 
 async function openHttpSource(spec: string, o: FetchOptions): Promise<UpdateSource> {
   httpsOptions(o) // a bad --ca is refused before any request
   const mUrl = manifestUrl(spec)
-  const manifest = parseManifest(await fetchText(mUrl, o), mUrl)
+  const manifest = parseManifest(await fetchText(mUrl, o, { maxBytes: MANIFEST_MAX_BYTES, code: 'manifestInvalid' }), mUrl)
   const tUrl = new URL(path.posix.basename(manifest.transport.file), mUrl).toString()
   const stats: TransferStats = { requests: 0, resumes: 0, bytes: 0, failures: [] }
   return {
