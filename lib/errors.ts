@@ -37,6 +37,8 @@ export const ExitCode = {
   diskHasData: 54,
   diskIsBootMedium: 55,
   biosFailed: 56,
+  /** A .torrent that is not one file with the signed transport file's name and size (checked before aria2c starts). */
+  torrentInvalid: 39,
 } as const
 
 export type ErrorCode = keyof typeof ExitCode
