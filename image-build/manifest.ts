@@ -3,32 +3,63 @@
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
+import { z } from 'zod'
 import { LabhostError } from '../lib/errors.ts'
-import type { Layout } from '../lib/layout.ts'
+import { LayoutSchema, PartitionSchema } from '../lib/layout.ts'
 
 export const MANIFEST_FORMAT = 'labhost-manifest/1'
 export const CHUNK_SIZE = 1 << 20
 
-export interface Manifest {
-  format: typeof MANIFEST_FORMAT
-  name: string
-  version: string
-  recipeHash: string
-  createdAt: number
-  layout: { rootFsUuid: string; slotSizeMiB: number; slots: { A: string; B: string } }
+// The shape a signed manifest must have. Checked only after its signature (the fields of an
+// unsigned manifest mean nothing), so a malformed one is a one-line manifestInvalid naming the
+// field rather than a TypeError wherever a field is used. .strict() everywhere: a new field is a
+// new format. No defaults: what is checked is exactly what was signed.
+const count = z.number().int().nonnegative()
+const positive = z.number().int().positive()
+const sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, 'a SHA-256 in lower-case hex (64 digits)')
+// a file beside the manifest: a plain name (downloads resolve it against the manifest's URL)
+const fileName = z.string().max(255).regex(/^[A-Za-z0-9][A-Za-z0-9._+-]*$/, 'a plain file name (no directory, not hidden)')
+const fileRef = { file: fileName, size: count, sha256: sha256Hex }
+
+export const ManifestSchema = z.object({
+  format: z.literal(MANIFEST_FORMAT),
+  name: z.string().regex(/^[a-z0-9-]+$/, 'lower-case letters, digits and dashes'),
+  version: z.string().max(64).regex(/^[0-9][0-9A-Za-z.+~-]*$/, 'a version such as 1.2.0'),
+  recipeHash: sha256Hex,
+  createdAt: count,
+  layout: z.object({ rootFsUuid: LayoutSchema.shape.rootFsUuid, slotSizeMiB: positive, slots: z.object({ A: z.string().min(1), B: z.string().min(1) }).strict() }).strict(),
   /** The whole layout the image was built for (its fstab): the installer partitions by it. */
-  diskLayout?: Layout
-  image: { file: string; size: number; sha256: string; chunkSize: number; chunks: string[] }
+  diskLayout: LayoutSchema.extend({
+    partitions: z.array(PartitionSchema.extend({ options: z.string() })),
+    stateMount: z.string(),
+  }).optional(),
+  image: z.object({ ...fileRef, chunkSize: positive, chunks: z.array(sha256Hex) }).strict(),
   /**
    * The zstd copy that is downloaded. `frames`: the size of each chunk's own zstd frame, in chunk
    * order (image-build/zstd-frames.ts): a delta update fetches single chunks by their byte range.
    */
-  transport: { file: string; size: number; sha256: string; compression: 'zstd'; frames?: number[] }
+  transport: z.object({ ...fileRef, compression: z.literal('zstd'), frames: z.array(positive).optional() }).strict(),
   /** The block index (image-build/block-index.ts): short hashes of every block, for delta updates. */
-  blocks?: { file: string; size: number; sha256: string; blockSize: number; hashBytes: number }
-  signer: string
-  signature?: string
-}
+  blocks: z.object({ ...fileRef, blockSize: positive, hashBytes: z.number().int().min(1).max(32) }).strict().optional(),
+  signer: z.string().regex(/^sha256:[0-9a-f]{32}$/, 'a key fingerprint sha256:<32 hex digits>'),
+  signature: z.string().optional(),
+}).strict().superRefine((m, ctx) => {
+  const chunks = Math.ceil(m.image.size / m.image.chunkSize)
+  if (m.image.chunks.length !== chunks) {
+    ctx.addIssue({ code: 'custom', path: ['image', 'chunks'], message: `${m.image.chunks.length} chunk hashes, where ${m.image.size} bytes make ${chunks} chunks of ${m.image.chunkSize}` })
+  }
+  const frames = m.transport.frames
+  if (frames && (frames.length !== m.image.chunks.length || frames.reduce((a, b) => a + b, 0) !== m.transport.size)) {
+    ctx.addIssue({ code: 'custom', path: ['transport', 'frames'], message: `${frames.length} frames of ${frames.reduce((a, b) => a + b, 0)} bytes, where there are ${m.image.chunks.length} chunks and ${m.transport.size} bytes` })
+  }
+  if (m.blocks && m.blocks.size !== Math.ceil(m.image.size / m.blocks.blockSize) * m.blocks.hashBytes) {
+    ctx.addIssue({ code: 'custom', path: ['blocks', 'size'], message: `${m.blocks.size} bytes, where ${m.image.size} bytes of image in ${m.blocks.blockSize}-byte blocks make ${Math.ceil(m.image.size / m.blocks.blockSize) * m.blocks.hashBytes}` })
+  }
+  const files = [m.image.file, m.transport.file, ...(m.blocks ? [m.blocks.file] : []), 'manifest.json']
+  if (new Set(files).size !== files.length) ctx.addIssue({ code: 'custom', path: [], message: `the image, transport, block index and manifest need four different file names: ${files.join(', ')}` })
+})
+
+export type Manifest = z.infer<typeof ManifestSchema>
 
 /** Bytes of chunk `index` of the image: the chunk size, less for the last one. */
 export const chunkLength = (m: Manifest, index: number): number => Math.min(m.image.chunkSize, m.image.size - index * m.image.chunkSize)
@@ -83,40 +114,97 @@ export function signManifest(m: Manifest, key: crypto.KeyObject): Manifest {
   return { ...m, signature: crypto.sign(null, Buffer.from(canonicalJson(unsigned)), key).toString('base64') }
 }
 
-/** Throws unless `m` carries a valid signature by `key`. */
-export function verifyManifestSignature(m: Manifest, key: crypto.KeyObject, where: string): void {
-  if (typeof m.signature !== 'string') {
-    throw new LabhostError('signatureInvalid', `${where} is not signed`, 'only signed images are accepted; sign it with `labhost image build --key`')
+const short = (v: unknown) => {
+  const s = JSON.stringify(v) ?? String(v)
+  return s.length > 60 ? `${s.slice(0, 57)}...` : s
+}
+
+const isObject = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v)
+
+/** The JSON value of a manifest's text, any shape. */
+function parseJson(text: string, where: string): unknown {
+  try {
+    return JSON.parse(text)
+  } catch (e) {
+    throw new LabhostError('manifestInvalid', `${where} is not a readable manifest: ${(e as Error).message}`, 'point at the manifest.json written by `labhost image build`')
   }
-  const ok = crypto.verify(null, Buffer.from(canonicalJson({ ...m, signature: undefined })), key, Buffer.from(m.signature, 'base64'))
+}
+
+function unsigned(where: string): LabhostError {
+  return new LabhostError('signatureInvalid', `${where} is not signed`, 'only signed images are accepted; sign it with `labhost image build --key`; nothing was written')
+}
+
+/** Throws unless `v` carries a valid signature by `key`; reads nothing else of it. */
+function checkSignature(v: unknown, key: crypto.KeyObject, where: string): void {
+  if (!isObject(v) || typeof v.signature !== 'string') throw unsigned(where)
+  let ok = false
+  try {
+    ok = crypto.verify(null, Buffer.from(canonicalJson({ ...v, signature: undefined })), key, Buffer.from(v.signature, 'base64'))
+  } catch {
+    // a signature OpenSSL cannot even parse is a signature that does not match
+  }
   if (!ok) {
-    throw new LabhostError('signatureInvalid', `${where}: the signature does not match (signed by ${m.signer ?? 'unknown'}, trusted key ${keyFingerprint(key)})`,
+    // the signer named in an unverified manifest is only a clue: anything but a fingerprint quoted, shortened
+    const signer = typeof v.signer === 'string' && /^sha256:[0-9a-f]{32}$/.test(v.signer) ? v.signer : short(v.signer ?? 'unknown')
+    throw new LabhostError('signatureInvalid', `${where}: the signature does not match (signed by ${signer}, trusted key ${keyFingerprint(key)})`,
       'the manifest was changed or signed by another key: rebuild or re-download it; nothing was written')
   }
 }
 
-export function readManifest(file: string): Manifest {
-  let text: string
+/** `v` as a Manifest, or manifestInvalid naming the first field that is wrong and its value. */
+function checkShape(v: unknown, where: string): Manifest {
+  const r = ManifestSchema.safeParse(v)
+  if (r.success) return r.data
+  const issue = r.error.issues[0]!
+  let found: unknown = v
+  for (const k of issue.path) found = isObject(found) || Array.isArray(found) ? (found as Record<PropertyKey, unknown>)[k] : undefined
+  const field = issue.path.length ? issue.path.join('.') : '(top level)'
+  const what = issue.code === 'unrecognized_keys' ? `unknown key(s) ${issue.keys.join(', ')}` : found === undefined ? 'missing' : `found ${short(found)}`
+  const more = r.error.issues.length > 1 ? ` (+${r.error.issues.length - 1} more)` : ''
+  throw new LabhostError('manifestInvalid', `${where}: ${field}: ${issue.message}; ${what}${more}`, 'not a manifest this labhost can use: rebuild the image with this labhost version; nothing was written',
+    { field, issues: r.error.issues.map((i) => ({ path: i.path.map(String), message: i.message })) })
+}
+
+/**
+ * Verify `m`'s signature by `key` — before anything else of it is read — then its shape; returns
+ * it typed. Any JSON value may be passed: the worst outcome is a LabhostError.
+ */
+export function verifyManifestSignature(m: unknown, key: crypto.KeyObject, where: string): Manifest {
+  checkSignature(m, key, where)
+  return checkShape(m, where)
+}
+
+/** The manifest in `text`, its signature by `key` checked first, then its shape. */
+export function parseSignedManifest(text: string, key: crypto.KeyObject, where: string): Manifest {
+  return verifyManifestSignature(parseJson(text, where), key, where)
+}
+
+function readText(file: string): string {
   try {
-    text = fs.readFileSync(file, 'utf8')
+    return fs.readFileSync(file, 'utf8')
   } catch (e) {
     throw new LabhostError('manifestInvalid', `${file} is not a readable manifest: ${(e as Error).message}`, 'point at the manifest.json written by `labhost image build`')
   }
-  return parseManifest(text, file)
 }
 
-/** Parse a manifest's text; `where` (a file or URL) names it in errors. */
+export function readSignedManifest(file: string, key: crypto.KeyObject): Manifest {
+  return parseSignedManifest(readText(file), key, file)
+}
+
+/** A manifest file, not yet verified: see parseManifest. */
+export function readManifest(file: string): Manifest {
+  return parseManifest(readText(file), file)
+}
+
+/**
+ * Parse a manifest's text where the trusted key is not at hand (`where`, a file or URL, names it
+ * in errors): one without a signature is refused as unsigned, one with a signature must have the
+ * shape. Nothing in it is to be trusted before verifyManifestSignature.
+ */
 export function parseManifest(text: string, where: string): Manifest {
-  let m: Manifest
-  try {
-    m = JSON.parse(text) as Manifest
-  } catch (e) {
-    throw new LabhostError('manifestInvalid', `${where} is not a readable manifest: ${(e as Error).message}`, 'point at the manifest.json written by `labhost image build`')
-  }
-  if (m === null || typeof m !== 'object' || m.format !== MANIFEST_FORMAT) {
-    throw new LabhostError('manifestInvalid', `${where}: format ${JSON.stringify(m?.format)} is not ${MANIFEST_FORMAT}`, 'rebuild the image with this labhost version')
-  }
-  return m
+  const v = parseJson(text, where)
+  if (!isObject(v) || typeof v.signature !== 'string') throw unsigned(where)
+  return checkShape(v, where)
 }
 
 /** SHA-256 of the whole file and of each chunk, in one pass. */
@@ -163,8 +251,7 @@ export function matchesPart(file: string, part: { size: number; sha256: string }
 
 /** Verify signature and, when the files are beside the manifest, their sizes and hashes. */
 export function verifyImageDir(manifestFile: string, key: crypto.KeyObject): Manifest {
-  const m = readManifest(manifestFile)
-  verifyManifestSignature(m, key, manifestFile)
+  const m = readSignedManifest(manifestFile, key)
   const dir = path.dirname(manifestFile)
   for (const part of [m.image, m.transport, ...(m.blocks ? [m.blocks] : [])]) {
     const f = path.join(dir, part.file)
