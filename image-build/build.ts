@@ -14,6 +14,7 @@ import { cacheRoot, debianMirror, kernelFromPackage, machineSuite, unpackDebianP
 import { buildInitramfs } from './initramfs.ts'
 import { rootRuleInit, stickInit } from './initramfs-init.ts'
 import { CHUNK_SIZE, hashChunks, keyFingerprint, MANIFEST_FORMAT, readPrivateKey, signManifest, type Manifest } from './manifest.ts'
+import { stageRecipeFiles, stageRecipeLinks } from './recipe-files.ts'
 import { loadRecipe, type LoadedRecipe } from './recipe.ts'
 import { compressFramed } from './zstd-frames.ts'
 import { BLOCK_HASH_BYTES, BLOCK_SIZE, writeBlockIndex } from './block-index.ts'
@@ -150,7 +151,7 @@ async function cacheKey(r: LoadedRecipe, epoch: number, signer: string): Promise
   const h = crypto.createHash('sha256').update(`${r.hash}\n${epoch}\n${signer}\n`)
   const pkgs = [...r.recipe.base.packages, r.recipe.kernel.package]
   h.update((await run('apt-cache', ['policy', ...pkgs])).stdout.replace(/^\s*\*\*\*.*$/gm, ''))
-  for (const f of ['build.ts', 'initramfs.ts', 'initramfs-init.ts', 'cpio.ts', 'manifest.ts', 'zstd-frames.ts', 'block-index.ts']) h.update(fs.readFileSync(path.join(import.meta.dirname ?? '.', f)))
+  for (const f of ['build.ts', 'recipe-files.ts', 'initramfs.ts', 'initramfs-init.ts', 'cpio.ts', 'manifest.ts', 'zstd-frames.ts', 'block-index.ts']) h.update(fs.readFileSync(path.join(import.meta.dirname ?? '.', f)))
   if (r.recipe.carryLabhost) h.update(hashChunks(await labhostExecutable()).sha256)
   return h.digest('hex')
 }
@@ -206,13 +207,7 @@ export async function buildImage(recipeName: string, o: BuildOptions): Promise<B
       fs.copyFileSync(await labhostExecutable(), path.join(staging, 'usr/sbin/labhost'))
       fs.chmodSync(path.join(staging, 'usr/sbin/labhost'), 0o755)
     }
-    for (const f of r.recipe.files) {
-      const dest = path.join(staging, f.path)
-      fs.mkdirSync(path.dirname(dest), { recursive: true })
-      fs.rmSync(dest, { force: true })
-      fs.writeFileSync(dest, f.content, { mode: parseInt(f.mode, 8) })
-      fs.chmodSync(dest, parseInt(f.mode, 8))
-    }
+    stageRecipeFiles(staging, r)
     // extlinux rewrites these in place: inodes made by mkfs keep generation 0, where the kernel
     // would give new ones a random generation that ends up in checksums.
     const extlinuxDir = path.join(staging, 'boot/extlinux')
@@ -220,12 +215,7 @@ export async function buildImage(recipeName: string, o: BuildOptions): Promise<B
     fs.writeFileSync(path.join(extlinuxDir, 'ldlinux.sys'), '')
     fs.writeFileSync(path.join(extlinuxDir, 'ldlinux.c32'), '')
     fs.writeFileSync(path.join(extlinuxDir, 'extlinux.conf'), renderExtlinuxConf(extlinuxConfig))
-    for (const l of r.recipe.links) {
-      const dest = path.join(staging, l.path)
-      fs.mkdirSync(path.dirname(dest), { recursive: true })
-      fs.rmSync(dest, { force: true })
-      fs.symlinkSync(l.target, dest)
-    }
+    stageRecipeLinks(staging, r)
     setTimes(staging, epoch)
 
     fs.mkdirSync(o.out, { recursive: true })

@@ -11,6 +11,11 @@ import { loadLayout, type Layout } from '../lib/layout.ts'
 
 const debName = z.string().regex(/^[a-z0-9][a-z0-9+.-]+$/, 'must be a Debian package name')
 
+// A path in the image: the build writes it under the staging tree as root, so `..` would reach
+// the build machine (and the old file there is deleted first). build.ts also refuses, at write
+// time, paths that lead out through a symbolic link.
+const imagePath = z.string().regex(/^(\/(?!\.{1,2}(\/|$))[^/\0]+)+$/, 'an absolute path inside the image, normalised: no . or .. components, no // or trailing /')
+
 export const RecipeSchema = z.object({
   name: z.string().regex(/^[a-z0-9-]+$/, 'lower-case letters, digits and dashes'),
   version: z.string().regex(/^\d+(\.\d+){0,3}([-+~][0-9A-Za-z.]+)?$/, 'a version such as 1.2.0'),
@@ -30,12 +35,12 @@ export const RecipeSchema = z.object({
   }).strict(),
   carryLabhost: z.boolean().default(false).describe('put this labhost executable at /usr/sbin/labhost (needs libc6, libstdc++6, libgcc-s1 in the image)'),
   files: z.array(z.object({
-    path: z.string().regex(/^\/[^\0]+$/, 'an absolute path inside the image'),
+    path: imagePath,
     content: z.string(),
     mode: z.string().regex(/^0?[0-7]{3,4}$/, 'an octal mode such as 0644').default('0644'),
   }).strict()).default([]),
   links: z.array(z.object({
-    path: z.string().regex(/^\/[^\0]+$/, 'an absolute path inside the image'),
+    path: imagePath,
     target: z.string().min(1),
   }).strict()).default([]).describe('symbolic links to create, e.g. to enable systemd units'),
   imageSizeMiB: z.number().int().min(8).describe('size of the raw root filesystem image'),
