@@ -84,11 +84,25 @@ function sysfsBackend(dir: string): Backend {
   }
 }
 
+/**
+ * `text` with the password taken out: as given and trimmed (output is trimmed before it is
+ * shown), and any `ValSetupPwd=…` cctk echoes from its command line, whatever it holds.
+ */
+function redact(text: string, secret: string | undefined): string {
+  let out = text.replace(/(ValSetupPwd\s*[=:]\s*)\S+/gi, '$1***')
+  for (const s of secret ? [secret, secret.trim()] : []) if (s) out = out.split(s).join('***')
+  return out
+}
+
 function cctkBackend(exe: string): Backend {
   const cctk = async (args: string[], secret?: string) => {
-    const r = await execa(exe, args, { reject: false })
-    const out = `${r.stdout}\n${r.stderr}`.trim()
-    return { code: r.exitCode ?? -1, out: secret ? out.split(secret).join('***') : out }
+    try {
+      const r = await execa(exe, args, { reject: false })
+      return { code: r.exitCode ?? -1, out: redact(`${r.stdout}\n${r.stderr}`, secret).trim() }
+    } catch (e) {
+      // execa's own refusals (an argument it cannot pass) quote the command line
+      throw fail(`${exe} could not be run: ${redact((e as Error).message, secret)}`, 'check the cctk executable and the BIOS admin password file; nothing was changed')
+    }
   }
   return {
     name: 'cctk',
@@ -104,6 +118,8 @@ function cctkBackend(exe: string): Backend {
     },
     async write(changes, password) {
       const args = changes.map((c) => `--${c.name}=${c.to}`)
+      // cctk takes the setup password only as an argument: this one short-lived call is where it
+      // can be seen (in /proc/PID/cmdline, by root on the installer's own system); reads go without
       if (password !== null) args.push(`--ValSetupPwd=${password}`)
       const r = await cctk(args, password ?? undefined)
       if (r.code !== 0) throw fail(`cctk refused the settings (exit ${r.code}): ${r.out.split('\n').slice(-1)[0]}`, 'check the BIOS admin password file and the values; the other settings were left as they were')
@@ -155,19 +171,40 @@ export async function planBios(config: InstallConfig['bios'], sysRoot = '/sys'):
   return { backend: backend.name, where: backend.where, changes, unchanged }
 }
 
+const MAX_PASSWORD_BYTES = 1024
+
+/**
+ * The BIOS admin password: the one line of `file` (a final newline dropped). Every refusal names
+ * the file and what is wrong with it, never a byte of its content.
+ */
+function readPassword(file: string): string {
+  let bytes: Buffer
+  try {
+    const fd = fs.openSync(file, 'r')
+    try {
+      bytes = Buffer.alloc(MAX_PASSWORD_BYTES + 1)
+      bytes = bytes.subarray(0, fs.readSync(fd, bytes, 0, bytes.length, 0))
+    } finally {
+      fs.closeSync(fd)
+    }
+  } catch (e) {
+    throw fail(`bios.passwordFile ${file} cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'})`, 'put the password file next to install.yaml; nothing was changed')
+  }
+  const hint = 'put the BIOS admin password alone on the first line of the file (its content is not shown); nothing was changed'
+  if (bytes.length > MAX_PASSWORD_BYTES) throw fail(`bios.passwordFile ${file} is longer than ${MAX_PASSWORD_BYTES} bytes: not a password file`, hint)
+  const text = bytes.toString('utf8').replace(/\r?\n$/, '')
+  const lines = text.split(/\r?\n/).length
+  if (lines > 1) throw fail(`bios.passwordFile ${file} holds ${lines} lines, where the password is one`, hint)
+  if (text === '') throw fail(`bios.passwordFile ${file} is empty`, hint)
+  if (/[\x00-\x1f\x7f]/.test(text)) throw fail(`bios.passwordFile ${file} holds a control character (a password is printable text)`, hint)
+  return text
+}
+
 /** Apply a plan and read every changed value back. */
 export async function applyBios(plan: BiosPlan, config: InstallConfig['bios'], configFile: string, sysRoot = '/sys'): Promise<BiosResult> {
   if (plan.backend === 'none' || !plan.changes.length) return { ...plan, pendingReboot: plan.backend === 'none' ? null : false }
   const backend = plan.backend === 'sysfs' ? sysfsBackend(plan.where!) : cctkBackend(plan.where!)
-  let password: string | null = null
-  if (config.passwordFile) {
-    const f = path.resolve(path.dirname(configFile), config.passwordFile)
-    try {
-      password = fs.readFileSync(f, 'utf8').replace(/\r?\n$/, '')
-    } catch {
-      throw fail(`bios.passwordFile ${f} cannot be read`, 'put the password file next to install.yaml')
-    }
-  }
+  let password = config.passwordFile ? readPassword(path.resolve(path.dirname(configFile), config.passwordFile)) : null
   await backend.write(plan.changes, password)
   password = null
   for (const c of plan.changes) {

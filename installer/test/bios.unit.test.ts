@@ -100,3 +100,101 @@ t.test('cctk: reads, changes only what differs, with the setup password, never e
   t.equal(r.pendingReboot, null, 'cctk does not say whether a reboot is pending')
   await t.rejects(planBios(bios({ backend: 'cctk', settings: { NoSuchThing: 'On' } }), sys), { code: 'biosFailed', message: /cctk cannot read NoSuchThing: Invalid argument/ })
 })
+
+// The admin password never leaves labhost except into the firmware: not in an error (message,
+// hint, --json), whatever cctk prints or the password file holds. cctk takes it only as an
+// argument (--ValSetupPwd): that one write call is its only exposure (README, BIOS settings).
+const PASSWORD = 'pa55word'
+
+/** A cctk that logs its arguments (one call per line) and fails a write by echoing them all. */
+function echoingCctk(t: Test): { dir: string; calls: () => string[][] } {
+  const dir = tmpDir(t)
+  fs.writeFileSync(`${dir}/cctk`, `#!/bin/sh
+printf '%s\\0' "$@" >> "${dir}/argv"; echo >> "${dir}/argv"
+case "$1" in
+  --*=*) echo "Error: invalid option(s) in: $*" >&2; echo "usage: cctk [option]=[value] ... $*"; exit 119 ;;
+  --*) echo "\${1#--}=Disabled" ;;
+esac
+`, { mode: 0o755 })
+  return { dir, calls: () => fs.existsSync(`${dir}/argv`) ? fs.readFileSync(`${dir}/argv`, 'utf8').split('\n').filter(Boolean).map((l) => l.split('\0').filter(Boolean)) : [] }
+}
+
+function usingCctk(t: Test, dir: string): void {
+  const saved = process.env.PATH
+  process.env.PATH = `${dir}:${saved}`
+  t.teardown(() => { process.env.PATH = saved })
+}
+
+/** Every text of a LabhostError a person or a report could see. */
+const shown = (e: unknown) => { const err = e as { message: string; hint: string; stack?: string; toJSON?: () => unknown }; return [err.message, err.hint, err.stack ?? '', JSON.stringify(err.toJSON?.() ?? {})].join('\n') }
+
+async function failure(p: Promise<unknown>): Promise<unknown> {
+  try {
+    await p
+  } catch (e) {
+    return e
+  }
+  throw new Error('expected a refusal')
+}
+
+t.test('cctk fails echoing its command line: the password is in no error, whatever whitespace it has', async (t) => {
+  const cctk = echoingCctk(t)
+  usingCctk(t, cctk.dir)
+  const d = tmpDir(t)
+  for (const content of [`${PASSWORD}\n`, `${PASSWORD} \n`, ` ${PASSWORD}\r\n`]) {
+    fs.writeFileSync(`${d}/pw`, content)
+    const b = bios({ backend: 'cctk', passwordFile: `${d}/pw`, settings: { Virtualization: 'Enabled' } })
+    const plan = await planBios(b, tmpDir(t))
+    const e = await failure(applyBios(plan, b, `${d}/install.yaml`, tmpDir(t)))
+    t.match(e, { name: 'LabhostError', code: 'biosFailed', message: /cctk refused the settings \(exit 119\)/ }, `${JSON.stringify(content)}: refused`)
+    t.notMatch(shown(e), PASSWORD, 'the password is not in the message, the hint or the JSON')
+  }
+  const calls = cctk.calls()
+  t.ok(calls.length >= 6, 'cctk ran')
+  t.same(calls.filter((c) => c.some((a) => a.includes(PASSWORD))).map((c) => c[0]), ['--Virtualization=Enabled', '--Virtualization=Enabled', '--Virtualization=Enabled'],
+    'only the write calls carry the password, never a read')
+})
+
+t.test('a malformed password file is refused without showing its content, before cctk is given it', async (t) => {
+  const cctk = echoingCctk(t)
+  usingCctk(t, cctk.dir)
+  const d = tmpDir(t)
+  const files: [string, string | Buffer, RegExp][] = [
+    ['a NUL byte', `${PASSWORD}\0tail\n`, /control character/],
+    ['two lines', `${PASSWORD}\nsecond-${PASSWORD}\n`, /2 lines/],
+    ['a control character', `${PASSWORD}\u001b[2J\n`, /control character/],
+    ['empty', '\n', /is empty/],
+    ['not a password file', Buffer.alloc(1 << 20, `${PASSWORD}.`), /longer than 1024 bytes/],
+  ]
+  for (const [name, content, why] of files) {
+    fs.writeFileSync(`${d}/pw`, content)
+    const b = bios({ backend: 'cctk', passwordFile: `${d}/pw`, settings: { Virtualization: 'Enabled' } })
+    const plan = await planBios(b, tmpDir(t))
+    const e = await failure(applyBios(plan, b, `${d}/install.yaml`, tmpDir(t)))
+    t.match(e, { name: 'LabhostError', code: 'biosFailed', message: why }, `${name}: refused, biosFailed`)
+    t.match((e as Error).message, `${d}/pw`, 'names the file')
+    t.notMatch(shown(e), PASSWORD, 'not its content')
+  }
+  t.notOk(cctk.calls().some((c) => c.some((a) => a.includes('ValSetupPwd'))), 'cctk was never given a password')
+})
+
+t.test('sysfs: the password goes only into the firmware session, never into an argument or an error', async (t) => {
+  const { sys, dir } = firmware(t, { password: true })
+  const d = tmpDir(t)
+  fs.writeFileSync(`${d}/pw`, `${PASSWORD}\nsecond line\n`)
+  const b = bios({ passwordFile: `${d}/pw`, settings: { Virtualization: 'Enabled' } })
+  const plan = await planBios(b, sys)
+  const e = await failure(applyBios(plan, b, `${d}/install.yaml`, sys))
+  t.match(e, { code: 'biosFailed', message: /2 lines/ })
+  t.notMatch(shown(e), PASSWORD, 'a malformed file: not shown')
+  t.equal(fs.readFileSync(`${dir}/authentication/Admin/current_password`, 'utf8'), '', 'nothing was written to the firmware session')
+  t.equal(fs.readFileSync(`${dir}/attributes/Virtualization/current_value`, 'utf8'), 'Disabled\n', 'nor any setting')
+  // a firmware that refuses the setting (a read-only attribute): the error names it, not the password
+  fs.writeFileSync(`${d}/pw`, `${PASSWORD}\n`)
+  fs.rmSync(`${dir}/attributes/Virtualization/current_value`)
+  fs.mkdirSync(`${dir}/attributes/Virtualization/current_value`)
+  const refused = await failure(applyBios(plan, b, `${d}/install.yaml`, sys))
+  t.match(refused, { code: 'biosFailed', message: /the firmware refused Virtualization=Enabled/ })
+  t.notMatch(shown(refused), PASSWORD)
+  t.equal(fs.readFileSync(`${dir}/authentication/Admin/current_password`, 'utf8'), '', 'and the session is cleared after the refusal')
+})
