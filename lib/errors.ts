@@ -28,6 +28,7 @@ export const ExitCode = {
   downloadFailed: 36,
   tlsUntrusted: 37,
   otherImage: 38,
+  trialFailed: 39,
   imageTooSmall: 40,
   packageMissing: 41,
   diskTooSmall: 50,

@@ -1,6 +1,6 @@
 // The `host` recipe (debootstrap'd Debian, systemd, openssh-server) boots from slot A through
 // the shared initramfs, sshd runs with the host keys the installer puts on /persistent, and
-// labhost-mark-good.service ends a trial after its health check.
+// labhost-trial.service ends a trial once its health check (sshd active) passes.
 import fs from 'node:fs'
 import t from 'tap'
 import { cacheKeys } from '../image-build/cache-keys.ts'
@@ -27,7 +27,7 @@ t.test('host image: systemd userspace from slot A, sshd with keys from /persiste
     fs.mkdirSync(`${root}/ssh`, { mode: 0o700 })
     for (const type of ['ed25519', 'rsa']) await run('ssh-keygen', ['-q', '-t', type, '-N', '', '-f', `${root}/ssh/ssh_host_${type}_key`])
   })
-  // Slot A on trial with one boot: only labhost-mark-good.service stands between it and a
+  // Slot A on trial with one boot: only labhost-trial.service's verdict stands between it and a
   // rollback to the (empty) slot B at the second boot.
   const disk = Disk.open(disks.ssd)
   t.teardown(() => disk.close())

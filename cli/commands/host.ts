@@ -4,8 +4,9 @@ import path from 'node:path'
 import { DEFAULT_PATHS, markGood, writeDurable, type HostPaths } from '../../updater/host-state.ts'
 import { gatherStatus, renderHuman, renderPrometheus } from '../../updater/status.ts'
 import { runUpdate } from '../../updater/update.ts'
+import { judgeTrial, loadTrialConfig, TRIAL_CONFIG } from '../../updater/trial-verdict.ts'
 import { DEFAULT_TORRENT } from '../../updater/torrent.ts'
-import { LabhostError } from '../../lib/errors.ts'
+import { ExitCode, LabhostError } from '../../lib/errors.ts'
 import { powerAction } from '../../lib/power.ts'
 import { numberOption, rateOption, type Command, type NumberRange, type OptionSpec } from '../command.ts'
 
@@ -62,6 +63,25 @@ const NUMERIC_OPTIONS = {
   'seed-ratio': { min: 0, max: 1000, fraction: true },
   'tracker-interval': { min: 1, max: 86400 },
 } satisfies Record<string, NumberRange>
+
+export const trialCheck: Command = {
+  name: 'trial-check',
+  summary: 'judge a trial boot: the image\'s health checks until they pass (mark good) or its deadline passes (roll back)',
+  usage: 'labhost trial-check [--config FILE] [--reboot] [--dry-run] [--json] [--state-root DIR] [--boot-file FILE]',
+  options: {
+    ...PATH_OPTIONS,
+    // the checks and the deadline (default /etc/labhost/trial.yaml, from the image)
+    config: { type: 'string' },
+    // after a rollback, reboot into the previous slot (the unit in the host image passes it)
+    reboot: { type: 'boolean', default: false },
+  },
+  async run(values, _pos, ctx) {
+    const config = loadTrialConfig(typeof values.config === 'string' ? values.config : TRIAL_CONFIG)
+    const v = await judgeTrial({ paths: hostPaths(values), config, log: ctx.log, dryRun: ctx.dryRun })
+    if (v.verdict === 'rolled-back' && values.reboot && !ctx.dryRun) await powerAction('reboot', ctx.log)
+    return { data: { ...v, dryRun: ctx.dryRun }, human: `${v.verdict}: ${v.reason}`, exitCode: v.verdict === 'rolled-back' ? ExitCode.trialFailed : 0 }
+  },
+}
 
 export const update: Command = {
   name: 'update',
