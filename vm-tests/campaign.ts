@@ -73,6 +73,12 @@ export interface CycleRecord {
   bootSeconds: number | null
   /** labhost update's exit code when it ended by itself without switching (a failed update). */
   updateExit?: number
+  /**
+   * MiB chunks of the slot about to be written that already held the target image's bytes, read
+   * from the disk by the harness as the update was announced: 0 means every chunk the update
+   * writes changes the slot (absent in reports made before the campaign scrambled the slot).
+   */
+  heldBefore?: number
 }
 
 export interface CampaignReport {
@@ -127,6 +133,7 @@ export const summaryLine = (r: CampaignReport): string =>
   `cycles ${r.cycles}, resets ${r.resets}, old ${r.old}, new ${r.new}, bricked ${r.bricked}` + (r.failedUpdates ? `, failed updates ${r.failedUpdates}` : '')
 
 const VERSIONS = ['1.0.0', '2.0.0'] as const
+const MiB = 1 << 20
 
 /** The two versions the campaign alternates between: lean test images (fixtures/lean-image.ts). */
 export async function buildCampaignImages(dir: string): Promise<{ keyFile: string; dirs: Record<string, string>; manifests: Record<string, Manifest> }> {
@@ -144,15 +151,26 @@ export async function buildCampaignImages(dir: string): Promise<{ keyFile: strin
 
 /**
  * The guest's side of a cycle, run by the test image's init on every boot: confirm the running
- * slot, then update to the other version (a downgrade every second time) and reboot.
+ * slot, fill the first `scrambleMiB` of the inactive slot with 0xFF bytes (so the update writes
+ * bytes the slot does not hold: two versions alternating would otherwise rewrite what is there,
+ * and a torn or skipped write could not show), then update to the other version (a downgrade
+ * every second time) and reboot. The harness checks the scramble from outside (CycleRecord.heldBefore).
  */
-function cycleHook(injectNaiveSwitch: boolean): string {
+function cycleHook(injectNaiveSwitch: boolean, scrambleMiB: number): string {
   return `#!/bin/sh
 L=${GUEST_LABHOST}
 # confirm the running slot when it is on trial (each labhost start costs seconds under TCG)
 [ -e /var/log/${TRIAL_FILE} ] && echo "LABHOST-MARK $($L mark-good 2>&1)"
 V=$(cat /etc/labhost/version)
 case "$V" in ${VERSIONS[0]}) NEXT=${VERSIONS[1]} ;; *) NEXT=${VERSIONS[0]} ;; esac
+. /run/labhost/boot
+case "$SLOT" in A) P=\${DISK}2 ;; *) P=\${DISK}1 ;; esac
+# never the rollback target of a pending trial (mark-good above ended it, unless it failed)
+if [ ! -e /var/log/${TRIAL_FILE} ]; then
+  dd if=/dev/zero bs=1M count=1 2>/dev/null | tr '\\000' '\\377' > /tmp/ff
+  i=0; while [ $i -lt ${scrambleMiB} ]; do cat /tmp/ff; i=$((i+1)); done > $P
+  sync
+fi
 echo "LABHOST-CYCLE-UPDATE from=$V to=$NEXT"
 ${injectNaiveSwitch ? 'LABHOST_FAULT_SKIP_CRC_COMPENSATION=1 ' : ''}$L update /qcow2/backing/$NEXT --allow-downgrade --trial-boots 3 --announce-phases --reboot > /dev/console 2>&1
 echo "LABHOST-UPDATE-EXIT $?"
@@ -161,7 +179,7 @@ reboot -f
 `
 }
 
-async function stageCampaign(disks: HostDisks, dirs: Record<string, string>, injectNaiveSwitch: boolean): Promise<void> {
+async function stageCampaign(disks: HostDisks, dirs: Record<string, string>, injectNaiveSwitch: boolean, scrambleMiB: number): Promise<void> {
   // the release executable ignores fault variables: a mutant runs the fault-enabled build
   await stageLabhost(disks, { faults: injectNaiveSwitch })
   await withPartition(disks.ssd, disks.ssdPlan.find((p) => p.mount === '/qcow2/backing')!, async (root) => {
@@ -171,7 +189,7 @@ async function stageCampaign(disks: HostDisks, dirs: Record<string, string>, inj
     }
   })
   await withPartition(disks.ssd, disks.ssdPlan.find((p) => p.mount === '/persistent')!, async (root) => {
-    fs.writeFileSync(`${root}/test-hook`, cycleHook(injectNaiveSwitch), { mode: 0o755 })
+    fs.writeFileSync(`${root}/test-hook`, cycleHook(injectNaiveSwitch, scrambleMiB), { mode: 0o755 })
   })
 }
 
@@ -184,6 +202,13 @@ const MARKERS: MarkerPattern[] = [
 
 function slotHash(disks: HostDisks, slot: string, bytes: number): string {
   return hashRange(disks.ssd, disks.ssdPlan[slot === 'A' ? 0 : 1]!.firstLba * 512, bytes)
+}
+
+/** How many of the image's chunks the slot already holds, byte for byte. */
+function heldChunks(disks: HostDisks, slot: string, m: Manifest): number {
+  const first = disks.ssdPlan[slot === 'A' ? 0 : 1]!.firstLba * 512
+  const { chunkSize, size } = m.image
+  return m.image.chunks.filter((sha256, i) => hashRange(disks.ssd, first + i * chunkSize, Math.min(chunkSize, size - i * chunkSize)) === sha256).length
 }
 
 export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignReport> {
@@ -200,7 +225,8 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
   fs.mkdirSync(o.workDir, { recursive: true })
   const { dirs, manifests } = await buildCampaignImages(o.workDir)
   const disks = await buildHostDisks(o.workDir, loadRecipe('test').layout, `${dirs[VERSIONS[0]]}/root.img`, { slots: ['A'], flag: 'A', restMiB: 200 })
-  await stageCampaign(disks, dirs, o.injectNaiveSwitch ?? false)
+  const imageBytes = Math.max(...Object.values(manifests).map((m) => m.image.size))
+  await stageCampaign(disks, dirs, o.injectNaiveSwitch ?? false, Math.ceil(imageBytes / MiB))
   const spec: VmSpec = { disks: [{ file: disks.ssd, bus: 'ide-hd', rotationRate: 1 }, { file: disks.hdd, bus: 'ide-hd', rotationRate: 7200 }], memoryMb: 512, cpus: o.cpus ?? 1 }
   const serialFile = path.join(o.workDir, 'serial.log')
   const report: CampaignReport = {
@@ -252,6 +278,7 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
   }
   /** Wait for userspace after a reset or reboot; check the booted slot holds that version's bytes exactly. */
   let lastUp = 0
+  let lastSlot = ''
   const awaitBoot = async (record: CycleRecord, since: number): Promise<boolean> => {
     const up = await con.until('userspace', Date.now() + bootTimeout)
     if (up) lastUp = up.at
@@ -260,6 +287,7 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
       return false
     }
     record.booted = { version: up.a, slot: up.b }
+    lastSlot = up.b
     record.bootSeconds = (up.at - since) / 1000
     const m = manifests[up.a]
     if (!m || slotHash(disks, up.b, m.image.size) !== m.image.sha256) {
@@ -286,6 +314,8 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
       }
       record.from = announced.a
       record.to = announced.b
+      const target = manifests[record.to]
+      if (target && lastSlot) record.heldBefore = heldChunks(disks, lastSlot === 'A' ? 'B' : 'A', target)
       const phases: Record<string, number> = {}
       let phase: string | null = null
       const note = (m: Marker) => {
@@ -322,6 +352,7 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
         calibration = { updateMs: phases.done - start, verifyMs: phases['arm-trial'] - (phases.verify ?? phases['arm-trial']), commitTailMs: phases.done - phases['arm-trial'] }
         report.calibration = calibration
         record.booted = { version: up.a, slot: up.b }
+        lastSlot = up.b
         record.bootSeconds = (up.at - phases.done) / 1000
         if (up.a !== record.to) {
           await brick(record, `the calibration update to ${record.to} booted ${up.a}`)

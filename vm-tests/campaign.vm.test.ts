@@ -2,7 +2,9 @@
 // 500`): 10 resets of a host that updates itself between 1.0.0 and 2.0.0, each followed by a boot
 // that must bring up one of the two with that slot's bytes exactly the signed image. The aims are
 // stratified (every second reset around the commit; each instant random inside its own slice of
-// the window), so ten resets reach the write, the read-back and both sides of the switch. Then the
+// the window), so ten resets reach the write, the read-back and both sides of the switch. Before
+// each update the guest fills the slot it will write with 0xFF, and the harness checks from the
+// disk that the slot held none of the image's chunks: a torn or skipped write cannot pass. Then the
 // same campaign with a switch that skips the CRC compensation must report a brick.
 // LABHOST_SEED=S repeats a run; the JSON report goes to reports/campaign.json.
 import fs from 'node:fs'
@@ -29,6 +31,9 @@ t.test(`short campaign: ${RESETS} resets aimed over updates and at the commit, n
   t.ok(resets.some((r) => r.phase === 'write') && resets.some((r) => r.phase === 'verify' || r.phase === 'arm-trial' || r.phase === 'commit' || r.phase === 'done'),
     'resets landed while the slot was written and around the switch', { phases: resets.map((r) => r.phase) })
   t.ok(report.old > 0 && report.new > 0, 'some resets came back to the old version, some to the new one')
+  // the evidence can fail: every update wrote over bytes that were not yet the image's
+  const held = report.records.map((r) => r.heldBefore)
+  t.ok(held.length > RESETS && held.every((n) => n === 0), 'before every update, the slot it wrote held none of the image\'s chunks (checked from the disk)', { held })
 })
 
 t.test('the same campaign with a switch that skips the CRC compensation reports a brick', async (t) => {
