@@ -5,6 +5,7 @@
 import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
+import { bdecode, BencodeError, isDict, type BValue } from '../lib/bencode.ts'
 import { LabhostError } from '../lib/errors.ts'
 import { run } from '../lib/exec.ts'
 import { matchesPart, readManifest } from './manifest.ts'
@@ -25,6 +26,49 @@ export interface Published {
 }
 
 export const torrentFileFor = (transportFile: string): string => `${transportFile}.torrent`
+
+/**
+ * The largest .torrent accepted. `labhost image publish` makes 1 MiB pieces, 20 bytes of SHA-1
+ * each: 64 GiB of transport file make a 1.25 MiB torrent (5 MiB with 256 KiB pieces).
+ */
+export const TORRENT_MAX_BYTES = 8 << 20
+
+/**
+ * Throws unless the .torrent `data` (from `where`) describes exactly one file, named `want.name`
+ * with `want.size` bytes, in pieces that add up: the torrent is not signed, and the names in it
+ * are what aria2c creates in its directory. BitTorrent v2 torrents (a file tree) are refused too:
+ * labhost publishes v1 ones, and a hybrid could name other files in its v2 half.
+ */
+export function checkTorrent(data: Buffer, want: { name: string; size: number }, where: string): void {
+  const refuse = (problem: string) => new LabhostError('torrentInvalid', `${where} ${problem}; labhost downloads only ${want.name} of ${want.size} bytes (the signed transport file)`,
+    'publish the image again (labhost image publish DIR --tracker URL), or update over HTTP without --torrent; nothing was written')
+  let root: BValue
+  try {
+    root = bdecode(data)
+  } catch (e) {
+    if (!(e instanceof BencodeError)) throw e
+    throw new LabhostError('torrentInvalid', `${where} is not a torrent file (${e.message})`,
+      'publish the image again (labhost image publish DIR --tracker URL), or update over HTTP without --torrent; nothing was written')
+  }
+  const info = isDict(root) ? root.get('info') : undefined
+  if (!isDict(info)) throw refuse('has no info dictionary')
+  const files = info.get('files')
+  if (files !== undefined) throw refuse(`describes ${Array.isArray(files) ? files.length : 'a list of'} files`)
+  if (info.has('file tree') || info.has('meta version')) throw refuse('is a BitTorrent v2 torrent')
+  for (const key of ['name', 'name.utf-8']) {
+    const name = info.get(key)
+    if (key === 'name.utf-8' && name === undefined) continue
+    if (!Buffer.isBuffer(name)) throw refuse(`has no ${key}`)
+    if (!name.equals(Buffer.from(want.name))) throw refuse(`names its file ${JSON.stringify(name.toString('utf8'))}`)
+  }
+  const length = info.get('length')
+  if (length !== want.size) throw refuse(`gives its file ${typeof length === 'number' ? length : 'no'} bytes`)
+  const pieceLength = info.get('piece length')
+  const pieces = info.get('pieces')
+  if (typeof pieceLength !== 'number' || pieceLength < 1 || !Buffer.isBuffer(pieces) || pieces.length !== 20 * Math.ceil(want.size / pieceLength)) {
+    throw refuse('has pieces that do not add up to its file')
+  }
+}
 
 /** Info hash (hex) of a .torrent file, as aria2c reads it. */
 export async function infoHash(torrentFile: string): Promise<string> {
@@ -72,6 +116,8 @@ export async function seedImage(imageDir: string, o: SeedOptions = {}): Promise<
   const transport = path.join(imageDir, path.basename(manifest.transport.file))
   const torrent = torrentFileFor(transport)
   if (!fs.existsSync(torrent)) throw new LabhostError('notFound', `${torrent} is missing`, 'make it first: labhost image publish DIR --tracker URL')
+  // aria2c creates and writes what the torrent names, in the image directory
+  checkTorrent(fs.readFileSync(torrent), { name: path.basename(transport), size: manifest.transport.size }, torrent)
   const h = fs.existsSync(transport) ? matchesPart(transport, manifest.transport) : null
   if (!h?.ok) {
     throw new LabhostError('hashMismatch', `${transport} is not the transport file its signed manifest names${h ? ` (size ${h.size} vs ${manifest.transport.size})` : ' (missing)'}`,

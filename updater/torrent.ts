@@ -13,6 +13,7 @@ import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { LabhostError } from '../lib/errors.ts'
 import { matchesPart, type Manifest } from '../image-build/manifest.ts'
+import { checkTorrent, TORRENT_MAX_BYTES } from '../image-build/torrent.ts'
 import { fetchBytes, type UpdateSource } from './source.ts'
 
 export interface TorrentOptions {
@@ -32,6 +33,8 @@ export interface TorrentOptions {
 }
 
 export const DEFAULT_TORRENT: TorrentOptions = { dir: '/run/labhost/torrent', seedMinutes: 30, seedRatio: 0, trackerIntervalSeconds: 60, stallSeconds: 300 }
+
+const shellQuote = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`
 
 /** The URL of the .torrent published for a transport file URL. */
 export const torrentUrlFor = (transportUrl: string): string => `${transportUrl}.torrent`
@@ -54,18 +57,27 @@ export async function torrentSource(source: UpdateSource, manifest: Manifest, o:
   const log = o.log ?? (() => {})
   const started = Date.now()
   const torrentUrl = torrentUrlFor(remote.url)
-  // one directory per transport file: a new image never meets the pieces of another
-  const dir = path.join(o.dir, manifest.transport.sha256.slice(0, 16))
-  fs.mkdirSync(dir, { recursive: true })
   const name = path.basename(manifest.transport.file)
+  // The torrent is not signed, and aria2c creates whatever files it names: it must name exactly
+  // the signed transport file, with its size, before aria2c sees it.
+  const torrent = await fetchBytes(torrentUrl, remote.fetch, { maxBytes: TORRENT_MAX_BYTES, code: 'torrentInvalid' })
+  checkTorrent(torrent, { name, size: manifest.transport.size }, torrentUrl)
+  // one directory per transport file: a new image never meets the pieces of another. aria2c
+  // writes there; the .torrent, the completion hook, its marker and aria2c's log live in a
+  // directory beside it that only root may enter, where no torrent's file name can reach.
+  const id = manifest.transport.sha256.slice(0, 16)
+  const dir = path.join(o.dir, id)
+  const control = path.join(o.dir, `${id}.control`)
+  fs.mkdirSync(dir, { recursive: true })
+  fs.rmSync(control, { recursive: true, force: true })
+  fs.mkdirSync(control, { mode: 0o700 })
   const file = path.join(dir, name)
-  const torrentFile = path.join(dir, `${name}.torrent`)
-  fs.writeFileSync(torrentFile, await fetchBytes(torrentUrl, remote.fetch))
-  const marker = path.join(dir, 'complete')
-  const hook = path.join(dir, 'on-complete.sh')
-  fs.rmSync(marker, { force: true })
-  fs.writeFileSync(hook, `#!/bin/sh\n: > '${marker}'\n`, { mode: 0o755 })
-  const logFile = path.join(dir, 'aria2c.log')
+  const torrentFile = path.join(control, `${name}.torrent`)
+  fs.writeFileSync(torrentFile, torrent)
+  const marker = path.join(control, 'complete')
+  const hook = path.join(control, 'on-complete.sh')
+  fs.writeFileSync(hook, `#!/bin/sh\n: > ${shellQuote(marker)}\n`, { mode: 0o700 })
+  const logFile = path.join(control, 'aria2c.log')
   const args = [
     `--dir=${dir}`, '--continue=true', '--check-integrity=true', '--auto-file-renaming=false', '--allow-overwrite=true', '--file-allocation=none',
     '--enable-dht=false', '--enable-dht6=false', '--bt-enable-lpd=true',
@@ -97,14 +109,14 @@ export async function torrentSource(source: UpdateSource, manifest: Manifest, o:
       const logged = tailOf(logFile)
       throw new LabhostError(e.error === 'aria2c is not installed' ? 'toolFailed' : 'downloadFailed',
         `BitTorrent download of ${torrentUrl} failed: ${e.error ?? `aria2c exited with ${e.code}`}${logged ? `: ${logged}` : ''}`,
-        'check the tracker and that a peer or the server seeds the torrent (see aria2c.log there), or update over HTTP without --torrent; nothing was written')
+        `check the tracker and that a peer or the server seeds the torrent (see ${logFile}), or update over HTTP without --torrent; nothing was written`)
     }
     const bytes = allocated()
     if (bytes > last.bytes) last = { bytes, at: Date.now() }
     else if (Date.now() - last.at > o.stallSeconds * 1000) {
       stop()
       throw new LabhostError('downloadFailed', `BitTorrent download of ${torrentUrl} made no progress for ${o.stallSeconds} s (${bytes} of ${manifest.transport.size} bytes verified or in flight)`,
-        'no peer serves good pieces: check that the server seeds the torrent (aria2c.log in the download directory), or update over HTTP without --torrent; nothing was written')
+        `no peer serves good pieces: check that the server seeds the torrent (${logFile}), or update over HTTP without --torrent; nothing was written`)
     }
     await sleep(200)
   }

@@ -1,0 +1,165 @@
+// The .torrent beside a signed manifest is not signed, and it chooses the names aria2c writes: a
+// torrent naming its file like labhost's aria2c hook overwrote the hook, one naming it like the
+// completion marker hung labhost. Before aria2c starts, `labhost update --torrent` requires one
+// file with the signed transport file's name and size (else exit 39, nothing written, aria2c never
+// run); the hook, the marker and aria2c's log live in a private directory beside the download.
+// Each run is a private network namespace with only a loopback (unshare): the image server and
+// labhost talk over 127.0.0.1 there, and aria2c's multicast peer discovery reaches nothing.
+import fs from 'node:fs'
+import path from 'node:path'
+import { execa } from 'execa'
+import t from 'tap'
+import { ExitCode } from '../../lib/errors.ts'
+import { run } from '../../lib/exec.ts'
+import { REPO_ROOT, tmpDir } from '../../lib/test-helpers.ts'
+import { publishImage } from '../../image-build/torrent.ts'
+import { buildImages, makeHost, protectedParts, slotBHolds, wholeDisk, type Host, type Images } from './update-fixtures.ts'
+
+const dir = tmpDir(t, 'labhost-torrent-check-')
+let images: Images
+const PORT = 8080
+const tracker = 'http://127.0.0.1:1/announce'
+
+t.before(async () => {
+  images = await buildImages(dir)
+})
+
+/**
+ * `labhost image serve SERVED` and `labhost update http://127.0.0.1:8080/ ARGS` in a network
+ * namespace of their own (its only interface the loopback) and a PID namespace of their own: when
+ * the update is over, every process started there (aria2c seeding on) ends with it.
+ */
+async function updateIsolated(served: string, args: string[]) {
+  const script = [
+    'ip link set lo up || exit 90',
+    `"$NODE" "$CLI" image serve "$SERVED" --port ${PORT} 2>"$SERVED/../serve.log" &`,
+    'for i in $(seq 300); do grep -q serving "$SERVED/../serve.log" && break; sleep 0.1; done',
+    `"$NODE" "$CLI" update http://127.0.0.1:${PORT}/ "$@"`,
+  ].join('\n')
+  const started = Date.now()
+  const r = await execa('unshare', ['--net', '--pid', '--kill-child', '--', 'sh', '-c', script, 'sh', ...args],
+    { reject: false, timeout: 120_000, env: { NODE: process.execPath, CLI: path.join(REPO_ROOT, 'cli/bin.ts'), SERVED: served } })
+  return { code: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr), seconds: (Date.now() - started) / 1000 }
+}
+
+const torrentArgs = (h: Host, downloadRoot: string) => ['--full', '--torrent', '--download-dir', downloadRoot, '--seed-minutes', '0', '--timeout', '30', '--retries', '1', '--json', ...h.args]
+
+/** A served copy of 2.0.0 whose .torrent mktorrent made of `content` (a file or a directory) in `d`. */
+async function servedWithTorrent(d: string, content: string): Promise<string> {
+  const served = path.join(d, 'served')
+  fs.cpSync(images.v2, served, { recursive: true })
+  await run('mktorrent', ['-d', '-l', '20', '-a', tracker, '-w', `http://127.0.0.1:${PORT}/root.img.zst`, '-o', path.join(served, 'root.img.zst.torrent'), content])
+  return served
+}
+
+const files = (d: string) => (fs.existsSync(d) ? fs.readdirSync(d, { recursive: true }).map(String).sort() : [])
+
+const transportSize = () => fs.statSync(path.join(images.v2, 'root.img.zst')).size
+
+const refusals: { name: string; make: (d: string) => string; message: RegExp }[] = [
+  {
+    name: 'a torrent with two files (one of them the transport file)',
+    make: (d) => {
+      fs.mkdirSync(path.join(d, 'content', 'root.img.zst'), { recursive: true })
+      fs.copyFileSync(path.join(images.v2, 'root.img.zst'), path.join(d, 'content', 'root.img.zst', 'root.img.zst'))
+      fs.writeFileSync(path.join(d, 'content', 'root.img.zst', 'on-complete.sh'), '#!/bin/sh\necho owned\n')
+      return path.join(d, 'content', 'root.img.zst')
+    },
+    message: /root\.img\.zst\.torrent describes 2 files/,
+  },
+  {
+    name: 'a torrent whose one file has another name',
+    make: (d) => {
+      fs.mkdirSync(path.join(d, 'content'))
+      fs.copyFileSync(path.join(images.v2, 'root.img.zst'), path.join(d, 'content', 'other.img.zst'))
+      return path.join(d, 'content', 'other.img.zst')
+    },
+    message: /root\.img\.zst\.torrent names its file "other\.img\.zst"/,
+  },
+  {
+    name: 'a torrent whose file is named like labhost\'s aria2c hook',
+    make: (d) => {
+      fs.mkdirSync(path.join(d, 'content'))
+      const f = path.join(d, 'content', 'on-complete.sh')
+      fs.writeFileSync(f, Buffer.alloc(transportSize(), '#!/bin/sh\necho owned\n'))
+      return f
+    },
+    message: /root\.img\.zst\.torrent names its file "on-complete\.sh"/,
+  },
+  {
+    name: 'a torrent whose file is named like the completion marker',
+    make: (d) => {
+      fs.mkdirSync(path.join(d, 'content'))
+      fs.copyFileSync(path.join(images.v2, 'root.img.zst'), path.join(d, 'content', 'complete'))
+      return path.join(d, 'content', 'complete')
+    },
+    message: /root\.img\.zst\.torrent names its file "complete"/,
+  },
+  {
+    name: 'a torrent of the right name and the wrong length',
+    make: (d) => {
+      fs.mkdirSync(path.join(d, 'content'))
+      const f = path.join(d, 'content', 'root.img.zst')
+      fs.copyFileSync(path.join(images.v2, 'root.img.zst'), f)
+      fs.truncateSync(f, transportSize() - 4096)
+      return f
+    },
+    message: new RegExp(`root\\.img\\.zst\\.torrent gives its file ${'\\d+'} bytes; labhost downloads only root\\.img\\.zst of \\d+ bytes`),
+  },
+]
+
+for (const c of refusals) {
+  t.test(`refused before aria2c starts: ${c.name}; exit 39, disk byte-identical`, async (t) => {
+    const h = await makeHost(t, images)
+    const before = { disk: wholeDisk(h), ...protectedParts(h) }
+    const d = tmpDir(t)
+    const served = await servedWithTorrent(d, c.make(d))
+    const downloads = path.join(d, 'downloads')
+    const r = await updateIsolated(served, torrentArgs(h, downloads))
+    t.equal(r.code, ExitCode.torrentInvalid, 'exit 39 (torrent invalid)', { stderr: r.stderr })
+    t.match(r.stderr, c.message)
+    t.match(r.stderr, /\n\s*hint: .*nothing was written/)
+    t.ok(r.seconds < 20, `refused at once (${r.seconds.toFixed(1)} s with the server's start), not after the 30-s stall`)
+    t.same(files(downloads).filter((f) => /aria2c\.log|on-complete|complete$|other\.img/.test(f)), [], 'aria2c never ran: no log, nothing of the torrent\'s written')
+    t.equal(wholeDisk(h), before.disk, 'the disk is byte-identical')
+  })
+}
+
+t.test('refused: a .torrent over the 8 MiB cap, or no torrent at all (exit 39)', async (t) => {
+  const h = await makeHost(t, images)
+  const before = wholeDisk(h)
+  for (const [what, bytes, message] of [
+    ['over the cap', Buffer.alloc(9 << 20, 'd4:info'), /root\.img\.zst\.torrent is larger than the 8388608-byte \(8 MiB\) cap/],
+    ['not bencoded', Buffer.from('<html>not found</html>\n'), /root\.img\.zst\.torrent is not a torrent file/],
+  ] as const) {
+    const d = tmpDir(t)
+    const served = path.join(d, 'served')
+    fs.cpSync(images.v2, served, { recursive: true })
+    fs.writeFileSync(path.join(served, 'root.img.zst.torrent'), bytes)
+    const r = await updateIsolated(served, torrentArgs(h, path.join(d, 'downloads')))
+    t.equal(r.code, ExitCode.torrentInvalid, `${what}: exit 39`, { stderr: r.stderr })
+    t.match(r.stderr, message)
+    t.same(files(path.join(d, 'downloads')), [], `${what}: nothing in the download directory`)
+  }
+  t.equal(wholeDisk(h), before, 'the disk is byte-identical')
+})
+
+t.test('the published torrent (web seed on the loopback) is accepted; the download directory holds only the transport file', async (t) => {
+  const h = await makeHost(t, images)
+  const d = tmpDir(t)
+  const served = path.join(d, 'served')
+  fs.cpSync(images.v2, served, { recursive: true })
+  await publishImage(served, { trackers: [tracker], webSeeds: [`http://127.0.0.1:${PORT}/root.img.zst`] })
+  const downloads = path.join(d, 'downloads')
+  const r = await updateIsolated(served, torrentArgs(h, downloads))
+  t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
+  const out = JSON.parse(r.stdout)
+  t.ok(out.transfer.torrent?.file, 'downloaded with BitTorrent')
+  t.ok(slotBHolds(h, `${images.v2}/root.img`), 'slot B holds 2.0.0')
+  const downloadDir = path.dirname(out.transfer.torrent.file)
+  t.same(files(downloadDir).filter((f) => !f.endsWith('.aria2')), ['root.img.zst'], 'aria2c\'s directory: the transport file alone')
+  const control = files(downloads).filter((f) => /on-complete\.sh|aria2c\.log/.test(f))
+  t.ok(control.length >= 1 && control.every((f) => !f.startsWith(`${path.basename(downloadDir)}/`)), `hook and log beside it, not in it (${control.join(', ')})`)
+  const hookDir = path.join(downloads, path.dirname(control[0]!))
+  t.equal(fs.statSync(hookDir).mode & 0o777, 0o700, 'in a directory only root may enter')
+})
