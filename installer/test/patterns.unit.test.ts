@@ -32,7 +32,7 @@ function dmi(dir: string, product: string): string {
   return sys
 }
 
-const install = (args: string[]) => execa(process.execPath, [path.join(REPO_ROOT, 'cli/bin.ts'), 'install', '--dry-run', '--image', '/nonexistent', ...args], { timeout: 10_000, reject: false })
+const install = (args: string[]) => execa(process.execPath, [path.join(REPO_ROOT, 'cli/bin.ts'), 'install', '--dry-run', '--image', '/nonexistent', ...args], { timeout: 20_000, reject: false })
 
 t.test('the model check answers a pathological productPattern at once', async (t) => {
   const dir = tmpDir(t)
@@ -52,7 +52,7 @@ t.test('disk selection answers a pathological model pattern at once', async (t) 
     const disk = (name, model) => ({ name, path: '/dev/' + name, sizeBytes: 2 ** 40, sectorSize: 512, rotational: false, removable: false, usb: false, model, serial: 'S' + name })
     const m = DiskMatchSchema.parse({ rotational: false, minSizeGiB: 1, model: ${JSON.stringify(EVIL)} })
     console.log(selectDisk('ssd', m, [disk('sda', ${JSON.stringify(LONG)}), disk('sdb', 'aaaa')], new Set()).name)`
-  const r = await execa(process.execPath, ['--input-type=module', '-e', script], { timeout: 10_000, reject: false })
+  const r = await execa(process.execPath, ['--input-type=module', '-e', script], { timeout: 20_000, reject: false })
   t.notOk(r.timedOut, 'returned')
   t.equal(r.stdout.trim(), 'sdb', 'the one disk whose model matches', { stderr: r.stderr })
 })
