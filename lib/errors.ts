@@ -28,7 +28,6 @@ export const ExitCode = {
   downloadFailed: 36,
   tlsUntrusted: 37,
   otherImage: 38,
-  trialFailed: 39,
   imageTooSmall: 40,
   packageMissing: 41,
   diskTooSmall: 50,
@@ -38,6 +37,8 @@ export const ExitCode = {
   diskHasData: 54,
   diskIsBootMedium: 55,
   biosFailed: 56,
+  /** labhost trial-check: the health checks failed by the deadline and the slot was rolled back. */
+  trialFailed: 60,
   /** A .torrent that is not one file with the signed transport file's name and size (checked before aria2c starts). */
   torrentInvalid: 39,
 } as const
