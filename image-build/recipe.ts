@@ -40,7 +40,9 @@ export const RecipeSchema = z.object({
     mode: z.string().regex(/^0?[0-7]{3,4}$/, 'an octal mode such as 0644').default('0644'),
   }).strict()).default([]),
   links: z.array(z.object({
-    path: imagePath,
+    // the build writes the bootloader into the mounted image there: a link would lead its writes
+    // (extlinux.conf, ldlinux.sys) to wherever it points on the build machine
+    path: imagePath.refine((p) => !['/boot', '/boot/extlinux'].includes(p) && !p.startsWith('/boot/extlinux/'), 'not /boot or /boot/extlinux: the build installs the bootloader there'),
     target: z.string().min(1),
   }).strict()).default([]).describe('symbolic links to create, e.g. to enable systemd units'),
   imageSizeMiB: z.number().int().min(8).describe('size of the raw root filesystem image'),

@@ -1,6 +1,7 @@
 // A recipe's files: and links: land inside the image's staging tree, never on the build machine
-// (the build runs as root): `..` in a path is refused by the schema (exit 10, file, key and value
-// named), and at write time no path may lead out through a symbolic link — one of the base
+// (the build runs as root): `..` in a path, or a link where the build later writes into the
+// mounted image (/boot/extlinux), is refused by the schema (exit 10, file, key and value named),
+// and at write time no path may lead out through a symbolic link — one of the base
 // system's (Debian's /var/run -> /run) or one the recipe made itself. A sentinel outside the
 // tree proves nothing there was deleted or written.
 import fs from 'node:fs'
@@ -29,6 +30,9 @@ t.test('the schema refuses a path with .. (image build exits 10 before staging a
     ['links', (r) => { (r.links ??= []).push({ path: escape, target: '/bin/sh' }) }, 'links.0.path'],
     ['files, not normalised', (r) => { r.files.push({ path: '/etc/./hostname', content: 'x', mode: '0644' }) }, 'files.2.path'],
     ['files, trailing slash', (r) => { r.files.push({ path: '/etc/x/', content: 'x', mode: '0644' }) }, 'files.2.path'],
+    // extlinux is installed into the mounted image: through such a link it would write on the host
+    ['links, the bootloader directory', (r) => { (r.links ??= []).push({ path: '/boot/extlinux', target: s.dir }) }, 'links.0.path'],
+    ['links, the bootloader config', (r) => { (r.links ??= []).push({ path: '/boot/extlinux/extlinux.conf', target: s.file }) }, 'links.0.path'],
   ]
   const keys = cacheKeys()
   for (const [name, change, key] of cases) {
