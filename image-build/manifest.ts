@@ -154,7 +154,14 @@ function checkSignature(v: unknown, key: crypto.KeyObject, where: string): void 
 /** `v` as a Manifest, or manifestInvalid naming the first field that is wrong and its value. */
 function checkShape(v: unknown, where: string): Manifest {
   const r = ManifestSchema.safeParse(v)
-  if (r.success) return r.data
+  if (r.success) {
+    // a default zod filled in (a layout key added later) would be a key nobody signed, and the
+    // signature is checked again over what this returns
+    if (canonicalJson(r.data) !== canonicalJson(v)) {
+      throw new LabhostError('manifestInvalid', `${where}: a key with a default is missing (a manifest writes out every key it signs)`, 'rebuild the image with this labhost version; nothing was written')
+    }
+    return r.data
+  }
   const issue = r.error.issues[0]!
   let found: unknown = v
   for (const k of issue.path) found = isObject(found) || Array.isArray(found) ? (found as Record<PropertyKey, unknown>)[k] : undefined
