@@ -7,7 +7,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
 import { runCli, tmpDir } from '../test-helpers.ts'
-import { abortedDownload, download, randomFile, rawGet, rawRequest, startServer, until } from './serve-fixtures.ts'
+import { abortedDownload, download, randomFile, rawGet, rawRequest, RSS_BAND, startServer, until } from './serve-fixtures.ts'
 
 const dir = tmpDir(t, 'labhost-serve-test-')
 const root = path.join(dir, 'served')
@@ -95,10 +95,8 @@ t.test('a CR/LF in the path cannot forge a line in the log', async (t) => {
 t.test('200 aborted downloads leave no file handle and no memory behind', async (t) => {
   const s = await startServer(t, root)
   const url = `${s.url}/big.bin`
-  // warm up: the first requests load code and grow the heap to its working size. The file buffers
-  // of an aborted download are freed at V8's next collection, which external memory triggers some
-  // tens of MiB later: RSS swings that much either way. The descriptor count is the exact check;
-  // the RSS bound catches growth per download (the old server kept ~0.3 MiB for each).
+  // warm up: the first requests load code and grow the heap to its working size (RSS_BAND says
+  // why memory is checked within a band and descriptors exactly)
   for (let i = 0; i < 2; i++) await Promise.all(Array.from({ length: 50 }, () => abortedDownload(url)))
   await download(`${s.url}/manifest.json`)
   await until(() => false, 500)
@@ -108,7 +106,7 @@ t.test('200 aborted downloads leave no file handle and no memory behind', async 
   const after = { fds: s.fds(), rss: s.rss() }
   t.comment(`fds ${before.fds} -> ${after.fds}, RSS ${(before.rss / 2 ** 20).toFixed(1)} -> ${(after.rss / 2 ** 20).toFixed(1)} MiB`)
   t.ok(settled, `file descriptors back to ${before.fds} (now ${after.fds})`)
-  t.ok(after.rss < before.rss + (64 << 20), `RSS within 64 MiB of its baseline (${((after.rss - before.rss) / 2 ** 20).toFixed(1)} MiB more)`)
+  t.ok(after.rss < before.rss + RSS_BAND, `RSS within ${RSS_BAND >> 20} MiB of its baseline (${((after.rss - before.rss) / 2 ** 20).toFixed(1)} MiB more)`)
   t.ok(s.alive(), 'the server process is alive')
   const whole = await download(url)
   t.equal(whole.sha256, crypto.createHash('sha256').update(fs.readFileSync(path.join(root, 'big.bin'))).digest('hex'), 'a whole download still succeeds, byte for byte')
