@@ -3,7 +3,9 @@
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { spawnSync } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
+import http from 'node:http'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { execa } from 'execa'
 import { buildImage } from '../image-build/build.ts'
 import { generateKeyPair } from '../image-build/manifest.ts'
@@ -15,6 +17,7 @@ import { copyFileInto } from '../lib/blockdev.ts'
 import { serveDirectory } from '../lib/http-serve.ts'
 import type { Images } from '../updater/test/update-fixtures.ts'
 import { PORT_MBIT, startFleet, torrentArgs } from '../updater/test/fleet-fixtures.ts'
+import { abortedDownload, download, randomFile, slowClient, startServer } from '../lib/test/serve-fixtures.ts'
 
 interface Figure { name: string; value: number; unit: string; peer: string | null; peerValue: number | null; ratio: number | null; note?: string }
 
@@ -247,10 +250,104 @@ async function benchDelta(v1Dir: string, keys: { privateKeyFile: string; publicK
   }
 }
 
+/**
+ * 7. The image server under load (issue 16): `labhost image serve` as its own process on the
+ * loopback. Requests/s for a small file, one connection per request, 8 at a time, against BusyBox
+ * httpd (a static server with Range; one connection per request too) on the same directory. Then
+ * one whole download of a 256 MiB file with 100 clients alongside that start downloads of it and
+ * abort them, over and over, and 100 slowloris clients (headers never finished), against the same
+ * download with nothing else going on (median of 3, interleaved). The server's file descriptors
+ * and RSS before and after. `exe`: the executable (dist/labhost); without it, node cli/bin.ts.
+ */
+async function benchImageServer(exe?: string): Promise<void> {
+  const served = fs.mkdtempSync(path.join(dir, 'served-'))
+  fs.writeFileSync(path.join(served, 'manifest.json'), JSON.stringify({ format: 'labhost-manifest/1', pad: 'x'.repeat(8000) }))
+  const big = randomFile(path.join(served, 'root.img.zst'), 256 << 20)
+  const bigBytes = fs.statSync(big).size
+  const s = await startServer(null, served, [], exe)
+  const port = 18000 + Math.floor(Math.random() * 1000)
+  const busybox = spawn('busybox', ['httpd', '-f', '-p', `127.0.0.1:${port}`, '-h', served], { stdio: 'ignore' })
+  try {
+    await sleep(300)
+    const rps = async (url: string, total = 4000, parallel = 8) => {
+      let next = 0
+      const t0 = performance.now()
+      await Promise.all(Array.from({ length: parallel }, async () => {
+        while (next++ < total) {
+          await new Promise<void>((resolve, reject) => http.get(url, { agent: false }, (res) => res.resume().on('end', resolve)).on('error', reject))
+        }
+      }))
+      return total / ((performance.now() - t0) / 1000)
+    }
+    await rps(`${s.url}/manifest.json`, 500) // warm-up
+    const ours = await rps(`${s.url}/manifest.json`)
+    const theirs = await rps(`http://127.0.0.1:${port}/manifest.json`)
+    fig({ name: 'image server: requests/s, an 8 KB file, one connection per request, 8 at a time (client on the same machine)', value: Math.round(ours), unit: 'requests/s',
+      peer: 'BusyBox httpd, same file', peerValue: Math.round(theirs), note: `labhost ${exe ? path.basename(exe) : 'node cli/bin.ts'}; higher is better` })
+
+    for (let i = 0; i < 50; i++) await abortedDownload(`${s.url}/root.img.zst`) // warm-up
+    await sleep(500)
+    const before = { fds: s.fds(), rss: s.rss() }
+    const alone: number[] = []
+    const burst: number[] = []
+    const storm: number[] = []
+    let aborted = 0
+    /** One measured download of the file, with `load` started just before it and ended after it. */
+    const measured = async (load: (done: () => boolean) => Promise<unknown>, into: number[], sha: string) => {
+      const slow = Array.from({ length: 100 }, () => slowClient(s.port, 60_000))
+      let over = false
+      const running = load(() => over)
+      await sleep(100)
+      const l = await download(`${s.url}/root.img.zst`)
+      over = true
+      await running
+      slow.forEach((c) => c.destroy())
+      if (l.bytes !== bigBytes || l.sha256 !== sha) throw new Error('the download under load was not the file')
+      into.push(l.seconds)
+    }
+    for (let round = 0; round < 3; round++) {
+      const a = await download(`${s.url}/root.img.zst`)
+      if (a.bytes !== bigBytes) throw new Error(`a download alone got ${a.bytes} of ${bigBytes} bytes`)
+      alone.push(a.seconds)
+      // 100 clients that each start a download and abort it
+      await measured(() => Promise.all(Array.from({ length: 100 }, () => abortedDownload(`${s.url}/root.img.zst`).then(() => aborted++))), burst, a.sha256)
+      // 100 clients that start and abort downloads over and over until the measured one is done
+      await measured((done) => Promise.all(Array.from({ length: 100 }, async () => {
+        while (!done()) {
+          await abortedDownload(`${s.url}/root.img.zst`)
+          aborted++
+        }
+      })), storm, a.sha256)
+    }
+    for (const until = Date.now() + 15_000; Date.now() < until && s.fds() > before.fds; await sleep(200));
+    const after = { fds: s.fds(), rss: s.rss() }
+    const note = '256 MiB file; 100 slowloris clients alongside in both; median of 3, interleaved with the peer'
+    fig({ name: 'image server: one whole download with 100 aborted downloads and 100 slow clients alongside', value: Number(median(burst).toFixed(2)), unit: 's',
+      peer: 'the same download with no other client', peerValue: Number(median(alone).toFixed(2)), note: `${note}; 100 clients each start a download of the same file and abort it after 64 KiB` })
+    fig({ name: 'image server: one whole download while 100 clients start and abort downloads without pause, and 100 slow clients', value: Number(median(storm).toFixed(2)), unit: 's',
+      peer: 'the same download with no other client', peerValue: Number(median(alone).toFixed(2)),
+      note: `${note}; ${aborted} downloads aborted in all; the clients run on the same two cores as the server` })
+    fig({ name: 'image server: open file descriptors after the load', value: after.fds, unit: 'descriptors', peer: 'before the load', peerValue: before.fds })
+    fig({ name: 'image server: RSS after the load', value: Number((after.rss / 2 ** 20).toFixed(1)), unit: 'MiB', peer: 'before the load', peerValue: Number((before.rss / 2 ** 20).toFixed(1)),
+      note: 'V8 frees download buffers at its next collection: RSS moves within some tens of MiB without a leak' })
+  } finally {
+    busybox.kill('SIGTERM')
+    await s.stop()
+    fs.rmSync(served, { recursive: true, force: true })
+  }
+}
+
 /** The package the delta benchmark's 1.1.0 adds: small, no new dependencies. */
 const DELTA_EXTRA_PACKAGE = 'less'
 
 try {
+  // `npm run bench -- --server-only`: only the image server figures, printed, not written; with
+  // node cli/bin.ts, not a fresh build (dist/labhost may be in use by a test run)
+  if (process.argv.includes('--server-only')) {
+    await benchImageServer()
+    fs.rmSync(dir, { recursive: true, force: true })
+    process.exit(0)
+  }
   await execa(process.execPath, [path.join(root, 'scripts/build.ts')], { stdio: 'inherit' })
   // `npm run bench -- --fleet-only`: only the fleet and delta figures, printed, not written
   if (process.argv.includes('--fleet-only')) {
@@ -320,6 +417,7 @@ try {
   await benchInstall(path.join(dir, 'host'), host.manifest.image.size)
   await benchDelta(path.join(dir, 'host'), keys)
   await benchFleet(keys)
+  await benchImageServer(labhost)
   fig({ name: 'labhost executable size', value: fs.statSync(path.join(root, 'dist/labhost')).size, unit: 'bytes', peer: null, peerValue: null })
 
   const machine = { cpu: os.cpus()[0]?.model ?? 'unknown', cores: os.cpus().length, memGiB: Math.round(os.totalmem() / 2 ** 30), kernel: os.release(), node: process.version }

@@ -26,9 +26,13 @@ export interface ServerProcess {
 
 interface Teardown { teardown(fn: () => unknown): void }
 
-/** `labhost image serve DIR --port 0` (node cli/bin.ts), once it says where it serves. */
-export async function startServer(t: Teardown | null, dir: string, extra: string[] = []): Promise<ServerProcess> {
-  const child: ResultPromise = execa(process.execPath, [path.join(REPO_ROOT, 'cli/bin.ts'), 'image', 'serve', dir, '--port', '0', ...extra], { reject: false, buffer: false })
+/**
+ * `labhost image serve DIR --port 0` (node cli/bin.ts, or the executable `exe`), once it says
+ * where it serves.
+ */
+export async function startServer(t: Teardown | null, dir: string, extra: string[] = [], exe?: string): Promise<ServerProcess> {
+  const [cmd, ...pre] = exe ? [exe] : [process.execPath, path.join(REPO_ROOT, 'cli/bin.ts')]
+  const child: ResultPromise = execa(cmd!, [...pre, 'image', 'serve', dir, '--port', '0', ...extra], { reject: false, buffer: false })
   let stderr = ''
   let ended = false
   child.stderr?.on('data', (d: Buffer) => { stderr += d.toString() })
