@@ -6,12 +6,13 @@ import { bootloaderMbr } from './commands/bootloader.ts'
 import { install } from './commands/install.ts'
 import { markGoodCommand, status, trialCheck, update } from './commands/host.ts'
 import { imageBuild, imageKeygen, imagePublish, imageSeed, imageServe, imageStick, imageVerify, schema } from './commands/image.ts'
+import { imageSelector } from './commands/image-selector.ts'
 import { slotsRepair, slotsStatus, slotsSwitch } from './commands/slots.ts'
 import { parseCommandArgs, type Command, type Context } from './command.ts'
 
 export const VERSION = '0.1.0'
 
-const COMMANDS: Command[] = [slotsStatus, slotsSwitch, slotsRepair, bootloaderMbr, imageBuild, imageKeygen, imageVerify, imageStick, imagePublish, imageSeed, imageServe, schema, install, update, status, markGoodCommand, trialCheck]
+const COMMANDS: Command[] = [slotsStatus, slotsSwitch, slotsRepair, bootloaderMbr, imageBuild, imageKeygen, imageVerify, imageStick, imageSelector, imagePublish, imageSeed, imageServe, schema, install, update, status, markGoodCommand, trialCheck]
 
 function topHelp(): string {
   const width = Math.max(...COMMANDS.map((c) => c.name.length))

@@ -53,9 +53,12 @@ echo "LABHOST-STICK-ROOT dev=$P"
 ${SWITCH_ROOT}`
 }
 
-export function rootRuleInit(layout: Layout): string {
-  return `${PROLOGUE}
-i=0
+/**
+ * Find the two root slots of the layout and pick the one whose legacy-bootable bit is set in the
+ * primary GPT: SLOT, ROOT (its partition), OTHER, DISK, SS, and the helpers u32/u8 for the GPT.
+ */
+function pickSlotSh(layout: Layout): string {
+  return `i=0
 while :; do
   PA=$(part_by_name '${layout.slots.A.name}'); PB=$(part_by_name '${layout.slots.B.name}')
   [ -n "$PA" ] && [ -n "$PB" ] && break
@@ -78,7 +81,12 @@ pick_slot() {
   else fail "GPT bootable flags A=$FA B=$FB: not exactly one root slot flagged"; fi
 }
 pick_slot
+`
+}
 
+export function rootRuleInit(layout: Layout): string {
+  return `${PROLOGUE}
+${pickSlotSh(layout)}
 # Trial boots: state on the writable partition ${layout.stateMount}.
 ST=/run/labhost/state
 mkdir -p $ST
@@ -127,4 +135,26 @@ printf 'SLOT=%s\\nDEVICE=/dev/%s\\nDISK=/dev/%s\\n' $SLOT $ROOT $DISK > /run/lab
 say "booting slot $SLOT from /dev/$ROOT"
 echo "LABHOST-ROOT slot=$SLOT dev=$ROOT"
 ${SWITCH_ROOT}`
+}
+
+/**
+ * The UEFI selector's /init (DESIGN §7): the firmware starts it from the ESP; it picks the slot by
+ * the same rule gptmbr applies on a BIOS PC and starts that slot's own kernel and initramfs with
+ * the command line of the slot's extlinux.conf (kexec_file_load, -s: the only form a Secure Boot
+ * kernel accepts). The slot's initramfs then picks the same slot again and runs the trial and
+ * the rollback as on a BIOS PC; the selector itself keeps no state and writes nothing.
+ */
+export function selectorInit(layout: Layout): string {
+  return `${PROLOGUE}
+${pickSlotSh(layout)}
+mkdir -p /newroot
+mount -t ext4 -o ro,noatime /dev/$ROOT /newroot || fail "cannot mount /dev/$ROOT"
+CMDLINE=$(sed -n 's/^[[:space:]]*[Aa][Pp][Pp][Ee][Nn][Dd][[:space:]]*//p' /newroot/boot/extlinux/extlinux.conf | head -n 1)
+[ -f /newroot/boot/vmlinuz ] && [ -f /newroot/boot/initrd.img ] || fail "slot $SLOT holds no /boot/vmlinuz and /boot/initrd.img"
+echo "LABHOST-SELECTOR slot=$SLOT dev=$ROOT"
+kexec -s -l /newroot/boot/vmlinuz --initrd=/newroot/boot/initrd.img --command-line="$CMDLINE" || fail "kexec cannot load slot $SLOT's kernel"
+umount /newroot
+kexec -e
+fail "kexec -e returned"
+`
 }

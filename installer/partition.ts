@@ -19,14 +19,23 @@ export interface PlannedPartition {
   lastLba: number
   fsUuid?: string
   mount?: string
+  /** The EFI system partition (FAT, GPT type EF00) instead of a Linux ext4 one. */
+  esp?: boolean
 }
+
+/** GPT type of the EFI system partition (C12A7328-F81F-11D2-BA4B-00A0C93EC93B), as sgdisk names it. */
+export const ESP_TYPE_CODE = 'ef00'
 
 const MiB = 1 << 20
 
 /** The partitions of one disk, placed from 1 MiB on; `rest` takes what is left. */
 export function planDisk(layout: Layout, role: DiskRole, diskBytes: number, sectorSize: number): PlannedPartition[] {
   const perMiB = MiB / sectorSize
-  const usableEnd = Math.floor(diskBytes / sectorSize) - 1 - Math.ceil(16384 / sectorSize) - 1
+  const diskUsableEnd = Math.floor(diskBytes / sectorSize) - 1 - Math.ceil(16384 / sectorSize) - 1
+  // the ESP takes the last whole MiBs of the SSD (entry numbers after the others: the root slots stay 1 and 2)
+  const esp = role === 'ssd' ? layout.esp : undefined
+  const espFirst = esp ? Math.floor((diskUsableEnd + 1) / perMiB) * perMiB - esp.sizeMiB * perMiB : 0
+  const usableEnd = esp ? espFirst - 1 : diskUsableEnd
   const out: PlannedPartition[] = []
   let next = perMiB
   const add = (name: string, partuuid: string, sizeMiB: number | 'rest', extra: Partial<PlannedPartition> = {}) => {
@@ -50,13 +59,20 @@ export function planDisk(layout: Layout, role: DiskRole, diskBytes: number, sect
     }
     add(p.name, p.partuuid, p.sizeMiB, { fsUuid: p.fsUuid, mount: p.mount })
   })
+  if (esp) {
+    if (espFirst < next) {
+      throw new LabhostError('diskTooSmall', `the SSD (${(diskBytes / MiB).toFixed(0)} MiB) is too small for the EFI system partition of the layout`,
+        'use a larger disk or a layout with smaller partitions')
+    }
+    out.push({ number: out.length + 1, name: esp.name, partuuid: esp.partuuid, firstLba: espFirst, lastLba: espFirst + esp.sizeMiB * perMiB - 1, esp: true })
+  }
   return out
 }
 
 export function sgdiskArgs(plan: PlannedPartition[], bootSlot: 'A' | 'B' | null): string[] {
   const args = ['--zap-all', '--clear']
   for (const p of plan) {
-    args.push('-n', `${p.number}:${p.firstLba}:${p.lastLba}`, '-c', `${p.number}:${p.name}`, '-u', `${p.number}:${p.partuuid}`, '-t', `${p.number}:8300`)
+    args.push('-n', `${p.number}:${p.firstLba}:${p.lastLba}`, '-c', `${p.number}:${p.name}`, '-u', `${p.number}:${p.partuuid}`, '-t', `${p.number}:${p.esp ? ESP_TYPE_CODE : '8300'}`)
   }
   if (bootSlot) args.push('-A', `${bootSlot === 'A' ? 1 : 2}:set:2`)
   return args
@@ -84,6 +100,11 @@ export async function partitionDisk(target: string, plan: PlannedPartition[], bo
 
 /** mkfs.ext4 with the fixed UUID on a partition (its kernel node, or a loop device over its range). */
 export async function makeFilesystem(diskFile: string, p: PlannedPartition, sectorSize: number): Promise<void> {
+  if (p.esp) {
+    // FAT, volume id from the PARTUUID's first 8 hex digits (fixed, as the ext4 UUIDs are)
+    await withPartitionDevice(diskFile, p, sectorSize, (dev) => run('mkfs.vfat', ['-n', 'EFI', '-i', p.partuuid.slice(0, 8), dev]))
+    return
+  }
   if (!p.fsUuid) return
   await withPartitionDevice(diskFile, p, sectorSize, (dev) =>
     run('mkfs.ext4', ['-q', '-F', '-b', '4096', '-U', p.fsUuid!, '-L', p.name, dev]))

@@ -27,6 +27,11 @@ export const LayoutSchema = z.object({
   slotSizeMiB: z.number().int().positive().describe('size of each root slot; an image must fit'),
   rootFsUuid: uuid.describe('filesystem UUID of the root image (identical in both slots)'),
   partitions: z.array(PartitionSchema).describe('after the two root slots on the SSD, in order; then the HDD'),
+  esp: z.object({
+    name: gptName.default('esp'),
+    partuuid: uuid,
+    sizeMiB: z.number().int().min(16).max(1024).default(64).describe('room for the selector (a kernel and its initramfs, about 12 MiB)'),
+  }).strict().optional().describe('an EFI system partition at the end of the SSD, for UEFI PCs: it holds the selector (\\EFI\\BOOT\\BOOTX64.EFI) that boots the flagged root slot; written by the installer only'),
   /** The writable partition holding the trial-boot state file. */
   stateMount: z.string().default('/var/log').describe('mount point of the partition that holds the trial-boot state'),
 }).strict()

@@ -35,6 +35,22 @@ export interface VmSpec {
    * forwards listed here (guest address 10.0.2.100:port -> this machine's 127.0.0.1:port).
    */
   net?: { forwards: { guestPort: number; hostPort: number }[] }
+  /**
+   * UEFI instead of SeaBIOS: a q35 machine with OVMF (Debian's ovmf, no CSM) and this writable
+   * copy of its variable store (uefiVarsCopy) — a PC of the kind labs buy now.
+   */
+  uefi?: { vars: string }
+}
+
+export const OVMF_CODE = '/usr/share/OVMF/OVMF_CODE_4M.fd'
+const OVMF_VARS = '/usr/share/OVMF/OVMF_VARS_4M.fd'
+
+/** A fresh, empty UEFI variable store for one machine (no boot entries: OVMF finds the removable-media path). */
+export function uefiVarsCopy(dir: string): string {
+  if (!fs.existsSync(OVMF_CODE)) throw new Error(`${OVMF_CODE} is missing: install Debian package ovmf (scripts/setup.sh does)`)
+  const vars = path.join(dir, 'OVMF_VARS.fd')
+  fs.copyFileSync(OVMF_VARS, vars)
+  return vars
 }
 
 export interface BootResult {
@@ -51,10 +67,11 @@ export interface BootResult {
  * keeps the machine running across reboots and resets. `machine.qmp`: a QMP control socket.
  */
 export function qemuArgs(spec: VmSpec, accel: Accel, serialFile: string, machine: { reboot?: 'exit' | 'restart'; qmp?: string } = {}): string[] {
-  const args = ['-machine', 'pc', '-accel', accel, '-m', String(spec.memoryMb ?? 512), '-display', 'none',
+  const args = ['-machine', spec.uefi ? 'q35' : 'pc', '-accel', accel, '-m', String(spec.memoryMb ?? 512), '-display', 'none',
     '-serial', `file:${serialFile}`, '-monitor', 'none']
   if ((machine.reboot ?? 'exit') === 'exit') args.push('-no-reboot')
   if (spec.cpus && spec.cpus > 1) args.push('-smp', String(spec.cpus))
+  if (spec.uefi) args.push('-drive', `if=pflash,format=raw,readonly=on,file=${OVMF_CODE}`, '-drive', `if=pflash,format=raw,file=${spec.uefi.vars}`)
   if (machine.qmp) args.push('-qmp', `unix:${machine.qmp},server=on,wait=off`)
   if (spec.net) {
     // cmd: runs one `nc` per guest connection (a tcp: chardev would be one connection, opened
@@ -79,8 +96,8 @@ export function qemuArgs(spec: VmSpec, accel: Accel, serialFile: string, machine
     const bs = (d.logicalBlockSize ? `,logical_block_size=${d.logicalBlockSize},physical_block_size=${d.logicalBlockSize}` : '') +
       (d.bootIndex !== undefined ? `,bootindex=${d.bootIndex}` : '')
     if (d.bus === 'ide-hd') {
-      // the pc machine has two IDE buses with two units each
-      args.push('-device', `ide-hd,drive=d${i},bus=ide.${ide >> 1},unit=${ide & 1},rotation_rate=${d.rotationRate ?? 1}${bs}`)
+      // the pc machine has two IDE buses with two units each; q35 six AHCI ports, one disk each
+      args.push('-device', `ide-hd,drive=d${i},${spec.uefi ? `bus=ide.${ide}` : `bus=ide.${ide >> 1},unit=${ide & 1}`},rotation_rate=${d.rotationRate ?? 1}${bs}`)
       ide++
     }
     else if (d.bus === 'virtio-blk') args.push('-device', `virtio-blk-pci,drive=d${i}${bs}`)
