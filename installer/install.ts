@@ -13,7 +13,7 @@ import { withPartitionMounted } from '../lib/partition-dev.ts'
 import type { Progress } from '../lib/progress.ts'
 import { planGptmbr } from '../bootloader/mbr.ts'
 import { applySectorWrites } from '../bootloader/sector-writes.ts'
-import { readPublicKey, verifyManifestSignature } from '../image-build/manifest.ts'
+import { readPublicKey } from '../image-build/manifest.ts'
 import { openSource, type UpdateSource } from '../updater/source.ts'
 import { verifyImage, writeImage } from '../updater/slot-writer.ts'
 import { clearUnfinished, diskIdentity, markUnfinished, readUnfinished } from './unfinished.ts'
@@ -131,8 +131,7 @@ export async function planInstall(o: InstallOptions): Promise<{ plan: InstallPla
   const machine = readMachine(o.sysRoot)
   requireModel(config, o.config, machine)
   const trusted = readPublicKey(o.trustedKey)
-  const source = await openSource(o.image)
-  verifyManifestSignature(source.manifest, trusted, source.manifestWhere)
+  const source = await openSource(o.image, trusted)
   const layout = source.manifest.diskLayout
   if (!layout) throw new LabhostError('manifestInvalid', `${source.manifestWhere} does not carry its disk layout`, 'rebuild the image with this labhost version')
   const bios = await planBios(config.bios, o.sysRoot)

@@ -3,13 +3,14 @@
 // then the compressed transport file as a byte stream. Over HTTP that stream survives server
 // errors and dropped connections: it waits with backoff and resumes with a Range request from
 // the first byte it does not have yet, so a resumed download never starts over.
+import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import tls from 'node:tls'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Got, HTTPError, Response } from 'got'
 import { LabhostError, type ErrorCode } from '../lib/errors.ts'
-import { parseManifest, readManifest, type Manifest } from '../image-build/manifest.ts'
+import { parseSignedManifest, readSignedManifest, type Manifest } from '../image-build/manifest.ts'
 
 export interface FetchOptions {
   /** Failed attempts in a row (no byte gained) before giving up. */
@@ -61,14 +62,18 @@ export interface UpdateSource {
 
 export const isUrl = (s: string): boolean => /^https?:\/\//i.test(s)
 
-export async function openSource(spec: string, fetch: FetchOptions = DEFAULT_FETCH): Promise<UpdateSource> {
-  return isUrl(spec) ? openHttpSource(spec, fetch) : openLocalSource(spec)
+/**
+ * The manifest is checked against `trusted` as it is read: its signature before any other field
+ * (exit 30 for a forged one, whatever else it holds), then its shape (31).
+ */
+export async function openSource(spec: string, trusted: crypto.KeyObject, fetch: FetchOptions = DEFAULT_FETCH): Promise<UpdateSource> {
+  return isUrl(spec) ? openHttpSource(spec, trusted, fetch) : openLocalSource(spec, trusted)
 }
 
-function openLocalSource(spec: string): UpdateSource {
+function openLocalSource(spec: string, trusted: crypto.KeyObject): UpdateSource {
   if (!fs.existsSync(spec)) throw new LabhostError('notFound', `${spec} does not exist`, 'name an image directory, its manifest.json, or an http(s) URL of one')
   const manifestFile = fs.statSync(spec).isDirectory() ? path.join(spec, 'manifest.json') : spec
-  const manifest = readManifest(manifestFile)
+  const manifest = readSignedManifest(manifestFile, trusted)
   const dir = path.dirname(manifestFile)
   const stats = { requests: 0, resumes: 0, bytes: 0, failures: [] }
   // The raw image, when it is there at its full size, saves the decompression (a build
@@ -229,10 +234,10 @@ export async function fetchBytes(url: string, o: FetchOptions, limit?: FetchLimi
   }
 }
 
-async function openHttpSource(spec: string, o: FetchOptions): Promise<UpdateSource> {
+async function openHttpSource(spec: string, trusted: crypto.KeyObject, o: FetchOptions): Promise<UpdateSource> {
   httpsOptions(o) // a bad --ca is refused before any request
   const mUrl = manifestUrl(spec)
-  const manifest = parseManifest(await fetchText(mUrl, o, { maxBytes: MANIFEST_MAX_BYTES, code: 'manifestInvalid' }), mUrl)
+  const manifest = parseSignedManifest(await fetchText(mUrl, o, { maxBytes: MANIFEST_MAX_BYTES, code: 'manifestInvalid' }), trusted, mUrl)
   const tUrl = new URL(path.posix.basename(manifest.transport.file), mUrl).toString()
   const stats: TransferStats = { requests: 0, resumes: 0, bytes: 0, failures: [] }
   return {

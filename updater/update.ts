@@ -10,7 +10,7 @@ import { lockDisk } from '../lib/disk-lock.ts'
 import { compareVersions } from '../lib/version.ts'
 import { findRootSlots, otherSlot, slotStatus, type SlotId } from '../bootloader/slots.ts'
 import { applySwitch, planSwitch } from '../bootloader/switch.ts'
-import { readPublicKey, verifyManifestSignature, type Manifest } from '../image-build/manifest.ts'
+import { readPublicKey, type Manifest } from '../image-build/manifest.ts'
 import { readBootInfo, readImageName, readTrial, readVersion, type HostPaths } from './host-state.ts'
 import { writeTrialState } from './trial-state.ts'
 import { DEFAULT_FETCH, fetchBytes, openSource, type FetchOptions, type UpdateSource } from './source.ts'
@@ -86,9 +86,8 @@ export interface UpdateResult extends UpdatePlan {
 
 export async function planUpdate(o: UpdateOptions): Promise<{ plan: UpdatePlan; manifest: Manifest; source: UpdateSource }> {
   const trusted = readPublicKey(o.trustedKey)
-  const source = await openSource(o.source, { ...DEFAULT_FETCH, log: o.log, ...o.fetch })
+  const source = await openSource(o.source, trusted, { ...DEFAULT_FETCH, log: o.log, ...o.fetch })
   const { manifest, manifestWhere: manifestFile } = source
-  verifyManifestSignature(manifest, trusted, manifestFile)
   const boot = readBootInfo(o.paths)
   const diskPath = o.disk ?? boot.disk
   const disk = openGptDisk(diskPath)

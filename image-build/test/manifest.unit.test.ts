@@ -128,10 +128,12 @@ t.test('through the CLI: the exit code and one line, no stack trace', async (t) 
   const shape = withManifest(t, signed((m) => { m.image.chunks.pop() }))
   const unsigned = withManifest(t, garbage[4]![1])
   const forgery = withManifest(t, forged[0]![1])
-  const [a, b, c, d, e] = await Promise.all([verify(shape), update(shape), verify(unsigned), update(unsigned), verify(forgery)])
+  const [a, b, c, d, e, f] = await Promise.all([verify(shape), update(shape), verify(unsigned), update(unsigned), verify(forgery), update(forgery)])
   for (const [what, r, code] of [['image verify, wrong shape', a, ExitCode.manifestInvalid], ['update, wrong shape', b, ExitCode.manifestInvalid],
     ['image verify, unsigned garbage', c, ExitCode.signatureInvalid], ['update, unsigned garbage', d, ExitCode.signatureInvalid],
-    ['image verify, garbage with a forged signature', e, ExitCode.signatureInvalid]] as const) {
+    ['image verify, garbage with a forged signature', e, ExitCode.signatureInvalid],
+    // update checks the signature as it reads the manifest (updater/source.ts takes the key)
+    ['update, garbage with a forged signature', f, ExitCode.signatureInvalid]] as const) {
     t.equal(r.code, code, `${what}: exit ${code}`, { stderr: r.stderr })
     oneLine(t, r)
   }
