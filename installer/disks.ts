@@ -70,15 +70,26 @@ export function diskNameOf(devPath: string): string {
   return fs.existsSync(path.join(dir, 'partition')) ? path.basename(path.dirname(dir)) : path.basename(dir)
 }
 
+/**
+ * The disk a mounted device lives on and, for a loop device over a block device (a partition's
+ * byte range of a loop disk: partition nodes of loop devices do not appear), that device's disk.
+ */
+function disksUnder(dev: string, out: Set<string>, depth = 0): void {
+  const name = diskNameOf(dev)
+  out.add(name)
+  const backing = read(`/sys/block/${name}/loop/backing_file`)
+  if (depth < 8 && backing.startsWith('/dev/') && fs.existsSync(backing) && fs.statSync(backing).isBlockDevice()) disksUnder(backing, out, depth + 1)
+}
+
 /** Disks holding a mounted filesystem (the running system's medium) plus the named stick. */
 export function bootMedia(stick?: string, mountsFile = '/proc/self/mounts'): Set<string> {
   const out = new Set<string>()
   if (stick) out.add(stick.replace(/^\/dev\//, ''))
   for (const line of read(mountsFile).split('\n')) {
     const dev = line.split(' ')[0] ?? ''
-    if (!dev.startsWith('/dev/') || dev.startsWith('/dev/loop')) continue
+    if (!dev.startsWith('/dev/')) continue
     try {
-      out.add(diskNameOf(dev))
+      disksUnder(dev, out)
     } catch {
       // a device node that went away: not a disk we could pick anyway
     }
