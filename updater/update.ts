@@ -7,6 +7,7 @@ import { Disk } from '../lib/blockdev.ts'
 import { LabhostError } from '../lib/errors.ts'
 import { gptFingerprint, openGptDisk, readGpt, requireSaneLayout } from '../bootloader/gpt.ts'
 import { lockDisk } from '../lib/disk-lock.ts'
+import { mountedAt } from '../lib/mounts.ts'
 import { compareVersions } from '../lib/version.ts'
 import { findRootSlots, otherSlot, slotStatus, type SlotId } from '../bootloader/slots.ts'
 import { applySwitch, planSwitch } from '../bootloader/switch.ts'
@@ -129,6 +130,11 @@ export async function planUpdate(o: UpdateOptions): Promise<{ plan: UpdatePlan; 
     const firstByte = Number(entry.firstLba) * disk.sectorSize
     const slotBytes = Number(entry.lastLba - entry.firstLba + 1n) * disk.sectorSize
     const activeEntry = entries[boot.slot]
+    const mounted = mountedAt(diskPath, firstByte)
+    if (mounted) {
+      throw new LabhostError('busy', `slot ${target} of ${diskPath} is mounted (${mounted})`,
+        `unmount it first (umount ${mounted}); an update never writes a mounted slot; nothing was written`)
+    }
     if (manifest.image.size > slotBytes) {
       throw new LabhostError('imageTooSmall', `the image (${manifest.image.size} bytes) is larger than slot ${target} (${slotBytes} bytes)`,
         'build a smaller image or re-partition with larger slots; nothing was written')

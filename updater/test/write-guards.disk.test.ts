@@ -7,7 +7,8 @@ import { execa } from 'execa'
 import t from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
 import { lockDisk } from '../../lib/disk-lock.ts'
-import { REPO_ROOT, runCli, tmpDir } from '../../lib/test-helpers.ts'
+import { run } from '../../lib/exec.ts'
+import { loop, REPO_ROOT, runCli, tmpDir } from '../../lib/test-helpers.ts'
 import { openGptDisk, readGpt } from '../../bootloader/gpt.ts'
 import { slotStatus } from '../../bootloader/slots.ts'
 import { rewriteGptValid } from '../../bootloader/test/gpt-fixtures.ts'
@@ -182,4 +183,25 @@ t.test('another image name, and versions in Debian order with hyphenated pre-rel
     t.equal(r.code, code, `running ${running}, image 2.0.0: ${code === 0 ? 'newer' : 'not newer'}`, { stderr: r.stderr })
   }
   t.equal(wholeDisk(h), before, 'nothing written')
+})
+
+t.test('a mounted target slot is never written (exit busy)', async (t) => {
+  const h = await makeHost(t, images)
+  const dev = await loop(t, h.disk)
+  fs.writeFileSync(h.lib.bootFile, `SLOT=A\nDEVICE=${dev}\nDISK=${dev}\n`)
+  const b = h.plan[1]!
+  const slotB = await loop(t, h.disk, { offset: b.firstLba * 512, sizeLimit: (b.lastLba - b.firstLba + 1) * 512 })
+  const mnt = tmpDir(t)
+  fs.writeFileSync(`${mnt}/.keep`, '')
+  await run('mkfs.ext4', ['-q', '-F', slotB])
+  const before = wholeDisk(h)
+  await run('mount', ['-o', 'ro', slotB, mnt])
+  t.teardown(() => run('umount', [mnt]).catch(() => undefined))
+  const r = await runCli(['update', images.v2, ...h.args])
+  t.equal(r.code, ExitCode.busy, 'exit busy', { stderr: r.stderr })
+  t.match(r.stderr, new RegExp(`slot B of ${dev} is mounted \\(${slotB}\\)`))
+  await run('umount', [mnt])
+  t.equal(wholeDisk(h), before, 'the disk is byte-identical')
+  const ok = await runCli(['update', images.v2, ...h.args])
+  t.equal(ok.code, 0, 'unmounted, the update runs', { stderr: ok.stderr })
 })
