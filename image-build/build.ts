@@ -10,6 +10,7 @@ import { run } from '../lib/exec.ts'
 import { renderFstab } from '../lib/layout.ts'
 import { withLoop, withMount } from '../lib/loop.ts'
 import { installExtlinux, renderExtlinuxConf, type ExtlinuxConfig } from '../bootloader/extlinux.ts'
+import { buildSelector, SELECTOR_IN_IMAGE } from './selector.ts'
 import { cacheRoot, debianMirror, kernelFromPackage, machineSuite, unpackDebianPackage } from './debian-packages.ts'
 import { buildInitramfs } from './initramfs.ts'
 import { rootRuleInit, stickInit } from './initramfs-init.ts'
@@ -149,9 +150,10 @@ const OUTPUTS = ['root.img', 'root.img.zst', 'root.img.blocks', 'manifest.json']
  */
 async function cacheKey(r: LoadedRecipe, epoch: number, signer: string): Promise<string> {
   const h = crypto.createHash('sha256').update(`${r.hash}\n${epoch}\n${signer}\n`)
-  const pkgs = [...r.recipe.base.packages, r.recipe.kernel.package]
+  // an image for a layout with an ESP carries the UEFI selector (kexec-tools' binary, systemd's stub)
+  const pkgs = [...r.recipe.base.packages, r.recipe.kernel.package, ...(r.layout.esp ? ['kexec-tools', 'systemd-boot-efi'] : [])]
   h.update((await run('apt-cache', ['policy', ...pkgs])).stdout.replace(/^\s*\*\*\*.*$/gm, ''))
-  for (const f of ['build.ts', 'recipe-files.ts', 'initramfs.ts', 'initramfs-init.ts', 'cpio.ts', 'manifest.ts', 'zstd-frames.ts', 'block-index.ts']) h.update(fs.readFileSync(path.join(import.meta.dirname ?? '.', f)))
+  for (const f of ['build.ts', 'recipe-files.ts', 'initramfs.ts', 'initramfs-init.ts', 'cpio.ts', 'manifest.ts', 'zstd-frames.ts', 'block-index.ts', 'selector.ts']) h.update(fs.readFileSync(path.join(import.meta.dirname ?? '.', f)))
   if (r.recipe.carryLabhost) h.update(hashChunks(await labhostExecutable()).sha256)
   return h.digest('hex')
 }
@@ -198,6 +200,12 @@ export async function buildImage(recipeName: string, o: BuildOptions): Promise<B
       await run('depmod', ['-b', staging, kernel.version])
     }
     fs.writeFileSync(path.join(staging, 'boot/initrd.img'), initrd)
+    if (r.layout.esp && r.recipe.role !== 'stick') {
+      // the image carries the selector its layout's ESP needs: the installer copies it from the
+      // slot it has just written and verified (installer/esp.ts), so it is as signed as the image
+      log('UEFI selector for the layout\'s ESP')
+      await buildSelector({ layout: r.layout, kernelPackage: r.recipe.kernel.package, out: path.join(staging, SELECTOR_IN_IMAGE) })
+    }
     if (r.recipe.role === 'host') fs.writeFileSync(path.join(staging, 'etc/fstab'), renderFstab(r.layout))
     fs.writeFileSync(path.join(staging, 'etc/labhost/version'), `${r.recipe.version}\n`)
     fs.writeFileSync(path.join(staging, 'etc/labhost/recipe'), `${r.recipe.name} ${r.hash}\n`)

@@ -21,6 +21,8 @@ export const SELECTOR_MODULES = ['ahci', 'ata_piix', 'sd_mod', 'nvme', 'virtio_b
 // the last console= is /dev/console, where the selector's init prints: the serial line, as the slots' own images do
 export const SELECTOR_CMDLINE = 'console=tty0 console=ttyS0,115200 panic=-1 quiet'
 const STUB = 'usr/lib/systemd/boot/efi/linuxx64.efi.stub'
+/** Where an image for a layout with an ESP carries its selector (relative to the root). */
+export const SELECTOR_IN_IMAGE = 'boot/efi/BOOTX64.EFI'
 
 export interface SelectorOptions {
   layout: Layout
@@ -43,34 +45,42 @@ async function kexecFiles(): Promise<{ path: string; data: Buffer; mode: number 
 export async function buildSelector(o: SelectorOptions): Promise<{ file: string; bytes: number; sha256: string; kernel: string }> {
   const log = o.log ?? (() => {})
   const kernel = await kernelFromPackage(o.kernelPackage ?? 'linux-image-amd64')
-  const stub = path.join(await unpackDebianPackage('systemd-boot-efi'), STUB)
-  if (!fs.existsSync(stub)) throw new LabhostError('notFound', `systemd-boot-efi holds no ${STUB}`, 'the package layout changed; check dpkg -c of the .deb')
   log(`selector: kernel ${kernel.version}, initramfs with kexec and ${SELECTOR_MODULES.join(' ')}`)
   const initrd = await buildInitramfs({ modulesDir: kernel.modulesDir, modules: SELECTOR_MODULES, init: selectorInit(o.layout), files: await kexecFiles() })
-  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'labhost-selector-'))
+  await makeUki({ vmlinuz: kernel.vmlinuz, initrd, cmdline: SELECTOR_CMDLINE, name: 'labhost selector', out: o.out })
+  const data = fs.readFileSync(o.out)
+  return { file: o.out, bytes: data.length, sha256: crypto.createHash('sha256').update(data).digest('hex'), kernel: kernel.version }
+}
+
+/**
+ * A unified kernel image: systemd's EFI stub with the kernel, the initramfs and the command line
+ * as sections, bootable by any UEFI firmware as \EFI\BOOT\BOOTX64.EFI.
+ */
+export async function makeUki(o: { vmlinuz: string; initrd: Buffer; cmdline: string; name: string; out: string }): Promise<void> {
+  const stub = path.join(await unpackDebianPackage('systemd-boot-efi'), STUB)
+  if (!fs.existsSync(stub)) throw new LabhostError('notFound', `systemd-boot-efi holds no ${STUB}`, 'the package layout changed; check dpkg -c of the .deb')
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'labhost-uki-'))
   try {
     const part = (name: string, data: string | Buffer) => {
       const f = path.join(work, name)
       fs.writeFileSync(f, data)
       return f
     }
-    const osrel = part('osrel', 'NAME="labhost selector"\nID=labhost-selector\n')
-    const cmdline = part('cmdline', SELECTOR_CMDLINE)
-    const initrdFile = part('initrd', initrd)
-    const vmlinuzBytes = fs.statSync(kernel.vmlinuz).size
-    // the stub's own sections end below 0x20000; the kernel goes at 32 MiB and the initramfs after it
-    const initrdVma = 0x2000000 + Math.ceil((vmlinuzBytes + 1) / 0x1000000) * 0x1000000
+    const osrel = part('osrel', `NAME="${o.name}"\nID=labhost\n`)
+    const cmdline = part('cmdline', o.cmdline)
+    const initrdFile = part('initrd', o.initrd)
+    // the stub's own sections end below 0x20000; the kernel goes at 32 MiB and the initramfs
+    // at the next 16 MiB boundary after it
+    const initrdVma = 0x2000000 + Math.ceil((fs.statSync(o.vmlinuz).size + 1) / 0x1000000) * 0x1000000
     fs.mkdirSync(path.dirname(path.resolve(o.out)), { recursive: true })
     await run('objcopy', [
       '--add-section', `.osrel=${osrel}`, '--change-section-vma', '.osrel=0x20000',
       '--add-section', `.cmdline=${cmdline}`, '--change-section-vma', '.cmdline=0x30000',
-      '--add-section', `.linux=${kernel.vmlinuz}`, '--change-section-vma', '.linux=0x2000000',
+      '--add-section', `.linux=${o.vmlinuz}`, '--change-section-vma', '.linux=0x2000000',
       '--add-section', `.initrd=${initrdFile}`, '--change-section-vma', `.initrd=0x${initrdVma.toString(16)}`,
       stub, o.out,
     ])
   } finally {
     fs.rmSync(work, { recursive: true, force: true })
   }
-  const data = fs.readFileSync(o.out)
-  return { file: o.out, bytes: data.length, sha256: crypto.createHash('sha256').update(data).digest('hex'), kernel: kernel.version }
 }

@@ -1,6 +1,8 @@
-// The USB installer stick: a GPT disk image with the stick system (bootable: gptmbr + extlinux)
-// and a FAT data partition LABHOST holding the signed root image, its manifest, install.yaml
-// and a reports/ folder where the installer leaves its log and report.
+// The USB installer stick: a GPT disk image with the stick system (bootable: gptmbr + extlinux on
+// a legacy-BIOS PC), an EFI system partition whose \EFI\BOOT\BOOTX64.EFI starts the same system
+// on a UEFI PC (its kernel, initramfs and command line as a unified kernel image: no NVRAM entry
+// needed), and a FAT data partition LABHOST holding the signed root image, its manifest,
+// install.yaml and a reports/ folder where the installer leaves its log and report.
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -11,12 +13,30 @@ import { run } from '../lib/exec.ts'
 import { withLoop } from '../lib/loop.ts'
 import { planGptmbr } from '../bootloader/mbr.ts'
 import { applySectorWrites } from '../bootloader/sector-writes.ts'
+import { LabhostError } from '../lib/errors.ts'
+import { ESP_TYPE_CODE } from '../installer/partition.ts'
 import { buildImage } from './build.ts'
+import { makeUki } from './selector.ts'
 import { STICK_PARTITION } from './initramfs-init.ts'
 import { readPrivateKey, verifyImageDir } from './manifest.ts'
 
 export const DATA_PARTITION = 'LABHOST'
 const MiB = 1 << 20
+const STICK_ESP_MIB = 32
+
+/** The stick system's own kernel, initramfs and command line (from its image) as one EFI executable. */
+async function stickUki(sysImage: string, out: string): Promise<void> {
+  const dir = path.dirname(out)
+  const dump = async (from: string, to: string) => {
+    await run('debugfs', ['-R', `dump ${from} ${to}`, sysImage])
+    if (!fs.existsSync(to) || fs.statSync(to).size === 0) throw new LabhostError('notFound', `the stick system image has no ${from}`, 'rebuild it (labhost image build stick)')
+  }
+  await dump('/boot/vmlinuz', path.join(dir, 'vmlinuz'))
+  await dump('/boot/initrd.img', path.join(dir, 'initrd.img'))
+  await dump('/boot/extlinux/extlinux.conf', path.join(dir, 'extlinux.conf'))
+  const cmdline = /^\s*append\s+(.*)$/im.exec(fs.readFileSync(path.join(dir, 'extlinux.conf'), 'utf8'))?.[1]?.trim() ?? ''
+  await makeUki({ vmlinuz: path.join(dir, 'vmlinuz'), initrd: fs.readFileSync(path.join(dir, 'initrd.img')), cmdline, name: 'labhost installer stick', out })
+}
 
 export interface StickOptions {
   imageDir: string
@@ -41,13 +61,16 @@ export async function buildStick(o: StickOptions): Promise<{ out: string; sizeBy
     const transport = path.join(o.imageDir, manifest.transport.file)
     const dataMiB = Math.ceil((fs.statSync(transport).size + 64 * 1024) / MiB) + 16
     const sysMiB = Math.ceil(sys.manifest.image.size / MiB)
-    const totalMiB = 1 + sysMiB + dataMiB + 1
+    const totalMiB = 1 + sysMiB + STICK_ESP_MIB + dataMiB + 1
     fs.rmSync(o.out, { force: true })
     fs.writeFileSync(o.out, '')
     fs.truncateSync(o.out, totalMiB * MiB)
     const sysFirst = 2048
     const sysLast = sysFirst + sysMiB * 2048 - 1
+    const espFirst = sysLast + 1
+    const espLast = espFirst + STICK_ESP_MIB * 2048 - 1
     await run('sgdisk', ['--clear', '-n', `1:${sysFirst}:${sysLast}`, '-c', `1:${STICK_PARTITION}`, '-t', '1:8300', '-A', '1:set:2',
+      '-n', `3:${espFirst}:${espLast}`, '-c', '3:esp', '-t', `3:${ESP_TYPE_CODE}`,
       '-n', '2:0:0', '-c', `2:${DATA_PARTITION}`, '-t', '2:0700', o.out])
     copyFileInto(sysImage, o.out, sysFirst * 512)
     const disk = Disk.open(o.out)
@@ -56,7 +79,14 @@ export async function buildStick(o: StickOptions): Promise<{ out: string; sizeBy
     } finally {
       disk.close()
     }
-    const dataFirst = (sysLast + 1) * 512
+    log('EFI system partition: the stick system as a unified kernel image')
+    await stickUki(sysImage, path.join(work, 'BOOTX64.EFI'))
+    await withLoop(o.out, { offset: espFirst * 512, sizeLimit: STICK_ESP_MIB * MiB }, async (dev) => {
+      await run('mkfs.vfat', ['-n', 'EFI', '-i', '1ab0e5e5', dev])
+      await run('mmd', ['-i', dev, '::/EFI', '::/EFI/BOOT'])
+      await run('mcopy', ['-i', dev, path.join(work, 'BOOTX64.EFI'), '::/EFI/BOOT/BOOTX64.EFI'])
+    })
+    const dataFirst = (espLast + 1) * 512
     const dataBytes = fs.statSync(o.out).size - dataFirst - 34 * 512
     log(`data partition LABHOST: ${manifest.name} ${manifest.version}, ${path.basename(o.config)}`)
     await withLoop(o.out, { offset: dataFirst, sizeLimit: dataBytes }, (dev) =>

@@ -24,6 +24,8 @@ import { classifyDisk, ext4UuidAt, type DiskContent } from './disk-content.ts'
 import { bootMedia, describe, describeBlockDisk, diskNameOf, listDisks, selectDisk, type BlockDisk } from './disks.ts'
 import { ensureIdentity, type Identity } from './identity.ts'
 import { readMachine, requireModel, type Machine } from './machine.ts'
+import { installSelector } from './esp.ts'
+import { SELECTOR_IN_IMAGE } from '../image-build/selector.ts'
 import { makeFilesystem, partitionDisk, planDisk, type DiskRole, type PlannedPartition } from './partition.ts'
 import { fault } from '../lib/faults.ts'
 
@@ -57,6 +59,8 @@ export interface PlannedDisk {
 
 export interface InstallPlan {
   machine: Machine
+  /** How this PC boots (/sys/firmware/efi): a UEFI PC needs the layout's ESP and the image's selector. */
+  firmware: 'uefi' | 'bios'
   image: { name: string; version: string; bytes: number }
   bios: BiosPlan
   disks: PlannedDisk[]
@@ -134,6 +138,11 @@ export async function planInstall(o: InstallOptions): Promise<{ plan: InstallPla
   const source = await openSource(o.image, trusted)
   const layout = source.manifest.diskLayout
   if (!layout) throw new LabhostError('manifestInvalid', `${source.manifestWhere} does not carry its disk layout`, 'rebuild the image with this labhost version')
+  const firmware = fs.existsSync(path.join(o.sysRoot ?? '/sys', 'firmware/efi')) ? 'uefi' : 'bios'
+  if (firmware === 'uefi' && !layout.esp) {
+    throw new LabhostError('uefiUnsupported', `this PC boots by UEFI, and the layout of ${source.manifestWhere} has no EFI system partition`,
+      'build the image for a layout with an esp: section (the default layout has one), or switch the PC to legacy boot (CSM); nothing was written')
+  }
   const bios = await planBios(config.bios, o.sysRoot)
   const excluded = bootMedia(o.stick)
   const roles: DiskRole[] = layout.partitions.some((p) => p.disk === 'hdd') ? ['ssd', 'hdd'] : ['ssd']
@@ -154,18 +163,18 @@ export async function planInstall(o: InstallOptions): Promise<{ plan: InstallPla
   if (image.bytes > (slotA.lastLba - slotA.firstLba + 1) * disks[0]!.disk.sectorSize) {
     throw new LabhostError('imageTooSmall', `the image (${image.bytes} bytes) is larger than slot A`, 'use an image built for this layout; nothing was written')
   }
-  return { plan: { machine, image, bios, disks, finish: config.finish }, config, layout, source }
+  return { plan: { machine, firmware, image, bios, disks, finish: config.finish }, config, layout, source }
 }
 
 export function renderPlan(p: InstallPlan, dryRun: boolean): string {
-  const lines = [`machine: ${p.machine.vendor} / ${p.machine.product}${p.machine.serial ? ` (serial ${p.machine.serial})` : ''}`,
+  const lines = [`machine: ${p.machine.vendor} / ${p.machine.product}${p.machine.serial ? ` (serial ${p.machine.serial})` : ''}, ${p.firmware === 'uefi' ? 'UEFI' : 'legacy BIOS'} firmware`,
     `image: ${p.image.name} ${p.image.version} (${(p.image.bytes / 2 ** 20).toFixed(0)} MiB)`,
     `BIOS (${p.bios.backend}${p.bios.where ? ` ${p.bios.where}` : ''}): ${p.bios.changes.map((c) => `${c.name} ${c.from} -> ${c.to}`).join(', ') || 'no changes'}${p.bios.unchanged.length ? `; already set: ${p.bios.unchanged.join(', ')}` : ''}`]
   for (const d of p.disks) {
     lines.push(`${d.role.toUpperCase()}: ${describe(d.disk)}`, `  erases: ${d.erases}`)
     for (const q of d.partitions) {
       const size = ((q.lastLba - q.firstLba + 1) * d.disk.sectorSize) / 2 ** 20
-      const what = { image: 'write the root image (slot A, boots first)', empty: 'left empty (slot B, for the first update)', mkfs: `new ext4 ${q.fsUuid}`, keep: `kept (ext4 ${q.fsUuid} intact)` }[q.action]
+      const what = { image: 'write the root image (slot A, boots first)', empty: 'left empty (slot B, for the first update)', mkfs: q.esp ? 'new FAT: the UEFI selector (\\EFI\\BOOT\\BOOTX64.EFI)' : `new ext4 ${q.fsUuid}`, keep: `kept (ext4 ${q.fsUuid} intact)` }[q.action]
       lines.push(`  ${String(q.number).padStart(2)} ${q.name.padEnd(12)} ${size.toFixed(0).padStart(7)} MiB  ${(q.mount ?? '').padEnd(15)} ${what}`)
     }
   }
@@ -217,6 +226,23 @@ export async function runInstall(o: InstallOptions): Promise<{ plan: InstallPlan
     await writeImage(target, source.manifest, source, { progress: o.progress?.('writing') })
     await verifyImage(target, source.manifest, { progress: o.progress?.('verifying') })
   })
+  const esp = ssd.partitions.find((p) => p.esp)
+  if (esp) {
+    await step('install the UEFI selector', () => withPartitionMounted(ssd.disk.path, slotA, ssd.disk.sectorSize, async (root) => {
+      // from the slot just written and read back against the signed manifest: as trusted as the image
+      const selector = path.join(root, SELECTOR_IN_IMAGE)
+      if (!fs.existsSync(selector)) {
+        if (plan.firmware === 'uefi') {
+          throw new LabhostError('uefiUnsupported', `image ${plan.image.name} ${plan.image.version} carries no UEFI selector (/${SELECTOR_IN_IMAGE}), and this PC boots by UEFI`,
+            'rebuild the image with this labhost version (an image for a layout with an ESP carries the selector); slot A is written, the PC will not boot from the SSD yet')
+        }
+        log(`the image carries no UEFI selector: the ESP stays empty (this PC boots by legacy BIOS)`)
+        return
+      }
+      await installSelector(ssd.disk.path, esp, ssd.disk.sectorSize, selector)
+      log(`UEFI selector on the ESP (partition ${esp.number}): \\EFI\\BOOT\\BOOTX64.EFI`)
+    }, { readOnly: true }))
+  }
   await step('install gptmbr', async () => {
     const disk = Disk.open(ssd.disk.path)
     try {

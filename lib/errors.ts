@@ -37,6 +37,8 @@ export const ExitCode = {
   diskHasData: 54,
   diskIsBootMedium: 55,
   biosFailed: 56,
+  /** A UEFI-only PC and an image (layout) that cannot boot on it. */
+  uefiUnsupported: 57,
   /** labhost trial-check: the health checks failed by the deadline and the slot was rolled back. */
   trialFailed: 60,
   /** A .torrent that is not one file with the signed transport file's name and size (checked before aria2c starts). */

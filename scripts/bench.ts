@@ -52,7 +52,7 @@ async function hostSsd(name: string) {
   const layout = loadRecipe('host').layout
   const diskFile = path.join(dir, name)
   fs.writeFileSync(diskFile, '')
-  const rest = layout.partitions.filter((p) => p.disk === 'ssd').reduce((n, p) => n + (p.sizeMiB === 'rest' ? 64 : p.sizeMiB), 0)
+  const rest = layout.partitions.filter((p) => p.disk === 'ssd').reduce((n, p) => n + (p.sizeMiB === 'rest' ? 64 : p.sizeMiB), 0) + (layout.esp?.sizeMiB ?? 0)
   fs.truncateSync(diskFile, (2 + 2 * layout.slotSizeMiB + rest + 2) * 2 ** 20)
   const plan = planDisk(layout, 'ssd', fs.statSync(diskFile).size, 512)
   await partitionDisk(diskFile, plan, 'A')

@@ -26,7 +26,15 @@ t.test('a bootable GPT stick with the system and a FAT data partition', async (t
   const gpt = readGpt(disk)
   disk.close()
   t.ok(isValid(gpt.primary) && isValid(gpt.backup))
-  t.same(gpt.entries.map((e) => [e.name, e.legacyBootable]), [['labhost-stick', true], ['LABHOST', false]])
+  t.same(gpt.entries.map((e) => [e.name, e.legacyBootable]), [['labhost-stick', true], ['LABHOST', false], ['esp', false]])
+  // UEFI: an EFI system partition whose removable-media path holds an EFI executable (PE, 'MZ')
+  const esp = gpt.entries[2]!
+  t.equal(esp.typeGuid.toUpperCase(), 'C12A7328-F81F-11D2-BA4B-00A0C93EC93B', 'partition 3 is an EFI system partition')
+  const efi = `${dir}/BOOTX64.EFI`
+  await run('mcopy', ['-n', '-i', `${dir}/stick.img@@${Number(esp.firstLba) * 512}`, '::/EFI/BOOT/BOOTX64.EFI', efi], { env })
+  t.equal(fs.readFileSync(efi).subarray(0, 2).toString('latin1'), 'MZ', '\\EFI\\BOOT\\BOOTX64.EFI is an EFI executable')
+  const sections = (await run('objdump', ['-h', efi])).stdout
+  for (const s of ['.linux', '.initrd', '.cmdline']) t.match(sections, new RegExp(`\\${s}\\s`), `with a ${s} section (the stick system's)`)
   const off = Number(gpt.entries[1]!.firstLba) * 512
   const ls = await run('mdir', ['-b', '-i', `${dir}/stick.img@@${off}`, '::/image'], { env })
   t.match(ls.stdout, /manifest\.json/)
