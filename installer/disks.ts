@@ -119,8 +119,8 @@ export function selectDisk(role: 'ssd' | 'hdd', m: DiskMatch, disks: BlockDisk[]
   }
   const bootOnly = kind.filter((d) => excluded.has(d.name) && fits(d))
   if (bootOnly.length) {
-    throw new LabhostError('diskIsBootMedium', `the only disk that fits the ${label} is the installer's own medium ${bootOnly.map(describe).join('; ')}`,
-      `connect the ${label} (the stick is never a target); nothing was written`)
+    throw new LabhostError('diskIsBootMedium', `the only disk that fits the ${label} is the installer's own medium ${bootOnly.map(describe).join('; ')} (or holds a mounted filesystem)`,
+      `connect the ${label} (the stick, and a disk in use, are never a target; unmount it if it is yours to erase); nothing was written`)
   }
   const wrongSize = kind.filter((d) => !excluded.has(d.name))
   if (wrongSize.length) {

@@ -83,7 +83,7 @@ function pickDisk(role: DiskRole, config: InstallConfig, named: string | undefin
     throw new LabhostError('diskMissing', `--${role} ${named} is not a block device`, 'name a disk such as /dev/sdb (losetup makes one of an image file); nothing was written')
   }
   const d = { ...describeBlockDisk(diskNameOf(named)), path: named }
-  if (excluded.has(d.name)) throw new LabhostError('diskIsBootMedium', `--${role} ${named} is the installer's own medium`, 'the stick is never a target; nothing was written')
+  if (excluded.has(d.name)) throw new LabhostError('diskIsBootMedium', `--${role} ${named} is the installer's own medium or holds a mounted filesystem`, 'the stick, and a disk in use, are never a target (unmount it if it is yours to erase); nothing was written')
   if (d.sizeBytes < match.minSizeGiB * 2 ** 30) {
     throw new LabhostError('diskTooSmall', `--${role} ${describe(d)} is smaller than disks.${role}.minSizeGiB ${match.minSizeGiB} GiB`, 'use a larger disk; nothing was written')
   }
