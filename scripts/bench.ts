@@ -17,6 +17,9 @@ import { copyFileInto } from '../lib/blockdev.ts'
 import { serveDirectory } from '../lib/http-serve.ts'
 import type { Images } from '../updater/test/update-fixtures.ts'
 import { PORT_MBIT, startFleet, torrentArgs } from '../updater/test/fleet-fixtures.ts'
+import { SELECTOR_IN_IMAGE } from '../image-build/selector.ts'
+import { buildHostDisks } from '../vm-tests/fixtures/host-disks.ts'
+import { bootUntilPowerOff, uefiVarsCopy } from '../vm-tests/qemu.ts'
 import { abortedDownload, download, randomFile, slowClient, startServer } from '../lib/test/serve-fixtures.ts'
 
 interface Figure { name: string; value: number; unit: string; peer: string | null; peerValue: number | null; ratio: number | null; note?: string }
@@ -337,6 +340,37 @@ async function benchImageServer(exe?: string): Promise<void> {
   }
 }
 
+/**
+ * Power-on to the slot's userspace under TCG, a legacy-BIOS PC (SeaBIOS: gptmbr, extlinux) against
+ * a UEFI-only one (OVMF: the selector from the ESP, then kexec into the slot's own kernel), the
+ * same disk, alternating, 3 boots each. The selector's kernel start is the UEFI path's extra cost.
+ */
+async function benchBoot(keys: { privateKeyFile: string }): Promise<void> {
+  const recipe = writeRecipeVariant('test', path.join(dir, 'boot-esp.yaml'), (r) => { r.layout = path.join(root, 'image-build/layouts/test-esp.yaml') })
+  const built = await buildImage(recipe, { out: path.join(dir, 'boot-img'), keyFile: keys.privateKeyFile })
+  const image = path.join(path.dirname(built.manifestFile), 'root.img')
+  const selector = path.join(dir, 'BOOTX64.EFI')
+  await execa('debugfs', ['-R', `dump /${SELECTOR_IN_IMAGE} ${selector}`, image])
+  const bootDir = fs.mkdtempSync(path.join(dir, 'boot-'))
+  const disks = await buildHostDisks(bootDir, loadRecipe(recipe).layout, image, { slots: ['A'], flag: 'A', selector })
+  const times: Record<'bios' | 'uefi', number[]> = { bios: [], uefi: [] }
+  let accel = ''
+  for (let i = 0; i < 3; i++) {
+    for (const fw of ['bios', 'uefi'] as const) {
+      const r = await bootUntilPowerOff({
+        memoryMb: 768, disks: [{ file: disks.ssd, bus: 'ide-hd', rotationRate: 1 }, { file: disks.hdd, bus: 'ide-hd', rotationRate: 7200 }],
+        ...(fw === 'uefi' ? { uefi: { vars: uefiVarsCopy(fs.mkdtempSync(path.join(dir, 'vars-'))) } } : {}),
+      }, 300_000, /LABHOST-USERSPACE/)
+      if (!/LABHOST-USERSPACE version=\S+ slot=A/.test(r.serial)) throw new Error(`the ${fw} boot did not reach userspace:\n${r.serial.slice(-2000)}`)
+      times[fw].push(r.seconds)
+      accel = r.accel
+    }
+  }
+  const m = (xs: number[]) => Number(median(xs).toFixed(1))
+  fig({ name: `boot, power-on to the slot's userspace under ${accel}, UEFI (OVMF, selector + kexec), median of 3`, value: m(times.uefi), unit: 's',
+    peer: 'the same disk on legacy BIOS (SeaBIOS, gptmbr, extlinux)', peerValue: m(times.bios), note: `UEFI ${times.uefi.map((x) => x.toFixed(1)).join(', ')}; BIOS ${times.bios.map((x) => x.toFixed(1)).join(', ')} (QEMU start included, 0.5 s polling)` })
+}
+
 /** The package the delta benchmark's 1.1.0 adds: small, no new dependencies. */
 const DELTA_EXTRA_PACKAGE = 'less'
 
@@ -349,6 +383,12 @@ try {
     process.exit(0)
   }
   await execa(process.execPath, [path.join(root, 'scripts/build.ts')], { stdio: 'inherit' })
+  // `npm run bench -- --boot-only`: only the boot-time figures (BIOS against UEFI), printed, not written
+  if (process.argv.includes('--boot-only')) {
+    await benchBoot(generateKeyPair(path.join(dir, 'keys')))
+    fs.rmSync(dir, { recursive: true, force: true })
+    process.exit(0)
+  }
   // `npm run bench -- --fleet-only`: only the fleet and delta figures, printed, not written
   if (process.argv.includes('--fleet-only')) {
     const keys = generateKeyPair(path.join(dir, 'keys'))
@@ -418,6 +458,7 @@ try {
   await benchDelta(path.join(dir, 'host'), keys)
   await benchFleet(keys)
   await benchImageServer(labhost)
+  await benchBoot(keys)
   fig({ name: 'labhost executable size', value: fs.statSync(path.join(root, 'dist/labhost')).size, unit: 'bytes', peer: null, peerValue: null })
 
   const machine = { cpu: os.cpus()[0]?.model ?? 'unknown', cores: os.cpus().length, memGiB: Math.round(os.totalmem() / 2 ** 30), kernel: os.release(), node: process.version }

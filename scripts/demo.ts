@@ -3,7 +3,9 @@
 // Dell-shaped PC with a virtual SSD and HDD, where `labhost install` images them unattended and
 // powers off; serves 1.1.0 over HTTP on this machine's loopback; boots the PC from its SSD, where
 // the host runs `labhost update http://… --reboot` through QEMU user networking; boots 1.1.0 on
-// trial in slot B and marks it good.
+// trial in slot B and marks it good. `--firmware uefi`: the same on a UEFI-only PC (q35 + OVMF, no
+// CSM): the images are built for a layout with an EFI system partition, the stick boots from its
+// ESP, the installer puts the image's selector on the SSD's ESP, and the SSD boots through it.
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -12,12 +14,19 @@ import { buildImage } from '../image-build/build.ts'
 import { generateKeyPair } from '../image-build/manifest.ts'
 import { loadRecipe, writeRecipeVariant } from '../image-build/recipe.ts'
 import { serveDirectory } from '../lib/http-serve.ts'
-import { bootUntilPowerOff } from '../vm-tests/qemu.ts'
+import { parseArgs } from 'node:util'
+import { bootUntilPowerOff, uefiVarsCopy, type VmSpec } from '../vm-tests/qemu.ts'
 import { GUEST_SERVER, stageUpdatePlan } from '../vm-tests/fixtures/host-disks.ts'
 import { buildStick } from '../image-build/stick.ts'
 import { planDisk } from '../installer/partition.ts'
 
 const root = path.resolve(import.meta.dirname, '..')
+const { values } = parseArgs({ options: { firmware: { type: 'string', default: 'bios' } } })
+if (values.firmware !== 'bios' && values.firmware !== 'uefi') {
+  console.error(`demo: --firmware ${values.firmware} is neither bios nor uefi`)
+  process.exit(2)
+}
+const uefi = values.firmware === 'uefi'
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'labhost-demo-'))
 const say = (s: string) => console.log(`demo: ${s}`)
 let failed = false
@@ -25,8 +34,11 @@ try {
   say('building dist/labhost (the images and the stick carry it)')
   await execa(process.execPath, [path.join(root, 'scripts/build.ts')], { stdio: 'inherit' })
   const keys = generateKeyPair(path.join(dir, 'keys'))
-  const v2Recipe = writeRecipeVariant('test', path.join(dir, 'test-1.1.0.yaml'), (r) => { r.version = '1.1.0' })
-  const v1 = await buildImage('test', { out: path.join(dir, 'v1'), keyFile: keys.privateKeyFile })
+  // for a UEFI PC: the test layout with an EFI system partition (the image then carries the selector)
+  const withEsp = (r: { layout: string }) => { if (uefi) r.layout = path.join(root, 'image-build/layouts/test-esp.yaml') }
+  const v1Recipe = writeRecipeVariant('test', path.join(dir, 'test-1.0.0.yaml'), withEsp)
+  const v2Recipe = writeRecipeVariant('test', path.join(dir, 'test-1.1.0.yaml'), (r) => { r.version = '1.1.0'; withEsp(r) })
+  const v1 = await buildImage(v1Recipe, { out: path.join(dir, 'v1'), keyFile: keys.privateKeyFile })
   say(`built test ${v1.manifest.version}: ${v1.manifest.image.size >> 20} MiB, ${v1.manifest.transport.size >> 20} MiB zstd, ${v1.seconds.toFixed(1)} s`)
   const v2 = await buildImage(v2Recipe, { out: path.join(dir, 'v2'), keyFile: keys.privateKeyFile })
   say(`built test ${v2.manifest.version}`)
@@ -42,15 +54,18 @@ try {
     fs.writeFileSync(f, '')
     fs.truncateSync(f, mib << 20)
   }
-  say('boot 0: a blank Dell OptiPlex 7010 (SSD + HDD) boots the stick; labhost install runs unattended')
+  // the PC's firmware: SeaBIOS, or OVMF with its own variable store (kept across its boots)
+  const firmware: Partial<VmSpec> = uefi ? { uefi: { vars: uefiVarsCopy(dir) }, memoryMb: 1024 } : {}
+  say(`boot 0: a blank Dell OptiPlex 7010 (SSD + HDD, ${uefi ? 'UEFI only' : 'legacy BIOS'}) boots the stick; labhost install runs unattended`)
   const inst = await bootUntilPowerOff({
+    ...firmware,
     smbios: { manufacturer: 'Dell Inc.', product: 'OptiPlex 7010' },
     disks: [{ file: stick.out, bus: 'usb-storage', bootIndex: 0 }, { file: ssd, bus: 'ide-hd', rotationRate: 1, bootIndex: 1 }, { file: hdd, bus: 'ide-hd', rotationRate: 7200, bootIndex: 2 }],
   }, 600_000, /labhost install refused/)
   const instExit = /LABHOST-STICK-INSTALL-END exit=(\d+)/.exec(inst.serial)?.[1]
   say(`installed under ${inst.accel} in ${inst.seconds.toFixed(1)} s: labhost install exit ${instExit ?? '?'}${inst.poweredOff ? ', powered off' : ''}`)
   if (instExit !== '0') throw new Error(`the install failed:\n${inst.serial.slice(-3000)}`)
-  const layout = loadRecipe('test').layout
+  const layout = loadRecipe(v1Recipe).layout
   const disks = { ssd, hdd, ssdPlan: planDisk(layout, 'ssd', fs.statSync(ssd).size, 512), hddPlan: planDisk(layout, 'hdd', fs.statSync(hdd).size, 512) }
 
   const server = await serveDirectory(path.join(dir, 'v2'))
@@ -59,12 +74,13 @@ try {
 
   const boot = async (expect: { version: string; slot: string }) => {
     const res = await bootUntilPowerOff({
+      ...firmware,
       disks: [{ file: disks.ssd, bus: 'ide-hd', rotationRate: 1 }, { file: disks.hdd, bus: 'ide-hd', rotationRate: 7200 }],
       net: { forwards: [{ guestPort: 8080, hostPort: server.port }] },
     }, 600_000)
     const m = /LABHOST-USERSPACE version=(\S+) slot=([AB])/.exec(res.serial)
     const mounts = [...res.serial.matchAll(/LABHOST-MOUNT (\S+)/g)].map((x) => x[1]).join(' ')
-    say(`booted under ${res.accel} in ${res.seconds.toFixed(1)} s: version ${m?.[1] ?? '?'} from slot ${m?.[2] ?? '?'}; mounted ${mounts || 'nothing'}`)
+    say(`booted under ${res.accel} in ${res.seconds.toFixed(1)} s${uefi ? ` (UEFI: the selector picked slot ${/LABHOST-SELECTOR slot=([AB])/.exec(res.serial)?.[1] ?? '?'})` : ''}: version ${m?.[1] ?? '?'} from slot ${m?.[2] ?? '?'}; mounted ${mounts || 'nothing'}`)
     if (m?.[1] !== expect.version || m?.[2] !== expect.slot) failed = true
     return res.serial
   }

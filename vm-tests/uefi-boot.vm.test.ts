@@ -1,66 +1,103 @@
-// UEFI-only PCs (issue 17, first part): a host disk with an EFI system partition holding only the
-// selector at \EFI\BOOT\BOOTX64.EFI boots under OVMF (q35, no CSM, an empty variable store: no
-// NVRAM boot entry) into the flagged root slot; the one-sector switch (`labhost slots switch`)
-// moves it to the other slot, whose own kernel then starts; and the same disk still boots on a
-// legacy-BIOS PC through gptmbr. The selector is image-build/selector.ts.
+// UEFI-only PCs (issue 17): OVMF on q35, no CSM, and a fresh (empty) variable store at every
+// boot, so nothing depends on an NVRAM boot entry. (1) A host whose ESP holds only the selector
+// (\EFI\BOOT\BOOTX64.EFI, image-build/selector.ts) updates itself A -> B and B -> A with the
+// one-sector switch; a version whose userspace dies is rolled back by its initramfs's trial, as on
+// a BIOS PC; and the same disk boots on SeaBIOS through gptmbr. (2) The installer stick boots,
+// installs unattended and the SSD then boots through the selector the image carried.
 import fs from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
 import YAML from 'yaml'
-import { copyFileInto } from '../lib/blockdev.ts'
 import { REPO_ROOT, runCli, sparseFile, tmpDir } from '../lib/test-helpers.ts'
 import { cacheKeys } from '../image-build/cache-keys.ts'
-import { loadRecipe } from '../image-build/recipe.ts'
+import { loadLayout } from '../lib/layout.ts'
+import { buildImage } from '../image-build/build.ts'
 import { buildSelector } from '../image-build/selector.ts'
 import { buildCampaignImages } from './campaign.ts'
-import { buildHostDisks, readPartitionFiles } from './fixtures/host-disks.ts'
-import { leanRecipe } from './fixtures/lean-image.ts'
+import { buildHostDisks, readPartitionFiles, stageUpdatePlan, statusLines } from './fixtures/host-disks.ts'
+import { leanRecipe, stageLabhost } from './fixtures/lean-image.ts'
 
 const MiB = 1 << 20
+/** The test layout with an EFI system partition (the shipped test-esp.yaml). */
+const TEST_ESP_LAYOUT = path.join(REPO_ROOT, 'image-build/layouts/test-esp.yaml')
 const DELL = { manufacturer: 'Dell Inc.', product: 'OptiPlex 7010' }
 import { bootUntilPowerOff, uefiVarsCopy, type VmSpec } from './qemu.ts'
 
-t.test('UEFI (OVMF, no CSM): the selector on the ESP boots the flagged slot; the one-sector switch moves it; BIOS boots the same disk', async (t) => {
+t.test('UEFI (OVMF, no CSM): a host updates A -> B -> A over the one-sector switch; a failing trial rolls back by itself; BIOS boots the same disk', async (t) => {
   const dir = tmpDir(t, 'labhost-vm-uefi-')
-  const layout = { ...loadRecipe('test').layout, esp: { name: 'esp', partuuid: '6c1d1a2b-0a11-4b5e-9c3a-0000000000e5', sizeMiB: 32 } }
-  // the lean 1.0.0 and 2.0.0 test images (the campaign's, prebuilt into the cache by npm test)
+  const keys = cacheKeys()
+  const layout = loadLayout(TEST_ESP_LAYOUT)
+  // the lean 1.0.0 and 2.0.0 test images (the campaign's, prebuilt into the cache by npm test),
+  // a 1.5.0 whose userspace dies at once, and a 3.0.0
   const { dirs } = await buildCampaignImages(path.join(dir, 'images'))
+  const build = async (name: string, change: Parameters<typeof leanRecipe>[1]) =>
+    path.dirname((await buildImage(leanRecipe(`${dir}/recipes/${name}.yaml`, change), { out: `${dir}/${name}`, keyFile: keys.privateKeyFile })).manifestFile)
+  const broken = await build('broken', (r) => {
+    r.version = '1.5.0'
+    r.files = [...(r.files ?? []).filter((f) => f.path !== '/sbin/init'),
+      { path: '/sbin/init', mode: '0755', content: '#!/bin/sh\necho "LABHOST-BROKEN version=$(cat /etc/labhost/version)"\nexit 1\n' }]
+  })
+  const v3 = await build('v3', (r) => { r.version = '3.0.0' })
   const selector = await buildSelector({ layout, out: path.join(dir, 'BOOTX64.EFI'), log: (l) => t.comment(l) })
   t.comment(`selector: ${selector.bytes} bytes, kernel ${selector.kernel}`)
-  const disks = await buildHostDisks(dir, layout, `${dirs['1.0.0']}/root.img`, { slots: ['A'], flag: 'A', selector: selector.file })
-  copyFileInto(`${dirs['2.0.0']}/root.img`, disks.ssd, disks.ssdPlan[1]!.firstLba * 512)
-  const esp = disks.ssdPlan.find((p) => p.esp)
-  t.ok(esp && esp.number === 6, 'the ESP is the last entry; the root slots stay entries 1 and 2')
-
+  const disks = await buildHostDisks(dir, layout, `${dirs['1.0.0']}/root.img`, { slots: ['A'], flag: 'A', restMiB: 200, selector: selector.file })
+  t.equal(disks.ssdPlan.find((p) => p.esp)?.number, 6, 'the ESP is the last entry; the root slots stay entries 1 and 2')
+  await stageLabhost(disks)
+  await stageUpdatePlan(disks, {
+    images: { broken, v2: dirs['2.0.0']!, v3 },
+    steps: [
+      { name: 'broken', args: '/qcow2/backing/broken --trial-boots 1 --reboot' },
+      { name: 'v2', args: '/qcow2/backing/v2 --trial-boots 2 --reboot' },
+      { name: 'v3', args: '/qcow2/backing/v3 --trial-boots 2 --reboot' },
+    ],
+  })
   const spec = (uefi: boolean): VmSpec => ({
     memoryMb: 768,
     disks: [{ file: disks.ssd, bus: 'ide-hd', rotationRate: 1 }, { file: disks.hdd, bus: 'ide-hd', rotationRate: 7200 }],
     ...(uefi ? { uefi: { vars: uefiVarsCopy(fs.mkdtempSync(path.join(dir, 'vars-'))) } } : {}),
   })
-  const boot = async (uefi: boolean, expect: { version: string; slot: string }) => {
-    const r = await bootUntilPowerOff(spec(uefi), 300_000, /LABHOST-USERSPACE[^\n]*\n/)
-    const what = `${uefi ? 'UEFI' : 'BIOS'} boot, slot ${expect.slot} flagged`
-    t.comment(`${what}: userspace after ${r.seconds.toFixed(1)} s under ${r.accel}`)
-    if (uefi) t.match(r.serial, new RegExp(`LABHOST-SELECTOR slot=${expect.slot} `), `${what}: the selector picked slot ${expect.slot}`, { serial: r.serial.slice(-3000) })
-    else t.notMatch(r.serial, /LABHOST-SELECTOR/, `${what}: no selector on the BIOS path (gptmbr, extlinux)`)
-    t.match(r.serial, new RegExp(`LABHOST-ROOT slot=${expect.slot} `), `${what}: the slot's own initramfs mounted slot ${expect.slot}`)
-    t.match(r.serial, new RegExp(`LABHOST-USERSPACE version=${expect.version.replace(/\./g, '\\.')} slot=${expect.slot}`), `${what}: ${expect.version} runs`, { serial: r.serial.slice(-3000) })
+  const boot = async (n: number, uefi = true) => {
+    const r = await bootUntilPowerOff(spec(uefi), 600_000)
+    t.comment(`boot ${n} (${uefi ? 'UEFI' : 'BIOS'}) under ${r.accel} in ${r.seconds.toFixed(1)} s`)
+    t.notOk(r.timedOut, `boot ${n} ended by itself`, { serial: r.serial.slice(-3000) })
+    return r.serial
   }
-  await boot(true, { version: '1.0.0', slot: 'A' })
-  const sw = await runCli(['slots', 'switch', '--disk', disks.ssd, '--to', 'B', '--json'])
-  t.equal(sw.code, 0, 'labhost slots switch --to B', { stderr: sw.stderr })
-  t.equal(JSON.parse(sw.stdout).writes[0].region, 'primary-array', 'the commit is the one array sector')
-  await boot(true, { version: '2.0.0', slot: 'B' })
-  await boot(false, { version: '2.0.0', slot: 'B' })
+  const b1 = await boot(1)
+  t.match(b1, /LABHOST-SELECTOR slot=A /, 'boot 1: the selector picked slot A')
+  t.match(b1, /LABHOST-USERSPACE version=1\.0\.0 slot=A/)
+  t.match(b1, /LABHOST-STEP broken/)
+  t.notMatch(b1, /LABHOST-UPDATE-EXIT/, 'labhost update --reboot rebooted the VM', { serial: b1.slice(-3000) })
+  const b2 = await boot(2)
+  t.match(b2, /LABHOST-SELECTOR slot=B /, 'boot 2: after the one-sector switch the selector picks slot B')
+  t.match(b2, /LABHOST-TRIAL slot=B left=0/, 'the broken 1.5.0 boots on trial')
+  t.match(b2, /LABHOST-BROKEN version=1\.5\.0/, 'its userspace dies without marking good')
+  const b3 = await boot(3)
+  t.match(b3, /LABHOST-ROLLBACK from=B to=A/, 'boot 3: its initramfs rolls back by itself', { serial: b3.slice(-3000) })
+  const b4 = await boot(4)
+  t.match(b4, /LABHOST-SELECTOR slot=A /, 'boot 4: the selector picks slot A again')
+  t.match(b4, /LABHOST-USERSPACE version=1\.0\.0 slot=A/, '1.0.0 runs again')
+  t.match(statusLines(b4)[0]?.lastResult, { RESULT: 'rolled-back', FROM: 'B', TO: 'A', VERSION: '1.5.0' }, 'labhost status reports the rollback')
+  t.match(b4, /LABHOST-STEP v2/)
+  const b5 = await boot(5)
+  t.match(b5, /LABHOST-SELECTOR slot=B /, 'boot 5: slot B')
+  t.match(b5, /LABHOST-USERSPACE version=2\.0\.0 slot=B/, 'A -> B: 2.0.0 runs')
+  t.match(b5, /LABHOST-MARK slot B \(version 2\.0\.0\) marked good/)
+  t.match(b5, /LABHOST-STEP v3/)
+  const b6 = await boot(6)
+  t.match(b6, /LABHOST-SELECTOR slot=A /, 'boot 6: slot A')
+  t.match(b6, /LABHOST-USERSPACE version=3\.0\.0 slot=A/, 'B -> A: 3.0.0 runs')
+  t.match(b6, /LABHOST-MARK slot A \(version 3\.0\.0\) marked good/)
+  t.match(statusLines(b6).at(-1), { version: '3.0.0', gpt: { active: 'A', primaryValid: true, backupValid: true, tablesAgree: true }, trial: null, problems: [] })
+  // one disk for both firmware types: gptmbr and extlinux find the same flagged slot
+  const b7 = await boot(7, false)
+  t.notMatch(b7, /LABHOST-SELECTOR/, 'boot 7 (SeaBIOS): no selector on the BIOS path')
+  t.match(b7, /LABHOST-USERSPACE version=3\.0\.0 slot=A/, 'the legacy-BIOS PC boots the same disk into 3.0.0 in slot A')
 })
 
 t.test('UEFI (OVMF, no CSM): the stick boots, installs unattended (ESP with the selector from the image), and the SSD then boots', async (t) => {
   const dir = tmpDir(t, 'labhost-vm-uefi-stick-')
   // the lean test image, for a layout with an ESP: it then carries the selector (/boot/efi/BOOTX64.EFI)
-  const layoutFile = path.join(dir, 'layout-esp.yaml')
-  const base = YAML.parse(fs.readFileSync(path.join(REPO_ROOT, 'image-build/layouts/test.yaml'), 'utf8'))
-  fs.writeFileSync(layoutFile, YAML.stringify({ ...base, esp: { name: 'esp', partuuid: '6c1d1a2b-0a11-4b5e-9c3a-0000000000e5', sizeMiB: 32 } }))
-  const recipe = leanRecipe(path.join(dir, 'lean-esp.yaml'), (r) => { r.layout = layoutFile; r.imageSizeMiB = 64 })
+  const recipe = leanRecipe(path.join(dir, 'lean-esp.yaml'), (r) => { r.layout = TEST_ESP_LAYOUT; r.imageSizeMiB = 64 })
   const key = cacheKeys().privateKeyFile
   const b = await runCli(['image', 'build', recipe, '--out', `${dir}/image`, '--key', key])
   t.equal(b.code, 0, 'image build (lean, ESP layout)', { stderr: b.stderr.slice(-2000) })
