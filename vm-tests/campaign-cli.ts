@@ -1,5 +1,6 @@
 // npm run vm-tests -- [--mode update|install] [--cycles N] [--seed S] [--json report.json]
 //                     [--driver auto|qemu|virtualbox] [--keep DIR] [--commit-weight F] [--cpus N] [--inject-naive-switch]
+//                     [--firmware bios|uefi]  (uefi: OVMF, no CSM, the selector on the ESP; update mode)
 //                     [--stratified]  (alternate commit/uniform aims, instants in slices: what npm test runs)
 //                     [--resume report.json]  (continue a cut-off update campaign to N cycles in all)
 // The random-reset campaign: resets during updates (vm-tests/campaign.ts; summary `cycles N,
@@ -29,12 +30,17 @@ const { values } = parseArgs({
     stratified: { type: 'boolean', default: false },
     cpus: { type: 'string', default: '1' },
     'inject-naive-switch': { type: 'boolean', default: false },
+    firmware: { type: 'string', default: 'bios' },
     resume: { type: 'string' },
     help: { type: 'boolean', short: 'h', default: false },
   },
 })
+if (values.firmware !== 'bios' && values.firmware !== 'uefi') {
+  console.error(`--firmware ${values.firmware} is neither bios nor uefi`)
+  process.exit(2)
+}
 if (values.help) {
-  console.log(fs.readFileSync(import.meta.filename, 'utf8').split('\n').slice(0, 7).map((l) => l.replace(/^\/\/ ?/, '')).join('\n'))
+  console.log(fs.readFileSync(import.meta.filename, 'utf8').split('\n').slice(0, 8).map((l) => l.replace(/^\/\/ ?/, '')).join('\n'))
   process.exit(0)
 }
 // a cut-off soak continues from its report: same seed, its cycles count, written back to it
@@ -64,6 +70,8 @@ if (!Number.isInteger(cycles) || cycles < 1 || !Number.isInteger(seed)) {
 }
 // the guest runs the single-file executable of this checkout: build it as it is now
 await execa(process.execPath, [path.join(root, 'scripts/build.ts')], { stdio: ['ignore', 'ignore', 'inherit'] })
+// a mutant runs the fault-enabled build (lib/faults.ts): the release executable ignores fault variables
+if (values['inject-naive-switch']) await execa(process.execPath, [path.join(root, 'scripts/build.ts'), '--faults'], { stdio: ['ignore', 'ignore', 'inherit'] })
 const driver = await chooseDriver(values.driver)
 const workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'labhost-campaign-'))
 console.log(`campaign: ${cycles} cycles, seed ${seed}, driver ${driver.name} (${await driver.accel()}), work ${workDir}` +
@@ -77,7 +85,7 @@ try {
   } else if (values.mode === 'update') {
     const report = await runUpdateCampaign({
       driver, cycles, seed, workDir, keepDir: values.keep, commitWeight: Number(values['commit-weight']), stratified: values.stratified, cpus: Number(values.cpus),
-      injectNaiveSwitch: values['inject-naive-switch'], log: (l) => console.log(l), resume,
+      injectNaiveSwitch: values['inject-naive-switch'], firmware: values.firmware as 'bios' | 'uefi', log: (l) => console.log(l), resume,
       // the report so far, after every cycle: a soak that is cut off still leaves its record
       onCycle: values.json ? (r) => fs.writeFileSync(values.json!, JSON.stringify({ ...r, partial: true }, null, 2) + '\n') : undefined,
     })

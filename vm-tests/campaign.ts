@@ -13,11 +13,13 @@ import { buildImage } from '../image-build/build.ts'
 import { TRIAL_FILE } from '../image-build/initramfs-init.ts'
 import { readManifest, type Manifest } from '../image-build/manifest.ts'
 import { loadRecipe } from '../image-build/recipe.ts'
+import { buildSelector } from '../image-build/selector.ts'
+import { loadLayout } from '../lib/layout.ts'
 import { buildHostDisks, withPartition, type HostDisks } from './fixtures/host-disks.ts'
 import { GUEST_LABHOST, leanRecipe, stageLabhost } from './fixtures/lean-image.ts'
 import type { VmDriver } from './driver.ts'
 import { Console, type Marker, type MarkerPattern } from './console-markers.ts'
-import type { VmSpec } from './qemu.ts'
+import { uefiVarsCopy, type VmSpec } from './qemu.ts'
 
 export interface CampaignOptions {
   driver: VmDriver
@@ -42,6 +44,11 @@ export interface CampaignOptions {
   cpus?: number
   /** Fault injection: the guest switches slots without CRC compensation. */
   injectNaiveSwitch?: boolean
+  /**
+   * The PC's firmware (default bios: SeaBIOS, gptmbr, extlinux). uefi: OVMF on q35 (no CSM) with a
+   * persistent variable store, the host's disk laid out with an ESP holding the selector.
+   */
+  firmware?: 'bios' | 'uefi'
   log?: (line: string) => void
   /** Called with the report so far after every cycle (a long soak keeps a record if it is cut off). */
   onCycle?: (report: CampaignReport) => void
@@ -84,6 +91,8 @@ export interface CycleRecord {
 export interface CampaignReport {
   driver: string
   accel: string
+  /** uefi when the PC booted through OVMF and the selector (absent: legacy BIOS). */
+  firmware?: 'uefi'
   seed: number
   cycles: number
   resets: number
@@ -224,17 +233,24 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
   const commitWeight = o.commitWeight ?? 0.4
   fs.mkdirSync(o.workDir, { recursive: true })
   const { dirs, manifests } = await buildCampaignImages(o.workDir)
-  const disks = await buildHostDisks(o.workDir, loadRecipe('test').layout, `${dirs[VERSIONS[0]]}/root.img`, { slots: ['A'], flag: 'A', restMiB: 200 })
+  const uefi = o.firmware === 'uefi'
+  const layout = uefi ? loadLayout(path.join(import.meta.dirname, '../image-build/layouts/test-esp.yaml')) : loadRecipe('test').layout
+  const selector = uefi ? (await buildSelector({ layout, out: path.join(o.workDir, 'BOOTX64.EFI') })).file : undefined
+  const disks = await buildHostDisks(o.workDir, layout, `${dirs[VERSIONS[0]]}/root.img`, { slots: ['A'], flag: 'A', restMiB: 200, selector })
   const imageBytes = Math.max(...Object.values(manifests).map((m) => m.image.size))
   await stageCampaign(disks, dirs, o.injectNaiveSwitch ?? false, Math.ceil(imageBytes / MiB))
-  const spec: VmSpec = { disks: [{ file: disks.ssd, bus: 'ide-hd', rotationRate: 1 }, { file: disks.hdd, bus: 'ide-hd', rotationRate: 7200 }], memoryMb: 512, cpus: o.cpus ?? 1 }
+  const spec: VmSpec = {
+    disks: [{ file: disks.ssd, bus: 'ide-hd', rotationRate: 1 }, { file: disks.hdd, bus: 'ide-hd', rotationRate: 7200 }], memoryMb: uefi ? 768 : 512, cpus: o.cpus ?? 1,
+    ...(uefi ? { uefi: { vars: uefiVarsCopy(o.workDir) } } : {}),
+  }
   const serialFile = path.join(o.workDir, 'serial.log')
   const report: CampaignReport = {
-    driver: o.driver.name, accel: await o.driver.accel(), seed: o.seed, cycles: 0, resets: 0, old: 0, new: 0, bricked: 0, failedUpdates: 0,
+    driver: o.driver.name, accel: await o.driver.accel(), ...(uefi ? { firmware: 'uefi' as const } : {}), seed: o.seed, cycles: 0, resets: 0, old: 0, new: 0, bricked: 0, failedUpdates: 0,
     seconds: 0, resetsPerHour: 0, calibration: null, aims: o.stratified ? 'stratified' : 'independent', records: [],
   }
   if (prior) {
     if (o.stratified) throw new Error('a stratified campaign cannot be resumed: its strata depend on the cycle count')
+    if ((prior.firmware ?? 'bios') !== (o.firmware ?? 'bios')) throw new Error(`the report to resume ran on ${prior.firmware ?? 'bios'} firmware, this run would use ${o.firmware ?? 'bios'}`)
     if (prior.driver !== report.driver || prior.accel !== report.accel) throw new Error(`the report to resume ran on ${prior.driver} (${prior.accel}), this run would use ${report.driver} (${report.accel})`)
     Object.assign(report, { resets: prior.resets, old: prior.old, new: prior.new, failedUpdates: prior.failedUpdates, records: [...prior.records] })
   }
