@@ -16,6 +16,8 @@ export const FAULTS = {
   AFTER_STEP: 'LABHOST_FAULT_AFTER_STEP',
   /** LABHOST_FAULT_SKIP_CRC_COMPENSATION=1: the naive switch, flags flipped and the array CRC left wrong. */
   SKIP_CRC_COMPENSATION: 'LABHOST_FAULT_SKIP_CRC_COMPENSATION',
+  /** LABHOST_FAULT_COMMIT_BEFORE_WRITE=1: the update arms the trial and switches first, then writes the slot. */
+  COMMIT_BEFORE_WRITE: 'LABHOST_FAULT_COMMIT_BEFORE_WRITE',
 } as const
 export type FaultName = keyof typeof FAULTS
 

@@ -8,6 +8,7 @@ import { LabhostError } from '../lib/errors.ts'
 import { gptFingerprint, openGptDisk, readGpt, requireSaneLayout } from '../bootloader/gpt.ts'
 import { lockDisk } from '../lib/disk-lock.ts'
 import { mountedAt } from '../lib/mounts.ts'
+import { fault } from '../lib/faults.ts'
 import { compareVersions } from '../lib/version.ts'
 import { findRootSlots, otherSlot, slotStatus, type SlotId } from '../bootloader/slots.ts'
 import { applySwitch, planSwitch } from '../bootloader/switch.ts'
@@ -246,6 +247,9 @@ async function lockedUpdate(o: UpdateOptions, log: (line: string) => void, start
     return { ...plan, seconds, transfer: planned.source.stats }
   }
   o.phase?.('start')
+  // fault injection (test builds only): the mutant that switches before the slot is written
+  const commitFirst = fault('COMMIT_BEFORE_WRITE') === '1'
+  if (commitFirst) await commit(o, plan, manifest, started)
   let t0 = Date.now()
   const source = await chooseSource(o, plan, manifest, planned.source, log)
   seconds.scan = (Date.now() - t0) / 1000
@@ -262,6 +266,14 @@ async function lockedUpdate(o: UpdateOptions, log: (line: string) => void, start
   t0 = Date.now()
   await verifyImage(target, manifest, { progress: o.progress?.('verify'), skip: written.readBack, beforeReadBack: o.beforeReadBack })
   seconds.verify = (Date.now() - t0) / 1000
+  if (!commitFirst) await commit(o, plan, manifest, started)
+  seconds.total = (Date.now() - started) / 1000
+  return { ...plan, seconds, transfer: source.stats, written: written.stats }
+}
+
+/** Arm the trial, then the one-sector switch (DESIGN §3), on the table the plan was made against. */
+async function commit(o: UpdateOptions, plan: UpdatePlan, manifest: Manifest, started: number): Promise<void> {
+  const log = o.log ?? (() => {})
   const disk = Disk.open(plan.disk)
   try {
     const gpt = readGpt(disk)
@@ -270,13 +282,13 @@ async function lockedUpdate(o: UpdateOptions, log: (line: string) => void, start
         `inspect with \`labhost slots status\` and run the update again; slot ${plan.to.slot} was written but not switched to, nothing else was written`)
     }
     const sw = planSwitch(disk, gpt, plan.to.slot, manifest.layout.slots)
-    const commit = sw.writes.find((w) => w.region === 'primary-array')!
+    const sector = sw.writes.find((w) => w.region === 'primary-array')!
     // Armed before the commit: from the instant the new slot boots, it is on trial.
     o.phase?.('arm-trial')
     writeTrialState(o.paths.stateRoot, {
       slot: plan.to.slot, bootsLeft: o.trialBoots ?? 3, version: manifest.version,
-      primaryLba: commit.lba, backupLba: sw.writes.find((w) => w.region === 'backup-array')?.lba ?? commit.lba,
-      committedSector: commit.data, rollbackSector: disk.readSectors(commit.lba, 1),
+      primaryLba: sector.lba, backupLba: sw.writes.find((w) => w.region === 'backup-array')?.lba ?? sector.lba,
+      committedSector: sector.data, rollbackSector: disk.readSectors(sector.lba, 1),
       fromVersion: plan.from.version, updatedAt: new Date(), updateSeconds: (Date.now() - started) / 1000,
     })
     log(`switching to slot ${plan.to.slot}`)
@@ -286,6 +298,4 @@ async function lockedUpdate(o: UpdateOptions, log: (line: string) => void, start
   } finally {
     disk.close()
   }
-  seconds.total = (Date.now() - started) / 1000
-  return { ...plan, seconds, transfer: source.stats, written: written.stats }
 }

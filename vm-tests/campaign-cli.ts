@@ -1,5 +1,5 @@
 // npm run vm-tests -- [--mode update|install] [--cycles N] [--seed S] [--json report.json]
-//                     [--driver auto|qemu|virtualbox] [--keep DIR] [--commit-weight F] [--cpus N] [--inject-naive-switch]
+//                     [--driver auto|qemu|virtualbox] [--keep DIR] [--commit-weight F] [--cpus N] [--mutant naive-switch|commit-before-write]
 //                     [--firmware bios|uefi]  (uefi: OVMF, no CSM, the selector on the ESP; update mode)
 //                     [--stratified]  (alternate commit/uniform aims, instants in slices: what npm test runs)
 //                     [--resume report.json]  (continue a cut-off update campaign to N cycles in all)
@@ -14,7 +14,7 @@ import crypto from 'node:crypto'
 import { parseArgs } from 'node:util'
 import { execa } from 'execa'
 import { chooseDriver } from './driver.ts'
-import { runUpdateCampaign, summaryLine, type CampaignReport } from './campaign.ts'
+import { MUTANTS, runUpdateCampaign, summaryLine, type CampaignReport, type Mutant } from './campaign.ts'
 import { installSummaryLine, runInstallCampaign } from './install-campaign.ts'
 
 const root = path.resolve(import.meta.dirname, '..')
@@ -29,12 +29,16 @@ const { values } = parseArgs({
     'commit-weight': { type: 'string', default: '0.4' },
     stratified: { type: 'boolean', default: false },
     cpus: { type: 'string', default: '1' },
-    'inject-naive-switch': { type: 'boolean', default: false },
+    mutant: { type: 'string' },
     firmware: { type: 'string', default: 'bios' },
     resume: { type: 'string' },
     help: { type: 'boolean', short: 'h', default: false },
   },
 })
+if (values.mutant !== undefined && !(values.mutant in MUTANTS)) {
+  console.error(`--mutant ${values.mutant} is none of ${Object.keys(MUTANTS).join(', ')}`)
+  process.exit(2)
+}
 if (values.firmware !== 'bios' && values.firmware !== 'uefi') {
   console.error(`--firmware ${values.firmware} is neither bios nor uefi`)
   process.exit(2)
@@ -71,7 +75,7 @@ if (!Number.isInteger(cycles) || cycles < 1 || !Number.isInteger(seed)) {
 // the guest runs the single-file executable of this checkout: build it as it is now
 await execa(process.execPath, [path.join(root, 'scripts/build.ts')], { stdio: ['ignore', 'ignore', 'inherit'] })
 // a mutant runs the fault-enabled build (lib/faults.ts): the release executable ignores fault variables
-if (values['inject-naive-switch']) await execa(process.execPath, [path.join(root, 'scripts/build.ts'), '--faults'], { stdio: ['ignore', 'ignore', 'inherit'] })
+if (values.mutant) await execa(process.execPath, [path.join(root, 'scripts/build.ts'), '--faults'], { stdio: ['ignore', 'ignore', 'inherit'] })
 const driver = await chooseDriver(values.driver)
 const workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'labhost-campaign-'))
 console.log(`campaign: ${cycles} cycles, seed ${seed}, driver ${driver.name} (${await driver.accel()}), work ${workDir}` +
@@ -85,7 +89,7 @@ try {
   } else if (values.mode === 'update') {
     const report = await runUpdateCampaign({
       driver, cycles, seed, workDir, keepDir: values.keep, commitWeight: Number(values['commit-weight']), stratified: values.stratified, cpus: Number(values.cpus),
-      injectNaiveSwitch: values['inject-naive-switch'], firmware: values.firmware as 'bios' | 'uefi', log: (l) => console.log(l), resume,
+      mutant: values.mutant as Mutant | undefined, firmware: values.firmware as 'bios' | 'uefi', log: (l) => console.log(l), resume,
       // the report so far, after every cycle: a soak that is cut off still leaves its record
       onCycle: values.json ? (r) => fs.writeFileSync(values.json!, JSON.stringify({ ...r, partial: true }, null, 2) + '\n') : undefined,
     })

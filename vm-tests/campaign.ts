@@ -20,6 +20,7 @@ import { GUEST_LABHOST, leanRecipe, stageLabhost } from './fixtures/lean-image.t
 import type { VmDriver } from './driver.ts'
 import { Console, type Marker, type MarkerPattern } from './console-markers.ts'
 import { uefiVarsCopy, type VmSpec } from './qemu.ts'
+import { FAULTS, type FaultName } from '../lib/faults.ts'
 
 export interface CampaignOptions {
   driver: VmDriver
@@ -42,8 +43,11 @@ export interface CampaignOptions {
   stratified?: boolean
   /** Virtual CPUs of the host under test (default 1). */
   cpus?: number
-  /** Fault injection: the guest switches slots without CRC compensation. */
-  injectNaiveSwitch?: boolean
+  /**
+   * A mutant the campaign must catch (lib/faults.ts, run with dist/labhost-faults): naive-switch,
+   * the switch without CRC compensation; commit-before-write, the switch before the slot is written.
+   */
+  mutant?: Mutant
   /**
    * The PC's firmware (default bios: SeaBIOS, gptmbr, extlinux). uefi: OVMF on q35 (no CSM) with a
    * persistent variable store, the host's disk laid out with an ESP holding the selector.
@@ -165,7 +169,10 @@ export async function buildCampaignImages(dir: string): Promise<{ keyFile: strin
  * and a torn or skipped write could not show), then update to the other version (a downgrade
  * every second time) and reboot. The harness checks the scramble from outside (CycleRecord.heldBefore).
  */
-function cycleHook(injectNaiveSwitch: boolean, scrambleMiB: number): string {
+export const MUTANTS = { 'naive-switch': 'SKIP_CRC_COMPENSATION', 'commit-before-write': 'COMMIT_BEFORE_WRITE' } as const satisfies Record<string, FaultName>
+export type Mutant = keyof typeof MUTANTS
+
+function cycleHook(mutant: Mutant | undefined, scrambleMiB: number): string {
   return `#!/bin/sh
 L=${GUEST_LABHOST}
 # confirm the running slot when it is on trial (each labhost start costs seconds under TCG)
@@ -181,16 +188,16 @@ if [ ! -e /var/log/${TRIAL_FILE} ]; then
   sync
 fi
 echo "LABHOST-CYCLE-UPDATE from=$V to=$NEXT"
-${injectNaiveSwitch ? 'LABHOST_FAULT_SKIP_CRC_COMPENSATION=1 ' : ''}$L update /qcow2/backing/$NEXT --allow-downgrade --trial-boots 3 --announce-phases --reboot > /dev/console 2>&1
+${mutant ? `${FAULTS[MUTANTS[mutant]]}=1 ` : ''}$L update /qcow2/backing/$NEXT --allow-downgrade --trial-boots 3 --announce-phases --reboot > /dev/console 2>&1
 echo "LABHOST-UPDATE-EXIT $?"
 sync
 reboot -f
 `
 }
 
-async function stageCampaign(disks: HostDisks, dirs: Record<string, string>, injectNaiveSwitch: boolean, scrambleMiB: number): Promise<void> {
+async function stageCampaign(disks: HostDisks, dirs: Record<string, string>, mutant: Mutant | undefined, scrambleMiB: number): Promise<void> {
   // the release executable ignores fault variables: a mutant runs the fault-enabled build
-  await stageLabhost(disks, { faults: injectNaiveSwitch })
+  await stageLabhost(disks, { faults: mutant !== undefined })
   await withPartition(disks.ssd, disks.ssdPlan.find((p) => p.mount === '/qcow2/backing')!, async (root) => {
     for (const [version, dir] of Object.entries(dirs)) {
       fs.mkdirSync(`${root}/${version}`)
@@ -198,7 +205,7 @@ async function stageCampaign(disks: HostDisks, dirs: Record<string, string>, inj
     }
   })
   await withPartition(disks.ssd, disks.ssdPlan.find((p) => p.mount === '/persistent')!, async (root) => {
-    fs.writeFileSync(`${root}/test-hook`, cycleHook(injectNaiveSwitch, scrambleMiB), { mode: 0o755 })
+    fs.writeFileSync(`${root}/test-hook`, cycleHook(mutant, scrambleMiB), { mode: 0o755 })
   })
 }
 
@@ -238,7 +245,7 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
   const selector = uefi ? (await buildSelector({ layout, out: path.join(o.workDir, 'BOOTX64.EFI') })).file : undefined
   const disks = await buildHostDisks(o.workDir, layout, `${dirs[VERSIONS[0]]}/root.img`, { slots: ['A'], flag: 'A', restMiB: 200, selector })
   const imageBytes = Math.max(...Object.values(manifests).map((m) => m.image.size))
-  await stageCampaign(disks, dirs, o.injectNaiveSwitch ?? false, Math.ceil(imageBytes / MiB))
+  await stageCampaign(disks, dirs, o.mutant, Math.ceil(imageBytes / MiB))
   const spec: VmSpec = {
     disks: [{ file: disks.ssd, bus: 'ide-hd', rotationRate: 1 }, { file: disks.hdd, bus: 'ide-hd', rotationRate: 7200 }], memoryMb: uefi ? 768 : 512, cpus: o.cpus ?? 1,
     ...(uefi ? { uefi: { vars: uefiVarsCopy(o.workDir) } } : {}),

@@ -11,6 +11,8 @@ import fs from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
 import { REPO_ROOT, seedFromEnv, tmpDir } from '../lib/test-helpers.ts'
+import { openGptDisk, readGpt } from '../bootloader/gpt.ts'
+import { slotStatus } from '../bootloader/slots.ts'
 import { QemuDriver } from './qemu-driver.ts'
 import { runUpdateCampaign, summaryLine } from './campaign.ts'
 
@@ -38,11 +40,33 @@ t.test(`short campaign: ${RESETS} resets aimed over updates and at the commit, n
 
 t.test('the same campaign with a switch that skips the CRC compensation reports a brick', async (t) => {
   const keep = tmpDir(t, 'labhost-campaign-keep-')
-  const report = await runUpdateCampaign({ driver: new QemuDriver(), cycles: 1, seed: 1, workDir: tmpDir(t, 'labhost-campaign-'), keepDir: keep, injectNaiveSwitch: true, bootTimeoutMs: 30_000, log: (l) => t.comment(l) })
+  const report = await runUpdateCampaign({ driver: new QemuDriver(), cycles: 1, seed: 1, workDir: tmpDir(t, 'labhost-campaign-'), keepDir: keep, mutant: 'naive-switch', bootTimeoutMs: 30_000, log: (l) => t.comment(l) })
   t.equal(report.bricked, 1, summaryLine(report))
   t.ok(report.kept && fs.existsSync(path.join(report.kept, 'ssd.img')) && fs.existsSync(path.join(report.kept, 'serial.log')), 'the brick\'s disk and serial log are kept')
   const serial = fs.readFileSync(path.join(report.kept!, 'serial.log'), 'latin1')
   const commit = serial.indexOf('writing primary-array LBA 2')
   t.ok(commit > 0, 'the kept serial log shows the (naive) commit')
   t.notMatch(serial.slice(commit), /LABHOST-USERSPACE/, 'and no userspace after it')
+})
+
+// The mutant the scrambled slot exists for: an updater that switches before it writes. With the
+// inactive slot holding the image already (the campaign before its fix) a reset during the write
+// booted the right bytes anyway; now the flagged slot is torn, and the campaign must say brick.
+t.test('the same campaign with an updater that switches before writing the slot reports a brick', async (t) => {
+  const keep = tmpDir(t, 'labhost-campaign-keep-')
+  // uniform aims only: the mutant's write comes after its commit, so every reset hits a torn slot B
+  const report = await runUpdateCampaign({ driver: new QemuDriver(), cycles: 1, seed: 1, commitWeight: 0, workDir: tmpDir(t, 'labhost-campaign-'), keepDir: keep, mutant: 'commit-before-write', bootTimeoutMs: 30_000, log: (l) => t.comment(l) })
+  t.equal(report.bricked, 1, summaryLine(report))
+  const last = report.records.at(-1)!
+  t.equal(last.phase, 'write', 'the reset hit the write', { record: last })
+  t.equal(last.heldBefore, 0, 'over a slot that held none of the image')
+  const serial = fs.readFileSync(path.join(report.kept!, 'serial.log'), 'latin1')
+  const cycle = serial.slice(serial.lastIndexOf('LABHOST-CYCLE-UPDATE'))
+  t.ok(cycle.indexOf('LABHOST-PHASE done') >= 0 && cycle.indexOf('LABHOST-PHASE done') < cycle.indexOf('LABHOST-PHASE write'), 'the mutant switched before it wrote')
+  // the right reason: the kept disk flags the slot it was writing, and that slot is not the image
+  const d = openGptDisk(path.join(report.kept!, 'ssd.img'))
+  const st = slotStatus(readGpt(d))
+  d.close()
+  t.equal(st.active, last.to === '2.0.0' ? 'B' : 'A', 'the GPT flags the slot being written')
+  t.notMatch(cycle.slice(cycle.indexOf('LABHOST-PHASE write')), new RegExp(`LABHOST-USERSPACE version=${last.to.replace(/\./g, '\\.')}`), 'which never reached userspace')
 })
