@@ -54,6 +54,21 @@ export function loadTrialConfig(file: string): TrialConfig {
   return fs.existsSync(file) ? loadConfig(file, TrialConfigSchema) : TrialConfigSchema.parse({})
 }
 
+/** Whether the booted slot is on trial (a verdict is due). */
+export function trialPendingHere(paths: HostPaths): boolean {
+  const trial = readTrial(paths)
+  try {
+    return trial !== null && trial.slot === readBootInfo(paths).slot
+  } catch {
+    return false
+  }
+}
+
+/** A configuration whose one check fails with `why` and whose deadline has passed: a rollback now. */
+export function failingConfig(why: string): TrialConfig {
+  return { deadlineSeconds: 0, intervalSeconds: 1, checks: [{ name: why, run: ['false'], timeoutSeconds: 5 }] }
+}
+
 const bootUptime = () => Number(fs.readFileSync('/proc/uptime', 'utf8').split(' ')[0])
 
 /** The first check that fails, with what it said; null when all pass. */

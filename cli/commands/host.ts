@@ -4,7 +4,7 @@ import path from 'node:path'
 import { DEFAULT_PATHS, markGood, writeDurable, type HostPaths } from '../../updater/host-state.ts'
 import { gatherStatus, renderHuman, renderPrometheus } from '../../updater/status.ts'
 import { runUpdate } from '../../updater/update.ts'
-import { judgeTrial, loadTrialConfig, TRIAL_CONFIG } from '../../updater/trial-verdict.ts'
+import { failingConfig, judgeTrial, loadTrialConfig, trialPendingHere, TRIAL_CONFIG, type TrialConfig } from '../../updater/trial-verdict.ts'
 import { DEFAULT_TORRENT } from '../../updater/torrent.ts'
 import { ExitCode, LabhostError } from '../../lib/errors.ts'
 import { powerAction } from '../../lib/power.ts'
@@ -76,8 +76,17 @@ export const trialCheck: Command = {
     reboot: { type: 'boolean', default: false },
   },
   async run(values, _pos, ctx) {
-    const config = loadTrialConfig(typeof values.config === 'string' ? values.config : TRIAL_CONFIG)
-    const v = await judgeTrial({ paths: hostPaths(values), config, log: ctx.log, dryRun: ctx.dryRun })
+    const paths = hostPaths(values)
+    let config: TrialConfig
+    try {
+      config = loadTrialConfig(typeof values.config === 'string' ? values.config : TRIAL_CONFIG)
+    } catch (e) {
+      // a version whose own health configuration is broken is not healthy: judged like a failed
+      // check at once (else it would stay on trial with nobody to end it); without a trial, an error
+      if (!trialPendingHere(paths)) throw e
+      config = failingConfig(`the trial configuration cannot be used: ${(e as Error).message}`)
+    }
+    const v = await judgeTrial({ paths, config, log: ctx.log, dryRun: ctx.dryRun })
     if (v.verdict === 'rolled-back' && values.reboot && !ctx.dryRun) await powerAction('reboot', ctx.log)
     return { data: { ...v, dryRun: ctx.dryRun }, human: `${v.verdict}: ${v.reason}`, exitCode: v.verdict === 'rolled-back' ? ExitCode.trialFailed : 0 }
   },

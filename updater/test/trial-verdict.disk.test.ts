@@ -111,3 +111,14 @@ t.test('no trial pending: nothing to judge', async (t) => {
   const v = await judgeTrial({ paths: h.lib, config: config([['false']], 30), uptime: () => 100 })
   t.equal(v.verdict, 'no-trial')
 })
+
+t.test('a trial version whose own trial.yaml is broken is judged unhealthy and rolled back', async (t) => {
+  const h = await onTrial(t)
+  const bad = `${tmpDir(t)}/trial.yaml`
+  fs.writeFileSync(bad, 'deadlineSeconds: [not a number\n')
+  const r = await runCli(['trial-check', '--config', bad, ...h.args.slice(0, 4)])
+  t.equal(r.code, ExitCode.trialFailed, 'exit trialFailed', { stderr: r.stderr })
+  t.match(r.stdout, /rolled-back: health check failed .*the trial configuration cannot be used: .*trial\.yaml: not valid YAML/)
+  t.same(active(h), { active: 'A', healthy: true }, 'slot A boots next')
+  t.match(readLastResult(h.lib), { RESULT: 'rolled-back', REASON: /trial configuration cannot be used/ })
+})
