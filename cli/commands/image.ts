@@ -4,6 +4,7 @@ import path from 'node:path'
 import { LabhostError } from '../../lib/errors.ts'
 import { LayoutSchema } from '../../lib/layout.ts'
 import { InstallConfigSchema } from '../../installer/config.ts'
+import { TrialConfigSchema } from '../../updater/trial-verdict.ts'
 import { z } from 'zod'
 import { buildImage } from '../../image-build/build.ts'
 import { generateKeyPair, readPublicKey, verifyImageDir } from '../../image-build/manifest.ts'
@@ -141,13 +142,14 @@ export const imageVerify: Command = {
 
 export const schema: Command = {
   name: 'schema',
-  summary: 'print the JSON Schema of a configuration file kind (recipe, layout, install) for editors',
-  usage: 'labhost schema recipe|layout|install',
+  summary: 'print the JSON Schema of a configuration file kind (recipe, layout, install, trial) for editors',
+  usage: 'labhost schema recipe|layout|install|trial',
   options: {},
   async run(_values, positionals) {
     const kind = positionals[0]
-    const s = kind === 'recipe' ? recipeJsonSchema() : kind === 'layout' ? z.toJSONSchema(LayoutSchema, { io: 'input' }) : kind === 'install' ? z.toJSONSchema(InstallConfigSchema, { io: 'input' }) : null
-    if (!s) throw new LabhostError('usage', `no schema named ${kind ?? '(none)'}`, 'use `labhost schema recipe`, `labhost schema layout` or `labhost schema install`')
+    const s = kind === 'recipe' ? recipeJsonSchema() : kind === 'layout' ? z.toJSONSchema(LayoutSchema, { io: 'input' }) : kind === 'install' ? z.toJSONSchema(InstallConfigSchema, { io: 'input' })
+      : kind === 'trial' ? z.toJSONSchema(TrialConfigSchema, { io: 'input' }) : null
+    if (!s) throw new LabhostError('usage', `no schema named ${kind ?? '(none)'}`, 'use `labhost schema recipe`, `labhost schema layout`, `labhost schema install` or `labhost schema trial`')
     return { data: s, human: JSON.stringify(s, null, 2) }
   },
 }
