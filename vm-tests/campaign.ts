@@ -41,6 +41,11 @@ export interface CampaignOptions {
    * aim and instant drawn independently (the soak).
    */
   stratified?: boolean
+  /**
+   * Uniform aims fall inside the write, measured from the guest's own `write` announcement (not
+   * from the update's start): for a mutant whose write comes after its commit.
+   */
+  aimAtWrite?: boolean
   /** Virtual CPUs of the host under test (default 1). */
   cpus?: number
   /**
@@ -106,7 +111,7 @@ export interface CampaignReport {
   failedUpdates: number
   seconds: number
   resetsPerHour: number
-  calibration: { updateMs: number; verifyMs: number; commitTailMs: number } | null
+  calibration: { updateMs: number; verifyMs: number; commitTailMs: number; writeMs?: number } | null
   /** How aims and instants were drawn (CampaignOptions.stratified). */
   aims: 'independent' | 'stratified'
   records: CycleRecord[]
@@ -323,7 +328,7 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
   try {
     const boot: CycleRecord = { cycle: -1, aim: 'calibration', from: '', to: '', resetAtMs: null, phase: null, outcome: 'completed', booted: null, bootSeconds: null }
     if (!(await awaitBoot(boot, started))) return report
-    let calibration: { updateMs: number; verifyMs: number; commitTailMs: number } | null = null
+    let calibration: CampaignReport['calibration'] = null
     for (let cycle = firstCycle; counted() < o.cycles; cycle++) {
       // the aim's draw is made in both modes, so drawsOf() holds for either
       const nth = counted() // cycles aimed before this one (the calibration is not counted)
@@ -372,7 +377,10 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
           await brick(record, up ? 'the calibration update did not finish' : 'no userspace after the calibration update')
           break
         }
-        calibration = { updateMs: phases.done - start, verifyMs: phases['arm-trial'] - (phases.verify ?? phases['arm-trial']), commitTailMs: phases.done - phases['arm-trial'] }
+        calibration = {
+          updateMs: phases.done - start, verifyMs: phases['arm-trial'] - (phases.verify ?? phases['arm-trial']), commitTailMs: phases.done - phases['arm-trial'],
+          writeMs: (phases.verify ?? phases.done) - (phases.write ?? start),
+        }
         report.calibration = calibration
         record.booted = { version: up.a, slot: up.b }
         lastSlot = up.b
@@ -390,15 +398,21 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
       // aim the reset: anywhere in the update, or around the commit — from half a second before the
       // trial is armed (the end of the read-back, as calibrated) to half a second after the switch
       const within = (u: number) => fractionOf(o, nth, u)
-      let resetAt = start + within(rnd()) * (calibration.updateMs + 1000)
-      if (record.aim === 'commit') {
-        const deadline = Date.now() + 4 * calibration.updateMs + 60_000
-        const awaitPhase = async (name: string) => {
-          for (let m: Marker | null; phases[name] === undefined && phase !== 'boot' && record.updateExit === undefined;) {
-            if (!(m = await con.next(deadline))) break
-            note(m)
-          }
+      const deadline = Date.now() + 4 * calibration.updateMs + 60_000
+      const awaitPhase = async (name: string) => {
+        for (let m: Marker | null; phases[name] === undefined && phase !== 'boot' && record.updateExit === undefined;) {
+          if (!(m = await con.next(deadline))) break
+          note(m)
         }
+      }
+      const u = within(rnd())
+      let resetAt = start + u * (calibration.updateMs + 1000)
+      if (record.aim === 'uniform' && o.aimAtWrite) {
+        // inside the first 80 % of the write as calibrated, from the guest's announcement of it
+        await awaitPhase('write')
+        resetAt = (phases.write ?? Date.now()) + u * (calibration.writeMs ?? 1000) * 0.8
+      }
+      if (record.aim === 'commit') {
         await awaitPhase('verify')
         const offset = -500 + within(rnd()) * (calibration.commitTailMs + 1000)
         if (offset < 0) {

@@ -54,8 +54,9 @@ t.test('the same campaign with a switch that skips the CRC compensation reports 
 // booted the right bytes anyway; now the flagged slot is torn, and the campaign must say brick.
 t.test('the same campaign with an updater that switches before writing the slot reports a brick', async (t) => {
   const keep = tmpDir(t, 'labhost-campaign-keep-')
-  // uniform aims only: the mutant's write comes after its commit, so every reset hits a torn slot B
-  const report = await runUpdateCampaign({ driver: new QemuDriver(), cycles: 1, seed: 1, commitWeight: 0, workDir: tmpDir(t, 'labhost-campaign-'), keepDir: keep, mutant: 'commit-before-write', bootTimeoutMs: 30_000, log: (l) => t.comment(l) })
+  // uniform aims inside the write (from the guest's announcement of it): the mutant's write comes
+  // after its commit, so the reset hits a flagged, torn slot
+  const report = await runUpdateCampaign({ driver: new QemuDriver(), cycles: 1, seed: 1, commitWeight: 0, aimAtWrite: true, workDir: tmpDir(t, 'labhost-campaign-'), keepDir: keep, mutant: 'commit-before-write', bootTimeoutMs: 30_000, log: (l) => t.comment(l) })
   t.equal(report.bricked, 1, summaryLine(report))
   const last = report.records.at(-1)!
   t.equal(last.phase, 'write', 'the reset hit the write', { record: last })
