@@ -346,7 +346,8 @@ async function benchImageServer(exe?: string): Promise<void> {
  * same disk, alternating, 3 boots each. The selector's kernel start is the UEFI path's extra cost.
  */
 async function benchBoot(keys: { privateKeyFile: string }): Promise<void> {
-  const recipe = writeRecipeVariant('test', path.join(dir, 'boot-esp.yaml'), (r) => { r.layout = path.join(root, 'image-build/layouts/test-esp.yaml') })
+  // the test image for the layout with an ESP (it then carries the selector: it grows to its slot's size)
+  const recipe = writeRecipeVariant('test', path.join(dir, 'boot-esp.yaml'), (r) => { r.layout = path.join(root, 'image-build/layouts/test-esp.yaml'); r.imageSizeMiB = 192 })
   const built = await buildImage(recipe, { out: path.join(dir, 'boot-img'), keyFile: keys.privateKeyFile })
   const image = path.join(path.dirname(built.manifestFile), 'root.img')
   const selector = path.join(dir, 'BOOTX64.EFI')

@@ -35,7 +35,12 @@ try {
   await execa(process.execPath, [path.join(root, 'scripts/build.ts')], { stdio: 'inherit' })
   const keys = generateKeyPair(path.join(dir, 'keys'))
   // for a UEFI PC: the test layout with an EFI system partition (the image then carries the selector)
-  const withEsp = (r: { layout: string }) => { if (uefi) r.layout = path.join(root, 'image-build/layouts/test-esp.yaml') }
+  // (the 12 MiB selector then rides in the image too: the test image grows to its slot's size)
+  const withEsp = (r: { layout: string; imageSizeMiB: number }) => {
+    if (!uefi) return
+    r.layout = path.join(root, 'image-build/layouts/test-esp.yaml')
+    r.imageSizeMiB = 192
+  }
   const v1Recipe = writeRecipeVariant('test', path.join(dir, 'test-1.0.0.yaml'), withEsp)
   const v2Recipe = writeRecipeVariant('test', path.join(dir, 'test-1.1.0.yaml'), (r) => { r.version = '1.1.0'; withEsp(r) })
   const v1 = await buildImage(v1Recipe, { out: path.join(dir, 'v1'), keyFile: keys.privateKeyFile })
