@@ -77,7 +77,7 @@ async function failingCheck(config: TrialConfig): Promise<string | null> {
     const r = await execa(c.run[0]!, c.run.slice(1), { reject: false, timeout: c.timeoutSeconds * 1000, all: true })
     if (r.exitCode !== 0) {
       const said = String(r.all ?? '').trim().split('\n').pop()?.slice(0, 200) ?? ''
-      return `${c.name} (${c.run.join(' ')}) ${r.timedOut ? `ran over ${c.timeoutSeconds} s` : `exited ${r.exitCode ?? r.signal}`}${said ? `: ${said}` : ''}`
+      return `${c.name} (${c.run.join(' ')}) ${r.timedOut ? `ran over ${c.timeoutSeconds} s` : `exited ${r.exitCode ?? r.signal ?? '(could not be started)'}`}${said ? `: ${said}` : ''}`
     }
   }
   return null
