@@ -21,12 +21,7 @@ export const FAULTS = {
 } as const
 export type FaultName = keyof typeof FAULTS
 
-/** Whether this build obeys fault variables at all (false in the release executable). */
-export function faultsCompiledIn(): boolean {
-  return globalThis.LABHOST_FAULTS ?? true
-}
-
-/** The value of a fault variable; always undefined in the release executable. */
+/** The value of a fault variable; always undefined in the release executable (the check is inline so esbuild can drop the rest). */
 export function fault(name: FaultName): string | undefined {
   if (!(globalThis.LABHOST_FAULTS ?? true)) return undefined
   return process.env[FAULTS[name]]
