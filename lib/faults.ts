@@ -5,6 +5,8 @@
 // and with it every variable name, so no environment can reach these points there. The
 // fault-enabled build (dist/labhost-faults) and the source tree (node cli/bin.ts) keep them.
 
+import fs from 'node:fs'
+
 declare global {
   // Replaced at bundle time by scripts/build.ts (esbuild `define`); undefined when run from source.
   var LABHOST_FAULTS: boolean | undefined
@@ -18,6 +20,13 @@ export const FAULTS = {
   SKIP_CRC_COMPENSATION: 'LABHOST_FAULT_SKIP_CRC_COMPENSATION',
   /** LABHOST_FAULT_COMMIT_BEFORE_WRITE=1: the update arms the trial and switches first, then writes the slot. */
   COMMIT_BEFORE_WRITE: 'LABHOST_FAULT_COMMIT_BEFORE_WRITE',
+  /**
+   * LABHOST_FAULT_HOLD=<tty>: at each hold point (holdAt) print `LABHOST-HOLD <point>` on stderr
+   * and wait for a line on <tty> before going on. The campaign's second serial port: the harness
+   * resets the machine while it waits at the point it aims at, so the instant does not depend on
+   * how busy the host is, and answers every other hold with a line.
+   */
+  HOLD: 'LABHOST_FAULT_HOLD',
 } as const
 export type FaultName = keyof typeof FAULTS
 
@@ -25,4 +34,21 @@ export type FaultName = keyof typeof FAULTS
 export function fault(name: FaultName): string | undefined {
   if (!(globalThis.LABHOST_FAULTS ?? true)) return undefined
   return process.env[FAULTS[name]]
+}
+
+let holdFd: number | undefined
+
+/**
+ * A hold point (LABHOST_FAULT_HOLD; test builds only): announce it and wait for the harness's
+ * line. The device is opened before the first announcement, so an answer cannot arrive before
+ * anyone reads it (a closed tty drops what it receives).
+ */
+export function holdAt(point: string): void {
+  if (!(globalThis.LABHOST_FAULTS ?? true)) return
+  const tty = process.env[FAULTS.HOLD]
+  if (!tty) return
+  holdFd ??= fs.openSync(tty, 'r')
+  fs.writeSync(2, `LABHOST-HOLD ${point}\n`)
+  const b = Buffer.alloc(256)
+  for (let n; (n = fs.readSync(holdFd, b, 0, b.length, null)) > 0;) if (b.subarray(0, n).includes(10)) return
 }

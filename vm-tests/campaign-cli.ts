@@ -1,7 +1,9 @@
 // npm run vm-tests -- [--mode update|install] [--cycles N] [--seed S] [--json report.json]
 //                     [--driver auto|qemu|virtualbox] [--keep DIR] [--commit-weight F] [--cpus N] [--mutant naive-switch|commit-before-write]
 //                     [--firmware bios|uefi]  (uefi: OVMF, no CSM, the selector on the ESP; update mode)
-//                     [--stratified]  (alternate commit/uniform aims, instants in slices: what npm test runs)
+//                     [--stratified]  (alternate commit/uniform aims, instants in slices: what npm test runs;
+//                                      install mode: resets aimed at partitioning, the image write, identity in turn)
+//                     [--hold]  (commit aims reset while the guest waits before a switch write: load-independent)
 //                     [--resume report.json]  (continue a cut-off update campaign to N cycles in all)
 // The random-reset campaign: resets during updates (vm-tests/campaign.ts; summary `cycles N,
 // resets N, old N, new N, bricked N`) or during installs from the stick (install-campaign.ts).
@@ -28,6 +30,7 @@ const { values } = parseArgs({
     keep: { type: 'string', default: path.join(os.tmpdir(), 'labhost-campaign-bricks') },
     'commit-weight': { type: 'string', default: '0.4' },
     stratified: { type: 'boolean', default: false },
+    hold: { type: 'boolean', default: false },
     cpus: { type: 'string', default: '1' },
     mutant: { type: 'string' },
     firmware: { type: 'string', default: 'bios' },
@@ -44,7 +47,7 @@ if (values.firmware !== 'bios' && values.firmware !== 'uefi') {
   process.exit(2)
 }
 if (values.help) {
-  console.log(fs.readFileSync(import.meta.filename, 'utf8').split('\n').slice(0, 8).map((l) => l.replace(/^\/\/ ?/, '')).join('\n'))
+  console.log(fs.readFileSync(import.meta.filename, 'utf8').split('\nimport ')[0]!.split('\n').map((l) => l.replace(/^\/\/ ?/, '')).join('\n'))
   process.exit(0)
 }
 // a cut-off soak continues from its report: same seed, its cycles count, written back to it
@@ -74,21 +77,21 @@ if (!Number.isInteger(cycles) || cycles < 1 || !Number.isInteger(seed)) {
 }
 // the guest runs the single-file executable of this checkout: build it as it is now
 await execa(process.execPath, [path.join(root, 'scripts/build.ts')], { stdio: ['ignore', 'ignore', 'inherit'] })
-// a mutant runs the fault-enabled build (lib/faults.ts): the release executable ignores fault variables
-if (values.mutant) await execa(process.execPath, [path.join(root, 'scripts/build.ts'), '--faults'], { stdio: ['ignore', 'ignore', 'inherit'] })
+// a mutant or a holding guest runs the fault-enabled build (lib/faults.ts): the release executable ignores fault variables
+if (values.mutant || values.hold) await execa(process.execPath, [path.join(root, 'scripts/build.ts'), '--faults'], { stdio: ['ignore', 'ignore', 'inherit'] })
 const driver = await chooseDriver(values.driver)
 const workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'labhost-campaign-'))
 console.log(`campaign: ${cycles} cycles, seed ${seed}, driver ${driver.name} (${await driver.accel()}), work ${workDir}` +
   (resume ? `; resuming ${values.resume} after its ${resume.cycles} cycles` : ''))
 try {
   if (values.mode === 'install') {
-    const report = await runInstallCampaign({ driver, cycles, seed, workDir, keepDir: values.keep, log: (l) => console.log(l) })
+    const report = await runInstallCampaign({ driver, cycles, seed, workDir, keepDir: values.keep, stratified: values.stratified, log: (l) => console.log(l) })
     if (values.json) fs.writeFileSync(values.json, JSON.stringify(report, null, 2) + '\n')
     console.log(`${installSummaryLine(report)} under ${report.accel}, ${(report.seconds / 60).toFixed(1)} min`)
     process.exitCode = report.failed ? 1 : 0
   } else if (values.mode === 'update') {
     const report = await runUpdateCampaign({
-      driver, cycles, seed, workDir, keepDir: values.keep, commitWeight: Number(values['commit-weight']), stratified: values.stratified, cpus: Number(values.cpus),
+      driver, cycles, seed, workDir, keepDir: values.keep, commitWeight: Number(values['commit-weight']), stratified: values.stratified, hold: values.hold, cpus: Number(values.cpus),
       mutant: values.mutant as Mutant | undefined, firmware: values.firmware as 'bios' | 'uefi', log: (l) => console.log(l), resume,
       // the report so far, after every cycle: a soak that is cut off still leaves its record
       onCycle: values.json ? (r) => fs.writeFileSync(values.json!, JSON.stringify({ ...r, partial: true }, null, 2) + '\n') : undefined,

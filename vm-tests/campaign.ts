@@ -46,6 +46,15 @@ export interface CampaignOptions {
    * from the update's start): for a mutant whose write comes after its commit.
    */
   aimAtWrite?: boolean
+  /**
+   * Commit aims without timing: the guest (the fault-enabled build, LABHOST_FAULT_HOLD) waits
+   * before each GPT sector write of the switch until the harness answers on its second serial
+   * port, and a commit-aimed reset comes while it waits — before the primary array is written
+   * (the trial armed, the switch not made) or before the backup array is (the switch made, the
+   * mirror not). However busy the host, such a reset lands exactly there (CycleRecord.held).
+   * Uniform aims stay timed. Needs a driver that can send (QEMU).
+   */
+  hold?: boolean
   /** Virtual CPUs of the host under test (default 1). */
   cpus?: number
   /**
@@ -95,6 +104,8 @@ export interface CycleRecord {
    * writes changes the slot (absent in reports made before the campaign scrambled the slot).
    */
   heldBefore?: number
+  /** The hold point the guest was waiting at when the reset came (CampaignOptions.hold). */
+  held?: string
 }
 
 export interface CampaignReport {
@@ -114,6 +125,8 @@ export interface CampaignReport {
   calibration: { updateMs: number; verifyMs: number; commitTailMs: number; writeMs?: number } | null
   /** How aims and instants were drawn (CampaignOptions.stratified). */
   aims: 'independent' | 'stratified'
+  /** Commit aims reset while the guest held before a switch write (CampaignOptions.hold). */
+  held?: boolean
   records: CycleRecord[]
   kept?: string
   /** The runs the report was made in: more than one when a cut-off run was resumed. */
@@ -177,7 +190,11 @@ export async function buildCampaignImages(dir: string): Promise<{ keyFile: strin
 export const MUTANTS = { 'naive-switch': 'SKIP_CRC_COMPENSATION', 'commit-before-write': 'COMMIT_BEFORE_WRITE' } as const satisfies Record<string, FaultName>
 export type Mutant = keyof typeof MUTANTS
 
-function cycleHook(mutant: Mutant | undefined, scrambleMiB: number): string {
+/** The hold points of the switch (bootloader/sector-writes.ts): the sector about to be written. */
+export const HOLD_POINTS = ['primary-array', 'backup-array'] as const
+const HOLD_TTY = '/dev/ttyS1'
+
+function cycleHook(mutant: Mutant | undefined, scrambleMiB: number, hold: boolean): string {
   return `#!/bin/sh
 L=${GUEST_LABHOST}
 # confirm the running slot when it is on trial (each labhost start costs seconds under TCG)
@@ -193,16 +210,16 @@ if [ ! -e /var/log/${TRIAL_FILE} ]; then
   sync
 fi
 echo "LABHOST-CYCLE-UPDATE from=$V to=$NEXT"
-${mutant ? `${FAULTS[MUTANTS[mutant]]}=1 ` : ''}$L update /qcow2/backing/$NEXT --allow-downgrade --trial-boots 3 --announce-phases --reboot > /dev/console 2>&1
+${mutant ? `${FAULTS[MUTANTS[mutant]]}=1 ` : ''}${hold ? `${FAULTS.HOLD}=${HOLD_TTY} ` : ''}$L update /qcow2/backing/$NEXT --allow-downgrade --trial-boots 3 --announce-phases --reboot > /dev/console 2>&1
 echo "LABHOST-UPDATE-EXIT $?"
 sync
 reboot -f
 `
 }
 
-async function stageCampaign(disks: HostDisks, dirs: Record<string, string>, mutant: Mutant | undefined, scrambleMiB: number): Promise<void> {
-  // the release executable ignores fault variables: a mutant runs the fault-enabled build
-  await stageLabhost(disks, { faults: mutant !== undefined })
+async function stageCampaign(disks: HostDisks, dirs: Record<string, string>, mutant: Mutant | undefined, scrambleMiB: number, hold: boolean): Promise<void> {
+  // the release executable ignores fault variables: a mutant or a holding guest runs the fault-enabled build
+  await stageLabhost(disks, { faults: mutant !== undefined || hold })
   await withPartition(disks.ssd, disks.ssdPlan.find((p) => p.mount === '/qcow2/backing')!, async (root) => {
     for (const [version, dir] of Object.entries(dirs)) {
       fs.mkdirSync(`${root}/${version}`)
@@ -210,7 +227,7 @@ async function stageCampaign(disks: HostDisks, dirs: Record<string, string>, mut
     }
   })
   await withPartition(disks.ssd, disks.ssdPlan.find((p) => p.mount === '/persistent')!, async (root) => {
-    fs.writeFileSync(`${root}/test-hook`, cycleHook(mutant, scrambleMiB), { mode: 0o755 })
+    fs.writeFileSync(`${root}/test-hook`, cycleHook(mutant, scrambleMiB, hold), { mode: 0o755 })
   })
 }
 
@@ -219,6 +236,7 @@ const MARKERS: MarkerPattern[] = [
   [/LABHOST-PHASE (\S+)()/, 'phase'],
   [/LABHOST-CYCLE-UPDATE from=(\S+) to=(\S+)/, 'cycle'],
   [/LABHOST-UPDATE-EXIT (\d+)()/, 'exit'],
+  [/LABHOST-HOLD (\S+)()/, 'hold'],
 ]
 
 function slotHash(disks: HostDisks, slot: string, bytes: number): string {
@@ -250,19 +268,23 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
   const selector = uefi ? (await buildSelector({ layout, out: path.join(o.workDir, 'BOOTX64.EFI') })).file : undefined
   const disks = await buildHostDisks(o.workDir, layout, `${dirs[VERSIONS[0]]}/root.img`, { slots: ['A'], flag: 'A', restMiB: 200, selector })
   const imageBytes = Math.max(...Object.values(manifests).map((m) => m.image.size))
-  await stageCampaign(disks, dirs, o.mutant, Math.ceil(imageBytes / MiB))
+  const hold = o.hold ?? false
+  if (hold && !o.driver.holds) throw new Error(`the ${o.driver.name} driver cannot answer a holding guest: run the campaign without holds`)
+  await stageCampaign(disks, dirs, o.mutant, Math.ceil(imageBytes / MiB), hold)
   const spec: VmSpec = {
+    holdPort: hold,
     disks: [{ file: disks.ssd, bus: 'ide-hd', rotationRate: 1 }, { file: disks.hdd, bus: 'ide-hd', rotationRate: 7200 }], memoryMb: uefi ? 768 : 512, cpus: o.cpus ?? 1,
     ...(uefi ? { uefi: { vars: uefiVarsCopy(o.workDir) } } : {}),
   }
   const serialFile = path.join(o.workDir, 'serial.log')
   const report: CampaignReport = {
     driver: o.driver.name, accel: await o.driver.accel(), ...(uefi ? { firmware: 'uefi' as const } : {}), seed: o.seed, cycles: 0, resets: 0, old: 0, new: 0, bricked: 0, failedUpdates: 0,
-    seconds: 0, resetsPerHour: 0, calibration: null, aims: o.stratified ? 'stratified' : 'independent', records: [],
+    seconds: 0, resetsPerHour: 0, calibration: null, aims: o.stratified ? 'stratified' : 'independent', ...(hold ? { held: true } : {}), records: [],
   }
   if (prior) {
     if (o.stratified) throw new Error('a stratified campaign cannot be resumed: its strata depend on the cycle count')
     if ((prior.firmware ?? 'bios') !== (o.firmware ?? 'bios')) throw new Error(`the report to resume ran on ${prior.firmware ?? 'bios'} firmware, this run would use ${o.firmware ?? 'bios'}`)
+    if ((prior.held ?? false) !== hold) throw new Error(`the report to resume was made ${prior.held ? 'with' : 'without'} holds: run it ${prior.held ? 'with' : 'without'} --hold`)
     if (prior.driver !== report.driver || prior.accel !== report.accel) throw new Error(`the report to resume ran on ${prior.driver} (${prior.accel}), this run would use ${report.driver} (${report.accel})`)
     Object.assign(report, { resets: prior.resets, old: prior.old, new: prior.new, failedUpdates: prior.failedUpdates, records: [...prior.records] })
   }
@@ -346,7 +368,13 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
       if (target && lastSlot) record.heldBefore = heldChunks(disks, lastSlot === 'A' ? 'B' : 'A', target)
       const phases: Record<string, number> = {}
       let phase: string | null = null
+      // a holding guest waits at each switch write: answered at once, unless it is the aim
+      let aimedHold: string | undefined
       const note = (m: Marker) => {
+        if (m.kind === 'hold') {
+          if (m.a === aimedHold) record.held = m.a
+          else vm.send!('go\n')
+        }
         if (m.kind === 'phase') {
           phases[m.a] = m.at
           phase = m.a
@@ -412,7 +440,16 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
         await awaitPhase('write')
         resetAt = (phases.write ?? Date.now()) + u * (calibration.writeMs ?? 1000) * 0.8
       }
-      if (record.aim === 'commit') {
+      if (record.aim === 'commit' && hold) {
+        // where the draw falls in the window picks the hold: the first half before the primary
+        // array is written, the second before the backup array is
+        aimedHold = HOLD_POINTS[within(rnd()) < 0.5 ? 0 : 1]
+        for (let m: Marker | null; record.held === undefined && phase !== 'boot' && record.updateExit === undefined;) {
+          if (!(m = await con.next(deadline))) break
+          note(m)
+        }
+        resetAt = Date.now()
+      } else if (record.aim === 'commit') {
         await awaitPhase('verify')
         const offset = -500 + within(rnd()) * (calibration.commitTailMs + 1000)
         if (offset < 0) {
@@ -441,7 +478,7 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
       else report.new++
       if (record.updateExit !== undefined) report.failedUpdates++
       keep(record)
-      log(`cycle ${cycle}: ${record.from} -> ${record.to}, reset ${record.aim} at ${(record.resetAtMs / 1000).toFixed(2)} s (${record.phase}) -> ${record.outcome} ${record.booted!.version} in slot ${record.booted!.slot}, userspace after ${record.bootSeconds!.toFixed(1)} s` +
+      log(`cycle ${cycle}: ${record.from} -> ${record.to}, reset ${record.aim} at ${(record.resetAtMs / 1000).toFixed(2)} s (${record.phase}${record.held ? `, held before the ${record.held} write` : ''}) -> ${record.outcome} ${record.booted!.version} in slot ${record.booted!.slot}, userspace after ${record.bootSeconds!.toFixed(1)} s` +
         (record.updateExit !== undefined ? `; the update had failed by itself (exit ${record.updateExit})` : ''))
     }
   } finally {

@@ -2,7 +2,11 @@
 // 500`): 10 resets of a host that updates itself between 1.0.0 and 2.0.0, each followed by a boot
 // that must bring up one of the two with that slot's bytes exactly the signed image. The aims are
 // stratified (every second reset around the commit; each instant random inside its own slice of
-// the window), so ten resets reach the write, the read-back and both sides of the switch. Before
+// the window), so ten resets reach the write, the read-back and both sides of the switch. The
+// commit-aimed resets do not depend on timing: the guest (the fault-enabled build) waits before
+// each GPT write of the switch until the harness answers, and the harness resets it while it waits
+// before the primary array (trial armed, no switch: the old version must come back) or before the
+// backup array (switched, mirror not written: the new version must come up). Before
 // each update the guest fills the slot it will write with 0xFF, and the harness checks from the
 // disk that the slot held none of the image's chunks: a torn or skipped write cannot pass. Then the
 // same campaign with a switch that skips the CRC compensation must report a brick.
@@ -14,14 +18,14 @@ import { REPO_ROOT, seedFromEnv, tmpDir } from '../lib/test-helpers.ts'
 import { openGptDisk, readGpt } from '../bootloader/gpt.ts'
 import { slotStatus } from '../bootloader/slots.ts'
 import { QemuDriver } from './qemu-driver.ts'
-import { runUpdateCampaign, summaryLine } from './campaign.ts'
+import { HOLD_POINTS, runUpdateCampaign, summaryLine } from './campaign.ts'
 
 const RESETS = 10
 
 t.test(`short campaign: ${RESETS} resets aimed over updates and at the commit, no brick`, async (t) => {
   const seed = seedFromEnv()
   const keep = tmpDir(t, 'labhost-campaign-keep-')
-  const report = await runUpdateCampaign({ driver: new QemuDriver(), cycles: RESETS, seed, stratified: true, workDir: tmpDir(t, 'labhost-campaign-'), keepDir: keep, log: (l) => t.comment(l) })
+  const report = await runUpdateCampaign({ driver: new QemuDriver(), cycles: RESETS, seed, stratified: true, hold: true, workDir: tmpDir(t, 'labhost-campaign-'), keepDir: keep, log: (l) => t.comment(l) })
   fs.mkdirSync(path.join(REPO_ROOT, 'reports'), { recursive: true })
   fs.writeFileSync(path.join(REPO_ROOT, 'reports/campaign.json'), JSON.stringify(report, null, 2) + '\n')
   t.comment(`seed ${seed}: ${summaryLine(report)} under ${report.accel}, ${report.resetsPerHour} resets/hour`)
@@ -33,6 +37,15 @@ t.test(`short campaign: ${RESETS} resets aimed over updates and at the commit, n
   t.ok(resets.some((r) => r.phase === 'write') && resets.some((r) => r.phase === 'verify' || r.phase === 'arm-trial' || r.phase === 'commit' || r.phase === 'done'),
     'resets landed while the slot was written and around the switch', { phases: resets.map((r) => r.phase) })
   t.ok(report.old > 0 && report.new > 0, 'some resets came back to the old version, some to the new one')
+  // the commit aims landed where they were aimed, whatever the load beside the VM: between
+  // arming the trial and the mirror write, on both sides of the commit sector
+  const commit = resets.filter((r) => r.aim === 'commit')
+  t.equal(commit.length, RESETS / 2, 'half the resets were aimed at the commit')
+  t.ok(commit.every((r) => r.held !== undefined && (HOLD_POINTS as readonly string[]).includes(r.held)), 'each came while the guest held before a switch write', { held: commit.map((r) => r.held) })
+  t.ok(commit.every((r) => r.phase === 'commit'), 'after the trial was armed (phase commit)', { phases: commit.map((r) => r.phase) })
+  for (const point of HOLD_POINTS) t.ok(commit.some((r) => r.held === point), `a reset before the ${point} write`)
+  t.ok(commit.filter((r) => r.held === 'primary-array').every((r) => r.outcome === 'old'), 'before the commit sector: the old version came back')
+  t.ok(commit.filter((r) => r.held === 'backup-array').every((r) => r.outcome === 'new'), 'after it, before the mirror: the new version came up')
   // the evidence can fail: every update wrote over bytes that were not yet the image's
   const held = report.records.map((r) => r.heldBefore)
   t.ok(held.length > RESETS && held.every((n) => n === 0), 'before every update, the slot it wrote held none of the image\'s chunks (checked from the disk)', { held })

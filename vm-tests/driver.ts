@@ -14,10 +14,14 @@ export interface RunningVm {
   powerOff(): Promise<void>
   /** True once the machine stopped by itself (the guest powered off) or was powered off. */
   exited(): boolean
+  /** Write to the guest's second serial port (VmSpec.holdPort); absent where the driver cannot. */
+  send?(text: string): void
 }
 
 export interface VmDriver {
   readonly name: 'qemu' | 'virtualbox'
+  /** Its machines can have a hold port (VmSpec.holdPort) and send to it. */
+  readonly holds?: boolean
   /** How the CPU is run: kvm/tcg for QEMU, the hypervisor for VirtualBox. */
   accel(): Promise<string>
   /** Power on. Guest reboots and resets keep the same machine running. */

@@ -70,6 +70,7 @@ class Qmp {
 
 export class QemuDriver implements VmDriver {
   readonly name = 'qemu' as const
+  readonly holds = true
 
   async accel(): Promise<string> {
     return chooseAccel()
@@ -79,8 +80,9 @@ export class QemuDriver implements VmDriver {
     const accel = spec.accel ?? (await chooseAccel())
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'labhost-qmp-'))
     const socket = path.join(dir, 'qmp.sock')
+    const holdSocket = spec.holdPort ? path.join(dir, 'hold.sock') : undefined
     fs.writeFileSync(serialFile, '')
-    const proc = execa('qemu-system-x86_64', qemuArgs(spec, accel, serialFile, { reboot: 'restart', qmp: socket }), { reject: false, stdin: 'ignore' })
+    const proc = execa('qemu-system-x86_64', qemuArgs(spec, accel, serialFile, { reboot: 'restart', qmp: socket, hold: holdSocket }), { reject: false, stdin: 'ignore' })
     let gone = false
     const ended = proc.then((r) => {
       gone = true
@@ -94,6 +96,21 @@ export class QemuDriver implements VmDriver {
       proc.kill('SIGKILL')
       await ended
       throw e
+    }
+    // the hold port: one connection for the machine's life (resets keep it), opened before the
+    // guest can reach a hold point
+    let hold: net.Socket | undefined
+    if (holdSocket) {
+      hold = await new Promise<net.Socket>((resolve, reject) => {
+        const s = net.createConnection(holdSocket, () => resolve(s))
+        s.once('error', reject)
+      }).catch(async (e: Error) => {
+        proc.kill('SIGKILL')
+        await ended
+        throw new Error(`no hold port at ${holdSocket}: ${e.message}`)
+      })
+      hold.on('error', () => undefined)
+      hold.on('data', () => undefined) // the guest's echo of what was sent
     }
     const tail = new SerialTail(serialFile)
     return {
@@ -109,8 +126,10 @@ export class QemuDriver implements VmDriver {
           clearTimeout(t)
         }
         qmp.close()
+        hold?.destroy()
       },
       exited: () => gone,
+      ...(hold ? { send: (text: string) => void hold.write(text) } : {}),
     }
   }
 }

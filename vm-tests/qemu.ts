@@ -40,6 +40,11 @@ export interface VmSpec {
    * copy of its variable store (uefiVarsCopy) — a PC of the kind labs buy now.
    */
   uefi?: { vars: string }
+  /**
+   * A second serial port (the guest's ttyS1) the harness writes to: a fault-enabled guest waits
+   * on it at its hold points (lib/faults.ts holdAt). Needs a driver that can send (QEMU).
+   */
+  holdPort?: boolean
 }
 
 export const OVMF_CODE = '/usr/share/OVMF/OVMF_CODE_4M.fd'
@@ -66,13 +71,15 @@ export interface BootResult {
  * `machine.reboot`: 'exit' ends QEMU when the guest reboots (a boot test ends there); 'restart'
  * keeps the machine running across reboots and resets. `machine.qmp`: a QMP control socket.
  */
-export function qemuArgs(spec: VmSpec, accel: Accel, serialFile: string, machine: { reboot?: 'exit' | 'restart'; qmp?: string } = {}): string[] {
+export function qemuArgs(spec: VmSpec, accel: Accel, serialFile: string, machine: { reboot?: 'exit' | 'restart'; qmp?: string; hold?: string } = {}): string[] {
   const args = ['-machine', spec.uefi ? 'q35' : 'pc', '-accel', accel, '-m', String(spec.memoryMb ?? 512), '-display', 'none',
     '-serial', `file:${serialFile}`, '-monitor', 'none']
   if ((machine.reboot ?? 'exit') === 'exit') args.push('-no-reboot')
   if (spec.cpus && spec.cpus > 1) args.push('-smp', String(spec.cpus))
   if (spec.uefi) args.push('-drive', `if=pflash,format=raw,readonly=on,file=${OVMF_CODE}`, '-drive', `if=pflash,format=raw,file=${spec.uefi.vars}`)
   if (machine.qmp) args.push('-qmp', `unix:${machine.qmp},server=on,wait=off`)
+  // COM2, after the console's COM1: the guest's ttyS1
+  if (machine.hold) args.push('-serial', `unix:${machine.hold},server=on,wait=off`)
   if (spec.net) {
     // cmd: runs one `nc` per guest connection (a tcp: chardev would be one connection, opened
     // when QEMU starts, shared by every guest connection)

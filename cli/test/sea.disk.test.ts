@@ -7,6 +7,8 @@ import { execa } from 'execa'
 import t from 'tap'
 import { loop, REPO_ROOT, sparseFile, tmpDir } from '../../lib/test-helpers.ts'
 import { makeGptDisk, sgdiskVerify, STANDARD_LAYOUT } from '../../bootloader/test/gpt-fixtures.ts'
+import { openGptDisk, readGpt } from '../../bootloader/gpt.ts'
+import { slotStatus } from '../../bootloader/slots.ts'
 
 t.test('dist/labhost runs with nothing beside it', async (t) => {
   t.ok(fs.existsSync(path.join(REPO_ROOT, 'dist/labhost')), 'dist/labhost is built')
@@ -52,4 +54,52 @@ t.test('the release executable ignores fault-injection variables; dist/labhost-f
       t.match(await sgdiskVerify(dev), /No problems found/, `${exe}: sgdisk -v finds no problem`)
     }
   }
+})
+
+// The campaign's hold points (lib/faults.ts holdAt): the fault-enabled build stops before each
+// sector write of the switch until a line arrives on the hold device, so the harness can reset the
+// machine exactly between arming the trial and the mirror write; the release build never waits.
+t.test('LABHOST_FAULT_HOLD: dist/labhost-faults waits before each switch write until told to go; dist/labhost does not', async (t) => {
+  const dir = tmpDir(t)
+  const fifo = path.join(dir, 'hold')
+  await execa('mkfifo', [fifo])
+  // opened read-write here, so the child's read-only open does not block and the FIFO never sees EOF
+  const writer = fs.openSync(fifo, 'r+')
+  t.teardown(() => fs.closeSync(writer))
+  const env = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', LABHOST_FAULT_HOLD: fifo }
+  const active = (dev: string) => {
+    const d = openGptDisk(dev)
+    try {
+      return slotStatus(readGpt(d)).active
+    } finally {
+      d.close()
+    }
+  }
+
+  const release = await loop(t, sparseFile(path.join(dir, 'release.img'), 32 << 20))
+  await makeGptDisk(release, STANDARD_LAYOUT)
+  const r = await execa(path.join(REPO_ROOT, 'dist/labhost'), ['slots', 'switch', '--disk', release, '--to', 'B'], { cwd: dir, env, extendEnv: false, reject: false, timeout: 60_000 })
+  t.equal(r.exitCode, 0, 'the release build switched without waiting', { stderr: r.stderr })
+  t.notMatch(String(r.stderr), /LABHOST-HOLD/)
+  t.equal(active(release), 'B')
+
+  const dev = await loop(t, sparseFile(path.join(dir, 'faults.img'), 32 << 20))
+  await makeGptDisk(dev, STANDARD_LAYOUT)
+  const child = execa(path.join(REPO_ROOT, 'dist/labhost-faults'), ['slots', 'switch', '--disk', dev, '--to', 'B'], { cwd: dir, env, extendEnv: false, reject: false, timeout: 120_000 })
+  let stderr = ''
+  child.stderr?.on('data', (d: Buffer) => { stderr += d.toString() })
+  const held = async (point: string) => {
+    for (let i = 0; i < 600 && !stderr.includes(`LABHOST-HOLD ${point}`); i++) await new Promise((res) => setTimeout(res, 100))
+    return stderr.includes(`LABHOST-HOLD ${point}`)
+  }
+  t.ok(await held('primary-array'), 'it announced the hold before the primary array write', { stderr })
+  await new Promise((res) => setTimeout(res, 500))
+  t.equal(active(dev), 'A', 'and waits there: nothing switched yet')
+  fs.writeSync(writer, 'go\n')
+  t.ok(await held('backup-array'), 'told to go, it wrote the primary array and held before the backup array', { stderr })
+  t.equal(active(dev), 'B', 'the primary array flags B while it waits')
+  fs.writeSync(writer, 'go\n')
+  const done = await child
+  t.equal(done.exitCode, 0, 'then it finished the switch', { stderr })
+  t.match(await sgdiskVerify(dev), /No problems found/, 'both tables valid and in agreement')
 })
