@@ -81,6 +81,14 @@ await execa(process.execPath, [path.join(root, 'scripts/build.ts')], { stdio: ['
 if (values.mutant || values.hold) await execa(process.execPath, [path.join(root, 'scripts/build.ts'), '--faults'], { stdio: ['ignore', 'ignore', 'inherit'] })
 const driver = await chooseDriver(values.driver)
 const workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'labhost-campaign-'))
+// a soak stopped with Ctrl-C (its report is written after every cycle) leaves no scratch behind;
+// execa kills the VM with us
+for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(sig, () => {
+    fs.rmSync(workDir, { recursive: true, force: true })
+    process.exit(130)
+  })
+}
 console.log(`campaign: ${cycles} cycles, seed ${seed}, driver ${driver.name} (${await driver.accel()}), work ${workDir}` +
   (resume ? `; resuming ${values.resume} after its ${resume.cycles} cycles` : ''))
 try {
