@@ -7,7 +7,7 @@ import path from 'node:path'
 import { execa } from 'execa'
 import { attachLoop, detachLoop, type LoopOptions } from './loop.ts'
 
-interface Teardown { teardown(fn: () => unknown): void }
+export interface Teardown { teardown(fn: () => unknown): void }
 
 export const REPO_ROOT = path.resolve(import.meta.dirname, '..')
 

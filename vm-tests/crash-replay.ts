@@ -10,6 +10,13 @@
 // region and whether each slot holds a whole image. Sectors outside the GPT regions and slots
 // cannot change it, and a slot's many data writes matter only as "all landed" or "not all".
 // The state partition is left out: the initramfs boots on when it cannot read it.
+//
+// On a UEFI PC (firmware 'uefi') the chain starts in the firmware instead of gptmbr: OVMF takes
+// the primary GPT when its header and array CRCs are right, else the backup GPT — and then
+// rewrites the primary from it (EDK2's PartitionDxe restores a damaged table from the good one)
+// — and starts \EFI\BOOT\BOOTX64.EFI from the ESP; the selector's kernel then needs the (now)
+// valid primary GPT, and its init takes the one flagged root entry, as gptmbr would. So the
+// backup GPT region (array and header at the end of the disk) is part of the state there.
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import { arrayCrc, headerCrcOf, LEGACY_BOOTABLE_BIT } from '../bootloader/gpt.ts'
@@ -32,6 +39,8 @@ export interface ReplayInput {
   slots: { A: { offset: number; bytes: number }; B: { offset: number; bytes: number } }
   old: SlotImage
   new: SlotImage
+  /** The PC's firmware (default bios: gptmbr's rules). */
+  firmware?: 'bios' | 'uefi'
 }
 
 export type Outcome = { boots: 'old' | 'new'; slot: 'A' | 'B' } | { boots: 'nothing'; why: string }
@@ -42,6 +51,8 @@ export interface ReplayReport {
   old: number
   new: number
   bricked: { epoch: number; afterWrite: number; why: string }[]
+  /** UEFI: states that boot because the firmware rewrote an invalid primary GPT from the backup. */
+  restored?: number
 }
 
 /** The primary GPT region: protective MBR, header, a 128-entry array (LBA 0..33 at 512 bytes). */
@@ -76,6 +87,52 @@ export function judge(region: Buffer, ss: number, slots: ReplayInput['slots'], w
   return { boots: version, slot }
 }
 
+/** GPT type of the EFI system partition, C12A7328-F81F-11D2-BA4B-00A0C93EC93B, as stored on disk. */
+const ESP_TYPE = Buffer.from('28732ac11ff8d211ba4b00a0c93ec93b', 'hex')
+/** The backup GPT region: a 128-entry array and the header in the last sector. */
+const backupRegionBytes = (ss: number) => 128 * 128 + ss
+
+/**
+ * What boots on a UEFI PC: `primary` is the primary region (as for judge), `backup` the last
+ * backupRegionBytes of the disk, `diskBytes` the disk's size.
+ */
+export function judgeUefi(primary: Buffer, backup: Buffer, diskBytes: number, ss: number, slots: ReplayInput['slots'], whole: Record<'A' | 'B', 'old' | 'new' | null>): Outcome & { restored?: boolean } {
+  const regionStart = diskBytes - backup.length
+  const valid = (header: Buffer, arrayAt: (lba: number, bytes: number) => Buffer | null) => {
+    const headerSize = header.readUInt32LE(12)
+    if (header.subarray(0, 8).toString('latin1') !== 'EFI PART' || headerSize < 92 || headerSize > ss || header.readUInt32LE(16) !== headerCrcOf(header, headerSize)) return null
+    const array = arrayAt(Number(header.readBigUInt64LE(72)), header.readUInt32LE(80) * header.readUInt32LE(84))
+    return array && header.readUInt32LE(88) === arrayCrc(array) ? array : null
+  }
+  let region = primary
+  let restored = false
+  if (!valid(primary.subarray(ss, 2 * ss), (lba, n) => (lba * ss + n <= primary.length ? primary.subarray(lba * ss, lba * ss + n) : null))) {
+    const header = backup.subarray(backup.length - ss)
+    const array = valid(header, (lba, n) => (lba * ss >= regionStart && lba * ss + n <= diskBytes ? backup.subarray(lba * ss - regionStart, lba * ss - regionStart + n) : null))
+    if (!array || array.length > primary.length - 2 * ss) return { boots: 'nothing', why: 'firmware: neither the primary nor the backup GPT is valid, no ESP' }
+    // the firmware rewrites the primary from the backup: its header with the LBAs swapped, the
+    // array right after it
+    region = Buffer.from(primary)
+    const h = Buffer.from(header)
+    h.writeBigUInt64LE(header.readBigUInt64LE(32), 24)
+    h.writeBigUInt64LE(header.readBigUInt64LE(24), 32)
+    h.writeBigUInt64LE(2n, 72)
+    h.writeUInt32LE(headerCrcOf(h, h.readUInt32LE(12)), 16)
+    h.copy(region, ss)
+    array.copy(region, 2 * ss)
+    restored = true
+  }
+  const header = region.subarray(ss, 2 * ss)
+  const entriesLba = Number(header.readBigUInt64LE(72))
+  const size = header.readUInt32LE(84)
+  let esp = false
+  for (let i = 0; i < header.readUInt32LE(80) && !esp; i++) esp = region.subarray(entriesLba * ss + i * size, entriesLba * ss + i * size + 16).equals(ESP_TYPE)
+  if (!esp) return { boots: 'nothing', why: 'firmware: no EFI system partition in the GPT' }
+  // the selector applies gptmbr's rule to the primary array the kernel accepted
+  const o = judge(region, ss, slots, whole)
+  return { ...(o.boots === 'nothing' ? { boots: 'nothing' as const, why: o.why.replace(/^gptmbr:/, 'selector:') } : o), ...(restored ? { restored } : {}) }
+}
+
 /** Which image a slot holds entirely, if any, from its bytes. */
 function wholeImage(slot: Buffer, images: SlotImage[]): 'old' | 'new' | null {
   for (const [i, img] of images.entries()) {
@@ -94,8 +151,12 @@ export function replay(input: ReplayInput): ReplayReport {
   const ss = input.sectorSize
   const disk = fs.readFileSync(input.before)
   const regionBytes = primaryRegionBytes(ss)
+  const uefi = input.firmware === 'uefi'
+  // the sectors whose bytes decide what boots: the primary region, and on UEFI the backup's
+  const backupStart = disk.length - backupRegionBytes(ss)
+  const ranges = uefi ? [[0, regionBytes], [backupStart, disk.length]] : [[0, regionBytes]]
   const images = [input.old, input.new]
-  const report: ReplayReport = { epochs: 0, states: 0, old: 0, new: 0, bricked: [] }
+  const report: ReplayReport = { epochs: 0, states: 0, old: 0, new: 0, bricked: [], ...(uefi ? { restored: 0 } : {}) }
   const slotOf = (w: LoggedWrite): 'A' | 'B' | null => (['A', 'B'] as const).find((s) => w.offset < input.slots[s].offset + input.slots[s].bytes && w.offset + w.length > input.slots[s].offset) ?? null
   const slotBytes = (s: 'A' | 'B') => disk.subarray(input.slots[s].offset, input.slots[s].offset + input.slots[s].bytes)
   let whole: Record<'A' | 'B', 'old' | 'new' | null> = { A: wholeImage(slotBytes('A'), images), B: wholeImage(slotBytes('B'), images) }
@@ -110,7 +171,7 @@ export function replay(input: ReplayInput): ReplayReport {
     // per primary-region sector: the values it may hold after a cut in this epoch
     const choices = new Map<number, Buffer[]>()
     for (const w of ws) {
-      for (let off = Math.max(w.offset, 0); off < Math.min(w.offset + w.length, regionBytes); off += ss) {
+      for (const [from, to] of ranges) for (let off = Math.max(w.offset, from!); off < Math.min(w.offset + w.length, to!); off += ss) {
         const sector = off / ss
         const list = choices.get(sector) ?? [Buffer.from(disk.subarray(off, off + ss))]
         const v = w.data ? w.data.subarray(off - w.offset, off - w.offset + ss) : Buffer.alloc(ss)
@@ -121,6 +182,7 @@ export function replay(input: ReplayInput): ReplayReport {
     // the primary region as the epoch found it; then the epoch lands in full: per slot, whole
     // before it and whole once all its writes of the epoch are there
     const region = Buffer.from(disk.subarray(0, regionBytes))
+    const backupRegion = Buffer.from(disk.subarray(backupStart))
     const touched = new Set(ws.map(slotOf).filter((s) => s !== null))
     const before = { ...whole }
     for (const w of input.writes.slice(epochStart, end)) apply(w)
@@ -133,13 +195,15 @@ export function replay(input: ReplayInput): ReplayReport {
       let k = c
       for (const s of sectors) {
         const list = choices.get(s)!
-        list[k % list.length]!.copy(region, s * ss)
+        if (s * ss < regionBytes) list[k % list.length]!.copy(region, s * ss)
+        else list[k % list.length]!.copy(backupRegion, s * ss - backupStart)
         k = Math.floor(k / list.length)
       }
       for (const a of slotOptions('A')) {
         for (const b of slotOptions('B')) {
-          const o = judge(region, ss, input.slots, { A: a, B: b })
+          const o = uefi ? judgeUefi(region, backupRegion, disk.length, ss, input.slots, { A: a, B: b }) : judge(region, ss, input.slots, { A: a, B: b })
           report.states++
+          if ('restored' in o && o.restored && o.boots !== 'nothing') report.restored!++
           if (o.boots === 'nothing') report.bricked.push({ epoch, afterWrite: epochStart, why: o.why })
           else report[o.boots]++
         }
