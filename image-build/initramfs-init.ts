@@ -125,6 +125,13 @@ UPDATED_AT=$UPDATED_AT"
     umount $ST
     echo "LABHOST-ROLLBACK from=$SLOT to=$OTHER"
     reboot -f
+  elif [ "$TRIAL_SLOT" != "$SLOT" ]; then
+    # armed, but the switch to that slot never happened (power lost between arming the trial and
+    # the commit) or was undone: a trial for a slot that is not booting is void; left in place,
+    # status would report a trial that is none and slots switch would refuse to run
+    say "the trial of slot $TRIAL_SLOT is void: slot $SLOT is the flagged one"
+    echo "LABHOST-TRIAL-VOID slot=$TRIAL_SLOT running=$SLOT"
+    rm -f $TRIAL; sync
   fi
 fi
 grep -q " $ST " /proc/mounts && umount $ST

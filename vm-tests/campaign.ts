@@ -3,8 +3,9 @@
 // an instant drawn from the seed — uniformly over the update, or just before and after the commit
 // write, aimed by the phases the guest announces on its serial console — and then the machine
 // must boot, into the old or the new version, with that slot's bytes equal to the signed image.
-// A cycle that reaches no userspace within the timeout is a brick: the run stops and keeps the
-// disks and the serial log.
+// A cycle that reaches no userspace within the timeout is a brick, and so is one whose boot
+// fails for a reason the guest prints (the initramfs's LABHOST-INITRAMFS-FAIL, a kernel panic):
+// the run stops and keeps the disks and the serial log.
 import fs from 'node:fs'
 import path from 'node:path'
 import { hashRange, prng } from '../lib/test-helpers.ts'
@@ -87,6 +88,8 @@ export interface CycleRecord {
   aim: 'calibration' | 'uniform' | 'commit'
   from: string
   to: string
+  /** Why the cycle is a brick: the guest's own failure message, or what the harness missed. */
+  why?: string
   /** Milliseconds after the update announced `start`; null for the calibration cycle. */
   resetAtMs: number | null
   /** The last phase the guest announced before the reset (`boot`: it had already rebooted). */
@@ -237,6 +240,9 @@ const MARKERS: MarkerPattern[] = [
   [/LABHOST-CYCLE-UPDATE from=(\S+) to=(\S+)/, 'cycle'],
   [/LABHOST-UPDATE-EXIT (\d+)()/, 'exit'],
   [/LABHOST-HOLD (\S+)()/, 'hold'],
+  // a boot that fails says so: the initramfs's own marker, or the kernel's
+  [/LABHOST-INITRAMFS-FAIL (.*?)\r?$()/, 'boot-failed'],
+  [/(Kernel panic - not syncing: .*?)\r?$()/, 'boot-failed'],
 ]
 
 function slotHash(disks: HostDisks, slot: string, bytes: number): string {
@@ -316,6 +322,7 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
   }
   const brick = async (record: CycleRecord, why: string) => {
     record.outcome = 'brick'
+    record.why = why
     report.bricked++
     await vm.powerOff()
     const dir = path.join(o.keepDir, `brick-seed${o.seed}-cycle${record.cycle}`)
@@ -330,7 +337,11 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
   let lastUp = 0
   let lastSlot = ''
   const awaitBoot = async (record: CycleRecord, since: number): Promise<boolean> => {
-    const up = await con.until('userspace', Date.now() + bootTimeout)
+    const up = await con.until(['userspace', 'boot-failed'], Date.now() + bootTimeout)
+    if (up?.kind === 'boot-failed') {
+      await brick(record, `the boot failed: ${up.a}`)
+      return false
+    }
     if (up) lastUp = up.at
     if (!up) {
       await brick(record, `no userspace within ${bootTimeout / 1000} s`)
@@ -400,7 +411,11 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
       const start = phases.start
       if (!calibration) {
         // calibration: the update runs to its end and reboots by itself
-        const up = await con.until('userspace', Date.now() + bootTimeout, note)
+        const up = await con.until(['userspace', 'boot-failed'], Date.now() + bootTimeout, note)
+        if (up?.kind === 'boot-failed') {
+          await brick(record, `the boot after the calibration update failed: ${up.a}`)
+          break
+        }
         if (!up || phases.done === undefined || phases['arm-trial'] === undefined) {
           await brick(record, up ? 'the calibration update did not finish' : 'no userspace after the calibration update')
           break

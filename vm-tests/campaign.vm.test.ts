@@ -25,7 +25,8 @@ const RESETS = 10
 t.test(`short campaign: ${RESETS} resets aimed over updates and at the commit, no brick`, async (t) => {
   const seed = seedFromEnv()
   const keep = tmpDir(t, 'labhost-campaign-keep-')
-  const report = await runUpdateCampaign({ driver: new QemuDriver(), cycles: RESETS, seed, stratified: true, hold: true, workDir: tmpDir(t, 'labhost-campaign-'), keepDir: keep, log: (l) => t.comment(l) })
+  const workDir = tmpDir(t, 'labhost-campaign-')
+  const report = await runUpdateCampaign({ driver: new QemuDriver(), cycles: RESETS, seed, stratified: true, hold: true, workDir, keepDir: keep, log: (l) => t.comment(l) })
   fs.mkdirSync(path.join(REPO_ROOT, 'reports'), { recursive: true })
   fs.writeFileSync(path.join(REPO_ROOT, 'reports/campaign.json'), JSON.stringify(report, null, 2) + '\n')
   t.comment(`seed ${seed}: ${summaryLine(report)} under ${report.accel}, ${report.resetsPerHour} resets/hour`)
@@ -46,6 +47,12 @@ t.test(`short campaign: ${RESETS} resets aimed over updates and at the commit, n
   for (const point of HOLD_POINTS) t.ok(commit.some((r) => r.held === point), `a reset before the ${point} write`)
   t.ok(commit.filter((r) => r.held === 'primary-array').every((r) => r.outcome === 'old'), 'before the commit sector: the old version came back')
   t.ok(commit.filter((r) => r.held === 'backup-array').every((r) => r.outcome === 'new'), 'after it, before the mirror: the new version came up')
+  // a trial armed for a switch that never happened is void: the initramfs drops it at the next boot
+  const voided = (fs.readFileSync(path.join(workDir, 'serial.log'), 'latin1').match(/LABHOST-TRIAL-VOID /g) ?? []).length
+  // (a uniform reset may also land after the trial is armed and before the commit: those may add one)
+  const mayVoid = resets.filter((r) => r.aim === 'uniform' && r.outcome === 'old' && (r.phase === 'arm-trial' || r.phase === 'commit')).length
+  const mustVoid = commit.filter((r) => r.held === 'primary-array').length
+  t.ok(voided >= mustVoid && voided <= mustVoid + mayVoid, 'each reset before the commit sector left a trial that the next boot declared void', { voided, mustVoid, mayVoid })
   // the evidence can fail: every update wrote over bytes that were not yet the image's
   const held = report.records.map((r) => r.heldBefore)
   t.ok(held.length > RESETS && held.every((n) => n === 0), 'before every update, the slot it wrote held none of the image\'s chunks (checked from the disk)', { held })
@@ -53,13 +60,16 @@ t.test(`short campaign: ${RESETS} resets aimed over updates and at the commit, n
 
 t.test('the same campaign with a switch that skips the CRC compensation reports a brick', async (t) => {
   const keep = tmpDir(t, 'labhost-campaign-keep-')
-  const report = await runUpdateCampaign({ driver: new QemuDriver(), cycles: 1, seed: 1, workDir: tmpDir(t, 'labhost-campaign-'), keepDir: keep, mutant: 'naive-switch', bootTimeoutMs: 30_000, log: (l) => t.comment(l) })
+  const report = await runUpdateCampaign({ driver: new QemuDriver(), cycles: 1, seed: 1, workDir: tmpDir(t, 'labhost-campaign-'), keepDir: keep, mutant: 'naive-switch', log: (l) => t.comment(l) })
   t.equal(report.bricked, 1, summaryLine(report))
+  // the right reason, from the guest itself (not a timeout): the kernel saw no partitions
+  t.match(report.records.at(-1)?.why, /^the boot .*failed: .*no partitions named/, 'the initramfs reported that it found no root slots', { record: report.records.at(-1) })
   t.ok(report.kept && fs.existsSync(path.join(report.kept, 'ssd.img')) && fs.existsSync(path.join(report.kept, 'serial.log')), 'the brick\'s disk and serial log are kept')
   const serial = fs.readFileSync(path.join(report.kept!, 'serial.log'), 'latin1')
   const commit = serial.indexOf('writing primary-array LBA 2')
   t.ok(commit > 0, 'the kept serial log shows the (naive) commit')
   t.notMatch(serial.slice(commit), /LABHOST-USERSPACE/, 'and no userspace after it')
+  t.match(serial.slice(commit), /LABHOST-INITRAMFS-FAIL/, 'but the initramfs\'s own failure marker')
 })
 
 // The mutant the scrambled slot exists for: an updater that switches before it writes. With the
@@ -69,11 +79,13 @@ t.test('the same campaign with an updater that switches before writing the slot 
   const keep = tmpDir(t, 'labhost-campaign-keep-')
   // uniform aims inside the write (from the guest's announcement of it): the mutant's write comes
   // after its commit, so the reset hits a flagged, torn slot
-  const report = await runUpdateCampaign({ driver: new QemuDriver(), cycles: 1, seed: 1, commitWeight: 0, aimAtWrite: true, workDir: tmpDir(t, 'labhost-campaign-'), keepDir: keep, mutant: 'commit-before-write', bootTimeoutMs: 30_000, log: (l) => t.comment(l) })
+  const report = await runUpdateCampaign({ driver: new QemuDriver(), cycles: 1, seed: 1, commitWeight: 0, aimAtWrite: true, workDir: tmpDir(t, 'labhost-campaign-'), keepDir: keep, mutant: 'commit-before-write', log: (l) => t.comment(l) })
   t.equal(report.bricked, 1, summaryLine(report))
   const last = report.records.at(-1)!
   t.equal(last.phase, 'write', 'the reset hit the write', { record: last })
   t.equal(last.heldBefore, 0, 'over a slot that held none of the image')
+  // the right reason: the guest's own failure or the torn slot seen from the disk, not a timeout
+  t.match(last.why, /^the boot failed: |whose bytes are not that signed image/, 'caught by a failure marker or the slot hash', { why: last.why })
   const serial = fs.readFileSync(path.join(report.kept!, 'serial.log'), 'latin1')
   const cycle = serial.slice(serial.lastIndexOf('LABHOST-CYCLE-UPDATE'))
   t.ok(cycle.indexOf('LABHOST-PHASE done') >= 0 && cycle.indexOf('LABHOST-PHASE done') < cycle.indexOf('LABHOST-PHASE write'), 'the mutant switched before it wrote')

@@ -55,11 +55,12 @@ export class Console {
     }
   }
 
-  /** The next announcement of `kind`; the ones before it go to `seen`. */
-  async until(kind: string, deadline: number, seen?: (m: Marker) => void): Promise<Marker | null> {
+  /** The next announcement of `kind` (or of any of the kinds); the ones before it go to `seen`. */
+  async until(kind: string | string[], deadline: number, seen?: (m: Marker) => void): Promise<Marker | null> {
+    const kinds = Array.isArray(kind) ? kind : [kind]
     for (;;) {
       const m = await this.next(deadline)
-      if (!m || m.kind === kind) return m
+      if (!m || kinds.includes(m.kind)) return m
       seen?.(m)
     }
   }

@@ -1,6 +1,8 @@
 // The `host` recipe (debootstrap'd Debian, systemd, openssh-server) boots from slot A through
 // the shared initramfs, sshd runs with the host keys the installer puts on /persistent, and
-// labhost-trial.service ends a trial once its health check (sshd active) passes.
+// labhost-trial.service ends a trial once its health check (sshd active) passes; the status timer
+// writes its metrics file for node_exporter's textfile collector. (The test adds one unit of its
+// own to slot A that prints that file on the console once it exists; the image has none.)
 import fs from 'node:fs'
 import t from 'tap'
 import { cacheKeys } from '../image-build/cache-keys.ts'
@@ -27,6 +29,18 @@ t.test('host image: systemd userspace from slot A, sshd with keys from /persiste
     fs.mkdirSync(`${root}/ssh`, { mode: 0o700 })
     for (const type of ['ed25519', 'rsa']) await run('ssh-keygen', ['-q', '-t', type, '-N', '', '-f', `${root}/ssh/ssh_host_${type}_key`])
   })
+  // the test's observer of the timer: prints the metrics file once the timer has written it
+  await withPartition(disks.ssd, disks.ssdPlan[0]!, async (root) => {
+    fs.writeFileSync(`${root}/etc/systemd/system/test-metrics-report.service`, `[Unit]
+After=multi-user.target
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'F=/run/labhost/metrics/labhost.prom; i=0; while [ ! -s $F ] && [ $i -lt 240 ]; do sleep 1; i=$((i+1)); done; echo "LABHOST-METRICS-FILE trigger=$(systemctl show -P LastTriggerUSecMonotonic labhost-status.timer) $(tr "\\n" "|" < $F)" > /dev/ttyS0'
+[Install]
+WantedBy=multi-user.target
+`)
+    fs.symlinkSync('/etc/systemd/system/test-metrics-report.service', `${root}/etc/systemd/system/multi-user.target.wants/test-metrics-report.service`)
+  })
   // Slot A on trial with one boot: only labhost-trial.service's verdict stands between it and a
   // rollback to the (empty) slot B at the second boot.
   const disk = Disk.open(disks.ssd)
@@ -39,7 +53,7 @@ t.test('host image: systemd userspace from slot A, sshd with keys from /persiste
   const labhostVersion = (await runCli(['--version'])).stdout.trim().replace(' ', '-')
   for (const [i, expectTrial] of [[1, /LABHOST-TRIAL slot=A left=0/], [2, null]] as const) {
     const r = await bootUntilPowerOff({ memoryMb: 1024, disks: [{ file: disks.ssd, bus: 'ide-hd', rotationRate: 1 }, { file: disks.hdd, bus: 'ide-hd', rotationRate: 7200 }] },
-      400_000, /LABHOST-USERSPACE[^\n]*\n/)
+      400_000, i === 2 ? /LABHOST-METRICS-FILE[^\n]*\n/ : /LABHOST-USERSPACE[^\n]*\n/)
     t.comment(`boot ${i} under ${r.accel} in ${r.seconds.toFixed(1)} s`)
     // either disk may be sda (the IDE disks probe in either order); only the SSD has root slots
     t.match(r.serial, /LABHOST-ROOT slot=A dev=sd[ab]1\r?\n/, `boot ${i}: the initramfs mounted slot A`, { serial: r.serial.slice(-3000) })
@@ -48,5 +62,13 @@ t.test('host image: systemd userspace from slot A, sshd with keys from /persiste
     const m = /LABHOST-USERSPACE version=(\S+) slot=(\S+) device=\S+ ssh=(\S+) labhost=(\S+) trial=(\S+)/.exec(r.serial)
     t.same(m?.slice(1), ['1.0.0', 'A', 'active', labhostVersion, 'none'],
       `boot ${i}: multi-user reached, sshd active with the /persistent keys, labhost runs, mark-good ended the trial`)
+    if (i === 2) {
+      const metrics = /LABHOST-METRICS-FILE trigger=(\S*) ([^\n]*)/.exec(r.serial)
+      t.ok(metrics && metrics[1] !== '' && metrics[1] !== '0', 'labhost-status.timer fired', { line: metrics?.[0] })
+      const lines = (metrics?.[2] ?? '').split('|')
+      t.ok(lines.some((l) => /^# TYPE labhost_\w+ gauge/.test(l)), 'its service wrote Prometheus text exposition', { lines })
+      t.ok(lines.includes('labhost_info{version="1.0.0",slot="A",flagged="A"} 1'), 'the running version and slot as the host sees them', { lines })
+      t.ok(lines.includes('labhost_gpt_healthy 1') && lines.includes('labhost_trial_boots_left -1'), 'a healthy GPT and no trial pending', { lines })
+    }
   }
 })
