@@ -20,6 +20,8 @@ export const FAULTS = {
   SKIP_CRC_COMPENSATION: 'LABHOST_FAULT_SKIP_CRC_COMPENSATION',
   /** LABHOST_FAULT_COMMIT_BEFORE_WRITE=1: the update arms the trial and switches first, then writes the slot. */
   COMMIT_BEFORE_WRITE: 'LABHOST_FAULT_COMMIT_BEFORE_WRITE',
+  /** LABHOST_FAULT_SKIP_READBACK=1: the update trusts what it wrote and does not read the slot back. */
+  SKIP_READBACK: 'LABHOST_FAULT_SKIP_READBACK',
   /**
    * LABHOST_FAULT_HOLD=<tty>: at each hold point (holdAt) print `LABHOST-HOLD <point>` on stderr
    * and wait for a line on <tty> before going on. The campaign's second serial port: the harness

@@ -11,6 +11,7 @@ import fs from 'node:fs'
 import { execa } from 'execa'
 import { alignedBuffers, DIRECT_ALIGN, DirectFile, readUpTo, roundUp } from '../lib/direct-io.ts'
 import { LabhostError } from '../lib/errors.ts'
+import { fault } from '../lib/faults.ts'
 import { ZstdReader, type ZstdVerdict } from '../lib/zstd-reader.ts'
 import { HashPool } from '../lib/hash-pool.ts'
 import type { Progress } from '../lib/progress.ts'
@@ -338,6 +339,8 @@ export interface VerifyOptions {
  * first bad chunk: after a mismatch, only chunks before it are still checked.
  */
 export async function verifyImage(target: ImageTarget, manifest: Manifest, o: VerifyOptions = {}): Promise<void> {
+  // fault injection (test builds only): the mutant that trusts what it wrote
+  if (fault('SKIP_READBACK') === '1') return
   const { progress, skip = new Set<number>() } = o
   const { chunkSize: size, size: total, chunks } = manifest.image
   const file = DirectFile.open(target.disk, 'read')

@@ -89,6 +89,17 @@ for (const firmware of ['bios', 'uefi'] as const) {
     const bad = replay({ ...input, writes: naive })
     t.ok(bad.bricked.length > 0, `the naive switch is caught offline: ${bad.bricked.length} bricked state(s), e.g. ${bad.bricked[0]?.why}`)
 
+    // An updater that commits before the slot is durable: the same writes, but no flush (and no
+    // FUA) between the slot's last data write and the commit. (Skipping only labhost's fdatasync
+    // is not enough to show it here: the trial state is fsynced on the same disk before the commit,
+    // and that flush makes the slot durable too.) The replay's flush epochs must catch it.
+    const slotB = input.slots.B
+    const lastSlotWrite = writes.findLastIndex((w, i) => i < commitIndex && !!w.data && w.length > 0 && w.offset < slotB.offset + slotB.bytes && w.offset + w.length > slotB.offset)
+    t.ok(lastSlotWrite > 0 && writes.slice(lastSlotWrite, commitIndex).some((w) => w.flush), 'the real update flushes between the slot\'s last write and the commit')
+    const unsynced = writes.map((w, i) => (i > lastSlotWrite && i <= commitIndex ? { ...w, flush: false, fua: false } : w))
+    const early = replay({ ...input, writes: unsynced })
+    t.ok(early.bricked.some((b) => /does not hold a whole image/.test(b.why)), `a commit before the slot is durable is caught offline: ${early.bricked.length} bricked state(s), e.g. ${early.bricked[0]?.why}`)
+
     // Boot a sample: just before the commit (1.0.0), the end (2.0.0 on trial), the naive end (no boot).
     // each ends at the first verdict on the console: userspace up, the initramfs giving up, or the
     // firmware finding nothing to boot (OVMF then starts its shell)

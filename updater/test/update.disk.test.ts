@@ -5,6 +5,7 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import t, { type Test } from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
+import { FAULTS } from '../../lib/faults.ts'
 import { run } from '../../lib/exec.ts'
 import { differingBlocks, hashWhole, readRange, runCli, tmpDir, xorRange } from '../../lib/test-helpers.ts'
 import { openGptDisk, readGpt } from '../../bootloader/gpt.ts'
@@ -143,6 +144,30 @@ t.test('a byte corrupted on the disk after writing is caught by the read-back', 
   }), { code: 'hashMismatch', message: /reading slot B back .*: chunk 7 / })
   t.ok(readRange(h.disk, 0, MiB).equals(gptBefore), 'no switch')
   t.same(fs.readdirSync(h.state), [], 'no trial armed')
+})
+
+// The mutant check for the test above: an updater that skips the read-back (lib/faults.ts,
+// SKIP_READBACK; never in the release build) switches to a slot corrupted after its write. So the
+// read-back, not something else, is what refuses it.
+t.test('without the read-back (fault SKIP_READBACK) a slot corrupted after its write is switched to', async (t) => {
+  for (const mutant of [false, true]) {
+    const h = await host(t)
+    const corruptAt = h.plan[1]!.firstLba * 512 + 7 * MiB + 3
+    if (mutant) process.env[FAULTS.SKIP_READBACK] = '1'
+    try {
+      const outcome = await runUpdate({
+        source: v2, trustedKey: keys.publicKeyFile, paths: h.lib,
+        // corrupted once the write is done, before anything reads it back
+        phase: (p) => { if (p === 'verify') xorRange(h.disk, corruptAt, Buffer.from([0x01])) },
+      }).then(() => 'switched', (e: { code?: string }) => e.code)
+      t.equal(outcome, mutant ? 'switched' : 'hashMismatch', mutant ? 'the mutant switches to the corrupted slot' : 'the real updater refuses it')
+      const d = openGptDisk(h.disk)
+      t.equal(slotStatus(readGpt(d)).active, mutant ? 'B' : 'A', 'the flagged slot afterwards')
+      d.close()
+    } finally {
+      delete process.env[FAULTS.SKIP_READBACK]
+    }
+  }
 })
 
 t.test('--read-back takes during or after; anything else is a usage error before anything is read', async (t) => {
