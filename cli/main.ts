@@ -8,11 +8,12 @@ import { markGoodCommand, status, trialCheck, update } from './commands/host.ts'
 import { imageBuild, imageKeygen, imagePublish, imageSeed, imageServe, imageStick, imageVerify, schema } from './commands/image.ts'
 import { imageSelector } from './commands/image-selector.ts'
 import { slotsRepair, slotsStatus, slotsSwitch } from './commands/slots.ts'
+import { vmImagePrune, vmImagePublish, vmImagePull, wake } from './commands/vm-image.ts'
 import { parseCommandArgs, type Command, type Context } from './command.ts'
 
 export const VERSION = '0.1.0'
 
-const COMMANDS: Command[] = [slotsStatus, slotsSwitch, slotsRepair, bootloaderMbr, imageBuild, imageKeygen, imageVerify, imageStick, imageSelector, imagePublish, imageSeed, imageServe, schema, install, update, status, markGoodCommand, trialCheck]
+const COMMANDS: Command[] = [slotsStatus, slotsSwitch, slotsRepair, bootloaderMbr, imageBuild, imageKeygen, imageVerify, imageStick, imageSelector, imagePublish, imageSeed, imageServe, schema, install, update, status, markGoodCommand, trialCheck, vmImagePublish, vmImagePull, vmImagePrune, wake]
 
 function topHelp(): string {
   const width = Math.max(...COMMANDS.map((c) => c.name.length))

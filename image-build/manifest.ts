@@ -8,6 +8,8 @@ import { LabhostError } from '../lib/errors.ts'
 import { LayoutSchema, PartitionSchema } from '../lib/layout.ts'
 
 export const MANIFEST_FORMAT = 'labhost-manifest/1'
+/** The format of a VM base image's manifest (vmimages/manifest.ts), signed by the same key. */
+export const VM_IMAGE_MANIFEST_FORMAT = 'labhost-vm-image/1'
 export const CHUNK_SIZE = 1 << 20
 
 // The shape a signed manifest must have. Checked only after its signature (the fields of an
@@ -110,6 +112,11 @@ export function readPublicKey(file: string): crypto.KeyObject {
 }
 
 export function signManifest(m: Manifest, key: crypto.KeyObject): Manifest {
+  return signDocument(m, key)
+}
+
+/** Any manifest kind signed the same way: ed25519 over its canonical JSON without the signature. */
+export function signDocument<M extends { signature?: string }>(m: M, key: crypto.KeyObject): M {
   const unsigned = { ...m, signature: undefined }
   return { ...m, signature: crypto.sign(null, Buffer.from(canonicalJson(unsigned)), key).toString('base64') }
 }
@@ -122,7 +129,7 @@ const short = (v: unknown) => {
 const isObject = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v)
 
 /** The JSON value of a manifest's text, any shape. */
-function parseJson(text: string, where: string): unknown {
+export function parseJson(text: string, where: string): unknown {
   try {
     return JSON.parse(text)
   } catch (e) {
@@ -135,7 +142,7 @@ function unsigned(where: string): LabhostError {
 }
 
 /** Throws unless `v` carries a valid signature by `key`; reads nothing else of it. */
-function checkSignature(v: unknown, key: crypto.KeyObject, where: string): void {
+export function checkSignature(v: unknown, key: crypto.KeyObject, where: string): void {
   if (!isObject(v) || typeof v.signature !== 'string') throw unsigned(where)
   let ok = false
   try {
@@ -151,9 +158,36 @@ function checkSignature(v: unknown, key: crypto.KeyObject, where: string): void 
   }
 }
 
+export type ManifestKind = 'root-image' | 'vm-image'
+
+/** Which kind of signed manifest `v` claims to be, by its format (and a VM image's `kind`); null: neither. */
+export function manifestKindOf(v: unknown): ManifestKind | null {
+  if (!isObject(v)) return null
+  if (v.kind === 'vm-image' || v.format === VM_IMAGE_MANIFEST_FORMAT) return 'vm-image'
+  return v.format === MANIFEST_FORMAT ? 'root-image' : null
+}
+
+/**
+ * Refuse a manifest of the other kind (exit 42) — a VM base image is never written to a root slot,
+ * nor a root image put among the VM bases — after its signature was checked: both are signed by
+ * the same key, so the signature alone cannot tell them apart.
+ */
+export function refuseOtherKind(v: unknown, want: ManifestKind, where: string): void {
+  const kind = manifestKindOf(v)
+  if (kind === null || kind === want) return
+  const what = (k: ManifestKind) => (k === 'vm-image' ? 'a VM base image (labhost vm-image publish)' : 'a root image (labhost image build)')
+  throw new LabhostError('manifestKind', `${where} is the manifest of ${what(kind)}, not of ${what(want)}`,
+    want === 'vm-image' ? 'give the URL or directory that `labhost vm-image publish` wrote; nothing was written' : 'root slots take only root images: give an image directory that `labhost image build` wrote; nothing was written')
+}
+
 /** `v` as a Manifest, or manifestInvalid naming the first field that is wrong and its value. */
 function checkShape(v: unknown, where: string): Manifest {
-  const r = ManifestSchema.safeParse(v)
+  return checkSchema(ManifestSchema, v, where, 'not a manifest this labhost can use: rebuild the image with this labhost version; nothing was written')
+}
+
+/** `v` parsed by `schema` exactly as signed, or manifestInvalid naming the first field that is wrong and its value. */
+export function checkSchema<S extends z.ZodType>(schema: S, v: unknown, where: string, hint: string): z.infer<S> {
+  const r = schema.safeParse(v)
   if (r.success) {
     // a default zod filled in (a layout key added later) would be a key nobody signed, and the
     // signature is checked again over what this returns
@@ -168,7 +202,7 @@ function checkShape(v: unknown, where: string): Manifest {
   const field = issue.path.length ? issue.path.join('.') : '(top level)'
   const what = issue.code === 'unrecognized_keys' ? `unknown key(s) ${issue.keys.join(', ')}` : found === undefined ? 'missing' : `found ${short(found)}`
   const more = r.error.issues.length > 1 ? ` (+${r.error.issues.length - 1} more)` : ''
-  throw new LabhostError('manifestInvalid', `${where}: ${field}: ${issue.message}; ${what}${more}`, 'not a manifest this labhost can use: rebuild the image with this labhost version; nothing was written',
+  throw new LabhostError('manifestInvalid', `${where}: ${field}: ${issue.message}; ${what}${more}`, hint,
     { field, issues: r.error.issues.map((i) => ({ path: i.path.map(String), message: i.message })) })
 }
 
@@ -178,6 +212,7 @@ function checkShape(v: unknown, where: string): Manifest {
  */
 export function verifyManifestSignature(m: unknown, key: crypto.KeyObject, where: string): Manifest {
   checkSignature(m, key, where)
+  refuseOtherKind(m, 'root-image', where)
   return checkShape(m, where)
 }
 
@@ -211,6 +246,7 @@ export function readManifest(file: string): Manifest {
 export function parseManifest(text: string, where: string): Manifest {
   const v = parseJson(text, where)
   if (!isObject(v) || typeof v.signature !== 'string') throw unsigned(where)
+  refuseOtherKind(v, 'root-image', where)
   return checkShape(v, where)
 }
 

@@ -80,20 +80,25 @@ export async function infoHash(torrentFile: string): Promise<string> {
 
 export async function publishImage(imageDir: string, o: PublishOptions): Promise<Published> {
   if (!o.trackers.length) throw new LabhostError('usage', 'labhost image publish needs at least one --tracker URL', 'e.g. --tracker http://10.0.0.1:6969/announce')
-  for (const u of [...o.trackers, ...(o.webSeeds ?? [])]) {
-    if (!/^(https?|udp):\/\/[^/]/.test(u)) throw new LabhostError('usage', `${u} is not a tracker or web seed URL`, 'use http://HOST:PORT/announce (or udp://) for trackers and http(s):// for web seeds')
-  }
   const manifest = readManifest(path.join(imageDir, 'manifest.json'))
   const transport = path.join(imageDir, path.basename(manifest.transport.file))
   if (!fs.existsSync(transport) || fs.statSync(transport).size !== manifest.transport.size) {
     throw new LabhostError('notFound', `${transport} is missing or not the size its manifest says`, 'publish a complete image directory (labhost image build --out DIR)')
   }
-  const out = torrentFileFor(transport)
+  return makeTorrent(transport, o)
+}
+
+/** `file`.torrent beside `file` (mktorrent), for root and VM base images alike. */
+export async function makeTorrent(file: string, o: PublishOptions): Promise<Published> {
+  for (const u of [...o.trackers, ...(o.webSeeds ?? [])]) {
+    if (!/^(https?|udp):\/\/[^/]/.test(u)) throw new LabhostError('usage', `${u} is not a tracker or web seed URL`, 'use http://HOST:PORT/announce (or udp://) for trackers and http(s):// for web seeds')
+  }
+  const out = torrentFileFor(file)
   fs.rmSync(out, { force: true })
   const pieceLog2 = o.pieceSizeLog2 ?? 20
   // -d: no creation date, so the same image and trackers give the same torrent (and info hash)
-  await run('mktorrent', ['-d', '-l', String(pieceLog2), ...o.trackers.flatMap((t) => ['-a', t]), ...(o.webSeeds ?? []).flatMap((w) => ['-w', w]), '-o', out, transport])
-  return { torrentFile: out, infoHash: await infoHash(out), pieces: Math.ceil(manifest.transport.size / 2 ** pieceLog2) }
+  await run('mktorrent', ['-d', '-l', String(pieceLog2), ...o.trackers.flatMap((t) => ['-a', t]), ...(o.webSeeds ?? []).flatMap((w) => ['-w', w]), '-o', out, file])
+  return { torrentFile: out, infoHash: await infoHash(out), pieces: Math.ceil(fs.statSync(file).size / 2 ** pieceLog2) }
 }
 
 export interface SeedOptions {

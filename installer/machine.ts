@@ -10,6 +10,8 @@ export interface Machine {
   product: string
   serial: string | null
   biosVersion: string | null
+  /** Wired network cards (interfaces with a device behind them): `labhost wake --reports` reads the MACs here. */
+  nics: { name: string; mac: string }[]
 }
 
 const read = (dir: string, f: string): string | null => {
@@ -28,7 +30,24 @@ export function readMachine(sysRoot = '/sys'): Machine {
   if (vendor === null || product === null) {
     throw new LabhostError('modelRejected', `${dir} has no sys_vendor/product_name: the machine model cannot be checked`, 'run the installer on the PC itself (DMI is needed); nothing was written')
   }
-  return { vendor, product, serial: read(dir, 'product_serial'), biosVersion: read(dir, 'bios_version') }
+  return { vendor, product, serial: read(dir, 'product_serial'), biosVersion: read(dir, 'bios_version'), nics: readNics(sysRoot) }
+}
+
+/** Interfaces under `<sysRoot>/class/net` backed by a device (not lo, bridges, veths) with an Ethernet MAC, wireless ones left out (no Wake-on-LAN). */
+export function readNics(sysRoot = '/sys'): { name: string; mac: string }[] {
+  const dir = path.join(sysRoot, 'class/net')
+  let names: string[]
+  try {
+    names = fs.readdirSync(dir).sort()
+  } catch {
+    return []
+  }
+  return names.flatMap((name) => {
+    const nic = path.join(dir, name)
+    const mac = read(nic, 'address')
+    if (!fs.existsSync(path.join(nic, 'device')) || fs.existsSync(path.join(nic, 'wireless')) || read(nic, 'type') !== '1' || !mac || !/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/.test(mac)) return []
+    return [{ name, mac }]
+  })
 }
 
 export function modelAllowed(config: InstallConfig, m: Machine): boolean {

@@ -43,6 +43,16 @@ export const ExitCode = {
   trialFailed: 60,
   /** A .torrent that is not one file with the signed transport file's name and size (checked before aria2c starts). */
   torrentInvalid: 39,
+  /** A signed manifest of the other kind: a VM base image's where a root image's is wanted, or the reverse. */
+  manifestKind: 42,
+  /** labhost vm-image publish: not a qcow2 file of its own (other format, a backing file, errors, in use). */
+  vmImageInvalid: 70,
+  /** labhost vm-image pull: the backing partition has not the room for the image (checked before downloading). */
+  noRoom: 71,
+  /** The VM base image catalogue (INI) cannot be read as labhost writes it. */
+  catalogueInvalid: 72,
+  /** labhost vm-image prune: the --reserve-gib free space on the user partition could not be reached. */
+  reserveNotMet: 73,
 } as const
 
 export type ErrorCode = keyof typeof ExitCode
