@@ -50,7 +50,8 @@ export async function checkImage(file: string): Promise<string | null> {
     const exit = e.details.exitCode
     // qemu-img check: 1 could not check, 2 corrupt, 3 leaked clusters (harmless but not clean)
     const what = exit === 2 ? 'corrupt' : exit === 3 ? 'has leaked clusters (qemu-img check -r leaks repairs them)' : 'cannot be checked'
-    return `${what}: ${stderr.split('\n').filter(Boolean).slice(-2).join(' | ')}`
+    const first = stderr.split('\n').find((l) => l.trim()) ?? ''
+    return `${what} (qemu-img check exit ${exit}${first ? `: ${first.trim().slice(0, 120)}` : ''})`
   }
 }
 
