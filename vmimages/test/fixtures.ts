@@ -9,10 +9,10 @@ import { execa } from 'execa'
 import type { Test } from 'tap'
 import { run } from '../../lib/exec.ts'
 import { loop, sparseFile, tmpDir } from '../../lib/test-helpers.ts'
-import { holder } from '../qcow2.ts'
 
 /** A standalone qcow2 of `virtualMiB` with `dataMiB` written in 1 MiB runs of `pattern`, every other MiB. */
 export async function makeBase(file: string, o: { dataMiB: number; pattern: number; virtualMiB?: number }): Promise<string> {
+  fs.mkdirSync(path.dirname(file), { recursive: true })
   await run('qemu-img', ['create', '-q', '-f', 'qcow2', file, `${o.virtualMiB ?? 256}M`])
   const writes = Array.from({ length: o.dataMiB }, (_, i) => ['-c', `write -q -P ${(o.pattern + i) & 0xff} ${2 * i}M 1M`]).flat()
   if (writes.length) await run('qemu-io', ['-f', 'qcow2', ...writes, file])
@@ -52,9 +52,16 @@ export async function qemuHolding(t: Test, file: string): Promise<{ kill(): Prom
     await child
   }
   t.teardown(kill)
-  for (const end = Date.now() + 15_000; ; await sleep(100)) {
-    if ((await holder(file)).state === 'in-use') break
-    if (Date.now() > end || child.exitCode !== null) throw new Error(`QEMU did not take the lock on ${file}`)
+  // QEMU holds the image once /proc/locks shows its OFD locks on the file's inode (it takes them as
+  // it opens the image): read from the kernel, not with labhost's own lock check, which the tests
+  // are there to judge
+  const st = fs.statSync(file)
+  const major = (st.dev >> 8) & 0xfff
+  const minor = (st.dev & 0xff) | ((st.dev >> 12) & 0xfff00)
+  const id = `${major.toString(16).padStart(2, '0')}:${minor.toString(16).padStart(2, '0')}:${st.ino}`
+  const locked = () => fs.readFileSync('/proc/locks', 'utf8').split('\n').some((l) => /\bOFDLCK\b/.test(l) && l.split(/\s+/).includes(id))
+  for (const end = Date.now() + 15_000; !locked(); await sleep(50)) {
+    if (Date.now() > end || child.exitCode !== null) throw new Error(`QEMU did not lock ${file} (${id} not in /proc/locks)`)
   }
   return { kill }
 }
