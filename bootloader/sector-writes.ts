@@ -16,6 +16,7 @@ export async function applySectorWrites(disk: Disk, writes: readonly SectorWrite
     log(`writing ${w.region} LBA ${w.lba} (${w.data.length} bytes): ${w.why}`)
     await disk.writeSectorDurable(w.lba, w.data)
   }
+  holdAt('written')
 }
 
 export function describeWrite(w: SectorWrite): Record<string, unknown> {

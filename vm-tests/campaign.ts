@@ -193,8 +193,14 @@ export async function buildCampaignImages(dir: string): Promise<{ keyFile: strin
 export const MUTANTS = { 'naive-switch': 'SKIP_CRC_COMPENSATION', 'commit-before-write': 'COMMIT_BEFORE_WRITE' } as const satisfies Record<string, FaultName>
 export type Mutant = keyof typeof MUTANTS
 
-/** The hold points of the switch (bootloader/sector-writes.ts): the sector about to be written. */
-export const HOLD_POINTS = ['primary-array', 'backup-array'] as const
+/**
+ * The hold points of the switch (bootloader/sector-writes.ts): before each sector it writes, and
+ * `written` after the last. The mirror is written only when the backup array does not hold the
+ * new sector already (a reset before an earlier mirror can leave it so), so "after the commit,
+ * before the mirror" is the backup-array hold when there is one, else `written`.
+ */
+export const HOLD_POINTS = ['primary-array', 'backup-array', 'written'] as const
+const AFTER_COMMIT = ['backup-array', 'written']
 const HOLD_TTY = '/dev/ttyS1'
 
 function cycleHook(mutant: Mutant | undefined, scrambleMiB: number, hold: boolean): string {
@@ -383,7 +389,7 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
       let aimedHold: string | undefined
       const note = (m: Marker) => {
         if (m.kind === 'hold') {
-          if (m.a === aimedHold) record.held = m.a
+          if (m.a === aimedHold || (aimedHold === 'backup-array' && AFTER_COMMIT.includes(m.a))) record.held = m.a
           else vm.send!('go\n')
         }
         if (m.kind === 'phase') {
@@ -457,7 +463,7 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
       }
       if (record.aim === 'commit' && hold) {
         // where the draw falls in the window picks the hold: the first half before the primary
-        // array is written, the second before the backup array is
+        // array is written, the second after it, before the mirror (or the end of the switch)
         aimedHold = HOLD_POINTS[within(rnd()) < 0.5 ? 0 : 1]
         for (let m: Marker | null; record.held === undefined && phase !== 'boot' && record.updateExit === undefined;) {
           if (!(m = await con.next(deadline))) break

@@ -57,7 +57,7 @@ t.test('the release executable ignores fault-injection variables; dist/labhost-f
 })
 
 // The campaign's hold points (lib/faults.ts holdAt): the fault-enabled build stops before each
-// sector write of the switch until a line arrives on the hold device, so the harness can reset the
+// sector write of the switch (and after the last) until a line arrives on the hold device, so the harness can reset the
 // machine exactly between arming the trial and the mirror write; the release build never waits.
 t.test('LABHOST_FAULT_HOLD: dist/labhost-faults waits before each switch write until told to go; dist/labhost does not', async (t) => {
   const dir = tmpDir(t)
@@ -98,6 +98,8 @@ t.test('LABHOST_FAULT_HOLD: dist/labhost-faults waits before each switch write u
   fs.writeSync(writer, 'go\n')
   t.ok(await held('backup-array'), 'told to go, it wrote the primary array and held before the backup array', { stderr })
   t.equal(active(dev), 'B', 'the primary array flags B while it waits')
+  fs.writeSync(writer, 'go\n')
+  t.ok(await held('written'), 'and once more after the last write', { stderr })
   fs.writeSync(writer, 'go\n')
   const done = await child
   t.equal(done.exitCode, 0, 'then it finished the switch', { stderr })
