@@ -100,13 +100,12 @@ for (const firmware of ['bios', 'uefi'] as const) {
     const early = replay({ ...input, writes: unsynced })
     t.ok(early.bricked.some((b) => /does not hold a whole image/.test(b.why)), `a commit before the slot is durable is caught offline: ${early.bricked.length} bricked state(s), e.g. ${early.bricked[0]?.why}`)
 
-    // Boot a sample: just before the commit (1.0.0), the end (2.0.0 on trial), the naive end (no boot).
+    // Boot a sample: the end (2.0.0 on trial) and the naive end (no boot). (A state before the
+    // commit boots 1.0.0: every reset of the campaign before the commit shows that for real.)
     // each ends at the first verdict on the console: userspace up, the initramfs giving up, or the
     // firmware finding nothing to boot (OVMF then starts its shell)
     const verdict = /LABHOST-USERSPACE version=\S+ slot=[AB]|LABHOST-INITRAMFS-FAIL|Shell> |No bootable option/
     const boot = async (file: string) => (await bootUntilPowerOff(machine({ file, bus: 'ide-hd', rotationRate: 1 }), 300_000, verdict)).serial
-    const pre = await boot(materialize(before, writes, commitIndex, `${dir}/pre-commit.img`))
-    t.match(pre, /LABHOST-USERSPACE version=1\.0\.0 slot=A/, 'the state just before the commit boots 1.0.0, as judged')
     const end = await boot(materialize(before, writes, writes.length, `${dir}/end.img`))
     t.match(end, /LABHOST-USERSPACE version=2\.0\.0 slot=B/, 'the final state boots 2.0.0, as judged')
     const broken = await boot(materialize(before, naive, naive.length, `${dir}/naive.img`))
