@@ -3,6 +3,7 @@
 import { z } from 'zod'
 import { loadConfig } from '../lib/config.ts'
 import { patternProblem } from '../lib/pattern.ts'
+import { HostnameSchema } from './hostname.ts'
 
 // compiled (and kept) here: the installer matches with the same engine, lib/pattern.ts
 const pattern = z.string().min(1).superRefine((s, ctx) => {
@@ -38,6 +39,7 @@ export const InstallConfigSchema = z.object({
     passwordFile: z.string().optional().describe('file holding the BIOS admin password (relative to this config); never logged'),
     settings: z.record(z.string(), z.string()).default({}).describe('attribute name -> desired value, e.g. Virtualization: Enabled'),
   }).strict().default({ backend: 'auto', settings: {} }),
+  hostname: HostnameSchema.optional().describe('each host\'s own name, kept on /persistent (/persistent/hostname) and set at every boot; without it hosts are called labhost'),
   finish: z.enum(['reboot', 'poweroff', 'none']).default('reboot').describe('what the machine does after a successful install'),
 }).strict()
 

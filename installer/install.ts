@@ -1,10 +1,10 @@
 // labhost install: image a new lab PC unattended. Everything that can refuse — model, image
 // trust, disks, their contents — is decided before the first write; the plan (which disk, which
 // partitions, what is erased, what is kept) is what --dry-run prints. Then: partition, make
-// filesystems, write the image to slot A and read it back, gptmbr, identity on /persistent,
-// the report on /persistent and on the stick, and reboot or power off.
+// filesystems, write the image to slot A and read it back, gptmbr, identity (SSH host keys,
+// machine UUID, host name) on /persistent, the report on /persistent and on the stick (named by
+// the host name), and reboot or power off.
 import fs from 'node:fs'
-import os from 'node:os'
 import path from 'node:path'
 import { Disk } from '../lib/blockdev.ts'
 import { LabhostError } from '../lib/errors.ts'
@@ -23,6 +23,7 @@ import { loadInstallConfig, type InstallConfig } from './config.ts'
 import { classifyDisk, ext4UuidAt, type DiskContent } from './disk-content.ts'
 import { bootMedia, describe, describeBlockDisk, diskNameOf, listDisks, selectDisk, type BlockDisk } from './disks.ts'
 import { ensureIdentity, type Identity } from './identity.ts'
+import { chooseHostname, placeholderValues, type HostnameChoice } from './hostname.ts'
 import { readMachine, requireModel, type Machine } from './machine.ts'
 import { installSelector } from './esp.ts'
 import { SELECTOR_IN_IMAGE } from '../image-build/selector.ts'
@@ -64,11 +65,15 @@ export interface InstallPlan {
   image: { name: string; version: string; bytes: number }
   bios: BiosPlan
   disks: PlannedDisk[]
+  /** The name install.yaml gives this machine (null: it sets none); one already on a kept /persistent stays. */
+  hostname: HostnameChoice | null
   finish: InstallConfig['finish']
 }
 
-export interface InstallReport extends Omit<InstallPlan, 'bios'> {
+export interface InstallReport extends Omit<InstallPlan, 'bios' | 'hostname'> {
   bios: BiosResult
+  /** The name on /persistent/hostname after the install: the plan's, or the one an earlier install left there (kept). */
+  hostname: (HostnameChoice & { kept: boolean }) | null
   identity: Identity
   steps: { step: string; seconds: number }[]
   startedAt: string
@@ -134,6 +139,7 @@ export async function planInstall(o: InstallOptions): Promise<{ plan: InstallPla
   const config = loadInstallConfig(o.config)
   const machine = readMachine(o.sysRoot)
   requireModel(config, o.config, machine)
+  const hostname = chooseHostname(config.hostname, machine, o.config)
   const trusted = readPublicKey(o.trustedKey)
   const source = await openSource(o.image, trusted)
   const layout = source.manifest.diskLayout
@@ -163,12 +169,13 @@ export async function planInstall(o: InstallOptions): Promise<{ plan: InstallPla
   if (image.bytes > (slotA.lastLba - slotA.firstLba + 1) * disks[0]!.disk.sectorSize) {
     throw new LabhostError('imageTooSmall', `the image (${image.bytes} bytes) is larger than slot A`, 'use an image built for this layout; nothing was written')
   }
-  return { plan: { machine, firmware, image, bios, disks, finish: config.finish }, config, layout, source }
+  return { plan: { machine, firmware, image, bios, disks, hostname, finish: config.finish }, config, layout, source }
 }
 
 export function renderPlan(p: InstallPlan, dryRun: boolean): string {
   const lines = [`machine: ${p.machine.vendor} / ${p.machine.product}${p.machine.serial ? ` (serial ${p.machine.serial})` : ''}, ${p.firmware === 'uefi' ? 'UEFI' : 'legacy BIOS'} firmware`,
     `image: ${p.image.name} ${p.image.version} (${(p.image.bytes / 2 ** 20).toFixed(0)} MiB)`,
+    `hostname: ${p.hostname ? `${p.hostname.name} (${p.hostname.from})` : 'none set in install.yaml (the image\'s own, labhost)'}${p.disks[0]?.partitions.some((q) => q.action === 'keep' && q.mount === '/persistent') ? '; a name already on the kept /persistent stays' : ''}`,
     `BIOS (${p.bios.backend}${p.bios.where ? ` ${p.bios.where}` : ''}): ${p.bios.changes.map((c) => `${c.name} ${c.from} -> ${c.to}`).join(', ') || 'no changes'}${p.bios.unchanged.length ? `; already set: ${p.bios.unchanged.join(', ')}` : ''}`]
   for (const d of p.disks) {
     lines.push(`${d.role.toUpperCase()}: ${describe(d.disk)}`, `  erases: ${d.erases}`)
@@ -178,7 +185,7 @@ export function renderPlan(p: InstallPlan, dryRun: boolean): string {
       lines.push(`  ${String(q.number).padStart(2)} ${q.name.padEnd(12)} ${size.toFixed(0).padStart(7)} MiB  ${(q.mount ?? '').padEnd(15)} ${what}`)
     }
   }
-  lines.push(`then: gptmbr in the SSD's MBR, SSH host keys and machine UUID on /persistent (kept if present), report, ${p.finish}`)
+  lines.push(`then: gptmbr in the SSD's MBR, SSH host keys, machine UUID and host name on /persistent (kept if present), report, ${p.finish}`)
   if (dryRun) lines.push('dry run: nothing was written')
   return lines.join('\n')
 }
@@ -255,17 +262,30 @@ export async function runInstall(o: InstallOptions): Promise<{ plan: InstallPlan
   if (!persistent) throw new LabhostError('configInvalid', 'the image layout has no /persistent partition for the host identity', 'use a layout with a persistent partition')
   let report: InstallReport | undefined
   await step('identity and report', () => withPartitionMounted(ssd.disk.path, persistent, ssd.disk.sectorSize, async (dir) => {
-    const identity = await ensureIdentity(dir, { newIdentity: o.newIdentity })
+    const identity = await ensureIdentity(dir, { newIdentity: o.newIdentity, hostname: plan.hostname?.name })
     log(`identity: machine ${identity.machineUuid}, ssh ed25519 ${identity.sshHostKeys.ed25519} (${identity.created ? 'new' : 'kept'})`)
-    report = { ...plan, bios, identity, steps, startedAt: startedAt.toISOString(), finishedAt: new Date().toISOString(), labhost: process.env.LABHOST_VERSION ?? 'labhost' }
+    const hostname = identity.hostname === null ? null
+      : identity.hostname.kept ? { name: identity.hostname.name, from: '/persistent/hostname (an earlier install)', kept: true } : { ...plan.hostname!, kept: false }
+    if (hostname?.kept && plan.hostname && plan.hostname.name !== hostname.name) log(`hostname: kept ${hostname.name} from /persistent (install.yaml would give ${plan.hostname.name}: --new-identity takes that)`)
+    else if (hostname) log(`hostname: ${hostname.name} (${hostname.kept ? 'kept' : 'new'})`)
+    report = { ...plan, bios, hostname, identity, steps, startedAt: startedAt.toISOString(), finishedAt: new Date().toISOString(), labhost: process.env.LABHOST_VERSION ?? 'labhost' }
     writeDurable(path.join(dir, 'install-report.json'), JSON.stringify(report, null, 2) + '\n')
   }))
   report!.finishedAt = new Date().toISOString()
   if (o.reportDir) {
     clearUnfinished(o.reportDir, plan.disks.map((d) => diskIdentity(d.disk)))
-    const name = `${(plan.machine.serial || os.hostname()).replace(/[^\w.-]/g, '_')}-${startedAt.toISOString().replace(/[:.]/g, '-')}.json`
+    const name = `${reportName(report!.hostname?.name, plan.machine)}-${startedAt.toISOString().replace(/[:.]/g, '-')}.json`
     fs.writeFileSync(path.join(o.reportDir, name), JSON.stringify(report, null, 2) + '\n')
     log(`report: ${path.join(o.reportDir, name)}`)
   }
   return { plan, report }
+}
+
+/**
+ * What a report on the stick is named by, so a technician imaging a room full of PCs can tell
+ * them apart: the host name, else the DMI serial, else the first wired NIC's MAC.
+ */
+export function reportName(hostname: string | null | undefined, m: Machine | null): string {
+  const v = m && placeholderValues(m)
+  return hostname || (v?.serial.value && m!.serial!.trim().replace(/[^\w.-]+/g, '_')) || (v?.mac.value && `mac-${v.mac.value}`) || 'unknown-machine'
 }

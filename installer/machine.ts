@@ -9,6 +9,8 @@ export interface Machine {
   vendor: string
   product: string
   serial: string | null
+  /** DMI chassis_asset_tag (the asset tag set in the BIOS setup). */
+  assetTag: string | null
   biosVersion: string | null
   /** Wired network cards (interfaces with a device behind them): `labhost wake --reports` reads the MACs here. */
   nics: { name: string; mac: string }[]
@@ -30,7 +32,7 @@ export function readMachine(sysRoot = '/sys'): Machine {
   if (vendor === null || product === null) {
     throw new LabhostError('modelRejected', `${dir} has no sys_vendor/product_name: the machine model cannot be checked`, 'run the installer on the PC itself (DMI is needed); nothing was written')
   }
-  return { vendor, product, serial: read(dir, 'product_serial'), biosVersion: read(dir, 'bios_version'), nics: readNics(sysRoot) }
+  return { vendor, product, serial: read(dir, 'product_serial'), assetTag: read(dir, 'chassis_asset_tag'), biosVersion: read(dir, 'bios_version'), nics: readNics(sysRoot) }
 }
 
 /** Interfaces under `<sysRoot>/class/net` backed by a device (not lo, bridges, veths) with an Ethernet MAC, wireless ones left out (no Wake-on-LAN). */

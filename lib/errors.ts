@@ -39,6 +39,8 @@ export const ExitCode = {
   biosFailed: 56,
   /** A UEFI-only PC and an image (layout) that cannot boot on it. */
   uefiUnsupported: 57,
+  /** install.yaml's hostname setting gives this machine no valid name (no inventory entry, no serial for the pattern). */
+  hostnameUnavailable: 58,
   /** labhost trial-check: the health checks failed by the deadline and the slot was rolled back. */
   trialFailed: 60,
   /** A .torrent that is not one file with the signed transport file's name and size (checked before aria2c starts). */

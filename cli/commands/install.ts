@@ -1,10 +1,10 @@
 // labhost install: image this PC from the installer stick, unattended (installer/install.ts).
 import fs from 'node:fs'
-import os from 'node:os'
 import path from 'node:path'
 import { isLabhostError } from '../../lib/errors.ts'
 import { powerAction } from '../../lib/power.ts'
-import { renderPlan, runInstall } from '../../installer/install.ts'
+import { renderPlan, reportName, runInstall } from '../../installer/install.ts'
+import { readMachine } from '../../installer/machine.ts'
 import { requireString, type Command } from '../command.ts'
 
 export const install: Command = {
@@ -39,7 +39,11 @@ export const install: Command = {
       // the technician reads the outcome on the stick: a refusal leaves its reason there too
       if (reportDir && isLabhostError(e)) {
         fs.mkdirSync(reportDir, { recursive: true })
-        fs.writeFileSync(path.join(reportDir, `${os.hostname()}-refused-${new Date().toISOString().replace(/[:.]/g, '-')}.json`), JSON.stringify({ result: 'refused', ...e.toJSON() }, null, 2) + '\n')
+        let machine = null
+        try {
+          machine = readMachine(s('sys-root'))
+        } catch { /* no DMI: the report is named unknown-machine */ }
+        fs.writeFileSync(path.join(reportDir, `${reportName(null, machine)}-refused-${new Date().toISOString().replace(/[:.]/g, '-')}.json`), JSON.stringify({ result: 'refused', ...e.toJSON() }, null, 2) + '\n')
       }
       throw e
     }

@@ -128,6 +128,40 @@ t.test('BIOS settings through install: planned in --dry-run, applied and reporte
   t.equal(fs.readFileSync(`${fw}/attributes/Virtualization/current_value`, 'utf8'), 'Enabled')
 })
 
+t.test('hostname: from install.yaml onto /persistent and into the report, kept on a re-install, the stick\'s reports named by it', async (t) => {
+  const m = await machine(t, { config: { ...CONFIG, hostname: { pattern: 'lab-{serial}' } } })
+  const hostnameOf = async () => (await readPartitionFiles(m.ssd, 'persistent', ['hostname'])).hostname
+  const stickReport = (before: string[]) => fs.readdirSync(m.reports).filter((f) => !before.includes(f))
+  const dry = await runCli([...m.args(), '--dry-run'])
+  t.match(dry.stdout, /^hostname: lab-cn0test42 \(hostname\.pattern lab-\{serial\}\)$/m, 'the plan names the host')
+  const r = await runCli([...m.args(), '--json'])
+  t.equal(r.code, 0, { stderr: r.stderr })
+  t.same(JSON.parse(r.stdout).hostname, { name: 'lab-cn0test42', from: 'hostname.pattern lab-{serial}', kept: false }, 'the report carries it')
+  t.equal(await hostnameOf(), 'lab-cn0test42\n', '/persistent/hostname, next to machine-uuid and the SSH host keys')
+  const first = stickReport([])
+  t.match(first, [/^lab-cn0test42-\d{4}-\d\d-\d\dT[\d-]+Z\.json$/], 'the report on the stick is named by the host name')
+
+  // the inventory now names this PC otherwise: a re-install keeps the name it has, like its keys
+  fs.writeFileSync(m.config, YAML.stringify({ ...CONFIG, hostname: { pattern: 'lab-{serial}', inventory: [{ serial: 'cn0test42', name: 'r101-pc07' }] } }))
+  const again = await runCli([...m.args(), '--json'])
+  t.equal(again.code, 0, { stderr: again.stderr })
+  t.match(again.stderr, /hostname: r101-pc07 \(hostname\.inventory\.0 \(serial cn0test42\)\); a name already on the kept \/persistent stays/)
+  t.match(again.stderr, /hostname: kept lab-cn0test42 from \/persistent \(install\.yaml would give r101-pc07: --new-identity takes that\)/)
+  t.same(JSON.parse(again.stdout).hostname, { name: 'lab-cn0test42', from: '/persistent/hostname (an earlier install)', kept: true })
+  t.equal(await hostnameOf(), 'lab-cn0test42\n', 'kept on re-install')
+  t.match(stickReport(first), [/^lab-cn0test42-/], 'the second report: the same name, another time')
+  const fresh = await runCli([...m.args(), '--new-identity', '--json'])
+  t.equal(fresh.code, 0, { stderr: fresh.stderr })
+  t.same(JSON.parse(fresh.stdout).hostname, { name: 'r101-pc07', from: 'hostname.inventory.0 (serial cn0test42)', kept: false }, '--new-identity: the inventory\'s name')
+  t.equal(await hostnameOf(), 'r101-pc07\n')
+
+  // no hostname setting: none written, the report is named by the serial
+  const plain = await machine(t)
+  t.equal((await runCli([...plain.args(), '--json'])).code, 0)
+  t.equal((await readPartitionFiles(plain.ssd, 'persistent', ['hostname'])).hostname, '', 'no /persistent/hostname: the image\'s own name stands')
+  t.match(fs.readdirSync(plain.reports), [/^CN0TEST42-.*\.json$/], 'the report is named by the serial')
+})
+
 t.test('an install cut off after any step, or killed in the middle of the image write, succeeds when run again', async (t) => {
   const cuts = ['BIOS settings', 'partition the SSD', 'partition the HDD', 'write the root image to slot A', 'install gptmbr', 'mid-write']
   for (const cut of cuts) {
@@ -233,6 +267,11 @@ const refusals: { name: string; setup: (t: Test) => Promise<{ m: Machine; extra?
     code: ExitCode.configInvalid, message: /install\.yaml: disks\.ssd\.rotational: .*found value "no"/,
   },
   {
+    name: 'a hostname pattern this machine has no value for',
+    setup: async (t) => ({ m: await machine(t, { config: { ...CONFIG, hostname: { pattern: 'lab-{asset}' } } }) }),
+    code: ExitCode.hostnameUnavailable, message: /install\.yaml: hostname\.pattern: "lab-\{asset\}" gives no name for this machine: \{asset\} has no usable value \(asset absent\)/,
+  },
+  {
     name: 'image signed by another key',
     setup: async (t) => {
       const m = await machine(t)
@@ -254,6 +293,7 @@ for (const c of refusals) {
     t.same(hashes(m), before, 'SSD and HDD unchanged')
     const reports = fs.existsSync(m.reports) ? fs.readdirSync(m.reports) : []
     t.equal(reports.length, 1, 'a refusal report on the stick')
+    t.match(reports[0], /^CN0TEST42-refused-/, 'named by the machine\'s serial')
     t.match(JSON.parse(fs.readFileSync(`${m.reports}/${reports[0]}`, 'utf8')), { result: 'refused', exitCode: c.code })
   })
 }
