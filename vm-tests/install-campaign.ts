@@ -63,8 +63,10 @@ export interface InstallCycleRecord {
   aim: 'calibration' | 'uniform' | 'step'
   /** The step a stratified cycle aimed at; null otherwise. */
   aimedStep: string | null
-  /** Where in the aimed step (0..1 of INSIDE times its measured length) the instant was drawn. */
+  /** Where in the aimed step (0..1 of INSIDE times its length) the instant was drawn. */
   fraction: number | null
+  /** The step's length the instant was drawn from: the shortest this campaign had measured, or the first guess. */
+  aimedLengthMs: number | null
   /** Milliseconds after the aimed step's announcement that the reset came. */
   resetInStepMs: number | null
   /** Runs of this cycle whose aimed step ended before the instant (no reset; they completed and measured it). */
@@ -205,7 +207,7 @@ export async function runInstallCampaign(o: InstallCampaignOptions): Promise<Ins
       const aimedStep = aims ? aims[(cycle - 1) % aims.length]! : null
       const aim: InstallCycleRecord['aim'] = aims ? 'step' : report.calibration ? 'uniform' : 'calibration'
       const record: InstallCycleRecord = {
-        cycle, aim, aimedStep, fraction: null, resetInStepMs: null, missed: 0, resetAtMs: null, step: null, exit: null, booted: false, bootedAs: null, outcome: 'completed',
+        cycle, aim, aimedStep, fraction: null, aimedLengthMs: null, resetInStepMs: null, missed: 0, resetAtMs: null, step: null, exit: null, booted: false, bootedAs: null, outcome: 'completed',
       }
       report.records.push(record)
       const cycleStarted = Date.now()
@@ -249,6 +251,7 @@ export async function runInstallCampaign(o: InstallCampaignOptions): Promise<Ins
               break
             }
             const length = report.stepMs[aimedStep] ?? FIRST_GUESS_MS[aimedStep] ?? 1000
+            record.aimedLengthMs = length
             const resetAt = at.at + record.fraction! * INSIDE * length
             // wait for the instant; an announcement of anything after the step first is a miss
             let ended: Marker | null = null
@@ -329,7 +332,7 @@ export async function runInstallCampaign(o: InstallCampaignOptions): Promise<Ins
       const sec = (ms: number) => `${(ms / 1000).toFixed(2)} s`
       log(record.aim === 'calibration' ? `calibration: install ${sec(report.calibration!.installMs)}, SSD boots`
         : record.aim === 'step' ? `install cycle ${cycle}: aimed at "${record.aimedStep}", reset ${sec(record.resetInStepMs!)} after its announcement (${(record.fraction! * 100).toFixed(0)} % of ${INSIDE * 100} % of ` +
-          `${sec(report.stepMs[record.aimedStep!] ?? NaN)}), during "${record.step}" -> re-run exit 0, SSD boots ${record.bootedAs!.version} from slot A; cycle ${record.seconds.toFixed(0)} s`
+          `${sec(record.aimedLengthMs!)}), during "${record.step}" -> re-run exit 0, SSD boots ${record.bootedAs!.version} from slot A; cycle ${record.seconds.toFixed(0)} s`
           : `install cycle ${cycle}: reset at ${sec(record.resetAtMs!)} (${record.step ?? 'before the first step'}) -> re-run exit 0, SSD boots`)
     }
   } finally {
