@@ -499,7 +499,7 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
       else report.new++
       if (record.updateExit !== undefined) report.failedUpdates++
       keep(record)
-      log(`cycle ${cycle}: ${record.from} -> ${record.to}, reset ${record.aim} at ${(record.resetAtMs / 1000).toFixed(2)} s (${record.phase}${record.held ? `, held before the ${record.held} write` : ''}) -> ${record.outcome} ${record.booted!.version} in slot ${record.booted!.slot}, userspace after ${record.bootSeconds!.toFixed(1)} s` +
+      log(`cycle ${cycle}: ${record.from} -> ${record.to}, reset ${record.aim} at ${(record.resetAtMs / 1000).toFixed(2)} s (${record.phase}${record.held === 'written' ? ', held after the switch\'s last write' : record.held ? `, held before the ${record.held} write` : ''}) -> ${record.outcome} ${record.booted!.version} in slot ${record.booted!.slot}, userspace after ${record.bootSeconds!.toFixed(1)} s` +
         (record.updateExit !== undefined ? `; the update had failed by itself (exit ${record.updateExit})` : ''))
     }
   } finally {
