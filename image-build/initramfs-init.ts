@@ -113,8 +113,13 @@ if [ -n "$TRIAL" ]; then
     D=$(dirname $TRIAL)
     dd if=/dev/$DISK bs=$SS skip=$PRIMARY_LBA count=1 2>/dev/null > /run/labhost/current.sector
     cmp -s /run/labhost/current.sector $D/committed.sector || fail "the GPT sector is not the one the update wrote; not rolling back"
-    dd if=$D/rollback.sector of=/dev/$DISK bs=$SS seek=$PRIMARY_LBA count=1 oflag=direct conv=notrunc,fsync 2>/dev/null || fail "rollback write failed"
-    dd if=$D/rollback.sector of=/dev/$DISK bs=$SS seek=$BACKUP_LBA count=1 oflag=direct conv=notrunc,fsync 2>/dev/null || fail "rollback mirror failed"
+    # One O_DIRECT write of the one saved sector (DESIGN §3.4), at a byte offset. bs=4096, not $SS:
+    # busybox dd gives O_DIRECT a page-aligned buffer only for blocks of a page or more; a 512-byte
+    # one is malloc'ed, the kernel refuses it (EINVAL) and dd silently retries through the page
+    # cache, which wrote the whole 4 KiB block holding the sector (LBA 0-7; the rollback campaign's
+    # recording showed it). The file holds one sector, so the one read and the one write are that sector.
+    dd if=$D/rollback.sector of=/dev/$DISK bs=4096 count=1 seek=$((PRIMARY_LBA * SS)) oflag=direct,seek_bytes conv=notrunc,fsync 2>/dev/null || fail "rollback write failed"
+    dd if=$D/rollback.sector of=/dev/$DISK bs=4096 count=1 seek=$((BACKUP_LBA * SS)) oflag=direct,seek_bytes conv=notrunc,fsync 2>/dev/null || fail "rollback mirror failed"
     put_state $D/last-result "RESULT=rolled-back
 FROM=$SLOT
 TO=$OTHER
