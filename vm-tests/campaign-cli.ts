@@ -1,12 +1,16 @@
-// npm run vm-tests -- [--mode update|install] [--cycles N] [--seed S] [--json report.json]
+// npm run vm-tests -- [--mode update|install|rollback] [--cycles N] [--seed S] [--json report.json]
 //                     [--driver auto|qemu|virtualbox] [--keep DIR] [--commit-weight F] [--cpus N] [--mutant naive-switch|commit-before-write]
 //                     [--firmware bios|uefi]  (uefi: OVMF, no CSM, the selector on the ESP; update mode)
 //                     [--stratified]  (alternate commit/uniform aims, instants in slices: what npm test runs;
 //                                      install mode: resets aimed at partitioning, the image write, identity in turn)
 //                     [--hold]  (commit aims reset while the guest waits before a switch write: load-independent)
 //                     [--resume report.json]  (continue a cut-off update campaign to N cycles in all)
+//                     rollback mode: updates to a version that fails its trial and resets in its trial boots,
+//                     its userspace and the initramfs's rollback write (--stratified: those aims in turn)
 // The random-reset campaign: resets during updates (vm-tests/campaign.ts; summary `cycles N,
-// resets N, old N, new N, bricked N`) or during installs from the stick (install-campaign.ts).
+// resets N, old N, new N, bricked N`), during installs from the stick (install-campaign.ts), or
+// during the trial and the rollback of a failing version (rollback-campaign.ts; summary `rollback
+// cycles N, resets N, rolled back N, bricked N`).
 // Exits 1 when a cycle bricked or a re-run failed (disks and serial log are kept) or an update
 // failed by itself.
 import fs from 'node:fs'
@@ -18,6 +22,7 @@ import { execa } from 'execa'
 import { chooseDriver } from './driver.ts'
 import { MUTANTS, runUpdateCampaign, summaryLine, type CampaignReport, type Mutant } from './campaign.ts'
 import { installSummaryLine, runInstallCampaign } from './install-campaign.ts'
+import { rollbackSummaryLine, runRollbackCampaign } from './rollback-campaign.ts'
 
 const root = path.resolve(import.meta.dirname, '..')
 const { values } = parseArgs({
@@ -44,6 +49,10 @@ if (values.mutant !== undefined && !(values.mutant in MUTANTS)) {
 }
 if (values.firmware !== 'bios' && values.firmware !== 'uefi') {
   console.error(`--firmware ${values.firmware} is neither bios nor uefi`)
+  process.exit(2)
+}
+if (values.mode === 'rollback' && (values.firmware !== 'bios' || values.mutant !== undefined || values.hold)) {
+  console.error('--mode rollback runs on bios firmware, with no --mutant and no --hold')
   process.exit(2)
 }
 if (values.help) {
@@ -107,8 +116,16 @@ try {
     if (values.json) fs.writeFileSync(values.json, JSON.stringify(report, null, 2) + '\n')
     console.log(`${summaryLine(report)}; ${report.resetsPerHour} resets per hour under ${report.accel}, ${(report.seconds / 60).toFixed(1)} min`)
     process.exitCode = report.bricked || report.failedUpdates ? 1 : 0
+  } else if (values.mode === 'rollback') {
+    const report = await runRollbackCampaign({
+      driver, cycles, seed, workDir, keepDir: values.keep, stratified: values.stratified, log: (l) => console.log(l),
+      onCycle: values.json ? (r) => fs.writeFileSync(values.json!, JSON.stringify({ ...r, partial: true }, null, 2) + '\n') : undefined,
+    })
+    if (values.json) fs.writeFileSync(values.json, JSON.stringify(report, null, 2) + '\n')
+    console.log(`${rollbackSummaryLine(report)}; ${report.resetsPerHour} resets per hour under ${report.accel}, ${(report.seconds / 60).toFixed(1)} min`)
+    process.exitCode = report.bricked || report.failedUpdates || report.lost || report.stopped ? 1 : 0
   } else {
-    console.error(`--mode ${values.mode}: use update or install`)
+    console.error(`--mode ${values.mode}: use update, install or rollback`)
     process.exitCode = 2
   }
 } finally {
