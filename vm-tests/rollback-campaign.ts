@@ -156,6 +156,7 @@ export interface RollbackCampaignReport {
   trialBoots: number
   cycles: number
   resets: number
+  /** Reset cycles that ended on the good version (the calibration is not counted). */
   rolledBack: number
   bricked: number
   failedUpdates: number
@@ -512,7 +513,7 @@ export async function runRollbackCampaign(o: RollbackCampaignOptions): Promise<R
   let vm: RunningVm = await o.driver.start(record ? { ...spec, disks: [{ ...spec.disks[0]!, writeLog }, spec.disks[1]!] } : spec, serialFile)
   let con = new Console(vm, MARKERS)
   const brick = async (r: RollbackCycleRecord, why: string) => {
-    if (r.outcome === 'rolled-back' && report.records.includes(r)) report.rolledBack--
+    if (r.outcome === 'rolled-back' && r.aim !== 'calibration' && report.records.includes(r)) report.rolledBack--
     r.outcome = 'brick'
     report.bricked++
     await vm.powerOff()
@@ -728,7 +729,7 @@ export async function runRollbackCampaign(o: RollbackCampaignOptions): Promise<R
           }
           r.bootsUntilGood = trialBoots + 2
         }
-        report.rolledBack++
+        // (the calibration is not counted among the rolled-back resets: it had none)
         keep(r)
         const c = calibration
         log(`calibration: ${r.good.version} in ${r.good.slot} -> ${FAILING_VERSION} in ${r.failingSlot}: boot to the state partition's mount ${c.bootToStateMountMs.map(fmt).join(', ')}; ` +
