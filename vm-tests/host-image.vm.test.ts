@@ -1,18 +1,19 @@
 // The `host` recipe (debootstrap'd Debian, systemd, openssh-server) boots from slot A through
 // the shared initramfs, sshd runs with the host keys the installer puts on /persistent, and
 // labhost-trial.service ends a trial once its health check (sshd active) passes; the status timer
-// writes its metrics file for node_exporter's textfile collector. (The test adds one unit of its
-// own to slot A that prints that file on the console once it exists; the image has none.)
+// writes its metrics file for node_exporter's textfile collector. The host takes its name from
+// /persistent, and no unit fails on the read-only root. (The test adds one unit of its own to
+// slot A that prints the metrics file on the console once it exists; the image has none.)
 import fs from 'node:fs'
 import t from 'tap'
 import { cacheKeys } from '../image-build/cache-keys.ts'
-import { run } from '../lib/exec.ts'
 import { Disk } from '../lib/blockdev.ts'
 import { readGpt } from '../bootloader/gpt.ts'
 import { planSwitch } from '../bootloader/switch.ts'
 import { writeTrialState } from '../updater/trial-state.ts'
 import { runCli, tmpDir } from '../lib/test-helpers.ts'
 import { loadRecipe } from '../image-build/recipe.ts'
+import { ensureIdentity } from '../installer/identity.ts'
 import { bootUntilPowerOff } from './qemu.ts'
 import { buildHostDisks, withPartition } from './fixtures/host-disks.ts'
 
@@ -24,11 +25,9 @@ t.test('host image: systemd userspace from slot A, sshd with keys from /persiste
   t.comment(`host image: ${JSON.parse(b.stdout).size} bytes, built in ${JSON.parse(b.stdout).seconds} s`)
   const layout = loadRecipe('host').layout
   const disks = await buildHostDisks(dir, layout, `${dir}/image/root.img`, { slots: ['A'], flag: 'A' })
-  // what the installer's identity step does: host keys on /persistent, once
-  await withPartition(disks.ssd, disks.ssdPlan.find((p) => p.mount === '/persistent')!, async (root) => {
-    fs.mkdirSync(`${root}/ssh`, { mode: 0o700 })
-    for (const type of ['ed25519', 'rsa']) await run('ssh-keygen', ['-q', '-t', type, '-N', '', '-f', `${root}/ssh/ssh_host_${type}_key`])
-  })
+  // the installer's identity step: host keys, machine UUID and the host name on /persistent
+  const HOSTNAME = 'lab-vm-host-01'
+  await withPartition(disks.ssd, disks.ssdPlan.find((p) => p.mount === '/persistent')!, (root) => ensureIdentity(root, { hostname: HOSTNAME }))
   // the test's observer of the timer: prints the metrics file once the timer has written it
   await withPartition(disks.ssd, disks.ssdPlan[0]!, async (root) => {
     fs.writeFileSync(`${root}/etc/systemd/system/test-metrics-report.service`, `[Unit]
@@ -62,6 +61,8 @@ WantedBy=multi-user.target
     const m = /LABHOST-USERSPACE version=(\S+) slot=(\S+) device=\S+ ssh=(\S+) labhost=(\S+) trial=(\S+)/.exec(r.serial)
     t.same(m?.slice(1), ['1.0.0', 'A', 'active', labhostVersion, 'none'],
       `boot ${i}: multi-user reached, sshd active with the /persistent keys, labhost runs, mark-good ended the trial`)
+    const host = /LABHOST-USERSPACE .* hostname=(\S+) static=(\S+) failed=(\S+)/.exec(r.serial)
+    t.same(host?.slice(1), [HOSTNAME, HOSTNAME, 'none'], `boot ${i}: the host name from /persistent (kernel and systemd-hostnamed's static one), no failed unit`, { line: host?.[0] })
     if (i === 2) {
       const metrics = /LABHOST-METRICS-FILE trigger=(\S*) ([^\n]*)/.exec(r.serial)
       t.ok(metrics && metrics[1] !== '' && metrics[1] !== '0', 'labhost-status.timer fired', { line: metrics?.[0] })
