@@ -27,8 +27,8 @@ export interface VmSpec {
   memoryMb?: number
   /** Virtual CPUs (default 1); under TCG each is a host thread. */
   cpus?: number
-  /** DMI system vendor / product, as `-smbios type=1` sets them. */
-  smbios?: { manufacturer: string; product: string }
+  /** DMI system vendor / product (and serial number), as `-smbios type=1` sets them. */
+  smbios?: { manufacturer: string; product: string; serial?: string }
   accel?: Accel
   /**
    * A virtio NIC on QEMU user networking, restricted: the guest reaches nothing but the
@@ -89,7 +89,7 @@ export function qemuArgs(spec: VmSpec, accel: Accel, serialFile: string, machine
     args.push('-nic', 'none')
   }
   if (accel === 'kvm') args.push('-cpu', 'host')
-  if (spec.smbios) args.push('-smbios', `type=1,manufacturer=${spec.smbios.manufacturer.replace(/,/g, ',,')},product=${spec.smbios.product.replace(/,/g, ',,')}`)
+  if (spec.smbios) args.push('-smbios', `type=1,manufacturer=${spec.smbios.manufacturer.replace(/,/g, ',,')},product=${spec.smbios.product.replace(/,/g, ',,')}${spec.smbios.serial !== undefined ? `,serial=${spec.smbios.serial.replace(/,/g, ',,')}` : ''}`)
   if (spec.disks.some((d) => d.bus === 'usb-storage')) args.push('-device', 'qemu-xhci,id=xhci')
   let ide = 0
   spec.disks.forEach((d, i) => {

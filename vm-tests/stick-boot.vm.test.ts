@@ -1,7 +1,8 @@
 // The USB installer stick in a lab-PC-shaped VM (emulated USB stick, SSD with rotation_rate=1,
 // HDD with rotation_rate=7200, DMI strings): it boots, `labhost install` picks the disks by
 // their properties, images them unattended and powers off; the PC then boots the lab host
-// image from the SSD. A re-run keeps the identity. Every refusal leaves the disks byte-identical,
+// image from the SSD. A second PC imaged from the same stick gets its own name, identity and
+// report. A re-run keeps the identity. Every refusal leaves the disks byte-identical,
 // the PC on with the reason on screen, and the reason in reports/ on the stick.
 import fs from 'node:fs'
 import t, { type Test } from 'tap'
@@ -9,7 +10,7 @@ import YAML from 'yaml'
 import { ExitCode } from '../lib/errors.ts'
 import { run } from '../lib/exec.ts'
 import { hashWhole, runCli, sparseFile, tmpDir } from '../lib/test-helpers.ts'
-import { bootUntilPowerOff, type VmDisk } from './qemu.ts'
+import { bootUntilPowerOff, type VmDisk, type VmSpec } from './qemu.ts'
 import { readPartitionFiles } from './fixtures/host-disks.ts'
 import { leanRecipe } from './fixtures/lean-image.ts'
 
@@ -18,8 +19,12 @@ const DELL = { manufacturer: 'Dell Inc.', product: 'OptiPlex 7010' }
 const CONFIG = {
   models: [DELL].map((m) => ({ vendor: m.manufacturer, product: m.product })),
   disks: { ssd: { rotational: false, minSizeGiB: 0.55 }, hdd: { rotational: true, minSizeGiB: 0.05 } },
+  // a room's stick: PCs named by their serial, one of them by the inventory (by the MAC of its NIC, QEMU's first)
+  hostname: { pattern: 'lab-{serial}', inventory: [{ mac: '52:54:00:12:34:56', name: 'r101-pc02' }] },
   finish: 'poweroff',
 }
+const PC1 = { ...DELL, serial: 'CZC4120AB1' }
+const PC2 = { ...DELL, serial: 'CZC4120AB2' }
 
 const dir = tmpDir(t, 'labhost-vm-stick-')
 let stickTemplate = ''
@@ -61,16 +66,16 @@ async function stickReports(stick: string): Promise<string[]> {
 const ssdDisk = (file: string, bootIndex = 1): VmDisk => ({ file, bus: 'ide-hd', rotationRate: 1, bootIndex })
 const hddDisk = (file: string): VmDisk => ({ file, bus: 'ide-hd', rotationRate: 7200, bootIndex: 2 })
 
-async function bootStick(t: Test, stick: string, disks: VmDisk[], smbios = DELL) {
-  const r = await bootUntilPowerOff({ smbios, disks: [{ file: stick, bus: 'usb-storage', bootIndex: 0 }, ...disks] }, 600_000, /labhost install refused \(exit \d+\)/)
+async function bootStick(t: Test, stick: string, disks: VmDisk[], smbios: VmSpec['smbios'] = PC1, net?: VmSpec['net']) {
+  const r = await bootUntilPowerOff({ smbios, net, disks: [{ file: stick, bus: 'usb-storage', bootIndex: 0 }, ...disks] }, 600_000, /labhost install refused \(exit \d+\)/)
   t.comment(`stick boot under ${r.accel} in ${r.seconds.toFixed(1)} s`)
   t.match(r.serial, /LABHOST-STICK-INSTALL-START config=\/data\/install\.yaml/, 'the stick started labhost install', { serial: r.serial.slice(-3000) })
   return { ...r, exit: Number(/LABHOST-STICK-INSTALL-END exit=(\d+)/.exec(r.serial)?.[1] ?? NaN) }
 }
 
-const persistentFiles = (ssd: string) => readPartitionFiles(ssd, 'persistent', ['machine-uuid', 'ssh/ssh_host_ed25519_key', 'ssh/ssh_host_rsa_key.pub', 'install-report.json'])
+const persistentFiles = (ssd: string) => readPartitionFiles(ssd, 'persistent', ['machine-uuid', 'ssh/ssh_host_ed25519_key', 'ssh/ssh_host_rsa_key.pub', 'install-report.json', 'hostname'])
 
-t.test('blank SSD + HDD: installed unattended, boots the lab host from the SSD; a re-run keeps the identity', async (t) => {
+t.test('blank SSD + HDD: installed unattended, boots the lab host from the SSD; a second PC from the same stick gets its own name, identity and report; a re-run keeps the identity', async (t) => {
   const d = tmpDir(t)
   const ssd = sparseFile(`${d}/ssd.img`, 640 * MiB)
   const hdd = sparseFile(`${d}/hdd.img`, 64 * MiB)
@@ -82,11 +87,31 @@ t.test('blank SSD + HDD: installed unattended, boots the lab host from the SSD; 
   t.match(log, /SSD: \/dev\/sd\w \(QEMU HARDDISK, serial QM0000\d/, 'the SSD was found by its properties')
   t.match(log, /HDD: \/dev\/sd\w .*rotational\)/, 'the HDD too')
   t.match(log, /step: write the root image to slot A/)
-  t.equal((await stickReports(stick)).length, 1, 'the install report is on the stick')
+  t.match(await stickReports(stick), [/^lab-czc4120ab1-[\dT-]+Z\.json$/], 'the install report is on the stick, named by the host name')
   const files = await persistentFiles(ssd)
   t.match(files['machine-uuid'], /^[0-9a-f-]{36}\n$/, 'machine UUID on /persistent')
   t.match(files['ssh/ssh_host_ed25519_key'], /BEGIN OPENSSH PRIVATE KEY/, 'SSH host keys on /persistent')
-  t.match(JSON.parse(files['install-report.json']!), { machine: { vendor: 'Dell Inc.', product: 'OptiPlex 7010' }, identity: { created: true } })
+  t.equal(files.hostname, 'lab-czc4120ab1\n', 'the host name from install.yaml\'s pattern and the DMI serial on /persistent')
+  t.match(JSON.parse(files['install-report.json']!), { machine: { vendor: 'Dell Inc.', product: 'OptiPlex 7010', serial: 'CZC4120AB1' }, identity: { created: true }, hostname: { name: 'lab-czc4120ab1', kept: false } })
+
+  // the next PC of the room, from the same stick: another serial and a NIC (no network: restricted,
+  // no forwards), another name (the inventory's for its MAC), its own identity and report
+  const ssd2 = sparseFile(`${d}/ssd2.img`, 640 * MiB)
+  const hdd2 = sparseFile(`${d}/hdd2.img`, 64 * MiB)
+  const second = await bootStick(t, stick, [ssdDisk(ssd2), hddDisk(hdd2)], PC2, { forwards: [] })
+  t.equal(second.exit, 0, 'second PC: labhost install exit 0', { serial: second.serial.slice(-4000) })
+  const files2 = await persistentFiles(ssd2)
+  t.equal(files2.hostname, 'r101-pc02\n', 'second PC: the inventory\'s name for the MAC of its NIC')
+  t.match(files2['machine-uuid'], /^[0-9a-f-]{36}\n$/)
+  t.not(files2['machine-uuid'], files['machine-uuid'], 'another machine UUID')
+  t.not(files2['ssh/ssh_host_ed25519_key'], files['ssh/ssh_host_ed25519_key'], 'other SSH host keys')
+  t.not(files2['ssh/ssh_host_rsa_key.pub'], files['ssh/ssh_host_rsa_key.pub'])
+  const reports = (await stickReports(stick)).sort()
+  t.comment(`reports on the stick: ${reports.join(' ')}`)
+  t.match(reports, [/^lab-czc4120ab1-/, /^r101-pc02-/], 'two reports on the stick, one per PC, told apart by name')
+  const onStick = await Promise.all(reports.map(async (f) => JSON.parse(await stickFile(stick, `reports/${f}`))))
+  t.same(onStick.map((x) => [x.hostname.name, x.machine.serial, x.machine.nics.map((n: { mac: string }) => n.mac), x.identity.machineUuid]),
+    [['lab-czc4120ab1', 'CZC4120AB1', [], files['machine-uuid']!.trim()], ['r101-pc02', 'CZC4120AB2', ['52:54:00:12:34:56'], files2['machine-uuid']!.trim()]], 'each report names its PC, its NICs and identity')
 
   const host = await bootUntilPowerOff({ smbios: DELL, disks: [ssdDisk(ssd), hddDisk(hdd)] }, 300_000)
   t.comment(`SSD boot in ${host.seconds.toFixed(1)} s`)
@@ -98,7 +123,8 @@ t.test('blank SSD + HDD: installed unattended, boots the lab host from the SSD; 
   const kept = await persistentFiles(ssd)
   t.equal(kept['machine-uuid'], files['machine-uuid'], 'same machine UUID')
   t.equal(kept['ssh/ssh_host_ed25519_key'], files['ssh/ssh_host_ed25519_key'], 'same SSH host key')
-  t.match(JSON.parse(kept['install-report.json']!), { identity: { created: false } })
+  t.equal(kept.hostname, files.hostname, 'same host name')
+  t.match(JSON.parse(kept['install-report.json']!), { identity: { created: false }, hostname: { name: 'lab-czc4120ab1', kept: true } })
 })
 
 // One refusal per way the PC's own hardware is read (DMI, the disks' sysfs, their contents); a
