@@ -62,6 +62,7 @@ WantedBy=multi-user.target
     t.same(m?.slice(1), ['1.0.0', 'A', 'active', labhostVersion, 'none'],
       `boot ${i}: multi-user reached, sshd active with the /persistent keys, labhost runs, mark-good ended the trial`)
     const host = /LABHOST-USERSPACE .* hostname=(\S+) static=(\S+) failed=(\S+)/.exec(r.serial)
+    t.comment(host?.[0] ?? 'no LABHOST-USERSPACE line with hostname=')
     t.same(host?.slice(1), [HOSTNAME, HOSTNAME, 'none'], `boot ${i}: the host name from /persistent (kernel and systemd-hostnamed's static one), no failed unit`, { line: host?.[0] })
     if (i === 2) {
       const metrics = /LABHOST-METRICS-FILE trigger=(\S*) ([^\n]*)/.exec(r.serial)
