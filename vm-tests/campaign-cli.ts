@@ -4,7 +4,7 @@
 //                     [--stratified]  (alternate commit/uniform aims, instants in slices: what npm test runs;
 //                                      install mode: resets aimed at partitioning, the image write, identity in turn)
 //                     [--hold]  (commit aims reset while the guest waits before a switch write: load-independent)
-//                     [--resume report.json]  (continue a cut-off update campaign to N cycles in all)
+//                     [--resume report.json]  (continue a cut-off update or rollback campaign to N cycles in all)
 //                     rollback mode: updates to a version that fails its trial and resets in its trial boots,
 //                     its userspace and the initramfs's rollback write (--stratified: those aims in turn)
 // The random-reset campaign: resets during updates (vm-tests/campaign.ts; summary `cycles N,
@@ -22,7 +22,7 @@ import { execa } from 'execa'
 import { chooseDriver } from './driver.ts'
 import { MUTANTS, runUpdateCampaign, summaryLine, type CampaignReport, type Mutant } from './campaign.ts'
 import { installSummaryLine, runInstallCampaign } from './install-campaign.ts'
-import { rollbackSummaryLine, runRollbackCampaign } from './rollback-campaign.ts'
+import { rollbackSummaryLine, runRollbackCampaign, type RollbackCampaignReport } from './rollback-campaign.ts'
 
 const root = path.resolve(import.meta.dirname, '..')
 const { values } = parseArgs({
@@ -72,8 +72,12 @@ if (values.resume) {
     console.error(`--resume ${values.resume} was made with seed ${resume.seed}, not ${values.seed}: drop --seed`)
     process.exit(2)
   }
-  if (values.mode !== 'update') {
-    console.error('--resume continues update campaigns only')
+  if (values.mode !== 'update' && values.mode !== 'rollback') {
+    console.error('--resume continues update and rollback campaigns only')
+    process.exit(2)
+  }
+  if (((resume as { mode?: string }).mode === 'rollback') !== (values.mode === 'rollback')) {
+    console.error(`--resume ${values.resume} is not a report of --mode ${values.mode}`)
     process.exit(2)
   }
   values.json ??= values.resume
@@ -119,6 +123,7 @@ try {
   } else if (values.mode === 'rollback') {
     const report = await runRollbackCampaign({
       driver, cycles, seed, workDir, keepDir: values.keep, stratified: values.stratified, log: (l) => console.log(l),
+      resume: resume as unknown as RollbackCampaignReport | undefined,
       onCycle: values.json ? (r) => fs.writeFileSync(values.json!, JSON.stringify({ ...r, partial: true }, null, 2) + '\n') : undefined,
     })
     if (values.json) fs.writeFileSync(values.json, JSON.stringify(report, null, 2) + '\n')

@@ -72,6 +72,13 @@ export interface RollbackCampaignOptions {
   log?: (line: string) => void
   /** Called with the report so far after every cycle (a long run keeps a record if it is cut off). */
   onCycle?: (report: RollbackCampaignReport) => void
+  /**
+   * The partial report of a run of the same seed that was cut off: its cycles count, its draws are
+   * replayed (three per cycle after a calibration) so the next cycles get the instants the uncut
+   * run would have drawn, and the machine starts afresh (1.0.0 in slot A, a new calibration and
+   * recording).
+   */
+  resume?: RollbackCampaignReport
 }
 
 export type RollbackAim = 'trial-boot' | 'failing-userspace' | 'rollback'
@@ -177,6 +184,8 @@ export interface RollbackCampaignReport {
   kept?: string
   /** Why the run ended early, when it did. */
   stopped?: string
+  /** The runs the report was made in: more than one when a cut-off run was resumed (each with its own calibration and recording). */
+  runs?: { firstCycle: number; seconds: number; oneSector: boolean | null }[]
 }
 
 /** What the unreset first cycle measured (ms), to aim by. */
@@ -461,11 +470,24 @@ export async function runRollbackCampaign(o: RollbackCampaignOptions): Promise<R
     mode: 'rollback', driver: o.driver.name, accel: await o.driver.accel(), seed: o.seed, trialBoots, cycles: 0, resets: 0, rolledBack: 0, bricked: 0,
     failedUpdates: 0, hits: 0, lost: 0, byPhase: {}, seconds: 0, resetsPerHour: 0, calibration: null, aims: o.stratified ? 'stratified' : 'independent', rollbackWrites: null, records: [],
   }
+  const prior = o.resume
+  if (prior) {
+    if (prior.mode !== 'rollback' || prior.seed !== o.seed) throw new Error(`the report to resume is not a rollback campaign of seed ${o.seed}`)
+    if (prior.bricked || prior.stopped) throw new Error('the report to resume ends in a brick or a stop: inspect it, do not resume it')
+    if (o.stratified || prior.aims === 'stratified') throw new Error('a stratified campaign cannot be resumed: its strata depend on the cycle count')
+    if (prior.trialBoots !== trialBoots || prior.driver !== report.driver || prior.accel !== report.accel) throw new Error(`the report to resume ran with ${prior.trialBoots} trial boots on ${prior.driver} (${prior.accel})`)
+    for (const r of prior.records) if (r.aim !== 'calibration') for (let k = 0; k < 3; k++) rnd()
+    Object.assign(report, { resets: prior.resets, rolledBack: prior.rolledBack, failedUpdates: prior.failedUpdates, hits: prior.hits, lost: prior.lost, byPhase: { ...prior.byPhase }, records: [...prior.records] })
+  }
+  const runs = prior ? prior.runs ?? [{ firstCycle: 0, seconds: prior.seconds, oneSector: prior.rollbackWrites?.oneSector ?? null }] : []
+  const firstCycle = report.records.length
   const started = Date.now()
   const tally = () => {
     report.cycles = report.records.filter((r) => r.aim !== 'calibration' && r.outcome !== 'failed-update').length
-    report.seconds = (Date.now() - started) / 1000
+    report.runs = [...runs, { firstCycle, seconds: (Date.now() - started) / 1000, oneSector: report.rollbackWrites?.oneSector ?? null }]
+    report.seconds = report.runs.reduce((n, r) => n + r.seconds, 0)
     report.resetsPerHour = Math.round(report.resets / (report.seconds / 3600))
+    if (report.runs.length === 1) delete report.runs
   }
   const keep = (r: RollbackCycleRecord) => {
     if (!report.records.includes(r)) report.records.push(r)
@@ -602,6 +624,8 @@ export async function runRollbackCampaign(o: RollbackCampaignOptions): Promise<R
       }
     }
     let failedInARow = 0
+    // the good version that came up last, verified (a resumed run starts afresh: 1.0.0 in A)
+    let lastGood: { version: string; slot: string } = { version: GOOD[0], slot: 'A' }
     for (;;) {
       const nth = report.records.filter((r) => r.aim !== 'calibration' && r.outcome !== 'failed-update').length
       if (calibration && nth >= o.cycles) break
@@ -633,7 +657,7 @@ export async function runRollbackCampaign(o: RollbackCampaignOptions): Promise<R
       // every boot before the announcement (a move's, or a reboot after a failed update) came up as a
       // good version from its signed bytes, flagged in the primary GPT; the last one is where the cycle starts
       const ups = pre.list.map((b) => b.userspace).filter((u) => u !== undefined)
-      const lastUp = ups.at(-1) ?? report.records.at(-1)?.booted ?? { version: GOOD[0], slot: 'A' }
+      const lastUp = ups.at(-1) ?? lastGood
       r.good = { version: cycleMarker.a, slot: lastUp.slot }
       r.failingSlot = r.good.slot === 'A' ? 'B' : 'A'
       const wrong = pre.list.find((b) => !b.userspace)
@@ -728,8 +752,10 @@ export async function runRollbackCampaign(o: RollbackCampaignOptions): Promise<R
             break
           }
           r.bootsUntilGood = trialBoots + 2
+          lastGood = r.booted!
         }
         // (the calibration is not counted among the rolled-back resets: it had none)
+        if (r.booted) lastGood = r.booted
         keep(r)
         const c = calibration
         log(`calibration: ${r.good.version} in ${r.good.slot} -> ${FAILING_VERSION} in ${r.failingSlot}: boot to the state partition's mount ${c.bootToStateMountMs.map(fmt).join(', ')}; ` +
@@ -799,6 +825,7 @@ export async function runRollbackCampaign(o: RollbackCampaignOptions): Promise<R
         log(`cycle ${cycle}: the reset came after the initramfs announced its write (${r.phase}), but the next boot did not see it`)
       }
       r.outcome = 'rolled-back'
+      lastGood = r.booted!
       report.rolledBack++
       keep(r)
       const landed = r.countdownLanded !== undefined ? `; the countdown write had ${r.countdownLanded ? '' : 'not '}landed` : r.rollbackLanded !== undefined ? `; the rollback write had ${r.rollbackLanded ? '' : 'not '}landed` : ''
