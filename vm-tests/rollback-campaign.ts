@@ -776,10 +776,11 @@ export async function runRollbackCampaign(o: RollbackCampaignOptions): Promise<R
       let anchorAt = 0
       if (aim === 'trial-boot' || aim === 'rollback') {
         // from the kernel's line for the state partition's mount to 0.2 s after the initramfs
-        // announced its countdown (written just before), or to its announcement of the rollback
-        // (check, both writes, the result between; the reboot follows at once), as calibrated
+        // announced its countdown (written just before), or to 90 % of the way to its announcement
+        // of the rollback (check, both writes, the result between; the reboot follows at once and
+        // the next boot can print within 0.2 s), as calibrated
         r.anchor = 'the state partition\'s mount'
-        const span = aim === 'trial-boot' ? calibration.stateMountToTrialMs[k - 1]! + 200 : calibration.stateMountToRollbackMs
+        const span = aim === 'trial-boot' ? calibration.stateMountToTrialMs[k - 1]! + 200 : calibration.stateMountToRollbackMs * 0.9
         await pump(boots, () => inBoot()?.stateMount !== undefined || boots.list.length > k, deadline)
         anchorAt = inBoot()?.stateMount ?? Date.now()
         resetAt = anchorAt + u * span
@@ -787,7 +788,8 @@ export async function runRollbackCampaign(o: RollbackCampaignOptions): Promise<R
         r.anchor = 'LABHOST-FAILING'
         await pump(boots, () => inBoot()?.failing !== undefined || boots.list.length > k, deadline)
         anchorAt = inBoot()?.failing?.at ?? Date.now()
-        resetAt = anchorAt + u * calibration.userspaceMs * 0.95
+        // up to 0.2 s before its init dies (the console's time stamps can be a poll late)
+        resetAt = anchorAt + u * Math.max(0, calibration.userspaceMs - 200)
       }
       await con.waitUntil(resetAt, (m) => boots.feed(m))
       r.resetAtMs = Date.now() - anchorAt
