@@ -12,7 +12,7 @@ import path from 'node:path'
 import { LabhostError } from '../lib/errors.ts'
 import { run } from '../lib/exec.ts'
 import type { Layout } from '../lib/layout.ts'
-import { kernelFromPackage, unpackDebianPackage } from './debian-packages.ts'
+import { kernelFromPackage, unpackDebianPackage, type DebianKernel } from './debian-packages.ts'
 import { buildInitramfs } from './initramfs.ts'
 import { selectorInit } from './initramfs-init.ts'
 
@@ -42,14 +42,73 @@ async function kexecFiles(): Promise<{ path: string; data: Buffer; mode: number 
   return [kexec, ...libs].map((f) => ({ path: f.slice(1), data: fs.readFileSync(f), mode: 0o755 }))
 }
 
-export async function buildSelector(o: SelectorOptions): Promise<{ file: string; bytes: number; sha256: string; kernel: string }> {
-  const log = o.log ?? (() => {})
+/** The selector's kernel and its initramfs (the init that picks the flagged slot and kexecs it). */
+async function selectorParts(o: Omit<SelectorOptions, 'out'>): Promise<{ kernel: DebianKernel; initrd: Buffer }> {
   const kernel = await kernelFromPackage(o.kernelPackage ?? 'linux-image-amd64')
-  log(`selector: kernel ${kernel.version}, initramfs with kexec and ${SELECTOR_MODULES.join(' ')}`)
+  o.log?.(`selector: kernel ${kernel.version}, initramfs with kexec and ${SELECTOR_MODULES.join(' ')}`)
   const initrd = await buildInitramfs({ modulesDir: kernel.modulesDir, modules: SELECTOR_MODULES, init: selectorInit(o.layout), files: await kexecFiles() })
+  return { kernel, initrd }
+}
+
+const sha256 = (data: Buffer) => crypto.createHash('sha256').update(data).digest('hex')
+
+export async function buildSelector(o: SelectorOptions): Promise<{ file: string; bytes: number; sha256: string; kernel: string }> {
+  const { kernel, initrd } = await selectorParts(o)
   await makeUki({ vmlinuz: kernel.vmlinuz, initrd, cmdline: SELECTOR_CMDLINE, name: 'labhost selector', out: o.out })
   const data = fs.readFileSync(o.out)
-  return { file: o.out, bytes: data.length, sha256: crypto.createHash('sha256').update(data).digest('hex'), kernel: kernel.version }
+  return { file: o.out, bytes: data.length, sha256: sha256(data), kernel: kernel.version }
+}
+
+/**
+ * Prototype (`labhost image selector --shim`; the installer does not use it yet): the selector for
+ * PCs with Secure Boot on and only Microsoft's keys, made of Debian's signed parts. Debian's shim
+ * (signed by Microsoft's UEFI CA) at the removable-media path starts Debian's GRUB beside it; that
+ * GRUB reads grub.cfg from its built-in prefix \EFI\debian and boots Debian's kernel (verified
+ * through shim) with the selector's initramfs (not verified). Under Secure Boot that kernel is
+ * locked down, and the selector's `kexec -s` accepts the slot's kernel only if it carries a
+ * signature the kernel trusts: Debian's, through the CA shim hands on (MokListRT). Measured with
+ * scripts/secure-boot-probe.ts (README "UEFI PCs"). The files go into `outDir` as the ESP's tree.
+ */
+export const SHIM_SELECTOR_FILES = {
+  shim: 'EFI/BOOT/BOOTX64.EFI',
+  grub: 'EFI/BOOT/grubx64.efi',
+  grubCfg: 'EFI/debian/grub.cfg',
+  kernel: 'EFI/labhost/vmlinuz',
+  initrd: 'EFI/labhost/initrd.img',
+} as const
+
+export async function buildShimSelector(o: Omit<SelectorOptions, 'out'> & { outDir: string }): Promise<{ dir: string; kernel: string; shim: string; grub: string; files: { path: string; bytes: number; sha256: string }[] }> {
+  const { kernel, initrd } = await selectorParts(o)
+  const shimPkg = await unpackDebianPackage('shim-signed')
+  const grubPkg = await unpackDebianPackage('grub-efi-amd64-signed')
+  const shim = path.join(shimPkg, 'usr/lib/shim/shimx64.efi.signed')
+  const grub = path.join(grubPkg, 'usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed')
+  for (const f of [shim, grub]) {
+    if (!fs.existsSync(f)) throw new LabhostError('notFound', `${path.basename(f)} is missing from its Debian package`, 'the package layout changed; check dpkg -c of the .deb')
+  }
+  const F = SHIM_SELECTOR_FILES
+  // GRUB stops at its prompt when a command fails; the selector's own failures reboot after 10 s, so
+  // this does too (that path is not exercised by the probe: every measured boot got past `boot`)
+  const grubCfg = [
+    '# labhost selector (Secure Boot): shim, then GRUB, then the kernel with the selector initramfs, all from Debian',
+    `linux /${F.kernel} ${SELECTOR_CMDLINE}`,
+    `initrd /${F.initrd}`,
+    'boot',
+    'echo "LABHOST-INITRAMFS-FAIL GRUB could not start the selector kernel"',
+    'sleep 10',
+    'reboot',
+    '',
+  ].join('\n')
+  const contents: [string, Buffer][] = [[F.shim, fs.readFileSync(shim)], [F.grub, fs.readFileSync(grub)], [F.grubCfg, Buffer.from(grubCfg)],
+    [F.kernel, fs.readFileSync(kernel.vmlinuz)], [F.initrd, initrd]]
+  const files = contents.map(([rel, data]) => {
+    const to = path.join(o.outDir, rel)
+    fs.mkdirSync(path.dirname(to), { recursive: true })
+    fs.writeFileSync(to, data)
+    return { path: rel, bytes: data.length, sha256: sha256(data) }
+  })
+  const version = (dir: string) => path.basename(dir).split('_')[1] ?? '?'
+  return { dir: o.outDir, kernel: kernel.version, shim: version(shimPkg), grub: version(grubPkg), files }
 }
 
 /**
