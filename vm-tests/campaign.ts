@@ -256,7 +256,7 @@ function slotHash(disks: HostDisks, slot: string, bytes: number): string {
 }
 
 /** How many of the image's chunks the slot already holds, byte for byte. */
-function heldChunks(disks: HostDisks, slot: string, m: Manifest): number {
+export function heldChunks(disks: HostDisks, slot: string, m: Manifest): number {
   const first = disks.ssdPlan[slot === 'A' ? 0 : 1]!.firstLba * 512
   const { chunkSize, size } = m.image
   return m.image.chunks.filter((sha256, i) => hashRange(disks.ssd, first + i * chunkSize, Math.min(chunkSize, size - i * chunkSize)) === sha256).length

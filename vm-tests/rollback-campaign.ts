@@ -45,7 +45,7 @@ import { GUEST_LABHOST, leanRecipe, stageLabhost } from './fixtures/lean-image.t
 import type { RunningVm, VmDriver } from './driver.ts'
 import { Console, type Marker, type MarkerPattern } from './console-markers.ts'
 import type { VmSpec } from './qemu.ts'
-import { buildCampaignImages } from './campaign.ts'
+import { buildCampaignImages, heldChunks } from './campaign.ts'
 import { readWriteLog, type LoggedWrite } from './write-log.ts'
 
 export interface RollbackCampaignOptions {
@@ -431,13 +431,6 @@ export function gptWrites(o: {
 function slotRange(disks: HostDisks, slot: string): { offset: number; bytes: number } {
   const p = disks.ssdPlan[slot === 'A' ? 0 : 1]!
   return { offset: p.firstLba * 512, bytes: (p.lastLba - p.firstLba + 1) * 512 }
-}
-
-/** How many of the image's chunks the slot already holds, byte for byte (as campaign.ts counts them). */
-function heldChunks(disks: HostDisks, slot: string, m: Manifest): number {
-  const first = slotRange(disks, slot).offset
-  const { chunkSize, size } = m.image
-  return m.image.chunks.filter((sha256, i) => hashRange(disks.ssd, first + i * chunkSize, Math.min(chunkSize, size - i * chunkSize)) === sha256).length
 }
 
 export async function runRollbackCampaign(o: RollbackCampaignOptions): Promise<RollbackCampaignReport> {
