@@ -21,7 +21,7 @@
 // userspace crashes on a PC with a panic reboot (or a watchdog) — nothing in the harness decides
 // its fate: nobody runs `labhost mark-good` for it, and only the initramfs's countdown, the same
 // code every image ships, can end its trial. (A version that boots and stays up unhealthy is the
-// userspace verdict's case, `labhost trial-check`, tested in trial-rollback.vm.test.ts.) Its kernel
+// userspace verdict's case, `labhost trial-check`, tested in host-image.vm.test.ts.) Its kernel
 // command line drops `quiet` for `loglevel=7`, and nothing else: the kernel then prints its line for
 // the state partition's mount (`EXT4-fs (sdaN): mounted filesystem`), which in every trial boot and
 // in the rollback boot comes just before the initramfs's countdown or rollback write — the anchor
@@ -67,6 +67,8 @@ export interface RollbackCampaignOptions {
    * Default: aim and instant drawn independently (the soak).
    */
   stratified?: boolean
+  /** The aims a stratified run takes turns over; default all of ROLLBACK_AIMS (npm test's short run takes only the rollback). */
+  aims?: readonly RollbackAim[]
   /** Record the calibration cycle's writes (blklogwrites) and report the rollback's; default true. */
   recordWrites?: boolean
   log?: (line: string) => void
@@ -353,10 +355,11 @@ class Boots {
 }
 
 /** Which aim the nth reset takes, and where in its window (0..1) it lands, from its draws. */
-export function rollbackAimOf(o: { stratified?: boolean; cycles: number }, nth: number, draw: number): { aim: RollbackAim; fraction: (u: number) => number } {
-  const k = ROLLBACK_AIMS.length
-  const aim = o.stratified ? ROLLBACK_AIMS[nth % k]! : ROLLBACK_AIMS[Math.min(k - 1, Math.floor(draw * k))]!
-  if (!o.stratified) return { aim, fraction: (u) => u }
+export function rollbackAimOf(o: { stratified?: boolean; aims?: readonly RollbackAim[]; cycles: number }, nth: number, draw: number): { aim: RollbackAim; fraction: (u: number) => number } {
+  if (!o.stratified) return { aim: ROLLBACK_AIMS[Math.min(ROLLBACK_AIMS.length - 1, Math.floor(draw * ROLLBACK_AIMS.length))]!, fraction: (u) => u }
+  const aims = o.aims?.length ? o.aims : ROLLBACK_AIMS
+  const k = aims.length
+  const aim = aims[nth % k]!
   const a = nth % k
   const n = Math.floor(o.cycles / k) + (a < o.cycles % k ? 1 : 0)
   return { aim, fraction: (u) => (Math.floor(nth / k) + u) / n }

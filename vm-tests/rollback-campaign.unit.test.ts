@@ -73,5 +73,10 @@ t.test('stratified aims take turns and slice their windows; independent ones fol
   t.same([0, 3, 6].map((i) => rollbackAimOf(o, i, 0).fraction(0.5)), [0.5 / 3, 1.5 / 3, 2.5 / 3])
   t.same([1, 4].map((i) => rollbackAimOf(o, i, 0).fraction(0)), [0, 0.5])
   t.same([0.1, 0.5, 0.9].map((d) => rollbackAimOf({ cycles: 10 }, 0, d).aim), ROLLBACK_AIMS)
+  // a stratified run over some aims only: they take turns, each over its own slices
+  const only = { stratified: true, aims: ['rollback'] as const, cycles: 2 }
+  t.same([0, 1].map((i) => rollbackAimOf(only, i, 0.5).aim), ['rollback', 'rollback'])
+  t.same([0, 1].map((i) => rollbackAimOf(only, i, 0.5).fraction(0.5)), [0.25, 0.75])
+  t.equal(rollbackAimOf({ aims: ['rollback'], cycles: 2 }, 0, 0.1).aim, 'trial-boot', 'aims restrict only a stratified run')
   t.equal(rollbackAimOf({ cycles: 10 }, 5, 0.9).fraction(0.3), 0.3)
 })

@@ -1,13 +1,15 @@
-// Resets during the trial and the rollback (issue 15, 4), as `npm test` runs them (the long run is
-// `npm run vm-tests -- --mode rollback --cycles 100`): a host on a good version updates to 3.0.0,
-// a version that fails its trial, and the harness resets it once per cycle — in a trial boot around
-// the initramfs's countdown write, in the failing version's userspace, around the initramfs's
-// rollback write (stratified: one of each). After each reset the host must come back by itself on
-// the good version (its slot's bytes the signed image, the primary GPT flagging it) within the
-// trial's boots plus two; the calibration cycle records what the disk sees of the rollback write.
-// Then the rule the rollback checks first: the initramfs writes the saved sector back only over
-// the sector the switch wrote, shown on a disk whose GPT was edited after the switch (the campaign
-// above is the control: each of its rollbacks ran over the sector its own switch wrote).
+// Resets during the rollback (issue 15, 4), as `npm test` runs them (the long run, with resets
+// also in the trial boots and the failing userspace, is `npm run vm-tests -- --mode rollback
+// --cycles 100`; its report is under vm-tests/results/): a host on a good version updates to
+// 3.0.0, a version that fails its trial; the unreset calibration cycle records what the disk sees
+// of the initramfs's rollback write; then one reset lands inside that rollback write (from the
+// initramfs's own announcement of it), and the host must come back by itself on the good version
+// (its slot's bytes the signed image, the primary GPT flagging it) within the trial's boots plus
+// two. (npm test keeps one reset, the one aimed at the write that matters: each reset costs a
+// minute of TCG boots.) Then the rule the rollback checks first: the initramfs writes the saved
+// sector back only over the sector the switch wrote, shown on a disk whose GPT was edited after
+// the switch (the campaign above is the control: each of its rollbacks ran over the sector its
+// own switch wrote).
 // LABHOST_SEED=S repeats a run; the JSON report goes to reports/rollback-campaign.json.
 import fs from 'node:fs'
 import path from 'node:path'
@@ -26,15 +28,16 @@ import { bootUntilPowerOff, type VmSpec } from './qemu.ts'
 import { buildCampaignImages } from './campaign.ts'
 import { judge } from './crash-replay.ts'
 import { buildHostDisks, readPartitionFiles, withPartition } from './fixtures/host-disks.ts'
-import { ROLLBACK_AIMS, rollbackSummaryLine, runRollbackCampaign } from './rollback-campaign.ts'
+import { rollbackSummaryLine, runRollbackCampaign } from './rollback-campaign.ts'
 
-const RESETS = 3
+const AIMS = ['rollback'] as const
+const RESETS = AIMS.length
 
-t.test(`short rollback campaign: ${RESETS} resets in the trial boots, the failing userspace and the rollback write, no brick`, async (t) => {
+t.test(`short rollback campaign: a reset inside the initramfs's rollback write, no brick`, async (t) => {
   const seed = seedFromEnv()
   const keep = tmpDir(t, 'labhost-rollback-keep-')
   // one trial boot (the soak gives two): the countdown 1 -> 0, then the rollback
-  const report = await runRollbackCampaign({ driver: new QemuDriver(), cycles: RESETS, seed, stratified: true, trialBoots: 1, workDir: tmpDir(t, 'labhost-rollback-'), keepDir: keep, log: (l) => t.comment(l) })
+  const report = await runRollbackCampaign({ driver: new QemuDriver(), cycles: RESETS, seed, stratified: true, aims: AIMS, trialBoots: 1, workDir: tmpDir(t, 'labhost-rollback-'), keepDir: keep, log: (l) => t.comment(l) })
   fs.mkdirSync(path.join(REPO_ROOT, 'reports'), { recursive: true })
   fs.writeFileSync(path.join(REPO_ROOT, 'reports/rollback-campaign.json'), JSON.stringify(report, null, 2) + '\n')
   t.comment(`seed ${seed}: ${rollbackSummaryLine(report)} under ${report.accel}, ${(report.seconds / 60).toFixed(1)} min`)
@@ -42,7 +45,7 @@ t.test(`short rollback campaign: ${RESETS} resets in the trial boots, the failin
   t.equal(report.failedUpdates, 0, 'no update failed by itself')
   t.equal(report.resets, RESETS, `${RESETS} resets`)
   const resets = report.records.filter((r) => r.resetAtMs !== null)
-  t.same(resets.map((r) => r.aim), ROLLBACK_AIMS, 'one reset per aim: a trial boot, the failing userspace, the rollback')
+  t.same(resets.map((r) => r.aim), AIMS, 'the reset was aimed at the rollback write')
   for (const r of resets) {
     t.ok(r.hit, `the ${r.aim} reset landed in its phase: ${r.phase} (${r.resetAtMs} ms from ${r.anchor})`, { record: r })
     t.same(r.booted, r.good, `after the ${r.aim} reset the host came back to ${r.good.version} in slot ${r.good.slot}`)

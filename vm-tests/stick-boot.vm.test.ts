@@ -2,7 +2,7 @@
 // HDD with rotation_rate=7200, DMI strings): it boots, `labhost install` picks the disks by
 // their properties, images them unattended and powers off; the PC then boots the lab host
 // image from the SSD. A second PC imaged from the same stick gets its own name, identity and
-// report. A re-run keeps the identity. Every refusal leaves the disks byte-identical,
+// report (a re-run keeping the identity is an installer disk test). Every refusal leaves the disks byte-identical,
 // the PC on with the reason on screen, and the reason in reports/ on the stick.
 import fs from 'node:fs'
 import t, { type Test } from 'tap'
@@ -75,7 +75,7 @@ async function bootStick(t: Test, stick: string, disks: VmDisk[], smbios: VmSpec
 
 const persistentFiles = (ssd: string) => readPartitionFiles(ssd, 'persistent', ['machine-uuid', 'ssh/ssh_host_ed25519_key', 'ssh/ssh_host_rsa_key.pub', 'install-report.json', 'hostname'])
 
-t.test('blank SSD + HDD: installed unattended, boots the lab host from the SSD; a second PC from the same stick gets its own name, identity and report; a re-run keeps the identity', async (t) => {
+t.test('blank SSD + HDD: installed unattended, boots the lab host from the SSD; a second PC from the same stick gets its own name, identity and report', async (t) => {
   const d = tmpDir(t)
   const ssd = sparseFile(`${d}/ssd.img`, 640 * MiB)
   const hdd = sparseFile(`${d}/hdd.img`, 64 * MiB)
@@ -118,13 +118,8 @@ t.test('blank SSD + HDD: installed unattended, boots the lab host from the SSD; 
   t.match(host.serial, /LABHOST-USERSPACE version=1\.0\.0 slot=A/, 'the PC boots the lab host image from slot A of the SSD', { serial: host.serial.slice(-3000) })
   for (const m of ['/persistent', '/var/log', '/qcow2/backing', '/qcow2/user']) t.match(host.serial, new RegExp(`LABHOST-MOUNT ${m}\\b`), `fstab mounts ${m} by UUID`)
 
-  const again = await bootStick(t, await newStick(t), [ssdDisk(ssd), hddDisk(hdd)])
-  t.equal(again.exit, 0, 're-run exit 0', { serial: again.serial.slice(-4000) })
-  const kept = await persistentFiles(ssd)
-  t.equal(kept['machine-uuid'], files['machine-uuid'], 'same machine UUID')
-  t.equal(kept['ssh/ssh_host_ed25519_key'], files['ssh/ssh_host_ed25519_key'], 'same SSH host key')
-  t.equal(kept.hostname, files.hostname, 'same host name')
-  t.match(JSON.parse(kept['install-report.json']!), { identity: { created: false }, hostname: { name: 'lab-czc4120ab1', kept: true } })
+  // (a re-run from the stick keeps the identity and the name: installer/test/install.disk.test.ts
+  // runs it on loop devices; a stick boot here costs 45 s of npm test)
 })
 
 // One refusal per way the PC's own hardware is read (DMI, the disks' sysfs, their contents); a
