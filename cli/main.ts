@@ -10,8 +10,8 @@ import { imageSelector } from './commands/image-selector.ts'
 import { slotsRepair, slotsStatus, slotsSwitch } from './commands/slots.ts'
 import { vmImagePrune, vmImagePublish, vmImagePull, wake } from './commands/vm-image.ts'
 import { parseCommandArgs, type Command, type Context } from './command.ts'
+import { LABHOST_VERSION } from '../lib/labhost-version.ts'
 
-export const VERSION = '0.1.0'
 
 const COMMANDS: Command[] = [slotsStatus, slotsSwitch, slotsRepair, bootloaderMbr, imageBuild, imageKeygen, imageVerify, imageStick, imageSelector, imagePublish, imageSeed, imageServe, schema, install, update, status, markGoodCommand, trialCheck, vmImagePublish, vmImagePull, vmImagePrune, wake]
 
@@ -42,7 +42,7 @@ export async function main(argv: string[], out = process.stdout, err = process.s
       return 0
     }
     if (argv[0] === '--version') {
-      out.write(`labhost ${VERSION}\n`)
+      out.write(`labhost ${LABHOST_VERSION}\n`)
       return 0
     }
     const cmd = COMMANDS.find((c) => {

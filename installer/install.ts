@@ -29,6 +29,7 @@ import { installSelector } from './esp.ts'
 import { SELECTOR_IN_IMAGE } from '../image-build/selector.ts'
 import { makeFilesystem, partitionDisk, planDisk, type DiskRole, type PlannedPartition } from './partition.ts'
 import { fault } from '../lib/faults.ts'
+import { LABHOST_VERSION } from '../lib/labhost-version.ts'
 
 export interface InstallOptions {
   config: string
@@ -268,7 +269,7 @@ export async function runInstall(o: InstallOptions): Promise<{ plan: InstallPlan
       : identity.hostname.kept ? { name: identity.hostname.name, from: '/persistent/hostname (an earlier install)', kept: true } : { ...plan.hostname!, kept: false }
     if (hostname?.kept && plan.hostname && plan.hostname.name !== hostname.name) log(`hostname: kept ${hostname.name} from /persistent (install.yaml would give ${plan.hostname.name}: --new-identity takes that)`)
     else if (hostname) log(`hostname: ${hostname.name} (${hostname.kept ? 'kept' : 'new'})`)
-    report = { ...plan, bios, hostname, identity, steps, startedAt: startedAt.toISOString(), finishedAt: new Date().toISOString(), labhost: process.env.LABHOST_VERSION ?? 'labhost' }
+    report = { ...plan, bios, hostname, identity, steps, startedAt: startedAt.toISOString(), finishedAt: new Date().toISOString(), labhost: LABHOST_VERSION }
     writeDurable(path.join(dir, 'install-report.json'), JSON.stringify(report, null, 2) + '\n')
   }))
   report!.finishedAt = new Date().toISOString()

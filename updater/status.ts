@@ -3,8 +3,12 @@
 import { openGptDisk, readGpt } from '../bootloader/gpt.ts'
 import { slotStatus, type SlotStatus } from '../bootloader/slots.ts'
 import { readBootInfo, readLastResult, readTrial, readVersion, type BootInfo, type HostPaths, type TrialInfo } from './host-state.ts'
+import { LABHOST_VERSION } from '../lib/labhost-version.ts'
 
 export interface HostStatus {
+  /** The labhost executable that gathered this status. */
+  labhost: string
+  /** The running root image's version (/etc/labhost/version). */
   version: string | null
   booted: BootInfo | null
   gpt: SlotStatus | null
@@ -38,7 +42,7 @@ export function gatherStatus(p: HostPaths, diskOverride?: string): HostStatus {
       problems.push((e as Error).message)
     }
   }
-  return { version: readVersion(p), booted, gpt, trial: readTrial(p), lastResult: readLastResult(p), problems }
+  return { labhost: LABHOST_VERSION, version: readVersion(p), booted, gpt, trial: readTrial(p), lastResult: readLastResult(p), problems }
 }
 
 const label = (v: string) => v.replace(/["\\\n]/g, '_')

@@ -20,6 +20,7 @@ import { verifyImage, writeImage, type BeforeReadBack, type WriteStats } from '.
 import { deltaPays, deltaSource, deltaUnusable, planDelta, type DeltaSummary } from './delta.ts'
 import { torrentSource, torrentUrlFor, type TorrentOptions } from './torrent.ts'
 import type { Progress } from '../lib/progress.ts'
+import { LABHOST_VERSION } from '../lib/labhost-version.ts'
 
 export interface UpdateOptions {
   source: string
@@ -80,6 +81,8 @@ export interface UpdatePlan {
 }
 
 export interface UpdateResult extends UpdatePlan {
+  /** The labhost executable that ran the update. */
+  labhost: string
   seconds: { scan: number; write: number; verify: number; total: number }
   transfer: UpdateSource['stats']
   /** How the slot's bytes reached the disk (absent on --dry-run). */
@@ -244,7 +247,7 @@ async function lockedUpdate(o: UpdateOptions, log: (line: string) => void, start
   const seconds = { scan: 0, write: 0, verify: 0, total: 0 }
   if (o.dryRun) {
     await chooseSource(o, plan, manifest, planned.source, log)
-    return { ...plan, seconds, transfer: planned.source.stats }
+    return { ...plan, labhost: LABHOST_VERSION, seconds, transfer: planned.source.stats }
   }
   o.phase?.('start')
   // fault injection (test builds only): the mutant that switches before the slot is written
@@ -268,7 +271,7 @@ async function lockedUpdate(o: UpdateOptions, log: (line: string) => void, start
   seconds.verify = (Date.now() - t0) / 1000
   if (!commitFirst) await commit(o, plan, manifest, started)
   seconds.total = (Date.now() - started) / 1000
-  return { ...plan, seconds, transfer: source.stats, written: written.stats }
+  return { ...plan, labhost: LABHOST_VERSION, seconds, transfer: source.stats, written: written.stats }
 }
 
 /** Arm the trial, then the one-sector switch (DESIGN §3), on the table the plan was made against. */
