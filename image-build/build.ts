@@ -19,6 +19,7 @@ import { stageRecipeFiles, stageRecipeLinks } from './recipe-files.ts'
 import { loadRecipe, type LoadedRecipe } from './recipe.ts'
 import { compressFramed } from './zstd-frames.ts'
 import { BLOCK_HASH_BYTES, BLOCK_SIZE, writeBlockIndex } from './block-index.ts'
+import { builderClosureHash } from './builder-hash.ts'
 
 export const DEFAULT_EPOCH = 1_700_000_000
 /** Fixed ext4 directory hash seed: part of what makes two builds identical. */
@@ -153,7 +154,7 @@ async function cacheKey(r: LoadedRecipe, epoch: number, signer: string): Promise
   // an image for a layout with an ESP carries the UEFI selector (kexec-tools' binary, systemd's stub)
   const pkgs = [...r.recipe.base.packages, r.recipe.kernel.package, ...(r.layout.esp ? ['kexec-tools', 'systemd-boot-efi'] : [])]
   h.update((await run('apt-cache', ['policy', ...pkgs])).stdout.replace(/^\s*\*\*\*.*$/gm, ''))
-  for (const f of ['build.ts', 'recipe-files.ts', 'initramfs.ts', 'initramfs-init.ts', 'cpio.ts', 'manifest.ts', 'zstd-frames.ts', 'block-index.ts', 'selector.ts']) h.update(fs.readFileSync(path.join(import.meta.dirname ?? '.', f)))
+  h.update(await builderClosureHash())
   if (r.recipe.carryLabhost) h.update(hashChunks(await labhostExecutable()).sha256)
   return h.digest('hex')
 }

@@ -1,12 +1,20 @@
 // Debian packages as build inputs, fetched with the machine's own apt configuration (so its
 // mirror is whatever the apt sources say) and unpacked with dpkg-deb -x into a cache.
 import fs from 'node:fs'
+import os from 'node:os'
 import path from 'node:path'
 import { LabhostError } from '../lib/errors.ts'
 import { run } from '../lib/exec.ts'
 
+/**
+ * Where downloaded packages and built images are kept: $LABHOST_CACHE, else the source tree's
+ * .cache (from source), else the user's cache directory (the single executable, which has no
+ * tree of its own: $XDG_CACHE_HOME/labhost or ~/.cache/labhost).
+ */
 export function cacheRoot(): string {
-  return process.env.LABHOST_CACHE ?? path.resolve(import.meta.dirname ?? process.cwd(), '../.cache')
+  if (process.env.LABHOST_CACHE) return process.env.LABHOST_CACHE
+  if (import.meta.dirname) return path.resolve(import.meta.dirname, '../.cache')
+  return path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'labhost')
 }
 
 async function aptGet(args: string[], cwd?: string): Promise<string> {

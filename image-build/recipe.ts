@@ -7,6 +7,7 @@ import YAML from 'yaml'
 import { z } from 'zod'
 import { loadConfig } from '../lib/config.ts'
 import { LabhostError } from '../lib/errors.ts'
+import { shippedRoot } from './shipped-files.ts'
 import { loadLayout, type Layout } from '../lib/layout.ts'
 
 const debName = z.string().regex(/^[a-z0-9][a-z0-9+.-]+$/, 'must be a Debian package name')
@@ -60,14 +61,16 @@ export interface LoadedRecipe {
   hash: string
 }
 
-export const RECIPES_DIR = path.resolve(import.meta.dirname ?? '.', 'recipes')
+/** Where the shipped recipes are (image-build/recipes, or the single executable's copy of them). */
+export const recipesDir = (): string => path.join(shippedRoot(), 'recipes')
 
 /** A recipe by file path, or by the name of a shipped recipe (`test`, `host`). */
 export function resolveRecipe(nameOrFile: string): string {
   if (fs.existsSync(nameOrFile)) return nameOrFile
-  const shipped = path.join(RECIPES_DIR, `${nameOrFile}.yaml`)
-  if (fs.existsSync(shipped)) return shipped
-  throw new LabhostError('notFound', `no recipe ${nameOrFile}`, `give a recipe file, or one of: ${fs.readdirSync(RECIPES_DIR).map((f) => f.replace(/\.yaml$/, '')).join(', ')}`)
+  const dir = recipesDir()
+  const shipped = path.join(dir, `${nameOrFile}.yaml`)
+  if (/^[\w.-]+$/.test(nameOrFile) && fs.existsSync(shipped)) return shipped
+  throw new LabhostError('notFound', `no recipe ${nameOrFile}`, `give a recipe file, or one of: ${fs.readdirSync(dir).map((f) => f.replace(/\.yaml$/, '')).join(', ')}`)
 }
 
 export function loadRecipe(nameOrFile: string): LoadedRecipe {

@@ -8,6 +8,8 @@ import path from 'node:path'
 import { parseArgs } from 'node:util'
 import { build } from 'esbuild'
 import { execa } from 'execa'
+import { closureHash } from '../image-build/builder-hash.ts'
+import { SHIPPED_INDEX, shippedAssets } from '../image-build/shipped-files.ts'
 
 const root = path.resolve(import.meta.dirname, '..')
 const { values } = parseArgs({ options: { faults: { type: 'boolean', default: false } } })
@@ -23,7 +25,13 @@ await build({
   target: 'node24',
   outfile: bundle,
   // import.meta has no meaning in the CommonJS bundle; modules fall back to their own defaults.
-  define: { 'import.meta.dirname': 'undefined', 'globalThis.LABHOST_FAULTS': String(values.faults) },
+  define: {
+    'import.meta.dirname': 'undefined', 'globalThis.LABHOST_FAULTS': String(values.faults),
+    // what the image cache keys on: the builder's import closure, hashed as from source
+    'globalThis.LABHOST_BUILDER_HASH': JSON.stringify(await closureHash(root)),
+  },
+  // only the source tree computes the closure itself (image-build/builder-hash.ts)
+  external: ['esbuild'],
   // minifySyntax folds `if (false)` branches away: what lib/faults.ts guards leaves the release bundle
   minifySyntax: true,
   logLevel: 'warning',
@@ -33,7 +41,11 @@ if (!values.faults && fs.readFileSync(bundle, 'utf8').includes('LABHOST_FAULT_')
 }
 const seaConfig = path.join(dist, `${name}.sea-config.json`)
 const blob = path.join(dist, `${name}.sea-prep.blob`)
-fs.writeFileSync(seaConfig, JSON.stringify({ main: bundle, output: blob, disableExperimentalSEAWarning: true, useCodeCache: true }))
+// the shipped recipes and layouts ride along as assets (image-build/shipped-files.ts)
+const shipped = shippedAssets(path.join(root, 'image-build'))
+const index = path.join(dist, `${name}.${SHIPPED_INDEX}`)
+fs.writeFileSync(index, JSON.stringify(Object.keys(shipped)))
+fs.writeFileSync(seaConfig, JSON.stringify({ main: bundle, output: blob, disableExperimentalSEAWarning: true, useCodeCache: true, assets: { [SHIPPED_INDEX]: index, ...shipped } }))
 await execa(process.execPath, ['--experimental-sea-config', seaConfig], { stdio: 'inherit' })
 const exe = path.join(dist, name)
 fs.rmSync(exe, { force: true })

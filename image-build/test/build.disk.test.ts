@@ -6,7 +6,7 @@ import t, { type Test } from 'tap'
 import YAML from 'yaml'
 import { ExitCode } from '../../lib/errors.ts'
 import { runCli, tmpDir, xorRange } from '../../lib/test-helpers.ts'
-import { RecipeSchema, RECIPES_DIR } from '../recipe.ts'
+import { RecipeSchema, recipesDir } from '../recipe.ts'
 
 const dir = tmpDir(t, 'labhost-build-test-')
 const key = `${dir}/keys/labhost-signing.key`
@@ -77,9 +77,9 @@ t.test('one changed byte is caught', async (t) => {
 
 function recipeVariant(t: Test, mutate: (r: Record<string, unknown>) => void, raw?: string): string {
   const d = tmpDir(t)
-  const r = YAML.parse(fs.readFileSync(path.join(RECIPES_DIR, 'test.yaml'), 'utf8'))
+  const r = YAML.parse(fs.readFileSync(path.join(recipesDir(), 'test.yaml'), 'utf8'))
   mutate(r)
-  r.layout = path.join(RECIPES_DIR, '../layouts/test.yaml')
+  r.layout = path.join(recipesDir(), '../layouts/test.yaml')
   const f = `${d}/recipe.yaml`
   fs.writeFileSync(f, raw ?? YAML.stringify(r))
   return f
