@@ -274,6 +274,7 @@ export async function buildImage(recipeName: string, o: BuildOptions): Promise<B
       image: { file: 'root.img', size: img.size, sha256: img.sha256, chunkSize: CHUNK_SIZE, chunks: img.chunks },
       transport: { file: 'root.img.zst', size: tr.size, sha256: tr.sha256, compression: 'zstd', frames },
       blocks: { file: 'root.img.blocks', size: blocks.size, sha256: blocks.sha256, blockSize: BLOCK_SIZE, hashBytes: BLOCK_HASH_BYTES },
+      trial: { boots: r.recipe.trial.boots },
       signer: keyFingerprint(publicKey),
     }, key)
     const manifestFile = path.join(o.out, 'manifest.json')

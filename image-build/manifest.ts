@@ -43,6 +43,8 @@ export const ManifestSchema = z.object({
   transport: z.object({ ...fileRef, compression: z.literal('zstd'), frames: z.array(positive).optional() }).strict(),
   /** The block index (image-build/block-index.ts): short hashes of every block, for delta updates. */
   blocks: z.object({ ...fileRef, blockSize: positive, hashBytes: z.number().int().min(1).max(32) }).strict().optional(),
+  /** The recipe's trial: boots the new version gets before its initramfs rolls back (`labhost update --trial-boots` overrides). */
+  trial: z.object({ boots: z.number().int().min(1).max(20) }).strict().optional(),
   signer: z.string().regex(/^sha256:[0-9a-f]{32}$/, 'a key fingerprint sha256:<32 hex digits>'),
   signature: z.string().optional(),
 }).strict().superRefine((m, ctx) => {
@@ -80,12 +82,18 @@ export function keyFingerprint(publicKey: crypto.KeyObject): string {
   return 'sha256:' + crypto.createHash('sha256').update(publicKey.export({ format: 'der', type: 'spki' })).digest('hex').slice(0, 32)
 }
 
-export function generateKeyPair(dir: string, name = 'labhost-signing'): { privateKeyFile: string; publicKeyFile: string } {
-  const { privateKey, publicKey } = crypto.generateKeyPairSync('ed25519')
-  fs.mkdirSync(dir, { recursive: true })
+/** The files generateKeyPair would write in `dir`, or the refusal it would give (an existing key). */
+export function planKeyPair(dir: string, name = 'labhost-signing'): { privateKeyFile: string; publicKeyFile: string } {
   const privateKeyFile = path.join(dir, `${name}.key`)
   const publicKeyFile = path.join(dir, `${name}.pub`)
   if (fs.existsSync(privateKeyFile)) throw new LabhostError('usage', `${privateKeyFile} exists already`, 'choose another --out directory; an existing key is never overwritten')
+  return { privateKeyFile, publicKeyFile }
+}
+
+export function generateKeyPair(dir: string, name = 'labhost-signing'): { privateKeyFile: string; publicKeyFile: string } {
+  const { privateKeyFile, publicKeyFile } = planKeyPair(dir, name)
+  const { privateKey, publicKey } = crypto.generateKeyPairSync('ed25519')
+  fs.mkdirSync(dir, { recursive: true })
   fs.writeFileSync(privateKeyFile, privateKey.export({ format: 'pem', type: 'pkcs8' }), { mode: 0o600 })
   fs.writeFileSync(publicKeyFile, publicKey.export({ format: 'pem', type: 'spki' }))
   return { privateKeyFile, publicKeyFile }

@@ -48,7 +48,7 @@ export const RecipeSchema = z.object({
   }).strict()).default([]).describe('symbolic links to create, e.g. to enable systemd units'),
   imageSizeMiB: z.number().int().min(8).describe('size of the raw root filesystem image'),
   layout: z.string().default('../layouts/default.yaml').describe('layout file, relative to the recipe'),
-  trial: z.object({ boots: z.number().int().min(1).max(20).default(3) }).strict().default({ boots: 3 }),
+  trial: z.object({ boots: z.number().int().min(1).max(20).default(3).describe('boots a new version of this image gets on trial before its initramfs rolls back; signed into the manifest, labhost update --trial-boots overrides') }).strict().default({ boots: 3 }),
 }).strict()
 
 export type Recipe = z.infer<typeof RecipeSchema>

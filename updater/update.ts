@@ -289,7 +289,7 @@ async function commit(o: UpdateOptions, plan: UpdatePlan, manifest: Manifest, st
     // Armed before the commit: from the instant the new slot boots, it is on trial.
     o.phase?.('arm-trial')
     writeTrialState(o.paths.stateRoot, {
-      slot: plan.to.slot, bootsLeft: o.trialBoots ?? 3, version: manifest.version,
+      slot: plan.to.slot, bootsLeft: o.trialBoots ?? manifest.trial?.boots ?? 3, version: manifest.version,
       primaryLba: sector.lba, backupLba: sw.writes.find((w) => w.region === 'backup-array')?.lba ?? sector.lba,
       committedSector: sector.data, rollbackSector: disk.readSectors(sector.lba, 1),
       fromVersion: plan.from.version, updatedAt: new Date(), updateSeconds: (Date.now() - started) / 1000,

@@ -130,6 +130,18 @@ for (const readBack of ['during', 'after']) {
   })
 }
 
+t.test('the trial\'s boots come from the signed manifest (the recipe\'s trial.boots); --trial-boots overrides', async (t) => {
+  t.equal((JSON.parse(fs.readFileSync(`${v2}/manifest.json`, 'utf8')) as Manifest).trial?.boots, 3, 'the test recipe signs trial.boots 3 into its manifest')
+  const five = resigned(t, v2, (m) => { m.trial = { boots: 5 } })
+  for (const [args, boots] of [[[], 5], [['--trial-boots', '2'], 2]] as const) {
+    const h = await host(t)
+    const r = await runCli(['update', five, ...args, ...h.args])
+    t.equal(r.code, 0, { stderr: r.stderr })
+    const st = JSON.parse((await runCli(['status', '--json', ...h.args.slice(0, 6)])).stdout)
+    t.same(st.trial, { slot: 'B', bootsLeft: boots, version: '2.0.0' }, `${args.join(' ') || 'no --trial-boots'}: ${boots} boots on trial`)
+  }
+})
+
 t.test('a byte corrupted on the disk after writing is caught by the read-back', async (t) => {
   const h = await host(t)
   const gptBefore = readRange(h.disk, 0, MiB)
