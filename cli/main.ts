@@ -9,11 +9,12 @@ import { imageBuild, imageKeygen, imagePublish, imageSeed, imageServe, imageStic
 import { imageSelector } from './commands/image-selector.ts'
 import { slotsRepair, slotsStatus, slotsSwitch } from './commands/slots.ts'
 import { vmImagePrune, vmImagePublish, vmImagePull, wake } from './commands/vm-image.ts'
-import { parseCommandArgs, type Command, type Context } from './command.ts'
+import { checkOptions, parseCommandArgs, type Command, type Context } from './command.ts'
+import { commandHelp } from './help.ts'
 import { LABHOST_VERSION } from '../lib/labhost-version.ts'
 
 
-const COMMANDS: Command[] = [slotsStatus, slotsSwitch, slotsRepair, bootloaderMbr, imageBuild, imageKeygen, imageVerify, imageStick, imageSelector, imagePublish, imageSeed, imageServe, schema, install, update, status, markGoodCommand, trialCheck, vmImagePublish, vmImagePull, vmImagePrune, wake]
+export const COMMANDS: Command[] = [slotsStatus, slotsSwitch, slotsRepair, bootloaderMbr, imageBuild, imageKeygen, imageVerify, imageStick, imageSelector, imagePublish, imageSeed, imageServe, schema, install, update, status, markGoodCommand, trialCheck, vmImagePublish, vmImagePull, vmImagePrune, wake]
 
 function topHelp(): string {
   const width = Math.max(...COMMANDS.map((c) => c.name.length))
@@ -25,13 +26,10 @@ function topHelp(): string {
     'commands:',
     ...COMMANDS.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`),
     '',
-    'common options: --json (machine-readable output), --dry-run (print the plan, write nothing), --help',
+    'common options: --json (machine-readable output), --dry-run (print the plan, write nothing; refused by a command that cannot plan),',
+    '  --help (each option of the command), --help-all (also its test-only options)',
     'exit codes: ' + Object.entries(ExitCode).map(([k, v]) => `${v} ${k}`).join(', '),
   ].join('\n')
-}
-
-function commandHelp(c: Command): string {
-  return [`labhost ${c.name} — ${c.summary}`, '', `usage: ${c.usage}`].join('\n')
 }
 
 export async function main(argv: string[], out = process.stdout, err = process.stderr): Promise<number> {
@@ -57,18 +55,21 @@ export async function main(argv: string[], out = process.stdout, err = process.s
       }
       throw new LabhostError('usage', `unknown command: ${argv.slice(0, 2).join(' ')}`, 'run `labhost --help` for the list of commands')
     }
-    const { values, positionals } = parseCommandArgs(cmd, argv.slice(cmd.name.split(' ').length))
-    if (values.help) {
-      out.write(commandHelp(cmd) + '\n')
+    const inv = parseCommandArgs(cmd, argv.slice(cmd.name.split(' ').length))
+    // stderr only: with --json, stdout stays the one JSON document
+    for (const notice of inv.notices) err.write(`${notice}\n`)
+    if (inv.help) {
+      out.write(commandHelp(cmd, inv.help === 'all') + '\n')
       return 0
     }
+    const values = checkOptions(cmd, inv)
     const ctx: Context = {
       json,
-      dryRun: values['dry-run'] === true,
+      dryRun: inv.dryRun,
       log: (line) => err.write(`${line}\n`),
       progress: (label) => createProgress(label, { isTTY: (err as { isTTY?: boolean }).isTTY === true, columns: (err as { columns?: number }).columns, write: (s) => err.write(s) }),
     }
-    const result = await cmd.run(values as Record<string, string | boolean | undefined>, positionals, ctx)
+    const result = await cmd.run(values, inv.positionals, ctx)
     out.write((json ? JSON.stringify(result.data, null, 2) : result.human) + '\n')
     return result.exitCode ?? 0
   } catch (e) {

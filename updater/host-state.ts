@@ -79,14 +79,15 @@ export function syncDir(dir: string): void {
   }
 }
 
-/** End a trial: the booted slot is good. Returns what was done. */
-export function markGood(p: HostPaths): { marked: boolean; slot: string; reason: string } {
+/** End a trial: the booted slot is good. Returns what was done (with dryRun: would be done; nothing is written). */
+export function markGood(p: HostPaths, o: { dryRun?: boolean } = {}): { marked: boolean; slot: string; reason: string } {
   const boot = readBootInfo(p)
   const trial = readTrial(p)
   if (!trial) return { marked: false, slot: boot.slot, reason: 'no trial pending' }
   if (trial.slot !== boot.slot) {
     return { marked: false, slot: boot.slot, reason: `the trial is for slot ${trial.slot}, but slot ${boot.slot} is running` }
   }
+  if (o.dryRun) return { marked: false, slot: boot.slot, reason: `slot ${boot.slot} (version ${trial.version}) would be marked good` }
   const dir = path.join(p.stateRoot, TRIAL_DIR)
   const record = parseShellVars(fs.readFileSync(path.join(p.stateRoot, TRIAL_FILE), 'utf8'))
   const carried = ['FROM_VERSION', 'UPDATED_AT', 'UPDATE_SECONDS'].filter((k) => record[k]).map((k) => `${k}=${record[k]}\n`).join('')

@@ -2,17 +2,21 @@
 import { openGptDisk } from '../../bootloader/gpt.ts'
 import { planGptmbr } from '../../bootloader/mbr.ts'
 import { applySectorWrites, describeWrite } from '../../bootloader/sector-writes.ts'
-import { requireString, type Command } from '../command.ts'
+import { defineCommand, pathValue } from '../command.ts'
 
-export const bootloaderMbr: Command = {
+export const bootloaderMbr = defineCommand({
   name: 'bootloader mbr',
   summary: 'install syslinux gptmbr.bin as MBR boot code (keeps disk signature and partition entries)',
-  usage: 'labhost bootloader mbr --disk DEV|FILE [--gptmbr PATH] [--dry-run] [--json]',
-  options: { disk: { type: 'string' }, gptmbr: { type: 'string' } },
+  usage: 'labhost bootloader mbr --disk DEV|FILE [options]',
+  options: {
+    disk: { type: 'string', value: 'DEV|FILE', required: true, schema: pathValue(), description: 'the disk (a block device or a disk image file) whose MBR gets the boot code' },
+    gptmbr: { type: 'string', value: 'FILE', schema: pathValue(), defaultText: "syslinux-common's gptmbr.bin", description: 'the boot code to install (at most 440 bytes)' },
+  },
+  dryRun: { plan: 'print whether sector 0 would be written' },
   async run(values, _pos, ctx) {
-    const disk = openGptDisk(requireString(values, 'disk', this))
+    const disk = openGptDisk(values.disk)
     try {
-      const writes = planGptmbr(disk, typeof values.gptmbr === 'string' ? values.gptmbr : undefined)
+      const writes = planGptmbr(disk, values.gptmbr)
       if (!ctx.dryRun) await applySectorWrites(disk, writes, ctx.log)
       const human = writes.length ? `${ctx.dryRun ? 'would install' : 'installed'} gptmbr on ${disk.info.path}` : `gptmbr already installed on ${disk.info.path}`
       return { data: { disk: disk.info.path, writes: writes.map(describeWrite), dryRun: ctx.dryRun }, human }
@@ -20,4 +24,4 @@ export const bootloaderMbr: Command = {
       disk.close()
     }
   },
-}
+})

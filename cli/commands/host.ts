@@ -6,31 +6,44 @@ import { gatherStatus, renderHuman, renderPrometheus } from '../../updater/statu
 import { runUpdate } from '../../updater/update.ts'
 import { failingConfig, judgeTrial, loadTrialConfig, trialPendingHere, TRIAL_CONFIG, type TrialConfig } from '../../updater/trial-verdict.ts'
 import { DEFAULT_TORRENT } from '../../updater/torrent.ts'
+import { DEFAULT_FETCH } from '../../updater/source.ts'
 import { ExitCode, LabhostError } from '../../lib/errors.ts'
 import { powerAction } from '../../lib/power.ts'
-import { numberOption, rateOption, type Command, type NumberRange, type OptionSpec } from '../command.ts'
+import { decimal, defineCommand, oneOf, pathValue, rate, TRUSTED_KEY, wholeNumber, type Options } from '../command.ts'
 
-export const PATH_OPTIONS: OptionSpec = {
-  'boot-file': { type: 'string' },
-  'state-root': { type: 'string' },
-  'version-file': { type: 'string' },
+/**
+ * Where a host's files are: test seams (the disk tests lay a host's files out in a temp dir; on a
+ * PC the defaults are right).
+ */
+export const PATH_OPTIONS = {
+  'boot-file': { type: 'string', value: 'FILE', default: DEFAULT_PATHS.bootFile, schema: pathValue(), seam: true, description: 'the file the labhost initramfs writes at boot: the booted slot and disk' },
+  'state-root': { type: 'string', value: 'DIR', default: DEFAULT_PATHS.stateRoot, schema: pathValue(), seam: true, description: 'the directory holding labhost/ (the trial record, the last update result)' },
+  'version-file': { type: 'string', value: 'FILE', default: DEFAULT_PATHS.versionFile, schema: pathValue(), seam: true, description: "the running image's version file" },
+} as const satisfies Options
+
+export function hostPaths(values: { 'boot-file': string; 'state-root': string; 'version-file': string }): HostPaths {
+  return { bootFile: values['boot-file'], stateRoot: values['state-root'], versionFile: values['version-file'] }
 }
 
-export function hostPaths(values: Record<string, unknown>): HostPaths {
-  const s = (k: string, d: string) => (typeof values[k] === 'string' ? (values[k] as string) : d)
-  return { bootFile: s('boot-file', DEFAULT_PATHS.bootFile), stateRoot: s('state-root', DEFAULT_PATHS.stateRoot), versionFile: s('version-file', DEFAULT_PATHS.versionFile) }
-}
-
-export const status: Command = {
+export const status = defineCommand({
   name: 'status',
   summary: 'running and next slot, version, trial state, last update result (--json, --prometheus)',
-  usage: 'labhost status [--json | --prometheus [--out FILE]] [--disk DEV] [--state-root DIR] [--boot-file FILE]',
-  options: { ...PATH_OPTIONS, disk: { type: 'string' }, prometheus: { type: 'boolean', default: false }, out: { type: 'string' } },
-  async run(values) {
-    const s = gatherStatus(hostPaths(values), typeof values.disk === 'string' ? values.disk : undefined)
+  usage: 'labhost status [--json | --prometheus [--out FILE]] [options]',
+  notes: 'exit 1 when labhost sees a problem (listed in the output); the metrics are written whatever they say',
+  options: {
+    ...PATH_OPTIONS,
+    disk: { type: 'string', value: 'DEV', schema: pathValue(), defaultText: 'the disk this host booted from', description: 'the disk whose slots are reported' },
+    prometheus: { type: 'boolean', description: "print the status as Prometheus metrics (node_exporter's textfile collector format)" },
+    out: { type: 'string', value: 'FILE', schema: pathValue(), description: 'write the metrics to FILE (replaced atomically) instead of printing them' },
+  },
+  requires: [['out', 'prometheus']],
+  dryRun: { plan: 'with --out, print the metrics that would be written to FILE' },
+  async run(values, _pos, ctx) {
+    const s = gatherStatus(hostPaths(values), values.disk)
     if (values.prometheus) {
       const text = renderPrometheus(s)
-      if (typeof values.out === 'string') {
+      if (values.out !== undefined && ctx.dryRun) return { data: { ...s, dryRun: true, out: values.out }, human: `would write ${values.out}:\n${text.trimEnd()}` }
+      if (values.out !== undefined) {
         fs.mkdirSync(path.dirname(values.out), { recursive: true })
         writeDurable(values.out, text)
         return { data: s, human: `wrote ${values.out}` }
@@ -39,47 +52,36 @@ export const status: Command = {
     }
     return { data: s, human: renderHuman(s), exitCode: s.problems.length ? 1 : 0 }
   },
-}
+})
 
-export const markGoodCommand: Command = {
+export const markGoodCommand = defineCommand({
   name: 'mark-good',
   summary: 'confirm the running slot after a health check: ends its trial, no rollback',
-  usage: 'labhost mark-good [--json] [--state-root DIR] [--boot-file FILE]',
+  usage: 'labhost mark-good [options]',
   options: PATH_OPTIONS,
-  async run(values) {
-    const r = markGood(hostPaths(values))
-    return { data: r, human: r.reason }
+  dryRun: { plan: 'print whether the running slot would be marked good' },
+  async run(values, _pos, ctx) {
+    const r = markGood(hostPaths(values), { dryRun: ctx.dryRun })
+    return { data: { ...r, dryRun: ctx.dryRun }, human: r.reason }
   },
-}
+})
 
-
-// update's numeric options. trial-boots: the initramfs counts a trial's boots down, and 0 rolled the
-// new slot back at its first boot
-const NUMERIC_OPTIONS = {
-  'trial-boots': { min: 1, max: 100 },
-  retries: { min: 1, max: 1000 },
-  timeout: { min: 1, max: 86400 },
-  'seed-minutes': { min: 0, max: 10080 },
-  'seed-ratio': { min: 0, max: 1000, fraction: true },
-  'tracker-interval': { min: 1, max: 86400 },
-} satisfies Record<string, NumberRange>
-
-export const trialCheck: Command = {
+export const trialCheck = defineCommand({
   name: 'trial-check',
   summary: 'judge a trial boot: the image\'s health checks until they pass (mark good) or its deadline passes (roll back)',
-  usage: 'labhost trial-check [--config FILE] [--reboot] [--dry-run] [--json] [--state-root DIR] [--boot-file FILE]',
+  usage: 'labhost trial-check [options]',
+  notes: `exit 0: the checks passed (slot marked good) or there is no trial; ${ExitCode.trialFailed}: the deadline passed and the slot was rolled back`,
   options: {
     ...PATH_OPTIONS,
-    // the checks and the deadline (default /etc/labhost/trial.yaml, from the image)
-    config: { type: 'string' },
-    // after a rollback, reboot into the previous slot (the unit in the host image passes it)
-    reboot: { type: 'boolean', default: false },
+    config: { type: 'string', value: 'FILE', default: TRIAL_CONFIG, schema: pathValue(), description: 'the health checks and their deadline (from the image)' },
+    reboot: { type: 'boolean', description: 'after a rollback, reboot into the previous slot (the unit in the host image passes it)' },
   },
+  dryRun: { plan: 'run the checks and print the verdict; neither mark good nor roll back nor reboot' },
   async run(values, _pos, ctx) {
     const paths = hostPaths(values)
     let config: TrialConfig
     try {
-      config = loadTrialConfig(typeof values.config === 'string' ? values.config : TRIAL_CONFIG)
+      config = loadTrialConfig(values.config)
     } catch (e) {
       // a version whose own health configuration is broken is not healthy: judged like a failed
       // check at once (else it would stay on trial with nobody to end it); without a trial, an error
@@ -90,67 +92,80 @@ export const trialCheck: Command = {
     if (v.verdict === 'rolled-back' && values.reboot && !ctx.dryRun) await powerAction('reboot', ctx.log)
     return { data: { ...v, dryRun: ctx.dryRun }, human: `${v.verdict}: ${v.reason}`, exitCode: v.verdict === 'rolled-back' ? ExitCode.trialFailed : 0 }
   },
-}
+})
 
-export const update: Command = {
+// read only with --torrent: given without it, a mistake worth saying (not silently ignored)
+const TORRENT_ONLY = ['download-dir', 'seed-minutes', 'seed-ratio', 'tracker-interval', 'download-limit'] as const
+
+export const update = defineCommand({
   name: 'update',
   summary: 'write a signed image (directory, manifest or http(s) URL) to the inactive slot, verify it from the disk, switch to it on trial',
-  usage: 'labhost update DIR|MANIFEST|URL [--trusted-key PUB] [--disk DEV] [--allow-downgrade] [--allow-other-image] [--trial-boots N] [--retries N] [--timeout SECONDS] [--ca PEM] [--reboot] [--read-back during|after] [--full] [--torrent [--download-dir DIR] [--seed-minutes N] [--seed-ratio R] [--tracker-interval SECONDS] [--download-limit RATE]] [--announce-phases] [--dry-run] [--json]',
+  usage: 'labhost update DIR|MANIFEST|URL [options]',
   options: {
-    ...PATH_OPTIONS, 'trusted-key': { type: 'string' }, disk: { type: 'string' }, 'allow-downgrade': { type: 'boolean', default: false },
-    // accept an image whose name differs from the running image's (a `test` image on a `host` host)
-    'allow-other-image': { type: 'boolean', default: false }, 'trial-boots': { type: 'string' },
-    retries: { type: 'string' }, timeout: { type: 'string' }, reboot: { type: 'boolean', default: false },
-    // https from a server whose certificate a lab CA signed: that CA's certificate (PEM)
-    ca: { type: 'string' },
-    // one line per phase on stderr (LABHOST-PHASE name): vm-tests aims its resets by them
-    'announce-phases': { type: 'boolean', default: false },
-    // after (default): the whole slot is read back once it is written and synced; during: each
-    // chunk as soon as its write completed, overlapping the two (measured slower on loop devices
-    // and rotating disks, where reads between the writes cost seeks or contend with them)
-    'read-back': { type: 'string', default: 'after' },
-    // from an http(s) URL, by default: the chunks this host already has in its slots come from the
-    // disk and only the missing ones are downloaded (when the image has a frame index and that is
-    // cheaper); --full downloads the whole transport file (--delta: the default, said explicitly)
-    full: { type: 'boolean', default: false },
-    delta: { type: 'boolean', default: false },
-    // the transport file over BitTorrent (aria2c, the .torrent beside it), seeded on afterwards
-    torrent: { type: 'boolean', default: false },
-    'download-dir': { type: 'string' }, 'seed-minutes': { type: 'string' }, 'seed-ratio': { type: 'string' }, 'tracker-interval': { type: 'string' }, 'download-limit': { type: 'string' },
+    ...PATH_OPTIONS,
+    'trusted-key': TRUSTED_KEY,
+    disk: { type: 'string', value: 'DEV', schema: pathValue(), defaultText: 'the disk this host booted from', description: 'the host disk whose inactive slot is written' },
+    'allow-downgrade': { type: 'boolean', description: 'accept an image whose version is not newer than the running one' },
+    'allow-other-image': { type: 'boolean', description: "accept an image whose name differs from the running image's (a test image on a host host)" },
+    // the initramfs counts a trial's boots down: 0 would roll the new slot back at its first boot
+    'trial-boots': {
+      type: 'string', value: 'N', schema: wholeNumber(1, 100), defaultText: '3',
+      description: 'boots the new slot gets before its initramfs rolls it back, unless labhost mark-good confirms it first',
+    },
+    retries: { type: 'string', value: 'N', schema: wholeNumber(1, 1000), defaultText: String(DEFAULT_FETCH.retries), description: 'attempts per HTTP request (each resumes where the last stopped)' },
+    timeout: {
+      type: 'string', value: 'SECONDS', schema: wholeNumber(1, 86400), defaultText: `${DEFAULT_FETCH.timeoutMs / 1000}, with --torrent ${DEFAULT_TORRENT.stallSeconds}`,
+      description: 'an HTTP request that stalls this long is retried; with --torrent, a download that makes no progress this long fails',
+    },
+    ca: { type: 'string', value: 'PEM', schema: pathValue(), description: 'https from a server whose certificate a lab CA signed: that CA\'s certificate' },
+    reboot: { type: 'boolean', description: 'reboot into the new slot once it is written, verified and switched to' },
+    'read-back': {
+      type: 'string', value: 'during|after', default: 'after', schema: oneOf(['during', 'after']),
+      // during overlaps reads and writes: measured slower on loop devices and rotating disks, where
+      // the reads between the writes cost seeks or contend with them
+      description: 'check the slot from the disk after it is written and synced, or each chunk as soon as its write completed',
+    },
+    full: { type: 'boolean', description: 'from an http(s) URL, download the whole transport file rather than only the chunks the slots lack' },
+    delta: { type: 'boolean', description: 'from an http(s) URL, take the chunks this host has from its disk and download the rest (the default, said explicitly)' },
+    torrent: { type: 'boolean', description: 'download the transport file over BitTorrent (aria2c, the .torrent beside it), seed it on afterwards' },
+    'download-dir': { type: 'string', value: 'DIR', schema: pathValue(), default: DEFAULT_TORRENT.dir, description: 'with --torrent: where aria2c keeps the transport file while it downloads and seeds' },
+    'seed-minutes': { type: 'string', value: 'N', schema: wholeNumber(0, 10080), defaultText: String(DEFAULT_TORRENT.seedMinutes), description: 'with --torrent: minutes aria2c seeds on after the download' },
+    'seed-ratio': { type: 'string', value: 'R', schema: decimal(0, 1000), defaultText: `${DEFAULT_TORRENT.seedRatio}: time only`, description: 'with --torrent: also stop seeding at this upload/download ratio' },
+    'tracker-interval': {
+      type: 'string', value: 'SECONDS', schema: wholeNumber(1, 86400), defaultText: String(DEFAULT_TORRENT.trackerIntervalSeconds), description: 'with --torrent: seconds between announces to the tracker',
+    },
+    'download-limit': { type: 'string', value: 'RATE', schema: rate(), defaultText: 'none', description: 'with --torrent: cap the download at RATE bytes per second (500K, 30M)' },
+    'announce-phases': { type: 'boolean', seam: true, description: 'print LABHOST-PHASE <name> on stderr as each phase begins (the VM tests aim their resets by them)' },
   },
+  conflicts: [['full', 'delta', 'leave one out (delta is the default)']],
+  requires: TORRENT_ONLY.map((o) => [o, 'torrent'] as const),
+  dryRun: { plan: 'check the source and the disk, then print the plan: the target slot, what would be downloaded and the sectors the switch would write' },
   async run(values, positionals, ctx) {
     const source = positionals[0]
-    const readBack = values['read-back']
-    if (values.full && values.delta) throw new LabhostError('usage', '--full and --delta contradict each other', 'leave one out (delta is the default)')
-    if (readBack !== 'during' && readBack !== 'after') throw new LabhostError('usage', `--read-back ${JSON.stringify(readBack)} is neither during nor after`, `usage: ${this.usage}`)
     if (!source) throw new LabhostError('usage', 'labhost update needs a SOURCE (an image directory, its manifest.json, or an http(s) URL of one)', `usage: ${this.usage}`)
-    // all checked, also those only --torrent reads: a typo is an error, not silently ignored
-    const num = (k: keyof typeof NUMERIC_OPTIONS) => numberOption(values, k, NUMERIC_OPTIONS[k])
-    for (const k of Object.keys(NUMERIC_OPTIONS) as (keyof typeof NUMERIC_OPTIONS)[]) num(k)
-    if (typeof values['download-limit'] === 'string') rateOption('download-limit', values['download-limit'])
-    const timeout = num('timeout')
+    const timeout = values.timeout
     const result = await runUpdate({
       source,
-      trustedKey: typeof values['trusted-key'] === 'string' ? values['trusted-key'] : '/etc/labhost/trusted.pub',
+      trustedKey: values['trusted-key'],
       paths: hostPaths(values),
-      disk: typeof values.disk === 'string' ? values.disk : undefined,
-      allowDowngrade: values['allow-downgrade'] === true,
-      allowOtherImage: values['allow-other-image'] === true,
-      trialBoots: num('trial-boots'),
-      readBack,
-      delta: values.full !== true,
+      disk: values.disk,
+      allowDowngrade: values['allow-downgrade'],
+      allowOtherImage: values['allow-other-image'],
+      trialBoots: values['trial-boots'],
+      readBack: values['read-back'],
+      delta: !values.full,
       torrent: values.torrent ? {
         ...DEFAULT_TORRENT,
-        ...(typeof values['download-dir'] === 'string' ? { dir: values['download-dir'] } : {}),
-        ...(num('seed-minutes') !== undefined ? { seedMinutes: num('seed-minutes') } : {}),
-        ...(num('seed-ratio') !== undefined ? { seedRatio: num('seed-ratio') } : {}),
-        ...(num('tracker-interval') !== undefined ? { trackerIntervalSeconds: num('tracker-interval') } : {}),
+        dir: values['download-dir'],
+        ...(values['seed-minutes'] !== undefined ? { seedMinutes: values['seed-minutes'] } : {}),
+        ...(values['seed-ratio'] !== undefined ? { seedRatio: values['seed-ratio'] } : {}),
+        ...(values['tracker-interval'] !== undefined ? { trackerIntervalSeconds: values['tracker-interval'] } : {}),
         ...(timeout !== undefined ? { stallSeconds: timeout } : {}),
-        ...(typeof values['download-limit'] === 'string' ? { downloadLimit: rateOption('download-limit', values['download-limit']) } : {}),
+        ...(values['download-limit'] !== undefined ? { downloadLimit: values['download-limit'] } : {}),
       } : undefined,
       fetch: {
-        ...(num('retries') !== undefined ? { retries: num('retries') } : {}), ...(timeout !== undefined ? { timeoutMs: timeout * 1000 } : {}),
-        ...(typeof values.ca === 'string' ? { caFile: values.ca } : {}),
+        ...(values.retries !== undefined ? { retries: values.retries } : {}), ...(timeout !== undefined ? { timeoutMs: timeout * 1000 } : {}),
+        ...(values.ca !== undefined ? { caFile: values.ca } : {}),
       },
       dryRun: ctx.dryRun,
       log: ctx.log,
@@ -171,4 +186,4 @@ export const update: Command = {
     }
     return { data: { ...result, dryRun: ctx.dryRun }, human }
   },
-}
+})

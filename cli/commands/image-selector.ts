@@ -5,18 +5,21 @@
 import { LabhostError } from '../../lib/errors.ts'
 import { loadRecipe } from '../../image-build/recipe.ts'
 import { buildSelector, buildShimSelector } from '../../image-build/selector.ts'
-import { requireString, type Command } from '../command.ts'
+import { defineCommand, pathValue } from '../command.ts'
 
-export const imageSelector: Command = {
+export const imageSelector = defineCommand({
   name: 'image selector',
   summary: 'build the UEFI selector (a unified kernel image that boots the flagged root slot) for a recipe\'s layout',
-  usage: 'labhost image selector RECIPE --out BOOTX64.EFI [--json] | RECIPE --shim --out ESP-DIR [--json]',
-  options: { out: { type: 'string' }, shim: { type: 'boolean', default: false } },
+  usage: 'labhost image selector RECIPE --out BOOTX64.EFI [options] | RECIPE --shim --out ESP-DIR [options]',
+  options: {
+    out: { type: 'string', value: 'FILE|DIR', required: true, schema: pathValue(), description: 'the selector file to write (\\EFI\\BOOT\\BOOTX64.EFI on the ESP); with --shim, the ESP directory tree' },
+    shim: { type: 'boolean', description: "prototype: build the selector as Debian's signed shim -> GRUB -> kernel chain, which boots with Secure Boot on" },
+  },
+  dryRun: { refused: 'it writes only --out' },
   async run(values, positionals, ctx) {
     const recipe = positionals[0]
     if (!recipe) throw new LabhostError('usage', 'labhost image selector needs a RECIPE (its layout names the root slots)', `usage: ${this.usage}`)
-    const out = requireString(values, 'out', this)
-    if (ctx.dryRun) throw new LabhostError('usage', 'image selector has no --dry-run: it writes only --out', 'leave out --dry-run')
+    const out = values.out
     const r = loadRecipe(recipe)
     if (values.shim) {
       const s = await buildShimSelector({ layout: r.layout, kernelPackage: r.recipe.kernel.package, outDir: out, log: ctx.log })
@@ -29,4 +32,4 @@ export const imageSelector: Command = {
     const s = await buildSelector({ layout: r.layout, kernelPackage: r.recipe.kernel.package, out, log: ctx.log })
     return { data: s, human: `built ${s.file}: ${s.bytes} bytes, kernel ${s.kernel}, sha256 ${s.sha256}` }
   },
-}
+})

@@ -8,35 +8,31 @@ import { DEFAULT_SLOT_NAMES, slotStatus, type SlotId, type SlotNames, type SlotS
 import { applySwitch, planSwitch } from '../../bootloader/switch.ts'
 import { diskIdentity, withDiskLock } from '../../lib/disk-lock.ts'
 import { readBootInfo, readTrial, type HostPaths } from '../../updater/host-state.ts'
-import { requireString, type Command, type CommandResult, type Context, type OptionSpec } from '../command.ts'
+import { defineCommand, pathValue, valueOf, type CommandResult, type Context, type Options } from '../command.ts'
 import { hostPaths, PATH_OPTIONS } from './host.ts'
 
-const DISK_OPTIONS: OptionSpec = {
-  disk: { type: 'string' },
-  'sector-size': { type: 'string' },
-  'slot-names': { type: 'string' },
-}
-
-function diskArgs(values: Record<string, unknown>, cmd: Command): { disk: string; sectorSize?: number; names: SlotNames } {
-  const disk = requireString(values, 'disk', cmd)
-  const ssRaw = values['sector-size']
-  let sectorSize: number | undefined
-  if (typeof ssRaw === 'string') {
-    sectorSize = Number(ssRaw)
-    if (sectorSize !== 512 && sectorSize !== 4096) throw new LabhostError('usage', `--sector-size ${ssRaw} is not 512 or 4096`, 'image files are read as 512 unless a GPT is found at 4096')
-  }
-  let names = DEFAULT_SLOT_NAMES
-  if (typeof values['slot-names'] === 'string') {
-    const [a, b, ...rest] = values['slot-names'].split(',')
-    if (!a || !b || rest.length) throw new LabhostError('usage', `--slot-names "${values['slot-names']}" is not two names`, 'give them as A,B, e.g. --slot-names rootA,rootB')
-    names = { A: a, B: b }
-  }
-  return { disk, sectorSize, names }
-}
+const DISK_OPTIONS = {
+  disk: { type: 'string', value: 'DEV|FILE', required: true, schema: pathValue(), description: 'the disk (a block device or a disk image file) whose GPT holds the root slots' },
+  'sector-size': {
+    type: 'string', value: '512|4096', defaultText: "the device's; an image file is read as 512 unless a GPT is found at 4096",
+    schema: valueOf((s) => (s === '512' ? 512 : s === '4096' ? 4096 : undefined), 'is neither 512 nor 4096', 'image files are read as 512 unless a GPT is found at 4096'),
+    description: 'read the disk with this logical sector size',
+  },
+  'slot-names': {
+    type: 'string', value: 'A,B', default: `${DEFAULT_SLOT_NAMES.A},${DEFAULT_SLOT_NAMES.B}`, description: 'the GPT partition names of root slots A and B',
+    schema: valueOf((s): SlotNames | undefined => {
+      const [a, b, ...rest] = s.split(',')
+      return a && b && !rest.length ? { A: a, B: b } : undefined
+    }, 'is not two names', 'give them as A,B, e.g. --slot-names rootA,rootB'),
+  },
+} as const satisfies Options
 
 // What writes the GPT (switch, repair) also needs: the host's files, to see a pending trial, and
 // the way to overrule it.
-const WRITE_OPTIONS: OptionSpec = { ...DISK_OPTIONS, ...PATH_OPTIONS, 'ignore-trial': { type: 'boolean', default: false } }
+const WRITE_OPTIONS = {
+  ...DISK_OPTIONS, ...PATH_OPTIONS,
+  'ignore-trial': { type: 'boolean', description: 'write the GPT even while a trial is pending on the disk this host booted from (its rollback may then undo or fight the write)' },
+} as const satisfies Options
 
 /**
  * A trial pending on this host's boot disk: its initramfs will count boots and roll back by the
@@ -72,41 +68,47 @@ function formatStatus(s: SlotStatus): string {
   return lines.join('\n')
 }
 
-export const slotsStatus: Command = {
+export const slotsStatus = defineCommand({
   name: 'slots status',
   summary: 'show the root slots, which one boots, and whether primary and backup GPT agree',
-  usage: 'labhost slots status --disk DEV|FILE [--sector-size 512|4096] [--slot-names rootA,rootB] [--json]',
+  usage: 'labhost slots status --disk DEV|FILE [options]',
+  notes: 'exit 0: a slot is flagged to boot, both GPTs are valid and agree, the partitions are as a labhost layout has them; else 1 (the problems are listed)',
   options: DISK_OPTIONS,
+  dryRun: { readsOnly: true },
   async run(values) {
-    const { disk: path, sectorSize, names } = diskArgs(values, this)
-    const disk = openGptDisk(path, sectorSize)
+    const disk = openGptDisk(values.disk, values['sector-size'])
     try {
-      const status = slotStatus(readGpt(disk), names)
+      const status = slotStatus(readGpt(disk), values['slot-names'])
       const healthy = status.active !== null && status.primaryValid && status.backupValid && status.tablesAgree && status.layoutProblems.length === 0
       return { data: status, human: formatStatus(status), exitCode: healthy ? 0 : 1 }
     } finally {
       disk.close()
     }
   },
-}
+})
 
-export const slotsSwitch: Command = {
+export const slotsSwitch = defineCommand({
   name: 'slots switch',
   summary: 'make the other root slot boot, with one sector write (DESIGN §3)',
-  usage: 'labhost slots switch --disk DEV|FILE --to A|B [--sector-size 512|4096] [--slot-names rootA,rootB] [--ignore-trial] [--dry-run] [--json]',
-  options: { ...WRITE_OPTIONS, to: { type: 'string' } },
+  usage: 'labhost slots switch --disk DEV|FILE --to A|B [options]',
+  options: {
+    ...WRITE_OPTIONS,
+    to: {
+      type: 'string', value: 'A|B', required: true, description: 'the slot to boot next (a or b also do)',
+      schema: valueOf((s): SlotId | undefined => (s.toUpperCase() === 'A' ? 'A' : s.toUpperCase() === 'B' ? 'B' : undefined), 'is not a slot', 'use --to A or --to B'),
+    },
+  },
+  dryRun: { plan: 'print the switch plan (the sector, its CRC compensation bytes, each write in order)' },
   async run(values, _pos, ctx) {
-    const { disk: path, sectorSize, names } = diskArgs(values, this)
-    const to = requireString(values, 'to', this).toUpperCase()
-    if (to !== 'A' && to !== 'B') throw new LabhostError('usage', `--to ${to} is not a slot`, 'use --to A or --to B')
+    const { disk: path, 'sector-size': sectorSize, 'slot-names': names, to } = values
     const act = async () => {
-      refuseDuringTrial(path, hostPaths(values), values['ignore-trial'] === true)
+      refuseDuringTrial(path, hostPaths(values), values['ignore-trial'])
       return switchSlots(path, sectorSize, names, to, ctx)
     }
     // the same lock as labhost update: never a switch in the middle of an update's write
     return ctx.dryRun ? act() : withDiskLock(path, 'labhost slots switch', act)
   },
-}
+})
 
 async function switchSlots(path: string, sectorSize: number | undefined, names: SlotNames, to: SlotId, ctx: Context): Promise<CommandResult> {
   const disk = openGptDisk(path, sectorSize)
@@ -129,20 +131,21 @@ async function switchSlots(path: string, sectorSize: number | undefined, names: 
   }
 }
 
-export const slotsRepair: Command = {
+export const slotsRepair = defineCommand({
   name: 'slots repair',
   summary: 'rebuild the backup GPT from a valid primary (or the primary from a valid backup)',
-  usage: 'labhost slots repair --disk DEV|FILE [--sector-size 512|4096] [--ignore-trial] [--dry-run] [--json]',
+  usage: 'labhost slots repair --disk DEV|FILE [options]',
   options: WRITE_OPTIONS,
+  dryRun: { plan: 'print which table is rebuilt from which and each sector it would write' },
   async run(values, _pos, ctx) {
-    const { disk: path, sectorSize } = diskArgs(values, this)
+    const { disk: path, 'sector-size': sectorSize } = values
     const act = async () => {
-      refuseDuringTrial(path, hostPaths(values), values['ignore-trial'] === true)
+      refuseDuringTrial(path, hostPaths(values), values['ignore-trial'])
       return repairGpt(path, sectorSize, ctx)
     }
     return ctx.dryRun ? act() : withDiskLock(path, 'labhost slots repair', act)
   },
-}
+})
 
 async function repairGpt(path: string, sectorSize: number | undefined, ctx: Context): Promise<CommandResult> {
   const disk = openGptDisk(path, sectorSize)

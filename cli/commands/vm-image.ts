@@ -7,13 +7,22 @@ import { publishVmImage } from '../../vmimages/publish.ts'
 import { pullVmImage } from '../../vmimages/pull.ts'
 import { GiB, gib } from '../../vmimages/space.ts'
 import { DEFAULT_WAKE, parseMac, formatMac, sendWake, targetsFromReports, type WakeTarget } from '../../vmimages/wake.ts'
-import { numberOption, requireString, type Command } from '../command.ts'
+import { decimal, defineCommand, ipv4, pathValue, SIGNING_KEY, text, TRUSTED_KEY, wholeNumber, type Options } from '../command.ts'
+import { TORRENT_OPTIONS } from './image.ts'
 
 const DIRS = {
-  dir: { type: 'string', default: '/qcow2/backing' },
-  'user-dir': { type: 'string', default: '/qcow2/user' },
-  catalogue: { type: 'string' },
+  dir: { type: 'string', value: 'DIR', default: '/qcow2/backing', schema: pathValue(), description: 'the backing partition: the VM base images and their catalogue' },
+  'user-dir': { type: 'string', value: 'DIR', default: '/qcow2/user', schema: pathValue(), description: "the user partition: the users' qcow2 volumes that rest on the bases" },
+  catalogue: { type: 'string', value: 'FILE', schema: pathValue(), defaultText: 'DIR/catalogue.ini', description: 'the catalogue (INI) of the bases the VM front end offers' },
+} as const satisfies Options
+
+const RESERVE = {
+  type: 'string', value: 'GIB', schema: decimal(0, 1 << 20), defaultText: '0: off',
+  description: 'delete the least recently written volumes on current bases until the user partition has this many GiB free (rule 2)',
 } as const
+
+const catalogueOf = (values: { dir: string; catalogue?: string }): string =>
+  values.catalogue ?? (values.dir === '/qcow2/backing' ? DEFAULT_CATALOGUE : `${values.dir.replace(/\/$/, '')}/catalogue.ini`)
 
 const PRUNE_RULES = `rules (in this order; nothing else under --user-dir is ever touched):
   1. a volume (*.qcow2 under --user-dir, at any depth) whose backing chain ends on a base that was
@@ -42,27 +51,31 @@ function pruneHuman(r: PruneResult): string {
   return lines.join('\n')
 }
 
-const reserveOf = (values: Record<string, unknown>): number => (numberOption(values, 'reserve-gib', { min: 0, max: 1 << 20, fraction: true }) ?? 0) * GiB
+const reserveOf = (values: { 'reserve-gib'?: number }): number => (values['reserve-gib'] ?? 0) * GiB
 
-export const vmImagePublish: Command = {
+export const vmImagePublish = defineCommand({
   name: 'vm-image publish',
   summary: 'publish a qcow2 VM base image: NAME-VERSION.qcow2, its signed manifest and .torrent in --out',
-  usage: `labhost vm-image publish FILE.qcow2 --name NAME --version V --os TYPE [--display-name TEXT] [--default] --signing-key KEY --out DIR [--tracker URL...] [--web-seed URL...] [--json]
-  FILE must be qcow2 with no backing file of its own, clean by qemu-img check, and not open in a VM
-  (else exit 70); the checks are made on the published copy. One base per --out directory.`,
+  usage: 'labhost vm-image publish FILE.qcow2 --name NAME --version V --os TYPE --signing-key KEY --out DIR [options]',
+  notes: `FILE must be qcow2 with no backing file of its own, clean by qemu-img check, and not open in a VM
+(else exit 70); the checks are made on the published copy. One base per --out directory.`,
   options: {
-    name: { type: 'string' }, version: { type: 'string' }, os: { type: 'string' }, 'display-name': { type: 'string' }, default: { type: 'boolean', default: false },
-    'signing-key': { type: 'string' }, out: { type: 'string' }, tracker: { type: 'string', multiple: true }, 'web-seed': { type: 'string', multiple: true },
+    name: { type: 'string', value: 'NAME', required: true, schema: text(), description: 'the base image\'s name in the catalogue (a new version of a name replaces the old)' },
+    version: { type: 'string', value: 'V', required: true, schema: text(), description: 'its version; a host pulls only a newer one unless --allow-downgrade' },
+    os: { type: 'string', value: 'TYPE', required: true, schema: text(), description: "the guest OS type the VM front end configures the VM for (the catalogue's os_type)" },
+    'display-name': { type: 'string', value: 'TEXT', schema: text(), defaultText: 'NAME', description: 'the name the VM front end shows' },
+    default: { type: 'boolean', description: 'make it the base the VM front end offers first' },
+    'signing-key': SIGNING_KEY,
+    out: { type: 'string', value: 'DIR', required: true, schema: pathValue(), description: 'the directory that gets the image, its signed manifest and its .torrent' },
+    ...TORRENT_OPTIONS,
   },
+  dryRun: { refused: 'it writes only into --out' },
   async run(values, positionals, ctx) {
     const file = positionals[0]
     if (!file) throw new LabhostError('usage', 'labhost vm-image publish needs a FILE.qcow2', `usage: ${this.usage}`)
-    if (ctx.dryRun) throw new LabhostError('usage', 'vm-image publish has no --dry-run: it writes only into --out', 'leave out --dry-run')
     const r = await publishVmImage({
-      file, name: requireString(values, 'name', this), version: requireString(values, 'version', this), os: requireString(values, 'os', this),
-      displayName: typeof values['display-name'] === 'string' ? values['display-name'] : undefined, isDefault: values.default === true,
-      signingKey: requireString(values, 'signing-key', this), out: requireString(values, 'out', this),
-      trackers: (values.tracker as string[] | undefined) ?? [], webSeeds: values['web-seed'] as string[] | undefined, log: ctx.log,
+      file, name: values.name, version: values.version, os: values.os, displayName: values['display-name'], isDefault: values.default,
+      signingKey: values['signing-key'], out: values.out, trackers: values.tracker, webSeeds: values['web-seed'].length ? values['web-seed'] : undefined, log: ctx.log,
     })
     const m = r.manifest
     return {
@@ -70,33 +83,36 @@ export const vmImagePublish: Command = {
       human: `published ${m.name} ${m.version} (${m.os}${m.default ? ', default' : ''}): ${r.imageFile}\n  ${m.image.size} bytes sha256 ${m.image.sha256}\n  ${r.manifestFile} signed by ${m.signer}\n  ${r.torrentFile} info hash ${r.infoHash}`,
     }
   },
-}
+})
 
-export const vmImagePull: Command = {
+export const vmImagePull = defineCommand({
   name: 'vm-image pull',
   summary: 'fetch a signed VM base image into /qcow2/backing, verified chunk by chunk, then update the catalogue and prune',
-  usage: `labhost vm-image pull URL|DIR [--trusted-key PUB] [--dir /qcow2/backing] [--user-dir /qcow2/user] [--catalogue FILE] [--allow-downgrade] [--retries N] [--timeout SECONDS] [--no-prune] [--reserve-gib N] [--dry-run] [--json]
-  Refused before any download: a bad signature (30), not a VM image manifest (42), a bad manifest (31),
-  an older version (33, --allow-downgrade), too little room on --dir (71). The file is downloaded
-  over HTTP (resumed with Range after a dropped connection; a pull killed or cut by a power loss
-  resumes from its verified bytes), every 1 MiB chunk checked (32), fsync'd, renamed into place;
-  then the catalogue (default DIR/catalogue.ini) is replaced durably, then prune runs (see
-  \`labhost vm-image prune --help\`). Any refusal leaves --dir and the catalogue as they were.`,
+  usage: 'labhost vm-image pull URL|DIR [options]',
+  notes: `Refused before any download: a bad signature (30), not a VM image manifest (42), a bad manifest (31),
+an older version (33, --allow-downgrade), too little room on --dir (71). The file is downloaded
+over HTTP (resumed with Range after a dropped connection; a pull killed or cut by a power loss
+resumes from its verified bytes), every 1 MiB chunk checked (32), fsync'd, renamed into place;
+then the catalogue is replaced durably, then prune runs (see \`labhost vm-image prune --help\`).
+Any refusal leaves --dir and the catalogue as they were.`,
   options: {
-    ...DIRS, 'trusted-key': { type: 'string', default: '/etc/labhost/trusted.pub' }, 'allow-downgrade': { type: 'boolean', default: false },
-    retries: { type: 'string' }, timeout: { type: 'string' }, 'no-prune': { type: 'boolean', default: false }, 'reserve-gib': { type: 'string' },
+    ...DIRS,
+    'trusted-key': TRUSTED_KEY,
+    'allow-downgrade': { type: 'boolean', description: 'accept a version that is not newer than the catalogue\'s' },
+    retries: { type: 'string', value: 'N', schema: wholeNumber(1, 1000), defaultText: String(DEFAULT_FETCH.retries), description: 'attempts per HTTP request (each resumes where the last stopped)' },
+    timeout: { type: 'string', value: 'SECONDS', schema: wholeNumber(1, 86400), defaultText: String(DEFAULT_FETCH.timeoutMs / 1000), description: 'an HTTP request that stalls this long is retried' },
+    'no-prune': { type: 'boolean', description: 'leave out the prune that follows the pull' },
+    'reserve-gib': RESERVE,
   },
+  dryRun: { plan: 'check the signature, the version and the room, print what would be downloaded; prune is not planned' },
   async run(values, positionals, ctx) {
     const source = positionals[0]
     if (!source) throw new LabhostError('usage', 'labhost vm-image pull needs a URL or DIR', `usage: ${this.usage}`)
-    const dir = String(values.dir)
-    const retries = numberOption(values, 'retries', { min: 1, max: 1000 })
-    const timeout = numberOption(values, 'timeout', { min: 1, max: 86400 })
+    const { retries, timeout } = values
     const r = await pullVmImage({
-      source, trustedKey: String(values['trusted-key']), backingDir: dir, userDir: String(values['user-dir']),
-      catalogue: typeof values.catalogue === 'string' ? values.catalogue : dir === '/qcow2/backing' ? DEFAULT_CATALOGUE : `${dir.replace(/\/$/, '')}/catalogue.ini`,
+      source, trustedKey: values['trusted-key'], backingDir: values.dir, userDir: values['user-dir'], catalogue: catalogueOf(values),
       fetch: { ...DEFAULT_FETCH, ...(retries ? { retries } : {}), ...(timeout ? { timeoutMs: timeout * 1000 } : {}), log: ctx.log },
-      allowDowngrade: values['allow-downgrade'] === true, prune: values['no-prune'] !== true, reserveBytes: reserveOf(values),
+      allowDowngrade: values['allow-downgrade'], prune: !values['no-prune'], reserveBytes: reserveOf(values),
       dryRun: ctx.dryRun, log: ctx.log, progress: ctx.progress(`pull ${source}`),
     })
     const p = r.plan
@@ -108,43 +124,42 @@ export const vmImagePull: Command = {
     if (r.prune) lines.push(pruneHuman(r.prune))
     return { data: r, human: lines.join('\n'), exitCode: r.prune && !r.prune.reserve.met ? ExitCode.reserveNotMet : 0 }
   },
-}
+})
 
-export const vmImagePrune: Command = {
+export const vmImagePrune = defineCommand({
   name: 'vm-image prune',
   summary: 'delete user volumes on replaced bases, bases nothing rests on, and (with a reserve) the least recently written volumes',
-  usage: `labhost vm-image prune [--dir /qcow2/backing] [--user-dir /qcow2/user] [--catalogue FILE] [--reserve-gib N] [--dry-run] [--json]
-${PRUNE_RULES}
-  --dry-run prints the whole plan (the lock checks included) and changes nothing.`,
-  options: { ...DIRS, 'reserve-gib': { type: 'string' } },
+  usage: 'labhost vm-image prune [options]',
+  notes: `${PRUNE_RULES}
+exit ${ExitCode.reserveNotMet}: the --reserve-gib free space could not be reached.`,
+  options: { ...DIRS, 'reserve-gib': RESERVE },
+  dryRun: { plan: 'print the whole plan (the lock checks included)' },
   async run(values, _pos, ctx) {
-    const dir = String(values.dir)
-    const r = await pruneVmImages({
-      backingDir: dir, userDir: String(values['user-dir']), catalogue: typeof values.catalogue === 'string' ? values.catalogue : dir === '/qcow2/backing' ? DEFAULT_CATALOGUE : `${dir.replace(/\/$/, '')}/catalogue.ini`,
-      reserveBytes: reserveOf(values), dryRun: ctx.dryRun, log: ctx.log,
-    })
+    const r = await pruneVmImages({ backingDir: values.dir, userDir: values['user-dir'], catalogue: catalogueOf(values), reserveBytes: reserveOf(values), dryRun: ctx.dryRun, log: ctx.log })
     return { data: r, human: pruneHuman(r), exitCode: r.reserve.met ? 0 : ExitCode.reserveNotMet }
   },
-}
+})
 
-export const wake: Command = {
+export const wake = defineCommand({
   name: 'wake',
   summary: 'wake PCs with Wake-on-LAN magic packets (UDP broadcast from labhost itself), by MAC or from install reports',
-  usage: `labhost wake MAC... | --reports DIR [--broadcast ADDRESS] [--port N] [--repeat N] [--json]
-  --reports: the MACs (machine.nics) of every install report in DIR (an installer stick's reports/).
-  --broadcast: 255.255.255.255 by default (the networks of this machine's default route); a subnet's
-  broadcast address (10.1.2.255) reaches another subnet when its router forwards directed broadcasts.`,
-  options: { reports: { type: 'string' }, broadcast: { type: 'string', default: DEFAULT_WAKE.address }, port: { type: 'string' }, repeat: { type: 'string' } },
-  async run(values, positionals, ctx) {
-    if (ctx.dryRun) throw new LabhostError('usage', 'wake has no --dry-run', 'leave out --dry-run')
+  usage: 'labhost wake MAC... | --reports DIR [options]',
+  options: {
+    reports: { type: 'string', value: 'DIR', schema: pathValue(), description: "wake every PC an install report in DIR names (machine.nics): an installer stick's reports/" },
+    broadcast: {
+      type: 'string', value: 'ADDRESS', default: DEFAULT_WAKE.address, schema: ipv4(),
+      description: "where the packets go; a subnet's broadcast address (10.1.2.255) reaches another subnet when its router forwards directed broadcasts",
+    },
+    port: { type: 'string', value: 'N', schema: wholeNumber(1, 65535), default: String(DEFAULT_WAKE.port), description: 'the UDP port' },
+    repeat: { type: 'string', value: 'N', schema: wholeNumber(1, 20), default: String(DEFAULT_WAKE.repeat), description: 'packets per PC (UDP may drop one)' },
+  },
+  dryRun: { refused: 'it only sends packets; nothing to plan' },
+  async run(values, positionals) {
     const fromArgs: WakeTarget[] = positionals.map((m) => ({ mac: formatMac(parseMac(m)), from: 'command line' }))
-    const targets = [...fromArgs, ...(typeof values.reports === 'string' ? targetsFromReports(values.reports) : [])]
+    const targets = [...fromArgs, ...(values.reports !== undefined ? targetsFromReports(values.reports) : [])]
     if (!targets.length) throw new LabhostError('usage', 'labhost wake needs MAC addresses or --reports DIR', `usage: ${this.usage}`)
-    const address = String(values.broadcast)
-    if (!/^\d{1,3}(\.\d{1,3}){3}$/.test(address) || address.split('.').some((o) => Number(o) > 255)) throw new LabhostError('usage', `--broadcast ${JSON.stringify(address)} is not an IPv4 address`, 'e.g. --broadcast 10.1.2.255')
-    const port = numberOption(values, 'port', { min: 1, max: 65535 }) ?? DEFAULT_WAKE.port
-    const repeat = numberOption(values, 'repeat', { min: 1, max: 20 }) ?? DEFAULT_WAKE.repeat
+    const { broadcast: address, port, repeat } = values
     const r = await sendWake(targets, { address, port, repeat })
     return { data: { targets, address, port, packets: r.sent }, human: `sent ${r.sent} magic packet(s) to ${address}:${port} for ${targets.length} PC(s): ${targets.map((t) => t.mac).join(', ')}` }
   },
-}
+})
