@@ -53,7 +53,8 @@ export function commandHelp(c: Command, all: boolean): string {
   const common: [string, OptionDef][] = Object.entries<OptionDef>(COMMON_OPTIONS)
     .filter(([n]) => n !== 'help-all' || seams.length)
     .map(([n, o]) => [n, n === 'dry-run' ? { ...o, description: dryRunDescription(c.dryRun) } : o])
-  const shown = [...main, ...common, ...(all ? seams : [])]
+  // one column for --help and --help-all: the longer help is the shorter one plus the seams
+  const shown = [...main, ...common, ...seams]
   const col = Math.min(NAME_COLUMN, Math.max(...shown.map(([n, o]) => optionName(n, o).length)) + 2)
   const out = [`labhost ${c.name} — ${c.summary}`, '', `usage: ${c.usage}`]
   if (main.length) out.push('', 'options:', ...optionLines(main, col))

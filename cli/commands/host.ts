@@ -109,7 +109,7 @@ export const update = defineCommand({
     'allow-other-image': { type: 'boolean', description: "accept an image whose name differs from the running image's (a test image on a host host)" },
     // the initramfs counts a trial's boots down: 0 would roll the new slot back at its first boot
     'trial-boots': {
-      type: 'string', value: 'N', schema: wholeNumber(1, 100), defaultText: '3',
+      type: 'string', value: 'N', schema: wholeNumber(1, 100), defaultText: "the image's trial.boots, else 3",
       description: 'boots the new slot gets before its initramfs rolls it back, unless labhost mark-good confirms it first',
     },
     retries: { type: 'string', value: 'N', schema: wholeNumber(1, 1000), defaultText: String(DEFAULT_FETCH.retries), description: 'attempts per HTTP request (each resumes where the last stopped)' },
