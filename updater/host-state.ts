@@ -25,7 +25,7 @@ export interface BootInfo { slot: 'A' | 'B'; device: string; disk: string }
 export function readBootInfo(p: HostPaths): BootInfo {
   if (!fs.existsSync(p.bootFile)) {
     throw new LabhostError('notFound', `${p.bootFile} is missing: this system was not booted by the labhost initramfs`,
-      'run on a labhost host, or name the disk with --disk')
+      'run it on a labhost host (booted by its initramfs); `labhost slots status --disk DEV` reads the slots of any disk')
   }
   const v = parseShellVars(fs.readFileSync(p.bootFile, 'utf8'))
   if (v.SLOT !== 'A' && v.SLOT !== 'B') throw new LabhostError('io', `${p.bootFile} names no slot`, 'reboot; the initramfs rewrites it at every boot')

@@ -31,7 +31,8 @@ export interface WakeTarget {
 /**
  * The MACs in the install reports under `dir` (*.json, as `labhost install` writes them: machine.nics
  * with a `mac` each). A report without any is named in the error: a PC that cannot be woken should
- * not go unnoticed.
+ * not go unnoticed. Refusal reports (`result: refused`: a PC the stick did not image) are no lab
+ * hosts and are passed over.
  */
 export function targetsFromReports(dir: string): WakeTarget[] {
   if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new LabhostError('notFound', `--reports ${dir} is not a directory`, 'give the reports/ directory of an installer stick (or a copy of several)')
@@ -46,6 +47,7 @@ export function targetsFromReports(dir: string): WakeTarget[] {
       without.push(name)
       continue
     }
+    if ((report as { result?: unknown })?.result === 'refused') continue
     const nics = (report as { machine?: { nics?: unknown } })?.machine?.nics
     const macs = Array.isArray(nics) ? nics.map((n) => (n as { mac?: unknown })?.mac).filter((m): m is string => typeof m === 'string') : []
     if (!macs.length) without.push(name)

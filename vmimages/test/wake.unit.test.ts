@@ -56,6 +56,8 @@ t.test('labhost wake --reports: the MACs of every install report, each once', as
   report('pc2.json', [{ name: 'eno1', mac: '52:54:00:00:00:02' }, { name: 'enp2s0', mac: '52:54:00:00:00:03' }])
   report('pc2-again.json', [{ name: 'eno1', mac: '52:54:00:00:00:02' }])
   fs.writeFileSync(path.join(dir, 'unfinished-install.json'), '{}')
+  // what the stick writes for a PC it refused (no NICs in it): no lab host, passed over
+  fs.writeFileSync(path.join(dir, 'CZC99-refused-2026-12-01T10-00-00-000Z.json'), JSON.stringify({ result: 'refused', code: 'modelRejected', message: 'not on the list' }))
   t.same(targetsFromReports(dir).map((x) => x.mac), ['52:54:00:00:00:01', '52:54:00:00:00:02', '52:54:00:00:00:03'])
   const r = await receiver(t)
   const cli = await runCli(['wake', '--reports', dir, '--broadcast', '127.0.0.1', '--port', String(r.port), '--repeat', '1', '--json'])
