@@ -62,7 +62,8 @@ export const markGoodCommand = defineCommand({
   dryRun: { plan: 'print whether the running slot would be marked good' },
   async run(values, _pos, ctx) {
     const r = markGood(hostPaths(values), { dryRun: ctx.dryRun })
-    return { data: { ...r, dryRun: ctx.dryRun }, human: r.reason }
+    // the real run's JSON stays what it was; a dry run says it was one
+    return { data: ctx.dryRun ? { ...r, dryRun: true } : r, human: r.reason }
   },
 })
 
