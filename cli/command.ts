@@ -108,7 +108,6 @@ export interface Invocation {
   raw: Record<string, unknown>
   positionals: string[]
   help: 'main' | 'all' | null
-  json: boolean
   dryRun: boolean
   /** Deprecation notices for old spellings, one line each (for stderr). */
   notices: string[]
@@ -138,7 +137,7 @@ export function parseCommandArgs(cmd: Command, argv: string[]): Invocation {
     }
   }
   const v = parsed.values
-  return { raw, positionals: parsed.positionals, help: v['help-all'] ? 'all' : v.help ? 'main' : null, json: v.json === true, dryRun: v['dry-run'] === true, notices }
+  return { raw, positionals: parsed.positionals, help: v['help-all'] ? 'all' : v.help ? 'main' : null, dryRun: v['dry-run'] === true, notices }
 }
 
 function optionSchema(o: OptionDef): z.ZodType {
