@@ -4,7 +4,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { cacheRoot } from './debian-packages.ts'
-import { generateKeyPair } from './manifest.ts'
+import { generateKeyPair } from '../image-format/manifest.ts'
 
 export function cacheKeys(): { privateKeyFile: string; publicKeyFile: string } {
   const dir = path.join(cacheRoot(), 'test-keys')

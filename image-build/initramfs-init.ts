@@ -6,10 +6,7 @@
 import type { Layout } from '../lib/layout.ts'
 import { stateFsUuid } from '../lib/layout.ts'
 import { LOAD_MODULES_SH } from './initramfs.ts'
-
-/** Where the trial state lives on the state partition (relative to its mount point). */
-export const TRIAL_DIR = 'labhost'
-export const TRIAL_FILE = 'labhost/trial'
+import { TRIAL_FILE } from '../image-format/trial-state.ts'
 
 /** Partition name of the installer stick's system partition. */
 export const STICK_PARTITION = 'labhost-stick'

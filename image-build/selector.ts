@@ -21,8 +21,6 @@ export const SELECTOR_MODULES = ['ahci', 'ata_piix', 'sd_mod', 'nvme', 'virtio_b
 // the last console= is /dev/console, where the selector's init prints: the serial line, as the slots' own images do
 export const SELECTOR_CMDLINE = 'console=tty0 console=ttyS0,115200 panic=-1 quiet'
 const STUB = 'usr/lib/systemd/boot/efi/linuxx64.efi.stub'
-/** Where an image for a layout with an ESP carries its selector (relative to the root). */
-export const SELECTOR_IN_IMAGE = 'boot/efi/BOOTX64.EFI'
 
 export interface SelectorOptions {
   layout: Layout

@@ -18,7 +18,7 @@ import { ESP_TYPE_CODE } from '../installer/partition.ts'
 import { buildImage } from './build.ts'
 import { makeUki } from './selector.ts'
 import { STICK_PARTITION } from './initramfs-init.ts'
-import { readPrivateKey, verifyImageDir } from './manifest.ts'
+import { readPrivateKey, verifyImageDir } from '../image-format/manifest.ts'
 
 export const DATA_PARTITION = 'LABHOST'
 const MiB = 1 << 20

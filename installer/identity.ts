@@ -6,7 +6,7 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { run } from '../lib/exec.ts'
-import { writeDurable, syncDir } from '../updater/host-state.ts'
+import { writeDurable, syncDir } from '../lib/durable.ts'
 import { validHostname } from './hostname.ts'
 
 export interface Identity {

@@ -3,7 +3,6 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { LabhostError } from '../lib/errors.ts'
 import { fullMatch } from '../lib/pattern.ts'
-import type { InstallConfig } from './config.ts'
 
 export interface Machine {
   vendor: string
@@ -52,11 +51,14 @@ export function readNics(sysRoot = '/sys'): { name: string; mac: string }[] {
   })
 }
 
-export function modelAllowed(config: InstallConfig, m: Machine): boolean {
+/** A models: entry of install.yaml (installer/config.ts's ModelSchema: a product or a productPattern). */
+interface ModelRule { vendor: string; product?: string; productPattern?: string }
+
+export function modelAllowed(config: { models: readonly ModelRule[] }, m: Machine): boolean {
   return config.models.some((a) => a.vendor === m.vendor && (a.product !== undefined ? a.product === m.product : fullMatch(a.productPattern!, m.product)))
 }
 
-export function requireModel(config: InstallConfig, configFile: string, m: Machine): void {
+export function requireModel(config: { models: readonly ModelRule[] }, configFile: string, m: Machine): void {
   if (modelAllowed(config, m)) return
   const allowed = config.models.map((a) => `${a.vendor} / ${a.product ?? `/${a.productPattern}/`}`).join('; ')
   throw new LabhostError('modelRejected', `this machine is "${m.vendor} / ${m.product}", which ${configFile} does not list (allowed: ${allowed})`,

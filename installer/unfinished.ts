@@ -6,7 +6,7 @@
 // and the partitions that install kept are kept again.
 import fs from 'node:fs'
 import path from 'node:path'
-import { syncDir, writeDurable } from '../updater/host-state.ts'
+import { syncDir, writeDurable } from '../lib/durable.ts'
 import type { BlockDisk } from './disks.ts'
 
 export const UNFINISHED_FILE = 'unfinished-install.json'

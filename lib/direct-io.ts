@@ -1,7 +1,7 @@
 // Bulk I/O on a disk range that bypasses the page cache: O_DIRECT positional reads and writes
 // from Node's thread pool, into buffers that O_DIRECT accepts, and zeroing of whole ranges
 // without sending the zeros (BLKZEROOUT through `blkdiscard --zeroout`). The image writer
-// (updater/slot-writer.ts) streams slots through it; a plain image file is served the same
+// (image-format/slot-writer.ts) streams slots through it; a plain image file is served the same
 // way, with buffered I/O where its file system has no O_DIRECT.
 import fs from 'node:fs'
 import { promisify } from 'node:util'

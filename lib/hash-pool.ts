@@ -56,7 +56,7 @@ export class HashPool {
 
   /**
    * SHA-256 of `data`, and of each `blockSize` piece of it cut to its first `keep` bytes, in hex
-   * one after the other (the block index of image-build/block-index.ts).
+   * one after the other (the block index of image-format/block-index.ts).
    */
   async sha256WithBlocks(data: Buffer, blockSize: number, keep: number): Promise<{ hash: string; blocks: string }> {
     const r = await this.hash(data, { block: blockSize, keep })

@@ -27,7 +27,7 @@ import { buildSelector, buildShimSelector, makeUki, SELECTOR_CMDLINE } from '../
 import { run } from '../lib/exec.ts'
 import { loadLayout } from '../lib/layout.ts'
 import { withPartitionDevice } from '../lib/partition-dev.ts'
-import { buildHostDisks, withPartition, type HostDisks } from '../vm-tests/fixtures/host-disks.ts'
+import { buildHostDisks, withPartition, type HostDisks } from '../test-support/host-disks.ts'
 import { leanRecipe } from '../vm-tests/fixtures/lean-image.ts'
 
 const ROOT = path.resolve(import.meta.dirname, '..')

@@ -2,17 +2,17 @@
 // missing chunks are downloaded. Both root slots are read (O_DIRECT) and hashed on the new
 // image's chunk grid; every chunk of the signed index found there is taken from the disk, every
 // zero chunk is made by the writer, and the rest is fetched with HTTP Range requests for the
-// chunks' own zstd frames in the transport file (image-build/zstd-frames.ts). The result is an
+// chunks' own zstd frames in the transport file (image-format/zstd-frames.ts). The result is an
 // ordinary raw-image stream for the slot writer, so the slot is written and then read back and
 // verified exactly as in a full update; nothing here is trusted without that check.
 import crypto from 'node:crypto'
 import { alignedBuffers, DIRECT_ALIGN, DirectFile, roundUp } from '../lib/direct-io.ts'
 import { blockHashes, HashPool } from '../lib/hash-pool.ts'
 import { LabhostError } from '../lib/errors.ts'
-import { chunkLength, type Manifest } from '../image-build/manifest.ts'
-import { decompressFrame, frameOffsets } from '../image-build/zstd-frames.ts'
-import { resumableDownload, type UpdateSource } from './source.ts'
-import { zeroChunkHash } from './slot-writer.ts'
+import { chunkLength, type Manifest } from '../image-format/manifest.ts'
+import { decompressFrame, frameOffsets } from '../image-format/zstd-frames.ts'
+import { resumableDownload, type UpdateSource } from '../image-format/source.ts'
+import { zeroChunkHash } from '../image-format/slot-writer.ts'
 
 /** A byte range of the disk: a root slot. */
 export interface SlotRange {

@@ -4,7 +4,8 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { LabhostError } from '../lib/errors.ts'
-import { TRIAL_DIR, TRIAL_FILE } from '../image-build/initramfs-init.ts'
+import { writeDurable, syncDir } from '../lib/durable.ts'
+import { TRIAL_DIR, TRIAL_FILE } from '../image-format/trial-state.ts'
 
 export interface HostPaths {
   /** The initramfs's record of what it booted. */
@@ -54,29 +55,6 @@ export function readVersion(p: HostPaths): string | null {
 export function readImageName(p: HostPaths): string | null {
   const f = path.join(path.dirname(p.versionFile), 'recipe')
   return fs.existsSync(f) ? fs.readFileSync(f, 'utf8').trim().split(/\s+/)[0] || null : null
-}
-
-/** Replace a small file atomically and durably (write, fsync, rename, fsync the directory). */
-export function writeDurable(file: string, data: string | Buffer): void {
-  const tmp = `${file}.tmp`
-  const fd = fs.openSync(tmp, 'w', 0o644)
-  try {
-    fs.writeSync(fd, typeof data === 'string' ? Buffer.from(data) : data)
-    fs.fsyncSync(fd)
-  } finally {
-    fs.closeSync(fd)
-  }
-  fs.renameSync(tmp, file)
-  syncDir(path.dirname(file))
-}
-
-export function syncDir(dir: string): void {
-  const fd = fs.openSync(dir, 'r')
-  try {
-    fs.fsyncSync(fd)
-  } finally {
-    fs.closeSync(fd)
-  }
 }
 
 /** End a trial: the booted slot is good. Returns what was done (with dryRun: would be done; nothing is written). */

@@ -12,9 +12,9 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { LabhostError } from '../lib/errors.ts'
-import { matchesPart, type Manifest } from '../image-build/manifest.ts'
-import { checkTorrent, TORRENT_MAX_BYTES } from '../image-build/torrent.ts'
-import { fetchBytes, type UpdateSource } from './source.ts'
+import { matchesPart, type Manifest } from '../image-format/manifest.ts'
+import { checkTorrent, TORRENT_MAX_BYTES } from '../image-format/torrent.ts'
+import { fetchBytes, type UpdateSource } from '../image-format/source.ts'
 
 export interface TorrentOptions {
   /** Download (and seeding) directory; default /run/labhost/torrent (RAM, gone at reboot). */

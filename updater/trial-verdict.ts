@@ -16,8 +16,9 @@ import { slotStatus, type SlotId } from '../bootloader/slots.ts'
 import { loadConfig } from '../lib/config.ts'
 import { withDiskLock } from '../lib/disk-lock.ts'
 import { LabhostError } from '../lib/errors.ts'
-import { TRIAL_DIR, TRIAL_FILE } from '../image-build/initramfs-init.ts'
-import { markGood, parseShellVars, readBootInfo, readTrial, syncDir, writeDurable, type HostPaths } from './host-state.ts'
+import { TRIAL_DIR, TRIAL_FILE } from '../image-format/trial-state.ts'
+import { markGood, parseShellVars, readBootInfo, readTrial, type HostPaths } from './host-state.ts'
+import { syncDir, writeDurable } from '../lib/durable.ts'
 
 export const TRIAL_CONFIG = '/etc/labhost/trial.yaml'
 

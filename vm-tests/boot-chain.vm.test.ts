@@ -3,7 +3,7 @@
 // A second, 4Kn disk (virtio, 4096-byte logical blocks) is switched alongside and must still
 // show its partitions. KVM when it can run real-mode code here, TCG otherwise.
 import t, { type Test } from 'tap'
-import { loop, runCli, tmpDir, xorRange } from '../lib/test-helpers.ts'
+import { loop, runCli, tmpDir, xorRange } from '../test-support/test-helpers.ts'
 import { bootUntilPowerOff, type VmSpec } from './qemu.ts'
 import { build4KnDisk, buildBootChainDisk, buildSlotImages, parseBootReport } from './fixtures/boot-chain-disk.ts'
 

@@ -5,7 +5,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
-import { prng } from '../lib/test-helpers.ts'
+import { prng } from '../test-support/test-helpers.ts'
 import { aimOf, drawsOf, fractionOf, type CampaignReport } from './campaign.ts'
 
 const results = path.join(import.meta.dirname, 'results')

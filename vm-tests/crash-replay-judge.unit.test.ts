@@ -7,7 +7,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { execa } from 'execa'
 import t from 'tap'
-import { tmpDir, type Teardown } from '../lib/test-helpers.ts'
+import { tmpDir, type Teardown } from '../test-support/test-helpers.ts'
 import { judge, judgeUefi } from './crash-replay.ts'
 
 const SS = 512

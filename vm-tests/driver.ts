@@ -2,7 +2,6 @@
 // images, follow its serial console, reset it hard, power it off, and copy its disks aside.
 // QEMU (over QMP) is always there; VirtualBox (over VBoxManage) is used when it is installed.
 import fs from 'node:fs'
-import { execa } from 'execa'
 import type { VmSpec } from './qemu.ts'
 
 export interface RunningVm {
@@ -26,21 +25,6 @@ export interface VmDriver {
   accel(): Promise<string>
   /** Power on. Guest reboots and resets keep the same machine running. */
   start(spec: VmSpec, serialFile: string): Promise<RunningVm>
-}
-
-export async function vboxManageAvailable(): Promise<boolean> {
-  const r = await execa('VBoxManage', ['--version'], { reject: false }).catch(() => null)
-  return r?.exitCode === 0
-}
-
-/** `qemu`, `virtualbox`, or `auto`: VirtualBox where VBoxManage works, QEMU otherwise. */
-export async function chooseDriver(name: string = 'auto'): Promise<VmDriver> {
-  if (name === 'qemu' || (name === 'auto' && !(await vboxManageAvailable()))) return new (await import('./qemu-driver.ts')).QemuDriver()
-  if (name === 'virtualbox' || name === 'auto') {
-    if (!(await vboxManageAvailable())) throw new Error('--driver virtualbox: VBoxManage is not installed here')
-    return new (await import('./virtualbox-driver.ts')).VirtualBoxDriver()
-  }
-  throw new Error(`unknown driver ${name}: use qemu, virtualbox or auto`)
 }
 
 /** Follows a growing serial log file without re-reading it. */

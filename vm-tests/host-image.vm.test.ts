@@ -20,14 +20,14 @@ import { Disk } from '../lib/blockdev.ts'
 import { readGpt } from '../bootloader/gpt.ts'
 import { planSwitch } from '../bootloader/switch.ts'
 import { applySectorWrites } from '../bootloader/sector-writes.ts'
-import { writeTrialState } from '../updater/trial-state.ts'
+import { writeTrialState } from '../image-format/trial-state.ts'
 import { gatherStatus } from '../updater/status.ts'
-import { TRIAL_FILE } from '../image-build/initramfs-init.ts'
-import { runCli, tmpDir } from '../lib/test-helpers.ts'
+import { TRIAL_FILE } from '../image-format/trial-state.ts'
+import { runCli, tmpDir } from '../test-support/test-helpers.ts'
 import { loadRecipe } from '../image-build/recipe.ts'
 import { ensureIdentity } from '../installer/identity.ts'
 import { bootUntilPowerOff, type VmSpec } from './qemu.ts'
-import { buildHostDisks, withPartition } from './fixtures/host-disks.ts'
+import { buildHostDisks, withPartition } from '../test-support/host-disks.ts'
 
 // boot 3 ends once both the boot report and the metrics observer have printed, in either order
 const BOTH_LINES = /LABHOST-USERSPACE[^\n]*\n[\s\S]*LABHOST-METRICS-FILE[^\n]*\n|LABHOST-METRICS-FILE[^\n]*\n[\s\S]*LABHOST-USERSPACE[^\n]*\n/

@@ -3,10 +3,10 @@
 // (Trial boots and rollback are proven end to end by update-guest.vm.test.ts; a B-flagged slot
 // booting is what every other cycle of the campaign, campaign.vm.test.ts, checks.)
 import t, { type Test } from 'tap'
-import { runCli, tmpDir } from '../lib/test-helpers.ts'
+import { runCli, tmpDir } from '../test-support/test-helpers.ts'
 import { loadRecipe } from '../image-build/recipe.ts'
 import { bootUntilPowerOff, type VmSpec } from './qemu.ts'
-import { buildHostDisks, type HostDisks } from './fixtures/host-disks.ts'
+import { buildHostDisks, type HostDisks } from '../test-support/host-disks.ts'
 
 const dir = tmpDir(t, 'labhost-vm-image-')
 const layout = loadRecipe('test').layout

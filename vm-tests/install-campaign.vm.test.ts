@@ -8,7 +8,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
-import { REPO_ROOT, seedFromEnv, tmpDir } from '../lib/test-helpers.ts'
+import { REPO_ROOT, seedFromEnv, tmpDir } from '../test-support/test-helpers.ts'
 import { QemuDriver } from './qemu-driver.ts'
 import { STRATIFIED_AIMS, installSummaryLine, runInstallCampaign } from './install-campaign.ts'
 

@@ -9,9 +9,9 @@ import t, { type Test } from 'tap'
 import YAML from 'yaml'
 import { ExitCode } from '../lib/errors.ts'
 import { run } from '../lib/exec.ts'
-import { hashWhole, runCli, sparseFile, tmpDir } from '../lib/test-helpers.ts'
+import { hashWhole, runCli, sparseFile, tmpDir } from '../test-support/test-helpers.ts'
 import { bootUntilPowerOff, type VmDisk, type VmSpec } from './qemu.ts'
-import { readPartitionFiles } from './fixtures/host-disks.ts'
+import { readPartitionFiles } from '../test-support/host-disks.ts'
 import { leanRecipe } from './fixtures/lean-image.ts'
 
 const MiB = 1 << 20

@@ -5,7 +5,7 @@
 // exactly is refused (exit 72) rather than half-understood and rewritten.
 import fs from 'node:fs'
 import { LabhostError } from '../lib/errors.ts'
-import { writeDurable } from '../updater/host-state.ts'
+import { writeDurable } from '../lib/durable.ts'
 import { BaseName, type VmManifest } from './manifest.ts'
 
 export interface CatalogueEntry {

@@ -1,14 +1,14 @@
 // The signed manifest of a VM base image (a qcow2 file the lab's VMs run on through per-user
 // overlays): name, display name, OS type, default, version, size, SHA-256 and a SHA-256 per 1 MiB
 // chunk. Same key, same chunk index and same canonical-JSON signature as a root image's manifest
-// (image-build/manifest.ts), but its own format and `kind: vm-image`: neither is ever taken for
+// (image-format/manifest.ts), but its own format and `kind: vm-image`: neither is ever taken for
 // the other (refuseOtherKind, exit 42).
 import type crypto from 'node:crypto'
 import { z } from 'zod'
 import { LabhostError } from '../lib/errors.ts'
 import {
   CHUNK_SIZE, checkSchema, checkSignature, keyFingerprint, parseJson, refuseOtherKind, signDocument, VM_IMAGE_MANIFEST_FORMAT,
-} from '../image-build/manifest.ts'
+} from '../image-format/manifest.ts'
 
 export const VM_MANIFEST_FILE = 'manifest.json'
 

@@ -2,12 +2,12 @@
 // manifest.json), or an http(s) URL of one. The signed manifest is read first, with a size cap,
 // and verified before anything else; the base's bytes then come as a stream from any offset
 // (a resumed download starts where the verified bytes end). Over HTTP it is the updater's
-// resumable download (updater/source.ts): retries with backoff, Range from the first missing byte.
+// resumable download (image-format/source.ts): retries with backoff, Range from the first missing byte.
 import type crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { LabhostError } from '../lib/errors.ts'
-import { DEFAULT_FETCH, fetchBytes, isUrl, MANIFEST_MAX_BYTES, manifestUrl, resumableDownload, type FetchOptions, type TransferStats } from '../updater/source.ts'
+import { DEFAULT_FETCH, fetchBytes, isUrl, MANIFEST_MAX_BYTES, manifestUrl, resumableDownload, type FetchOptions, type TransferStats } from '../image-format/source.ts'
 import { parseSignedVmManifest, VM_MANIFEST_FILE, type VmManifest } from './manifest.ts'
 
 export interface BaseSource {

@@ -2,7 +2,7 @@ import crypto from 'node:crypto'
 import zlib from 'node:zlib'
 import t from 'tap'
 import { crcLinear, forgeXor } from '../crc-forge.ts'
-import { prng, seedFromEnv } from '../../lib/test-helpers.ts'
+import { prng, seedFromEnv } from '../../test-support/test-helpers.ts'
 
 const seed = seedFromEnv()
 

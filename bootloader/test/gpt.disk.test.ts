@@ -1,9 +1,9 @@
 // The GPT reader against what sgdisk itself reports, on image files and 4Kn loop devices.
 import t from 'tap'
 import { run } from '../../lib/exec.ts'
-import { loop, sparseFile, tmpDir } from '../../lib/test-helpers.ts'
+import { loop, sparseFile, tmpDir } from '../../test-support/test-helpers.ts'
 import { isValid, openGptDisk, readGpt } from '../gpt.ts'
-import { makeGptDisk, type GptDiskSpec } from './gpt-fixtures.ts'
+import { makeGptDisk, type GptDiskSpec } from '../../test-support/gpt-fixtures.ts'
 
 const SPEC: GptDiskSpec = {
   tableEntries: 64,

@@ -1,9 +1,9 @@
 // gptmbr goes into the first 440 bytes; the disk signature and the protective entry stay.
 import fs from 'node:fs'
 import t from 'tap'
-import { readRange, runCli, sparseFile, tmpDir } from '../../lib/test-helpers.ts'
+import { readRange, runCli, sparseFile, tmpDir } from '../../test-support/test-helpers.ts'
 import { findGptmbr } from '../mbr.ts'
-import { makeGptDisk, sgdiskVerify, STANDARD_LAYOUT } from './gpt-fixtures.ts'
+import { makeGptDisk, sgdiskVerify, STANDARD_LAYOUT } from '../../test-support/gpt-fixtures.ts'
 
 t.test('labhost bootloader mbr', async (t) => {
   const dir = tmpDir(t)

@@ -2,8 +2,8 @@
 // byte is unchanged.
 import t from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
-import { hashWhole, loop, runCli, sparseFile, tmpDir, xorRange } from '../../lib/test-helpers.ts'
-import { makeGptDisk, rewriteBackupValid, STANDARD_LAYOUT, type GptDiskSpec } from './gpt-fixtures.ts'
+import { hashWhole, loop, runCli, sparseFile, tmpDir, xorRange } from '../../test-support/test-helpers.ts'
+import { makeGptDisk, rewriteBackupValid, STANDARD_LAYOUT, type GptDiskSpec } from '../../test-support/gpt-fixtures.ts'
 
 const DISK_BYTES = 48 << 20
 

@@ -1,9 +1,9 @@
 // slots repair: a damaged side is rebuilt from the valid one; sgdisk then finds no problems.
 import t from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
-import { hashWhole, loop, readRange, runCli, sparseFile, tmpDir, xorRange } from '../../lib/test-helpers.ts'
+import { hashWhole, loop, readRange, runCli, sparseFile, tmpDir, xorRange } from '../../test-support/test-helpers.ts'
 import { isValid, openGptDisk, readGpt } from '../gpt.ts'
-import { makeGptDisk, sgdiskVerify, STANDARD_LAYOUT } from './gpt-fixtures.ts'
+import { makeGptDisk, sgdiskVerify, STANDARD_LAYOUT } from '../../test-support/gpt-fixtures.ts'
 
 const BYTES = 32 << 20
 

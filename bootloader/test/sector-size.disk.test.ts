@@ -8,8 +8,8 @@ import fs from 'node:fs'
 import t, { type Test } from 'tap'
 import YAML from 'yaml'
 import { ExitCode } from '../../lib/errors.ts'
-import { hashWhole, loop, runCli, sparseFile, tmpDir } from '../../lib/test-helpers.ts'
-import { buildImages, makeHostIn, type Images } from '../../updater/test/update-fixtures.ts'
+import { hashWhole, loop, runCli, sparseFile, tmpDir } from '../../test-support/test-helpers.ts'
+import { buildImages, makeHostIn, type Images } from '../../test-support/update-fixtures.ts'
 
 const MiB = 1 << 20
 const dir = tmpDir(t, 'labhost-sector-size-test-')

@@ -4,12 +4,12 @@
 // then differs from the primary in the root-entry sector alone, both tables CRC-valid.
 import t, { type Test } from 'tap'
 import { Disk } from '../../lib/blockdev.ts'
-import { differingBlocks, hashRange, loop, readRange, runCli, sparseFile, tmpDir } from '../../lib/test-helpers.ts'
+import { differingBlocks, hashRange, loop, readRange, runCli, sparseFile, tmpDir } from '../../test-support/test-helpers.ts'
 import { readGpt } from '../gpt.ts'
 import { applySectorWrites } from '../sector-writes.ts'
 import { slotStatus } from '../slots.ts'
 import { planSwitch } from '../switch.ts'
-import { makeGptDisk, sgdiskVerify, STANDARD_LAYOUT } from './gpt-fixtures.ts'
+import { makeGptDisk, sgdiskVerify, STANDARD_LAYOUT } from '../../test-support/gpt-fixtures.ts'
 
 const MiB = 1 << 20
 const DISK_BYTES = 64 * MiB

@@ -4,11 +4,11 @@
 // and the end state is byte-identical to the start. Reproduce a failure with LABHOST_SEED.
 import t from 'tap'
 import { Disk } from '../../lib/blockdev.ts'
-import { differingBlocks, loop, prng, readRange, seedFromEnv, sparseFile, tmpDir } from '../../lib/test-helpers.ts'
+import { differingBlocks, loop, prng, readRange, seedFromEnv, sparseFile, tmpDir } from '../../test-support/test-helpers.ts'
 import { isValid, readGpt, type Gpt } from '../gpt.ts'
 import { otherSlot, slotStatus, type SlotId } from '../slots.ts'
 import { applySwitch, planSwitch, MAX_NAME_UNITS_WITH_ROOM } from '../switch.ts'
-import { makeGptDisk, sgdiskVerify, type PartSpec } from './gpt-fixtures.ts'
+import { makeGptDisk, sgdiskVerify, type PartSpec } from '../../test-support/gpt-fixtures.ts'
 
 const seed = seedFromEnv()
 const CASES = Number(process.env.LABHOST_PROPERTY_CASES ?? 60)

@@ -1,12 +1,12 @@
 // The one-sector switch on loop devices with 512- and 4096-byte logical sectors.
 import t from 'tap'
 import { Disk } from '../../lib/blockdev.ts'
-import { differingBlocks, loop, readRange, runCli, sparseFile, tmpDir } from '../../lib/test-helpers.ts'
+import { differingBlocks, loop, readRange, runCli, sparseFile, tmpDir } from '../../test-support/test-helpers.ts'
 import { readGpt } from '../gpt.ts'
 import { applySectorWrites } from '../sector-writes.ts'
 import { planSwitch } from '../switch.ts'
 import { slotStatus } from '../slots.ts'
-import { makeGptDisk, sgdiskVerify, STANDARD_LAYOUT } from './gpt-fixtures.ts'
+import { makeGptDisk, sgdiskVerify, STANDARD_LAYOUT } from '../../test-support/gpt-fixtures.ts'
 
 const MiB = 1 << 20
 const DISK_BYTES = 64 * MiB

@@ -1,6 +1,6 @@
 // labhost vm-image publish|pull|prune and labhost wake: the lab's VM base images (vmimages/).
 import { ExitCode, LabhostError } from '../../lib/errors.ts'
-import { DEFAULT_FETCH } from '../../updater/source.ts'
+import { DEFAULT_FETCH } from '../../image-format/source.ts'
 import { DEFAULT_CATALOGUE } from '../../vmimages/catalogue.ts'
 import { pruneVmImages, type PruneResult } from '../../vmimages/prune.ts'
 import { publishVmImage } from '../../vmimages/publish.ts'

@@ -3,7 +3,7 @@
 // and --help says they are left out. Every command says what it does with --dry-run.
 import t from 'tap'
 import { COMMANDS, main } from '../main.ts'
-import { runCli } from '../../lib/test-helpers.ts'
+import { runCli } from '../../test-support/test-helpers.ts'
 
 /** main() in this process, its stdout and stderr captured. */
 async function cli(argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {

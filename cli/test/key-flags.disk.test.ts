@@ -6,9 +6,9 @@ import fs from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
-import { runCli, tmpDir, type CliResult } from '../../lib/test-helpers.ts'
+import { runCli, tmpDir, type CliResult } from '../../test-support/test-helpers.ts'
 import { cacheKeys } from '../../image-build/cache-keys.ts'
-import { generateKeyPair } from '../../image-build/manifest.ts'
+import { generateKeyPair } from '../../image-format/manifest.ts'
 
 const dir = tmpDir(t, 'labhost-key-flags-test-')
 // the suite's key: the test image comes from the cache

@@ -4,8 +4,8 @@
 // once).
 import path from 'node:path'
 import t from 'tap'
-import { generateKeyPair } from '../../image-build/manifest.ts'
-import { runCli, tmpDir } from '../../lib/test-helpers.ts'
+import { generateKeyPair } from '../../image-format/manifest.ts'
+import { runCli, tmpDir } from '../../test-support/test-helpers.ts'
 
 // A real trusted key and a source that does not exist: a valid command line gets past the options
 // to a notFound (3).

@@ -5,7 +5,7 @@ import path from 'node:path'
 import t, { type Test } from 'tap'
 import YAML from 'yaml'
 import { ExitCode } from '../../lib/errors.ts'
-import { runCli, tmpDir, xorRange } from '../../lib/test-helpers.ts'
+import { runCli, tmpDir, xorRange } from '../../test-support/test-helpers.ts'
 import { RecipeSchema, recipesDir } from '../recipe.ts'
 
 const dir = tmpDir(t, 'labhost-build-test-')

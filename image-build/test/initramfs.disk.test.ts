@@ -3,7 +3,7 @@ import fs from 'node:fs'
 import zlib from 'node:zlib'
 import t from 'tap'
 import { run } from '../../lib/exec.ts'
-import { tmpDir } from '../../lib/test-helpers.ts'
+import { tmpDir } from '../../test-support/test-helpers.ts'
 import { writeCpio } from '../cpio.ts'
 import { buildInitramfs, findBusybox, INITRAMFS_MODULE_LIST } from '../initramfs.ts'
 

@@ -12,8 +12,8 @@ import crypto from 'node:crypto'
 import t from 'tap'
 import { run } from '../../lib/exec.ts'
 import { withLoop, withMount } from '../../lib/loop.ts'
-import { tmpDir } from '../../lib/test-helpers.ts'
-import { buildImages, type Images } from '../../updater/test/update-fixtures.ts'
+import { tmpDir } from '../../test-support/test-helpers.ts'
+import { buildImages, type Images } from '../../test-support/update-fixtures.ts'
 
 const dir = tmpDir(t, 'labhost-no-secrets-test-')
 let images: Images

@@ -3,7 +3,7 @@ import fs from 'node:fs'
 import t from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
 import { run } from '../../lib/exec.ts'
-import { runCli, tmpDir } from '../../lib/test-helpers.ts'
+import { runCli, tmpDir } from '../../test-support/test-helpers.ts'
 import { isValid, openGptDisk, readGpt } from '../../bootloader/gpt.ts'
 
 const dir = tmpDir(t, 'labhost-stick-test-')

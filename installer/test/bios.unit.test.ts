@@ -4,7 +4,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import t, { type Test } from 'tap'
-import { tmpDir } from '../../lib/test-helpers.ts'
+import { tmpDir } from '../../test-support/test-helpers.ts'
 import { applyBios, planBios } from '../bios.ts'
 import { InstallConfigSchema } from '../config.ts'
 

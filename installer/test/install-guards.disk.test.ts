@@ -18,10 +18,10 @@ import YAML from 'yaml'
 import { ExitCode } from '../../lib/errors.ts'
 import { run } from '../../lib/exec.ts'
 import { attachLoop, detachLoop } from '../../lib/loop.ts'
-import { hashWhole, loop, readRange, REPO_ROOT, runCli, sparseFile, tmpDir, type CliResult } from '../../lib/test-helpers.ts'
+import { hashWhole, loop, readRange, REPO_ROOT, runCli, sparseFile, tmpDir, type CliResult } from '../../test-support/test-helpers.ts'
 import { openGptDisk, readGpt } from '../../bootloader/gpt.ts'
 import { slotStatus } from '../../bootloader/slots.ts'
-import { buildImages, type Images } from '../../updater/test/update-fixtures.ts'
+import { buildImages, type Images } from '../../test-support/update-fixtures.ts'
 
 const MiB = 1 << 20
 const dir = tmpDir(t, 'labhost-install-guards-test-')

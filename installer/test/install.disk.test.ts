@@ -11,14 +11,14 @@ import YAML from 'yaml'
 import { describeDisk } from '../../lib/blockdev.ts'
 import { ExitCode } from '../../lib/errors.ts'
 import { run } from '../../lib/exec.ts'
-import { hashWhole, loop, readRange, runCli, sparseFile, tmpDir } from '../../lib/test-helpers.ts'
+import { hashWhole, loop, readRange, runCli, sparseFile, tmpDir } from '../../test-support/test-helpers.ts'
 import { openGptDisk, readGpt } from '../../bootloader/gpt.ts'
 import { findGptmbr } from '../../bootloader/mbr.ts'
 import { slotStatus } from '../../bootloader/slots.ts'
 import { cacheKeys } from '../../image-build/cache-keys.ts'
 import { buildImage } from '../../image-build/build.ts'
-import { generateKeyPair, type Manifest } from '../../image-build/manifest.ts'
-import { readPartitionFiles } from '../../vm-tests/fixtures/host-disks.ts'
+import { generateKeyPair, type Manifest } from '../../image-format/manifest.ts'
+import { readPartitionFiles } from '../../test-support/host-disks.ts'
 
 const MiB = 1 << 20
 const dir = tmpDir(t, 'labhost-install-test-')

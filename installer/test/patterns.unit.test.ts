@@ -9,7 +9,7 @@ import { execa } from 'execa'
 import t from 'tap'
 import YAML from 'yaml'
 import { ExitCode } from '../../lib/errors.ts'
-import { REPO_ROOT, tmpDir } from '../../lib/test-helpers.ts'
+import { REPO_ROOT, tmpDir } from '../../test-support/test-helpers.ts'
 
 const EVIL = '(a+)+'
 const LONG = 'a'.repeat(40) + 'b'

@@ -2,7 +2,7 @@
 // mid-install to the next one still recognises both; a torn record is no record.
 import fs from 'node:fs'
 import t from 'tap'
-import { tmpDir } from '../../lib/test-helpers.ts'
+import { tmpDir } from '../../test-support/test-helpers.ts'
 import { clearUnfinished, diskIdentity, markUnfinished, readUnfinished, UNFINISHED_FILE } from '../unfinished.ts'
 import type { BlockDisk } from '../disks.ts'
 

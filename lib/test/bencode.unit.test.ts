@@ -5,7 +5,7 @@
 import t from 'tap'
 import { bdecode } from '../bencode.ts'
 import { ExitCode, LabhostError } from '../errors.ts'
-import { checkTorrent } from '../../image-build/torrent.ts'
+import { checkTorrent } from '../../image-format/torrent.ts'
 
 type Enc = number | string | Buffer | Enc[] | { [k: string]: Enc }
 const enc = (v: Enc): Buffer => {

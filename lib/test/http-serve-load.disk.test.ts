@@ -6,9 +6,9 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
-import { tmpDir } from '../test-helpers.ts'
+import { tmpDir } from '../../test-support/test-helpers.ts'
 import { DEFAULT_LIMITS } from '../http-serve.ts'
-import { abortedDownload, download, randomFile, rawRequest, RSS_BAND, slowClient, startServer, until } from './serve-fixtures.ts'
+import { abortedDownload, download, randomFile, rawRequest, RSS_BAND, slowClient, startServer, until } from '../../test-support/serve-fixtures.ts'
 
 const dir = tmpDir(t, 'labhost-serve-load-')
 const sha = (f: string) => crypto.createHash('sha256').update(fs.readFileSync(f)).digest('hex')

@@ -1,13 +1,13 @@
 // labhost image serve against what the network may send it: a malformed percent-encoding or a GET
 // of an empty file leaves it serving; symlinks out of its directory, dotfiles and private keys are
 // never served; a path cannot forge a line in its log; aborted downloads leave no file handle and
-// no memory behind. The server runs as its own process (lib/test/serve-fixtures.ts) on 127.0.0.1.
+// no memory behind. The server runs as its own process (test-support/serve-fixtures.ts) on 127.0.0.1.
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
-import { runCli, tmpDir } from '../test-helpers.ts'
-import { abortedDownload, download, randomFile, rawGet, rawRequest, RSS_BAND, startServer, until } from './serve-fixtures.ts'
+import { runCli, tmpDir } from '../../test-support/test-helpers.ts'
+import { abortedDownload, download, randomFile, rawGet, rawRequest, RSS_BAND, startServer, until } from '../../test-support/serve-fixtures.ts'
 
 const dir = tmpDir(t, 'labhost-serve-test-')
 const root = path.join(dir, 'served')

@@ -1,7 +1,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
-import { REPO_ROOT } from '../test-helpers.ts'
+import { REPO_ROOT } from '../../test-support/test-helpers.ts'
 import { LABHOST_VERSION } from '../labhost-version.ts'
 
 t.test('LABHOST_VERSION is package.json\'s version', async (t) => {

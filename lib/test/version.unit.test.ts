@@ -2,7 +2,7 @@
 // plus the hyphen read as a pre-release marker (the one deviation) and the edge cases by name.
 import { execFileSync } from 'node:child_process'
 import t from 'tap'
-import { prng, seedFromEnv } from '../test-helpers.ts'
+import { prng, seedFromEnv } from '../../test-support/test-helpers.ts'
 import { compareVersions } from '../version.ts'
 
 const sign = (n: number) => Math.sign(n)

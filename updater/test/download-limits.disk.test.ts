@@ -10,9 +10,9 @@ import path from 'node:path'
 import { execa } from 'execa'
 import t, { type Test } from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
-import { REPO_ROOT, sparseFile, tmpDir } from '../../lib/test-helpers.ts'
-import { MANIFEST_MAX_BYTES } from '../source.ts'
-import { buildImages, makeHost, slotBHolds, wholeDisk, type Images } from './update-fixtures.ts'
+import { REPO_ROOT, sparseFile, tmpDir } from '../../test-support/test-helpers.ts'
+import { MANIFEST_MAX_BYTES } from '../../image-format/source.ts'
+import { buildImages, makeHost, slotBHolds, wholeDisk, type Images } from '../../test-support/update-fixtures.ts'
 import { serve } from './http-fixtures.ts'
 
 const dir = tmpDir(t, 'labhost-download-limits-')

@@ -8,10 +8,10 @@ import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t, { type Test } from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
-import { hashWhole, runCli, tmpDir, xorRange } from '../../lib/test-helpers.ts'
-import { publishImage } from '../../image-build/torrent.ts'
-import { buildImages, protectedParts, slotBHolds, type Images } from './update-fixtures.ts'
-import { startFleet, torrentArgs, TRACKER_PORT, type Fleet } from './fleet-fixtures.ts'
+import { hashWhole, runCli, tmpDir, xorRange } from '../../test-support/test-helpers.ts'
+import { publishImage } from '../../image-format/torrent.ts'
+import { buildImages, protectedParts, slotBHolds, type Images } from '../../test-support/update-fixtures.ts'
+import { startFleet, torrentArgs, TRACKER_PORT, type Fleet } from '../../test-support/fleet-fixtures.ts'
 
 const dir = tmpDir(t, 'labhost-fleet-')
 let images: Images

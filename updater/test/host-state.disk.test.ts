@@ -1,9 +1,9 @@
 // labhost status and mark-good against a host's files laid out in a temp dir and a real GPT.
 import fs from 'node:fs'
 import t, { type Test } from 'tap'
-import { runCli, sparseFile, tmpDir } from '../../lib/test-helpers.ts'
-import { makeGptDisk, STANDARD_LAYOUT } from '../../bootloader/test/gpt-fixtures.ts'
-import { writeTrialState } from '../trial-state.ts'
+import { runCli, sparseFile, tmpDir } from '../../test-support/test-helpers.ts'
+import { makeGptDisk, STANDARD_LAYOUT } from '../../test-support/gpt-fixtures.ts'
+import { writeTrialState } from '../../image-format/trial-state.ts'
 
 async function host(t: Test, slot: 'A' | 'B') {
   const dir = tmpDir(t)

@@ -6,8 +6,8 @@
 import fs from 'node:fs'
 import t, { type Test } from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
-import { runCli, tmpDir } from '../../lib/test-helpers.ts'
-import { buildImages, makeHost, protectedParts, slotBHolds, wholeDisk, type Images } from './update-fixtures.ts'
+import { runCli, tmpDir } from '../../test-support/test-helpers.ts'
+import { buildImages, makeHost, protectedParts, slotBHolds, wholeDisk, type Images } from '../../test-support/update-fixtures.ts'
 import { activeSlot, makeLabCa, serve, transportRequests } from './http-fixtures.ts'
 
 const MiB = 1 << 20

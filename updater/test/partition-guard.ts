@@ -5,8 +5,8 @@
 // BLKZEROOUT) into a partition that mkfs left mostly zero would otherwise hash the same.
 import crypto from 'node:crypto'
 import fs from 'node:fs'
-import { hashRange } from '../../lib/test-helpers.ts'
-import type { Host } from './update-fixtures.ts'
+import { hashRange } from '../../test-support/test-helpers.ts'
+import type { Host } from '../../test-support/update-fixtures.ts'
 
 /** Overwrite every partition except the root slots with random bytes (their filesystems are not used by an update). */
 export function markDataPartitions(h: Host): void {

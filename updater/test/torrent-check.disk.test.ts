@@ -11,9 +11,9 @@ import { execa } from 'execa'
 import t from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
 import { run } from '../../lib/exec.ts'
-import { REPO_ROOT, tmpDir } from '../../lib/test-helpers.ts'
-import { publishImage } from '../../image-build/torrent.ts'
-import { buildImages, makeHost, protectedParts, slotBHolds, wholeDisk, type Host, type Images } from './update-fixtures.ts'
+import { REPO_ROOT, tmpDir } from '../../test-support/test-helpers.ts'
+import { publishImage } from '../../image-format/torrent.ts'
+import { buildImages, makeHost, protectedParts, slotBHolds, wholeDisk, type Host, type Images } from '../../test-support/update-fixtures.ts'
 
 const dir = tmpDir(t, 'labhost-torrent-check-')
 let images: Images

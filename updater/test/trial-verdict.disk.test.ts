@@ -5,12 +5,12 @@
 import fs from 'node:fs'
 import t, { type Test } from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
-import { runCli, tmpDir } from '../../lib/test-helpers.ts'
+import { runCli, tmpDir } from '../../test-support/test-helpers.ts'
 import { openGptDisk, readGpt } from '../../bootloader/gpt.ts'
 import { slotStatus } from '../../bootloader/slots.ts'
 import { readLastResult, readTrial } from '../host-state.ts'
 import { judgeTrial, TrialConfigSchema } from '../trial-verdict.ts'
-import { buildImages, makeHost, wholeDisk, type Host, type Images } from './update-fixtures.ts'
+import { buildImages, makeHost, wholeDisk, type Host, type Images } from '../../test-support/update-fixtures.ts'
 
 const dir = tmpDir(t, 'labhost-trial-test-')
 let images: Images

@@ -7,12 +7,12 @@ import t, { type Test } from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
 import { FAULTS } from '../../lib/faults.ts'
 import { run } from '../../lib/exec.ts'
-import { differingBlocks, hashWhole, readRange, runCli, tmpDir, xorRange } from '../../lib/test-helpers.ts'
+import { differingBlocks, hashWhole, readRange, runCli, tmpDir, xorRange } from '../../test-support/test-helpers.ts'
 import { openGptDisk, readGpt } from '../../bootloader/gpt.ts'
 import { slotStatus } from '../../bootloader/slots.ts'
-import { generateKeyPair, readPrivateKey, signManifest, type Manifest } from '../../image-build/manifest.ts'
+import { generateKeyPair, readPrivateKey, signManifest, type Manifest } from '../../image-format/manifest.ts'
 import { runUpdate } from '../update.ts'
-import { buildImages, layout, makeHost, protectedParts, wholeDisk, type Images } from './update-fixtures.ts'
+import { buildImages, layout, makeHost, protectedParts, wholeDisk, type Images } from '../../test-support/update-fixtures.ts'
 
 const MiB = 1 << 20
 const dir = tmpDir(t, 'labhost-update-test-')

@@ -8,12 +8,12 @@ import t from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
 import { lockDisk } from '../../lib/disk-lock.ts'
 import { run } from '../../lib/exec.ts'
-import { loop, REPO_ROOT, runCli, tmpDir } from '../../lib/test-helpers.ts'
+import { loop, REPO_ROOT, runCli, tmpDir } from '../../test-support/test-helpers.ts'
 import { openGptDisk, readGpt } from '../../bootloader/gpt.ts'
 import { slotStatus } from '../../bootloader/slots.ts'
-import { rewriteGptValid } from '../../bootloader/test/gpt-fixtures.ts'
+import { rewriteGptValid } from '../../test-support/gpt-fixtures.ts'
 import { runUpdate } from '../update.ts'
-import { buildImages, makeHost, slotBHolds, wholeDisk, type Images } from './update-fixtures.ts'
+import { buildImages, makeHost, slotBHolds, wholeDisk, type Images } from '../../test-support/update-fixtures.ts'
 
 const dir = tmpDir(t, 'labhost-guards-test-')
 let images: Images

@@ -8,7 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { execa } from 'execa'
 import type { Test } from 'tap'
 import { run } from '../../lib/exec.ts'
-import { loop, sparseFile, tmpDir } from '../../lib/test-helpers.ts'
+import { loop, sparseFile, tmpDir } from '../../test-support/test-helpers.ts'
 
 /** A standalone qcow2 of `virtualMiB` with `dataMiB` written in 1 MiB runs of `pattern`, every other MiB. */
 export async function makeBase(file: string, o: { dataMiB: number; pattern: number; virtualMiB?: number }): Promise<string> {

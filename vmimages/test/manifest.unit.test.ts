@@ -7,9 +7,9 @@ import fs from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
 import { ExitCode, LabhostError } from '../../lib/errors.ts'
-import { runCli, tmpDir } from '../../lib/test-helpers.ts'
-import { CHUNK_SIZE, generateKeyPair, keyFingerprint, MANIFEST_FORMAT, parseSignedManifest, readPrivateKey, signManifest, type Manifest } from '../../image-build/manifest.ts'
-import { openSource } from '../../updater/source.ts'
+import { runCli, tmpDir } from '../../test-support/test-helpers.ts'
+import { CHUNK_SIZE, generateKeyPair, keyFingerprint, MANIFEST_FORMAT, parseSignedManifest, readPrivateKey, signManifest, type Manifest } from '../../image-format/manifest.ts'
+import { openSource } from '../../image-format/source.ts'
 import { parseSignedVmManifest, signVmManifest, type VmManifest } from '../manifest.ts'
 
 const dir = tmpDir(t, 'labhost-vm-manifest-')

@@ -6,7 +6,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
-import { runCli, tmpDir } from '../../lib/test-helpers.ts'
+import { runCli, tmpDir } from '../../test-support/test-helpers.ts'
 import { magicPacket, parseMac, sendWake, targetsFromReports } from '../wake.ts'
 
 /** A UDP socket on 127.0.0.1 collecting what arrives. */

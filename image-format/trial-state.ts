@@ -4,8 +4,11 @@
 // sector as it was before (switching back restores it byte for byte, DESIGN §3).
 import fs from 'node:fs'
 import path from 'node:path'
-import { TRIAL_DIR, TRIAL_FILE } from '../image-build/initramfs-init.ts'
-import { writeDurable } from './host-state.ts'
+import { writeDurable } from '../lib/durable.ts'
+
+/** Where the trial state lives, under the state partition's mount (the log partition); the initramfs reads it there too. */
+export const TRIAL_DIR = 'labhost'
+export const TRIAL_FILE = 'labhost/trial'
 
 export interface TrialState {
   slot: 'A' | 'B'

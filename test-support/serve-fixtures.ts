@@ -8,7 +8,7 @@ import net from 'node:net'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { execa, type ResultPromise } from 'execa'
-import { REPO_ROOT } from '../test-helpers.ts'
+import { REPO_ROOT } from './test-helpers.ts'
 
 export interface ServerProcess {
   url: string

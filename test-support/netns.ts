@@ -3,7 +3,7 @@
 // inside them. Nothing is routed out; a multicast route lets aria2c's Local Peer Discovery work.
 // close() kills whatever still runs in the namespaces and deletes them.
 import { execa, type ResultPromise } from 'execa'
-import { run } from './exec.ts'
+import { run } from '../lib/exec.ts'
 
 export interface LabMember {
   /** The namespace's name. */

@@ -1,4 +1,4 @@
-// A lab on one machine (lib/netns.ts): a server namespace running the image HTTP server
+// A lab on one machine (test-support/netns.ts): a server namespace running the image HTTP server
 // (`labhost image serve`), opentracker (whitelisting the image's info hash) and the first aria2c
 // seeder, and host namespaces each with a disk on a loop device running 1.0.0 from slot A.
 // Used by the fleet test and `npm run bench`; close() stops every process and removes it all.
@@ -6,10 +6,10 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { ResultPromise } from 'execa'
-import { attachLoop, detachLoop } from '../../lib/loop.ts'
-import { createLab, type Lab, type LabMember } from '../../lib/netns.ts'
-import { REPO_ROOT } from '../../lib/test-helpers.ts'
-import { publishImage } from '../../image-build/torrent.ts'
+import { attachLoop, detachLoop } from '../lib/loop.ts'
+import { createLab, type Lab, type LabMember } from './netns.ts'
+import { REPO_ROOT } from './test-helpers.ts'
+import { publishImage } from '../image-format/torrent.ts'
 import { makeHostIn, type Host, type Images } from './update-fixtures.ts'
 
 export const HTTP_PORT = 8080

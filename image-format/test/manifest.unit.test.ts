@@ -7,7 +7,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
-import { runCli, tmpDir, type CliResult } from '../../lib/test-helpers.ts'
+import { runCli, tmpDir, type CliResult } from '../../test-support/test-helpers.ts'
 import { CHUNK_SIZE, generateKeyPair, hashChunks, keyFingerprint, MANIFEST_FORMAT, readManifest, readPrivateKey, readPublicKey, signManifest, verifyImageDir, verifyManifestSignature, type Manifest } from '../manifest.ts'
 
 const dir = tmpDir(t, 'labhost-manifest-test-')
@@ -118,7 +118,7 @@ const forged: [string, string][] = [
 t.test('unsigned or wrongly signed: signatureInvalid whatever the other fields hold', async (t) => {
   for (const [name, text] of garbage) {
     const r = judged(t, text)
-    // update reads the manifest before it has the key at hand (updater/source.ts): what has no
+    // update reads the manifest before it has the key at hand (image-format/source.ts): what has no
     // signature it refuses at once; a signature it cannot check yet, after the shape
     for (const [how, e] of Object.entries(r)) t.match(e, { name: 'LabhostError', code: 'signatureInvalid' }, `${name}: ${how}`)
   }
@@ -133,7 +133,7 @@ t.test('through the CLI: the exit code and one line, no stack trace', async (t) 
   for (const [what, r, code] of [['image verify, wrong shape', a, ExitCode.manifestInvalid], ['update, wrong shape', b, ExitCode.manifestInvalid],
     ['image verify, unsigned garbage', c, ExitCode.signatureInvalid], ['update, unsigned garbage', d, ExitCode.signatureInvalid],
     ['image verify, garbage with a forged signature', e, ExitCode.signatureInvalid],
-    // update checks the signature as it reads the manifest (updater/source.ts takes the key)
+    // update checks the signature as it reads the manifest (image-format/source.ts takes the key)
     ['update, garbage with a forged signature', f, ExitCode.signatureInvalid]] as const) {
     t.equal(r.code, code, `${what}: exit ${code}`, { stderr: r.stderr })
     oneLine(t, r)

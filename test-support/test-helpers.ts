@@ -5,7 +5,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { execa } from 'execa'
-import { attachLoop, detachLoop, type LoopOptions } from './loop.ts'
+import { attachLoop, detachLoop, type LoopOptions } from '../lib/loop.ts'
 
 export interface Teardown { teardown(fn: () => unknown): void }
 

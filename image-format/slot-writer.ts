@@ -15,7 +15,7 @@ import { fault } from '../lib/faults.ts'
 import { ZstdReader, type ZstdVerdict } from '../lib/zstd-reader.ts'
 import { HashPool } from '../lib/hash-pool.ts'
 import type { Progress } from '../lib/progress.ts'
-import { chunkLength, type Manifest } from '../image-build/manifest.ts'
+import { chunkLength, type Manifest } from './manifest.ts'
 import type { UpdateSource } from './source.ts'
 
 export interface ImageTarget {

@@ -1,7 +1,7 @@
 // GPT disks for the tests, made by the real sgdisk on image files or loop devices.
 import fs from 'node:fs'
-import { run } from '../../lib/exec.ts'
-import { arrayCrc, headerCrcOf, parseHeader } from '../gpt.ts'
+import { run } from '../lib/exec.ts'
+import { arrayCrc, headerCrcOf, parseHeader } from '../bootloader/gpt.ts'
 
 export interface PartSpec {
   /** 1-based entry number. */

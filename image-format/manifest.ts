@@ -38,10 +38,10 @@ export const ManifestSchema = z.object({
   image: z.object({ ...fileRef, chunkSize: positive, chunks: z.array(sha256Hex) }).strict(),
   /**
    * The zstd copy that is downloaded. `frames`: the size of each chunk's own zstd frame, in chunk
-   * order (image-build/zstd-frames.ts): a delta update fetches single chunks by their byte range.
+   * order (image-format/zstd-frames.ts): a delta update fetches single chunks by their byte range.
    */
   transport: z.object({ ...fileRef, compression: z.literal('zstd'), frames: z.array(positive).optional() }).strict(),
-  /** The block index (image-build/block-index.ts): short hashes of every block, for delta updates. */
+  /** The block index (image-format/block-index.ts): short hashes of every block, for delta updates. */
   blocks: z.object({ ...fileRef, blockSize: positive, hashBytes: z.number().int().min(1).max(32) }).strict().optional(),
   /** The recipe's trial: boots the new version gets before its initramfs rolls back (`labhost update --trial-boots` overrides). */
   trial: z.object({ boots: z.number().int().min(1).max(20) }).strict().optional(),

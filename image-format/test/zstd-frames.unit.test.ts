@@ -5,7 +5,7 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import t from 'tap'
 import { execa } from 'execa'
-import { tmpDir } from '../../lib/test-helpers.ts'
+import { tmpDir } from '../../test-support/test-helpers.ts'
 import { ExitCode, LabhostError } from '../../lib/errors.ts'
 import { compressFramed, decompressFrame, frameOffsets } from '../zstd-frames.ts'
 

@@ -10,7 +10,7 @@ import tls from 'node:tls'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Got, HTTPError, Response } from 'got'
 import { LabhostError, type ErrorCode } from '../lib/errors.ts'
-import { parseSignedManifest, readSignedManifest, type Manifest } from '../image-build/manifest.ts'
+import { parseSignedManifest, readSignedManifest, type Manifest } from './manifest.ts'
 
 export interface FetchOptions {
   /** Failed attempts in a row (no byte gained) before giving up. */
