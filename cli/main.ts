@@ -7,6 +7,7 @@ import { install } from './commands/install.ts'
 import { markGoodCommand, status, trialCheck, update } from './commands/host.ts'
 import { imageBuild, imageKeygen, imagePublish, imageSeed, imageServe, imageStick, imageVerify, schema } from './commands/image.ts'
 import { imageSelector } from './commands/image-selector.ts'
+import { channelPublish, channelShow } from './commands/channel.ts'
 import { slotsRepair, slotsStatus, slotsSwitch } from './commands/slots.ts'
 import { vmImagePrune, vmImagePublish, vmImagePull, wake } from './commands/vm-image.ts'
 import { checkOptions, parseCommandArgs, type Command, type Context } from './command.ts'
@@ -14,7 +15,7 @@ import { commandHelp } from './help.ts'
 import { LABHOST_VERSION } from '../lib/labhost-version.ts'
 
 
-export const COMMANDS: Command[] = [slotsStatus, slotsSwitch, slotsRepair, bootloaderMbr, imageBuild, imageKeygen, imageVerify, imageStick, imageSelector, imagePublish, imageSeed, imageServe, schema, install, update, status, markGoodCommand, trialCheck, vmImagePublish, vmImagePull, vmImagePrune, wake]
+export const COMMANDS: Command[] = [slotsStatus, slotsSwitch, slotsRepair, bootloaderMbr, imageBuild, imageKeygen, imageVerify, imageStick, imageSelector, imagePublish, imageSeed, imageServe, channelPublish, channelShow, schema, install, update, status, markGoodCommand, trialCheck, vmImagePublish, vmImagePull, vmImagePrune, wake]
 
 function topHelp(): string {
   const width = Math.max(...COMMANDS.map((c) => c.name.length))

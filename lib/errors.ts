@@ -47,6 +47,12 @@ export const ExitCode = {
   torrentInvalid: 39,
   /** A signed manifest of the other kind: a VM base image's where a root image's is wanted, or the reverse. */
   manifestKind: 42,
+  /** A channel document (labhost update --channel, channel show) without a valid signature by the trusted key. */
+  channelSignatureInvalid: 43,
+  /** A signed channel document this labhost cannot use (its shape), or one naming another image than its manifest. */
+  channelInvalid: 44,
+  /** A channel document older (lower serial) than the newest this host accepted: a replay or a stale mirror. */
+  channelReplayed: 45,
   /** labhost vm-image publish: not a qcow2 file of its own (other format, a backing file, errors, in use). */
   vmImageInvalid: 70,
   /** labhost vm-image pull: the backing partition has not the room for the image (checked before downloading). */

@@ -62,6 +62,11 @@ export interface UpdateOptions {
    * instead of from the server alone; a delta that pays still goes over HTTP (it is small).
    */
   torrent?: TorrentOptions
+  /**
+   * The image a channel document named (labhost update --channel): its signed manifest must be
+   * this name and version, else the channel and the image disagree (nothing is written).
+   */
+  expect?: { name: string; version: string }
 }
 
 /** start: plan verified, lock held; commit: the one-sector switch is next; done: switched. */
@@ -93,6 +98,10 @@ export async function planUpdate(o: UpdateOptions): Promise<{ plan: UpdatePlan; 
   const trusted = readPublicKey(o.trustedKey)
   const source = await openSource(o.source, trusted, { ...DEFAULT_FETCH, log: o.log, ...o.fetch })
   const { manifest, manifestWhere: manifestFile } = source
+  if (o.expect && (manifest.name !== o.expect.name || manifest.version !== o.expect.version)) {
+    throw new LabhostError('channelInvalid', `${manifestFile} is ${manifest.name} ${manifest.version}, but the channel names ${o.expect.name} ${o.expect.version}`,
+      'publish the channel again naming the image it points at (labhost channel publish reads both from the manifest); nothing was written')
+  }
   const boot = readBootInfo(o.paths)
   const diskPath = o.disk ?? boot.disk
   const disk = openGptDisk(diskPath)

@@ -127,8 +127,8 @@ WantedBy=multi-user.target
   t.ok(metrics && metrics[1] !== '' && metrics[1] !== '0', 'labhost-status.timer fired', { line: metrics?.[0] })
   const lines = (metrics?.[2] ?? '').split('|')
   t.ok(lines.some((l) => /^# TYPE labhost_\w+ gauge/.test(l)), 'its service wrote Prometheus text exposition', { lines })
-  t.ok(lines.includes('labhost_info{version="1.0.0",slot="A",flagged="A"} 1'), 'the running version and slot as the host sees them', { lines })
-  t.ok(lines.includes('labhost_gpt_healthy 1') && lines.includes('labhost_trial_boots_left -1'), 'a healthy GPT and no trial pending', { lines })
+  t.ok(lines.includes('labhost_image_info{version="1.0.0",slot="A",next_slot="A"} 1'), 'the running version and slot as the host sees them', { lines })
+  t.ok(lines.includes('labhost_gpt_healthy 1') && lines.includes('labhost_trial_pending 0'), 'a healthy GPT and no trial pending', { lines })
 
   // the same, as `labhost status` reads it from the disk
   await withPartition(disks.ssd, statePart, async (root) => {

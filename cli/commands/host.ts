@@ -4,13 +4,14 @@ import path from 'node:path'
 import { DEFAULT_PATHS, markGood, type HostPaths } from '../../updater/host-state.ts'
 import { writeDurable } from '../../lib/durable.ts'
 import { gatherStatus, renderHuman, renderPrometheus } from '../../updater/status.ts'
-import { runUpdate } from '../../updater/update.ts'
+import { runUpdate, type UpdateResult } from '../../updater/update.ts'
+import { DEFAULT_MACHINE_UUID_FILE, runChannelUpdate, type ChannelOutcome } from '../../updater/rollout.ts'
 import { failingConfig, judgeTrial, loadTrialConfig, trialPendingHere, TRIAL_CONFIG, type TrialConfig } from '../../updater/trial-verdict.ts'
 import { DEFAULT_TORRENT } from '../../updater/torrent.ts'
 import { DEFAULT_FETCH } from '../../image-format/source.ts'
 import { ExitCode, LabhostError } from '../../lib/errors.ts'
 import { powerAction } from '../../lib/power.ts'
-import { decimal, defineCommand, oneOf, pathValue, rate, TRUSTED_KEY, wholeNumber, type Options } from '../command.ts'
+import { decimal, defineCommand, oneOf, pathValue, rate, TRUSTED_KEY, url, valueOf, wholeNumber, type Options } from '../command.ts'
 
 /**
  * Where a host's files are: test seams (the disk tests lay a host's files out in a temp dir; on a
@@ -101,10 +102,18 @@ const TORRENT_ONLY = ['download-dir', 'seed-minutes', 'seed-ratio', 'tracker-int
 
 export const update = defineCommand({
   name: 'update',
-  summary: 'write a signed image (directory, manifest or http(s) URL) to the inactive slot, verify it from the disk, switch to it on trial',
-  usage: 'labhost update DIR|MANIFEST|URL [options]',
+  summary: 'write a signed image (directory, manifest or http(s) URL, or the one a channel names) to the inactive slot, verify it from the disk, switch to it on trial',
+  usage: 'labhost update DIR|MANIFEST|URL [options]   labhost update --channel URL [options]',
+  notes: 'with --channel, exit 0 also when the host does not update (paused, not in this rollout stage, up to date, waiting for the window); the decision is printed (--json: as data)',
   options: {
     ...PATH_OPTIONS,
+    channel: { type: 'string', value: 'URL', schema: url(['http:', 'https:'], 'http://images.lab/channel.json'), description: 'follow a staged rollout: the signed channel document (labhost channel publish) names the image, share and window' },
+    'ignore-window': { type: 'boolean', description: "with --channel: update outside the channel's maintenance window (a reboot still waits for it)" },
+    'machine-uuid-file': { type: 'string', value: 'FILE', default: DEFAULT_MACHINE_UUID_FILE, schema: pathValue(), seam: true, description: "with --channel: the machine UUID whose hash places this host in a rollout" },
+    now: {
+      type: 'string', value: 'TIME', seam: true, schema: valueOf((s) => (Number.isNaN(Date.parse(s)) ? undefined : new Date(s)), 'is not a time', 'give an ISO 8601 time, e.g. 2026-12-07T23:30:00 (local time without a zone)'),
+      description: "with --channel: judge the maintenance window at this time instead of the clock's",
+    },
     'trusted-key': TRUSTED_KEY,
     disk: { type: 'string', value: 'DEV', schema: pathValue(), defaultText: 'the disk this host booted from', description: 'the host disk whose inactive slot is written' },
     'allow-downgrade': { type: 'boolean', description: 'accept an image whose version is not newer than the running one' },
@@ -140,14 +149,14 @@ export const update = defineCommand({
     'announce-phases': { type: 'boolean', seam: true, description: 'print LABHOST-PHASE <name> on stderr as each phase begins (the VM tests aim their resets by them)' },
   },
   conflicts: [['full', 'delta', 'leave one out (delta is the default)']],
-  requires: TORRENT_ONLY.map((o) => [o, 'torrent'] as const),
+  requires: [...TORRENT_ONLY.map((o) => [o, 'torrent'] as const), ['ignore-window', 'channel'], ['now', 'channel']],
   dryRun: { plan: 'check the source and the disk, then print the plan: the target slot, what would be downloaded and the sectors the switch would write' },
   async run(values, positionals, ctx) {
     const source = positionals[0]
-    if (!source) throw new LabhostError('usage', 'labhost update needs a SOURCE (an image directory, its manifest.json, or an http(s) URL of one)', `usage: ${this.usage}`)
+    if (source && values.channel !== undefined) throw new LabhostError('usage', `labhost update takes a SOURCE or --channel, not both (${source})`, 'the channel names the image: leave out SOURCE, or --channel')
+    if (!source && values.channel === undefined) throw new LabhostError('usage', 'labhost update needs a SOURCE (an image directory, its manifest.json, or an http(s) URL of one) or --channel URL', `usage: ${this.usage}`)
     const timeout = values.timeout
-    const result = await runUpdate({
-      source,
+    const common = {
       trustedKey: values['trusted-key'],
       paths: hostPaths(values),
       disk: values.disk,
@@ -171,21 +180,37 @@ export const update = defineCommand({
       },
       dryRun: ctx.dryRun,
       log: ctx.log,
-      progress: (step) => ctx.progress(step === 'write' ? 'writing' : 'verifying'),
-      phase: values['announce-phases'] ? (name) => process.stderr.write(`LABHOST-PHASE ${name}\n`) : undefined,
-    })
+      progress: (step: 'write' | 'verify') => ctx.progress(step === 'write' ? 'writing' : 'verifying'),
+      phase: values['announce-phases'] ? (name: string) => process.stderr.write(`LABHOST-PHASE ${name}\n`) : undefined,
+    } as const
+    let outcome: ChannelOutcome | undefined
+    let head = ''
+    let result: UpdateResult
+    if (values.channel !== undefined) {
+      outcome = await runChannelUpdate({ ...common, channel: values.channel, machineUuidFile: values['machine-uuid-file'], now: values.now, ignoreWindow: values['ignore-window'] })
+      const decided = `${ctx.dryRun && outcome.decision === 'update' ? 'would update' : outcome.decision}: ${outcome.reason}`
+      head = `channel ${outcome.channel.url}: serial ${outcome.channel.serial}, ${outcome.channel.image.name} ${outcome.channel.image.version} at ${outcome.channel.share} %` +
+        `${outcome.channel.window ? `, window ${outcome.channel.window}` : ''}${outcome.channel.paused ? ', paused' : ''}`
+      if (!outcome.update) return { data: { ...outcome, dryRun: ctx.dryRun }, human: `${head}\n${decided}` }
+      result = outcome.update
+      if (values.reboot && !outcome.mayReboot) ctx.log(`not rebooting: outside the window ${outcome.channel.window}; slot ${result.to.slot} boots at the next reboot`)
+    } else {
+      result = await runUpdate({ ...common, source: source! })
+    }
+    const reboot = values.reboot && (outcome?.mayReboot ?? true)
     const human = [`${ctx.dryRun ? 'would update' : 'updated'} ${result.disk}: slot ${result.from.slot} (${result.from.version ?? '?'}) -> slot ${result.to.slot} (${result.to.version})`,
       ...result.writes.map((w) => `  ${ctx.dryRun ? 'would write' : 'wrote'} ${w}`),
       ...(result.delta?.used === false ? [`  downloading the whole image: ${result.delta.reason}`] : []),
       ...(ctx.dryRun ? [] : [`  write ${result.seconds.write.toFixed(1)} s, read-back ${result.seconds.verify.toFixed(1)} s` +
         (result.transfer.requests ? `, ${result.transfer.requests} request(s), ${result.transfer.resumes} resumed, ${result.transfer.bytes} bytes downloaded` : '') +
         (result.transfer.torrent ? `; BitTorrent ${result.transfer.torrent.seconds.toFixed(1)} s, aria2c seeds on for ${result.transfer.torrent.seedMinutes} min` : ''),
-      `  slot ${result.to.slot} boots next, on trial until labhost mark-good${values.reboot ? '; rebooting' : ''}`])].join('\n')
-    if (values.reboot && !ctx.dryRun) {
+      `  slot ${result.to.slot} boots next, on trial until labhost mark-good${reboot ? '; rebooting' : ''}`])].join('\n')
+    if (reboot && !ctx.dryRun) {
       // print before the machine goes down
       ctx.log(human)
       await powerAction('reboot', ctx.log)
     }
+    if (outcome) return { data: { ...outcome, dryRun: ctx.dryRun }, human: `${head}\n${outcome.decision === 'updated' ? 'updated' : 'would update'}: ${outcome.reason}\n${human}` }
     return { data: { ...result, dryRun: ctx.dryRun }, human }
   },
 })

@@ -5,6 +5,7 @@ import { LabhostError } from '../../lib/errors.ts'
 import { LayoutSchema } from '../../lib/layout.ts'
 import { InstallConfigSchema } from '../../installer/config.ts'
 import { TrialConfigSchema } from '../../updater/trial-verdict.ts'
+import { ChannelSchema } from '../../updater/channel.ts'
 import { z } from 'zod'
 import { buildImage } from '../../image-build/build.ts'
 import { generateKeyPair, planKeyPair, readPublicKey, verifyImageDir } from '../../image-format/manifest.ts'
@@ -166,15 +167,15 @@ export const imageVerify = defineCommand({
 
 export const schema = defineCommand({
   name: 'schema',
-  summary: 'print the JSON Schema of a configuration file kind (recipe, layout, install, trial) for editors',
-  usage: 'labhost schema recipe|layout|install|trial',
+  summary: 'print the JSON Schema of a configuration file kind (recipe, layout, install, trial, channel) for editors',
+  usage: 'labhost schema recipe|layout|install|trial|channel',
   options: {},
   dryRun: { readsOnly: true },
   async run(_values, positionals) {
     const kind = positionals[0]
     const s = kind === 'recipe' ? recipeJsonSchema() : kind === 'layout' ? z.toJSONSchema(LayoutSchema, { io: 'input' }) : kind === 'install' ? z.toJSONSchema(InstallConfigSchema, { io: 'input' })
-      : kind === 'trial' ? z.toJSONSchema(TrialConfigSchema, { io: 'input' }) : null
-    if (!s) throw new LabhostError('usage', `no schema named ${kind ?? '(none)'}`, 'use `labhost schema recipe`, `labhost schema layout`, `labhost schema install` or `labhost schema trial`')
+      : kind === 'trial' ? z.toJSONSchema(TrialConfigSchema, { io: 'input' }) : kind === 'channel' ? z.toJSONSchema(ChannelSchema, { io: 'input' }) : null
+    if (!s) throw new LabhostError('usage', `no schema named ${kind ?? '(none)'}`, 'use `labhost schema recipe`, `labhost schema layout`, `labhost schema install`, `labhost schema trial` or `labhost schema channel`')
     return { data: s, human: JSON.stringify(s, null, 2) }
   },
 })

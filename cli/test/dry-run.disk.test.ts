@@ -82,6 +82,12 @@ function manifestOnly(t: Test): string {
   return d
 }
 
+/** The manifest and transport file of 1.0.0, hard-linked into `dir`: an image a channel can name. */
+function imageLinks(dir: string): void {
+  fs.mkdirSync(dir)
+  for (const f of ['manifest.json', 'root.img.zst']) fs.linkSync(`${images.v1}/${f}`, `${dir}/${f}`)
+}
+
 type Kind = 'plan' | 'readsOnly' | 'refused'
 const cases: Record<string, { kind: Kind; run: (t: Test) => Promise<void> }> = {
   'slots status': {
@@ -261,6 +267,29 @@ const cases: Record<string, { kind: Kind; run: (t: Test) => Promise<void> }> = {
       const d = manifestOnly(t)
       // refused at once: not a server that runs until stopped
       await refused(t, 'image serve', ['image', 'serve', d, '--port', '0'], [d])
+    },
+  },
+  'channel publish': {
+    kind: 'plan',
+    run: async (t) => {
+      const d = tmpDir(t)
+      imageLinks(`${d}/v1`)
+      const argv = ['channel', 'publish', '--out', `${d}/channel.json`, '--image', 'v1/', '--share', '5', '--signing-key', images.keys.privateKeyFile]
+      const r = await dryRun(t, argv, [d])
+      t.equal(r.code, 0, { stderr: r.stderr })
+      t.match(r.stdout, /^would write .*channel\.json: serial 1, /)
+      t.notOk(fs.existsSync(`${d}/channel.json`), 'no channel written')
+    },
+  },
+  'channel show': {
+    kind: 'readsOnly',
+    run: async (t) => {
+      const d = tmpDir(t)
+      imageLinks(`${d}/v1`)
+      t.equal((await runCli(['channel', 'publish', '--out', `${d}/channel.json`, '--image', 'v1/', '--share', '5', '--signing-key', images.keys.privateKeyFile])).code, 0)
+      const r = await dryRun(t, ['channel', 'show', `${d}/channel.json`, '--trusted-key', images.keys.publicKeyFile], [d])
+      t.equal(r.code, 0, { stderr: r.stderr })
+      t.match(r.stdout, /channel\.json: serial 1, /)
     },
   },
   schema: {

@@ -58,7 +58,7 @@ t.test('test seams: hidden from --help (which says so at its end), listed by --h
   const withSeams = COMMANDS.filter((c) => Object.values(c.options).some((o) => o.seam))
   // the ones the issue names, and the phase markers the VM tests read
   const seamsOf = (name: string) => Object.entries(COMMANDS.find((c) => c.name === name)!.options).filter(([, o]) => o.seam).map(([n]) => n)
-  t.same(seamsOf('update'), ['boot-file', 'state-root', 'version-file', 'announce-phases'])
+  t.same(seamsOf('update'), ['boot-file', 'state-root', 'version-file', 'machine-uuid-file', 'now', 'announce-phases'])
   t.same(seamsOf('install'), ['sys-root'])
   t.ok(withSeams.length >= 6, 'update, status, mark-good, trial-check, slots switch, slots repair, install')
   for (const c of withSeams) {

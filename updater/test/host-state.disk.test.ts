@@ -31,8 +31,8 @@ t.test('status of a healthy host, as JSON and for Prometheus', async (t) => {
   const p = await runCli(['status', '--prometheus', '--out', `${h.dir}/metrics/labhost.prom`, ...h.args])
   t.equal(p.code, 0)
   const text = fs.readFileSync(`${h.dir}/metrics/labhost.prom`, 'utf8')
-  t.match(text, /labhost_info\{version="1\.0\.0",slot="A",flagged="A"\} 1/)
-  t.match(text, /labhost_trial_boots_left -1/)
+  t.match(text, /\nlabhost_image_info\{version="1\.0\.0",slot="A",next_slot="A"\} 1\n/)
+  t.match(text, /\nlabhost_trial_pending 0\n/)
   t.match(text, /labhost_gpt_healthy 1/)
 })
 
