@@ -9,7 +9,7 @@ import {
   arrayCrc, ENTRY_ATTR_OFFSET, ENTRY_NAME_BYTES, ENTRY_NAME_OFFSET, LEGACY_BOOTABLE_BIT, readGpt, requireSaneLayout, requireValidGpt,
   type Gpt, type GptEntry,
 } from './gpt.ts'
-import { applySectorWrites, type SectorWrite } from './sector-writes.ts'
+import { applySectorWrites, describeWrite, type SectorWrite } from './sector-writes.ts'
 import { DEFAULT_SLOT_NAMES, findRootSlots, slotStatus, type SlotId, type SlotNames } from './slots.ts'
 import { fault } from '../lib/faults.ts'
 
@@ -123,6 +123,27 @@ export function planSwitch(disk: Disk, gpt: Gpt, to: SlotId, names: SlotNames = 
  */
 function naiveSwitchInjected(): boolean {
   return fault('SKIP_CRC_COMPENSATION') === '1'
+}
+
+/** One write of a switch plan as data (--json): the LBA as a decimal string; with `hex`, the sector's bytes. */
+export type WriteData = { region: SectorWrite['region']; lba: string; bytes: number; why: string; hex?: string }
+export type SwitchPlanData = Omit<SwitchPlan, 'writes'> & { writes: WriteData[] }
+
+export function switchPlanData(plan: Readonly<SwitchPlan>, o: { hex?: boolean } = {}): SwitchPlanData {
+  return { ...plan, writes: plan.writes.map((w) => ({ ...describeWrite(w), ...(o.hex ? { hex: w.data.toString('hex') } : {}) }) as WriteData) }
+}
+
+/**
+ * A switch plan for people, as `labhost slots switch` and `labhost update --dry-run` print it:
+ * the sector, its CRC compensation bytes, each write in order.
+ */
+export function renderSwitch(plan: Readonly<Omit<SwitchPlan, 'writes'>> & { writes: readonly Pick<SectorWrite | WriteData, 'region' | 'lba' | 'why'>[] }, dryRun: boolean): string[] {
+  return [
+    `disk ${plan.disk} (${plan.sectorSize}-byte sectors): slot ${plan.from} -> slot ${plan.to}${plan.alreadyActive ? ' (already active)' : ''}`,
+    `  root entries share array sector ${plan.arraySector}; CRC compensation in slot ${plan.compensationSlot}'s name tail: ${plan.compensationBytes}`,
+    ...plan.writes.map((w) => `  ${dryRun ? 'would write' : 'wrote'} ${w.region} LBA ${w.lba}: ${w.why}`),
+    ...(plan.writes.length === 0 ? ['  nothing to write'] : []),
+  ]
 }
 
 /** Apply a switch plan, then read the disk back and prove the new state. */

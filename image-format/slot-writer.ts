@@ -16,13 +16,30 @@ import { ZstdReader, type ZstdVerdict } from '../lib/zstd-reader.ts'
 import { HashPool } from '../lib/hash-pool.ts'
 import type { Progress } from '../lib/progress.ts'
 import { chunkLength, type Manifest } from './manifest.ts'
-import type { UpdateSource } from './source.ts'
+import { downloadTransport, unhandledKind, type UpdateSource } from './source.ts'
 
 export interface ImageTarget {
   disk: string
   firstByte: number
   /** For messages: "slot B". */
   name: string
+}
+
+/** What the writer reads, one reader each: a raw image file, zstd (a file or a stream), a raw stream. */
+export type ImageInput =
+  | { readonly kind: 'raw-file'; readonly file: string }
+  | { readonly kind: 'zstd'; readonly from: string | AsyncIterable<Buffer> }
+  | { readonly kind: 'raw-stream'; readonly stream: AsyncIterable<Buffer> }
+
+/** How the writer reads each kind of source. */
+export function imageInput(source: UpdateSource): ImageInput {
+  switch (source.kind) {
+    case 'local-raw': return { kind: 'raw-file', file: source.file }
+    case 'local-zstd': case 'torrent': return { kind: 'zstd', from: source.file }
+    case 'http': return { kind: 'zstd', from: downloadTransport(source) }
+    case 'delta': return { kind: 'raw-stream', stream: source.chunks() }
+    default: return unhandledKind(source)
+  }
 }
 
 /** Chunk buffers of the writer: one filling, the others queued for or in O_DIRECT writes. */
@@ -141,7 +158,7 @@ export interface WriteStats {
  * range. Chunks the manifest says are zeros are compared with zeros before they are zeroed; the
  * others are hashed when they are read back (here with `readBack`, else by verifyImage).
  */
-export async function writeImage(target: ImageTarget, manifest: Manifest, source: UpdateSource, o: WriteOptions = {}): Promise<WriteResult> {
+export async function writeImage(target: ImageTarget, manifest: Manifest, input: ImageInput, o: WriteOptions = {}): Promise<WriteResult> {
   const { progress } = o
   const { chunkSize: size, size: total, chunks } = manifest.image
   const file = DirectFile.open(target.disk, 'write')
@@ -276,22 +293,26 @@ export async function writeImage(target: ImageTarget, manifest: Manifest, source
   try {
     let finished = false
     try {
-      if (source.rawImageFile) await readRaw(source.rawImageFile)
-      else if (source.compressed) await readZstd(zstd = await ZstdReader.open(source.transportFile ?? source.transport()))
-      else for await (const piece of source.transport()) {
-        for (let from = 0; from < piece.length;) {
-          buf ??= await pool.take()
-          const n = Math.min(size - filled, piece.length - from)
-          piece.copy(buf, filled, from, from + n)
-          filled += n
-          from += n
-          if (filled === size) {
-            const full = buf
-            buf = null
-            filled = 0
-            place(full, size)
+      switch (input.kind) {
+        case 'raw-file': await readRaw(input.file); break
+        case 'zstd': await readZstd(zstd = await ZstdReader.open(input.from)); break
+        case 'raw-stream': for await (const piece of input.stream) {
+          for (let from = 0; from < piece.length;) {
+            buf ??= await pool.take()
+            const n = Math.min(size - filled, piece.length - from)
+            piece.copy(buf, filled, from, from + n)
+            filled += n
+            from += n
+            if (filled === size) {
+              const full = buf
+              buf = null
+              filled = 0
+              place(full, size)
+            }
           }
         }
+          break
+        default: unhandledKind(input)
       }
       finished = true
     } finally {

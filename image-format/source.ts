@@ -41,23 +41,53 @@ export interface TransferStats {
   torrent?: { url: string; file: string; seconds: number; seederPid: number | null; seedMinutes: number }
 }
 
-export interface UpdateSource {
+/** What every source has: the verified manifest, where it and the transport file are, the counters. */
+interface SourceCommon {
   /** The manifest's file or URL, for messages. */
-  manifestWhere: string
-  manifest: Manifest
-  /** The transport file's path or URL. */
-  transportWhere: string
-  /** The transport file from its first byte. */
-  transport(): AsyncIterable<Buffer>
-  /** false when the stream is the raw image itself (a local directory that has root.img). */
-  compressed: boolean
-  /** The raw image as a local file: the writer reads it straight into its buffers. */
-  rawImageFile?: string
-  /** The compressed transport as a local file: zstd reads it itself. */
-  transportFile?: string
-  /** The transport's URL and the fetch options, when it is downloaded (a delta update asks for parts of it). */
-  remote?: { url: string; fetch: FetchOptions }
-  stats: TransferStats
+  readonly manifestWhere: string
+  readonly manifest: Manifest
+  /** The transport file's path or URL (for a delta, what it takes from the disk and downloads). */
+  readonly transportWhere: string
+  /** Counters of the downloads (one object, shared by an http source and what is made from it). */
+  readonly stats: TransferStats
+}
+
+/** The transport file's URL and the fetch options of a downloaded source. */
+export type Remote = Readonly<{ url: string; fetch: FetchOptions }>
+
+/**
+ * Where an image's bytes come from, one kind each: a raw image file the writer reads straight into
+ * its buffers (a build directory, an unpacked copy), a local zstd transport file, the transport
+ * file over http(s) (streamed, resumed), a delta (updater/delta.ts: a raw stream of chunks from the
+ * disk and downloaded frames), or the transport file downloaded with BitTorrent (updater/torrent.ts).
+ */
+export type UpdateSource =
+  | SourceCommon & { readonly kind: 'local-raw'; readonly file: string }
+  | SourceCommon & { readonly kind: 'local-zstd'; readonly file: string }
+  | SourceCommon & { readonly kind: 'http'; readonly remote: Remote }
+  | SourceCommon & { readonly kind: 'delta'; readonly remote: Remote; readonly chunks: () => AsyncIterable<Buffer> }
+  | SourceCommon & { readonly kind: 'torrent'; readonly remote: Remote; readonly file: string }
+
+export type SourceKind = UpdateSource['kind']
+export type HttpSource = Extract<UpdateSource, { kind: 'http' }>
+
+/** For the exhaustive switches over a union's kinds: a kind nobody handles fails to compile. */
+export function unhandledKind(x: never): never {
+  throw new Error(`unhandled kind ${JSON.stringify((x as { kind?: unknown }).kind)}`)
+}
+
+/** The http source an update was opened from, if it was (a delta or a torrent needs one). */
+export function httpSource(source: UpdateSource): HttpSource | null {
+  switch (source.kind) {
+    case 'http': return source
+    case 'local-raw': case 'local-zstd': case 'delta': case 'torrent': return null
+    default: return unhandledKind(source)
+  }
+}
+
+/** The transport file of an http source from its first byte, resumed across failures. */
+export function downloadTransport(source: HttpSource): AsyncIterable<Buffer> {
+  return resumableDownload(source.remote.url, { start: 0, end: source.manifest.transport.size }, source.remote.fetch, source.stats)
 }
 
 export const isUrl = (s: string): boolean => /^https?:\/\//i.test(s)
@@ -80,11 +110,11 @@ function openLocalSource(spec: string, trusted: crypto.KeyObject): UpdateSource 
   // directory, an unpacked copy); its chunks are checked all the same.
   const raw = path.join(dir, path.basename(manifest.image.file))
   if (fs.existsSync(raw) && fs.statSync(raw).size === manifest.image.size) {
-    return { manifestWhere: manifestFile, manifest, transportWhere: raw, transport: () => fs.createReadStream(raw, { highWaterMark: 1 << 20 }), compressed: false, rawImageFile: raw, stats }
+    return { kind: 'local-raw', manifestWhere: manifestFile, manifest, transportWhere: raw, file: raw, stats }
   }
   const transport = path.join(dir, path.basename(manifest.transport.file))
   if (!fs.existsSync(transport)) throw new LabhostError('notFound', `${transport} is missing`, 'copy the whole image directory; nothing was written')
-  return { manifestWhere: manifestFile, manifest, transportWhere: transport, transport: () => fs.createReadStream(transport, { highWaterMark: 1 << 20 }), compressed: true, transportFile: transport, stats }
+  return { kind: 'local-zstd', manifestWhere: manifestFile, manifest, transportWhere: transport, file: transport, stats }
 }
 
 /** `URL/` and `URL` (a directory) mean `URL/manifest.json`; a URL ending in .json is the manifest. */
@@ -234,16 +264,13 @@ export async function fetchBytes(url: string, o: FetchOptions, limit?: FetchLimi
   }
 }
 
-async function openHttpSource(spec: string, trusted: crypto.KeyObject, o: FetchOptions): Promise<UpdateSource> {
+async function openHttpSource(spec: string, trusted: crypto.KeyObject, o: FetchOptions): Promise<HttpSource> {
   httpsOptions(o) // a bad --ca is refused before any request
   const mUrl = manifestUrl(spec)
   const manifest = parseSignedManifest(await fetchText(mUrl, o, { maxBytes: MANIFEST_MAX_BYTES, code: 'manifestInvalid' }), trusted, mUrl)
   const tUrl = new URL(path.posix.basename(manifest.transport.file), mUrl).toString()
   const stats: TransferStats = { requests: 0, resumes: 0, bytes: 0, failures: [] }
-  return {
-    manifestWhere: mUrl, manifest, transportWhere: tUrl, compressed: true, stats, remote: { url: tUrl, fetch: o },
-    transport: () => resumableDownload(tUrl, { start: 0, end: manifest.transport.size }, o, stats),
-  }
+  return { kind: 'http', manifestWhere: mUrl, manifest, transportWhere: tUrl, stats, remote: { url: tUrl, fetch: o } }
 }
 
 /**

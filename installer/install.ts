@@ -15,7 +15,7 @@ import { planGptmbr } from '../bootloader/mbr.ts'
 import { applySectorWrites } from '../bootloader/sector-writes.ts'
 import { readPublicKey } from '../image-format/manifest.ts'
 import { openSource, type UpdateSource } from '../image-format/source.ts'
-import { verifyImage, writeImage } from '../image-format/slot-writer.ts'
+import { imageInput, verifyImage, writeImage } from '../image-format/slot-writer.ts'
 import { clearUnfinished, diskIdentity, markUnfinished, readUnfinished } from './unfinished.ts'
 import { writeDurable } from '../lib/durable.ts'
 import { applyBios, planBios, type BiosPlan, type BiosResult } from './bios.ts'
@@ -231,7 +231,7 @@ export async function runInstall(o: InstallOptions): Promise<{ plan: InstallPlan
     // the source whose manifest was verified in the plan: its chunk hashes check the write
     const target = { disk: ssd.disk.path, firstByte: slotA.firstLba * ssd.disk.sectorSize, name: 'slot A' }
     // written, synced, then read back from the disk and hashed against the manifest
-    await writeImage(target, source.manifest, source, { progress: o.progress?.('writing') })
+    await writeImage(target, source.manifest, imageInput(source), { progress: o.progress?.('writing') })
     await verifyImage(target, source.manifest, { progress: o.progress?.('verifying') })
   })
   const esp = ssd.partitions.find((p) => p.esp)

@@ -11,7 +11,7 @@ import { blockHashes, HashPool } from '../lib/hash-pool.ts'
 import { LabhostError } from '../lib/errors.ts'
 import { chunkLength, type Manifest } from '../image-format/manifest.ts'
 import { decompressFrame, frameOffsets } from '../image-format/zstd-frames.ts'
-import { resumableDownload, type UpdateSource } from '../image-format/source.ts'
+import { resumableDownload, type HttpSource, type Remote, type TransferStats, type UpdateSource } from '../image-format/source.ts'
 import { zeroChunkHash } from '../image-format/slot-writer.ts'
 
 /** A byte range of the disk: a root slot. */
@@ -219,7 +219,7 @@ export const deltaPays = (s: DeltaSummary): boolean => s.fetchBytes <= DELTA_MAX
  * download), cut into its frames and each frame decompressed. Chunks inside a range that the plan
  * takes from elsewhere (zero chunks) are skipped.
  */
-async function* fetchChunks(plan: DeltaPlan, manifest: Manifest, remote: NonNullable<UpdateSource['remote']>, stats: UpdateSource['stats']): AsyncGenerator<{ index: number; data: Buffer }> {
+async function* fetchChunks(plan: DeltaPlan, manifest: Manifest, remote: Remote, stats: TransferStats): AsyncGenerator<{ index: number; data: Buffer }> {
   const frames = manifest.transport.frames!
   for (const range of plan.ranges) {
     let pending: Buffer[] = []
@@ -259,7 +259,7 @@ async function assemble(file: DirectFile, buf: Buffer, at: number[], blockSize: 
 }
 
 /** One chunk downloaded by itself (its frame), when what was found on the disk was not it. */
-async function fetchOne(manifest: Manifest, i: number, remote: NonNullable<UpdateSource['remote']>, stats: UpdateSource['stats']): Promise<Buffer> {
+async function fetchOne(manifest: Manifest, i: number, remote: Remote, stats: TransferStats): Promise<Buffer> {
   const offsets = frameOffsets(manifest.transport.frames!)
   const parts: Buffer[] = []
   for await (const p of resumableDownload(remote.url, { start: offsets[i]!, end: offsets[i + 1]! }, remote.fetch, stats)) parts.push(p)
@@ -270,17 +270,17 @@ async function fetchOne(manifest: Manifest, i: number, remote: NonNullable<Updat
  * The new image as a raw stream for the slot writer: zero chunks as zeros, chunks the host has
  * read from the disk, the others downloaded. `source` is the http source the manifest came from.
  */
-export function deltaSource(plan: DeltaPlan, manifest: Manifest, disk: string, source: UpdateSource): UpdateSource {
-  const remote = source.remote
-  if (!remote) throw new Error('deltaSource needs a downloaded source')
+export function deltaSource(plan: DeltaPlan, manifest: Manifest, disk: string, source: HttpSource): UpdateSource {
+  const { remote } = source
   const { chunkSize } = manifest.image
   return {
-    ...source,
+    kind: 'delta',
+    manifestWhere: source.manifestWhere,
+    manifest: source.manifest,
+    stats: source.stats,
+    remote,
     transportWhere: `${remote.url} (delta: ${plan.summary.fetched} of ${plan.summary.chunks} chunks)`,
-    compressed: false,
-    rawImageFile: undefined,
-    transportFile: undefined,
-    transport: async function* () {
+    chunks: async function* () {
       const file = DirectFile.open(disk, 'read')
       const [buf] = alignedBuffers(1, roundUp(chunkSize, DIRECT_ALIGN))
       const zeros = Buffer.alloc(chunkSize)

@@ -14,7 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { LabhostError } from '../lib/errors.ts'
 import { matchesPart, type Manifest } from '../image-format/manifest.ts'
 import { checkTorrent, TORRENT_MAX_BYTES } from '../image-format/torrent.ts'
-import { fetchBytes, type UpdateSource } from '../image-format/source.ts'
+import { fetchBytes, type HttpSource, type UpdateSource } from '../image-format/source.ts'
 
 export interface TorrentOptions {
   /** Download (and seeding) directory; default /run/labhost/torrent (RAM, gone at reboot). */
@@ -51,9 +51,8 @@ function tailOf(file: string, lines = 4): string {
  * Download the transport file of `source` (an http source) with aria2c and return it as a local
  * source. Checks size and SHA-256 against the signed manifest; leaves aria2c seeding.
  */
-export async function torrentSource(source: UpdateSource, manifest: Manifest, o: TorrentOptions): Promise<UpdateSource> {
-  const remote = source.remote
-  if (!remote) throw new Error('torrentSource needs a downloaded source')
+export async function torrentSource(source: HttpSource, manifest: Manifest, o: TorrentOptions): Promise<UpdateSource> {
+  const { remote } = source
   const log = o.log ?? (() => {})
   const started = Date.now()
   const torrentUrl = torrentUrlFor(remote.url)
@@ -130,12 +129,5 @@ export async function torrentSource(source: UpdateSource, manifest: Manifest, o:
   child.unref()
   log(`downloaded ${name} with BitTorrent in ${seconds.toFixed(1)} s; aria2c (pid ${child.pid}) seeds it for ${o.seedMinutes} min`)
   source.stats.torrent = { url: torrentUrl, file, seconds, seederPid: exit ? null : child.pid ?? null, seedMinutes: o.seedMinutes }
-  return {
-    ...source,
-    transportWhere: `${file} (BitTorrent)`,
-    compressed: true,
-    transportFile: file,
-    rawImageFile: undefined,
-    transport: () => fs.createReadStream(file, { highWaterMark: 1 << 20 }),
-  }
+  return { kind: 'torrent', manifestWhere: source.manifestWhere, manifest: source.manifest, stats: source.stats, remote, transportWhere: `${file} (BitTorrent)`, file }
 }

@@ -5,18 +5,21 @@ import crypto from 'node:crypto'
 import path from 'node:path'
 import { Disk } from '../lib/blockdev.ts'
 import { LabhostError } from '../lib/errors.ts'
-import { gptFingerprint, openGptDisk, readGpt, requireSaneLayout } from '../bootloader/gpt.ts'
+import { gptFingerprint, openGptDisk, readGpt, requireSaneLayout, type Gpt } from '../bootloader/gpt.ts'
 import { lockDisk } from '../lib/disk-lock.ts'
 import { mountedAt } from '../lib/mounts.ts'
 import { fault } from '../lib/faults.ts'
 import { compareVersions } from '../lib/version.ts'
 import { findRootSlots, otherSlot, slotStatus, type SlotId } from '../bootloader/slots.ts'
-import { applySwitch, planSwitch } from '../bootloader/switch.ts'
+import { applySwitch, planSwitch, switchPlanData, type SwitchPlan, type SwitchPlanData } from '../bootloader/switch.ts'
+import type { SectorWrite } from '../bootloader/sector-writes.ts'
 import { readPublicKey, type Manifest } from '../image-format/manifest.ts'
 import { readBootInfo, readImageName, readTrial, readVersion, type HostPaths } from './host-state.ts'
 import { writeTrialState } from '../image-format/trial-state.ts'
-import { DEFAULT_FETCH, fetchBytes, openSource, type FetchOptions, type UpdateSource } from '../image-format/source.ts'
-import { verifyImage, writeImage, type BeforeReadBack, type WriteStats } from '../image-format/slot-writer.ts'
+import {
+  DEFAULT_FETCH, fetchBytes, httpSource, openSource, unhandledKind, type FetchOptions, type HttpSource, type SourceKind, type TransferStats, type UpdateSource,
+} from '../image-format/source.ts'
+import { imageInput, verifyImage, writeImage, type BeforeReadBack, type WriteStats } from '../image-format/slot-writer.ts'
 import { deltaPays, deltaSource, deltaUnusable, planDelta, type DeltaSummary } from './delta.ts'
 import { torrentSource, torrentUrlFor, type TorrentOptions } from './torrent.ts'
 import type { Progress } from '../lib/progress.ts'
@@ -73,25 +76,59 @@ export interface UpdateOptions {
 export const UPDATE_PHASES = ['start', 'write', 'verify', 'arm-trial', 'commit', 'done'] as const
 export type UpdatePhase = typeof UPDATE_PHASES[number]
 
-export interface UpdatePlan {
+/** The one-sector switch of the plan (DESIGN §3), computed from the table the plan was made against. */
+export type CommitPlan = Readonly<{
+  /** The switch as `labhost slots switch` plans it: its sector writes in order, commit then mirror. */
+  switch: Readonly<SwitchPlan>
+  /** The commit point: the primary array's sector holding both root entries, as it will be written. */
+  sector: Readonly<SectorWrite>
+  /** The same sector of the backup array, written after the commit (null: it holds it already). */
+  mirror: Readonly<SectorWrite> | null
+  /** What the primary sector holds now: the trial's rollback writes it back. */
+  rollbackSector: Buffer
+}>
+
+/**
+ * Everything an update will do, computed once under the disk's lock from one read of the GPT,
+ * before anything is written; the steps after it (acquire, write, read-back, arm trial, commit)
+ * only read it. `--dry-run` prints it.
+ */
+export type UpdatePlan = Readonly<{
   disk: string
-  from: { slot: SlotId; version: string | null; firstByte: number; slotBytes: number }
-  to: { slot: SlotId; version: string; partition: number; firstByte: number; bytes: number; slotBytes: number }
+  from: Readonly<{ slot: SlotId; version: string | null; firstByte: number; slotBytes: number }>
+  to: Readonly<{ slot: SlotId; version: string; partition: number; firstByte: number; bytes: number; slotBytes: number }>
+  /** The transport file's path or URL. */
   source: string
-  writes: string[]
+  /** How the source was opened, and how its bytes are to be fetched: a delta if it pays, BitTorrent. */
+  input: Readonly<{ kind: SourceKind; manifest: string; delta: boolean; torrent: string | null }>
+  writes: readonly string[]
   /** SHA-256 of both GPT headers and arrays as planned against: the commit refuses a table changed since. */
   gptFingerprint: string
-  /** What a delta takes from the disk and downloads; `used` false names why the whole image is downloaded. */
-  delta?: (DeltaSummary & { used: true }) | { used: false; reason: string }
+  trial: Readonly<{ boots: number; stateRoot: string }>
+  commit: CommitPlan
+}>
+
+/** What a delta takes from the disk and downloads; `used` false names why the whole image is downloaded. */
+export type DeltaChoice = (DeltaSummary & { used: true }) | { used: false; reason: string }
+
+/** The plan as data (`update --json`): sectors as hex, LBAs as decimal strings. */
+export interface UpdatePlanData extends Omit<UpdatePlan, 'commit' | 'writes'> {
+  writes: string[]
+  commit: SwitchPlanData & { rollbackSector: string }
 }
 
-export interface UpdateResult extends UpdatePlan {
+export interface UpdateResult extends UpdatePlanData {
+  delta?: DeltaChoice
   /** The labhost executable that ran the update. */
   labhost: string
   seconds: { scan: number; write: number; verify: number; total: number }
-  transfer: UpdateSource['stats']
+  transfer: TransferStats
   /** How the slot's bytes reached the disk (absent on --dry-run). */
   written?: WriteStats
+}
+
+export function planData(plan: UpdatePlan): UpdatePlanData {
+  return { ...plan, writes: [...plan.writes], commit: { ...switchPlanData(plan.commit.switch, { hex: true }), rollbackSector: plan.commit.rollbackSector.toString('hex') } }
 }
 
 export async function planUpdate(o: UpdateOptions): Promise<{ plan: UpdatePlan; manifest: Manifest; source: UpdateSource }> {
@@ -152,51 +189,79 @@ export async function planUpdate(o: UpdateOptions): Promise<{ plan: UpdatePlan; 
       throw new LabhostError('imageTooSmall', `the image (${manifest.image.size} bytes) is larger than slot ${target} (${slotBytes} bytes)`,
         'build a smaller image or re-partition with larger slots; nothing was written')
     }
-    return {
-      manifest,
-      source,
-      plan: {
-        disk: diskPath,
-        from: {
-          slot: boot.slot, version: current, firstByte: Number(activeEntry.firstLba) * disk.sectorSize,
-          slotBytes: Number(activeEntry.lastLba - activeEntry.firstLba + 1n) * disk.sectorSize,
-        },
-        to: { slot: target, version: manifest.version, partition: entry.number, firstByte, bytes: manifest.image.size, slotBytes },
-        source: source.transportWhere,
-        gptFingerprint: gptFingerprint(gpt),
-        writes: [
-          `slot ${target} (partition ${entry.number}, bytes ${firstByte}..${firstByte + manifest.image.size - 1})`,
-          `trial state under ${o.paths.stateRoot}`,
-          `one GPT sector (commit), then its backup mirror`,
-        ],
+    const http = httpSource(source)
+    const plan: UpdatePlan = {
+      disk: diskPath,
+      from: {
+        slot: boot.slot, version: current, firstByte: Number(activeEntry.firstLba) * disk.sectorSize,
+        slotBytes: Number(activeEntry.lastLba - activeEntry.firstLba + 1n) * disk.sectorSize,
       },
+      to: { slot: target, version: manifest.version, partition: entry.number, firstByte, bytes: manifest.image.size, slotBytes },
+      source: source.transportWhere,
+      input: { kind: source.kind, manifest: manifestFile, delta: !!o.delta && http !== null, torrent: o.torrent && http ? torrentUrlFor(http.remote.url) : null },
+      gptFingerprint: gptFingerprint(gpt),
+      writes: [
+        `slot ${target} (partition ${entry.number}, bytes ${firstByte}..${firstByte + manifest.image.size - 1})`,
+        `trial state under ${o.paths.stateRoot}`,
+        `one GPT sector (commit), then its backup mirror`,
+      ],
+      trial: { boots: o.trialBoots ?? manifest.trial?.boots ?? 3, stateRoot: o.paths.stateRoot },
+      commit: planCommit(disk, gpt, target, manifest),
     }
+    return { manifest, source, plan: frozen(plan) }
   } finally {
     disk.close()
   }
 }
 
-/**
- * Where the image's bytes come from: the source as opened, or (a delta) the chunks the host has
- * plus the missing ones downloaded. Reads both slots; writes nothing.
- */
-async function chooseSource(o: UpdateOptions, plan: UpdatePlan, manifest: Manifest, source: UpdateSource, log: (line: string) => void): Promise<UpdateSource> {
-  const chosen = await chooseDelta(o, plan, manifest, source, log)
-  if (chosen !== source || !o.torrent || !source.remote) return chosen
-  if (o.dryRun) {
-    plan.writes[0] += `, downloaded with BitTorrent (${torrentUrlFor(source.remote.url)})`
-    return source
+/** A plan frozen all the way down (a Buffer cannot be frozen; nothing writes into the plan's). */
+function frozen<T>(x: T): T {
+  if (x && typeof x === 'object' && !ArrayBuffer.isView(x) && !Object.isFrozen(x)) {
+    for (const v of Object.values(x)) frozen(v)
+    Object.freeze(x)
   }
-  return torrentSource(source, manifest, { ...o.torrent, log })
+  return x
 }
 
-async function chooseDelta(o: UpdateOptions, plan: UpdatePlan, manifest: Manifest, source: UpdateSource, log: (line: string) => void): Promise<UpdateSource> {
-  if (!o.delta || !source.remote) return source
+/** The switch to `target` on the table as read, and the sector the trial's rollback restores. */
+function planCommit(disk: Disk, gpt: Gpt, target: SlotId, manifest: Manifest): CommitPlan {
+  const sw = planSwitch(disk, gpt, target, manifest.layout.slots)
+  const sector = sw.writes.find((w) => w.region === 'primary-array')
+  if (!sector) throw new Error(`the switch to slot ${target} plans no write of the primary array`)
+  return { switch: sw, sector, mirror: sw.writes.find((w) => w.region === 'backup-array') ?? null, rollbackSector: disk.readSectors(sector.lba, 1) }
+}
+
+/** Where the image's bytes come from, as the plan says: the source as opened, a delta, or BitTorrent. */
+interface Acquired {
+  source: UpdateSource
+  delta?: DeltaChoice
+  /** Said of the slot's write (the plan's first write) in the result. */
+  how?: string
+}
+
+/**
+ * The source as opened, or (a delta) the chunks the host has plus the missing ones downloaded, or
+ * the transport file downloaded with BitTorrent (not on a dry run). Reads both slots; writes
+ * nothing to the disk.
+ */
+async function acquire(o: UpdateOptions, plan: UpdatePlan, manifest: Manifest, source: UpdateSource, log: (line: string) => void): Promise<Acquired> {
+  switch (source.kind) {
+    case 'http': break
+    case 'local-raw': case 'local-zstd': case 'delta': case 'torrent': return { source }
+    default: return unhandledKind(source)
+  }
+  const delta = await chooseDelta(plan, manifest, source, log)
+  if (delta.source !== source || plan.input.torrent === null) return delta
+  if (o.dryRun) return { ...delta, how: `downloaded with BitTorrent (${plan.input.torrent})` }
+  return { ...delta, source: await torrentSource(source, manifest, { ...o.torrent!, log }) }
+}
+
+async function chooseDelta(plan: UpdatePlan, manifest: Manifest, source: HttpSource, log: (line: string) => void): Promise<Acquired> {
+  if (!plan.input.delta) return { source }
   const unusable = deltaUnusable(manifest)
   if (unusable) {
-    plan.delta = { used: false, reason: unusable }
     log(`downloading the whole image: ${unusable}`)
-    return source
+    return { source, delta: { used: false, reason: unusable } }
   }
   const d = await planDelta(manifest, plan.disk, {
     active: { firstByte: plan.from.firstByte, bytes: plan.from.slotBytes },
@@ -206,14 +271,11 @@ async function chooseDelta(o: UpdateOptions, plan: UpdatePlan, manifest: Manifes
   const what = `${s.fetched} of ${s.chunks} chunks, ${s.fetchBytes} of ${s.transportBytes} transport bytes in ${s.requests} request(s); ` +
     `${s.fromActive} from slot ${plan.from.slot}, ${s.fromTarget} from slot ${plan.to.slot}, ${s.fromBlocks} assembled from blocks, ${s.zero} zero`
   if (!deltaPays(s)) {
-    plan.delta = { used: false, reason: `a delta would fetch ${what}` }
     log(`downloading the whole image: a delta would fetch ${what}`)
-    return source
+    return { source, delta: { used: false, reason: `a delta would fetch ${what}` } }
   }
-  plan.delta = { used: true, ...s }
-  plan.writes[0] += `, delta: ${what}`
   log(`delta: fetching ${what}`)
-  return deltaSource(d, manifest, plan.disk, source)
+  return { source: deltaSource(d, manifest, plan.disk, source), delta: { used: true, ...s }, how: `delta: ${what}` }
 }
 
 /**
@@ -221,9 +283,9 @@ async function chooseDelta(o: UpdateOptions, plan: UpdatePlan, manifest: Manifes
  * signed manifest; without one (an older image, or a damaged download) the delta matches whole
  * chunks only.
  */
-async function fetchBlockIndex(manifest: Manifest, source: UpdateSource, log: (line: string) => void): Promise<Buffer | undefined> {
+async function fetchBlockIndex(manifest: Manifest, source: HttpSource, log: (line: string) => void): Promise<Buffer | undefined> {
   const b = manifest.blocks
-  if (!b || !source.remote) return undefined
+  if (!b) return undefined
   const url = new URL(path.posix.basename(b.file), source.remote.url).toString()
   try {
     const data = await fetchBytes(url, source.remote.fetch, { maxBytes: b.size })
@@ -235,6 +297,13 @@ async function fetchBlockIndex(manifest: Manifest, source: UpdateSource, log: (l
     log(`${url}: ${(e as Error).message}; matching whole chunks only`)
   }
   return undefined
+}
+
+/** The result's view of the plan: the slot's write says how its bytes were fetched. */
+function resultOf(plan: UpdatePlan, acquired: Acquired): UpdatePlanData & { delta?: DeltaChoice } {
+  const data = planData(plan)
+  const [slotWrite, ...rest] = data.writes
+  return { ...data, writes: acquired.how ? [`${slotWrite}, ${acquired.how}`, ...rest] : data.writes, ...(acquired.delta ? { delta: acquired.delta } : {}) }
 }
 
 export async function runUpdate(o: UpdateOptions): Promise<UpdateResult> {
@@ -251,19 +320,19 @@ export async function runUpdate(o: UpdateOptions): Promise<UpdateResult> {
 }
 
 async function lockedUpdate(o: UpdateOptions, log: (line: string) => void, started: number): Promise<UpdateResult> {
-  const planned = await planUpdate(o)
-  const { plan, manifest } = planned
+  const { plan, manifest, source: opened } = await planUpdate(o)
   const seconds = { scan: 0, write: 0, verify: 0, total: 0 }
   if (o.dryRun) {
-    await chooseSource(o, plan, manifest, planned.source, log)
-    return { ...plan, labhost: LABHOST_VERSION, seconds, transfer: planned.source.stats }
+    const acquired = await acquire(o, plan, manifest, opened, log)
+    return { ...resultOf(plan, acquired), labhost: LABHOST_VERSION, seconds, transfer: opened.stats }
   }
   o.phase?.('start')
   // fault injection (test builds only): the mutant that switches before the slot is written
   const commitFirst = fault('COMMIT_BEFORE_WRITE') === '1'
   if (commitFirst) await commit(o, plan, manifest, started)
   let t0 = Date.now()
-  const source = await chooseSource(o, plan, manifest, planned.source, log)
+  const acquired = await acquire(o, plan, manifest, opened, log)
+  const { source } = acquired
   seconds.scan = (Date.now() - t0) / 1000
   o.phase?.('write')
   log(`writing ${manifest.name} ${manifest.version} from ${source.transportWhere} to slot ${plan.to.slot} of ${plan.disk}`)
@@ -271,7 +340,7 @@ async function lockedUpdate(o: UpdateOptions, log: (line: string) => void, start
   // with readBack 'during', chunks are read back from the disk as soon as they are written
   // (O_DIRECT); what is left (all of it by default) is read back after the fdatasync
   const target = { disk: plan.disk, firstByte: plan.to.firstByte, name: `slot ${plan.to.slot}` }
-  const written = await writeImage(target, manifest, source, { progress: o.progress?.('write'), readBack: o.readBack === 'during', beforeReadBack: o.beforeReadBack })
+  const written = await writeImage(target, manifest, imageInput(source), { progress: o.progress?.('write'), readBack: o.readBack === 'during', beforeReadBack: o.beforeReadBack })
   seconds.write = (Date.now() - t0) / 1000
   log(written.readBack.size ? `reading the rest of slot ${plan.to.slot} back (${written.readBack.size} of ${manifest.image.chunks.length} chunks were read back while writing)` : `reading slot ${plan.to.slot} back`)
   o.phase?.('verify')
@@ -280,32 +349,33 @@ async function lockedUpdate(o: UpdateOptions, log: (line: string) => void, start
   seconds.verify = (Date.now() - t0) / 1000
   if (!commitFirst) await commit(o, plan, manifest, started)
   seconds.total = (Date.now() - started) / 1000
-  return { ...plan, labhost: LABHOST_VERSION, seconds, transfer: source.stats, written: written.stats }
+  return { ...resultOf(plan, acquired), labhost: LABHOST_VERSION, seconds, transfer: source.stats, written: written.stats }
 }
 
-/** Arm the trial, then the one-sector switch (DESIGN §3), on the table the plan was made against. */
+/**
+ * Arm the trial, then the one-sector switch (DESIGN §3) the plan holds, on the table the plan was
+ * made against (re-read and compared first: a table changed since is never switched).
+ */
 async function commit(o: UpdateOptions, plan: UpdatePlan, manifest: Manifest, started: number): Promise<void> {
   const log = o.log ?? (() => {})
   const disk = Disk.open(plan.disk)
   try {
-    const gpt = readGpt(disk)
-    if (gptFingerprint(gpt) !== plan.gptFingerprint) {
+    if (gptFingerprint(readGpt(disk)) !== plan.gptFingerprint) {
       throw new LabhostError('gptChanged', `the partition table of ${plan.disk} changed while slot ${plan.to.slot} was written (something else wrote the GPT)`,
         `inspect with \`labhost slots status\` and run the update again; slot ${plan.to.slot} was written but not switched to, nothing else was written`)
     }
-    const sw = planSwitch(disk, gpt, plan.to.slot, manifest.layout.slots)
-    const sector = sw.writes.find((w) => w.region === 'primary-array')!
+    const { sector, mirror } = plan.commit
     // Armed before the commit: from the instant the new slot boots, it is on trial.
     o.phase?.('arm-trial')
-    writeTrialState(o.paths.stateRoot, {
-      slot: plan.to.slot, bootsLeft: o.trialBoots ?? manifest.trial?.boots ?? 3, version: manifest.version,
-      primaryLba: sector.lba, backupLba: sw.writes.find((w) => w.region === 'backup-array')?.lba ?? sector.lba,
-      committedSector: sector.data, rollbackSector: disk.readSectors(sector.lba, 1),
+    writeTrialState(plan.trial.stateRoot, {
+      slot: plan.to.slot, bootsLeft: plan.trial.boots, version: plan.to.version,
+      primaryLba: sector.lba, backupLba: mirror?.lba ?? sector.lba,
+      committedSector: sector.data, rollbackSector: plan.commit.rollbackSector,
       fromVersion: plan.from.version, updatedAt: new Date(), updateSeconds: (Date.now() - started) / 1000,
     })
     log(`switching to slot ${plan.to.slot}`)
     o.phase?.('commit')
-    await applySwitch(disk, sw, manifest.layout.slots, log)
+    await applySwitch(disk, plan.commit.switch, manifest.layout.slots, log)
     o.phase?.('done')
   } finally {
     disk.close()

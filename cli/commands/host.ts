@@ -11,6 +11,7 @@ import { DEFAULT_TORRENT } from '../../updater/torrent.ts'
 import { DEFAULT_FETCH } from '../../image-format/source.ts'
 import { ExitCode, LabhostError } from '../../lib/errors.ts'
 import { powerAction } from '../../lib/power.ts'
+import { renderSwitch } from '../../bootloader/switch.ts'
 import { decimal, defineCommand, oneOf, pathValue, rate, TRUSTED_KEY, url, valueOf, wholeNumber, type Options } from '../command.ts'
 
 /**
@@ -201,6 +202,7 @@ export const update = defineCommand({
     const human = [`${ctx.dryRun ? 'would update' : 'updated'} ${result.disk}: slot ${result.from.slot} (${result.from.version ?? '?'}) -> slot ${result.to.slot} (${result.to.version})`,
       ...result.writes.map((w) => `  ${ctx.dryRun ? 'would write' : 'wrote'} ${w}`),
       ...(result.delta?.used === false ? [`  downloading the whole image: ${result.delta.reason}`] : []),
+      ...(ctx.dryRun ? ['  the commit, one sector (as labhost slots switch --dry-run prints it):', ...renderSwitch(result.commit, true).map((l) => `    ${l}`)] : []),
       ...(ctx.dryRun ? [] : [`  write ${result.seconds.write.toFixed(1)} s, read-back ${result.seconds.verify.toFixed(1)} s` +
         (result.transfer.requests ? `, ${result.transfer.requests} request(s), ${result.transfer.resumes} resumed, ${result.transfer.bytes} bytes downloaded` : '') +
         (result.transfer.torrent ? `; BitTorrent ${result.transfer.torrent.seconds.toFixed(1)} s, aria2c seeds on for ${result.transfer.torrent.seedMinutes} min` : ''),

@@ -5,7 +5,7 @@ import { openGptDisk, readGpt } from '../../bootloader/gpt.ts'
 import { planRepair } from '../../bootloader/repair.ts'
 import { applySectorWrites, describeWrite } from '../../bootloader/sector-writes.ts'
 import { DEFAULT_SLOT_NAMES, slotStatus, type SlotId, type SlotNames, type SlotStatus } from '../../bootloader/slots.ts'
-import { applySwitch, planSwitch } from '../../bootloader/switch.ts'
+import { applySwitch, planSwitch, renderSwitch, switchPlanData } from '../../bootloader/switch.ts'
 import { diskIdentity, withDiskLock } from '../../lib/disk-lock.ts'
 import { readBootInfo, readTrial, type HostPaths } from '../../updater/host-state.ts'
 import { defineCommand, pathValue, valueOf, type CommandResult, type Context, type Options } from '../command.ts'
@@ -114,13 +114,8 @@ async function switchSlots(path: string, sectorSize: number | undefined, names: 
   const disk = openGptDisk(path, sectorSize)
   try {
     const plan = planSwitch(disk, readGpt(disk), to, names)
-    const data = { ...plan, writes: plan.writes.map(describeWrite), dryRun: ctx.dryRun }
-    const human = [
-      `disk ${plan.disk} (${plan.sectorSize}-byte sectors): slot ${plan.from} -> slot ${plan.to}${plan.alreadyActive ? ' (already active)' : ''}`,
-      `  root entries share array sector ${plan.arraySector}; CRC compensation in slot ${plan.compensationSlot}'s name tail: ${plan.compensationBytes}`,
-      ...plan.writes.map((w) => `  ${ctx.dryRun ? 'would write' : 'wrote'} ${w.region} LBA ${w.lba}: ${w.why}`),
-      ...(plan.writes.length === 0 ? ['  nothing to write'] : []),
-    ].join('\n')
+    const data = { ...switchPlanData(plan), dryRun: ctx.dryRun }
+    const human = renderSwitch(plan, ctx.dryRun).join('\n')
     if (!ctx.dryRun) {
       ctx.log(`switching ${plan.disk} from slot ${plan.from} to slot ${plan.to}`)
       await applySwitch(disk, plan, names, ctx.log)

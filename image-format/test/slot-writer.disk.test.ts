@@ -9,8 +9,7 @@ import { execa } from 'execa'
 import { readRange, sparseFile, tmpDir, loop } from '../../test-support/test-helpers.ts'
 import { hashChunks, type Manifest } from '../manifest.ts'
 import { DirectFile } from '../../lib/direct-io.ts'
-import { verifyImage, writeImage } from '../slot-writer.ts'
-import type { UpdateSource } from '../source.ts'
+import { verifyImage, writeImage, type ImageInput } from '../slot-writer.ts'
 
 const MiB = 1 << 20
 const CHUNK = MiB
@@ -33,10 +32,12 @@ function manifestFor(file: string): Manifest {
   return { image: { file: 'root.img', size: h.size, sha256: h.sha256, chunkSize: CHUNK, chunks: h.chunks } } as Manifest
 }
 
-async function sourceFor(file: string, compressed: boolean): Promise<UpdateSource> {
+/** The image as a stream (zstd, or raw as a delta's), in pieces that do not line up with its chunks. */
+async function sourceFor(file: string, compressed: boolean): Promise<{ manifest: Manifest; input: () => ImageInput }> {
   if (compressed) await execa('zstd', ['-q', '-f', '-1', file, '-o', `${file}.zst`])
   const f = compressed ? `${file}.zst` : file
-  return { manifestWhere: f, manifest: manifestFor(file), transportWhere: f, transport: () => fs.createReadStream(f, { highWaterMark: 300_000 }), compressed, stats: { requests: 0, resumes: 0, bytes: 0, failures: [] } }
+  const stream = () => fs.createReadStream(f, { highWaterMark: 300_000 })
+  return { manifest: manifestFor(file), input: () => (compressed ? { kind: 'zstd', from: stream() } : { kind: 'raw-stream', stream: stream() }) }
 }
 
 const targets = [
@@ -56,7 +57,7 @@ for (const target of targets) {
       const dev = target.loop ? await loop(t, backing, target.loop) : backing
       const source = await sourceFor(`${d}/root.img`, compressed)
       const progress: number[] = []
-      const { stats, readBack } = await writeImage({ disk: dev, firstByte: FIRST_BYTE, name: 'slot B' }, source.manifest, source, { progress: (done) => progress.push(done), readBack: true })
+      const { stats, readBack } = await writeImage({ disk: dev, firstByte: FIRST_BYTE, name: 'slot B' }, source.manifest, source.input(), { progress: (done) => progress.push(done), readBack: true })
       // with O_DIRECT every chunk written as data was read back while writing; zeroed chunks were
       // not; a file system without O_DIRECT (tmpfs) leaves all of it to verifyImage
       const probe = DirectFile.open(dev, 'read')
@@ -83,7 +84,7 @@ t.test('read-back catches one flipped byte in a zeroed run and in the odd tail, 
   const dev = await loop(t, backing, { directIo: true })
   const source = await sourceFor(`${d}/root.img`, false)
   const target = { disk: dev, firstByte: FIRST_BYTE, name: 'slot B' }
-  await writeImage(target, source.manifest, source)
+  await writeImage(target, source.manifest, source.input())
   for (const [chunk, at] of [[4, 4 * CHUNK + 777], [13, SIZE - 1]] as const) {
     const fd = fs.openSync(dev, 'r+')
     const b = Buffer.alloc(1)
@@ -93,7 +94,7 @@ t.test('read-back catches one flipped byte in a zeroed run and in the odd tail, 
     fs.fsyncSync(fd)
     fs.closeSync(fd)
     await t.rejects(verifyImage(target, source.manifest), new RegExp(`chunk ${chunk} \\(`), `chunk ${chunk} reported`)
-    await writeImage(target, source.manifest, source)
+    await writeImage(target, source.manifest, source.input())
     await verifyImage(target, source.manifest)
   }
 })
@@ -109,7 +110,7 @@ t.test('a data chunk that does not match the manifest is caught by its read-back
     const bad = Buffer.from(image)
     bad[at]! ^= 1
     fs.writeFileSync(`${d}/${name}`, bad)
-    return { ...source, transport: () => fs.createReadStream(`${d}/${name}`) }
+    return { kind: 'raw-stream', stream: fs.createReadStream(`${d}/${name}`) } as const
   }
   // data chunk 11: written, read back, reported (and by verifyImage when the read-back comes after)
   await t.rejects(writeImage(target, source.manifest, streamOf('bad11.img', 11 * CHUNK + 5), { readBack: true }), /reading slot B back from .*: chunk 11 \(/)
@@ -139,12 +140,12 @@ t.test('read-back while writing: a chunk changed on the disk after its write is 
     fs.fsyncSync(fd)
     fs.closeSync(fd)
   }
-  await t.rejects(writeImage(target, source.manifest, source, { readBack: true, beforeReadBack: damage }), new RegExp('reading slot B back from .*: chunk 8 \\('))
+  await t.rejects(writeImage(target, source.manifest, source.input(), { readBack: true, beforeReadBack: damage }), new RegExp('reading slot B back from .*: chunk 8 \\('))
   t.ok(seen.includes(8), 'chunk 8 was read back')
   t.notOk(seen.some((i) => KINDS[i] === '0' && i < KINDS.length - 1), 'zeroed chunks are not read back while writing')
   // written again cleanly, the rest is read back after the write: the zeroed chunks
   const seenAfter: number[] = []
-  const { readBack } = await writeImage(target, source.manifest, source, { readBack: true })
+  const { readBack } = await writeImage(target, source.manifest, source.input(), { readBack: true })
   await verifyImage(target, source.manifest, { skip: readBack, beforeReadBack: (i) => { seenAfter.push(i) } })
   t.same(seenAfter.sort((a, b) => a - b), [...KINDS].flatMap((k, i) => (k === '0' ? [i] : [])), 'verifyImage reads back only what the writer did not')
 })

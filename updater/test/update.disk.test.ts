@@ -75,6 +75,26 @@ t.test('update 1.0.0 -> 2.0.0 writes slot B and one GPT sector (and its mirror),
   t.equal(again.code, ExitCode.slotFlagsAmbiguous, 'a second update before rebooting is refused')
 })
 
+t.test('update --dry-run --json carries the commit sector: its LBA and bytes are what the update then writes there, and the mirror\'s', async (t) => {
+  const h = await host(t)
+  const dry = await runCli(['update', v2, '--dry-run', '--json', ...h.args])
+  t.equal(dry.code, 0, 'dry run exits 0', { stderr: dry.stderr })
+  const { commit } = JSON.parse(dry.stdout) as { commit: { from: string; to: string; sectorSize: number; compensationBytes: string; rollbackSector: string; writes: { region: string; lba: string; hex: string }[] } }
+  t.match(commit, { from: 'A', to: 'B', sectorSize: 512, compensationBytes: /^[0-9a-f]{8}$/ }, 'the switch from A to B')
+  t.same(commit.writes.map((w) => w.region), ['primary-array', 'backup-array'], 'the commit sector, then its mirror')
+  const [sector, mirror] = [commit.writes[0]!, commit.writes[1]!]
+  t.equal(sector.lba, '2', 'the commit sector: LBA 2, the first sector of the primary entry array')
+  t.ok(readRange(h.disk, 2 * 512, 512).equals(Buffer.from(commit.rollbackSector, 'hex')), 'its rollback sector is what the disk holds now')
+  t.notOk(readRange(h.disk, 2 * 512, 512).equals(Buffer.from(sector.hex, 'hex')), 'the disk does not hold the commit sector yet')
+  const human = await runCli(['update', v2, '--dry-run', ...h.args])
+  t.match(human.stdout, new RegExp(`root entries share array sector 0; CRC compensation in slot [AB]'s name tail: ${commit.compensationBytes}\\n.*would write primary-array LBA 2: commit: boot slot B instead of A`), 'printed as slots switch --dry-run prints it')
+
+  const r = await runCli(['update', v2, ...h.args])
+  t.equal(r.code, 0, 'update exits 0', { stderr: r.stderr })
+  t.ok(readRange(h.disk, Number(sector.lba) * 512, 512).equals(Buffer.from(sector.hex, 'hex')), 'the update wrote exactly the planned sector at the planned LBA')
+  t.ok(readRange(h.disk, Number(mirror.lba) * 512, 512).equals(Buffer.from(mirror.hex, 'hex')), 'and the planned mirror at its LBA')
+})
+
 const refusals: { name: string; source: (t: Test) => string; code: number; message: RegExp }[] = [
   {
     name: 'bad signature',
