@@ -115,7 +115,7 @@ t.test('reserve: the least recently written volumes on current bases go until it
   const day = 86400
   const now = Math.floor(Date.now() / 1000)
   const vols = []
-  for (const [i, name] of ['o1-oldest-busy', 'o2', 'o3', 'o4-newest'].entries()) vols.push(await makeOverlay(path.join(user, `${name}.qcow2`), v2, 8))
+  for (const name of ['o1-oldest-busy', 'o2', 'o3', 'o4-newest']) vols.push(await makeOverlay(path.join(user, `${name}.qcow2`), v2, 8))
   await qemuHolding(t, vols[0]!)
   vols.forEach((v, i) => fs.utimesSync(v, now - (10 - i) * day, now - (10 - i) * day))
   const free = freeBytes(user)
