@@ -74,7 +74,7 @@ export const trialCheck = defineCommand({
   name: 'trial-check',
   summary: 'judge a trial boot: the image\'s health checks until they pass (mark good) or its deadline passes (roll back)',
   usage: 'labhost trial-check [options]',
-  notes: `exit 0: the checks passed (slot marked good) or there is no trial; ${ExitCode.trialFailed}: the deadline passed and the slot was rolled back`,
+  notes: `exit 0: the checks passed (slot marked good) or there is no trial; ${ExitCode.trialFailed}: the deadline passed and the slot was rolled back (with --dry-run: the checks fail and it would be; nothing is written)`,
   options: {
     ...PATH_OPTIONS,
     config: { type: 'string', value: 'FILE', default: TRIAL_CONFIG, schema: pathValue(), description: 'the health checks and their deadline (from the image)' },
@@ -94,7 +94,9 @@ export const trialCheck = defineCommand({
     }
     const v = await judgeTrial({ paths, config, log: ctx.log, dryRun: ctx.dryRun })
     if (v.verdict === 'rolled-back' && values.reboot && !ctx.dryRun) await powerAction('reboot', ctx.log)
-    return { data: { ...v, dryRun: ctx.dryRun }, human: `${v.verdict}: ${v.reason}`, exitCode: v.verdict === 'rolled-back' ? ExitCode.trialFailed : 0 }
+    // a dry run says what it would do; its exit code is the verdict's, so a script can test the checks
+    const said = !ctx.dryRun ? v.verdict : v.verdict === 'rolled-back' ? 'would roll back (dry run)' : v.verdict === 'good' ? 'would mark good (dry run)' : `${v.verdict} (dry run)`
+    return { data: { ...v, dryRun: ctx.dryRun }, human: `${said}: ${v.reason}`, exitCode: v.verdict === 'rolled-back' ? ExitCode.trialFailed : 0 }
   },
 })
 
