@@ -65,7 +65,7 @@ export async function buildSelector(o: SelectorOptions): Promise<{ file: string;
  * through shim) with the selector's initramfs (not verified). Under Secure Boot that kernel is
  * locked down, and the selector's `kexec -s` accepts the slot's kernel only if it carries a
  * signature the kernel trusts: Debian's, through the CA shim hands on (MokListRT). Measured with
- * scripts/secure-boot-probe.ts (README "UEFI PCs"). The files go into `outDir` as the ESP's tree.
+ * scripts/secure-boot-probe.ts (docs/design.md "Secure Boot"). The files go into `outDir` as the ESP's tree.
  */
 export const SHIM_SELECTOR_FILES = {
   shim: 'EFI/BOOT/BOOTX64.EFI',

@@ -1,5 +1,5 @@
 // node scripts/secure-boot-probe.ts [--only NAME,...] [--keep]: what boots under OVMF with Secure
-// Boot on (issue 17 item 4, README "UEFI PCs"). Builds everything under a temp dir — the lean test
+// Boot on (issue 17 item 4, docs/design.md "Secure Boot"). Builds everything under a temp dir — the lean test
 // image on a host disk with the ESP layout, the selector, Debian's signed shim/GRUB/kernel from the
 // machine's apt sources (image-build/debian-packages.ts) — boots each variant under QEMU (q35 with
 // SMM, OVMF_CODE_4M.secboot.fd, secure pflash) and prints a table of how far each got; the result

@@ -2,7 +2,7 @@
 // attached through VMDK descriptors whose one FLAT extent is the raw file itself (no copy, so the
 // campaign reads the same bytes it would with QEMU), serial port 1 goes to a file, `controlvm
 // reset` is the reset button. Used when VBoxManage is installed; NOT exercised on the machines
-// this project's CI runs on (no VirtualBox there), see the campaign's README section.
+// this project's CI runs on (no VirtualBox there), see docs/reliability.md.
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'

@@ -1,4 +1,4 @@
-// `slots switch` repairing a stale backup (README: "A power cut between the commit write and the
+// `slots switch` repairing a stale backup (docs/design.md: "A power cut between the commit write and the
 // mirror leaves a valid backup with the old flags; `slots switch` / `slots repair` mirror the
 // sector"). The cut is made by applying only the commit write of a switch plan; the backup array
 // then differs from the primary in the root-entry sector alone, both tables CRC-valid.

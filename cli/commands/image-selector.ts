@@ -1,7 +1,7 @@
 // labhost image selector: the UEFI selector (image-build/selector.ts) for a recipe's layout, the
 // file the installer puts at \EFI\BOOT\BOOTX64.EFI on the ESP of a UEFI PC. --shim (prototype):
 // the same selector as Debian's signed shim -> GRUB -> kernel chain, a directory tree for the ESP
-// that boots with Secure Boot on (README "UEFI PCs"); the installer does not use it yet.
+// that boots with Secure Boot on (docs/design.md "Secure Boot"); the installer does not use it yet.
 import { LabhostError } from '../../lib/errors.ts'
 import { loadRecipe } from '../../image-build/recipe.ts'
 import { buildSelector, buildShimSelector } from '../../image-build/selector.ts'

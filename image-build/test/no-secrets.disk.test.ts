@@ -1,4 +1,4 @@
-// README: the image holds no SSH host keys (the host's come from /persistent/ssh, made by the
+// docs/design.md (security model): the image holds no SSH host keys (the host's come from /persistent/ssh, made by the
 // installer) and "private keys never enter an image; the public key is at
 // /etc/labhost/trusted.pub". Checked on the `test` image (the cached build the updater tests
 // share): its root filesystem, mounted read-only, holds no file named like an SSH host key or any

@@ -103,7 +103,7 @@ t.test('cctk: reads, changes only what differs, with the setup password, never e
 
 // The admin password never leaves labhost except into the firmware: not in an error (message,
 // hint, --json), whatever cctk prints or the password file holds. cctk takes it only as an
-// argument (--ValSetupPwd): that one write call is its only exposure (README, BIOS settings).
+// argument (--ValSetupPwd): that one write call is its only exposure (docs/design.md, security model).
 const PASSWORD = 'pa55word'
 
 /** A cctk that logs its arguments (one call per line) and fails a write by echoing them all. */

@@ -3,7 +3,7 @@
 //   its first or last MiB) is refused — both disks byte-identical, whichever of them holds the
 //   data — unless install.yaml sets it true; then the plan says what is erased and the install
 //   erases it.
-// - never a disk with a mounted filesystem (README, installer step 4), named with --ssd or not,
+// - never a disk with a mounted filesystem (docs/technician.md, what the stick does at the PC), named with --ssd or not,
 //   even with eraseForeignData: true.
 // - finish: reboot|poweroff: after the report is written the installer reboots or powers off
 //   (lib/power.ts: systemctl under systemd, else `reboot -f`). The machine running the tests is

@@ -29,7 +29,7 @@ async function fleet(t: Test, hosts: number, prefix: string): Promise<Fleet> {
 
 t.test('8 hosts update over BitTorrent: every slot B is 2.0.0, the server sends far less than 8 copies', async (t) => {
   const f = await fleet(t, 8, 'lhft')
-  // seeded as the README advises for a lab: the server's upload capped at a quarter of its port,
+  // seeded as docs/admin.md advises for a lab: the server's upload capped at a quarter of its port,
   // so the hosts carry the fan-out (uncapped, the server sent 2.2–3.7 copies here; `npm run bench`)
   await f.seed({ uploadLimit: '30M' })
   const before = await f.lab.txBytes(f.server)
