@@ -18,7 +18,19 @@ export const CHUNK_SIZE = 1 << 20
 // new format. No defaults: what is checked is exactly what was signed.
 const count = z.number().int().nonnegative()
 const positive = z.number().int().positive()
-const sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, 'a SHA-256 in lower-case hex (64 digits)')
+/** A SHA-256 in lower-case hex (every signed document's hashes). */
+export const Sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, 'a SHA-256 in lower-case hex (64 digits)')
+const sha256Hex = Sha256Hex
+/** Who signed a document (root or VM image manifest): the key's fingerprint (keyFingerprint). */
+export const SignerFingerprint = z.string().regex(/^sha256:[0-9a-f]{32}$/, 'a key fingerprint sha256:<32 hex digits>')
+
+/** A chunk list must fit its image's size: one hash per chunk (root and VM image manifests alike). */
+export function refineChunkCount(image: { size: number; chunkSize: number; chunks: readonly string[] }, ctx: z.RefinementCtx): void {
+  const chunks = Math.ceil(image.size / image.chunkSize)
+  if (image.chunks.length !== chunks) {
+    ctx.addIssue({ code: 'custom', path: ['image', 'chunks'], message: `${image.chunks.length} chunk hashes, where ${image.size} bytes make ${chunks} chunks of ${image.chunkSize}` })
+  }
+}
 // a file beside the manifest: a plain name (downloads resolve it against the manifest's URL)
 const fileName = z.string().max(255).regex(/^[A-Za-z0-9][A-Za-z0-9._+-]*$/, 'a plain file name (no directory, not hidden)')
 const fileRef = { file: fileName, size: count, sha256: sha256Hex }
@@ -45,13 +57,10 @@ export const ManifestSchema = z.object({
   blocks: z.object({ ...fileRef, blockSize: positive, hashBytes: z.number().int().min(1).max(32) }).strict().optional(),
   /** The recipe's trial: boots the new version gets before its initramfs rolls back (`labhost update --trial-boots` overrides). */
   trial: z.object({ boots: z.number().int().min(1).max(20) }).strict().optional(),
-  signer: z.string().regex(/^sha256:[0-9a-f]{32}$/, 'a key fingerprint sha256:<32 hex digits>'),
+  signer: SignerFingerprint,
   signature: z.string().optional(),
 }).strict().superRefine((m, ctx) => {
-  const chunks = Math.ceil(m.image.size / m.image.chunkSize)
-  if (m.image.chunks.length !== chunks) {
-    ctx.addIssue({ code: 'custom', path: ['image', 'chunks'], message: `${m.image.chunks.length} chunk hashes, where ${m.image.size} bytes make ${chunks} chunks of ${m.image.chunkSize}` })
-  }
+  refineChunkCount(m.image, ctx)
   const frames = m.transport.frames
   if (frames && (frames.length !== m.image.chunks.length || frames.reduce((a, b) => a + b, 0) !== m.transport.size)) {
     ctx.addIssue({ code: 'custom', path: ['transport', 'frames'], message: `${frames.length} frames of ${frames.reduce((a, b) => a + b, 0)} bytes, where there are ${m.image.chunks.length} chunks and ${m.transport.size} bytes` })

@@ -7,12 +7,12 @@ import type crypto from 'node:crypto'
 import { z } from 'zod'
 import { LabhostError } from '../lib/errors.ts'
 import {
-  CHUNK_SIZE, checkSchema, checkSignature, keyFingerprint, parseJson, refuseOtherKind, signDocument, VM_IMAGE_MANIFEST_FORMAT,
+  CHUNK_SIZE, checkSchema, checkSignature, keyFingerprint, parseJson, refineChunkCount, refuseOtherKind, Sha256Hex, signDocument, SignerFingerprint, VM_IMAGE_MANIFEST_FORMAT,
 } from '../image-format/manifest.ts'
 
 export const VM_MANIFEST_FILE = 'manifest.json'
 
-const sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, 'a SHA-256 in lower-case hex (64 digits)')
+const sha256Hex = Sha256Hex
 /** A base's name: the catalogue section, the first part of its file name. */
 export const BaseName = z.string().max(64).regex(/^[a-z0-9][a-z0-9-]*$/, 'lower-case letters, digits and dashes, starting with a letter or digit')
 /** Starts with a digit, so a file name built from it is never hidden, `.` or `..`; no `/`. */
@@ -42,13 +42,10 @@ export const VmManifestSchema = z.object({
   }).strict(),
   /** What `qemu-img info` said at publishing; for people (the chunk hashes are what is checked). */
   qcow2: z.object({ virtualSize: z.number().int().positive(), clusterSize: z.number().int().positive() }).strict(),
-  signer: z.string().regex(/^sha256:[0-9a-f]{32}$/, 'a key fingerprint sha256:<32 hex digits>'),
+  signer: SignerFingerprint,
   signature: z.string().optional(),
 }).strict().superRefine((m, ctx) => {
-  const chunks = Math.ceil(m.image.size / m.image.chunkSize)
-  if (m.image.chunks.length !== chunks) {
-    ctx.addIssue({ code: 'custom', path: ['image', 'chunks'], message: `${m.image.chunks.length} chunk hashes, where ${m.image.size} bytes make ${chunks} chunks of ${m.image.chunkSize}` })
-  }
+  refineChunkCount(m.image, ctx)
   if (m.image.file !== baseFileName(m.name, m.version)) {
     ctx.addIssue({ code: 'custom', path: ['image', 'file'], message: `must be ${baseFileName(m.name, m.version)} (name-version.qcow2)` })
   }
