@@ -159,7 +159,7 @@ const cases: Record<string, { kind: Kind; run: (t: Test) => Promise<void> }> = {
     run: async (t) => {
       const h = await onTrial(t)
       const cfg = path.join(tmpDir(t), 'trial.yaml')
-      for (const [check, code, verdict] of [['true', 0, /^good: every check passes: slot B would be marked good/], ['false', ExitCode.trialFailed, /^rolled-back: .*would roll back/]] as const) {
+      for (const [check, code, verdict] of [['true', 0, /^would mark good \(dry run\): every check passes: slot B would be marked good/], ['false', ExitCode.trialFailed, /^would roll back \(dry run\): .*would roll back/]] as const) {
         fs.writeFileSync(cfg, `deadlineSeconds: 30\nchecks:\n  - name: "${check}"\n    run: ["${check}"]\n`)
         // this machine has been up for more than 30 s: a failing check is past its deadline at once
         const r = await dryRun(t, ['trial-check', '--config', cfg, ...hostPaths(h)], hostFiles(h))
