@@ -43,6 +43,10 @@ export const ExitCode = {
   hostnameUnavailable: 58,
   /** labhost trial-check: the health checks failed by the deadline and the slot was rolled back. */
   trialFailed: 60,
+  /** An update while an earlier switch is not booted yet: the GPT flags the other slot than the one running. */
+  switchNotBooted: 61,
+  /** The image stream (transport file) ends before the manifest's size: a cut copy or download, not a bad chunk. */
+  imageTruncated: 46,
   /** A .torrent that is not one file with the signed transport file's name and size (checked before aria2c starts). */
   torrentInvalid: 39,
   /** A signed manifest of the other kind: a VM base image's where a root image's is wanted, or the reverse. */
@@ -70,8 +74,9 @@ export class LabhostError extends Error {
   readonly hint: string
   readonly details: Record<string, unknown>
 
-  constructor(code: ErrorCode, message: string, hint: string, details: Record<string, unknown> = {}) {
-    super(message)
+  /** `options.cause`: the error this one explains (kept for whoever debugs; the CLI prints message and hint). */
+  constructor(code: ErrorCode, message: string, hint: string, details: Record<string, unknown> = {}, options: { cause?: unknown } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause })
     this.name = 'LabhostError'
     this.code = code
     this.hint = hint

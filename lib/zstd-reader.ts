@@ -8,8 +8,8 @@ import os from 'node:os'
 import path from 'node:path'
 import { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
-import { execa, type ResultPromise } from 'execa'
 import { LabhostError } from './errors.ts'
+import { run, start, toolError } from './exec.ts'
 
 export interface ZstdVerdict {
   /** zstd decoded its whole input without complaint. */
@@ -18,19 +18,25 @@ export interface ZstdVerdict {
   message: string
   /** Reading the compressed input failed (a download that gave up): that is the real cause. */
   inputError?: unknown
+  /** When zstd failed: its typed error (lib/exec.ts), with the stderr tail; `details.notInstalled` when it is missing. */
+  error?: LabhostError
 }
+
+const ZSTD_ARGS = ['-d', '-q', '-f', '--no-sparse', '-o']
 
 export class ZstdReader {
   private dir: string
   private fh: fs.promises.FileHandle
-  private zstd: ResultPromise
+  private zstd: ReturnType<typeof start>
+  private args: string[]
   private feed: Promise<void>
   private failure: { input?: unknown }
 
-  private constructor(dir: string, fh: fs.promises.FileHandle, zstd: ResultPromise, feed: Promise<void>, failure: { input?: unknown }) {
+  private constructor(dir: string, fh: fs.promises.FileHandle, zstd: ReturnType<typeof start>, args: string[], feed: Promise<void>, failure: { input?: unknown }) {
     this.dir = dir
     this.fh = fh
     this.zstd = zstd
+    this.args = args
     this.feed = feed
     this.failure = failure
   }
@@ -43,24 +49,24 @@ export class ZstdReader {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'labhost-zstd-'))
     const fifo = path.join(dir, 'out')
     try {
-      await execa('mkfifo', ['-m', '600', fifo])
+      await run('mkfifo', ['-m', '600', fifo])
     } catch (e) {
       fs.rmSync(dir, { recursive: true, force: true })
-      throw new LabhostError('io', `cannot make a FIFO in ${dir}: ${(e as Error).message}`, 'labhost needs a writable temporary directory (TMPDIR) and mkfifo')
+      throw new LabhostError('io', `cannot make a FIFO in ${dir}: ${(e as Error).message}`, 'labhost needs a writable temporary directory (TMPDIR) and mkfifo', {}, { cause: e })
     }
     // --no-sparse: zstd would seek in its output to skip zeros, which a FIFO cannot
     const file = typeof input === 'string'
-    const zstd = execa('zstd', ['-d', '-q', '-f', '--no-sparse', '-o', fifo, ...(file ? ['--', input] : [])],
-      { stdin: file ? 'ignore' : 'pipe', stdout: 'ignore', stderr: 'pipe', reject: false, encoding: 'utf8' })
+    const args = [...ZSTD_ARGS, fifo, ...(file ? ['--', input] : [])]
+    const zstd = start('zstd', args, { stdin: file ? 'ignore' : 'pipe', stdout: 'ignore', stderr: 'pipe' })
     const failure: { input?: unknown } = {}
-    const feed = file ? Promise.resolve() : pipeline(Readable.from(input), zstd.stdin!).catch((e) => {
+    const feed = file ? Promise.resolve() : pipeline(Readable.from(input), zstd.process.stdin!).catch((e) => {
       failure.input = e
-      zstd.kill()
+      zstd.process.kill()
     })
     // The read end opens when zstd opens the write end. Should zstd end without opening it (not
     // installed, killed), a write end opened and closed here lets the read end open on an empty FIFO.
     const opening = fs.promises.open(fifo, 'r')
-    void zstd.then(() => {
+    void zstd.done.then(() => {
       try {
         fs.closeSync(fs.openSync(fifo, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK))
       } catch {
@@ -71,7 +77,7 @@ export class ZstdReader {
     // both ends are open: the name is no longer needed, and a labhost killed from here on
     // (SIGKILL, a power cut of the process) leaves nothing in the temporary directory
     fs.rmSync(dir, { recursive: true, force: true })
-    return new ZstdReader(dir, fh, zstd, feed, failure)
+    return new ZstdReader(dir, fh, zstd, args, feed, failure)
   }
 
   /** Read up to `length` bytes into `buf` at `offset`; 0 at the end of the stream. */
@@ -81,12 +87,12 @@ export class ZstdReader {
 
   /** After the end (or to stop early: kill first): how zstd and the input ended. Cleans up. */
   async finish(kill = false): Promise<ZstdVerdict> {
-    if (kill) this.zstd.kill()
+    if (kill) this.zstd.process.kill()
     await this.fh.close()
-    const [r] = await Promise.all([this.zstd, this.feed])
+    const [r] = await Promise.all([this.zstd.done, this.feed])
     fs.rmSync(this.dir, { recursive: true, force: true })
-    const stderr = String(r.stderr ?? '').trim()
-    const why = r.exitCode !== undefined ? `zstd exited with ${r.exitCode}` : r.signal ? `zstd ended by ${r.signal}` : String((r as { shortMessage?: string }).shortMessage ?? 'zstd did not run')
-    return { ok: r.exitCode === 0, message: stderr.split('\n').pop() || why, inputError: this.failure.input }
+    const why = r.startError ? `zstd could not be started (${r.startError})` : r.exitCode !== undefined ? `zstd exited with ${r.exitCode}` : `zstd ended by ${r.signal}`
+    const verdict = { ok: r.exitCode === 0, message: r.stderr.trim().split('\n').pop() || why, inputError: this.failure.input }
+    return verdict.ok ? verdict : { ...verdict, error: toolError('zstd', this.args, r) }
   }
 }
