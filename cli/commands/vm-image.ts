@@ -56,12 +56,12 @@ const reserveOf = (values: { 'reserve-gib'?: number }): number => (values['reser
 export const vmImagePublish = defineCommand({
   name: 'vm-image publish',
   summary: 'publish a qcow2 VM base image: NAME-VERSION.qcow2, its signed manifest and .torrent in --out',
-  usage: 'labhost vm-image publish FILE.qcow2 --name NAME --version V --os TYPE --signing-key KEY --out DIR [options]',
+  usage: 'labhost vm-image publish FILE.qcow2 --name NAME --image-version V --os TYPE --signing-key KEY --out DIR [options]',
   notes: `FILE must be qcow2 with no backing file of its own, clean by qemu-img check, and not open in a VM
 (else exit 70); the checks are made on the published copy. One base per --out directory.`,
   options: {
     name: { type: 'string', value: 'NAME', required: true, schema: text(), description: 'the base image\'s name in the catalogue (a new version of a name replaces the old)' },
-    version: { type: 'string', value: 'V', required: true, schema: text(), description: 'its version; a host pulls only a newer one unless --allow-downgrade' },
+    'image-version': { type: 'string', value: 'V', required: true, schema: text(), aliases: ['version'], description: 'the base image\'s version; a host pulls only a newer one unless --allow-downgrade (--version elsewhere prints labhost\'s own)' },
     os: { type: 'string', value: 'TYPE', required: true, schema: text(), description: "the guest OS type the VM front end configures the VM for (the catalogue's os_type)" },
     'display-name': { type: 'string', value: 'TEXT', schema: text(), defaultText: 'NAME', description: 'the name the VM front end shows' },
     default: { type: 'boolean', description: 'make it the base the VM front end offers first' },
@@ -74,7 +74,7 @@ export const vmImagePublish = defineCommand({
     const file = positionals[0]
     if (!file) throw new LabhostError('usage', 'labhost vm-image publish needs a FILE.qcow2', `usage: ${this.usage}`)
     const r = await publishVmImage({
-      file, name: values.name, version: values.version, os: values.os, displayName: values['display-name'], isDefault: values.default,
+      file, name: values.name, version: values['image-version'], os: values.os, displayName: values['display-name'], isDefault: values.default,
       signingKey: values['signing-key'], out: values.out, trackers: values.tracker, webSeeds: values['web-seed'].length ? values['web-seed'] : undefined, log: ctx.log,
     })
     const m = r.manifest

@@ -10,7 +10,7 @@ import { execa } from 'execa'
 import t, { type Test } from 'tap'
 import YAML from 'yaml'
 import { ExitCode } from '../../lib/errors.ts'
-import { hashWhole, loop, REPO_ROOT, runCli, sparseFile, tmpDir, xorRange, type CliResult } from '../../test-support/test-helpers.ts'
+import { hashWhole, labhostArgv, loop, runCli, sparseFile, tmpDir, xorRange, type CliResult } from '../../test-support/test-helpers.ts'
 import { readTrial } from '../../updater/host-state.ts'
 import { buildImages, makeHost, type Host, type Images } from '../../test-support/update-fixtures.ts'
 import { pullVmImage } from '../../vmimages/pull.ts'
@@ -296,7 +296,7 @@ const cases: Record<string, { kind: Kind; run: (t: Test) => Promise<void> }> = {
     kind: 'readsOnly',
     run: async (t) => {
       const cwd = tmpDir(t)
-      const r = await execa(process.execPath, [path.join(REPO_ROOT, 'cli/bin.ts'), 'schema', 'install', '--dry-run'], { cwd, reject: false })
+      const r = await execa(...labhostArgv('schema', 'install', '--dry-run'), { cwd, reject: false })
       t.equal(r.exitCode, 0, { stderr: r.stderr })
       t.match(JSON.parse(String(r.stdout)), { type: 'object' })
       t.same(fs.readdirSync(cwd), [], 'nothing written where it ran')
@@ -307,7 +307,7 @@ const cases: Record<string, { kind: Kind; run: (t: Test) => Promise<void> }> = {
     run: async (t) => {
       const d = tmpDir(t)
       const src = await makeBase(`${d}/src.qcow2`, { dataMiB: 1, pattern: 7 })
-      await refused(t, 'vm-image publish', ['vm-image', 'publish', src, '--name', 'win11', '--version', '1.0.0', '--os', 'windows', '--signing-key', images.keys.privateKeyFile, '--out', `${d}/out`], [d])
+      await refused(t, 'vm-image publish', ['vm-image', 'publish', src, '--name', 'win11', '--image-version', '1.0.0', '--os', 'windows', '--signing-key', images.keys.privateKeyFile, '--out', `${d}/out`], [d])
     },
   },
   'vm-image pull': {

@@ -49,7 +49,7 @@ const bad: [string, string[], RegExp][] = [
   ['URL', ['image', 'publish', 'DIR', '--tracker', 'http://a.lab/announce', '--web-seed', 'udp://a.lab/x'], /^--web-seed "udp:\/\/a\.lab\/x" is not a URL \(http or https\)$/],
   ['path', ['install', '--config', '', '--image', 'DIR'], /^--config "" is not a path$/],
   ['path', ['image', 'build', 'test', '--out', '', '--signing-key', 'KEY'], /^--out "" is not a path$/],
-  ['text', ['vm-image', 'publish', 'F.qcow2', '--name', '', '--version', '1', '--os', 'l', '--signing-key', 'K', '--out', 'D'], /^--name "" is empty$/],
+  ['text', ['vm-image', 'publish', 'F.qcow2', '--name', '', '--image-version', '1', '--os', 'l', '--signing-key', 'K', '--out', 'D'], /^--name "" is empty$/],
   ['required', ['slots', 'status'], /^labhost slots status needs --disk$/],
   ['required', ['image', 'keygen'], /^labhost image keygen needs --out$/],
   ['required', ['install', '--image', 'DIR'], /^labhost install needs --config$/],
@@ -78,4 +78,15 @@ t.test('with --json the same error is the JSON object on stdout', async (t) => {
   const r = await cli(['slots', 'status', '--disk', '/dev/null', '--sector-size', '1024', '--json'])
   t.equal(r.code, ExitCode.usage)
   t.match(JSON.parse(r.stdout), { error: 'usage', exitCode: 2, message: '--sector-size "1024" is neither 512 nor 4096' })
+})
+
+t.test('vm-image publish: --image-version is the base image\'s version; --version, its old spelling, still parses as it', async (t) => {
+  const argv = (flag: string) => ['vm-image', 'publish', 'F.qcow2', '--name', '', flag, '1', '--os', 'l', '--signing-key', 'K', '--out', 'D']
+  const old = await cli(argv('--version'))
+  // the empty --name stops it before any work: what matters is that --version was taken as the image version
+  t.match(old.stderr, /^labhost: error: --name "" is empty$/m, 'the old spelling parses', { stderr: old.stderr })
+  t.notMatch(old.stdout, /^labhost \d/, 'and does not print labhost\'s own version')
+  const both = await cli([...argv('--version'), '--image-version', '2'])
+  t.equal(both.code, ExitCode.usage)
+  t.match(both.stderr, /--version and --image-version are the same option/)
 })

@@ -50,7 +50,7 @@ function copyOf(t: Test, p: PublishedVm): string {
 
 t.test('publish refuses what is not a standalone, clean qcow2 no VM has open (exit 70), writing nothing', async (t) => {
   const d = tmpDir(t)
-  const pub = (file: string) => runCli(['vm-image', 'publish', file, '--name', 'x', '--version', '1', '--os', 'linux', '--signing-key', keys.privateKeyFile, '--out', path.join(d, 'out')])
+  const pub = (file: string) => runCli(['vm-image', 'publish', file, '--name', 'x', '--image-version', '1', '--os', 'linux', '--signing-key', keys.privateKeyFile, '--out', path.join(d, 'out')])
   await run('qemu-img', ['create', '-q', '-f', 'raw', path.join(d, 'raw.qcow2'), '16M'])
   const overlay = await makeOverlay(path.join(d, 'overlay.qcow2'), v1.imageFile)
   const truncated = path.join(d, 'truncated.qcow2')
