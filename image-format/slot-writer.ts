@@ -275,7 +275,7 @@ export async function writeImage(target: ImageTarget, manifest: Manifest, input:
     const fd = fs.openSync(file, 'r')
     try {
       await readChunks((b, index, length) => readUpTo(fd, b, length, index * size).catch((e) => {
-        throw new LabhostError('io', `reading ${file} failed: ${(e as Error).message}`, 'check the image file; only the target slot was written, nothing was switched')
+        throw new LabhostError('io', `reading ${file} failed: ${(e as Error).message}`, 'check the image file; only the target slot was written, nothing was switched', {}, { cause: e })
       }))
     } finally {
       fs.closeSync(fd)
@@ -324,9 +324,15 @@ export async function writeImage(target: ImageTarget, manifest: Manifest, input:
     // A failed download explains a short zstd stream better than zstd's own complaint.
     if (verdict.inputError) throw verdict.inputError
     if (pool.failure) throw pool.failure
+    // zstd names a cut input "premature end"; any other complaint is about the bytes themselves
+    if (!verdict.ok && verdict.error && !/premature end|truncated/i.test(verdict.message)) {
+      if (verdict.error.details.notInstalled) throw verdict.error
+      throw new LabhostError('hashMismatch', `the transport file is not a good zstd stream after ${written} of ${total} bytes (zstd: ${verdict.message})`,
+        'the download or the copy corrupted it: fetch it again (only the target slot was written, nothing was switched)', {}, { cause: verdict.error })
+    }
     if (!verdict.ok || written !== total) {
-      throw new LabhostError('hashMismatch', `the transport file ends early: ${written} of ${total} bytes (${verdict.ok ? 'the stream ended' : `zstd: ${verdict.message}`})`,
-        'the download is truncated: run it again (only the target slot was written, nothing was switched)')
+      throw new LabhostError('imageTruncated', `the transport file ends early: ${written} of ${total} bytes (${verdict.ok ? 'the stream ended' : `zstd: ${verdict.message}`})`,
+        'the download or the copy is cut short: fetch it again (only the target slot was written, nothing was switched)', {}, { cause: verdict.error })
     }
     const stats = { dataBytes: total, kernelZeroedBytes: 0, writtenZeroBytes: 0 }
     for (const run of zeroRuns) {

@@ -156,7 +156,7 @@ export async function planUpdate(o: UpdateOptions): Promise<{ plan: UpdatePlan; 
         'inspect with `labhost slots status` and repair first; nothing was written')
     }
     if (st.active !== boot.slot) {
-      throw new LabhostError('slotFlagsAmbiguous', `running slot ${boot.slot}, but the GPT flags slot ${st.active} to boot next`,
+      throw new LabhostError('switchNotBooted', `running slot ${boot.slot}, but the GPT flags slot ${st.active} to boot next`,
         'an earlier switch is not booted yet: reboot into it (or switch back) before updating; nothing was written')
     }
     const trial = readTrial(o.paths)

@@ -9,6 +9,7 @@ import { execa } from 'execa'
 import { readRange, sparseFile, tmpDir, loop } from '../../test-support/test-helpers.ts'
 import { hashChunks, type Manifest } from '../manifest.ts'
 import { DirectFile } from '../../lib/direct-io.ts'
+import { ExitCode, type ErrorCode, type LabhostError } from '../../lib/errors.ts'
 import { verifyImage, writeImage, type ImageInput } from '../slot-writer.ts'
 
 const MiB = 1 << 20
@@ -148,4 +149,35 @@ t.test('read-back while writing: a chunk changed on the disk after its write is 
   const { readBack } = await writeImage(target, source.manifest, source.input(), { readBack: true })
   await verifyImage(target, source.manifest, { skip: readBack, beforeReadBack: (i) => { seenAfter.push(i) } })
   t.same(seenAfter.sort((a, b) => a - b), [...KINDS].flatMap((k, i) => (k === '0' ? [i] : [])), 'verifyImage reads back only what the writer did not')
+})
+
+// A stream that stops short and one whose bytes are wrong are different failures: the first is a
+// cut copy or download (imageTruncated), the second corruption (hashMismatch); each has its code.
+t.test('a cut stream is imageTruncated, a changed or undecodable one hashMismatch', async (t) => {
+  const d = tmpDir(t)
+  const image = makeImage(`${d}/root.img`)
+  const source = await sourceFor(`${d}/root.img`, true)
+  const target = { disk: sparseFile(`${d}/disk.img`, 24 * MiB), firstByte: FIRST_BYTE, name: 'slot B' }
+  const zst = fs.readFileSync(`${d}/root.img.zst`)
+  const input = (name: string, bytes: Buffer, kind: 'zstd' | 'raw-stream'): ImageInput => {
+    fs.writeFileSync(`${d}/${name}`, bytes)
+    const stream = fs.createReadStream(`${d}/${name}`, { highWaterMark: 300_000 })
+    return kind === 'zstd' ? { kind, from: stream } : { kind, stream }
+  }
+  const changed = Buffer.from(image)
+  changed[9 * CHUNK + 7]! ^= 1
+  const damagedZst = Buffer.from(zst)
+  damagedZst.writeUInt32LE(damagedZst.readUInt32LE(zst.length >> 1) ^ 0xffffffff, zst.length >> 1)
+  const cases = [
+    { name: 'zstd stream cut in half', input: input('cut.zst', zst.subarray(0, zst.length >> 1), 'zstd'), code: 'imageTruncated', message: /ends early/ },
+    { name: 'raw stream cut inside chunk 5', input: input('cut.img', image.subarray(0, 5 * CHUNK + 100), 'raw-stream'), code: 'imageTruncated', message: /ends early/ },
+    { name: 'raw stream with a changed byte in chunk 9', input: input('changed.img', changed, 'raw-stream'), code: 'hashMismatch', message: /chunk 9 / },
+    { name: 'zstd stream with changed bytes', input: input('damaged.zst', damagedZst, 'zstd'), code: 'hashMismatch', message: /not a good zstd stream|does not match the signed manifest/ },
+  ]
+  for (const c of cases) {
+    const e = await writeImage(target, source.manifest, c.input, { readBack: true }).then(() => null, (e: unknown) => e as LabhostError)
+    t.match(e, { code: c.code, message: c.message }, `${c.name}: ${c.code} (${e?.message})`)
+    t.equal(e?.exitCode, ExitCode[c.code as ErrorCode], `${c.name}: exit ${ExitCode[c.code as ErrorCode]}`)
+  }
+  t.not(ExitCode.imageTruncated, ExitCode.hashMismatch, 'two exit codes')
 })

@@ -72,7 +72,13 @@ t.test('update 1.0.0 -> 2.0.0 writes slot B and one GPT sector (and its mirror),
   const st = JSON.parse((await runCli(['status', '--json', ...h.args.slice(0, 6)])).stdout)
   t.same(st.trial, { slot: 'B', bootsLeft: 3, version: '2.0.0' }, 'B is on trial')
   const again = await runCli(['update', v2, ...h.args])
-  t.equal(again.code, ExitCode.slotFlagsAmbiguous, 'a second update before rebooting is refused')
+  t.equal(again.code, ExitCode.switchNotBooted, 'a second update before rebooting is refused: the switch is not booted yet', { stderr: again.stderr })
+  t.match(again.stderr, /running slot A, but the GPT flags slot B to boot next/)
+  // flags that name no one slot are another failure, with their own code
+  await run('sgdisk', ['-A', `${h.plan[0]!.number}:set:2`, h.disk])
+  const ambiguous = await runCli(['update', v2, ...h.args])
+  t.equal(ambiguous.code, ExitCode.slotFlagsAmbiguous, 'both slots flagged: ambiguous flags, not a pending switch', { stderr: ambiguous.stderr })
+  t.not(ExitCode.switchNotBooted, ExitCode.slotFlagsAmbiguous)
 })
 
 t.test('update --dry-run --json carries the commit sector: its LBA and bytes are what the update then writes there, and the mirror\'s', async (t) => {
@@ -108,7 +114,12 @@ const refusals: { name: string; source: (t: Test) => string; code: number; messa
   {
     name: 'truncated download',
     source: (t) => { const d = transportOnly(t, v2); fs.truncateSync(`${d}/root.img.zst`, Math.floor(fs.statSync(`${d}/root.img.zst`).size / 2)); return d },
-    code: ExitCode.hashMismatch, message: /ends early/,
+    code: ExitCode.imageTruncated, message: /ends early/,
+  },
+  {
+    name: 'corrupted compressed stream',
+    source: (t) => { const d = transportOnly(t, v2); const f = `${d}/root.img.zst`; xorRange(f, Math.floor(fs.statSync(f).size / 2), Buffer.from([0xff, 0xff, 0xff, 0xff])); return d },
+    code: ExitCode.hashMismatch, message: /not a good zstd stream|does not match the signed manifest/,
   },
 ]
 
@@ -125,7 +136,7 @@ for (const c of refusals) {
     t.equal(after.slotA, before.slotA, 'running slot A unchanged')
     t.equal(after.gpt, before.gpt, 'GPT regions unchanged')
     t.equal(after.state, before.state, 'no trial armed')
-    if (c.name !== 'truncated download') t.equal(wholeDisk(h), before.disk, 'refused before writing: the whole disk is byte-identical')
+    if (!['truncated download', 'corrupted compressed stream'].includes(c.name)) t.equal(wholeDisk(h), before.disk, 'refused before writing: the whole disk is byte-identical')
   })
 }
 
