@@ -123,7 +123,7 @@ export function parseCommandArgs(cmd: Command, argv: string[]): Invocation {
   try {
     parsed = parseArgs({ args: argv, options: config, allowPositionals: true, strict: true })
   } catch (e) {
-    throw new LabhostError('usage', `${(e as Error).message}`, `see \`labhost ${cmd.name} --help\``)
+    throw new LabhostError('usage', `${(e as Error).message}`, `see \`labhost ${cmd.name} --help\``, {}, { cause: e })
   }
   const raw: Record<string, unknown> = {}
   const notices: string[] = []

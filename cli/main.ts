@@ -74,7 +74,7 @@ export async function main(argv: string[], out = process.stdout, err = process.s
     out.write((json ? JSON.stringify(result.data, null, 2) : result.human) + '\n')
     return result.exitCode ?? 0
   } catch (e) {
-    const le = isLabhostError(e) ? e : new LabhostError('internal', (e as Error)?.stack ?? String(e), 'this is a bug in labhost; please report it with the command line')
+    const le = isLabhostError(e) ? e : new LabhostError('internal', (e as Error)?.stack ?? String(e), 'this is a bug in labhost; please report it with the command line', {}, { cause: e })
     if (json) out.write(JSON.stringify(le.toJSON(), null, 2) + '\n')
     err.write(`labhost: error: ${le.message}\n  hint: ${le.hint}\n`)
     return le.exitCode

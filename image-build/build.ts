@@ -52,7 +52,7 @@ async function stageBase(r: LoadedRecipe, staging: string): Promise<void> {
     } catch (e) {
       const tail = String((e as LabhostError).details?.stderr ?? (e as Error).message)
       const missing = /Couldn't find these debs: (.*)/.exec(tail)?.[1]
-      if (missing) throw new LabhostError('packageMissing', `${r.file}: base.packages: ${missing.trim()} cannot be had from ${base.suite}`, 'check the package names (apt-cache policy NAME)')
+      if (missing) throw new LabhostError('packageMissing', `${r.file}: base.packages: ${missing.trim()} cannot be had from ${base.suite}`, 'check the package names (apt-cache policy NAME)', {}, { cause: e })
       throw e
     }
     // Identity comes from /persistent, not from the image; apt's lists are not part of a host.
@@ -76,7 +76,7 @@ async function stageBase(r: LoadedRecipe, staging: string): Promise<void> {
       dir = await unpackDebianPackage(pkg)
     } catch (e) {
       throw new LabhostError('packageMissing', `${r.file}: base.packages.${i}: package ${pkg} cannot be had from the apt sources (${(e as Error).message.split(':').pop()?.trim()})`,
-        'check the package name (apt-cache policy NAME) and run apt-get update')
+        'check the package name (apt-cache policy NAME) and run apt-get update', {}, { cause: e })
     }
     await run('cp', ['-a', `${dir}/.`, staging])
   }
@@ -241,7 +241,7 @@ export async function buildImage(recipeName: string, o: BuildOptions): Promise<B
       const msg = String((e as LabhostError).details?.stderr ?? (e as Error).message)
       if (/Could not allocate|No space|too small/i.test(msg)) {
         throw new LabhostError('imageTooSmall', `${r.file}: imageSizeMiB: ${r.recipe.imageSizeMiB} MiB is too small for the image's content`,
-          `raise imageSizeMiB (the staged tree is ${Math.ceil(Number((await run('du', ['-sm', staging])).stdout.split('\t')[0]))} MiB)`)
+          `raise imageSizeMiB (the staged tree is ${Math.ceil(Number((await run('du', ['-sm', staging])).stdout.split('\t')[0]))} MiB)`, {}, { cause: e })
       }
       throw e
     }

@@ -114,7 +114,7 @@ export function readPrivateKey(file: string): crypto.KeyObject {
     if (k.asymmetricKeyType !== 'ed25519') throw new Error('not an ed25519 key')
     return k
   } catch (e) {
-    throw new LabhostError('usage', `${file} is not an ed25519 private key: ${(e as Error).message}`, 'make one with `labhost image keygen --out DIR`')
+    throw new LabhostError('usage', `${file} is not an ed25519 private key: ${(e as Error).message}`, 'make one with `labhost image keygen --out DIR`', {}, { cause: e })
   }
 }
 
@@ -124,7 +124,7 @@ export function readPublicKey(file: string): crypto.KeyObject {
     if (k.asymmetricKeyType !== 'ed25519') throw new Error('not an ed25519 key')
     return k
   } catch (e) {
-    throw new LabhostError('usage', `${file} is not an ed25519 public key: ${(e as Error).message}`, 'use the .pub file written by `labhost image keygen`')
+    throw new LabhostError('usage', `${file} is not an ed25519 public key: ${(e as Error).message}`, 'use the .pub file written by `labhost image keygen`', {}, { cause: e })
   }
 }
 
@@ -150,7 +150,7 @@ export function parseJson(text: string, where: string): unknown {
   try {
     return JSON.parse(text)
   } catch (e) {
-    throw new LabhostError('manifestInvalid', `${where} is not a readable manifest: ${(e as Error).message}`, 'point at the manifest.json written by `labhost image build`')
+    throw new LabhostError('manifestInvalid', `${where} is not a readable manifest: ${(e as Error).message}`, 'point at the manifest.json written by `labhost image build`', {}, { cause: e })
   }
 }
 
@@ -242,7 +242,7 @@ function readText(file: string): string {
   try {
     return fs.readFileSync(file, 'utf8')
   } catch (e) {
-    throw new LabhostError('manifestInvalid', `${file} is not a readable manifest: ${(e as Error).message}`, 'point at the manifest.json written by `labhost image build`')
+    throw new LabhostError('manifestInvalid', `${file} is not a readable manifest: ${(e as Error).message}`, 'point at the manifest.json written by `labhost image build`', {}, { cause: e })
   }
 }
 

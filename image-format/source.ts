@@ -144,7 +144,7 @@ function untrusted(url: string, o: FetchOptions, e: unknown, what: string): Labh
   const hint = err.code === 'ERR_TLS_CERT_ALTNAME_INVALID'
     ? `use the host name the certificate names in the URL, or give the server a certificate for this one; ${what}`
     : o.caFile ? `${o.caFile} does not vouch for this server: give the CA certificate that signed its certificate with --ca PEM; ${what}` : `give the CA certificate that signed the server's certificate with --ca PEM; ${what}`
-  return new LabhostError('tlsUntrusted', `${url}: the server's certificate is not trusted (${err.code}: ${err.message})`, hint)
+  return new LabhostError('tlsUntrusted', `${url}: the server's certificate is not trusted (${err.code}: ${err.message})`, hint, {}, { cause: e })
 }
 
 const caLists = new Map<string, string[]>()
@@ -189,10 +189,10 @@ function gaveUp(url: string, o: FetchOptions, last: unknown, what: string): Labh
   const status = httpStatus(last)
   if (status !== undefined && !retriableStatus(status)) {
     const code = status === 404 ? 'notFound' : 'downloadFailed'
-    return new LabhostError(code, `${url}: the server answered HTTP ${status}`, `check the URL and that the image is published there; ${what}`)
+    return new LabhostError(code, `${url}: the server answered HTTP ${status}`, `check the URL and that the image is published there; ${what}`, {}, { cause: last })
   }
   return new LabhostError('downloadFailed', `${url}: giving up after ${o.retries} failed attempts in a row (last: ${describe(last)})`,
-    `check the network and the server, then run the same command again; ${what}`)
+    `check the network and the server, then run the same command again; ${what}`, {}, { cause: last })
 }
 
 const gotOptions = (o: FetchOptions) => ({
@@ -320,7 +320,7 @@ export async function* resumableDownload(url: string, want: { start: number; end
     } catch (e) {
       if (!isRetriable(e)) {
         if (httpStatus(e) === 416) {
-          throw new LabhostError('downloadFailed', `${url} is shorter than its manifest says (no bytes from ${offset} of ${size})`, 'the published transport file is truncated: publish the image again; nothing was switched')
+          throw new LabhostError('downloadFailed', `${url} is shorter than its manifest says (no bytes from ${offset} of ${size})`, 'the published transport file is truncated: publish the image again; nothing was switched', {}, { cause: e })
         }
         throw e instanceof LabhostError ? e : gaveUp(url, o, e, 'nothing was switched')
       }

@@ -67,7 +67,7 @@ export function decompressFrame(frame: Buffer, length: number, what: string): Bu
     data = zlib.zstdDecompressSync(frame, { maxOutputLength: length })
   } catch (e) {
     throw new LabhostError('hashMismatch', `${what} is not a good zstd frame: ${(e as Error).message}`,
-      'the download was corrupted: run the update again (only the target slot was written, nothing was switched)')
+      'the download was corrupted: run the update again (only the target slot was written, nothing was switched)', {}, { cause: e })
   }
   if (data.length !== length) {
     throw new LabhostError('hashMismatch', `${what} holds ${data.length} bytes, the manifest says ${length}`,

@@ -107,7 +107,7 @@ function planOne(role: DiskRole, disk: BlockDisk, layout: Layout, config: Instal
   try {
     parts = planDisk(layout, role, disk.sizeBytes, disk.sectorSize)
   } catch (e) {
-    if (e instanceof LabhostError && e.code === 'diskTooSmall') throw new LabhostError('diskTooSmall', `${describe(disk)}: ${e.message}`, 'use a larger disk; nothing was written')
+    if (e instanceof LabhostError && e.code === 'diskTooSmall') throw new LabhostError('diskTooSmall', `${describe(disk)}: ${e.message}`, 'use a larger disk; nothing was written', {}, { cause: e })
     throw e
   }
   const content = classifyDisk(disk.path, parts)

@@ -29,8 +29,8 @@ export function describeDisk(diskPath: string, fileSectorSize?: number): DiskInf
   let st: fs.Stats
   try {
     st = fs.statSync(diskPath)
-  } catch {
-    throw new LabhostError('notFound', `disk ${diskPath} does not exist`, 'check the path or the device name (lsblk lists disks)')
+  } catch (e) {
+    throw new LabhostError('notFound', `disk ${diskPath} does not exist`, 'check the path or the device name (lsblk lists disks)', {}, { cause: e })
   }
   if (st.isBlockDevice()) {
     const dir = sysfsBlockDir(st.rdev)
@@ -101,7 +101,7 @@ export class Disk {
     try {
       return new Disk(info, fs.openSync(diskPath, 'r'))
     } catch (e) {
-      throw new LabhostError('io', `cannot open ${diskPath}: ${(e as Error).message}`, 'run as root and check the device exists')
+      throw new LabhostError('io', `cannot open ${diskPath}: ${(e as Error).message}`, 'run as root and check the device exists', {}, { cause: e })
     }
   }
 

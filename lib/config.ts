@@ -23,7 +23,7 @@ export function parseConfig<S extends z.ZodType>(file: string, text: string, sch
     doc = YAML.parse(text, { prettyErrors: true, uniqueKeys: true })
   } catch (e) {
     const msg = (e as Error).message.split('\n')[0]
-    throw new LabhostError('configInvalid', `${file}: not valid YAML: ${msg}`, 'fix the YAML syntax at the line named')
+    throw new LabhostError('configInvalid', `${file}: not valid YAML: ${msg}`, 'fix the YAML syntax at the line named', {}, { cause: e })
   }
   const r = schema.safeParse(doc)
   if (!r.success) {
@@ -42,8 +42,8 @@ export function loadConfig<S extends z.ZodType>(file: string, schema: S): z.infe
   let text: string
   try {
     text = fs.readFileSync(file, 'utf8')
-  } catch {
-    throw new LabhostError('notFound', `config file ${file} cannot be read`, 'check the path')
+  } catch (e) {
+    throw new LabhostError('notFound', `config file ${file} cannot be read`, 'check the path', {}, { cause: e })
   }
   return parseConfig(file, text, schema)
 }

@@ -39,7 +39,7 @@ export async function lockDisk(diskPath: string, what: string): Promise<DiskLock
     const holder = await askHolder(name)
     throw new LabhostError('busy', `${diskPath} is in use by another labhost process${holder ? `: ${holder}` : ''}`,
       'wait for it to finish and try again (the lock is freed when its holder exits, also when it is killed); nothing was written',
-      { lock: name, holder })
+      { lock: name, holder }, { cause: e })
   }
   server.unref()
   return { name, release: () => new Promise((resolve) => server.close(() => resolve())) }

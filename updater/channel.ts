@@ -102,8 +102,8 @@ export function signChannel(c: Omit<Channel, 'signer' | 'signature'>, key: crypt
   return signDocument<Channel>({ ...c, signer: keyFingerprint(crypto.createPublicKey(key)) }, key)
 }
 
-function channelError(code: 'channelSignatureInvalid' | 'channelInvalid', message: string, hint: string): LabhostError {
-  return new LabhostError(code, message, hint)
+function channelError(code: 'channelSignatureInvalid' | 'channelInvalid', message: string, hint: string, cause?: unknown): LabhostError {
+  return new LabhostError(code, message, hint, {}, { cause })
 }
 
 /**
@@ -115,7 +115,7 @@ export function parseSignedChannel(text: string, key: crypto.KeyObject, where: s
   try {
     v = JSON.parse(text)
   } catch (e) {
-    throw channelError('channelInvalid', `${where} is not a readable channel: ${(e as Error).message}`, 'point at the channel file written by `labhost channel publish`; nothing was written')
+    throw channelError('channelInvalid', `${where} is not a readable channel: ${(e as Error).message}`, 'point at the channel file written by `labhost channel publish`; nothing was written', e)
   }
   const isObject = v !== null && typeof v === 'object' && !Array.isArray(v)
   const sig = isObject ? (v as Record<string, unknown>).signature : undefined
@@ -133,7 +133,7 @@ export function parseSignedChannel(text: string, key: crypto.KeyObject, where: s
   try {
     return checkSchema(ChannelSchema, v, where, 'not a channel this labhost can use: publish it with this labhost version; nothing was written')
   } catch (e) {
-    if (e instanceof LabhostError) throw new LabhostError('channelInvalid', e.message, e.hint, e.details)
+    if (e instanceof LabhostError) throw new LabhostError('channelInvalid', e.message, e.hint, e.details, { cause: e })
     throw e
   }
 }
@@ -148,7 +148,7 @@ export async function readChannel(where: string, key: crypto.KeyObject, fetch: P
   try {
     text = fs.readFileSync(where, 'utf8')
   } catch (e) {
-    throw new LabhostError('notFound', `${where} cannot be read: ${(e as Error).message}`, 'name the channel file or its http(s) URL')
+    throw new LabhostError('notFound', `${where} cannot be read: ${(e as Error).message}`, 'name the channel file or its http(s) URL', {}, { cause: e })
   }
   return parseSignedChannel(text, key, where)
 }

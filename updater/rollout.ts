@@ -34,7 +34,7 @@ export function readMachineUuid(file: string): string {
     text = fs.readFileSync(file, 'utf8').trim()
   } catch (e) {
     throw new LabhostError('notFound', `${file} cannot be read (${(e as Error).message}): the machine UUID decides whether this host is in a rollout stage`,
-      'the installer writes it on /persistent; without it this host cannot follow a channel (update it from a URL instead)')
+      'the installer writes it on /persistent; without it this host cannot follow a channel (update it from a URL instead)', {}, { cause: e })
   }
   if (!/^[0-9A-Fa-f-]{32,36}$/.test(text)) throw new LabhostError('io', `${file} holds no machine UUID (${JSON.stringify(text.slice(0, 40))})`, 'the installer writes one; reinstall with --new-identity or restore the file')
   return text

@@ -85,7 +85,7 @@ export function readCatalogue(file: string): CatalogueEntry[] {
     text = fs.readFileSync(file, 'utf8')
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return []
-    throw new LabhostError('catalogueInvalid', `${file} cannot be read: ${(e as Error).message}`, 'check the path and its permissions; nothing was changed')
+    throw new LabhostError('catalogueInvalid', `${file} cannot be read: ${(e as Error).message}`, 'check the path and its permissions; nothing was changed', {}, { cause: e })
   }
   return parseCatalogue(text, file)
 }

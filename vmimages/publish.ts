@@ -34,7 +34,7 @@ export interface PublishedVm {
   manifest: VmManifest
 }
 
-const invalid = (file: string, why: string, hint: string) => new LabhostError('vmImageInvalid', `${file} ${why}`, `${hint}; nothing was published`)
+const invalid = (file: string, why: string, hint: string, cause?: unknown) => new LabhostError('vmImageInvalid', `${file} ${why}`, `${hint}; nothing was published`, {}, { cause })
 
 /** The qcow2 checks; throws vmImageInvalid (exit 70). */
 export async function checkBaseImage(file: string, shownAs = file): Promise<{ virtualSize: number; clusterSize: number }> {
@@ -43,7 +43,7 @@ export async function checkBaseImage(file: string, shownAs = file): Promise<{ vi
     info = await imageInfo(file, { shared: false })
   } catch (e) {
     if (!isLabhostError(e) || e.code !== 'toolFailed') throw e
-    throw invalid(shownAs, `cannot be read by qemu-img: ${e.message}`, 'give a qcow2 file that no VM has open')
+    throw invalid(shownAs, `cannot be read by qemu-img: ${e.message}`, 'give a qcow2 file that no VM has open', e)
   }
   if (info.format !== 'qcow2') throw invalid(shownAs, `is a ${info.format} image, not qcow2`, 'convert it: qemu-img convert -O qcow2 IN OUT')
   if (info.backingFile) throw invalid(shownAs, `has a backing file of its own (${info.backingFile})`, 'a base must stand alone: qemu-img convert -O qcow2 IN OUT flattens it')

@@ -27,8 +27,8 @@ export async function imageInfo(file: string, o: { shared: boolean }): Promise<I
   let j: Record<string, unknown>
   try {
     j = JSON.parse(stdout) as Record<string, unknown>
-  } catch {
-    throw new LabhostError('toolFailed', `qemu-img info ${f} printed no JSON`, 'is qemu-utils installed and working?')
+  } catch (e) {
+    throw new LabhostError('toolFailed', `qemu-img info ${f} printed no JSON`, 'is qemu-utils installed and working?', { stdout: stdout.slice(0, 200) }, { cause: e })
   }
   const backing = typeof j['backing-filename'] === 'string' ? j['backing-filename'] as string : null
   return {

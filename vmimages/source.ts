@@ -41,7 +41,7 @@ export async function openBaseSource(spec: string, trusted: crypto.KeyObject, fe
     if (fs.statSync(manifestFile).size > MANIFEST_MAX_BYTES) throw new Error(`larger than ${MANIFEST_MAX_BYTES} bytes`)
     text = fs.readFileSync(manifestFile, 'utf8')
   } catch (e) {
-    throw new LabhostError('manifestInvalid', `${manifestFile} is not a readable manifest: ${(e as Error).message}`, 'point at the manifest.json written by `labhost vm-image publish`; nothing was written')
+    throw new LabhostError('manifestInvalid', `${manifestFile} is not a readable manifest: ${(e as Error).message}`, 'point at the manifest.json written by `labhost vm-image publish`; nothing was written', {}, { cause: e })
   }
   const manifest = parseSignedVmManifest(text, trusted, manifestFile)
   const file = path.join(path.dirname(manifestFile), manifest.image.file)

@@ -89,7 +89,7 @@ export async function sendWake(targets: WakeTarget[], o: WakeOptions = DEFAULT_W
     return { sent }
   } catch (e) {
     if (e instanceof LabhostError) throw e
-    throw new LabhostError('io', `sending Wake-on-LAN packets to ${o.address}:${o.port} failed: ${(e as Error).message}`, 'check the address (a broadcast address of a network this machine is on)')
+    throw new LabhostError('io', `sending Wake-on-LAN packets to ${o.address}:${o.port} failed: ${(e as Error).message}`, 'check the address (a broadcast address of a network this machine is on)', {}, { cause: e })
   } finally {
     socket.close()
   }
