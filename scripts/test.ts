@@ -40,6 +40,10 @@ if (kinds.some((k) => k !== 'unit')) {
       process.exit(1)
     }
   }
+  // ...and the tests start that executable, not the source (test-support/test-helpers.ts,
+  // labhostCommand): what ships is what is tested. It keeps its image cache where the source does.
+  process.env.LABHOST_TEST_EXE = path.join(root, 'dist/labhost')
+  process.env.LABHOST_CACHE ??= path.join(root, '.cache')
 }
 
 // tap rebuilds itself for our plugin set on its first run; two tap runs at once would race on it

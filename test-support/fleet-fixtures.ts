@@ -8,7 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type { ResultPromise } from 'execa'
 import { attachLoop, detachLoop } from '../lib/loop.ts'
 import { createLab, type Lab, type LabMember } from './netns.ts'
-import { REPO_ROOT } from './test-helpers.ts'
+import { labhostCommand } from './test-helpers.ts'
 import { publishImage } from '../image-format/torrent.ts'
 import { makeHostIn, type Host, type Images } from './update-fixtures.ts'
 
@@ -42,7 +42,7 @@ export interface Fleet {
   close(): Promise<void>
 }
 
-const cli = path.join(REPO_ROOT, 'cli/bin.ts')
+const [labhost, ...cli] = labhostCommand()
 
 /** Wait until a long-running process printed `pattern` (or ended, or `ms` passed). */
 async function waitFor(p: ResultPromise, pattern: RegExp, ms: number, what: string): Promise<void> {
@@ -83,7 +83,7 @@ export async function startFleet(dir: string, images: Images, o: { hosts: number
     fs.writeFileSync(path.join(dir, 'opentracker.conf'), 'access.whitelist /whitelist\n')
     const tracker = lab.spawn(server, 'opentracker', ['-i', server.ip, '-p', String(TRACKER_PORT), '-P', String(TRACKER_PORT), '-d', chroot, '-f', path.join(dir, 'opentracker.conf')])
     processes.push(tracker)
-    const http = lab.spawn(server, process.execPath, [cli, 'image', 'serve', path.join(dir, 'served'), '--host', server.ip, '--port', String(HTTP_PORT)])
+    const http = lab.spawn(server, labhost, [...cli, 'image', 'serve', path.join(dir, 'served'), '--host', server.ip, '--port', String(HTTP_PORT)])
     processes.push(http)
     await waitFor(http, /serving /, 30_000, 'labhost image serve')
     await sleep(300) // opentracker binds at once; give it the moment
@@ -101,7 +101,7 @@ export async function startFleet(dir: string, images: Images, o: { hosts: number
     return {
       lab, server, hosts, imageDir, url, transportBytes: fs.statSync(path.join(imageDir, 'root.img.zst')).size,
       async seed(o = {}) {
-        const p = lab.spawn(server, process.execPath, [cli, 'image', 'seed', imageDir, '--tracker-interval', '2', ...(o.uploadLimit ? ['--upload-limit', o.uploadLimit] : [])])
+        const p = lab.spawn(server, labhost, [...cli, 'image', 'seed', imageDir, '--tracker-interval', '2', ...(o.uploadLimit ? ['--upload-limit', o.uploadLimit] : [])])
         processes.push(p)
         await waitFor(p, /seeding /, 30_000, 'labhost image seed')
         await sleep(2500) // aria2c checks the file, then announces (every 2 s)
@@ -118,7 +118,7 @@ export async function startFleet(dir: string, images: Images, o: { hosts: number
         await sleep(500)
       },
       update(h, args) {
-        return lab.spawn(h.member, process.execPath, [cli, 'update', url, '--json', ...h.args, ...args])
+        return lab.spawn(h.member, labhost, [...cli, 'update', url, '--json', ...h.args, ...args])
       },
       close,
     }

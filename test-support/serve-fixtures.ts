@@ -5,10 +5,9 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import http from 'node:http'
 import net from 'node:net'
-import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { execa, type ResultPromise } from 'execa'
-import { REPO_ROOT } from './test-helpers.ts'
+import { labhostCommand } from './test-helpers.ts'
 
 export interface ServerProcess {
   url: string
@@ -27,11 +26,11 @@ export interface ServerProcess {
 interface Teardown { teardown(fn: () => unknown): void }
 
 /**
- * `labhost image serve DIR --port 0` (node cli/bin.ts, or the executable `exe`), once it says
+ * `labhost image serve DIR --port 0` (labhostCommand(), or the executable `exe`), once it says
  * where it serves.
  */
 export async function startServer(t: Teardown | null, dir: string, extra: string[] = [], exe?: string): Promise<ServerProcess> {
-  const [cmd, ...pre] = exe ? [exe] : [process.execPath, path.join(REPO_ROOT, 'cli/bin.ts')]
+  const [cmd, ...pre] = exe ? [exe] : labhostCommand()
   const child: ResultPromise = execa(cmd!, [...pre, 'image', 'serve', dir, '--port', '0', ...extra], { reject: false, buffer: false })
   let stderr = ''
   let ended = false

@@ -107,7 +107,24 @@ export function seedFromEnv(): number {
 
 export interface CliResult { code: number; stdout: string; stderr: string }
 
+/**
+ * How the tests start labhost: the built executable when LABHOST_TEST_EXE names it (npm test
+ * builds dist/labhost first and sets it: the product is what is tested), else the source
+ * (`node cli/bin.ts`, for a single test file run by hand): [file, ...arguments].
+ */
+export function labhostCommand(...args: string[]): [string, ...string[]] {
+  const exe = process.env.LABHOST_TEST_EXE
+  return exe ? [exe, ...args] : [process.execPath, path.join(REPO_ROOT, 'cli/bin.ts'), ...args]
+}
+
+/** labhostCommand as execa's (file, arguments) pair: `execa(...labhostArgv('update', url), options)`. */
+export function labhostArgv(...args: string[]): [string, string[]] {
+  const [file, ...rest] = labhostCommand(...args)
+  return [file, rest]
+}
+
 export async function runCli(args: string[]): Promise<CliResult> {
-  const r = await execa(process.execPath, [path.join(REPO_ROOT, 'cli/bin.ts'), ...args], { reject: false })
+  const [file, ...rest] = labhostCommand(...args)
+  const r = await execa(file, rest, { reject: false })
   return { code: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr) }
 }

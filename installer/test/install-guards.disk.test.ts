@@ -18,7 +18,7 @@ import YAML from 'yaml'
 import { ExitCode } from '../../lib/errors.ts'
 import { run } from '../../lib/exec.ts'
 import { attachLoop, detachLoop } from '../../lib/loop.ts'
-import { hashWhole, loop, readRange, REPO_ROOT, runCli, sparseFile, tmpDir, type CliResult } from '../../test-support/test-helpers.ts'
+import { hashWhole, labhostArgv, loop, readRange, runCli, sparseFile, tmpDir, type CliResult } from '../../test-support/test-helpers.ts'
 import { openGptDisk, readGpt } from '../../bootloader/gpt.ts'
 import { slotStatus } from '../../bootloader/slots.ts'
 import { buildImages, type Images } from '../../test-support/update-fixtures.ts'
@@ -182,7 +182,7 @@ async function fakePowerPath(t: Test, reports: string): Promise<{ env: Record<st
 }
 
 const runCliWith = async (args: string[], env: Record<string, string>): Promise<CliResult> => {
-  const r = await execa(process.execPath, [path.join(REPO_ROOT, 'cli/bin.ts'), ...args], { reject: false, env })
+  const r = await execa(...labhostArgv(...args), { reject: false, env })
   return { code: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr) }
 }
 

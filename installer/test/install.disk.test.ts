@@ -11,7 +11,7 @@ import YAML from 'yaml'
 import { describeDisk } from '../../lib/blockdev.ts'
 import { ExitCode } from '../../lib/errors.ts'
 import { run } from '../../lib/exec.ts'
-import { hashWhole, loop, readRange, runCli, sparseFile, tmpDir } from '../../test-support/test-helpers.ts'
+import { hashWhole, labhostArgv, loop, readRange, runCli, sparseFile, tmpDir } from '../../test-support/test-helpers.ts'
 import { openGptDisk, readGpt } from '../../bootloader/gpt.ts'
 import { findGptmbr } from '../../bootloader/mbr.ts'
 import { slotStatus } from '../../bootloader/slots.ts'
@@ -169,7 +169,7 @@ t.test('an install cut off after any step, or killed in the middle of the image 
     if (cut === 'mid-write') {
       // SIGKILL while slot A is being written (its own TMPDIR: what a killed run leaves there is seen)
       const tmp = tmpDir(t)
-      const child = execa(process.execPath, [path.join(import.meta.dirname, '../../cli/bin.ts'), ...m.args()], { reject: false, env: { TMPDIR: tmp } })
+      const child = execa(...labhostArgv(...m.args()), { reject: false, env: { TMPDIR: tmp } })
       let err = ''
       child.stderr!.on('data', (d) => { err += String(d) })
       while (!/step: write the root image/.test(err) && child.exitCode === null) await sleep(20)

@@ -10,7 +10,7 @@ import path from 'node:path'
 import { execa } from 'execa'
 import t, { type Test } from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
-import { REPO_ROOT, sparseFile, tmpDir } from '../../test-support/test-helpers.ts'
+import { labhostCommand, sparseFile, tmpDir } from '../../test-support/test-helpers.ts'
 import { MANIFEST_MAX_BYTES } from '../../image-format/source.ts'
 import { buildImages, makeHost, slotBHolds, wholeDisk, type Images } from '../../test-support/update-fixtures.ts'
 import { serve } from './http-fixtures.ts'
@@ -24,7 +24,7 @@ t.before(async () => {
 
 /** `labhost update` under GNU time: exit code, output, and the peak resident memory of the process. */
 async function updateMeasured(args: string[]): Promise<{ code: number; stdout: string; stderr: string; maxRssMiB: number }> {
-  const r = await execa('/usr/bin/time', ['-f', 'LABHOST-MAXRSS-KB %M', process.execPath, path.join(REPO_ROOT, 'cli/bin.ts'), 'update', ...args], { reject: false, timeout: 120_000 })
+  const r = await execa('/usr/bin/time', ['-f', 'LABHOST-MAXRSS-KB %M', ...labhostCommand('update', ...args)], { reject: false, timeout: 120_000 })
   const stderr = String(r.stderr)
   const kb = Number(/LABHOST-MAXRSS-KB (\d+)/.exec(stderr)?.[1] ?? NaN)
   return { code: r.exitCode ?? -1, stdout: String(r.stdout), stderr: stderr.replace(/LABHOST-MAXRSS-KB \d+\n?/, ''), maxRssMiB: kb / 1024 }

@@ -11,7 +11,7 @@ import path from 'node:path'
 import { execa } from 'execa'
 import t, { type Test } from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
-import { REPO_ROOT, tmpDir } from '../../test-support/test-helpers.ts'
+import { labhostArgv, tmpDir } from '../../test-support/test-helpers.ts'
 import { buildImages, makeHost, slotBHolds, wholeDisk, type Images } from '../../test-support/update-fixtures.ts'
 import { activeSlot } from './http-fixtures.ts'
 import { markDataPartitions, regionHashes } from './partition-guard.ts'
@@ -99,7 +99,7 @@ for (const c of cases) {
     markDataPartitions(h)
     const before = { disk: wholeDisk(h), regions: regionHashes(h, ['rootB']) }
     const server = await stallingServer(t, images.v2, c.stallPath, c.sendOf)
-    const child = execa(process.execPath, [path.join(REPO_ROOT, 'cli/bin.ts'), 'update', server.url, ...c.args, '--timeout', String(c.timeout), '--retries', String(c.retries), ...h.args], { reject: false, timeout: 120_000 })
+    const child = execa(...labhostArgv('update', server.url, ...c.args, '--timeout', String(c.timeout), '--retries', String(c.retries), ...h.args), { reject: false, timeout: 120_000 })
     const r = await child
     const ended = Date.now()
     t.equal(r.exitCode, ExitCode.downloadFailed, 'exit 36 downloadFailed', { stderr: r.stderr, timedOut: r.timedOut })
@@ -124,7 +124,7 @@ for (const c of cases) {
 t.test('a server that stops sending the block index: after --timeout the delta goes on without it (whole chunks only) and completes', async (t) => {
   const h = await makeHost(t, images)
   const server = await stallingServer(t, images.v2, 'root.img.blocks', (n) => Math.floor(n / 2))
-  const r = await execa(process.execPath, [path.join(REPO_ROOT, 'cli/bin.ts'), 'update', server.url, '--timeout', '3', '--retries', '1', ...h.args], { reject: false, timeout: 120_000 })
+  const r = await execa(...labhostArgv('update', server.url, '--timeout', '3', '--retries', '1', ...h.args), { reject: false, timeout: 120_000 })
   t.equal(r.exitCode, 0, 'exit 0', { stderr: r.stderr })
   t.equal(server.stalls.length, 1, 'the block index stalled once')
   t.match(r.stderr, /root\.img\.blocks: giving up after 1 failed attempts in a row \(last: ETIMEDOUT[^\n]*; matching whole chunks only/, 'it says why it matches whole chunks only')

@@ -11,7 +11,7 @@ import { execa } from 'execa'
 import t from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
 import { run } from '../../lib/exec.ts'
-import { REPO_ROOT, tmpDir } from '../../test-support/test-helpers.ts'
+import { labhostCommand, tmpDir } from '../../test-support/test-helpers.ts'
 import { publishImage } from '../../image-format/torrent.ts'
 import { buildImages, makeHost, protectedParts, slotBHolds, wholeDisk, type Host, type Images } from '../../test-support/update-fixtures.ts'
 
@@ -32,13 +32,13 @@ t.before(async () => {
 async function updateIsolated(served: string, args: string[]) {
   const script = [
     'ip link set lo up || exit 90',
-    `"$NODE" "$CLI" image serve "$SERVED" --port ${PORT} 2>"$SERVED/../serve.log" &`,
+    `$LABHOST image serve "$SERVED" --port ${PORT} 2>"$SERVED/../serve.log" &`,
     'for i in $(seq 300); do grep -q serving "$SERVED/../serve.log" && break; sleep 0.1; done',
-    `"$NODE" "$CLI" update http://127.0.0.1:${PORT}/ "$@"`,
+    `$LABHOST update http://127.0.0.1:${PORT}/ "$@"`,
   ].join('\n')
   const started = Date.now()
   const r = await execa('unshare', ['--net', '--pid', '--kill-child', '--', 'sh', '-c', script, 'sh', ...args],
-    { reject: false, timeout: 120_000, env: { NODE: process.execPath, CLI: path.join(REPO_ROOT, 'cli/bin.ts'), SERVED: served } })
+    { reject: false, timeout: 120_000, env: { LABHOST: labhostCommand().join(' '), SERVED: served } })
   return { code: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr), seconds: (Date.now() - started) / 1000 }
 }
 

@@ -8,7 +8,7 @@ import t from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
 import { lockDisk } from '../../lib/disk-lock.ts'
 import { run } from '../../lib/exec.ts'
-import { loop, REPO_ROOT, runCli, tmpDir } from '../../test-support/test-helpers.ts'
+import { labhostArgv, loop, runCli, tmpDir } from '../../test-support/test-helpers.ts'
 import { openGptDisk, readGpt } from '../../bootloader/gpt.ts'
 import { slotStatus } from '../../bootloader/slots.ts'
 import { rewriteGptValid } from '../../test-support/gpt-fixtures.ts'
@@ -101,7 +101,7 @@ t.test('one writer per disk: update, switch and repair refuse while another hold
 
 t.test('a SIGKILLed update leaves no stale lock: the next update runs', async (t) => {
   const h = await makeHost(t, images)
-  const child = execa(process.execPath, [`${REPO_ROOT}/cli/bin.ts`, 'update', images.v2, '--announce-phases', ...h.args], { reject: false })
+  const child = execa(...labhostArgv('update', images.v2, '--announce-phases', ...h.args), { reject: false })
   let killed = false
   await new Promise<void>((resolve) => {
     child.stderr!.on('data', (d: Buffer) => {
