@@ -8,9 +8,9 @@
 // `labhost install` (slot A).
 import crypto from 'node:crypto'
 import fs from 'node:fs'
-import { execa } from 'execa'
 import { alignedBuffers, DIRECT_ALIGN, DirectFile, readUpTo, roundUp } from '../lib/direct-io.ts'
 import { LabhostError } from '../lib/errors.ts'
+import { run } from '../lib/exec.ts'
 import { fault } from '../lib/faults.ts'
 import { ZstdReader, type ZstdVerdict } from '../lib/zstd-reader.ts'
 import { HashPool } from '../lib/hash-pool.ts'
@@ -389,7 +389,7 @@ export async function verifyImage(target: ImageTarget, manifest: Manifest, o: Ve
   }
   try {
     // Without O_DIRECT the page cache would answer: drop the device's cached pages first.
-    if (!file.direct && file.isBlockDevice) await execa('blockdev', ['--flushbufs', target.disk])
+    if (!file.direct && file.isBlockDevice) await run('blockdev', ['--flushbufs', target.disk])
     const results = await Promise.allSettled(buffers.map((buf, k) => reader(buf, k)))
     for (const r of results) if (r.status === 'rejected') throw r.reason
   } finally {

@@ -2,12 +2,11 @@
 // signed manifest (root.img.zst → root.img.zst.torrent), made by mktorrent. The torrent is not
 // signed and need not be: a host checks what it downloaded against the signed manifest.
 // labhost image seed: the first seeder of a published image (aria2c), after checking the file.
-import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import { bdecode, BencodeError, isDict, type BValue } from '../lib/bencode.ts'
 import { LabhostError } from '../lib/errors.ts'
-import { run } from '../lib/exec.ts'
+import { run, start, toolError } from '../lib/exec.ts'
 import { matchesPart, readManifest } from './manifest.ts'
 
 export interface PublishOptions {
@@ -48,7 +47,7 @@ export function checkTorrent(data: Buffer, want: { name: string; size: number },
   } catch (e) {
     if (!(e instanceof BencodeError)) throw e
     throw new LabhostError('torrentInvalid', `${where} is not a torrent file (${e.message})`,
-      'publish the image again (labhost image publish DIR --tracker URL), or update over HTTP without --torrent; nothing was written')
+      'publish the image again (labhost image publish DIR --tracker URL), or update over HTTP without --torrent; nothing was written', {}, { cause: e })
   }
   const info = isDict(root) ? root.get('info') : undefined
   if (!isDict(info)) throw refuse('has no info dictionary')
@@ -135,13 +134,14 @@ export async function seedImage(imageDir: string, o: SeedOptions = {}): Promise<
   const started = Date.now()
   o.log?.(`seeding ${transport} (${await infoHash(torrent)})${o.uploadLimit ? `, uploads capped at ${o.uploadLimit}/s` : ''}`)
   // its console lines go to stderr: stdout stays the command's result (--json)
-  const child = spawn('aria2c', args, { stdio: ['ignore', 2, 2] })
-  const stop = () => child.kill('SIGTERM')
+  const seeder = start('aria2c', args, { stdout: 2, stderr: 2 })
+  const stop = () => seeder.process.kill('SIGTERM')
   o.signal?.addEventListener('abort', stop, { once: true })
-  const code = await new Promise<number | null>((resolve, reject) => {
-    child.once('error', reject)
-    child.once('exit', (c) => resolve(c))
-  }).finally(() => o.signal?.removeEventListener('abort', stop))
-  if (!o.signal?.aborted && code !== 0) throw new LabhostError('toolFailed', `aria2c stopped seeding ${torrent} (exit ${code})`, 'see its messages above; is the port free and the tracker reachable?')
+  const r = await seeder.done.finally(() => o.signal?.removeEventListener('abort', stop))
+  if (!o.signal?.aborted && r.exitCode !== 0) {
+    const failed = toolError('aria2c', args, r, { hint: 'see its messages above; is the BitTorrent port free and the tracker reachable?' })
+    if (failed.details.notInstalled) throw failed
+    throw new LabhostError('toolFailed', `aria2c stopped seeding ${torrent} (exit ${r.exitCode ?? r.signal ?? r.startError})`, failed.hint, failed.details, { cause: failed })
+  }
   return { seconds: (Date.now() - started) / 1000 }
 }

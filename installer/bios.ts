@@ -5,8 +5,8 @@
 // never logged, and is cleared from the firmware session after use.
 import fs from 'node:fs'
 import path from 'node:path'
-import { execa } from 'execa'
 import { LabhostError } from '../lib/errors.ts'
+import { runStatus, toolError } from '../lib/exec.ts'
 import type { InstallConfig } from './config.ts'
 
 export interface BiosChange { name: string; from: string; to: string }
@@ -32,7 +32,7 @@ interface Backend {
   pendingReboot(): Promise<boolean | null>
 }
 
-const fail = (message: string, hint: string) => new LabhostError('biosFailed', message, hint)
+const fail = (message: string, hint: string, cause?: unknown) => new LabhostError('biosFailed', message, hint, {}, { cause })
 
 function sysfsBackend(dir: string): Backend {
   const attrDir = (a: string) => path.join(dir, 'attributes', a)
@@ -69,7 +69,7 @@ function sysfsBackend(dir: string): Backend {
           try {
             fs.writeFileSync(path.join(attrDir(c.name), 'current_value'), c.to)
           } catch (e) {
-            throw fail(`the firmware refused ${c.name}=${c.to}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, 'check the BIOS admin password file and the value; settings before it may be changed')
+            throw fail(`the firmware refused ${c.name}=${c.to}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, 'check the BIOS admin password file and the value; settings before it may be changed', e)
           }
         }
       } finally {
@@ -96,13 +96,21 @@ function redact(text: string, secret: string | undefined): string {
 
 function cctkBackend(exe: string): Backend {
   const cctk = async (args: string[], secret?: string) => {
+    // every error keeps the password out, also the cause: its command line is the redacted one
+    const shown = args.map((a) => redact(a, secret))
+    let r
     try {
-      const r = await execa(exe, args, { reject: false })
-      return { code: r.exitCode ?? -1, out: redact(`${r.stdout}\n${r.stderr}`, secret).trim() }
+      r = await runStatus(exe, args)
     } catch (e) {
       // execa's own refusals (an argument it cannot pass) quote the command line
-      throw fail(`${exe} could not be run: ${redact((e as Error).message, secret)}`, 'check the cctk executable and the BIOS admin password file; nothing was changed')
+      const said = redact((e as Error).message, secret)
+      throw fail(`${exe} could not be run: ${said}`, 'check the cctk executable and the BIOS admin password file; nothing was changed', new Error(said))
     }
+    if (r.startError) {
+      const e = toolError(exe, shown, r)
+      throw fail(`${exe} could not be run: ${e.message}`, `${e.hint}; nothing was changed`, e)
+    }
+    return { code: r.exitCode ?? -1, out: redact(`${r.stdout}\n${r.stderr}`, secret).trim() }
   }
   return {
     name: 'cctk',
@@ -188,7 +196,7 @@ function readPassword(file: string): string {
       fs.closeSync(fd)
     }
   } catch (e) {
-    throw fail(`bios.passwordFile ${file} cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'})`, 'put the password file next to install.yaml; nothing was changed')
+    throw fail(`bios.passwordFile ${file} cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'})`, 'put the password file next to install.yaml; nothing was changed', e)
   }
   const hint = 'put the BIOS admin password alone on the first line of the file (its content is not shown); nothing was changed'
   if (bytes.length > MAX_PASSWORD_BYTES) throw fail(`bios.passwordFile ${file} is longer than ${MAX_PASSWORD_BYTES} bytes: not a password file`, hint)

@@ -5,8 +5,8 @@
 // way, with buffered I/O where its file system has no O_DIRECT.
 import fs from 'node:fs'
 import { promisify } from 'node:util'
-import { execa } from 'execa'
 import { LabhostError } from './errors.ts'
+import { runStatus } from './exec.ts'
 
 /** Every O_DIRECT transfer is a multiple of this, and so is every position (512 and 4Kn disks). */
 export const DIRECT_ALIGN = 4096
@@ -81,8 +81,9 @@ export class DirectFile {
    */
   async zero(position: number, length: number, zeros: Buffer): Promise<'kernel' | 'written'> {
     if (this.isBlockDevice && length >= 4 * zeros.length) {
-      const r = await execa('blkdiscard', ['--force', '--zeroout', '--offset', String(position), '--length', String(length), this.path], { reject: false, stdio: 'ignore' }).catch(() => null)
-      if (r?.exitCode === 0) return 'kernel'
+      // a fast path only: blkdiscard missing or refusing means the zeros are written instead
+      const r = await runStatus('blkdiscard', ['--force', '--zeroout', '--offset', String(position), '--length', String(length), this.path])
+      if (r.exitCode === 0) return 'kernel'
     }
     for (let at = 0; at < length; at += zeros.length) await this.write(zeros, Math.min(zeros.length, length - at), position + at)
     return 'written'
@@ -109,5 +110,5 @@ export async function readUpTo(fd: number, buf: Buffer, length: number, position
 }
 
 function ioError(file: string, what: string, e: unknown): LabhostError {
-  return new LabhostError('io', `${what} on ${file} failed: ${(e as Error).message}`, 'check the disk (dmesg) and run as root; only the target slot was written, nothing was switched')
+  return new LabhostError('io', `${what} on ${file} failed: ${(e as Error).message}`, 'check the disk (dmesg) and run as root; only the target slot was written, nothing was switched', {}, { cause: e })
 }

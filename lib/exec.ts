@@ -3,7 +3,7 @@
 // and a hint for that tool: which package brings it, and what to check when it refuses.
 import path from 'node:path'
 import { execa, type Options, type ResultPromise } from 'execa'
-import { LabhostError, type ErrorCode } from './errors.ts'
+import { LabhostError } from './errors.ts'
 
 export interface RunResult {
   stdout: string
@@ -22,7 +22,7 @@ export interface RunOptions {
 }
 
 /** The Debian package of each tool labhost runs, and what to look at when it refuses. */
-const TOOLS: Record<string, { pkg: string; check: string }> = {
+const TOOLS: Record<string, { pkg: string; check: string; missing?: string }> = {
   sgdisk: { pkg: 'gdisk', check: 'check the disk with `sgdisk -v DISK` (is it large enough for the layout, and not in use?)' },
   'mkfs.ext4': { pkg: 'e2fsprogs', check: 'check that the partition exists, is not mounted and is large enough for an ext4 filesystem' },
   e2fsck: { pkg: 'e2fsprogs', check: 'the filesystem image is damaged: build it again' },
@@ -53,13 +53,13 @@ const TOOLS: Record<string, { pkg: string; check: string }> = {
   objcopy: { pkg: 'binutils', check: 'check that systemd-boot-efi (the EFI stub) is installed and the kernel and initramfs exist' },
   systemctl: { pkg: 'systemd', check: 'is systemd running this system?' },
   busybox: { pkg: 'busybox-static', check: 'check that the busybox binary runs on this machine' },
-  cctk: { pkg: 'Dell Command | Configure (not a Debian package: put cctk on the stick)', check: 'check the BIOS admin password file and the setting names for this model' },
+  cctk: { pkg: '', missing: 'put Dell Command | Configure (cctk) on the stick, or use bios.backend: sysfs', check: 'check the BIOS admin password file and the setting names for this model' },
   dd: { pkg: 'coreutils', check: 'run as root and check the device' },
   cp: { pkg: 'coreutils', check: 'check free space and permissions at the destination' },
 }
 const GENERIC = { pkg: '', check: 'see the command and its output above' }
 
-function toolOf(cmd: string): { name: string; pkg: string; check: string } {
+function toolOf(cmd: string): { name: string; pkg: string; check: string; missing?: string } {
   const name = path.basename(cmd)
   return { name, ...(TOOLS[name] ?? GENERIC) }
 }
@@ -85,19 +85,19 @@ export interface RunOutcome extends RunResult {
  * hint that fits the tool (its package when it is missing). Every tool failure goes through here.
  */
 export function toolError(cmd: string, args: readonly string[], r: Pick<RunOutcome, 'exitCode' | 'signal' | 'timedOut' | 'startError'> & { stderr?: string },
-  o: { timeoutMs?: number; hint?: string; code?: ErrorCode; cause?: unknown } = {}): LabhostError {
+  o: { timeoutMs?: number; hint?: string; cause?: unknown } = {}): LabhostError {
   const tool = toolOf(cmd)
   const commandLine = [cmd, ...args].join(' ')
   if (r.startError === 'ENOENT') {
     return new LabhostError('toolFailed', `${cmd} is not installed`,
-      tool.pkg ? `install ${tool.pkg} (scripts/setup.sh installs every tool labhost needs)` : 'install it (scripts/setup.sh installs every tool labhost needs)',
+      tool.missing ?? `install ${tool.pkg ? `the ${tool.pkg} package` : 'it'} (scripts/setup.sh installs every tool labhost needs)`,
       { command: commandLine, notInstalled: true }, { cause: o.cause })
   }
   const stderr = String(r.stderr ?? '')
   const why = r.startError ? `could not be started (${r.startError})`
     : r.timedOut ? `timed out after ${o.timeoutMs} ms` : `exited with ${r.exitCode ?? r.signal}`
   const said = tail(stderr, 3).replace(/\n/g, ' | ')
-  return new LabhostError(o.code ?? 'toolFailed', `${commandLine} ${why}${said ? `: ${said}` : ''}`, o.hint ?? tool.check,
+  return new LabhostError('toolFailed', `${commandLine} ${why}${said ? `: ${said}` : ''}`, o.hint ?? tool.check,
     { command: commandLine, exitCode: r.exitCode, stderr: tail(stderr) }, { cause: o.cause })
 }
 

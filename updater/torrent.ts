@@ -7,11 +7,11 @@
 // Peers in the same lab come first where aria2c allows it: Local Peer Discovery (multicast on the
 // lab's subnet) finds them without the tracker, and DHT stays off, so peers come from the tracker
 // and the LAN only.
-import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { LabhostError } from '../lib/errors.ts'
+import { start, toolError, type RunOutcome } from '../lib/exec.ts'
 import { matchesPart, type Manifest } from '../image-format/manifest.ts'
 import { checkTorrent, TORRENT_MAX_BYTES } from '../image-format/torrent.ts'
 import { fetchBytes, type HttpSource, type UpdateSource } from '../image-format/source.ts'
@@ -89,10 +89,10 @@ export async function torrentSource(source: HttpSource, manifest: Manifest, o: T
   ]
   log(`downloading ${name} with BitTorrent (${torrentUrl}) into ${dir}`)
   // its own session: it seeds on after labhost exits
-  const child = spawn('aria2c', args, { detached: true, stdio: 'ignore' })
-  let exit: { code: number | null; error?: string } | null = null
-  child.once('exit', (code) => { exit = { code } })
-  child.once('error', (e) => { exit = { code: null, error: (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'aria2c is not installed' : e.message } })
+  const aria2c = start('aria2c', args, { detached: true, stderr: 'ignore' })
+  const child = aria2c.process
+  let exit: RunOutcome | null = null
+  void aria2c.done.then((r) => { exit = r })
   const stop = () => {
     try {
       if (child.pid && !exit) process.kill(-child.pid, 'SIGTERM')
@@ -104,11 +104,15 @@ export async function torrentSource(source: HttpSource, manifest: Manifest, o: T
   let last = { bytes: 0, at: Date.now() }
   while (!fs.existsSync(marker)) {
     if (exit) {
-      const e = exit as { code: number | null; error?: string }
+      const x = exit as RunOutcome
+      // aria2c logs to its file, not to stderr: the error lines of the log are what it said
       const logged = tailOf(logFile)
-      throw new LabhostError(e.error === 'aria2c is not installed' ? 'toolFailed' : 'downloadFailed',
-        `BitTorrent download of ${torrentUrl} failed: ${e.error ?? `aria2c exited with ${e.code}`}${logged ? `: ${logged}` : ''}`,
-        `check the tracker and that a peer or the server seeds the torrent (see ${logFile}), or update over HTTP without --torrent; nothing was written`)
+      const failed = toolError('aria2c', args, { ...x, stderr: logged })
+      if (failed.details.notInstalled) throw failed
+      const why = x.startError ? `aria2c could not be started (${x.startError})` : `aria2c exited with ${x.exitCode ?? x.signal}`
+      throw new LabhostError('downloadFailed', `BitTorrent download of ${torrentUrl} failed: ${why}${logged ? `: ${logged}` : ''}`,
+        `check the tracker and that a peer or the server seeds the torrent (see ${logFile}), or update over HTTP without --torrent; nothing was written`,
+        {}, { cause: failed })
     }
     const bytes = allocated()
     if (bytes > last.bytes) last = { bytes, at: Date.now() }

@@ -9,13 +9,13 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { z } from 'zod'
-import { execa } from 'execa'
 import { arrayCrc, openGptDisk, parseEntries, readGpt } from '../bootloader/gpt.ts'
 import { applySectorWrites } from '../bootloader/sector-writes.ts'
 import { slotStatus, type SlotId } from '../bootloader/slots.ts'
 import { loadConfig } from '../lib/config.ts'
 import { withDiskLock } from '../lib/disk-lock.ts'
 import { LabhostError } from '../lib/errors.ts'
+import { runStatus } from '../lib/exec.ts'
 import { TRIAL_DIR, TRIAL_FILE } from '../image-format/trial-state.ts'
 import { markGood, parseShellVars, readBootInfo, readTrial, type HostPaths } from './host-state.ts'
 import { syncDir, writeDurable } from '../lib/durable.ts'
@@ -75,10 +75,12 @@ const bootUptime = () => Number(fs.readFileSync('/proc/uptime', 'utf8').split(' 
 /** The first check that fails, with what it said; null when all pass. */
 async function failingCheck(config: TrialConfig): Promise<string | null> {
   for (const c of config.checks) {
-    const r = await execa(c.run[0]!, c.run.slice(1), { reject: false, timeout: c.timeoutSeconds * 1000, all: true })
+    // a check's exit status is its answer: one that cannot start or runs over has failed
+    const r = await runStatus(c.run[0]!, c.run.slice(1), { timeoutMs: c.timeoutSeconds * 1000, all: true })
     if (r.exitCode !== 0) {
-      const said = String(r.all ?? '').trim().split('\n').pop()?.slice(0, 200) ?? ''
-      return `${c.name} (${c.run.join(' ')}) ${r.timedOut ? `ran over ${c.timeoutSeconds} s` : `exited ${r.exitCode ?? r.signal ?? '(could not be started)'}`}${said ? `: ${said}` : ''}`
+      const said = r.all.trim().split('\n').pop()?.slice(0, 200) ?? ''
+      const why = r.timedOut ? `ran over ${c.timeoutSeconds} s` : r.startError ? `could not be started (${r.startError})` : `exited ${r.exitCode ?? r.signal}`
+      return `${c.name} (${c.run.join(' ')}) ${why}${said ? `: ${said}` : ''}`
     }
   }
   return null
