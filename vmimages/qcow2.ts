@@ -45,7 +45,7 @@ export async function checkImage(file: string): Promise<string | null> {
     await run('qemu-img', ['check', '-f', 'qcow2', abs(file)])
     return null
   } catch (e) {
-    if (!isLabhostError(e) || e.code !== 'toolFailed') throw e
+    if (!isLabhostError(e) || e.code !== 'toolFailed' || e.details.notInstalled) throw e
     const stderr = String(e.details.stderr ?? e.message)
     const exit = e.details.exitCode
     // qemu-img check: 1 could not check, 2 corrupt, 3 leaked clusters (harmless but not clean)
@@ -74,9 +74,8 @@ export async function holder(file: string): Promise<{ state: Holder; detail?: st
     await run('qemu-io', ['-f', 'raw', '-c', 'quit', abs(file)])
     return { state: 'free' }
   } catch (e) {
-    if (!isLabhostError(e) || e.code !== 'toolFailed') throw e
+    if (!isLabhostError(e) || e.code !== 'toolFailed' || e.details.notInstalled) throw e
     const stderr = String(e.details.stderr ?? e.message)
-    if (/is not installed/.test(e.message)) throw e
     return LOCK_ERROR.test(stderr) ? { state: 'in-use' } : { state: 'unknown', detail: stderr.split('\n').filter(Boolean).slice(-1)[0] ?? e.message }
   }
 }
