@@ -1,22 +1,32 @@
 // Fills the image cache, while the VM tests run on the other core (npm test runs this before the
-// unit and disk tests): first the two lean images of the update campaign (also crash-replay's),
-// which the second VM test needs, then the debootstrap host image that vm-tests/host-image boots,
-// so their builds are not on the VM tests' path.
+// unit and disk tests): first the two lean images of the update campaign (also crash-replay's and
+// the UEFI test's), which the second VM test needs, then the debootstrap host image that
+// vm-tests/host-image boots, then the lean images of the stick and UEFI tests, so their builds
+// are not on the VM tests' path.
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { buildImage } from '../image-build/build.ts'
 import { cacheKeys } from '../image-build/cache-keys.ts'
 import { buildCampaignImages } from '../vm-tests/campaign.ts'
+import { leanBrokenRecipe, leanEspRecipe, leanRecipe } from '../vm-tests/fixtures/lean-image.ts'
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'labhost-prebuild-'))
 try {
   const t0 = Date.now()
   await buildCampaignImages(path.join(dir, 'campaign'))
   console.log(`campaign images in the cache after ${((Date.now() - t0) / 1000).toFixed(0)} s`)
-  // the signer is part of the cache key: the VM test signs with the same cached test key
-  const r = await buildImage('host', { out: path.join(dir, 'host'), keyFile: cacheKeys().privateKeyFile })
+  // the signer is part of the cache key: the VM tests sign with the same cached test key
+  const keyFile = cacheKeys().privateKeyFile
+  // the debootstrap host image that vm-tests/host-image boots (fourth), then the lean ones of the
+  // stick test (both firmware types) and the UEFI update test, which come last
+  const r = await buildImage('host', { out: path.join(dir, 'host'), keyFile })
   console.log(`host image ${r.cached ? 'already in the cache' : `built into the cache in ${r.seconds.toFixed(0)} s`}`)
+  const t1 = Date.now()
+  const lean: [string, (file: string) => string][] = [
+    ['lean-esp', leanEspRecipe], ['broken', leanBrokenRecipe], ['v3', (f) => leanRecipe(f, (x) => { x.version = '3.0.0' })]]
+  for (const [name, recipe] of lean) await buildImage(recipe(path.join(dir, `${name}.yaml`)), { out: path.join(dir, name), keyFile })
+  console.log(`lean images of the stick and UEFI tests in the cache after ${((Date.now() - t1) / 1000).toFixed(0)} s`)
 } finally {
   fs.rmSync(dir, { recursive: true, force: true })
 }

@@ -1,18 +1,24 @@
 // The USB installer stick in a lab-PC-shaped VM (emulated USB stick, SSD with rotation_rate=1,
 // HDD with rotation_rate=7200, DMI strings): it boots, `labhost install` picks the disks by
 // their properties, images them unattended and powers off; the PC then boots the lab host
-// image from the SSD. A second PC imaged from the same stick gets its own name, identity and
-// report (a re-run keeping the identity is an installer disk test). Every refusal leaves the disks byte-identical,
-// the PC on with the reason on screen, and the reason in reports/ on the stick.
+// image from the SSD. One stick for both firmware types (the image's layout has an EFI system
+// partition): the first PC boots it by legacy BIOS (SeaBIOS; gptmbr + extlinux go onto its SSD),
+// the second is UEFI-only (OVMF on q35, no CSM, an empty variable store at every boot: the
+// selector from the image goes onto its SSD's ESP and it boots by the removable-media path).
+// The second PC gets its own name, identity and report (a re-run keeping the identity is an
+// installer disk test). Every refusal leaves the disks byte-identical, the PC on with the reason
+// on screen, and the reason in reports/ on the stick.
 import fs from 'node:fs'
+import path from 'node:path'
 import t, { type Test } from 'tap'
 import YAML from 'yaml'
 import { ExitCode } from '../lib/errors.ts'
 import { run } from '../lib/exec.ts'
 import { hashWhole, runCli, sparseFile, tmpDir } from '../test-support/test-helpers.ts'
-import { bootUntilPowerOff, type VmDisk, type VmSpec } from './qemu.ts'
+import { cacheKeys } from '../image-build/cache-keys.ts'
+import { bootUntilPowerOff, uefiVarsCopy, type VmDisk, type VmSpec } from './qemu.ts'
 import { readPartitionFiles } from '../test-support/host-disks.ts'
-import { leanRecipe } from './fixtures/lean-image.ts'
+import { leanEspRecipe } from './fixtures/lean-image.ts'
 
 const MiB = 1 << 20
 const DELL = { manufacturer: 'Dell Inc.', product: 'OptiPlex 7010' }
@@ -30,13 +36,13 @@ const dir = tmpDir(t, 'labhost-vm-stick-')
 let stickTemplate = ''
 
 t.before(async () => {
-  t.equal((await runCli(['image', 'keygen', '--out', `${dir}/keys`])).code, 0)
-  const key = `${dir}/keys/labhost-signing.key`
-  // the lean test image (fixtures/lean-image.ts): the stick carries labhost itself, the PC need not
-  const b = await runCli(['image', 'build', leanRecipe(`${dir}/lean.yaml`), '--out', `${dir}/image`, '--key', key])
+  // the test key (npm test's prebuild put this image into the cache with it)
+  const key = cacheKeys().privateKeyFile
+  // the lean test image with an ESP (fixtures/lean-image.ts): the stick carries labhost itself, the PC need not
+  const b = await runCli(['image', 'build', leanEspRecipe(`${dir}/lean-esp.yaml`), '--out', `${dir}/image`, '--signing-key', key])
   if (b.code !== 0) throw new Error(`image build: ${b.stderr}`)
   fs.writeFileSync(`${dir}/install.yaml`, YAML.stringify(CONFIG))
-  const s = await runCli(['image', 'stick', '--image', `${dir}/image`, '--config', `${dir}/install.yaml`, '--out', `${dir}/stick.img`, '--key', key])
+  const s = await runCli(['image', 'stick', '--image', `${dir}/image`, '--config', `${dir}/install.yaml`, '--out', `${dir}/stick.img`, '--signing-key', key])
   if (s.code !== 0) throw new Error(`image stick: ${s.stderr}`)
   stickTemplate = `${dir}/stick.img`
 })
@@ -66,16 +72,19 @@ async function stickReports(stick: string): Promise<string[]> {
 const ssdDisk = (file: string, bootIndex = 1): VmDisk => ({ file, bus: 'ide-hd', rotationRate: 1, bootIndex })
 const hddDisk = (file: string): VmDisk => ({ file, bus: 'ide-hd', rotationRate: 7200, bootIndex: 2 })
 
-async function bootStick(t: Test, stick: string, disks: VmDisk[], smbios: VmSpec['smbios'] = PC1, net?: VmSpec['net']) {
-  const r = await bootUntilPowerOff({ smbios, net, disks: [{ file: stick, bus: 'usb-storage', bootIndex: 0 }, ...disks] }, 600_000, /labhost install refused \(exit \d+\)/)
-  t.comment(`stick boot under ${r.accel} in ${r.seconds.toFixed(1)} s`)
+/** A UEFI-only PC's firmware: OVMF with a fresh, empty variable store (nothing depends on NVRAM). */
+const uefi = (): Pick<VmSpec, 'uefi' | 'memoryMb'> => ({ memoryMb: 1024, uefi: { vars: uefiVarsCopy(fs.mkdtempSync(path.join(dir, 'vars-'))) } })
+
+async function bootStick(t: Test, stick: string, disks: VmDisk[], smbios: VmSpec['smbios'] = PC1, more: Partial<VmSpec> = {}) {
+  const r = await bootUntilPowerOff({ smbios, ...more, disks: [{ file: stick, bus: 'usb-storage', bootIndex: 0 }, ...disks] }, 600_000, /labhost install refused \(exit \d+\)/)
+  t.comment(`stick boot (${more.uefi ? 'UEFI' : 'BIOS'}) under ${r.accel} in ${r.seconds.toFixed(1)} s`)
   t.match(r.serial, /LABHOST-STICK-INSTALL-START config=\/data\/install\.yaml/, 'the stick started labhost install', { serial: r.serial.slice(-3000) })
   return { ...r, exit: Number(/LABHOST-STICK-INSTALL-END exit=(\d+)/.exec(r.serial)?.[1] ?? NaN) }
 }
 
 const persistentFiles = (ssd: string) => readPartitionFiles(ssd, 'persistent', ['machine-uuid', 'ssh/ssh_host_ed25519_key', 'ssh/ssh_host_rsa_key.pub', 'install-report.json', 'hostname'])
 
-t.test('blank SSD + HDD: installed unattended, boots the lab host from the SSD; a second PC from the same stick gets its own name, identity and report', async (t) => {
+t.test('blank SSD + HDD: installed unattended on a BIOS PC and on a UEFI-only PC from the same stick, each SSD then boots; each PC gets its own name, identity and report', async (t) => {
   const d = tmpDir(t)
   const ssd = sparseFile(`${d}/ssd.img`, 640 * MiB)
   const hdd = sparseFile(`${d}/hdd.img`, 64 * MiB)
@@ -83,6 +92,7 @@ t.test('blank SSD + HDD: installed unattended, boots the lab host from the SSD; 
   const r = await bootStick(t, stick, [ssdDisk(ssd), hddDisk(hdd)])
   t.equal(r.exit, 0, 'labhost install exit 0', { serial: r.serial.slice(-4000) })
   t.ok(r.poweredOff, 'the PC powered off by itself (finish: poweroff)')
+  t.match(r.serial, /legacy BIOS firmware/, 'the plan says the PC boots by legacy BIOS')
   const log = await stickFile(stick, 'reports/install.log')
   t.match(log, /SSD: \/dev\/sd\w \(QEMU HARDDISK, serial QM0000\d/, 'the SSD was found by its properties')
   t.match(log, /HDD: \/dev\/sd\w .*rotational\)/, 'the HDD too')
@@ -94,12 +104,16 @@ t.test('blank SSD + HDD: installed unattended, boots the lab host from the SSD; 
   t.equal(files.hostname, 'lab-czc4120ab1\n', 'the host name from install.yaml\'s pattern and the DMI serial on /persistent')
   t.match(JSON.parse(files['install-report.json']!), { machine: { vendor: 'Dell Inc.', product: 'OptiPlex 7010', serial: 'CZC4120AB1' }, identity: { created: true }, hostname: { name: 'lab-czc4120ab1', kept: false } })
 
-  // the next PC of the room, from the same stick: another serial and a NIC (no network: restricted,
-  // no forwards), another name (the inventory's for its MAC), its own identity and report
+  // the next PC of the room, from the same stick: UEFI-only, another serial and a NIC (no network:
+  // restricted, no forwards), another name (the inventory's for its MAC), its own identity and report
   const ssd2 = sparseFile(`${d}/ssd2.img`, 640 * MiB)
   const hdd2 = sparseFile(`${d}/hdd2.img`, 64 * MiB)
-  const second = await bootStick(t, stick, [ssdDisk(ssd2), hddDisk(hdd2)], PC2, { forwards: [] })
+  const second = await bootStick(t, stick, [ssdDisk(ssd2), hddDisk(hdd2)], PC2, { net: { forwards: [] }, ...uefi() })
+  t.match(second.serial, /LABHOST-STICK-ROOT /, 'second PC: the stick system started from the stick\'s ESP', { serial: second.serial.slice(-3000) })
   t.equal(second.exit, 0, 'second PC: labhost install exit 0', { serial: second.serial.slice(-4000) })
+  t.match(second.serial, /UEFI firmware/, 'the plan says the PC boots by UEFI')
+  t.match(second.serial, /step: install the UEFI selector/, 'the selector went onto the SSD\'s ESP')
+  t.ok(second.poweredOff, 'the PC powered off by itself (finish: poweroff)')
   const files2 = await persistentFiles(ssd2)
   t.equal(files2.hostname, 'r101-pc02\n', 'second PC: the inventory\'s name for the MAC of its NIC')
   t.match(files2['machine-uuid'], /^[0-9a-f-]{36}\n$/)
@@ -113,10 +127,19 @@ t.test('blank SSD + HDD: installed unattended, boots the lab host from the SSD; 
   t.same(onStick.map((x) => [x.hostname.name, x.machine.serial, x.machine.nics.map((n: { mac: string }) => n.mac), x.identity.machineUuid]),
     [['lab-czc4120ab1', 'CZC4120AB1', [], files['machine-uuid']!.trim()], ['r101-pc02', 'CZC4120AB2', ['52:54:00:12:34:56'], files2['machine-uuid']!.trim()]], 'each report names its PC, its NICs and identity')
 
+  t.equal(JSON.parse(files['install-report.json']!).firmware, 'bios', 'the first report records a BIOS PC')
+  t.equal(JSON.parse(files2['install-report.json']!).firmware, 'uefi', 'the second a UEFI one')
+
   const host = await bootUntilPowerOff({ smbios: DELL, disks: [ssdDisk(ssd), hddDisk(hdd)] }, 300_000)
-  t.comment(`SSD boot in ${host.seconds.toFixed(1)} s`)
-  t.match(host.serial, /LABHOST-USERSPACE version=1\.0\.0 slot=A/, 'the PC boots the lab host image from slot A of the SSD', { serial: host.serial.slice(-3000) })
+  t.comment(`SSD boot (BIOS) in ${host.seconds.toFixed(1)} s`)
+  t.match(host.serial, /LABHOST-USERSPACE version=1\.0\.0 slot=A/, 'the BIOS PC boots the lab host image from slot A of the SSD', { serial: host.serial.slice(-3000) })
+  t.notMatch(host.serial, /LABHOST-SELECTOR/, 'through gptmbr and extlinux (a disk with an ESP boots on SeaBIOS too)')
   for (const m of ['/persistent', '/var/log', '/qcow2/backing', '/qcow2/user']) t.match(host.serial, new RegExp(`LABHOST-MOUNT ${m}\\b`), `fstab mounts ${m} by UUID`)
+  // a new machine's variable store: the SSD boots by the removable-media path alone, no NVRAM entry
+  const host2 = await bootUntilPowerOff({ smbios: PC2, ...uefi(), disks: [ssdDisk(ssd2), hddDisk(hdd2)] }, 300_000)
+  t.comment(`SSD boot (UEFI) in ${host2.seconds.toFixed(1)} s`)
+  t.match(host2.serial, /LABHOST-SELECTOR slot=A /, 'the UEFI PC\'s SSD: its selector picked slot A', { serial: host2.serial.slice(-3000) })
+  t.match(host2.serial, /LABHOST-USERSPACE version=1\.0\.0 slot=A/, 'and the lab host image runs from slot A')
 
   // (a re-run from the stick keeps the identity and the name: installer/test/install.disk.test.ts
   // runs it on loop devices; a stick boot here costs 45 s of npm test)
