@@ -7,8 +7,7 @@
 // Every byte is judged once, from the disk. Used by `labhost update` (inactive slot) and
 // `labhost install` (slot A).
 import crypto from 'node:crypto'
-import fs from 'node:fs'
-import { alignedBuffers, DIRECT_ALIGN, DirectFile, readUpTo, roundUp } from '../lib/direct-io.ts'
+import { alignedBuffers, DIRECT_ALIGN, DirectFile, roundUp } from '../lib/direct-io.ts'
 import { LabhostError } from '../lib/errors.ts'
 import { run } from '../lib/exec.ts'
 import { fault } from '../lib/faults.ts'
@@ -17,6 +16,7 @@ import { HashPool } from '../lib/hash-pool.ts'
 import type { Progress } from '../lib/progress.ts'
 import { chunkLength, type Manifest } from './manifest.ts'
 import { downloadTransport, unhandledKind, type UpdateSource } from './source.ts'
+import { rawFileChunks, rawStreamChunks, zstdChunks, type FilledChunk } from './image-readers.ts'
 
 export interface ImageTarget {
   disk: string
@@ -157,199 +157,239 @@ export interface WriteStats {
  * Decompress the transport stream (a local file or a download in progress) into the target
  * range. Chunks the manifest says are zeros are compared with zeros before they are zeroed; the
  * others are hashed when they are read back (here with `readBack`, else by verifyImage).
+ * A pipeline of stages: a reader per input kind fills the writer's buffers (readInput), the
+ * writer writes them in order and reads them back (SlotWriter), the input's end is judged
+ * (checkWholeImage), the zero runs are zeroed and the disk synced (SlotWriter.finish).
  */
 export async function writeImage(target: ImageTarget, manifest: Manifest, input: ImageInput, o: WriteOptions = {}): Promise<WriteResult> {
-  const { progress } = o
-  const { chunkSize: size, size: total, chunks } = manifest.image
-  const file = DirectFile.open(target.disk, 'write')
-  const readBack = (o.readBack ?? false) && file.direct
-  const buffers = alignedBuffers(WRITE_BUFFERS + 1 + (readBack ? WRITE_READ_BACKS : 0), roundUp(size, DIRECT_ALIGN))
-  const checker = new ChunkChecker(manifest, buffers.pop()!)
-  const readPool = new BufferPool(buffers.splice(WRITE_BUFFERS))
-  const pool = new BufferPool(buffers)
-  const block = alignedBuffers(1, DIRECT_ALIGN)[0]!
-  const writes = new Set<Promise<void>>()
-  const readBacks = new Set<Promise<void>>()
-  const checked = new Set<number>()
-  let firstBad = Infinity
-  // Read chunk `index` back (its write has completed) and compare it with the manifest. Chunks
-  // written before a bad one are still read back, so the first bad chunk is the one reported.
-  const readBackChunk = (index: number, at: number, length: number) => {
-    const r: Promise<void> = (async () => {
-      const b = await readPool.take()
-      try {
-        await o.beforeReadBack?.(index, at, length)
-        await file.read(b, roundUp(length, DIRECT_ALIGN), at)
-        if (await checker.matches(index, b.subarray(0, length))) checked.add(index)
-        else {
-          firstBad = Math.min(firstBad, index)
-          pool.fail(chunkMismatch(manifest, index, `reading ${target.name} back from ${target.disk}`))
-        }
-      } finally {
-        readPool.give(b)
-      }
-    })().catch((e) => pool.fail(e)).finally(() => readBacks.delete(r))
-    readBacks.add(r)
-  }
-  const zeroRuns: { at: number; length: number }[] = []
-  let received = 0
-  let written = 0
-  // Chunks are written in stream order, several in flight; each is read back and hashed once its
-  // write completed. A chunk that does not match stops the writer (the target slot is not bootable
-  // until the switch, which comes only after every chunk matched from the disk).
-  let inOrder = Promise.resolve()
-
-  // One full chunk (or the image's shorter tail) is in `buf`: write it (or note it as zeros), then
-  // read it back. The buffer returns to the pool when its write completed.
-  const place = (buf: Buffer, length: number) => {
-    const index = received / size
-    if (index >= chunks.length || length > checker.length(index)) {
-      pool.give(buf)
-      throw new LabhostError('hashMismatch', 'the image is longer than its manifest says', 'the transport file was replaced: fetch it again')
-    }
-    // a stream that ends short of its last chunk: reported as truncated by the caller
-    if (length < checker.length(index)) return pool.give(buf)
-    received += length
-    const at = target.firstByte + index * size
-    inOrder = inOrder.then(async () => {
-      if (pool.failure) return pool.give(buf)
-      // a chunk the manifest says is zeros is compared with zeros here and zeroed at the end;
-      // every other chunk is hashed once, when it is read back from the disk
-      if (checker.isZero(index)) {
-        if (!buf.subarray(0, length).equals(checker.zeros.subarray(0, length))) {
-          pool.give(buf)
-          throw chunkMismatch(manifest, index, 'while writing')
-        }
-        if (length % DIRECT_ALIGN === 0) {
-          pool.give(buf)
-          written += length
-          progress?.(written, total)
-          const last = zeroRuns.at(-1)
-          if (last && last.at + last.length === at) last.length += length
-          else zeroRuns.push({ at, length })
-          return
-        }
-      }
-      let span = length
-      if (file.direct && length % DIRECT_ALIGN) {
-        // O_DIRECT moves whole blocks: complete the image's last block with what the disk holds
-        const whole = length - (length % DIRECT_ALIGN)
-        await file.read(block, DIRECT_ALIGN, at + whole)
-        block.copy(buf, length, length - whole, DIRECT_ALIGN)
-        span = whole + DIRECT_ALIGN
-      }
-      const w: Promise<void> = file.write(buf, span, at).then(() => {
-        written += length
-        progress?.(written, total)
-        if (readBack) readBackChunk(index, at, length)
-      }, (e) => pool.fail(e)).finally(() => {
-        writes.delete(w)
-        pool.give(buf)
-      })
-      writes.add(w)
-    }).catch((e) => pool.fail(e))
-  }
-  const settle = async () => {
-    await inOrder
-    await Promise.all(writes)
-    await Promise.all(readBacks)
-  }
-
-  // Chunk by chunk into the buffers themselves: `fill` reads up to `length` bytes of chunk `index`
-  // (fewer only where the input ends). One byte past the last chunk tells an input that is longer.
-  const readChunks = async (fill: (buf: Buffer, index: number, length: number) => Promise<number>) => {
-    for (let index = 0; ; index++) {
-      const length = index < chunks.length ? checker.length(index) : 1
-      const b = await pool.take()
-      const n = await fill(b, index, length).catch((e) => {
-        pool.give(b)
-        throw e
-      })
-      if (n === 0) return pool.give(b)
-      place(b, n)
-      if (n < length) return
-    }
-  }
-  // A local raw image is read as it is; a compressed stream through zstd (lib/zstd-reader.ts).
-  const readRaw = async (file: string) => {
-    const fd = fs.openSync(file, 'r')
-    try {
-      await readChunks((b, index, length) => readUpTo(fd, b, length, index * size).catch((e) => {
-        throw new LabhostError('io', `reading ${file} failed: ${(e as Error).message}`, 'check the image file; only the target slot was written, nothing was switched', {}, { cause: e })
-      }))
-    } finally {
-      fs.closeSync(fd)
-    }
-  }
-  const readZstd = (z: ZstdReader) => readChunks(async (b, _index, length) => {
-    let n = 0
-    for (let r; n < length && (r = await z.read(b, n, length - n)); n += r);
-    return n
-  })
-  let zstd: ZstdReader | null = null
-  let verdict: ZstdVerdict = { ok: true, message: '' }
-  let buf: Buffer | null = null
-  let filled = 0
+  const writer = new SlotWriter(target, manifest, o)
   try {
-    let finished = false
-    try {
-      switch (input.kind) {
-        case 'raw-file': await readRaw(input.file); break
-        case 'zstd': await readZstd(zstd = await ZstdReader.open(input.from)); break
-        case 'raw-stream': for await (const piece of input.stream) {
-          for (let from = 0; from < piece.length;) {
-            buf ??= await pool.take()
-            const n = Math.min(size - filled, piece.length - from)
-            piece.copy(buf, filled, from, from + n)
-            filled += n
-            from += n
-            if (filled === size) {
-              const full = buf
-              buf = null
-              filled = 0
-              place(full, size)
-            }
-          }
-        }
-          break
-        default: unhandledKind(input)
-      }
-      finished = true
-    } finally {
-      // stop zstd when this ends early; never when it is finishing by itself
-      if (zstd) verdict = await zstd.finish(!finished)
-    }
-    if (buf && filled) place(buf, filled)
-    await settle()
-    // A failed download explains a short zstd stream better than zstd's own complaint.
-    if (verdict.inputError) throw verdict.inputError
-    if (pool.failure) throw pool.failure
-    // zstd names a cut input "premature end"; any other complaint is about the bytes themselves
-    if (!verdict.ok && verdict.error && !/premature end|truncated/i.test(verdict.message)) {
-      if (verdict.error.details.notInstalled) throw verdict.error
-      throw new LabhostError('hashMismatch', `the transport file is not a good zstd stream after ${written} of ${total} bytes (zstd: ${verdict.message})`,
-        'the download or the copy corrupted it: fetch it again (only the target slot was written, nothing was switched)', {}, { cause: verdict.error })
-    }
-    if (!verdict.ok || written !== total) {
-      throw new LabhostError('imageTruncated', `the transport file ends early: ${written} of ${total} bytes (${verdict.ok ? 'the stream ended' : `zstd: ${verdict.message}`})`,
-        'the download or the copy is cut short: fetch it again (only the target slot was written, nothing was switched)', {}, { cause: verdict.error })
-    }
-    const stats = { dataBytes: total, kernelZeroedBytes: 0, writtenZeroBytes: 0 }
-    for (const run of zeroRuns) {
-      stats.dataBytes -= run.length
-      if (await file.zero(run.at, run.length, checker.zeros) === 'kernel') stats.kernelZeroedBytes += run.length
-      else stats.writtenZeroBytes += run.length
-    }
-    await file.sync()
-    return { stats, readBack: checked }
+    const verdict = await readInput(input, manifest, writer)
+    await writer.settle()
+    checkWholeImage(verdict, writer.buffers.failure, writer.written, manifest.image.size)
+    return { stats: await writer.finish(), readBack: writer.checked }
   } catch (e) {
     // a chunk that did not read back right is the first thing to report, whatever stopped the writer
-    await settle()
-    throw firstBad < chunks.length ? chunkMismatch(manifest, firstBad, `reading ${target.name} back from ${target.disk}`) : e
+    await writer.settle()
+    throw writer.firstMismatch() ?? e
   } finally {
-    await settle()
-    file.close()
-    await checker.close()
+    await writer.close()
+  }
+}
+
+/** Stage 1, the readers (image-readers.ts): every chunk of the input into the writer; zstd's verdict on its stream. */
+async function readInput(input: ImageInput, manifest: Manifest, writer: SlotWriter): Promise<ZstdVerdict> {
+  switch (input.kind) {
+    case 'raw-file':
+      await writer.placeAll(rawFileChunks(input.file, manifest, writer.buffers))
+      return { ok: true, message: '' }
+    case 'zstd': return await readZstd(input.from, manifest, writer)
+    case 'raw-stream':
+      await writer.placeAll(rawStreamChunks(input.stream, manifest, writer.buffers))
+      return { ok: true, message: '' }
+    default: return unhandledKind(input)
+  }
+}
+
+/** A compressed stream through zstd (lib/zstd-reader.ts), which says at the end whether the stream was whole. */
+async function readZstd(from: string | AsyncIterable<Buffer>, manifest: Manifest, writer: SlotWriter): Promise<ZstdVerdict> {
+  const zstd = await ZstdReader.open(from)
+  let finished = false
+  let verdict: ZstdVerdict
+  try {
+    await writer.placeAll(zstdChunks(zstd, manifest, writer.buffers))
+    finished = true
+  } finally {
+    // stop zstd when this ends early; never when it is finishing by itself
+    verdict = await zstd.finish(!finished)
+  }
+  return verdict
+}
+
+/**
+ * Stage 3, once every write and read-back settled: the input must have been the whole image.
+ * Throws what explains a shortfall best, in this order.
+ */
+function checkWholeImage(verdict: ZstdVerdict, failure: unknown, written: number, total: number): void {
+  // A failed download explains a short zstd stream better than zstd's own complaint.
+  if (verdict.inputError) throw verdict.inputError
+  if (failure) throw failure
+  // zstd names a cut input "premature end"; any other complaint is about the bytes themselves
+  if (!verdict.ok && verdict.error && !/premature end|truncated/i.test(verdict.message)) {
+    if (verdict.error.details.notInstalled) throw verdict.error
+    throw new LabhostError('hashMismatch', `the transport file is not a good zstd stream after ${written} of ${total} bytes (zstd: ${verdict.message})`,
+      'the download or the copy corrupted it: fetch it again (only the target slot was written, nothing was switched)', {}, { cause: verdict.error })
+  }
+  if (!verdict.ok || written !== total) {
+    throw new LabhostError('imageTruncated', `the transport file ends early: ${written} of ${total} bytes (${verdict.ok ? 'the stream ended' : `zstd: ${verdict.message}`})`,
+      'the download or the copy is cut short: fetch it again (only the target slot was written, nothing was switched)', {}, { cause: verdict.error })
+  }
+}
+
+/**
+ * Stage 2, the writer: chunks in stream order into the target range with O_DIRECT, several writes
+ * in flight; each chunk read back and hashed once its write completed (with `readBack`). A chunk
+ * that does not match stops the writer (the target slot is not bootable until the switch, which
+ * comes only after every chunk matched from the disk). Chunks due to be zeros are not sent: they
+ * are zeroed in runs at the end (finish).
+ */
+class SlotWriter {
+  private readonly target: ImageTarget
+  private readonly manifest: Manifest
+  private readonly o: WriteOptions
+  private readonly file: DirectFile
+  private readonly readBack: boolean
+  private readonly checker: ChunkChecker
+  /** The buffers the readers fill; a failure here stops the readers and the writer. */
+  readonly buffers: BufferPool
+  private readonly readBuffers: BufferPool
+  /** One block, to complete the image's last block from the disk. */
+  private readonly block: Buffer
+  private readonly writes = new Set<Promise<void>>()
+  private readonly readBacks = new Set<Promise<void>>()
+  /** Chunks read back from the device and found matching. */
+  readonly checked = new Set<number>()
+  private firstBad = Infinity
+  private readonly zeroRuns: { at: number; length: number }[] = []
+  private received = 0
+  /** Image bytes written, or checked as zeros and due to be zeroed. */
+  written = 0
+  private inOrder = Promise.resolve()
+
+  constructor(target: ImageTarget, manifest: Manifest, o: WriteOptions) {
+    this.target = target
+    this.manifest = manifest
+    this.o = o
+    this.file = DirectFile.open(target.disk, 'write')
+    this.readBack = (o.readBack ?? false) && this.file.direct
+    const buffers = alignedBuffers(WRITE_BUFFERS + 1 + (this.readBack ? WRITE_READ_BACKS : 0), roundUp(manifest.image.chunkSize, DIRECT_ALIGN))
+    this.checker = new ChunkChecker(manifest, buffers.pop()!)
+    this.readBuffers = new BufferPool(buffers.splice(WRITE_BUFFERS))
+    this.buffers = new BufferPool(buffers)
+    this.block = alignedBuffers(1, DIRECT_ALIGN)[0]!
+  }
+
+  /** Every chunk a reader yields, placed as it comes. */
+  async placeAll(chunks: AsyncIterable<FilledChunk>): Promise<void> {
+    for await (const { buf, length } of chunks) this.place(buf, length)
+  }
+
+  /** One full chunk (or the image's shorter tail) is in `buf`: queue it for writing in stream order. */
+  private place(buf: Buffer, length: number): void {
+    const { chunkSize: size, chunks } = this.manifest.image
+    const index = this.received / size
+    if (index >= chunks.length || length > this.checker.length(index)) {
+      this.buffers.give(buf)
+      throw new LabhostError('hashMismatch', 'the image is longer than its manifest says', 'the transport file was replaced: fetch it again')
+    }
+    // a stream that ends short of its last chunk: reported as truncated by checkWholeImage
+    if (length < this.checker.length(index)) return this.buffers.give(buf)
+    this.received += length
+    const at = this.target.firstByte + index * size
+    this.inOrder = this.inOrder.then(() => this.writeChunk(buf, index, at, length)).catch((e) => this.buffers.fail(e))
+  }
+
+  /** In stream order: note a chunk of zeros, or write the chunk (its buffer returns when the write completed). */
+  private async writeChunk(buf: Buffer, index: number, at: number, length: number): Promise<void> {
+    if (this.buffers.failure) return this.buffers.give(buf)
+    // a chunk the manifest says is zeros is compared with zeros here and zeroed at the end;
+    // every other chunk is hashed once, when it is read back from the disk
+    if (this.checker.isZero(index)) {
+      if (!buf.subarray(0, length).equals(this.checker.zeros.subarray(0, length))) {
+        this.buffers.give(buf)
+        throw chunkMismatch(this.manifest, index, 'while writing')
+      }
+      if (length % DIRECT_ALIGN === 0) return this.noteZeros(buf, at, length)
+    }
+    const span = this.file.direct && length % DIRECT_ALIGN ? await this.completeLastBlock(buf, at, length) : length
+    const w: Promise<void> = this.file.write(buf, span, at).then(() => {
+      this.advance(length)
+      if (this.readBack) this.readBackChunk(index, at, length)
+    }, (e) => this.buffers.fail(e)).finally(() => {
+      this.writes.delete(w)
+      this.buffers.give(buf)
+    })
+    this.writes.add(w)
+  }
+
+  /** A checked chunk of zeros joins the run it continues; the runs are zeroed by finish. */
+  private noteZeros(buf: Buffer, at: number, length: number): void {
+    this.buffers.give(buf)
+    this.advance(length)
+    const last = this.zeroRuns.at(-1)
+    if (last && last.at + last.length === at) last.length += length
+    else this.zeroRuns.push({ at, length })
+  }
+
+  /** O_DIRECT moves whole blocks: complete the image's last block with what the disk holds; the bytes to write. */
+  private async completeLastBlock(buf: Buffer, at: number, length: number): Promise<number> {
+    const whole = length - (length % DIRECT_ALIGN)
+    await this.file.read(this.block, DIRECT_ALIGN, at + whole)
+    this.block.copy(buf, length, length - whole, DIRECT_ALIGN)
+    return whole + DIRECT_ALIGN
+  }
+
+  private advance(length: number): void {
+    this.written += length
+    this.o.progress?.(this.written, this.manifest.image.size)
+  }
+
+  /**
+   * Read chunk `index` back (its write has completed) and compare it with the manifest. Chunks
+   * written before a bad one are still read back, so the first bad chunk is the one reported.
+   */
+  private readBackChunk(index: number, at: number, length: number): void {
+    const r: Promise<void> = this.checkOnDisk(index, at, length).catch((e) => this.buffers.fail(e)).finally(() => this.readBacks.delete(r))
+    this.readBacks.add(r)
+  }
+
+  private async checkOnDisk(index: number, at: number, length: number): Promise<void> {
+    const b = await this.readBuffers.take()
+    try {
+      await this.o.beforeReadBack?.(index, at, length)
+      await this.file.read(b, roundUp(length, DIRECT_ALIGN), at)
+      if (await this.checker.matches(index, b.subarray(0, length))) this.checked.add(index)
+      else {
+        this.firstBad = Math.min(this.firstBad, index)
+        this.buffers.fail(this.readBackMismatch(index))
+      }
+    } finally {
+      this.readBuffers.give(b)
+    }
+  }
+
+  private readBackMismatch(index: number): LabhostError {
+    return chunkMismatch(this.manifest, index, `reading ${this.target.name} back from ${this.target.disk}`)
+  }
+
+  /** The first chunk that read back wrong, if any. */
+  firstMismatch(): LabhostError | null {
+    return this.firstBad < this.manifest.image.chunks.length ? this.readBackMismatch(this.firstBad) : null
+  }
+
+  /** Wait for the queued chunks, their writes and their read-backs. */
+  async settle(): Promise<void> {
+    await this.inOrder
+    await Promise.all(this.writes)
+    await Promise.all(this.readBacks)
+  }
+
+  /** Stage 4: zero the runs of zeros (by the kernel where it can), then fdatasync. */
+  async finish(): Promise<WriteStats> {
+    const stats = { dataBytes: this.manifest.image.size, kernelZeroedBytes: 0, writtenZeroBytes: 0 }
+    for (const run of this.zeroRuns) {
+      stats.dataBytes -= run.length
+      if (await this.file.zero(run.at, run.length, this.checker.zeros) === 'kernel') stats.kernelZeroedBytes += run.length
+      else stats.writtenZeroBytes += run.length
+    }
+    await this.file.sync()
+    return stats
+  }
+
+  async close(): Promise<void> {
+    await this.settle()
+    this.file.close()
+    await this.checker.close()
   }
 }
 
