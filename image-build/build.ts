@@ -160,139 +160,225 @@ async function cacheKey(r: LoadedRecipe, epoch: number, signer: string): Promise
   return h.digest('hex')
 }
 
+/**
+ * Build the recipe's image into `o.out`: root.img, its zstd transport copy, its block index and
+ * the signed manifest. Stages: the cache (restoreFromCache, storeInCache), the root tree
+ * (stageRoot), the ext4 image (makeRootImage), the transport copy and block index
+ * (makeTransport), the signed manifest (writeSignedManifest).
+ */
 export async function buildImage(recipeName: string, o: BuildOptions): Promise<BuildResult> {
   const started = Date.now()
+  const seconds = () => (Date.now() - started) / 1000
   const log = o.log ?? (() => {})
   const r = loadRecipe(recipeName)
   const epoch = o.epoch ?? (process.env.SOURCE_DATE_EPOCH ? Number(process.env.SOURCE_DATE_EPOCH) : DEFAULT_EPOCH)
   const key = readPrivateKey(o.keyFile)
   const publicKey = crypto.createPublicKey(key)
-  const cacheId = await cacheKey(r, epoch, keyFingerprint(publicKey)).catch(() => null)
-  const cacheDir = cacheId ? path.join(cacheRoot(), 'images', cacheId) : null
+  const signer = keyFingerprint(publicKey)
+  const cacheDir = await imageCacheDir(r, epoch, signer)
   if (cacheDir && !o.noCache && OUTPUTS.every((f) => fs.existsSync(path.join(cacheDir, f)))) {
-    log(`cached: ${cacheDir}`)
-    fs.mkdirSync(o.out, { recursive: true })
-    for (const f of OUTPUTS) fs.copyFileSync(path.join(cacheDir, f), path.join(o.out, f))
-    const manifestFile = path.join(o.out, 'manifest.json')
-    return { manifestFile, manifest: JSON.parse(fs.readFileSync(manifestFile, 'utf8')) as Manifest, seconds: (Date.now() - started) / 1000, cached: true }
+    return { ...restoreFromCache(cacheDir, o.out, log), seconds: seconds(), cached: true }
   }
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'labhost-build-'))
   try {
     const staging = path.join(work, 'root')
-    fs.mkdirSync(staging)
-    const extlinuxConfig: ExtlinuxConfig = {
-      serial: { port: 0, baud: 115200 },
-      entries: [{ label: 'labhost', kernel: '/boot/vmlinuz', initrd: '/boot/initrd.img', append: r.recipe.kernel.cmdline }],
-    }
-    log(`staging ${r.recipe.name} ${r.recipe.version} (${r.recipe.base.method}: ${r.recipe.base.packages.join(' ')})`)
-    await stageBase(r, staging)
-    const kernel = await kernelFromPackage(r.recipe.kernel.package)
-    log(`kernel ${kernel.version}; initramfs with ${r.recipe.kernel.initramfsModules.join(' ')}`)
-    const init = r.recipe.role === 'stick' ? stickInit() : rootRuleInit(r.layout)
-    const initrd = await buildInitramfs({ modulesDir: kernel.modulesDir, modules: r.recipe.kernel.initramfsModules, init })
-    const mountPoints = r.recipe.role === 'host' ? r.layout.partitions.map((p) => p.mount.slice(1)) : ['data']
-    for (const d of ['boot', 'dev', 'proc', 'sys', 'run', 'tmp', 'etc/labhost', 'sbin', ...mountPoints]) {
-      fs.mkdirSync(path.join(staging, d), { recursive: true })
-    }
-    fs.copyFileSync(kernel.vmlinuz, path.join(staging, 'boot/vmlinuz'))
-    if (r.recipe.kernel.modulesInRoot) {
-      const dest = path.join(staging, 'lib/modules', kernel.version)
-      fs.mkdirSync(path.dirname(dest), { recursive: true })
-      await run('cp', ['-a', kernel.modulesDir, dest])
-      await run('depmod', ['-b', staging, kernel.version])
-    }
-    fs.writeFileSync(path.join(staging, 'boot/initrd.img'), initrd)
-    if (r.layout.esp && r.recipe.role !== 'stick') {
-      // the image carries the selector its layout's ESP needs: the installer copies it from the
-      // slot it has just written and verified (installer/esp.ts), so it is as signed as the image
-      log('UEFI selector for the layout\'s ESP')
-      await buildSelector({ layout: r.layout, kernelPackage: r.recipe.kernel.package, out: path.join(staging, SELECTOR_IN_IMAGE) })
-    }
-    if (r.recipe.role === 'host') fs.writeFileSync(path.join(staging, 'etc/fstab'), renderFstab(r.layout))
-    fs.writeFileSync(path.join(staging, 'etc/labhost/version'), `${r.recipe.version}\n`)
-    fs.writeFileSync(path.join(staging, 'etc/labhost/recipe'), `${r.recipe.name} ${r.hash}\n`)
-    fs.writeFileSync(path.join(staging, 'etc/labhost/trusted.pub'), publicKey.export({ format: 'pem', type: 'spki' }))
-    if (r.recipe.carryLabhost) {
-      fs.mkdirSync(path.join(staging, 'usr/sbin'), { recursive: true })
-      fs.copyFileSync(await labhostExecutable(), path.join(staging, 'usr/sbin/labhost'))
-      fs.chmodSync(path.join(staging, 'usr/sbin/labhost'), 0o755)
-    }
-    stageRecipeFiles(staging, r)
-    // extlinux rewrites these in place: inodes made by mkfs keep generation 0, where the kernel
-    // would give new ones a random generation that ends up in checksums.
-    const extlinuxDir = path.join(staging, 'boot/extlinux')
-    fs.mkdirSync(extlinuxDir, { recursive: true })
-    fs.writeFileSync(path.join(extlinuxDir, 'ldlinux.sys'), '')
-    fs.writeFileSync(path.join(extlinuxDir, 'ldlinux.c32'), '')
-    fs.writeFileSync(path.join(extlinuxDir, 'extlinux.conf'), renderExtlinuxConf(extlinuxConfig))
-    stageRecipeLinks(staging, r)
-    setTimes(staging, epoch)
-
-    fs.mkdirSync(o.out, { recursive: true })
-    const image = path.join(o.out, 'root.img')
-    log(`making ext4 (${r.recipe.imageSizeMiB} MiB, UUID ${r.layout.rootFsUuid})`)
-    fs.rmSync(image, { force: true })
-    fs.writeFileSync(image, '')
-    fs.truncateSync(image, r.recipe.imageSizeMiB << 20)
-    try {
-      await run('mkfs.ext4', ['-q', '-F', '-b', '4096', '-O', '^has_journal', '-U', r.layout.rootFsUuid, '-L', 'labhost-root',
-        '-E', `hash_seed=${HASH_SEED},root_owner=0:0`, '-d', staging, image], { env: { ...process.env, E2FSPROGS_FAKE_TIME: String(epoch) } as Record<string, string> })
-    } catch (e) {
-      const msg = String((e as LabhostError).details?.stderr ?? (e as Error).message)
-      if (/Could not allocate|No space|too small/i.test(msg)) {
-        throw new LabhostError('imageTooSmall', `${r.file}: imageSizeMiB: ${r.recipe.imageSizeMiB} MiB is too small for the image's content`,
-          `raise imageSizeMiB (the staged tree is ${Math.ceil(Number((await run('du', ['-sm', staging])).stdout.split('\t')[0]))} MiB)`, {}, { cause: e })
-      }
-      throw e
-    }
-    log('installing extlinux')
-    // Same block placement every time: delalloc goals do not depend on the pid, stream
-    // allocation (mb_stream_req 0) avoids the per-CPU locality groups, and extlinux runs on CPU 0.
-    await withLoop(image, {}, (dev) => withMount(dev, async (dir) => {
-      fs.writeFileSync(`/sys/fs/ext4/${path.basename(dev)}/mb_stream_req`, '0')
-      await installExtlinux(dir, extlinuxConfig, { cpu: 0 })
-    }, { options: 'noatime' }))
-    await normaliseExt4(image, epoch, listTree(staging))
-    await run('e2fsck', ['-fn', image])
-
-    log('compressing the transport copy (zstd, one frame per chunk)')
-    const transport = path.join(o.out, 'root.img.zst')
-    fs.rmSync(transport, { force: true })
-    const frames = await compressFramed(image, transport, CHUNK_SIZE)
-    const blocksFile = path.join(o.out, 'root.img.blocks')
-    writeBlockIndex(image, blocksFile)
-    const blocks = hashChunks(blocksFile, CHUNK_SIZE)
-    const img = hashChunks(image, CHUNK_SIZE)
-    const tr = hashChunks(transport, CHUNK_SIZE)
-    const manifest = signManifest({
-      format: MANIFEST_FORMAT,
-      name: r.recipe.name,
-      version: r.recipe.version,
-      recipeHash: r.hash,
-      createdAt: epoch,
-      layout: { rootFsUuid: r.layout.rootFsUuid, slotSizeMiB: r.layout.slotSizeMiB, slots: { A: r.layout.slots.A.name, B: r.layout.slots.B.name } },
-      diskLayout: r.layout,
-      image: { file: 'root.img', size: img.size, sha256: img.sha256, chunkSize: CHUNK_SIZE, chunks: img.chunks },
-      transport: { file: 'root.img.zst', size: tr.size, sha256: tr.sha256, compression: 'zstd', frames },
-      blocks: { file: 'root.img.blocks', size: blocks.size, sha256: blocks.sha256, blockSize: BLOCK_SIZE, hashBytes: BLOCK_HASH_BYTES },
-      trial: { boots: r.recipe.trial.boots },
-      signer: keyFingerprint(publicKey),
-    }, key)
-    const manifestFile = path.join(o.out, 'manifest.json')
-    fs.writeFileSync(manifestFile, JSON.stringify(manifest, null, 2) + '\n')
-    if (cacheDir) {
-      const tmp = `${cacheDir}.tmp-${process.pid}`
-      fs.mkdirSync(tmp, { recursive: true })
-      for (const f of OUTPUTS) fs.copyFileSync(path.join(o.out, f), path.join(tmp, f))
-      fs.rmSync(cacheDir, { recursive: true, force: true })
-      try {
-        fs.renameSync(tmp, cacheDir)
-      } catch {
-        fs.rmSync(tmp, { recursive: true, force: true }) // a build beside this one was first: its copy stays
-      }
-    }
-    return { manifestFile, manifest, seconds: (Date.now() - started) / 1000, cached: false }
+    const extlinuxConfig = extlinuxConfigFor(r)
+    await stageRoot(r, staging, { epoch, publicKey, extlinuxConfig, log })
+    const image = await makeRootImage(r, staging, o.out, { epoch, extlinuxConfig, log })
+    const outputs = await makeTransport(image, o.out, log)
+    const { manifestFile, manifest } = writeSignedManifest(r, o.out, outputs, { epoch, key, signer })
+    if (cacheDir) storeInCache(o.out, cacheDir)
+    return { manifestFile, manifest, seconds: seconds(), cached: false }
   } finally {
     fs.rmSync(work, { recursive: true, force: true })
   }
+}
+
+/** Where the cache keeps this build; null when its key cannot be computed (no apt-cache, say). */
+async function imageCacheDir(r: LoadedRecipe, epoch: number, signer: string): Promise<string | null> {
+  const cacheId = await cacheKey(r, epoch, signer).catch(() => null)
+  return cacheId ? path.join(cacheRoot(), 'images', cacheId) : null
+}
+
+/** A cached build: its outputs copied into `out`. */
+function restoreFromCache(cacheDir: string, out: string, log: (line: string) => void): { manifestFile: string; manifest: Manifest } {
+  log(`cached: ${cacheDir}`)
+  fs.mkdirSync(out, { recursive: true })
+  for (const f of OUTPUTS) fs.copyFileSync(path.join(cacheDir, f), path.join(out, f))
+  const manifestFile = path.join(out, 'manifest.json')
+  return { manifestFile, manifest: JSON.parse(fs.readFileSync(manifestFile, 'utf8')) as Manifest }
+}
+
+/** The outputs into the cache, whole or not at all (a temporary directory renamed into place). */
+function storeInCache(out: string, cacheDir: string): void {
+  const tmp = `${cacheDir}.tmp-${process.pid}`
+  fs.mkdirSync(tmp, { recursive: true })
+  for (const f of OUTPUTS) fs.copyFileSync(path.join(out, f), path.join(tmp, f))
+  fs.rmSync(cacheDir, { recursive: true, force: true })
+  try {
+    fs.renameSync(tmp, cacheDir)
+  } catch {
+    fs.rmSync(tmp, { recursive: true, force: true }) // a build beside this one was first: its copy stays
+  }
+}
+
+function extlinuxConfigFor(r: LoadedRecipe): ExtlinuxConfig {
+  return {
+    serial: { port: 0, baud: 115200 },
+    entries: [{ label: 'labhost', kernel: '/boot/vmlinuz', initrd: '/boot/initrd.img', append: r.recipe.kernel.cmdline }],
+  }
+}
+
+interface StageOptions {
+  epoch: number
+  publicKey: crypto.KeyObject
+  extlinuxConfig: ExtlinuxConfig
+  log: (line: string) => void
+}
+
+/**
+ * The root tree in `staging`: the base system, kernel and initramfs, labhost's own files, the
+ * recipe's files and links, extlinux's placeholders; every timestamp set to the epoch. The order
+ * of the steps is kept: it is the order the files are made in.
+ */
+async function stageRoot(r: LoadedRecipe, staging: string, s: StageOptions): Promise<void> {
+  fs.mkdirSync(staging)
+  s.log(`staging ${r.recipe.name} ${r.recipe.version} (${r.recipe.base.method}: ${r.recipe.base.packages.join(' ')})`)
+  await stageBase(r, staging)
+  await stageBoot(r, staging, s.log)
+  await stageLabhostFiles(r, staging, s.publicKey)
+  stageRecipeFiles(staging, r)
+  stageExtlinuxFiles(staging, s.extlinuxConfig)
+  stageRecipeLinks(staging, r)
+  setTimes(staging, s.epoch)
+}
+
+/** The kernel, its initramfs and (when the recipe says) its modules, the mount points, the UEFI selector. */
+async function stageBoot(r: LoadedRecipe, staging: string, log: (line: string) => void): Promise<void> {
+  const kernel = await kernelFromPackage(r.recipe.kernel.package)
+  log(`kernel ${kernel.version}; initramfs with ${r.recipe.kernel.initramfsModules.join(' ')}`)
+  const init = r.recipe.role === 'stick' ? stickInit() : rootRuleInit(r.layout)
+  const initrd = await buildInitramfs({ modulesDir: kernel.modulesDir, modules: r.recipe.kernel.initramfsModules, init })
+  const mountPoints = r.recipe.role === 'host' ? r.layout.partitions.map((p) => p.mount.slice(1)) : ['data']
+  for (const d of ['boot', 'dev', 'proc', 'sys', 'run', 'tmp', 'etc/labhost', 'sbin', ...mountPoints]) {
+    fs.mkdirSync(path.join(staging, d), { recursive: true })
+  }
+  fs.copyFileSync(kernel.vmlinuz, path.join(staging, 'boot/vmlinuz'))
+  if (r.recipe.kernel.modulesInRoot) {
+    const dest = path.join(staging, 'lib/modules', kernel.version)
+    fs.mkdirSync(path.dirname(dest), { recursive: true })
+    await run('cp', ['-a', kernel.modulesDir, dest])
+    await run('depmod', ['-b', staging, kernel.version])
+  }
+  fs.writeFileSync(path.join(staging, 'boot/initrd.img'), initrd)
+  if (r.layout.esp && r.recipe.role !== 'stick') {
+    // the image carries the selector its layout's ESP needs: the installer copies it from the
+    // slot it has just written and verified (installer/esp.ts), so it is as signed as the image
+    log('UEFI selector for the layout\'s ESP')
+    await buildSelector({ layout: r.layout, kernelPackage: r.recipe.kernel.package, out: path.join(staging, SELECTOR_IN_IMAGE) })
+  }
+}
+
+/** What labhost reads in a root: fstab (a host), version, recipe, the trusted key, and labhost itself when carried. */
+async function stageLabhostFiles(r: LoadedRecipe, staging: string, publicKey: crypto.KeyObject): Promise<void> {
+  if (r.recipe.role === 'host') fs.writeFileSync(path.join(staging, 'etc/fstab'), renderFstab(r.layout))
+  fs.writeFileSync(path.join(staging, 'etc/labhost/version'), `${r.recipe.version}\n`)
+  fs.writeFileSync(path.join(staging, 'etc/labhost/recipe'), `${r.recipe.name} ${r.hash}\n`)
+  fs.writeFileSync(path.join(staging, 'etc/labhost/trusted.pub'), publicKey.export({ format: 'pem', type: 'spki' }))
+  if (r.recipe.carryLabhost) {
+    fs.mkdirSync(path.join(staging, 'usr/sbin'), { recursive: true })
+    fs.copyFileSync(await labhostExecutable(), path.join(staging, 'usr/sbin/labhost'))
+    fs.chmodSync(path.join(staging, 'usr/sbin/labhost'), 0o755)
+  }
+}
+
+/**
+ * extlinux rewrites these in place: inodes made by mkfs keep generation 0, where the kernel
+ * would give new ones a random generation that ends up in checksums.
+ */
+function stageExtlinuxFiles(staging: string, config: ExtlinuxConfig): void {
+  const extlinuxDir = path.join(staging, 'boot/extlinux')
+  fs.mkdirSync(extlinuxDir, { recursive: true })
+  fs.writeFileSync(path.join(extlinuxDir, 'ldlinux.sys'), '')
+  fs.writeFileSync(path.join(extlinuxDir, 'ldlinux.c32'), '')
+  fs.writeFileSync(path.join(extlinuxDir, 'extlinux.conf'), renderExtlinuxConf(config))
+}
+
+/** `out`/root.img: the ext4 file system of the staged tree, extlinux installed, timestamps normalised, checked. */
+async function makeRootImage(r: LoadedRecipe, staging: string, out: string, s: Omit<StageOptions, 'publicKey'>): Promise<string> {
+  fs.mkdirSync(out, { recursive: true })
+  const image = path.join(out, 'root.img')
+  s.log(`making ext4 (${r.recipe.imageSizeMiB} MiB, UUID ${r.layout.rootFsUuid})`)
+  fs.rmSync(image, { force: true })
+  fs.writeFileSync(image, '')
+  fs.truncateSync(image, r.recipe.imageSizeMiB << 20)
+  await makeExt4(r, staging, image, s.epoch)
+  s.log('installing extlinux')
+  // Same block placement every time: delalloc goals do not depend on the pid, stream
+  // allocation (mb_stream_req 0) avoids the per-CPU locality groups, and extlinux runs on CPU 0.
+  await withLoop(image, {}, (dev) => withMount(dev, async (dir) => {
+    fs.writeFileSync(`/sys/fs/ext4/${path.basename(dev)}/mb_stream_req`, '0')
+    await installExtlinux(dir, s.extlinuxConfig, { cpu: 0 })
+  }, { options: 'noatime' }))
+  await normaliseExt4(image, s.epoch, listTree(staging))
+  await run('e2fsck', ['-fn', image])
+  return image
+}
+
+/** mkfs.ext4 -d: the staged tree into the image file, with fixed UUID, hash seed and time. */
+async function makeExt4(r: LoadedRecipe, staging: string, image: string, epoch: number): Promise<void> {
+  try {
+    await run('mkfs.ext4', ['-q', '-F', '-b', '4096', '-O', '^has_journal', '-U', r.layout.rootFsUuid, '-L', 'labhost-root',
+      '-E', `hash_seed=${HASH_SEED},root_owner=0:0`, '-d', staging, image], { env: { ...process.env, E2FSPROGS_FAKE_TIME: String(epoch) } as Record<string, string> })
+  } catch (e) {
+    const msg = String((e as LabhostError).details?.stderr ?? (e as Error).message)
+    if (/Could not allocate|No space|too small/i.test(msg)) {
+      throw new LabhostError('imageTooSmall', `${r.file}: imageSizeMiB: ${r.recipe.imageSizeMiB} MiB is too small for the image's content`,
+        `raise imageSizeMiB (the staged tree is ${Math.ceil(Number((await run('du', ['-sm', staging])).stdout.split('\t')[0]))} MiB)`, {}, { cause: e })
+    }
+    throw e
+  }
+}
+
+type FileHashes = ReturnType<typeof hashChunks>
+
+interface ImageOutputs {
+  image: FileHashes
+  transport: FileHashes & { frames: number[] }
+  blocks: FileHashes
+}
+
+/** The zstd transport copy (one frame per chunk) and the block index beside root.img, each hashed for the manifest. */
+async function makeTransport(image: string, out: string, log: (line: string) => void): Promise<ImageOutputs> {
+  log('compressing the transport copy (zstd, one frame per chunk)')
+  const transport = path.join(out, 'root.img.zst')
+  fs.rmSync(transport, { force: true })
+  const frames = await compressFramed(image, transport, CHUNK_SIZE)
+  const blocksFile = path.join(out, 'root.img.blocks')
+  writeBlockIndex(image, blocksFile)
+  const blocks = hashChunks(blocksFile, CHUNK_SIZE)
+  const img = hashChunks(image, CHUNK_SIZE)
+  const tr = hashChunks(transport, CHUNK_SIZE)
+  return { image: img, transport: { ...tr, frames }, blocks }
+}
+
+/** The manifest of the outputs, signed, written to `out`/manifest.json. */
+function writeSignedManifest(r: LoadedRecipe, out: string, o: ImageOutputs, s: { epoch: number; key: crypto.KeyObject; signer: string }): { manifestFile: string; manifest: Manifest } {
+  const manifest = signManifest({
+    format: MANIFEST_FORMAT,
+    name: r.recipe.name,
+    version: r.recipe.version,
+    recipeHash: r.hash,
+    createdAt: s.epoch,
+    layout: { rootFsUuid: r.layout.rootFsUuid, slotSizeMiB: r.layout.slotSizeMiB, slots: { A: r.layout.slots.A.name, B: r.layout.slots.B.name } },
+    diskLayout: r.layout,
+    image: { file: 'root.img', size: o.image.size, sha256: o.image.sha256, chunkSize: CHUNK_SIZE, chunks: o.image.chunks },
+    transport: { file: 'root.img.zst', size: o.transport.size, sha256: o.transport.sha256, compression: 'zstd', frames: o.transport.frames },
+    blocks: { file: 'root.img.blocks', size: o.blocks.size, sha256: o.blocks.sha256, blockSize: BLOCK_SIZE, hashBytes: BLOCK_HASH_BYTES },
+    trial: { boots: r.recipe.trial.boots },
+    signer: s.signer,
+  }, s.key)
+  const manifestFile = path.join(out, 'manifest.json')
+  fs.writeFileSync(manifestFile, JSON.stringify(manifest, null, 2) + '\n')
+  return { manifestFile, manifest }
 }
