@@ -18,7 +18,7 @@ import { buildSelector } from '../image-build/selector.ts'
 import { loadLayout } from '../lib/layout.ts'
 import { buildHostDisks, withPartition, type HostDisks } from '../test-support/host-disks.ts'
 import { GUEST_LABHOST, leanRecipe, stageLabhost } from './fixtures/lean-image.ts'
-import type { VmDriver } from './driver.ts'
+import type { RunningVm, VmDriver } from './driver.ts'
 import { Console, type Marker, type MarkerPattern } from './console-markers.ts'
 import { uefiVarsCopy, type VmSpec } from './qemu.ts'
 import { FAULTS, type FaultName } from '../lib/faults.ts'
@@ -262,6 +262,269 @@ export function heldChunks(disks: HostDisks, slot: string, m: Manifest): number 
   return m.image.chunks.filter((sha256, i) => hashRange(disks.ssd, first + i * chunkSize, Math.min(chunkSize, size - i * chunkSize)) === sha256).length
 }
 
+type Calibration = NonNullable<CampaignReport['calibration']>
+
+/** A cut-off report may be resumed only by a run made the same way (seed, firmware, holds, driver). */
+function checkResumable(prior: CampaignReport, o: CampaignOptions, fresh: CampaignReport): void {
+  if (o.stratified) throw new Error('a stratified campaign cannot be resumed: its strata depend on the cycle count')
+  if ((prior.firmware ?? 'bios') !== (o.firmware ?? 'bios')) throw new Error(`the report to resume ran on ${prior.firmware ?? 'bios'} firmware, this run would use ${o.firmware ?? 'bios'}`)
+  if ((prior.held ?? false) !== (fresh.held ?? false)) throw new Error(`the report to resume was made ${prior.held ? 'with' : 'without'} holds: run it ${prior.held ? 'with' : 'without'} --hold`)
+  if (prior.driver !== fresh.driver || prior.accel !== fresh.accel) throw new Error(`the report to resume ran on ${prior.driver} (${prior.accel}), this run would use ${fresh.driver} (${fresh.accel})`)
+}
+
+/** The campaign's host: the two versions' images, its disks (1.0.0 in slot A, A flagged) with the cycle hook staged, and its VM. */
+async function prepareHost(o: CampaignOptions, hold: boolean): Promise<{ manifests: Record<string, Manifest>; disks: HostDisks; spec: VmSpec }> {
+  fs.mkdirSync(o.workDir, { recursive: true })
+  const { dirs, manifests } = await buildCampaignImages(o.workDir)
+  const uefi = o.firmware === 'uefi'
+  const layout = uefi ? loadLayout(path.join(import.meta.dirname, '../image-build/layouts/test-esp.yaml')) : loadRecipe('test').layout
+  const selector = uefi ? (await buildSelector({ layout, out: path.join(o.workDir, 'BOOTX64.EFI') })).file : undefined
+  const disks = await buildHostDisks(o.workDir, layout, `${dirs[VERSIONS[0]]}/root.img`, { slots: ['A'], flag: 'A', restMiB: 200, selector })
+  const imageBytes = Math.max(...Object.values(manifests).map((m) => m.image.size))
+  await stageCampaign(disks, dirs, o.mutant, Math.ceil(imageBytes / MiB), hold)
+  const spec: VmSpec = {
+    holdPort: hold,
+    disks: [{ file: disks.ssd, bus: 'ide-hd', rotationRate: 1 }, { file: disks.hdd, bus: 'ide-hd', rotationRate: 7200 }], memoryMb: uefi ? 768 : 512, cpus: o.cpus ?? 1,
+    ...(uefi ? { uefi: { vars: uefiVarsCopy(o.workDir) } } : {}),
+  }
+  return { manifests, disks, spec }
+}
+
+/** The running report: counted cycles, time over all runs (a resumed report keeps its earlier runs). */
+class Tally {
+  private started = Date.now()
+  private runs: { firstCycle: number; seconds: number }[]
+  private report: CampaignReport
+  private onCycle: ((r: CampaignReport) => void) | undefined
+  readonly firstCycle: number
+
+  constructor(report: CampaignReport, prior: CampaignReport | undefined, onCycle?: (r: CampaignReport) => void) {
+    this.report = report
+    this.onCycle = onCycle
+    this.firstCycle = (prior?.records.at(-1)?.cycle ?? -1) + 1
+    this.runs = prior ? prior.runs ?? [{ firstCycle: 0, seconds: prior.seconds }] : []
+  }
+
+  get startedAt(): number { return this.started }
+  counted(): number { return this.report.records.filter((r) => r.aim !== 'calibration').length }
+
+  update(): void {
+    const report = this.report
+    report.cycles = this.counted()
+    report.runs = [...this.runs, { firstCycle: this.firstCycle, seconds: (Date.now() - this.started) / 1000 }]
+    report.seconds = report.runs.reduce((n, r) => n + r.seconds, 0)
+    report.resetsPerHour = Math.round(report.resets / (report.seconds / 3600))
+    if (report.runs.length === 1) delete report.runs
+  }
+
+  keep(record: CycleRecord): void {
+    this.report.records.push(record)
+    this.update()
+    this.onCycle?.(this.report)
+  }
+}
+
+/** The VM under test and its console: boots judged against the signed images, bricks kept for inspection. */
+class HostUnderTest {
+  vm!: RunningVm
+  con!: Console
+  lastUp = 0
+  lastSlot = ''
+  private readonly o: CampaignOptions
+  private readonly spec: VmSpec
+  private readonly serialFile: string
+  private readonly disks: HostDisks
+  private readonly manifests: Record<string, Manifest>
+  private readonly report: CampaignReport
+  private readonly tally: Tally
+  private readonly log: (l: string) => void
+
+  constructor(a: { o: CampaignOptions; spec: VmSpec; serialFile: string; disks: HostDisks; manifests: Record<string, Manifest>; report: CampaignReport; tally: Tally; log: (l: string) => void }) {
+    this.o = a.o
+    this.spec = a.spec
+    this.serialFile = a.serialFile
+    this.disks = a.disks
+    this.manifests = a.manifests
+    this.report = a.report
+    this.tally = a.tally
+    this.log = a.log
+  }
+
+  async start(): Promise<void> {
+    this.vm = await this.o.driver.start(this.spec, this.serialFile)
+    this.con = new Console(this.vm, MARKERS)
+  }
+
+  /** The guest's own power-off (never expected) is answered by powering it on again. */
+  async restartIfGone(): Promise<void> {
+    if (!this.vm.exited()) return
+    this.log('the VM powered off; powering it on again')
+    await this.vm.powerOff()
+    await this.start()
+  }
+
+  async brick(record: CycleRecord, why: string): Promise<void> {
+    record.outcome = 'brick'
+    record.why = why
+    this.report.bricked++
+    await this.vm.powerOff()
+    const dir = path.join(this.o.keepDir, `brick-seed${this.o.seed}-cycle${record.cycle}`)
+    fs.mkdirSync(dir, { recursive: true })
+    for (const f of [this.disks.ssd, this.disks.hdd, this.serialFile]) fs.copyFileSync(f, path.join(dir, path.basename(f)))
+    fs.writeFileSync(path.join(dir, 'why.txt'), `${why}\n${JSON.stringify(record, null, 2)}\n`)
+    this.report.kept = dir
+    this.tally.keep(record)
+    this.log(`BRICK in cycle ${record.cycle}: ${why}; disks and serial log kept in ${dir}`)
+  }
+
+  /** Wait for userspace after a reset or reboot; check the booted slot holds that version's bytes exactly. */
+  async awaitBoot(record: CycleRecord, since: number, timeoutMs: number): Promise<boolean> {
+    const up = await this.con.until(['userspace', 'boot-failed'], Date.now() + timeoutMs)
+    if (up?.kind === 'boot-failed') {
+      await this.brick(record, `the boot failed: ${up.a}`)
+      return false
+    }
+    if (up) this.lastUp = up.at
+    if (!up) {
+      await this.brick(record, `no userspace within ${timeoutMs / 1000} s`)
+      return false
+    }
+    record.booted = { version: up.a, slot: up.b }
+    this.lastSlot = up.b
+    record.bootSeconds = (up.at - since) / 1000
+    const m = this.manifests[up.a]
+    if (!m || slotHash(this.disks, up.b, m.image.size) !== m.image.sha256) {
+      await this.brick(record, `version ${up.a} came up from slot ${up.b}, whose bytes are not that signed image`)
+      return false
+    }
+    return true
+  }
+}
+
+/** One update as the console shows it: its phases, its exit, and the holds the guest waits at (answered unless aimed at). */
+class UpdateWatch {
+  phases: Record<string, number> = {}
+  phase: string | null = null
+  aimedHold: string | undefined
+  private readonly host: HostUnderTest
+  private readonly record: CycleRecord
+
+  constructor(host: HostUnderTest, record: CycleRecord) {
+    this.host = host
+    this.record = record
+  }
+
+  readonly note = (m: Marker): void => {
+    if (m.kind === 'hold') {
+      if (m.a === this.aimedHold || (this.aimedHold === 'backup-array' && AFTER_COMMIT.includes(m.a))) this.record.held = m.a
+      else this.host.vm.send!('go\n')
+    }
+    if (m.kind === 'phase') {
+      this.phases[m.a] = m.at
+      this.phase = m.a
+    }
+    if (m.kind === 'exit') this.record.updateExit = Number(m.a)
+    if (m.kind === 'userspace') this.phase = 'boot'
+  }
+
+  /**
+   * Read the console until `done()`, labhost's exit or the deadline; and, unless `pastBoot`, until
+   * the guest boots (the update is over).
+   */
+  async until(done: () => boolean, deadline: number, pastBoot = false): Promise<void> {
+    for (let m: Marker | null; !done() && (pastBoot || this.phase !== 'boot') && this.record.updateExit === undefined;) {
+      if (!(m = await this.host.con.next(deadline))) break
+      this.note(m)
+    }
+  }
+
+  awaitPhase(name: string, deadline: number): Promise<void> {
+    return this.until(() => this.phases[name] !== undefined, deadline)
+  }
+}
+
+/**
+ * The calibration cycle: the update runs to its end and reboots by itself; its phase lengths aim
+ * the resets of the cycles after it. Null when it bricked (then the campaign ends).
+ */
+async function calibrate(host: HostUnderTest, watch: UpdateWatch, record: CycleRecord, report: CampaignReport, announcedAt: number, timeoutMs: number, log: (l: string) => void): Promise<Calibration | null> {
+  const { phases } = watch
+  const start = phases.start!
+  const up = await host.con.until(['userspace', 'boot-failed'], Date.now() + timeoutMs, watch.note)
+  if (up?.kind === 'boot-failed') {
+    await host.brick(record, `the boot after the calibration update failed: ${up.a}`)
+    return null
+  }
+  if (!up || phases.done === undefined || phases['arm-trial'] === undefined) {
+    await host.brick(record, up ? 'the calibration update did not finish' : 'no userspace after the calibration update')
+    return null
+  }
+  const calibration = {
+    updateMs: phases.done - start, verifyMs: phases['arm-trial'] - (phases.verify ?? phases['arm-trial']), commitTailMs: phases.done - phases['arm-trial'],
+    writeMs: (phases.verify ?? phases.done) - (phases.write ?? start),
+  }
+  report.calibration = calibration
+  record.booted = { version: up.a, slot: up.b }
+  host.lastSlot = up.b
+  record.bootSeconds = (up.at - phases.done) / 1000
+  if (up.a !== record.to) {
+    await host.brick(record, `the calibration update to ${record.to} booted ${up.a}`)
+    return null
+  }
+  const sec = (a: number, b: number) => `${((b - a) / 1000).toFixed(1)} s`
+  log(`calibration: userspace to update start ${sec(host.lastUp, start)} (labhost mark-good ${sec(host.lastUp, announcedAt)}), write ${sec(start, phases.verify ?? start)}, ` +
+    `read-back ${sec(phases.verify ?? start, phases['arm-trial'])}, arm-trial to done ${calibration.commitTailMs} ms, reboot to userspace ${sec(phases.done, up.at)}`)
+  return calibration
+}
+
+/**
+ * When to reset this cycle (ms epoch): anywhere in the update, or around the commit — from half a
+ * second before the trial is armed (the end of the read-back, as calibrated) to half a second
+ * after the switch; with holds, while the guest waits at the aimed switch write. The draws are
+ * taken in the order drawsOf() counts them: the uniform instant, then the commit's.
+ */
+async function aimReset(o: CampaignOptions, nth: number, rnd: () => number, watch: UpdateWatch, record: CycleRecord, calibration: Calibration, hold: boolean): Promise<number> {
+  const { phases } = watch
+  const start = phases.start!
+  const within = (u: number) => fractionOf(o, nth, u)
+  const deadline = Date.now() + 4 * calibration.updateMs + 60_000
+  const u = within(rnd())
+  let resetAt = start + u * (calibration.updateMs + 1000)
+  if (record.aim === 'uniform' && o.aimAtWrite) {
+    // inside the first 80 % of the write as calibrated, from the guest's announcement of it
+    await watch.awaitPhase('write', deadline)
+    resetAt = (phases.write ?? Date.now()) + u * (calibration.writeMs ?? 1000) * 0.8
+  }
+  if (record.aim === 'commit' && hold) {
+    // where the draw falls in the window picks the hold: the first half before the primary
+    // array is written, the second after it, before the mirror (or the end of the switch)
+    watch.aimedHold = HOLD_POINTS[within(rnd()) < 0.5 ? 0 : 1]
+    await watch.until(() => record.held !== undefined, deadline)
+    resetAt = Date.now()
+  } else if (record.aim === 'commit') {
+    await watch.awaitPhase('verify', deadline)
+    const offset = -500 + within(rnd()) * (calibration.commitTailMs + 1000)
+    if (offset < 0) {
+      resetAt = (phases.verify ?? Date.now()) + calibration.verifyMs + offset
+    } else {
+      // after the trial is armed: from the guest's own announcement of it, so a read-back
+      // slower than calibrated (a busy host) does not pull the aim back into the read-back
+      await watch.awaitPhase('arm-trial', deadline)
+      resetAt = (phases['arm-trial'] ?? Date.now()) + offset
+    }
+  }
+  return resetAt
+}
+
+const describeCycle = (record: CycleRecord): string =>
+  `cycle ${record.cycle}: ${record.from} -> ${record.to}, reset ${record.aim} at ${(record.resetAtMs! / 1000).toFixed(2)} s (${record.phase}${record.held === 'written' ? ', held after the switch\'s last write' : record.held ? `, held before the ${record.held} write` : ''}) -> ${record.outcome} ${record.booted!.version} in slot ${record.booted!.slot}, userspace after ${record.bootSeconds!.toFixed(1)} s` +
+  (record.updateExit !== undefined ? `; the update had failed by itself (exit ${record.updateExit})` : '')
+
+/**
+ * The update campaign: a host updates itself between two versions, cycle after cycle; after the
+ * uncounted calibration cycle every update is cut by a reset at an aimed instant, and the boot
+ * after it must bring up the old or the new version with that slot's bytes exactly the signed image.
+ */
 export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignReport> {
   const log = o.log ?? (() => {})
   const rnd = prng(o.seed)
@@ -273,238 +536,80 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
   }
   const bootTimeout = o.bootTimeoutMs ?? 180_000
   const commitWeight = o.commitWeight ?? 0.4
-  fs.mkdirSync(o.workDir, { recursive: true })
-  const { dirs, manifests } = await buildCampaignImages(o.workDir)
-  const uefi = o.firmware === 'uefi'
-  const layout = uefi ? loadLayout(path.join(import.meta.dirname, '../image-build/layouts/test-esp.yaml')) : loadRecipe('test').layout
-  const selector = uefi ? (await buildSelector({ layout, out: path.join(o.workDir, 'BOOTX64.EFI') })).file : undefined
-  const disks = await buildHostDisks(o.workDir, layout, `${dirs[VERSIONS[0]]}/root.img`, { slots: ['A'], flag: 'A', restMiB: 200, selector })
-  const imageBytes = Math.max(...Object.values(manifests).map((m) => m.image.size))
   const hold = o.hold ?? false
   if (hold && !o.driver.holds) throw new Error(`the ${o.driver.name} driver cannot answer a holding guest: run the campaign without holds`)
-  await stageCampaign(disks, dirs, o.mutant, Math.ceil(imageBytes / MiB), hold)
-  const spec: VmSpec = {
-    holdPort: hold,
-    disks: [{ file: disks.ssd, bus: 'ide-hd', rotationRate: 1 }, { file: disks.hdd, bus: 'ide-hd', rotationRate: 7200 }], memoryMb: uefi ? 768 : 512, cpus: o.cpus ?? 1,
-    ...(uefi ? { uefi: { vars: uefiVarsCopy(o.workDir) } } : {}),
-  }
-  const serialFile = path.join(o.workDir, 'serial.log')
+  const { manifests, disks, spec } = await prepareHost(o, hold)
   const report: CampaignReport = {
-    driver: o.driver.name, accel: await o.driver.accel(), ...(uefi ? { firmware: 'uefi' as const } : {}), seed: o.seed, cycles: 0, resets: 0, old: 0, new: 0, bricked: 0, failedUpdates: 0,
+    driver: o.driver.name, accel: await o.driver.accel(), ...(o.firmware === 'uefi' ? { firmware: 'uefi' as const } : {}), seed: o.seed, cycles: 0, resets: 0, old: 0, new: 0, bricked: 0, failedUpdates: 0,
     seconds: 0, resetsPerHour: 0, calibration: null, aims: o.stratified ? 'stratified' : 'independent', ...(hold ? { held: true } : {}), records: [],
   }
   if (prior) {
-    if (o.stratified) throw new Error('a stratified campaign cannot be resumed: its strata depend on the cycle count')
-    if ((prior.firmware ?? 'bios') !== (o.firmware ?? 'bios')) throw new Error(`the report to resume ran on ${prior.firmware ?? 'bios'} firmware, this run would use ${o.firmware ?? 'bios'}`)
-    if ((prior.held ?? false) !== hold) throw new Error(`the report to resume was made ${prior.held ? 'with' : 'without'} holds: run it ${prior.held ? 'with' : 'without'} --hold`)
-    if (prior.driver !== report.driver || prior.accel !== report.accel) throw new Error(`the report to resume ran on ${prior.driver} (${prior.accel}), this run would use ${report.driver} (${report.accel})`)
+    checkResumable(prior, o, report)
     Object.assign(report, { resets: prior.resets, old: prior.old, new: prior.new, failedUpdates: prior.failedUpdates, records: [...prior.records] })
   }
-  const counted = () => report.records.filter((r) => r.aim !== 'calibration').length
-  const firstCycle = (prior?.records.at(-1)?.cycle ?? -1) + 1
-  const runs = prior ? prior.runs ?? [{ firstCycle: 0, seconds: prior.seconds }] : []
-  const started = Date.now()
-  const tally = () => {
-    report.cycles = counted()
-    report.runs = [...runs, { firstCycle, seconds: (Date.now() - started) / 1000 }]
-    report.seconds = report.runs.reduce((n, r) => n + r.seconds, 0)
-    report.resetsPerHour = Math.round(report.resets / (report.seconds / 3600))
-    if (report.runs.length === 1) delete report.runs
-  }
-  const keep = (record: CycleRecord) => {
-    report.records.push(record)
-    tally()
-    o.onCycle?.(report)
-  }
-  let vm = await o.driver.start(spec, serialFile)
-  let con = new Console(vm, MARKERS)
-  // the guest's own power-off (never expected) is answered by powering it on again
-  const restartIfGone = async () => {
-    if (!vm.exited()) return
-    log('the VM powered off; powering it on again')
-    await vm.powerOff()
-    vm = await o.driver.start(spec, serialFile)
-    con = new Console(vm, MARKERS)
-  }
-  const brick = async (record: CycleRecord, why: string) => {
-    record.outcome = 'brick'
-    record.why = why
-    report.bricked++
-    await vm.powerOff()
-    const dir = path.join(o.keepDir, `brick-seed${o.seed}-cycle${record.cycle}`)
-    fs.mkdirSync(dir, { recursive: true })
-    for (const f of [disks.ssd, disks.hdd, serialFile]) fs.copyFileSync(f, path.join(dir, path.basename(f)))
-    fs.writeFileSync(path.join(dir, 'why.txt'), `${why}\n${JSON.stringify(record, null, 2)}\n`)
-    report.kept = dir
-    keep(record)
-    log(`BRICK in cycle ${record.cycle}: ${why}; disks and serial log kept in ${dir}`)
-  }
-  /** Wait for userspace after a reset or reboot; check the booted slot holds that version's bytes exactly. */
-  let lastUp = 0
-  let lastSlot = ''
-  const awaitBoot = async (record: CycleRecord, since: number): Promise<boolean> => {
-    const up = await con.until(['userspace', 'boot-failed'], Date.now() + bootTimeout)
-    if (up?.kind === 'boot-failed') {
-      await brick(record, `the boot failed: ${up.a}`)
-      return false
-    }
-    if (up) lastUp = up.at
-    if (!up) {
-      await brick(record, `no userspace within ${bootTimeout / 1000} s`)
-      return false
-    }
-    record.booted = { version: up.a, slot: up.b }
-    lastSlot = up.b
-    record.bootSeconds = (up.at - since) / 1000
-    const m = manifests[up.a]
-    if (!m || slotHash(disks, up.b, m.image.size) !== m.image.sha256) {
-      await brick(record, `version ${up.a} came up from slot ${up.b}, whose bytes are not that signed image`)
-      return false
-    }
-    return true
-  }
-
+  const tally = new Tally(report, prior, o.onCycle)
+  const host = new HostUnderTest({ o, spec, serialFile: path.join(o.workDir, 'serial.log'), disks, manifests, report, tally, log })
+  await host.start()
   try {
     const boot: CycleRecord = { cycle: -1, aim: 'calibration', from: '', to: '', resetAtMs: null, phase: null, outcome: 'completed', booted: null, bootSeconds: null }
-    if (!(await awaitBoot(boot, started))) return report
-    let calibration: CampaignReport['calibration'] = null
-    for (let cycle = firstCycle; counted() < o.cycles; cycle++) {
+    if (!(await host.awaitBoot(boot, tally.startedAt, bootTimeout))) return report
+    let calibration: Calibration | null = null
+    for (let cycle = tally.firstCycle; tally.counted() < o.cycles; cycle++) {
       // the aim's draw is made in both modes, so drawsOf() holds for either
-      const nth = counted() // cycles aimed before this one (the calibration is not counted)
+      const nth = tally.counted() // cycles aimed before this one (the calibration is not counted)
       const aim = calibration ? aimOf({ ...o, commitWeight }, nth, rnd()) : 'calibration'
       const record: CycleRecord = { cycle, aim, from: '', to: '', resetAtMs: null, phase: null, outcome: 'completed', booted: null, bootSeconds: null }
-      const announced = await con.until('cycle', Date.now() + bootTimeout)
+      const announced = await host.con.until('cycle', Date.now() + bootTimeout)
       if (!announced) {
-        await restartIfGone()
-        await brick(record, 'the guest never started its update')
+        await host.restartIfGone()
+        await host.brick(record, 'the guest never started its update')
         break
       }
       record.from = announced.a
       record.to = announced.b
       const target = manifests[record.to]
-      if (target && lastSlot) record.heldBefore = heldChunks(disks, lastSlot === 'A' ? 'B' : 'A', target)
-      const phases: Record<string, number> = {}
-      let phase: string | null = null
-      // a holding guest waits at each switch write: answered at once, unless it is the aim
-      let aimedHold: string | undefined
-      const note = (m: Marker) => {
-        if (m.kind === 'hold') {
-          if (m.a === aimedHold || (aimedHold === 'backup-array' && AFTER_COMMIT.includes(m.a))) record.held = m.a
-          else vm.send!('go\n')
-        }
-        if (m.kind === 'phase') {
-          phases[m.a] = m.at
-          phase = m.a
-        }
-        if (m.kind === 'exit') record.updateExit = Number(m.a)
-        if (m.kind === 'userspace') phase = 'boot'
-      }
+      if (target && host.lastSlot) record.heldBefore = heldChunks(disks, host.lastSlot === 'A' ? 'B' : 'A', target)
+      const watch = new UpdateWatch(host, record)
       // the update announces its start, or fails before it (then the guest reboots by itself)
-      for (let m: Marker | null; phases.start === undefined && record.updateExit === undefined;) {
-        if (!(m = await con.next(Date.now() + 120_000))) break
-        note(m)
-      }
-      if (phases.start === undefined) {
+      await watch.until(() => watch.phases.start !== undefined, Date.now() + 120_000, true)
+      if (watch.phases.start === undefined) {
         if (record.updateExit === undefined) {
-          await brick(record, 'labhost update never announced its start')
+          await host.brick(record, 'labhost update never announced its start')
           break
         }
         report.failedUpdates++
-        keep(record)
+        tally.keep(record)
         log(`cycle ${cycle}: labhost update failed before writing (exit ${record.updateExit}); the guest reboots`)
         continue
       }
-      const start = phases.start
       if (!calibration) {
-        // calibration: the update runs to its end and reboots by itself
-        const up = await con.until(['userspace', 'boot-failed'], Date.now() + bootTimeout, note)
-        if (up?.kind === 'boot-failed') {
-          await brick(record, `the boot after the calibration update failed: ${up.a}`)
-          break
-        }
-        if (!up || phases.done === undefined || phases['arm-trial'] === undefined) {
-          await brick(record, up ? 'the calibration update did not finish' : 'no userspace after the calibration update')
-          break
-        }
-        calibration = {
-          updateMs: phases.done - start, verifyMs: phases['arm-trial'] - (phases.verify ?? phases['arm-trial']), commitTailMs: phases.done - phases['arm-trial'],
-          writeMs: (phases.verify ?? phases.done) - (phases.write ?? start),
-        }
-        report.calibration = calibration
-        record.booted = { version: up.a, slot: up.b }
-        lastSlot = up.b
-        record.bootSeconds = (up.at - phases.done) / 1000
-        if (up.a !== record.to) {
-          await brick(record, `the calibration update to ${record.to} booted ${up.a}`)
-          break
-        }
-        const sec = (a: number, b: number) => `${((b - a) / 1000).toFixed(1)} s`
-        log(`calibration: userspace to update start ${sec(lastUp, start)} (labhost mark-good ${sec(lastUp, announced.at)}), write ${sec(start, phases.verify ?? start)}, ` +
-          `read-back ${sec(phases.verify ?? start, phases['arm-trial'])}, arm-trial to done ${calibration.commitTailMs} ms, reboot to userspace ${sec(phases.done, up.at)}`)
-        keep(record)
+        calibration = await calibrate(host, watch, record, report, announced.at, bootTimeout, log)
+        if (!calibration) break
+        tally.keep(record)
         continue
       }
-      // aim the reset: anywhere in the update, or around the commit — from half a second before the
-      // trial is armed (the end of the read-back, as calibrated) to half a second after the switch
-      const within = (u: number) => fractionOf(o, nth, u)
-      const deadline = Date.now() + 4 * calibration.updateMs + 60_000
-      const awaitPhase = async (name: string) => {
-        for (let m: Marker | null; phases[name] === undefined && phase !== 'boot' && record.updateExit === undefined;) {
-          if (!(m = await con.next(deadline))) break
-          note(m)
-        }
-      }
-      const u = within(rnd())
-      let resetAt = start + u * (calibration.updateMs + 1000)
-      if (record.aim === 'uniform' && o.aimAtWrite) {
-        // inside the first 80 % of the write as calibrated, from the guest's announcement of it
-        await awaitPhase('write')
-        resetAt = (phases.write ?? Date.now()) + u * (calibration.writeMs ?? 1000) * 0.8
-      }
-      if (record.aim === 'commit' && hold) {
-        // where the draw falls in the window picks the hold: the first half before the primary
-        // array is written, the second after it, before the mirror (or the end of the switch)
-        aimedHold = HOLD_POINTS[within(rnd()) < 0.5 ? 0 : 1]
-        for (let m: Marker | null; record.held === undefined && phase !== 'boot' && record.updateExit === undefined;) {
-          if (!(m = await con.next(deadline))) break
-          note(m)
-        }
-        resetAt = Date.now()
-      } else if (record.aim === 'commit') {
-        await awaitPhase('verify')
-        const offset = -500 + within(rnd()) * (calibration.commitTailMs + 1000)
-        if (offset < 0) {
-          resetAt = (phases.verify ?? Date.now()) + calibration.verifyMs + offset
-        } else {
-          // after the trial is armed: from the guest's own announcement of it, so a read-back
-          // slower than calibrated (a busy host) does not pull the aim back into the read-back
-          await awaitPhase('arm-trial')
-          resetAt = (phases['arm-trial'] ?? Date.now()) + offset
-        }
-      }
-      await con.waitUntil(resetAt, note)
-      record.resetAtMs = Date.now() - start
-      record.phase = phase
-      await restartIfGone()
-      await vm.reset()
+      const resetAt = await aimReset(o, nth, rnd, watch, record, calibration, hold)
+      await host.con.waitUntil(resetAt, watch.note)
+      record.resetAtMs = Date.now() - watch.phases.start
+      record.phase = watch.phase
+      await host.restartIfGone()
+      await host.vm.reset()
       report.resets++
-      const resetTime = Date.now()
-      if (!(await awaitBoot(record, resetTime))) break
+      if (!(await host.awaitBoot(record, Date.now(), bootTimeout))) break
       if (record.booted!.version !== record.from && record.booted!.version !== record.to) {
-        await brick(record, `booted ${record.booted!.version}, neither ${record.from} nor ${record.to}`)
+        await host.brick(record, `booted ${record.booted!.version}, neither ${record.from} nor ${record.to}`)
         break
       }
       record.outcome = record.booted!.version === record.from ? 'old' : 'new'
       if (record.outcome === 'old') report.old++
       else report.new++
       if (record.updateExit !== undefined) report.failedUpdates++
-      keep(record)
-      log(`cycle ${cycle}: ${record.from} -> ${record.to}, reset ${record.aim} at ${(record.resetAtMs / 1000).toFixed(2)} s (${record.phase}${record.held === 'written' ? ', held after the switch\'s last write' : record.held ? `, held before the ${record.held} write` : ''}) -> ${record.outcome} ${record.booted!.version} in slot ${record.booted!.slot}, userspace after ${record.bootSeconds!.toFixed(1)} s` +
-        (record.updateExit !== undefined ? `; the update had failed by itself (exit ${record.updateExit})` : ''))
+      tally.keep(record)
+      log(describeCycle(record))
     }
   } finally {
-    await vm.powerOff()
-    tally()
+    await host.vm.powerOff()
+    tally.update()
   }
   return report
 }
