@@ -270,8 +270,12 @@ export function gptFingerprint(gpt: Gpt): string {
 /** Refuse a table whose partition boundaries cannot be trusted (see layoutProblems). */
 export function requireSaneLayout(gpt: Gpt): void {
   if (gpt.layoutProblems.length) {
-    throw new LabhostError('gptLayoutInvalid', `the partitions on ${gpt.path} cannot be trusted: ${gpt.layoutProblems.join('; ')}`,
-      're-partition the disk with the labhost layout (the installer does this), or fix the table with sgdisk; nothing was written', { problems: gpt.layoutProblems })
+    throw new LabhostError(
+      'gptLayoutInvalid',
+      `the partitions on ${gpt.path} cannot be trusted: ${gpt.layoutProblems.join('; ')}`,
+      're-partition the disk with the labhost layout (the installer does this), or fix the table with sgdisk; nothing was written',
+      { problems: gpt.layoutProblems },
+    )
   }
 }
 
@@ -291,8 +295,7 @@ function compareHeaders(p: GptHeader, b: GptHeader, lastLba: bigint): string[] {
 export function openGptDisk(diskPath: string, sectorSize?: number): Disk {
   const disk = Disk.open(diskPath, { sectorSize })
   if (disk.info.isBlockDevice || sectorSize !== undefined) return disk
-  if (disk.info.sizeBytes >= 8192 && disk.read(512, 8).toString('latin1') !== GPT_SIGNATURE &&
-      disk.read(4096, 8).toString('latin1') === GPT_SIGNATURE) {
+  if (disk.info.sizeBytes >= 8192 && disk.read(512, 8).toString('latin1') !== GPT_SIGNATURE && disk.read(4096, 8).toString('latin1') === GPT_SIGNATURE) {
     disk.close()
     return Disk.open(diskPath, { sectorSize: 4096 })
   }
@@ -301,11 +304,19 @@ export function openGptDisk(diskPath: string, sectorSize?: number): Disk {
 
 export function requireValidGpt(gpt: Gpt): void {
   if (!isValid(gpt.primary)) {
-    throw new LabhostError('gptPrimaryInvalid', `primary GPT on ${gpt.path} is invalid: ${gpt.primary.problems.join('; ')}`,
-      'the kernel will not see partitions; restore it with `labhost slots repair` if the backup is valid, nothing was written', { problems: gpt.primary.problems })
+    throw new LabhostError(
+      'gptPrimaryInvalid',
+      `primary GPT on ${gpt.path} is invalid: ${gpt.primary.problems.join('; ')}`,
+      'the kernel will not see partitions; restore it with `labhost slots repair` if the backup is valid, nothing was written',
+      { problems: gpt.primary.problems },
+    )
   }
   if (!isValid(gpt.backup)) {
-    throw new LabhostError('gptBackupInvalid', `backup GPT on ${gpt.path} is invalid: ${gpt.backup.problems.join('; ')}`,
-      'rebuild it from the primary with `labhost slots repair`; nothing was written', { problems: gpt.backup.problems })
+    throw new LabhostError(
+      'gptBackupInvalid',
+      `backup GPT on ${gpt.path} is invalid: ${gpt.backup.problems.join('; ')}`,
+      'rebuild it from the primary with `labhost slots repair`; nothing was written',
+      { problems: gpt.backup.problems },
+    )
   }
 }

@@ -30,20 +30,29 @@ export function planRepair(disk: Disk, gpt: Gpt): RepairPlan {
   const pValid = isValid(gpt.primary)
   const bValid = isValid(gpt.backup)
   if (!pValid && !bValid) {
-    throw new LabhostError('gptPrimaryInvalid', `neither GPT on ${gpt.path} is valid (primary: ${gpt.primary.problems.join('; ')}; backup: ${gpt.backup.problems.join('; ')})`,
-      'nothing to repair from; re-partition the disk (the installer does this) or restore the table from a saved copy (sgdisk --load-backup); nothing was written')
+    throw new LabhostError(
+      'gptPrimaryInvalid',
+      `neither GPT on ${gpt.path} is valid (primary: ${gpt.primary.problems.join('; ')}; backup: ${gpt.backup.problems.join('; ')})`,
+      'nothing to repair from; re-partition the disk (the installer does this) or restore the table from a saved copy (sgdisk --load-backup); nothing was written',
+    )
   }
   if (pValid && bValid && gpt.differingSectors.length === 0 && gpt.mismatches.length === 0) return { disk: gpt.path, source: null, writes: [] }
   const source = pValid ? gpt.primary : gpt.backup
   const target = pValid ? gpt.backup : gpt.primary
   const sh = source.header!
   if (pValid && sh.alternateLba !== disk.lastLba) {
-    throw new LabhostError('gptMismatch', `the primary GPT on ${gpt.path} places its backup at LBA ${sh.alternateLba} but the disk ends at LBA ${disk.lastLba} (was the disk resized?)`,
-      'move the backup to the end of the disk with `sgdisk -e`, then re-run; nothing was written')
+    throw new LabhostError(
+      'gptMismatch',
+      `the primary GPT on ${gpt.path} places its backup at LBA ${sh.alternateLba} but the disk ends at LBA ${disk.lastLba} (was the disk resized?)`,
+      'move the backup to the end of the disk with `sgdisk -e`, then re-run; nothing was written',
+    )
   }
   const arraySectors = BigInt(Math.ceil(source.entries!.length / ss))
   const targetHeader = target.header
-  const reuse = targetHeader !== null && targetHeader.entrySize === sh.entrySize && targetHeader.entryCount === sh.entryCount &&
+  const reuse =
+    targetHeader !== null &&
+    targetHeader.entrySize === sh.entrySize &&
+    targetHeader.entryCount === sh.entryCount &&
     !target.problems.some((p) => p.startsWith('entry array') || p.startsWith('header says'))
   let entriesLba: bigint
   if (pValid) entriesLba = reuse ? targetHeader!.entriesLba : disk.lastLba - arraySectors
@@ -51,8 +60,11 @@ export function planRepair(disk: Disk, gpt: Gpt): RepairPlan {
   const myLba = pValid ? disk.lastLba : 1n
   const alternateLba = pValid ? 1n : disk.lastLba
   if (pValid ? entriesLba <= sh.lastUsableLba : entriesLba + arraySectors > sh.firstUsableLba) {
-    throw new LabhostError('gptMismatch', `a rebuilt ${target.which} entry array at LBA ${entriesLba} would overlap the usable area of ${gpt.path}`,
-      'restore the table with sgdisk (sgdisk -e, or --load-backup); nothing was written')
+    throw new LabhostError(
+      'gptMismatch',
+      `a rebuilt ${target.which} entry array at LBA ${entriesLba} would overlap the usable area of ${gpt.path}`,
+      'restore the table with sgdisk (sgdisk -e, or --load-backup); nothing was written',
+    )
   }
   const writes: SectorWrite[] = []
   for (let i = 0n; i < arraySectors; i++) {
@@ -60,11 +72,17 @@ export function planRepair(disk: Disk, gpt: Gpt): RepairPlan {
     const current = disk.readSectors(lba, 1)
     const next = Buffer.from(current)
     source.entries!.copy(next, 0, Number(i) * ss, Math.min(Number(i + 1n) * ss, source.entries!.length))
-    if (!next.equals(current)) writes.push({ region: pValid ? 'backup-array' : 'primary-array', lba, data: next, why: `copy array sector ${i} from the ${source.which}` })
+    if (!next.equals(current))
+      writes.push({ region: pValid ? 'backup-array' : 'primary-array', lba, data: next, why: `copy array sector ${i} from the ${source.which}` })
   }
   const header = rebuiltHeader(disk, source, myLba, alternateLba, entriesLba)
   if (!header.equals(disk.readSectors(myLba, 1))) {
-    writes.push({ region: pValid ? 'backup-header' : 'primary-header', lba: myLba, data: header, why: `rebuild the ${target.which} header from the ${source.which}` })
+    writes.push({
+      region: pValid ? 'backup-header' : 'primary-header',
+      lba: myLba,
+      data: header,
+      why: `rebuild the ${target.which} header from the ${source.which}`,
+    })
   }
   return { disk: gpt.path, source: source.which, writes }
 }

@@ -3,22 +3,30 @@ import { LabhostError } from '../lib/errors.ts'
 import { isValid, type Gpt, type GptEntry } from './gpt.ts'
 
 export type SlotId = 'A' | 'B'
-export interface SlotNames { A: string; B: string }
+export interface SlotNames {
+  A: string
+  B: string
+}
 export const DEFAULT_SLOT_NAMES: SlotNames = { A: 'rootA', B: 'rootB' }
 
 export function otherSlot(s: SlotId): SlotId {
   return s === 'A' ? 'B' : 'A'
 }
 
-export interface RootSlots { A: GptEntry; B: GptEntry }
+export interface RootSlots {
+  A: GptEntry
+  B: GptEntry
+}
 
 export function findRootSlots(gpt: Gpt, names: SlotNames = DEFAULT_SLOT_NAMES): RootSlots {
   const pick = (id: SlotId) => {
     const matches = gpt.entries.filter((e) => e.name === names[id])
     if (matches.length !== 1) {
-      throw new LabhostError('slotsNotFound',
+      throw new LabhostError(
+        'slotsNotFound',
         `${gpt.path} has ${matches.length === 0 ? 'no' : matches.length} partition${matches.length === 1 ? '' : 's'} named "${names[id]}" (root slot ${id})`,
-        `partition the disk with the labhost layout (one "${names.A}" and one "${names.B}"), or pass --slot-names; nothing was written`)
+        `partition the disk with the labhost layout (one "${names.A}" and one "${names.B}"), or pass --slot-names; nothing was written`,
+      )
     }
     return matches[0]!
   }
@@ -64,8 +72,13 @@ export function slotStatus(gpt: Gpt, names: SlotNames = DEFAULT_SLOT_NAMES): Slo
     const r = findRootSlots(gpt, names)
     rootNumbers = [r.A.number, r.B.number]
     slots = (['A', 'B'] as const).map((id) => ({
-      id, number: r[id].number, name: r[id].name, partGuid: r[id].partGuid,
-      firstLba: r[id].firstLba.toString(), lastLba: r[id].lastLba.toString(), bootable: r[id].legacyBootable,
+      id,
+      number: r[id].number,
+      name: r[id].name,
+      partGuid: r[id].partGuid,
+      firstLba: r[id].firstLba.toString(),
+      lastLba: r[id].lastLba.toString(),
+      bootable: r[id].legacyBootable,
     }))
   } catch (e) {
     problem = (e as Error).message

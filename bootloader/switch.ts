@@ -6,8 +6,16 @@ import { LabhostError } from '../lib/errors.ts'
 import type { Disk } from '../lib/blockdev.ts'
 import { forgeXor } from './crc-forge.ts'
 import {
-  arrayCrc, ENTRY_ATTR_OFFSET, ENTRY_NAME_BYTES, ENTRY_NAME_OFFSET, LEGACY_BOOTABLE_BIT, readGpt, requireSaneLayout, requireValidGpt,
-  type Gpt, type GptEntry,
+  arrayCrc,
+  ENTRY_ATTR_OFFSET,
+  ENTRY_NAME_BYTES,
+  ENTRY_NAME_OFFSET,
+  LEGACY_BOOTABLE_BIT,
+  readGpt,
+  requireSaneLayout,
+  requireValidGpt,
+  type Gpt,
+  type GptEntry,
 } from './gpt.ts'
 import { applySectorWrites, describeWrite, type SectorWrite } from './sector-writes.ts'
 import { DEFAULT_SLOT_NAMES, findRootSlots, slotStatus, type SlotId, type SlotNames } from './slots.ts'
@@ -49,26 +57,39 @@ export function planSwitch(disk: Disk, gpt: Gpt, to: SlotId, names: SlotNames = 
   const sectorOf = (e: GptEntry) => Math.floor((e.index * ph.entrySize) / ss)
   const arraySector = sectorOf(roots.A)
   if (sectorOf(roots.B) !== arraySector) {
-    throw new LabhostError('slotsSplitSectors',
+    throw new LabhostError(
+      'slotsSplitSectors',
       `root entries ${roots.A.number} and ${roots.B.number} on ${gpt.path} lie in different sectors of the entry array (${arraySector} and ${sectorOf(roots.B)})`,
-      'a one-sector switch needs both root entries in one sector: re-partition with the root slots as adjacent entries (1 and 2); nothing was written')
+      'a one-sector switch needs both root entries in one sector: re-partition with the root slots as adjacent entries (1 and 2); nothing was written',
+    )
   }
   const status = slotStatus(gpt, names)
   if (status.active === null) {
-    throw new LabhostError('slotFlagsAmbiguous', `cannot tell the active slot on ${gpt.path}: ${status.problem}`,
-      'exactly one root slot must carry the legacy-bootable bit; inspect with `labhost slots status` and fix by hand (sgdisk -A); nothing was written')
+    throw new LabhostError(
+      'slotFlagsAmbiguous',
+      `cannot tell the active slot on ${gpt.path}: ${status.problem}`,
+      'exactly one root slot must carry the legacy-bootable bit; inspect with `labhost slots status` and fix by hand (sgdisk -A); nothing was written',
+    )
   }
   if (gpt.mismatches.length || gpt.differingSectors.some((s) => s !== arraySector)) {
-    throw new LabhostError('gptMismatch',
+    throw new LabhostError(
+      'gptMismatch',
       `primary and backup GPT on ${gpt.path} disagree beyond the root-slot sector: ${[...gpt.mismatches, ...gpt.differingSectors.map((s) => `array sector ${s} differs`)].join('; ')}`,
-      'run `labhost slots repair` to rebuild the backup from the primary; nothing was written')
+      'run `labhost slots repair` to rebuild the backup from the primary; nothing was written',
+    )
   }
   const from = status.active
-  const compensationSlot: SlotId = hasRoom(roots.A) ? 'A' : hasRoom(roots.B) ? 'B' : (() => {
-    throw new LabhostError('nameTailFull',
-      `the names of both root entries on ${gpt.path} are longer than ${MAX_NAME_UNITS_WITH_ROOM} characters, leaving no room for the CRC compensation bytes`,
-      `rename the root partitions to ${MAX_NAME_UNITS_WITH_ROOM} characters or fewer (sgdisk -c); nothing was written`)
-  })()
+  const compensationSlot: SlotId = hasRoom(roots.A)
+    ? 'A'
+    : hasRoom(roots.B)
+      ? 'B'
+      : (() => {
+          throw new LabhostError(
+            'nameTailFull',
+            `the names of both root entries on ${gpt.path} are longer than ${MAX_NAME_UNITS_WITH_ROOM} characters, leaving no room for the CRC compensation bytes`,
+            `rename the root partitions to ${MAX_NAME_UNITS_WITH_ROOM} characters or fewer (sgdisk -c); nothing was written`,
+          )
+        })()
 
   const sectorStart = arraySector * ss
   const primaryLba = ph.entriesLba + BigInt(arraySector)
@@ -101,7 +122,8 @@ export function planSwitch(disk: Disk, gpt: Gpt, to: SlotId, names: SlotNames = 
   for (let i = 0; i < ss; i++) if (oldPrimarySector[i] !== newPrimarySector[i]) changedOffsets.push(i)
   const compOffsetInSector = roots[compensationSlot].index * ph.entrySize + COMPENSATION_OFFSET - sectorStart
   const writes: SectorWrite[] = []
-  if (changedOffsets.length) writes.push({ region: 'primary-array', lba: primaryLba, data: newPrimarySector, why: `commit: boot slot ${to} instead of ${from}` })
+  if (changedOffsets.length)
+    writes.push({ region: 'primary-array', lba: primaryLba, data: newPrimarySector, why: `commit: boot slot ${to} instead of ${from}` })
   if (backupWasStale) writes.push({ region: 'backup-array', lba: backupLba, data: newBackupSector, why: 'mirror the primary sector into the backup array' })
   return {
     disk: gpt.path,
@@ -137,7 +159,10 @@ export function switchPlanData(plan: Readonly<SwitchPlan>, o: { hex?: boolean } 
  * A switch plan for people, as `labhost slots switch` and `labhost update --dry-run` print it:
  * the sector, its CRC compensation bytes, each write in order.
  */
-export function renderSwitch(plan: Readonly<Omit<SwitchPlan, 'writes'>> & { writes: readonly Pick<SectorWrite | WriteData, 'region' | 'lba' | 'why'>[] }, dryRun: boolean): string[] {
+export function renderSwitch(
+  plan: Readonly<Omit<SwitchPlan, 'writes'>> & { writes: readonly Pick<SectorWrite | WriteData, 'region' | 'lba' | 'why'>[] },
+  dryRun: boolean,
+): string[] {
   return [
     `disk ${plan.disk} (${plan.sectorSize}-byte sectors): slot ${plan.from} -> slot ${plan.to}${plan.alreadyActive ? ' (already active)' : ''}`,
     `  root entries share array sector ${plan.arraySector}; CRC compensation in slot ${plan.compensationSlot}'s name tail: ${plan.compensationBytes}`,
@@ -151,7 +176,10 @@ export async function applySwitch(disk: Disk, plan: SwitchPlan, names: SlotNames
   await applySectorWrites(disk, plan.writes, log)
   const after = slotStatus(readGpt(disk), names)
   if (!after.primaryValid || !after.backupValid || after.active !== plan.to || !after.tablesAgree) {
-    throw new LabhostError('io', `after switching ${plan.disk} to slot ${plan.to} the disk reads back wrong (active ${after.active}, primary ${after.primaryValid ? 'valid' : 'invalid'}, backup ${after.backupValid ? 'valid' : 'invalid'})`,
-      'the device did not keep what was written; check it (sgdisk -v, dmesg) before trusting it')
+    throw new LabhostError(
+      'io',
+      `after switching ${plan.disk} to slot ${plan.to} the disk reads back wrong (active ${after.active}, primary ${after.primaryValid ? 'valid' : 'invalid'}, backup ${after.backupValid ? 'valid' : 'invalid'})`,
+      'the device did not keep what was written; check it (sgdisk -v, dmesg) before trusting it',
+    )
   }
 }

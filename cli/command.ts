@@ -117,7 +117,8 @@ export interface Invocation {
 export function parseCommandArgs(cmd: Command, argv: string[]): Invocation {
   const config: NonNullable<Parameters<typeof parseArgs>[0]>['options'] = {}
   for (const [name, o] of Object.entries<OptionDef>({ ...COMMON_OPTIONS, ...cmd.options })) {
-    for (const n of [name, ...(o.aliases ?? [])]) config[n] = { type: o.type, ...(o.multiple ? { multiple: true } : {}), ...(o.short && n === name ? { short: o.short } : {}) }
+    for (const n of [name, ...(o.aliases ?? [])])
+      config[n] = { type: o.type, ...(o.multiple ? { multiple: true } : {}), ...(o.short && n === name ? { short: o.short } : {}) }
   }
   let parsed: { values: Record<string, unknown>; positionals: string[] }
   try {
@@ -131,7 +132,8 @@ export function parseCommandArgs(cmd: Command, argv: string[]): Invocation {
     raw[name] = parsed.values[name]
     for (const alias of o.aliases ?? []) {
       if (parsed.values[alias] === undefined) continue
-      if (raw[name] !== undefined) throw new LabhostError('usage', `--${alias} and --${name} are the same option`, `give --${name} only (--${alias} is its old spelling)`)
+      if (raw[name] !== undefined)
+        throw new LabhostError('usage', `--${alias} and --${name} are the same option`, `give --${name} only (--${alias} is its old spelling)`)
       raw[name] = parsed.values[alias]
       notices.push(`labhost: warning: --${alias} is deprecated: use --${name} (labhost ${cmd.name})`)
     }
@@ -165,7 +167,8 @@ export function commandSchema(cmd: Command): z.ZodType<Record<string, unknown>, 
       if (given(raw[a]) && given(raw[b])) ctx.addIssue({ code: 'custom', message: `--${a} and --${b} contradict each other`, params: { hint } })
     }
     for (const [a, b] of cmd.requires ?? []) {
-      if (given(raw[a]) && !given(raw[b])) ctx.addIssue({ code: 'custom', message: `--${a} goes with --${b}`, params: { hint: `add --${b}, or leave out --${a}` } })
+      if (given(raw[a]) && !given(raw[b]))
+        ctx.addIssue({ code: 'custom', message: `--${a} goes with --${b}`, params: { hint: `add --${b}, or leave out --${a}` } })
     }
     return r.data
   })
@@ -179,7 +182,8 @@ const given = (v: unknown) => v !== undefined && v !== false
  * plan, before anything is read or written.
  */
 export function checkOptions(cmd: Command, inv: Invocation): Record<string, unknown> {
-  if (inv.dryRun && 'refused' in cmd.dryRun) throw new LabhostError('usage', `labhost ${cmd.name} has no --dry-run: ${cmd.dryRun.refused}`, 'leave out --dry-run; nothing was written')
+  if (inv.dryRun && 'refused' in cmd.dryRun)
+    throw new LabhostError('usage', `labhost ${cmd.name} has no --dry-run: ${cmd.dryRun.refused}`, 'leave out --dry-run; nothing was written')
   const r = commandSchema(cmd).safeParse(inv.raw)
   if (r.success) return r.data
   const issue = r.error.issues[0]!
@@ -215,16 +219,28 @@ export const pathValue = (): z.ZodType<string, string> => valueOf((s) => (s === 
 
 /** A whole number from min to max: plain decimal digits only (no 1e3, 0x10, Infinity or empty). */
 export const wholeNumber = (min: number, max: number): z.ZodType<number, string> =>
-  valueOf((s) => (/^\d+$/.test(s) && Number(s) >= min && Number(s) <= max ? Number(s) : undefined), `is not a whole number from ${min} to ${max}`, `give a whole number from ${min} to ${max}`)
+  valueOf(
+    (s) => (/^\d+$/.test(s) && Number(s) >= min && Number(s) <= max ? Number(s) : undefined),
+    `is not a whole number from ${min} to ${max}`,
+    `give a whole number from ${min} to ${max}`,
+  )
 
 /** A number from min to max with an optional fraction (a ratio, GiB): 1, 1.5; no sign or exponent. */
 export const decimal = (min: number, max: number): z.ZodType<number, string> =>
-  valueOf((s) => (/^\d+(\.\d+)?$/.test(s) && Number(s) >= min && Number(s) <= max ? Number(s) : undefined), `is not a number from ${min} to ${max}`, `give a number from ${min} to ${max}`)
+  valueOf(
+    (s) => (/^\d+(\.\d+)?$/.test(s) && Number(s) >= min && Number(s) <= max ? Number(s) : undefined),
+    `is not a number from ${min} to ${max}`,
+    `give a number from ${min} to ${max}`,
+  )
 
 /** A bytes-per-second rate as aria2c takes it (500K, 30M, 1000000). */
 export const rate = (): z.ZodType<string, string> =>
   // aria2c reads 0 as "no limit": the opposite of what a 0 on the command line seems to ask for
-  valueOf((s) => (/^0*[1-9]\d*[KM]?$/.test(s) ? s : undefined), 'is not a rate', 'give bytes per second above 0, with K or M: 500K, 30M; leave the option out for no limit')
+  valueOf(
+    (s) => (/^0*[1-9]\d*[KM]?$/.test(s) ? s : undefined),
+    'is not a rate',
+    'give bytes per second above 0, with K or M: 500K, 30M; leave the option out for no limit',
+  )
 
 /** One of a few words. */
 export function oneOf<const T extends string>(values: readonly T[], hint?: string): z.ZodType<T, string> {
@@ -234,28 +250,44 @@ export function oneOf<const T extends string>(values: readonly T[], hint?: strin
 
 /** A dotted IPv4 address. */
 export const ipv4 = (): z.ZodType<string, string> =>
-  valueOf((s) => (/^\d{1,3}(\.\d{1,3}){3}$/.test(s) && s.split('.').every((o) => Number(o) <= 255) ? s : undefined), 'is not an IPv4 address', 'e.g. 10.1.2.255')
+  valueOf(
+    (s) => (/^\d{1,3}(\.\d{1,3}){3}$/.test(s) && s.split('.').every((o) => Number(o) <= 255) ? s : undefined),
+    'is not an IPv4 address',
+    'e.g. 10.1.2.255',
+  )
 
 /** A URL with one of the given schemes (http:, https:, udp:). */
 export function url(schemes: readonly string[], example: string): z.ZodType<string, string> {
   const names = schemes.map((x) => x.replace(/:$/, ''))
   const list = names.length > 1 ? `${names.slice(0, -1).join(', ')} or ${names.at(-1)}` : names[0]
-  return valueOf((s) => {
-    try {
-      return schemes.includes(new URL(s).protocol) ? s : undefined
-    } catch {
-      return undefined
-    }
-  }, `is not a URL (${list})`, `e.g. ${example}`)
+  return valueOf(
+    (s) => {
+      try {
+        return schemes.includes(new URL(s).protocol) ? s : undefined
+      } catch {
+        return undefined
+      }
+    },
+    `is not a URL (${list})`,
+    `e.g. ${example}`,
+  )
 }
 
 // Options several commands share, so that a name means one thing everywhere: --signing-key is a
 // private key that signs what a command makes, --trusted-key a public key it checks signatures with.
 
 export const SIGNING_KEY = {
-  type: 'string', value: 'KEY', required: true, schema: pathValue(), description: 'the private key (labhost image keygen) that signs the output',
+  type: 'string',
+  value: 'KEY',
+  required: true,
+  schema: pathValue(),
+  description: 'the private key (labhost image keygen) that signs the output',
 } as const satisfies OptionDef
 
 export const TRUSTED_KEY = {
-  type: 'string', value: 'PUB', default: '/etc/labhost/trusted.pub', schema: pathValue(), description: "the public key the image's manifest must be signed with",
+  type: 'string',
+  value: 'PUB',
+  default: '/etc/labhost/trusted.pub',
+  schema: pathValue(),
+  description: "the public key the image's manifest must be signed with",
 } as const satisfies OptionDef

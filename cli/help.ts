@@ -61,6 +61,10 @@ export function commandHelp(c: Command, all: boolean): string {
   out.push('', 'common options:', ...optionLines(common, col))
   if (all && seams.length) out.push('', 'test-only options (point labhost at files a test laid out; never needed on a PC):', ...optionLines(seams, col))
   if (c.notes) out.push('', c.notes)
-  if (!all && seams.length) out.push('', `${seams.length} test-only option${seams.length > 1 ? 's are' : ' is'} not shown: labhost ${c.name} --help-all lists ${seams.length > 1 ? 'them' : 'it'}.`)
+  if (!all && seams.length)
+    out.push(
+      '',
+      `${seams.length} test-only option${seams.length > 1 ? 's are' : ' is'} not shown: labhost ${c.name} --help-all lists ${seams.length > 1 ? 'them' : 'it'}.`,
+    )
   return out.join('\n')
 }

@@ -14,8 +14,32 @@ import { checkOptions, parseCommandArgs, type Command, type Context } from './co
 import { commandHelp } from './help.ts'
 import { LABHOST_VERSION } from '../lib/labhost-version.ts'
 
-
-export const COMMANDS: Command[] = [slotsStatus, slotsSwitch, slotsRepair, bootloaderMbr, imageBuild, imageKeygen, imageVerify, imageStick, imageSelector, imagePublish, imageSeed, imageServe, channelPublish, channelShow, schema, install, update, status, markGoodCommand, trialCheck, vmImagePublish, vmImagePull, vmImagePrune, wake]
+export const COMMANDS: Command[] = [
+  slotsStatus,
+  slotsSwitch,
+  slotsRepair,
+  bootloaderMbr,
+  imageBuild,
+  imageKeygen,
+  imageVerify,
+  imageStick,
+  imageSelector,
+  imagePublish,
+  imageSeed,
+  imageServe,
+  channelPublish,
+  channelShow,
+  schema,
+  install,
+  update,
+  status,
+  markGoodCommand,
+  trialCheck,
+  vmImagePublish,
+  vmImagePull,
+  vmImagePrune,
+  wake,
+]
 
 function topHelp(): string {
   const width = Math.max(...COMMANDS.map((c) => c.name.length))
@@ -29,7 +53,10 @@ function topHelp(): string {
     '',
     'common options: --json (machine-readable output), --dry-run (print the plan, write nothing; refused by a command that cannot plan),',
     '  --help (each option of the command), --help-all (also its test-only options)',
-    'exit codes: ' + Object.entries(ExitCode).map(([k, v]) => `${v} ${k}`).join(', '),
+    'exit codes: ' +
+      Object.entries(ExitCode)
+        .map(([k, v]) => `${v} ${k}`)
+        .join(', '),
   ].join('\n')
 }
 
@@ -68,16 +95,22 @@ export async function main(argv: string[], out = process.stdout, err = process.s
       json,
       dryRun: inv.dryRun,
       log: (line) => err.write(`${line}\n`),
-      progress: (label) => createProgress(label, { isTTY: (err as { isTTY?: boolean }).isTTY === true, columns: (err as { columns?: number }).columns, write: (s) => err.write(s) }),
+      progress: (label) =>
+        createProgress(label, {
+          isTTY: (err as { isTTY?: boolean }).isTTY === true,
+          columns: (err as { columns?: number }).columns,
+          write: (s) => err.write(s),
+        }),
     }
     const result = await cmd.run(values, inv.positionals, ctx)
     out.write((json ? JSON.stringify(result.data, null, 2) : result.human) + '\n')
     return result.exitCode ?? 0
   } catch (e) {
-    const le = isLabhostError(e) ? e : new LabhostError('internal', (e as Error)?.stack ?? String(e), 'this is a bug in labhost; please report it with the command line', {}, { cause: e })
+    const le = isLabhostError(e)
+      ? e
+      : new LabhostError('internal', (e as Error)?.stack ?? String(e), 'this is a bug in labhost; please report it with the command line', {}, { cause: e })
     if (json) out.write(JSON.stringify(le.toJSON(), null, 2) + '\n')
     err.write(`labhost: error: ${le.message}\n  hint: ${le.hint}\n`)
     return le.exitCode
   }
 }
-

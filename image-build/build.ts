@@ -52,37 +52,55 @@ async function stageBase(r: LoadedRecipe, staging: string): Promise<void> {
     } catch (e) {
       const tail = String((e as LabhostError).details?.stderr ?? (e as Error).message)
       const missing = /Couldn't find these debs: (.*)/.exec(tail)?.[1]
-      if (missing) throw new LabhostError('packageMissing', `${r.file}: base.packages: ${missing.trim()} cannot be had from ${base.suite}`, 'check the package names (apt-cache policy NAME)', {}, { cause: e })
+      if (missing)
+        throw new LabhostError(
+          'packageMissing',
+          `${r.file}: base.packages: ${missing.trim()} cannot be had from ${base.suite}`,
+          'check the package names (apt-cache policy NAME)',
+          {},
+          { cause: e },
+        )
       throw e
     }
     // Identity comes from /persistent, not from the image; apt's lists are not part of a host.
     for (const f of fs.readdirSync(path.join(staging, 'etc/ssh')).filter((f) => f.startsWith('ssh_host_'))) fs.rmSync(path.join(staging, 'etc/ssh', f))
     fs.writeFileSync(path.join(staging, 'etc/machine-id'), '')
     for (const d of ['var/lib/apt/lists', 'var/cache/apt']) {
-      for (const f of fs.readdirSync(path.join(staging, d))) if (f !== 'partial' && f !== 'archives') fs.rmSync(path.join(staging, d, f), { recursive: true, force: true })
+      for (const f of fs.readdirSync(path.join(staging, d)))
+        if (f !== 'partial' && f !== 'archives') fs.rmSync(path.join(staging, d, f), { recursive: true, force: true })
     }
     fs.rmSync(path.join(staging, 'var/cache/apt/archives'), { recursive: true, force: true })
     fs.mkdirSync(path.join(staging, 'var/cache/apt/archives/partial'), { recursive: true })
-    for (const f of ['var/log/bootstrap.log', 'var/log/dpkg.log', 'var/log/alternatives.log', 'var/log/apt/history.log', 'var/log/apt/term.log']) fs.rmSync(path.join(staging, f), { force: true })
+    for (const f of ['var/log/bootstrap.log', 'var/log/dpkg.log', 'var/log/alternatives.log', 'var/log/apt/history.log', 'var/log/apt/term.log'])
+      fs.rmSync(path.join(staging, f), { force: true })
     return
   }
   if (base.suite !== machineSuite()) {
-    throw new LabhostError('configInvalid', `${r.file}: base.suite: ${base.suite} is not this machine's Debian release (${machineSuite()})`,
-      'method packages takes packages from the machine\'s own apt sources: use its release')
+    throw new LabhostError(
+      'configInvalid',
+      `${r.file}: base.suite: ${base.suite} is not this machine's Debian release (${machineSuite()})`,
+      "method packages takes packages from the machine's own apt sources: use its release",
+    )
   }
   for (const [i, pkg] of base.packages.entries()) {
     let dir: string
     try {
       dir = await unpackDebianPackage(pkg)
     } catch (e) {
-      throw new LabhostError('packageMissing', `${r.file}: base.packages.${i}: package ${pkg} cannot be had from the apt sources (${(e as Error).message.split(':').pop()?.trim()})`,
-        'check the package name (apt-cache policy NAME) and run apt-get update', {}, { cause: e })
+      throw new LabhostError(
+        'packageMissing',
+        `${r.file}: base.packages.${i}: package ${pkg} cannot be had from the apt sources (${(e as Error).message.split(':').pop()?.trim()})`,
+        'check the package name (apt-cache policy NAME) and run apt-get update',
+        {},
+        { cause: e },
+      )
     }
     await run('cp', ['-a', `${dir}/.`, staging])
   }
   if (base.busyboxLinks) {
     const bb = path.join(staging, 'bin/busybox')
-    if (!fs.existsSync(bb)) throw new LabhostError('configInvalid', `${r.file}: base.busyboxLinks is set but no /bin/busybox is staged`, 'add busybox-static to base.packages')
+    if (!fs.existsSync(bb))
+      throw new LabhostError('configInvalid', `${r.file}: base.busyboxLinks is set but no /bin/busybox is staged`, 'add busybox-static to base.packages')
     const { stdout } = await run(bb, ['--list-full'])
     for (const rel of stdout.split('\n').filter(Boolean)) {
       const target = path.join(staging, rel)
@@ -135,13 +153,20 @@ async function normaliseExt4(image: string, epoch: number, paths: string[]): Pro
   const cmds = [
     ...['mtime', 'wtime', 'lastcheck', 'mkfs_time'].map((f) => `ssv ${f} ${epoch}`),
     // last_mounted holds the random mount path: overwrite all of it, then end it at byte 0.
-    'ssv mnt_count 0', 'ssv kbytes_written 0', `ssv last_mounted ${'x'.repeat(63)}`, 'ssv last_mounted ""',
+    'ssv mnt_count 0',
+    'ssv kbytes_written 0',
+    `ssv last_mounted ${'x'.repeat(63)}`,
+    'ssv last_mounted ""',
     ...paths.flatMap((f) => [
       ...['atime', 'mtime', 'ctime', 'crtime'].flatMap((t) => [`sif ${quote(f)} ${t} ${epoch}`, `sif ${quote(f)} ${t}_extra 0`]),
-      `sif ${quote(f)} version_lo 0`, `sif ${quote(f)} version_hi 0`,
+      `sif ${quote(f)} version_lo 0`,
+      `sif ${quote(f)} version_hi 0`,
     ]),
   ]
-  await run('debugfs', ['-w', '-f', '-', image], { input: cmds.join('\n') + '\n', env: { ...process.env, E2FSPROGS_FAKE_TIME: String(epoch) } as Record<string, string> })
+  await run('debugfs', ['-w', '-f', '-', image], {
+    input: cmds.join('\n') + '\n',
+    env: { ...process.env, E2FSPROGS_FAKE_TIME: String(epoch) } as Record<string, string>,
+  })
 }
 
 const OUTPUTS = ['root.img', 'root.img.zst', 'root.img.blocks', 'manifest.json']
@@ -274,7 +299,7 @@ async function stageBoot(r: LoadedRecipe, staging: string, log: (line: string) =
   if (r.layout.esp && r.recipe.role !== 'stick') {
     // the image carries the selector its layout's ESP needs: the installer copies it from the
     // slot it has just written and verified (installer/esp.ts), so it is as signed as the image
-    log('UEFI selector for the layout\'s ESP')
+    log("UEFI selector for the layout's ESP")
     await buildSelector({ layout: r.layout, kernelPackage: r.recipe.kernel.package, out: path.join(staging, SELECTOR_IN_IMAGE) })
   }
 }
@@ -316,10 +341,16 @@ async function makeRootImage(r: LoadedRecipe, staging: string, out: string, s: O
   s.log('installing extlinux')
   // Same block placement every time: delalloc goals do not depend on the pid, stream
   // allocation (mb_stream_req 0) avoids the per-CPU locality groups, and extlinux runs on CPU 0.
-  await withLoop(image, {}, (dev) => withMount(dev, async (dir) => {
-    fs.writeFileSync(`/sys/fs/ext4/${path.basename(dev)}/mb_stream_req`, '0')
-    await installExtlinux(dir, s.extlinuxConfig, { cpu: 0 })
-  }, { options: 'noatime' }))
+  await withLoop(image, {}, (dev) =>
+    withMount(
+      dev,
+      async (dir) => {
+        fs.writeFileSync(`/sys/fs/ext4/${path.basename(dev)}/mb_stream_req`, '0')
+        await installExtlinux(dir, s.extlinuxConfig, { cpu: 0 })
+      },
+      { options: 'noatime' },
+    ),
+  )
   await normaliseExt4(image, s.epoch, listTree(staging))
   await run('e2fsck', ['-fn', image])
   return image
@@ -328,13 +359,37 @@ async function makeRootImage(r: LoadedRecipe, staging: string, out: string, s: O
 /** mkfs.ext4 -d: the staged tree into the image file, with fixed UUID, hash seed and time. */
 async function makeExt4(r: LoadedRecipe, staging: string, image: string, epoch: number): Promise<void> {
   try {
-    await run('mkfs.ext4', ['-q', '-F', '-b', '4096', '-O', '^has_journal', '-U', r.layout.rootFsUuid, '-L', 'labhost-root',
-      '-E', `hash_seed=${HASH_SEED},root_owner=0:0`, '-d', staging, image], { env: { ...process.env, E2FSPROGS_FAKE_TIME: String(epoch) } as Record<string, string> })
+    await run(
+      'mkfs.ext4',
+      [
+        '-q',
+        '-F',
+        '-b',
+        '4096',
+        '-O',
+        '^has_journal',
+        '-U',
+        r.layout.rootFsUuid,
+        '-L',
+        'labhost-root',
+        '-E',
+        `hash_seed=${HASH_SEED},root_owner=0:0`,
+        '-d',
+        staging,
+        image,
+      ],
+      { env: { ...process.env, E2FSPROGS_FAKE_TIME: String(epoch) } as Record<string, string> },
+    )
   } catch (e) {
     const msg = String((e as LabhostError).details?.stderr ?? (e as Error).message)
     if (/Could not allocate|No space|too small/i.test(msg)) {
-      throw new LabhostError('imageTooSmall', `${r.file}: imageSizeMiB: ${r.recipe.imageSizeMiB} MiB is too small for the image's content`,
-        `raise imageSizeMiB (the staged tree is ${Math.ceil(Number((await run('du', ['-sm', staging])).stdout.split('\t')[0]))} MiB)`, {}, { cause: e })
+      throw new LabhostError(
+        'imageTooSmall',
+        `${r.file}: imageSizeMiB: ${r.recipe.imageSizeMiB} MiB is too small for the image's content`,
+        `raise imageSizeMiB (the staged tree is ${Math.ceil(Number((await run('du', ['-sm', staging])).stdout.split('\t')[0]))} MiB)`,
+        {},
+        { cause: e },
+      )
     }
     throw e
   }
@@ -363,21 +418,29 @@ async function makeTransport(image: string, out: string, log: (line: string) => 
 }
 
 /** The manifest of the outputs, signed, written to `out`/manifest.json. */
-function writeSignedManifest(r: LoadedRecipe, out: string, o: ImageOutputs, s: { epoch: number; key: crypto.KeyObject; signer: string }): { manifestFile: string; manifest: Manifest } {
-  const manifest = signManifest({
-    format: MANIFEST_FORMAT,
-    name: r.recipe.name,
-    version: r.recipe.version,
-    recipeHash: r.hash,
-    createdAt: s.epoch,
-    layout: { rootFsUuid: r.layout.rootFsUuid, slotSizeMiB: r.layout.slotSizeMiB, slots: { A: r.layout.slots.A.name, B: r.layout.slots.B.name } },
-    diskLayout: r.layout,
-    image: { file: 'root.img', size: o.image.size, sha256: o.image.sha256, chunkSize: CHUNK_SIZE, chunks: o.image.chunks },
-    transport: { file: 'root.img.zst', size: o.transport.size, sha256: o.transport.sha256, compression: 'zstd', frames: o.transport.frames },
-    blocks: { file: 'root.img.blocks', size: o.blocks.size, sha256: o.blocks.sha256, blockSize: BLOCK_SIZE, hashBytes: BLOCK_HASH_BYTES },
-    trial: { boots: r.recipe.trial.boots },
-    signer: s.signer,
-  }, s.key)
+function writeSignedManifest(
+  r: LoadedRecipe,
+  out: string,
+  o: ImageOutputs,
+  s: { epoch: number; key: crypto.KeyObject; signer: string },
+): { manifestFile: string; manifest: Manifest } {
+  const manifest = signManifest(
+    {
+      format: MANIFEST_FORMAT,
+      name: r.recipe.name,
+      version: r.recipe.version,
+      recipeHash: r.hash,
+      createdAt: s.epoch,
+      layout: { rootFsUuid: r.layout.rootFsUuid, slotSizeMiB: r.layout.slotSizeMiB, slots: { A: r.layout.slots.A.name, B: r.layout.slots.B.name } },
+      diskLayout: r.layout,
+      image: { file: 'root.img', size: o.image.size, sha256: o.image.sha256, chunkSize: CHUNK_SIZE, chunks: o.image.chunks },
+      transport: { file: 'root.img.zst', size: o.transport.size, sha256: o.transport.sha256, compression: 'zstd', frames: o.transport.frames },
+      blocks: { file: 'root.img.blocks', size: o.blocks.size, sha256: o.blocks.sha256, blockSize: BLOCK_SIZE, hashBytes: BLOCK_HASH_BYTES },
+      trial: { boots: r.recipe.trial.boots },
+      signer: s.signer,
+    },
+    s.key,
+  )
   const manifestFile = path.join(out, 'manifest.json')
   fs.writeFileSync(manifestFile, JSON.stringify(manifest, null, 2) + '\n')
   return { manifestFile, manifest }

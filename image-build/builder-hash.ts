@@ -26,10 +26,19 @@ export function builderClosureHash(): Promise<string> {
 export async function closureHash(repoRoot: string): Promise<string> {
   const { build } = await import('esbuild')
   const r = await build({
-    entryPoints: [path.join(repoRoot, 'image-build/build.ts')], absWorkingDir: repoRoot,
-    bundle: true, platform: 'node', format: 'esm', write: false, metafile: true, logLevel: 'silent',
+    entryPoints: [path.join(repoRoot, 'image-build/build.ts')],
+    absWorkingDir: repoRoot,
+    bundle: true,
+    platform: 'node',
+    format: 'esm',
+    write: false,
+    metafile: true,
+    logLevel: 'silent',
   })
   const h = crypto.createHash('sha256')
-  for (const f of Object.keys(r.metafile.inputs).sort()) h.update(`${f}\0`).update(fs.readFileSync(path.join(repoRoot, f))).update('\0')
+  for (const f of Object.keys(r.metafile.inputs).sort())
+    h.update(`${f}\0`)
+      .update(fs.readFileSync(path.join(repoRoot, f)))
+      .update('\0')
   return h.digest('hex')
 }

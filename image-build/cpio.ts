@@ -33,10 +33,22 @@ export function writeCpio(entries: readonly CpioEntry[]): Buffer {
     let rdevMajor = 0
     let rdevMinor = 0
     switch (e.type) {
-      case 'dir': mode = S_IFDIR | (e.mode ?? 0o755); break
-      case 'file': mode = S_IFREG | (e.mode ?? 0o644); data = e.data; break
-      case 'symlink': mode = S_IFLNK | 0o777; data = Buffer.from(e.target, 'utf8'); break
-      case 'chardev': mode = S_IFCHR | (e.mode ?? 0o600); rdevMajor = e.major; rdevMinor = e.minor; break
+      case 'dir':
+        mode = S_IFDIR | (e.mode ?? 0o755)
+        break
+      case 'file':
+        mode = S_IFREG | (e.mode ?? 0o644)
+        data = e.data
+        break
+      case 'symlink':
+        mode = S_IFLNK | 0o777
+        data = Buffer.from(e.target, 'utf8')
+        break
+      case 'chardev':
+        mode = S_IFCHR | (e.mode ?? 0o600)
+        rdevMajor = e.major
+        rdevMinor = e.minor
+        break
     }
     const nlink = e.type === 'dir' ? 2 : 1
     const nameLen = Buffer.byteLength(name, 'utf8') + 1

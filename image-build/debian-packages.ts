@@ -89,11 +89,16 @@ export function machineSuite(): string {
 export function debianMirror(suite: string): string {
   const found: string[] = []
   const dir = '/etc/apt/sources.list.d'
-  const deb822 = fs.existsSync(dir) ? fs.readdirSync(dir).filter((f) => f.endsWith('.sources')).map((f) => path.join(dir, f)) : []
+  const deb822 = fs.existsSync(dir)
+    ? fs
+        .readdirSync(dir)
+        .filter((f) => f.endsWith('.sources'))
+        .map((f) => path.join(dir, f))
+    : []
   for (const f of deb822) {
     for (const stanza of fs.readFileSync(f, 'utf8').split(/\n\s*\n/)) {
       const field = (k: string) => new RegExp(`^${k}:\\s*(.*)$`, 'mi').exec(stanza)?.[1]?.trim() ?? ''
-      if (/^\s*Enabled:\s*no/mi.test(stanza)) continue
+      if (/^\s*Enabled:\s*no/im.test(stanza)) continue
       if (field('Types').split(/\s+/).includes('deb') && field('Suites').split(/\s+/).includes(suite) && field('Components').split(/\s+/).includes('main')) {
         found.push(...field('URIs').split(/\s+/).filter(Boolean))
       }
@@ -107,7 +112,11 @@ export function debianMirror(suite: string): string {
     }
   }
   if (!found.length) {
-    throw new LabhostError('configInvalid', `no apt source of this machine serves ${suite} main`, `add a deb source for ${suite} to /etc/apt/sources.list.d, or use this machine's release`)
+    throw new LabhostError(
+      'configInvalid',
+      `no apt source of this machine serves ${suite} main`,
+      `add a deb source for ${suite} to /etc/apt/sources.list.d, or use this machine's release`,
+    )
   }
   return found[0]!
 }

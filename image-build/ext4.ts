@@ -25,8 +25,10 @@ export async function makeExt4Image(file: string, o: Ext4Options): Promise<void>
 }
 
 export async function installExtlinuxIntoImage(file: string, cfg: ExtlinuxConfig, extraBootFiles: string[] = []): Promise<void> {
-  await withLoop(file, {}, (dev) => withMount(dev, async (dir) => {
-    await installExtlinux(dir, cfg)
-    for (const f of extraBootFiles) fs.copyFileSync(f, `${dir}/boot/extlinux/${f.split('/').pop()}`)
-  }))
+  await withLoop(file, {}, (dev) =>
+    withMount(dev, async (dir) => {
+      await installExtlinux(dir, cfg)
+      for (const f of extraBootFiles) fs.copyFileSync(f, `${dir}/boot/extlinux/${f.split('/').pop()}`)
+    }),
+  )
 }

@@ -26,8 +26,11 @@ export async function resolveModules(modulesDir: string, names: readonly string[
     if (seen.has(key)) return
     const file = index.get(key)
     if (!file) {
-      throw new LabhostError('notFound', `kernel module ${name} (needed by ${chain.join(' <- ') || 'the image'}) is not in ${modulesDir}`,
-        'check the module name, or whether it is built into this kernel (then leave it out)')
+      throw new LabhostError(
+        'notFound',
+        `kernel module ${name} (needed by ${chain.join(' <- ') || 'the image'}) is not in ${modulesDir}`,
+        'check the module name, or whether it is built into this kernel (then leave it out)',
+      )
     }
     seen.add(key)
     const { stdout } = await run('modinfo', ['-F', 'depends', file])

@@ -8,12 +8,19 @@ import path from 'node:path'
 import { LabhostError } from '../lib/errors.ts'
 import type { Recipe } from './recipe.ts'
 
-interface Entries { file: string; recipe: Pick<Recipe, 'files' | 'links'> }
+interface Entries {
+  file: string
+  recipe: Pick<Recipe, 'files' | 'links'>
+}
 
 /** The host path of image path `p` under `staging`, or configInvalid naming recipe, key and path. */
 function stagedPath(staging: string, p: string, recipeFile: string, key: string): string {
-  const refuse = (why: string) => new LabhostError('configInvalid', `${recipeFile}: ${key}: ${JSON.stringify(p)} ${why}`,
-    'name the path the link leads to inside the image, or leave the entry out; nothing outside the staging tree was touched')
+  const refuse = (why: string) =>
+    new LabhostError(
+      'configInvalid',
+      `${recipeFile}: ${key}: ${JSON.stringify(p)} ${why}`,
+      'name the path the link leads to inside the image, or leave the entry out; nothing outside the staging tree was touched',
+    )
   const root = fs.realpathSync(staging)
   const parts = p.split('/').filter(Boolean)
   if (!p.startsWith('/') || !parts.length || parts.some((c) => c === '.' || c === '..')) throw refuse('is not an absolute, normalised path inside the image')
@@ -29,7 +36,10 @@ function stagedPath(staging: string, p: string, recipeFile: string, key: string)
       } catch {
         // dangling: mkdir -p would follow it wherever it points
       }
-      if (real === null || !inside(real)) throw refuse(`goes through /${parts.slice(0, i + 1).join('/')}, a symbolic link to ${JSON.stringify(fs.readlinkSync(next))}, out of the image's staging tree`)
+      if (real === null || !inside(real))
+        throw refuse(
+          `goes through /${parts.slice(0, i + 1).join('/')}, a symbolic link to ${JSON.stringify(fs.readlinkSync(next))}, out of the image's staging tree`,
+        )
       dir = real
     } else {
       dir = next // a directory, or missing (made below, inside)

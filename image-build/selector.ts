@@ -32,7 +32,8 @@ export interface SelectorOptions {
 /** kexec and every shared library it loads, as initramfs files (Debian's kexec links Xen's libraries). */
 async function kexecFiles(): Promise<{ path: string; data: Buffer; mode: number }[]> {
   const kexec = ['/sbin/kexec', '/usr/sbin/kexec'].find((p) => fs.existsSync(p))
-  if (!kexec) throw new LabhostError('packageMissing', 'kexec is not installed: the UEFI selector needs it', 'install Debian package kexec-tools (scripts/setup.sh does)')
+  if (!kexec)
+    throw new LabhostError('packageMissing', 'kexec is not installed: the UEFI selector needs it', 'install Debian package kexec-tools (scripts/setup.sh does)')
   const { stdout } = await run('ldd', [kexec])
   const libs = [...stdout.matchAll(/(?:=>\s*)?(\/\S+)\s+\(0x/g)].map((m) => m[1]!)
   const missing = /^\s*(\S+) => not found/m.exec(stdout)
@@ -75,14 +76,17 @@ export const SHIM_SELECTOR_FILES = {
   initrd: 'EFI/labhost/initrd.img',
 } as const
 
-export async function buildShimSelector(o: Omit<SelectorOptions, 'out'> & { outDir: string }): Promise<{ dir: string; kernel: string; shim: string; grub: string; files: { path: string; bytes: number; sha256: string }[] }> {
+export async function buildShimSelector(
+  o: Omit<SelectorOptions, 'out'> & { outDir: string },
+): Promise<{ dir: string; kernel: string; shim: string; grub: string; files: { path: string; bytes: number; sha256: string }[] }> {
   const { kernel, initrd } = await selectorParts(o)
   const shimPkg = await unpackDebianPackage('shim-signed')
   const grubPkg = await unpackDebianPackage('grub-efi-amd64-signed')
   const shim = path.join(shimPkg, 'usr/lib/shim/shimx64.efi.signed')
   const grub = path.join(grubPkg, 'usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed')
   for (const f of [shim, grub]) {
-    if (!fs.existsSync(f)) throw new LabhostError('notFound', `${path.basename(f)} is missing from its Debian package`, 'the package layout changed; check dpkg -c of the .deb')
+    if (!fs.existsSync(f))
+      throw new LabhostError('notFound', `${path.basename(f)} is missing from its Debian package`, 'the package layout changed; check dpkg -c of the .deb')
   }
   const F = SHIM_SELECTOR_FILES
   // GRUB stops at its prompt when a command fails; the selector's own failures reboot after 10 s, so
@@ -97,8 +101,13 @@ export async function buildShimSelector(o: Omit<SelectorOptions, 'out'> & { outD
     'reboot',
     '',
   ].join('\n')
-  const contents: [string, Buffer][] = [[F.shim, fs.readFileSync(shim)], [F.grub, fs.readFileSync(grub)], [F.grubCfg, Buffer.from(grubCfg)],
-    [F.kernel, fs.readFileSync(kernel.vmlinuz)], [F.initrd, initrd]]
+  const contents: [string, Buffer][] = [
+    [F.shim, fs.readFileSync(shim)],
+    [F.grub, fs.readFileSync(grub)],
+    [F.grubCfg, Buffer.from(grubCfg)],
+    [F.kernel, fs.readFileSync(kernel.vmlinuz)],
+    [F.initrd, initrd],
+  ]
   const files = contents.map(([rel, data]) => {
     const to = path.join(o.outDir, rel)
     fs.mkdirSync(path.dirname(to), { recursive: true })
@@ -131,11 +140,24 @@ export async function makeUki(o: { vmlinuz: string; initrd: Buffer; cmdline: str
     const initrdVma = 0x2000000 + Math.ceil((fs.statSync(o.vmlinuz).size + 1) / 0x1000000) * 0x1000000
     fs.mkdirSync(path.dirname(path.resolve(o.out)), { recursive: true })
     await run('objcopy', [
-      '--add-section', `.osrel=${osrel}`, '--change-section-vma', '.osrel=0x20000',
-      '--add-section', `.cmdline=${cmdline}`, '--change-section-vma', '.cmdline=0x30000',
-      '--add-section', `.linux=${o.vmlinuz}`, '--change-section-vma', '.linux=0x2000000',
-      '--add-section', `.initrd=${initrdFile}`, '--change-section-vma', `.initrd=0x${initrdVma.toString(16)}`,
-      stub, o.out,
+      '--add-section',
+      `.osrel=${osrel}`,
+      '--change-section-vma',
+      '.osrel=0x20000',
+      '--add-section',
+      `.cmdline=${cmdline}`,
+      '--change-section-vma',
+      '.cmdline=0x30000',
+      '--add-section',
+      `.linux=${o.vmlinuz}`,
+      '--change-section-vma',
+      '.linux=0x2000000',
+      '--add-section',
+      `.initrd=${initrdFile}`,
+      '--change-section-vma',
+      `.initrd=0x${initrdVma.toString(16)}`,
+      stub,
+      o.out,
     ])
   } finally {
     fs.rmSync(work, { recursive: true, force: true })

@@ -29,7 +29,8 @@ async function stickUki(sysImage: string, out: string): Promise<void> {
   const dir = path.dirname(out)
   const dump = async (from: string, to: string) => {
     await run('debugfs', ['-R', `dump ${from} ${to}`, sysImage])
-    if (!fs.existsSync(to) || fs.statSync(to).size === 0) throw new LabhostError('notFound', `the stick system image has no ${from}`, 'rebuild it (labhost image build stick)')
+    if (!fs.existsSync(to) || fs.statSync(to).size === 0)
+      throw new LabhostError('notFound', `the stick system image has no ${from}`, 'rebuild it (labhost image build stick)')
   }
   await dump('/boot/vmlinuz', path.join(dir, 'vmlinuz'))
   await dump('/boot/initrd.img', path.join(dir, 'initrd.img'))
@@ -69,9 +70,30 @@ export async function buildStick(o: StickOptions): Promise<{ out: string; sizeBy
     const sysLast = sysFirst + sysMiB * 2048 - 1
     const espFirst = sysLast + 1
     const espLast = espFirst + STICK_ESP_MIB * 2048 - 1
-    await run('sgdisk', ['--clear', '-n', `1:${sysFirst}:${sysLast}`, '-c', `1:${STICK_PARTITION}`, '-t', '1:8300', '-A', '1:set:2',
-      '-n', `3:${espFirst}:${espLast}`, '-c', '3:esp', '-t', `3:${ESP_TYPE_CODE}`,
-      '-n', '2:0:0', '-c', `2:${DATA_PARTITION}`, '-t', '2:0700', o.out])
+    await run('sgdisk', [
+      '--clear',
+      '-n',
+      `1:${sysFirst}:${sysLast}`,
+      '-c',
+      `1:${STICK_PARTITION}`,
+      '-t',
+      '1:8300',
+      '-A',
+      '1:set:2',
+      '-n',
+      `3:${espFirst}:${espLast}`,
+      '-c',
+      '3:esp',
+      '-t',
+      `3:${ESP_TYPE_CODE}`,
+      '-n',
+      '2:0:0',
+      '-c',
+      `2:${DATA_PARTITION}`,
+      '-t',
+      '2:0700',
+      o.out,
+    ])
     copyFileInto(sysImage, o.out, sysFirst * 512)
     const disk = Disk.open(o.out)
     try {
@@ -89,8 +111,7 @@ export async function buildStick(o: StickOptions): Promise<{ out: string; sizeBy
     const dataFirst = (espLast + 1) * 512
     const dataBytes = fs.statSync(o.out).size - dataFirst - 34 * 512
     log(`data partition LABHOST: ${manifest.name} ${manifest.version}, ${path.basename(o.config)}`)
-    await withLoop(o.out, { offset: dataFirst, sizeLimit: dataBytes }, (dev) =>
-      run('mkfs.vfat', ['-n', DATA_PARTITION, '-i', '1ab0057c', dev]))
+    await withLoop(o.out, { offset: dataFirst, sizeLimit: dataBytes }, (dev) => run('mkfs.vfat', ['-n', DATA_PARTITION, '-i', '1ab0057c', dev]))
     // mtools writes FAT without mounting it (the build host's kernel may have no vfat).
     const configCopy = path.join(work, 'install.yaml')
     fs.writeFileSync(configCopy, configText)

@@ -49,9 +49,17 @@ export async function* rawFileChunks(file: string, manifest: Manifest, buffers: 
   const size = manifest.image.chunkSize
   const fd = fs.openSync(file, 'r')
   try {
-    yield* fillChunks(manifest, buffers, (b, index, length) => readUpTo(fd, b, length, index * size).catch((e) => {
-      throw new LabhostError('io', `reading ${file} failed: ${(e as Error).message}`, 'check the image file; only the target slot was written, nothing was switched', {}, { cause: e })
-    }))
+    yield* fillChunks(manifest, buffers, (b, index, length) =>
+      readUpTo(fd, b, length, index * size).catch((e) => {
+        throw new LabhostError(
+          'io',
+          `reading ${file} failed: ${(e as Error).message}`,
+          'check the image file; only the target slot was written, nothing was switched',
+          {},
+          { cause: e },
+        )
+      }),
+    )
   } finally {
     fs.closeSync(fd)
   }

@@ -28,49 +28,79 @@ export const SignerFingerprint = z.string().regex(/^sha256:[0-9a-f]{32}$/, 'a ke
 export function refineChunkCount(image: { size: number; chunkSize: number; chunks: readonly string[] }, ctx: z.RefinementCtx): void {
   const chunks = Math.ceil(image.size / image.chunkSize)
   if (image.chunks.length !== chunks) {
-    ctx.addIssue({ code: 'custom', path: ['image', 'chunks'], message: `${image.chunks.length} chunk hashes, where ${image.size} bytes make ${chunks} chunks of ${image.chunkSize}` })
+    ctx.addIssue({
+      code: 'custom',
+      path: ['image', 'chunks'],
+      message: `${image.chunks.length} chunk hashes, where ${image.size} bytes make ${chunks} chunks of ${image.chunkSize}`,
+    })
   }
 }
 // a file beside the manifest: a plain name (downloads resolve it against the manifest's URL)
-const fileName = z.string().max(255).regex(/^[A-Za-z0-9][A-Za-z0-9._+-]*$/, 'a plain file name (no directory, not hidden)')
+const fileName = z
+  .string()
+  .max(255)
+  .regex(/^[A-Za-z0-9][A-Za-z0-9._+-]*$/, 'a plain file name (no directory, not hidden)')
 const fileRef = { file: fileName, size: count, sha256: sha256Hex }
 
-export const ManifestSchema = z.object({
-  format: z.literal(MANIFEST_FORMAT),
-  name: z.string().regex(/^[a-z0-9-]+$/, 'lower-case letters, digits and dashes'),
-  version: z.string().max(64).regex(/^[0-9][0-9A-Za-z.+~-]*$/, 'a version such as 1.2.0'),
-  recipeHash: sha256Hex,
-  createdAt: count,
-  layout: z.object({ rootFsUuid: LayoutSchema.shape.rootFsUuid, slotSizeMiB: positive, slots: z.object({ A: z.string().min(1), B: z.string().min(1) }).strict() }).strict(),
-  /** The whole layout the image was built for (its fstab): the installer partitions by it. */
-  diskLayout: LayoutSchema.extend({
-    partitions: z.array(PartitionSchema.extend({ options: z.string() })),
-    stateMount: z.string(),
-  }).optional(),
-  image: z.object({ ...fileRef, chunkSize: positive, chunks: z.array(sha256Hex) }).strict(),
-  /**
-   * The zstd copy that is downloaded. `frames`: the size of each chunk's own zstd frame, in chunk
-   * order (image-format/zstd-frames.ts): a delta update fetches single chunks by their byte range.
-   */
-  transport: z.object({ ...fileRef, compression: z.literal('zstd'), frames: z.array(positive).optional() }).strict(),
-  /** The block index (image-format/block-index.ts): short hashes of every block, for delta updates. */
-  blocks: z.object({ ...fileRef, blockSize: positive, hashBytes: z.number().int().min(1).max(32) }).strict().optional(),
-  /** The recipe's trial: boots the new version gets before its initramfs rolls back (`labhost update --trial-boots` overrides). */
-  trial: z.object({ boots: z.number().int().min(1).max(20) }).strict().optional(),
-  signer: SignerFingerprint,
-  signature: z.string().optional(),
-}).strict().superRefine((m, ctx) => {
-  refineChunkCount(m.image, ctx)
-  const frames = m.transport.frames
-  if (frames && (frames.length !== m.image.chunks.length || frames.reduce((a, b) => a + b, 0) !== m.transport.size)) {
-    ctx.addIssue({ code: 'custom', path: ['transport', 'frames'], message: `${frames.length} frames of ${frames.reduce((a, b) => a + b, 0)} bytes, where there are ${m.image.chunks.length} chunks and ${m.transport.size} bytes` })
-  }
-  if (m.blocks && m.blocks.size !== Math.ceil(m.image.size / m.blocks.blockSize) * m.blocks.hashBytes) {
-    ctx.addIssue({ code: 'custom', path: ['blocks', 'size'], message: `${m.blocks.size} bytes, where ${m.image.size} bytes of image in ${m.blocks.blockSize}-byte blocks make ${Math.ceil(m.image.size / m.blocks.blockSize) * m.blocks.hashBytes}` })
-  }
-  const files = [m.image.file, m.transport.file, ...(m.blocks ? [m.blocks.file] : []), 'manifest.json']
-  if (new Set(files).size !== files.length) ctx.addIssue({ code: 'custom', path: [], message: `the image, transport, block index and manifest need four different file names: ${files.join(', ')}` })
-})
+export const ManifestSchema = z
+  .object({
+    format: z.literal(MANIFEST_FORMAT),
+    name: z.string().regex(/^[a-z0-9-]+$/, 'lower-case letters, digits and dashes'),
+    version: z
+      .string()
+      .max(64)
+      .regex(/^[0-9][0-9A-Za-z.+~-]*$/, 'a version such as 1.2.0'),
+    recipeHash: sha256Hex,
+    createdAt: count,
+    layout: z
+      .object({ rootFsUuid: LayoutSchema.shape.rootFsUuid, slotSizeMiB: positive, slots: z.object({ A: z.string().min(1), B: z.string().min(1) }).strict() })
+      .strict(),
+    /** The whole layout the image was built for (its fstab): the installer partitions by it. */
+    diskLayout: LayoutSchema.extend({
+      partitions: z.array(PartitionSchema.extend({ options: z.string() })),
+      stateMount: z.string(),
+    }).optional(),
+    image: z.object({ ...fileRef, chunkSize: positive, chunks: z.array(sha256Hex) }).strict(),
+    /**
+     * The zstd copy that is downloaded. `frames`: the size of each chunk's own zstd frame, in chunk
+     * order (image-format/zstd-frames.ts): a delta update fetches single chunks by their byte range.
+     */
+    transport: z.object({ ...fileRef, compression: z.literal('zstd'), frames: z.array(positive).optional() }).strict(),
+    /** The block index (image-format/block-index.ts): short hashes of every block, for delta updates. */
+    blocks: z
+      .object({ ...fileRef, blockSize: positive, hashBytes: z.number().int().min(1).max(32) })
+      .strict()
+      .optional(),
+    /** The recipe's trial: boots the new version gets before its initramfs rolls back (`labhost update --trial-boots` overrides). */
+    trial: z
+      .object({ boots: z.number().int().min(1).max(20) })
+      .strict()
+      .optional(),
+    signer: SignerFingerprint,
+    signature: z.string().optional(),
+  })
+  .strict()
+  .superRefine((m, ctx) => {
+    refineChunkCount(m.image, ctx)
+    const frames = m.transport.frames
+    if (frames && (frames.length !== m.image.chunks.length || frames.reduce((a, b) => a + b, 0) !== m.transport.size)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['transport', 'frames'],
+        message: `${frames.length} frames of ${frames.reduce((a, b) => a + b, 0)} bytes, where there are ${m.image.chunks.length} chunks and ${m.transport.size} bytes`,
+      })
+    }
+    if (m.blocks && m.blocks.size !== Math.ceil(m.image.size / m.blocks.blockSize) * m.blocks.hashBytes) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['blocks', 'size'],
+        message: `${m.blocks.size} bytes, where ${m.image.size} bytes of image in ${m.blocks.blockSize}-byte blocks make ${Math.ceil(m.image.size / m.blocks.blockSize) * m.blocks.hashBytes}`,
+      })
+    }
+    const files = [m.image.file, m.transport.file, ...(m.blocks ? [m.blocks.file] : []), 'manifest.json']
+    if (new Set(files).size !== files.length)
+      ctx.addIssue({ code: 'custom', path: [], message: `the image, transport, block index and manifest need four different file names: ${files.join(', ')}` })
+  })
 
 export type Manifest = z.infer<typeof ManifestSchema>
 
@@ -81,21 +111,32 @@ export const chunkLength = (m: Manifest, index: number): number => Math.min(m.im
 export function canonicalJson(v: unknown): string {
   if (Array.isArray(v)) return `[${v.map(canonicalJson).join(',')}]`
   if (v !== null && typeof v === 'object') {
-    return `{${Object.keys(v).sort().filter((k) => (v as Record<string, unknown>)[k] !== undefined)
-      .map((k) => `${JSON.stringify(k)}:${canonicalJson((v as Record<string, unknown>)[k])}`).join(',')}}`
+    return `{${Object.keys(v)
+      .sort()
+      .filter((k) => (v as Record<string, unknown>)[k] !== undefined)
+      .map((k) => `${JSON.stringify(k)}:${canonicalJson((v as Record<string, unknown>)[k])}`)
+      .join(',')}}`
   }
   return JSON.stringify(v)
 }
 
 export function keyFingerprint(publicKey: crypto.KeyObject): string {
-  return 'sha256:' + crypto.createHash('sha256').update(publicKey.export({ format: 'der', type: 'spki' })).digest('hex').slice(0, 32)
+  return (
+    'sha256:' +
+    crypto
+      .createHash('sha256')
+      .update(publicKey.export({ format: 'der', type: 'spki' }))
+      .digest('hex')
+      .slice(0, 32)
+  )
 }
 
 /** The files generateKeyPair would write in `dir`, or the refusal it would give (an existing key). */
 export function planKeyPair(dir: string, name = 'labhost-signing'): { privateKeyFile: string; publicKeyFile: string } {
   const privateKeyFile = path.join(dir, `${name}.key`)
   const publicKeyFile = path.join(dir, `${name}.pub`)
-  if (fs.existsSync(privateKeyFile)) throw new LabhostError('usage', `${privateKeyFile} exists already`, 'choose another --out directory; an existing key is never overwritten')
+  if (fs.existsSync(privateKeyFile))
+    throw new LabhostError('usage', `${privateKeyFile} exists already`, 'choose another --out directory; an existing key is never overwritten')
   return { privateKeyFile, publicKeyFile }
 }
 
@@ -114,7 +155,13 @@ export function readPrivateKey(file: string): crypto.KeyObject {
     if (k.asymmetricKeyType !== 'ed25519') throw new Error('not an ed25519 key')
     return k
   } catch (e) {
-    throw new LabhostError('usage', `${file} is not an ed25519 private key: ${(e as Error).message}`, 'make one with `labhost image keygen --out DIR`', {}, { cause: e })
+    throw new LabhostError(
+      'usage',
+      `${file} is not an ed25519 private key: ${(e as Error).message}`,
+      'make one with `labhost image keygen --out DIR`',
+      {},
+      { cause: e },
+    )
   }
 }
 
@@ -124,7 +171,13 @@ export function readPublicKey(file: string): crypto.KeyObject {
     if (k.asymmetricKeyType !== 'ed25519') throw new Error('not an ed25519 key')
     return k
   } catch (e) {
-    throw new LabhostError('usage', `${file} is not an ed25519 public key: ${(e as Error).message}`, 'use the .pub file written by `labhost image keygen`', {}, { cause: e })
+    throw new LabhostError(
+      'usage',
+      `${file} is not an ed25519 public key: ${(e as Error).message}`,
+      'use the .pub file written by `labhost image keygen`',
+      {},
+      { cause: e },
+    )
   }
 }
 
@@ -150,12 +203,22 @@ export function parseJson(text: string, where: string): unknown {
   try {
     return JSON.parse(text)
   } catch (e) {
-    throw new LabhostError('manifestInvalid', `${where} is not a readable manifest: ${(e as Error).message}`, 'point at the manifest.json written by `labhost image build`', {}, { cause: e })
+    throw new LabhostError(
+      'manifestInvalid',
+      `${where} is not a readable manifest: ${(e as Error).message}`,
+      'point at the manifest.json written by `labhost image build`',
+      {},
+      { cause: e },
+    )
   }
 }
 
 function unsigned(where: string): LabhostError {
-  return new LabhostError('signatureInvalid', `${where} is not signed`, 'only signed images are accepted; sign it with `labhost image build --key`; nothing was written')
+  return new LabhostError(
+    'signatureInvalid',
+    `${where} is not signed`,
+    'only signed images are accepted; sign it with `labhost image build --key`; nothing was written',
+  )
 }
 
 /** Throws unless `v` carries a valid signature by `key`; reads nothing else of it. */
@@ -170,8 +233,11 @@ export function checkSignature(v: unknown, key: crypto.KeyObject, where: string)
   if (!ok) {
     // the signer named in an unverified manifest is only a clue: anything but a fingerprint quoted, shortened
     const signer = typeof v.signer === 'string' && /^sha256:[0-9a-f]{32}$/.test(v.signer) ? v.signer : short(v.signer ?? 'unknown')
-    throw new LabhostError('signatureInvalid', `${where}: the signature does not match (signed by ${signer}, trusted key ${keyFingerprint(key)})`,
-      'the manifest was changed or signed by another key: rebuild or re-download it; nothing was written')
+    throw new LabhostError(
+      'signatureInvalid',
+      `${where}: the signature does not match (signed by ${signer}, trusted key ${keyFingerprint(key)})`,
+      'the manifest was changed or signed by another key: rebuild or re-download it; nothing was written',
+    )
   }
 }
 
@@ -193,8 +259,13 @@ export function refuseOtherKind(v: unknown, want: ManifestKind, where: string): 
   const kind = manifestKindOf(v)
   if (kind === null || kind === want) return
   const what = (k: ManifestKind) => (k === 'vm-image' ? 'a VM base image (labhost vm-image publish)' : 'a root image (labhost image build)')
-  throw new LabhostError('manifestKind', `${where} is the manifest of ${what(kind)}, not of ${what(want)}`,
-    want === 'vm-image' ? 'give the URL or directory that `labhost vm-image publish` wrote; nothing was written' : 'root slots take only root images: give an image directory that `labhost image build` wrote; nothing was written')
+  throw new LabhostError(
+    'manifestKind',
+    `${where} is the manifest of ${what(kind)}, not of ${what(want)}`,
+    want === 'vm-image'
+      ? 'give the URL or directory that `labhost vm-image publish` wrote; nothing was written'
+      : 'root slots take only root images: give an image directory that `labhost image build` wrote; nothing was written',
+  )
 }
 
 /** `v` as a Manifest, or manifestInvalid naming the first field that is wrong and its value. */
@@ -209,7 +280,11 @@ export function checkSchema<S extends z.ZodType>(schema: S, v: unknown, where: s
     // a default zod filled in (a layout key added later) would be a key nobody signed, and the
     // signature is checked again over what this returns
     if (canonicalJson(r.data) !== canonicalJson(v)) {
-      throw new LabhostError('manifestInvalid', `${where}: a key with a default is missing (a manifest writes out every key it signs)`, 'rebuild the image with this labhost version; nothing was written')
+      throw new LabhostError(
+        'manifestInvalid',
+        `${where}: a key with a default is missing (a manifest writes out every key it signs)`,
+        'rebuild the image with this labhost version; nothing was written',
+      )
     }
     return r.data
   }
@@ -219,8 +294,10 @@ export function checkSchema<S extends z.ZodType>(schema: S, v: unknown, where: s
   const field = issue.path.length ? issue.path.join('.') : '(top level)'
   const what = issue.code === 'unrecognized_keys' ? `unknown key(s) ${issue.keys.join(', ')}` : found === undefined ? 'missing' : `found ${short(found)}`
   const more = r.error.issues.length > 1 ? ` (+${r.error.issues.length - 1} more)` : ''
-  throw new LabhostError('manifestInvalid', `${where}: ${field}: ${issue.message}; ${what}${more}`, hint,
-    { field, issues: r.error.issues.map((i) => ({ path: i.path.map(String), message: i.message })) })
+  throw new LabhostError('manifestInvalid', `${where}: ${field}: ${issue.message}; ${what}${more}`, hint, {
+    field,
+    issues: r.error.issues.map((i) => ({ path: i.path.map(String), message: i.message })),
+  })
 }
 
 /**
@@ -242,7 +319,13 @@ function readText(file: string): string {
   try {
     return fs.readFileSync(file, 'utf8')
   } catch (e) {
-    throw new LabhostError('manifestInvalid', `${file} is not a readable manifest: ${(e as Error).message}`, 'point at the manifest.json written by `labhost image build`', {}, { cause: e })
+    throw new LabhostError(
+      'manifestInvalid',
+      `${file} is not a readable manifest: ${(e as Error).message}`,
+      'point at the manifest.json written by `labhost image build`',
+      {},
+      { cause: e },
+    )
   }
 }
 
@@ -318,8 +401,11 @@ export function verifyImageDir(manifestFile: string, key: crypto.KeyObject): Man
     if (!fs.existsSync(f)) continue
     const h = matchesPart(f, part)
     if (!h.ok) {
-      throw new LabhostError('hashMismatch', `${f} does not match its manifest (size ${h.size} vs ${part.size}, sha256 ${h.sha256.slice(0, 16)}… vs ${part.sha256.slice(0, 16)}…)`,
-        'the file is damaged or was replaced: rebuild or re-download it')
+      throw new LabhostError(
+        'hashMismatch',
+        `${f} does not match its manifest (size ${h.size} vs ${part.size}, sha256 ${h.sha256.slice(0, 16)}… vs ${part.sha256.slice(0, 16)}…)`,
+        'the file is damaged or was replaced: rebuild or re-download it',
+      )
     }
   }
   return m

@@ -34,11 +34,17 @@ export type ImageInput =
 /** How the writer reads each kind of source. */
 export function imageInput(source: UpdateSource): ImageInput {
   switch (source.kind) {
-    case 'local-raw': return { kind: 'raw-file', file: source.file }
-    case 'local-zstd': case 'torrent': return { kind: 'zstd', from: source.file }
-    case 'http': return { kind: 'zstd', from: downloadTransport(source) }
-    case 'delta': return { kind: 'raw-stream', stream: source.chunks() }
-    default: return unhandledKind(source)
+    case 'local-raw':
+      return { kind: 'raw-file', file: source.file }
+    case 'local-zstd':
+    case 'torrent':
+      return { kind: 'zstd', from: source.file }
+    case 'http':
+      return { kind: 'zstd', from: downloadTransport(source) }
+    case 'delta':
+      return { kind: 'raw-stream', stream: source.chunks() }
+    default:
+      return unhandledKind(source)
   }
 }
 
@@ -50,8 +56,11 @@ const READ_AHEAD = 8
 const WRITE_READ_BACKS = 4
 
 function chunkMismatch(manifest: Manifest, index: number, what: string): LabhostError {
-  return new LabhostError('hashMismatch', `${what}: chunk ${index} (bytes ${index * manifest.image.chunkSize}..) does not match the signed manifest`,
-    'the download or the disk corrupted the image: run it again (only the target slot was written, nothing was switched)')
+  return new LabhostError(
+    'hashMismatch',
+    `${what}: chunk ${index} (bytes ${index * manifest.image.chunkSize}..) does not match the signed manifest`,
+    'the download or the disk corrupted the image: run it again (only the target slot was written, nothing was switched)',
+  )
 }
 
 const zeroHashes = new Map<number, string>()
@@ -59,7 +68,7 @@ const zeroHashes = new Map<number, string>()
 /** SHA-256 of `length` zero bytes: the signed hash of an all-zero chunk. */
 export function zeroChunkHash(length: number): string {
   let h = zeroHashes.get(length)
-  if (!h) zeroHashes.set(length, h = crypto.createHash('sha256').update(Buffer.alloc(length)).digest('hex'))
+  if (!h) zeroHashes.set(length, (h = crypto.createHash('sha256').update(Buffer.alloc(length)).digest('hex')))
   return h
 }
 
@@ -93,7 +102,7 @@ class ChunkChecker {
   async matches(index: number, data: Buffer): Promise<boolean> {
     if (this.isZero(index)) return data.equals(this.zeros.subarray(0, data.length))
     this.hashes ??= new HashPool()
-    return await this.hashes.sha256(data) === this.manifest.image.chunks[index]
+    return (await this.hashes.sha256(data)) === this.manifest.image.chunks[index]
   }
 }
 
@@ -183,11 +192,13 @@ async function readInput(input: ImageInput, manifest: Manifest, writer: SlotWrit
     case 'raw-file':
       await writer.placeAll(rawFileChunks(input.file, manifest, writer.buffers))
       return { ok: true, message: '' }
-    case 'zstd': return await readZstd(input.from, manifest, writer)
+    case 'zstd':
+      return await readZstd(input.from, manifest, writer)
     case 'raw-stream':
       await writer.placeAll(rawStreamChunks(input.stream, manifest, writer.buffers))
       return { ok: true, message: '' }
-    default: return unhandledKind(input)
+    default:
+      return unhandledKind(input)
   }
 }
 
@@ -217,12 +228,22 @@ function checkWholeImage(verdict: ZstdVerdict, failure: unknown, written: number
   // zstd names a cut input "premature end"; any other complaint is about the bytes themselves
   if (!verdict.ok && verdict.error && !/premature end|truncated/i.test(verdict.message)) {
     if (verdict.error.details.notInstalled) throw verdict.error
-    throw new LabhostError('hashMismatch', `the transport file is not a good zstd stream after ${written} of ${total} bytes (zstd: ${verdict.message})`,
-      'the download or the copy corrupted it: fetch it again (only the target slot was written, nothing was switched)', {}, { cause: verdict.error })
+    throw new LabhostError(
+      'hashMismatch',
+      `the transport file is not a good zstd stream after ${written} of ${total} bytes (zstd: ${verdict.message})`,
+      'the download or the copy corrupted it: fetch it again (only the target slot was written, nothing was switched)',
+      {},
+      { cause: verdict.error },
+    )
   }
   if (!verdict.ok || written !== total) {
-    throw new LabhostError('imageTruncated', `the transport file ends early: ${written} of ${total} bytes (${verdict.ok ? 'the stream ended' : `zstd: ${verdict.message}`})`,
-      'the download or the copy is cut short: fetch it again (only the target slot was written, nothing was switched)', {}, { cause: verdict.error })
+    throw new LabhostError(
+      'imageTruncated',
+      `the transport file ends early: ${written} of ${total} bytes (${verdict.ok ? 'the stream ended' : `zstd: ${verdict.message}`})`,
+      'the download or the copy is cut short: fetch it again (only the target slot was written, nothing was switched)',
+      {},
+      { cause: verdict.error },
+    )
   }
 }
 
@@ -302,13 +323,19 @@ class SlotWriter {
       if (length % DIRECT_ALIGN === 0) return this.noteZeros(buf, at, length)
     }
     const span = this.file.direct && length % DIRECT_ALIGN ? await this.completeLastBlock(buf, at, length) : length
-    const w: Promise<void> = this.file.write(buf, span, at).then(() => {
-      this.advance(length)
-      if (this.readBack) this.readBackChunk(index, at, length)
-    }, (e) => this.buffers.fail(e)).finally(() => {
-      this.writes.delete(w)
-      this.buffers.give(buf)
-    })
+    const w: Promise<void> = this.file
+      .write(buf, span, at)
+      .then(
+        () => {
+          this.advance(length)
+          if (this.readBack) this.readBackChunk(index, at, length)
+        },
+        (e) => this.buffers.fail(e),
+      )
+      .finally(() => {
+        this.writes.delete(w)
+        this.buffers.give(buf)
+      })
     this.writes.add(w)
   }
 
@@ -339,7 +366,9 @@ class SlotWriter {
    * written before a bad one are still read back, so the first bad chunk is the one reported.
    */
   private readBackChunk(index: number, at: number, length: number): void {
-    const r: Promise<void> = this.checkOnDisk(index, at, length).catch((e) => this.buffers.fail(e)).finally(() => this.readBacks.delete(r))
+    const r: Promise<void> = this.checkOnDisk(index, at, length)
+      .catch((e) => this.buffers.fail(e))
+      .finally(() => this.readBacks.delete(r))
     this.readBacks.add(r)
   }
 
@@ -379,7 +408,7 @@ class SlotWriter {
     const stats = { dataBytes: this.manifest.image.size, kernelZeroedBytes: 0, writtenZeroBytes: 0 }
     for (const run of this.zeroRuns) {
       stats.dataBytes -= run.length
-      if (await this.file.zero(run.at, run.length, this.checker.zeros) === 'kernel') stats.kernelZeroedBytes += run.length
+      if ((await this.file.zero(run.at, run.length, this.checker.zeros)) === 'kernel') stats.kernelZeroedBytes += run.length
       else stats.writtenZeroBytes += run.length
     }
     await this.file.sync()
@@ -422,7 +451,7 @@ export async function verifyImage(target: ImageTarget, manifest: Manifest, o: Ve
       const length = checker.length(i)
       await o.beforeReadBack?.(i, target.firstByte + i * size, length)
       await file.read(buf, file.direct ? roundUp(length, DIRECT_ALIGN) : length, target.firstByte + i * size)
-      if (!await checker.matches(i, buf.subarray(0, length))) firstBad = Math.min(firstBad, i)
+      if (!(await checker.matches(i, buf.subarray(0, length)))) firstBad = Math.min(firstBad, i)
       checked++
       progress?.(Math.min(checked * size, total), total)
     }

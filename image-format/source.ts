@@ -62,11 +62,11 @@ export type Remote = Readonly<{ url: string; fetch: FetchOptions }>
  * disk and downloaded frames), or the transport file downloaded with BitTorrent (updater/torrent.ts).
  */
 export type UpdateSource =
-  | SourceCommon & { readonly kind: 'local-raw'; readonly file: string }
-  | SourceCommon & { readonly kind: 'local-zstd'; readonly file: string }
-  | SourceCommon & { readonly kind: 'http'; readonly remote: Remote }
-  | SourceCommon & { readonly kind: 'delta'; readonly remote: Remote; readonly chunks: () => AsyncIterable<Buffer> }
-  | SourceCommon & { readonly kind: 'torrent'; readonly remote: Remote; readonly file: string }
+  | (SourceCommon & { readonly kind: 'local-raw'; readonly file: string })
+  | (SourceCommon & { readonly kind: 'local-zstd'; readonly file: string })
+  | (SourceCommon & { readonly kind: 'http'; readonly remote: Remote })
+  | (SourceCommon & { readonly kind: 'delta'; readonly remote: Remote; readonly chunks: () => AsyncIterable<Buffer> })
+  | (SourceCommon & { readonly kind: 'torrent'; readonly remote: Remote; readonly file: string })
 
 export type SourceKind = UpdateSource['kind']
 export type HttpSource = Extract<UpdateSource, { kind: 'http' }>
@@ -79,9 +79,15 @@ export function unhandledKind(x: never): never {
 /** The http source an update was opened from, if it was (a delta or a torrent needs one). */
 export function httpSource(source: UpdateSource): HttpSource | null {
   switch (source.kind) {
-    case 'http': return source
-    case 'local-raw': case 'local-zstd': case 'delta': case 'torrent': return null
-    default: return unhandledKind(source)
+    case 'http':
+      return source
+    case 'local-raw':
+    case 'local-zstd':
+    case 'delta':
+    case 'torrent':
+      return null
+    default:
+      return unhandledKind(source)
   }
 }
 
@@ -135,15 +141,29 @@ function httpStatus(e: unknown): number | undefined {
 }
 
 // OpenSSL's verdicts on a server certificate (and Node's host-name check): no retry mends them
-const TLS_TRUST_ERRORS = new Set(['DEPTH_ZERO_SELF_SIGNED_CERT', 'SELF_SIGNED_CERT_IN_CHAIN', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT',
-  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'CERT_UNTRUSTED', 'CERT_HAS_EXPIRED', 'CERT_NOT_YET_VALID', 'CERT_REVOKED', 'CERT_SIGNATURE_FAILURE', 'ERR_TLS_CERT_ALTNAME_INVALID'])
+const TLS_TRUST_ERRORS = new Set([
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'CERT_UNTRUSTED',
+  'CERT_HAS_EXPIRED',
+  'CERT_NOT_YET_VALID',
+  'CERT_REVOKED',
+  'CERT_SIGNATURE_FAILURE',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+])
 
 function untrusted(url: string, o: FetchOptions, e: unknown, what: string): LabhostError | null {
   const err = e as { code?: string; message?: string }
   if (!err.code || !TLS_TRUST_ERRORS.has(err.code)) return null
-  const hint = err.code === 'ERR_TLS_CERT_ALTNAME_INVALID'
-    ? `use the host name the certificate names in the URL, or give the server a certificate for this one; ${what}`
-    : o.caFile ? `${o.caFile} does not vouch for this server: give the CA certificate that signed its certificate with --ca PEM; ${what}` : `give the CA certificate that signed the server's certificate with --ca PEM; ${what}`
+  const hint =
+    err.code === 'ERR_TLS_CERT_ALTNAME_INVALID'
+      ? `use the host name the certificate names in the URL, or give the server a certificate for this one; ${what}`
+      : o.caFile
+        ? `${o.caFile} does not vouch for this server: give the CA certificate that signed its certificate with --ca PEM; ${what}`
+        : `give the CA certificate that signed the server's certificate with --ca PEM; ${what}`
   return new LabhostError('tlsUntrusted', `${url}: the server's certificate is not trusted (${err.code}: ${err.message})`, hint, {}, { cause: e })
 }
 
@@ -154,10 +174,16 @@ function httpsOptions(o: FetchOptions): { certificateAuthority?: string[] } {
   if (!o.caFile) return {}
   let list = caLists.get(o.caFile)
   if (!list) {
-    if (!fs.existsSync(o.caFile)) throw new LabhostError('notFound', `--ca ${o.caFile} does not exist`, 'give a PEM file of the CA certificate(s) that signed the image server\'s certificate; nothing was written')
+    if (!fs.existsSync(o.caFile))
+      throw new LabhostError(
+        'notFound',
+        `--ca ${o.caFile} does not exist`,
+        "give a PEM file of the CA certificate(s) that signed the image server's certificate; nothing was written",
+      )
     const pem = fs.readFileSync(o.caFile, 'utf8')
-    if (!/-----BEGIN CERTIFICATE-----/.test(pem)) throw new LabhostError('usage', `--ca ${o.caFile} holds no PEM certificate`, 'give a PEM file (-----BEGIN CERTIFICATE-----); nothing was written')
-    caLists.set(o.caFile, list = [...tls.rootCertificates, pem])
+    if (!/-----BEGIN CERTIFICATE-----/.test(pem))
+      throw new LabhostError('usage', `--ca ${o.caFile} holds no PEM certificate`, 'give a PEM file (-----BEGIN CERTIFICATE-----); nothing was written')
+    caLists.set(o.caFile, (list = [...tls.rootCertificates, pem]))
   }
   return { certificateAuthority: list }
 }
@@ -189,10 +215,21 @@ function gaveUp(url: string, o: FetchOptions, last: unknown, what: string): Labh
   const status = httpStatus(last)
   if (status !== undefined && !retriableStatus(status)) {
     const code = status === 404 ? 'notFound' : 'downloadFailed'
-    return new LabhostError(code, `${url}: the server answered HTTP ${status}`, `check the URL and that the image is published there; ${what}`, {}, { cause: last })
+    return new LabhostError(
+      code,
+      `${url}: the server answered HTTP ${status}`,
+      `check the URL and that the image is published there; ${what}`,
+      {},
+      { cause: last },
+    )
   }
-  return new LabhostError('downloadFailed', `${url}: giving up after ${o.retries} failed attempts in a row (last: ${describe(last)})`,
-    `check the network and the server, then run the same command again; ${what}`, {}, { cause: last })
+  return new LabhostError(
+    'downloadFailed',
+    `${url}: giving up after ${o.retries} failed attempts in a row (last: ${describe(last)})`,
+    `check the network and the server, then run the same command again; ${what}`,
+    {},
+    { cause: last },
+  )
 }
 
 const gotOptions = (o: FetchOptions) => ({
@@ -220,8 +257,11 @@ export interface FetchLimit {
 const mib = (n: number) => `${+(n / 2 ** 20).toFixed(2)} MiB`
 
 function tooLarge(url: string, limit: FetchLimit, got: string): LabhostError {
-  return new LabhostError(limit.code ?? 'downloadFailed', `${url} is larger than the ${limit.maxBytes}-byte (${mib(limit.maxBytes)}) cap for it (${got}); stopped reading`,
-    `what the server sends there is no part of a labhost image directory: check the URL and what is published; ${limit.what ?? 'nothing was written'}`)
+  return new LabhostError(
+    limit.code ?? 'downloadFailed',
+    `${url} is larger than the ${limit.maxBytes}-byte (${mib(limit.maxBytes)}) cap for it (${got}); stopped reading`,
+    `what the server sends there is no part of a labhost image directory: check the URL and what is published; ${limit.what ?? 'nothing was written'}`,
+  )
 }
 
 async function fetchText(url: string, o: FetchOptions, limit?: FetchLimit): Promise<string> {
@@ -298,7 +338,12 @@ export async function* resumableDownload(url: string, want: { start: number; end
       let skip = 0
       if (resuming && response.statusCode === 206) {
         const start = /^bytes (\d+)-/.exec(String(response.headers['content-range'] ?? ''))?.[1]
-        if (Number(start) !== offset) throw new LabhostError('downloadFailed', `${url}: asked for bytes from ${offset}, the server sent ${response.headers['content-range'] ?? 'no Content-Range'}`, 'serve the image from a plain HTTP server; nothing was switched')
+        if (Number(start) !== offset)
+          throw new LabhostError(
+            'downloadFailed',
+            `${url}: asked for bytes from ${offset}, the server sent ${response.headers['content-range'] ?? 'no Content-Range'}`,
+            'serve the image from a plain HTTP server; nothing was switched',
+          )
       } else if (resuming) {
         skip = offset
       }
@@ -320,7 +365,13 @@ export async function* resumableDownload(url: string, want: { start: number; end
     } catch (e) {
       if (!isRetriable(e)) {
         if (httpStatus(e) === 416) {
-          throw new LabhostError('downloadFailed', `${url} is shorter than its manifest says (no bytes from ${offset} of ${size})`, 'the published transport file is truncated: publish the image again; nothing was switched', {}, { cause: e })
+          throw new LabhostError(
+            'downloadFailed',
+            `${url} is shorter than its manifest says (no bytes from ${offset} of ${size})`,
+            'the published transport file is truncated: publish the image again; nothing was switched',
+            {},
+            { cause: e },
+          )
         }
         throw e instanceof LabhostError ? e : gaveUp(url, o, e, 'nothing was switched')
       }

@@ -39,15 +39,24 @@ export const TORRENT_MAX_BYTES = 8 << 20
  * labhost publishes v1 ones, and a hybrid could name other files in its v2 half.
  */
 export function checkTorrent(data: Buffer, want: { name: string; size: number }, where: string): void {
-  const refuse = (problem: string) => new LabhostError('torrentInvalid', `${where} ${problem}; labhost downloads only ${want.name} of ${want.size} bytes (the signed transport file)`,
-    'publish the image again (labhost image publish DIR --tracker URL), or update over HTTP without --torrent; nothing was written')
+  const refuse = (problem: string) =>
+    new LabhostError(
+      'torrentInvalid',
+      `${where} ${problem}; labhost downloads only ${want.name} of ${want.size} bytes (the signed transport file)`,
+      'publish the image again (labhost image publish DIR --tracker URL), or update over HTTP without --torrent; nothing was written',
+    )
   let root: BValue
   try {
     root = bdecode(data)
   } catch (e) {
     if (!(e instanceof BencodeError)) throw e
-    throw new LabhostError('torrentInvalid', `${where} is not a torrent file (${e.message})`,
-      'publish the image again (labhost image publish DIR --tracker URL), or update over HTTP without --torrent; nothing was written', {}, { cause: e })
+    throw new LabhostError(
+      'torrentInvalid',
+      `${where} is not a torrent file (${e.message})`,
+      'publish the image again (labhost image publish DIR --tracker URL), or update over HTTP without --torrent; nothing was written',
+      {},
+      { cause: e },
+    )
   }
   const info = isDict(root) ? root.get('info') : undefined
   if (!isDict(info)) throw refuse('has no info dictionary')
@@ -78,11 +87,16 @@ export async function infoHash(torrentFile: string): Promise<string> {
 }
 
 export async function publishImage(imageDir: string, o: PublishOptions): Promise<Published> {
-  if (!o.trackers.length) throw new LabhostError('usage', 'labhost image publish needs at least one --tracker URL', 'e.g. --tracker http://10.0.0.1:6969/announce')
+  if (!o.trackers.length)
+    throw new LabhostError('usage', 'labhost image publish needs at least one --tracker URL', 'e.g. --tracker http://10.0.0.1:6969/announce')
   const manifest = readManifest(path.join(imageDir, 'manifest.json'))
   const transport = path.join(imageDir, path.basename(manifest.transport.file))
   if (!fs.existsSync(transport) || fs.statSync(transport).size !== manifest.transport.size) {
-    throw new LabhostError('notFound', `${transport} is missing or not the size its manifest says`, 'publish a complete image directory (labhost image build --out DIR)')
+    throw new LabhostError(
+      'notFound',
+      `${transport} is missing or not the size its manifest says`,
+      'publish a complete image directory (labhost image build --out DIR)',
+    )
   }
   return makeTorrent(transport, o)
 }
@@ -90,13 +104,27 @@ export async function publishImage(imageDir: string, o: PublishOptions): Promise
 /** `file`.torrent beside `file` (mktorrent), for root and VM base images alike. */
 export async function makeTorrent(file: string, o: PublishOptions): Promise<Published> {
   for (const u of [...o.trackers, ...(o.webSeeds ?? [])]) {
-    if (!/^(https?|udp):\/\/[^/]/.test(u)) throw new LabhostError('usage', `${u} is not a tracker or web seed URL`, 'use http://HOST:PORT/announce (or udp://) for trackers and http(s):// for web seeds')
+    if (!/^(https?|udp):\/\/[^/]/.test(u))
+      throw new LabhostError(
+        'usage',
+        `${u} is not a tracker or web seed URL`,
+        'use http://HOST:PORT/announce (or udp://) for trackers and http(s):// for web seeds',
+      )
   }
   const out = torrentFileFor(file)
   fs.rmSync(out, { force: true })
   const pieceLog2 = o.pieceSizeLog2 ?? 20
   // -d: no creation date, so the same image and trackers give the same torrent (and info hash)
-  await run('mktorrent', ['-d', '-l', String(pieceLog2), ...o.trackers.flatMap((t) => ['-a', t]), ...(o.webSeeds ?? []).flatMap((w) => ['-w', w]), '-o', out, file])
+  await run('mktorrent', [
+    '-d',
+    '-l',
+    String(pieceLog2),
+    ...o.trackers.flatMap((t) => ['-a', t]),
+    ...(o.webSeeds ?? []).flatMap((w) => ['-w', w]),
+    '-o',
+    out,
+    file,
+  ])
   return { torrentFile: out, infoHash: await infoHash(out), pieces: Math.ceil(fs.statSync(file).size / 2 ** pieceLog2) }
 }
 
@@ -124,13 +152,25 @@ export async function seedImage(imageDir: string, o: SeedOptions = {}): Promise<
   checkTorrent(fs.readFileSync(torrent), { name: path.basename(transport), size: manifest.transport.size }, torrent)
   const h = fs.existsSync(transport) ? matchesPart(transport, manifest.transport) : null
   if (!h?.ok) {
-    throw new LabhostError('hashMismatch', `${transport} is not the transport file its signed manifest names${h ? ` (size ${h.size} vs ${manifest.transport.size})` : ' (missing)'}`,
-      'copy the whole image directory again from the build; nothing is seeded')
+    throw new LabhostError(
+      'hashMismatch',
+      `${transport} is not the transport file its signed manifest names${h ? ` (size ${h.size} vs ${manifest.transport.size})` : ' (missing)'}`,
+      'copy the whole image directory again from the build; nothing is seeded',
+    )
   }
-  const args = [`--dir=${path.dirname(transport)}`, '--seed-ratio=0.0', '--check-integrity=true', '--enable-dht=false', '--enable-dht6=false', '--bt-enable-lpd=true',
+  const args = [
+    `--dir=${path.dirname(transport)}`,
+    '--seed-ratio=0.0',
+    '--check-integrity=true',
+    '--enable-dht=false',
+    '--enable-dht6=false',
+    '--bt-enable-lpd=true',
     ...(o.trackerIntervalSeconds ? [`--bt-tracker-interval=${o.trackerIntervalSeconds}`] : []),
     ...(o.uploadLimit ? [`--max-overall-upload-limit=${o.uploadLimit}`] : []),
-    '--summary-interval=0', '--console-log-level=warn', torrent]
+    '--summary-interval=0',
+    '--console-log-level=warn',
+    torrent,
+  ]
   const started = Date.now()
   o.log?.(`seeding ${transport} (${await infoHash(torrent)})${o.uploadLimit ? `, uploads capped at ${o.uploadLimit}/s` : ''}`)
   // its console lines go to stderr: stdout stays the command's result (--json)
@@ -141,7 +181,9 @@ export async function seedImage(imageDir: string, o: SeedOptions = {}): Promise<
   if (!o.signal?.aborted && r.exitCode !== 0) {
     const failed = toolError('aria2c', args, r, { hint: 'see its messages above; is the BitTorrent port free and the tracker reachable?' })
     if (failed.details.notInstalled) throw failed
-    throw new LabhostError('toolFailed', `aria2c stopped seeding ${torrent} (exit ${r.exitCode ?? r.signal ?? r.startError})`, failed.hint, failed.details, { cause: failed })
+    throw new LabhostError('toolFailed', `aria2c stopped seeding ${torrent} (exit ${r.exitCode ?? r.signal ?? r.startError})`, failed.hint, failed.details, {
+      cause: failed,
+    })
   }
   return { seconds: (Date.now() - started) / 1000 }
 }

@@ -32,11 +32,18 @@ export function writeTrialState(stateRoot: string, s: TrialState): void {
   fs.mkdirSync(dir, { recursive: true })
   writeDurable(path.join(dir, 'committed.sector'), s.committedSector)
   writeDurable(path.join(dir, 'rollback.sector'), s.rollbackSector)
-  writeDurable(path.join(stateRoot, TRIAL_FILE), [
-    `TRIAL_SLOT=${s.slot}`, `BOOTS_LEFT=${s.bootsLeft}`, `VERSION=${safe(s.version)}`,
-    `PRIMARY_LBA=${s.primaryLba}`, `BACKUP_LBA=${s.backupLba}`,
-    ...(s.fromVersion ? [`FROM_VERSION=${safe(s.fromVersion)}`] : []),
-    ...(s.updatedAt ? [`UPDATED_AT=${safe(s.updatedAt.toISOString())}`] : []),
-    ...(s.updateSeconds !== undefined ? [`UPDATE_SECONDS=${s.updateSeconds.toFixed(1)}`] : []),
-    ''].join('\n'))
+  writeDurable(
+    path.join(stateRoot, TRIAL_FILE),
+    [
+      `TRIAL_SLOT=${s.slot}`,
+      `BOOTS_LEFT=${s.bootsLeft}`,
+      `VERSION=${safe(s.version)}`,
+      `PRIMARY_LBA=${s.primaryLba}`,
+      `BACKUP_LBA=${s.backupLba}`,
+      ...(s.fromVersion ? [`FROM_VERSION=${safe(s.fromVersion)}`] : []),
+      ...(s.updatedAt ? [`UPDATED_AT=${safe(s.updatedAt.toISOString())}`] : []),
+      ...(s.updateSeconds !== undefined ? [`UPDATE_SECONDS=${s.updateSeconds.toFixed(1)}`] : []),
+      '',
+    ].join('\n'),
+  )
 }

@@ -66,12 +66,20 @@ export function decompressFrame(frame: Buffer, length: number, what: string): Bu
   try {
     data = zlib.zstdDecompressSync(frame, { maxOutputLength: length })
   } catch (e) {
-    throw new LabhostError('hashMismatch', `${what} is not a good zstd frame: ${(e as Error).message}`,
-      'the download was corrupted: run the update again (only the target slot was written, nothing was switched)', {}, { cause: e })
+    throw new LabhostError(
+      'hashMismatch',
+      `${what} is not a good zstd frame: ${(e as Error).message}`,
+      'the download was corrupted: run the update again (only the target slot was written, nothing was switched)',
+      {},
+      { cause: e },
+    )
   }
   if (data.length !== length) {
-    throw new LabhostError('hashMismatch', `${what} holds ${data.length} bytes, the manifest says ${length}`,
-      'the transport file does not belong to this manifest: publish the image again; nothing was switched')
+    throw new LabhostError(
+      'hashMismatch',
+      `${what} holds ${data.length} bytes, the manifest says ${length}`,
+      'the transport file does not belong to this manifest: publish the image again; nothing was switched',
+    )
   }
   return data
 }

@@ -9,7 +9,11 @@ import { LabhostError } from '../lib/errors.ts'
 import { runStatus, toolError } from '../lib/exec.ts'
 import type { InstallConfig } from './config.ts'
 
-export interface BiosChange { name: string; from: string; to: string }
+export interface BiosChange {
+  name: string
+  from: string
+  to: string
+}
 
 export interface BiosPlan {
   backend: 'sysfs' | 'cctk' | 'none'
@@ -43,33 +47,57 @@ function sysfsBackend(dir: string): Backend {
     where: dir,
     async read(a) {
       if (!fs.existsSync(path.join(attrDir(a), 'current_value'))) {
-        const known = fs.existsSync(path.join(dir, 'attributes')) ? fs.readdirSync(path.join(dir, 'attributes')).filter((x) => x !== 'pending_reboot').slice(0, 12).join(', ') : 'none'
-        throw fail(`the firmware has no BIOS attribute ${a} (${dir}; some it has: ${known})`, 'correct bios.settings in install.yaml for this model; nothing was written')
+        const known = fs.existsSync(path.join(dir, 'attributes'))
+          ? fs
+              .readdirSync(path.join(dir, 'attributes'))
+              .filter((x) => x !== 'pending_reboot')
+              .slice(0, 12)
+              .join(', ')
+          : 'none'
+        throw fail(
+          `the firmware has no BIOS attribute ${a} (${dir}; some it has: ${known})`,
+          'correct bios.settings in install.yaml for this model; nothing was written',
+        )
       }
       return readFile(path.join(attrDir(a), 'current_value'))
     },
     async check(a, v) {
       const type = fs.existsSync(path.join(attrDir(a), 'type')) ? readFile(path.join(attrDir(a), 'type')) : ''
       if (type === 'enumeration') {
-        const possible = readFile(path.join(attrDir(a), 'possible_values')).split(';').filter(Boolean)
-        if (!possible.includes(v)) throw fail(`BIOS attribute ${a} cannot be ${JSON.stringify(v)} (possible: ${possible.join(', ')})`, 'correct bios.settings in install.yaml; nothing was written')
+        const possible = readFile(path.join(attrDir(a), 'possible_values'))
+          .split(';')
+          .filter(Boolean)
+        if (!possible.includes(v))
+          throw fail(
+            `BIOS attribute ${a} cannot be ${JSON.stringify(v)} (possible: ${possible.join(', ')})`,
+            'correct bios.settings in install.yaml; nothing was written',
+          )
       } else if (type === 'integer') {
         const n = Number(v)
         const lo = Number(readFile(path.join(attrDir(a), 'min_value')))
         const hi = Number(readFile(path.join(attrDir(a), 'max_value')))
-        if (!Number.isInteger(n) || n < lo || n > hi) throw fail(`BIOS attribute ${a} must be an integer in ${lo}..${hi}, not ${JSON.stringify(v)}`, 'correct bios.settings in install.yaml; nothing was written')
+        if (!Number.isInteger(n) || n < lo || n > hi)
+          throw fail(
+            `BIOS attribute ${a} must be an integer in ${lo}..${hi}, not ${JSON.stringify(v)}`,
+            'correct bios.settings in install.yaml; nothing was written',
+          )
       }
     },
     async write(changes, password) {
       const needsPassword = fs.existsSync(path.join(admin, 'is_enabled')) && readFile(path.join(admin, 'is_enabled')) === '1'
-      if (needsPassword && password === null) throw fail('the BIOS has an admin password and install.yaml names no bios.passwordFile', 'add bios.passwordFile to install.yaml; nothing was written')
+      if (needsPassword && password === null)
+        throw fail('the BIOS has an admin password and install.yaml names no bios.passwordFile', 'add bios.passwordFile to install.yaml; nothing was written')
       if (needsPassword) fs.writeFileSync(path.join(admin, 'current_password'), password!)
       try {
         for (const c of changes) {
           try {
             fs.writeFileSync(path.join(attrDir(c.name), 'current_value'), c.to)
           } catch (e) {
-            throw fail(`the firmware refused ${c.name}=${c.to}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, 'check the BIOS admin password file and the value; settings before it may be changed', e)
+            throw fail(
+              `the firmware refused ${c.name}=${c.to}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
+              'check the BIOS admin password file and the value; settings before it may be changed',
+              e,
+            )
           }
         }
       } finally {
@@ -118,7 +146,8 @@ function cctkBackend(exe: string): Backend {
     async read(a) {
       const r = await cctk([`--${a}`])
       const m = new RegExp(`^${a}=(.*)$`, 'm').exec(r.out)
-      if (r.code !== 0 || !m) throw fail(`cctk cannot read ${a}: ${r.out.split('\n')[0]}`, 'correct bios.settings in install.yaml for this model; nothing was written')
+      if (r.code !== 0 || !m)
+        throw fail(`cctk cannot read ${a}: ${r.out.split('\n')[0]}`, 'correct bios.settings in install.yaml for this model; nothing was written')
       return m[1]!.trim()
     },
     async check() {
@@ -130,7 +159,11 @@ function cctkBackend(exe: string): Backend {
       // can be seen (in /proc/PID/cmdline, by root on the installer's own system); reads go without
       if (password !== null) args.push(`--ValSetupPwd=${password}`)
       const r = await cctk(args, password ?? undefined)
-      if (r.code !== 0) throw fail(`cctk refused the settings (exit ${r.code}): ${r.out.split('\n').slice(-1)[0]}`, 'check the BIOS admin password file and the values; the other settings were left as they were')
+      if (r.code !== 0)
+        throw fail(
+          `cctk refused the settings (exit ${r.code}): ${r.out.split('\n').slice(-1)[0]}`,
+          'check the BIOS admin password file and the values; the other settings were left as they were',
+        )
     },
     async pendingReboot() {
       return null
@@ -147,13 +180,26 @@ function findCctk(): string | null {
 
 function chooseBackend(config: InstallConfig['bios'], sysRoot: string): Backend | null {
   const classDir = path.join(sysRoot, 'class', 'firmware-attributes')
-  const sysfs = fs.existsSync(classDir) ? fs.readdirSync(classDir).map((d) => path.join(classDir, d)).find((d) => fs.existsSync(path.join(d, 'attributes'))) : undefined
+  const sysfs = fs.existsSync(classDir)
+    ? fs
+        .readdirSync(classDir)
+        .map((d) => path.join(classDir, d))
+        .find((d) => fs.existsSync(path.join(d, 'attributes')))
+    : undefined
   if (config.backend === 'sysfs' || (config.backend === 'auto' && sysfs)) {
-    if (!sysfs) throw fail(`bios.backend is sysfs but ${classDir} has no firmware (no dell-wmi-sysman, think-lmi or hp-bioscfg driver loaded)`, 'load the vendor driver or use bios.backend: cctk; nothing was written')
+    if (!sysfs)
+      throw fail(
+        `bios.backend is sysfs but ${classDir} has no firmware (no dell-wmi-sysman, think-lmi or hp-bioscfg driver loaded)`,
+        'load the vendor driver or use bios.backend: cctk; nothing was written',
+      )
     return sysfsBackend(sysfs)
   }
   const exe = config.backend === 'none' ? null : findCctk()
-  if (config.backend === 'cctk' && !exe) throw fail('bios.backend is cctk but no cctk executable was found (/opt/dell/dcc/cctk or PATH)', 'put Dell Command | Configure on the stick or use bios.backend: sysfs; nothing was written')
+  if (config.backend === 'cctk' && !exe)
+    throw fail(
+      'bios.backend is cctk but no cctk executable was found (/opt/dell/dcc/cctk or PATH)',
+      'put Dell Command | Configure on the stick or use bios.backend: sysfs; nothing was written',
+    )
   return exe ? cctkBackend(exe) : null
 }
 
@@ -162,7 +208,11 @@ export async function planBios(config: InstallConfig['bios'], sysRoot = '/sys'):
   const names = Object.keys(config.settings)
   const backend = names.length ? chooseBackend(config, sysRoot) : null
   if (!backend) {
-    if (names.length && config.backend !== 'none') throw fail(`install.yaml asks for BIOS settings (${names.join(', ')}) but this machine has neither the firmware-attributes class nor cctk`, 'load the vendor driver, add cctk to the stick, or set bios.backend: none; nothing was written')
+    if (names.length && config.backend !== 'none')
+      throw fail(
+        `install.yaml asks for BIOS settings (${names.join(', ')}) but this machine has neither the firmware-attributes class nor cctk`,
+        'load the vendor driver, add cctk to the stick, or set bios.backend: none; nothing was written',
+      )
     return { backend: 'none', where: null, changes: [], unchanged: [] }
   }
   const changes: BiosChange[] = []
@@ -196,7 +246,11 @@ function readPassword(file: string): string {
       fs.closeSync(fd)
     }
   } catch (e) {
-    throw fail(`bios.passwordFile ${file} cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'})`, 'put the password file next to install.yaml; nothing was changed', e)
+    throw fail(
+      `bios.passwordFile ${file} cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'})`,
+      'put the password file next to install.yaml; nothing was changed',
+      e,
+    )
   }
   const hint = 'put the BIOS admin password alone on the first line of the file (its content is not shown); nothing was changed'
   if (bytes.length > MAX_PASSWORD_BYTES) throw fail(`bios.passwordFile ${file} is longer than ${MAX_PASSWORD_BYTES} bytes: not a password file`, hint)
@@ -217,7 +271,11 @@ export async function applyBios(plan: BiosPlan, config: InstallConfig['bios'], c
   password = null
   for (const c of plan.changes) {
     const now = await backend.read(c.name)
-    if (now !== c.to) throw fail(`BIOS attribute ${c.name} reads ${JSON.stringify(now)} after writing ${JSON.stringify(c.to)}`, 'the firmware did not take the setting; check it in the BIOS setup')
+    if (now !== c.to)
+      throw fail(
+        `BIOS attribute ${c.name} reads ${JSON.stringify(now)} after writing ${JSON.stringify(c.to)}`,
+        'the firmware did not take the setting; check it in the BIOS setup',
+      )
   }
   return { ...plan, pendingReboot: await backend.pendingReboot() }
 }

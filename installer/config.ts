@@ -6,42 +6,66 @@ import { patternProblem } from '../lib/pattern.ts'
 import { HostnameSchema } from './hostname.ts'
 
 // compiled (and kept) here: the installer matches with the same engine, lib/pattern.ts
-const pattern = z.string().min(1).superRefine((s, ctx) => {
-  const problem = patternProblem(s)
-  if (problem) ctx.addIssue({ code: 'custom', message: `not a pattern RE2 takes (no backreferences or lookaround): ${problem}` })
-}).describe('RE2 regular expression (linear time: no backreferences or lookaround), matched against the whole value')
+const pattern = z
+  .string()
+  .min(1)
+  .superRefine((s, ctx) => {
+    const problem = patternProblem(s)
+    if (problem) ctx.addIssue({ code: 'custom', message: `not a pattern RE2 takes (no backreferences or lookaround): ${problem}` })
+  })
+  .describe('RE2 regular expression (linear time: no backreferences or lookaround), matched against the whole value')
 
-export const ModelSchema = z.object({
-  vendor: z.string().min(1).describe('DMI sys_vendor, exactly (e.g. "Dell Inc.")'),
-  product: z.string().min(1).optional().describe('DMI product_name, exactly (e.g. "OptiPlex 7010")'),
-  productPattern: pattern.optional().describe('or a pattern for product_name (e.g. "OptiPlex 70[0-9]0")'),
-}).strict().refine((m) => (m.product === undefined) !== (m.productPattern === undefined), 'give exactly one of product and productPattern')
+export const ModelSchema = z
+  .object({
+    vendor: z.string().min(1).describe('DMI sys_vendor, exactly (e.g. "Dell Inc.")'),
+    product: z.string().min(1).optional().describe('DMI product_name, exactly (e.g. "OptiPlex 7010")'),
+    productPattern: pattern.optional().describe('or a pattern for product_name (e.g. "OptiPlex 70[0-9]0")'),
+  })
+  .strict()
+  .refine((m) => (m.product === undefined) !== (m.productPattern === undefined), 'give exactly one of product and productPattern')
 
-export const DiskMatchSchema = z.object({
-  rotational: z.boolean().describe('false: SSD/NVMe, true: spinning disk (the kernel\'s queue/rotational)'),
-  minSizeGiB: z.number().positive().describe('smallest acceptable disk'),
-  maxSizeGiB: z.number().positive().optional().describe('largest acceptable disk'),
-  model: pattern.optional().describe('pattern for the disk model'),
-  serial: pattern.optional().describe('pattern for the disk serial number'),
-  usb: z.boolean().default(false).describe('also consider USB-attached disks (the installer stick never is)'),
-}).strict()
+export const DiskMatchSchema = z
+  .object({
+    rotational: z.boolean().describe("false: SSD/NVMe, true: spinning disk (the kernel's queue/rotational)"),
+    minSizeGiB: z.number().positive().describe('smallest acceptable disk'),
+    maxSizeGiB: z.number().positive().optional().describe('largest acceptable disk'),
+    model: pattern.optional().describe('pattern for the disk model'),
+    serial: pattern.optional().describe('pattern for the disk serial number'),
+    usb: z.boolean().default(false).describe('also consider USB-attached disks (the installer stick never is)'),
+  })
+  .strict()
 
-export const InstallConfigSchema = z.object({
-  models: z.array(ModelSchema).min(1).describe('machines this config may image; any other is refused before anything is touched'),
-  disks: z.object({
-    ssd: DiskMatchSchema.describe('the disk for the root slots, /persistent, /var/log, /qcow2/backing'),
-    hdd: DiskMatchSchema.optional().describe('the disk for /qcow2/user; omit for a layout without HDD partitions'),
-    eraseForeignData: z.boolean().default(false).describe('allow erasing disks that hold partitions or data not written by labhost'),
-  }).strict(),
-  keep: z.array(z.string()).default(['persistent']).describe('partitions (by layout name) kept on a re-install when their filesystem is intact; persistent holds the host identity'),
-  bios: z.object({
-    backend: z.enum(['auto', 'sysfs', 'cctk', 'none']).default('auto').describe('auto: firmware-attributes sysfs class if present, else cctk if installed, else skip'),
-    passwordFile: z.string().optional().describe('file holding the BIOS admin password (relative to this config); never logged'),
-    settings: z.record(z.string(), z.string()).default({}).describe('attribute name -> desired value, e.g. Virtualization: Enabled'),
-  }).strict().default({ backend: 'auto', settings: {} }),
-  hostname: HostnameSchema.optional().describe('each host\'s own name, kept on /persistent (/persistent/hostname) and set at every boot; without it hosts are called labhost'),
-  finish: z.enum(['reboot', 'poweroff', 'none']).default('reboot').describe('what the machine does after a successful install'),
-}).strict()
+export const InstallConfigSchema = z
+  .object({
+    models: z.array(ModelSchema).min(1).describe('machines this config may image; any other is refused before anything is touched'),
+    disks: z
+      .object({
+        ssd: DiskMatchSchema.describe('the disk for the root slots, /persistent, /var/log, /qcow2/backing'),
+        hdd: DiskMatchSchema.optional().describe('the disk for /qcow2/user; omit for a layout without HDD partitions'),
+        eraseForeignData: z.boolean().default(false).describe('allow erasing disks that hold partitions or data not written by labhost'),
+      })
+      .strict(),
+    keep: z
+      .array(z.string())
+      .default(['persistent'])
+      .describe('partitions (by layout name) kept on a re-install when their filesystem is intact; persistent holds the host identity'),
+    bios: z
+      .object({
+        backend: z
+          .enum(['auto', 'sysfs', 'cctk', 'none'])
+          .default('auto')
+          .describe('auto: firmware-attributes sysfs class if present, else cctk if installed, else skip'),
+        passwordFile: z.string().optional().describe('file holding the BIOS admin password (relative to this config); never logged'),
+        settings: z.record(z.string(), z.string()).default({}).describe('attribute name -> desired value, e.g. Virtualization: Enabled'),
+      })
+      .strict()
+      .default({ backend: 'auto', settings: {} }),
+    hostname: HostnameSchema.optional().describe(
+      "each host's own name, kept on /persistent (/persistent/hostname) and set at every boot; without it hosts are called labhost",
+    ),
+    finish: z.enum(['reboot', 'poweroff', 'none']).default('reboot').describe('what the machine does after a successful install'),
+  })
+  .strict()
 
 export type InstallConfig = z.infer<typeof InstallConfigSchema>
 export type DiskMatch = z.infer<typeof DiskMatchSchema>

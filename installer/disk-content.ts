@@ -7,9 +7,7 @@ import { readGpt, openGptDisk } from '../bootloader/gpt.ts'
 import type { PlannedPartition } from './partition.ts'
 
 export type DiskContent =
-  | { kind: 'blank' }
-  | { kind: 'labhost'; partitions: { number: number; name: string; firstLba: number; lastLba: number }[] }
-  | { kind: 'foreign'; what: string }
+  { kind: 'blank' } | { kind: 'labhost'; partitions: { number: number; name: string; firstLba: number; lastLba: number }[] } | { kind: 'foreign'; what: string }
 
 const MiB = 1 << 20
 const isZero = (b: Buffer) => b.every((x) => x === 0)

@@ -34,7 +34,12 @@ const read = (f: string): string => {
 function vpdSerial(file: string): string {
   try {
     const b = fs.readFileSync(file)
-    return b.length > 4 ? b.subarray(4, 4 + b[3]!).toString('latin1').trim() : ''
+    return b.length > 4
+      ? b
+          .subarray(4, 4 + b[3]!)
+          .toString('latin1')
+          .trim()
+      : ''
   } catch {
     return ''
   }
@@ -59,8 +64,12 @@ export function describeBlockDisk(name: string, sysRoot = '/sys'): BlockDisk {
 /** Whole disks, without loop, RAM, optical, device-mapper and MD devices, and empty ones. */
 export function listDisks(sysRoot = '/sys'): BlockDisk[] {
   const dir = path.join(sysRoot, 'block')
-  return fs.readdirSync(dir).filter((n) => !/^(loop|ram|zram|sr|fd|dm-|md|nbd)/.test(n)).sort()
-    .map((n) => describeBlockDisk(n, sysRoot)).filter((d) => d.sizeBytes > 0)
+  return fs
+    .readdirSync(dir)
+    .filter((n) => !/^(loop|ram|zram|sr|fd|dm-|md|nbd)/.test(n))
+    .sort()
+    .map((n) => describeBlockDisk(n, sysRoot))
+    .filter((d) => d.sizeBytes > 0)
 }
 
 /** The kernel name of the disk a device path belongs to (its own name for a whole disk). */
@@ -98,7 +107,8 @@ export function bootMedia(stick?: string, mountsFile = '/proc/self/mounts'): Set
 }
 
 const matches = (pattern: string | undefined, v: string) => pattern === undefined || fullMatch(pattern, v)
-export const describe = (d: BlockDisk) => `${d.path} (${d.model || 'no model'}, serial ${d.serial || 'none'}, ${(d.sizeBytes / GiB).toFixed(1)} GiB${d.rotational ? ', rotational' : ''})`
+export const describe = (d: BlockDisk) =>
+  `${d.path} (${d.model || 'no model'}, serial ${d.serial || 'none'}, ${(d.sizeBytes / GiB).toFixed(1)} GiB${d.rotational ? ', rotational' : ''})`
 
 /**
  * The one disk for `role` among `disks`. Refuses (each with its own exit code) when none has the
@@ -114,19 +124,31 @@ export function selectDisk(role: 'ssd' | 'hdd', m: DiskMatch, disks: BlockDisk[]
   const seen = disks.map(describe).join('; ') || 'none'
   const range = `${m.minSizeGiB}${m.maxSizeGiB !== undefined ? `..${m.maxSizeGiB}` : '+'} GiB`
   if (candidates.length > 1) {
-    throw new LabhostError('diskAmbiguous', `${candidates.length} disks fit the ${label} (${m.rotational ? 'rotational' : 'non-rotational'}, ${range}): ${candidates.map(describe).join('; ')}`,
-      `narrow disks.${role} in install.yaml with maxSizeGiB, model or serial so exactly one matches; nothing was written`)
+    throw new LabhostError(
+      'diskAmbiguous',
+      `${candidates.length} disks fit the ${label} (${m.rotational ? 'rotational' : 'non-rotational'}, ${range}): ${candidates.map(describe).join('; ')}`,
+      `narrow disks.${role} in install.yaml with maxSizeGiB, model or serial so exactly one matches; nothing was written`,
+    )
   }
   const bootOnly = kind.filter((d) => excluded.has(d.name) && fits(d))
   if (bootOnly.length) {
-    throw new LabhostError('diskIsBootMedium', `the only disk that fits the ${label} is the installer's own medium ${bootOnly.map(describe).join('; ')} (or holds a mounted filesystem)`,
-      `connect the ${label} (the stick, and a disk in use, are never a target; unmount it if it is yours to erase); nothing was written`)
+    throw new LabhostError(
+      'diskIsBootMedium',
+      `the only disk that fits the ${label} is the installer's own medium ${bootOnly.map(describe).join('; ')} (or holds a mounted filesystem)`,
+      `connect the ${label} (the stick, and a disk in use, are never a target; unmount it if it is yours to erase); nothing was written`,
+    )
   }
   const wrongSize = kind.filter((d) => !excluded.has(d.name))
   if (wrongSize.length) {
-    throw new LabhostError('diskTooSmall', `no ${label} of ${range}: found ${wrongSize.map(describe).join('; ')}`,
-      `fit a larger ${label} or change disks.${role}.minSizeGiB in install.yaml; nothing was written`)
+    throw new LabhostError(
+      'diskTooSmall',
+      `no ${label} of ${range}: found ${wrongSize.map(describe).join('; ')}`,
+      `fit a larger ${label} or change disks.${role}.minSizeGiB in install.yaml; nothing was written`,
+    )
   }
-  throw new LabhostError('diskMissing', `no ${m.rotational ? 'rotational' : 'non-rotational'} disk${m.model ? ` with model /${m.model}/` : ''}${m.serial ? ` with serial /${m.serial}/` : ''} for the ${label} (disks seen: ${seen})`,
-    `connect the ${label}, or correct disks.${role} in install.yaml; nothing was written`)
+  throw new LabhostError(
+    'diskMissing',
+    `no ${m.rotational ? 'rotational' : 'non-rotational'} disk${m.model ? ` with model /${m.model}/` : ''}${m.serial ? ` with serial /${m.serial}/` : ''} for the ${label} (disks seen: ${seen})`,
+    `connect the ${label}, or correct disks.${role} in install.yaml; nothing was written`,
+  )
 }

@@ -29,7 +29,10 @@ export function readKeptHostname(persistent: string): string | null {
   }
 }
 
-const KEY_TYPES = [['ed25519', []], ['rsa', ['-b', '3072']]] as const
+const KEY_TYPES = [
+  ['ed25519', []],
+  ['rsa', ['-b', '3072']],
+] as const
 
 export async function ensureIdentity(persistent: string, o: { newIdentity?: boolean; hostname?: string } = {}): Promise<Identity> {
   const sshDir = path.join(persistent, 'ssh')

@@ -86,12 +86,25 @@ function pickDisk(role: DiskRole, config: InstallConfig, named: string | undefin
   const match = config.disks[role]!
   if (!named) return selectDisk(role, match, listDisks(sysRoot), excluded)
   if (!fs.existsSync(named) || !fs.statSync(named).isBlockDevice()) {
-    throw new LabhostError('diskMissing', `--${role} ${named} is not a block device`, 'name a disk such as /dev/sdb (losetup makes one of an image file); nothing was written')
+    throw new LabhostError(
+      'diskMissing',
+      `--${role} ${named} is not a block device`,
+      'name a disk such as /dev/sdb (losetup makes one of an image file); nothing was written',
+    )
   }
   const d = { ...describeBlockDisk(diskNameOf(named)), path: named }
-  if (excluded.has(d.name)) throw new LabhostError('diskIsBootMedium', `--${role} ${named} is the installer's own medium or holds a mounted filesystem`, 'the stick, and a disk in use, are never a target (unmount it if it is yours to erase); nothing was written')
+  if (excluded.has(d.name))
+    throw new LabhostError(
+      'diskIsBootMedium',
+      `--${role} ${named} is the installer's own medium or holds a mounted filesystem`,
+      'the stick, and a disk in use, are never a target (unmount it if it is yours to erase); nothing was written',
+    )
   if (d.sizeBytes < match.minSizeGiB * 2 ** 30) {
-    throw new LabhostError('diskTooSmall', `--${role} ${describe(d)} is smaller than disks.${role}.minSizeGiB ${match.minSizeGiB} GiB`, 'use a larger disk; nothing was written')
+    throw new LabhostError(
+      'diskTooSmall',
+      `--${role} ${describe(d)} is smaller than disks.${role}.minSizeGiB ${match.minSizeGiB} GiB`,
+      'use a larger disk; nothing was written',
+    )
   }
   return d
 }
@@ -101,38 +114,63 @@ function pickDisk(role: DiskRole, config: InstallConfig, named: string | undefin
  * finish (installer/unfinished.ts): whatever it holds is that install's work, imaged again, and
  * what that install kept is kept again.
  */
-function planOne(role: DiskRole, disk: BlockDisk, layout: Layout, config: InstallConfig, configFile: string, newIdentity: boolean,
-  unfinished?: { startedAt: string; kept: string[] }): PlannedDisk {
+function planOne(
+  role: DiskRole,
+  disk: BlockDisk,
+  layout: Layout,
+  config: InstallConfig,
+  configFile: string,
+  newIdentity: boolean,
+  unfinished?: { startedAt: string; kept: string[] },
+): PlannedDisk {
   let parts: PlannedPartition[]
   try {
     parts = planDisk(layout, role, disk.sizeBytes, disk.sectorSize)
   } catch (e) {
-    if (e instanceof LabhostError && e.code === 'diskTooSmall') throw new LabhostError('diskTooSmall', `${describe(disk)}: ${e.message}`, 'use a larger disk; nothing was written', {}, { cause: e })
+    if (e instanceof LabhostError && e.code === 'diskTooSmall')
+      throw new LabhostError('diskTooSmall', `${describe(disk)}: ${e.message}`, 'use a larger disk; nothing was written', {}, { cause: e })
     throw e
   }
   const content = classifyDisk(disk.path, parts)
   if (content.kind === 'foreign' && !config.disks.eraseForeignData && !unfinished) {
-    throw new LabhostError('diskHasData', `the ${role.toUpperCase()} ${describe(disk)} holds ${content.what}`,
-      `set disks.eraseForeignData: true in ${configFile} to erase it, or wipe it first; nothing was written`)
+    throw new LabhostError(
+      'diskHasData',
+      `the ${role.toUpperCase()} ${describe(disk)} holds ${content.what}`,
+      `set disks.eraseForeignData: true in ${configFile} to erase it, or wipe it first; nothing was written`,
+    )
   }
   const partitions = parts.map((p, i) => {
-    const action = role === 'ssd' && i === 0 ? 'image' as const : role === 'ssd' && i === 1 ? 'empty' as const : 'mkfs' as const
+    const action = role === 'ssd' && i === 0 ? ('image' as const) : role === 'ssd' && i === 1 ? ('empty' as const) : ('mkfs' as const)
     if (action !== 'mkfs' || !config.keep.includes(p.name) || (newIdentity && p.mount === '/persistent')) return { ...p, action }
     const intactAt = () => ext4UuidAt(disk.path, p.firstLba * disk.sectorSize)?.toLowerCase() === p.fsUuid?.toLowerCase()
     if (unfinished) {
       // what the unfinished install kept is where the plan puts it, whatever its cut left of the
       // GPT; a filesystem it was making may be half made, whatever its superblock says
-      return { ...p, action: unfinished.kept.includes(p.name) && intactAt() ? 'keep' as const : action }
+      return { ...p, action: unfinished.kept.includes(p.name) && intactAt() ? ('keep' as const) : action }
     }
     if (content.kind !== 'labhost') return { ...p, action }
     const old = content.partitions.find((q) => q.number === p.number)
     const same = old && old.firstLba === p.firstLba && old.lastLba === p.lastLba
-    return { ...p, action: same && intactAt() ? 'keep' as const : action }
+    return { ...p, action: same && intactAt() ? ('keep' as const) : action }
   })
-  const erases = unfinished && content.kind !== 'blank' ? `the unfinished install this stick started at ${unfinished.startedAt} (${content.kind === 'foreign' ? content.what : 'labhost partitions'}), except ${partitions.filter((p) => p.action === 'keep').map((p) => p.name).join(', ') || 'nothing'}`
-    : content.kind === 'blank' ? 'nothing (the disk is blank)'
-    : content.kind === 'foreign' ? `everything: ${content.what}`
-      : `the earlier labhost install, except ${partitions.filter((p) => p.action === 'keep').map((p) => p.name).join(', ') || 'nothing'}`
+  const erases =
+    unfinished && content.kind !== 'blank'
+      ? `the unfinished install this stick started at ${unfinished.startedAt} (${content.kind === 'foreign' ? content.what : 'labhost partitions'}), except ${
+          partitions
+            .filter((p) => p.action === 'keep')
+            .map((p) => p.name)
+            .join(', ') || 'nothing'
+        }`
+      : content.kind === 'blank'
+        ? 'nothing (the disk is blank)'
+        : content.kind === 'foreign'
+          ? `everything: ${content.what}`
+          : `the earlier labhost install, except ${
+              partitions
+                .filter((p) => p.action === 'keep')
+                .map((p) => p.name)
+                .join(', ') || 'nothing'
+            }`
   return { role, disk, content, partitions, erases }
 }
 
@@ -144,21 +182,36 @@ export async function planInstall(o: InstallOptions): Promise<{ plan: InstallPla
   const trusted = readPublicKey(o.trustedKey)
   const source = await openSource(o.image, trusted)
   const layout = source.manifest.diskLayout
-  if (!layout) throw new LabhostError('manifestInvalid', `${source.manifestWhere} does not carry its disk layout`, 'rebuild the image with this labhost version')
+  if (!layout)
+    throw new LabhostError('manifestInvalid', `${source.manifestWhere} does not carry its disk layout`, 'rebuild the image with this labhost version')
   const firmware = fs.existsSync(path.join(o.sysRoot ?? '/sys', 'firmware/efi')) ? 'uefi' : 'bios'
   if (firmware === 'uefi' && !layout.esp) {
-    throw new LabhostError('uefiUnsupported', `this PC boots by UEFI, and the layout of ${source.manifestWhere} has no EFI system partition`,
-      'build the image for a layout with an esp: section (the default layout has one), or switch the PC to legacy boot (CSM); nothing was written')
+    throw new LabhostError(
+      'uefiUnsupported',
+      `this PC boots by UEFI, and the layout of ${source.manifestWhere} has no EFI system partition`,
+      'build the image for a layout with an esp: section (the default layout has one), or switch the PC to legacy boot (CSM); nothing was written',
+    )
   }
   const bios = await planBios(config.bios, o.sysRoot)
   const excluded = bootMedia(o.stick)
   const roles: DiskRole[] = layout.partitions.some((p) => p.disk === 'hdd') ? ['ssd', 'hdd'] : ['ssd']
   if (roles.includes('hdd') && !config.disks.hdd) {
-    throw new LabhostError('configInvalid', `${o.config}: disks.hdd: missing, but the image's layout has HDD partitions (${layout.partitions.filter((p) => p.disk === 'hdd').map((p) => p.name).join(', ')})`, 'describe the HDD under disks.hdd')
+    throw new LabhostError(
+      'configInvalid',
+      `${o.config}: disks.hdd: missing, but the image's layout has HDD partitions (${layout.partitions
+        .filter((p) => p.disk === 'hdd')
+        .map((p) => p.name)
+        .join(', ')})`,
+      'describe the HDD under disks.hdd',
+    )
   }
   const chosen = roles.map((role) => pickDisk(role, config, role === 'ssd' ? o.ssd : o.hdd, excluded, o.sysRoot ?? '/sys'))
   if (chosen.length === 2 && chosen[0]!.name === chosen[1]!.name) {
-    throw new LabhostError('diskAmbiguous', `the SSD and the HDD would be the same disk ${describe(chosen[0]!)}`, 'give them different properties in install.yaml; nothing was written')
+    throw new LabhostError(
+      'diskAmbiguous',
+      `the SSD and the HDD would be the same disk ${describe(chosen[0]!)}`,
+      'give them different properties in install.yaml; nothing was written',
+    )
   }
   const unfinished = readUnfinished(o.reportDir)
   const disks = chosen.map((d, i) => {
@@ -174,15 +227,22 @@ export async function planInstall(o: InstallOptions): Promise<{ plan: InstallPla
 }
 
 export function renderPlan(p: InstallPlan, dryRun: boolean): string {
-  const lines = [`machine: ${p.machine.vendor} / ${p.machine.product}${p.machine.serial ? ` (serial ${p.machine.serial})` : ''}, ${p.firmware === 'uefi' ? 'UEFI' : 'legacy BIOS'} firmware`,
+  const lines = [
+    `machine: ${p.machine.vendor} / ${p.machine.product}${p.machine.serial ? ` (serial ${p.machine.serial})` : ''}, ${p.firmware === 'uefi' ? 'UEFI' : 'legacy BIOS'} firmware`,
     `image: ${p.image.name} ${p.image.version} (${(p.image.bytes / 2 ** 20).toFixed(0)} MiB)`,
-    `hostname: ${p.hostname ? `${p.hostname.name} (${p.hostname.from})` : 'none set in install.yaml (the image\'s own, labhost)'}${p.disks[0]?.partitions.some((q) => q.action === 'keep' && q.mount === '/persistent') ? '; a name already on the kept /persistent stays' : ''}`,
-    `BIOS (${p.bios.backend}${p.bios.where ? ` ${p.bios.where}` : ''}): ${p.bios.changes.map((c) => `${c.name} ${c.from} -> ${c.to}`).join(', ') || 'no changes'}${p.bios.unchanged.length ? `; already set: ${p.bios.unchanged.join(', ')}` : ''}`]
+    `hostname: ${p.hostname ? `${p.hostname.name} (${p.hostname.from})` : "none set in install.yaml (the image's own, labhost)"}${p.disks[0]?.partitions.some((q) => q.action === 'keep' && q.mount === '/persistent') ? '; a name already on the kept /persistent stays' : ''}`,
+    `BIOS (${p.bios.backend}${p.bios.where ? ` ${p.bios.where}` : ''}): ${p.bios.changes.map((c) => `${c.name} ${c.from} -> ${c.to}`).join(', ') || 'no changes'}${p.bios.unchanged.length ? `; already set: ${p.bios.unchanged.join(', ')}` : ''}`,
+  ]
   for (const d of p.disks) {
     lines.push(`${d.role.toUpperCase()}: ${describe(d.disk)}`, `  erases: ${d.erases}`)
     for (const q of d.partitions) {
       const size = ((q.lastLba - q.firstLba + 1) * d.disk.sectorSize) / 2 ** 20
-      const what = { image: 'write the root image (slot A, boots first)', empty: 'left empty (slot B, for the first update)', mkfs: q.esp ? 'new FAT: the UEFI selector (\\EFI\\BOOT\\BOOTX64.EFI)' : `new ext4 ${q.fsUuid}`, keep: `kept (ext4 ${q.fsUuid} intact)` }[q.action]
+      const what = {
+        image: 'write the root image (slot A, boots first)',
+        empty: 'left empty (slot B, for the first update)',
+        mkfs: q.esp ? 'new FAT: the UEFI selector (\\EFI\\BOOT\\BOOTX64.EFI)' : `new ext4 ${q.fsUuid}`,
+        keep: `kept (ext4 ${q.fsUuid} intact)`,
+      }[q.action]
       lines.push(`  ${String(q.number).padStart(2)} ${q.name.padEnd(12)} ${size.toFixed(0).padStart(7)} MiB  ${(q.mount ?? '').padEnd(15)} ${what}`)
     }
   }
@@ -213,11 +273,18 @@ export async function runInstall(o: InstallOptions): Promise<{ plan: InstallPlan
   // From here on the disks change: a power cut leaves them to this stick's re-run (unfinished.ts).
   if (o.reportDir) {
     const earlier = readUnfinished(o.reportDir)?.disks ?? []
-    markUnfinished(o.reportDir, plan.disks.map((d) => {
-      const identity = diskIdentity(d.disk)
-      return { role: d.role, identity, kept: d.partitions.filter((p) => p.action === 'keep').map((p) => p.name),
-        startedAt: earlier.find((e) => e.identity === identity)?.startedAt ?? startedAt.toISOString() }
-    }))
+    markUnfinished(
+      o.reportDir,
+      plan.disks.map((d) => {
+        const identity = diskIdentity(d.disk)
+        return {
+          role: d.role,
+          identity,
+          kept: d.partitions.filter((p) => p.action === 'keep').map((p) => p.name),
+          startedAt: earlier.find((e) => e.identity === identity)?.startedAt ?? startedAt.toISOString(),
+        }
+      }),
+    )
   }
   for (const d of plan.disks) {
     await step(`partition the ${d.role.toUpperCase()}`, async () => {
@@ -236,20 +303,31 @@ export async function runInstall(o: InstallOptions): Promise<{ plan: InstallPlan
   })
   const esp = ssd.partitions.find((p) => p.esp)
   if (esp) {
-    await step('install the UEFI selector', () => withPartitionMounted(ssd.disk.path, slotA, ssd.disk.sectorSize, async (root) => {
-      // from the slot just written and read back against the signed manifest: as trusted as the image
-      const selector = path.join(root, SELECTOR_IN_IMAGE)
-      if (!fs.existsSync(selector)) {
-        if (plan.firmware === 'uefi') {
-          throw new LabhostError('uefiUnsupported', `image ${plan.image.name} ${plan.image.version} carries no UEFI selector (/${SELECTOR_IN_IMAGE}), and this PC boots by UEFI`,
-            'rebuild the image with this labhost version (an image for a layout with an ESP carries the selector); slot A is written, the PC will not boot from the SSD yet')
-        }
-        log(`the image carries no UEFI selector: the ESP stays empty (this PC boots by legacy BIOS)`)
-        return
-      }
-      await installSelector(ssd.disk.path, esp, ssd.disk.sectorSize, selector)
-      log(`UEFI selector on the ESP (partition ${esp.number}): \\EFI\\BOOT\\BOOTX64.EFI`)
-    }, { readOnly: true }))
+    await step('install the UEFI selector', () =>
+      withPartitionMounted(
+        ssd.disk.path,
+        slotA,
+        ssd.disk.sectorSize,
+        async (root) => {
+          // from the slot just written and read back against the signed manifest: as trusted as the image
+          const selector = path.join(root, SELECTOR_IN_IMAGE)
+          if (!fs.existsSync(selector)) {
+            if (plan.firmware === 'uefi') {
+              throw new LabhostError(
+                'uefiUnsupported',
+                `image ${plan.image.name} ${plan.image.version} carries no UEFI selector (/${SELECTOR_IN_IMAGE}), and this PC boots by UEFI`,
+                'rebuild the image with this labhost version (an image for a layout with an ESP carries the selector); slot A is written, the PC will not boot from the SSD yet',
+              )
+            }
+            log(`the image carries no UEFI selector: the ESP stays empty (this PC boots by legacy BIOS)`)
+            return
+          }
+          await installSelector(ssd.disk.path, esp, ssd.disk.sectorSize, selector)
+          log(`UEFI selector on the ESP (partition ${esp.number}): \\EFI\\BOOT\\BOOTX64.EFI`)
+        },
+        { readOnly: true },
+      ),
+    )
   }
   await step('install gptmbr', async () => {
     const disk = Disk.open(ssd.disk.path)
@@ -260,21 +338,32 @@ export async function runInstall(o: InstallOptions): Promise<{ plan: InstallPlan
     }
   })
   const persistent = ssd.partitions.find((p) => p.mount === '/persistent')
-  if (!persistent) throw new LabhostError('configInvalid', 'the image layout has no /persistent partition for the host identity', 'use a layout with a persistent partition')
+  if (!persistent)
+    throw new LabhostError('configInvalid', 'the image layout has no /persistent partition for the host identity', 'use a layout with a persistent partition')
   let report: InstallReport | undefined
-  await step('identity and report', () => withPartitionMounted(ssd.disk.path, persistent, ssd.disk.sectorSize, async (dir) => {
-    const identity = await ensureIdentity(dir, { newIdentity: o.newIdentity, hostname: plan.hostname?.name })
-    log(`identity: machine ${identity.machineUuid}, ssh ed25519 ${identity.sshHostKeys.ed25519} (${identity.created ? 'new' : 'kept'})`)
-    const hostname = identity.hostname === null ? null
-      : identity.hostname.kept ? { name: identity.hostname.name, from: '/persistent/hostname (an earlier install)', kept: true } : { ...plan.hostname!, kept: false }
-    if (hostname?.kept && plan.hostname && plan.hostname.name !== hostname.name) log(`hostname: kept ${hostname.name} from /persistent (install.yaml would give ${plan.hostname.name}: --new-identity takes that)`)
-    else if (hostname) log(`hostname: ${hostname.name} (${hostname.kept ? 'kept' : 'new'})`)
-    report = { ...plan, bios, hostname, identity, steps, startedAt: startedAt.toISOString(), finishedAt: new Date().toISOString(), labhost: LABHOST_VERSION }
-    writeDurable(path.join(dir, 'install-report.json'), JSON.stringify(report, null, 2) + '\n')
-  }))
+  await step('identity and report', () =>
+    withPartitionMounted(ssd.disk.path, persistent, ssd.disk.sectorSize, async (dir) => {
+      const identity = await ensureIdentity(dir, { newIdentity: o.newIdentity, hostname: plan.hostname?.name })
+      log(`identity: machine ${identity.machineUuid}, ssh ed25519 ${identity.sshHostKeys.ed25519} (${identity.created ? 'new' : 'kept'})`)
+      const hostname =
+        identity.hostname === null
+          ? null
+          : identity.hostname.kept
+            ? { name: identity.hostname.name, from: '/persistent/hostname (an earlier install)', kept: true }
+            : { ...plan.hostname!, kept: false }
+      if (hostname?.kept && plan.hostname && plan.hostname.name !== hostname.name)
+        log(`hostname: kept ${hostname.name} from /persistent (install.yaml would give ${plan.hostname.name}: --new-identity takes that)`)
+      else if (hostname) log(`hostname: ${hostname.name} (${hostname.kept ? 'kept' : 'new'})`)
+      report = { ...plan, bios, hostname, identity, steps, startedAt: startedAt.toISOString(), finishedAt: new Date().toISOString(), labhost: LABHOST_VERSION }
+      writeDurable(path.join(dir, 'install-report.json'), JSON.stringify(report, null, 2) + '\n')
+    }),
+  )
   report!.finishedAt = new Date().toISOString()
   if (o.reportDir) {
-    clearUnfinished(o.reportDir, plan.disks.map((d) => diskIdentity(d.disk)))
+    clearUnfinished(
+      o.reportDir,
+      plan.disks.map((d) => diskIdentity(d.disk)),
+    )
     const name = `${reportName(report!.hostname?.name, plan.machine)}-${startedAt.toISOString().replace(/[:.]/g, '-')}.json`
     fs.writeFileSync(path.join(o.reportDir, name), JSON.stringify(report, null, 2) + '\n')
     log(`report: ${path.join(o.reportDir, name)}`)

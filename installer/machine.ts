@@ -29,9 +29,20 @@ export function readMachine(sysRoot = '/sys'): Machine {
   const vendor = read(dir, 'sys_vendor')
   const product = read(dir, 'product_name')
   if (vendor === null || product === null) {
-    throw new LabhostError('modelRejected', `${dir} has no sys_vendor/product_name: the machine model cannot be checked`, 'run the installer on the PC itself (DMI is needed); nothing was written')
+    throw new LabhostError(
+      'modelRejected',
+      `${dir} has no sys_vendor/product_name: the machine model cannot be checked`,
+      'run the installer on the PC itself (DMI is needed); nothing was written',
+    )
   }
-  return { vendor, product, serial: read(dir, 'product_serial'), assetTag: read(dir, 'chassis_asset_tag'), biosVersion: read(dir, 'bios_version'), nics: readNics(sysRoot) }
+  return {
+    vendor,
+    product,
+    serial: read(dir, 'product_serial'),
+    assetTag: read(dir, 'chassis_asset_tag'),
+    biosVersion: read(dir, 'bios_version'),
+    nics: readNics(sysRoot),
+  }
 }
 
 /** Interfaces under `<sysRoot>/class/net` backed by a device (not lo, bridges, veths) with an Ethernet MAC, wireless ones left out (no Wake-on-LAN). */
@@ -46,13 +57,24 @@ export function readNics(sysRoot = '/sys'): { name: string; mac: string }[] {
   return names.flatMap((name) => {
     const nic = path.join(dir, name)
     const mac = read(nic, 'address')
-    if (!fs.existsSync(path.join(nic, 'device')) || fs.existsSync(path.join(nic, 'wireless')) || read(nic, 'type') !== '1' || !mac || !/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/.test(mac)) return []
+    if (
+      !fs.existsSync(path.join(nic, 'device')) ||
+      fs.existsSync(path.join(nic, 'wireless')) ||
+      read(nic, 'type') !== '1' ||
+      !mac ||
+      !/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/.test(mac)
+    )
+      return []
     return [{ name, mac }]
   })
 }
 
 /** A models: entry of install.yaml (installer/config.ts's ModelSchema: a product or a productPattern). */
-interface ModelRule { vendor: string; product?: string; productPattern?: string }
+interface ModelRule {
+  vendor: string
+  product?: string
+  productPattern?: string
+}
 
 export function modelAllowed(config: { models: readonly ModelRule[] }, m: Machine): boolean {
   return config.models.some((a) => a.vendor === m.vendor && (a.product !== undefined ? a.product === m.product : fullMatch(a.productPattern!, m.product)))
@@ -61,6 +83,9 @@ export function modelAllowed(config: { models: readonly ModelRule[] }, m: Machin
 export function requireModel(config: { models: readonly ModelRule[] }, configFile: string, m: Machine): void {
   if (modelAllowed(config, m)) return
   const allowed = config.models.map((a) => `${a.vendor} / ${a.product ?? `/${a.productPattern}/`}`).join('; ')
-  throw new LabhostError('modelRejected', `this machine is "${m.vendor} / ${m.product}", which ${configFile} does not list (allowed: ${allowed})`,
-    'add the model to models: in install.yaml if it is meant to be imaged; nothing was written')
+  throw new LabhostError(
+    'modelRejected',
+    `this machine is "${m.vendor} / ${m.product}", which ${configFile} does not list (allowed: ${allowed})`,
+    'add the model to models: in install.yaml if it is meant to be imaged; nothing was written',
+  )
 }

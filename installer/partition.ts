@@ -41,8 +41,11 @@ export function planDisk(layout: Layout, role: DiskRole, diskBytes: number, sect
   const add = (name: string, partuuid: string, sizeMiB: number | 'rest', extra: Partial<PlannedPartition> = {}) => {
     const last = sizeMiB === 'rest' ? Math.floor((usableEnd + 1) / perMiB) * perMiB - 1 : next + sizeMiB * perMiB - 1
     if (last > usableEnd || last < next) {
-      throw new LabhostError('diskTooSmall', `the ${role.toUpperCase()} (${(diskBytes / MiB).toFixed(0)} MiB) is too small for partition ${name} of the layout`,
-        'use a larger disk or a layout with smaller partitions')
+      throw new LabhostError(
+        'diskTooSmall',
+        `the ${role.toUpperCase()} (${(diskBytes / MiB).toFixed(0)} MiB) is too small for partition ${name} of the layout`,
+        'use a larger disk or a layout with smaller partitions',
+      )
     }
     out.push({ number: out.length + 1, name, partuuid, firstLba: next, lastLba: last, ...extra })
     next = last + 1
@@ -54,15 +57,21 @@ export function planDisk(layout: Layout, role: DiskRole, diskBytes: number, sect
   const parts = layout.partitions.filter((p: LayoutPartition) => p.disk === role)
   parts.forEach((p, i) => {
     if (p.sizeMiB === 'rest' && i < parts.length - 1) {
-      throw new LabhostError('configInvalid', `layout: partition ${p.name} takes the rest of the ${role.toUpperCase()} but is not its last partition`,
-        "give it a size in MiB, or move it last on its disk")
+      throw new LabhostError(
+        'configInvalid',
+        `layout: partition ${p.name} takes the rest of the ${role.toUpperCase()} but is not its last partition`,
+        'give it a size in MiB, or move it last on its disk',
+      )
     }
     add(p.name, p.partuuid, p.sizeMiB, { fsUuid: p.fsUuid, mount: p.mount })
   })
   if (esp) {
     if (espFirst < next) {
-      throw new LabhostError('diskTooSmall', `the SSD (${(diskBytes / MiB).toFixed(0)} MiB) is too small for the EFI system partition of the layout`,
-        'use a larger disk or a layout with smaller partitions')
+      throw new LabhostError(
+        'diskTooSmall',
+        `the SSD (${(diskBytes / MiB).toFixed(0)} MiB) is too small for the EFI system partition of the layout`,
+        'use a larger disk or a layout with smaller partitions',
+      )
     }
     out.push({ number: out.length + 1, name: esp.name, partuuid: esp.partuuid, firstLba: espFirst, lastLba: espFirst + esp.sizeMiB * perMiB - 1, esp: true })
   }
@@ -72,7 +81,16 @@ export function planDisk(layout: Layout, role: DiskRole, diskBytes: number, sect
 export function sgdiskArgs(plan: PlannedPartition[], bootSlot: 'A' | 'B' | null): string[] {
   const args = ['--zap-all', '--clear']
   for (const p of plan) {
-    args.push('-n', `${p.number}:${p.firstLba}:${p.lastLba}`, '-c', `${p.number}:${p.name}`, '-u', `${p.number}:${p.partuuid}`, '-t', `${p.number}:${p.esp ? ESP_TYPE_CODE : '8300'}`)
+    args.push(
+      '-n',
+      `${p.number}:${p.firstLba}:${p.lastLba}`,
+      '-c',
+      `${p.number}:${p.name}`,
+      '-u',
+      `${p.number}:${p.partuuid}`,
+      '-t',
+      `${p.number}:${p.esp ? ESP_TYPE_CODE : '8300'}`,
+    )
   }
   if (bootSlot) args.push('-A', `${bootSlot === 'A' ? 1 : 2}:set:2`)
   return args
@@ -106,6 +124,5 @@ export async function makeFilesystem(diskFile: string, p: PlannedPartition, sect
     return
   }
   if (!p.fsUuid) return
-  await withPartitionDevice(diskFile, p, sectorSize, (dev) =>
-    run('mkfs.ext4', ['-q', '-F', '-b', '4096', '-U', p.fsUuid!, '-L', p.name, dev]))
+  await withPartitionDevice(diskFile, p, sectorSize, (dev) => run('mkfs.ext4', ['-q', '-F', '-b', '4096', '-U', p.fsUuid!, '-L', p.name, dev]))
 }

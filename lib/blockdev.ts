@@ -95,8 +95,11 @@ export class Disk {
   static open(diskPath: string, opts: { sectorSize?: number } = {}): Disk {
     const info = describeDisk(diskPath, opts.sectorSize)
     if (info.sectorSize !== 512 && info.sectorSize !== 4096) {
-      throw new LabhostError('sectorSizeUnsupported', `${diskPath} has ${info.sectorSize}-byte logical sectors`,
-        'labhost supports 512-byte and 4096-byte (4Kn) disks')
+      throw new LabhostError(
+        'sectorSizeUnsupported',
+        `${diskPath} has ${info.sectorSize}-byte logical sectors`,
+        'labhost supports 512-byte and 4096-byte (4Kn) disks',
+      )
     }
     try {
       return new Disk(info, fs.openSync(diskPath, 'r'))
@@ -119,7 +122,11 @@ export class Disk {
     while (done < length) {
       const n = fs.readSync(this.fd, buf, done, length - done, offset + done)
       if (n === 0) {
-        throw new LabhostError('io', `short read on ${this.info.path} at byte ${offset + done}`, 'the disk is smaller than its partition table says; check the device')
+        throw new LabhostError(
+          'io',
+          `short read on ${this.info.path} at byte ${offset + done}`,
+          'the disk is smaller than its partition table says; check the device',
+        )
       }
       done += n
     }
@@ -141,8 +148,11 @@ export class Disk {
     if (this.info.isBlockDevice) {
       if (writeOneSectorDirect(this.info.path, Number(lba) * this.sectorSize, data)) return
       // O_DIRECT write, then fsync before dd exits (busybox dd, on the hosts, has no oflag=dsync)
-      await run('dd', [`of=${this.info.path}`, `bs=${this.sectorSize}`, `seek=${lba}`, 'count=1',
-        'iflag=fullblock', 'oflag=direct', 'conv=notrunc,fsync', 'status=none'], { input: data })
+      await run(
+        'dd',
+        [`of=${this.info.path}`, `bs=${this.sectorSize}`, `seek=${lba}`, 'count=1', 'iflag=fullblock', 'oflag=direct', 'conv=notrunc,fsync', 'status=none'],
+        { input: data },
+      )
       return
     }
     const fd = fs.openSync(this.info.path, 'r+')

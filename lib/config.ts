@@ -31,9 +31,12 @@ export function parseConfig<S extends z.ZodType>(file: string, text: string, sch
     const where = issue.path.length ? issue.path.join('.') : '(top level)'
     const found = issue.code === 'unrecognized_keys' ? `unknown key(s) ${issue.keys.join(', ')}` : `value ${show(valueAt(doc, issue.path))}`
     const more = r.error.issues.length > 1 ? ` (+${r.error.issues.length - 1} more)` : ''
-    throw new LabhostError('configInvalid', `${file}: ${where}: ${issue.message}; found ${found}${more}`,
+    throw new LabhostError(
+      'configInvalid',
+      `${file}: ${where}: ${issue.message}; found ${found}${more}`,
       'correct that key; the JSON Schema for editors is written by `labhost schema`',
-      { file, path: issue.path.map(String), issues: r.error.issues.map((i) => ({ path: i.path.map(String), message: i.message })) })
+      { file, path: issue.path.map(String), issues: r.error.issues.map((i) => ({ path: i.path.map(String), message: i.message })) },
+    )
   }
   return r.data
 }

@@ -62,14 +62,23 @@ export class DirectFile {
 
   /** Read exactly `length` bytes at `position` (both multiples of DIRECT_ALIGN) into `buf`. */
   async read(buf: Buffer, length: number, position: number): Promise<void> {
-    const done = await readUpTo(this.fd, buf, length, position).catch((e) => { throw ioError(this.path, 'read', e) })
-    if (done < length) throw new LabhostError('io', `${this.path} ends at byte ${position + done}, before the image does`, 'the disk is smaller than its partition table says; check the device')
+    const done = await readUpTo(this.fd, buf, length, position).catch((e) => {
+      throw ioError(this.path, 'read', e)
+    })
+    if (done < length)
+      throw new LabhostError(
+        'io',
+        `${this.path} ends at byte ${position + done}, before the image does`,
+        'the disk is smaller than its partition table says; check the device',
+      )
   }
 
   async write(buf: Buffer, length: number, position: number): Promise<void> {
     let done = 0
     while (done < length) {
-      const { bytesWritten } = await writeAt(this.fd, buf, done, length - done, position + done).catch((e) => { throw ioError(this.path, 'write', e) })
+      const { bytesWritten } = await writeAt(this.fd, buf, done, length - done, position + done).catch((e) => {
+        throw ioError(this.path, 'write', e)
+      })
       done += bytesWritten
     }
   }
@@ -90,7 +99,9 @@ export class DirectFile {
   }
 
   async sync(): Promise<void> {
-    await fdatasync(this.fd).catch((e) => { throw ioError(this.path, 'sync', e) })
+    await fdatasync(this.fd).catch((e) => {
+      throw ioError(this.path, 'sync', e)
+    })
   }
 
   close(): void {
@@ -110,5 +121,11 @@ export async function readUpTo(fd: number, buf: Buffer, length: number, position
 }
 
 function ioError(file: string, what: string, e: unknown): LabhostError {
-  return new LabhostError('io', `${what} on ${file} failed: ${(e as Error).message}`, 'check the disk (dmesg) and run as root; only the target slot was written, nothing was switched', {}, { cause: e })
+  return new LabhostError(
+    'io',
+    `${what} on ${file} failed: ${(e as Error).message}`,
+    'check the disk (dmesg) and run as root; only the target slot was written, nothing was switched',
+    {},
+    { cause: e },
+  )
 }

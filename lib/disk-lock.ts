@@ -37,9 +37,13 @@ export async function lockDisk(diskPath: string, what: string): Promise<DiskLock
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw e
     const holder = await askHolder(name)
-    throw new LabhostError('busy', `${diskPath} is in use by another labhost process${holder ? `: ${holder}` : ''}`,
+    throw new LabhostError(
+      'busy',
+      `${diskPath} is in use by another labhost process${holder ? `: ${holder}` : ''}`,
       'wait for it to finish and try again (the lock is freed when its holder exits, also when it is killed); nothing was written',
-      { lock: name, holder }, { cause: e })
+      { lock: name, holder },
+      { cause: e },
+    )
   }
   server.unref()
   return { name, release: () => new Promise((resolve) => server.close(() => resolve())) }
@@ -59,9 +63,17 @@ function askHolder(name: string): Promise<string> {
   return new Promise((resolve) => {
     let said = ''
     const c = net.connect({ path: `\0${name}` })
-    const done = () => resolve(said.trim().slice(0, 200).replace(/[^\x20-\x7e]/g, '?'))
+    const done = () =>
+      resolve(
+        said
+          .trim()
+          .slice(0, 200)
+          .replace(/[^\x20-\x7e]/g, '?'),
+      )
     c.setTimeout(1000, () => c.destroy())
-    c.on('data', (d) => { said += String(d) })
+    c.on('data', (d) => {
+      said += String(d)
+    })
     c.on('close', done)
     c.on('error', () => {})
   })

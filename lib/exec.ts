@@ -53,7 +53,11 @@ const TOOLS: Record<string, { pkg: string; check: string; missing?: string }> = 
   objcopy: { pkg: 'binutils', check: 'check that systemd-boot-efi (the EFI stub) is installed and the kernel and initramfs exist' },
   systemctl: { pkg: 'systemd', check: 'is systemd running this system?' },
   busybox: { pkg: 'busybox-static', check: 'check that the busybox binary runs on this machine' },
-  cctk: { pkg: '', missing: 'put Dell Command | Configure (cctk) on the stick, or use bios.backend: sysfs', check: 'check the BIOS admin password file and the setting names for this model' },
+  cctk: {
+    pkg: '',
+    missing: 'put Dell Command | Configure (cctk) on the stick, or use bios.backend: sysfs',
+    check: 'check the BIOS admin password file and the setting names for this model',
+  },
   dd: { pkg: 'coreutils', check: 'run as root and check the device' },
   cp: { pkg: 'coreutils', check: 'check free space and permissions at the destination' },
 }
@@ -84,28 +88,48 @@ export interface RunOutcome extends RunResult {
  * The typed error of a tool that failed: the command line, why it ended, the stderr tail, and a
  * hint that fits the tool (its package when it is missing). Every tool failure goes through here.
  */
-export function toolError(cmd: string, args: readonly string[], r: Pick<RunOutcome, 'exitCode' | 'signal' | 'timedOut' | 'startError'> & { stderr?: string },
-  o: { timeoutMs?: number; hint?: string; cause?: unknown } = {}): LabhostError {
+export function toolError(
+  cmd: string,
+  args: readonly string[],
+  r: Pick<RunOutcome, 'exitCode' | 'signal' | 'timedOut' | 'startError'> & { stderr?: string },
+  o: { timeoutMs?: number; hint?: string; cause?: unknown } = {},
+): LabhostError {
   const tool = toolOf(cmd)
   const commandLine = [cmd, ...args].join(' ')
   if (r.startError === 'ENOENT') {
-    return new LabhostError('toolFailed', `${cmd} is not installed`,
+    return new LabhostError(
+      'toolFailed',
+      `${cmd} is not installed`,
       tool.missing ?? `install ${tool.pkg ? `the ${tool.pkg} package` : 'it'} (scripts/setup.sh installs every tool labhost needs)`,
-      { command: commandLine, notInstalled: true }, { cause: o.cause })
+      { command: commandLine, notInstalled: true },
+      { cause: o.cause },
+    )
   }
   const stderr = String(r.stderr ?? '')
-  const why = r.startError ? `could not be started (${r.startError})`
-    : r.timedOut ? `timed out after ${o.timeoutMs} ms` : `exited with ${r.exitCode ?? r.signal}`
+  const why = r.startError
+    ? `could not be started (${r.startError})`
+    : r.timedOut
+      ? `timed out after ${o.timeoutMs} ms`
+      : `exited with ${r.exitCode ?? r.signal}`
   const said = tail(stderr, 3).replace(/\n/g, ' | ')
-  return new LabhostError('toolFailed', `${commandLine} ${why}${said ? `: ${said}` : ''}`, o.hint ?? tool.check,
-    { command: commandLine, exitCode: r.exitCode, stderr: tail(stderr) }, { cause: o.cause })
+  return new LabhostError(
+    'toolFailed',
+    `${commandLine} ${why}${said ? `: ${said}` : ''}`,
+    o.hint ?? tool.check,
+    { command: commandLine, exitCode: r.exitCode, stderr: tail(stderr) },
+    { cause: o.cause },
+  )
 }
 
 function outcomeOf(r: Awaited<ResultPromise>): RunOutcome {
   const failed = r.failed && r.exitCode === undefined && !r.signal && !r.timedOut
   return {
-    stdout: String(r.stdout ?? ''), stderr: String(r.stderr ?? ''), all: String((r as { all?: unknown }).all ?? ''),
-    exitCode: r.exitCode, signal: r.signal, timedOut: r.timedOut === true,
+    stdout: String(r.stdout ?? ''),
+    stderr: String(r.stderr ?? ''),
+    all: String((r as { all?: unknown }).all ?? ''),
+    exitCode: r.exitCode,
+    signal: r.signal,
+    timedOut: r.timedOut === true,
     startError: failed ? String((r as { code?: string }).code ?? 'error') : undefined,
   }
 }
@@ -156,8 +180,12 @@ export interface StartOptions {
  */
 export function start(cmd: string, args: readonly string[], opts: StartOptions = {}): { process: ResultPromise; done: Promise<RunOutcome> } {
   const options: Options = {
-    stdin: opts.stdin ?? 'ignore', stdout: opts.stdout ?? 'ignore', stderr: opts.stderr ?? 'pipe',
-    detached: opts.detached ?? false, reject: false, encoding: 'utf8',
+    stdin: opts.stdin ?? 'ignore',
+    stdout: opts.stdout ?? 'ignore',
+    stderr: opts.stderr ?? 'pipe',
+    detached: opts.detached ?? false,
+    reject: false,
+    encoding: 'utf8',
   }
   const child = execa(cmd, args, options)
   return { process: child, done: child.then(outcomeOf) }

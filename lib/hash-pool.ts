@@ -44,7 +44,9 @@ export class HashPool {
         this.workers = []
       }
       w.on('error', broken)
-      w.on('exit', (code) => { if (this.workers.length) broken(new Error(`a hashing worker exited (${code})`)) })
+      w.on('exit', (code) => {
+        if (this.workers.length) broken(new Error(`a hashing worker exited (${code})`))
+      })
       this.workers.push(w)
     }
   }
@@ -93,7 +95,11 @@ export class HashPool {
 export function blockHashes(data: Uint8Array, blockSize: number, keep: number): Buffer {
   const out = Buffer.alloc(Math.ceil(data.length / blockSize) * keep)
   for (let at = 0, k = 0; at < data.length; at += blockSize, k += keep) {
-    crypto.createHash('sha256').update(data.subarray(at, Math.min(data.length, at + blockSize))).digest().copy(out, k, 0, keep)
+    crypto
+      .createHash('sha256')
+      .update(data.subarray(at, Math.min(data.length, at + blockSize)))
+      .digest()
+      .copy(out, k, 0, keep)
   }
   return out
 }

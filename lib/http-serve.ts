@@ -168,7 +168,7 @@ function meter(res: http.ServerResponse, record: ServedRequest, dropAfter: numbe
   let dropped = false
   ;(res as unknown as { write: typeof write }).write = (chunk, ...rest) => {
     if (dropped) return false
-    const buf = typeof chunk === 'string' ? Buffer.from(chunk) : chunk as Uint8Array
+    const buf = typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Uint8Array)
     if (dropAfter !== undefined && record.bytes + buf.length >= dropAfter) {
       dropped = true
       const part = buf.subarray(0, dropAfter - record.bytes)
@@ -204,7 +204,9 @@ export async function serveDirectory(root: string, o: ServeOptions = {}): Promis
     })
     const answer = (status: number, headers: http.OutgoingHttpHeaders = {}) => {
       const body = `${http.STATUS_CODES[status] ?? 'error'}\n`
-      res.writeHead(status, { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(body), ...headers }).end(req.method === 'HEAD' ? undefined : body)
+      res
+        .writeHead(status, { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(body), ...headers })
+        .end(req.method === 'HEAD' ? undefined : body)
     }
     if (decoded === null) return answer(400)
     const fault = o.fault?.({ path: record.path, range, index }) ?? {}
@@ -258,9 +260,10 @@ export async function serveDirectory(root: string, o: ServeOptions = {}): Promis
     port,
     requests,
     totals,
-    close: () => new Promise<void>((resolve) => {
-      server.closeAllConnections()
-      server.close(() => resolve())
-    }),
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections()
+        server.close(() => resolve())
+      }),
   }
 }

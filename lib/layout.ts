@@ -4,37 +4,51 @@ import { z } from 'zod'
 import { loadConfig } from './config.ts'
 import { LabhostError } from './errors.ts'
 
-const uuid = z.string().regex(/^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/, 'must be a UUID like 01234567-89ab-cdef-0123-456789abcdef')
+const uuid = z
+  .string()
+  .regex(/^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/, 'must be a UUID like 01234567-89ab-cdef-0123-456789abcdef')
 const gptName = z.string().min(1).max(33, 'at most 33 characters (the switch needs 4 free bytes after the name)')
 
-export const SlotSchema = z.object({
-  name: gptName.describe('GPT partition name; the slot switch finds the root entries by it'),
-  partuuid: uuid.describe('fixed PARTUUID'),
-}).strict()
+export const SlotSchema = z
+  .object({
+    name: gptName.describe('GPT partition name; the slot switch finds the root entries by it'),
+    partuuid: uuid.describe('fixed PARTUUID'),
+  })
+  .strict()
 
-export const PartitionSchema = z.object({
-  name: gptName,
-  disk: z.enum(['ssd', 'hdd']).describe('which disk; a one-disk host puts all on the SSD'),
-  partuuid: uuid,
-  fsUuid: uuid.describe('fixed ext4 filesystem UUID; fstab mounts by it'),
-  mount: z.string().regex(/^\/[^\s]*$/, 'must be an absolute path without spaces'),
-  sizeMiB: z.union([z.number().int().positive(), z.literal('rest')]).describe("size, or 'rest' for what is left on its disk"),
-  options: z.string().default('defaults').describe('fstab mount options'),
-}).strict()
-
-export const LayoutSchema = z.object({
-  slots: z.object({ A: SlotSchema, B: SlotSchema }).strict(),
-  slotSizeMiB: z.number().int().positive().describe('size of each root slot; an image must fit'),
-  rootFsUuid: uuid.describe('filesystem UUID of the root image (identical in both slots)'),
-  partitions: z.array(PartitionSchema).describe('after the two root slots on the SSD, in order; then the HDD'),
-  esp: z.object({
-    name: gptName.default('esp'),
+export const PartitionSchema = z
+  .object({
+    name: gptName,
+    disk: z.enum(['ssd', 'hdd']).describe('which disk; a one-disk host puts all on the SSD'),
     partuuid: uuid,
-    sizeMiB: z.number().int().min(16).max(1024).default(64).describe('room for the selector (a kernel and its initramfs, about 12 MiB)'),
-  }).strict().optional().describe('an EFI system partition at the end of the SSD, for UEFI PCs: it holds the selector (\\EFI\\BOOT\\BOOTX64.EFI) that boots the flagged root slot; written by the installer only'),
-  /** The writable partition holding the trial-boot state file. */
-  stateMount: z.string().default('/var/log').describe('mount point of the partition that holds the trial-boot state'),
-}).strict()
+    fsUuid: uuid.describe('fixed ext4 filesystem UUID; fstab mounts by it'),
+    mount: z.string().regex(/^\/[^\s]*$/, 'must be an absolute path without spaces'),
+    sizeMiB: z.union([z.number().int().positive(), z.literal('rest')]).describe("size, or 'rest' for what is left on its disk"),
+    options: z.string().default('defaults').describe('fstab mount options'),
+  })
+  .strict()
+
+export const LayoutSchema = z
+  .object({
+    slots: z.object({ A: SlotSchema, B: SlotSchema }).strict(),
+    slotSizeMiB: z.number().int().positive().describe('size of each root slot; an image must fit'),
+    rootFsUuid: uuid.describe('filesystem UUID of the root image (identical in both slots)'),
+    partitions: z.array(PartitionSchema).describe('after the two root slots on the SSD, in order; then the HDD'),
+    esp: z
+      .object({
+        name: gptName.default('esp'),
+        partuuid: uuid,
+        sizeMiB: z.number().int().min(16).max(1024).default(64).describe('room for the selector (a kernel and its initramfs, about 12 MiB)'),
+      })
+      .strict()
+      .optional()
+      .describe(
+        'an EFI system partition at the end of the SSD, for UEFI PCs: it holds the selector (\\EFI\\BOOT\\BOOTX64.EFI) that boots the flagged root slot; written by the installer only',
+      ),
+    /** The writable partition holding the trial-boot state file. */
+    stateMount: z.string().default('/var/log').describe('mount point of the partition that holds the trial-boot state'),
+  })
+  .strict()
 
 export type Layout = z.infer<typeof LayoutSchema>
 export type LayoutPartition = z.infer<typeof PartitionSchema>
@@ -43,8 +57,11 @@ export function loadLayout(file: string): Layout {
   const layout = loadConfig(file, LayoutSchema)
   const state = layout.partitions.find((p) => p.mount === layout.stateMount)
   if (!state) {
-    throw new LabhostError('configInvalid', `${file}: stateMount: ${layout.stateMount} is not the mount point of any partition`,
-      'name the mount point of a writable partition (usually /var/log)')
+    throw new LabhostError(
+      'configInvalid',
+      `${file}: stateMount: ${layout.stateMount} is not the mount point of any partition`,
+      'name the mount point of a writable partition (usually /var/log)',
+    )
   }
   return layout
 }
@@ -55,8 +72,10 @@ export function stateFsUuid(layout: Layout): string {
 
 /** /etc/fstab of a root image: root read-only, every partition by filesystem UUID. */
 export function renderFstab(layout: Layout): string {
-  const lines = ['# generated by labhost from the layout; the root slot is chosen by the initramfs',
-    `UUID=${layout.rootFsUuid.toLowerCase()} / ext4 ro,noatime 0 1`]
+  const lines = [
+    '# generated by labhost from the layout; the root slot is chosen by the initramfs',
+    `UUID=${layout.rootFsUuid.toLowerCase()} / ext4 ro,noatime 0 1`,
+  ]
   for (const p of layout.partitions) lines.push(`UUID=${p.fsUuid.toLowerCase()} ${p.mount} ext4 ${p.options},nofail 0 2`)
   // the root is read-only: scratch space lives in RAM
   lines.push('tmpfs /tmp tmpfs mode=1777,nosuid,nodev 0 0', 'tmpfs /var/tmp tmpfs mode=1777,nosuid,nodev 0 0')

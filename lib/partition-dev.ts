@@ -43,6 +43,12 @@ export async function withPartitionDevice<T>(diskPath: string, p: PartitionRange
   return withLoop(diskPath, { offset: p.firstLba * sectorSize, sizeLimit: (p.lastLba - p.firstLba + 1) * sectorSize, sectorSize }, fn)
 }
 
-export async function withPartitionMounted<T>(diskPath: string, p: PartitionRange, sectorSize: number, fn: (dir: string) => Promise<T>, opts: { readOnly?: boolean } = {}): Promise<T> {
+export async function withPartitionMounted<T>(
+  diskPath: string,
+  p: PartitionRange,
+  sectorSize: number,
+  fn: (dir: string) => Promise<T>,
+  opts: { readOnly?: boolean } = {},
+): Promise<T> {
   return withPartitionDevice(diskPath, p, sectorSize, (dev) => withMount(dev, fn, opts))
 }

@@ -28,7 +28,9 @@ export function createProgress(label: string, sink: ProgressSink): Progress {
       lastDraw = now
       const width = Math.max(10, Math.min(40, (sink.columns ?? 80) - label.length - 40))
       const filled = Math.round((width * pct) / 100)
-      sink.write(`\r${label} [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${String(pct).padStart(3)}% ${(done / MiB).toFixed(0)}/${(total / MiB).toFixed(0)} MiB ${rate(done, started)}\x1b[K${done >= total ? '\n' : ''}`)
+      sink.write(
+        `\r${label} [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${String(pct).padStart(3)}% ${(done / MiB).toFixed(0)}/${(total / MiB).toFixed(0)} MiB ${rate(done, started)}\x1b[K${done >= total ? '\n' : ''}`,
+      )
       return
     }
     const decile = Math.floor(pct / 10)

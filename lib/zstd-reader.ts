@@ -32,7 +32,14 @@ export class ZstdReader {
   private feed: Promise<void>
   private failure: { input?: unknown }
 
-  private constructor(dir: string, fh: fs.promises.FileHandle, zstd: ReturnType<typeof start>, args: string[], feed: Promise<void>, failure: { input?: unknown }) {
+  private constructor(
+    dir: string,
+    fh: fs.promises.FileHandle,
+    zstd: ReturnType<typeof start>,
+    args: string[],
+    feed: Promise<void>,
+    failure: { input?: unknown },
+  ) {
     this.dir = dir
     this.fh = fh
     this.zstd = zstd
@@ -52,17 +59,25 @@ export class ZstdReader {
       await run('mkfifo', ['-m', '600', fifo])
     } catch (e) {
       fs.rmSync(dir, { recursive: true, force: true })
-      throw new LabhostError('io', `cannot make a FIFO in ${dir}: ${(e as Error).message}`, 'labhost needs a writable temporary directory (TMPDIR) and mkfifo', {}, { cause: e })
+      throw new LabhostError(
+        'io',
+        `cannot make a FIFO in ${dir}: ${(e as Error).message}`,
+        'labhost needs a writable temporary directory (TMPDIR) and mkfifo',
+        {},
+        { cause: e },
+      )
     }
     // --no-sparse: zstd would seek in its output to skip zeros, which a FIFO cannot
     const file = typeof input === 'string'
     const args = [...ZSTD_ARGS, fifo, ...(file ? ['--', input] : [])]
     const zstd = start('zstd', args, { stdin: file ? 'ignore' : 'pipe', stdout: 'ignore', stderr: 'pipe' })
     const failure: { input?: unknown } = {}
-    const feed = file ? Promise.resolve() : pipeline(Readable.from(input), zstd.process.stdin!).catch((e) => {
-      failure.input = e
-      zstd.process.kill()
-    })
+    const feed = file
+      ? Promise.resolve()
+      : pipeline(Readable.from(input), zstd.process.stdin!).catch((e) => {
+          failure.input = e
+          zstd.process.kill()
+        })
     // The read end opens when zstd opens the write end. Should zstd end without opening it (not
     // installed, killed), a write end opened and closed here lets the read end open on an empty FIFO.
     const opening = fs.promises.open(fifo, 'r')
@@ -91,7 +106,11 @@ export class ZstdReader {
     await this.fh.close()
     const [r] = await Promise.all([this.zstd.done, this.feed])
     fs.rmSync(this.dir, { recursive: true, force: true })
-    const why = r.startError ? `zstd could not be started (${r.startError})` : r.exitCode !== undefined ? `zstd exited with ${r.exitCode}` : `zstd ended by ${r.signal}`
+    const why = r.startError
+      ? `zstd could not be started (${r.startError})`
+      : r.exitCode !== undefined
+        ? `zstd exited with ${r.exitCode}`
+        : `zstd ended by ${r.signal}`
     const verdict = { ok: r.exitCode === 0, message: r.stderr.trim().split('\n').pop() || why, inputError: this.failure.input }
     return verdict.ok ? verdict : { ...verdict, error: toolError('zstd', this.args, r) }
   }

@@ -22,7 +22,15 @@ import { buildHostDisks } from '../test-support/host-disks.ts'
 import { bootUntilPowerOff, uefiVarsCopy } from '../vm-tests/qemu.ts'
 import { abortedDownload, download, randomFile, slowClient, startServer } from '../test-support/serve-fixtures.ts'
 
-interface Figure { name: string; value: number; unit: string; peer: string | null; peerValue: number | null; ratio: number | null; note?: string }
+interface Figure {
+  name: string
+  value: number
+  unit: string
+  peer: string | null
+  peerValue: number | null
+  ratio: number | null
+  note?: string
+}
 
 const root = path.resolve(import.meta.dirname, '..')
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'labhost-bench-'))
@@ -33,7 +41,13 @@ const fig = (f: Omit<Figure, 'ratio'>) => {
   figures.push(full)
   console.log(`${f.name}: ${f.value} ${f.unit}${f.peer ? ` | ${f.peer}: ${f.peerValue} ${f.unit} | ratio ${full.ratio}` : ''}`)
 }
-const sectorsWritten = (dev: string) => Number(fs.readFileSync(`/sys/block/${path.basename(dev)}/stat`, 'utf8').trim().split(/\s+/)[6])
+const sectorsWritten = (dev: string) =>
+  Number(
+    fs
+      .readFileSync(`/sys/block/${path.basename(dev)}/stat`, 'utf8')
+      .trim()
+      .split(/\s+/)[6],
+  )
 // the shipped single-file executable, built first (as `npm run build` does)
 const labhost = path.join(root, 'dist/labhost')
 /**
@@ -99,7 +113,7 @@ async function benchUpdateWrite(imageDir: string, imageBytes: number, trustedKey
     return r
   }
   const update = async (into: number[], source: string) => {
-    const r = await timed(into, () => execa(labhost, ['update', source, '--json', ...keyArgs])) as { stdout: string }
+    const r = (await timed(into, () => execa(labhost, ['update', source, '--json', ...keyArgs]))) as { stdout: string }
     const result = JSON.parse(r.stdout) as { seconds: { write: number; verify: number; total: number }; written: typeof written }
     if (process.env.LABHOST_BENCH_DEBUG) console.log(source, JSON.stringify(result.seconds))
     await execa(labhost, ['slots', 'switch', '--disk', disk, '--to', 'A'])
@@ -125,14 +139,33 @@ async function benchUpdateWrite(imageDir: string, imageBytes: number, trustedKey
   }
   const mbps = (s: number) => Number((imageBytes / 2 ** 20 / s).toFixed(1))
   const mapped = Number(fs.readFileSync(bmap, 'utf8').match(/<MappedBlocksCount>\s*(\d+)/)?.[1] ?? NaN) * 4096
-  const how = `image ${imageBytes >> 20} MiB; bmaptool writes the ${Math.round(mapped / 2 ** 20)} MiB its bmap maps and leaves the rest as it was; ` +
+  const how =
+    `image ${imageBytes >> 20} MiB; bmaptool writes the ${Math.round(mapped / 2 ** 20)} MiB its bmap maps and leaves the rest as it was; ` +
     `labhost sends ${Math.round(written!.dataBytes / 2 ** 20)} MiB of data, has ${Math.round(written!.kernelZeroedBytes / 2 ** 20)} MiB of zero chunks zeroed by the kernel (BLKZEROOUT), then reads all of it back`
-  fig({ name: 'update throughput, whole `labhost update` from an image directory with the raw root.img (executable start, checks, write, fsync, O_DIRECT read-back, switch)', value: mbps(median(rounds.raw)), unit: 'MiB/s of image',
-    peer: 'bmaptool copy --bmap root.img (checksums on), same slot', peerValue: mbps(median(rounds.bmapRaw)), note: how })
-  fig({ name: 'update throughput, whole `labhost update` from the zstd transport only (as on the stick)', value: mbps(median(rounds.zst)), unit: 'MiB/s of image',
-    peer: 'bmaptool copy --bmap root.img.zst (checksums on), same slot', peerValue: mbps(median(rounds.bmapZst)), note: how })
-  fig({ name: 'update throughput, write phase only (`labhost update` from the raw root.img: O_DIRECT writes, fsync; the read-back after it timed apart)', value: mbps(median(rounds.write)), unit: 'MiB/s of image',
-    peer: 'dd bs=4M oflag=direct conv=fsync of the raw image', peerValue: mbps(median(rounds.dd)), note: 'higher is better; ratio = labhost / dd' })
+  fig({
+    name: 'update throughput, whole `labhost update` from an image directory with the raw root.img (executable start, checks, write, fsync, O_DIRECT read-back, switch)',
+    value: mbps(median(rounds.raw)),
+    unit: 'MiB/s of image',
+    peer: 'bmaptool copy --bmap root.img (checksums on), same slot',
+    peerValue: mbps(median(rounds.bmapRaw)),
+    note: how,
+  })
+  fig({
+    name: 'update throughput, whole `labhost update` from the zstd transport only (as on the stick)',
+    value: mbps(median(rounds.zst)),
+    unit: 'MiB/s of image',
+    peer: 'bmaptool copy --bmap root.img.zst (checksums on), same slot',
+    peerValue: mbps(median(rounds.bmapZst)),
+    note: how,
+  })
+  fig({
+    name: 'update throughput, write phase only (`labhost update` from the raw root.img: O_DIRECT writes, fsync; the read-back after it timed apart)',
+    value: mbps(median(rounds.write)),
+    unit: 'MiB/s of image',
+    peer: 'dd bs=4M oflag=direct conv=fsync of the raw image',
+    peerValue: mbps(median(rounds.dd)),
+    note: 'higher is better; ratio = labhost / dd',
+  })
 }
 
 /**
@@ -148,8 +181,14 @@ async function benchInstall(imageDir: string, imageBytes: number): Promise<void>
   fs.mkdirSync(path.join(sys, 'class/dmi/id'), { recursive: true })
   fs.writeFileSync(path.join(sys, 'class/dmi/id/sys_vendor'), 'Dell Inc.\n')
   fs.writeFileSync(path.join(sys, 'class/dmi/id/product_name'), 'OptiPlex 7010\n')
-  fs.writeFileSync(path.join(dir, 'install.yaml'), 'models: [{ vendor: Dell Inc., product: OptiPlex 7010 }]\ndisks:\n  ssd: { rotational: false, minSizeGiB: 10 }\n  hdd: { rotational: true, minSizeGiB: 1 }\nfinish: none\n')
-  const files = [['ssd', 12], ['hdd', 2]].map(([n, gib]) => {
+  fs.writeFileSync(
+    path.join(dir, 'install.yaml'),
+    'models: [{ vendor: Dell Inc., product: OptiPlex 7010 }]\ndisks:\n  ssd: { rotational: false, minSizeGiB: 10 }\n  hdd: { rotational: true, minSizeGiB: 1 }\nfinish: none\n',
+  )
+  const files = [
+    ['ssd', 12],
+    ['hdd', 2],
+  ].map(([n, gib]) => {
     const f = path.join(dir, `install-${n}.img`)
     fs.writeFileSync(f, '')
     fs.truncateSync(f, Number(gib) * 2 ** 30)
@@ -157,18 +196,52 @@ async function benchInstall(imageDir: string, imageBytes: number): Promise<void>
   })
   const [ssd, hdd] = [await attachLoop(files[0]!, { directIo: true }), await attachLoop(files[1]!, { directIo: true })]
   try {
-    const r = await execa(labhost, ['install', '--config', path.join(dir, 'install.yaml'), '--image', stickImage, '--ssd', ssd!, '--hdd', hdd!,
-      '--sys-root', sys, '--trusted-key', path.join(dir, 'keys/labhost-signing.pub'), '--json'])
+    const r = await execa(labhost, [
+      'install',
+      '--config',
+      path.join(dir, 'install.yaml'),
+      '--image',
+      stickImage,
+      '--ssd',
+      ssd!,
+      '--hdd',
+      hdd!,
+      '--sys-root',
+      sys,
+      '--trusted-key',
+      path.join(dir, 'keys/labhost-signing.pub'),
+      '--json',
+    ])
     const report = JSON.parse(r.stdout) as { steps: { step: string; seconds: number }[]; disks: { partitions: { firstLba: number }[] }[] }
     for (const st of report.steps) fig({ name: `install step: ${st.step}`, value: Number(st.seconds.toFixed(2)), unit: 's', peer: null, peerValue: null })
-    fig({ name: 'install total (host image, 12 GiB SSD + 2 GiB HDD, default layout)', value: Number(report.steps.reduce((n, x) => n + x.seconds, 0).toFixed(2)), unit: 's', peer: null, peerValue: null })
+    fig({
+      name: 'install total (host image, 12 GiB SSD + 2 GiB HDD, default layout)',
+      value: Number(report.steps.reduce((n, x) => n + x.seconds, 0).toFixed(2)),
+      unit: 's',
+      peer: null,
+      peerValue: null,
+    })
     const write = report.steps.find((x) => x.step === 'write the root image to slot A')!.seconds
     const t0 = performance.now()
-    await execa('dd', [`if=${path.join(imageDir, 'root.img')}`, `of=${ssd}`, 'bs=4M', 'oflag=direct,seek_bytes', `seek=${report.disks[0]!.partitions[0]!.firstLba * 512}`, 'conv=fsync,notrunc', 'status=none'])
+    await execa('dd', [
+      `if=${path.join(imageDir, 'root.img')}`,
+      `of=${ssd}`,
+      'bs=4M',
+      'oflag=direct,seek_bytes',
+      `seek=${report.disks[0]!.partitions[0]!.firstLba * 512}`,
+      'conv=fsync,notrunc',
+      'status=none',
+    ])
     const dd = (performance.now() - t0) / 1000
     const mbps = (x: number) => Number((imageBytes / 2 ** 20 / x).toFixed(1))
-    fig({ name: 'install image write to slot A (zstd transport, chunk hashes, O_DIRECT write, read-back)', value: mbps(write), unit: 'MiB/s of image',
-      peer: 'dd bs=4M oflag=direct conv=fsync of the raw image, same slot', peerValue: mbps(dd), note: 'higher is better; labhost also decompresses and reads everything back' })
+    fig({
+      name: 'install image write to slot A (zstd transport, chunk hashes, O_DIRECT write, read-back)',
+      value: mbps(write),
+      unit: 'MiB/s of image',
+      peer: 'dd bs=4M oflag=direct conv=fsync of the raw image, same slot',
+      peerValue: mbps(dd),
+      note: 'higher is better; labhost also decompresses and reads everything back',
+    })
   } finally {
     await detachLoop(ssd!)
     await detachLoop(hdd!)
@@ -184,7 +257,11 @@ async function benchInstall(imageDir: string, imageBytes: number): Promise<void>
  */
 async function benchFleet(keys: { privateKeyFile: string; publicKeyFile: string }): Promise<void> {
   const images = await buildFleetImages(keys)
-  const rounds: Record<'http' | 'torrent' | 'capped', { ratio: number; seconds: number }> = { http: { ratio: 0, seconds: 0 }, torrent: { ratio: 0, seconds: 0 }, capped: { ratio: 0, seconds: 0 } }
+  const rounds: Record<'http' | 'torrent' | 'capped', { ratio: number; seconds: number }> = {
+    http: { ratio: 0, seconds: 0 },
+    torrent: { ratio: 0, seconds: 0 },
+    capped: { ratio: 0, seconds: 0 },
+  }
   for (const mode of ['http', 'torrent', 'capped'] as const) {
     const fleetDir = fs.mkdtempSync(path.join(dir, `fleet-${mode}-`))
     const f = await startFleet(fleetDir, images, { hosts: 8, prefix: `lhb${mode[0]}` })
@@ -202,10 +279,36 @@ async function benchFleet(keys: { privateKeyFile: string; publicKeyFile: string 
     }
   }
   const note = `bytes sent on the server's interface (all protocols) / transport file size; 8 hosts in network namespaces on one bridge, every port ${PORT_MBIT} Mbit/s both ways (tc tbf)`
-  fig({ name: 'fleet: server bytes sent per image, 8 hosts, BitTorrent (aria2c, opentracker, server seeds first)', value: Number(rounds.torrent.ratio.toFixed(2)), unit: 'x image', peer: 'plain HTTP from the same server', peerValue: Number(rounds.http.ratio.toFixed(2)), note })
-  fig({ name: 'fleet: time until the last of 8 hosts finished its update, BitTorrent', value: Number(rounds.torrent.seconds.toFixed(1)), unit: 's', peer: 'plain HTTP from the same server', peerValue: Number(rounds.http.seconds.toFixed(1)) })
-  fig({ name: `fleet: server bytes sent per image, 8 hosts, BitTorrent, server seeding with --upload-limit ${SEED_CAP}`, value: Number(rounds.capped.ratio.toFixed(2)), unit: 'x image', peer: 'plain HTTP from the same server', peerValue: Number(rounds.http.ratio.toFixed(2)), note })
-  fig({ name: `fleet: time until the last of 8 hosts finished its update, BitTorrent, server seeding with --upload-limit ${SEED_CAP}`, value: Number(rounds.capped.seconds.toFixed(1)), unit: 's', peer: 'plain HTTP from the same server', peerValue: Number(rounds.http.seconds.toFixed(1)) })
+  fig({
+    name: 'fleet: server bytes sent per image, 8 hosts, BitTorrent (aria2c, opentracker, server seeds first)',
+    value: Number(rounds.torrent.ratio.toFixed(2)),
+    unit: 'x image',
+    peer: 'plain HTTP from the same server',
+    peerValue: Number(rounds.http.ratio.toFixed(2)),
+    note,
+  })
+  fig({
+    name: 'fleet: time until the last of 8 hosts finished its update, BitTorrent',
+    value: Number(rounds.torrent.seconds.toFixed(1)),
+    unit: 's',
+    peer: 'plain HTTP from the same server',
+    peerValue: Number(rounds.http.seconds.toFixed(1)),
+  })
+  fig({
+    name: `fleet: server bytes sent per image, 8 hosts, BitTorrent, server seeding with --upload-limit ${SEED_CAP}`,
+    value: Number(rounds.capped.ratio.toFixed(2)),
+    unit: 'x image',
+    peer: 'plain HTTP from the same server',
+    peerValue: Number(rounds.http.ratio.toFixed(2)),
+    note,
+  })
+  fig({
+    name: `fleet: time until the last of 8 hosts finished its update, BitTorrent, server seeding with --upload-limit ${SEED_CAP}`,
+    value: Number(rounds.capped.seconds.toFixed(1)),
+    unit: 's',
+    peer: 'plain HTTP from the same server',
+    peerValue: Number(rounds.http.seconds.toFixed(1)),
+  })
 }
 
 /** The server's upload cap in the third fleet round (a quarter of its 1 Gbit/s port, in bytes). */
@@ -214,7 +317,9 @@ const SEED_CAP = '30M'
 /** The test image as 1.0.0 and 2.0.0, as the fleet fixture wants them. */
 async function buildFleetImages(keys: { privateKeyFile: string; publicKeyFile: string }): Promise<Images> {
   const v1 = path.dirname((await buildImage('test', { out: path.join(dir, 'fleet-v1'), keyFile: keys.privateKeyFile })).manifestFile)
-  const recipe2 = writeRecipeVariant('test', path.join(dir, 'fleet-test-2.yaml'), (r) => { r.version = '2.0.0' })
+  const recipe2 = writeRecipeVariant('test', path.join(dir, 'fleet-test-2.yaml'), (r) => {
+    r.version = '2.0.0'
+  })
   const v2 = path.dirname((await buildImage(recipe2, { out: path.join(dir, 'fleet-v2'), keyFile: keys.privateKeyFile })).manifestFile)
   return { keys, v1, v2 }
 }
@@ -239,13 +344,42 @@ async function benchDelta(v1Dir: string, keys: { privateKeyFile: string; publicK
   fs.writeFileSync(path.join(dir, 'delta-version'), '1.0.0\n')
   const server = await serveDirectory(path.join(dir, 'host-1.1.0'))
   try {
-    const r = await execa(labhost, ['update', `${server.url}/`, '--delta', '--json', '--trusted-key', keys.publicKeyFile,
-      '--boot-file', path.join(dir, 'delta-boot'), '--state-root', state, '--version-file', path.join(dir, 'delta-version')])
-    const out = JSON.parse(r.stdout) as { delta: { used: boolean; fetched: number; chunks: number; fromActive: number; zero: number }; transfer: { bytes: number } }
+    const r = await execa(labhost, [
+      'update',
+      `${server.url}/`,
+      '--delta',
+      '--json',
+      '--trusted-key',
+      keys.publicKeyFile,
+      '--boot-file',
+      path.join(dir, 'delta-boot'),
+      '--state-root',
+      state,
+      '--version-file',
+      path.join(dir, 'delta-version'),
+    ])
+    const out = JSON.parse(r.stdout) as {
+      delta: { used: boolean; fetched: number; chunks: number; fromActive: number; zero: number }
+      transfer: { bytes: number }
+    }
     const size = v2.manifest.image.size
     const note = `one package added (${DELTA_EXTRA_PACKAGE}); ${out.delta.used ? `${out.delta.fetched} of ${out.delta.chunks} chunks fetched, ${out.delta.fromActive} taken from slot A, ${out.delta.zero} zero` : 'delta not used'}`
-    fig({ name: 'delta update, host image 1.0.0 -> 1.1.0 (one package added): bytes downloaded per image size', value: out.transfer.bytes, unit: 'bytes', peer: 'raw image size', peerValue: size, note })
-    fig({ name: 'delta update, host image 1.0.0 -> 1.1.0: bytes downloaded', value: out.transfer.bytes, unit: 'bytes', peer: 'the full update\'s download (the whole transport file)', peerValue: v2.manifest.transport.size, note })
+    fig({
+      name: 'delta update, host image 1.0.0 -> 1.1.0 (one package added): bytes downloaded per image size',
+      value: out.transfer.bytes,
+      unit: 'bytes',
+      peer: 'raw image size',
+      peerValue: size,
+      note,
+    })
+    fig({
+      name: 'delta update, host image 1.0.0 -> 1.1.0: bytes downloaded',
+      value: out.transfer.bytes,
+      unit: 'bytes',
+      peer: "the full update's download (the whole transport file)",
+      peerValue: v2.manifest.transport.size,
+      note,
+    })
   } finally {
     await server.close()
     await detachLoop(disk)
@@ -275,18 +409,26 @@ async function benchImageServer(exe?: string): Promise<void> {
     const rps = async (url: string, total = 4000, parallel = 8) => {
       let next = 0
       const t0 = performance.now()
-      await Promise.all(Array.from({ length: parallel }, async () => {
-        while (next++ < total) {
-          await new Promise<void>((resolve, reject) => http.get(url, { agent: false }, (res) => res.resume().on('end', resolve)).on('error', reject))
-        }
-      }))
+      await Promise.all(
+        Array.from({ length: parallel }, async () => {
+          while (next++ < total) {
+            await new Promise<void>((resolve, reject) => http.get(url, { agent: false }, (res) => res.resume().on('end', resolve)).on('error', reject))
+          }
+        }),
+      )
       return total / ((performance.now() - t0) / 1000)
     }
     await rps(`${s.url}/manifest.json`, 500) // warm-up
     const ours = await rps(`${s.url}/manifest.json`)
     const theirs = await rps(`http://127.0.0.1:${port}/manifest.json`)
-    fig({ name: 'image server: requests/s, an 8 KB file, one connection per request, 8 at a time (client on the same machine)', value: Math.round(ours), unit: 'requests/s',
-      peer: 'BusyBox httpd, same file', peerValue: Math.round(theirs), note: `labhost ${exe ? path.basename(exe) : 'node cli/bin.ts'}; higher is better` })
+    fig({
+      name: 'image server: requests/s, an 8 KB file, one connection per request, 8 at a time (client on the same machine)',
+      value: Math.round(ours),
+      unit: 'requests/s',
+      peer: 'BusyBox httpd, same file',
+      peerValue: Math.round(theirs),
+      note: `labhost ${exe ? path.basename(exe) : 'node cli/bin.ts'}; higher is better`,
+    })
 
     for (let i = 0; i < 50; i++) await abortedDownload(`${s.url}/root.img.zst`) // warm-up
     await sleep(500)
@@ -315,24 +457,48 @@ async function benchImageServer(exe?: string): Promise<void> {
       // 100 clients that each start a download and abort it
       await measured(() => Promise.all(Array.from({ length: 100 }, () => abortedDownload(`${s.url}/root.img.zst`).then(() => aborted++))), burst, a.sha256)
       // 100 clients that start and abort downloads over and over until the measured one is done
-      await measured((done) => Promise.all(Array.from({ length: 100 }, async () => {
-        while (!done()) {
-          await abortedDownload(`${s.url}/root.img.zst`)
-          aborted++
-        }
-      })), storm, a.sha256)
+      await measured(
+        (done) =>
+          Promise.all(
+            Array.from({ length: 100 }, async () => {
+              while (!done()) {
+                await abortedDownload(`${s.url}/root.img.zst`)
+                aborted++
+              }
+            }),
+          ),
+        storm,
+        a.sha256,
+      )
     }
     for (const until = Date.now() + 15_000; Date.now() < until && s.fds() > before.fds; await sleep(200));
     const after = { fds: s.fds(), rss: s.rss() }
     const note = '256 MiB file; 100 slowloris clients alongside in both; median of 3, interleaved with the peer'
-    fig({ name: 'image server: one whole download with 100 aborted downloads and 100 slow clients alongside', value: Number(median(burst).toFixed(2)), unit: 's',
-      peer: 'the same download with no other client', peerValue: Number(median(alone).toFixed(2)), note: `${note}; 100 clients each start a download of the same file and abort it after 64 KiB` })
-    fig({ name: 'image server: one whole download while 100 clients start and abort downloads without pause, and 100 slow clients', value: Number(median(storm).toFixed(2)), unit: 's',
-      peer: 'the same download with no other client', peerValue: Number(median(alone).toFixed(2)),
-      note: `${note}; ${aborted} downloads aborted in all; the clients run on the same two cores as the server` })
+    fig({
+      name: 'image server: one whole download with 100 aborted downloads and 100 slow clients alongside',
+      value: Number(median(burst).toFixed(2)),
+      unit: 's',
+      peer: 'the same download with no other client',
+      peerValue: Number(median(alone).toFixed(2)),
+      note: `${note}; 100 clients each start a download of the same file and abort it after 64 KiB`,
+    })
+    fig({
+      name: 'image server: one whole download while 100 clients start and abort downloads without pause, and 100 slow clients',
+      value: Number(median(storm).toFixed(2)),
+      unit: 's',
+      peer: 'the same download with no other client',
+      peerValue: Number(median(alone).toFixed(2)),
+      note: `${note}; ${aborted} downloads aborted in all; the clients run on the same two cores as the server`,
+    })
     fig({ name: 'image server: open file descriptors after the load', value: after.fds, unit: 'descriptors', peer: 'before the load', peerValue: before.fds })
-    fig({ name: 'image server: RSS after the load', value: Number((after.rss / 2 ** 20).toFixed(1)), unit: 'MiB', peer: 'before the load', peerValue: Number((before.rss / 2 ** 20).toFixed(1)),
-      note: 'V8 frees download buffers at its next collection: RSS moves within some tens of MiB without a leak' })
+    fig({
+      name: 'image server: RSS after the load',
+      value: Number((after.rss / 2 ** 20).toFixed(1)),
+      unit: 'MiB',
+      peer: 'before the load',
+      peerValue: Number((before.rss / 2 ** 20).toFixed(1)),
+      note: 'V8 frees download buffers at its next collection: RSS moves within some tens of MiB without a leak',
+    })
   } finally {
     busybox.kill('SIGTERM')
     await s.stop()
@@ -347,7 +513,10 @@ async function benchImageServer(exe?: string): Promise<void> {
  */
 async function benchBoot(keys: { privateKeyFile: string }): Promise<void> {
   // the test image for the layout with an ESP (it then carries the selector: it grows to its slot's size)
-  const recipe = writeRecipeVariant('test', path.join(dir, 'boot-esp.yaml'), (r) => { r.layout = path.join(root, 'image-build/layouts/test-esp.yaml'); r.imageSizeMiB = 192 })
+  const recipe = writeRecipeVariant('test', path.join(dir, 'boot-esp.yaml'), (r) => {
+    r.layout = path.join(root, 'image-build/layouts/test-esp.yaml')
+    r.imageSizeMiB = 192
+  })
   const built = await buildImage(recipe, { out: path.join(dir, 'boot-img'), keyFile: keys.privateKeyFile })
   const image = path.join(path.dirname(built.manifestFile), 'root.img')
   const selector = path.join(dir, 'BOOTX64.EFI')
@@ -358,18 +527,32 @@ async function benchBoot(keys: { privateKeyFile: string }): Promise<void> {
   let accel = ''
   for (let i = 0; i < 3; i++) {
     for (const fw of ['bios', 'uefi'] as const) {
-      const r = await bootUntilPowerOff({
-        memoryMb: 768, disks: [{ file: disks.ssd, bus: 'ide-hd', rotationRate: 1 }, { file: disks.hdd, bus: 'ide-hd', rotationRate: 7200 }],
-        ...(fw === 'uefi' ? { uefi: { vars: uefiVarsCopy(fs.mkdtempSync(path.join(dir, 'vars-'))) } } : {}),
-      }, 300_000, /LABHOST-USERSPACE/)
+      const r = await bootUntilPowerOff(
+        {
+          memoryMb: 768,
+          disks: [
+            { file: disks.ssd, bus: 'ide-hd', rotationRate: 1 },
+            { file: disks.hdd, bus: 'ide-hd', rotationRate: 7200 },
+          ],
+          ...(fw === 'uefi' ? { uefi: { vars: uefiVarsCopy(fs.mkdtempSync(path.join(dir, 'vars-'))) } } : {}),
+        },
+        300_000,
+        /LABHOST-USERSPACE/,
+      )
       if (!/LABHOST-USERSPACE version=\S+ slot=A/.test(r.serial)) throw new Error(`the ${fw} boot did not reach userspace:\n${r.serial.slice(-2000)}`)
       times[fw].push(r.seconds)
       accel = r.accel
     }
   }
   const m = (xs: number[]) => Number(median(xs).toFixed(1))
-  fig({ name: `boot, power-on to the slot's userspace under ${accel}, UEFI (OVMF, selector + kexec), median of 3`, value: m(times.uefi), unit: 's',
-    peer: 'the same disk on legacy BIOS (SeaBIOS, gptmbr, extlinux)', peerValue: m(times.bios), note: `UEFI ${times.uefi.map((x) => x.toFixed(1)).join(', ')}; BIOS ${times.bios.map((x) => x.toFixed(1)).join(', ')} (QEMU start included, 0.5 s polling)` })
+  fig({
+    name: `boot, power-on to the slot's userspace under ${accel}, UEFI (OVMF, selector + kexec), median of 3`,
+    value: m(times.uefi),
+    unit: 's',
+    peer: 'the same disk on legacy BIOS (SeaBIOS, gptmbr, extlinux)',
+    peerValue: m(times.bios),
+    note: `UEFI ${times.uefi.map((x) => x.toFixed(1)).join(', ')}; BIOS ${times.bios.map((x) => x.toFixed(1)).join(', ')} (QEMU start included, 0.5 s polling)`,
+  })
 }
 
 /** The package the delta benchmark's 1.1.0 adds: small, no new dependencies. */
@@ -435,8 +618,21 @@ try {
       theirsSectors.push(sectorsWritten(dev) - s0)
       await execa(labhost, ['slots', 'switch', '--disk', dev, '--to', to === 'B' ? 'A' : 'B']).catch(() => undefined)
     }
-    fig({ name: 'slot switch, wall time (CLI, includes node start)', value: Number(median(ours).toFixed(3)), unit: 's', peer: 'sgdisk -A toggle (same bits)', peerValue: Number(median(theirs).toFixed(3)) })
-    fig({ name: 'slot switch, 512-byte sectors written to the disk', value: median(oursSectors), unit: 'sectors', peer: 'sgdisk -A toggle (same bits)', peerValue: median(theirsSectors), note: 'labhost: commit sector + backup mirror; sgdisk rewrites headers and both arrays' })
+    fig({
+      name: 'slot switch, wall time (CLI, includes node start)',
+      value: Number(median(ours).toFixed(3)),
+      unit: 's',
+      peer: 'sgdisk -A toggle (same bits)',
+      peerValue: Number(median(theirs).toFixed(3)),
+    })
+    fig({
+      name: 'slot switch, 512-byte sectors written to the disk',
+      value: median(oursSectors),
+      unit: 'sectors',
+      peer: 'sgdisk -A toggle (same bits)',
+      peerValue: median(theirsSectors),
+      note: 'labhost: commit sector + backup mirror; sgdisk rewrites headers and both arrays',
+    })
   } finally {
     await detachLoop(dev)
   }
@@ -447,7 +643,13 @@ try {
   fig({ name: 'image build, test recipe, from scratch', value: Number(cold.seconds.toFixed(2)), unit: 's', peer: null, peerValue: null })
   const warm = await buildImage('test', { out: path.join(dir, 'img2'), keyFile: keys.privateKeyFile })
   if (!warm.cached) throw new Error('the second build did not come from the cache')
-  fig({ name: 'image build, test recipe, from the cache', value: Number(warm.seconds.toFixed(2)), unit: 's', peer: 'the same build from scratch', peerValue: Number(cold.seconds.toFixed(2)) })
+  fig({
+    name: 'image build, test recipe, from the cache',
+    value: Number(warm.seconds.toFixed(2)),
+    unit: 's',
+    peer: 'the same build from scratch',
+    peerValue: Number(cold.seconds.toFixed(2)),
+  })
   fig({ name: 'test image, raw ext4 size', value: cold.manifest.image.size, unit: 'bytes', peer: null, peerValue: null })
   fig({ name: 'test image, zstd transport size', value: cold.manifest.transport.size, unit: 'bytes', peer: 'raw image', peerValue: cold.manifest.image.size })
   const host = await buildImage('host', { out: path.join(dir, 'host'), keyFile: keys.privateKeyFile, noCache: true })
@@ -462,9 +664,18 @@ try {
   await benchBoot(keys)
   fig({ name: 'labhost executable size', value: fs.statSync(path.join(root, 'dist/labhost')).size, unit: 'bytes', peer: null, peerValue: null })
 
-  const machine = { cpu: os.cpus()[0]?.model ?? 'unknown', cores: os.cpus().length, memGiB: Math.round(os.totalmem() / 2 ** 30), kernel: os.release(), node: process.version }
+  const machine = {
+    cpu: os.cpus()[0]?.model ?? 'unknown',
+    cores: os.cpus().length,
+    memGiB: Math.round(os.totalmem() / 2 ** 30),
+    kernel: os.release(),
+    node: process.version,
+  }
   fs.mkdirSync(path.join(root, 'bench'), { recursive: true })
-  fs.writeFileSync(path.join(root, 'bench/results.json'), JSON.stringify({ when: new Date().toISOString(), machine, figures: figures.map((f) => ({ ...f, machine: machine.cpu })) }, null, 2) + '\n')
+  fs.writeFileSync(
+    path.join(root, 'bench/results.json'),
+    JSON.stringify({ when: new Date().toISOString(), machine, figures: figures.map((f) => ({ ...f, machine: machine.cpu })) }, null, 2) + '\n',
+  )
   console.log('written bench/results.json')
 } finally {
   fs.rmSync(dir, { recursive: true, force: true })

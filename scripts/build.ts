@@ -26,7 +26,8 @@ await build({
   outfile: bundle,
   // import.meta has no meaning in the CommonJS bundle; modules fall back to their own defaults.
   define: {
-    'import.meta.dirname': 'undefined', 'globalThis.LABHOST_FAULTS': String(values.faults),
+    'import.meta.dirname': 'undefined',
+    'globalThis.LABHOST_FAULTS': String(values.faults),
     // what the image cache keys on: the builder's import closure, hashed as from source
     'globalThis.LABHOST_BUILDER_HASH': JSON.stringify(await closureHash(root)),
   },
@@ -45,7 +46,10 @@ const blob = path.join(dist, `${name}.sea-prep.blob`)
 const shipped = shippedAssets(path.join(root, 'image-build'))
 const index = path.join(dist, `${name}.${SHIPPED_INDEX}`)
 fs.writeFileSync(index, JSON.stringify(Object.keys(shipped)))
-fs.writeFileSync(seaConfig, JSON.stringify({ main: bundle, output: blob, disableExperimentalSEAWarning: true, useCodeCache: true, assets: { [SHIPPED_INDEX]: index, ...shipped } }))
+fs.writeFileSync(
+  seaConfig,
+  JSON.stringify({ main: bundle, output: blob, disableExperimentalSEAWarning: true, useCodeCache: true, assets: { [SHIPPED_INDEX]: index, ...shipped } }),
+)
 await execa(process.execPath, ['--experimental-sea-config', seaConfig], { stdio: 'inherit' })
 const exe = path.join(dist, name)
 fs.rmSync(exe, { force: true })
@@ -53,5 +57,9 @@ fs.rmSync(exe, { force: true })
 const stripped = await execa('strip', ['-o', exe, process.execPath], { reject: false })
 if (stripped.exitCode !== 0) fs.copyFileSync(process.execPath, exe)
 fs.chmodSync(exe, 0o755)
-await execa('postject', [exe, 'NODE_SEA_BLOB', blob, '--sentinel-fuse', 'NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2'], { preferLocal: true, localDir: root, stdio: 'inherit' })
+await execa('postject', [exe, 'NODE_SEA_BLOB', blob, '--sentinel-fuse', 'NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2'], {
+  preferLocal: true,
+  localDir: root,
+  stdio: 'inherit',
+})
 console.log(`built ${path.relative(root, exe)} (${(fs.statSync(exe).size / 2 ** 20).toFixed(0)} MiB, Node ${process.version})`)

@@ -42,7 +42,10 @@ try {
     r.imageSizeMiB = 192
   }
   const v1Recipe = writeRecipeVariant('test', path.join(dir, 'test-1.0.0.yaml'), withEsp)
-  const v2Recipe = writeRecipeVariant('test', path.join(dir, 'test-1.1.0.yaml'), (r) => { r.version = '1.1.0'; withEsp(r) })
+  const v2Recipe = writeRecipeVariant('test', path.join(dir, 'test-1.1.0.yaml'), (r) => {
+    r.version = '1.1.0'
+    withEsp(r)
+  })
   const v1 = await buildImage(v1Recipe, { out: path.join(dir, 'v1'), keyFile: keys.privateKeyFile })
   say(`built test ${v1.manifest.version}: ${v1.manifest.image.size >> 20} MiB, ${v1.manifest.transport.size >> 20} MiB zstd, ${v1.seconds.toFixed(1)} s`)
   const v2 = await buildImage(v2Recipe, { out: path.join(dir, 'v2'), keyFile: keys.privateKeyFile })
@@ -50,23 +53,37 @@ try {
 
   // The technician's part: a stick with 1.0.0 and install.yaml, booted on a blank Dell PC.
   const config = path.join(dir, 'install.yaml')
-  fs.writeFileSync(config, 'models: [{ vendor: Dell Inc., product: OptiPlex 7010 }]\ndisks:\n  ssd: { rotational: false, minSizeGiB: 0.5 }\n  hdd: { rotational: true, minSizeGiB: 0.05 }\nfinish: poweroff\n')
+  fs.writeFileSync(
+    config,
+    'models: [{ vendor: Dell Inc., product: OptiPlex 7010 }]\ndisks:\n  ssd: { rotational: false, minSizeGiB: 0.5 }\n  hdd: { rotational: true, minSizeGiB: 0.05 }\nfinish: poweroff\n',
+  )
   const stick = await buildStick({ imageDir: path.join(dir, 'v1'), config, out: path.join(dir, 'stick.img'), keyFile: keys.privateKeyFile })
   say(`built the installer stick ${stick.out} (${stick.sizeBytes >> 20} MiB) with 1.0.0 and install.yaml`)
   const ssd = path.join(dir, 'ssd.img')
   const hdd = path.join(dir, 'hdd.img')
-  for (const [f, mib] of [[ssd, 640], [hdd, 64]] as const) {
+  for (const [f, mib] of [
+    [ssd, 640],
+    [hdd, 64],
+  ] as const) {
     fs.writeFileSync(f, '')
     fs.truncateSync(f, mib << 20)
   }
   // the PC's firmware: SeaBIOS, or OVMF with its own variable store (kept across its boots)
   const firmware: Partial<VmSpec> = uefi ? { uefi: { vars: uefiVarsCopy(dir) }, memoryMb: 1024 } : {}
   say(`boot 0: a blank Dell OptiPlex 7010 (SSD + HDD, ${uefi ? 'UEFI only' : 'legacy BIOS'}) boots the stick; labhost install runs unattended`)
-  const inst = await bootUntilPowerOff({
-    ...firmware,
-    smbios: { manufacturer: 'Dell Inc.', product: 'OptiPlex 7010' },
-    disks: [{ file: stick.out, bus: 'usb-storage', bootIndex: 0 }, { file: ssd, bus: 'ide-hd', rotationRate: 1, bootIndex: 1 }, { file: hdd, bus: 'ide-hd', rotationRate: 7200, bootIndex: 2 }],
-  }, 600_000, /labhost install refused/)
+  const inst = await bootUntilPowerOff(
+    {
+      ...firmware,
+      smbios: { manufacturer: 'Dell Inc.', product: 'OptiPlex 7010' },
+      disks: [
+        { file: stick.out, bus: 'usb-storage', bootIndex: 0 },
+        { file: ssd, bus: 'ide-hd', rotationRate: 1, bootIndex: 1 },
+        { file: hdd, bus: 'ide-hd', rotationRate: 7200, bootIndex: 2 },
+      ],
+    },
+    600_000,
+    /labhost install refused/,
+  )
   const instExit = /LABHOST-STICK-INSTALL-END exit=(\d+)/.exec(inst.serial)?.[1]
   say(`installed under ${inst.accel} in ${inst.seconds.toFixed(1)} s: labhost install exit ${instExit ?? '?'}${inst.poweredOff ? ', powered off' : ''}`)
   if (instExit !== '0') throw new Error(`the install failed:\n${inst.serial.slice(-3000)}`)
@@ -78,28 +95,46 @@ try {
   await stageUpdatePlan(disks, { steps: [{ name: 'v1.1.0', args: `${GUEST_SERVER}/ --reboot` }] })
 
   const boot = async (expect: { version: string; slot: string }) => {
-    const res = await bootUntilPowerOff({
-      ...firmware,
-      disks: [{ file: disks.ssd, bus: 'ide-hd', rotationRate: 1 }, { file: disks.hdd, bus: 'ide-hd', rotationRate: 7200 }],
-      net: { forwards: [{ guestPort: 8080, hostPort: server.port }] },
-    }, 600_000)
+    const res = await bootUntilPowerOff(
+      {
+        ...firmware,
+        disks: [
+          { file: disks.ssd, bus: 'ide-hd', rotationRate: 1 },
+          { file: disks.hdd, bus: 'ide-hd', rotationRate: 7200 },
+        ],
+        net: { forwards: [{ guestPort: 8080, hostPort: server.port }] },
+      },
+      600_000,
+    )
     const m = /LABHOST-USERSPACE version=(\S+) slot=([AB])/.exec(res.serial)
     const mounts = [...res.serial.matchAll(/LABHOST-MOUNT (\S+)/g)].map((x) => x[1]).join(' ')
-    say(`booted under ${res.accel} in ${res.seconds.toFixed(1)} s${uefi ? ` (UEFI: the selector picked slot ${/LABHOST-SELECTOR slot=([AB])/.exec(res.serial)?.[1] ?? '?'})` : ''}: version ${m?.[1] ?? '?'} from slot ${m?.[2] ?? '?'}; mounted ${mounts || 'nothing'}`)
+    say(
+      `booted under ${res.accel} in ${res.seconds.toFixed(1)} s${uefi ? ` (UEFI: the selector picked slot ${/LABHOST-SELECTOR slot=([AB])/.exec(res.serial)?.[1] ?? '?'})` : ''}: version ${m?.[1] ?? '?'} from slot ${m?.[2] ?? '?'}; mounted ${mounts || 'nothing'}`,
+    )
     if (m?.[1] !== expect.version || m?.[2] !== expect.slot) failed = true
     return res.serial
   }
-  say(`boot 1: 1.0.0 runs \`labhost update ${GUEST_SERVER}/ --reboot\` (signature, a delta: the block index and only the chunks 1.0.0 lacks, chunk hashes, read-back, one-sector switch)`)
+  say(
+    `boot 1: 1.0.0 runs \`labhost update ${GUEST_SERVER}/ --reboot\` (signature, a delta: the block index and only the chunks 1.0.0 lacks, chunk hashes, read-back, one-sector switch)`,
+  )
   const first = await boot({ version: '1.0.0', slot: 'A' })
   const exit = /LABHOST-UPDATE-EXIT \S+ (\d+)/.exec(first)?.[1]
-  say(exit === undefined ? `labhost update finished and rebooted the VM (${server.requests.length} HTTP requests, ${server.requests.reduce((n, q) => n + q.bytes, 0)} bytes served)` : `labhost update FAILED with exit ${exit}`)
+  say(
+    exit === undefined
+      ? `labhost update finished and rebooted the VM (${server.requests.length} HTTP requests, ${server.requests.reduce((n, q) => n + q.bytes, 0)} bytes served)`
+      : `labhost update FAILED with exit ${exit}`,
+  )
   if (exit !== undefined) failed = true
   say('boot 2: slot B on trial; the health check runs `labhost mark-good`')
   const second = await boot({ version: '1.1.0', slot: 'B' })
   say(/LABHOST-MARK (.*)/.exec(second)?.[1]?.trim() ?? 'not marked good')
   if (!/LABHOST-MARK slot B/.test(second)) failed = true
   await server.close() // QEMU connects its forward when it starts: the server outlives the boots
-  say(failed ? 'FAILED' : 'built, installed from the stick onto SSD+HDD, booted 1.0.0 from A, updated to 1.1.0 over HTTP into B, booted it on trial, marked it good')
+  say(
+    failed
+      ? 'FAILED'
+      : 'built, installed from the stick onto SSD+HDD, booted 1.0.0 from A, updated to 1.1.0 over HTTP into B, booted it on trial, marked it good',
+  )
 } catch (e) {
   failed = true
   console.error(`demo: ${(e as Error).message}`)

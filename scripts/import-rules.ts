@@ -29,7 +29,11 @@ export const ROOMS: Record<string, readonly string[]> = {
 
 const isTest = (rel: string) => rel.endsWith('.test.ts') || rel.split('/').includes('test')
 
-export interface Breach { from: string; to: string; why: string }
+export interface Breach {
+  from: string
+  to: string
+  why: string
+}
 
 /** The repository's own TypeScript files (no node_modules, dist, scratch or hidden folders). */
 export function sourceFiles(root: string): string[] {
@@ -39,7 +43,9 @@ export function sourceFiles(root: string): string[] {
 /** The repository files a file imports (relative specifiers only; packages and node: are outside). */
 export function importsOf(root: string, rel: string): string[] {
   const info = ts.preProcessFile(fs.readFileSync(path.join(root, rel), 'utf8'), true, true)
-  return info.importedFiles.map((f) => f.fileName).filter((s) => s.startsWith('.'))
+  return info.importedFiles
+    .map((f) => f.fileName)
+    .filter((s) => s.startsWith('.'))
     .map((s) => path.relative(root, path.resolve(root, path.dirname(rel), s)))
 }
 
@@ -51,7 +57,10 @@ export function checkImports(root: string): Breach[] {
   for (const from of files) {
     const room = from.split('/')[0]!
     const targets = importsOf(root, from)
-    graph.set(from, targets.filter((x) => known.has(x)))
+    graph.set(
+      from,
+      targets.filter((x) => known.has(x)),
+    )
     for (const to of targets) {
       if (!known.has(to)) {
         breaches.push({ from, to, why: 'imports a file that does not exist' })
@@ -77,10 +86,16 @@ export function checkImports(root: string): Breach[] {
   }
   // cycles between files (Tarjan's strongly connected components)
   let index = 0
-  const idx = new Map<string, number>(), low = new Map<string, number>(), stack: string[] = [], on = new Set<string>()
+  const idx = new Map<string, number>(),
+    low = new Map<string, number>(),
+    stack: string[] = [],
+    on = new Set<string>()
   const visit = (v: string): void => {
-    idx.set(v, index); low.set(v, index); index++
-    stack.push(v); on.add(v)
+    idx.set(v, index)
+    low.set(v, index)
+    index++
+    stack.push(v)
+    on.add(v)
     for (const w of graph.get(v) ?? []) {
       if (!idx.has(w)) {
         visit(w)

@@ -24,7 +24,16 @@ try {
   console.log(`host image ${r.cached ? 'already in the cache' : `built into the cache in ${r.seconds.toFixed(0)} s`}`)
   const t1 = Date.now()
   const lean: [string, (file: string) => string][] = [
-    ['lean-esp', leanEspRecipe], ['broken', leanBrokenRecipe], ['v3', (f) => leanRecipe(f, (x) => { x.version = '3.0.0' })]]
+    ['lean-esp', leanEspRecipe],
+    ['broken', leanBrokenRecipe],
+    [
+      'v3',
+      (f) =>
+        leanRecipe(f, (x) => {
+          x.version = '3.0.0'
+        }),
+    ],
+  ]
   for (const [name, recipe] of lean) await buildImage(recipe(path.join(dir, `${name}.yaml`)), { out: path.join(dir, name), keyFile })
   console.log(`lean images of the stick and UEFI tests in the cache after ${((Date.now() - t1) / 1000).toFixed(0)} s`)
 } finally {

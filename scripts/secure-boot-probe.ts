@@ -44,7 +44,15 @@ const LAB_OWNER = '6c1d1a2b-0a11-4b5e-9c3a-00000000005b'
 
 const { values: opts } = parseArgs({ options: { only: { type: 'string' }, keep: { type: 'boolean' } } })
 const only = opts.only ? new Set(opts.only.split(',')) : null
-const VARIANTS = ['selector-sb-off', 'selector-unsigned', 'shim-grub', 'shim-grub-efi-debian', 'shim-selector', 'selector-lab-key', 'selector-lab-key-debian-ca']
+const VARIANTS = [
+  'selector-sb-off',
+  'selector-unsigned',
+  'shim-grub',
+  'shim-grub-efi-debian',
+  'shim-selector',
+  'selector-lab-key',
+  'selector-lab-key-debian-ca',
+]
 for (const n of only ?? []) if (!VARIANTS.includes(n)) throw new Error(`--only: no variant ${n} (variants: ${VARIANTS.join(', ')})`)
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'labhost-sb-probe-'))
 const log = (line: string) => console.log(`[sb-probe] ${line}`)
@@ -54,18 +62,32 @@ const log = (line: string) => console.log(`[sb-probe] ${line}`)
 /** The serial log without OVMF's terminal escapes and carriage returns. */
 function clean(raw: string): string {
   // eslint-disable-next-line no-control-regex
-  return raw.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '').replace(/\x1b[()][0-9A-Za-z]/g, '').replace(/\r/g, '')
+  return raw
+    .replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '')
+    .replace(/\x1b[()][0-9A-Za-z]/g, '')
+    .replace(/\r/g, '')
 }
 
-interface Step { name: string; ok: RegExp; fail?: RegExp }
-interface StepResult { name: string; reached: boolean; evidence: string | null }
+interface Step {
+  name: string
+  ok: RegExp
+  fail?: RegExp
+}
+interface StepResult {
+  name: string
+  reached: boolean
+  evidence: string | null
+}
 
 const line = (s: string, re: RegExp): string | null => {
   const m = re.exec(s)
   if (!m) return null
   const start = s.lastIndexOf('\n', m.index) + 1
   const end = s.indexOf('\n', m.index + m[0].length)
-  return s.slice(start, end < 0 ? undefined : end).trim().slice(0, 240)
+  return s
+    .slice(start, end < 0 ? undefined : end)
+    .trim()
+    .slice(0, 240)
 }
 
 /** The first step not reached is where the boot stopped; its evidence is the failure line the console showed, if any. */
@@ -87,7 +109,8 @@ function judge(serial: string, steps: Step[]): { steps: StepResult[]; stoppedAt:
 // one regex per failure message the chain can print, so "where it stopped" quotes the console
 // the SSD is the first disk (QM00001); after it OVMF tries the HDD and its shell
 const FW_DENIED = /BdsDxe: failed to (load|start) Boot\d+ "UEFI QEMU HARDDISK QM00001[^\n]*/
-const SHIM_FAIL = /Verification failed[^\n]*|Failed to load image[^\n]*|Failed to start[^\n]*|Something has gone seriously wrong[^\n]*|SBAT[^\n]*(fail|denied|violat)[^\n]*/i
+const SHIM_FAIL =
+  /Verification failed[^\n]*|Failed to load image[^\n]*|Failed to start[^\n]*|Something has gone seriously wrong[^\n]*|SBAT[^\n]*(fail|denied|violat)[^\n]*/i
 const GRUB_FAIL = /error: [^\n]*|grub> |grub rescue> /
 const KEXEC_FAIL = /kexec_file_load failed[^\n]*|Cannot load[^\n]*|LABHOST-INITRAMFS-FAIL[^\n]*|kexec[^\n]*(denied|rejected|not permitted)[^\n]*/i
 const ANY_FAIL = /LABHOST-INITRAMFS-FAIL[^\n]*|Kernel panic[^\n]*|Lockdown: [^\n]*|Loading of unsigned module[^\n]*|module verification failed[^\n]*/
@@ -97,13 +120,18 @@ const SELECTOR_STEPS: Step[] = [
   { name: 'selector kernel runs', ok: /Linux version \d[^\n]*|LABHOST-SELECTOR|Run \/init/, fail: ANY_FAIL },
   { name: 'selector picks the flagged slot', ok: /LABHOST-SELECTOR slot=\w+[^\n]*/, fail: ANY_FAIL },
   // LABHOST-ROOT: the slot's own initramfs, so the kexec'd kernel runs
-  { name: 'kexec -s starts the slot\'s Debian-signed kernel', ok: /LABHOST-ROOT slot=\w+[^\n]*/, fail: KEXEC_FAIL },
+  { name: "kexec -s starts the slot's Debian-signed kernel", ok: /LABHOST-ROOT slot=\w+[^\n]*/, fail: KEXEC_FAIL },
   { name: 'slot userspace runs', ok: /LABHOST-USERSPACE [^\n]*/, fail: ANY_FAIL },
 ]
 
 // ---- QEMU ----------------------------------------------------------------------------------
 
-interface Boot { serial: string; seconds: number; waitedForLockSeconds: number; exit: string }
+interface Boot {
+  serial: string
+  seconds: number
+  waitedForLockSeconds: number
+  exit: string
+}
 
 /**
  * One boot under the VM lock: q35 with SMM and secure pflash, OVMF's Secure Boot build and the
@@ -114,17 +142,46 @@ async function boot(name: string, vars: string, disks: { ssd: string; hdd: strin
   const work = fs.mkdtempSync(path.join(dir, `boot-${name}-`))
   const serialFile = path.join(work, 'serial.log')
   const pidFile = path.join(work, 'qemu.pid')
-  const args = ['-machine', 'q35,smm=on', '-accel', 'tcg', '-m', '768', '-display', 'none', '-no-reboot', '-nic', 'none',
-    '-serial', `file:${serialFile}`, '-monitor', 'none', '-pidfile', pidFile,
-    '-global', 'driver=cfi.pflash01,property=secure,value=on',
-    '-drive', `if=pflash,format=raw,unit=0,readonly=on,file=${CODE_SECBOOT}`, '-drive', `if=pflash,format=raw,unit=1,file=${vars}`,
-    '-drive', `file=${disks.ssd},format=raw,if=none,id=d0`, '-device', 'ide-hd,drive=d0,bus=ide.0,rotation_rate=1',
-    '-drive', `file=${disks.hdd},format=raw,if=none,id=d1`, '-device', 'ide-hd,drive=d1,bus=ide.1,rotation_rate=7200']
+  const args = [
+    '-machine',
+    'q35,smm=on',
+    '-accel',
+    'tcg',
+    '-m',
+    '768',
+    '-display',
+    'none',
+    '-no-reboot',
+    '-nic',
+    'none',
+    '-serial',
+    `file:${serialFile}`,
+    '-monitor',
+    'none',
+    '-pidfile',
+    pidFile,
+    '-global',
+    'driver=cfi.pflash01,property=secure,value=on',
+    '-drive',
+    `if=pflash,format=raw,unit=0,readonly=on,file=${CODE_SECBOOT}`,
+    '-drive',
+    `if=pflash,format=raw,unit=1,file=${vars}`,
+    '-drive',
+    `file=${disks.ssd},format=raw,if=none,id=d0`,
+    '-device',
+    'ide-hd,drive=d0,bus=ide.0,rotation_rate=1',
+    '-drive',
+    `file=${disks.hdd},format=raw,if=none,id=d1`,
+    '-device',
+    'ide-hd,drive=d1,bus=ide.1,rotation_rate=7200',
+  ]
   const requested = Date.now()
   // the VM lock is held by flock for exactly this QEMU process; `timeout` bounds the boot itself
   const child = spawn('flock', [LOCK, 'timeout', '-s', 'KILL', String(BOOT_TIMEOUT_S), 'qemu-system-x86_64', ...args], { stdio: ['ignore', 'ignore', 'pipe'] })
   let stderr = ''
-  child.stderr.on('data', (b: Buffer) => { stderr += b.toString() })
+  child.stderr.on('data', (b: Buffer) => {
+    stderr += b.toString()
+  })
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))
   let started = 0
   let matchedAt = 0
@@ -137,13 +194,22 @@ async function boot(name: string, vars: string, disks: { ssd: string; hdd: strin
       log(`${name}: QEMU started (waited ${((started - requested) / 1000).toFixed(0)} s for the VM lock)`)
     }
     if (done) {
-      exit = done.c === 0 ? 'qemu exited (guest powered off or reset)' : done.c === 137 ? `killed after ${BOOT_TIMEOUT_S} s` : `qemu exit ${done.c}: ${stderr.trim().slice(-300)}`
+      exit =
+        done.c === 0
+          ? 'qemu exited (guest powered off or reset)'
+          : done.c === 137
+            ? `killed after ${BOOT_TIMEOUT_S} s`
+            : `qemu exit ${done.c}: ${stderr.trim().slice(-300)}`
       break
     }
     if (started && !matchedAt && stop.test(read())) matchedAt = Date.now()
     if (matchedAt && Date.now() - matchedAt > graceS * 1000) {
       const pid = Number(fs.readFileSync(pidFile, 'utf8').trim())
-      try { process.kill(pid, 'SIGKILL') } catch { /* already gone */ }
+      try {
+        process.kill(pid, 'SIGKILL')
+      } catch {
+        /* already gone */
+      }
       await exited
       exit = 'stopped by the probe at a final console line'
       break
@@ -155,9 +221,23 @@ async function boot(name: string, vars: string, disks: { ssd: string; hdd: strin
 
 // ---- inputs --------------------------------------------------------------------------------
 
-const sh = (cmd: string, args: string[], o: { cwd?: string } = {}) => execFileSync(cmd, args, { cwd: o.cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
-const have = (tool: string) => { try { sh('sh', ['-c', `command -v ${tool}`]); return true } catch { return false } }
-const pkgVersion = (p: string) => { try { return sh('dpkg-query', ['-W', '-f=${Version}', p]) } catch { return null } }
+const sh = (cmd: string, args: string[], o: { cwd?: string } = {}) =>
+  execFileSync(cmd, args, { cwd: o.cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
+const have = (tool: string) => {
+  try {
+    sh('sh', ['-c', `command -v ${tool}`])
+    return true
+  } catch {
+    return false
+  }
+}
+const pkgVersion = (p: string) => {
+  try {
+    return sh('dpkg-query', ['-W', '-f=${Version}', p])
+  } catch {
+    return null
+  }
+}
 const debVersion = (unpacked: string) => path.basename(unpacked).split('_')[1] ?? null
 
 /** The slot userspace's report: the kernel's view of Secure Boot and lockdown, then power off. */
@@ -215,18 +295,33 @@ interface VariantResult {
 
 const results: VariantResult[] = []
 
-function record(v: Omit<VariantResult, 'measured' | 'booted' | 'stoppedAt' | 'stopEvidence' | 'steps' | 'secureBootSeen' | 'serialTail'>, serial: string, steps: Step[]): void {
+function record(
+  v: Omit<VariantResult, 'measured' | 'booted' | 'stoppedAt' | 'stopEvidence' | 'steps' | 'secureBootSeen' | 'serialTail'>,
+  serial: string,
+  steps: Step[],
+): void {
   const j = judge(serial, steps)
-  const sb = [...serial.matchAll(/[^\n]*(secureboot: [^\n]*|Secure boot (enabled|disabled)[^\n]*|locked down from EFI Secure Boot[^\n]*)/gi)].map((m) => m[0].trim().slice(0, 200))
+  const sb = [...serial.matchAll(/[^\n]*(secureboot: [^\n]*|Secure boot (enabled|disabled)[^\n]*|locked down from EFI Secure Boot[^\n]*)/gi)].map((m) =>
+    m[0].trim().slice(0, 200),
+  )
   const lockdown = /LABHOST-SB-SLOT lockdown=([^\n]*)/.exec(serial)?.[1] ?? null
-  const r: VariantResult = { ...v, measured: new Date().toISOString(), booted: !j.stoppedAt, stoppedAt: j.stoppedAt, stopEvidence: j.stopEvidence, steps: j.steps,
-    secureBootSeen: { firmwareOrKernel: [...new Set(sb)], slotLockdown: lockdown }, serialTail: serial.slice(-2500) }
+  const r: VariantResult = {
+    ...v,
+    measured: new Date().toISOString(),
+    booted: !j.stoppedAt,
+    stoppedAt: j.stoppedAt,
+    stopEvidence: j.stopEvidence,
+    steps: j.steps,
+    secureBootSeen: { firmwareOrKernel: [...new Set(sb)], slotLockdown: lockdown },
+    serialTail: serial.slice(-2500),
+  }
   results.push(r)
   log(`${r.name}: ${r.booted ? 'BOOTED to slot userspace' : `stopped at: ${r.stoppedAt}${r.stopEvidence ? ` (${r.stopEvidence})` : ''}`}`)
 }
 
 const wanted = (name: string) => !only || only.has(name)
-const FINAL = /LABHOST-SB-SLOT-END|BdsDxe: No bootable option|LABHOST-INITRAMFS-FAIL|Kernel panic|grub> |grub rescue> |Press any key to continue|Shell> |Verification failed/
+const FINAL =
+  /LABHOST-SB-SLOT-END|BdsDxe: No bootable option|LABHOST-INITRAMFS-FAIL|Kernel panic|grub> |grub rescue> |Press any key to continue|Shell> |Verification failed/
 
 async function main(): Promise<void> {
   log(`work dir ${dir}`)
@@ -237,9 +332,13 @@ async function main(): Promise<void> {
   const selector = await buildSelector({ layout, out: path.join(dir, 'selector.efi'), log })
   const kernel = await kernelFromPackage('linux-image-amd64')
   const base = await buildHostDisks(path.join(dir), layout, rootImg, { slots: ['A'], flag: 'A', restMiB: 16 })
-  await withPartition(base.ssd, base.ssdPlan.find((p) => p.mount === '/persistent')!, async (root) => {
-    fs.writeFileSync(`${root}/test-hook`, HOOK, { mode: 0o755 })
-  })
+  await withPartition(
+    base.ssd,
+    base.ssdPlan.find((p) => p.mount === '/persistent')!,
+    async (root) => {
+      fs.writeFileSync(`${root}/test-hook`, HOOK, { mode: 0o755 })
+    },
+  )
   // the selector's own initramfs, cut out of the UKI that `labhost image selector` makes
   const selectorInitrd = path.join(dir, 'selector-initrd.img')
   await run('objcopy', ['-O', 'binary', '--only-section=.initrd', selector.file, selectorInitrd])
@@ -253,9 +352,14 @@ async function main(): Promise<void> {
   const shim = path.join(shimDir, 'usr/lib/shim/shimx64.efi.signed')
   const grub = path.join(grubDir, 'usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed')
   const versions: Record<string, string | null> = {
-    'shim-signed': debVersion(shimDir), 'grub-efi-amd64-signed': debVersion(grubDir), kernel: kernel.version,
+    'shim-signed': debVersion(shimDir),
+    'grub-efi-amd64-signed': debVersion(grubDir),
+    kernel: kernel.version,
     'systemd-boot-efi (stub)': debVersion(await unpackDebianPackage('systemd-boot-efi')),
-    ovmf: pkgVersion('ovmf'), 'qemu-system-x86': pkgVersion('qemu-system-x86'), sbsigntool: pkgVersion('sbsigntool'), efitools: pkgVersion('efitools'),
+    ovmf: pkgVersion('ovmf'),
+    'qemu-system-x86': pkgVersion('qemu-system-x86'),
+    sbsigntool: pkgVersion('sbsigntool'),
+    efitools: pkgVersion('efitools'),
   }
   const fw = (vars: string) => ({ code: path.basename(CODE_SECBOOT), vars: path.basename(vars) })
   const espList = (f: Record<string, string>) => Object.entries(f).map(([to, from]) => `${to} <- ${path.basename(from)}`)
@@ -265,8 +369,18 @@ async function main(): Promise<void> {
     const files = { '/EFI/BOOT/BOOTX64.EFI': selectorVerbose }
     const disks = await hostWithEsp(base, 'control', files)
     const b = await boot('selector-sb-off', varsCopy(VARS_EMPTY, 'control'), disks, FINAL)
-    record({ name: 'selector-sb-off', description: 'control: the selector UKI (unsigned), Secure Boot off (secboot firmware, empty variable store)', secureBoot: false,
-      firmware: fw(VARS_EMPTY), esp: espList(files), boots: [{ purpose: 'boot', ...pick(b) }] }, b.serial, [FIRMWARE_STARTS, ...SELECTOR_STEPS])
+    record(
+      {
+        name: 'selector-sb-off',
+        description: 'control: the selector UKI (unsigned), Secure Boot off (secboot firmware, empty variable store)',
+        secureBoot: false,
+        firmware: fw(VARS_EMPTY),
+        esp: espList(files),
+        boots: [{ purpose: 'boot', ...pick(b) }],
+      },
+      b.serial,
+      [FIRMWARE_STARTS, ...SELECTOR_STEPS],
+    )
   }
 
   // 2. today's selector under Secure Boot with Microsoft's keys
@@ -274,25 +388,38 @@ async function main(): Promise<void> {
     const files = { '/EFI/BOOT/BOOTX64.EFI': selector.file }
     const disks = await hostWithEsp(base, 'unsigned', files)
     const b = await boot('selector-unsigned', varsCopy(VARS_MS, 'unsigned'), disks, FINAL)
-    record({ name: 'selector-unsigned', description: 'the selector UKI as `labhost image selector` builds it (unsigned), Secure Boot on, Microsoft keys', secureBoot: true,
-      firmware: fw(VARS_MS), esp: espList(files), boots: [{ purpose: 'boot', ...pick(b) }] }, b.serial, [FIRMWARE_STARTS, ...SELECTOR_STEPS])
+    record(
+      {
+        name: 'selector-unsigned',
+        description: 'the selector UKI as `labhost image selector` builds it (unsigned), Secure Boot on, Microsoft keys',
+        secureBoot: true,
+        firmware: fw(VARS_MS),
+        esp: espList(files),
+        boots: [{ purpose: 'boot', ...pick(b) }],
+      },
+      b.serial,
+      [FIRMWARE_STARTS, ...SELECTOR_STEPS],
+    )
   }
 
   // 3. Debian's signed chain: shim (as BOOTX64.EFI) -> GRUB -> Debian's kernel + the selector's initramfs
   const grubCfg = path.join(dir, 'grub.cfg')
-  fs.writeFileSync(grubCfg, [
-    'echo "LABHOST-GRUB-CFG cmdpath=$cmdpath prefix=$prefix root=$root"',
-    `linux /EFI/labhost/vmlinuz ${cmdline}`,
-    'echo "LABHOST-GRUB-LINUX-LOADED"',
-    'initrd /EFI/labhost/selector-initrd.img',
-    'echo "LABHOST-GRUB-INITRD-LOADED"',
-    'boot',
-    '',
-  ].join('\n'))
+  fs.writeFileSync(
+    grubCfg,
+    [
+      'echo "LABHOST-GRUB-CFG cmdpath=$cmdpath prefix=$prefix root=$root"',
+      `linux /EFI/labhost/vmlinuz ${cmdline}`,
+      'echo "LABHOST-GRUB-LINUX-LOADED"',
+      'initrd /EFI/labhost/selector-initrd.img',
+      'echo "LABHOST-GRUB-INITRD-LOADED"',
+      'boot',
+      '',
+    ].join('\n'),
+  )
   const shimSteps = (cfgWhere: string): Step[] => [
     FIRMWARE_STARTS,
     { name: `shim starts GRUB, GRUB reads ${cfgWhere}`, ok: /LABHOST-GRUB-CFG[^\n]*/, fail: new RegExp(`${SHIM_FAIL.source}|${GRUB_FAIL.source}`, 'i') },
-    { name: 'GRUB loads Debian\'s kernel (verified through shim)', ok: /LABHOST-GRUB-LINUX-LOADED/, fail: GRUB_FAIL },
+    { name: "GRUB loads Debian's kernel (verified through shim)", ok: /LABHOST-GRUB-LINUX-LOADED/, fail: GRUB_FAIL },
     { name: 'GRUB loads the selector initramfs (not verified)', ok: /LABHOST-GRUB-INITRD-LOADED/, fail: GRUB_FAIL },
     ...SELECTOR_STEPS,
   ]
@@ -301,12 +428,27 @@ async function main(): Promise<void> {
     ['shim-grub-efi-debian', '/EFI/debian/grub.cfg', '\\EFI\\debian\\grub.cfg ($prefix)'],
   ] as const) {
     if (!wanted(name)) continue
-    const files = { '/EFI/BOOT/BOOTX64.EFI': shim, '/EFI/BOOT/grubx64.efi': grub, [cfgPath]: grubCfg,
-      '/EFI/labhost/vmlinuz': kernel.vmlinuz, '/EFI/labhost/selector-initrd.img': selectorInitrd }
+    const files = {
+      '/EFI/BOOT/BOOTX64.EFI': shim,
+      '/EFI/BOOT/grubx64.efi': grub,
+      [cfgPath]: grubCfg,
+      '/EFI/labhost/vmlinuz': kernel.vmlinuz,
+      '/EFI/labhost/selector-initrd.img': selectorInitrd,
+    }
     const disks = await hostWithEsp(base, name, files)
     const b = await boot(name, varsCopy(VARS_MS, name), disks, FINAL)
-    record({ name, description: `Debian's signed shim -> signed GRUB (grub.cfg at ${where}) -> Debian's signed kernel + the selector's initramfs, Secure Boot on, Microsoft keys, no enrollment`,
-      secureBoot: true, firmware: fw(VARS_MS), esp: espList(files), boots: [{ purpose: 'boot', ...pick(b) }] }, b.serial, shimSteps(where))
+    record(
+      {
+        name,
+        description: `Debian's signed shim -> signed GRUB (grub.cfg at ${where}) -> Debian's signed kernel + the selector's initramfs, Secure Boot on, Microsoft keys, no enrollment`,
+        secureBoot: true,
+        firmware: fw(VARS_MS),
+        esp: espList(files),
+        boots: [{ purpose: 'boot', ...pick(b) }],
+      },
+      b.serial,
+      shimSteps(where),
+    )
   }
 
   // 3b. the prototype: the ESP tree `labhost image selector --shim` makes (quiet, no probe markers)
@@ -316,14 +458,27 @@ async function main(): Promise<void> {
     const files = Object.fromEntries(s.files.map((f) => [`/${f.path}`, path.join(tree, f.path)]))
     const disks = await hostWithEsp(base, 'shim-selector', files)
     const b = await boot('shim-selector', varsCopy(VARS_MS, 'shim-selector'), disks, FINAL)
-    record({ name: 'shim-selector', description: 'the tree `labhost image selector --shim` builds (prototype): Debian shim + GRUB, grub.cfg in \\EFI\\debian, Debian kernel + the selector initramfs, as shipped (quiet), Secure Boot on, Microsoft keys',
-      secureBoot: true, firmware: fw(VARS_MS), esp: espList(files), boots: [{ purpose: 'boot', ...pick(b) }] }, b.serial,
-    [FIRMWARE_STARTS, ...SELECTOR_STEPS, { name: 'slot kernel reports Secure Boot on', ok: /LABHOST-SB-SLOT dmesg: [^\n]*Secure boot enabled/ }])
+    record(
+      {
+        name: 'shim-selector',
+        description:
+          'the tree `labhost image selector --shim` builds (prototype): Debian shim + GRUB, grub.cfg in \\EFI\\debian, Debian kernel + the selector initramfs, as shipped (quiet), Secure Boot on, Microsoft keys',
+        secureBoot: true,
+        firmware: fw(VARS_MS),
+        esp: espList(files),
+        boots: [{ purpose: 'boot', ...pick(b) }],
+      },
+      b.serial,
+      [FIRMWARE_STARTS, ...SELECTOR_STEPS, { name: 'slot kernel reports Secure Boot on', ok: /LABHOST-SB-SLOT dmesg: [^\n]*Secure boot enabled/ }],
+    )
   }
 
   // 4. the selector signed with a lab key that the lab enrolls (PK, KEK and db) in setup mode;
   // then the same with Debian's Secure Boot CA (the one shim carries) in db as well
-  for (const [name, withDebianCa] of [['selector-lab-key', false], ['selector-lab-key-debian-ca', true]] as const) {
+  for (const [name, withDebianCa] of [
+    ['selector-lab-key', false],
+    ['selector-lab-key-debian-ca', true],
+  ] as const) {
     if (!wanted(name)) continue
     const missing = ['sbsign', 'cert-to-efi-sig-list', 'sign-efi-sig-list', 'openssl'].filter((t) => !have(t))
     if (missing.length) {
@@ -337,7 +492,11 @@ async function main(): Promise<void> {
   const previous = only && fs.existsSync(RESULT) ? (JSON.parse(fs.readFileSync(RESULT, 'utf8')) as { variants: VariantResult[] }).variants : []
   const merged = [...VARIANTS].map((n) => results.find((r) => r.name === n) ?? previous.find((r) => r.name === n)).filter((r) => r !== undefined)
   const report = {
-    updated: new Date().toISOString(), accel: 'tcg', qemuMachine: 'q35,smm=on + cfi.pflash01 secure=on', bootTimeoutSeconds: BOOT_TIMEOUT_S, versions,
+    updated: new Date().toISOString(),
+    accel: 'tcg',
+    qemuMachine: 'q35,smm=on + cfi.pflash01 secure=on',
+    bootTimeoutSeconds: BOOT_TIMEOUT_S,
+    versions,
     grubEmbeddedConfig: embeddedGrubConfig(grub),
     variants: merged,
   }
@@ -365,11 +524,31 @@ function embeddedGrubConfig(grub: string): string | null {
  * efi-updatevar would), boot 2 starts the signed selector with Secure Boot on. `debianCaFrom`:
  * also put the Debian Secure Boot CA that this shim binary carries (.vendor_cert) into db.
  */
-async function labKeyVariant(name: string, base: HostDisks, kernel: Awaited<ReturnType<typeof kernelFromPackage>>, selectorVerbose: string,
-  espList: (f: Record<string, string>) => string[], debianCaFrom: string | null): Promise<void> {
+async function labKeyVariant(
+  name: string,
+  base: HostDisks,
+  kernel: Awaited<ReturnType<typeof kernelFromPackage>>,
+  selectorVerbose: string,
+  espList: (f: Record<string, string>) => string[],
+  debianCaFrom: string | null,
+): Promise<void> {
   const k = fs.mkdtempSync(path.join(dir, 'labkey-'))
-  sh('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-sha256', '-days', '3650', '-subj', '/CN=labhost probe lab key/',
-    '-keyout', `${k}/lab.key`, '-out', `${k}/lab.crt`])
+  sh('openssl', [
+    'req',
+    '-x509',
+    '-newkey',
+    'rsa:2048',
+    '-nodes',
+    '-sha256',
+    '-days',
+    '3650',
+    '-subj',
+    '/CN=labhost probe lab key/',
+    '-keyout',
+    `${k}/lab.key`,
+    '-out',
+    `${k}/lab.crt`,
+  ])
   sh('cert-to-efi-sig-list', ['-g', LAB_OWNER, `${k}/lab.crt`, `${k}/lab.esl`])
   let dbEsl = `${k}/lab.esl`
   if (debianCaFrom) {
@@ -415,7 +594,13 @@ poweroff -f
 `
   const enrollerInitrd = await buildInitramfs({ modulesDir: kernel.modulesDir, modules: ['efivarfs'], init, files: enroll })
   const enroller = path.join(k, 'enroll.efi')
-  await makeUki({ vmlinuz: kernel.vmlinuz, initrd: enrollerInitrd, cmdline: 'console=ttyS0,115200 panic=-1 quiet', name: 'labhost probe key enrollment', out: enroller })
+  await makeUki({
+    vmlinuz: kernel.vmlinuz,
+    initrd: enrollerInitrd,
+    cmdline: 'console=ttyS0,115200 panic=-1 quiet',
+    name: 'labhost probe key enrollment',
+    out: enroller,
+  })
   const signed = path.join(k, 'selector-signed.efi')
   sh('sbsign', ['--key', `${k}/lab.key`, '--cert', `${k}/lab.crt`, '--output', signed, selectorVerbose])
   const vars = varsCopy(VARS_EMPTY, name)
@@ -429,20 +614,35 @@ poweroff -f
   const b = enrolled ? await boot(name, vars, await hostWithEsp(base, name, files), FINAL) : null
   // after a reset OVMF reads SecureBoot from the enrolled PK; the kernel says whether it is on
   const db = debianCaFrom ? 'lab key + Debian Secure Boot CA' : 'lab key'
-  record({ name, description: `the selector UKI signed (sbsign) with a lab key, after a setup-mode boot enrolled the lab key as PK and KEK and ${db} as db (no Microsoft keys)`,
-    secureBoot: true, firmware: { code: path.basename(CODE_SECBOOT), vars: `${path.basename(VARS_EMPTY)} + PK, KEK: lab key; db: ${db}` }, esp: espList(files),
-    boots: [{ purpose: 'enroll (setup mode)', ...pick(e) }, ...(b ? [{ purpose: 'boot', ...pick(b) }] : [])],
-    note: `enrollment console: ${enrollLines.join('; ') || e.serial.slice(-600)}` },
-  // judged on the enrollment boot's report lines followed by the second boot's console
-  `${enrollLines.join('\n')}\n${b ? b.serial : e.serial}`, [
-    { name: `setup-mode boot enrolls PK, KEK, db (${db})`, ok: /LABHOST-ENROLL wrote PK/, fail: /LABHOST-ENROLL-FAIL[^\n]*/ },
-    FIRMWARE_STARTS, { name: 'kernel reports Secure Boot on', ok: /secureboot: Secure boot enabled/, fail: /secureboot: [^\n]*/ }, ...SELECTOR_STEPS,
-  ])
+  record(
+    {
+      name,
+      description: `the selector UKI signed (sbsign) with a lab key, after a setup-mode boot enrolled the lab key as PK and KEK and ${db} as db (no Microsoft keys)`,
+      secureBoot: true,
+      firmware: { code: path.basename(CODE_SECBOOT), vars: `${path.basename(VARS_EMPTY)} + PK, KEK: lab key; db: ${db}` },
+      esp: espList(files),
+      boots: [{ purpose: 'enroll (setup mode)', ...pick(e) }, ...(b ? [{ purpose: 'boot', ...pick(b) }] : [])],
+      note: `enrollment console: ${enrollLines.join('; ') || e.serial.slice(-600)}`,
+    },
+    // judged on the enrollment boot's report lines followed by the second boot's console
+    `${enrollLines.join('\n')}\n${b ? b.serial : e.serial}`,
+    [
+      { name: `setup-mode boot enrolls PK, KEK, db (${db})`, ok: /LABHOST-ENROLL wrote PK/, fail: /LABHOST-ENROLL-FAIL[^\n]*/ },
+      FIRMWARE_STARTS,
+      { name: 'kernel reports Secure Boot on', ok: /secureboot: Secure boot enabled/, fail: /secureboot: [^\n]*/ },
+      ...SELECTOR_STEPS,
+    ],
+  )
 }
 
 function printTable(results: VariantResult[]): void {
-  const rows = results.map((r) => [r.name, r.secureBoot ? 'on' : 'off', r.booted ? 'yes' : 'no', r.booted ? '-' : `${r.stoppedAt}${r.stopEvidence ? `: ${r.stopEvidence}` : ''}`,
-    r.boots.map((b) => `${b.seconds}s`).join('+')])
+  const rows = results.map((r) => [
+    r.name,
+    r.secureBoot ? 'on' : 'off',
+    r.booted ? 'yes' : 'no',
+    r.booted ? '-' : `${r.stoppedAt}${r.stopEvidence ? `: ${r.stopEvidence}` : ''}`,
+    r.boots.map((b) => `${b.seconds}s`).join('+'),
+  ])
   const head = ['variant', 'SB', 'slot userspace', 'stopped at', 'time']
   const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)))
   for (const r of [head, ...rows]) console.log(r.map((c, i) => c.padEnd(w[i]!)).join(' | '))

@@ -29,6 +29,14 @@ if (tsc.exitCode !== 0) {
   process.exit(1)
 }
 
+// One format for the tree (.prettierrc.json; `npm run format` applies it): checked, never rewritten here.
+const fmt = await execa('prettier', ['--check', '**/*.ts'], { cwd: root, reject: false, all: true, preferLocal: true })
+if (fmt.exitCode !== 0) {
+  console.log(`${String(fmt.all)}\nrun \`npm run format\``)
+  console.log('0 passed, 1 failed')
+  process.exit(1)
+}
+
 // Disk and VM tests use the single executable (images carry it): build it once, up front.
 // The release build and the fault-enabled one (lib/faults.ts) that the campaign's mutants run.
 if (kinds.some((k) => k !== 'unit')) {
@@ -59,29 +67,41 @@ let tapFailed = false
 const vmFiles = kinds.includes('vm') ? pick('vm') : []
 const otherFiles = [...(kinds.includes('unit') ? pick('unit') : []), ...(kinds.includes('disk') ? pick('disk') : [])]
 // Two cores: the VM tests run one at a time on one, and the unit and disk tests beside them on
-// the other (one at a time then; two at a time when there is no VM test to share with).
+// the other (one at a time then; two at a time when there is no VM test to share with). Beside
+// the VM tests, the other lane runs at a lower priority (nice 5): QEMU under TCG is one busy
+// thread that the whole VM lane waits on, while the disk tests have slack and a core of their own.
 const groups: { name: string; files: string[]; jobs: number; timeout: number; live: boolean }[] = [
   { name: 'VM tests', files: vmFiles, jobs: 1, timeout: 1800, live: true },
   { name: 'unit and disk tests', files: otherFiles, jobs: vmFiles.length ? 1 : 2, timeout: 900, live: !vmFiles.length },
 ]
-await Promise.all(groups.filter((g) => g.files.length).map(async (g) => {
-  let prebuilt = ''
-  if (g.name === 'unit and disk tests' && vmFiles.some((f) => f.includes('host-image'))) {
-    const b = await execa(process.execPath, [path.join(root, 'scripts/prebuild-images.ts')], { cwd: root, reject: false, all: true })
-    prebuilt = `# prebuild: ${String(b.all ?? '').trim().split('\n').pop()}\n`
-  }
-  const p = execa('tap', [`--jobs=${g.jobs}`, `--timeout=${g.timeout}`, ...g.files], { cwd: root, reject: false, all: true, preferLocal: true })
-  if (g.live) p.all?.pipe(process.stdout)
-  const r = await p
-  // the group that ran beside the live one prints when it is done, in one piece
-  if (!g.live) console.log(`\n# ---- ${g.name} (ran beside the VM tests) ----\n${prebuilt}${String(r.all ?? '')}\n# ---- end of ${g.name} ----\n`)
-  const summary = /# \{ ([^}]*) \}/.exec(String(r.all ?? ''))?.[1] ?? ''
-  for (const kv of summary.split(',')) {
-    const [k, v] = kv.split(':').map((x) => x.trim())
-    if (k && k in totals) totals[k as keyof typeof totals] += Number(v)
-  }
-  if (r.exitCode !== 0) tapFailed = true
-}))
+await Promise.all(
+  groups
+    .filter((g) => g.files.length)
+    .map(async (g) => {
+      let prebuilt = ''
+      const beside = !g.live ? ['nice', '-n', '5'] : []
+      if (g.name === 'unit and disk tests' && vmFiles.some((f) => f.includes('host-image'))) {
+        // (at full priority: the second VM test waits for the campaign's images it builds first)
+        const b = await execa(process.execPath, [path.join(root, 'scripts/prebuild-images.ts')], { cwd: root, reject: false, all: true })
+        prebuilt = `# prebuild: ${String(b.all ?? '')
+          .trim()
+          .split('\n')
+          .pop()}\n`
+      }
+      const tap = [...beside, 'tap', `--jobs=${g.jobs}`, `--timeout=${g.timeout}`, ...g.files]
+      const p = execa(tap[0]!, tap.slice(1), { cwd: root, reject: false, all: true, preferLocal: true })
+      if (g.live) p.all?.pipe(process.stdout)
+      const r = await p
+      // the group that ran beside the live one prints when it is done, in one piece
+      if (!g.live) console.log(`\n# ---- ${g.name} (ran beside the VM tests) ----\n${prebuilt}${String(r.all ?? '')}\n# ---- end of ${g.name} ----\n`)
+      const summary = /# \{ ([^}]*) \}/.exec(String(r.all ?? ''))?.[1] ?? ''
+      for (const kv of summary.split(',')) {
+        const [k, v] = kv.split(':').map((x) => x.trim())
+        if (k && k in totals) totals[k as keyof typeof totals] += Number(v)
+      }
+      if (r.exitCode !== 0) tapFailed = true
+    }),
+)
 if (tapFailed && totals.fail === 0) totals.fail = 1 // tap failed without counting a failure (crash, timeout)
 console.log(`${totals.pass} passed, ${totals.fail} failed${totals.skip ? `, ${totals.skip} skipped` : ''}`)
 process.exit(totals.fail > 0 || totals.pass === 0 ? 1 : 0)

@@ -48,8 +48,12 @@ const [labhost, ...cli] = labhostCommand()
 async function waitFor(p: ResultPromise, pattern: RegExp, ms: number, what: string): Promise<void> {
   let seen = ''
   let ended = false
-  p.all?.on('data', (d: Buffer) => { seen += d.toString() })
-  void p.then(() => { ended = true })
+  p.all?.on('data', (d: Buffer) => {
+    seen += d.toString()
+  })
+  void p.then(() => {
+    ended = true
+  })
   for (const until = Date.now() + ms; !pattern.test(seen); await sleep(50)) {
     if (ended || Date.now() > until) throw new Error(`${what} did not start: ${seen.trim().slice(-500) || (ended ? 'it exited' : 'no output')}`)
   }
@@ -81,7 +85,18 @@ export async function startFleet(dir: string, images: Images, o: { hosts: number
     fs.chmodSync(chroot, 0o755)
     fs.writeFileSync(path.join(chroot, 'whitelist'), `${published.infoHash}\n`)
     fs.writeFileSync(path.join(dir, 'opentracker.conf'), 'access.whitelist /whitelist\n')
-    const tracker = lab.spawn(server, 'opentracker', ['-i', server.ip, '-p', String(TRACKER_PORT), '-P', String(TRACKER_PORT), '-d', chroot, '-f', path.join(dir, 'opentracker.conf')])
+    const tracker = lab.spawn(server, 'opentracker', [
+      '-i',
+      server.ip,
+      '-p',
+      String(TRACKER_PORT),
+      '-P',
+      String(TRACKER_PORT),
+      '-d',
+      chroot,
+      '-f',
+      path.join(dir, 'opentracker.conf'),
+    ])
     processes.push(tracker)
     const http = lab.spawn(server, labhost, [...cli, 'image', 'serve', path.join(dir, 'served'), '--host', server.ip, '--port', String(HTTP_PORT)])
     processes.push(http)
@@ -99,16 +114,39 @@ export async function startFleet(dir: string, images: Images, o: { hosts: number
       hosts.push({ ...h, member, downloadDir: path.join(d, 'download') })
     }
     return {
-      lab, server, hosts, imageDir, url, transportBytes: fs.statSync(path.join(imageDir, 'root.img.zst')).size,
+      lab,
+      server,
+      hosts,
+      imageDir,
+      url,
+      transportBytes: fs.statSync(path.join(imageDir, 'root.img.zst')).size,
       async seed(o = {}) {
-        const p = lab.spawn(server, labhost, [...cli, 'image', 'seed', imageDir, '--tracker-interval', '2', ...(o.uploadLimit ? ['--upload-limit', o.uploadLimit] : [])])
+        const p = lab.spawn(server, labhost, [
+          ...cli,
+          'image',
+          'seed',
+          imageDir,
+          '--tracker-interval',
+          '2',
+          ...(o.uploadLimit ? ['--upload-limit', o.uploadLimit] : []),
+        ])
         processes.push(p)
         await waitFor(p, /seeding /, 30_000, 'labhost image seed')
         await sleep(2500) // aria2c checks the file, then announces (every 2 s)
       },
       seedRaw(seedDir, extra = []) {
-        const p = lab.spawn(server, 'aria2c', [`--dir=${seedDir}`, '--seed-ratio=0.0', '--check-integrity=true', '--enable-dht=false', '--bt-enable-lpd=false',
-          '--bt-tracker-interval=2', '--summary-interval=0', '--console-log-level=error', ...extra, path.join(seedDir, 'root.img.zst.torrent')])
+        const p = lab.spawn(server, 'aria2c', [
+          `--dir=${seedDir}`,
+          '--seed-ratio=0.0',
+          '--check-integrity=true',
+          '--enable-dht=false',
+          '--bt-enable-lpd=false',
+          '--bt-tracker-interval=2',
+          '--summary-interval=0',
+          '--console-log-level=error',
+          ...extra,
+          path.join(seedDir, 'root.img.zst.torrent'),
+        ])
         processes.push(p)
         return p
       },
@@ -132,4 +170,14 @@ export async function startFleet(dir: string, images: Images, o: { hosts: number
  * A whole image over BitTorrent for a test host (--full: a delta from 1.0.0 would be a few HTTP
  * requests): its own download directory, quick announces, short seeding.
  */
-export const torrentArgs = (h: FleetHost, extra: string[] = []) => ['--full', '--torrent', '--download-dir', h.downloadDir, '--tracker-interval', '2', '--seed-minutes', '2', ...extra]
+export const torrentArgs = (h: FleetHost, extra: string[] = []) => [
+  '--full',
+  '--torrent',
+  '--download-dir',
+  h.downloadDir,
+  '--tracker-interval',
+  '2',
+  '--seed-minutes',
+  '2',
+  ...extra,
+]

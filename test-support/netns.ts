@@ -44,10 +44,14 @@ export async function createLab(prefix: string, hosts: number, o: LabOptions = {
   const close = async () => {
     for (const ns of namespaces) {
       const pids = await execa('ip', ['netns', 'pids', ns], { reject: false })
-      for (const pid of String(pids.stdout ?? '').split('\n').filter(Boolean)) {
+      for (const pid of String(pids.stdout ?? '')
+        .split('\n')
+        .filter(Boolean)) {
         try {
           process.kill(Number(pid), 'SIGKILL')
-        } catch { /* gone */ }
+        } catch {
+          /* gone */
+        }
       }
       await execa('ip', ['netns', 'del', ns], { reject: false })
     }

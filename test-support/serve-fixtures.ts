@@ -23,7 +23,9 @@ export interface ServerProcess {
   stop(): Promise<void>
 }
 
-interface Teardown { teardown(fn: () => unknown): void }
+interface Teardown {
+  teardown(fn: () => unknown): void
+}
 
 /**
  * `labhost image serve DIR --port 0` (labhostCommand(), or the executable `exe`), once it says
@@ -34,9 +36,13 @@ export async function startServer(t: Teardown | null, dir: string, extra: string
   const child: ResultPromise = execa(cmd!, [...pre, 'image', 'serve', dir, '--port', '0', ...extra], { reject: false, buffer: false })
   let stderr = ''
   let ended = false
-  child.stderr?.on('data', (d: Buffer) => { stderr += d.toString() })
+  child.stderr?.on('data', (d: Buffer) => {
+    stderr += d.toString()
+  })
   child.stdout?.resume()
-  void child.then(() => { ended = true })
+  void child.then(() => {
+    ended = true
+  })
   const stop = async () => {
     if (ended) return
     child.kill('SIGTERM')
@@ -55,7 +61,9 @@ export async function startServer(t: Teardown | null, dir: string, extra: string
   }
   const pid = child.pid!
   return {
-    url, pid, port: Number(new URL(url).port),
+    url,
+    pid,
+    port: Number(new URL(url).port),
     lines: () => stderr.split('\n'),
     alive: () => !ended,
     fds: () => fs.readdirSync(`/proc/${pid}/fd`).length,
@@ -91,19 +99,25 @@ export function rawRequest(port: number, request: string | Buffer, ms = 5000): P
 }
 
 /** GET with Connection: close, raw. */
-export const rawGet = (port: number, target: string, headers = '') => rawRequest(port, `GET ${target} HTTP/1.1\r\nHost: 127.0.0.1\r\n${headers}Connection: close\r\n\r\n`)
+export const rawGet = (port: number, target: string, headers = '') =>
+  rawRequest(port, `GET ${target} HTTP/1.1\r\nHost: 127.0.0.1\r\n${headers}Connection: close\r\n\r\n`)
 
 /** A whole download: status, bytes, SHA-256 and seconds. */
 export function download(url: string): Promise<{ status: number; bytes: number; sha256: string; seconds: number }> {
   const t0 = performance.now()
   return new Promise((resolve, reject) => {
-    http.get(url, { agent: false }, (res) => {
-      const h = crypto.createHash('sha256')
-      let bytes = 0
-      res.on('data', (d: Buffer) => { bytes += d.length; h.update(d) })
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, bytes, sha256: h.digest('hex'), seconds: (performance.now() - t0) / 1000 }))
-      res.on('error', reject)
-    }).on('error', reject)
+    http
+      .get(url, { agent: false }, (res) => {
+        const h = crypto.createHash('sha256')
+        let bytes = 0
+        res.on('data', (d: Buffer) => {
+          bytes += d.length
+          h.update(d)
+        })
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, bytes, sha256: h.digest('hex'), seconds: (performance.now() - t0) / 1000 }))
+        res.on('error', reject)
+      })
+      .on('error', reject)
   })
 }
 

@@ -7,7 +7,9 @@ import path from 'node:path'
 import { execa } from 'execa'
 import { attachLoop, detachLoop, type LoopOptions } from '../lib/loop.ts'
 
-export interface Teardown { teardown(fn: () => unknown): void }
+export interface Teardown {
+  teardown(fn: () => unknown): void
+}
 
 export const REPO_ROOT = path.resolve(import.meta.dirname, '..')
 
@@ -105,7 +107,11 @@ export function seedFromEnv(): number {
   return s ? Number(s) : crypto.randomInt(2 ** 31)
 }
 
-export interface CliResult { code: number; stdout: string; stderr: string }
+export interface CliResult {
+  code: number
+  stdout: string
+  stderr: string
+}
 
 /**
  * How the tests start labhost: the built executable when LABHOST_TEST_EXE names it (npm test

@@ -26,7 +26,9 @@ export interface Images {
 export async function buildImages(dir: string): Promise<Images> {
   const keys = cacheKeys()
   const v1 = path.dirname((await buildImage('test', { out: `${dir}/v1`, keyFile: keys.privateKeyFile })).manifestFile)
-  const recipe2 = writeRecipeVariant('test', `${dir}/test-2.yaml`, (r) => { r.version = '2.0.0' })
+  const recipe2 = writeRecipeVariant('test', `${dir}/test-2.yaml`, (r) => {
+    r.version = '2.0.0'
+  })
   const v2 = path.dirname((await buildImage(recipe2, { out: `${dir}/v2`, keyFile: keys.privateKeyFile })).manifestFile)
   return { keys, v1, v2 }
 }
@@ -60,7 +62,14 @@ export async function makeHostIn(d: string, images: Images, attach?: (file: stri
   fs.writeFileSync(`${d}/version`, '1.0.0\n')
   fs.mkdirSync(`${d}/state`)
   const lib = { bootFile: `${d}/boot`, stateRoot: `${d}/state`, versionFile: `${d}/version` }
-  return { disk, device, plan, state: `${d}/state`, lib, args: ['--boot-file', lib.bootFile, '--state-root', lib.stateRoot, '--version-file', lib.versionFile, '--trusted-key', images.keys.publicKeyFile] }
+  return {
+    disk,
+    device,
+    plan,
+    state: `${d}/state`,
+    lib,
+    args: ['--boot-file', lib.bootFile, '--state-root', lib.stateRoot, '--version-file', lib.versionFile, '--trusted-key', images.keys.publicKeyFile],
+  }
 }
 
 const templates = new Map<string, Promise<{ file: string; plan: PlannedPartition[] }>>()
@@ -91,7 +100,11 @@ export function protectedParts(h: Host) {
   const a = h.plan[0]!
   return {
     slotA: hashRange(h.disk, a.firstLba * 512, (a.lastLba - a.firstLba + 1) * 512),
-    gpt: crypto.createHash('sha256').update(readRange(h.disk, 0, MiB)).update(readRange(h.disk, size - MiB, MiB)).digest('hex'),
+    gpt: crypto
+      .createHash('sha256')
+      .update(readRange(h.disk, 0, MiB))
+      .update(readRange(h.disk, size - MiB, MiB))
+      .digest('hex'),
     state: fs.readdirSync(h.state, { recursive: true }).sort().join(','),
   }
 }

@@ -20,40 +20,49 @@ export const CHANNEL_FORMAT = 'labhost-channel/1'
 export const CHANNEL_MAX_BYTES = 64 << 10
 
 export const DAYS = ['Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat', 'Sun'] as const
-export type Day = typeof DAYS[number]
+export type Day = (typeof DAYS)[number]
 const hhmm = z.string().regex(/^([01]\d|2[0-3]):[0-5]\d$/, 'a time of day HH:MM (00:00 to 23:59)')
 
-export const WindowSchema = z.object({
-  /** The days a window opens on (local time); a window past midnight ends on the next day. */
-  days: z.array(z.enum(DAYS)).min(1).max(7),
-  from: hhmm,
-  /** Before `from`: the window runs past midnight (22:00-05:00); equal to it: the whole day. */
-  to: hhmm,
-}).strict()
+export const WindowSchema = z
+  .object({
+    /** The days a window opens on (local time); a window past midnight ends on the next day. */
+    days: z.array(z.enum(DAYS)).min(1).max(7),
+    from: hhmm,
+    /** Before `from`: the window runs past midnight (22:00-05:00); equal to it: the whole day. */
+    to: hhmm,
+  })
+  .strict()
 export type Window = z.infer<typeof WindowSchema>
 
 // .strict() everywhere, no defaults: what is checked is exactly what was signed
-export const ChannelSchema = z.object({
-  format: z.literal(CHANNEL_FORMAT),
-  /** Higher in every published document: a host refuses one lower than the highest it accepted. */
-  serial: z.number().int().positive().max(Number.MAX_SAFE_INTEGER),
-  /** When it was published (ISO 8601, UTC). */
-  createdAt: z.string().regex(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$/, 'an ISO 8601 time in UTC'),
-  image: z.object({
-    /** The image's manifest (or its directory, ending in /): a URL relative to the channel's, or absolute. */
-    manifest: z.string().min(1).max(2048),
-    name: z.string().regex(/^[a-z0-9-]+$/, 'lower-case letters, digits and dashes'),
-    version: z.string().max(64).regex(/^[0-9][0-9A-Za-z.+~-]*$/, 'a version such as 1.2.0'),
-  }).strict(),
-  /** Percent of hosts that take part (rollout.ts: a stable hash of the machine UUID and the version). */
-  share: z.number().min(0).max(100),
-  /** When hosts may update (and reboot); absent: any time. */
-  window: WindowSchema.optional(),
-  /** No host starts an update while the channel is paused. */
-  paused: z.boolean(),
-  signer: z.string().regex(/^sha256:[0-9a-f]{32}$/, 'a key fingerprint sha256:<32 hex digits>'),
-  signature: z.string().optional(),
-}).strict()
+export const ChannelSchema = z
+  .object({
+    format: z.literal(CHANNEL_FORMAT),
+    /** Higher in every published document: a host refuses one lower than the highest it accepted. */
+    serial: z.number().int().positive().max(Number.MAX_SAFE_INTEGER),
+    /** When it was published (ISO 8601, UTC). */
+    createdAt: z.string().regex(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$/, 'an ISO 8601 time in UTC'),
+    image: z
+      .object({
+        /** The image's manifest (or its directory, ending in /): a URL relative to the channel's, or absolute. */
+        manifest: z.string().min(1).max(2048),
+        name: z.string().regex(/^[a-z0-9-]+$/, 'lower-case letters, digits and dashes'),
+        version: z
+          .string()
+          .max(64)
+          .regex(/^[0-9][0-9A-Za-z.+~-]*$/, 'a version such as 1.2.0'),
+      })
+      .strict(),
+    /** Percent of hosts that take part (rollout.ts: a stable hash of the machine UUID and the version). */
+    share: z.number().min(0).max(100),
+    /** When hosts may update (and reboot); absent: any time. */
+    window: WindowSchema.optional(),
+    /** No host starts an update while the channel is paused. */
+    paused: z.boolean(),
+    signer: z.string().regex(/^sha256:[0-9a-f]{32}$/, 'a key fingerprint sha256:<32 hex digits>'),
+    signature: z.string().optional(),
+  })
+  .strict()
 export type Channel = z.infer<typeof ChannelSchema>
 
 /** "Mon-Fri 22:00-05:00", "Sat,Sun 00:00-00:00", "daily 01:00-04:00" as a Window; undefined: not one. */
@@ -115,11 +124,21 @@ export function parseSignedChannel(text: string, key: crypto.KeyObject, where: s
   try {
     v = JSON.parse(text)
   } catch (e) {
-    throw channelError('channelInvalid', `${where} is not a readable channel: ${(e as Error).message}`, 'point at the channel file written by `labhost channel publish`; nothing was written', e)
+    throw channelError(
+      'channelInvalid',
+      `${where} is not a readable channel: ${(e as Error).message}`,
+      'point at the channel file written by `labhost channel publish`; nothing was written',
+      e,
+    )
   }
   const isObject = v !== null && typeof v === 'object' && !Array.isArray(v)
   const sig = isObject ? (v as Record<string, unknown>).signature : undefined
-  if (typeof sig !== 'string') throw channelError('channelSignatureInvalid', `${where} is not signed`, 'only signed channels are followed: publish it with `labhost channel publish --signing-key KEY`; nothing was written')
+  if (typeof sig !== 'string')
+    throw channelError(
+      'channelSignatureInvalid',
+      `${where} is not signed`,
+      'only signed channels are followed: publish it with `labhost channel publish --signing-key KEY`; nothing was written',
+    )
   let ok = false
   try {
     ok = crypto.verify(null, Buffer.from(canonicalJson({ ...(v as object), signature: undefined })), key, Buffer.from(sig, 'base64'))
@@ -127,8 +146,11 @@ export function parseSignedChannel(text: string, key: crypto.KeyObject, where: s
     // a signature OpenSSL cannot parse does not match
   }
   if (!ok) {
-    throw channelError('channelSignatureInvalid', `${where}: the signature does not match (trusted key ${keyFingerprint(key)})`,
-      'the channel was changed or signed by another key: publish it again with the image key; nothing was written')
+    throw channelError(
+      'channelSignatureInvalid',
+      `${where}: the signature does not match (trusted key ${keyFingerprint(key)})`,
+      'the channel was changed or signed by another key: publish it again with the image key; nothing was written',
+    )
   }
   try {
     return checkSchema(ChannelSchema, v, where, 'not a channel this labhost can use: publish it with this labhost version; nothing was written')
@@ -164,7 +186,11 @@ export function imageLocation(c: Channel, channelWhere: string): string {
 export const CHANNEL_STATE_FILE = 'channel-serial'
 export const CHANNEL_LAST_FILE = 'channel-last'
 
-export interface AcceptedSerial { serial: number; createdAt: string; url: string }
+export interface AcceptedSerial {
+  serial: number
+  createdAt: string
+  url: string
+}
 
 export function readAcceptedSerial(stateRoot: string): AcceptedSerial | null {
   const f = path.join(stateRoot, TRIAL_DIR, CHANNEL_STATE_FILE)
@@ -178,8 +204,11 @@ export function readAcceptedSerial(stateRoot: string): AcceptedSerial | null {
 export function refuseReplay(c: Channel, where: string, stateRoot: string): void {
   const seen = readAcceptedSerial(stateRoot)
   if (seen && c.serial < seen.serial) {
-    throw new LabhostError('channelReplayed', `${where} has serial ${c.serial} (published ${c.createdAt}), but this host accepted serial ${seen.serial} (published ${seen.createdAt}) already`,
-      'an older channel document is being served (a stale mirror or a replay): publish the channel again (its serial goes up); nothing was written')
+    throw new LabhostError(
+      'channelReplayed',
+      `${where} has serial ${c.serial} (published ${c.createdAt}), but this host accepted serial ${seen.serial} (published ${seen.createdAt}) already`,
+      'an older channel document is being served (a stale mirror or a replay): publish the channel again (its serial goes up); nothing was written',
+    )
   }
 }
 
@@ -193,16 +222,34 @@ export function rememberSerial(c: Channel, where: string, stateRoot: string): vo
 }
 
 /** What a host decided from a channel (updater/rollout.ts); the metrics list every one (labhost status). */
-export const DECISIONS = ['paused', 'not-in-stage', 'up-to-date', 'newer-running', 'rolled-back-here', 'waiting-for-window', 'update', 'updated', 'update-failed'] as const
-export type Decision = typeof DECISIONS[number]
+export const DECISIONS = [
+  'paused',
+  'not-in-stage',
+  'up-to-date',
+  'newer-running',
+  'rolled-back-here',
+  'waiting-for-window',
+  'update',
+  'updated',
+  'update-failed',
+] as const
+export type Decision = (typeof DECISIONS)[number]
 
 /** The last channel check, for labhost status (its metrics). */
-export interface LastCheck { checkedAt: string; decision: string; serial: number; version: string; share: number }
+export interface LastCheck {
+  checkedAt: string
+  decision: string
+  serial: number
+  version: string
+  share: number
+}
 
 export function writeLastCheck(stateRoot: string, l: LastCheck): void {
   fs.mkdirSync(path.join(stateRoot, TRIAL_DIR), { recursive: true })
-  writeDurable(path.join(stateRoot, TRIAL_DIR, CHANNEL_LAST_FILE),
-    `CHECKED_AT=${l.checkedAt}\nDECISION=${l.decision}\nSERIAL=${l.serial}\nVERSION=${oneLine(l.version)}\nSHARE=${l.share}\n`)
+  writeDurable(
+    path.join(stateRoot, TRIAL_DIR, CHANNEL_LAST_FILE),
+    `CHECKED_AT=${l.checkedAt}\nDECISION=${l.decision}\nSERIAL=${l.serial}\nVERSION=${oneLine(l.version)}\nSHARE=${l.share}\n`,
+  )
 }
 
 export function readLastCheck(stateRoot: string): LastCheck | null {
@@ -243,17 +290,28 @@ export async function makeChannel(o: PublishChannelOptions): Promise<{ channel: 
   }
   const serial = o.serial ?? (previous ? previous.serial + 1 : 1)
   if (previous && serial <= previous.serial) {
-    throw new LabhostError('usage', `--serial ${serial} is not above the serial ${previous.serial} of ${o.out}`, 'leave --serial out (one above is the default): hosts refuse a serial lower than one they accepted')
+    throw new LabhostError(
+      'usage',
+      `--serial ${serial} is not above the serial ${previous.serial} of ${o.out}`,
+      'leave --serial out (one above is the default): hosts refuse a serial lower than one they accepted',
+    )
   }
   const where = isUrl(image) ? image : path.resolve(path.dirname(path.resolve(o.out)), image)
   // image-format's source reads and verifies the manifest (over http only the manifest is fetched)
   const { manifest } = await openSource(where, pub, { ...DEFAULT_FETCH, ...o.fetch })
-  const window = o.window === undefined ? previous?.window : o.window ?? undefined
-  const channel = signChannel({
-    format: CHANNEL_FORMAT, serial, createdAt: (o.now ?? new Date()).toISOString(),
-    image: { manifest: image, name: manifest.name, version: manifest.version },
-    share, ...(window ? { window } : {}), paused: o.paused,
-  }, o.signingKey)
+  const window = o.window === undefined ? previous?.window : (o.window ?? undefined)
+  const channel = signChannel(
+    {
+      format: CHANNEL_FORMAT,
+      serial,
+      createdAt: (o.now ?? new Date()).toISOString(),
+      image: { manifest: image, name: manifest.name, version: manifest.version },
+      share,
+      ...(window ? { window } : {}),
+      paused: o.paused,
+    },
+    o.signingKey,
+  )
   return { channel, previous }
 }
 

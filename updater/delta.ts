@@ -126,11 +126,15 @@ export async function planDelta(manifest: Manifest, disk: string, slots: { activ
     await pool.close()
   }
   const inActive = new Map<string, number>()
-  active.forEach((h, j) => { if (h && !inActive.has(h)) inActive.set(h, j) })
+  active.forEach((h, j) => {
+    if (h && !inActive.has(h)) inActive.set(h, j)
+  })
   // where each hash lies in the slot being written: usable for chunk i only at j >= i, because
   // chunks are written in order and position j < i is overwritten by then
   const inTarget = new Map<string, number[]>()
-  target.forEach((h, j) => { if (h) inTarget.set(h, [...(inTarget.get(h) ?? []), j]) })
+  target.forEach((h, j) => {
+    if (h) inTarget.set(h, [...(inTarget.get(h) ?? []), j])
+  })
   const chunks: ChunkFrom[] = wanted.map((h, i) => {
     const length = chunkLength(manifest, i)
     if (h === zeroChunkHash(length)) return { kind: 'zero' }
@@ -139,7 +143,10 @@ export async function planDelta(manifest: Manifest, disk: string, slots: { activ
     if (a !== undefined) return { kind: 'disk', slot: 'active', index: a, at: slots.active.firstByte + a * chunkSize }
     const later = inTarget.get(h)?.find((j) => j > i)
     if (later !== undefined) return { kind: 'disk', slot: 'target', index: later, at: slots.target.firstByte + later * chunkSize }
-    const assembled = activeBlocks && targetBlocks && blockIndex ? findBlocks(manifest, blockIndex, i, activeBlocks, targetBlocks, slots.target.firstByte + i * chunkSize) : null
+    const assembled =
+      activeBlocks && targetBlocks && blockIndex
+        ? findBlocks(manifest, blockIndex, i, activeBlocks, targetBlocks, slots.target.firstByte + i * chunkSize)
+        : null
     if (assembled) return { kind: 'blocks', at: assembled }
     return { kind: 'fetch' }
   })
@@ -180,7 +187,14 @@ export async function planDelta(manifest: Manifest, disk: string, slots: { activ
  * nowhere. Blocks of the slot being written count only at or after `notBefore` (the chunk's own
  * place): what lies before it is overwritten by then.
  */
-function findBlocks(manifest: Manifest, index: Buffer, i: number, active: Map<string, number>, target: Map<string, number>, notBefore: number): number[] | null {
+function findBlocks(
+  manifest: Manifest,
+  index: Buffer,
+  i: number,
+  active: Map<string, number>,
+  target: Map<string, number>,
+  notBefore: number,
+): number[] | null {
   const { blockSize, hashBytes } = manifest.blocks!
   const { chunkSize } = manifest.image
   const first = (i * chunkSize) / blockSize
@@ -207,7 +221,7 @@ const zeroBlockHashes = new Map<string, string>()
 function zeroBlockHash(blockSize: number, hashBytes: number): string {
   const key = `${blockSize}/${hashBytes}`
   let h = zeroBlockHashes.get(key)
-  if (!h) zeroBlockHashes.set(key, h = blockHashes(new Uint8Array(blockSize), blockSize, hashBytes).toString('hex'))
+  if (!h) zeroBlockHashes.set(key, (h = blockHashes(new Uint8Array(blockSize), blockSize, hashBytes).toString('hex')))
   return h
 }
 
@@ -239,7 +253,12 @@ async function* fetchChunks(plan: DeltaPlan, manifest: Manifest, remote: Remote,
         index++
       }
     }
-    if (index <= range.last) throw new LabhostError('downloadFailed', `${remote.url}: the range for chunks ${range.first}..${range.last} ended early`, 'run the update again; nothing was switched')
+    if (index <= range.last)
+      throw new LabhostError(
+        'downloadFailed',
+        `${remote.url}: the range for chunks ${range.first}..${range.last} ended early`,
+        'run the update again; nothing was switched',
+      )
   }
 }
 
@@ -300,7 +319,8 @@ export function deltaSource(plan: DeltaPlan, manifest: Manifest, disk: string, s
             else yield await fetchOne(manifest, i, remote, source.stats)
           } else {
             const next = await fetched.next()
-            if (next.done || next.value.index !== i) throw new Error(`delta: chunk ${i} expected from the download, got ${next.done ? 'its end' : next.value.index}`)
+            if (next.done || next.value.index !== i)
+              throw new Error(`delta: chunk ${i} expected from the download, got ${next.done ? 'its end' : next.value.index}`)
             yield next.value.data
           }
         }

@@ -18,22 +18,39 @@ export interface HostPaths {
 export const DEFAULT_PATHS: HostPaths = { bootFile: '/run/labhost/boot', stateRoot: '/var/log', versionFile: '/etc/labhost/version' }
 
 export function parseShellVars(text: string): Record<string, string> {
-  return Object.fromEntries(text.split('\n').map((l) => /^([A-Z_]+)=(.*)$/.exec(l.trim())).filter((m) => m !== null).map((m) => [m![1]!, m![2]!]))
+  return Object.fromEntries(
+    text
+      .split('\n')
+      .map((l) => /^([A-Z_]+)=(.*)$/.exec(l.trim()))
+      .filter((m) => m !== null)
+      .map((m) => [m![1]!, m![2]!]),
+  )
 }
 
-export interface BootInfo { slot: 'A' | 'B'; device: string; disk: string }
+export interface BootInfo {
+  slot: 'A' | 'B'
+  device: string
+  disk: string
+}
 
 export function readBootInfo(p: HostPaths): BootInfo {
   if (!fs.existsSync(p.bootFile)) {
-    throw new LabhostError('notFound', `${p.bootFile} is missing: this system was not booted by the labhost initramfs`,
-      'run it on a labhost host (booted by its initramfs); `labhost slots status --disk DEV` reads the slots of any disk')
+    throw new LabhostError(
+      'notFound',
+      `${p.bootFile} is missing: this system was not booted by the labhost initramfs`,
+      'run it on a labhost host (booted by its initramfs); `labhost slots status --disk DEV` reads the slots of any disk',
+    )
   }
   const v = parseShellVars(fs.readFileSync(p.bootFile, 'utf8'))
   if (v.SLOT !== 'A' && v.SLOT !== 'B') throw new LabhostError('io', `${p.bootFile} names no slot`, 'reboot; the initramfs rewrites it at every boot')
   return { slot: v.SLOT, device: v.DEVICE ?? '', disk: v.DISK ?? '' }
 }
 
-export interface TrialInfo { slot: string; bootsLeft: number; version: string }
+export interface TrialInfo {
+  slot: string
+  bootsLeft: number
+  version: string
+}
 
 export function readTrial(p: HostPaths): TrialInfo | null {
   const f = path.join(p.stateRoot, TRIAL_FILE)
@@ -68,7 +85,10 @@ export function markGood(p: HostPaths, o: { dryRun?: boolean } = {}): { marked: 
   if (o.dryRun) return { marked: false, slot: boot.slot, reason: `slot ${boot.slot} (version ${trial.version}) would be marked good` }
   const dir = path.join(p.stateRoot, TRIAL_DIR)
   const record = parseShellVars(fs.readFileSync(path.join(p.stateRoot, TRIAL_FILE), 'utf8'))
-  const carried = ['FROM_VERSION', 'UPDATED_AT', 'UPDATE_SECONDS'].filter((k) => record[k]).map((k) => `${k}=${record[k]}\n`).join('')
+  const carried = ['FROM_VERSION', 'UPDATED_AT', 'UPDATE_SECONDS']
+    .filter((k) => record[k])
+    .map((k) => `${k}=${record[k]}\n`)
+    .join('')
   writeDurable(path.join(dir, 'last-result'), `RESULT=good\nSLOT=${boot.slot}\nVERSION=${trial.version}\n${carried}MARKED_AT=${new Date().toISOString()}\n`)
   fs.rmSync(path.join(p.stateRoot, TRIAL_FILE))
   syncDir(dir)

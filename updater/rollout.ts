@@ -15,7 +15,6 @@ import { runUpdate, type UpdateOptions, type UpdateResult } from './update.ts'
 
 export const DEFAULT_MACHINE_UUID_FILE = '/persistent/machine-uuid'
 
-
 /**
  * Where a host stands in a rollout of `name` `version`: SHA-256 of the machine UUID (lower case),
  * the name and the version, its first 48 bits as a fraction of 2^48, times 100. The host takes
@@ -33,10 +32,20 @@ export function readMachineUuid(file: string): string {
   try {
     text = fs.readFileSync(file, 'utf8').trim()
   } catch (e) {
-    throw new LabhostError('notFound', `${file} cannot be read (${(e as Error).message}): the machine UUID decides whether this host is in a rollout stage`,
-      'the installer writes it on /persistent; without it this host cannot follow a channel (update it from a URL instead)', {}, { cause: e })
+    throw new LabhostError(
+      'notFound',
+      `${file} cannot be read (${(e as Error).message}): the machine UUID decides whether this host is in a rollout stage`,
+      'the installer writes it on /persistent; without it this host cannot follow a channel (update it from a URL instead)',
+      {},
+      { cause: e },
+    )
   }
-  if (!/^[0-9A-Fa-f-]{32,36}$/.test(text)) throw new LabhostError('io', `${file} holds no machine UUID (${JSON.stringify(text.slice(0, 40))})`, 'the installer writes one; reinstall with --new-identity or restore the file')
+  if (!/^[0-9A-Fa-f-]{32,36}$/.test(text))
+    throw new LabhostError(
+      'io',
+      `${file} holds no machine UUID (${JSON.stringify(text.slice(0, 40))})`,
+      'the installer writes one; reinstall with --new-identity or restore the file',
+    )
   return text
 }
 
@@ -49,7 +58,15 @@ export interface ChannelUpdateOptions extends Omit<UpdateOptions, 'source'> {
 }
 
 export interface ChannelOutcome {
-  channel: { url: string; serial: number; createdAt: string; image: Channel['image'] & { location: string }; share: number; window: string | null; paused: boolean }
+  channel: {
+    url: string
+    serial: number
+    createdAt: string
+    image: Channel['image'] & { location: string }
+    share: number
+    window: string | null
+    paused: boolean
+  }
   host: { machineUuid: string; rolloutPoint: number; inStage: boolean; version: string | null; windowOpen: boolean; checkedAt: string }
   decision: Decision
   reason: string
@@ -72,9 +89,19 @@ export async function runChannelUpdate(o: ChannelUpdateOptions): Promise<Channel
   const location = imageLocation(channel, o.channel)
   const c = channel
   const out: ChannelOutcome = {
-    channel: { url: o.channel, serial: c.serial, createdAt: c.createdAt, image: { ...c.image, location }, share: c.share, window: c.window ? formatWindow(c.window) : null, paused: c.paused },
+    channel: {
+      url: o.channel,
+      serial: c.serial,
+      createdAt: c.createdAt,
+      image: { ...c.image, location },
+      share: c.share,
+      window: c.window ? formatWindow(c.window) : null,
+      paused: c.paused,
+    },
     host: { machineUuid, rolloutPoint: point, inStage, version, windowOpen, checkedAt: now.toISOString() },
-    decision: 'update', reason: '', mayReboot: false,
+    decision: 'update',
+    reason: '',
+    mayReboot: false,
   }
   const decide = (d: Decision, reason: string) => {
     out.decision = d
@@ -86,10 +113,19 @@ export async function runChannelUpdate(o: ChannelUpdateOptions): Promise<Channel
   if (c.paused) decide('paused', `the channel is paused (serial ${c.serial}); no update starts`)
   else if (!inStage) decide('not-in-stage', `not in this rollout stage: rollout point ${point.toFixed(2)} is not below the share ${c.share} %`)
   else if (version === c.image.version) decide('up-to-date', `up to date: running ${target}`)
-  else if (version !== null && compareVersions(version, c.image.version) > 0 && !o.allowDowngrade) decide('newer-running', `running ${version}, newer than the channel's ${target} (--allow-downgrade to follow the channel down)`)
-  else if (lastResult?.RESULT === 'rolled-back' && lastResult.VERSION === c.image.version) decide('rolled-back-here', `${target} was rolled back on this host (${lastResult.REASON ?? 'its trial failed'}); not trying it again until the channel names another version`)
+  else if (version !== null && compareVersions(version, c.image.version) > 0 && !o.allowDowngrade)
+    decide('newer-running', `running ${version}, newer than the channel's ${target} (--allow-downgrade to follow the channel down)`)
+  else if (lastResult?.RESULT === 'rolled-back' && lastResult.VERSION === c.image.version)
+    decide(
+      'rolled-back-here',
+      `${target} was rolled back on this host (${lastResult.REASON ?? 'its trial failed'}); not trying it again until the channel names another version`,
+    )
   else if (!windowOpen && !o.ignoreWindow) decide('waiting-for-window', `waiting for the window ${formatWindow(c.window!)}; it is ${now.toString()}`)
-  else decide('update', `in the rollout (point ${point.toFixed(2)} below ${c.share} %)${windowOpen ? '' : ', outside the window (--ignore-window)'}: updating to ${target} from ${location}`)
+  else
+    decide(
+      'update',
+      `in the rollout (point ${point.toFixed(2)} below ${c.share} %)${windowOpen ? '' : ', outside the window (--ignore-window)'}: updating to ${target} from ${location}`,
+    )
   out.mayReboot = windowOpen
   const record = (d: Decision) => {
     if (!o.dryRun) writeLastCheck(o.paths.stateRoot, { checkedAt: now.toISOString(), decision: d, serial: c.serial, version: c.image.version, share: c.share })

@@ -41,7 +41,13 @@ export const torrentUrlFor = (transportUrl: string): string => `${transportUrl}.
 
 function tailOf(file: string, lines = 4): string {
   try {
-    return fs.readFileSync(file, 'utf8').trim().split('\n').filter((l) => /error|exception|fail/i.test(l)).slice(-lines).join(' | ')
+    return fs
+      .readFileSync(file, 'utf8')
+      .trim()
+      .split('\n')
+      .filter((l) => /error|exception|fail/i.test(l))
+      .slice(-lines)
+      .join(' | ')
   } catch {
     return ''
   }
@@ -78,13 +84,26 @@ export async function torrentSource(source: HttpSource, manifest: Manifest, o: T
   fs.writeFileSync(hook, `#!/bin/sh\n: > ${shellQuote(marker)}\n`, { mode: 0o700 })
   const logFile = path.join(control, 'aria2c.log')
   const args = [
-    `--dir=${dir}`, '--continue=true', '--check-integrity=true', '--auto-file-renaming=false', '--allow-overwrite=true', '--file-allocation=none',
-    '--enable-dht=false', '--enable-dht6=false', '--bt-enable-lpd=true',
-    `--seed-time=${o.seedMinutes}`, `--seed-ratio=${o.seedRatio.toFixed(1)}`, `--bt-stop-timeout=${o.stallSeconds}`,
+    `--dir=${dir}`,
+    '--continue=true',
+    '--check-integrity=true',
+    '--auto-file-renaming=false',
+    '--allow-overwrite=true',
+    '--file-allocation=none',
+    '--enable-dht=false',
+    '--enable-dht6=false',
+    '--bt-enable-lpd=true',
+    `--seed-time=${o.seedMinutes}`,
+    `--seed-ratio=${o.seedRatio.toFixed(1)}`,
+    `--bt-stop-timeout=${o.stallSeconds}`,
     ...(o.trackerIntervalSeconds ? [`--bt-tracker-interval=${o.trackerIntervalSeconds}`] : []),
     ...(o.downloadLimit ? [`--max-overall-download-limit=${o.downloadLimit}`] : []),
     ...(remote.fetch.caFile ? [`--ca-certificate=${path.resolve(remote.fetch.caFile)}`] : []),
-    `--on-bt-download-complete=${hook}`, '--summary-interval=0', '--console-log-level=error', `--log=${logFile}`, '--log-level=notice',
+    `--on-bt-download-complete=${hook}`,
+    '--summary-interval=0',
+    '--console-log-level=error',
+    `--log=${logFile}`,
+    '--log-level=notice',
     torrentFile,
   ]
   log(`downloading ${name} with BitTorrent (${torrentUrl}) into ${dir}`)
@@ -92,11 +111,15 @@ export async function torrentSource(source: HttpSource, manifest: Manifest, o: T
   const aria2c = start('aria2c', args, { detached: true, stderr: 'ignore' })
   const child = aria2c.process
   let exit: RunOutcome | null = null
-  void aria2c.done.then((r) => { exit = r })
+  void aria2c.done.then((r) => {
+    exit = r
+  })
   const stop = () => {
     try {
       if (child.pid && !exit) process.kill(-child.pid, 'SIGTERM')
-    } catch { /* gone already */ }
+    } catch {
+      /* gone already */
+    }
   }
   // Progress is what lands in the file: a piece aria2c rejects (bad hash) is fetched again into
   // the same place, so a peer that serves only corrupted pieces makes no progress, however busy.
@@ -110,16 +133,23 @@ export async function torrentSource(source: HttpSource, manifest: Manifest, o: T
       const failed = toolError('aria2c', args, { ...x, stderr: logged })
       if (failed.details.notInstalled) throw failed
       const why = x.startError ? `aria2c could not be started (${x.startError})` : `aria2c exited with ${x.exitCode ?? x.signal}`
-      throw new LabhostError('downloadFailed', `BitTorrent download of ${torrentUrl} failed: ${why}${logged ? `: ${logged}` : ''}`,
+      throw new LabhostError(
+        'downloadFailed',
+        `BitTorrent download of ${torrentUrl} failed: ${why}${logged ? `: ${logged}` : ''}`,
         `check the tracker and that a peer or the server seeds the torrent (see ${logFile}), or update over HTTP without --torrent; nothing was written`,
-        {}, { cause: failed })
+        {},
+        { cause: failed },
+      )
     }
     const bytes = allocated()
     if (bytes > last.bytes) last = { bytes, at: Date.now() }
     else if (Date.now() - last.at > o.stallSeconds * 1000) {
       stop()
-      throw new LabhostError('downloadFailed', `BitTorrent download of ${torrentUrl} made no progress for ${o.stallSeconds} s (${bytes} of ${manifest.transport.size} bytes verified or in flight)`,
-        `no peer serves good pieces: check that the server seeds the torrent (${logFile}), or update over HTTP without --torrent; nothing was written`)
+      throw new LabhostError(
+        'downloadFailed',
+        `BitTorrent download of ${torrentUrl} made no progress for ${o.stallSeconds} s (${bytes} of ${manifest.transport.size} bytes verified or in flight)`,
+        `no peer serves good pieces: check that the server seeds the torrent (${logFile}), or update over HTTP without --torrent; nothing was written`,
+      )
     }
     await sleep(200)
   }
@@ -127,11 +157,22 @@ export async function torrentSource(source: HttpSource, manifest: Manifest, o: T
   const h = matchesPart(file, manifest.transport)
   if (!h.ok) {
     stop()
-    throw new LabhostError('hashMismatch', `the file the torrent delivered (${file}) is not the signed transport file (size ${h.size} vs ${manifest.transport.size})`,
-      'the .torrent beside the manifest belongs to another image: publish it again (labhost image publish); nothing was written')
+    throw new LabhostError(
+      'hashMismatch',
+      `the file the torrent delivered (${file}) is not the signed transport file (size ${h.size} vs ${manifest.transport.size})`,
+      'the .torrent beside the manifest belongs to another image: publish it again (labhost image publish); nothing was written',
+    )
   }
   child.unref()
   log(`downloaded ${name} with BitTorrent in ${seconds.toFixed(1)} s; aria2c (pid ${child.pid}) seeds it for ${o.seedMinutes} min`)
-  source.stats.torrent = { url: torrentUrl, file, seconds, seederPid: exit ? null : child.pid ?? null, seedMinutes: o.seedMinutes }
-  return { kind: 'torrent', manifestWhere: source.manifestWhere, manifest: source.manifest, stats: source.stats, remote, transportWhere: `${file} (BitTorrent)`, file }
+  source.stats.torrent = { url: torrentUrl, file, seconds, seederPid: exit ? null : (child.pid ?? null), seedMinutes: o.seedMinutes }
+  return {
+    kind: 'torrent',
+    manifestWhere: source.manifestWhere,
+    manifest: source.manifest,
+    stats: source.stats,
+    remote,
+    transportWhere: `${file} (BitTorrent)`,
+    file,
+  }
 }

@@ -22,16 +22,31 @@ import { syncDir, writeDurable } from '../lib/durable.ts'
 
 export const TRIAL_CONFIG = '/etc/labhost/trial.yaml'
 
-export const TrialConfigSchema = z.object({
-  deadlineSeconds: z.number().int().min(30).max(86_400).default(600)
-    .describe('seconds after boot (the kernel\'s uptime) by which every check must pass, else the slot is rolled back'),
-  intervalSeconds: z.number().int().min(1).max(600).default(5).describe('pause between two rounds of checks'),
-  checks: z.array(z.object({
-    name: z.string().min(1).max(64).describe('what is checked, for the log and the rollback reason'),
-    run: z.array(z.string().min(1)).min(1).describe('a command and its arguments (no shell); exit 0 means healthy'),
-    timeoutSeconds: z.number().int().min(1).max(600).default(30).describe('a check that runs longer has failed'),
-  }).strict()).default([]).describe('the health checks; with none, the slot is marked good as soon as userspace runs this'),
-}).strict().describe('labhost trial.yaml: the health verdict on a trial boot (labhost trial-check)')
+export const TrialConfigSchema = z
+  .object({
+    deadlineSeconds: z
+      .number()
+      .int()
+      .min(30)
+      .max(86_400)
+      .default(600)
+      .describe("seconds after boot (the kernel's uptime) by which every check must pass, else the slot is rolled back"),
+    intervalSeconds: z.number().int().min(1).max(600).default(5).describe('pause between two rounds of checks'),
+    checks: z
+      .array(
+        z
+          .object({
+            name: z.string().min(1).max(64).describe('what is checked, for the log and the rollback reason'),
+            run: z.array(z.string().min(1)).min(1).describe('a command and its arguments (no shell); exit 0 means healthy'),
+            timeoutSeconds: z.number().int().min(1).max(600).default(30).describe('a check that runs longer has failed'),
+          })
+          .strict(),
+      )
+      .default([])
+      .describe('the health checks; with none, the slot is marked good as soon as userspace runs this'),
+  })
+  .strict()
+  .describe('labhost trial.yaml: the health verdict on a trial boot (labhost trial-check)')
 export type TrialConfig = z.infer<typeof TrialConfigSchema>
 
 export interface VerdictOptions {
@@ -92,7 +107,8 @@ export async function judgeTrial(o: VerdictOptions): Promise<Verdict> {
   const sleep = o.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)))
   const boot = readBootInfo(o.paths)
   const trial = readTrial(o.paths)
-  if (!trial || trial.slot !== boot.slot) return { verdict: 'no-trial', slot: boot.slot, reason: trial ? `the trial is for slot ${trial.slot}, slot ${boot.slot} runs` : 'no trial pending' }
+  if (!trial || trial.slot !== boot.slot)
+    return { verdict: 'no-trial', slot: boot.slot, reason: trial ? `the trial is for slot ${trial.slot}, slot ${boot.slot} runs` : 'no trial pending' }
   log(`slot ${boot.slot} (version ${trial.version}) is on trial: ${o.config.checks.length} check(s), deadline ${o.config.deadlineSeconds} s after boot`)
   for (;;) {
     const failing = await failingCheck(o.config)
@@ -136,8 +152,12 @@ export async function rollBack(paths: HostPaths, reason: string): Promise<SlotId
       const ph = gpt.primary.header
       const bh = gpt.backup.header
       const ss = disk.sectorSize
-      const refuse = (why: string) => new LabhostError('gptChanged', `not rolling back slot ${boot.slot} of ${boot.disk}: ${why}`,
-        'inspect with `labhost slots status`; switch by hand with `labhost slots switch --ignore-trial` if the other slot is good; nothing was written')
+      const refuse = (why: string) =>
+        new LabhostError(
+          'gptChanged',
+          `not rolling back slot ${boot.slot} of ${boot.disk}: ${why}`,
+          'inspect with `labhost slots status`; switch by hand with `labhost slots switch --ignore-trial` if the other slot is good; nothing was written',
+        )
       if (!ph || !bh || !gpt.primary.entries) throw refuse('its GPT headers cannot be read')
       const arraySectors = BigInt(Math.ceil(gpt.primary.entries.length / ss))
       const primaryLba = BigInt(/^\d+$/.test(vars.PRIMARY_LBA ?? '') ? vars.PRIMARY_LBA! : -1)
@@ -151,9 +171,10 @@ export async function rollBack(paths: HostPaths, reason: string): Promise<SlotId
       const restored = Buffer.from(gpt.primary.entries)
       const at = Number(index) * ss
       rollback.copy(restored, at, 0, Math.min(ss, restored.length - at))
-      if (arrayCrc(restored) !== ph.entriesCrc) throw refuse('the saved sector would not keep the entry array\'s CRC')
+      if (arrayCrc(restored) !== ph.entriesCrc) throw refuse("the saved sector would not keep the entry array's CRC")
       const after = slotStatus({ ...gpt, entries: parseEntries(restored, ph.entrySize) })
-      if (after.active === null || after.active === boot.slot) throw refuse(`the saved sector would not boot the other slot (${after.problem ?? `it flags ${after.active}`})`)
+      if (after.active === null || after.active === boot.slot)
+        throw refuse(`the saved sector would not boot the other slot (${after.problem ?? `it flags ${after.active}`})`)
       to = after.active
       await applySectorWrites(disk, [
         { region: 'primary-array', lba: primaryLba, data: rollback, why: `roll back: boot slot ${to} instead of ${boot.slot}` },
@@ -162,8 +183,14 @@ export async function rollBack(paths: HostPaths, reason: string): Promise<SlotId
     } finally {
       disk.close()
     }
-    const keep = ['VERSION', 'FROM_VERSION', 'UPDATED_AT'].filter((k) => vars[k]).map((k) => `${k}=${vars[k]}\n`).join('')
-    writeDurable(path.join(dir, 'last-result'), `RESULT=rolled-back\nFROM=${boot.slot}\nTO=${to}\n${keep}REASON=${reason.replace(/[^\x20-\x7e]/g, '?')}\nROLLED_BACK_AT=${new Date().toISOString()}\n`)
+    const keep = ['VERSION', 'FROM_VERSION', 'UPDATED_AT']
+      .filter((k) => vars[k])
+      .map((k) => `${k}=${vars[k]}\n`)
+      .join('')
+    writeDurable(
+      path.join(dir, 'last-result'),
+      `RESULT=rolled-back\nFROM=${boot.slot}\nTO=${to}\n${keep}REASON=${reason.replace(/[^\x20-\x7e]/g, '?')}\nROLLED_BACK_AT=${new Date().toISOString()}\n`,
+    )
     fs.rmSync(path.join(paths.stateRoot, TRIAL_FILE))
     syncDir(dir)
     return to

@@ -17,7 +17,16 @@ import { readPublicKey, type Manifest } from '../image-format/manifest.ts'
 import { readBootInfo, readImageName, readTrial, readVersion, type HostPaths } from './host-state.ts'
 import { writeTrialState } from '../image-format/trial-state.ts'
 import {
-  DEFAULT_FETCH, fetchBytes, httpSource, openSource, unhandledKind, type FetchOptions, type HttpSource, type SourceKind, type TransferStats, type UpdateSource,
+  DEFAULT_FETCH,
+  fetchBytes,
+  httpSource,
+  openSource,
+  unhandledKind,
+  type FetchOptions,
+  type HttpSource,
+  type SourceKind,
+  type TransferStats,
+  type UpdateSource,
 } from '../image-format/source.ts'
 import { imageInput, verifyImage, writeImage, type BeforeReadBack, type WriteStats } from '../image-format/slot-writer.ts'
 import { deltaPays, deltaSource, deltaUnusable, planDelta, type DeltaSummary } from './delta.ts'
@@ -74,7 +83,7 @@ export interface UpdateOptions {
 
 /** start: plan verified, lock held; commit: the one-sector switch is next; done: switched. */
 export const UPDATE_PHASES = ['start', 'write', 'verify', 'arm-trial', 'commit', 'done'] as const
-export type UpdatePhase = typeof UPDATE_PHASES[number]
+export type UpdatePhase = (typeof UPDATE_PHASES)[number]
 
 /** The one-sector switch of the plan (DESIGN §3), computed from the table the plan was made against. */
 export type CommitPlan = Readonly<{
@@ -128,7 +137,11 @@ export interface UpdateResult extends UpdatePlanData {
 }
 
 export function planData(plan: UpdatePlan): UpdatePlanData {
-  return { ...plan, writes: [...plan.writes], commit: { ...switchPlanData(plan.commit.switch, { hex: true }), rollbackSector: plan.commit.rollbackSector.toString('hex') } }
+  return {
+    ...plan,
+    writes: [...plan.writes],
+    commit: { ...switchPlanData(plan.commit.switch, { hex: true }), rollbackSector: plan.commit.rollbackSector.toString('hex') },
+  }
 }
 
 export async function planUpdate(o: UpdateOptions): Promise<{ plan: UpdatePlan; manifest: Manifest; source: UpdateSource }> {
@@ -136,8 +149,11 @@ export async function planUpdate(o: UpdateOptions): Promise<{ plan: UpdatePlan; 
   const source = await openSource(o.source, trusted, { ...DEFAULT_FETCH, log: o.log, ...o.fetch })
   const { manifest, manifestWhere: manifestFile } = source
   if (o.expect && (manifest.name !== o.expect.name || manifest.version !== o.expect.version)) {
-    throw new LabhostError('channelInvalid', `${manifestFile} is ${manifest.name} ${manifest.version}, but the channel names ${o.expect.name} ${o.expect.version}`,
-      'publish the channel again naming the image it points at (labhost channel publish reads both from the manifest); nothing was written')
+    throw new LabhostError(
+      'channelInvalid',
+      `${manifestFile} is ${manifest.name} ${manifest.version}, but the channel names ${o.expect.name} ${o.expect.version}`,
+      'publish the channel again naming the image it points at (labhost channel publish reads both from the manifest); nothing was written',
+    )
   }
   const boot = readBootInfo(o.paths)
   const diskPath = o.disk ?? boot.disk
@@ -147,32 +163,49 @@ export async function planUpdate(o: UpdateOptions): Promise<{ plan: UpdatePlan; 
     requireSaneLayout(gpt)
     const st = slotStatus(gpt, manifest.layout.slots)
     if (st.slots.length !== 2) {
-      throw new LabhostError('manifestInvalid', `${manifestFile} is for a layout with root slots ${manifest.layout.slots.A}/${manifest.layout.slots.B}, which ${diskPath} does not have`,
-        'use an image built for this host\'s layout; nothing was written')
+      throw new LabhostError(
+        'manifestInvalid',
+        `${manifestFile} is for a layout with root slots ${manifest.layout.slots.A}/${manifest.layout.slots.B}, which ${diskPath} does not have`,
+        "use an image built for this host's layout; nothing was written",
+      )
     }
     if (!st.primaryValid || !st.backupValid || st.active === null) {
-      throw new LabhostError(st.primaryValid ? (st.backupValid ? 'slotFlagsAmbiguous' : 'gptBackupInvalid') : 'gptPrimaryInvalid',
+      throw new LabhostError(
+        st.primaryValid ? (st.backupValid ? 'slotFlagsAmbiguous' : 'gptBackupInvalid') : 'gptPrimaryInvalid',
         `the GPT of ${diskPath} is not in a state to update: ${st.problem ?? [...st.primaryProblems, ...st.backupProblems].join('; ')}`,
-        'inspect with `labhost slots status` and repair first; nothing was written')
+        'inspect with `labhost slots status` and repair first; nothing was written',
+      )
     }
     if (st.active !== boot.slot) {
-      throw new LabhostError('switchNotBooted', `running slot ${boot.slot}, but the GPT flags slot ${st.active} to boot next`,
-        'an earlier switch is not booted yet: reboot into it (or switch back) before updating; nothing was written')
+      throw new LabhostError(
+        'switchNotBooted',
+        `running slot ${boot.slot}, but the GPT flags slot ${st.active} to boot next`,
+        'an earlier switch is not booted yet: reboot into it (or switch back) before updating; nothing was written',
+      )
     }
     const trial = readTrial(o.paths)
     if (trial && trial.slot === boot.slot) {
-      throw new LabhostError('trialPending', `slot ${boot.slot} is still on trial (${trial.bootsLeft} boot(s) left)`,
-        'wait for labhost mark-good (after the health check) before the next update; nothing was written')
+      throw new LabhostError(
+        'trialPending',
+        `slot ${boot.slot} is still on trial (${trial.bootsLeft} boot(s) left)`,
+        'wait for labhost mark-good (after the health check) before the next update; nothing was written',
+      )
     }
     const runningName = readImageName(o.paths)
     if (runningName !== null && runningName !== manifest.name && !o.allowOtherImage) {
-      throw new LabhostError('otherImage', `${manifestFile} is image ${JSON.stringify(manifest.name)}, but this host runs image ${JSON.stringify(runningName)}`,
-        'update with an image of the same name, or pass --allow-other-image to replace this host\'s image with another; nothing was written')
+      throw new LabhostError(
+        'otherImage',
+        `${manifestFile} is image ${JSON.stringify(manifest.name)}, but this host runs image ${JSON.stringify(runningName)}`,
+        "update with an image of the same name, or pass --allow-other-image to replace this host's image with another; nothing was written",
+      )
     }
     const current = readVersion(o.paths)
     if (current && compareVersions(manifest.version, current) <= 0 && !o.allowDowngrade) {
-      throw new LabhostError('notNewer', `${manifest.name} ${manifest.version} is not newer than the running ${current} (versions order as Debian's, a hyphen marking a pre-release)`,
-        'pass --allow-downgrade to install it anyway; nothing was written')
+      throw new LabhostError(
+        'notNewer',
+        `${manifest.name} ${manifest.version} is not newer than the running ${current} (versions order as Debian's, a hyphen marking a pre-release)`,
+        'pass --allow-downgrade to install it anyway; nothing was written',
+      )
     }
     const target = otherSlot(boot.slot)
     const entries = findRootSlots(gpt, manifest.layout.slots)
@@ -182,23 +215,36 @@ export async function planUpdate(o: UpdateOptions): Promise<{ plan: UpdatePlan; 
     const activeEntry = entries[boot.slot]
     const mounted = mountedAt(diskPath, firstByte)
     if (mounted) {
-      throw new LabhostError('busy', `slot ${target} of ${diskPath} is mounted (${mounted})`,
-        `unmount it first (umount ${mounted}); an update never writes a mounted slot; nothing was written`)
+      throw new LabhostError(
+        'busy',
+        `slot ${target} of ${diskPath} is mounted (${mounted})`,
+        `unmount it first (umount ${mounted}); an update never writes a mounted slot; nothing was written`,
+      )
     }
     if (manifest.image.size > slotBytes) {
-      throw new LabhostError('imageTooSmall', `the image (${manifest.image.size} bytes) is larger than slot ${target} (${slotBytes} bytes)`,
-        'build a smaller image or re-partition with larger slots; nothing was written')
+      throw new LabhostError(
+        'imageTooSmall',
+        `the image (${manifest.image.size} bytes) is larger than slot ${target} (${slotBytes} bytes)`,
+        'build a smaller image or re-partition with larger slots; nothing was written',
+      )
     }
     const http = httpSource(source)
     const plan: UpdatePlan = {
       disk: diskPath,
       from: {
-        slot: boot.slot, version: current, firstByte: Number(activeEntry.firstLba) * disk.sectorSize,
+        slot: boot.slot,
+        version: current,
+        firstByte: Number(activeEntry.firstLba) * disk.sectorSize,
         slotBytes: Number(activeEntry.lastLba - activeEntry.firstLba + 1n) * disk.sectorSize,
       },
       to: { slot: target, version: manifest.version, partition: entry.number, firstByte, bytes: manifest.image.size, slotBytes },
       source: source.transportWhere,
-      input: { kind: source.kind, manifest: manifestFile, delta: !!o.delta && http !== null, torrent: o.torrent && http ? torrentUrlFor(http.remote.url) : null },
+      input: {
+        kind: source.kind,
+        manifest: manifestFile,
+        delta: !!o.delta && http !== null,
+        torrent: o.torrent && http ? torrentUrlFor(http.remote.url) : null,
+      },
       gptFingerprint: gptFingerprint(gpt),
       writes: [
         `slot ${target} (partition ${entry.number}, bytes ${firstByte}..${firstByte + manifest.image.size - 1})`,
@@ -246,9 +292,15 @@ interface Acquired {
  */
 async function acquire(o: UpdateOptions, plan: UpdatePlan, manifest: Manifest, source: UpdateSource, log: (line: string) => void): Promise<Acquired> {
   switch (source.kind) {
-    case 'http': break
-    case 'local-raw': case 'local-zstd': case 'delta': case 'torrent': return { source }
-    default: return unhandledKind(source)
+    case 'http':
+      break
+    case 'local-raw':
+    case 'local-zstd':
+    case 'delta':
+    case 'torrent':
+      return { source }
+    default:
+      return unhandledKind(source)
   }
   const delta = await chooseDelta(plan, manifest, source, log)
   if (delta.source !== source || plan.input.torrent === null) return delta
@@ -263,12 +315,18 @@ async function chooseDelta(plan: UpdatePlan, manifest: Manifest, source: HttpSou
     log(`downloading the whole image: ${unusable}`)
     return { source, delta: { used: false, reason: unusable } }
   }
-  const d = await planDelta(manifest, plan.disk, {
-    active: { firstByte: plan.from.firstByte, bytes: plan.from.slotBytes },
-    target: { firstByte: plan.to.firstByte, bytes: plan.to.slotBytes },
-  }, await fetchBlockIndex(manifest, source, log))
+  const d = await planDelta(
+    manifest,
+    plan.disk,
+    {
+      active: { firstByte: plan.from.firstByte, bytes: plan.from.slotBytes },
+      target: { firstByte: plan.to.firstByte, bytes: plan.to.slotBytes },
+    },
+    await fetchBlockIndex(manifest, source, log),
+  )
   const s = d.summary
-  const what = `${s.fetched} of ${s.chunks} chunks, ${s.fetchBytes} of ${s.transportBytes} transport bytes in ${s.requests} request(s); ` +
+  const what =
+    `${s.fetched} of ${s.chunks} chunks, ${s.fetchBytes} of ${s.transportBytes} transport bytes in ${s.requests} request(s); ` +
     `${s.fromActive} from slot ${plan.from.slot}, ${s.fromTarget} from slot ${plan.to.slot}, ${s.fromBlocks} assembled from blocks, ${s.zero} zero`
   if (!deltaPays(s)) {
     log(`downloading the whole image: a delta would fetch ${what}`)
@@ -340,9 +398,17 @@ async function lockedUpdate(o: UpdateOptions, log: (line: string) => void, start
   // with readBack 'during', chunks are read back from the disk as soon as they are written
   // (O_DIRECT); what is left (all of it by default) is read back after the fdatasync
   const target = { disk: plan.disk, firstByte: plan.to.firstByte, name: `slot ${plan.to.slot}` }
-  const written = await writeImage(target, manifest, imageInput(source), { progress: o.progress?.('write'), readBack: o.readBack === 'during', beforeReadBack: o.beforeReadBack })
+  const written = await writeImage(target, manifest, imageInput(source), {
+    progress: o.progress?.('write'),
+    readBack: o.readBack === 'during',
+    beforeReadBack: o.beforeReadBack,
+  })
   seconds.write = (Date.now() - t0) / 1000
-  log(written.readBack.size ? `reading the rest of slot ${plan.to.slot} back (${written.readBack.size} of ${manifest.image.chunks.length} chunks were read back while writing)` : `reading slot ${plan.to.slot} back`)
+  log(
+    written.readBack.size
+      ? `reading the rest of slot ${plan.to.slot} back (${written.readBack.size} of ${manifest.image.chunks.length} chunks were read back while writing)`
+      : `reading slot ${plan.to.slot} back`,
+  )
   o.phase?.('verify')
   t0 = Date.now()
   await verifyImage(target, manifest, { progress: o.progress?.('verify'), skip: written.readBack, beforeReadBack: o.beforeReadBack })
@@ -361,17 +427,26 @@ async function commit(o: UpdateOptions, plan: UpdatePlan, manifest: Manifest, st
   const disk = Disk.open(plan.disk)
   try {
     if (gptFingerprint(readGpt(disk)) !== plan.gptFingerprint) {
-      throw new LabhostError('gptChanged', `the partition table of ${plan.disk} changed while slot ${plan.to.slot} was written (something else wrote the GPT)`,
-        `inspect with \`labhost slots status\` and run the update again; slot ${plan.to.slot} was written but not switched to, nothing else was written`)
+      throw new LabhostError(
+        'gptChanged',
+        `the partition table of ${plan.disk} changed while slot ${plan.to.slot} was written (something else wrote the GPT)`,
+        `inspect with \`labhost slots status\` and run the update again; slot ${plan.to.slot} was written but not switched to, nothing else was written`,
+      )
     }
     const { sector, mirror } = plan.commit
     // Armed before the commit: from the instant the new slot boots, it is on trial.
     o.phase?.('arm-trial')
     writeTrialState(plan.trial.stateRoot, {
-      slot: plan.to.slot, bootsLeft: plan.trial.boots, version: plan.to.version,
-      primaryLba: sector.lba, backupLba: mirror?.lba ?? sector.lba,
-      committedSector: sector.data, rollbackSector: plan.commit.rollbackSector,
-      fromVersion: plan.from.version, updatedAt: new Date(), updateSeconds: (Date.now() - started) / 1000,
+      slot: plan.to.slot,
+      bootsLeft: plan.trial.boots,
+      version: plan.to.version,
+      primaryLba: sector.lba,
+      backupLba: mirror?.lba ?? sector.lba,
+      committedSector: sector.data,
+      rollbackSector: plan.commit.rollbackSector,
+      fromVersion: plan.from.version,
+      updatedAt: new Date(),
+      updateSeconds: (Date.now() - started) / 1000,
     })
     log(`switching to slot ${plan.to.slot}`)
     o.phase?.('commit')

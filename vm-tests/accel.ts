@@ -27,9 +27,31 @@ export async function kvmBootsRealMode(): Promise<boolean> {
     const disk = path.join(dir, 'probe.img')
     await buildProbeDisk(disk)
     const serial = path.join(dir, 'serial.log')
-    const vm = execa('qemu-system-x86_64', ['-machine', 'pc', '-accel', 'kvm', '-cpu', 'host', '-m', '64', '-display', 'none',
-      '-nic', 'none', '-serial', `file:${serial}`, '-monitor', 'none', '-no-reboot',
-      '-drive', `file=${disk},format=raw,if=ide`], { reject: false, timeout: 20_000, killSignal: 'SIGKILL' })
+    const vm = execa(
+      'qemu-system-x86_64',
+      [
+        '-machine',
+        'pc',
+        '-accel',
+        'kvm',
+        '-cpu',
+        'host',
+        '-m',
+        '64',
+        '-display',
+        'none',
+        '-nic',
+        'none',
+        '-serial',
+        `file:${serial}`,
+        '-monitor',
+        'none',
+        '-no-reboot',
+        '-drive',
+        `file=${disk},format=raw,if=ide`,
+      ],
+      { reject: false, timeout: 20_000, killSignal: 'SIGKILL' },
+    )
     // A broken KVM stops the guest with a register dump instead of exiting: end it at once.
     vm.stderr?.on('data', (chunk: Buffer) => {
       if (/KVM internal error|emulation failure/i.test(chunk.toString())) vm.kill('SIGKILL')

@@ -10,7 +10,12 @@ import { build4KnDisk, buildBootChainDisk, buildSlotImages, parseBootReport } fr
 const dir = tmpDir(t, 'labhost-vm-boot-')
 const disk = `${dir}/disk.img`
 const disk4k = `${dir}/disk4k.img`
-const spec: VmSpec = { disks: [{ file: disk, bus: 'ide-hd' }, { file: disk4k, bus: 'virtio-blk', logicalBlockSize: 4096 }] }
+const spec: VmSpec = {
+  disks: [
+    { file: disk, bus: 'ide-hd' },
+    { file: disk4k, bus: 'virtio-blk', logicalBlockSize: 4096 },
+  ],
+}
 
 async function boot(t: Test) {
   const r = await bootUntilPowerOff(spec, 240_000)

@@ -56,7 +56,14 @@ if (values.mode === 'rollback' && (values.firmware !== 'bios' || values.mutant !
   process.exit(2)
 }
 if (values.help) {
-  console.log(fs.readFileSync(import.meta.filename, 'utf8').split('\nimport ')[0]!.split('\n').map((l) => l.replace(/^\/\/ ?/, '')).join('\n'))
+  console.log(
+    fs
+      .readFileSync(import.meta.filename, 'utf8')
+      .split('\nimport ')[0]!
+      .split('\n')
+      .map((l) => l.replace(/^\/\/ ?/, ''))
+      .join('\n'),
+  )
   process.exit(0)
 }
 // a cut-off soak continues from its report: same seed, its cycles count, written back to it
@@ -102,8 +109,10 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) {
     process.exit(130)
   })
 }
-console.log(`campaign: ${cycles} cycles, seed ${seed}, driver ${driver.name} (${await driver.accel()}), work ${workDir}` +
-  (resume ? `; resuming ${values.resume} after its ${resume.cycles} cycles` : ''))
+console.log(
+  `campaign: ${cycles} cycles, seed ${seed}, driver ${driver.name} (${await driver.accel()}), work ${workDir}` +
+    (resume ? `; resuming ${values.resume} after its ${resume.cycles} cycles` : ''),
+)
 try {
   if (values.mode === 'install') {
     const report = await runInstallCampaign({ driver, cycles, seed, workDir, keepDir: values.keep, stratified: values.stratified, log: (l) => console.log(l) })
@@ -112,8 +121,19 @@ try {
     process.exitCode = report.failed ? 1 : 0
   } else if (values.mode === 'update') {
     const report = await runUpdateCampaign({
-      driver, cycles, seed, workDir, keepDir: values.keep, commitWeight: Number(values['commit-weight']), stratified: values.stratified, hold: values.hold, cpus: Number(values.cpus),
-      mutant: values.mutant as Mutant | undefined, firmware: values.firmware as 'bios' | 'uefi', log: (l) => console.log(l), resume,
+      driver,
+      cycles,
+      seed,
+      workDir,
+      keepDir: values.keep,
+      commitWeight: Number(values['commit-weight']),
+      stratified: values.stratified,
+      hold: values.hold,
+      cpus: Number(values.cpus),
+      mutant: values.mutant as Mutant | undefined,
+      firmware: values.firmware as 'bios' | 'uefi',
+      log: (l) => console.log(l),
+      resume,
       // the report so far, after every cycle: a soak that is cut off still leaves its record
       onCycle: values.json ? (r) => fs.writeFileSync(values.json!, JSON.stringify({ ...r, partial: true }, null, 2) + '\n') : undefined,
     })
@@ -122,7 +142,13 @@ try {
     process.exitCode = report.bricked || report.failedUpdates ? 1 : 0
   } else if (values.mode === 'rollback') {
     const report = await runRollbackCampaign({
-      driver, cycles, seed, workDir, keepDir: values.keep, stratified: values.stratified, log: (l) => console.log(l),
+      driver,
+      cycles,
+      seed,
+      workDir,
+      keepDir: values.keep,
+      stratified: values.stratified,
+      log: (l) => console.log(l),
       resume: resume as unknown as RollbackCampaignReport | undefined,
       onCycle: values.json ? (r) => fs.writeFileSync(values.json!, JSON.stringify({ ...r, partial: true }, null, 2) + '\n') : undefined,
     })

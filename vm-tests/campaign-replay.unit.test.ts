@@ -35,7 +35,8 @@ for (const f of reports) {
       if (r.aim === 'uniform' && r.resetAtMs !== null && report.calibration && r.cycle >= lastRun) {
         // the harness waits for the drawn instant, then resets: the record is the drawn instant plus the latency
         const drawn = fractionOf(o, nth, draws[1]!) * (report.calibration.updateMs + 1000)
-        if (r.resetAtMs < drawn - 5 || r.resetAtMs > drawn + 1000) t.fail(`cycle ${r.cycle}: reset at ${r.resetAtMs} ms, the seed gives ${Math.round(drawn)} ms`)
+        if (r.resetAtMs < drawn - 5 || r.resetAtMs > drawn + 1000)
+          t.fail(`cycle ${r.cycle}: reset at ${r.resetAtMs} ms, the seed gives ${Math.round(drawn)} ms`)
         else instants++
       }
       nth++
@@ -57,7 +58,11 @@ t.test('stratified aims: half the resets at the commit, each slice of each windo
     t.equal(byAim.commit!.length, Math.ceil(cycles / 2), `${cycles} cycles: ${Math.ceil(cycles / 2)} at the commit`)
     for (const [aim, fractions] of Object.entries(byAim)) {
       const slices = fractions.map((f) => Math.floor(f * fractions.length)).sort((a, b) => a - b)
-      t.same(slices, fractions.map((_, k) => k), `${cycles} cycles, ${aim}: one reset in each of ${fractions.length} slices`)
+      t.same(
+        slices,
+        fractions.map((_, k) => k),
+        `${cycles} cycles, ${aim}: one reset in each of ${fractions.length} slices`,
+      )
     }
   }
   t.equal(fractionOf({ cycles: 10 }, 3, 0.25), 0.25, 'not stratified: the draw itself')

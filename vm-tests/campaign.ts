@@ -175,7 +175,9 @@ export async function buildCampaignImages(dir: string): Promise<{ keyFile: strin
   const dirs: Record<string, string> = {}
   const manifests: Record<string, Manifest> = {}
   for (const version of VERSIONS) {
-    const recipe = leanRecipe(`${dir}/recipes/campaign-${version}.yaml`, (r) => { r.version = version })
+    const recipe = leanRecipe(`${dir}/recipes/campaign-${version}.yaml`, (r) => {
+      r.version = version
+    })
     const built = await buildImage(recipe, { out: `${dir}/v${version}`, keyFile: keys.privateKeyFile })
     dirs[version] = path.dirname(built.manifestFile)
     manifests[version] = readManifest(built.manifestFile)
@@ -229,15 +231,23 @@ reboot -f
 async function stageCampaign(disks: HostDisks, dirs: Record<string, string>, mutant: Mutant | undefined, scrambleMiB: number, hold: boolean): Promise<void> {
   // the release executable ignores fault variables: a mutant or a holding guest runs the fault-enabled build
   await stageLabhost(disks, { faults: mutant !== undefined || hold })
-  await withPartition(disks.ssd, disks.ssdPlan.find((p) => p.mount === '/qcow2/backing')!, async (root) => {
-    for (const [version, dir] of Object.entries(dirs)) {
-      fs.mkdirSync(`${root}/${version}`)
-      for (const f of ['manifest.json', 'root.img.zst']) fs.copyFileSync(`${dir}/${f}`, `${root}/${version}/${f}`)
-    }
-  })
-  await withPartition(disks.ssd, disks.ssdPlan.find((p) => p.mount === '/persistent')!, async (root) => {
-    fs.writeFileSync(`${root}/test-hook`, cycleHook(mutant, scrambleMiB, hold), { mode: 0o755 })
-  })
+  await withPartition(
+    disks.ssd,
+    disks.ssdPlan.find((p) => p.mount === '/qcow2/backing')!,
+    async (root) => {
+      for (const [version, dir] of Object.entries(dirs)) {
+        fs.mkdirSync(`${root}/${version}`)
+        for (const f of ['manifest.json', 'root.img.zst']) fs.copyFileSync(`${dir}/${f}`, `${root}/${version}/${f}`)
+      }
+    },
+  )
+  await withPartition(
+    disks.ssd,
+    disks.ssdPlan.find((p) => p.mount === '/persistent')!,
+    async (root) => {
+      fs.writeFileSync(`${root}/test-hook`, cycleHook(mutant, scrambleMiB, hold), { mode: 0o755 })
+    },
+  )
 }
 
 const MARKERS: MarkerPattern[] = [
@@ -267,9 +277,12 @@ type Calibration = NonNullable<CampaignReport['calibration']>
 /** A cut-off report may be resumed only by a run made the same way (seed, firmware, holds, driver). */
 function checkResumable(prior: CampaignReport, o: CampaignOptions, fresh: CampaignReport): void {
   if (o.stratified) throw new Error('a stratified campaign cannot be resumed: its strata depend on the cycle count')
-  if ((prior.firmware ?? 'bios') !== (o.firmware ?? 'bios')) throw new Error(`the report to resume ran on ${prior.firmware ?? 'bios'} firmware, this run would use ${o.firmware ?? 'bios'}`)
-  if ((prior.held ?? false) !== (fresh.held ?? false)) throw new Error(`the report to resume was made ${prior.held ? 'with' : 'without'} holds: run it ${prior.held ? 'with' : 'without'} --hold`)
-  if (prior.driver !== fresh.driver || prior.accel !== fresh.accel) throw new Error(`the report to resume ran on ${prior.driver} (${prior.accel}), this run would use ${fresh.driver} (${fresh.accel})`)
+  if ((prior.firmware ?? 'bios') !== (o.firmware ?? 'bios'))
+    throw new Error(`the report to resume ran on ${prior.firmware ?? 'bios'} firmware, this run would use ${o.firmware ?? 'bios'}`)
+  if ((prior.held ?? false) !== (fresh.held ?? false))
+    throw new Error(`the report to resume was made ${prior.held ? 'with' : 'without'} holds: run it ${prior.held ? 'with' : 'without'} --hold`)
+  if (prior.driver !== fresh.driver || prior.accel !== fresh.accel)
+    throw new Error(`the report to resume ran on ${prior.driver} (${prior.accel}), this run would use ${fresh.driver} (${fresh.accel})`)
 }
 
 /** The campaign's host: the two versions' images, its disks (1.0.0 in slot A, A flagged) with the cycle hook staged, and its VM. */
@@ -284,7 +297,12 @@ async function prepareHost(o: CampaignOptions, hold: boolean): Promise<{ manifes
   await stageCampaign(disks, dirs, o.mutant, Math.ceil(imageBytes / MiB), hold)
   const spec: VmSpec = {
     holdPort: hold,
-    disks: [{ file: disks.ssd, bus: 'ide-hd', rotationRate: 1 }, { file: disks.hdd, bus: 'ide-hd', rotationRate: 7200 }], memoryMb: uefi ? 768 : 512, cpus: o.cpus ?? 1,
+    disks: [
+      { file: disks.ssd, bus: 'ide-hd', rotationRate: 1 },
+      { file: disks.hdd, bus: 'ide-hd', rotationRate: 7200 },
+    ],
+    memoryMb: uefi ? 768 : 512,
+    cpus: o.cpus ?? 1,
     ...(uefi ? { uefi: { vars: uefiVarsCopy(o.workDir) } } : {}),
   }
   return { manifests, disks, spec }
@@ -302,11 +320,15 @@ class Tally {
     this.report = report
     this.onCycle = onCycle
     this.firstCycle = (prior?.records.at(-1)?.cycle ?? -1) + 1
-    this.runs = prior ? prior.runs ?? [{ firstCycle: 0, seconds: prior.seconds }] : []
+    this.runs = prior ? (prior.runs ?? [{ firstCycle: 0, seconds: prior.seconds }]) : []
   }
 
-  get startedAt(): number { return this.started }
-  counted(): number { return this.report.records.filter((r) => r.aim !== 'calibration').length }
+  get startedAt(): number {
+    return this.started
+  }
+  counted(): number {
+    return this.report.records.filter((r) => r.aim !== 'calibration').length
+  }
 
   update(): void {
     const report = this.report
@@ -339,7 +361,16 @@ class HostUnderTest {
   private readonly tally: Tally
   private readonly log: (l: string) => void
 
-  constructor(a: { o: CampaignOptions; spec: VmSpec; serialFile: string; disks: HostDisks; manifests: Record<string, Manifest>; report: CampaignReport; tally: Tally; log: (l: string) => void }) {
+  constructor(a: {
+    o: CampaignOptions
+    spec: VmSpec
+    serialFile: string
+    disks: HostDisks
+    manifests: Record<string, Manifest>
+    report: CampaignReport
+    tally: Tally
+    log: (l: string) => void
+  }) {
     this.o = a.o
     this.spec = a.spec
     this.serialFile = a.serialFile
@@ -447,7 +478,15 @@ class UpdateWatch {
  * The calibration cycle: the update runs to its end and reboots by itself; its phase lengths aim
  * the resets of the cycles after it. Null when it bricked (then the campaign ends).
  */
-async function calibrate(host: HostUnderTest, watch: UpdateWatch, record: CycleRecord, report: CampaignReport, announcedAt: number, timeoutMs: number, log: (l: string) => void): Promise<Calibration | null> {
+async function calibrate(
+  host: HostUnderTest,
+  watch: UpdateWatch,
+  record: CycleRecord,
+  report: CampaignReport,
+  announcedAt: number,
+  timeoutMs: number,
+  log: (l: string) => void,
+): Promise<Calibration | null> {
   const { phases } = watch
   const start = phases.start!
   const up = await host.con.until(['userspace', 'boot-failed'], Date.now() + timeoutMs, watch.note)
@@ -460,7 +499,9 @@ async function calibrate(host: HostUnderTest, watch: UpdateWatch, record: CycleR
     return null
   }
   const calibration = {
-    updateMs: phases.done - start, verifyMs: phases['arm-trial'] - (phases.verify ?? phases['arm-trial']), commitTailMs: phases.done - phases['arm-trial'],
+    updateMs: phases.done - start,
+    verifyMs: phases['arm-trial'] - (phases.verify ?? phases['arm-trial']),
+    commitTailMs: phases.done - phases['arm-trial'],
     writeMs: (phases.verify ?? phases.done) - (phases.write ?? start),
   }
   report.calibration = calibration
@@ -472,8 +513,10 @@ async function calibrate(host: HostUnderTest, watch: UpdateWatch, record: CycleR
     return null
   }
   const sec = (a: number, b: number) => `${((b - a) / 1000).toFixed(1)} s`
-  log(`calibration: userspace to update start ${sec(host.lastUp, start)} (labhost mark-good ${sec(host.lastUp, announcedAt)}), write ${sec(start, phases.verify ?? start)}, ` +
-    `read-back ${sec(phases.verify ?? start, phases['arm-trial'])}, arm-trial to done ${calibration.commitTailMs} ms, reboot to userspace ${sec(phases.done, up.at)}`)
+  log(
+    `calibration: userspace to update start ${sec(host.lastUp, start)} (labhost mark-good ${sec(host.lastUp, announcedAt)}), write ${sec(start, phases.verify ?? start)}, ` +
+      `read-back ${sec(phases.verify ?? start, phases['arm-trial'])}, arm-trial to done ${calibration.commitTailMs} ms, reboot to userspace ${sec(phases.done, up.at)}`,
+  )
   return calibration
 }
 
@@ -483,7 +526,15 @@ async function calibrate(host: HostUnderTest, watch: UpdateWatch, record: CycleR
  * after the switch; with holds, while the guest waits at the aimed switch write. The draws are
  * taken in the order drawsOf() counts them: the uniform instant, then the commit's.
  */
-async function aimReset(o: CampaignOptions, nth: number, rnd: () => number, watch: UpdateWatch, record: CycleRecord, calibration: Calibration, hold: boolean): Promise<number> {
+async function aimReset(
+  o: CampaignOptions,
+  nth: number,
+  rnd: () => number,
+  watch: UpdateWatch,
+  record: CycleRecord,
+  calibration: Calibration,
+  hold: boolean,
+): Promise<number> {
   const { phases } = watch
   const start = phases.start!
   const within = (u: number) => fractionOf(o, nth, u)
@@ -517,7 +568,7 @@ async function aimReset(o: CampaignOptions, nth: number, rnd: () => number, watc
 }
 
 const describeCycle = (record: CycleRecord): string =>
-  `cycle ${record.cycle}: ${record.from} -> ${record.to}, reset ${record.aim} at ${(record.resetAtMs! / 1000).toFixed(2)} s (${record.phase}${record.held === 'written' ? ', held after the switch\'s last write' : record.held ? `, held before the ${record.held} write` : ''}) -> ${record.outcome} ${record.booted!.version} in slot ${record.booted!.slot}, userspace after ${record.bootSeconds!.toFixed(1)} s` +
+  `cycle ${record.cycle}: ${record.from} -> ${record.to}, reset ${record.aim} at ${(record.resetAtMs! / 1000).toFixed(2)} s (${record.phase}${record.held === 'written' ? ", held after the switch's last write" : record.held ? `, held before the ${record.held} write` : ''}) -> ${record.outcome} ${record.booted!.version} in slot ${record.booted!.slot}, userspace after ${record.bootSeconds!.toFixed(1)} s` +
   (record.updateExit !== undefined ? `; the update had failed by itself (exit ${record.updateExit})` : '')
 
 /**
@@ -540,8 +591,22 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
   if (hold && !o.driver.holds) throw new Error(`the ${o.driver.name} driver cannot answer a holding guest: run the campaign without holds`)
   const { manifests, disks, spec } = await prepareHost(o, hold)
   const report: CampaignReport = {
-    driver: o.driver.name, accel: await o.driver.accel(), ...(o.firmware === 'uefi' ? { firmware: 'uefi' as const } : {}), seed: o.seed, cycles: 0, resets: 0, old: 0, new: 0, bricked: 0, failedUpdates: 0,
-    seconds: 0, resetsPerHour: 0, calibration: null, aims: o.stratified ? 'stratified' : 'independent', ...(hold ? { held: true } : {}), records: [],
+    driver: o.driver.name,
+    accel: await o.driver.accel(),
+    ...(o.firmware === 'uefi' ? { firmware: 'uefi' as const } : {}),
+    seed: o.seed,
+    cycles: 0,
+    resets: 0,
+    old: 0,
+    new: 0,
+    bricked: 0,
+    failedUpdates: 0,
+    seconds: 0,
+    resetsPerHour: 0,
+    calibration: null,
+    aims: o.stratified ? 'stratified' : 'independent',
+    ...(hold ? { held: true } : {}),
+    records: [],
   }
   if (prior) {
     checkResumable(prior, o, report)
@@ -551,7 +616,17 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
   const host = new HostUnderTest({ o, spec, serialFile: path.join(o.workDir, 'serial.log'), disks, manifests, report, tally, log })
   await host.start()
   try {
-    const boot: CycleRecord = { cycle: -1, aim: 'calibration', from: '', to: '', resetAtMs: null, phase: null, outcome: 'completed', booted: null, bootSeconds: null }
+    const boot: CycleRecord = {
+      cycle: -1,
+      aim: 'calibration',
+      from: '',
+      to: '',
+      resetAtMs: null,
+      phase: null,
+      outcome: 'completed',
+      booted: null,
+      bootSeconds: null,
+    }
     if (!(await host.awaitBoot(boot, tally.startedAt, bootTimeout))) return report
     let calibration: Calibration | null = null
     for (let cycle = tally.firstCycle; tally.counted() < o.cycles; cycle++) {

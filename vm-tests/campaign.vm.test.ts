@@ -28,7 +28,16 @@ t.test(`short campaign: ${RESETS} resets aimed over updates and at the commit, n
   const seed = seedFromEnv()
   const keep = tmpDir(t, 'labhost-campaign-keep-')
   const workDir = tmpDir(t, 'labhost-campaign-')
-  const report = await runUpdateCampaign({ driver: new QemuDriver(), cycles: RESETS, seed, stratified: true, hold: true, workDir, keepDir: keep, log: (l) => t.comment(l) })
+  const report = await runUpdateCampaign({
+    driver: new QemuDriver(),
+    cycles: RESETS,
+    seed,
+    stratified: true,
+    hold: true,
+    workDir,
+    keepDir: keep,
+    log: (l) => t.comment(l),
+  })
   fs.mkdirSync(path.join(REPO_ROOT, 'reports'), { recursive: true })
   fs.writeFileSync(path.join(REPO_ROOT, 'reports/campaign.json'), JSON.stringify(report, null, 2) + '\n')
   t.comment(`seed ${seed}: ${summaryLine(report)} under ${report.accel}, ${report.resetsPerHour} resets/hour`)
@@ -37,42 +46,85 @@ t.test(`short campaign: ${RESETS} resets aimed over updates and at the commit, n
   t.equal(report.resets, RESETS, `${RESETS} resets`)
   t.equal(report.old + report.new, RESETS, 'every reset was followed by a boot of the old or the new version')
   const resets = report.records.filter((r) => r.resetAtMs !== null)
-  t.ok(resets.some((r) => r.phase === 'write') && resets.some((r) => r.phase === 'verify' || r.phase === 'arm-trial' || r.phase === 'commit' || r.phase === 'done'),
-    'resets landed while the slot was written and around the switch', { phases: resets.map((r) => r.phase) })
+  t.ok(
+    resets.some((r) => r.phase === 'write') &&
+      resets.some((r) => r.phase === 'verify' || r.phase === 'arm-trial' || r.phase === 'commit' || r.phase === 'done'),
+    'resets landed while the slot was written and around the switch',
+    { phases: resets.map((r) => r.phase) },
+  )
   t.ok(report.old > 0 && report.new > 0, 'some resets came back to the old version, some to the new one')
   // the commit aims landed where they were aimed, whatever the load beside the VM: between
   // arming the trial and the mirror write, on both sides of the commit sector
   const commit = resets.filter((r) => r.aim === 'commit')
   t.equal(commit.length, RESETS / 2, 'half the resets were aimed at the commit')
-  t.ok(commit.every((r) => r.held !== undefined && (HOLD_POINTS as readonly string[]).includes(r.held)), 'each came while the guest held inside the switch (before a sector write, or after the last)', { held: commit.map((r) => r.held) })
-  t.ok(commit.every((r) => r.phase === 'commit'), 'after the trial was armed (phase commit)', { phases: commit.map((r) => r.phase) })
-  t.ok(commit.some((r) => r.held === 'primary-array'), 'a reset before the commit sector was written')
-  t.ok(commit.some((r) => r.held === 'backup-array' || r.held === 'written'), 'a reset after it, before the mirror (or the end of the switch)')
-  t.ok(commit.filter((r) => r.held === 'primary-array').every((r) => r.outcome === 'old'), 'before the commit sector: the old version came back')
-  t.ok(commit.filter((r) => r.held !== 'primary-array').every((r) => r.outcome === 'new'), 'after it: the new version came up')
+  t.ok(
+    commit.every((r) => r.held !== undefined && (HOLD_POINTS as readonly string[]).includes(r.held)),
+    'each came while the guest held inside the switch (before a sector write, or after the last)',
+    { held: commit.map((r) => r.held) },
+  )
+  t.ok(
+    commit.every((r) => r.phase === 'commit'),
+    'after the trial was armed (phase commit)',
+    { phases: commit.map((r) => r.phase) },
+  )
+  t.ok(
+    commit.some((r) => r.held === 'primary-array'),
+    'a reset before the commit sector was written',
+  )
+  t.ok(
+    commit.some((r) => r.held === 'backup-array' || r.held === 'written'),
+    'a reset after it, before the mirror (or the end of the switch)',
+  )
+  t.ok(
+    commit.filter((r) => r.held === 'primary-array').every((r) => r.outcome === 'old'),
+    'before the commit sector: the old version came back',
+  )
+  t.ok(
+    commit.filter((r) => r.held !== 'primary-array').every((r) => r.outcome === 'new'),
+    'after it: the new version came up',
+  )
   // a trial armed for a switch that never happened is void: the initramfs drops it at the next boot
   const voided = (fs.readFileSync(path.join(workDir, 'serial.log'), 'latin1').match(/LABHOST-TRIAL-VOID /g) ?? []).length
   // (a uniform reset may also land after the trial is armed and before the commit: those may add one)
   const mayVoid = resets.filter((r) => r.aim === 'uniform' && r.outcome === 'old' && (r.phase === 'arm-trial' || r.phase === 'commit')).length
   const mustVoid = commit.filter((r) => r.held === 'primary-array').length
-  t.ok(voided >= mustVoid && voided <= mustVoid + mayVoid, 'each reset before the commit sector left a trial that the next boot declared void', { voided, mustVoid, mayVoid })
+  t.ok(voided >= mustVoid && voided <= mustVoid + mayVoid, 'each reset before the commit sector left a trial that the next boot declared void', {
+    voided,
+    mustVoid,
+    mayVoid,
+  })
   // the evidence can fail: every update wrote over bytes that were not yet the image's
   const held = report.records.map((r) => r.heldBefore)
-  t.ok(held.length > RESETS && held.every((n) => n === 0), 'before every update, the slot it wrote held none of the image\'s chunks (checked from the disk)', { held })
+  t.ok(held.length > RESETS && held.every((n) => n === 0), "before every update, the slot it wrote held none of the image's chunks (checked from the disk)", {
+    held,
+  })
 })
 
 t.test('the same campaign with a switch that skips the CRC compensation reports a brick', async (t) => {
   const keep = tmpDir(t, 'labhost-campaign-keep-')
-  const report = await runUpdateCampaign({ driver: new QemuDriver(), cycles: 1, seed: 1, workDir: tmpDir(t, 'labhost-campaign-'), keepDir: keep, mutant: 'naive-switch', log: (l) => t.comment(l) })
+  const report = await runUpdateCampaign({
+    driver: new QemuDriver(),
+    cycles: 1,
+    seed: 1,
+    workDir: tmpDir(t, 'labhost-campaign-'),
+    keepDir: keep,
+    mutant: 'naive-switch',
+    log: (l) => t.comment(l),
+  })
   t.equal(report.bricked, 1, summaryLine(report))
   // the right reason, from the guest itself (not a timeout): the kernel saw no partitions
-  t.match(report.records.at(-1)?.why, /^the boot .*failed: .*no partitions named/, 'the initramfs reported that it found no root slots', { record: report.records.at(-1) })
-  t.ok(report.kept && fs.existsSync(path.join(report.kept, 'ssd.img')) && fs.existsSync(path.join(report.kept, 'serial.log')), 'the brick\'s disk and serial log are kept')
+  t.match(report.records.at(-1)?.why, /^the boot .*failed: .*no partitions named/, 'the initramfs reported that it found no root slots', {
+    record: report.records.at(-1),
+  })
+  t.ok(
+    report.kept && fs.existsSync(path.join(report.kept, 'ssd.img')) && fs.existsSync(path.join(report.kept, 'serial.log')),
+    "the brick's disk and serial log are kept",
+  )
   const serial = fs.readFileSync(path.join(report.kept!, 'serial.log'), 'latin1')
   const commit = serial.indexOf('writing primary-array LBA 2')
   t.ok(commit > 0, 'the kept serial log shows the (naive) commit')
   t.notMatch(serial.slice(commit), /LABHOST-USERSPACE/, 'and no userspace after it')
-  t.match(serial.slice(commit), /LABHOST-INITRAMFS-FAIL/, 'but the initramfs\'s own failure marker')
+  t.match(serial.slice(commit), /LABHOST-INITRAMFS-FAIL/, "but the initramfs's own failure marker")
 })
 
 // The mutant the scrambled slot exists for: an updater that switches before it writes. With the
@@ -83,7 +135,18 @@ t.test('the same campaign with an updater that switches before writing the slot 
   // uniform aims inside the write (from the guest's announcement of it): the mutant's write comes
   // after its commit, so the reset hits a flagged, torn slot
   const workDir = tmpDir(t, 'labhost-campaign-')
-  const report = await runUpdateCampaign({ driver: new QemuDriver(), cycles: 1, seed: 1, commitWeight: 0, aimAtWrite: true, workDir, keepDir: keep, mutant: 'commit-before-write', bootTimeoutMs: 60_000, log: (l) => t.comment(l) })
+  const report = await runUpdateCampaign({
+    driver: new QemuDriver(),
+    cycles: 1,
+    seed: 1,
+    commitWeight: 0,
+    aimAtWrite: true,
+    workDir,
+    keepDir: keep,
+    mutant: 'commit-before-write',
+    bootTimeoutMs: 60_000,
+    log: (l) => t.comment(l),
+  })
   t.equal(report.bricked, 1, summaryLine(report))
   const last = report.records.at(-1)!
   t.equal(last.phase, 'write', 'the reset hit the write', { record: last })
@@ -96,7 +159,10 @@ t.test('the same campaign with an updater that switches before writing the slot 
   t.match(last.why, /^no userspace within 60 s|^the boot failed: |whose bytes are not that signed image/, 'a brick', { why: last.why })
   const serial = fs.readFileSync(path.join(report.kept!, 'serial.log'), 'latin1')
   const cycle = serial.slice(serial.lastIndexOf('LABHOST-CYCLE-UPDATE'))
-  t.ok(cycle.indexOf('LABHOST-PHASE done') >= 0 && cycle.indexOf('LABHOST-PHASE done') < cycle.indexOf('LABHOST-PHASE write'), 'the mutant switched before it wrote')
+  t.ok(
+    cycle.indexOf('LABHOST-PHASE done') >= 0 && cycle.indexOf('LABHOST-PHASE done') < cycle.indexOf('LABHOST-PHASE write'),
+    'the mutant switched before it wrote',
+  )
   // the right reason: the kept disk flags the slot it was writing, and that slot is not the image
   const d = openGptDisk(path.join(report.kept!, 'ssd.img'))
   const g = readGpt(d)
@@ -105,6 +171,14 @@ t.test('the same campaign with an updater that switches before writing the slot 
   t.equal(st.active, last.to === '2.0.0' ? 'B' : 'A', 'the GPT flags the slot being written')
   const slot = st.active === 'A' ? 0 : 1
   const m = JSON.parse(fs.readFileSync(path.join(workDir, `v${last.to}`, 'manifest.json'), 'utf8')) as Manifest
-  t.not(hashRange(path.join(report.kept!, 'ssd.img'), Number(g.entries[slot]!.firstLba) * 512, m.image.size), m.image.sha256, 'and that slot does not hold the image: it is torn')
-  t.notMatch(cycle.slice(cycle.indexOf('LABHOST-PHASE write')), new RegExp(`LABHOST-USERSPACE version=${last.to.replace(/\./g, '\\.')}`), 'which never reached userspace')
+  t.not(
+    hashRange(path.join(report.kept!, 'ssd.img'), Number(g.entries[slot]!.firstLba) * 512, m.image.size),
+    m.image.sha256,
+    'and that slot does not hold the image: it is torn',
+  )
+  t.notMatch(
+    cycle.slice(cycle.indexOf('LABHOST-PHASE write')),
+    new RegExp(`LABHOST-USERSPACE version=${last.to.replace(/\./g, '\\.')}`),
+    'which never reached userspace',
+  )
 })

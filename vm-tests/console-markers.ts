@@ -4,7 +4,12 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type { RunningVm } from './driver.ts'
 
 /** A marker line: its kind and up to two captured values. */
-export interface Marker { at: number; kind: string; a: string; b: string }
+export interface Marker {
+  at: number
+  kind: string
+  a: string
+  b: string
+}
 
 /** A pattern with two capture groups (an empty `()` where there is one value) and the kind it marks. */
 export type MarkerPattern = [RegExp, string]

@@ -20,14 +20,29 @@ async function disk(t: Teardown, esp: boolean): Promise<Buffer> {
   const file = path.join(dir, 'disk.img')
   fs.writeFileSync(file, '')
   fs.truncateSync(file, 64 * MiB)
-  await execa('sgdisk', ['-n', '1:2048:+8M', '-c', '1:rootA', '-n', '2:0:+8M', '-c', '2:rootB', ...(esp ? ['-n', '3:0:+4M', '-t', '3:ef00'] : []), '-A', '1:set:2', file])
+  await execa('sgdisk', [
+    '-n',
+    '1:2048:+8M',
+    '-c',
+    '1:rootA',
+    '-n',
+    '2:0:+8M',
+    '-c',
+    '2:rootB',
+    ...(esp ? ['-n', '3:0:+4M', '-t', '3:ef00'] : []),
+    '-A',
+    '1:set:2',
+    file,
+  ])
   return fs.readFileSync(file)
 }
 const slots = { A: { offset: 2048 * SS, bytes: 8 * MiB }, B: { offset: 2048 * SS + 8 * MiB, bytes: 8 * MiB } }
 const whole = { A: 'old', B: 'new' } as const
 const regions = (d: Buffer) => [Buffer.from(d.subarray(0, PRIMARY)), Buffer.from(d.subarray(d.length - BACKUP))] as const
 /** Flip the bootable attribute of both root entries in an array at `at`, without touching any CRC. */
-const naive = (b: Buffer, at: number) => { for (const e of [0, 1]) b[at + e * 128 + 48]! ^= 0x04 }
+const naive = (b: Buffer, at: number) => {
+  for (const e of [0, 1]) b[at + e * 128 + 48]! ^= 0x04
+}
 
 t.test('a valid GPT boots the flagged slot', async (t) => {
   const d = await disk(t, true)

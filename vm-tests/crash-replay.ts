@@ -67,7 +67,8 @@ export function judge(region: Buffer, ss: number, slots: ReplayInput['slots'], w
   const entriesLba = Number(header.readBigUInt64LE(72))
   const count = header.readUInt32LE(80)
   const size = header.readUInt32LE(84)
-  if (size < 128 || count === 0 || entriesLba * ss + count * size > region.length) return { boots: 'nothing', why: 'gptmbr: the header points to no entry array' }
+  if (size < 128 || count === 0 || entriesLba * ss + count * size > region.length)
+    return { boots: 'nothing', why: 'gptmbr: the header points to no entry array' }
   const array = region.subarray(entriesLba * ss, entriesLba * ss + count * size)
   const flagged: { first: number }[] = []
   for (let i = 0; i < count; i++) {
@@ -80,7 +81,8 @@ export function judge(region: Buffer, ss: number, slots: ReplayInput['slots'], w
   if (!slot) return { boots: 'nothing', why: `gptmbr: the flagged partition at LBA ${flagged[0]!.first} is no root slot` }
   // the kernel: primary header and array CRCs, or no partitions at all (no `gpt` parameter)
   const headerSize = header.readUInt32LE(12)
-  if (header.subarray(0, 8).toString('latin1') !== 'EFI PART' || header.readUInt32LE(16) !== headerCrcOf(header, headerSize)) return { boots: 'nothing', why: 'kernel: primary GPT header CRC wrong, no partitions' }
+  if (header.subarray(0, 8).toString('latin1') !== 'EFI PART' || header.readUInt32LE(16) !== headerCrcOf(header, headerSize))
+    return { boots: 'nothing', why: 'kernel: primary GPT header CRC wrong, no partitions' }
   if (header.readUInt32LE(88) !== arrayCrc(array)) return { boots: 'nothing', why: 'kernel: primary entry array CRC wrong, no partitions' }
   const version = whole[slot]
   if (!version) return { boots: 'nothing', why: `slot ${slot} is flagged but does not hold a whole image` }
@@ -96,11 +98,24 @@ const backupRegionBytes = (ss: number) => 128 * 128 + ss
  * What boots on a UEFI PC: `primary` is the primary region (as for judge), `backup` the last
  * backupRegionBytes of the disk, `diskBytes` the disk's size.
  */
-export function judgeUefi(primary: Buffer, backup: Buffer, diskBytes: number, ss: number, slots: ReplayInput['slots'], whole: Record<'A' | 'B', 'old' | 'new' | null>): Outcome & { restored?: boolean } {
+export function judgeUefi(
+  primary: Buffer,
+  backup: Buffer,
+  diskBytes: number,
+  ss: number,
+  slots: ReplayInput['slots'],
+  whole: Record<'A' | 'B', 'old' | 'new' | null>,
+): Outcome & { restored?: boolean } {
   const regionStart = diskBytes - backup.length
   const valid = (header: Buffer, arrayAt: (lba: number, bytes: number) => Buffer | null) => {
     const headerSize = header.readUInt32LE(12)
-    if (header.subarray(0, 8).toString('latin1') !== 'EFI PART' || headerSize < 92 || headerSize > ss || header.readUInt32LE(16) !== headerCrcOf(header, headerSize)) return null
+    if (
+      header.subarray(0, 8).toString('latin1') !== 'EFI PART' ||
+      headerSize < 92 ||
+      headerSize > ss ||
+      header.readUInt32LE(16) !== headerCrcOf(header, headerSize)
+    )
+      return null
     const array = arrayAt(Number(header.readBigUInt64LE(72)), header.readUInt32LE(80) * header.readUInt32LE(84))
     return array && header.readUInt32LE(88) === arrayCrc(array) ? array : null
   }
@@ -108,7 +123,9 @@ export function judgeUefi(primary: Buffer, backup: Buffer, diskBytes: number, ss
   let restored = false
   if (!valid(primary.subarray(ss, 2 * ss), (lba, n) => (lba * ss + n <= primary.length ? primary.subarray(lba * ss, lba * ss + n) : null))) {
     const header = backup.subarray(backup.length - ss)
-    const array = valid(header, (lba, n) => (lba * ss >= regionStart && lba * ss + n <= diskBytes ? backup.subarray(lba * ss - regionStart, lba * ss - regionStart + n) : null))
+    const array = valid(header, (lba, n) =>
+      lba * ss >= regionStart && lba * ss + n <= diskBytes ? backup.subarray(lba * ss - regionStart, lba * ss - regionStart + n) : null,
+    )
     if (!array || array.length > primary.length - 2 * ss) return { boots: 'nothing', why: 'firmware: neither the primary nor the backup GPT is valid, no ESP' }
     // the firmware rewrites the primary from the backup: its header with the LBAs swapped, the
     // array right after it
@@ -154,10 +171,16 @@ export function replay(input: ReplayInput): ReplayReport {
   const uefi = input.firmware === 'uefi'
   // the sectors whose bytes decide what boots: the primary region, and on UEFI the backup's
   const backupStart = disk.length - backupRegionBytes(ss)
-  const ranges = uefi ? [[0, regionBytes], [backupStart, disk.length]] : [[0, regionBytes]]
+  const ranges = uefi
+    ? [
+        [0, regionBytes],
+        [backupStart, disk.length],
+      ]
+    : [[0, regionBytes]]
   const images = [input.old, input.new]
   const report: ReplayReport = { epochs: 0, states: 0, old: 0, new: 0, bricked: [], ...(uefi ? { restored: 0 } : {}) }
-  const slotOf = (w: LoggedWrite): 'A' | 'B' | null => (['A', 'B'] as const).find((s) => w.offset < input.slots[s].offset + input.slots[s].bytes && w.offset + w.length > input.slots[s].offset) ?? null
+  const slotOf = (w: LoggedWrite): 'A' | 'B' | null =>
+    (['A', 'B'] as const).find((s) => w.offset < input.slots[s].offset + input.slots[s].bytes && w.offset + w.length > input.slots[s].offset) ?? null
   const slotBytes = (s: 'A' | 'B') => disk.subarray(input.slots[s].offset, input.slots[s].offset + input.slots[s].bytes)
   let whole: Record<'A' | 'B', 'old' | 'new' | null> = { A: wholeImage(slotBytes('A'), images), B: wholeImage(slotBytes('B'), images) }
   const apply = (w: LoggedWrite) => {
@@ -171,13 +194,14 @@ export function replay(input: ReplayInput): ReplayReport {
     // per primary-region sector: the values it may hold after a cut in this epoch
     const choices = new Map<number, Buffer[]>()
     for (const w of ws) {
-      for (const [from, to] of ranges) for (let off = Math.max(w.offset, from!); off < Math.min(w.offset + w.length, to!); off += ss) {
-        const sector = off / ss
-        const list = choices.get(sector) ?? [Buffer.from(disk.subarray(off, off + ss))]
-        const v = w.data ? w.data.subarray(off - w.offset, off - w.offset + ss) : Buffer.alloc(ss)
-        if (!list.some((x) => x.equals(v))) list.push(Buffer.from(v))
-        choices.set(sector, list)
-      }
+      for (const [from, to] of ranges)
+        for (let off = Math.max(w.offset, from!); off < Math.min(w.offset + w.length, to!); off += ss) {
+          const sector = off / ss
+          const list = choices.get(sector) ?? [Buffer.from(disk.subarray(off, off + ss))]
+          const v = w.data ? w.data.subarray(off - w.offset, off - w.offset + ss) : Buffer.alloc(ss)
+          if (!list.some((x) => x.equals(v))) list.push(Buffer.from(v))
+          choices.set(sector, list)
+        }
     }
     // the primary region as the epoch found it; then the epoch lands in full: per slot, whole
     // before it and whole once all its writes of the epoch are there

@@ -29,7 +29,16 @@ for (const firmware of ['bios', 'uefi'] as const) {
     const dir = tmpDir(t, `labhost-vm-replay-${firmware}-`)
     const keys = cacheKeys()
     const build = async (name: string, version: string) =>
-      path.dirname((await buildImage(leanRecipe(`${dir}/${name}.yaml`, (r) => { r.version = version }), { out: `${dir}/${name}`, keyFile: keys.privateKeyFile })).manifestFile)
+      path.dirname(
+        (
+          await buildImage(
+            leanRecipe(`${dir}/${name}.yaml`, (r) => {
+              r.version = version
+            }),
+            { out: `${dir}/${name}`, keyFile: keys.privateKeyFile },
+          )
+        ).manifestFile,
+      )
     const v1 = await build('v1', '1.0.0')
     const v2 = await build('v2', '2.0.0')
     const layout = uefi ? loadLayout(path.join(REPO_ROOT, 'image-build/layouts/test-esp.yaml')) : loadRecipe('test').layout
@@ -42,7 +51,8 @@ for (const firmware of ['bios', 'uefi'] as const) {
     const hdd: VmDisk = { file: disks.hdd, bus: 'ide-hd', rotationRate: 7200 }
     // every boot on a fresh UEFI variable store: nothing depends on NVRAM
     const machine = (ssd: VmDisk): VmSpec => ({
-      disks: [ssd, hdd], ...(uefi ? { memoryMb: 768, uefi: { vars: uefiVarsCopy(fs.mkdtempSync(path.join(dir, 'vars-'))) } } : {}),
+      disks: [ssd, hdd],
+      ...(uefi ? { memoryMb: 768, uefi: { vars: uefiVarsCopy(fs.mkdtempSync(path.join(dir, 'vars-'))) } } : {}),
     })
     const rec = await bootUntilPowerOff(machine({ file: disks.ssd, bus: 'ide-hd', rotationRate: 1, writeLog: `${dir}/ssd.log` }), 600_000)
     t.comment(`recorded boot under ${rec.accel} in ${rec.seconds.toFixed(1)} s`)
@@ -56,22 +66,31 @@ for (const firmware of ['bios', 'uefi'] as const) {
     const d = openGptDisk(before)
     const gpt = readGpt(d)
     d.close()
-    const range = (n: number) => ({ offset: Number(gpt.entries[n]!.firstLba) * 512, bytes: Number(gpt.entries[n]!.lastLba - gpt.entries[n]!.firstLba + 1n) * 512 })
+    const range = (n: number) => ({
+      offset: Number(gpt.entries[n]!.firstLba) * 512,
+      bytes: Number(gpt.entries[n]!.lastLba - gpt.entries[n]!.firstLba + 1n) * 512,
+    })
     const image = (d: string) => {
       const m = JSON.parse(fs.readFileSync(`${d}/manifest.json`, 'utf8')) as Manifest
       return { name: m.version, chunks: m.image.chunks, chunkSize: m.image.chunkSize, size: m.image.size }
     }
     const input: ReplayInput = { before, writes, sectorSize: 512, slots: { A: range(0), B: range(1) }, old: image(v1), new: image(v2), firmware }
     const report = replay(input)
-    t.comment(`${writes.length} writes and flushes, ${report.epochs} flush epochs, ${report.states} crash states: old ${report.old}, new ${report.new}, bricked ${report.bricked.length}` +
-      (uefi ? `, booting after the firmware restored the primary GPT ${report.restored}` : ''))
+    t.comment(
+      `${writes.length} writes and flushes, ${report.epochs} flush epochs, ${report.states} crash states: old ${report.old}, new ${report.new}, bricked ${report.bricked.length}` +
+        (uefi ? `, booting after the firmware restored the primary GPT ${report.restored}` : ''),
+    )
     t.same(report.bricked, [], 'no crash state bricks the host')
     t.ok(report.old > 0 && report.new > 0, 'some states boot 1.0.0, the last ones 2.0.0')
     if (uefi) t.equal(report.restored, 0, 'the real switch never leaves the primary GPT invalid (the firmware never has to restore it)')
 
     // The naive switch: the same commit and mirror, but only the attribute bytes flipped (no compensation).
     const beforeBytes = fs.readFileSync(before)
-    const changes = (w: (typeof writes)[number], at: number) => w.offset <= at && w.offset + w.length >= at + 512 && !!w.data && !w.data.subarray(at - w.offset, at + 512 - w.offset).equals(beforeBytes.subarray(at, at + 512))
+    const changes = (w: (typeof writes)[number], at: number) =>
+      w.offset <= at &&
+      w.offset + w.length >= at + 512 &&
+      !!w.data &&
+      !w.data.subarray(at - w.offset, at + 512 - w.offset).equals(beforeBytes.subarray(at, at + 512))
     const commitIndex = writes.findIndex((w) => changes(w, 1024))
     t.ok(commitIndex > 0, `found the commit write (#${commitIndex})`)
     t.equal(writes[commitIndex]!.length, 512, 'the commit reaches the disk as one 512-byte write (DESIGN §3.4)')
@@ -80,7 +99,10 @@ for (const firmware of ['bios', 'uefi'] as const) {
     const mirrorIndex = writes.findIndex((w, i) => i > commitIndex && changes(w, mirrorAt))
     t.ok(mirrorIndex > commitIndex, `found the mirror write into the backup array (#${mirrorIndex})`)
     const naive = writes.map((w) => ({ ...w }))
-    for (const [i, at] of [[commitIndex, 1024], [mirrorIndex, mirrorAt]] as const) {
+    for (const [i, at] of [
+      [commitIndex, 1024],
+      [mirrorIndex, mirrorAt],
+    ] as const) {
       const w = naive[i]!
       const sector = Buffer.from(beforeBytes.subarray(w.offset, w.offset + w.length))
       for (const entry of [0, 1]) sector[at - w.offset + entry * 128 + 48]! ^= 0x04
@@ -94,11 +116,19 @@ for (const firmware of ['bios', 'uefi'] as const) {
     // is not enough to show it here: the trial state is fsynced on the same disk before the commit,
     // and that flush makes the slot durable too.) The replay's flush epochs must catch it.
     const slotB = input.slots.B
-    const lastSlotWrite = writes.findLastIndex((w, i) => i < commitIndex && !!w.data && w.length > 0 && w.offset < slotB.offset + slotB.bytes && w.offset + w.length > slotB.offset)
-    t.ok(lastSlotWrite > 0 && writes.slice(lastSlotWrite, commitIndex).some((w) => w.flush), 'the real update flushes between the slot\'s last write and the commit')
+    const lastSlotWrite = writes.findLastIndex(
+      (w, i) => i < commitIndex && !!w.data && w.length > 0 && w.offset < slotB.offset + slotB.bytes && w.offset + w.length > slotB.offset,
+    )
+    t.ok(
+      lastSlotWrite > 0 && writes.slice(lastSlotWrite, commitIndex).some((w) => w.flush),
+      "the real update flushes between the slot's last write and the commit",
+    )
     const unsynced = writes.map((w, i) => (i > lastSlotWrite && i <= commitIndex ? { ...w, flush: false, fua: false } : w))
     const early = replay({ ...input, writes: unsynced })
-    t.ok(early.bricked.some((b) => /does not hold a whole image/.test(b.why)), `a commit before the slot is durable is caught offline: ${early.bricked.length} bricked state(s), e.g. ${early.bricked[0]?.why}`)
+    t.ok(
+      early.bricked.some((b) => /does not hold a whole image/.test(b.why)),
+      `a commit before the slot is durable is caught offline: ${early.bricked.length} bricked state(s), e.g. ${early.bricked[0]?.why}`,
+    )
 
     // Boot a sample: the end (2.0.0 on trial) and the naive end (no boot). (A state before the
     // commit boots 1.0.0: every reset of the campaign before the commit shows that for real.)
@@ -110,7 +140,11 @@ for (const firmware of ['bios', 'uefi'] as const) {
     t.match(end, /LABHOST-USERSPACE version=2\.0\.0 slot=B/, 'the final state boots 2.0.0, as judged')
     const broken = await boot(materialize(before, naive, naive.length, `${dir}/naive.img`))
     t.notMatch(broken, /LABHOST-USERSPACE/, 'the naive end state does not boot, as judged')
-    t.match(broken, uefi ? /Shell> |No bootable option/ : /LABHOST-INITRAMFS-FAIL/, uefi ? 'the firmware finds no valid GPT and no ESP' : 'the initramfs finds no partitions')
+    t.match(
+      broken,
+      uefi ? /Shell> |No bootable option/ : /LABHOST-INITRAMFS-FAIL/,
+      uefi ? 'the firmware finds no valid GPT and no ESP' : 'the initramfs finds no partitions',
+    )
     if (uefi) {
       // the naive commit without its mirror: primary invalid, backup valid and still 1.0.0's
       const judged = replay({ ...input, writes: naive.slice(0, mirrorIndex) })
@@ -121,7 +155,11 @@ for (const firmware of ['bios', 'uefi'] as const) {
       const m = openGptDisk(file)
       const restored = readGpt(m)
       m.close()
-      t.ok(restored.primary.header !== null && restored.primary.problems.length === 0, 'and the primary GPT on the disk is valid again (rewritten by the firmware)', { problems: restored.primary.problems })
+      t.ok(
+        restored.primary.header !== null && restored.primary.problems.length === 0,
+        'and the primary GPT on the disk is valid again (rewritten by the firmware)',
+        { problems: restored.primary.problems },
+      )
     }
   })
 }

@@ -20,7 +20,12 @@ t.before(async () => {
 })
 
 async function boot(t: Test, disks: HostDisks) {
-  const spec: VmSpec = { disks: [{ file: disks.ssd, bus: 'ide-hd', rotationRate: 1 }, { file: disks.hdd, bus: 'ide-hd', rotationRate: 7200 }] }
+  const spec: VmSpec = {
+    disks: [
+      { file: disks.ssd, bus: 'ide-hd', rotationRate: 1 },
+      { file: disks.hdd, bus: 'ide-hd', rotationRate: 7200 },
+    ],
+  }
   const r = await bootUntilPowerOff(spec, 240_000)
   t.comment(`booted under ${r.accel} in ${r.seconds.toFixed(1)} s`)
   return r.serial
@@ -35,7 +40,7 @@ t.test('image in slot A, A flagged: the initramfs mounts A, fstab mounts every p
   // the kernel may name either disk sda (the two IDE disks probe in either order); only the SSD
   // has root slots, so partition 1 of whichever it is
   t.match(serial, /LABHOST-ROOT slot=A dev=sd[ab]1\r?\n/, 'initramfs picked slot A', { serial: serial.slice(-3000) })
-  t.match(serial, /LABHOST-CLI labhost \d+\.\d+\.\d+ active=A/, "the labhost binary in the image runs and reads the GPT")
+  t.match(serial, /LABHOST-CLI labhost \d+\.\d+\.\d+ active=A/, 'the labhost binary in the image runs and reads the GPT')
   t.same(userspace(serial)?.slice(1), ['1.0.0', 'A'], 'userspace runs from A')
   for (const m of ['/persistent', '/var/log', '/qcow2/backing', '/qcow2/user']) t.match(serial, `LABHOST-MOUNT ${m}`, `${m} mounted`)
 })

@@ -119,7 +119,9 @@ const PATTERNS: MarkerPattern[] = [
 /** The lean test image, version 1.0.0, signed with the cached test key: what the stick installs. */
 async function buildInstallImage(dir: string): Promise<{ imageDir: string; version: string; keyFile: string }> {
   const keys = cacheKeys()
-  const recipe = leanRecipe(`${dir}/recipes/install-1.0.0.yaml`, (r) => { r.version = '1.0.0' })
+  const recipe = leanRecipe(`${dir}/recipes/install-1.0.0.yaml`, (r) => {
+    r.version = '1.0.0'
+  })
   const built = await buildImage(recipe, { out: `${dir}/v1.0.0`, keyFile: keys.privateKeyFile })
   return { imageDir: path.dirname(built.manifestFile), version: readManifest(built.manifestFile).version, keyFile: keys.privateKeyFile }
 }
@@ -130,7 +132,10 @@ export function stepFraction(nthOfAim: number, ofAim: number, draw: number): num
 }
 
 /** One run of the installer as the serial console shows it: its step announcements and its report line. */
-interface Run { steps: Marker[]; report: Marker | null }
+interface Run {
+  steps: Marker[]
+  report: Marker | null
+}
 const newRun = (): Run => ({ steps: [], report: null })
 const noteIn = (run: Run) => (m: Marker) => {
   if (m.kind === 'step') run.steps.push(m)
@@ -147,22 +152,38 @@ export async function runInstallCampaign(o: InstallCampaignOptions): Promise<Ins
   const building = Date.now()
   const { imageDir, version, keyFile } = await buildInstallImage(o.workDir)
   const config = path.join(o.workDir, 'install.yaml')
-  fs.writeFileSync(config, YAML.stringify({
-    models: [{ vendor: DELL.manufacturer, product: DELL.product }],
-    disks: { ssd: { rotational: false, minSizeGiB: 0.55 }, hdd: { rotational: true, minSizeGiB: 0.05 } },
-    finish: 'poweroff',
-  }))
+  fs.writeFileSync(
+    config,
+    YAML.stringify({
+      models: [{ vendor: DELL.manufacturer, product: DELL.product }],
+      disks: { ssd: { rotational: false, minSizeGiB: 0.55 }, hdd: { rotational: true, minSizeGiB: 0.05 } },
+      finish: 'poweroff',
+    }),
+  )
   const stick = path.join(o.workDir, 'stick.img')
   await buildStick({ imageDir, config, out: stick, keyFile })
   log(`image ${version} and the stick built in ${((Date.now() - building) / 1000).toFixed(0)} s`)
   const ssd = path.join(o.workDir, 'ssd.img')
   const hdd = path.join(o.workDir, 'hdd.img')
-  const targets: VmDisk[] = [{ file: ssd, bus: 'ide-hd', rotationRate: 1, bootIndex: 1 }, { file: hdd, bus: 'ide-hd', rotationRate: 7200, bootIndex: 2 }]
+  const targets: VmDisk[] = [
+    { file: ssd, bus: 'ide-hd', rotationRate: 1, bootIndex: 1 },
+    { file: hdd, bus: 'ide-hd', rotationRate: 7200, bootIndex: 2 },
+  ]
   const withStick: VmSpec = { smbios: DELL, disks: [{ file: stick, bus: 'usb-storage', bootIndex: 0 }, ...targets] }
   const serialFile = path.join(o.workDir, 'serial.log')
   const report: InstallCampaignReport = {
-    driver: o.driver.name, accel: await o.driver.accel(), seed: o.seed, aims: aims ? 'stratified' : 'uniform',
-    cycles: 0, resets: 0, completed: 0, failed: 0, seconds: 0, calibration: null, stepMs: {}, records: [],
+    driver: o.driver.name,
+    accel: await o.driver.accel(),
+    seed: o.seed,
+    aims: aims ? 'stratified' : 'uniform',
+    cycles: 0,
+    resets: 0,
+    completed: 0,
+    failed: 0,
+    seconds: 0,
+    calibration: null,
+    stepMs: {},
+    records: [],
   }
   const started = Date.now()
   const fail = (record: InstallCycleRecord, why: string) => {
@@ -177,7 +198,10 @@ export async function runInstallCampaign(o: InstallCampaignOptions): Promise<Ins
     log(`FAILED install cycle ${record.cycle}: ${why}; disks, stick and serial log kept in ${keep}`)
   }
   const blankDisks = () => {
-    for (const [f, mib] of [[ssd, 640], [hdd, 64]] as const) {
+    for (const [f, mib] of [
+      [ssd, 640],
+      [hdd, 64],
+    ] as const) {
       fs.writeFileSync(f, '')
       fs.truncateSync(f, mib * MiB)
     }
@@ -207,7 +231,19 @@ export async function runInstallCampaign(o: InstallCampaignOptions): Promise<Ins
       const aimedStep = aims ? aims[(cycle - 1) % aims.length]! : null
       const aim: InstallCycleRecord['aim'] = aims ? 'step' : report.calibration ? 'uniform' : 'calibration'
       const record: InstallCycleRecord = {
-        cycle, aim, aimedStep, fraction: null, aimedLengthMs: null, resetInStepMs: null, missed: 0, resetAtMs: null, step: null, exit: null, booted: false, bootedAs: null, outcome: 'completed',
+        cycle,
+        aim,
+        aimedStep,
+        fraction: null,
+        aimedLengthMs: null,
+        resetInStepMs: null,
+        missed: 0,
+        resetAtMs: null,
+        step: null,
+        exit: null,
+        booted: false,
+        bootedAs: null,
+        outcome: 'completed',
       }
       report.records.push(record)
       const cycleStarted = Date.now()
@@ -268,8 +304,10 @@ export async function runInstallCampaign(o: InstallCampaignOptions): Promise<Ins
               if (ended?.kind === 'end') measure(first)
               const end = ended?.kind === 'end' ? ended : ended ? await finishRun(con, deadline, first) : null
               const exit = end ? Number(end.a) : null
-              log(`install cycle ${cycle}: "${aimedStep}" ended ${((Date.now() - at.at) / 1000).toFixed(2)} s after its announcement, before the instant ` +
-                `(${(record.fraction! * INSIDE * length / 1000).toFixed(2)} s in); that run ended with exit ${exit}; now measured ${report.stepMs[aimedStep] ?? '?'} ms, again on blank disks`)
+              log(
+                `install cycle ${cycle}: "${aimedStep}" ended ${((Date.now() - at.at) / 1000).toFixed(2)} s after its announcement, before the instant ` +
+                  `(${((record.fraction! * INSIDE * length) / 1000).toFixed(2)} s in); that run ended with exit ${exit}; now measured ${report.stepMs[aimedStep] ?? '?'} ms, again on blank disks`,
+              )
               if (exit !== 0) {
                 failed = `a run that was not reset exited ${exit}`
                 break
@@ -324,16 +362,25 @@ export async function runInstallCampaign(o: InstallCampaignOptions): Promise<Ins
         await ssdBoot.powerOff()
       }
       if (!record.booted) {
-        fail(record, record.bootedAs ? `the SSD booted ${record.bootedAs.version} from slot ${record.bootedAs.slot}, not ${version} from slot A` : 'the SSD did not boot the installed image')
+        fail(
+          record,
+          record.bootedAs
+            ? `the SSD booted ${record.bootedAs.version} from slot ${record.bootedAs.slot}, not ${version} from slot A`
+            : 'the SSD did not boot the installed image',
+        )
         break
       }
       if (record.aim !== 'calibration') report.completed++
       record.seconds = (Date.now() - cycleStarted) / 1000
       const sec = (ms: number) => `${(ms / 1000).toFixed(2)} s`
-      log(record.aim === 'calibration' ? `calibration: install ${sec(report.calibration!.installMs)}, SSD boots`
-        : record.aim === 'step' ? `install cycle ${cycle}: aimed at "${record.aimedStep}", reset ${sec(record.resetInStepMs!)} after its announcement (${(record.fraction! * 100).toFixed(0)} % of ${INSIDE * 100} % of ` +
-          `${sec(record.aimedLengthMs!)}), during "${record.step}" -> re-run exit 0, SSD boots ${record.bootedAs!.version} from slot A; cycle ${record.seconds.toFixed(0)} s`
-          : `install cycle ${cycle}: reset at ${sec(record.resetAtMs!)} (${record.step ?? 'before the first step'}) -> re-run exit 0, SSD boots`)
+      log(
+        record.aim === 'calibration'
+          ? `calibration: install ${sec(report.calibration!.installMs)}, SSD boots`
+          : record.aim === 'step'
+            ? `install cycle ${cycle}: aimed at "${record.aimedStep}", reset ${sec(record.resetInStepMs!)} after its announcement (${(record.fraction! * 100).toFixed(0)} % of ${INSIDE * 100} % of ` +
+              `${sec(record.aimedLengthMs!)}), during "${record.step}" -> re-run exit 0, SSD boots ${record.bootedAs!.version} from slot A; cycle ${record.seconds.toFixed(0)} s`
+            : `install cycle ${cycle}: reset at ${sec(record.resetAtMs!)} (${record.step ?? 'before the first step'}) -> re-run exit 0, SSD boots`,
+      )
     }
   } finally {
     report.cycles = report.records.filter((r) => r.aim !== 'calibration').length

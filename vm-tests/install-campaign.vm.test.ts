@@ -17,15 +17,27 @@ const RESETS = STRATIFIED_AIMS.length
 t.test(`short install campaign: ${RESETS} resets, during partitioning, the image write and identity; every re-run completes, the SSD boots`, async (t) => {
   const seed = seedFromEnv()
   const report = await runInstallCampaign({
-    driver: new QemuDriver(), cycles: RESETS, seed, stratified: true, installTimeoutMs: 300_000,
-    workDir: tmpDir(t, 'labhost-install-campaign-'), keepDir: tmpDir(t, 'labhost-install-campaign-keep-'), log: (l) => t.comment(l),
+    driver: new QemuDriver(),
+    cycles: RESETS,
+    seed,
+    stratified: true,
+    installTimeoutMs: 300_000,
+    workDir: tmpDir(t, 'labhost-install-campaign-'),
+    keepDir: tmpDir(t, 'labhost-install-campaign-keep-'),
+    log: (l) => t.comment(l),
   })
   fs.mkdirSync(path.join(REPO_ROOT, 'reports'), { recursive: true })
   fs.writeFileSync(path.join(REPO_ROOT, 'reports/install-campaign.json'), JSON.stringify(report, null, 2) + '\n')
-  t.comment(`seed ${seed}: ${installSummaryLine(report)} under ${report.accel}, ${report.seconds.toFixed(0)} s; step lengths measured ${JSON.stringify(report.stepMs)}`)
+  t.comment(
+    `seed ${seed}: ${installSummaryLine(report)} under ${report.accel}, ${report.seconds.toFixed(0)} s; step lengths measured ${JSON.stringify(report.stepMs)}`,
+  )
   t.equal(report.failed, 0, 'no cycle failed', { records: report.records.filter((r) => r.outcome === 'failed') })
   t.equal(report.resets, RESETS, `${RESETS} resets`)
-  t.same(report.records.map((r) => r.aimedStep), [...STRATIFIED_AIMS], 'one reset aimed at each of partitioning, the image write and identity')
+  t.same(
+    report.records.map((r) => r.aimedStep),
+    [...STRATIFIED_AIMS],
+    'one reset aimed at each of partitioning, the image write and identity',
+  )
   for (const r of report.records) {
     t.equal(r.step, r.aimedStep, `cycle ${r.cycle}: the reset came while the guest ran "${r.aimedStep}" (its last step line before the reset)`, { record: r })
     t.equal(r.exit, 0, `cycle ${r.cycle}: the stick's re-run exited 0`)

@@ -82,7 +82,10 @@ export class QemuDriver implements VmDriver {
     const socket = path.join(dir, 'qmp.sock')
     const holdSocket = spec.holdPort ? path.join(dir, 'hold.sock') : undefined
     fs.writeFileSync(serialFile, '')
-    const proc = execa('qemu-system-x86_64', qemuArgs(spec, accel, serialFile, { reboot: 'restart', qmp: socket, hold: holdSocket }), { reject: false, stdin: 'ignore' })
+    const proc = execa('qemu-system-x86_64', qemuArgs(spec, accel, serialFile, { reboot: 'restart', qmp: socket, hold: holdSocket }), {
+      reject: false,
+      stdin: 'ignore',
+    })
     let gone = false
     const ended = proc.then((r) => {
       gone = true
@@ -91,7 +94,12 @@ export class QemuDriver implements VmDriver {
     })
     let qmp: Qmp
     try {
-      qmp = await Promise.race([Qmp.connect(socket, 20_000), ended.then((r) => { throw new Error(`qemu exited at start: ${String(r.stderr).trim()}`) })])
+      qmp = await Promise.race([
+        Qmp.connect(socket, 20_000),
+        ended.then((r) => {
+          throw new Error(`qemu exited at start: ${String(r.stderr).trim()}`)
+        }),
+      ])
     } catch (e) {
       proc.kill('SIGKILL')
       await ended

@@ -72,8 +72,20 @@ export interface BootResult {
  * keeps the machine running across reboots and resets. `machine.qmp`: a QMP control socket.
  */
 export function qemuArgs(spec: VmSpec, accel: Accel, serialFile: string, machine: { reboot?: 'exit' | 'restart'; qmp?: string; hold?: string } = {}): string[] {
-  const args = ['-machine', spec.uefi ? 'q35' : 'pc', '-accel', accel, '-m', String(spec.memoryMb ?? 512), '-display', 'none',
-    '-serial', `file:${serialFile}`, '-monitor', 'none']
+  const args = [
+    '-machine',
+    spec.uefi ? 'q35' : 'pc',
+    '-accel',
+    accel,
+    '-m',
+    String(spec.memoryMb ?? 512),
+    '-display',
+    'none',
+    '-serial',
+    `file:${serialFile}`,
+    '-monitor',
+    'none',
+  ]
   if ((machine.reboot ?? 'exit') === 'exit') args.push('-no-reboot')
   if (spec.cpus && spec.cpus > 1) args.push('-smp', String(spec.cpus))
   if (spec.uefi) args.push('-drive', `if=pflash,format=raw,readonly=on,file=${OVMF_CODE}`, '-drive', `if=pflash,format=raw,file=${spec.uefi.vars}`)
@@ -89,25 +101,38 @@ export function qemuArgs(spec: VmSpec, accel: Accel, serialFile: string, machine
     args.push('-nic', 'none')
   }
   if (accel === 'kvm') args.push('-cpu', 'host')
-  if (spec.smbios) args.push('-smbios', `type=1,manufacturer=${spec.smbios.manufacturer.replace(/,/g, ',,')},product=${spec.smbios.product.replace(/,/g, ',,')}${spec.smbios.serial !== undefined ? `,serial=${spec.smbios.serial.replace(/,/g, ',,')}` : ''}`)
+  if (spec.smbios)
+    args.push(
+      '-smbios',
+      `type=1,manufacturer=${spec.smbios.manufacturer.replace(/,/g, ',,')},product=${spec.smbios.product.replace(/,/g, ',,')}${spec.smbios.serial !== undefined ? `,serial=${spec.smbios.serial.replace(/,/g, ',,')}` : ''}`,
+    )
   if (spec.disks.some((d) => d.bus === 'usb-storage')) args.push('-device', 'qemu-xhci,id=xhci')
   let ide = 0
   spec.disks.forEach((d, i) => {
     if (d.writeLog) {
       fs.writeFileSync(d.writeLog, '')
-      args.push('-blockdev', `driver=file,node-name=f${i},filename=${d.file}`, '-blockdev', `driver=file,node-name=l${i},filename=${d.writeLog}`,
-        '-blockdev', `driver=blklogwrites,node-name=d${i},file=f${i},log=l${i},log-sector-size=512`)
+      args.push(
+        '-blockdev',
+        `driver=file,node-name=f${i},filename=${d.file}`,
+        '-blockdev',
+        `driver=file,node-name=l${i},filename=${d.writeLog}`,
+        '-blockdev',
+        `driver=blklogwrites,node-name=d${i},file=f${i},log=l${i},log-sector-size=512`,
+      )
     } else {
       args.push('-drive', `file=${d.file},format=raw,if=none,id=d${i}${d.readOnly ? ',readonly=on' : ''}`)
     }
-    const bs = (d.logicalBlockSize ? `,logical_block_size=${d.logicalBlockSize},physical_block_size=${d.logicalBlockSize}` : '') +
+    const bs =
+      (d.logicalBlockSize ? `,logical_block_size=${d.logicalBlockSize},physical_block_size=${d.logicalBlockSize}` : '') +
       (d.bootIndex !== undefined ? `,bootindex=${d.bootIndex}` : '')
     if (d.bus === 'ide-hd') {
       // the pc machine has two IDE buses with two units each; q35 six AHCI ports, one disk each
-      args.push('-device', `ide-hd,drive=d${i},${spec.uefi ? `bus=ide.${ide}` : `bus=ide.${ide >> 1},unit=${ide & 1}`},rotation_rate=${d.rotationRate ?? 1}${bs}`)
+      args.push(
+        '-device',
+        `ide-hd,drive=d${i},${spec.uefi ? `bus=ide.${ide}` : `bus=ide.${ide >> 1},unit=${ide & 1}`},rotation_rate=${d.rotationRate ?? 1}${bs}`,
+      )
       ide++
-    }
-    else if (d.bus === 'virtio-blk') args.push('-device', `virtio-blk-pci,drive=d${i}${bs}`)
+    } else if (d.bus === 'virtio-blk') args.push('-device', `virtio-blk-pci,drive=d${i}${bs}`)
     else args.push('-device', `usb-storage,bus=xhci.0,drive=d${i},removable=on${d.bootIndex !== undefined ? `,bootindex=${d.bootIndex}` : ''}`)
   })
   return args
@@ -126,12 +151,14 @@ export async function bootUntilPowerOff(spec: VmSpec, timeoutMs: number, until?:
   let sawMarker = false
   try {
     const vm = execa('qemu-system-x86_64', qemuArgs(spec, accel, serialFile), { reject: false, timeout: timeoutMs, killSignal: 'SIGKILL' })
-    const poll = until ? setInterval(() => {
-      if (until.test(readSerial())) {
-        sawMarker = true
-        vm.kill('SIGKILL')
-      }
-    }, 500) : undefined
+    const poll = until
+      ? setInterval(() => {
+          if (until.test(readSerial())) {
+            sawMarker = true
+            vm.kill('SIGKILL')
+          }
+        }, 500)
+      : undefined
     const r = await vm
     if (poll) clearInterval(poll)
     const serial = readSerial()

@@ -205,7 +205,9 @@ export interface RollbackCalibration {
 
 export const rollbackSummaryLine = (r: RollbackCampaignReport): string =>
   `rollback cycles ${r.cycles}, resets ${r.resets}, rolled back ${r.rolledBack}, bricked ${r.bricked}` +
-  (r.failedUpdates ? `, failed updates ${r.failedUpdates}` : '') + (r.lost ? `, announced writes lost ${r.lost}` : '') + `; aims hit ${r.hits}/${r.resets}`
+  (r.failedUpdates ? `, failed updates ${r.failedUpdates}` : '') +
+  (r.lost ? `, announced writes lost ${r.lost}` : '') +
+  `; aims hit ${r.hits}/${r.resets}`
 
 const GOOD = ['1.0.0', '2.0.0'] as const
 export const FAILING_VERSION = '3.0.0'
@@ -219,8 +221,16 @@ const FAILING_INIT = [
   '#!/bin/sh',
   '# rollback campaign: a version that fails its trial (vm-tests/rollback-campaign.ts). Nothing marks it',
   '# good; its init dies after a second, the kernel panics and panic=-1 restarts the machine.',
-  'export PATH=/bin:/sbin:/usr/bin:/usr/sbin', 'mount -t tmpfs tmpfs /tmp', 'mount -a 2>/dev/null', '. /run/labhost/boot',
-  'echo "LABHOST-FAILING version=$(cat /etc/labhost/version) slot=$SLOT"', 'sleep 1', 'echo "LABHOST-FAILING-EXIT"', 'exit 1', ''].join('\n')
+  'export PATH=/bin:/sbin:/usr/bin:/usr/sbin',
+  'mount -t tmpfs tmpfs /tmp',
+  'mount -a 2>/dev/null',
+  '. /run/labhost/boot',
+  'echo "LABHOST-FAILING version=$(cat /etc/labhost/version) slot=$SLOT"',
+  'sleep 1',
+  'echo "LABHOST-FAILING-EXIT"',
+  'exit 1',
+  '',
+].join('\n')
 
 /** The good versions (1.0.0, 2.0.0: the update campaign's images) and the failing one (3.0.0). */
 export async function buildRollbackImages(dir: string): Promise<{ dirs: Record<string, string>; manifests: Record<string, Manifest> }> {
@@ -339,7 +349,8 @@ class Boots {
     if (m.kind === 'rollback') b.rollback = { from: m.a, to: m.b, at: m.at }
     if (m.kind === 'userspace') b.userspace = { version: m.a, slot: m.b, at: m.at }
     if (m.kind === 'initramfs-fail') b.fail = m.a
-    if (['boot', 'statefs', 'trial', 'root', 'failing', 'failing-exit', 'rolling-back', 'rollback', 'userspace', 'initramfs-fail'].includes(m.kind)) this.last = m
+    if (['boot', 'statefs', 'trial', 'root', 'failing', 'failing-exit', 'rolling-back', 'rollback', 'userspace', 'initramfs-fail'].includes(m.kind))
+      this.last = m
   }
 
   /** A boot in a few words, for the record. */
@@ -348,14 +359,22 @@ class Boots {
     if (b.rollback) return `rollback ${b.rollback.from}->${b.rollback.to}`
     if (b.rollingBack) return 'rolling back (cut)'
     const trial = b.trial ? `trial ${b.trial.slot} left=${b.trial.left}` : ''
-    const up = b.userspace ? `userspace ${b.userspace.version} ${b.userspace.slot}` : b.failing ? `failing ${b.failing.version} ${b.failing.slot}${b.failingExit ? ' (died)' : ''}` : ''
+    const up = b.userspace
+      ? `userspace ${b.userspace.version} ${b.userspace.slot}`
+      : b.failing
+        ? `failing ${b.failing.version} ${b.failing.slot}${b.failingExit ? ' (died)' : ''}`
+        : ''
     const voided = b.voided ? `trial of ${b.voided} void` : ''
     return [trial, voided, up].filter(Boolean).join(', ') || (b.root ? `root ${b.root} (cut)` : 'boot (cut)')
   }
 }
 
 /** Which aim the nth reset takes, and where in its window (0..1) it lands, from its draws. */
-export function rollbackAimOf(o: { stratified?: boolean; aims?: readonly RollbackAim[]; cycles: number }, nth: number, draw: number): { aim: RollbackAim; fraction: (u: number) => number } {
+export function rollbackAimOf(
+  o: { stratified?: boolean; aims?: readonly RollbackAim[]; cycles: number },
+  nth: number,
+  draw: number,
+): { aim: RollbackAim; fraction: (u: number) => number } {
   if (!o.stratified) return { aim: ROLLBACK_AIMS[Math.min(ROLLBACK_AIMS.length - 1, Math.floor(draw * ROLLBACK_AIMS.length))]!, fraction: (u) => u }
   const aims = o.aims?.length ? o.aims : ROLLBACK_AIMS
   const k = aims.length
@@ -397,9 +416,13 @@ export function aimHit(aim: RollbackAim, k: number | null, phase: string): boole
  * `rollbackSector` is that entries sector before the update (what a rollback writes back).
  */
 export function gptWrites(o: {
-  writes: LoggedWrite[]; sectorSize: number; before: (lba: number) => Buffer
-  primary: { first: number; last: number }; backup: { first: number; last: number }
-  entriesLba: { primary: number; backup: number }; rollbackSector: Buffer
+  writes: LoggedWrite[]
+  sectorSize: number
+  before: (lba: number) => Buffer
+  primary: { first: number; last: number }
+  backup: { first: number; last: number }
+  entriesLba: { primary: number; backup: number }
+  rollbackSector: Buffer
 }): GptWrite[] {
   const ss = o.sectorSize
   const model = new Map<number, Buffer>()
@@ -448,34 +471,74 @@ export async function runRollbackCampaign(o: RollbackCampaignOptions): Promise<R
   const disks = await buildHostDisks(o.workDir, layout, `${dirs[GOOD[0]]}/root.img`, { slots: ['A'], flag: 'A', restMiB: 200 })
   const imageBytes = Math.max(...Object.values(manifests).map((m) => m.image.size))
   await stageLabhost(disks)
-  await withPartition(disks.ssd, disks.ssdPlan.find((p) => p.mount === '/qcow2/backing')!, async (root) => {
-    for (const [version, dir] of Object.entries(dirs)) {
-      fs.mkdirSync(`${root}/${version}`)
-      for (const f of ['manifest.json', 'root.img.zst']) fs.copyFileSync(`${dir}/${f}`, `${root}/${version}/${f}`)
-    }
-  })
-  await withPartition(disks.ssd, disks.ssdPlan.find((p) => p.mount === '/persistent')!, async (root) => {
-    fs.writeFileSync(`${root}/test-hook`, rollbackHook(trialBoots, Math.ceil(imageBytes / MiB)), { mode: 0o755 })
-  })
-  const spec: VmSpec = { disks: [{ file: disks.ssd, bus: 'ide-hd', rotationRate: 1 }, { file: disks.hdd, bus: 'ide-hd', rotationRate: 7200 }], memoryMb: 512 }
+  await withPartition(
+    disks.ssd,
+    disks.ssdPlan.find((p) => p.mount === '/qcow2/backing')!,
+    async (root) => {
+      for (const [version, dir] of Object.entries(dirs)) {
+        fs.mkdirSync(`${root}/${version}`)
+        for (const f of ['manifest.json', 'root.img.zst']) fs.copyFileSync(`${dir}/${f}`, `${root}/${version}/${f}`)
+      }
+    },
+  )
+  await withPartition(
+    disks.ssd,
+    disks.ssdPlan.find((p) => p.mount === '/persistent')!,
+    async (root) => {
+      fs.writeFileSync(`${root}/test-hook`, rollbackHook(trialBoots, Math.ceil(imageBytes / MiB)), { mode: 0o755 })
+    },
+  )
+  const spec: VmSpec = {
+    disks: [
+      { file: disks.ssd, bus: 'ide-hd', rotationRate: 1 },
+      { file: disks.hdd, bus: 'ide-hd', rotationRate: 7200 },
+    ],
+    memoryMb: 512,
+  }
   const record = o.recordWrites ?? true
   const writeLog = path.join(o.workDir, 'ssd.writes')
   const serialFiles = [path.join(o.workDir, 'serial-calibration.log'), path.join(o.workDir, 'serial.log')]
   let serialFile = serialFiles[0]!
   const report: RollbackCampaignReport = {
-    mode: 'rollback', driver: o.driver.name, accel: await o.driver.accel(), seed: o.seed, trialBoots, cycles: 0, resets: 0, rolledBack: 0, bricked: 0,
-    failedUpdates: 0, hits: 0, lost: 0, byPhase: {}, seconds: 0, resetsPerHour: 0, calibration: null, aims: o.stratified ? 'stratified' : 'independent', rollbackWrites: null, records: [],
+    mode: 'rollback',
+    driver: o.driver.name,
+    accel: await o.driver.accel(),
+    seed: o.seed,
+    trialBoots,
+    cycles: 0,
+    resets: 0,
+    rolledBack: 0,
+    bricked: 0,
+    failedUpdates: 0,
+    hits: 0,
+    lost: 0,
+    byPhase: {},
+    seconds: 0,
+    resetsPerHour: 0,
+    calibration: null,
+    aims: o.stratified ? 'stratified' : 'independent',
+    rollbackWrites: null,
+    records: [],
   }
   const prior = o.resume
   if (prior) {
     if (prior.mode !== 'rollback' || prior.seed !== o.seed) throw new Error(`the report to resume is not a rollback campaign of seed ${o.seed}`)
     if (prior.bricked || prior.stopped) throw new Error('the report to resume ends in a brick or a stop: inspect it, do not resume it')
     if (o.stratified || prior.aims === 'stratified') throw new Error('a stratified campaign cannot be resumed: its strata depend on the cycle count')
-    if (prior.trialBoots !== trialBoots || prior.driver !== report.driver || prior.accel !== report.accel) throw new Error(`the report to resume ran with ${prior.trialBoots} trial boots on ${prior.driver} (${prior.accel})`)
+    if (prior.trialBoots !== trialBoots || prior.driver !== report.driver || prior.accel !== report.accel)
+      throw new Error(`the report to resume ran with ${prior.trialBoots} trial boots on ${prior.driver} (${prior.accel})`)
     for (const r of prior.records) if (r.aim !== 'calibration') for (let k = 0; k < 3; k++) rnd()
-    Object.assign(report, { resets: prior.resets, rolledBack: prior.rolledBack, failedUpdates: prior.failedUpdates, hits: prior.hits, lost: prior.lost, byPhase: { ...prior.byPhase }, records: [...prior.records] })
+    Object.assign(report, {
+      resets: prior.resets,
+      rolledBack: prior.rolledBack,
+      failedUpdates: prior.failedUpdates,
+      hits: prior.hits,
+      lost: prior.lost,
+      byPhase: { ...prior.byPhase },
+      records: [...prior.records],
+    })
   }
-  const runs = prior ? prior.runs ?? [{ firstCycle: 0, seconds: prior.seconds, oneSector: prior.rollbackWrites?.oneSector ?? null }] : []
+  const runs = prior ? (prior.runs ?? [{ firstCycle: 0, seconds: prior.seconds, oneSector: prior.rollbackWrites?.oneSector ?? null }]) : []
   const firstCycle = report.records.length
   const started = Date.now()
   const tally = () => {
@@ -548,11 +611,13 @@ export async function runRollbackCampaign(o: RollbackCampaignOptions): Promise<R
     if (up.version !== want.version || up.slot !== want.slot) return `${up.version} came up from slot ${up.slot}, not ${want.version} from slot ${want.slot}`
     const m = manifests[up.version]!
     const { offset } = slotRange(disks, up.slot)
-    if (hashRange(disks.ssd, offset, m.image.size) !== m.image.sha256) return `${up.version} came up from slot ${up.slot}, whose bytes are not that signed image`
+    if (hashRange(disks.ssd, offset, m.image.size) !== m.image.sha256)
+      return `${up.version} came up from slot ${up.slot}, whose bytes are not that signed image`
     const d = openGptDisk(disks.ssd)
     try {
       const st = slotStatus(readGpt(d), { A: layout.slots.A.name, B: layout.slots.B.name })
-      if (!st.primaryValid || st.active !== up.slot) return `the primary GPT ${st.primaryValid ? `flags ${st.active ?? 'no single slot'}` : 'is invalid'}, not slot ${up.slot}`
+      if (!st.primaryValid || st.active !== up.slot)
+        return `the primary GPT ${st.primaryValid ? `flags ${st.active ?? 'no single slot'}` : 'is invalid'}, not slot ${up.slot}`
       r.backupStale = !st.tablesAgree || undefined
     } finally {
       d.close()
@@ -583,13 +648,16 @@ export async function runRollbackCampaign(o: RollbackCampaignOptions): Promise<R
     for (let judged = 0; ; judged++) {
       if (!(await pump(boots, () => ended(judged), Date.now() + bootTimeout))) {
         r.bootsAfter = boots.list.map(Boots.describe)
-        return vm.exited() ? 'the VM powered off' : `no boot came to an end within ${bootTimeout / 1000} s (${boots.list.length} boot(s) since; last: ${boots.last?.kind ?? 'nothing'})`
+        return vm.exited()
+          ? 'the VM powered off'
+          : `no boot came to an end within ${bootTimeout / 1000} s (${boots.list.length} boot(s) since; last: ${boots.last?.kind ?? 'nothing'})`
       }
       const b = boots.list[judged]!
       r.bootsAfter = boots.list.slice(0, judged + 1).map(Boots.describe)
       if (judged + 1 > limit) return `${judged + 1} boots without the good version (at most ${limit}: ${trialBoots} trial boots, the rollback, the good one)`
       if (b.fail) return `the initramfs gave up: ${b.fail}`
-      if (b.failing && (!b.trial || b.trial.slot !== b.failing.slot)) return `the failing version ${b.failing.version} booted from slot ${b.failing.slot} without a trial pending: it stays`
+      if (b.failing && (!b.trial || b.trial.slot !== b.failing.slot))
+        return `the failing version ${b.failing.version} booted from slot ${b.failing.slot} without a trial pending: it stays`
       if (b.userspace) {
         r.booted = { version: b.userspace.version, slot: b.userspace.slot }
         const why = judgeGood(b.userspace, r.good, r)
@@ -608,8 +676,20 @@ export async function runRollbackCampaign(o: RollbackCampaignOptions): Promise<R
     {
       const boots = new Boots()
       const first: RollbackCycleRecord = {
-        cycle: -1, aim: 'calibration', good: { version: GOOD[0], slot: 'A' }, failingSlot: 'B', trialBoot: null, anchor: null, resetAtMs: null, lastMarker: null,
-        phase: null, hit: null, bootsAfter: [], bootsUntilGood: null, outcome: 'rolled-back', booted: null,
+        cycle: -1,
+        aim: 'calibration',
+        good: { version: GOOD[0], slot: 'A' },
+        failingSlot: 'B',
+        trialBoot: null,
+        anchor: null,
+        resetAtMs: null,
+        lastMarker: null,
+        phase: null,
+        hit: null,
+        bootsAfter: [],
+        bootsUntilGood: null,
+        outcome: 'rolled-back',
+        booted: null,
       }
       const up = await pump(boots, () => boots.list.at(-1)?.userspace !== undefined, Date.now() + bootTimeout)
       const u = boots.list.at(-1)?.userspace
@@ -629,18 +709,35 @@ export async function runRollbackCampaign(o: RollbackCampaignOptions): Promise<R
       // the draws of a counted cycle: the aim, the trial boot, the instant (made in both modes)
       const draws = calibration ? [rnd(), rnd(), rnd()] : null
       const r: RollbackCycleRecord = {
-        cycle, aim: 'calibration', good: { version: '', slot: '' }, failingSlot: '', trialBoot: null, anchor: null, resetAtMs: null, lastMarker: null,
-        phase: null, hit: null, bootsAfter: [], bootsUntilGood: null, outcome: 'rolled-back', booted: null,
+        cycle,
+        aim: 'calibration',
+        good: { version: '', slot: '' },
+        failingSlot: '',
+        trialBoot: null,
+        anchor: null,
+        resetAtMs: null,
+        lastMarker: null,
+        phase: null,
+        hit: null,
+        bootsAfter: [],
+        bootsUntilGood: null,
+        outcome: 'rolled-back',
+        booted: null,
       }
       // up to the failing update's announcement: a move (update, reboot, the moved version confirmed) may come first
       const pre = new Boots()
       let announced: Marker | null = null
       let moveExit: number | undefined
-      const preOk = await pump(pre, () => announced !== null, Date.now() + 3 * bootTimeout, (m) => {
-        if (m.kind === 'cycle') announced = m
-        if (m.kind === 'move') r.moved = { from: m.a, to: m.b }
-        if (m.kind === 'exit') moveExit = Number(m.a)
-      })
+      const preOk = await pump(
+        pre,
+        () => announced !== null,
+        Date.now() + 3 * bootTimeout,
+        (m) => {
+          if (m.kind === 'cycle') announced = m
+          if (m.kind === 'move') r.moved = { from: m.a, to: m.b }
+          if (m.kind === 'exit') moveExit = Number(m.a)
+        },
+      )
       if (!preOk || !announced) {
         await brick(r, vm.exited() ? 'the VM powered off' : r.moved ? 'the good version never came up after its move' : 'the guest never started its update')
         break
@@ -657,19 +754,31 @@ export async function runRollbackCampaign(o: RollbackCampaignOptions): Promise<R
       r.good = { version: cycleMarker.a, slot: lastUp.slot }
       r.failingSlot = r.good.slot === 'A' ? 'B' : 'A'
       const wrong = pre.list.find((b) => !b.userspace)
-      const badUp = ups.map((u) => ((GOOD as readonly string[]).includes(u.version) ? judgeGood(u, u, r) : `${u.version} came up, not a good version`)).find((w) => w !== null)
+      const badUp = ups
+        .map((u) => ((GOOD as readonly string[]).includes(u.version) ? judgeGood(u, u, r) : `${u.version} came up, not a good version`))
+        .find((w) => w !== null)
       if (wrong || badUp || cycleMarker.a !== lastUp.version) {
-        await brick(r, wrong ? `a boot before the update did not reach a good version: ${Boots.describe(wrong)}` : badUp ?? `the guest updates from ${cycleMarker.a}, but ${lastUp.version} came up last`)
+        await brick(
+          r,
+          wrong
+            ? `a boot before the update did not reach a good version: ${Boots.describe(wrong)}`
+            : (badUp ?? `the guest updates from ${cycleMarker.a}, but ${lastUp.version} came up last`),
+        )
         break
       }
       r.heldBefore = heldChunks(disks, r.failingSlot, manifests[FAILING_VERSION]!)
       // the update, unreset: to its `done` (then it reboots into the trial) or its failure
       const boots = new Boots()
       let doneAt = 0
-      const updOk = await pump(boots, () => doneAt > 0 || r.updateExit !== undefined, Date.now() + 4 * bootTimeout, (m) => {
-        if (m.kind === 'phase' && m.a === 'done') doneAt = m.at
-        if (m.kind === 'exit') r.updateExit = Number(m.a)
-      })
+      const updOk = await pump(
+        boots,
+        () => doneAt > 0 || r.updateExit !== undefined,
+        Date.now() + 4 * bootTimeout,
+        (m) => {
+          if (m.kind === 'phase' && m.a === 'done') doneAt = m.at
+          if (m.kind === 'exit') r.updateExit = Number(m.a)
+        },
+      )
       if (!updOk) {
         await brick(r, 'the update to the failing version never ended')
         break
@@ -709,13 +818,18 @@ export async function runRollbackCampaign(o: RollbackCampaignOptions): Promise<R
         }
         const trials = boots.list.slice(0, trialBoots)
         const rb = boots.list[trialBoots]
-        const expect = trials.every((b, i) => b.trial?.left === trialBoots - 1 - i && b.failing && b.failingExit) && rb?.rollingBack && rb.rollback && boots.list.length === trialBoots + (record ? 1 : 2)
+        const expect =
+          trials.every((b, i) => b.trial?.left === trialBoots - 1 - i && b.failing && b.failingExit) &&
+          rb?.rollingBack &&
+          rb.rollback &&
+          boots.list.length === trialBoots + (record ? 1 : 2)
         if (!expect || !rb?.rollingBack || !rb.rollback) {
           await brick(r, `the unreset trial went otherwise than ${trialBoots} trial boots, a rollback and the good version: ${r.bootsAfter.join(' | ')}`)
           break
         }
         if (![...trials, rb].every((b) => b.stateMount !== undefined)) {
-          report.stopped = 'the failing version\'s kernel did not announce the state partition\'s mount in every trial boot and the rollback boot: nothing to aim from'
+          report.stopped =
+            "the failing version's kernel did not announce the state partition's mount in every trial boot and the rollback boot: nothing to aim from"
           keep(r)
           break
         }
@@ -732,8 +846,10 @@ export async function runRollbackCampaign(o: RollbackCampaignOptions): Promise<R
           report.rollbackWrites = analyseRecording(writeLog, beforeFile, gpt0)
           fs.rmSync(writeLog, { force: true })
           const rw = report.rollbackWrites
-          log(`what the disk saw of the rollback: ${rw.rollbackPrimary.map(describeGptWrite).join('; ') || 'no primary write'} | mirror: ${rw.rollbackBackup.map(describeGptWrite).join('; ') || 'none'}` +
-            ` -> ${rw.oneSector ? `one ${rw.sectorSize}-byte sector at LBA ${rw.entriesLba.primary}, durable before its mirror` : 'NOT a single one-sector write'}`)
+          log(
+            `what the disk saw of the rollback: ${rw.rollbackPrimary.map(describeGptWrite).join('; ') || 'no primary write'} | mirror: ${rw.rollbackBackup.map(describeGptWrite).join('; ') || 'none'}` +
+              ` -> ${rw.oneSector ? `one ${rw.sectorSize}-byte sector at LBA ${rw.entriesLba.primary}, durable before its mirror` : 'NOT a single one-sector write'}`,
+          )
           serialFile = serialFiles[1]!
           vm = await o.driver.start(spec, serialFile)
           con = new Console(vm, MARKERS)
@@ -754,9 +870,11 @@ export async function runRollbackCampaign(o: RollbackCampaignOptions): Promise<R
         if (r.booted) lastGood = r.booted
         keep(r)
         const c = calibration
-        log(`calibration: ${r.good.version} in ${r.good.slot} -> ${FAILING_VERSION} in ${r.failingSlot}: boot to the state partition's mount ${c.bootToStateMountMs.map(fmt).join(', ')}; ` +
-          `from it to LABHOST-TRIAL ${c.stateMountToTrialMs.map((x) => `${x} ms`).join(', ')}; failing userspace ${fmt(c.userspaceMs)}; ` +
-          `rollback boot: from the mount to 'rolling back' ${c.stateMountToRollingBackMs} ms, to LABHOST-ROLLBACK ${c.stateMountToRollbackMs} ms; ${r.bootsAfter.join(' | ')}`)
+        log(
+          `calibration: ${r.good.version} in ${r.good.slot} -> ${FAILING_VERSION} in ${r.failingSlot}: boot to the state partition's mount ${c.bootToStateMountMs.map(fmt).join(', ')}; ` +
+            `from it to LABHOST-TRIAL ${c.stateMountToTrialMs.map((x) => `${x} ms`).join(', ')}; failing userspace ${fmt(c.userspaceMs)}; ` +
+            `rollback boot: from the mount to 'rolling back' ${c.stateMountToRollingBackMs} ms, to LABHOST-ROLLBACK ${c.stateMountToRollbackMs} ms; ${r.bootsAfter.join(' | ')}`,
+        )
         continue
       }
 
@@ -767,7 +885,7 @@ export async function runRollbackCampaign(o: RollbackCampaignOptions): Promise<R
       const k = aim === 'rollback' ? trialBoots + 1 : 1 + Math.min(trialBoots - 1, Math.floor(draws![1]! * trialBoots))
       r.trialBoot = aim === 'rollback' ? null : k
       const deadline = Date.now() + (k + 1) * bootTimeout
-      const inBoot = () => boots.list.length >= k ? boots.list[k - 1]! : null
+      const inBoot = () => (boots.list.length >= k ? boots.list[k - 1]! : null)
       let resetAt = 0
       let anchorAt = 0
       if (aim === 'trial-boot' || aim === 'rollback') {
@@ -775,7 +893,7 @@ export async function runRollbackCampaign(o: RollbackCampaignOptions): Promise<R
         // announced its countdown (written just before), or to 90 % of the way to its announcement
         // of the rollback (check, both writes, the result between; the reboot follows at once and
         // the next boot can print within 0.2 s), as calibrated
-        r.anchor = 'the state partition\'s mount'
+        r.anchor = "the state partition's mount"
         const span = aim === 'trial-boot' ? calibration.stateMountToTrialMs[k - 1]! + 200 : calibration.stateMountToRollbackMs * 0.9
         await pump(boots, () => inBoot()?.stateMount !== undefined || boots.list.length > k, deadline)
         anchorAt = inBoot()?.stateMount ?? Date.now()
@@ -826,10 +944,17 @@ export async function runRollbackCampaign(o: RollbackCampaignOptions): Promise<R
       lastGood = r.booted!
       report.rolledBack++
       keep(r)
-      const landed = r.countdownLanded !== undefined ? `; the countdown write had ${r.countdownLanded ? '' : 'not '}landed` : r.rollbackLanded !== undefined ? `; the rollback write had ${r.rollbackLanded ? '' : 'not '}landed` : ''
-      log(`cycle ${cycle}: ${r.moved ? `(moved ${r.moved.from} -> ${r.moved.to}) ` : ''}${r.good.version} in ${r.good.slot} -> ${FAILING_VERSION} in ${r.failingSlot}; reset ${aim}${r.trialBoot ? ` ${r.trialBoot}` : ''} ` +
-        `at ${fmt(r.resetAtMs)} from ${r.anchor} (${r.phase}${r.hit ? '' : ', NOT the aimed phase'})${landed} -> ${r.booted!.version} in ${r.booted!.slot} after ${r.bootsUntilGood} boot(s): ${r.bootsAfter.join(' | ')}` +
-        (r.backupStale ? '; backup GPT stale until the next switch' : ''))
+      const landed =
+        r.countdownLanded !== undefined
+          ? `; the countdown write had ${r.countdownLanded ? '' : 'not '}landed`
+          : r.rollbackLanded !== undefined
+            ? `; the rollback write had ${r.rollbackLanded ? '' : 'not '}landed`
+            : ''
+      log(
+        `cycle ${cycle}: ${r.moved ? `(moved ${r.moved.from} -> ${r.moved.to}) ` : ''}${r.good.version} in ${r.good.slot} -> ${FAILING_VERSION} in ${r.failingSlot}; reset ${aim}${r.trialBoot ? ` ${r.trialBoot}` : ''} ` +
+          `at ${fmt(r.resetAtMs)} from ${r.anchor} (${r.phase}${r.hit ? '' : ', NOT the aimed phase'})${landed} -> ${r.booted!.version} in ${r.booted!.slot} after ${r.bootsUntilGood} boot(s): ${r.bootsAfter.join(' | ')}` +
+          (r.backupStale ? '; backup GPT stale until the next switch' : ''),
+      )
     }
   } finally {
     await vm.powerOff()
@@ -843,7 +968,8 @@ function describeGptWrite(w: GptWrite): string {
 }
 
 function analyseRecording(
-  logFile: string, beforeFile: string,
+  logFile: string,
+  beforeFile: string,
   g: { ss: number; primary: { first: number; last: number }; backup: { first: number; last: number }; entriesLba: { primary: number; backup: number } },
 ): RollbackWrites {
   const before = JSON.parse(fs.readFileSync(beforeFile, 'utf8')) as Record<string, string>
@@ -853,15 +979,26 @@ function analyseRecording(
     return Buffer.from(s, 'base64')
   }
   const writes = gptWrites({
-    writes: readWriteLog(logFile), sectorSize: g.ss, before: sectorBefore, primary: g.primary, backup: g.backup,
-    entriesLba: g.entriesLba, rollbackSector: sectorBefore(g.entriesLba.primary),
+    writes: readWriteLog(logFile),
+    sectorSize: g.ss,
+    before: sectorBefore,
+    primary: g.primary,
+    backup: g.backup,
+    entriesLba: g.entriesLba,
+    rollbackSector: sectorBefore(g.entriesLba.primary),
   })
   // the rollback's writes: those that set the entries sector back, after the update's commit
   const afterCommit = writes.slice(writes.findIndex((w) => w.sets === 'commit') + 1)
   const rollbackPrimary = afterCommit.filter((w) => w.sets === 'rollback' && w.region === 'primary')
   const rollbackBackup = afterCommit.filter((w) => w.sets === 'rollback' && w.region === 'backup')
   const p = rollbackPrimary[0]
-  const oneSector = rollbackPrimary.length === 1 && !!p && p.bytes === g.ss && p.lba === g.entriesLba.primary && p.durableBeforeNext &&
-    rollbackBackup.length === 1 && rollbackBackup[0]!.index > p.index
+  const oneSector =
+    rollbackPrimary.length === 1 &&
+    !!p &&
+    p.bytes === g.ss &&
+    p.lba === g.entriesLba.primary &&
+    p.durableBeforeNext &&
+    rollbackBackup.length === 1 &&
+    rollbackBackup[0]!.index > p.index
   return { sectorSize: g.ss, entriesLba: g.entriesLba, writes, rollbackPrimary, rollbackBackup, oneSector }
 }

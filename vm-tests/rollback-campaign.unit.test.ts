@@ -14,35 +14,73 @@ const rollbackSector = fill(0xaa)
 const committed = fill(0xcc)
 
 let n = 0
-const write = (lba: number, sectors: Buffer[], o: { fua?: boolean } = {}): LoggedWrite =>
-  ({ index: n++, offset: lba * SS, length: sectors.length * SS, data: Buffer.concat(sectors), fua: o.fua ?? false, flush: false, discard: false })
+const write = (lba: number, sectors: Buffer[], o: { fua?: boolean } = {}): LoggedWrite => ({
+  index: n++,
+  offset: lba * SS,
+  length: sectors.length * SS,
+  data: Buffer.concat(sectors),
+  fua: o.fua ?? false,
+  flush: false,
+  discard: false,
+})
 const flush = (): LoggedWrite => ({ index: n++, offset: 0, length: 0, data: Buffer.alloc(0), fua: false, flush: true, discard: false })
 
 t.test('one-sector writes: the commit and its mirror, then the rollback and its mirror, each flushed', async (t) => {
   const writes = [
-    write(5000, [fill(1)]), flush(), // a data write elsewhere: not a GPT write
-    write(2, [committed]), flush(), write(100, [committed]), flush(),
-    write(2, [rollbackSector]), flush(), write(100, [rollbackSector]), flush(),
+    write(5000, [fill(1)]),
+    flush(), // a data write elsewhere: not a GPT write
+    write(2, [committed]),
+    flush(),
+    write(100, [committed]),
+    flush(),
+    write(2, [rollbackSector]),
+    flush(),
+    write(100, [rollbackSector]),
+    flush(),
   ]
   const g = gptWrites({ writes, sectorSize: SS, before, ...regions, rollbackSector })
-  t.same(g.map((w) => [w.region, w.lba, w.bytes, w.changed, w.sets, w.durableBeforeNext]), [
-    ['primary', 2, 512, [2], 'commit', true], ['backup', 100, 512, [100], 'commit', true],
-    ['primary', 2, 512, [2], 'rollback', true], ['backup', 100, 512, [100], 'rollback', true],
-  ])
+  t.same(
+    g.map((w) => [w.region, w.lba, w.bytes, w.changed, w.sets, w.durableBeforeNext]),
+    [
+      ['primary', 2, 512, [2], 'commit', true],
+      ['backup', 100, 512, [100], 'commit', true],
+      ['primary', 2, 512, [2], 'rollback', true],
+      ['backup', 100, 512, [100], 'rollback', true],
+    ],
+  )
 })
 
 t.test('a 4 KiB write of LBA 0-7 that changes only the entries sector is reported as what it is', async (t) => {
   const page = (entries: Buffer) => Array.from({ length: 8 }, (_, i) => (i === 2 ? entries : before(i)))
   const writes = [write(0, page(committed)), flush(), write(100, [committed]), flush(), write(0, page(rollbackSector)), write(100, [rollbackSector]), flush()]
   const g = gptWrites({ writes, sectorSize: SS, before, ...regions, rollbackSector })
-  t.same(g.map((w) => [w.lba, w.bytes, w.changed, w.sets]), [[0, 4096, [2], 'commit'], [100, 512, [100], 'commit'], [0, 4096, [2], 'rollback'], [100, 512, [100], 'rollback']])
-  t.same(g.map((w) => w.durableBeforeNext), [true, true, false, true], 'the rollback\'s primary write had no flush before its mirror')
+  t.same(
+    g.map((w) => [w.lba, w.bytes, w.changed, w.sets]),
+    [
+      [0, 4096, [2], 'commit'],
+      [100, 512, [100], 'commit'],
+      [0, 4096, [2], 'rollback'],
+      [100, 512, [100], 'rollback'],
+    ],
+  )
+  t.same(
+    g.map((w) => w.durableBeforeNext),
+    [true, true, false, true],
+    "the rollback's primary write had no flush before its mirror",
+  )
 })
 
 t.test('a FUA write is durable by itself; a write that changes nothing is other', async (t) => {
   const writes = [write(2, [committed], { fua: true }), write(1, [before(1)]), write(2, [committed])]
   const g = gptWrites({ writes, sectorSize: SS, before, ...regions, rollbackSector })
-  t.same(g.map((w) => [w.lba, w.changed, w.sets, w.durableBeforeNext]), [[2, [2], 'commit', true], [1, [], 'other', false], [2, [], 'other', false]])
+  t.same(
+    g.map((w) => [w.lba, w.changed, w.sets, w.durableBeforeNext]),
+    [
+      [2, [2], 'commit', true],
+      [1, [], 'other', false],
+      [2, [], 'other', false],
+    ],
+  )
 })
 
 t.test('phases and hits', async (t) => {
@@ -68,15 +106,33 @@ t.test('phases and hits', async (t) => {
 
 t.test('stratified aims take turns and slice their windows; independent ones follow the draw', async (t) => {
   const o = { stratified: true, cycles: 7 }
-  t.same([0, 1, 2, 3, 4, 5, 6].map((i) => rollbackAimOf(o, i, 0.99).aim), [...ROLLBACK_AIMS, ...ROLLBACK_AIMS, ROLLBACK_AIMS[0]])
+  t.same(
+    [0, 1, 2, 3, 4, 5, 6].map((i) => rollbackAimOf(o, i, 0.99).aim),
+    [...ROLLBACK_AIMS, ...ROLLBACK_AIMS, ROLLBACK_AIMS[0]],
+  )
   // trial-boot gets resets 0, 3, 6 (three slices), failing-userspace 1, 4 (two)
-  t.same([0, 3, 6].map((i) => rollbackAimOf(o, i, 0).fraction(0.5)), [0.5 / 3, 1.5 / 3, 2.5 / 3])
-  t.same([1, 4].map((i) => rollbackAimOf(o, i, 0).fraction(0)), [0, 0.5])
-  t.same([0.1, 0.5, 0.9].map((d) => rollbackAimOf({ cycles: 10 }, 0, d).aim), ROLLBACK_AIMS)
+  t.same(
+    [0, 3, 6].map((i) => rollbackAimOf(o, i, 0).fraction(0.5)),
+    [0.5 / 3, 1.5 / 3, 2.5 / 3],
+  )
+  t.same(
+    [1, 4].map((i) => rollbackAimOf(o, i, 0).fraction(0)),
+    [0, 0.5],
+  )
+  t.same(
+    [0.1, 0.5, 0.9].map((d) => rollbackAimOf({ cycles: 10 }, 0, d).aim),
+    ROLLBACK_AIMS,
+  )
   // a stratified run over some aims only: they take turns, each over its own slices
   const only = { stratified: true, aims: ['rollback'] as const, cycles: 2 }
-  t.same([0, 1].map((i) => rollbackAimOf(only, i, 0.5).aim), ['rollback', 'rollback'])
-  t.same([0, 1].map((i) => rollbackAimOf(only, i, 0.5).fraction(0.5)), [0.25, 0.75])
+  t.same(
+    [0, 1].map((i) => rollbackAimOf(only, i, 0.5).aim),
+    ['rollback', 'rollback'],
+  )
+  t.same(
+    [0, 1].map((i) => rollbackAimOf(only, i, 0.5).fraction(0.5)),
+    [0.25, 0.75],
+  )
   t.equal(rollbackAimOf({ aims: ['rollback'], cycles: 2 }, 0, 0.1).aim, 'trial-boot', 'aims restrict only a stratified run')
   t.equal(rollbackAimOf({ cycles: 10 }, 5, 0.9).fraction(0.3), 0.3)
 })

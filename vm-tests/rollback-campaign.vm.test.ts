@@ -37,7 +37,17 @@ t.test(`short rollback campaign: a reset inside the initramfs's rollback write, 
   const seed = seedFromEnv()
   const keep = tmpDir(t, 'labhost-rollback-keep-')
   // one trial boot (the soak gives two): the countdown 1 -> 0, then the rollback
-  const report = await runRollbackCampaign({ driver: new QemuDriver(), cycles: RESETS, seed, stratified: true, aims: AIMS, trialBoots: 1, workDir: tmpDir(t, 'labhost-rollback-'), keepDir: keep, log: (l) => t.comment(l) })
+  const report = await runRollbackCampaign({
+    driver: new QemuDriver(),
+    cycles: RESETS,
+    seed,
+    stratified: true,
+    aims: AIMS,
+    trialBoots: 1,
+    workDir: tmpDir(t, 'labhost-rollback-'),
+    keepDir: keep,
+    log: (l) => t.comment(l),
+  })
   fs.mkdirSync(path.join(REPO_ROOT, 'reports'), { recursive: true })
   fs.writeFileSync(path.join(REPO_ROOT, 'reports/rollback-campaign.json'), JSON.stringify(report, null, 2) + '\n')
   t.comment(`seed ${seed}: ${rollbackSummaryLine(report)} under ${report.accel}, ${(report.seconds / 60).toFixed(1)} min`)
@@ -45,26 +55,45 @@ t.test(`short rollback campaign: a reset inside the initramfs's rollback write, 
   t.equal(report.failedUpdates, 0, 'no update failed by itself')
   t.equal(report.resets, RESETS, `${RESETS} resets`)
   const resets = report.records.filter((r) => r.resetAtMs !== null)
-  t.same(resets.map((r) => r.aim), AIMS, 'the reset was aimed at the rollback write')
+  t.same(
+    resets.map((r) => r.aim),
+    AIMS,
+    'the reset was aimed at the rollback write',
+  )
   for (const r of resets) {
     t.ok(r.hit, `the ${r.aim} reset landed in its phase: ${r.phase} (${r.resetAtMs} ms from ${r.anchor})`, { record: r })
     t.same(r.booted, r.good, `after the ${r.aim} reset the host came back to ${r.good.version} in slot ${r.good.slot}`)
-    t.ok(r.bootsUntilGood !== null && r.bootsUntilGood <= report.trialBoots + 2, `within ${report.trialBoots + 2} boots (${r.bootsUntilGood}): ${r.bootsAfter.join(' | ')}`)
+    t.ok(
+      r.bootsUntilGood !== null && r.bootsUntilGood <= report.trialBoots + 2,
+      `within ${report.trialBoots + 2} boots (${r.bootsUntilGood}): ${r.bootsAfter.join(' | ')}`,
+    )
   }
   t.equal(report.lost, 0, 'no write the initramfs had announced (after its sync) was lost to a reset')
   t.equal(report.rolledBack, RESETS, 'every reset cycle ended rolled back')
   t.equal(report.records[0]?.outcome, 'rolled-back', 'and so did the unreset calibration cycle')
   // the evidence can fail: every update of the failing version wrote over bytes that were not yet its image's
-  t.same(report.records.map((r) => r.heldBefore), report.records.map(() => 0), 'before every update, the failing slot held none of 3.0.0\'s chunks (checked from the disk)')
+  t.same(
+    report.records.map((r) => r.heldBefore),
+    report.records.map(() => 0),
+    "before every update, the failing slot held none of 3.0.0's chunks (checked from the disk)",
+  )
 
   // what the disk saw of the rollback, recorded during the calibration cycle
   const rw = report.rollbackWrites
-  t.ok(rw, 'the rollback\'s writes were recorded')
+  t.ok(rw, "the rollback's writes were recorded")
   if (rw) {
     t.comment(`GPT writes of the calibration cycle: ${JSON.stringify(rw.writes)}`)
-    t.equal(rw.writes.filter((w) => w.sets === 'commit').length, 2, 'the update\'s switch: the commit and its mirror')
-    t.same(rw.rollbackPrimary.map((w) => [w.lba, w.bytes]), [[rw.entriesLba.primary, 512]], `the rollback reaches the disk as one 512-byte write at LBA ${rw.entriesLba.primary}`)
-    t.same(rw.rollbackBackup.map((w) => [w.lba, w.bytes]), [[rw.entriesLba.backup, 512]], 'its mirror as one 512-byte write at the backup entries sector')
+    t.equal(rw.writes.filter((w) => w.sets === 'commit').length, 2, "the update's switch: the commit and its mirror")
+    t.same(
+      rw.rollbackPrimary.map((w) => [w.lba, w.bytes]),
+      [[rw.entriesLba.primary, 512]],
+      `the rollback reaches the disk as one 512-byte write at LBA ${rw.entriesLba.primary}`,
+    )
+    t.same(
+      rw.rollbackBackup.map((w) => [w.lba, w.bytes]),
+      [[rw.entriesLba.backup, 512]],
+      'its mirror as one 512-byte write at the backup entries sector',
+    )
     t.ok(rw.rollbackPrimary[0]?.durableBeforeNext, 'the primary write was flushed before the mirror was written')
     t.ok(rw.oneSector, 'one sector, durable before its mirror')
   }
@@ -85,10 +114,21 @@ t.test('the initramfs writes the saved sector back only over the sector the swit
     commit = w.data
     primaryLba = Number(w.lba)
     rollback = disk.readSectors(w.lba, 1)
-    await withPartition(disks.ssd, disks.ssdPlan.find((p) => p.mount === layout.stateMount)!, async (root) => writeTrialState(root, {
-      slot: 'B', bootsLeft: 0, version: '2.0.0', primaryLba: w.lba, backupLba: toB.writes.find((x) => x.region === 'backup-array')!.lba,
-      committedSector: w.data, rollbackSector: rollback, fromVersion: '1.0.0',
-    }))
+    await withPartition(
+      disks.ssd,
+      disks.ssdPlan.find((p) => p.mount === layout.stateMount)!,
+      async (root) =>
+        writeTrialState(root, {
+          slot: 'B',
+          bootsLeft: 0,
+          version: '2.0.0',
+          primaryLba: w.lba,
+          backupLba: toB.writes.find((x) => x.region === 'backup-array')!.lba,
+          committedSector: w.data,
+          rollbackSector: rollback,
+          fromVersion: '1.0.0',
+        }),
+    )
     await applySectorWrites(disk, toB.writes)
   } finally {
     disk.close()
@@ -129,12 +169,26 @@ t.test('the initramfs writes the saved sector back only over the sector the swit
   const region = Buffer.from(gptBytes(edited).subarray(0, 2 * 512 + 128 * 128))
   rollback.copy(region, primaryLba * 512)
   const slots = { A: { offset: disks.ssdPlan[0]!.firstLba * 512, bytes: 192 << 20 }, B: { offset: disks.ssdPlan[1]!.firstLba * 512, bytes: 192 << 20 } }
-  t.match(judge(region, 512, slots, { A: 'old', B: 'new' }), { boots: 'nothing', why: /primary entry array CRC wrong/ }, 'the saved sector over the edited table would brick the host: the check is what prevents it')
+  t.match(
+    judge(region, 512, slots, { A: 'old', B: 'new' }),
+    { boots: 'nothing', why: /primary entry array CRC wrong/ },
+    'the saved sector over the edited table would brick the host: the check is what prevents it',
+  )
 
-  const boot = (file: string) => bootUntilPowerOff({ disks: [{ file, bus: 'ide-hd', rotationRate: 1 }] } satisfies VmSpec, 300_000, /LABHOST-ROLLBACK from=\S+ to=\S+\r?\n|LABHOST-INITRAMFS-FAIL [^\n]*\n|LABHOST-ROOT [^\n]*\n/)
+  const boot = (file: string) =>
+    bootUntilPowerOff(
+      { disks: [{ file, bus: 'ide-hd', rotationRate: 1 }] } satisfies VmSpec,
+      300_000,
+      /LABHOST-ROLLBACK from=\S+ to=\S+\r?\n|LABHOST-INITRAMFS-FAIL [^\n]*\n|LABHOST-ROOT [^\n]*\n/,
+    )
   const before = gptBytes(edited)
   const refused = await boot(edited)
-  t.match(refused.serial, /LABHOST-INITRAMFS-FAIL the GPT sector is not the one the update wrote; not rolling back/, 'edited: the initramfs refuses and says why', { serial: refused.serial.slice(-2000) })
+  t.match(
+    refused.serial,
+    /LABHOST-INITRAMFS-FAIL the GPT sector is not the one the update wrote; not rolling back/,
+    'edited: the initramfs refuses and says why',
+    { serial: refused.serial.slice(-2000) },
+  )
   t.notMatch(refused.serial, /LABHOST-ROLLBACK/, 'edited: no rollback')
   t.ok(gptBytes(edited).equals(before), 'edited: not one byte of either GPT was written')
   const state = await readPartitionFiles(edited, 'lab-log', ['labhost/trial', 'labhost/last-result'])

@@ -28,7 +28,11 @@ t.test('UEFI (OVMF, no CSM): a host updates A -> B -> A over the one-sector swit
   const build = async (name: string, recipe: (file: string) => string) =>
     path.dirname((await buildImage(recipe(`${dir}/recipes/${name}.yaml`), { out: `${dir}/${name}`, keyFile: keys.privateKeyFile })).manifestFile)
   const broken = await build('broken', leanBrokenRecipe)
-  const v3 = await build('v3', (f) => leanRecipe(f, (r) => { r.version = '3.0.0' }))
+  const v3 = await build('v3', (f) =>
+    leanRecipe(f, (r) => {
+      r.version = '3.0.0'
+    }),
+  )
   const selector = await buildSelector({ layout, out: path.join(dir, 'BOOTX64.EFI'), log: (l) => t.comment(l) })
   t.comment(`selector: ${selector.bytes} bytes, kernel ${selector.kernel}`)
   const disks = await buildHostDisks(dir, layout, `${dirs['1.0.0']}/root.img`, { slots: ['A'], flag: 'A', restMiB: 200, selector: selector.file })
@@ -43,11 +47,17 @@ t.test('UEFI (OVMF, no CSM): a host updates A -> B -> A over the one-sector swit
     ],
   })
   const boot = async (n: number) => {
-    const r = await bootUntilPowerOff({
-      memoryMb: 768,
-      disks: [{ file: disks.ssd, bus: 'ide-hd', rotationRate: 1 }, { file: disks.hdd, bus: 'ide-hd', rotationRate: 7200 }],
-      uefi: { vars: uefiVarsCopy(fs.mkdtempSync(path.join(dir, 'vars-'))) },
-    }, 600_000)
+    const r = await bootUntilPowerOff(
+      {
+        memoryMb: 768,
+        disks: [
+          { file: disks.ssd, bus: 'ide-hd', rotationRate: 1 },
+          { file: disks.hdd, bus: 'ide-hd', rotationRate: 7200 },
+        ],
+        uefi: { vars: uefiVarsCopy(fs.mkdtempSync(path.join(dir, 'vars-'))) },
+      },
+      600_000,
+    )
     t.comment(`boot ${n} under ${r.accel} in ${r.seconds.toFixed(1)} s`)
     t.notOk(r.timedOut, `boot ${n} ended by itself`, { serial: r.serial.slice(-3000) })
     return r.serial
@@ -77,5 +87,10 @@ t.test('UEFI (OVMF, no CSM): a host updates A -> B -> A over the one-sector swit
   t.match(b6, /LABHOST-SELECTOR slot=A /, 'boot 6: slot A')
   t.match(b6, /LABHOST-USERSPACE version=3\.0\.0 slot=A/, 'B -> A: 3.0.0 runs')
   t.match(b6, /LABHOST-MARK slot A \(version 3\.0\.0\) marked good/)
-  t.match(statusLines(b6).at(-1), { version: '3.0.0', gpt: { active: 'A', primaryValid: true, backupValid: true, tablesAgree: true }, trial: null, problems: [] })
+  t.match(statusLines(b6).at(-1), {
+    version: '3.0.0',
+    gpt: { active: 'A', primaryValid: true, backupValid: true, tablesAgree: true },
+    trial: null,
+    problems: [],
+  })
 })

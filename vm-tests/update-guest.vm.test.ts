@@ -27,10 +27,14 @@ t.test('broken 1.5.0 rolls back to 1.0.0 by itself; 2.0.0 over HTTP boots on tri
   const v1 = await build('v1', () => {})
   const broken = await build('broken', (r) => {
     r.version = '1.5.0'
-    r.files = [...(r.files ?? []).filter((f) => f.path !== '/sbin/init'),
-      { path: '/sbin/init', mode: '0755', content: '#!/bin/sh\necho "LABHOST-BROKEN version=$(cat /etc/labhost/version)"\nexit 1\n' }]
+    r.files = [
+      ...(r.files ?? []).filter((f) => f.path !== '/sbin/init'),
+      { path: '/sbin/init', mode: '0755', content: '#!/bin/sh\necho "LABHOST-BROKEN version=$(cat /etc/labhost/version)"\nexit 1\n' },
+    ]
   })
-  const v2 = await build('v2', (r) => { r.version = '2.0.0' })
+  const v2 = await build('v2', (r) => {
+    r.version = '2.0.0'
+  })
   const served = `${dir}/served`
   fs.mkdirSync(served)
   fs.cpSync(v2, `${served}/v2`, { recursive: true })
@@ -47,7 +51,10 @@ t.test('broken 1.5.0 rolls back to 1.0.0 by itself; 2.0.0 over HTTP boots on tri
     ],
   })
   const vm: VmSpec = {
-    disks: [{ file: disks.ssd, bus: 'ide-hd', rotationRate: 1 }, { file: disks.hdd, bus: 'ide-hd', rotationRate: 7200 }],
+    disks: [
+      { file: disks.ssd, bus: 'ide-hd', rotationRate: 1 },
+      { file: disks.hdd, bus: 'ide-hd', rotationRate: 7200 },
+    ],
     net: { forwards: [{ guestPort: 8080, hostPort: server.port }] },
   }
   const boot = async (n: number) => {
@@ -69,7 +76,13 @@ t.test('broken 1.5.0 rolls back to 1.0.0 by itself; 2.0.0 over HTTP boots on tri
 
   const b3 = await boot(3)
   t.match(b3, /LABHOST-ROLLBACK from=B to=A/, 'the initramfs rolls back by itself', { serial: b3.slice(-3000) })
-  t.ok(fs.readFileSync(disks.ssd).subarray(0, 34 * 512).equals(gptBefore), 'the primary GPT region is byte for byte what it was before the update')
+  t.ok(
+    fs
+      .readFileSync(disks.ssd)
+      .subarray(0, 34 * 512)
+      .equals(gptBefore),
+    'the primary GPT region is byte for byte what it was before the update',
+  )
 
   const b4 = await boot(4)
   t.match(b4, /LABHOST-USERSPACE version=1\.0\.0 slot=A/, '1.0.0 runs again')
@@ -81,8 +94,16 @@ t.test('broken 1.5.0 rolls back to 1.0.0 by itself; 2.0.0 over HTTP boots on tri
   t.notMatch(b4, /LABHOST-UPDATE-EXIT/, 'the HTTP update succeeded and rebooted', { serial: b4.slice(-3000) })
   // a delta update (the default): manifest, block index, then Range requests for the chunks 1.0.0 lacks
   const [manifestReq, blocksReq, ...transportReqs] = server.requests
-  t.same([manifestReq?.path, manifestReq?.status, blocksReq?.path, blocksReq?.status], ['/v2/manifest.json', 200, '/v2/root.img.blocks', 200], 'the guest fetched the manifest and the block index from the loopback server')
-  t.ok(transportReqs.length > 0 && transportReqs.every((q) => q.path === '/v2/root.img.zst' && q.status === 206), 'then only Range requests for the transport file', { requests: server.requests })
+  t.same(
+    [manifestReq?.path, manifestReq?.status, blocksReq?.path, blocksReq?.status],
+    ['/v2/manifest.json', 200, '/v2/root.img.blocks', 200],
+    'the guest fetched the manifest and the block index from the loopback server',
+  )
+  t.ok(
+    transportReqs.length > 0 && transportReqs.every((q) => q.path === '/v2/root.img.zst' && q.status === 206),
+    'then only Range requests for the transport file',
+    { requests: server.requests },
+  )
   const transportBytes = transportReqs.reduce((n, q) => n + q.bytes, 0)
   t.ok(transportBytes < fs.statSync(path.join(served, 'v2/root.img.zst')).size / 4, `a delta: ${transportBytes} transport bytes`)
 

@@ -16,9 +16,23 @@ const vbox = async (...args: string[]) => (await execa('VBoxManage', args)).stdo
 function vmdkDescriptor(raw: string): string {
   const sectors = Math.floor(fs.statSync(raw).size / 512)
   const cylinders = Math.min(16383, Math.floor(sectors / (16 * 63)))
-  return ['# Disk DescriptorFile', 'version=1', 'CID=fffffffe', 'parentCID=ffffffff', 'createType="monolithicFlat"', '',
-    `RW ${sectors} FLAT "${path.resolve(raw)}" 0`, '', '#DDB', 'ddb.virtualHWVersion = "4"', 'ddb.adapterType="ide"',
-    `ddb.geometry.cylinders="${cylinders}"`, 'ddb.geometry.heads="16"', 'ddb.geometry.sectors="63"', ''].join('\n')
+  return [
+    '# Disk DescriptorFile',
+    'version=1',
+    'CID=fffffffe',
+    'parentCID=ffffffff',
+    'createType="monolithicFlat"',
+    '',
+    `RW ${sectors} FLAT "${path.resolve(raw)}" 0`,
+    '',
+    '#DDB',
+    'ddb.virtualHWVersion = "4"',
+    'ddb.adapterType="ide"',
+    `ddb.geometry.cylinders="${cylinders}"`,
+    'ddb.geometry.heads="16"',
+    'ddb.geometry.sectors="63"',
+    '',
+  ].join('\n')
 }
 
 export class VirtualBoxDriver implements VmDriver {
@@ -38,8 +52,30 @@ export class VirtualBoxDriver implements VmDriver {
     const media: string[] = []
     const attached: string[][] = []
     try {
-      await vbox('modifyvm', name, '--memory', String(spec.memoryMb ?? 512), '--firmware', 'bios', '--nic1', 'none',
-        '--uart1', '0x3F8', '4', '--uartmode1', 'file', path.resolve(serialFile), '--boot1', 'disk', '--boot2', 'none', '--boot3', 'none', '--boot4', 'none')
+      await vbox(
+        'modifyvm',
+        name,
+        '--memory',
+        String(spec.memoryMb ?? 512),
+        '--firmware',
+        'bios',
+        '--nic1',
+        'none',
+        '--uart1',
+        '0x3F8',
+        '4',
+        '--uartmode1',
+        'file',
+        path.resolve(serialFile),
+        '--boot1',
+        'disk',
+        '--boot2',
+        'none',
+        '--boot3',
+        'none',
+        '--boot4',
+        'none',
+      )
       if (spec.smbios) {
         await vbox('setextradata', name, 'VBoxInternal/Devices/pcbios/0/Config/DmiSystemVendor', spec.smbios.manufacturer)
         await vbox('setextradata', name, 'VBoxInternal/Devices/pcbios/0/Config/DmiSystemProduct', spec.smbios.product)
@@ -55,7 +91,16 @@ export class VirtualBoxDriver implements VmDriver {
         media.push(vmdk)
         const usb = d.bus === 'usb-storage'
         const where = usb ? ['--storagectl', 'USB', '--port', '0', '--device', '0'] : ['--storagectl', 'SATA', '--port', String(port++), '--device', '0']
-        await vbox('storageattach', name, ...where, '--type', 'hdd', '--medium', vmdk, ...(usb ? [] : ['--nonrotational', (d.rotationRate ?? 1) === 1 ? 'on' : 'off']))
+        await vbox(
+          'storageattach',
+          name,
+          ...where,
+          '--type',
+          'hdd',
+          '--medium',
+          vmdk,
+          ...(usb ? [] : ['--nonrotational', (d.rotationRate ?? 1) === 1 ? 'on' : 'off']),
+        )
         attached.push(where)
       }
       await vbox('startvm', name, '--type', 'headless')

@@ -44,7 +44,15 @@ export function readWriteLog(file: string): LoggedWrite[] {
     const data = discard ? null : log.subarray(at, at + len)
     if (!discard) at += len
     if ((flags & FLAG_MARK) === 0n) {
-      out.push({ index: out.length, offset: Number(sector) * ss, length: len, data, fua: (flags & FLAG_FUA) !== 0n, flush: (flags & FLAG_FLUSH) !== 0n, discard })
+      out.push({
+        index: out.length,
+        offset: Number(sector) * ss,
+        length: len,
+        data,
+        fua: (flags & FLAG_FUA) !== 0n,
+        flush: (flags & FLAG_FLUSH) !== 0n,
+        discard,
+      })
     }
   }
   return out

@@ -23,22 +23,36 @@ export interface CatalogueEntry {
 export const DEFAULT_CATALOGUE = '/qcow2/backing/catalogue.ini'
 
 const KEYS: Record<string, keyof CatalogueEntry> = {
-  name: 'name', display_name: 'displayName', os_type: 'osType', default: 'default', version: 'version', file: 'file', size: 'size', sha256: 'sha256',
+  name: 'name',
+  display_name: 'displayName',
+  os_type: 'osType',
+  default: 'default',
+  version: 'version',
+  file: 'file',
+  size: 'size',
+  sha256: 'sha256',
 }
 
 const HEADER = '# VM base images on this host: written by `labhost vm-image pull`, replaced whole; do not edit.\n'
 
 export function formatCatalogue(entries: CatalogueEntry[]): string {
-  const sections = [...entries].sort((a, b) => a.name.localeCompare(b.name)).map((e) => [
-    `[${e.name}]`,
-    ...Object.entries(KEYS).map(([key, field]) => `${key}=${field === 'default' ? (e.default ? 'true' : 'false') : String(e[field])}`),
-  ].join('\n'))
+  const sections = [...entries]
+    .sort((a, b) => a.name.localeCompare(b.name))
+    .map((e) =>
+      [`[${e.name}]`, ...Object.entries(KEYS).map(([key, field]) => `${key}=${field === 'default' ? (e.default ? 'true' : 'false') : String(e[field])}`)].join(
+        '\n',
+      ),
+    )
   return `${HEADER}${sections.map((s) => `\n${s}\n`).join('')}`
 }
 
 export function parseCatalogue(text: string, where: string): CatalogueEntry[] {
-  const bad = (line: number, why: string) => new LabhostError('catalogueInvalid', `${where}:${line}: ${why}`,
-    'the catalogue is written by labhost only: restore it, or remove it and pull the bases again; nothing was changed')
+  const bad = (line: number, why: string) =>
+    new LabhostError(
+      'catalogueInvalid',
+      `${where}:${line}: ${why}`,
+      'the catalogue is written by labhost only: restore it, or remove it and pull the bases again; nothing was changed',
+    )
   const entries: CatalogueEntry[] = []
   let current: Record<string, string> | null = null
   let startLine = 0
@@ -52,8 +66,14 @@ export function parseCatalogue(text: string, where: string): CatalogueEntry[] {
     if (!/^[0-9a-f]{64}$/.test(current.sha256!)) throw bad(startLine, `sha256=${current.sha256} is not a SHA-256`)
     if (!current.file!.startsWith('/')) throw bad(startLine, `file=${current.file} is not an absolute path`)
     entries.push({
-      name: current.name!, displayName: current.display_name!, osType: current.os_type!, default: current.default === 'true',
-      version: current.version!, file: current.file!, size: Number(current.size), sha256: current.sha256!,
+      name: current.name!,
+      displayName: current.display_name!,
+      osType: current.os_type!,
+      default: current.default === 'true',
+      version: current.version!,
+      file: current.file!,
+      size: Number(current.size),
+      sha256: current.sha256!,
     })
   }
   text.split('\n').forEach((raw, i) => {
@@ -85,7 +105,13 @@ export function readCatalogue(file: string): CatalogueEntry[] {
     text = fs.readFileSync(file, 'utf8')
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return []
-    throw new LabhostError('catalogueInvalid', `${file} cannot be read: ${(e as Error).message}`, 'check the path and its permissions; nothing was changed', {}, { cause: e })
+    throw new LabhostError(
+      'catalogueInvalid',
+      `${file} cannot be read: ${(e as Error).message}`,
+      'check the path and its permissions; nothing was changed',
+      {},
+      { cause: e },
+    )
   }
   return parseCatalogue(text, file)
 }
@@ -99,6 +125,15 @@ export function writeCatalogue(file: string, entries: CatalogueEntry[]): void {
  * version of a base replaces the old one); a base published as default makes every other not.
  */
 export function withBase(entries: CatalogueEntry[], m: VmManifest, file: string): CatalogueEntry[] {
-  const entry: CatalogueEntry = { name: m.name, displayName: m.displayName, osType: m.os, default: m.default, version: m.version, file, size: m.image.size, sha256: m.image.sha256 }
+  const entry: CatalogueEntry = {
+    name: m.name,
+    displayName: m.displayName,
+    osType: m.os,
+    default: m.default,
+    version: m.version,
+    file,
+    size: m.image.size,
+    sha256: m.image.sha256,
+  }
   return [...entries.filter((e) => e.name !== m.name).map((e) => (m.default ? { ...e, default: false } : e)), entry]
 }

@@ -63,8 +63,11 @@ export async function downloadBase(source: BaseSource, tempFile: string, o: { pr
       const piece = chunk.subarray(0, filled)
       const got = crypto.createHash('sha256').update(piece).digest('hex')
       if (got !== m.image.chunks[index]) {
-        throw new LabhostError('hashMismatch', `chunk ${index} (bytes ${at}-${at + filled - 1}) of ${source.where} does not match the signed manifest (sha256 ${got.slice(0, 16)}… vs ${m.image.chunks[index]!.slice(0, 16)}…)`,
-          'the published file is damaged or was replaced: publish it again, or pull from another source; nothing was installed')
+        throw new LabhostError(
+          'hashMismatch',
+          `chunk ${index} (bytes ${at}-${at + filled - 1}) of ${source.where} does not match the signed manifest (sha256 ${got.slice(0, 16)}… vs ${m.image.chunks[index]!.slice(0, 16)}…)`,
+          'the published file is damaged or was replaced: publish it again, or pull from another source; nothing was installed',
+        )
       }
       whole.update(piece)
       for (let done = 0; done < filled;) done += fs.writeSync(fd, piece, done, filled - done, at + done)
@@ -86,12 +89,19 @@ export async function downloadBase(source: BaseSource, tempFile: string, o: { pr
       }
     }
     if (at !== m.image.size) {
-      throw new LabhostError('downloadFailed', `${source.where} ended at byte ${at + filled} of ${m.image.size}`, 'the published file is truncated: publish it again; nothing was installed')
+      throw new LabhostError(
+        'downloadFailed',
+        `${source.where} ended at byte ${at + filled} of ${m.image.size}`,
+        'the published file is truncated: publish it again; nothing was installed',
+      )
     }
     const sha = whole.digest('hex')
     if (sha !== m.image.sha256) {
-      throw new LabhostError('hashMismatch', `${source.where}: every chunk matched, but the whole file's SHA-256 ${sha.slice(0, 16)}… is not the signed ${m.image.sha256.slice(0, 16)}…`,
-        'the manifest is inconsistent: publish the base again; nothing was installed')
+      throw new LabhostError(
+        'hashMismatch',
+        `${source.where}: every chunk matched, but the whole file's SHA-256 ${sha.slice(0, 16)}… is not the signed ${m.image.sha256.slice(0, 16)}…`,
+        'the manifest is inconsistent: publish the base again; nothing was installed',
+      )
     }
     fs.fsyncSync(fd)
     return { resumedBytes: resumed, downloadedBytes: m.image.size - resumed, seconds: (Date.now() - started) / 1000 }

@@ -80,7 +80,8 @@ export async function planPrune(o: PruneOptions): Promise<PrunePlan> {
   const children = new Map<string, Volume[]>()
   for (const v of volumes) if (v.parent) children.set(v.parent, [...(children.get(v.parent) ?? []), v])
   const steps = new Map<string, VolumeStep>()
-  const step = (v: Volume, action: 'delete' | 'keep', reason: string) => steps.set(v.path, { path: v.path, class: v.class, base: v.base, parent: v.parent, bytes: v.bytes, mtime: iso(v.mtimeMs), action, reason })
+  const step = (v: Volume, action: 'delete' | 'keep', reason: string) =>
+    steps.set(v.path, { path: v.path, class: v.class, base: v.base, parent: v.parent, bytes: v.bytes, mtime: iso(v.mtimeMs), action, reason })
   const deleted = (p: string) => steps.get(p)?.action === 'delete'
   const childKept = (v: Volume) => (children.get(v.path) ?? []).some((c) => !deleted(c.path))
   const depth = (v: Volume): number => (v.parent ? 1 + depth(volumes.find((p) => p.path === v.parent)!) : 0)
@@ -95,7 +96,10 @@ export async function planPrune(o: PruneOptions): Promise<PrunePlan> {
   }
   // rule 1: volumes on replaced or removed bases, the ones resting on others first
   for (const v of byDepth.filter((x) => x.class === 'stale')) {
-    if (childKept(v)) { step(v, 'keep', 'a volume resting on it is kept'); continue }
+    if (childKept(v)) {
+      step(v, 'keep', 'a volume resting on it is kept')
+      continue
+    }
     const busy = await lockState(v.path)
     const gone = !fs.existsSync(v.base!)
     step(v, busy ? 'keep' : 'delete', busy ?? `its base ${path.basename(v.base!)} was ${gone ? 'removed' : 'replaced (not in the catalogue)'}`)
@@ -104,7 +108,9 @@ export async function planPrune(o: PruneOptions): Promise<PrunePlan> {
   const freeNow = freeBytes(o.userDir)
   const checked = new Set<string>()
   while (o.reserveBytes > 0 && freeNow + freed() < o.reserveBytes) {
-    const next = volumes.filter((v) => v.class === 'current' && !deleted(v.path) && !checked.has(v.path) && !childKept(v)).sort((a, b) => a.mtimeMs - b.mtimeMs)[0]
+    const next = volumes
+      .filter((v) => v.class === 'current' && !deleted(v.path) && !checked.has(v.path) && !childKept(v))
+      .sort((a, b) => a.mtimeMs - b.mtimeMs)[0]
     if (!next) break
     checked.add(next.path)
     const busy = await lockState(next.path)
@@ -115,17 +121,25 @@ export async function planPrune(o: PruneOptions): Promise<PrunePlan> {
   const unreadable = volumes.filter((v) => v.class === 'unreadable')
   const baseSteps: BaseStep[] = []
   for (const b of bases) {
-    if (b.current) { baseSteps.push({ path: b.path, current: true, action: 'keep', reason: 'in the catalogue' }); continue }
+    if (b.current) {
+      baseSteps.push({ path: b.path, current: true, action: 'keep', reason: 'in the catalogue' })
+      continue
+    }
     const resting = volumes.filter((v) => v.base === b.path && !deleted(v.path))
     let reason: string | null = null
-    if (resting.length) reason = `${resting.length} volume(s) rest on it: ${resting.slice(0, 3).map((v) => v.path).join(', ')}${resting.length > 3 ? ', …' : ''}`
+    if (resting.length)
+      reason = `${resting.length} volume(s) rest on it: ${resting
+        .slice(0, 3)
+        .map((v) => v.path)
+        .join(', ')}${resting.length > 3 ? ', …' : ''}`
     else if (unreadable.length) reason = `a volume under ${o.userDir} could not be read, so what rests on it is unknown: ${unreadable[0]!.path}`
     else reason = await lockState(b.path)
     baseSteps.push({ path: b.path, current: false, action: reason ? 'keep' : 'delete', reason: reason ?? 'not in the catalogue, and no volume rests on it' })
   }
   const freeAfter = freeNow + freed()
   return {
-    backingDir: o.backingDir, userDir: o.userDir,
+    backingDir: o.backingDir,
+    userDir: o.userDir,
     volumes: byDepth.map((v) => steps.get(v.path)!),
     bases: baseSteps,
     reserve: { wantBytes: o.reserveBytes, freeBytes: freeNow, freeAfterBytes: freeAfter, met: freeAfter >= o.reserveBytes },
@@ -160,14 +174,20 @@ export async function applyPrune(plan: PrunePlan, o: PruneOptions): Promise<Prun
   }
   // children come before their parents in the plan; a parent whose child stayed stays too
   for (const v of plan.volumes.filter((x) => x.action === 'delete')) {
-    if (plan.volumes.some((c) => c.parent === v.path && kept.has(c.path))) { keep(v.path, 'a volume resting on it was kept'); continue }
+    if (plan.volumes.some((c) => c.parent === v.path && kept.has(c.path))) {
+      keep(v.path, 'a volume resting on it was kept')
+      continue
+    }
     const busy = await deleteUnlessHeld(v.path)
     if (busy) keep(v.path, busy)
     else o.log?.(`deleted ${v.path}: ${v.reason}`)
   }
   for (const b of plan.bases.filter((x) => x.action === 'delete')) {
     const resting = plan.volumes.filter((v) => v.base === b.path && kept.has(v.path))
-    if (resting.length) { skipped.push({ path: b.path, reason: `${resting.length} volume(s) rest on it` }); continue }
+    if (resting.length) {
+      skipped.push({ path: b.path, reason: `${resting.length} volume(s) rest on it` })
+      continue
+    }
     const busy = await deleteUnlessHeld(b.path)
     if (busy) skipped.push({ path: b.path, reason: busy })
     else o.log?.(`deleted the base ${b.path}: ${b.reason}`)
@@ -178,8 +198,16 @@ export async function applyPrune(plan: PrunePlan, o: PruneOptions): Promise<Prun
 
 /** labhost vm-image prune: the plan under the backing directory's lock (one pull or prune at a time), applied unless dryRun. */
 export async function pruneVmImages(o: PruneOptions & { dryRun: boolean }): Promise<PruneResult> {
-  for (const [flag, dir] of [['--dir', o.backingDir], ['--user-dir', o.userDir]] as const) {
-    if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new LabhostError('notFound', `${flag} ${dir} is not a directory`, 'give the backing and user directories (default /qcow2/backing, /qcow2/user); nothing was changed')
+  for (const [flag, dir] of [
+    ['--dir', o.backingDir],
+    ['--user-dir', o.userDir],
+  ] as const) {
+    if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory())
+      throw new LabhostError(
+        'notFound',
+        `${flag} ${dir} is not a directory`,
+        'give the backing and user directories (default /qcow2/backing, /qcow2/user); nothing was changed',
+      )
   }
   const lock = await lockDisk(o.backingDir, 'labhost vm-image prune')
   try {

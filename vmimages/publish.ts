@@ -34,7 +34,8 @@ export interface PublishedVm {
   manifest: VmManifest
 }
 
-const invalid = (file: string, why: string, hint: string, cause?: unknown) => new LabhostError('vmImageInvalid', `${file} ${why}`, `${hint}; nothing was published`, {}, { cause })
+const invalid = (file: string, why: string, hint: string, cause?: unknown) =>
+  new LabhostError('vmImageInvalid', `${file} ${why}`, `${hint}; nothing was published`, {}, { cause })
 
 /** The qcow2 checks; throws vmImageInvalid (exit 70). */
 export async function checkBaseImage(file: string, shownAs = file): Promise<{ virtualSize: number; clusterSize: number }> {
@@ -46,7 +47,8 @@ export async function checkBaseImage(file: string, shownAs = file): Promise<{ vi
     throw invalid(shownAs, `cannot be read by qemu-img: ${e.message}`, 'give a qcow2 file that no VM has open', e)
   }
   if (info.format !== 'qcow2') throw invalid(shownAs, `is a ${info.format} image, not qcow2`, 'convert it: qemu-img convert -O qcow2 IN OUT')
-  if (info.backingFile) throw invalid(shownAs, `has a backing file of its own (${info.backingFile})`, 'a base must stand alone: qemu-img convert -O qcow2 IN OUT flattens it')
+  if (info.backingFile)
+    throw invalid(shownAs, `has a backing file of its own (${info.backingFile})`, 'a base must stand alone: qemu-img convert -O qcow2 IN OUT flattens it')
   const problem = await checkImage(file)
   if (problem) throw invalid(shownAs, problem, 'repair it (qemu-img check -r all) or make it again')
   return { virtualSize: info.virtualSize, clusterSize: info.clusterSize ?? 65536 }
@@ -59,8 +61,13 @@ export async function publishVmImage(o: PublishVmOptions): Promise<PublishedVm> 
   usage(`--name ${JSON.stringify(o.name)} is not a base name`, BaseName.safeParse(o.name), 'lower-case letters, digits and dashes, e.g. --name win11-lab')
   usage(`--version ${JSON.stringify(o.version)} is not a version`, BaseVersion.safeParse(o.version), 'starts with a digit, e.g. --version 2.0.0')
   usage(`--os ${JSON.stringify(o.os)} is not an OS type`, OsType.safeParse(o.os), 'a lower-case word, e.g. --os windows or --os linux')
-  usage(`--display-name ${JSON.stringify(o.displayName)} cannot be a catalogue value`, DisplayName.safeParse(o.displayName ?? o.name), 'one line of printable text without [ ] = ; #, at most 100 characters')
-  if (!fs.existsSync(o.file) || !fs.statSync(o.file).isFile()) throw new LabhostError('notFound', `${o.file} is not a file`, 'give the qcow2 base image to publish')
+  usage(
+    `--display-name ${JSON.stringify(o.displayName)} cannot be a catalogue value`,
+    DisplayName.safeParse(o.displayName ?? o.name),
+    'one line of printable text without [ ] = ; #, at most 100 characters',
+  )
+  if (!fs.existsSync(o.file) || !fs.statSync(o.file).isFile())
+    throw new LabhostError('notFound', `${o.file} is not a file`, 'give the qcow2 base image to publish')
   const key = readPrivateKey(o.signingKey)
   const publicKey = crypto.createPublicKey(key)
   // a VM running on the original is still changing it: refuse before copying
@@ -76,15 +83,29 @@ export async function publishVmImage(o: PublishVmOptions): Promise<PublishedVm> 
     const qcow2 = await checkBaseImage(temp, o.file)
     const h = hashChunks(temp, CHUNK_SIZE)
     const fd = fs.openSync(temp, 'r')
-    try { fs.fsyncSync(fd) } finally { fs.closeSync(fd) }
+    try {
+      fs.fsyncSync(fd)
+    } finally {
+      fs.closeSync(fd)
+    }
     fs.renameSync(temp, target)
     syncDir(o.out)
-    const manifest = signVmManifest({
-      format: 'labhost-vm-image/1', kind: 'vm-image', name: o.name, displayName: o.displayName ?? o.name, os: o.os, default: o.isDefault, version: o.version,
-      createdAt: Math.floor(Number(process.env.SOURCE_DATE_EPOCH ?? Date.now() / 1000)),
-      image: { file: fileName, size: h.size, sha256: h.sha256, chunkSize: CHUNK_SIZE, chunks: h.chunks },
-      qcow2,
-    }, key, publicKey)
+    const manifest = signVmManifest(
+      {
+        format: 'labhost-vm-image/1',
+        kind: 'vm-image',
+        name: o.name,
+        displayName: o.displayName ?? o.name,
+        os: o.os,
+        default: o.isDefault,
+        version: o.version,
+        createdAt: Math.floor(Number(process.env.SOURCE_DATE_EPOCH ?? Date.now() / 1000)),
+        image: { file: fileName, size: h.size, sha256: h.sha256, chunkSize: CHUNK_SIZE, chunks: h.chunks },
+        qcow2,
+      },
+      key,
+      publicKey,
+    )
     const manifestFile = path.join(o.out, VM_MANIFEST_FILE)
     const torrent = await makeTorrent(target, { trackers: o.trackers, webSeeds: o.webSeeds })
     writeDurable(manifestFile, JSON.stringify(manifest, null, 2) + '\n')

@@ -73,8 +73,16 @@ const TEMP = /^\..+\.qcow2\.partial$/
 
 export async function pullVmImage(o: PullOptions): Promise<PullResult> {
   const trusted = readPublicKey(o.trustedKey)
-  for (const [flag, dir] of [['--dir', o.backingDir], ['--user-dir', o.userDir]] as const) {
-    if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new LabhostError('notFound', `${flag} ${dir} is not a directory`, 'the installer creates /qcow2/backing and /qcow2/user; give existing directories; nothing was written')
+  for (const [flag, dir] of [
+    ['--dir', o.backingDir],
+    ['--user-dir', o.userDir],
+  ] as const) {
+    if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory())
+      throw new LabhostError(
+        'notFound',
+        `${flag} ${dir} is not a directory`,
+        'the installer creates /qcow2/backing and /qcow2/user; give existing directories; nothing was written',
+      )
   }
   const lock = await lockDisk(o.backingDir, 'labhost vm-image pull')
   try {
@@ -88,18 +96,29 @@ export async function pullVmImage(o: PullOptions): Promise<PullResult> {
     if (before) {
       const cmp = compareVersions(m.version, before.version)
       if (cmp === 0 && before.sha256 !== m.image.sha256) {
-        throw new LabhostError('notNewer', `${m.name} ${m.version} is installed already with other bytes (sha256 ${before.sha256.slice(0, 16)}…, the source's ${m.image.sha256.slice(0, 16)}…)`,
-          'a version names one content: publish the new bytes under a new --version; nothing was written')
+        throw new LabhostError(
+          'notNewer',
+          `${m.name} ${m.version} is installed already with other bytes (sha256 ${before.sha256.slice(0, 16)}…, the source's ${m.image.sha256.slice(0, 16)}…)`,
+          'a version names one content: publish the new bytes under a new --version; nothing was written',
+        )
       }
       if (cmp < 0 && !o.allowDowngrade) {
-        throw new LabhostError('notNewer', `${source.manifestWhere} is ${m.name} ${m.version}, older than the installed ${before.version}`, 'pass --allow-downgrade to go back; nothing was written')
+        throw new LabhostError(
+          'notNewer',
+          `${source.manifestWhere} is ${m.name} ${m.version}, older than the installed ${before.version}`,
+          'pass --allow-downgrade to go back; nothing was written',
+        )
       }
       if (cmp === 0 && before.file === file && fs.existsSync(file) && fs.statSync(file).size === m.image.size) action = 'current'
     }
     if (action === 'install' && fs.existsSync(file)) {
       // a pull cut off between its rename and its catalogue, or a file somebody put there
       if (!matchesPart(file, m.image).ok) {
-        throw new LabhostError('hashMismatch', `${file} exists and is not ${m.name} ${m.version} as signed`, `move it out of ${o.backingDir}; nothing was written`)
+        throw new LabhostError(
+          'hashMismatch',
+          `${file} exists and is not ${m.name} ${m.version} as signed`,
+          `move it out of ${o.backingDir}; nothing was written`,
+        )
       }
       action = 'catalogue-only'
     }
@@ -107,18 +126,36 @@ export async function pullVmImage(o: PullOptions): Promise<PullResult> {
     const needBytes = action === 'install' ? Math.max(0, m.image.size - resumableBytes) + ROOM_MARGIN : 0
     const free = freeBytes(o.backingDir)
     const plan: PullPlan = {
-      source: source.manifestWhere, name: m.name, version: m.version, displayName: m.displayName, os: m.os, default: m.default, size: m.image.size, sha256: m.image.sha256,
-      action, file, tempFile, previous: before ? { version: before.version, file: before.file } : null, resumableBytes, needBytes, freeBytes: free,
+      source: source.manifestWhere,
+      name: m.name,
+      version: m.version,
+      displayName: m.displayName,
+      os: m.os,
+      default: m.default,
+      size: m.image.size,
+      sha256: m.image.sha256,
+      action,
+      file,
+      tempFile,
+      previous: before ? { version: before.version, file: before.file } : null,
+      resumableBytes,
+      needBytes,
+      freeBytes: free,
     }
     if (needBytes > free) {
-      throw new LabhostError('noRoom', `${o.backingDir} has ${gib(free)} free; ${m.name} ${m.version} needs ${gib(needBytes)} (${m.image.size} bytes${resumableBytes ? `, ${resumableBytes} of them on disk already` : ''}, plus ${ROOM_MARGIN >> 20} MiB)`,
-        'free space on the backing partition (labhost vm-image prune removes bases no volume rests on); nothing was downloaded or written', { plan })
+      throw new LabhostError(
+        'noRoom',
+        `${o.backingDir} has ${gib(free)} free; ${m.name} ${m.version} needs ${gib(needBytes)} (${m.image.size} bytes${resumableBytes ? `, ${resumableBytes} of them on disk already` : ''}, plus ${ROOM_MARGIN >> 20} MiB)`,
+        'free space on the backing partition (labhost vm-image prune removes bases no volume rests on); nothing was downloaded or written',
+        { plan },
+      )
     }
     if (o.dryRun) return { plan, dryRun: true }
     let download: Downloaded | undefined
     if (action === 'install') {
       // temporary files of other pulls (a base since replaced) are no use to this one
-      for (const n of fs.readdirSync(o.backingDir)) if (TEMP.test(n) && path.join(path.resolve(o.backingDir), n) !== tempFile) fs.rmSync(path.join(o.backingDir, n), { force: true })
+      for (const n of fs.readdirSync(o.backingDir))
+        if (TEMP.test(n) && path.join(path.resolve(o.backingDir), n) !== tempFile) fs.rmSync(path.join(o.backingDir, n), { force: true })
       try {
         o.log?.(`pulling ${m.name} ${m.version} (${gib(m.image.size)}) from ${source.where}`)
         download = await downloadBase(source, tempFile, { progress: o.progress })

@@ -28,9 +28,15 @@ export async function imageInfo(file: string, o: { shared: boolean }): Promise<I
   try {
     j = JSON.parse(stdout) as Record<string, unknown>
   } catch (e) {
-    throw new LabhostError('toolFailed', `qemu-img info ${f} printed no JSON`, 'is qemu-utils installed and working?', { stdout: stdout.slice(0, 200) }, { cause: e })
+    throw new LabhostError(
+      'toolFailed',
+      `qemu-img info ${f} printed no JSON`,
+      'is qemu-utils installed and working?',
+      { stdout: stdout.slice(0, 200) },
+      { cause: e },
+    )
   }
-  const backing = typeof j['backing-filename'] === 'string' ? j['backing-filename'] as string : null
+  const backing = typeof j['backing-filename'] === 'string' ? (j['backing-filename'] as string) : null
   return {
     format: String(j.format),
     virtualSize: Number(j['virtual-size']),

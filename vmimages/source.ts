@@ -7,7 +7,16 @@ import type crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { LabhostError } from '../lib/errors.ts'
-import { DEFAULT_FETCH, fetchBytes, isUrl, MANIFEST_MAX_BYTES, manifestUrl, resumableDownload, type FetchOptions, type TransferStats } from '../image-format/source.ts'
+import {
+  DEFAULT_FETCH,
+  fetchBytes,
+  isUrl,
+  MANIFEST_MAX_BYTES,
+  manifestUrl,
+  resumableDownload,
+  type FetchOptions,
+  type TransferStats,
+} from '../image-format/source.ts'
 import { parseSignedVmManifest, VM_MANIFEST_FILE, type VmManifest } from './manifest.ts'
 
 export interface BaseSource {
@@ -32,24 +41,48 @@ export async function openBaseSource(spec: string, trusted: crypto.KeyObject, fe
     const manifest = parseSignedVmManifest(text, trusted, mUrl)
     // the name was checked against the schema: a plain file name, resolved beside the manifest
     const url = new URL(manifest.image.file, mUrl).toString()
-    return { manifestWhere: mUrl, manifest, where: url, url, fetch, stats, read: (start) => resumableDownload(url, { start, end: manifest.image.size }, fetch, stats) }
+    return {
+      manifestWhere: mUrl,
+      manifest,
+      where: url,
+      url,
+      fetch,
+      stats,
+      read: (start) => resumableDownload(url, { start, end: manifest.image.size }, fetch, stats),
+    }
   }
-  if (!fs.existsSync(spec)) throw new LabhostError('notFound', `${spec} does not exist`, 'name a directory written by `labhost vm-image publish`, its manifest.json, or an http(s) URL of one; nothing was written')
+  if (!fs.existsSync(spec))
+    throw new LabhostError(
+      'notFound',
+      `${spec} does not exist`,
+      'name a directory written by `labhost vm-image publish`, its manifest.json, or an http(s) URL of one; nothing was written',
+    )
   const manifestFile = fs.statSync(spec).isDirectory() ? path.join(spec, VM_MANIFEST_FILE) : spec
   let text: string
   try {
     if (fs.statSync(manifestFile).size > MANIFEST_MAX_BYTES) throw new Error(`larger than ${MANIFEST_MAX_BYTES} bytes`)
     text = fs.readFileSync(manifestFile, 'utf8')
   } catch (e) {
-    throw new LabhostError('manifestInvalid', `${manifestFile} is not a readable manifest: ${(e as Error).message}`, 'point at the manifest.json written by `labhost vm-image publish`; nothing was written', {}, { cause: e })
+    throw new LabhostError(
+      'manifestInvalid',
+      `${manifestFile} is not a readable manifest: ${(e as Error).message}`,
+      'point at the manifest.json written by `labhost vm-image publish`; nothing was written',
+      {},
+      { cause: e },
+    )
   }
   const manifest = parseSignedVmManifest(text, trusted, manifestFile)
   const file = path.join(path.dirname(manifestFile), manifest.image.file)
   return {
-    manifestWhere: manifestFile, manifest, where: file, fetch, stats,
+    manifestWhere: manifestFile,
+    manifest,
+    where: file,
+    fetch,
+    stats,
     read: async function* (start) {
       if (!fs.existsSync(file)) throw new LabhostError('notFound', `${file} is missing`, 'copy the whole published directory; nothing was installed')
-      if (start < manifest.image.size) yield* fs.createReadStream(file, { start, end: manifest.image.size - 1, highWaterMark: 1 << 20 }) as AsyncIterable<Buffer>
+      if (start < manifest.image.size)
+        yield* fs.createReadStream(file, { start, end: manifest.image.size - 1, highWaterMark: 1 << 20 }) as AsyncIterable<Buffer>
     },
   }
 }

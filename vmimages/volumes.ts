@@ -64,7 +64,8 @@ const real = (p: string): string => {
 /** The bases in `backingDir` (its *.qcow2 files, not in subdirectories), current when the catalogue lists them. */
 export function scanBases(backingDir: string, catalogue: CatalogueEntry[]): BaseFile[] {
   const listed = new Set(catalogue.map((e) => real(e.file)))
-  return fs.readdirSync(backingDir, { withFileTypes: true })
+  return fs
+    .readdirSync(backingDir, { withFileTypes: true })
     .filter((e) => e.isFile() && !e.name.startsWith('.') && e.name.endsWith('.qcow2'))
     .map((e) => {
       const p = real(path.join(backingDir, e.name))

@@ -12,7 +12,12 @@ export function parseMac(text: string): Buffer {
   const hex = /^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$/i.test(text) ? text.replace(/[:-]/g, '') : ''
   if (hex.length !== 12) throw new LabhostError('usage', `${JSON.stringify(text)} is not a MAC address`, 'give MACs as aa:bb:cc:dd:ee:ff')
   const mac = Buffer.from(hex, 'hex')
-  if (mac[0]! & 1) throw new LabhostError('usage', `${text} is a multicast address, no network card's`, 'give the MAC of the PC\'s network card (labhost install reports list them)')
+  if (mac[0]! & 1)
+    throw new LabhostError(
+      'usage',
+      `${text} is a multicast address, no network card's`,
+      "give the MAC of the PC's network card (labhost install reports list them)",
+    )
   return mac
 }
 
@@ -35,10 +40,14 @@ export interface WakeTarget {
  * hosts and are passed over.
  */
 export function targetsFromReports(dir: string): WakeTarget[] {
-  if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new LabhostError('notFound', `--reports ${dir} is not a directory`, 'give the reports/ directory of an installer stick (or a copy of several)')
+  if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory())
+    throw new LabhostError('notFound', `--reports ${dir} is not a directory`, 'give the reports/ directory of an installer stick (or a copy of several)')
   const out: WakeTarget[] = []
   const without: string[] = []
-  for (const name of fs.readdirSync(dir).filter((n) => n.endsWith('.json') && !n.startsWith('unfinished')).sort()) {
+  for (const name of fs
+    .readdirSync(dir)
+    .filter((n) => n.endsWith('.json') && !n.startsWith('unfinished'))
+    .sort()) {
     const file = path.join(dir, name)
     let report: unknown
     try {
@@ -54,8 +63,11 @@ export function targetsFromReports(dir: string): WakeTarget[] {
     for (const mac of macs) out.push({ mac: formatMac(parseMac(mac)), from: file })
   }
   if (without.length) {
-    throw new LabhostError('notFound', `${without.length} report(s) in ${dir} name no network card: ${without.slice(0, 3).join(', ')}${without.length > 3 ? ', …' : ''}`,
-      'reports from before labhost recorded MACs: give those PCs\' MACs on the command line; nothing was sent')
+    throw new LabhostError(
+      'notFound',
+      `${without.length} report(s) in ${dir} name no network card: ${without.slice(0, 3).join(', ')}${without.length > 3 ? ', …' : ''}`,
+      "reports from before labhost recorded MACs: give those PCs' MACs on the command line; nothing was sent",
+    )
   }
   if (!out.length) throw new LabhostError('notFound', `no install reports in ${dir}`, 'give the reports/ directory of an installer stick; nothing was sent')
   return [...new Map(out.map((t) => [t.mac, t])).values()]
@@ -89,7 +101,13 @@ export async function sendWake(targets: WakeTarget[], o: WakeOptions = DEFAULT_W
     return { sent }
   } catch (e) {
     if (e instanceof LabhostError) throw e
-    throw new LabhostError('io', `sending Wake-on-LAN packets to ${o.address}:${o.port} failed: ${(e as Error).message}`, 'check the address (a broadcast address of a network this machine is on)', {}, { cause: e })
+    throw new LabhostError(
+      'io',
+      `sending Wake-on-LAN packets to ${o.address}:${o.port} failed: ${(e as Error).message}`,
+      'check the address (a broadcast address of a network this machine is on)',
+      {},
+      { cause: e },
+    )
   } finally {
     socket.close()
   }

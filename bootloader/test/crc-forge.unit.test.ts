@@ -8,10 +8,10 @@ const seed = seedFromEnv()
 
 t.test('CRC32 is affine: crc(a^b) = crc(a) ^ lin(b)', async (t) => {
   for (let i = 0; i < 50; i++) {
-    const a = crypto.randomBytes(1 + (i * 37) % 5000)
+    const a = crypto.randomBytes(1 + ((i * 37) % 5000))
     const b = crypto.randomBytes(a.length)
     const x = Buffer.from(a.map((v, j) => v ^ b[j]!))
-    t.equal(zlib.crc32(x) >>> 0, ((zlib.crc32(a) ^ crcLinear(b)) >>> 0))
+    t.equal(zlib.crc32(x) >>> 0, (zlib.crc32(a) ^ crcLinear(b)) >>> 0)
   }
 })
 
@@ -27,7 +27,7 @@ t.test(`forged 4 bytes restore the CRC after arbitrary edits (seed ${seed})`, as
     const off = Math.floor(rnd() * (len - 3))
     const c = forgeXor(len, off, (zlib.crc32(edited) ^ want) >>> 0)
     for (let j = 0; j < 4; j++) edited[off + j]! ^= c[j]!
-    if ((zlib.crc32(edited) >>> 0) !== want) {
+    if (zlib.crc32(edited) >>> 0 !== want) {
       t.fail(`len ${len} window ${off}: CRC not restored`)
       return
     }

@@ -42,10 +42,24 @@ for (const sectorSize of [512, 4096]) {
     t.equal(gpt.primary.header!.entryCount, 64)
     t.ok(gpt.mbr.signatureOk && gpt.mbr.protectiveEntry, 'protective MBR')
     t.same(gpt.differingSectors, [])
-    t.same(gpt.entries.map((e) => e.number), [1, 2, 7])
+    t.same(
+      gpt.entries.map((e) => e.number),
+      [1, 2, 7],
+    )
     for (const e of gpt.entries) {
       const s = await sgdiskInfo(target, e.number)
-      t.same({ partGuid: e.partGuid, typeGuid: e.typeGuid, first: String(e.firstLba), last: String(e.lastLba), attrs: e.attributes.toString(16).padStart(16, '0'), name: e.name }, s, `entry ${e.number}`)
+      t.same(
+        {
+          partGuid: e.partGuid,
+          typeGuid: e.typeGuid,
+          first: String(e.firstLba),
+          last: String(e.lastLba),
+          attrs: e.attributes.toString(16).padStart(16, '0'),
+          name: e.name,
+        },
+        s,
+        `entry ${e.number}`,
+      )
     }
     t.equal(gpt.entries[0]!.legacyBootable, true)
     t.equal(gpt.entries[1]!.legacyBootable, false)

@@ -21,42 +21,86 @@ const withAttrs = (a: number[], b: number[]): GptDiskSpec => ({
 })
 
 const cases: Case[] = [
-  { name: 'invalid primary entry-array CRC', damage: (f, ss) => xorRange(f, 2 * ss + 2 * 128 + 60, Buffer.from([0x01])), code: ExitCode.gptPrimaryInvalid, message: /primary GPT .* invalid: entry-array CRC32/ },
-  { name: 'invalid primary header CRC', damage: (f, ss) => xorRange(f, ss + 40, Buffer.from([0x01])), code: ExitCode.gptPrimaryInvalid, message: /primary GPT .* invalid: header CRC32/ },
-  { name: 'corrupt backup header', damage: (f, ss) => xorRange(f, DISK_BYTES - ss + 20, Buffer.from([0x10])), code: ExitCode.gptBackupInvalid, message: /backup GPT .* invalid/ },
+  {
+    name: 'invalid primary entry-array CRC',
+    damage: (f, ss) => xorRange(f, 2 * ss + 2 * 128 + 60, Buffer.from([0x01])),
+    code: ExitCode.gptPrimaryInvalid,
+    message: /primary GPT .* invalid: entry-array CRC32/,
+  },
+  {
+    name: 'invalid primary header CRC',
+    damage: (f, ss) => xorRange(f, ss + 40, Buffer.from([0x01])),
+    code: ExitCode.gptPrimaryInvalid,
+    message: /primary GPT .* invalid: header CRC32/,
+  },
+  {
+    name: 'corrupt backup header',
+    damage: (f, ss) => xorRange(f, DISK_BYTES - ss + 20, Buffer.from([0x10])),
+    code: ExitCode.gptBackupInvalid,
+    message: /backup GPT .* invalid/,
+  },
   {
     name: 'root entries in different sectors',
-    spec: { parts: [{ number: 1, name: 'rootA', sizeKiB: 8192, attrs: [2] }, { number: 3, name: 'persistent', sizeKiB: 2048 }, { number: 40, name: 'rootB', sizeKiB: 8192 }] },
-    code: ExitCode.slotsSplitSectors, message: /different sectors/,
+    spec: {
+      parts: [
+        { number: 1, name: 'rootA', sizeKiB: 8192, attrs: [2] },
+        { number: 3, name: 'persistent', sizeKiB: 2048 },
+        { number: 40, name: 'rootB', sizeKiB: 8192 },
+      ],
+    },
+    code: ExitCode.slotsSplitSectors,
+    message: /different sectors/,
   },
   {
     name: 'name tail without room',
-    spec: { parts: [{ number: 1, name: 'rootA-' + 'x'.repeat(30), sizeKiB: 8192, attrs: [2] }, { number: 2, name: 'rootB-' + 'y'.repeat(30), sizeKiB: 8192 }] },
+    spec: {
+      parts: [
+        { number: 1, name: 'rootA-' + 'x'.repeat(30), sizeKiB: 8192, attrs: [2] },
+        { number: 2, name: 'rootB-' + 'y'.repeat(30), sizeKiB: 8192 },
+      ],
+    },
     args: ['--slot-names', `rootA-${'x'.repeat(30)},rootB-${'y'.repeat(30)}`],
-    code: ExitCode.nameTailFull, message: /no room for the CRC compensation/,
+    code: ExitCode.nameTailFull,
+    message: /no room for the CRC compensation/,
   },
   { name: 'both slots flagged', spec: withAttrs([2], [2]), code: ExitCode.slotFlagsAmbiguous, message: /both root slots are flagged/ },
   { name: 'neither slot flagged', spec: withAttrs([], []), code: ExitCode.slotFlagsAmbiguous, message: /no root slot is flagged/ },
   {
     name: 'another partition flagged too',
     spec: { parts: [...STANDARD_LAYOUT.parts.slice(0, 2), { number: 3, name: 'persistent', sizeKiB: 2048, attrs: [2] }] },
-    code: ExitCode.slotFlagsAmbiguous, message: /partition\(s\) 3 also carry/,
+    code: ExitCode.slotFlagsAmbiguous,
+    message: /partition\(s\) 3 also carry/,
   },
-  { name: 'no root slots', spec: { parts: [{ number: 1, name: 'data', sizeKiB: 8192 }] }, code: ExitCode.slotsNotFound, message: /no partitions? named "rootA"/ },
+  {
+    name: 'no root slots',
+    spec: { parts: [{ number: 1, name: 'data', sizeKiB: 8192 }] },
+    code: ExitCode.slotsNotFound,
+    message: /no partitions? named "rootA"/,
+  },
   {
     name: 'valid backup that disagrees outside the root sector',
     spec: { parts: [...STANDARD_LAYOUT.parts, { number: 9, name: 'user', sizeKiB: 1024 }] },
-    damage: (f, ss) => rewriteBackupValid(f, ss, (e) => { e[8 * 128 + 56] = 'U'.charCodeAt(0) }),
-    code: ExitCode.gptMismatch, message: /disagree beyond the root-slot sector/,
+    damage: (f, ss) =>
+      rewriteBackupValid(f, ss, (e) => {
+        e[8 * 128 + 56] = 'U'.charCodeAt(0)
+      }),
+    code: ExitCode.gptMismatch,
+    message: /disagree beyond the root-slot sector/,
   },
 ]
 
 for (const sectorSize of [512, 4096]) {
   for (const c of cases) {
     // sector layout differs on 4Kn: 32 entries share one sector, so pick an entry beyond it.
-    const spec = sectorSize === 4096 && c.name === 'root entries in different sectors'
-      ? { parts: [{ number: 1, name: 'rootA', sizeKiB: 8192, attrs: [2] }, { number: 40, name: 'rootB', sizeKiB: 8192 }] }
-      : c.spec ?? STANDARD_LAYOUT
+    const spec =
+      sectorSize === 4096 && c.name === 'root entries in different sectors'
+        ? {
+            parts: [
+              { number: 1, name: 'rootA', sizeKiB: 8192, attrs: [2] },
+              { number: 40, name: 'rootB', sizeKiB: 8192 },
+            ],
+          }
+        : (c.spec ?? STANDARD_LAYOUT)
     t.test(`${sectorSize}: ${c.name}`, async (t) => {
       const dir = tmpDir(t)
       const dev = await loop(t, sparseFile(`${dir}/disk.img`, DISK_BYTES), { sectorSize })

@@ -21,14 +21,22 @@ t.before(async () => {
 
 const refusal = (t: Test, r: { code: number; stderr: string }, dev: string, size: number, what: string) => {
   t.equal(r.code, ExitCode.sectorSizeUnsupported, `${what}: exit 27`, { stderr: r.stderr })
-  t.match(r.stderr, new RegExp(`labhost: error: ${dev} has ${size}-byte logical sectors\\n {2}hint: labhost supports 512-byte and 4096-byte \\(4Kn\\) disks\\n?$`), `${what}: one error line and its hint`)
+  t.match(
+    r.stderr,
+    new RegExp(`labhost: error: ${dev} has ${size}-byte logical sectors\\n {2}hint: labhost supports 512-byte and 4096-byte \\(4Kn\\) disks\\n?$`),
+    `${what}: one error line and its hint`,
+  )
 }
 
 for (const sectorSize of [1024, 2048]) {
   t.test(`${sectorSize}-byte logical sectors: slots, bootloader mbr and update refuse, the disk byte-identical`, async (t) => {
     const d = tmpDir(t)
     const h = await makeHostIn(d, images, (file) => loop(t, file, { sectorSize }))
-    t.equal(fs.readFileSync(`/sys/block/${h.device.replace('/dev/', '')}/queue/logical_block_size`, 'utf8').trim(), String(sectorSize), 'the loop device reports the sector size')
+    t.equal(
+      fs.readFileSync(`/sys/block/${h.device.replace('/dev/', '')}/queue/logical_block_size`, 'utf8').trim(),
+      String(sectorSize),
+      'the loop device reports the sector size',
+    )
     const before = hashWhole(h.device)
     const commands: [string, string[]][] = [
       ['slots status', ['slots', 'status', '--disk', h.device]],
@@ -49,16 +57,39 @@ for (const sectorSize of [1024, 2048]) {
 t.test('install onto an SSD with 2048-byte sectors: exit 27, both disks byte-identical, the reason on the stick', async (t) => {
   const d = tmpDir(t)
   fs.mkdirSync(`${d}/sys/class/dmi/id`, { recursive: true })
-  for (const [f, v] of [['sys_vendor', 'Dell Inc.'], ['product_name', 'OptiPlex 7010']]) fs.writeFileSync(`${d}/sys/class/dmi/id/${f}`, `${v}\n`)
-  fs.writeFileSync(`${d}/install.yaml`, YAML.stringify({
-    models: [{ vendor: 'Dell Inc.', product: 'OptiPlex 7010' }],
-    disks: { ssd: { rotational: false, minSizeGiB: 0.4 }, hdd: { rotational: true, minSizeGiB: 0.03 }, eraseForeignData: true },
-    finish: 'none',
-  }))
+  for (const [f, v] of [
+    ['sys_vendor', 'Dell Inc.'],
+    ['product_name', 'OptiPlex 7010'],
+  ])
+    fs.writeFileSync(`${d}/sys/class/dmi/id/${f}`, `${v}\n`)
+  fs.writeFileSync(
+    `${d}/install.yaml`,
+    YAML.stringify({
+      models: [{ vendor: 'Dell Inc.', product: 'OptiPlex 7010' }],
+      disks: { ssd: { rotational: false, minSizeGiB: 0.4 }, hdd: { rotational: true, minSizeGiB: 0.03 }, eraseForeignData: true },
+      finish: 'none',
+    }),
+  )
   const ssd = await loop(t, sparseFile(`${d}/ssd.img`, 480 * MiB), { sectorSize: 2048 })
   const hdd = await loop(t, sparseFile(`${d}/hdd.img`, 40 * MiB))
   const before = [hashWhole(ssd), hashWhole(hdd)]
-  const r = await runCli(['install', '--config', `${d}/install.yaml`, '--image', images.v1, '--ssd', ssd, '--hdd', hdd, '--sys-root', `${d}/sys`, '--report-dir', `${d}/reports`, '--trusted-key', images.keys.publicKeyFile])
+  const r = await runCli([
+    'install',
+    '--config',
+    `${d}/install.yaml`,
+    '--image',
+    images.v1,
+    '--ssd',
+    ssd,
+    '--hdd',
+    hdd,
+    '--sys-root',
+    `${d}/sys`,
+    '--report-dir',
+    `${d}/reports`,
+    '--trusted-key',
+    images.keys.publicKeyFile,
+  ])
   refusal(t, r, ssd, 2048, 'install')
   t.same([hashWhole(ssd), hashWhole(hdd)], before, 'SSD and HDD byte-identical')
   const reports = fs.readdirSync(`${d}/reports`)

@@ -14,7 +14,11 @@ import { makeGptDisk, sgdiskVerify, STANDARD_LAYOUT } from '../../test-support/g
 const MiB = 1 << 20
 const DISK_BYTES = 64 * MiB
 
-const edges = (dev: string) => ({ head: readRange(dev, 0, MiB), tail: readRange(dev, DISK_BYTES - MiB, MiB), middle: hashRange(dev, MiB, DISK_BYTES - 2 * MiB) })
+const edges = (dev: string) => ({
+  head: readRange(dev, 0, MiB),
+  tail: readRange(dev, DISK_BYTES - MiB, MiB),
+  middle: hashRange(dev, MiB, DISK_BYTES - 2 * MiB),
+})
 
 for (const sectorSize of [512, 4096]) {
   const cutAfterCommit = async (t: Test) => {
@@ -25,7 +29,11 @@ for (const sectorSize of [512, 4096]) {
     const disk = Disk.open(dev)
     t.teardown(() => disk.close())
     const plan = planSwitch(disk, readGpt(disk), 'B')
-    t.same(plan.writes.map((w) => w.region), ['primary-array', 'backup-array'], 'a switch plan: the commit, then the mirror')
+    t.same(
+      plan.writes.map((w) => w.region),
+      ['primary-array', 'backup-array'],
+      'a switch plan: the commit, then the mirror',
+    )
     await applySectorWrites(disk, plan.writes.slice(0, 1)) // the power goes here
     const g = readGpt(disk)
     const st = slotStatus(g)
@@ -45,18 +53,29 @@ for (const sectorSize of [512, 4096]) {
 
     const dry = await runCli(['slots', 'switch', '--disk', c.dev, '--to', 'B', '--dry-run', '--json'])
     t.equal(dry.code, 0, { stderr: dry.stderr })
-    t.match(JSON.parse(dry.stdout), { alreadyActive: true, writes: [{ region: 'backup-array', lba: String(c.backupArraySector) }] }, '--dry-run: one write, the backup mirror')
+    t.match(
+      JSON.parse(dry.stdout),
+      { alreadyActive: true, writes: [{ region: 'backup-array', lba: String(c.backupArraySector) }] },
+      '--dry-run: one write, the backup mirror',
+    )
     t.equal(JSON.parse(dry.stdout).writes.length, 1)
     t.same(edges(c.dev), c.cut, '--dry-run wrote nothing')
 
     const r = await runCli(['slots', 'switch', '--disk', c.dev, '--to', 'B', '--json'])
     t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
-    t.same(JSON.parse(r.stdout).writes.map((w: { region: string }) => w.region), ['backup-array'], 'it wrote the mirror only')
+    t.same(
+      JSON.parse(r.stdout).writes.map((w: { region: string }) => w.region),
+      ['backup-array'],
+      'it wrote the mirror only',
+    )
     const after = edges(c.dev)
     t.ok(after.head.equals(c.cut.head), 'the primary region is untouched')
     t.equal(after.middle, c.cut.middle, 'the partitions are untouched')
     t.same(differingBlocks(c.cut.tail, after.tail, sectorSize), [inTail(c.backupArraySector)], 'exactly the backup root-entry sector changed')
-    t.ok(readRange(c.dev, c.backupArraySector * sectorSize, sectorSize).equals(readRange(c.dev, c.primaryArraySector * sectorSize, sectorSize)), 'it now equals the primary sector')
+    t.ok(
+      readRange(c.dev, c.backupArraySector * sectorSize, sectorSize).equals(readRange(c.dev, c.primaryArraySector * sectorSize, sectorSize)),
+      'it now equals the primary sector',
+    )
     const healed = slotStatus(readGpt(c.disk))
     t.ok(healed.tablesAgree && healed.primaryValid && healed.backupValid && healed.active === 'B', 'tables agree, B flagged')
     t.match(await sgdiskVerify(c.dev), /No problems found/)
@@ -71,7 +90,11 @@ for (const sectorSize of [512, 4096]) {
     const r = await runCli(['slots', 'switch', '--disk', c.dev, '--to', 'A', '--json'])
     t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
     // the stale backup already holds A's flags: the commit write alone makes the tables agree
-    t.same(JSON.parse(r.stdout).writes.map((w: { region: string }) => w.region), ['primary-array'], 'the commit write only')
+    t.same(
+      JSON.parse(r.stdout).writes.map((w: { region: string }) => w.region),
+      ['primary-array'],
+      'the commit write only',
+    )
     const healed = slotStatus(readGpt(c.disk))
     t.ok(healed.tablesAgree && healed.active === 'A', 'tables agree, A flagged')
     t.same(edges(c.dev), c.start, 'byte-identical to the disk before the cut switch')

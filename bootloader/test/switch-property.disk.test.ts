@@ -34,7 +34,8 @@ t.test(`${CASES} random GPTs, A -> B -> A (seed ${seed})`, async (t) => {
     const tableEntries = pick([128, 128, int(4, 256), int(perSector, 64)])
     // the root pair: adjacent entries in one array sector
     let k: number
-    do k = int(1, tableEntries - 1); while (Math.floor((k - 1) / perSector) !== Math.floor(k / perSector))
+    do k = int(1, tableEntries - 1)
+    while (Math.floor((k - 1) / perSector) !== Math.floor(k / perSector))
     const active: SlotId = rnd() < 0.5 ? 'A' : 'B'
     const names = { A: `A${name(MAX_NAME_UNITS_WITH_ROOM - 1)}`, B: `B${name(35)}` }
     const parts: PartSpec[] = [
@@ -44,7 +45,8 @@ t.test(`${CASES} random GPTs, A -> B -> A (seed ${seed})`, async (t) => {
     const used = new Set([k, k + 1])
     for (let n = int(0, Math.min(6, tableEntries - 2)); n > 0; n--) {
       let num: number
-      do num = int(1, tableEntries); while (used.has(num))
+      do num = int(1, tableEntries)
+      while (used.has(num))
       used.add(num)
       parts.push({ number: num, name: name(36), sizeKiB: int(1, 8) * 64, attrs: OTHER_BITS.filter(() => rnd() < 0.3) })
     }
@@ -63,20 +65,43 @@ t.test(`${CASES} random GPTs, A -> B -> A (seed ${seed})`, async (t) => {
       await applySwitch(disk, plan, names)
       const g1 = readGpt(disk)
       const mid = regions(target, g1)
-      const ok1 = isValid(g1.primary) && isValid(g1.backup) && slotStatus(g1, names).active === to &&
-        g1.primary.header!.entriesCrc === g0.primary.header!.entriesCrc
+      const ok1 =
+        isValid(g1.primary) && isValid(g1.backup) && slotStatus(g1, names).active === to && g1.primary.header!.entriesCrc === g0.primary.header!.entriesCrc
       const primaryDiff = differingBlocks(start.primary, mid.primary, sectorSize)
       const backupDiff = differingBlocks(start.backup, mid.backup, sectorSize)
       const arraySector = Number(g0.primary.header!.entriesLba) + plan.arraySector
-      const sameEntries = JSON.stringify(g1.entries.map((e) => ({ ...e, attributes: 0, legacyBootable: 0 })), (_k, v) => typeof v === 'bigint' ? String(v) : v) ===
-        JSON.stringify(g0.entries.map((e) => ({ ...e, attributes: 0, legacyBootable: 0 })), (_k, v) => typeof v === 'bigint' ? String(v) : v)
+      const sameEntries =
+        JSON.stringify(
+          g1.entries.map((e) => ({ ...e, attributes: 0, legacyBootable: 0 })),
+          (_k, v) => (typeof v === 'bigint' ? String(v) : v),
+        ) ===
+        JSON.stringify(
+          g0.entries.map((e) => ({ ...e, attributes: 0, legacyBootable: 0 })),
+          (_k, v) => (typeof v === 'bigint' ? String(v) : v),
+        )
       const verify = await sgdiskVerify(target)
       await applySwitch(disk, planSwitch(disk, g1, active, names), names)
       const end = regions(target, readGpt(disk))
-      const fine = ok1 && primaryDiff.length === 1 && primaryDiff[0] === arraySector && backupDiff.length === 1 && sameEntries &&
-        /No problems found/.test(verify) && end.primary.equals(start.primary) && end.backup.equals(start.backup)
+      const fine =
+        ok1 &&
+        primaryDiff.length === 1 &&
+        primaryDiff[0] === arraySector &&
+        backupDiff.length === 1 &&
+        sameEntries &&
+        /No problems found/.test(verify) &&
+        end.primary.equals(start.primary) &&
+        end.backup.equals(start.backup)
       if (!fine) {
-        t.fail(label, { ok1, primaryDiff, arraySector, backupDiff, sameEntries, verify, roundTrip: end.primary.equals(start.primary) && end.backup.equals(start.backup), seed })
+        t.fail(label, {
+          ok1,
+          primaryDiff,
+          arraySector,
+          backupDiff,
+          sameEntries,
+          verify,
+          roundTrip: end.primary.equals(start.primary) && end.backup.equals(start.backup),
+          seed,
+        })
         return
       }
     } finally {

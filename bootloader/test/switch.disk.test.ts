@@ -31,7 +31,7 @@ for (const sectorSize of [512, 4096]) {
     t.equal(toB.code, 0, 'exits 0', { stderr: toB.stderr })
     const afterB = edges(dev)
     t.same(differingBlocks(start.head, afterB.head, sectorSize), [2], 'exactly one logical sector of the primary region changed: the first array sector')
-    const backupEntriesSector = (DISK_BYTES / sectorSize - 1 - Math.ceil(16384 / sectorSize)) - (DISK_BYTES - MiB) / sectorSize
+    const backupEntriesSector = DISK_BYTES / sectorSize - 1 - Math.ceil(16384 / sectorSize) - (DISK_BYTES - MiB) / sectorSize
     t.same(differingBlocks(start.tail, afterB.tail, sectorSize), [backupEntriesSector], 'exactly one sector of the backup region changed: its mirror')
     t.match(await sgdiskVerify(dev), /No problems found/, 'sgdisk -v: No problems found')
 
@@ -41,7 +41,11 @@ for (const sectorSize of [512, 4096]) {
     t.equal(status.active, 'B')
     t.equal(status.sectorSize, sectorSize)
     t.ok(status.tablesAgree && status.primaryValid && status.backupValid)
-    t.same(status.slots.map((s: { name: string }) => s.name), ['rootA', 'rootB'], 'names read intact after compensation')
+    t.same(
+      status.slots.map((s: { name: string }) => s.name),
+      ['rootA', 'rootB'],
+      'names read intact after compensation',
+    )
 
     const again = await runCli(['slots', 'switch', '--disk', dev, '--to', 'B', '--json'])
     t.equal(again.code, 0)

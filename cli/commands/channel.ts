@@ -6,30 +6,74 @@ import { describeChannel, formatWindow, makeChannel, parseWindow, readChannel, w
 import { decimal, defineCommand, pathValue, SIGNING_KEY, TRUSTED_KEY, valueOf, wholeNumber } from '../command.ts'
 
 /** A window spec ("Mon-Fri 22:00-05:00", "daily 01:00-04:00") or none. */
-const windowValue = () => valueOf<Window | null>((s) => (s === 'none' ? null : parseWindow(s)), 'is not a window',
-  'give DAYS HH:MM-HH:MM in local time: Mon-Fri 22:00-05:00, Sat,Sun 08:00-18:00, daily 01:00-04:00; or none')
+const windowValue = () =>
+  valueOf<Window | null>(
+    (s) => (s === 'none' ? null : parseWindow(s)),
+    'is not a window',
+    'give DAYS HH:MM-HH:MM in local time: Mon-Fri 22:00-05:00, Sat,Sun 08:00-18:00, daily 01:00-04:00; or none',
+  )
 
 export const channelPublish = defineCommand({
   name: 'channel publish',
   summary: 'write the signed channel document of a staged rollout: the image, the share of hosts, the window, pause',
   usage: 'labhost channel publish --out FILE [--image DIR|URL] [--share N] [--window SPEC] [--pause] --signing-key KEY',
-  notes: 'an existing FILE is the previous channel: its serial goes up by one, and --image, --share and --window default to its values (--pause does not: publish without it to resume)',
+  notes:
+    'an existing FILE is the previous channel: its serial goes up by one, and --image, --share and --window default to its values (--pause does not: publish without it to resume)',
   options: {
-    out: { type: 'string', value: 'FILE', required: true, schema: pathValue(), description: 'the channel file to write (served beside the images, e.g. channel.json)' },
-    image: { type: 'string', value: 'DIR|URL', schema: pathValue(), defaultText: "the previous channel's", description: "the image's directory or manifest relative to FILE's directory (as the server serves them), or its http(s) URL" },
-    share: { type: 'string', value: 'N', schema: decimal(0, 100), defaultText: "the previous channel's", description: 'the percent of hosts taking part in the rollout (5, 25, 100)' },
-    window: { type: 'string', value: 'SPEC', schema: windowValue(), defaultText: "the previous channel's, else any time", description: 'when hosts update and reboot, in their local time: Mon-Fri 22:00-05:00; none for any time' },
+    out: {
+      type: 'string',
+      value: 'FILE',
+      required: true,
+      schema: pathValue(),
+      description: 'the channel file to write (served beside the images, e.g. channel.json)',
+    },
+    image: {
+      type: 'string',
+      value: 'DIR|URL',
+      schema: pathValue(),
+      defaultText: "the previous channel's",
+      description: "the image's directory or manifest relative to FILE's directory (as the server serves them), or its http(s) URL",
+    },
+    share: {
+      type: 'string',
+      value: 'N',
+      schema: decimal(0, 100),
+      defaultText: "the previous channel's",
+      description: 'the percent of hosts taking part in the rollout (5, 25, 100)',
+    },
+    window: {
+      type: 'string',
+      value: 'SPEC',
+      schema: windowValue(),
+      defaultText: "the previous channel's, else any time",
+      description: 'when hosts update and reboot, in their local time: Mon-Fri 22:00-05:00; none for any time',
+    },
     pause: { type: 'boolean', description: 'pause the rollout: no host starts an update until the channel is published without it' },
-    serial: { type: 'string', value: 'N', schema: wholeNumber(1, Number.MAX_SAFE_INTEGER), defaultText: "one above the previous channel's, else 1", description: 'the serial number (hosts refuse a channel older than one they accepted)' },
+    serial: {
+      type: 'string',
+      value: 'N',
+      schema: wholeNumber(1, Number.MAX_SAFE_INTEGER),
+      defaultText: "one above the previous channel's, else 1",
+      description: 'the serial number (hosts refuse a channel older than one they accepted)',
+    },
     'signing-key': SIGNING_KEY,
   },
   dryRun: { plan: 'check the image and print the channel that would be written' },
   async run(values, _pos, ctx) {
     const { channel, previous } = await makeChannel({
-      out: values.out, image: values.image, share: values.share, window: values.window, paused: values.pause, serial: values.serial, signingKey: readPrivateKey(values['signing-key']),
+      out: values.out,
+      image: values.image,
+      share: values.share,
+      window: values.window,
+      paused: values.pause,
+      serial: values.serial,
+      signingKey: readPrivateKey(values['signing-key']),
     })
-    const human = `${ctx.dryRun ? 'would write' : 'wrote'} ${describeChannel(channel, values.out)}` +
-      (previous ? `\n  (replacing serial ${previous.serial}: ${previous.image.name} ${previous.image.version} at ${previous.share} %${previous.paused ? ', paused' : ''})` : '')
+    const human =
+      `${ctx.dryRun ? 'would write' : 'wrote'} ${describeChannel(channel, values.out)}` +
+      (previous
+        ? `\n  (replacing serial ${previous.serial}: ${previous.image.name} ${previous.image.version} at ${previous.share} %${previous.paused ? ', paused' : ''})`
+        : '')
     if (!ctx.dryRun) writeChannel(values.out, channel)
     return { data: { ...channel, out: values.out, ...(ctx.dryRun ? { dryRun: true } : {}) }, human }
   },

@@ -19,9 +19,30 @@ import { decimal, defineCommand, oneOf, pathValue, rate, TRUSTED_KEY, url, value
  * PC the defaults are right).
  */
 export const PATH_OPTIONS = {
-  'boot-file': { type: 'string', value: 'FILE', default: DEFAULT_PATHS.bootFile, schema: pathValue(), seam: true, description: 'the file the labhost initramfs writes at boot: the booted slot and disk' },
-  'state-root': { type: 'string', value: 'DIR', default: DEFAULT_PATHS.stateRoot, schema: pathValue(), seam: true, description: 'the directory holding labhost/ (the trial record, the last update result)' },
-  'version-file': { type: 'string', value: 'FILE', default: DEFAULT_PATHS.versionFile, schema: pathValue(), seam: true, description: "the running image's version file" },
+  'boot-file': {
+    type: 'string',
+    value: 'FILE',
+    default: DEFAULT_PATHS.bootFile,
+    schema: pathValue(),
+    seam: true,
+    description: 'the file the labhost initramfs writes at boot: the booted slot and disk',
+  },
+  'state-root': {
+    type: 'string',
+    value: 'DIR',
+    default: DEFAULT_PATHS.stateRoot,
+    schema: pathValue(),
+    seam: true,
+    description: 'the directory holding labhost/ (the trial record, the last update result)',
+  },
+  'version-file': {
+    type: 'string',
+    value: 'FILE',
+    default: DEFAULT_PATHS.versionFile,
+    schema: pathValue(),
+    seam: true,
+    description: "the running image's version file",
+  },
 } as const satisfies Options
 
 export function hostPaths(values: { 'boot-file': string; 'state-root': string; 'version-file': string }): HostPaths {
@@ -35,7 +56,13 @@ export const status = defineCommand({
   notes: 'exit 1 when labhost sees a problem (listed in the output); the metrics are written whatever they say',
   options: {
     ...PATH_OPTIONS,
-    disk: { type: 'string', value: 'DEV', schema: pathValue(), defaultText: 'the disk this host booted from', description: 'the disk whose slots are reported' },
+    disk: {
+      type: 'string',
+      value: 'DEV',
+      schema: pathValue(),
+      defaultText: 'the disk this host booted from',
+      description: 'the disk whose slots are reported',
+    },
     prometheus: { type: 'boolean', description: "print the status as Prometheus metrics (node_exporter's textfile collector format)" },
     out: { type: 'string', value: 'FILE', schema: pathValue(), description: 'write the metrics to FILE (replaced atomically) instead of printing them' },
   },
@@ -45,7 +72,8 @@ export const status = defineCommand({
     const s = gatherStatus(hostPaths(values), values.disk)
     if (values.prometheus) {
       const text = renderPrometheus(s)
-      if (values.out !== undefined && ctx.dryRun) return { data: { ...s, dryRun: true, out: values.out }, human: `would write ${values.out}:\n${text.trimEnd()}` }
+      if (values.out !== undefined && ctx.dryRun)
+        return { data: { ...s, dryRun: true, out: values.out }, human: `would write ${values.out}:\n${text.trimEnd()}` }
       if (values.out !== undefined) {
         fs.mkdirSync(path.dirname(values.out), { recursive: true })
         writeDurable(values.out, text)
@@ -72,7 +100,7 @@ export const markGoodCommand = defineCommand({
 
 export const trialCheck = defineCommand({
   name: 'trial-check',
-  summary: 'judge a trial boot: the image\'s health checks until they pass (mark good) or its deadline passes (roll back)',
+  summary: "judge a trial boot: the image's health checks until they pass (mark good) or its deadline passes (roll back)",
   usage: 'labhost trial-check [options]',
   notes: `exit 0: the checks passed (slot marked good) or there is no trial; ${ExitCode.trialFailed}: the deadline passed and the slot was rolled back (with --dry-run: the checks fail and it would be; nothing is written)`,
   options: {
@@ -95,7 +123,13 @@ export const trialCheck = defineCommand({
     const v = await judgeTrial({ paths, config, log: ctx.log, dryRun: ctx.dryRun })
     if (v.verdict === 'rolled-back' && values.reboot && !ctx.dryRun) await powerAction('reboot', ctx.log)
     // a dry run says what it would do; its exit code is the verdict's, so a script can test the checks
-    const said = !ctx.dryRun ? v.verdict : v.verdict === 'rolled-back' ? 'would roll back (dry run)' : v.verdict === 'good' ? 'would mark good (dry run)' : `${v.verdict} (dry run)`
+    const said = !ctx.dryRun
+      ? v.verdict
+      : v.verdict === 'rolled-back'
+        ? 'would roll back (dry run)'
+        : v.verdict === 'good'
+          ? 'would mark good (dry run)'
+          : `${v.verdict} (dry run)`
     return { data: { ...v, dryRun: ctx.dryRun }, human: `${said}: ${v.reason}`, exitCode: v.verdict === 'rolled-back' ? ExitCode.trialFailed : 0 }
   },
 })
@@ -105,59 +139,146 @@ const TORRENT_ONLY = ['download-dir', 'seed-minutes', 'seed-ratio', 'tracker-int
 
 export const update = defineCommand({
   name: 'update',
-  summary: 'write a signed image (directory, manifest or http(s) URL, or the one a channel names) to the inactive slot, verify it from the disk, switch to it on trial',
+  summary:
+    'write a signed image (directory, manifest or http(s) URL, or the one a channel names) to the inactive slot, verify it from the disk, switch to it on trial',
   usage: 'labhost update DIR|MANIFEST|URL [options]   labhost update --channel URL [options]',
-  notes: 'with --channel, exit 0 also when the host does not update (paused, not in this rollout stage, up to date, waiting for the window); the decision is printed (--json: as data)',
+  notes:
+    'with --channel, exit 0 also when the host does not update (paused, not in this rollout stage, up to date, waiting for the window); the decision is printed (--json: as data)',
   options: {
     ...PATH_OPTIONS,
-    channel: { type: 'string', value: 'URL', schema: url(['http:', 'https:'], 'http://images.lab/channel.json'), description: 'follow a staged rollout: the signed channel document (labhost channel publish) names the image, share and window' },
+    channel: {
+      type: 'string',
+      value: 'URL',
+      schema: url(['http:', 'https:'], 'http://images.lab/channel.json'),
+      description: 'follow a staged rollout: the signed channel document (labhost channel publish) names the image, share and window',
+    },
     'ignore-window': { type: 'boolean', description: "with --channel: update outside the channel's maintenance window (a reboot still waits for it)" },
-    'machine-uuid-file': { type: 'string', value: 'FILE', default: DEFAULT_MACHINE_UUID_FILE, schema: pathValue(), seam: true, description: "with --channel: the machine UUID whose hash places this host in a rollout" },
+    'machine-uuid-file': {
+      type: 'string',
+      value: 'FILE',
+      default: DEFAULT_MACHINE_UUID_FILE,
+      schema: pathValue(),
+      seam: true,
+      description: 'with --channel: the machine UUID whose hash places this host in a rollout',
+    },
     now: {
-      type: 'string', value: 'TIME', seam: true, schema: valueOf((s) => (Number.isNaN(Date.parse(s)) ? undefined : new Date(s)), 'is not a time', 'give an ISO 8601 time, e.g. 2026-12-07T23:30:00 (local time without a zone)'),
+      type: 'string',
+      value: 'TIME',
+      seam: true,
+      schema: valueOf(
+        (s) => (Number.isNaN(Date.parse(s)) ? undefined : new Date(s)),
+        'is not a time',
+        'give an ISO 8601 time, e.g. 2026-12-07T23:30:00 (local time without a zone)',
+      ),
       description: "with --channel: judge the maintenance window at this time instead of the clock's",
     },
     'trusted-key': TRUSTED_KEY,
-    disk: { type: 'string', value: 'DEV', schema: pathValue(), defaultText: 'the disk this host booted from', description: 'the host disk whose inactive slot is written' },
+    disk: {
+      type: 'string',
+      value: 'DEV',
+      schema: pathValue(),
+      defaultText: 'the disk this host booted from',
+      description: 'the host disk whose inactive slot is written',
+    },
     'allow-downgrade': { type: 'boolean', description: 'accept an image whose version is not newer than the running one' },
     'allow-other-image': { type: 'boolean', description: "accept an image whose name differs from the running image's (a test image on a host host)" },
     // the initramfs counts a trial's boots down: 0 would roll the new slot back at its first boot
     'trial-boots': {
-      type: 'string', value: 'N', schema: wholeNumber(1, 100), defaultText: "the image's trial.boots, else 3",
+      type: 'string',
+      value: 'N',
+      schema: wholeNumber(1, 100),
+      defaultText: "the image's trial.boots, else 3",
       description: 'boots the new slot gets before its initramfs rolls it back, unless labhost mark-good confirms it first',
     },
-    retries: { type: 'string', value: 'N', schema: wholeNumber(1, 1000), defaultText: String(DEFAULT_FETCH.retries), description: 'attempts per HTTP request (each resumes where the last stopped)' },
+    retries: {
+      type: 'string',
+      value: 'N',
+      schema: wholeNumber(1, 1000),
+      defaultText: String(DEFAULT_FETCH.retries),
+      description: 'attempts per HTTP request (each resumes where the last stopped)',
+    },
     timeout: {
-      type: 'string', value: 'SECONDS', schema: wholeNumber(1, 86400), defaultText: `${DEFAULT_FETCH.timeoutMs / 1000}, with --torrent ${DEFAULT_TORRENT.stallSeconds}`,
+      type: 'string',
+      value: 'SECONDS',
+      schema: wholeNumber(1, 86400),
+      defaultText: `${DEFAULT_FETCH.timeoutMs / 1000}, with --torrent ${DEFAULT_TORRENT.stallSeconds}`,
       description: 'an HTTP request that stalls this long is retried; with --torrent, a download that makes no progress this long fails',
     },
-    ca: { type: 'string', value: 'PEM', schema: pathValue(), description: 'https from a server whose certificate a lab CA signed: that CA\'s certificate' },
+    ca: { type: 'string', value: 'PEM', schema: pathValue(), description: "https from a server whose certificate a lab CA signed: that CA's certificate" },
     reboot: { type: 'boolean', description: 'reboot into the new slot once it is written, verified and switched to' },
     'read-back': {
-      type: 'string', value: 'during|after', default: 'after', schema: oneOf(['during', 'after']),
+      type: 'string',
+      value: 'during|after',
+      default: 'after',
+      schema: oneOf(['during', 'after']),
       // during overlaps reads and writes: measured slower on loop devices and rotating disks, where
       // the reads between the writes cost seeks or contend with them
       description: 'check the slot from the disk after it is written and synced, or each chunk as soon as its write completed',
     },
     full: { type: 'boolean', description: 'from an http(s) URL, download the whole transport file rather than only the chunks the slots lack' },
-    delta: { type: 'boolean', description: 'from an http(s) URL, take the chunks this host has from its disk and download the rest (the default, said explicitly)' },
-    torrent: { type: 'boolean', description: 'download the transport file over BitTorrent (aria2c, the .torrent beside it), seed it on afterwards' },
-    'download-dir': { type: 'string', value: 'DIR', schema: pathValue(), default: DEFAULT_TORRENT.dir, description: 'with --torrent: where aria2c keeps the transport file while it downloads and seeds' },
-    'seed-minutes': { type: 'string', value: 'N', schema: wholeNumber(0, 10080), defaultText: String(DEFAULT_TORRENT.seedMinutes), description: 'with --torrent: minutes aria2c seeds on after the download' },
-    'seed-ratio': { type: 'string', value: 'R', schema: decimal(0, 1000), defaultText: `${DEFAULT_TORRENT.seedRatio}: time only`, description: 'with --torrent: also stop seeding at this upload/download ratio' },
-    'tracker-interval': {
-      type: 'string', value: 'SECONDS', schema: wholeNumber(1, 86400), defaultText: String(DEFAULT_TORRENT.trackerIntervalSeconds), description: 'with --torrent: seconds between announces to the tracker',
+    delta: {
+      type: 'boolean',
+      description: 'from an http(s) URL, take the chunks this host has from its disk and download the rest (the default, said explicitly)',
     },
-    'download-limit': { type: 'string', value: 'RATE', schema: rate(), defaultText: 'none', description: 'with --torrent: cap the download at RATE bytes per second (500K, 30M)' },
-    'announce-phases': { type: 'boolean', seam: true, description: 'print LABHOST-PHASE <name> on stderr as each phase begins (the VM tests aim their resets by them)' },
+    torrent: { type: 'boolean', description: 'download the transport file over BitTorrent (aria2c, the .torrent beside it), seed it on afterwards' },
+    'download-dir': {
+      type: 'string',
+      value: 'DIR',
+      schema: pathValue(),
+      default: DEFAULT_TORRENT.dir,
+      description: 'with --torrent: where aria2c keeps the transport file while it downloads and seeds',
+    },
+    'seed-minutes': {
+      type: 'string',
+      value: 'N',
+      schema: wholeNumber(0, 10080),
+      defaultText: String(DEFAULT_TORRENT.seedMinutes),
+      description: 'with --torrent: minutes aria2c seeds on after the download',
+    },
+    'seed-ratio': {
+      type: 'string',
+      value: 'R',
+      schema: decimal(0, 1000),
+      defaultText: `${DEFAULT_TORRENT.seedRatio}: time only`,
+      description: 'with --torrent: also stop seeding at this upload/download ratio',
+    },
+    'tracker-interval': {
+      type: 'string',
+      value: 'SECONDS',
+      schema: wholeNumber(1, 86400),
+      defaultText: String(DEFAULT_TORRENT.trackerIntervalSeconds),
+      description: 'with --torrent: seconds between announces to the tracker',
+    },
+    'download-limit': {
+      type: 'string',
+      value: 'RATE',
+      schema: rate(),
+      defaultText: 'none',
+      description: 'with --torrent: cap the download at RATE bytes per second (500K, 30M)',
+    },
+    'announce-phases': {
+      type: 'boolean',
+      seam: true,
+      description: 'print LABHOST-PHASE <name> on stderr as each phase begins (the VM tests aim their resets by them)',
+    },
   },
   conflicts: [['full', 'delta', 'leave one out (delta is the default)']],
   requires: [...TORRENT_ONLY.map((o) => [o, 'torrent'] as const), ['ignore-window', 'channel'], ['now', 'channel']],
   dryRun: { plan: 'check the source and the disk, then print the plan: the target slot, what would be downloaded and the sectors the switch would write' },
   async run(values, positionals, ctx) {
     const source = positionals[0]
-    if (source && values.channel !== undefined) throw new LabhostError('usage', `labhost update takes a SOURCE or --channel, not both (${source})`, 'the channel names the image: leave out SOURCE, or --channel')
-    if (!source && values.channel === undefined) throw new LabhostError('usage', 'labhost update needs a SOURCE (an image directory, its manifest.json, or an http(s) URL of one) or --channel URL', `usage: ${this.usage}`)
+    if (source && values.channel !== undefined)
+      throw new LabhostError(
+        'usage',
+        `labhost update takes a SOURCE or --channel, not both (${source})`,
+        'the channel names the image: leave out SOURCE, or --channel',
+      )
+    if (!source && values.channel === undefined)
+      throw new LabhostError(
+        'usage',
+        'labhost update needs a SOURCE (an image directory, its manifest.json, or an http(s) URL of one) or --channel URL',
+        `usage: ${this.usage}`,
+      )
     const timeout = values.timeout
     const common = {
       trustedKey: values['trusted-key'],
@@ -168,17 +289,20 @@ export const update = defineCommand({
       trialBoots: values['trial-boots'],
       readBack: values['read-back'],
       delta: !values.full,
-      torrent: values.torrent ? {
-        ...DEFAULT_TORRENT,
-        dir: values['download-dir'],
-        ...(values['seed-minutes'] !== undefined ? { seedMinutes: values['seed-minutes'] } : {}),
-        ...(values['seed-ratio'] !== undefined ? { seedRatio: values['seed-ratio'] } : {}),
-        ...(values['tracker-interval'] !== undefined ? { trackerIntervalSeconds: values['tracker-interval'] } : {}),
-        ...(timeout !== undefined ? { stallSeconds: timeout } : {}),
-        ...(values['download-limit'] !== undefined ? { downloadLimit: values['download-limit'] } : {}),
-      } : undefined,
+      torrent: values.torrent
+        ? {
+            ...DEFAULT_TORRENT,
+            dir: values['download-dir'],
+            ...(values['seed-minutes'] !== undefined ? { seedMinutes: values['seed-minutes'] } : {}),
+            ...(values['seed-ratio'] !== undefined ? { seedRatio: values['seed-ratio'] } : {}),
+            ...(values['tracker-interval'] !== undefined ? { trackerIntervalSeconds: values['tracker-interval'] } : {}),
+            ...(timeout !== undefined ? { stallSeconds: timeout } : {}),
+            ...(values['download-limit'] !== undefined ? { downloadLimit: values['download-limit'] } : {}),
+          }
+        : undefined,
       fetch: {
-        ...(values.retries !== undefined ? { retries: values.retries } : {}), ...(timeout !== undefined ? { timeoutMs: timeout * 1000 } : {}),
+        ...(values.retries !== undefined ? { retries: values.retries } : {}),
+        ...(timeout !== undefined ? { timeoutMs: timeout * 1000 } : {}),
         ...(values.ca !== undefined ? { caFile: values.ca } : {}),
       },
       dryRun: ctx.dryRun,
@@ -190,31 +314,55 @@ export const update = defineCommand({
     let head = ''
     let result: UpdateResult
     if (values.channel !== undefined) {
-      outcome = await runChannelUpdate({ ...common, channel: values.channel, machineUuidFile: values['machine-uuid-file'], now: values.now, ignoreWindow: values['ignore-window'] })
+      outcome = await runChannelUpdate({
+        ...common,
+        channel: values.channel,
+        machineUuidFile: values['machine-uuid-file'],
+        now: values.now,
+        ignoreWindow: values['ignore-window'],
+      })
       const decided = `${ctx.dryRun && outcome.decision === 'update' ? 'would update' : outcome.decision}: ${outcome.reason}`
-      head = `channel ${outcome.channel.url}: serial ${outcome.channel.serial}, ${outcome.channel.image.name} ${outcome.channel.image.version} at ${outcome.channel.share} %` +
+      head =
+        `channel ${outcome.channel.url}: serial ${outcome.channel.serial}, ${outcome.channel.image.name} ${outcome.channel.image.version} at ${outcome.channel.share} %` +
         `${outcome.channel.window ? `, window ${outcome.channel.window}` : ''}${outcome.channel.paused ? ', paused' : ''}`
       if (!outcome.update) return { data: { ...outcome, dryRun: ctx.dryRun }, human: `${head}\n${decided}` }
       result = outcome.update
-      if (values.reboot && !outcome.mayReboot) ctx.log(`not rebooting: outside the window ${outcome.channel.window}; slot ${result.to.slot} boots at the next reboot`)
+      if (values.reboot && !outcome.mayReboot)
+        ctx.log(`not rebooting: outside the window ${outcome.channel.window}; slot ${result.to.slot} boots at the next reboot`)
     } else {
       result = await runUpdate({ ...common, source: source! })
     }
     const reboot = values.reboot && (outcome?.mayReboot ?? true)
-    const human = [`${ctx.dryRun ? 'would update' : 'updated'} ${result.disk}: slot ${result.from.slot} (${result.from.version ?? '?'}) -> slot ${result.to.slot} (${result.to.version})`,
+    const human = [
+      `${ctx.dryRun ? 'would update' : 'updated'} ${result.disk}: slot ${result.from.slot} (${result.from.version ?? '?'}) -> slot ${result.to.slot} (${result.to.version})`,
       ...result.writes.map((w) => `  ${ctx.dryRun ? 'would write' : 'wrote'} ${w}`),
       ...(result.delta?.used === false ? [`  downloading the whole image: ${result.delta.reason}`] : []),
-      ...(ctx.dryRun ? ['  the commit, one sector (as labhost slots switch --dry-run prints it):', ...renderSwitch(result.commit, true).map((l) => `    ${l}`)] : []),
-      ...(ctx.dryRun ? [] : [`  write ${result.seconds.write.toFixed(1)} s, read-back ${result.seconds.verify.toFixed(1)} s` +
-        (result.transfer.requests ? `, ${result.transfer.requests} request(s), ${result.transfer.resumes} resumed, ${result.transfer.bytes} bytes downloaded` : '') +
-        (result.transfer.torrent ? `; BitTorrent ${result.transfer.torrent.seconds.toFixed(1)} s, aria2c seeds on for ${result.transfer.torrent.seedMinutes} min` : ''),
-      `  slot ${result.to.slot} boots next, on trial until labhost mark-good${reboot ? '; rebooting' : ''}`])].join('\n')
+      ...(ctx.dryRun
+        ? ['  the commit, one sector (as labhost slots switch --dry-run prints it):', ...renderSwitch(result.commit, true).map((l) => `    ${l}`)]
+        : []),
+      ...(ctx.dryRun
+        ? []
+        : [
+            `  write ${result.seconds.write.toFixed(1)} s, read-back ${result.seconds.verify.toFixed(1)} s` +
+              (result.transfer.requests
+                ? `, ${result.transfer.requests} request(s), ${result.transfer.resumes} resumed, ${result.transfer.bytes} bytes downloaded`
+                : '') +
+              (result.transfer.torrent
+                ? `; BitTorrent ${result.transfer.torrent.seconds.toFixed(1)} s, aria2c seeds on for ${result.transfer.torrent.seedMinutes} min`
+                : ''),
+            `  slot ${result.to.slot} boots next, on trial until labhost mark-good${reboot ? '; rebooting' : ''}`,
+          ]),
+    ].join('\n')
     if (reboot && !ctx.dryRun) {
       // print before the machine goes down
       ctx.log(human)
       await powerAction('reboot', ctx.log)
     }
-    if (outcome) return { data: { ...outcome, dryRun: ctx.dryRun }, human: `${head}\n${outcome.decision === 'updated' ? 'updated' : 'would update'}: ${outcome.reason}\n${human}` }
+    if (outcome)
+      return {
+        data: { ...outcome, dryRun: ctx.dryRun },
+        human: `${head}\n${outcome.decision === 'updated' ? 'updated' : 'would update'}: ${outcome.reason}\n${human}`,
+      }
     return { data: { ...result, dryRun: ctx.dryRun }, human }
   },
 })

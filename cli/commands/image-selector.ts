@@ -9,10 +9,16 @@ import { defineCommand, pathValue } from '../command.ts'
 
 export const imageSelector = defineCommand({
   name: 'image selector',
-  summary: 'build the UEFI selector (a unified kernel image that boots the flagged root slot) for a recipe\'s layout',
+  summary: "build the UEFI selector (a unified kernel image that boots the flagged root slot) for a recipe's layout",
   usage: 'labhost image selector RECIPE --out BOOTX64.EFI [options] | RECIPE --shim --out ESP-DIR [options]',
   options: {
-    out: { type: 'string', value: 'FILE|DIR', required: true, schema: pathValue(), description: 'the selector file to write (\\EFI\\BOOT\\BOOTX64.EFI on the ESP); with --shim, the ESP directory tree' },
+    out: {
+      type: 'string',
+      value: 'FILE|DIR',
+      required: true,
+      schema: pathValue(),
+      description: 'the selector file to write (\\EFI\\BOOT\\BOOTX64.EFI on the ESP); with --shim, the ESP directory tree',
+    },
     shim: { type: 'boolean', description: "prototype: build the selector as Debian's signed shim -> GRUB -> kernel chain, which boots with Secure Boot on" },
   },
   dryRun: { refused: 'it writes only --out' },
@@ -25,8 +31,10 @@ export const imageSelector = defineCommand({
       const s = await buildShimSelector({ layout: r.layout, kernelPackage: r.recipe.kernel.package, outDir: out, log: ctx.log })
       return {
         data: s,
-        human: [`built the Secure Boot selector tree in ${s.dir} (shim-signed ${s.shim}, grub-efi-amd64-signed ${s.grub}, kernel ${s.kernel}); copy it to the ESP's root:`,
-          ...s.files.map((f) => `  ${f.path}  ${f.bytes} bytes  sha256 ${f.sha256}`)].join('\n'),
+        human: [
+          `built the Secure Boot selector tree in ${s.dir} (shim-signed ${s.shim}, grub-efi-amd64-signed ${s.grub}, kernel ${s.kernel}); copy it to the ESP's root:`,
+          ...s.files.map((f) => `  ${f.path}  ${f.bytes} bytes  sha256 ${f.sha256}`),
+        ].join('\n'),
       }
     }
     const s = await buildSelector({ layout: r.layout, kernelPackage: r.recipe.kernel.package, out, log: ctx.log })

@@ -22,7 +22,7 @@ export const imageBuild = defineCommand({
   options: {
     out: { type: 'string', value: 'DIR', required: true, schema: pathValue(), description: 'the directory that gets root.img, root.img.zst and manifest.json' },
     'signing-key': { ...SIGNING_KEY, aliases: ['key'] },
-    'no-cache': { type: 'boolean', description: 'build from scratch even when the image cache holds this recipe\'s image' },
+    'no-cache': { type: 'boolean', description: "build from scratch even when the image cache holds this recipe's image" },
   },
   dryRun: { refused: 'it writes only into --out' },
   async run(values, positionals, ctx) {
@@ -31,7 +31,16 @@ export const imageBuild = defineCommand({
     const r = await buildImage(recipe, { out: values.out, keyFile: values['signing-key'], log: ctx.log, noCache: values['no-cache'] })
     const m = r.manifest
     return {
-      data: { manifest: r.manifestFile, name: m.name, version: m.version, size: m.image.size, sha256: m.image.sha256, transportSize: m.transport.size, seconds: r.seconds, cached: r.cached },
+      data: {
+        manifest: r.manifestFile,
+        name: m.name,
+        version: m.version,
+        size: m.image.size,
+        sha256: m.image.sha256,
+        transportSize: m.transport.size,
+        seconds: r.seconds,
+        cached: r.cached,
+      },
       human: `built ${m.name} ${m.version}: ${r.manifestFile}\n  root.img ${m.image.size} bytes sha256 ${m.image.sha256}\n  root.img.zst ${m.transport.size} bytes\n  in ${r.seconds.toFixed(1)} s${r.cached ? ' (from the cache)' : ''}`,
     }
   },
@@ -42,8 +51,20 @@ export const imageStick = defineCommand({
   summary: 'make a bootable USB installer stick image carrying a signed root image and install.yaml',
   usage: 'labhost image stick --image DIR --config install.yaml --out stick.img --signing-key KEY [options]',
   options: {
-    image: { type: 'string', value: 'DIR', required: true, schema: pathValue(), description: 'the signed root image (a directory labhost image build made) the stick installs' },
-    config: { type: 'string', value: 'FILE', required: true, schema: pathValue(), description: 'install.yaml: the models, disks and finish the stick accepts (labhost schema install)' },
+    image: {
+      type: 'string',
+      value: 'DIR',
+      required: true,
+      schema: pathValue(),
+      description: 'the signed root image (a directory labhost image build made) the stick installs',
+    },
+    config: {
+      type: 'string',
+      value: 'FILE',
+      required: true,
+      schema: pathValue(),
+      description: 'install.yaml: the models, disks and finish the stick accepts (labhost schema install)',
+    },
     out: { type: 'string', value: 'FILE', required: true, schema: pathValue(), description: 'the stick image file to write (then dd it to a USB stick)' },
     'signing-key': { ...SIGNING_KEY, aliases: ['key'] },
   },
@@ -55,8 +76,20 @@ export const imageStick = defineCommand({
 })
 
 export const TORRENT_OPTIONS = {
-  tracker: { type: 'string', value: 'URL', multiple: true, schema: url(['http:', 'https:', 'udp:'], 'http://tracker.lab:6969/announce'), description: 'a BitTorrent tracker the .torrent names' },
-  'web-seed': { type: 'string', value: 'URL', multiple: true, schema: url(['http:', 'https:'], 'http://images.lab/host/root.img.zst'), description: 'an http(s) URL of the same file the .torrent names as a web seed (BEP 19)' },
+  tracker: {
+    type: 'string',
+    value: 'URL',
+    multiple: true,
+    schema: url(['http:', 'https:', 'udp:'], 'http://tracker.lab:6969/announce'),
+    description: 'a BitTorrent tracker the .torrent names',
+  },
+  'web-seed': {
+    type: 'string',
+    value: 'URL',
+    multiple: true,
+    schema: url(['http:', 'https:'], 'http://images.lab/host/root.img.zst'),
+    description: 'an http(s) URL of the same file the .torrent names as a web seed (BEP 19)',
+  },
 } as const
 
 export const imagePublish = defineCommand({
@@ -69,7 +102,10 @@ export const imagePublish = defineCommand({
     const dir = positionals[0]
     if (!dir) throw new LabhostError('usage', 'labhost image publish needs an image DIR', `usage: ${this.usage}`)
     const r = await publishImage(dir, { trackers: values.tracker, webSeeds: values['web-seed'].length ? values['web-seed'] : undefined })
-    return { data: r, human: `${r.torrentFile}: info hash ${r.infoHash}, ${r.pieces} pieces\n  serve it beside manifest.json; trackers with a whitelist need the info hash` }
+    return {
+      data: r,
+      human: `${r.torrentFile}: info hash ${r.infoHash}, ${r.pieces} pieces\n  serve it beside manifest.json; trackers with a whitelist need the info hash`,
+    }
   },
 })
 
@@ -78,22 +114,40 @@ export const imageServe = defineCommand({
   summary: 'serve image directories over HTTP or HTTPS (GET/HEAD with Range) for `labhost update URL`, until stopped',
   usage: 'labhost image serve DIR [options]',
   options: {
-    host: { type: 'string', value: 'ADDRESS', default: '127.0.0.1', schema: text(), description: 'the address to listen on (0.0.0.0: every IPv4 address of this machine)' },
+    host: {
+      type: 'string',
+      value: 'ADDRESS',
+      default: '127.0.0.1',
+      schema: text(),
+      description: 'the address to listen on (0.0.0.0: every IPv4 address of this machine)',
+    },
     port: { type: 'string', value: 'N', default: '8080', schema: wholeNumber(0, 65535), description: 'the TCP port to listen on (0: any free one, printed)' },
-    'tls-cert': { type: 'string', value: 'PEM', schema: pathValue(), description: "serve https with this certificate (with --tls-key)" },
+    'tls-cert': { type: 'string', value: 'PEM', schema: pathValue(), description: 'serve https with this certificate (with --tls-key)' },
     'tls-key': { type: 'string', value: 'PEM', schema: pathValue(), description: "the certificate's private key (with --tls-cert)" },
   },
-  requires: [['tls-cert', 'tls-key'], ['tls-key', 'tls-cert']],
+  requires: [
+    ['tls-cert', 'tls-key'],
+    ['tls-key', 'tls-cert'],
+  ],
   dryRun: { refused: 'it serves DIR until stopped; there is nothing to plan' },
   async run(values, positionals, ctx) {
     const dir = positionals[0]
-    if (!dir || !fs.existsSync(dir)) throw new LabhostError('usage', `labhost image serve needs an existing DIR${dir ? ` (${dir} does not exist)` : ''}`, `usage: ${this.usage}`)
+    if (!dir || !fs.existsSync(dir))
+      throw new LabhostError('usage', `labhost image serve needs an existing DIR${dir ? ` (${dir} does not exist)` : ''}`, `usage: ${this.usage}`)
     const { port, 'tls-cert': cert, 'tls-key': key } = values
-    for (const f of [cert, key]) if (f !== undefined && !fs.existsSync(f)) throw new LabhostError('notFound', `${f} does not exist`, 'give PEM files of the server certificate and its key')
+    for (const f of [cert, key])
+      if (f !== undefined && !fs.existsSync(f))
+        throw new LabhostError('notFound', `${f} does not exist`, 'give PEM files of the server certificate and its key')
     const tls = cert !== undefined && key !== undefined ? { cert: fs.readFileSync(cert), key: fs.readFileSync(key) } : undefined
     // one line per request; the path and range come escaped (a crafted path cannot forge a line),
     // and only counted: a server that runs for weeks must not keep a record of every request
-    const server = await serveDirectory(dir, { host: values.host, port, tls, keepRequests: false, onRequest: (q) => ctx.log(`${q.status} ${q.path} ${q.range ?? ''} ${q.bytes} bytes`) })
+    const server = await serveDirectory(dir, {
+      host: values.host,
+      port,
+      tls,
+      keepRequests: false,
+      onRequest: (q) => ctx.log(`${q.status} ${q.path} ${q.range ?? ''} ${q.bytes} bytes`),
+    })
     ctx.log(`serving ${dir} at ${server.url}/ (stop with Ctrl-C or SIGTERM)`)
     await new Promise<void>((resolve) => {
       process.once('SIGINT', resolve)
@@ -111,18 +165,30 @@ export const imageSeed = defineCommand({
   usage: 'labhost image seed DIR [options]',
   options: {
     'upload-limit': { type: 'string', value: 'RATE', schema: rate(), defaultText: 'none', description: 'cap uploads at RATE bytes per second: 500K, 30M' },
-    'tracker-interval': { type: 'string', value: 'SECONDS', schema: wholeNumber(1, 86400), defaultText: 'what the tracker asks for', description: 'seconds between announces to the tracker' },
+    'tracker-interval': {
+      type: 'string',
+      value: 'SECONDS',
+      schema: wholeNumber(1, 86400),
+      defaultText: 'what the tracker asks for',
+      description: 'seconds between announces to the tracker',
+    },
   },
   dryRun: { refused: 'it seeds DIR until stopped; there is nothing to plan' },
   async run(values, positionals, ctx) {
     const dir = positionals[0]
-    if (!dir || !fs.existsSync(dir)) throw new LabhostError('usage', `labhost image seed needs an existing DIR${dir ? ` (${dir} does not exist)` : ''}`, `usage: ${this.usage}`)
+    if (!dir || !fs.existsSync(dir))
+      throw new LabhostError('usage', `labhost image seed needs an existing DIR${dir ? ` (${dir} does not exist)` : ''}`, `usage: ${this.usage}`)
     const stop = new AbortController()
     const abort = () => stop.abort()
     process.once('SIGINT', abort)
     process.once('SIGTERM', abort)
     try {
-      const r = await seedImage(dir, { uploadLimit: values['upload-limit'], trackerIntervalSeconds: values['tracker-interval'], signal: stop.signal, log: ctx.log })
+      const r = await seedImage(dir, {
+        uploadLimit: values['upload-limit'],
+        trackerIntervalSeconds: values['tracker-interval'],
+        signal: stop.signal,
+        log: ctx.log,
+      })
       return { data: r, human: `seeded for ${r.seconds.toFixed(0)} s` }
     } finally {
       process.off('SIGINT', abort)
@@ -136,7 +202,15 @@ export const imageKeygen = defineCommand({
   summary: 'make an ed25519 signing key pair (DIR/labhost-signing.key, .pub)',
   usage: 'labhost image keygen --out DIR [options]',
   notes: 'an existing key is never overwritten: a DIR that holds labhost-signing.key already is refused',
-  options: { out: { type: 'string', value: 'DIR', required: true, schema: pathValue(), description: 'the directory that gets labhost-signing.key (private, mode 600) and labhost-signing.pub' } },
+  options: {
+    out: {
+      type: 'string',
+      value: 'DIR',
+      required: true,
+      schema: pathValue(),
+      description: 'the directory that gets labhost-signing.key (private, mode 600) and labhost-signing.pub',
+    },
+  },
   dryRun: { plan: 'print the two files it would make' },
   async run(values, _pos, ctx) {
     if (ctx.dryRun) {
@@ -161,7 +235,10 @@ export const imageVerify = defineCommand({
     if (!target) throw new LabhostError('usage', 'labhost image verify needs a DIR or MANIFEST', `usage: ${this.usage}`)
     const file = fs.existsSync(target) && fs.statSync(target).isDirectory() ? path.join(target, 'manifest.json') : target
     const m = verifyImageDir(file, readPublicKey(values['trusted-key']))
-    return { data: { manifest: file, name: m.name, version: m.version, sha256: m.image.sha256, signer: m.signer, ok: true }, human: `${file}: ${m.name} ${m.version} signed by ${m.signer}: OK` }
+    return {
+      data: { manifest: file, name: m.name, version: m.version, sha256: m.image.sha256, signer: m.signer, ok: true },
+      human: `${file}: ${m.name} ${m.version} signed by ${m.signer}: OK`,
+    }
   },
 })
 
@@ -173,9 +250,24 @@ export const schema = defineCommand({
   dryRun: { readsOnly: true },
   async run(_values, positionals) {
     const kind = positionals[0]
-    const s = kind === 'recipe' ? recipeJsonSchema() : kind === 'layout' ? z.toJSONSchema(LayoutSchema, { io: 'input' }) : kind === 'install' ? z.toJSONSchema(InstallConfigSchema, { io: 'input' })
-      : kind === 'trial' ? z.toJSONSchema(TrialConfigSchema, { io: 'input' }) : kind === 'channel' ? z.toJSONSchema(ChannelSchema, { io: 'input' }) : null
-    if (!s) throw new LabhostError('usage', `no schema named ${kind ?? '(none)'}`, 'use `labhost schema recipe`, `labhost schema layout`, `labhost schema install`, `labhost schema trial` or `labhost schema channel`')
+    const s =
+      kind === 'recipe'
+        ? recipeJsonSchema()
+        : kind === 'layout'
+          ? z.toJSONSchema(LayoutSchema, { io: 'input' })
+          : kind === 'install'
+            ? z.toJSONSchema(InstallConfigSchema, { io: 'input' })
+            : kind === 'trial'
+              ? z.toJSONSchema(TrialConfigSchema, { io: 'input' })
+              : kind === 'channel'
+                ? z.toJSONSchema(ChannelSchema, { io: 'input' })
+                : null
+    if (!s)
+      throw new LabhostError(
+        'usage',
+        `no schema named ${kind ?? '(none)'}`,
+        'use `labhost schema recipe`, `labhost schema layout`, `labhost schema install`, `labhost schema trial` or `labhost schema channel`',
+      )
     return { data: s, human: JSON.stringify(s, null, 2) }
   },
 })

@@ -12,26 +12,49 @@ import { defineCommand, pathValue, valueOf, type CommandResult, type Context, ty
 import { hostPaths, PATH_OPTIONS } from './host.ts'
 
 const DISK_OPTIONS = {
-  disk: { type: 'string', value: 'DEV|FILE', required: true, schema: pathValue(), description: 'the disk (a block device or a disk image file) whose GPT holds the root slots' },
+  disk: {
+    type: 'string',
+    value: 'DEV|FILE',
+    required: true,
+    schema: pathValue(),
+    description: 'the disk (a block device or a disk image file) whose GPT holds the root slots',
+  },
   'sector-size': {
-    type: 'string', value: '512|4096', defaultText: "the device's; an image file is read as 512 unless a GPT is found at 4096",
-    schema: valueOf((s) => (s === '512' ? 512 : s === '4096' ? 4096 : undefined), 'is neither 512 nor 4096', 'image files are read as 512 unless a GPT is found at 4096'),
+    type: 'string',
+    value: '512|4096',
+    defaultText: "the device's; an image file is read as 512 unless a GPT is found at 4096",
+    schema: valueOf(
+      (s) => (s === '512' ? 512 : s === '4096' ? 4096 : undefined),
+      'is neither 512 nor 4096',
+      'image files are read as 512 unless a GPT is found at 4096',
+    ),
     description: 'read the disk with this logical sector size',
   },
   'slot-names': {
-    type: 'string', value: 'A,B', default: `${DEFAULT_SLOT_NAMES.A},${DEFAULT_SLOT_NAMES.B}`, description: 'the GPT partition names of root slots A and B',
-    schema: valueOf((s): SlotNames | undefined => {
-      const [a, b, ...rest] = s.split(',')
-      return a && b && !rest.length ? { A: a, B: b } : undefined
-    }, 'is not two names', 'give them as A,B, e.g. --slot-names rootA,rootB'),
+    type: 'string',
+    value: 'A,B',
+    default: `${DEFAULT_SLOT_NAMES.A},${DEFAULT_SLOT_NAMES.B}`,
+    description: 'the GPT partition names of root slots A and B',
+    schema: valueOf(
+      (s): SlotNames | undefined => {
+        const [a, b, ...rest] = s.split(',')
+        return a && b && !rest.length ? { A: a, B: b } : undefined
+      },
+      'is not two names',
+      'give them as A,B, e.g. --slot-names rootA,rootB',
+    ),
   },
 } as const satisfies Options
 
 // What writes the GPT (switch, repair) also needs: the host's files, to see a pending trial, and
 // the way to overrule it.
 const WRITE_OPTIONS = {
-  ...DISK_OPTIONS, ...PATH_OPTIONS,
-  'ignore-trial': { type: 'boolean', description: 'write the GPT even while a trial is pending on the disk this host booted from (its rollback may then undo or fight the write)' },
+  ...DISK_OPTIONS,
+  ...PATH_OPTIONS,
+  'ignore-trial': {
+    type: 'boolean',
+    description: 'write the GPT even while a trial is pending on the disk this host booted from (its rollback may then undo or fight the write)',
+  },
 } as const satisfies Options
 
 /**
@@ -49,20 +72,27 @@ function refuseDuringTrial(diskPath: string, paths: HostPaths, ignore: boolean):
     return
   }
   if (booted && fs.existsSync(booted) && diskIdentity(booted) === diskIdentity(diskPath)) {
-    throw new LabhostError('trialPending', `slot ${trial.slot} of ${diskPath} is on trial (${trial.bootsLeft} boot(s) left, version ${trial.version})`,
-      'let the trial end (labhost mark-good, or the rollback), or pass --ignore-trial to write the GPT anyway; nothing was written')
+    throw new LabhostError(
+      'trialPending',
+      `slot ${trial.slot} of ${diskPath} is on trial (${trial.bootsLeft} boot(s) left, version ${trial.version})`,
+      'let the trial end (labhost mark-good, or the rollback), or pass --ignore-trial to write the GPT anyway; nothing was written',
+    )
   }
 }
 
 function formatStatus(s: SlotStatus): string {
   const lines = [`disk ${s.disk} (${s.sectorSize}-byte sectors)`]
   for (const slot of s.slots) {
-    lines.push(`  slot ${slot.id}: partition ${slot.number} "${slot.name}" PARTUUID ${slot.partGuid} LBA ${slot.firstLba}-${slot.lastLba}${slot.bootable ? '  [bootable]' : ''}`)
+    lines.push(
+      `  slot ${slot.id}: partition ${slot.number} "${slot.name}" PARTUUID ${slot.partGuid} LBA ${slot.firstLba}-${slot.lastLba}${slot.bootable ? '  [bootable]' : ''}`,
+    )
   }
   lines.push(`  active: ${s.active ?? 'none'}`)
   lines.push(`  primary GPT: ${s.primaryValid ? 'valid' : `INVALID (${s.primaryProblems.join('; ')})`}`)
   lines.push(`  backup GPT: ${s.backupValid ? 'valid' : `INVALID (${s.backupProblems.join('; ')})`}`)
-  lines.push(`  primary and backup: ${s.tablesAgree ? 'agree' : `DIFFER (${[...s.mismatches, ...s.differingSectors.map((x) => `array sector ${x}`)].join('; ')}) — run labhost slots repair`}`)
+  lines.push(
+    `  primary and backup: ${s.tablesAgree ? 'agree' : `DIFFER (${[...s.mismatches, ...s.differingSectors.map((x) => `array sector ${x}`)].join('; ')}) — run labhost slots repair`}`,
+  )
   for (const p of s.layoutProblems) lines.push(`  partitions: ${p}`)
   if (s.problem) lines.push(`  problem: ${s.problem}`)
   return lines.join('\n')
@@ -94,8 +124,15 @@ export const slotsSwitch = defineCommand({
   options: {
     ...WRITE_OPTIONS,
     to: {
-      type: 'string', value: 'A|B', required: true, description: 'the slot to boot next (a or b also do)',
-      schema: valueOf((s): SlotId | undefined => (s.toUpperCase() === 'A' ? 'A' : s.toUpperCase() === 'B' ? 'B' : undefined), 'is not a slot', 'use --to A or --to B'),
+      type: 'string',
+      value: 'A|B',
+      required: true,
+      description: 'the slot to boot next (a or b also do)',
+      schema: valueOf(
+        (s): SlotId | undefined => (s.toUpperCase() === 'A' ? 'A' : s.toUpperCase() === 'B' ? 'B' : undefined),
+        'is not a slot',
+        'use --to A or --to B',
+      ),
     },
   },
   dryRun: { plan: 'print the switch plan (the sector, its CRC compensation bytes, each write in order)' },
@@ -147,8 +184,13 @@ async function repairGpt(path: string, sectorSize: number | undefined, ctx: Cont
   try {
     const plan = planRepair(disk, readGpt(disk))
     if (!ctx.dryRun) await applySectorWrites(disk, plan.writes, ctx.log)
-    const human = plan.writes.length === 0 ? `disk ${plan.disk}: primary and backup GPT agree, nothing to repair`
-      : [`disk ${plan.disk}: repairing from the ${plan.source}`, ...plan.writes.map((w) => `  ${ctx.dryRun ? 'would write' : 'wrote'} ${w.region} LBA ${w.lba}: ${w.why}`)].join('\n')
+    const human =
+      plan.writes.length === 0
+        ? `disk ${plan.disk}: primary and backup GPT agree, nothing to repair`
+        : [
+            `disk ${plan.disk}: repairing from the ${plan.source}`,
+            ...plan.writes.map((w) => `  ${ctx.dryRun ? 'would write' : 'wrote'} ${w.region} LBA ${w.lba}: ${w.why}`),
+          ].join('\n')
     return { data: { ...plan, writes: plan.writes.map(describeWrite), dryRun: ctx.dryRun }, human }
   } finally {
     disk.close()

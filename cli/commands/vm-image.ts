@@ -11,13 +11,34 @@ import { decimal, defineCommand, ipv4, pathValue, SIGNING_KEY, text, TRUSTED_KEY
 import { TORRENT_OPTIONS } from './image.ts'
 
 const DIRS = {
-  dir: { type: 'string', value: 'DIR', default: '/qcow2/backing', schema: pathValue(), description: 'the backing partition: the VM base images and their catalogue' },
-  'user-dir': { type: 'string', value: 'DIR', default: '/qcow2/user', schema: pathValue(), description: "the user partition: the users' qcow2 volumes that rest on the bases" },
-  catalogue: { type: 'string', value: 'FILE', schema: pathValue(), defaultText: 'DIR/catalogue.ini', description: 'the catalogue (INI) of the bases the VM front end offers' },
+  dir: {
+    type: 'string',
+    value: 'DIR',
+    default: '/qcow2/backing',
+    schema: pathValue(),
+    description: 'the backing partition: the VM base images and their catalogue',
+  },
+  'user-dir': {
+    type: 'string',
+    value: 'DIR',
+    default: '/qcow2/user',
+    schema: pathValue(),
+    description: "the user partition: the users' qcow2 volumes that rest on the bases",
+  },
+  catalogue: {
+    type: 'string',
+    value: 'FILE',
+    schema: pathValue(),
+    defaultText: 'DIR/catalogue.ini',
+    description: 'the catalogue (INI) of the bases the VM front end offers',
+  },
 } as const satisfies Options
 
 const RESERVE = {
-  type: 'string', value: 'GIB', schema: decimal(0, 1 << 20), defaultText: '0: off',
+  type: 'string',
+  value: 'GIB',
+  schema: decimal(0, 1 << 20),
+  defaultText: '0: off',
   description: 'delete the least recently written volumes on current bases until the user partition has this many GiB free (rule 2)',
 } as const
 
@@ -40,13 +61,19 @@ const PRUNE_RULES = `rules (in this order; nothing else under --user-dir is ever
 
 function pruneHuman(r: PruneResult): string {
   const lines: string[] = []
-  for (const v of r.volumes) lines.push(`${v.action === 'delete' ? (r.applied ? 'deleted' : 'delete ') : 'keep   '} ${v.path} (${gib(v.bytes)}, written ${v.mtime.slice(0, 16)}): ${v.reason}`)
+  for (const v of r.volumes)
+    lines.push(
+      `${v.action === 'delete' ? (r.applied ? 'deleted' : 'delete ') : 'keep   '} ${v.path} (${gib(v.bytes)}, written ${v.mtime.slice(0, 16)}): ${v.reason}`,
+    )
   for (const b of r.bases) lines.push(`${b.action === 'delete' ? (r.applied ? 'deleted' : 'delete ') : 'keep   '} base ${b.path}: ${b.reason}`)
   for (const s of r.skipped) lines.push(`not deleted ${s.path}: ${s.reason}`)
   if (!r.volumes.length && !r.bases.length) lines.push('no volumes or bases found')
   const res = r.reserve
-  lines.push(res.wantBytes ? `reserve ${gib(res.wantBytes)} on the user partition: ${gib(res.freeBytes)} free before, ${gib(res.freeAfterBytes)} ${r.applied ? 'after' : 'after this plan'}${res.met ? '' : ': NOT MET'}`
-    : `no reserve (--reserve-gib): volumes on current bases are kept; ${gib(res.freeBytes)} free`)
+  lines.push(
+    res.wantBytes
+      ? `reserve ${gib(res.wantBytes)} on the user partition: ${gib(res.freeBytes)} free before, ${gib(res.freeAfterBytes)} ${r.applied ? 'after' : 'after this plan'}${res.met ? '' : ': NOT MET'}`
+      : `no reserve (--reserve-gib): volumes on current bases are kept; ${gib(res.freeBytes)} free`,
+  )
   if (!r.applied) lines.push('dry run: nothing was changed')
   return lines.join('\n')
 }
@@ -60,13 +87,38 @@ export const vmImagePublish = defineCommand({
   notes: `FILE must be qcow2 with no backing file of its own, clean by qemu-img check, and not open in a VM
 (else exit 70); the checks are made on the published copy. One base per --out directory.`,
   options: {
-    name: { type: 'string', value: 'NAME', required: true, schema: text(), description: 'the base image\'s name in the catalogue (a new version of a name replaces the old)' },
-    'image-version': { type: 'string', value: 'V', required: true, schema: text(), aliases: ['version'], description: 'the base image\'s version; a host pulls only a newer one unless --allow-downgrade (--version elsewhere prints labhost\'s own)' },
-    os: { type: 'string', value: 'TYPE', required: true, schema: text(), description: "the guest OS type the VM front end configures the VM for (the catalogue's os_type)" },
+    name: {
+      type: 'string',
+      value: 'NAME',
+      required: true,
+      schema: text(),
+      description: "the base image's name in the catalogue (a new version of a name replaces the old)",
+    },
+    'image-version': {
+      type: 'string',
+      value: 'V',
+      required: true,
+      schema: text(),
+      aliases: ['version'],
+      description: "the base image's version; a host pulls only a newer one unless --allow-downgrade (--version elsewhere prints labhost's own)",
+    },
+    os: {
+      type: 'string',
+      value: 'TYPE',
+      required: true,
+      schema: text(),
+      description: "the guest OS type the VM front end configures the VM for (the catalogue's os_type)",
+    },
     'display-name': { type: 'string', value: 'TEXT', schema: text(), defaultText: 'NAME', description: 'the name the VM front end shows' },
     default: { type: 'boolean', description: 'make it the base the VM front end offers first' },
     'signing-key': SIGNING_KEY,
-    out: { type: 'string', value: 'DIR', required: true, schema: pathValue(), description: 'the directory that gets the image, its signed manifest and its .torrent' },
+    out: {
+      type: 'string',
+      value: 'DIR',
+      required: true,
+      schema: pathValue(),
+      description: 'the directory that gets the image, its signed manifest and its .torrent',
+    },
     ...TORRENT_OPTIONS,
   },
   dryRun: { refused: 'it writes only into --out' },
@@ -74,12 +126,31 @@ export const vmImagePublish = defineCommand({
     const file = positionals[0]
     if (!file) throw new LabhostError('usage', 'labhost vm-image publish needs a FILE.qcow2', `usage: ${this.usage}`)
     const r = await publishVmImage({
-      file, name: values.name, version: values['image-version'], os: values.os, displayName: values['display-name'], isDefault: values.default,
-      signingKey: values['signing-key'], out: values.out, trackers: values.tracker, webSeeds: values['web-seed'].length ? values['web-seed'] : undefined, log: ctx.log,
+      file,
+      name: values.name,
+      version: values['image-version'],
+      os: values.os,
+      displayName: values['display-name'],
+      isDefault: values.default,
+      signingKey: values['signing-key'],
+      out: values.out,
+      trackers: values.tracker,
+      webSeeds: values['web-seed'].length ? values['web-seed'] : undefined,
+      log: ctx.log,
     })
     const m = r.manifest
     return {
-      data: { manifest: r.manifestFile, image: r.imageFile, torrent: r.torrentFile, infoHash: r.infoHash, name: m.name, version: m.version, size: m.image.size, sha256: m.image.sha256, signer: m.signer },
+      data: {
+        manifest: r.manifestFile,
+        image: r.imageFile,
+        torrent: r.torrentFile,
+        infoHash: r.infoHash,
+        name: m.name,
+        version: m.version,
+        size: m.image.size,
+        sha256: m.image.sha256,
+        signer: m.signer,
+      },
       human: `published ${m.name} ${m.version} (${m.os}${m.default ? ', default' : ''}): ${r.imageFile}\n  ${m.image.size} bytes sha256 ${m.image.sha256}\n  ${r.manifestFile} signed by ${m.signer}\n  ${r.torrentFile} info hash ${r.infoHash}`,
     }
   },
@@ -98,9 +169,21 @@ Any refusal leaves --dir and the catalogue as they were.`,
   options: {
     ...DIRS,
     'trusted-key': TRUSTED_KEY,
-    'allow-downgrade': { type: 'boolean', description: 'accept a version that is not newer than the catalogue\'s' },
-    retries: { type: 'string', value: 'N', schema: wholeNumber(1, 1000), defaultText: String(DEFAULT_FETCH.retries), description: 'attempts per HTTP request (each resumes where the last stopped)' },
-    timeout: { type: 'string', value: 'SECONDS', schema: wholeNumber(1, 86400), defaultText: String(DEFAULT_FETCH.timeoutMs / 1000), description: 'an HTTP request that stalls this long is retried' },
+    'allow-downgrade': { type: 'boolean', description: "accept a version that is not newer than the catalogue's" },
+    retries: {
+      type: 'string',
+      value: 'N',
+      schema: wholeNumber(1, 1000),
+      defaultText: String(DEFAULT_FETCH.retries),
+      description: 'attempts per HTTP request (each resumes where the last stopped)',
+    },
+    timeout: {
+      type: 'string',
+      value: 'SECONDS',
+      schema: wholeNumber(1, 86400),
+      defaultText: String(DEFAULT_FETCH.timeoutMs / 1000),
+      description: 'an HTTP request that stalls this long is retried',
+    },
     'no-prune': { type: 'boolean', description: 'leave out the prune that follows the pull' },
     'reserve-gib': RESERVE,
   },
@@ -110,16 +193,36 @@ Any refusal leaves --dir and the catalogue as they were.`,
     if (!source) throw new LabhostError('usage', 'labhost vm-image pull needs a URL or DIR', `usage: ${this.usage}`)
     const { retries, timeout } = values
     const r = await pullVmImage({
-      source, trustedKey: values['trusted-key'], backingDir: values.dir, userDir: values['user-dir'], catalogue: catalogueOf(values),
+      source,
+      trustedKey: values['trusted-key'],
+      backingDir: values.dir,
+      userDir: values['user-dir'],
+      catalogue: catalogueOf(values),
       fetch: { ...DEFAULT_FETCH, ...(retries ? { retries } : {}), ...(timeout ? { timeoutMs: timeout * 1000 } : {}), log: ctx.log },
-      allowDowngrade: values['allow-downgrade'], prune: !values['no-prune'], reserveBytes: reserveOf(values),
-      dryRun: ctx.dryRun, log: ctx.log, progress: ctx.progress(`pull ${source}`),
+      allowDowngrade: values['allow-downgrade'],
+      prune: !values['no-prune'],
+      reserveBytes: reserveOf(values),
+      dryRun: ctx.dryRun,
+      log: ctx.log,
+      progress: ctx.progress(`pull ${source}`),
     })
     const p = r.plan
-    const what = p.action === 'current' ? 'is installed already' : p.action === 'catalogue-only' ? 'was in place (verified): catalogue updated' : r.dryRun ? 'would be downloaded' : `installed as ${p.file}`
-    const lines = [`${p.name} ${p.version} ${what}${p.previous && p.previous.version !== p.version ? ` (replaces ${p.previous.version})` : ''}`,
-      `  ${p.size} bytes sha256 ${p.sha256}; ${gib(p.freeBytes)} free on the backing partition, ${gib(p.needBytes)} needed${p.resumableBytes ? `, ${p.resumableBytes} bytes of an interrupted pull on disk` : ''}`]
-    if (r.download) lines.push(`  ${r.download.downloadedBytes} bytes downloaded in ${r.download.seconds.toFixed(1)} s${r.download.resumedBytes ? `, ${r.download.resumedBytes} resumed` : ''}`)
+    const what =
+      p.action === 'current'
+        ? 'is installed already'
+        : p.action === 'catalogue-only'
+          ? 'was in place (verified): catalogue updated'
+          : r.dryRun
+            ? 'would be downloaded'
+            : `installed as ${p.file}`
+    const lines = [
+      `${p.name} ${p.version} ${what}${p.previous && p.previous.version !== p.version ? ` (replaces ${p.previous.version})` : ''}`,
+      `  ${p.size} bytes sha256 ${p.sha256}; ${gib(p.freeBytes)} free on the backing partition, ${gib(p.needBytes)} needed${p.resumableBytes ? `, ${p.resumableBytes} bytes of an interrupted pull on disk` : ''}`,
+    ]
+    if (r.download)
+      lines.push(
+        `  ${r.download.downloadedBytes} bytes downloaded in ${r.download.seconds.toFixed(1)} s${r.download.resumedBytes ? `, ${r.download.resumedBytes} resumed` : ''}`,
+      )
     if (r.dryRun) lines.push('dry run: nothing was downloaded or written; prune runs after a pull')
     if (r.prune) lines.push(pruneHuman(r.prune))
     return { data: r, human: lines.join('\n'), exitCode: r.prune && !r.prune.reserve.met ? ExitCode.reserveNotMet : 0 }
@@ -135,7 +238,14 @@ exit ${ExitCode.reserveNotMet}: the --reserve-gib free space could not be reache
   options: { ...DIRS, 'reserve-gib': RESERVE },
   dryRun: { plan: 'print the whole plan (the lock checks included)' },
   async run(values, _pos, ctx) {
-    const r = await pruneVmImages({ backingDir: values.dir, userDir: values['user-dir'], catalogue: catalogueOf(values), reserveBytes: reserveOf(values), dryRun: ctx.dryRun, log: ctx.log })
+    const r = await pruneVmImages({
+      backingDir: values.dir,
+      userDir: values['user-dir'],
+      catalogue: catalogueOf(values),
+      reserveBytes: reserveOf(values),
+      dryRun: ctx.dryRun,
+      log: ctx.log,
+    })
     return { data: r, human: pruneHuman(r), exitCode: r.reserve.met ? 0 : ExitCode.reserveNotMet }
   },
 })
@@ -145,9 +255,17 @@ export const wake = defineCommand({
   summary: 'wake PCs with Wake-on-LAN magic packets (UDP broadcast from labhost itself), by MAC or from install reports',
   usage: 'labhost wake MAC... | --reports DIR [options]',
   options: {
-    reports: { type: 'string', value: 'DIR', schema: pathValue(), description: "wake every PC an install report in DIR names (machine.nics): an installer stick's reports/" },
+    reports: {
+      type: 'string',
+      value: 'DIR',
+      schema: pathValue(),
+      description: "wake every PC an install report in DIR names (machine.nics): an installer stick's reports/",
+    },
     broadcast: {
-      type: 'string', value: 'ADDRESS', default: DEFAULT_WAKE.address, schema: ipv4(),
+      type: 'string',
+      value: 'ADDRESS',
+      default: DEFAULT_WAKE.address,
+      schema: ipv4(),
       description: "where the packets go; a subnet's broadcast address (10.1.2.255) reaches another subnet when its router forwards directed broadcasts",
     },
     port: { type: 'string', value: 'N', schema: wholeNumber(1, 65535), default: String(DEFAULT_WAKE.port), description: 'the UDP port' },
@@ -160,6 +278,9 @@ export const wake = defineCommand({
     if (!targets.length) throw new LabhostError('usage', 'labhost wake needs MAC addresses or --reports DIR', `usage: ${this.usage}`)
     const { broadcast: address, port, repeat } = values
     const r = await sendWake(targets, { address, port, repeat })
-    return { data: { targets, address, port, packets: r.sent }, human: `sent ${r.sent} magic packet(s) to ${address}:${port} for ${targets.length} PC(s): ${targets.map((t) => t.mac).join(', ')}` }
+    return {
+      data: { targets, address, port, packets: r.sent },
+      human: `sent ${r.sent} magic packet(s) to ${address}:${port} for ${targets.length} PC(s): ${targets.map((t) => t.mac).join(', ')}`,
+    }
   },
 })

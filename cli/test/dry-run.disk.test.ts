@@ -37,7 +37,11 @@ function snapshot(paths: string[]): Record<string, string> {
       for (const name of (fs.readdirSync(p, { recursive: true }) as string[]).sort()) {
         const f = path.join(p, name)
         const st = fs.lstatSync(f)
-        out[f] = st.isFile() ? `${st.size} ${st.mtimeMs} ${crypto.createHash('sha256').update(fs.readFileSync(f)).digest('hex')}` : st.isDirectory() ? 'dir' : 'other'
+        out[f] = st.isFile()
+          ? `${st.size} ${st.mtimeMs} ${crypto.createHash('sha256').update(fs.readFileSync(f)).digest('hex')}`
+          : st.isDirectory()
+            ? 'dir'
+            : 'other'
       }
     } else {
       out[p] = `${fs.statSync(p).size} ${hashWhole(p)}`
@@ -159,7 +163,10 @@ const cases: Record<string, { kind: Kind; run: (t: Test) => Promise<void> }> = {
     run: async (t) => {
       const h = await onTrial(t)
       const cfg = path.join(tmpDir(t), 'trial.yaml')
-      for (const [check, code, verdict] of [['true', 0, /^would mark good \(dry run\): every check passes: slot B would be marked good/], ['false', ExitCode.trialFailed, /^would roll back \(dry run\): .*would roll back/]] as const) {
+      for (const [check, code, verdict] of [
+        ['true', 0, /^would mark good \(dry run\): every check passes: slot B would be marked good/],
+        ['false', ExitCode.trialFailed, /^would roll back \(dry run\): .*would roll back/],
+      ] as const) {
         fs.writeFileSync(cfg, `deadlineSeconds: 30\nchecks:\n  - name: "${check}"\n    run: ["${check}"]\n`)
         // this machine has been up for more than 30 s: a failing check is past its deadline at once
         const r = await dryRun(t, ['trial-check', '--config', cfg, ...hostPaths(h)], hostFiles(h))
@@ -188,15 +195,41 @@ const cases: Record<string, { kind: Kind; run: (t: Test) => Promise<void> }> = {
     run: async (t) => {
       const d = tmpDir(t)
       fs.mkdirSync(`${d}/sys/class/dmi/id`, { recursive: true })
-      for (const [f, v] of [['sys_vendor', 'Dell Inc.'], ['product_name', 'OptiPlex 7010'], ['product_serial', 'CN0DRYRUN']]) fs.writeFileSync(`${d}/sys/class/dmi/id/${f}`, `${v}\n`)
+      for (const [f, v] of [
+        ['sys_vendor', 'Dell Inc.'],
+        ['product_name', 'OptiPlex 7010'],
+        ['product_serial', 'CN0DRYRUN'],
+      ])
+        fs.writeFileSync(`${d}/sys/class/dmi/id/${f}`, `${v}\n`)
       const ssdFile = sparseFile(`${d}/ssd.img`, 480 * MiB)
       const hddFile = sparseFile(`${d}/hdd.img`, 40 * MiB)
       const ssd = await loop(t, ssdFile, { directIo: true })
       const hdd = await loop(t, hddFile, { directIo: true })
-      fs.writeFileSync(`${d}/install.yaml`, YAML.stringify({
-        models: [{ vendor: 'Dell Inc.', product: 'OptiPlex 7010' }], disks: { ssd: { rotational: false, minSizeGiB: 0.4 }, hdd: { rotational: true, minSizeGiB: 0.03 } }, finish: 'none',
-      }))
-      const argv = ['install', '--config', `${d}/install.yaml`, '--image', images.v1, '--ssd', ssd, '--hdd', hdd, '--sys-root', `${d}/sys`, '--report-dir', `${d}/reports`, '--trusted-key', images.keys.publicKeyFile]
+      fs.writeFileSync(
+        `${d}/install.yaml`,
+        YAML.stringify({
+          models: [{ vendor: 'Dell Inc.', product: 'OptiPlex 7010' }],
+          disks: { ssd: { rotational: false, minSizeGiB: 0.4 }, hdd: { rotational: true, minSizeGiB: 0.03 } },
+          finish: 'none',
+        }),
+      )
+      const argv = [
+        'install',
+        '--config',
+        `${d}/install.yaml`,
+        '--image',
+        images.v1,
+        '--ssd',
+        ssd,
+        '--hdd',
+        hdd,
+        '--sys-root',
+        `${d}/sys`,
+        '--report-dir',
+        `${d}/reports`,
+        '--trusted-key',
+        images.keys.publicKeyFile,
+      ]
       const r = await dryRun(t, argv, [ssdFile, hddFile, `${d}/reports`, `${d}/sys`, images.v1])
       t.equal(r.code, 0, { stderr: r.stderr })
       t.match(r.stdout, /write the root image[^]*\ndry run: nothing was written$/)
@@ -237,7 +270,12 @@ const cases: Record<string, { kind: Kind; run: (t: Test) => Promise<void> }> = {
     run: async (t) => {
       const d = tmpDir(t)
       fs.writeFileSync(`${d}/install.yaml`, 'models: []\n')
-      await refused(t, 'image stick', ['image', 'stick', '--image', images.v1, '--config', `${d}/install.yaml`, '--out', `${d}/stick.img`, '--signing-key', images.keys.privateKeyFile], [d, images.v1])
+      await refused(
+        t,
+        'image stick',
+        ['image', 'stick', '--image', images.v1, '--config', `${d}/install.yaml`, '--out', `${d}/stick.img`, '--signing-key', images.keys.privateKeyFile],
+        [d, images.v1],
+      )
     },
   },
   'image selector': {
@@ -286,7 +324,11 @@ const cases: Record<string, { kind: Kind; run: (t: Test) => Promise<void> }> = {
     run: async (t) => {
       const d = tmpDir(t)
       imageLinks(`${d}/v1`)
-      t.equal((await runCli(['channel', 'publish', '--out', `${d}/channel.json`, '--image', 'v1/', '--share', '5', '--signing-key', images.keys.privateKeyFile])).code, 0)
+      t.equal(
+        (await runCli(['channel', 'publish', '--out', `${d}/channel.json`, '--image', 'v1/', '--share', '5', '--signing-key', images.keys.privateKeyFile]))
+          .code,
+        0,
+      )
       const r = await dryRun(t, ['channel', 'show', `${d}/channel.json`, '--trusted-key', images.keys.publicKeyFile], [d])
       t.equal(r.code, 0, { stderr: r.stderr })
       t.match(r.stdout, /channel\.json: serial 1, /)
@@ -307,7 +349,26 @@ const cases: Record<string, { kind: Kind; run: (t: Test) => Promise<void> }> = {
     run: async (t) => {
       const d = tmpDir(t)
       const src = await makeBase(`${d}/src.qcow2`, { dataMiB: 1, pattern: 7 })
-      await refused(t, 'vm-image publish', ['vm-image', 'publish', src, '--name', 'win11', '--image-version', '1.0.0', '--os', 'windows', '--signing-key', images.keys.privateKeyFile, '--out', `${d}/out`], [d])
+      await refused(
+        t,
+        'vm-image publish',
+        [
+          'vm-image',
+          'publish',
+          src,
+          '--name',
+          'win11',
+          '--image-version',
+          '1.0.0',
+          '--os',
+          'windows',
+          '--signing-key',
+          images.keys.privateKeyFile,
+          '--out',
+          `${d}/out`,
+        ],
+        [d],
+      )
     },
   },
   'vm-image pull': {
@@ -315,11 +376,23 @@ const cases: Record<string, { kind: Kind; run: (t: Test) => Promise<void> }> = {
     run: async (t) => {
       const d = tmpDir(t)
       const src = await makeBase(`${d}/src.qcow2`, { dataMiB: 2, pattern: 0x10 })
-      const pub = await publishVmImage({ file: src, name: 'win11', version: '1.0.0', os: 'windows', isDefault: true, signingKey: images.keys.privateKeyFile, out: `${d}/pub`, trackers: [] })
+      const pub = await publishVmImage({
+        file: src,
+        name: 'win11',
+        version: '1.0.0',
+        os: 'windows',
+        isDefault: true,
+        signingKey: images.keys.privateKeyFile,
+        out: `${d}/pub`,
+        trackers: [],
+      })
       fs.mkdirSync(`${d}/backing`)
       fs.mkdirSync(`${d}/user`)
-      const r = await dryRun(t, ['vm-image', 'pull', path.dirname(pub.manifestFile), '--trusted-key', images.keys.publicKeyFile, '--dir', `${d}/backing`, '--user-dir', `${d}/user`],
-        [`${d}/backing`, `${d}/user`, `${d}/pub`])
+      const r = await dryRun(
+        t,
+        ['vm-image', 'pull', path.dirname(pub.manifestFile), '--trusted-key', images.keys.publicKeyFile, '--dir', `${d}/backing`, '--user-dir', `${d}/user`],
+        [`${d}/backing`, `${d}/user`, `${d}/pub`],
+      )
       t.equal(r.code, 0, { stderr: r.stderr })
       t.match(r.stdout, /^win11 1\.0\.0 would be downloaded\n[^]*dry run: nothing was downloaded or written/)
     },
@@ -331,10 +404,30 @@ const cases: Record<string, { kind: Kind; run: (t: Test) => Promise<void> }> = {
       fs.mkdirSync(`${d}/backing`)
       fs.mkdirSync(`${d}/user`)
       // win11 1.0.0 replaced by 2.0.0, a user's volume still on 1.0.0: prune would delete both
-      for (const [version, pattern] of [['1.0.0', 0x10], ['2.0.0', 0x40]] as const) {
+      for (const [version, pattern] of [
+        ['1.0.0', 0x10],
+        ['2.0.0', 0x40],
+      ] as const) {
         const src = await makeBase(`${d}/src-${version}.qcow2`, { dataMiB: 1, pattern })
-        const pub = await publishVmImage({ file: src, name: 'win11', version, os: 'windows', isDefault: true, signingKey: images.keys.privateKeyFile, out: `${d}/pub-${version}`, trackers: [] })
-        await pullVmImage({ source: path.dirname(pub.manifestFile), trustedKey: images.keys.publicKeyFile, backingDir: `${d}/backing`, userDir: `${d}/user`, catalogue: `${d}/backing/catalogue.ini`, prune: false, reserveBytes: 0 })
+        const pub = await publishVmImage({
+          file: src,
+          name: 'win11',
+          version,
+          os: 'windows',
+          isDefault: true,
+          signingKey: images.keys.privateKeyFile,
+          out: `${d}/pub-${version}`,
+          trackers: [],
+        })
+        await pullVmImage({
+          source: path.dirname(pub.manifestFile),
+          trustedKey: images.keys.publicKeyFile,
+          backingDir: `${d}/backing`,
+          userDir: `${d}/user`,
+          catalogue: `${d}/backing/catalogue.ini`,
+          prune: false,
+          reserveBytes: 0,
+        })
       }
       await makeOverlay(`${d}/user/alice/old.qcow2`, `${d}/backing/win11-1.0.0.qcow2`, 1)
       const r = await dryRun(t, ['vm-image', 'prune', '--dir', `${d}/backing`, '--user-dir', `${d}/user`], [`${d}/backing`, `${d}/user`])

@@ -9,7 +9,11 @@ import { runCli } from '../../test-support/test-helpers.ts'
 async function cli(argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   let stdout = ''
   let stderr = ''
-  const code = await main(argv, { write: (s: string) => (stdout += s) } as unknown as typeof process.stdout, { write: (s: string) => (stderr += s) } as unknown as typeof process.stderr)
+  const code = await main(
+    argv,
+    { write: (s: string) => (stdout += s) } as unknown as typeof process.stdout,
+    { write: (s: string) => (stderr += s) } as unknown as typeof process.stderr,
+  )
   return { code, stdout, stderr }
 }
 
@@ -43,7 +47,10 @@ t.test('--help: the usage, then each main option with its value and default, the
       if (!l) continue
       if (o.value) t.ok(l.startsWith(`  --${name} ${o.value}`), `${c.name} --${name} ${o.value}`)
       // the description may wrap: judge the option's whole entry
-      const entry = own.slice(own.indexOf(l)).split(/\n(?= {2}-)/)[0]!.replace(/\s+/g, ' ')
+      const entry = own
+        .slice(own.indexOf(l))
+        .split(/\n(?= {2}-)/)[0]!
+        .replace(/\s+/g, ' ')
       t.ok(entry.includes(o.description.split(' ').slice(0, 4).join(' ')), `${c.name} --${name}: its description`)
       if (typeof o.default === 'string') t.match(entry, `default: ${o.default}`, `${c.name} --${name}: its default`)
       if (o.defaultText) t.match(entry, `default: ${o.defaultText}`, `${c.name} --${name}: its default`)
@@ -57,7 +64,10 @@ t.test('--help: the usage, then each main option with its value and default, the
 t.test('test seams: hidden from --help (which says so at its end), listed by --help-all', async (t) => {
   const withSeams = COMMANDS.filter((c) => Object.values(c.options).some((o) => o.seam))
   // the ones the issue names, and the phase markers the VM tests read
-  const seamsOf = (name: string) => Object.entries(COMMANDS.find((c) => c.name === name)!.options).filter(([, o]) => o.seam).map(([n]) => n)
+  const seamsOf = (name: string) =>
+    Object.entries(COMMANDS.find((c) => c.name === name)!.options)
+      .filter(([, o]) => o.seam)
+      .map(([n]) => n)
   t.same(seamsOf('update'), ['boot-file', 'state-root', 'version-file', 'machine-uuid-file', 'now', 'announce-phases'])
   t.same(seamsOf('install'), ['sys-root'])
   t.ok(withSeams.length >= 6, 'update, status, mark-good, trial-check, slots switch, slots repair, install')
@@ -65,7 +75,11 @@ t.test('test seams: hidden from --help (which says so at its end), listed by --h
     const seams = Object.entries(c.options).filter(([, o]) => o.seam)
     const help = (await cli([...c.name.split(' '), '--help'])).stdout
     const all = (await cli([...c.name.split(' '), '--help-all'])).stdout
-    t.match(help.trimEnd().split('\n').at(-1), new RegExp(`^${seams.length} test-only options? (is|are) not shown: labhost ${c.name} --help-all lists`), `${c.name}: --help ends saying what it left out`)
+    t.match(
+      help.trimEnd().split('\n').at(-1),
+      new RegExp(`^${seams.length} test-only options? (is|are) not shown: labhost ${c.name} --help-all lists`),
+      `${c.name}: --help ends saying what it left out`,
+    )
     const group = section(all, 'test-only options (point labhost at files a test laid out; never needed on a PC)')
     for (const [name, o] of seams) {
       t.notOk(line(help, name), `${c.name} --help: no --${name}`)

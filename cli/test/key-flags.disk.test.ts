@@ -34,7 +34,11 @@ t.test('the old --key: works, one notice on stderr, stdout the same JSON', async
   t.equal(b.code, 0, 'built', { stderr: b.stderr })
   t.same(warnings(b), ['labhost: warning: --key is deprecated: use --signing-key (labhost image build)'])
   t.equal(JSON.parse(b.stdout).name, 'test', 'stdout is the JSON result alone')
-  t.equal(fs.readFileSync(`${dir}/old/manifest.json`, 'utf8'), fs.readFileSync(`${dir}/new/manifest.json`, 'utf8'), 'the same signed manifest as with --signing-key')
+  t.equal(
+    fs.readFileSync(`${dir}/old/manifest.json`, 'utf8'),
+    fs.readFileSync(`${dir}/new/manifest.json`, 'utf8'),
+    'the same signed manifest as with --signing-key',
+  )
   const v = await runCli(['image', 'verify', `${dir}/old`, '--key', keys.publicKeyFile, '--json'])
   t.equal(v.code, 0, { stderr: v.stderr })
   t.same(warnings(v), ['labhost: warning: --key is deprecated: use --trusted-key (labhost image verify)'], 'verify: --key is the trusted (public) key')
@@ -47,8 +51,23 @@ t.test('the old --key: works, one notice on stderr, stdout the same JSON', async
 })
 
 t.test('image stick --signing-key; the old --key is read as --signing-key', async (t) => {
-  fs.writeFileSync(`${dir}/install.yaml`, 'models:\n  - { vendor: "Dell Inc.", product: "OptiPlex 7010" }\ndisks:\n  ssd: { rotational: false, minSizeGiB: 0.5 }\n  hdd: { rotational: true, minSizeGiB: 0.05 }\n')
-  const s = await runCli(['image', 'stick', '--image', `${dir}/new`, '--config', `${dir}/install.yaml`, '--out', `${dir}/stick.img`, '--signing-key', keys.privateKeyFile, '--json'])
+  fs.writeFileSync(
+    `${dir}/install.yaml`,
+    'models:\n  - { vendor: "Dell Inc.", product: "OptiPlex 7010" }\ndisks:\n  ssd: { rotational: false, minSizeGiB: 0.5 }\n  hdd: { rotational: true, minSizeGiB: 0.05 }\n',
+  )
+  const s = await runCli([
+    'image',
+    'stick',
+    '--image',
+    `${dir}/new`,
+    '--config',
+    `${dir}/install.yaml`,
+    '--out',
+    `${dir}/stick.img`,
+    '--signing-key',
+    keys.privateKeyFile,
+    '--json',
+  ])
   t.equal(s.code, 0, 'stick made', { stderr: s.stderr })
   t.same(warnings(s), [])
   t.ok(fs.statSync(`${dir}/stick.img`).size > 0)
@@ -67,7 +86,11 @@ t.test('both spellings at once, or --key where it never meant anything: usage er
   t.equal(both.code, ExitCode.usage)
   t.match(both.stderr, /--key and --signing-key are the same option/)
   t.notOk(fs.existsSync(`${dir}/both`), 'nothing built')
-  for (const [cmd, ...args] of [['update', `${dir}/new`, '--key', keys.publicKeyFile], ['install', '--key', keys.publicKeyFile], ['vm-image publish', 'x.qcow2', '--key', keys.privateKeyFile]]) {
+  for (const [cmd, ...args] of [
+    ['update', `${dir}/new`, '--key', keys.publicKeyFile],
+    ['install', '--key', keys.publicKeyFile],
+    ['vm-image publish', 'x.qcow2', '--key', keys.privateKeyFile],
+  ]) {
     const r = await runCli([...cmd!.split(' '), ...args])
     t.equal(r.code, ExitCode.usage, `${cmd} --key: unknown option`)
     t.match(r.stderr, /Unknown option '--key'/)
@@ -75,11 +98,16 @@ t.test('both spellings at once, or --key where it never meant anything: usage er
 })
 
 t.test('--help names the new spelling and the old one as deprecated', async (t) => {
-  for (const [cmd, name] of [['image build', 'signing-key'], ['image stick', 'signing-key'], ['image verify', 'trusted-key']] as const) {
+  for (const [cmd, name] of [
+    ['image build', 'signing-key'],
+    ['image stick', 'signing-key'],
+    ['image verify', 'trusted-key'],
+  ] as const) {
     const h = await runCli([...cmd.split(' '), '--help'])
     t.match(h.stdout.replace(/\s+/g, ' '), new RegExp(`--${name} (KEY|PUB) .*old spelling, deprecated: --key`), `${cmd}: --${name}, --key deprecated`)
     t.notMatch(h.stdout, /^ {2}--key /m, `${cmd}: --key is not an option line of its own`)
   }
-  for (const cmd of ['update', 'install', 'vm-image pull']) t.match((await runCli([...cmd.split(' '), '--help'])).stdout, /^ {2}--trusted-key PUB /m, `${cmd}: --trusted-key`)
+  for (const cmd of ['update', 'install', 'vm-image pull'])
+    t.match((await runCli([...cmd.split(' '), '--help'])).stdout, /^ {2}--trusted-key PUB /m, `${cmd}: --trusted-key`)
   t.match((await runCli(['vm-image', 'publish', '--help'])).stdout, /^ {2}--signing-key KEY /m, 'vm-image publish: --signing-key')
 })

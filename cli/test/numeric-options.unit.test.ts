@@ -17,9 +17,11 @@ const seed = (...args: string[]) => ['image', 'seed', '/tmp', ...args]
 async function runAll(argvs: string[][]): Promise<Awaited<ReturnType<typeof runCli>>[]> {
   const results: Awaited<ReturnType<typeof runCli>>[] = []
   let next = 0
-  await Promise.all(Array.from({ length: 4 }, async () => {
-    for (let i; (i = next++) < argvs.length;) results[i] = await runCli(argvs[i]!)
-  }))
+  await Promise.all(
+    Array.from({ length: 4 }, async () => {
+      for (let i; (i = next++) < argvs.length;) results[i] = await runCli(argvs[i]!)
+    }),
+  )
   return results
 }
 

@@ -10,7 +10,11 @@ import { commandSchema } from '../command.ts'
 async function cli(argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   let stdout = ''
   let stderr = ''
-  const code = await main(argv, { write: (s: string) => (stdout += s) } as unknown as typeof process.stdout, { write: (s: string) => (stderr += s) } as unknown as typeof process.stderr)
+  const code = await main(
+    argv,
+    { write: (s: string) => (stdout += s) } as unknown as typeof process.stdout,
+    { write: (s: string) => (stderr += s) } as unknown as typeof process.stderr,
+  )
   return { code, stdout, stderr }
 }
 
@@ -26,7 +30,14 @@ t.test('one schema per command: defaults filled in and converted', async (t) => 
   const sw = commandSchema(command('slots switch')).parse({ disk: '/dev/sda', to: 'b', 'sector-size': '4096' })
   t.match(sw, { to: 'B', 'sector-size': 4096, 'ignore-trial': false, 'boot-file': '/run/labhost/boot' })
   const update = commandSchema(command('update')).parse({ torrent: true, 'seed-ratio': '1.5', 'download-limit': '30M' })
-  t.match(update, { 'seed-ratio': 1.5, 'download-limit': '30M', 'read-back': 'after', 'trusted-key': '/etc/labhost/trusted.pub', 'download-dir': '/run/labhost/torrent', full: false })
+  t.match(update, {
+    'seed-ratio': 1.5,
+    'download-limit': '30M',
+    'read-back': 'after',
+    'trusted-key': '/etc/labhost/trusted.pub',
+    'download-dir': '/run/labhost/torrent',
+    full: false,
+  })
   const publish = commandSchema(command('image publish')).parse({})
   t.same(publish, { tracker: [], 'web-seed': [] }, 'repeatable options: an empty list when absent')
   t.notOk(commandSchema(command('wake')).safeParse({ bogus: 'x' }).success, 'an option the command does not have is refused')
@@ -44,9 +55,21 @@ const bad: [string, string[], RegExp][] = [
   ['IPv4', ['wake', '--reports', '/tmp', '--broadcast', '10.1.2.256'], /^--broadcast "10\.1\.2\.256" is not an IPv4 address$/],
   ['GiB', ['vm-image', 'prune', '--reserve-gib=-1'], /^--reserve-gib "-1" is not a number from 0 to 1048576$/],
   ['count', ['vm-image', 'pull', 'URL', '--retries', 'many'], /^--retries "many" is not a whole number from 1 to 1000$/],
-  ['URL', ['image', 'publish', 'DIR', '--tracker', 'ftp://tracker.lab/announce'], /^--tracker "ftp:\/\/tracker\.lab\/announce" is not a URL \(http, https or udp\)$/],
-  ['URL, the second of two', ['image', 'publish', 'DIR', '--tracker', 'http://a.lab/announce', '--tracker', 'tracker.lab'], /^--tracker "tracker\.lab" is not a URL/],
-  ['URL', ['image', 'publish', 'DIR', '--tracker', 'http://a.lab/announce', '--web-seed', 'udp://a.lab/x'], /^--web-seed "udp:\/\/a\.lab\/x" is not a URL \(http or https\)$/],
+  [
+    'URL',
+    ['image', 'publish', 'DIR', '--tracker', 'ftp://tracker.lab/announce'],
+    /^--tracker "ftp:\/\/tracker\.lab\/announce" is not a URL \(http, https or udp\)$/,
+  ],
+  [
+    'URL, the second of two',
+    ['image', 'publish', 'DIR', '--tracker', 'http://a.lab/announce', '--tracker', 'tracker.lab'],
+    /^--tracker "tracker\.lab" is not a URL/,
+  ],
+  [
+    'URL',
+    ['image', 'publish', 'DIR', '--tracker', 'http://a.lab/announce', '--web-seed', 'udp://a.lab/x'],
+    /^--web-seed "udp:\/\/a\.lab\/x" is not a URL \(http or https\)$/,
+  ],
   ['path', ['install', '--config', '', '--image', 'DIR'], /^--config "" is not a path$/],
   ['path', ['image', 'build', 'test', '--out', '', '--signing-key', 'KEY'], /^--out "" is not a path$/],
   ['text', ['vm-image', 'publish', 'F.qcow2', '--name', '', '--image-version', '1', '--os', 'l', '--signing-key', 'K', '--out', 'D'], /^--name "" is empty$/],
@@ -80,12 +103,12 @@ t.test('with --json the same error is the JSON object on stdout', async (t) => {
   t.match(JSON.parse(r.stdout), { error: 'usage', exitCode: 2, message: '--sector-size "1024" is neither 512 nor 4096' })
 })
 
-t.test('vm-image publish: --image-version is the base image\'s version; --version, its old spelling, still parses as it', async (t) => {
+t.test("vm-image publish: --image-version is the base image's version; --version, its old spelling, still parses as it", async (t) => {
   const argv = (flag: string) => ['vm-image', 'publish', 'F.qcow2', '--name', '', flag, '1', '--os', 'l', '--signing-key', 'K', '--out', 'D']
   const old = await cli(argv('--version'))
   // the empty --name stops it before any work: what matters is that --version was taken as the image version
   t.match(old.stderr, /^labhost: error: --name "" is empty$/m, 'the old spelling parses', { stderr: old.stderr })
-  t.notMatch(old.stdout, /^labhost \d/, 'and does not print labhost\'s own version')
+  t.notMatch(old.stdout, /^labhost \d/, "and does not print labhost's own version")
   const both = await cli([...argv('--version'), '--image-version', '2'])
   t.equal(both.code, ExitCode.usage)
   t.match(both.stderr, /--version and --image-version are the same option/)

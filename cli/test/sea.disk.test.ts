@@ -39,10 +39,18 @@ t.test('the release executable ignores fault-injection variables; dist/labhost-f
   t.notMatch(fs.readFileSync(path.join(REPO_ROOT, 'dist/labhost.cjs'), 'utf8'), /LABHOST_FAULT_/, 'the release bundle names no fault variable')
   const dir = tmpDir(t)
   const env = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', LABHOST_FAULT_SKIP_CRC_COMPENSATION: '1' }
-  for (const [exe, naive] of [['dist/labhost', false], ['dist/labhost-faults', true]] as const) {
+  for (const [exe, naive] of [
+    ['dist/labhost', false],
+    ['dist/labhost-faults', true],
+  ] as const) {
     const dev = await loop(t, sparseFile(path.join(dir, `${path.basename(exe)}.img`), 32 << 20))
     await makeGptDisk(dev, STANDARD_LAYOUT)
-    const sw = await execa(path.join(REPO_ROOT, exe), ['slots', 'switch', '--disk', dev, '--to', 'B', '--json'], { cwd: dir, env, extendEnv: false, reject: false })
+    const sw = await execa(path.join(REPO_ROOT, exe), ['slots', 'switch', '--disk', dev, '--to', 'B', '--json'], {
+      cwd: dir,
+      env,
+      extendEnv: false,
+      reject: false,
+    })
     const st = await execa(path.join(REPO_ROOT, exe), ['slots', 'status', '--disk', dev, '--json'], { cwd: dir, env, extendEnv: false, reject: false })
     const status = JSON.parse(String(st.stdout))
     if (naive) {
@@ -78,16 +86,30 @@ t.test('LABHOST_FAULT_HOLD: dist/labhost-faults waits before each switch write u
 
   const release = await loop(t, sparseFile(path.join(dir, 'release.img'), 32 << 20))
   await makeGptDisk(release, STANDARD_LAYOUT)
-  const r = await execa(path.join(REPO_ROOT, 'dist/labhost'), ['slots', 'switch', '--disk', release, '--to', 'B'], { cwd: dir, env, extendEnv: false, reject: false, timeout: 60_000 })
+  const r = await execa(path.join(REPO_ROOT, 'dist/labhost'), ['slots', 'switch', '--disk', release, '--to', 'B'], {
+    cwd: dir,
+    env,
+    extendEnv: false,
+    reject: false,
+    timeout: 60_000,
+  })
   t.equal(r.exitCode, 0, 'the release build switched without waiting', { stderr: r.stderr })
   t.notMatch(String(r.stderr), /LABHOST-HOLD/)
   t.equal(active(release), 'B')
 
   const dev = await loop(t, sparseFile(path.join(dir, 'faults.img'), 32 << 20))
   await makeGptDisk(dev, STANDARD_LAYOUT)
-  const child = execa(path.join(REPO_ROOT, 'dist/labhost-faults'), ['slots', 'switch', '--disk', dev, '--to', 'B'], { cwd: dir, env, extendEnv: false, reject: false, timeout: 120_000 })
+  const child = execa(path.join(REPO_ROOT, 'dist/labhost-faults'), ['slots', 'switch', '--disk', dev, '--to', 'B'], {
+    cwd: dir,
+    env,
+    extendEnv: false,
+    reject: false,
+    timeout: 120_000,
+  })
   let stderr = ''
-  child.stderr?.on('data', (d: Buffer) => { stderr += d.toString() })
+  child.stderr?.on('data', (d: Buffer) => {
+    stderr += d.toString()
+  })
   const held = async (point: string) => {
     for (let i = 0; i < 600 && !stderr.includes(`LABHOST-HOLD ${point}`); i++) await new Promise((res) => setTimeout(res, 100))
     return stderr.includes(`LABHOST-HOLD ${point}`)

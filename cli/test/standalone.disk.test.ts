@@ -36,7 +36,10 @@ t.test('dist/labhost alone in an empty directory: build, verify, stick, publish,
 
   t.equal(String((await lh(['--version'])).stdout), `labhost ${LABHOST_VERSION}`, '--version')
   await ok(['image', 'keygen', '--out', 'keys'], 'a signing key pair')
-  const built = await ok(['image', 'build', 'test', '--out', 'img', '--key', 'keys/labhost-signing.key', '--no-cache', '--json'], 'the shipped recipe by name, built afresh')
+  const built = await ok(
+    ['image', 'build', 'test', '--out', 'img', '--key', 'keys/labhost-signing.key', '--no-cache', '--json'],
+    'the shipped recipe by name, built afresh',
+  )
   const manifest = JSON.parse(fs.readFileSync(path.join(dir, 'img/manifest.json'), 'utf8'))
   t.match(JSON.parse(String(built.stdout)), { cached: false }, 'not a cache copy')
   t.equal(manifest.name, 'test', 'the test image')
@@ -46,21 +49,29 @@ t.test('dist/labhost alone in an empty directory: build, verify, stick, publish,
   const schema = await ok(['schema', 'install'], 'the JSON Schema of install.yaml')
   t.match(JSON.parse(String(schema.stdout)), { type: 'object', properties: { models: {} } })
 
-  fs.writeFileSync(path.join(dir, 'install.yaml'), YAML.stringify({
-    models: [{ vendor: 'Dell Inc.', product: 'OptiPlex 7010' }],
-    disks: { ssd: { rotational: false, minSizeGiB: 0.4 }, hdd: { rotational: true, minSizeGiB: 0.03 } },
-    finish: 'none',
-  }))
-  await ok(['image', 'stick', '--image', 'img', '--config', 'install.yaml', '--out', 'stick.img', '--key', 'keys/labhost-signing.key', '--json'], 'an installer stick image')
+  fs.writeFileSync(
+    path.join(dir, 'install.yaml'),
+    YAML.stringify({
+      models: [{ vendor: 'Dell Inc.', product: 'OptiPlex 7010' }],
+      disks: { ssd: { rotational: false, minSizeGiB: 0.4 }, hdd: { rotational: true, minSizeGiB: 0.03 } },
+      finish: 'none',
+    }),
+  )
+  await ok(
+    ['image', 'stick', '--image', 'img', '--config', 'install.yaml', '--out', 'stick.img', '--key', 'keys/labhost-signing.key', '--json'],
+    'an installer stick image',
+  )
   const stickGpt = await execa('sgdisk', ['-p', path.join(dir, 'stick.img')], { reject: false })
   t.equal(stickGpt.exitCode, 0, 'the stick image is a partitioned disk', { output: stickGpt.stdout })
 
-  await ok(['image', 'publish', 'img', '--tracker', 'http://127.0.0.1:6969/announce', '--json'], 'the image\'s torrent')
+  await ok(['image', 'publish', 'img', '--tracker', 'http://127.0.0.1:6969/announce', '--json'], "the image's torrent")
   t.ok(fs.existsSync(path.join(dir, 'img/root.img.zst.torrent')), 'root.img.zst.torrent')
 
   // serve the directory, fetch the manifest back over HTTP, stop the server with SIGTERM
   const serving: ResultPromise = execa(exe, ['image', 'serve', dir, '--port', '0'], { cwd: dir, env, extendEnv: false, reject: false, all: true })
-  t.teardown(() => { serving.kill('SIGKILL') })
+  t.teardown(() => {
+    serving.kill('SIGKILL')
+  })
   const url = await new Promise<string>((resolve, reject) => {
     let seen = ''
     serving.all?.on('data', (d: Buffer) => {
@@ -85,13 +96,41 @@ t.test('dist/labhost alone in an empty directory: build, verify, stick, publish,
   // install --dry-run on blank loop disks (the PC's DMI as a sysfs tree): the plan, nothing written
   const sys = path.join(dir, 'sys')
   fs.mkdirSync(`${sys}/class/dmi/id`, { recursive: true })
-  for (const [f, v] of [['sys_vendor', 'Dell Inc.'], ['product_name', 'OptiPlex 7010'], ['product_serial', 'CN0SEA01']]) fs.writeFileSync(`${sys}/class/dmi/id/${f}`, `${v}\n`)
+  for (const [f, v] of [
+    ['sys_vendor', 'Dell Inc.'],
+    ['product_name', 'OptiPlex 7010'],
+    ['product_serial', 'CN0SEA01'],
+  ])
+    fs.writeFileSync(`${sys}/class/dmi/id/${f}`, `${v}\n`)
   const ssd = await loop(t, sparseFile(path.join(dir, 'ssd.img'), 480 * MiB))
   const hdd = await loop(t, sparseFile(path.join(dir, 'hdd.img'), 40 * MiB))
   const before = [hashWhole(ssd), hashWhole(hdd)]
-  const plan = await ok(['install', '--config', 'install.yaml', '--image', 'img', '--ssd', ssd, '--hdd', hdd, '--sys-root', sys, '--report-dir', 'reports',
-    '--trusted-key', 'keys/labhost-signing.pub', '--dry-run'], 'the install plan')
+  const plan = await ok(
+    [
+      'install',
+      '--config',
+      'install.yaml',
+      '--image',
+      'img',
+      '--ssd',
+      ssd,
+      '--hdd',
+      hdd,
+      '--sys-root',
+      sys,
+      '--report-dir',
+      'reports',
+      '--trusted-key',
+      'keys/labhost-signing.pub',
+      '--dry-run',
+    ],
+    'the install plan',
+  )
   t.match(String(plan.stdout), new RegExp(`${ssd.replace(/[/]/g, '\\/')}`), 'the plan names the SSD', { stdout: plan.stdout })
   t.same([hashWhole(ssd), hashWhole(hdd)], before, 'both disks byte-identical')
-  t.same(fs.readdirSync(tmp).filter((f) => f.startsWith('labhost-shipped-')), [], 'every run removed its copy of the shipped files')
+  t.same(
+    fs.readdirSync(tmp).filter((f) => f.startsWith('labhost-shipped-')),
+    [],
+    'every run removed its copy of the shipped files',
+  )
 })

@@ -86,13 +86,55 @@ function recipeVariant(t: Test, mutate: (r: Record<string, unknown>) => void, ra
 }
 
 const bad: { name: string; mutate?: (r: Record<string, unknown>) => void; raw?: string; code: number; message: RegExp }[] = [
-  { name: 'unknown key', mutate: (r) => { (r.base as Record<string, unknown>).mirror = 'x' }, code: ExitCode.configInvalid, message: /recipe\.yaml: base: .*unknown key\(s\) mirror/ },
-  { name: 'wrong type', mutate: (r) => { r.imageSizeMiB = 'big' }, code: ExitCode.configInvalid, message: /recipe\.yaml: imageSizeMiB: .*found value "big"/ },
-  { name: 'bad package name', mutate: (r) => { (r.base as { packages: string[] }).packages = ['Busy Box'] }, code: ExitCode.configInvalid, message: /base\.packages\.0: must be a Debian package name/ },
-  { name: 'missing package', mutate: (r) => { (r.base as { packages: string[] }).packages = ['busybox-static', 'no-such-package-labhost'] }, code: ExitCode.packageMissing, message: /base\.packages\.1: package no-such-package-labhost cannot be had/ },
-  { name: 'image too small', mutate: (r) => { r.imageSizeMiB = 8 }, code: ExitCode.imageTooSmall, message: /imageSizeMiB: 8 MiB is too small/ },
+  {
+    name: 'unknown key',
+    mutate: (r) => {
+      ;(r.base as Record<string, unknown>).mirror = 'x'
+    },
+    code: ExitCode.configInvalid,
+    message: /recipe\.yaml: base: .*unknown key\(s\) mirror/,
+  },
+  {
+    name: 'wrong type',
+    mutate: (r) => {
+      r.imageSizeMiB = 'big'
+    },
+    code: ExitCode.configInvalid,
+    message: /recipe\.yaml: imageSizeMiB: .*found value "big"/,
+  },
+  {
+    name: 'bad package name',
+    mutate: (r) => {
+      ;(r.base as { packages: string[] }).packages = ['Busy Box']
+    },
+    code: ExitCode.configInvalid,
+    message: /base\.packages\.0: must be a Debian package name/,
+  },
+  {
+    name: 'missing package',
+    mutate: (r) => {
+      ;(r.base as { packages: string[] }).packages = ['busybox-static', 'no-such-package-labhost']
+    },
+    code: ExitCode.packageMissing,
+    message: /base\.packages\.1: package no-such-package-labhost cannot be had/,
+  },
+  {
+    name: 'image too small',
+    mutate: (r) => {
+      r.imageSizeMiB = 8
+    },
+    code: ExitCode.imageTooSmall,
+    message: /imageSizeMiB: 8 MiB is too small/,
+  },
   { name: 'malformed YAML', raw: 'name: test\nbase: [unclosed\n', code: ExitCode.configInvalid, message: /recipe\.yaml: not valid YAML/ },
-  { name: 'another Debian release', mutate: (r) => { (r.base as Record<string, unknown>).suite = 'sid' }, code: ExitCode.configInvalid, message: /base\.suite: sid is not this machine's Debian release/ },
+  {
+    name: 'another Debian release',
+    mutate: (r) => {
+      ;(r.base as Record<string, unknown>).suite = 'sid'
+    },
+    code: ExitCode.configInvalid,
+    message: /base\.suite: sid is not this machine's Debian release/,
+  },
 ]
 
 for (const c of bad) {

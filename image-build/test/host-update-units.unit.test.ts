@@ -13,7 +13,11 @@ import { loadRecipe } from '../recipe.ts'
 const { recipe } = loadRecipe('host')
 const file = (p: string) => recipe.files.find((f) => f.path === p)?.content ?? ''
 /** `key=value` lines of a unit, in order (comments and section headers left out). */
-const keys = (unit: string) => unit.split('\n').filter((l) => /^\w+=/.test(l)).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)] as const)
+const keys = (unit: string) =>
+  unit
+    .split('\n')
+    .filter((l) => /^\w+=/.test(l))
+    .map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)] as const)
 
 t.test('labhost-update.timer: randomized, repeating, enabled, and conditional on a channel URL', async (t) => {
   const timer = file('/etc/systemd/system/labhost-update.timer')
@@ -25,7 +29,12 @@ t.test('labhost-update.timer: randomized, repeating, enabled, and conditional on
   t.ok(get('OnBootSec').length, 'first run after boot')
   t.same(get('ConditionFileNotEmpty'), ['|/persistent/labhost/channel.url', '|/etc/labhost/channel.url'], 'runs only where a channel is named (either file)')
   t.match(timer, /\[Install\]\nWantedBy=timers\.target/)
-  t.ok(recipe.links?.some((l) => l.path === '/etc/systemd/system/timers.target.wants/labhost-update.timer' && l.target === '/etc/systemd/system/labhost-update.timer'), 'enabled (its conditions decide)')
+  t.ok(
+    recipe.links?.some(
+      (l) => l.path === '/etc/systemd/system/timers.target.wants/labhost-update.timer' && l.target === '/etc/systemd/system/labhost-update.timer',
+    ),
+    'enabled (its conditions decide)',
+  )
 })
 
 t.test('labhost-update.service: follows the configured channel, reboots into the trial, refreshes the metrics', async (t) => {
@@ -34,10 +43,16 @@ t.test('labhost-update.service: follows the configured channel, reboots into the
   const get = (name: string) => k.filter(([n]) => n === name).map(([, v]) => v)
   t.same(get('Type'), ['oneshot'])
   t.same(get('ConditionFileNotEmpty'), ['|/persistent/labhost/channel.url', '|/etc/labhost/channel.url'])
-  t.match(get('ExecStart')[0], /\/persistent\/labhost\/channel\.url.*\/etc\/labhost\/channel\.url.*\/usr\/sbin\/labhost update --channel "\$\(head -n1 \$f\)" --reboot/)
+  t.match(
+    get('ExecStart')[0],
+    /\/persistent\/labhost\/channel\.url.*\/etc\/labhost\/channel\.url.*\/usr\/sbin\/labhost update --channel "\$\(head -n1 \$f\)" --reboot/,
+  )
   t.match(get('ExecStopPost')[0], /labhost status --prometheus --out \/run\/labhost\/metrics\/labhost\.prom/)
   t.ok(get('After')[0]?.includes('network-online.target'))
-  t.notOk(recipe.files.some((f) => f.path === '/etc/labhost/channel.url'), 'the shipped image names no channel: pull mode stays off until an admin sets one')
+  t.notOk(
+    recipe.files.some((f) => f.path === '/etc/labhost/channel.url'),
+    'the shipped image names no channel: pull mode stays off until an admin sets one',
+  )
 })
 
 t.test('systemd-analyze verify accepts both units (where systemd-analyze is installed)', async (t) => {
@@ -49,5 +64,12 @@ t.test('systemd-analyze verify accepts both units (where systemd-analyze is inst
   for (const name of ['labhost-update.service', 'labhost-update.timer']) fs.writeFileSync(path.join(d, name), file(`/etc/systemd/system/${name}`))
   const r = spawnSync('systemd-analyze', ['verify', '--man=no', './labhost-update.timer', './labhost-update.service'], { cwd: d, encoding: 'utf8' })
   t.equal(r.status, 0, 'systemd-analyze verify', { output: r.stdout + r.stderr })
-  t.equal(r.stderr.split('\n').filter((l) => /labhost-update/.test(l)).join('\n'), '', 'nothing said about our units')
+  t.equal(
+    r.stderr
+      .split('\n')
+      .filter((l) => /labhost-update/.test(l))
+      .join('\n'),
+    '',
+    'nothing said about our units',
+  )
 })

@@ -27,7 +27,12 @@ const KEY_NAME = /^ssh_host_\w+_key$|^id_(rsa|dsa|ecdsa|ed25519)(_sk)?$|\.(key|p
 // labhost executable's own code that refuses to serve keys, is not a key)
 const PEM_PRIVATE = /-----BEGIN [A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----\r?\n[A-Za-z0-9+/=\r\n]{40}/
 
-interface Findings { files: number; keyNames: string[]; pemFiles: string[]; trustedPub: string | null }
+interface Findings {
+  files: number
+  keyNames: string[]
+  pemFiles: string[]
+  trustedPub: string | null
+}
 
 /** Walk a mounted root filesystem without following links. */
 function scanTree(root: string): Findings {
@@ -65,7 +70,10 @@ function scanRaw(img: string, needles: Record<string, Buffer>): Record<string, n
 /** The signing key's secrets as they could appear on disk: its PEM body and its 32-byte seed. */
 function signingSecrets(): Record<string, Buffer> {
   const pem = fs.readFileSync(images.keys.privateKeyFile, 'utf8')
-  const body = pem.split('\n').filter((l) => l && !l.startsWith('-----')).join('')
+  const body = pem
+    .split('\n')
+    .filter((l) => l && !l.startsWith('-----'))
+    .join('')
   const der = crypto.createPrivateKey(pem).export({ format: 'der', type: 'pkcs8' })
   return { pemBody: Buffer.from(body), seed: der.subarray(der.length - 32) }
 }
@@ -74,11 +82,11 @@ t.test('the test image: no SSH host key, no private key file or PEM block, not t
   const img = `${images.v1}/root.img`
   const found = await scanImage(img)
   t.ok(found.files > 100, `the walk read the whole tree (${found.files} files)`)
-  t.equal(found.trustedPub, fs.readFileSync(images.keys.publicKeyFile, 'utf8'), '/etc/labhost/trusted.pub is the signing key\'s public half')
+  t.equal(found.trustedPub, fs.readFileSync(images.keys.publicKeyFile, 'utf8'), "/etc/labhost/trusted.pub is the signing key's public half")
   t.same(found.keyNames, [], 'no file named like an SSH host key or a private key (ssh_host_*_key, id_*, *.key, *.pem)')
   t.same(found.pemFiles, [], 'no file holds a PEM private key')
   const raw = scanRaw(img, signingSecrets())
-  t.same(raw, { pemBody: [], seed: [], pemBlock: [] }, 'the raw image bytes hold no PEM private key block and neither the signing key\'s PEM body nor its seed')
+  t.same(raw, { pemBody: [], seed: [], pemBlock: [] }, "the raw image bytes hold no PEM private key block and neither the signing key's PEM body nor its seed")
 })
 
 t.test('control: a key planted into a copy of the image is found by every check', async (t) => {
@@ -91,7 +99,7 @@ t.test('control: a key planted into a copy of the image is found by every check'
   t.same(found.keyNames, ['/etc/ssh/ssh_host_ed25519_key'], 'the name is found')
   t.same(found.pemFiles, ['/etc/ssh/ssh_host_ed25519_key'], 'the PEM block in it is found')
   const raw = scanRaw(img, signingSecrets())
-  t.equal(raw.pemBody!.length, 1, 'the raw scan finds the signing key\'s PEM body')
+  t.equal(raw.pemBody!.length, 1, "the raw scan finds the signing key's PEM body")
   t.equal(raw.pemBlock!.length, 1, 'and the PEM block')
   t.same(raw.seed, [], 'the seed is not in a PEM file as raw bytes (it is base64 there): the seed needle is for raw copies of the key')
 })

@@ -17,7 +17,8 @@ t.before(async () => {
   fs.writeFileSync(`${dir}/install.yaml`, CONFIG)
 })
 
-const CONFIG = 'models:\n  - { vendor: "Dell Inc.", product: "OptiPlex 7010" }\ndisks:\n  ssd: { rotational: false, minSizeGiB: 0.5 }\n  hdd: { rotational: true, minSizeGiB: 0.05 }\n'
+const CONFIG =
+  'models:\n  - { vendor: "Dell Inc.", product: "OptiPlex 7010" }\ndisks:\n  ssd: { rotational: false, minSizeGiB: 0.5 }\n  hdd: { rotational: true, minSizeGiB: 0.05 }\n'
 
 t.test('a bootable GPT stick with the system and a FAT data partition', async (t) => {
   const r = await runCli(['image', 'stick', '--image', `${dir}/image`, '--config', `${dir}/install.yaml`, '--out', `${dir}/stick.img`, '--key', key])
@@ -26,7 +27,14 @@ t.test('a bootable GPT stick with the system and a FAT data partition', async (t
   const gpt = readGpt(disk)
   disk.close()
   t.ok(isValid(gpt.primary) && isValid(gpt.backup))
-  t.same(gpt.entries.map((e) => [e.name, e.legacyBootable]), [['labhost-stick', true], ['LABHOST', false], ['esp', false]])
+  t.same(
+    gpt.entries.map((e) => [e.name, e.legacyBootable]),
+    [
+      ['labhost-stick', true],
+      ['LABHOST', false],
+      ['esp', false],
+    ],
+  )
   // UEFI: an EFI system partition whose removable-media path holds an EFI executable (PE, 'MZ')
   const esp = gpt.entries[2]!
   t.equal(esp.typeGuid.toUpperCase(), 'C12A7328-F81F-11D2-BA4B-00A0C93EC93B', 'partition 3 is an EFI system partition')

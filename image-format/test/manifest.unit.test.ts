@@ -8,7 +8,20 @@ import path from 'node:path'
 import t from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
 import { runCli, tmpDir, type CliResult } from '../../test-support/test-helpers.ts'
-import { CHUNK_SIZE, generateKeyPair, hashChunks, keyFingerprint, MANIFEST_FORMAT, readManifest, readPrivateKey, readPublicKey, signManifest, verifyImageDir, verifyManifestSignature, type Manifest } from '../manifest.ts'
+import {
+  CHUNK_SIZE,
+  generateKeyPair,
+  hashChunks,
+  keyFingerprint,
+  MANIFEST_FORMAT,
+  readManifest,
+  readPrivateKey,
+  readPublicKey,
+  signManifest,
+  verifyImageDir,
+  verifyManifestSignature,
+  type Manifest,
+} from '../manifest.ts'
 
 const dir = tmpDir(t, 'labhost-manifest-test-')
 const keys = generateKeyPair(path.join(dir, 'keys'))
@@ -18,13 +31,29 @@ const other = readPrivateKey(generateKeyPair(path.join(dir, 'other')).privateKey
 // 2.5 MiB of image: three chunks, the last one short
 const image = path.join(dir, 'image')
 fs.mkdirSync(image)
-fs.writeFileSync(`${image}/root.img`, crypto.createHash('sha512').update('seed').digest().toString('hex').repeat(Math.ceil(2.5 * CHUNK_SIZE / 128)).slice(0, 2.5 * CHUNK_SIZE))
+fs.writeFileSync(
+  `${image}/root.img`,
+  crypto
+    .createHash('sha512')
+    .update('seed')
+    .digest()
+    .toString('hex')
+    .repeat(Math.ceil((2.5 * CHUNK_SIZE) / 128))
+    .slice(0, 2.5 * CHUNK_SIZE),
+)
 fs.writeFileSync(`${image}/root.img.zst`, Buffer.alloc(3000, 7))
-fs.writeFileSync(`${image}/root.img.blocks`, Buffer.alloc(Math.ceil(2.5 * CHUNK_SIZE / 4096) * 8, 1))
+fs.writeFileSync(`${image}/root.img.blocks`, Buffer.alloc(Math.ceil((2.5 * CHUNK_SIZE) / 4096) * 8, 1))
 const img = hashChunks(`${image}/root.img`)
-const part = (f: string) => { const h = hashChunks(`${image}/${f}`); return { file: f, size: h.size, sha256: h.sha256 } }
+const part = (f: string) => {
+  const h = hashChunks(`${image}/${f}`)
+  return { file: f, size: h.size, sha256: h.sha256 }
+}
 const GOOD: Manifest = {
-  format: MANIFEST_FORMAT, name: 'test', version: '1.0.0', recipeHash: 'ab'.repeat(32), createdAt: 1700000000,
+  format: MANIFEST_FORMAT,
+  name: 'test',
+  version: '1.0.0',
+  recipeHash: 'ab'.repeat(32),
+  createdAt: 1700000000,
   layout: { rootFsUuid: '6c1d1a2b-0a11-4b5e-9c3a-0000000000f0', slotSizeMiB: 8, slots: { A: 'rootA', B: 'rootB' } },
   image: { file: 'root.img', size: img.size, sha256: img.sha256, chunkSize: CHUNK_SIZE, chunks: img.chunks },
   transport: { ...part('root.img.zst'), compression: 'zstd', frames: [1000, 1000, 1000] },
@@ -46,11 +75,30 @@ const signed = (change: (m: Record<string, any>) => void, by = key): string => {
 }
 
 const verify = (d: string) => runCli(['image', 'verify', d, '--key', keys.publicKeyFile])
-const update = (d: string) => runCli(['update', d, '--dry-run', '--trusted-key', keys.publicKeyFile, '--boot-file', path.join(dir, 'no-boot-file'), '--state-root', path.join(dir, 'no-state')])
+const update = (d: string) =>
+  runCli([
+    'update',
+    d,
+    '--dry-run',
+    '--trusted-key',
+    keys.publicKeyFile,
+    '--boot-file',
+    path.join(dir, 'no-boot-file'),
+    '--state-root',
+    path.join(dir, 'no-state'),
+  ])
 
 function oneLine(t: Parameters<typeof tmpDir>[0] & { equal: Function; notMatch: Function }, r: CliResult): void {
   // verify's --key is the deprecated spelling of --trusted-key: its notice is a line of its own
-  t.equal(r.stderr.trimEnd().split('\n').filter((l) => !l.startsWith('labhost: warning:')).length, 2, 'one line and a hint', { stderr: r.stderr })
+  t.equal(
+    r.stderr
+      .trimEnd()
+      .split('\n')
+      .filter((l) => !l.startsWith('labhost: warning:')).length,
+    2,
+    'one line and a hint',
+    { stderr: r.stderr },
+  )
   t.notMatch(r.stderr, /TypeError|\n\s+at /, 'no stack trace')
 }
 
@@ -60,34 +108,173 @@ t.test('the well-formed signed manifest passes', async (t) => {
 })
 
 const wrongShape: [string, (m: Record<string, any>) => void, RegExp][] = [
-  ['no image', (m) => { delete m.image }, /: image: /],
-  ['image is a number', (m) => { m.image = 5 }, /: image: /],
-  ['a negative size', (m) => { m.image.size = -1 }, /: image\.size: /],
-  ['a fractional size', (m) => { m.transport.size = 1.5 }, /: transport\.size: /],
-  ['a size as a string', (m) => { m.image.size = '2621440' }, /: image\.size: /],
-  ['a chunk missing', (m) => { m.image.chunks.pop() }, /: image\.chunks: .*3 chunks/],
-  ['a chunk too many', (m) => { m.image.chunks.push('00'.repeat(32)) }, /: image\.chunks: /],
-  ['a chunk hash too short', (m) => { m.image.chunks[1] = 'abcd' }, /: image\.chunks\.1: /],
-  ['a chunk hash not hex', (m) => { m.image.chunks[0] = 'z'.repeat(64) }, /: image\.chunks\.0: /],
-  ['a whole-file hash too long', (m) => { m.transport.sha256 += '00' }, /: transport\.sha256: /],
-  ['frames that do not add up to the transport size', (m) => { m.transport.frames = [1000, 1000, 999] }, /: transport\.frames: /],
-  ['a frame per chunk missing', (m) => { m.transport.frames = [1500, 1500] }, /: transport\.frames: /],
-  ['a block index of the wrong size', (m) => { m.blocks.size += 8 }, /: blocks\.size: /],
-  ['a file name with a directory', (m) => { m.image.file = '../../etc/shadow' }, /: image\.file: /],
-  ['a file name with a slash', (m) => { m.transport.file = 'sub/root.img.zst' }, /: transport\.file: /],
-  ['a dot file', (m) => { m.blocks.file = '.hidden' }, /: blocks\.file: /],
-  ['an unknown key', (m) => { m.extra = true }, /: \(top level\): .*extra/],
-  ['an unknown key in a part', (m) => { m.image.mode = 'raw' }, /: image: .*mode/],
-  ['another format', (m) => { m.format = 'labhost-manifest/9' }, /: format: /],
-  ['a chunk size of 0', (m) => { m.image.chunkSize = 0 }, /: image\.chunkSize: /],
-  ['a signer that is not a fingerprint', (m) => { m.signer = { name: 'x' } }, /: signer: /],
-  ['a name with a slash', (m) => { m.name = '../test' }, /: name: /],
+  [
+    'no image',
+    (m) => {
+      delete m.image
+    },
+    /: image: /,
+  ],
+  [
+    'image is a number',
+    (m) => {
+      m.image = 5
+    },
+    /: image: /,
+  ],
+  [
+    'a negative size',
+    (m) => {
+      m.image.size = -1
+    },
+    /: image\.size: /,
+  ],
+  [
+    'a fractional size',
+    (m) => {
+      m.transport.size = 1.5
+    },
+    /: transport\.size: /,
+  ],
+  [
+    'a size as a string',
+    (m) => {
+      m.image.size = '2621440'
+    },
+    /: image\.size: /,
+  ],
+  [
+    'a chunk missing',
+    (m) => {
+      m.image.chunks.pop()
+    },
+    /: image\.chunks: .*3 chunks/,
+  ],
+  [
+    'a chunk too many',
+    (m) => {
+      m.image.chunks.push('00'.repeat(32))
+    },
+    /: image\.chunks: /,
+  ],
+  [
+    'a chunk hash too short',
+    (m) => {
+      m.image.chunks[1] = 'abcd'
+    },
+    /: image\.chunks\.1: /,
+  ],
+  [
+    'a chunk hash not hex',
+    (m) => {
+      m.image.chunks[0] = 'z'.repeat(64)
+    },
+    /: image\.chunks\.0: /,
+  ],
+  [
+    'a whole-file hash too long',
+    (m) => {
+      m.transport.sha256 += '00'
+    },
+    /: transport\.sha256: /,
+  ],
+  [
+    'frames that do not add up to the transport size',
+    (m) => {
+      m.transport.frames = [1000, 1000, 999]
+    },
+    /: transport\.frames: /,
+  ],
+  [
+    'a frame per chunk missing',
+    (m) => {
+      m.transport.frames = [1500, 1500]
+    },
+    /: transport\.frames: /,
+  ],
+  [
+    'a block index of the wrong size',
+    (m) => {
+      m.blocks.size += 8
+    },
+    /: blocks\.size: /,
+  ],
+  [
+    'a file name with a directory',
+    (m) => {
+      m.image.file = '../../etc/shadow'
+    },
+    /: image\.file: /,
+  ],
+  [
+    'a file name with a slash',
+    (m) => {
+      m.transport.file = 'sub/root.img.zst'
+    },
+    /: transport\.file: /,
+  ],
+  [
+    'a dot file',
+    (m) => {
+      m.blocks.file = '.hidden'
+    },
+    /: blocks\.file: /,
+  ],
+  [
+    'an unknown key',
+    (m) => {
+      m.extra = true
+    },
+    /: \(top level\): .*extra/,
+  ],
+  [
+    'an unknown key in a part',
+    (m) => {
+      m.image.mode = 'raw'
+    },
+    /: image: .*mode/,
+  ],
+  [
+    'another format',
+    (m) => {
+      m.format = 'labhost-manifest/9'
+    },
+    /: format: /,
+  ],
+  [
+    'a chunk size of 0',
+    (m) => {
+      m.image.chunkSize = 0
+    },
+    /: image\.chunkSize: /,
+  ],
+  [
+    'a signer that is not a fingerprint',
+    (m) => {
+      m.signer = { name: 'x' }
+    },
+    /: signer: /,
+  ],
+  [
+    'a name with a slash',
+    (m) => {
+      m.name = '../test'
+    },
+    /: name: /,
+  ],
 ]
 
 /** What reading `text` as image verify does (signature, then shape) and as update does (readManifest, before the key). */
 function judged(t: Parameters<typeof tmpDir>[0], text: string): { verify: unknown; read: unknown } {
   const file = `${withManifest(t, text)}/manifest.json`
-  const outcome = (fn: () => unknown) => { try { fn(); return null } catch (e) { return e } }
+  const outcome = (fn: () => unknown) => {
+    try {
+      fn()
+      return null
+    } catch (e) {
+      return e
+    }
+  }
   return { verify: outcome(() => verifyImageDir(file, readPublicKey(keys.publicKeyFile))), read: outcome(() => readManifest(file)) }
 }
 
@@ -109,8 +296,17 @@ const garbage: [string, string][] = [
 ]
 const forged: [string, string][] = [
   ['garbage fields, a signature of garbage', '{"format":"labhost-manifest/1","image":null,"transport":[],"signer":{},"signature":"not base64!"}'],
-  ['garbage fields, a signature of the right length', JSON.stringify({ format: MANIFEST_FORMAT, image: 'root.img', transport: null, signature: Buffer.alloc(64).toString('base64') })],
-  ['garbage fields signed by another key', signed((m) => { m.image = null; m.blocks = [] }, other)],
+  [
+    'garbage fields, a signature of the right length',
+    JSON.stringify({ format: MANIFEST_FORMAT, image: 'root.img', transport: null, signature: Buffer.alloc(64).toString('base64') }),
+  ],
+  [
+    'garbage fields signed by another key',
+    signed((m) => {
+      m.image = null
+      m.blocks = []
+    }, other),
+  ],
   ['a good manifest signed by another key', signed(() => {}, other)],
   ['a good manifest changed after signing', JSON.stringify({ ...JSON.parse(signed(() => {})), version: '9.9.9' })],
 ]
@@ -126,15 +322,24 @@ t.test('unsigned or wrongly signed: signatureInvalid whatever the other fields h
 })
 
 t.test('through the CLI: the exit code and one line, no stack trace', async (t) => {
-  const shape = withManifest(t, signed((m) => { m.image.chunks.pop() }))
+  const shape = withManifest(
+    t,
+    signed((m) => {
+      m.image.chunks.pop()
+    }),
+  )
   const unsigned = withManifest(t, garbage[4]![1])
   const forgery = withManifest(t, forged[0]![1])
   const [a, b, c, d, e, f] = await Promise.all([verify(shape), update(shape), verify(unsigned), update(unsigned), verify(forgery), update(forgery)])
-  for (const [what, r, code] of [['image verify, wrong shape', a, ExitCode.manifestInvalid], ['update, wrong shape', b, ExitCode.manifestInvalid],
-    ['image verify, unsigned garbage', c, ExitCode.signatureInvalid], ['update, unsigned garbage', d, ExitCode.signatureInvalid],
+  for (const [what, r, code] of [
+    ['image verify, wrong shape', a, ExitCode.manifestInvalid],
+    ['update, wrong shape', b, ExitCode.manifestInvalid],
+    ['image verify, unsigned garbage', c, ExitCode.signatureInvalid],
+    ['update, unsigned garbage', d, ExitCode.signatureInvalid],
     ['image verify, garbage with a forged signature', e, ExitCode.signatureInvalid],
     // update checks the signature as it reads the manifest (image-format/source.ts takes the key)
-    ['update, garbage with a forged signature', f, ExitCode.signatureInvalid]] as const) {
+    ['update, garbage with a forged signature', f, ExitCode.signatureInvalid],
+  ] as const) {
     t.equal(r.code, code, `${what}: exit ${code}`, { stderr: r.stderr })
     oneLine(t, r)
   }

@@ -58,19 +58,33 @@ for (const target of targets) {
       const dev = target.loop ? await loop(t, backing, target.loop) : backing
       const source = await sourceFor(`${d}/root.img`, compressed)
       const progress: number[] = []
-      const { stats, readBack } = await writeImage({ disk: dev, firstByte: FIRST_BYTE, name: 'slot B' }, source.manifest, source.input(), { progress: (done) => progress.push(done), readBack: true })
+      const { stats, readBack } = await writeImage({ disk: dev, firstByte: FIRST_BYTE, name: 'slot B' }, source.manifest, source.input(), {
+        progress: (done) => progress.push(done),
+        readBack: true,
+      })
       // with O_DIRECT every chunk written as data was read back while writing; zeroed chunks were
       // not; a file system without O_DIRECT (tmpfs) leaves all of it to verifyImage
       const probe = DirectFile.open(dev, 'read')
       probe.close()
-      t.same([...readBack].sort((a, b) => a - b), probe.direct ? [...KINDS].flatMap((k, i) => (k === 'd' || i === KINDS.length - 1 ? [i] : [])) : [],
-        probe.direct ? 'read back while writing: the data chunks' : 'nothing read back while writing without O_DIRECT')
+      t.same(
+        [...readBack].sort((a, b) => a - b),
+        probe.direct ? [...KINDS].flatMap((k, i) => (k === 'd' || i === KINDS.length - 1 ? [i] : [])) : [],
+        probe.direct ? 'read back while writing: the data chunks' : 'nothing read back while writing without O_DIRECT',
+      )
       // the run of 6 zero chunks is zeroed by the kernel on a block device; the run of 2 is written
-      t.same(stats, target.loop ? { dataBytes: SIZE - 8 * CHUNK, kernelZeroedBytes: 6 * CHUNK, writtenZeroBytes: 2 * CHUNK }
-        : { dataBytes: SIZE - 8 * CHUNK, kernelZeroedBytes: 0, writtenZeroBytes: 8 * CHUNK }, 'zero chunks: not sent as data')
+      t.same(
+        stats,
+        target.loop
+          ? { dataBytes: SIZE - 8 * CHUNK, kernelZeroedBytes: 6 * CHUNK, writtenZeroBytes: 2 * CHUNK }
+          : { dataBytes: SIZE - 8 * CHUNK, kernelZeroedBytes: 0, writtenZeroBytes: 8 * CHUNK },
+        'zero chunks: not sent as data',
+      )
       t.ok(readRange(backing, FIRST_BYTE, SIZE).equals(image), 'the range reads back as the image, zero chunks included')
       t.ok(readRange(backing, 0, FIRST_BYTE).equals(garbage.subarray(0, FIRST_BYTE)), 'bytes before the range untouched')
-      t.ok(readRange(backing, FIRST_BYTE + SIZE, 24 * MiB - FIRST_BYTE - SIZE).equals(garbage.subarray(FIRST_BYTE + SIZE)), 'bytes after the image untouched (also inside its last 4 KiB block)')
+      t.ok(
+        readRange(backing, FIRST_BYTE + SIZE, 24 * MiB - FIRST_BYTE - SIZE).equals(garbage.subarray(FIRST_BYTE + SIZE)),
+        'bytes after the image untouched (also inside its last 4 KiB block)',
+      )
       t.equal(progress.at(-1), SIZE, 'progress reaches the image size')
       await verifyImage({ disk: dev, firstByte: FIRST_BYTE, name: 'slot B' }, source.manifest)
       t.pass('read-back verifies')
@@ -86,7 +100,10 @@ t.test('read-back catches one flipped byte in a zeroed run and in the odd tail, 
   const source = await sourceFor(`${d}/root.img`, false)
   const target = { disk: dev, firstByte: FIRST_BYTE, name: 'slot B' }
   await writeImage(target, source.manifest, source.input())
-  for (const [chunk, at] of [[4, 4 * CHUNK + 777], [13, SIZE - 1]] as const) {
+  for (const [chunk, at] of [
+    [4, 4 * CHUNK + 777],
+    [13, SIZE - 1],
+  ] as const) {
     const fd = fs.openSync(dev, 'r+')
     const b = Buffer.alloc(1)
     fs.readSync(fd, b, 0, 1, FIRST_BYTE + at)
@@ -141,14 +158,29 @@ t.test('read-back while writing: a chunk changed on the disk after its write is 
     fs.fsyncSync(fd)
     fs.closeSync(fd)
   }
-  await t.rejects(writeImage(target, source.manifest, source.input(), { readBack: true, beforeReadBack: damage }), new RegExp('reading slot B back from .*: chunk 8 \\('))
+  await t.rejects(
+    writeImage(target, source.manifest, source.input(), { readBack: true, beforeReadBack: damage }),
+    new RegExp('reading slot B back from .*: chunk 8 \\('),
+  )
   t.ok(seen.includes(8), 'chunk 8 was read back')
-  t.notOk(seen.some((i) => KINDS[i] === '0' && i < KINDS.length - 1), 'zeroed chunks are not read back while writing')
+  t.notOk(
+    seen.some((i) => KINDS[i] === '0' && i < KINDS.length - 1),
+    'zeroed chunks are not read back while writing',
+  )
   // written again cleanly, the rest is read back after the write: the zeroed chunks
   const seenAfter: number[] = []
   const { readBack } = await writeImage(target, source.manifest, source.input(), { readBack: true })
-  await verifyImage(target, source.manifest, { skip: readBack, beforeReadBack: (i) => { seenAfter.push(i) } })
-  t.same(seenAfter.sort((a, b) => a - b), [...KINDS].flatMap((k, i) => (k === '0' ? [i] : [])), 'verifyImage reads back only what the writer did not')
+  await verifyImage(target, source.manifest, {
+    skip: readBack,
+    beforeReadBack: (i) => {
+      seenAfter.push(i)
+    },
+  })
+  t.same(
+    seenAfter.sort((a, b) => a - b),
+    [...KINDS].flatMap((k, i) => (k === '0' ? [i] : [])),
+    'verifyImage reads back only what the writer did not',
+  )
 })
 
 // A stream that stops short and one whose bytes are wrong are different failures: the first is a
@@ -170,12 +202,25 @@ t.test('a cut stream is imageTruncated, a changed or undecodable one hashMismatc
   damagedZst.writeUInt32LE((damagedZst.readUInt32LE(zst.length >> 1) ^ 0xffffffff) >>> 0, zst.length >> 1)
   const cases = [
     { name: 'zstd stream cut in half', input: input('cut.zst', zst.subarray(0, zst.length >> 1), 'zstd'), code: 'imageTruncated', message: /ends early/ },
-    { name: 'raw stream cut inside chunk 5', input: input('cut.img', image.subarray(0, 5 * CHUNK + 100), 'raw-stream'), code: 'imageTruncated', message: /ends early/ },
+    {
+      name: 'raw stream cut inside chunk 5',
+      input: input('cut.img', image.subarray(0, 5 * CHUNK + 100), 'raw-stream'),
+      code: 'imageTruncated',
+      message: /ends early/,
+    },
     { name: 'raw stream with a changed byte in chunk 9', input: input('changed.img', changed, 'raw-stream'), code: 'hashMismatch', message: /chunk 9 / },
-    { name: 'zstd stream with changed bytes', input: input('damaged.zst', damagedZst, 'zstd'), code: 'hashMismatch', message: /not a good zstd stream|does not match the signed manifest/ },
+    {
+      name: 'zstd stream with changed bytes',
+      input: input('damaged.zst', damagedZst, 'zstd'),
+      code: 'hashMismatch',
+      message: /not a good zstd stream|does not match the signed manifest/,
+    },
   ]
   for (const c of cases) {
-    const e = await writeImage(target, source.manifest, c.input, { readBack: true }).then(() => null, (e: unknown) => e as LabhostError)
+    const e = await writeImage(target, source.manifest, c.input, { readBack: true }).then(
+      () => null,
+      (e: unknown) => e as LabhostError,
+    )
     t.match(e, { code: c.code, message: c.message }, `${c.name}: ${c.code} (${e?.message})`)
     t.equal(e?.exitCode, ExitCode[c.code as ErrorCode], `${c.name}: exit ${ExitCode[c.code as ErrorCode]}`)
   }

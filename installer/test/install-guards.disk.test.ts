@@ -37,17 +37,49 @@ const CONFIG = {
   finish: 'none',
 }
 
-interface Machine { d: string; ssd: string; hdd: string; reports: string; config: string; args: (extra?: string[]) => string[] }
+interface Machine {
+  d: string
+  ssd: string
+  hdd: string
+  reports: string
+  config: string
+  args: (extra?: string[]) => string[]
+}
 
 async function machine(t: Test, config: object = CONFIG): Promise<Machine> {
   const d = tmpDir(t)
   fs.mkdirSync(`${d}/sys/class/dmi/id`, { recursive: true })
-  for (const [f, v] of [['sys_vendor', 'Dell Inc.'], ['product_name', 'OptiPlex 7010'], ['product_serial', 'CN0GUARD7']]) fs.writeFileSync(`${d}/sys/class/dmi/id/${f}`, `${v}\n`)
+  for (const [f, v] of [
+    ['sys_vendor', 'Dell Inc.'],
+    ['product_name', 'OptiPlex 7010'],
+    ['product_serial', 'CN0GUARD7'],
+  ])
+    fs.writeFileSync(`${d}/sys/class/dmi/id/${f}`, `${v}\n`)
   const ssd = await loop(t, sparseFile(`${d}/ssd.img`, 480 * MiB), { directIo: true })
   const hdd = await loop(t, sparseFile(`${d}/hdd.img`, 40 * MiB), { directIo: true })
   fs.writeFileSync(`${d}/install.yaml`, YAML.stringify(config))
   const m = { d, ssd, hdd, reports: `${d}/reports`, config: `${d}/install.yaml` }
-  return { ...m, args: (extra = []) => ['install', '--config', m.config, '--image', images.v1, '--ssd', ssd, '--hdd', hdd, '--sys-root', `${d}/sys`, '--report-dir', m.reports, '--trusted-key', images.keys.publicKeyFile, ...extra] }
+  return {
+    ...m,
+    args: (extra = []) => [
+      'install',
+      '--config',
+      m.config,
+      '--image',
+      images.v1,
+      '--ssd',
+      ssd,
+      '--hdd',
+      hdd,
+      '--sys-root',
+      `${d}/sys`,
+      '--report-dir',
+      m.reports,
+      '--trusted-key',
+      images.keys.publicKeyFile,
+      ...extra,
+    ],
+  }
 }
 
 const hashes = (m: Machine) => ({ ssd: hashWhole(m.ssd), hdd: hashWhole(m.hdd) })
@@ -55,7 +87,7 @@ const withErase = (erase: boolean) => ({ ...CONFIG, disks: { ...CONFIG.disks, er
 const errorLines = (r: CliResult) => r.stderr.split('\n').filter((l) => l.startsWith('labhost: error:'))
 
 /** A marker the foreign data carries, and whether the disk still holds it. */
-const MARK = Buffer.from('somebody else\'s data, not labhost\'s')
+const MARK = Buffer.from("somebody else's data, not labhost's")
 const putMark = (dev: string, offset: number) => {
   const fd = fs.openSync(dev, 'r+')
   fs.writeSync(fd, MARK, 0, MARK.length, offset)
@@ -66,7 +98,9 @@ const hasMark = (dev: string, offset: number) => readRange(dev, offset, MARK.len
 
 const foreign: { name: string; disk: 'ssd' | 'hdd'; make: (dev: string) => Promise<number>; what: RegExp }[] = [
   {
-    name: 'a GPT with a Windows partition on the SSD', disk: 'ssd', what: /holds a GPT with 1 partition\(s\): Windows/,
+    name: 'a GPT with a Windows partition on the SSD',
+    disk: 'ssd',
+    what: /holds a GPT with 1 partition\(s\): Windows/,
     make: async (dev) => {
       await run('sgdisk', ['-n', '1:2048:+100M', '-c', '1:Windows', dev])
       putMark(dev, 2048 * 512 + 4096)
@@ -74,7 +108,9 @@ const foreign: { name: string; disk: 'ssd' | 'hdd'; make: (dev: string) => Promi
     },
   },
   {
-    name: 'an MBR partition table on the HDD', disk: 'hdd', what: /holds an MBR partition table with 1 partition\(s\)/,
+    name: 'an MBR partition table on the HDD',
+    disk: 'hdd',
+    what: /holds an MBR partition table with 1 partition\(s\)/,
     make: async (dev) => {
       // sector 0: one primary partition of type 0x83 from LBA 2048, 10 MiB, and the 0x55AA signature
       const mbr = Buffer.alloc(512)
@@ -90,7 +126,9 @@ const foreign: { name: string; disk: 'ssd' | 'hdd'; make: (dev: string) => Promi
     },
   },
   {
-    name: 'data in the last MiB of the HDD only (RAID metadata)', disk: 'hdd', what: /holds data in its last MiB/,
+    name: 'data in the last MiB of the HDD only (RAID metadata)',
+    disk: 'hdd',
+    what: /holds data in its last MiB/,
     make: async (dev) => {
       putMark(dev, 40 * MiB - 8192)
       return 40 * MiB - 8192
@@ -125,8 +163,15 @@ for (const f of foreign) {
     t.notOk(hasMark(dev, markAt), 'the foreign data is gone')
     const gpt = readGpt(openGptDisk(m.ssd))
     t.equal(slotStatus(gpt).active, 'A', 'the SSD boots slot A')
-    t.ok(readRange(m.ssd, Number(gpt.entries[0]!.firstLba) * 512, fs.statSync(`${images.v1}/root.img`).size).equals(fs.readFileSync(`${images.v1}/root.img`)), 'slot A holds the image')
-    t.same(readGpt(openGptDisk(m.hdd)).entries.map((e) => e.name), ['user'], 'the HDD holds the user partition')
+    t.ok(
+      readRange(m.ssd, Number(gpt.entries[0]!.firstLba) * 512, fs.statSync(`${images.v1}/root.img`).size).equals(fs.readFileSync(`${images.v1}/root.img`)),
+      'slot A holds the image',
+    )
+    t.same(
+      readGpt(openGptDisk(m.hdd)).entries.map((e) => e.name),
+      ['user'],
+      'the HDD holds the user partition',
+    )
   })
 }
 
@@ -171,12 +216,17 @@ async function fakePowerPath(t: Test, reports: string): Promise<{ env: Record<st
   const log = path.join(bin, 'calls.log')
   for (const tool of POWER_TOOLS) {
     // one line per call: the command, its arguments, and how many reports the stick held by then
-    fs.writeFileSync(path.join(bin, tool), `#!/bin/sh\necho "$(basename "$0") $* | reports: $(ls '${reports}' 2>/dev/null | grep -c '\\.json$')" >> '${log}'\nexit 0\n`, { mode: 0o755 })
+    fs.writeFileSync(
+      path.join(bin, tool),
+      `#!/bin/sh\necho "$(basename "$0") $* | reports: $(ls '${reports}' 2>/dev/null | grep -c '\\.json$')" >> '${log}'\nexit 0\n`,
+      { mode: 0o755 },
+    )
   }
   const env = { PATH: `${bin}:${process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin'}` }
   for (const tool of POWER_TOOLS) {
     const found = (await execa('sh', ['-c', `command -v ${tool}`], { env, reject: false })).stdout.trim()
-    if (found !== path.join(bin, tool)) throw new Error(`the fake ${tool} is not the one PATH finds (${found}): not running an install that could power this machine off`)
+    if (found !== path.join(bin, tool))
+      throw new Error(`the fake ${tool} is not the one PATH finds (${found}): not running an install that could power this machine off`)
   }
   return { env, calls: () => (fs.existsSync(log) ? fs.readFileSync(log, 'utf8').trim().split('\n').filter(Boolean) : []) }
 }

@@ -35,27 +35,63 @@ t.before(async () => {
 })
 
 const CONFIG = {
-  models: [{ vendor: 'Dell Inc.', product: 'OptiPlex 7010' }, { vendor: 'LENOVO', productPattern: '10A[0-9]S0[0-9]{2}00' }],
+  models: [
+    { vendor: 'Dell Inc.', product: 'OptiPlex 7010' },
+    { vendor: 'LENOVO', productPattern: '10A[0-9]S0[0-9]{2}00' },
+  ],
   disks: { ssd: { rotational: false, minSizeGiB: 0.4 }, hdd: { rotational: true, minSizeGiB: 0.03 } },
   finish: 'none',
 }
 
-interface Machine { ssd: string; hdd: string; sys: string; reports: string; config: string; args: (extra?: string[]) => string[] }
+interface Machine {
+  ssd: string
+  hdd: string
+  sys: string
+  reports: string
+  config: string
+  args: (extra?: string[]) => string[]
+}
 
 async function machine(t: Test, o: { product?: string; ssdMiB?: number; config?: object } = {}): Promise<Machine> {
   const d = tmpDir(t)
   fs.mkdirSync(`${d}/sys/class/dmi/id`, { recursive: true })
-  for (const [f, v] of [['sys_vendor', 'Dell Inc.'], ['product_name', o.product ?? 'OptiPlex 7010'], ['product_serial', 'CN0TEST42']]) fs.writeFileSync(`${d}/sys/class/dmi/id/${f}`, `${v}\n`)
+  for (const [f, v] of [
+    ['sys_vendor', 'Dell Inc.'],
+    ['product_name', o.product ?? 'OptiPlex 7010'],
+    ['product_serial', 'CN0TEST42'],
+  ])
+    fs.writeFileSync(`${d}/sys/class/dmi/id/${f}`, `${v}\n`)
   const ssd = await loop(t, sparseFile(`${d}/ssd.img`, (o.ssdMiB ?? 480) * MiB), { directIo: true })
   const hdd = await loop(t, sparseFile(`${d}/hdd.img`, 40 * MiB), { directIo: true })
   fs.writeFileSync(`${d}/install.yaml`, YAML.stringify(o.config ?? CONFIG))
   const m = { ssd, hdd, sys: `${d}/sys`, reports: `${d}/reports`, config: `${d}/install.yaml` }
-  return { ...m, args: (extra = []) => ['install', '--config', m.config, '--image', image, '--ssd', ssd, '--hdd', hdd, '--sys-root', m.sys, '--report-dir', m.reports, '--trusted-key', keys.publicKeyFile, ...extra] }
+  return {
+    ...m,
+    args: (extra = []) => [
+      'install',
+      '--config',
+      m.config,
+      '--image',
+      image,
+      '--ssd',
+      ssd,
+      '--hdd',
+      hdd,
+      '--sys-root',
+      m.sys,
+      '--report-dir',
+      m.reports,
+      '--trusted-key',
+      keys.publicKeyFile,
+      ...extra,
+    ],
+  }
 }
 
 const hashes = (m: Machine) => [hashWhole(m.ssd), hashWhole(m.hdd)]
 
-const persistentFiles = (m: Machine) => readPartitionFiles(m.ssd, 'persistent', ['machine-uuid', 'ssh/ssh_host_ed25519_key.pub', 'ssh/ssh_host_rsa_key.pub', 'install-report.json'])
+const persistentFiles = (m: Machine) =>
+  readPartitionFiles(m.ssd, 'persistent', ['machine-uuid', 'ssh/ssh_host_ed25519_key.pub', 'ssh/ssh_host_rsa_key.pub', 'install-report.json'])
 
 t.test('blank SSD + HDD: dry run writes nothing; install partitions, writes slot A, gptmbr, identity, reports', async (t) => {
   const m = await machine(t)
@@ -73,21 +109,42 @@ t.test('blank SSD + HDD: dry run writes nothing; install partitions, writes slot
   const r = await runCli([...m.args(), '--json'])
   t.equal(r.code, 0, 'install exits 0', { stderr: r.stderr })
   const report = JSON.parse(r.stdout)
-  t.same(report.steps.map((s: { step: string }) => s.step), ['check machine, image and disks', 'BIOS settings', 'partition the SSD', 'partition the HDD', 'write the root image to slot A', 'install gptmbr', 'identity and report'])
+  t.same(
+    report.steps.map((s: { step: string }) => s.step),
+    [
+      'check machine, image and disks',
+      'BIOS settings',
+      'partition the SSD',
+      'partition the HDD',
+      'write the root image to slot A',
+      'install gptmbr',
+      'identity and report',
+    ],
+  )
   t.equal(report.identity.created, true)
   t.match(report.identity.sshHostKeys, { ed25519: /^SHA256:/, rsa: /^SHA256:/ })
 
   const sg = await run('sgdisk', ['-v', m.ssd])
   t.match(sg.stdout, /No problems found/, 'sgdisk -v: SSD GPT valid')
   const gpt = readGpt(openGptDisk(m.ssd))
-  t.same(gpt.entries.map((e) => [e.number, e.name, e.partGuid.toLowerCase()]), [
-    [1, 'rootA', '6c1d1a2b-0a11-4b5e-9c3a-00000000000a'], [2, 'rootB', '6c1d1a2b-0a11-4b5e-9c3a-00000000000b'],
-    [3, 'persistent', '6c1d1a2b-0a11-4b5e-9c3a-000000000003'], [4, 'log', '6c1d1a2b-0a11-4b5e-9c3a-000000000004'], [5, 'backing', '6c1d1a2b-0a11-4b5e-9c3a-000000000005']])
+  t.same(
+    gpt.entries.map((e) => [e.number, e.name, e.partGuid.toLowerCase()]),
+    [
+      [1, 'rootA', '6c1d1a2b-0a11-4b5e-9c3a-00000000000a'],
+      [2, 'rootB', '6c1d1a2b-0a11-4b5e-9c3a-00000000000b'],
+      [3, 'persistent', '6c1d1a2b-0a11-4b5e-9c3a-000000000003'],
+      [4, 'log', '6c1d1a2b-0a11-4b5e-9c3a-000000000004'],
+      [5, 'backing', '6c1d1a2b-0a11-4b5e-9c3a-000000000005'],
+    ],
+  )
   t.equal(slotStatus(gpt).active, 'A', 'slot A is flagged to boot')
   const slotA = gpt.entries[0]!
   t.ok(readRange(m.ssd, Number(slotA.firstLba) * 512, manifest.image.size).equals(fs.readFileSync(`${dir}/raw.img`)), 'slot A holds the image')
   t.ok(readRange(m.ssd, 0, 440).equals(fs.readFileSync(findGptmbr()).subarray(0, 440)), 'gptmbr boot code in the MBR')
-  t.same(readGpt(openGptDisk(m.hdd)).entries.map((e) => e.name), ['user'])
+  t.same(
+    readGpt(openGptDisk(m.hdd)).entries.map((e) => e.name),
+    ['user'],
+  )
   const blkid = await run('blkid', ['-p', '-o', 'value', '-s', 'UUID', '-O', String(Number(readGpt(openGptDisk(m.hdd)).entries[0]!.firstLba) * 512), m.hdd])
   t.equal(blkid.stdout.trim(), '6c1d1a2b-0a11-4b5e-9c3a-0000000000f6', 'HDD user filesystem has the fixed UUID')
 
@@ -105,7 +162,11 @@ t.test('blank SSD + HDD: dry run writes nothing; install partitions, writes slot
   t.equal(again.code, 0, 're-run exits 0', { stderr: again.stderr })
   t.match(again.stderr, /erases: the earlier labhost install, except persistent/)
   t.equal(JSON.parse(again.stdout).identity.created, false, 'identity kept')
-  t.same(await persistentFiles(m).then((f) => [f['machine-uuid'], f['ssh/ssh_host_ed25519_key.pub']]), [files['machine-uuid'], files['ssh/ssh_host_ed25519_key.pub']], 'same machine UUID and host key')
+  t.same(
+    await persistentFiles(m).then((f) => [f['machine-uuid'], f['ssh/ssh_host_ed25519_key.pub']]),
+    [files['machine-uuid'], files['ssh/ssh_host_ed25519_key.pub']],
+    'same machine UUID and host key',
+  )
   const fresh = await runCli([...m.args(), '--new-identity', '--json'])
   t.equal(fresh.code, 0, { stderr: fresh.stderr })
   t.equal(JSON.parse(fresh.stdout).identity.created, true)
@@ -116,7 +177,12 @@ t.test('BIOS settings through install: planned in --dry-run, applied and reporte
   const m = await machine(t, { config: { ...CONFIG, bios: { settings: { Virtualization: 'Enabled' } } } })
   const fw = `${m.sys}/class/firmware-attributes/dell-wmi-sysman`
   fs.mkdirSync(`${fw}/attributes/Virtualization`, { recursive: true })
-  for (const [f, v] of [['type', 'enumeration'], ['current_value', 'Disabled'], ['possible_values', 'Disabled;Enabled']]) fs.writeFileSync(`${fw}/attributes/Virtualization/${f}`, `${v}\n`)
+  for (const [f, v] of [
+    ['type', 'enumeration'],
+    ['current_value', 'Disabled'],
+    ['possible_values', 'Disabled;Enabled'],
+  ])
+    fs.writeFileSync(`${fw}/attributes/Virtualization/${f}`, `${v}\n`)
   fs.writeFileSync(`${fw}/attributes/pending_reboot`, '0\n')
   const dry = await runCli([...m.args(), '--dry-run'])
   t.equal(dry.code, 0, { stderr: dry.stderr })
@@ -128,7 +194,7 @@ t.test('BIOS settings through install: planned in --dry-run, applied and reporte
   t.equal(fs.readFileSync(`${fw}/attributes/Virtualization/current_value`, 'utf8'), 'Enabled')
 })
 
-t.test('hostname: from install.yaml onto /persistent and into the report, kept on a re-install, the stick\'s reports named by it', async (t) => {
+t.test("hostname: from install.yaml onto /persistent and into the report, kept on a re-install, the stick's reports named by it", async (t) => {
   const m = await machine(t, { config: { ...CONFIG, hostname: { pattern: 'lab-{serial}' } } })
   const hostnameOf = async () => (await readPartitionFiles(m.ssd, 'persistent', ['hostname'])).hostname
   const stickReport = (before: string[]) => fs.readdirSync(m.reports).filter((f) => !before.includes(f))
@@ -152,13 +218,17 @@ t.test('hostname: from install.yaml onto /persistent and into the report, kept o
   t.match(stickReport(first), [/^lab-cn0test42-/], 'the second report: the same name, another time')
   const fresh = await runCli([...m.args(), '--new-identity', '--json'])
   t.equal(fresh.code, 0, { stderr: fresh.stderr })
-  t.same(JSON.parse(fresh.stdout).hostname, { name: 'r101-pc07', from: 'hostname.inventory.0 (serial cn0test42)', kept: false }, '--new-identity: the inventory\'s name')
+  t.same(
+    JSON.parse(fresh.stdout).hostname,
+    { name: 'r101-pc07', from: 'hostname.inventory.0 (serial cn0test42)', kept: false },
+    "--new-identity: the inventory's name",
+  )
   t.equal(await hostnameOf(), 'r101-pc07\n')
 
   // no hostname setting: none written, the report is named by the serial
   const plain = await machine(t)
   t.equal((await runCli([...plain.args(), '--json'])).code, 0)
-  t.equal((await readPartitionFiles(plain.ssd, 'persistent', ['hostname'])).hostname, '', 'no /persistent/hostname: the image\'s own name stands')
+  t.equal((await readPartitionFiles(plain.ssd, 'persistent', ['hostname'])).hostname, '', "no /persistent/hostname: the image's own name stands")
   t.match(fs.readdirSync(plain.reports), [/^CN0TEST42-.*\.json$/], 'the report is named by the serial')
 })
 
@@ -171,7 +241,9 @@ t.test('an install cut off after any step, or killed in the middle of the image 
       const tmp = tmpDir(t)
       const child = execa(...labhostArgv(...m.args()), { reject: false, env: { TMPDIR: tmp } })
       let err = ''
-      child.stderr!.on('data', (d) => { err += String(d) })
+      child.stderr!.on('data', (d) => {
+        err += String(d)
+      })
       while (!/step: write the root image/.test(err) && child.exitCode === null) await sleep(20)
       await sleep(300)
       child.kill('SIGKILL')
@@ -179,60 +251,83 @@ t.test('an install cut off after any step, or killed in the middle of the image 
       t.equal(r.signal, 'SIGKILL', 'killed mid-write')
       t.same(fs.readdirSync(tmp), [], 'the killed run left nothing in its temporary directory (the zstd FIFO is unlinked once open)')
     } else {
-      const r = await execa(process.execPath, [path.join(import.meta.dirname, '../../cli/bin.ts'), ...m.args()], { reject: false, env: { LABHOST_FAULT_AFTER_STEP: cut } })
+      const r = await execa(process.execPath, [path.join(import.meta.dirname, '../../cli/bin.ts'), ...m.args()], {
+        reject: false,
+        env: { LABHOST_FAULT_AFTER_STEP: cut },
+      })
       t.equal(r.signal, 'SIGKILL', `cut after "${cut}"`, { stderr: r.stderr })
     }
     const again = await runCli([...m.args(), '--json'])
     t.equal(again.code, 0, `re-run after a cut at "${cut}" succeeds`, { stderr: again.stderr })
     const gpt = readGpt(openGptDisk(m.ssd))
     t.equal(slotStatus(gpt).active, 'A')
-      t.ok(readRange(m.ssd, Number(gpt.entries[0]!.firstLba) * 512, manifest.image.size).equals(fs.readFileSync(`${dir}/raw.img`)), 'slot A holds the image')
+    t.ok(readRange(m.ssd, Number(gpt.entries[0]!.firstLba) * 512, manifest.image.size).equals(fs.readFileSync(`${dir}/raw.img`)), 'slot A holds the image')
     t.match((await persistentFiles(m))['machine-uuid'], /^[0-9a-f-]{36}\n$/, 'identity present')
   }
 })
 
-t.test('cuts inside the partitioning: a table the cut left damaged is rewritten, and what only the stick knows is its own work is re-imaged, keeping /persistent', async (t) => {
-  const cutRerun = async (damage: (m: Machine) => void, withRecord: boolean) => {
-    const m = await machine(t)
-    // a first run (a re-run keeps its /persistent), then a re-run cut after partitioning
-    t.equal((await runCli([...m.args(), '--json'])).code, 0)
-    const uuid = (await persistentFiles(m))['machine-uuid']
-    const cut = await execa(process.execPath, [path.join(import.meta.dirname, '../../cli/bin.ts'), ...m.args()], { reject: false, env: { LABHOST_FAULT_AFTER_STEP: 'partition the HDD' } })
-    t.equal(cut.signal, 'SIGKILL')
-    t.ok(fs.existsSync(`${m.reports}/unfinished-install.json`), 'the stick remembers the unfinished install')
-    damage(m)
-    if (!withRecord) fs.rmSync(`${m.reports}/unfinished-install.json`)
-    return { m, uuid, again: await runCli([...m.args(), '--json']) }
-  }
-  const zero = (file: string, lbas: number[]) => {
-    const fd = fs.openSync(file, 'r+')
-    const size = describeDisk(file).sizeBytes // fstat of a block device says 0
-    for (const lba of lbas) fs.writeSync(fd, Buffer.alloc(512), 0, 512, lba >= 0 ? lba * 512 : size + lba * 512)
-    fs.fsyncSync(fd)
-    fs.closeSync(fd)
-  }
-  // 1. the SSD's primary GPT gone, its backup whole: recognisably labhost's, so no record needed;
-  //    sgdisk alone would refuse to zap it ("Invalid partition data!")
-  const one = await cutRerun((m) => zero(m.ssd, [0, 1, 2]), false)
-  t.equal(one.again.code, 0, 'primary GPT gone: the re-run completes', { stderr: one.again.stderr })
-  t.equal((await persistentFiles(one.m))['machine-uuid'], one.uuid, 'identity kept')
-  // 2. both GPT headers gone, the primary array left: no GPT, yet data — the stick's record says it is its own
-  for (const withRecord of [true, false]) {
-    const { m, uuid, again } = await cutRerun((m) => zero(m.ssd, [1, -1]), withRecord)
-    if (withRecord) {
-      t.equal(again.code, 0, 'no valid GPT, with the record: the re-run completes', { stderr: again.stderr })
-      t.match(again.stderr, /SSD: .*\n {2}erases: the unfinished install this stick started at \S+ \(an MBR partition table with 1 partition\(s\)\), except persistent/, 'no GPT, only the protective MBR: foreign to anyone but the stick')
-      t.notOk(fs.existsSync(`${m.reports}/unfinished-install.json`), 'the record is gone once the install completed')
-      t.equal((await persistentFiles(m))['machine-uuid'], uuid, 'the identity the unfinished run kept is kept again')
-    } else {
-      t.equal(again.code, ExitCode.diskHasData, 'without the record: refused as foreign data', { stderr: again.stderr })
+t.test(
+  'cuts inside the partitioning: a table the cut left damaged is rewritten, and what only the stick knows is its own work is re-imaged, keeping /persistent',
+  async (t) => {
+    const cutRerun = async (damage: (m: Machine) => void, withRecord: boolean) => {
+      const m = await machine(t)
+      // a first run (a re-run keeps its /persistent), then a re-run cut after partitioning
+      t.equal((await runCli([...m.args(), '--json'])).code, 0)
+      const uuid = (await persistentFiles(m))['machine-uuid']
+      const cut = await execa(process.execPath, [path.join(import.meta.dirname, '../../cli/bin.ts'), ...m.args()], {
+        reject: false,
+        env: { LABHOST_FAULT_AFTER_STEP: 'partition the HDD' },
+      })
+      t.equal(cut.signal, 'SIGKILL')
+      t.ok(fs.existsSync(`${m.reports}/unfinished-install.json`), 'the stick remembers the unfinished install')
+      damage(m)
+      if (!withRecord) fs.rmSync(`${m.reports}/unfinished-install.json`)
+      return { m, uuid, again: await runCli([...m.args(), '--json']) }
     }
-  }
-})
+    const zero = (file: string, lbas: number[]) => {
+      const fd = fs.openSync(file, 'r+')
+      const size = describeDisk(file).sizeBytes // fstat of a block device says 0
+      for (const lba of lbas) fs.writeSync(fd, Buffer.alloc(512), 0, 512, lba >= 0 ? lba * 512 : size + lba * 512)
+      fs.fsyncSync(fd)
+      fs.closeSync(fd)
+    }
+    // 1. the SSD's primary GPT gone, its backup whole: recognisably labhost's, so no record needed;
+    //    sgdisk alone would refuse to zap it ("Invalid partition data!")
+    const one = await cutRerun((m) => zero(m.ssd, [0, 1, 2]), false)
+    t.equal(one.again.code, 0, 'primary GPT gone: the re-run completes', { stderr: one.again.stderr })
+    t.equal((await persistentFiles(one.m))['machine-uuid'], one.uuid, 'identity kept')
+    // 2. both GPT headers gone, the primary array left: no GPT, yet data — the stick's record says it is its own
+    for (const withRecord of [true, false]) {
+      const { m, uuid, again } = await cutRerun((m) => zero(m.ssd, [1, -1]), withRecord)
+      if (withRecord) {
+        t.equal(again.code, 0, 'no valid GPT, with the record: the re-run completes', { stderr: again.stderr })
+        t.match(
+          again.stderr,
+          /SSD: .*\n {2}erases: the unfinished install this stick started at \S+ \(an MBR partition table with 1 partition\(s\)\), except persistent/,
+          'no GPT, only the protective MBR: foreign to anyone but the stick',
+        )
+        t.notOk(fs.existsSync(`${m.reports}/unfinished-install.json`), 'the record is gone once the install completed')
+        t.equal((await persistentFiles(m))['machine-uuid'], uuid, 'the identity the unfinished run kept is kept again')
+      } else {
+        t.equal(again.code, ExitCode.diskHasData, 'without the record: refused as foreign data', { stderr: again.stderr })
+      }
+    }
+  },
+)
 
 const refusals: { name: string; setup: (t: Test) => Promise<{ m: Machine; extra?: string[] }>; code: number; message: RegExp }[] = [
-  { name: 'model not on the list', setup: async (t) => ({ m: await machine(t, { product: 'OptiPlex 9999' }) }), code: ExitCode.modelRejected, message: /"Dell Inc\. \/ OptiPlex 9999", which .* does not list/ },
-  { name: 'SSD too small', setup: async (t) => ({ m: await machine(t, { ssdMiB: 300 }) }), code: ExitCode.diskTooSmall, message: /smaller than disks\.ssd\.minSizeGiB/ },
+  {
+    name: 'model not on the list',
+    setup: async (t) => ({ m: await machine(t, { product: 'OptiPlex 9999' }) }),
+    code: ExitCode.modelRejected,
+    message: /"Dell Inc\. \/ OptiPlex 9999", which .* does not list/,
+  },
+  {
+    name: 'SSD too small',
+    setup: async (t) => ({ m: await machine(t, { ssdMiB: 300 }) }),
+    code: ExitCode.diskTooSmall,
+    message: /smaller than disks\.ssd\.minSizeGiB/,
+  },
   {
     name: 'SSD with existing partitions',
     setup: async (t) => {
@@ -240,7 +335,8 @@ const refusals: { name: string; setup: (t: Test) => Promise<{ m: Machine; extra?
       await run('sgdisk', ['-n', '1:2048:+100M', '-c', '1:Windows', m.ssd])
       return { m }
     },
-    code: ExitCode.diskHasData, message: /holds a GPT with 1 partition\(s\): Windows/,
+    code: ExitCode.diskHasData,
+    message: /holds a GPT with 1 partition\(s\): Windows/,
   },
   {
     name: 'HDD with a filesystem and no partition table',
@@ -249,9 +345,18 @@ const refusals: { name: string; setup: (t: Test) => Promise<{ m: Machine; extra?
       await run('mkfs.ext4', ['-q', '-F', m.hdd])
       return { m }
     },
-    code: ExitCode.diskHasData, message: /the HDD .* holds data in its first MiB/,
+    code: ExitCode.diskHasData,
+    message: /the HDD .* holds data in its first MiB/,
   },
-  { name: 'the stick as the SSD', setup: async (t) => { const m = await machine(t); return { m, extra: ['--stick', m.ssd] } }, code: ExitCode.diskIsBootMedium, message: /installer's own medium/ },
+  {
+    name: 'the stick as the SSD',
+    setup: async (t) => {
+      const m = await machine(t)
+      return { m, extra: ['--stick', m.ssd] }
+    },
+    code: ExitCode.diskIsBootMedium,
+    message: /installer's own medium/,
+  },
   {
     name: 'malformed install.yaml',
     setup: async (t) => {
@@ -259,17 +364,20 @@ const refusals: { name: string; setup: (t: Test) => Promise<{ m: Machine; extra?
       fs.writeFileSync(m.config, 'models:\n  - vendor: Dell Inc.\n    product: [unclosed\n')
       return { m }
     },
-    code: ExitCode.configInvalid, message: /install\.yaml: not valid YAML/,
+    code: ExitCode.configInvalid,
+    message: /install\.yaml: not valid YAML/,
   },
   {
     name: 'config key with a wrong type',
     setup: async (t) => ({ m: await machine(t, { config: { ...CONFIG, disks: { ...CONFIG.disks, ssd: { rotational: 'no', minSizeGiB: 1 } } } }) }),
-    code: ExitCode.configInvalid, message: /install\.yaml: disks\.ssd\.rotational: .*found value "no"/,
+    code: ExitCode.configInvalid,
+    message: /install\.yaml: disks\.ssd\.rotational: .*found value "no"/,
   },
   {
     name: 'a hostname pattern this machine has no value for',
     setup: async (t) => ({ m: await machine(t, { config: { ...CONFIG, hostname: { pattern: 'lab-{asset}' } } }) }),
-    code: ExitCode.hostnameUnavailable, message: /install\.yaml: hostname\.pattern: "lab-\{asset\}" gives no name for this machine: \{asset\} has no usable value \(asset absent\)/,
+    code: ExitCode.hostnameUnavailable,
+    message: /install\.yaml: hostname\.pattern: "lab-\{asset\}" gives no name for this machine: \{asset\} has no usable value \(asset absent\)/,
   },
   {
     name: 'image signed by another key',
@@ -277,7 +385,8 @@ const refusals: { name: string; setup: (t: Test) => Promise<{ m: Machine; extra?
       const m = await machine(t)
       return { m, extra: ['--trusted-key', generateKeyPair(`${tmpDir(t)}/other`).publicKeyFile] }
     },
-    code: ExitCode.signatureInvalid, message: /signature does not match/,
+    code: ExitCode.signatureInvalid,
+    message: /signature does not match/,
   },
 ]
 
@@ -289,11 +398,18 @@ for (const c of refusals) {
     t.equal(r.code, c.code, `exit ${c.code}`, { stderr: r.stderr })
     t.match(r.stderr, c.message)
     t.match(r.stderr, /hint: .*/)
-    t.equal(r.stderr.trim().split('\n').filter((l) => l.startsWith('labhost: error:')).length, 1, 'one error line')
+    t.equal(
+      r.stderr
+        .trim()
+        .split('\n')
+        .filter((l) => l.startsWith('labhost: error:')).length,
+      1,
+      'one error line',
+    )
     t.same(hashes(m), before, 'SSD and HDD unchanged')
     const reports = fs.existsSync(m.reports) ? fs.readdirSync(m.reports) : []
     t.equal(reports.length, 1, 'a refusal report on the stick')
-    t.match(reports[0], /^CN0TEST42-refused-/, 'named by the machine\'s serial')
+    t.match(reports[0], /^CN0TEST42-refused-/, "named by the machine's serial")
     t.match(JSON.parse(fs.readFileSync(`${m.reports}/${reports[0]}`, 'utf8')), { result: 'refused', exitCode: c.code })
   })
 }

@@ -16,11 +16,14 @@ const LONG = 'a'.repeat(40) + 'b'
 
 function config(dir: string, o: { productPattern?: string; model?: string } = {}): string {
   const file = path.join(dir, 'install.yaml')
-  fs.writeFileSync(file, YAML.stringify({
-    models: [{ vendor: 'Dell Inc.', productPattern: o.productPattern ?? 'OptiPlex 70[0-9]0' }],
-    disks: { ssd: { rotational: false, minSizeGiB: 1, ...(o.model ? { model: o.model } : {}) } },
-    finish: 'none',
-  }))
+  fs.writeFileSync(
+    file,
+    YAML.stringify({
+      models: [{ vendor: 'Dell Inc.', productPattern: o.productPattern ?? 'OptiPlex 70[0-9]0' }],
+      disks: { ssd: { rotational: false, minSizeGiB: 1, ...(o.model ? { model: o.model } : {}) } },
+      finish: 'none',
+    }),
+  )
   return file
 }
 
@@ -32,7 +35,8 @@ function dmi(dir: string, product: string): string {
   return sys
 }
 
-const install = (args: string[]) => execa(process.execPath, [path.join(REPO_ROOT, 'cli/bin.ts'), 'install', '--dry-run', '--image', '/nonexistent', ...args], { timeout: 20_000, reject: false })
+const install = (args: string[]) =>
+  execa(process.execPath, [path.join(REPO_ROOT, 'cli/bin.ts'), 'install', '--dry-run', '--image', '/nonexistent', ...args], { timeout: 20_000, reject: false })
 
 t.test('the model check answers a pathological productPattern at once', async (t) => {
   const dir = tmpDir(t)
@@ -59,13 +63,18 @@ t.test('disk selection answers a pathological model pattern at once', async (t) 
 
 t.test('a pattern RE2 does not take is a config error naming file, key and value', async (t) => {
   const dir = tmpDir(t)
-  for (const [o, key] of [[{ productPattern: '(a)\\1' }, 'models.0.productPattern'], [{ model: '(?=x)y' }, 'disks.ssd.model']] as const) {
+  for (const [o, key] of [
+    [{ productPattern: '(a)\\1' }, 'models.0.productPattern'],
+    [{ model: '(?=x)y' }, 'disks.ssd.model'],
+  ] as const) {
     const file = config(dir, o)
     const r = await install(['--config', file, '--sys-root', dmi(dir, 'OptiPlex 7010')])
     t.equal(r.exitCode, ExitCode.configInvalid, `${key}: exit 10`, { stderr: r.stderr })
     const value = Object.values(o)[0]!
     t.match(r.stderr, `${file}: ${key}: `, 'names file and key')
     t.match(r.stderr, JSON.stringify(value), 'quotes the value')
-    t.equal(r.stderr.slice(r.stderr.indexOf('labhost: error:')).trimEnd().split('\n').length, 2, 'one line and a hint (after the step log)', { stderr: r.stderr })
+    t.equal(r.stderr.slice(r.stderr.indexOf('labhost: error:')).trimEnd().split('\n').length, 2, 'one line and a hint (after the step log)', {
+      stderr: r.stderr,
+    })
   }
 })

@@ -6,20 +6,45 @@ import { tmpDir } from '../../test-support/test-helpers.ts'
 import { clearUnfinished, diskIdentity, markUnfinished, readUnfinished, UNFINISHED_FILE } from '../unfinished.ts'
 import type { BlockDisk } from '../disks.ts'
 
-const disk = (name: string, serial: string): BlockDisk => ({ name, path: `/dev/${name}`, sizeBytes: 512 * 2 ** 30, sectorSize: 512, rotational: false, removable: false, usb: false, model: 'Samsung SSD', serial })
+const disk = (name: string, serial: string): BlockDisk => ({
+  name,
+  path: `/dev/${name}`,
+  sizeBytes: 512 * 2 ** 30,
+  sectorSize: 512,
+  rotational: false,
+  removable: false,
+  usb: false,
+  model: 'Samsung SSD',
+  serial,
+})
 
-t.test('two PCs on one stick: each PC\'s disks are remembered until that PC is done', async (t) => {
+t.test("two PCs on one stick: each PC's disks are remembered until that PC is done", async (t) => {
   const dir = tmpDir(t)
   t.equal(readUnfinished(dir), null, 'no record at first')
-  const pc1 = [disk('sda', 'S1'), disk('sdb', 'H1')].map((d, i) => ({ role: i ? 'hdd' : 'ssd', identity: diskIdentity(d), kept: i ? [] : ['persistent'], startedAt: '2026-01-01T00:00:00Z' }))
+  const pc1 = [disk('sda', 'S1'), disk('sdb', 'H1')].map((d, i) => ({
+    role: i ? 'hdd' : 'ssd',
+    identity: diskIdentity(d),
+    kept: i ? [] : ['persistent'],
+    startedAt: '2026-01-01T00:00:00Z',
+  }))
   const pc2 = [disk('sda', 'S2')].map((d) => ({ role: 'ssd', identity: diskIdentity(d), kept: [], startedAt: '2026-01-02T00:00:00Z' }))
   markUnfinished(dir, pc1)
   markUnfinished(dir, pc2)
-  t.same(readUnfinished(dir)?.disks.map((d) => d.identity), [...pc1, ...pc2].map((d) => d.identity), 'both PCs recorded')
+  t.same(
+    readUnfinished(dir)?.disks.map((d) => d.identity),
+    [...pc1, ...pc2].map((d) => d.identity),
+    'both PCs recorded',
+  )
   t.not(pc1[0]!.identity, pc2[0]!.identity, 'the same kernel name on two PCs is two disks (serials differ)')
-  clearUnfinished(dir, pc2.map((d) => d.identity))
+  clearUnfinished(
+    dir,
+    pc2.map((d) => d.identity),
+  )
   t.same(readUnfinished(dir)?.disks, pc1, 'PC 2 done: PC 1 still remembered')
-  clearUnfinished(dir, pc1.map((d) => d.identity))
+  clearUnfinished(
+    dir,
+    pc1.map((d) => d.identity),
+  )
   t.notOk(fs.existsSync(`${dir}/${UNFINISHED_FILE}`), 'all done: the record is gone')
 })
 

@@ -15,7 +15,13 @@ const enc = (v: Enc): Buffer => {
     return Buffer.concat([Buffer.from(`${b.length}:`), b])
   }
   if (Array.isArray(v)) return Buffer.concat([Buffer.from('l'), ...v.map(enc), Buffer.from('e')])
-  return Buffer.concat([Buffer.from('d'), ...Object.keys(v).sort().flatMap((k) => [enc(k), enc(v[k]!)]), Buffer.from('e')])
+  return Buffer.concat([
+    Buffer.from('d'),
+    ...Object.keys(v)
+      .sort()
+      .flatMap((k) => [enc(k), enc(v[k]!)]),
+    Buffer.from('e'),
+  ])
 }
 
 t.test('decodes integers, strings, lists and dictionaries', async (t) => {
@@ -23,7 +29,10 @@ t.test('decodes integers, strings, lists and dictionaries', async (t) => {
   t.ok(v instanceof Map)
   const m = v as Map<string, unknown>
   t.equal(m.get('a'), -3)
-  t.same((m.get('b') as unknown[]).map((x) => (Buffer.isBuffer(x) ? x.toString() : x)), ['spam', 0])
+  t.same(
+    (m.get('b') as unknown[]).map((x) => (Buffer.isBuffer(x) ? x.toString() : x)),
+    ['spam', 0],
+  )
 })
 
 t.test('refuses what is not canonical, ambiguous or unbounded', async (t) => {

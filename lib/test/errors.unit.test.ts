@@ -8,5 +8,8 @@ t.test('exit codes are distinct', async (t) => {
   for (const [name, code] of Object.entries(ExitCode)) byCode.set(code, [...(byCode.get(code) ?? []), name])
   const shared = [...byCode.entries()].filter(([, names]) => names.length > 1)
   t.same(shared, [], 'no two error classes share an exit code')
-  t.ok(Object.values(ExitCode).every((c) => Number.isInteger(c) && c >= 0 && c < 126), 'every code fits a shell exit status below 126')
+  t.ok(
+    Object.values(ExitCode).every((c) => Number.isInteger(c) && c >= 0 && c < 126),
+    'every code fits a shell exit status below 126',
+  )
 })

@@ -18,12 +18,23 @@ function fakeTools(t: Test, tools: Record<string, string>): void {
   })
 }
 
-const failure = (p: Promise<unknown>) => p.then(() => null, (e: unknown) => e as LabhostError)
+const failure = (p: Promise<unknown>) =>
+  p.then(
+    () => null,
+    (e: unknown) => e as LabhostError,
+  )
 
 t.test('a tool that fails: toolFailed with its command line, exit status, stderr tail and a hint for that tool', async (t) => {
-  fakeTools(t, { 'mkfs.ext4': 'echo "mkfs.ext4: /dev/x is mounted; will not make a filesystem here!" >&2; exit 1', extlinux: 'echo "extlinux: not a directory" >&2; exit 1' })
+  fakeTools(t, {
+    'mkfs.ext4': 'echo "mkfs.ext4: /dev/x is mounted; will not make a filesystem here!" >&2; exit 1',
+    extlinux: 'echo "extlinux: not a directory" >&2; exit 1',
+  })
   const e = await failure(run('mkfs.ext4', ['-q', '/dev/x']))
-  t.match(e, { code: 'toolFailed', message: /^mkfs\.ext4 -q \/dev\/x exited with 1: mkfs\.ext4: \/dev\/x is mounted/, details: { command: 'mkfs.ext4 -q /dev/x', exitCode: 1, stderr: /is mounted/ } })
+  t.match(e, {
+    code: 'toolFailed',
+    message: /^mkfs\.ext4 -q \/dev\/x exited with 1: mkfs\.ext4: \/dev\/x is mounted/,
+    details: { command: 'mkfs.ext4 -q /dev/x', exitCode: 1, stderr: /is mounted/ },
+  })
   t.equal(e?.exitCode, ExitCode.toolFailed)
   t.match(e?.hint, /not mounted/, `mkfs.ext4's hint: ${e?.hint}`)
   const x = await failure(run('extlinux', ['--install', '/boot']))
@@ -35,7 +46,13 @@ t.test('a tool that fails: toolFailed with its command line, exit status, stderr
 
 t.test('a missing tool: "not installed", and the hint names its package', async (t) => {
   fakeTools(t, {})
-  for (const [tool, pkg] of [['sgdisk', 'gdisk'], ['zstd', 'zstd'], ['aria2c', 'aria2'], ['qemu-img', 'qemu-utils'], ['mkfs.ext4', 'e2fsprogs']] as const) {
+  for (const [tool, pkg] of [
+    ['sgdisk', 'gdisk'],
+    ['zstd', 'zstd'],
+    ['aria2c', 'aria2'],
+    ['qemu-img', 'qemu-utils'],
+    ['mkfs.ext4', 'e2fsprogs'],
+  ] as const) {
     const e = await failure(run(tool, ['--version']))
     t.match(e, { code: 'toolFailed', message: `${tool} is not installed`, details: { notInstalled: true } }, tool)
     t.match(e?.hint, new RegExp(`install the ${pkg} package`), `${tool}: ${e?.hint}`)

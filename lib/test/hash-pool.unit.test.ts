@@ -7,12 +7,15 @@ import { blockHashes, HashPool } from '../hash-pool.ts'
 
 const hex = (b: Buffer) => crypto.createHash('sha256').update(b).digest('hex')
 
-t.test('worker digests equal the main thread\'s, for shared and plain buffers, many at once', async (t) => {
+t.test("worker digests equal the main thread's, for shared and plain buffers, many at once", async (t) => {
   const pool = new HashPool(2)
   t.teardown(() => pool.close())
   const shared = alignedBuffers(6, 300_001)
   shared.forEach((b, i) => crypto.randomFillSync(b, 0, b.length - i))
-  t.ok(shared.every((b) => b.buffer instanceof SharedArrayBuffer), 'aligned buffers live in shared memory')
+  t.ok(
+    shared.every((b) => b.buffer instanceof SharedArrayBuffer),
+    'aligned buffers live in shared memory',
+  )
   const views = shared.flatMap((b) => [b, b.subarray(17, 1000), b.subarray(0, 0)])
   t.same(await Promise.all(views.map((v) => pool.sha256(v))), views.map(hex))
   const plain = crypto.randomBytes(12345)
@@ -28,7 +31,7 @@ t.test('after the workers are gone, hashing still answers', async (t) => {
   t.equal(await pool.sha256(b!), hex(b!), 'closed pool: main thread')
 })
 
-t.test('block hashes: each block\'s SHA-256 prefix, in order, in workers and on the main thread', async (t) => {
+t.test("block hashes: each block's SHA-256 prefix, in order, in workers and on the main thread", async (t) => {
   const pool = new HashPool(2)
   t.teardown(() => pool.close())
   const [b] = alignedBuffers(1, 5 * 4096 + 100)

@@ -59,10 +59,19 @@ t.test('100 downloads, 200 aborted, 100 slow clients and 200 malformed requests 
   const malformed = Promise.all(Array.from({ length: 200 }, (_, i) => rawRequest(s.port, MALFORMED[i % MALFORMED.length]!, 5000)))
   const during = await download(url('big.bin'))
   const [wholes, bad] = await Promise.all([whole, malformed, aborted])
-  t.equal(during.sha256, bigSha, `a normal 64 MiB download during the storm, byte for byte: ${during.seconds.toFixed(2)} s (alone ${alone.seconds.toFixed(2)} s)`)
+  t.equal(
+    during.sha256,
+    bigSha,
+    `a normal 64 MiB download during the storm, byte for byte: ${during.seconds.toFixed(2)} s (alone ${alone.seconds.toFixed(2)} s)`,
+  )
   t.ok(during.seconds < 30, 'and it did not crawl')
-  t.same(wholes.filter((w) => w.status !== 200 || w.sha256 !== smallSha), [], '100 concurrent downloads: each 200 and byte for byte')
-  const unanswered = bad.map((r, i) => ({ request: MALFORMED[i % MALFORMED.length]!.slice(0, 60), status: r.status, closedByServer: r.closedByServer, head: r.text.slice(0, 60) }))
+  t.same(
+    wholes.filter((w) => w.status !== 200 || w.sha256 !== smallSha),
+    [],
+    '100 concurrent downloads: each 200 and byte for byte',
+  )
+  const unanswered = bad
+    .map((r, i) => ({ request: MALFORMED[i % MALFORMED.length]!.slice(0, 60), status: r.status, closedByServer: r.closedByServer, head: r.text.slice(0, 60) }))
     .filter((r) => !(r.status >= 400 && r.status < 500) && !(r.status === 0 && r.closedByServer))
   t.same(unanswered, [], 'every malformed request: a 4xx, or the connection closed')
   t.ok(s.alive(), 'the server process is alive')
@@ -75,7 +84,9 @@ t.test('100 downloads, 200 aborted, 100 slow clients and 200 malformed requests 
 
   const settled = await until(() => s.fds() <= before.fds, 10_000)
   const after = { fds: s.fds(), rss: s.rss() }
-  t.comment(`storm ${((Date.now() - started) / 1000).toFixed(1)} s; fds ${before.fds} -> ${after.fds}; RSS ${(before.rss / 2 ** 20).toFixed(1)} -> ${(after.rss / 2 ** 20).toFixed(1)} MiB`)
+  t.comment(
+    `storm ${((Date.now() - started) / 1000).toFixed(1)} s; fds ${before.fds} -> ${after.fds}; RSS ${(before.rss / 2 ** 20).toFixed(1)} -> ${(after.rss / 2 ** 20).toFixed(1)} MiB`,
+  )
   t.ok(settled, `file descriptors back to ${before.fds} (now ${after.fds})`)
   t.ok(after.rss < before.rss + RSS_BAND, `RSS within ${RSS_BAND >> 20} MiB of its baseline (${((after.rss - before.rss) / 2 ** 20).toFixed(1)} MiB more)`)
   const again = await download(url('big.bin'))

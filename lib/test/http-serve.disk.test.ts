@@ -87,9 +87,20 @@ t.test('a CR/LF in the path cannot forge a line in the log', async (t) => {
   await rawGet(s.port, '/x%1b[31mred%e2%80%a8')
   t.ok(await until(() => s.lines().filter((l) => /^\d{3} \//.test(l)).length >= 2, 5000), 'both requests logged')
   const lines = s.lines()
-  t.notOk(lines.some((l) => /^200 \/forged/.test(l)), 'no line starts with the forged entry', { lines })
-  t.ok(lines.some((l) => l.includes('/x\\r\\n200 /forged.img')), 'the request is logged on one line, its control characters escaped', { lines })
-  t.notOk(lines.some((l) => /[\x00-\x08\x0b-\x1f\x7f\u2028]/.test(l)), 'no control character reaches the log')
+  t.notOk(
+    lines.some((l) => /^200 \/forged/.test(l)),
+    'no line starts with the forged entry',
+    { lines },
+  )
+  t.ok(
+    lines.some((l) => l.includes('/x\\r\\n200 /forged.img')),
+    'the request is logged on one line, its control characters escaped',
+    { lines },
+  )
+  t.notOk(
+    lines.some((l) => /[\x00-\x08\x0b-\x1f\x7f\u2028]/.test(l)),
+    'no control character reaches the log',
+  )
 })
 
 t.test('200 aborted downloads leave no file handle and no memory behind', async (t) => {
@@ -109,5 +120,12 @@ t.test('200 aborted downloads leave no file handle and no memory behind', async 
   t.ok(after.rss < before.rss + RSS_BAND, `RSS within ${RSS_BAND >> 20} MiB of its baseline (${((after.rss - before.rss) / 2 ** 20).toFixed(1)} MiB more)`)
   t.ok(s.alive(), 'the server process is alive')
   const whole = await download(url)
-  t.equal(whole.sha256, crypto.createHash('sha256').update(fs.readFileSync(path.join(root, 'big.bin'))).digest('hex'), 'a whole download still succeeds, byte for byte')
+  t.equal(
+    whole.sha256,
+    crypto
+      .createHash('sha256')
+      .update(fs.readFileSync(path.join(root, 'big.bin')))
+      .digest('hex'),
+    'a whole download still succeeds, byte for byte',
+  )
 })

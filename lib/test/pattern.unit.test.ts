@@ -5,11 +5,22 @@ import t from 'tap'
 import { fullMatch, patternProblem } from '../pattern.ts'
 
 const cases: [string, string][] = [
-  ['OptiPlex 70[0-9]0', 'OptiPlex 7010'], ['OptiPlex 70[0-9]0', 'OptiPlex 7010 AIO'], ['OptiPlex 70[0-9]0', 'xOptiPlex 7010'],
-  ['10A[0-9]S0[0-9]{2}00', '10A7S01200'], ['10A[0-9]S0[0-9]{2}00', '10A7S0120'],
-  ['Samsung.*', 'Samsung SSD 870'], ['Samsung.*', 'WD Blue'], ['.*SSD.*', 'Samsung SSD 870'],
-  ['S[0-9A-Z]+|WD-[0-9]+', 'WD-123'], ['S[0-9A-Z]+|WD-[0-9]+', 'WD-123x'], ['(?i)samsung.*', 'SAMSUNG MZ7'],
-  ['ST1000DM0(10|03)', 'ST1000DM003'], ['ST1000DM0(10|03)', 'ST1000DM0'], ['a?', ''], ['\\d+', '42'], ['\\w+ \\w+', 'Dell Inc.'],
+  ['OptiPlex 70[0-9]0', 'OptiPlex 7010'],
+  ['OptiPlex 70[0-9]0', 'OptiPlex 7010 AIO'],
+  ['OptiPlex 70[0-9]0', 'xOptiPlex 7010'],
+  ['10A[0-9]S0[0-9]{2}00', '10A7S01200'],
+  ['10A[0-9]S0[0-9]{2}00', '10A7S0120'],
+  ['Samsung.*', 'Samsung SSD 870'],
+  ['Samsung.*', 'WD Blue'],
+  ['.*SSD.*', 'Samsung SSD 870'],
+  ['S[0-9A-Z]+|WD-[0-9]+', 'WD-123'],
+  ['S[0-9A-Z]+|WD-[0-9]+', 'WD-123x'],
+  ['(?i)samsung.*', 'SAMSUNG MZ7'],
+  ['ST1000DM0(10|03)', 'ST1000DM003'],
+  ['ST1000DM0(10|03)', 'ST1000DM0'],
+  ['a?', ''],
+  ['\\d+', '42'],
+  ['\\w+ \\w+', 'Dell Inc.'],
 ]
 
 t.test('ordinary patterns match as a JavaScript RegExp matches the whole value', async (t) => {
@@ -37,6 +48,9 @@ t.test('a pathological pattern is answered at once', async (t) => {
 })
 
 t.test('... where a JavaScript RegExp does not return (the old way, for comparison)', async (t) => {
-  const r = await execa(process.execPath, ['-e', `new RegExp(${JSON.stringify(`^(?:${EVIL})$`)}).test(${JSON.stringify(VALUE)})`], { timeout: 3000, reject: false })
+  const r = await execa(process.execPath, ['-e', `new RegExp(${JSON.stringify(`^(?:${EVIL})$`)}).test(${JSON.stringify(VALUE)})`], {
+    timeout: 3000,
+    reject: false,
+  })
   t.ok(r.timedOut, 'RegExp still running after 3 s: killed')
 })

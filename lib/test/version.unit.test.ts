@@ -9,15 +9,30 @@ const sign = (n: number) => Math.sign(n)
 
 t.test('named edge cases', async (t) => {
   const older: [string, string][] = [
-    ['1.0.0-rc1', '1.0.0'], ['1.0.0~rc1', '1.0.0'], ['1.0.0-rc9', '1.0.0-rc10'], ['1.0.0~rc9', '1.0.0~rc10'],
-    ['1.0.0-rc1', '1.0.0-rc1.1'], ['1.0.0~beta', '1.0.0~rc1'], ['1.0.0', '1.0.0+b1'], ['1.0.0', '1.0.0.1'],
-    ['1.9', '1.10'], ['2.0.0', '10.0.0'], ['1.0a', '1.0+'], ['1.0~~', '1.0~'], ['1.0.0~rc1', '1.0.0-rc2'],
+    ['1.0.0-rc1', '1.0.0'],
+    ['1.0.0~rc1', '1.0.0'],
+    ['1.0.0-rc9', '1.0.0-rc10'],
+    ['1.0.0~rc9', '1.0.0~rc10'],
+    ['1.0.0-rc1', '1.0.0-rc1.1'],
+    ['1.0.0~beta', '1.0.0~rc1'],
+    ['1.0.0', '1.0.0+b1'],
+    ['1.0.0', '1.0.0.1'],
+    ['1.9', '1.10'],
+    ['2.0.0', '10.0.0'],
+    ['1.0a', '1.0+'],
+    ['1.0~~', '1.0~'],
+    ['1.0.0~rc1', '1.0.0-rc2'],
   ]
   for (const [a, b] of older) {
     t.equal(sign(compareVersions(a, b)), -1, `${a} < ${b}`)
     t.equal(sign(compareVersions(b, a)), 1, `${b} > ${a}`)
   }
-  for (const [a, b] of [['1.0', '1.00'], ['01.2', '1.2'], ['1.0.0-rc1', '1.0.0~rc1']]) t.equal(compareVersions(a!, b!), 0, `${a} = ${b}`)
+  for (const [a, b] of [
+    ['1.0', '1.00'],
+    ['01.2', '1.2'],
+    ['1.0.0-rc1', '1.0.0~rc1'],
+  ])
+    t.equal(compareVersions(a!, b!), 0, `${a} = ${b}`)
 })
 
 t.test('the same order as dpkg --compare-versions (versions without a hyphen)', async (t) => {

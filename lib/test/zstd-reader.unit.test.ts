@@ -18,7 +18,11 @@ async function* pieces(buf: Buffer, size: number, failAt = Infinity): AsyncGener
   }
 }
 
-const fifos = () => fs.readdirSync(os.tmpdir()).filter((f) => f.startsWith('labhost-zstd-')).sort()
+const fifos = () =>
+  fs
+    .readdirSync(os.tmpdir())
+    .filter((f) => f.startsWith('labhost-zstd-'))
+    .sort()
 
 async function readAll(z: ZstdReader, into: Buffer): Promise<number> {
   let n = 0
@@ -26,7 +30,7 @@ async function readAll(z: ZstdReader, into: Buffer): Promise<number> {
   return n
 }
 
-t.test('a whole stream arrives byte for byte, read into the caller\'s buffer', async (t) => {
+t.test("a whole stream arrives byte for byte, read into the caller's buffer", async (t) => {
   const before = fifos()
   const z = await ZstdReader.open(pieces(compressed, 65_536))
   const out = Buffer.alloc(data.length + 10)
@@ -46,7 +50,7 @@ t.test('a cut stream: fewer bytes, and zstd reports the failure', async (t) => {
   t.equal(v.inputError, undefined)
 })
 
-t.test('a failing input is the cause reported, not zstd\'s complaint', async (t) => {
+t.test("a failing input is the cause reported, not zstd's complaint", async (t) => {
   const z = await ZstdReader.open(pieces(compressed, 65_536, 3 * 65_536))
   await readAll(z, Buffer.alloc(data.length))
   const v = await z.finish()
@@ -58,7 +62,7 @@ t.test('stopping early ends zstd and cleans up', async (t) => {
   const before = fifos()
   const z = await ZstdReader.open(pieces(compressed, 65_536))
   const out = Buffer.alloc(4096)
-  t.equal(await z.read(out, 0, out.length) > 0, true)
+  t.equal((await z.read(out, 0, out.length)) > 0, true)
   const v = await z.finish(true)
   t.equal(v.ok, false, 'killed')
   t.same(fifos(), before, 'FIFO directory removed')

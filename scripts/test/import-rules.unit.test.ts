@@ -8,7 +8,11 @@ import { REPO_ROOT, tmpDir } from '../../test-support/test-helpers.ts'
 import { checkImports } from '../import-rules.ts'
 
 t.test('the repository keeps its import rules', async (t) => {
-  t.same(checkImports(REPO_ROOT).map((b) => `${b.from} -> ${b.to}: ${b.why}`), [], 'no breach')
+  t.same(
+    checkImports(REPO_ROOT).map((b) => `${b.from} -> ${b.to}: ${b.why}`),
+    [],
+    'no breach',
+  )
 })
 
 t.test('the check reports each kind of breach', async (t) => {
@@ -29,7 +33,9 @@ t.test('the check reports each kind of breach', async (t) => {
   file('updater/test/update.unit.test.ts', '../../installer/install.ts', '../../test-support/test-helpers.ts') // tests may
   file('test-support/test-helpers.ts', '../lib/ok.ts')
   file('cli/main.ts', '../test-support/test-helpers.ts') // production -> test support
-  const got = checkImports(root).map((b) => `${b.from} -> ${b.to}: ${b.why}`).sort()
+  const got = checkImports(root)
+    .map((b) => `${b.from} -> ${b.to}: ${b.why}`)
+    .sort()
   t.same(got, [
     'cli/main.ts -> test-support/test-helpers.ts: production code imports test support',
     'image-format/a.ts -> image-format/b.ts: an import cycle',

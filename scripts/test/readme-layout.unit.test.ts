@@ -13,12 +13,22 @@ const rows = [...section.matchAll(/^\| `([^`]+)\/` \| (.*) \|$/gm)].map((m) => (
 
 t.test('every folder with source files has a row, every row a folder', async (t) => {
   t.ok(rows.length > 5, 'the table was found', { section: section.slice(0, 300) })
-  const withSources = fs.readdirSync(REPO_ROOT, { withFileTypes: true })
+  const withSources = fs
+    .readdirSync(REPO_ROOT, { withFileTypes: true })
     .filter((d) => d.isDirectory() && !d.name.startsWith('.') && !['node_modules', 'dist', 'scratch', 'reports'].includes(d.name))
     .filter((d) => (fs.globSync('**/*.{ts,sh,yaml,json}', { cwd: path.join(REPO_ROOT, d.name) }) as string[]).length > 0)
-    .map((d) => d.name).sort()
-  t.same(withSources.filter((f) => !rows.some((r) => r.folder === f)), [], 'no source folder without a row')
-  t.same(rows.filter((r) => !fs.existsSync(path.join(REPO_ROOT, r.folder))).map((r) => r.folder), [], 'no row for a folder that does not exist')
+    .map((d) => d.name)
+    .sort()
+  t.same(
+    withSources.filter((f) => !rows.some((r) => r.folder === f)),
+    [],
+    'no source folder without a row',
+  )
+  t.same(
+    rows.filter((r) => !fs.existsSync(path.join(REPO_ROOT, r.folder))).map((r) => r.folder),
+    [],
+    'no row for a folder that does not exist',
+  )
 })
 
 t.test('every file a row names is in its folder', async (t) => {

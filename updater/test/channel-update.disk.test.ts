@@ -70,7 +70,11 @@ async function decides(t: Test, h: Host & { all: string[] }, url: string, args: 
   t.equal(JSON.parse(j.stdout).decision, decision, `--json: decision ${decision}`)
   t.equal(wholeDisk(h), before, 'the whole disk byte-identical')
   t.equal(readTrial(h.lib), null, 'no trial armed')
-  t.equal(fs.readFileSync(path.join(h.state, 'labhost', 'channel-last'), 'utf8').match(/^DECISION=(.*)$/m)?.[1], decision, 'the decision is kept for the metrics')
+  t.equal(
+    fs.readFileSync(path.join(h.state, 'labhost', 'channel-last'), 'utf8').match(/^DECISION=(.*)$/m)?.[1],
+    decision,
+    'the decision is kept for the metrics',
+  )
   return JSON.parse(j.stdout)
 }
 
@@ -84,7 +88,13 @@ t.test('in the stage, inside the window: --dry-run plans, then the update writes
   const plan = await runCli(['update', '--channel', url, '--now', INSIDE, '--dry-run', '--json', ...h.all])
   t.equal(plan.code, 0, { stderr: plan.stderr })
   const p = JSON.parse(plan.stdout)
-  t.match(p, { decision: 'update', dryRun: true, channel: { serial: 1, share: 5, image: { name: 'test', version: '2.0.0', location: `${server.url}/v2/` } }, host: { inStage: true, windowOpen: true }, update: { to: { slot: 'B', version: '2.0.0' } } })
+  t.match(p, {
+    decision: 'update',
+    dryRun: true,
+    channel: { serial: 1, share: 5, image: { name: 'test', version: '2.0.0', location: `${server.url}/v2/` } },
+    host: { inStage: true, windowOpen: true },
+    update: { to: { slot: 'B', version: '2.0.0' } },
+  })
   t.ok(p.host.rolloutPoint < 5)
   t.same({ disk: wholeDisk(h), state: protectedParts(h).state }, before, '--dry-run: disk and state byte-identical')
   const human = await runCli(['update', '--channel', url, '--now', INSIDE, '--dry-run', ...h.all])
@@ -118,7 +128,14 @@ t.test('pause, stage membership, window, up to date: exit 0, nothing written', a
   await decides(t, early, url, ['--now', INSIDE], 'paused', /\npaused: the channel is paused/)
 
   await publish(t, root, ['--share', '25']) // resumed (no --pause), image and window kept
-  const out = await decides(t, late, url, ['--now', INSIDE], 'not-in-stage', /\nnot-in-stage: not in this rollout stage: rollout point \d+\.\d\d is not below the share 25 %/)
+  const out = await decides(
+    t,
+    late,
+    url,
+    ['--now', INSIDE],
+    'not-in-stage',
+    /\nnot-in-stage: not in this rollout stage: rollout point \d+\.\d\d is not below the share 25 %/,
+  )
   t.equal(out.host.inStage, false)
   t.equal(out.channel.serial, 2)
   await decides(t, early, url, ['--now', OUTSIDE], 'waiting-for-window', /\nwaiting-for-window: waiting for the window Mon,Tue,Wed,Thu,Fri 22:00-05:00/)
@@ -135,18 +152,31 @@ t.test('pause, stage membership, window, up to date: exit 0, nothing written', a
 
 /** Refused with `code`: the whole disk and the state directory exactly as before. */
 async function refused(t: Test, h: Host & { all: string[] }, url: string, code: number, message: RegExp) {
-  const before = { disk: wholeDisk(h), state: fs.readdirSync(h.state, { recursive: true }).sort().map((f) => {
-    const p = path.join(h.state, String(f))
-    return fs.statSync(p).isFile() ? `${f}:${fs.readFileSync(p, 'utf8')}` : String(f)
-  }) }
+  const before = {
+    disk: wholeDisk(h),
+    state: fs
+      .readdirSync(h.state, { recursive: true })
+      .sort()
+      .map((f) => {
+        const p = path.join(h.state, String(f))
+        return fs.statSync(p).isFile() ? `${f}:${fs.readFileSync(p, 'utf8')}` : String(f)
+      }),
+  }
   const r = await runCli(['update', '--channel', url, '--now', INSIDE, ...h.all])
   t.equal(r.code, code, `exit ${code}`, { stderr: r.stderr })
   t.match(r.stderr, message)
   t.equal(wholeDisk(h), before.disk, 'the whole disk byte-identical')
-  t.same(fs.readdirSync(h.state, { recursive: true }).sort().map((f) => {
-    const p = path.join(h.state, String(f))
-    return fs.statSync(p).isFile() ? `${f}:${fs.readFileSync(p, 'utf8')}` : String(f)
-  }), before.state, 'the state files as they were')
+  t.same(
+    fs
+      .readdirSync(h.state, { recursive: true })
+      .sort()
+      .map((f) => {
+        const p = path.join(h.state, String(f))
+        return fs.statSync(p).isFile() ? `${f}:${fs.readFileSync(p, 'utf8')}` : String(f)
+      }),
+    before.state,
+    'the state files as they were',
+  )
 }
 
 t.test('refused: a tampered channel (43), one signed by another key (43), a replayed older serial (45), an image other than named (44)', async (t) => {
@@ -165,7 +195,15 @@ t.test('refused: a tampered channel (43), one signed by another key (43), a repl
   fs.writeFileSync(path.join(root, 'other-key.json'), JSON.stringify(signChannel(body, other.privateKey)))
   await refused(t, h, url('other-key.json'), ExitCode.channelSignatureInvalid, /signature does not match/)
   // signed by the image key, but naming a version its manifest is not (at 100 %: 3.0.0 hashes the host elsewhere)
-  fs.writeFileSync(path.join(root, 'wrong-image.json'), JSON.stringify(signChannel({ ...body, serial: 1, share: 100, image: { ...body.image, version: '3.0.0' }, format: CHANNEL_FORMAT }, readPrivateKey(images.keys.privateKeyFile))))
+  fs.writeFileSync(
+    path.join(root, 'wrong-image.json'),
+    JSON.stringify(
+      signChannel(
+        { ...body, serial: 1, share: 100, image: { ...body.image, version: '3.0.0' }, format: CHANNEL_FORMAT },
+        readPrivateKey(images.keys.privateKeyFile),
+      ),
+    ),
+  )
   const wrong = await runCli(['update', '--channel', url('wrong-image.json'), '--now', INSIDE, ...h.all])
   t.equal(wrong.code, ExitCode.channelInvalid, 'exit 44', { stderr: wrong.stderr })
   t.match(wrong.stderr, /is test 2\.0\.0, but the channel names test 3\.0\.0/)
@@ -186,7 +224,18 @@ t.test('channel publish: the image must be signed by the signing key; serials on
   const root = serverRoot(t)
   const other = crypto.generateKeyPairSync('ed25519')
   fs.writeFileSync(path.join(root, 'other.key'), other.privateKey.export({ format: 'pem', type: 'pkcs8' }))
-  const r = await runCli(['channel', 'publish', '--out', path.join(root, 'channel.json'), '--image', 'v2/', '--share', '5', '--signing-key', path.join(root, 'other.key')])
+  const r = await runCli([
+    'channel',
+    'publish',
+    '--out',
+    path.join(root, 'channel.json'),
+    '--image',
+    'v2/',
+    '--share',
+    '5',
+    '--signing-key',
+    path.join(root, 'other.key'),
+  ])
   t.equal(r.code, ExitCode.signatureInvalid, 'an image no host would take is refused', { stderr: r.stderr })
   t.notOk(fs.existsSync(path.join(root, 'channel.json')))
   const first = await runCli(['channel', 'publish', '--out', path.join(root, 'channel.json'), '--share', '5', '--signing-key', images.keys.privateKeyFile])
@@ -194,10 +243,29 @@ t.test('channel publish: the image must be signed by the signing key; serials on
   await publish(t, root, ['--image', 'v2/', '--share', '5', '--serial', '10'])
   const lower = await runCli(['channel', 'publish', '--out', path.join(root, 'channel.json'), '--serial', '10', '--signing-key', images.keys.privateKeyFile])
   t.equal(lower.code, ExitCode.usage, 'a serial not above the previous one')
-  const dry = await runCli(['channel', 'publish', '--out', path.join(root, 'channel.json'), '--share', '25', '--dry-run', '--signing-key', images.keys.privateKeyFile])
+  const dry = await runCli([
+    'channel',
+    'publish',
+    '--out',
+    path.join(root, 'channel.json'),
+    '--share',
+    '25',
+    '--dry-run',
+    '--signing-key',
+    images.keys.privateKeyFile,
+  ])
   t.match(dry.stdout, /^would write .*: serial 11,/)
   t.match(JSON.parse(fs.readFileSync(path.join(root, 'channel.json'), 'utf8')), { serial: 10, share: 5 }, '--dry-run wrote nothing')
-  const bad = await runCli(['channel', 'publish', '--out', path.join(root, 'channel.json'), '--window', 'weekdays 22:00-05:00', '--signing-key', images.keys.privateKeyFile])
+  const bad = await runCli([
+    'channel',
+    'publish',
+    '--out',
+    path.join(root, 'channel.json'),
+    '--window',
+    'weekdays 22:00-05:00',
+    '--signing-key',
+    images.keys.privateKeyFile,
+  ])
   t.equal(bad.code, ExitCode.usage)
   t.match(bad.stderr, /--window "weekdays 22:00-05:00" is not a window/)
 })

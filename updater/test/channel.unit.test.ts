@@ -18,8 +18,12 @@ const { privateKey, publicKey } = crypto.generateKeyPairSync('ed25519')
 const other = crypto.generateKeyPairSync('ed25519')
 
 const base = (): Omit<Channel, 'signer' | 'signature'> => ({
-  format: CHANNEL_FORMAT, serial: 7, createdAt: '2026-12-01T20:00:00.000Z',
-  image: { manifest: 'v2/', name: 'test', version: '2.0.0' }, share: 25, paused: false,
+  format: CHANNEL_FORMAT,
+  serial: 7,
+  createdAt: '2026-12-01T20:00:00.000Z',
+  image: { manifest: 'v2/', name: 'test', version: '2.0.0' },
+  share: 25,
+  paused: false,
   window: { days: ['Mon', 'Tue', 'Wed', 'Thu', 'Fri'], from: '22:00', to: '05:00' },
 })
 
@@ -74,12 +78,15 @@ t.test('rollout point: about share % of hosts take part, a host in stays in as t
     // number, and 5 sd (79 hosts) leaves room for any hash that is not broken
     const sd = Math.sqrt(1000 * (share / 100) * (1 - share / 100))
     t.ok(Math.abs(inSet.size - share * 10) <= 5 * sd, `share ${share} %: ${inSet.size} of 1000 hosts (expected ${share * 10} ± ${(5 * sd).toFixed(0)})`)
-    t.ok([...previous].every((i) => inSet.has(i)), `every host in at the previous stage is in at ${share} %`)
+    t.ok(
+      [...previous].every((i) => inSet.has(i)),
+      `every host in at the previous stage is in at ${share} %`,
+    )
     previous = inSet
   }
   t.equal(previous.size, 1000, '100 %: every host')
   t.equal(rolloutPoint(uuids[0]!.toUpperCase(), 'host', '2.0.0'), points[0], 'the UUID case does not matter')
-  t.equal(rolloutPoint(` ${uuids[0]}\n`, 'host', '2.0.0'), points[0], 'nor the file\'s newline')
+  t.equal(rolloutPoint(` ${uuids[0]}\n`, 'host', '2.0.0'), points[0], "nor the file's newline")
   // another version picks other first hosts: the 5 % of 3.0.0 are not the 5 % of 2.0.0
   const first = (v: string) => new Set(uuids.filter((u) => rolloutPoint(u, 'host', v) < 5))
   const a = first('2.0.0')
@@ -90,14 +97,39 @@ t.test('rollout point: about share % of hosts take part, a host in stays in as t
 t.test('signed channel: verified, then its shape; a changed byte, another key, no signature: refused (exit 43)', async (t) => {
   const c = signChannel(base(), privateKey)
   t.same(parseSignedChannel(JSON.stringify(c), publicKey, 'channel.json'), c)
-  t.equal(codeOf(() => parseSignedChannel(JSON.stringify(c), other.publicKey, 'channel.json')), ExitCode.channelSignatureInvalid, 'another key')
-  for (const [what, change] of [['share', { share: 100 }], ['paused', { paused: true }], ['serial', { serial: 8 }], ['image', { image: { ...c.image, version: '9.9.9' } }]] as const) {
-    t.equal(codeOf(() => parseSignedChannel(JSON.stringify({ ...c, ...change }), publicKey, 'channel.json')), ExitCode.channelSignatureInvalid, `${what} changed`)
+  t.equal(
+    codeOf(() => parseSignedChannel(JSON.stringify(c), other.publicKey, 'channel.json')),
+    ExitCode.channelSignatureInvalid,
+    'another key',
+  )
+  for (const [what, change] of [
+    ['share', { share: 100 }],
+    ['paused', { paused: true }],
+    ['serial', { serial: 8 }],
+    ['image', { image: { ...c.image, version: '9.9.9' } }],
+  ] as const) {
+    t.equal(
+      codeOf(() => parseSignedChannel(JSON.stringify({ ...c, ...change }), publicKey, 'channel.json')),
+      ExitCode.channelSignatureInvalid,
+      `${what} changed`,
+    )
   }
   const { signature: _, ...unsigned } = c
-  t.equal(codeOf(() => parseSignedChannel(JSON.stringify(unsigned), publicKey, 'channel.json')), ExitCode.channelSignatureInvalid, 'unsigned')
-  t.equal(codeOf(() => parseSignedChannel('{"format":', publicKey, 'channel.json')), ExitCode.channelInvalid, 'not JSON')
-  t.equal(codeOf(() => parseSignedChannel(JSON.stringify({ ...c, signature: 'AAAA' }), publicKey, 'x')), ExitCode.channelSignatureInvalid, 'a signature OpenSSL cannot parse')
+  t.equal(
+    codeOf(() => parseSignedChannel(JSON.stringify(unsigned), publicKey, 'channel.json')),
+    ExitCode.channelSignatureInvalid,
+    'unsigned',
+  )
+  t.equal(
+    codeOf(() => parseSignedChannel('{"format":', publicKey, 'channel.json')),
+    ExitCode.channelInvalid,
+    'not JSON',
+  )
+  t.equal(
+    codeOf(() => parseSignedChannel(JSON.stringify({ ...c, signature: 'AAAA' }), publicKey, 'x')),
+    ExitCode.channelSignatureInvalid,
+    'a signature OpenSSL cannot parse',
+  )
 })
 
 t.test('a signed document of the wrong shape is channelInvalid (exit 44), naming the field', async (t) => {
@@ -123,15 +155,25 @@ t.test('a signed document of the wrong shape is channelInvalid (exit 44), naming
 })
 
 const status = (over: Partial<HostStatus>): HostStatus => ({
-  labhost: '0.9.0', version: '1.0.0', booted: { slot: 'A', device: '/dev/sda2', disk: '/dev/sda' }, gpt: null, trial: null, lastResult: null, channel: null, problems: [], ...over,
+  labhost: '0.9.0',
+  version: '1.0.0',
+  booted: { slot: 'A', device: '/dev/sda2', disk: '/dev/sda' },
+  gpt: null,
+  trial: null,
+  lastResult: null,
+  channel: null,
+  problems: [],
+  ...over,
 })
 
 t.test('metrics: Prometheus names and labels, HELP and TYPE for each, the channel decision', async (t) => {
-  const text = renderPrometheus(status({
-    trial: { slot: 'B', bootsLeft: 2, version: '2.0.0' },
-    lastResult: { RESULT: 'rolled-back', VERSION: '2.0.0', ROLLED_BACK_AT: '2026-12-01T20:00:00.000Z', UPDATE_SECONDS: '41.5' },
-    channel: { checkedAt: '2026-12-01T21:00:00.000Z', decision: 'waiting-for-window', serial: 12, version: '2.0.0', share: 25 },
-  }))
+  const text = renderPrometheus(
+    status({
+      trial: { slot: 'B', bootsLeft: 2, version: '2.0.0' },
+      lastResult: { RESULT: 'rolled-back', VERSION: '2.0.0', ROLLED_BACK_AT: '2026-12-01T20:00:00.000Z', UPDATE_SECONDS: '41.5' },
+      channel: { checkedAt: '2026-12-01T21:00:00.000Z', decision: 'waiting-for-window', serial: 12, version: '2.0.0', share: 25 },
+    }),
+  )
   const lines = text.trimEnd().split('\n')
   const samples = lines.filter((l) => !l.startsWith('#'))
   const names = [...new Set(samples.map((l) => /^(\w+)/.exec(l)![1]!))]
@@ -152,8 +194,16 @@ t.test('metrics: Prometheus names and labels, HELP and TYPE for each, the channe
   t.ok(samples.includes(`labhost_last_update_timestamp_seconds ${Date.parse('2026-12-01T20:00:00.000Z') / 1000}`))
   t.ok(samples.includes('labhost_last_update_duration_seconds 41.5'))
   t.ok(samples.includes(`labhost_channel_last_check_timestamp_seconds ${Date.parse('2026-12-01T21:00:00.000Z') / 1000}`))
-  t.ok(samples.includes('labhost_channel_serial 12') && samples.includes('labhost_channel_info{version="2.0.0"} 1') && samples.includes('labhost_channel_share_ratio 0.25'))
-  t.same(samples.filter((l) => l.startsWith('labhost_channel_decision{')), DECISIONS.map((d) => `labhost_channel_decision{decision="${d}"} ${d === 'waiting-for-window' ? 1 : 0}`), 'one 0/1 series per decision')
+  t.ok(
+    samples.includes('labhost_channel_serial 12') &&
+      samples.includes('labhost_channel_info{version="2.0.0"} 1') &&
+      samples.includes('labhost_channel_share_ratio 0.25'),
+  )
+  t.same(
+    samples.filter((l) => l.startsWith('labhost_channel_decision{')),
+    DECISIONS.map((d) => `labhost_channel_decision{decision="${d}"} ${d === 'waiting-for-window' ? 1 : 0}`),
+    'one 0/1 series per decision',
+  )
   const bare = renderPrometheus(status({}))
   t.notMatch(bare, /labhost_channel_|labhost_last_update_/, 'no channel, no update yet: those series are absent (not -1 or "none")')
   t.match(bare, /\nlabhost_trial_pending 0\n/)
@@ -164,16 +214,26 @@ t.test('the alert rules: Prometheus rule-file shape, an alert on rolled-back hos
   const file = path.join(import.meta.dirname, '..', 'prometheus', 'labhost-alerts.yaml')
   const doc = YAML.parse(fs.readFileSync(file, 'utf8')) as { groups: { name: string; rules: Record<string, unknown>[] }[] }
   t.same(Object.keys(doc), ['groups'])
-  const rendered = renderPrometheus(status({ lastResult: { RESULT: 'rolled-back', VERSION: '2.0.0' }, channel: { checkedAt: '2026-12-01T21:00:00.000Z', decision: 'up-to-date', serial: 1, version: '2.0.0', share: 5 } }))
+  const rendered = renderPrometheus(
+    status({
+      lastResult: { RESULT: 'rolled-back', VERSION: '2.0.0' },
+      channel: { checkedAt: '2026-12-01T21:00:00.000Z', decision: 'up-to-date', serial: 1, version: '2.0.0', share: 5 },
+    }),
+  )
   for (const g of doc.groups) {
     t.type(g.name, 'string')
     for (const r of g.rules) {
-      t.same(Object.keys(r).filter((k) => !['alert', 'expr', 'for', 'labels', 'annotations'].includes(k)), [], `${String(r.alert)}: only the keys of an alerting rule`)
+      t.same(
+        Object.keys(r).filter((k) => !['alert', 'expr', 'for', 'labels', 'annotations'].includes(k)),
+        [],
+        `${String(r.alert)}: only the keys of an alerting rule`,
+      )
       t.match(r.alert, /^[A-Za-z_][A-Za-z0-9_]*$/)
       t.type(r.expr, 'string')
       t.match(r.for, /^\d+[smhd]$/)
       // every metric the rule reads is one labhost status writes
-      for (const m of String(r.expr).match(/labhost_\w+/g) ?? []) t.match(rendered, new RegExp(`\\n${m}[{ ]`), `${String(r.alert)} reads ${m}, which status writes`)
+      for (const m of String(r.expr).match(/labhost_\w+/g) ?? [])
+        t.match(rendered, new RegExp(`\\n${m}[{ ]`), `${String(r.alert)} reads ${m}, which status writes`)
     }
   }
   const rolledBack = doc.groups.flatMap((g) => g.rules).find((r) => r.alert === 'LabhostRolloutRolledBack')
@@ -181,7 +241,7 @@ t.test('the alert rules: Prometheus rule-file shape, an alert on rolled-back hos
   t.match((rolledBack?.annotations as Record<string, string>).description, /--pause/)
 })
 
-t.test('promtool (Debian\'s prometheus package), where installed: the rules check, and their unit test fires for the channel version only', async (t) => {
+t.test("promtool (Debian's prometheus package), where installed: the rules check, and their unit test fires for the channel version only", async (t) => {
   const dir = path.join(import.meta.dirname, '..', 'prometheus')
   const which = spawnSync('promtool', ['--version'])
   if (which.error) {

@@ -25,7 +25,8 @@ async function publishVariant(d: string, version: string) {
   const tr = hashChunks(`${d}/root.img.zst`)
   const bl = hashChunks(`${d}/root.img.blocks`)
   const m: Manifest = {
-    ...m1, version,
+    ...m1,
+    version,
     image: { ...m1.image, sha256: img.sha256, chunks: img.chunks },
     transport: { ...m1.transport, size: tr.size, sha256: tr.sha256, frames },
     blocks: { ...m1.blocks!, size: bl.size, sha256: bl.sha256 },
@@ -44,7 +45,11 @@ t.before(async () => {
   m2 = JSON.parse(fs.readFileSync(`${images.v2}/manifest.json`, 'utf8')) as Manifest
 })
 /** Chunks of 2.0.0 whose hash is nowhere in 1.0.0: what a host running 1.0.0 lacks. */
-const missing = () => m2.image.chunks.map((h, i) => [h, i] as const).filter(([h]) => !m1.image.chunks.includes(h)).map(([, i]) => i)
+const missing = () =>
+  m2.image.chunks
+    .map((h, i) => [h, i] as const)
+    .filter(([h]) => !m1.image.chunks.includes(h))
+    .map(([, i]) => i)
 
 t.test('1.0.0 -> 2.0.0: only the frames of the chunks 1.0.0 lacks are downloaded; slot B is 2.0.0 exactly', async (t) => {
   const h = await makeHost(t, images)
@@ -59,7 +64,10 @@ t.test('1.0.0 -> 2.0.0: only the frames of the chunks 1.0.0 lacks are downloaded
   const offsets = frameOffsets(m2.transport.frames!)
   const lackingBytes = lacking.reduce((n, i) => n + offsets[i + 1]! - offsets[i]!, 0)
   t.ok(out.delta.fetched >= lacking.length, `fetched ${out.delta.fetched} chunk(s), at least the ${lacking.length} lacking`)
-  t.ok(out.delta.fetchBytes >= lackingBytes && out.delta.fetchBytes <= lackingBytes + lacking.length * (64 << 10) * 2, 'asked for their frames (and small frames between them at most)')
+  t.ok(
+    out.delta.fetchBytes >= lackingBytes && out.delta.fetchBytes <= lackingBytes + lacking.length * (64 << 10) * 2,
+    'asked for their frames (and small frames between them at most)',
+  )
   t.equal(out.transfer.bytes, out.delta.fetchBytes + m2.blocks!.size, 'received exactly what was asked for, and the block index')
   t.ok(out.transfer.bytes < m2.transport.size / 4, `downloaded ${out.transfer.bytes} of ${m2.transport.size} transport bytes`)
   t.equal(out.delta.fromActive + out.delta.fromTarget + out.delta.zero + out.delta.fetched, m2.image.chunks.length, 'every chunk has a source')
@@ -126,7 +134,10 @@ t.test('where the host has nothing of the image, the whole transport file is dow
   t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
   const out = JSON.parse(r.stdout)
   t.match(out.delta, { used: false, reason: /^a delta would fetch/ })
-  t.same(transportRequests(server).map((q) => [q.status, q.range]), [[200, null]])
+  t.same(
+    transportRequests(server).map((q) => [q.status, q.range]),
+    [[200, null]],
+  )
   t.equal(out.transfer.bytes, m2.transport.size + m2.blocks!.size, 'the block index, then the whole transport file')
   t.ok(slotBHolds(h, `${images.v2}/root.img`))
 })
@@ -176,7 +187,11 @@ t.test('the slot being written lends a chunk only from where it is not yet overw
   const out = JSON.parse(r.stdout)
   t.match(out.delta, { used: true, fetched: 1, fromTarget: 1 }, 'chunk 5 fetched, chunk 9 taken from further on in slot B')
   const offsets = frameOffsets(JSON.parse(fs.readFileSync(`${d}/manifest.json`, 'utf8')).transport.frames)
-  t.same(transportRequests(server).map((q) => q.range), [`bytes=${offsets[5]}-${offsets[6]! - 1}`], 'one Range request: the frame of chunk 5')
+  t.same(
+    transportRequests(server).map((q) => q.range),
+    [`bytes=${offsets[5]}-${offsets[6]! - 1}`],
+    'one Range request: the frame of chunk 5',
+  )
   t.ok(slotBHolds(h, `${d}/root.img`), 'slot B holds 4.0.0 byte for byte')
 })
 
@@ -190,7 +205,10 @@ t.test('an image without a frame index (built before delta updates) is downloade
   const r = await runCli(['update', server.url, '--delta', '--json', ...h.args])
   t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
   t.match(JSON.parse(r.stdout).delta, { used: false, reason: /no frame index/ })
-  t.same(transportRequests(server).map((q) => q.status), [200])
+  t.same(
+    transportRequests(server).map((q) => q.status),
+    [200],
+  )
   t.ok(slotBHolds(h, `${images.v2}/root.img`))
 })
 

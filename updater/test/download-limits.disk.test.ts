@@ -42,10 +42,13 @@ async function endlessServer(t: Test): Promise<string> {
     pump()
   })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  t.teardown(() => new Promise<void>((resolve) => {
-    server.closeAllConnections()
-    server.close(() => resolve())
-  }))
+  t.teardown(
+    () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections()
+        server.close(() => resolve())
+      }),
+  )
   return `http://127.0.0.1:${(server.address() as AddressInfo).port}`
 }
 
@@ -87,7 +90,12 @@ t.test('a block index larger than its signed size is not downloaded; the update 
   const server = await serve(t, d)
   const r = await updateMeasured([`${server.url}/`, '--json', ...h.args])
   t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
-  t.match(r.stderr, new RegExp(`${path.basename(m.blocks.file)} is larger than the ${m.blocks.size}-byte .* cap for it \\(Content-Length ${big}\\); stopped reading.*; matching whole chunks only`))
+  t.match(
+    r.stderr,
+    new RegExp(
+      `${path.basename(m.blocks.file)} is larger than the ${m.blocks.size}-byte .* cap for it \\(Content-Length ${big}\\); stopped reading.*; matching whole chunks only`,
+    ),
+  )
   const out = JSON.parse(r.stdout)
   t.ok(out.transfer.bytes < m.transport.size, `${out.transfer.bytes} bytes downloaded, none of the oversized block index counted`)
   t.ok(r.maxRssMiB < 250, `peak memory of labhost ${r.maxRssMiB.toFixed(0)} MiB (< 250 MiB)`)

@@ -44,7 +44,9 @@ t.test('8 hosts update over BitTorrent: every slot B is 2.0.0, the server sends 
     t.ok(slotBHolds(f.hosts[i]!, `${images.v2}/root.img`), `host ${i + 1}: slot B holds 2.0.0`)
   }
   const ratio = sent / f.transportBytes
-  t.comment(`server sent ${sent} bytes for 8 hosts = ${ratio.toFixed(2)} x the ${f.transportBytes}-byte transport file, last host done after ${seconds.toFixed(1)} s`)
+  t.comment(
+    `server sent ${sent} bytes for 8 hosts = ${ratio.toFixed(2)} x the ${f.transportBytes}-byte transport file, last host done after ${seconds.toFixed(1)} s`,
+  )
   // plain HTTP sends at least 8 copies; the peers must have carried most of it
   t.ok(ratio < 3, `the server sent ${ratio.toFixed(2)} copies (< 3)`)
 })
@@ -56,7 +58,12 @@ t.test('a host whose link goes down mid-transfer resumes when it comes back and 
   // slow enough that the link drop falls inside the transfer
   const run = f.update(h, torrentArgs(h, ['--download-limit', `${Math.ceil(f.transportBytes / 8 / 1024)}K`]))
   // the transfer has begun when aria2c created the file
-  const started = () => fs.existsSync(h.downloadDir) && fs.readdirSync(h.downloadDir, { recursive: true }).map(String).some((n) => n.endsWith('root.img.zst'))
+  const started = () =>
+    fs.existsSync(h.downloadDir) &&
+    fs
+      .readdirSync(h.downloadDir, { recursive: true })
+      .map(String)
+      .some((n) => n.endsWith('root.img.zst'))
   for (const until = Date.now() + 30_000; Date.now() < until && !started(); await sleep(100));
   t.ok(started(), 'the download began')
   await sleep(1500)

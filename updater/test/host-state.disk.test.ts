@@ -38,7 +38,15 @@ t.test('status of a healthy host, as JSON and for Prometheus', async (t) => {
 
 t.test('mark-good ends a trial of the running slot, once', async (t) => {
   const h = await host(t, 'B')
-  writeTrialState(`${h.dir}/state`, { slot: 'B', bootsLeft: 2, version: '2.0.0', primaryLba: 2n, backupLba: 100n, committedSector: sector, rollbackSector: sector })
+  writeTrialState(`${h.dir}/state`, {
+    slot: 'B',
+    bootsLeft: 2,
+    version: '2.0.0',
+    primaryLba: 2n,
+    backupLba: 100n,
+    committedSector: sector,
+    rollbackSector: sector,
+  })
   const before = JSON.parse((await runCli(['status', '--json', ...h.args])).stdout)
   t.same(before.trial, { slot: 'B', bootsLeft: 2, version: '2.0.0' })
   t.match(before.problems.join(), /running slot B, but slot A is flagged/, 'status notices the GPT flags a different slot')
@@ -55,7 +63,15 @@ t.test('mark-good ends a trial of the running slot, once', async (t) => {
 
 t.test('mark-good does not confirm a trial meant for the other slot', async (t) => {
   const h = await host(t, 'A')
-  writeTrialState(`${h.dir}/state`, { slot: 'B', bootsLeft: 1, version: '2.0.0', primaryLba: 2n, backupLba: 100n, committedSector: sector, rollbackSector: sector })
+  writeTrialState(`${h.dir}/state`, {
+    slot: 'B',
+    bootsLeft: 1,
+    version: '2.0.0',
+    primaryLba: 2n,
+    backupLba: 100n,
+    committedSector: sector,
+    rollbackSector: sector,
+  })
   const m = JSON.parse((await runCli(['mark-good', '--json', ...h.args])).stdout)
   t.equal(m.marked, false)
   t.match(m.reason, /trial is for slot B, but slot A is running/)

@@ -7,8 +7,16 @@ import { serveDirectory, type Fault, type Server } from '../../lib/http-serve.ts
 import { openGptDisk, readGpt } from '../../bootloader/gpt.ts'
 import { slotStatus } from '../../bootloader/slots.ts'
 
-export async function serve(t: Test, root: string, fault?: (path: string, index: number) => Fault | undefined, tls?: { cert: string; key: string }): Promise<Server> {
-  const server = await serveDirectory(root, { fault: fault ? (r) => fault(r.path, r.index) : undefined, tls: tls && { cert: fs.readFileSync(tls.cert), key: fs.readFileSync(tls.key) } })
+export async function serve(
+  t: Test,
+  root: string,
+  fault?: (path: string, index: number) => Fault | undefined,
+  tls?: { cert: string; key: string },
+): Promise<Server> {
+  const server = await serveDirectory(root, {
+    fault: fault ? (r) => fault(r.path, r.index) : undefined,
+    tls: tls && { cert: fs.readFileSync(tls.cert), key: fs.readFileSync(tls.key) },
+  })
   t.teardown(() => server.close())
   return server
 }
@@ -35,7 +43,23 @@ export async function makeLabCa(dir: string): Promise<{ ca: string; server: { ce
   const issue = async (name: string, altName: string) => {
     await run('openssl', ['req', ...ec, '-keyout', `${dir}/${name}.key`, '-out', `${dir}/${name}.csr`, '-subj', `/CN=${name}`])
     fs.writeFileSync(`${dir}/${name}.ext`, `subjectAltName=${altName}\n`)
-    await run('openssl', ['x509', '-req', '-in', `${dir}/${name}.csr`, '-CA', `${dir}/ca.pem`, '-CAkey', `${dir}/ca.key`, '-CAcreateserial', '-days', '7', '-extfile', `${dir}/${name}.ext`, '-out', `${dir}/${name}.pem`])
+    await run('openssl', [
+      'x509',
+      '-req',
+      '-in',
+      `${dir}/${name}.csr`,
+      '-CA',
+      `${dir}/ca.pem`,
+      '-CAkey',
+      `${dir}/ca.key`,
+      '-CAcreateserial',
+      '-days',
+      '7',
+      '-extfile',
+      `${dir}/${name}.ext`,
+      '-out',
+      `${dir}/${name}.pem`,
+    ])
     return { cert: `${dir}/${name}.pem`, key: `${dir}/${name}.key` }
   }
   return { ca: `${dir}/ca.pem`, server: await issue('server', 'IP:127.0.0.1'), otherName: await issue('other', 'DNS:image-server.lab.invalid') }

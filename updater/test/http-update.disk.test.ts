@@ -30,7 +30,13 @@ t.test('update from http://: one request, written while downloading, B on trial'
   t.same(out.transfer, { requests: 1, resumes: 0, bytes: fs.statSync(`${images.v2}/root.img.zst`).size, failures: [] })
   t.ok(slotBHolds(h, `${images.v2}/root.img`), 'slot B holds 2.0.0')
   t.equal(activeSlot(h.disk), 'B')
-  t.same(server.requests.map((q) => [q.path, q.status]), [['/manifest.json', 200], ['/root.img.zst', 200]])
+  t.same(
+    server.requests.map((q) => [q.path, q.status]),
+    [
+      ['/manifest.json', 200],
+      ['/root.img.zst', 200],
+    ],
+  )
 })
 
 t.test('server answers 500 three times, then recovers: the update completes', async (t) => {
@@ -40,7 +46,10 @@ t.test('server answers 500 three times, then recovers: the update completes', as
   const r = await runCli(['update', server.url, '--full', '--json', ...h.args])
   t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
   t.match(r.stderr, /HTTP 500 at byte 0 .*resuming in 1\.0 s/)
-  t.same(transportRequests(server).map((q) => q.status), [500, 500, 500, 200])
+  t.same(
+    transportRequests(server).map((q) => q.status),
+    [500, 500, 500, 200],
+  )
   t.ok(slotBHolds(h, `${images.v2}/root.img`), 'slot B holds 2.0.0')
   t.equal(activeSlot(h.disk), 'B')
 })
@@ -74,7 +83,10 @@ t.test('a server that ignores Range: the resumed response is read from the start
   const server = await serve(t, images.v2, (p, i) => (p.endsWith('.zst') ? (i === 1 ? { dropAfter: Math.floor(size / 3) } : { ignoreRange: true }) : undefined))
   const r = await runCli(['update', server.url, '--full', ...h.args])
   t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
-  t.same(transportRequests(server).map((q) => q.status), [200, 200])
+  t.same(
+    transportRequests(server).map((q) => q.status),
+    [200, 200],
+  )
   t.ok(slotBHolds(h, `${images.v2}/root.img`), 'slot B holds 2.0.0')
 })
 
@@ -87,7 +99,9 @@ const failures: { name: string; setup: (t: Test) => Promise<{ url: string; args?
       fs.truncateSync(`${d}/root.img.zst`, Math.floor(fs.statSync(`${d}/root.img.zst`).size / 2))
       return { url: (await serve(t, d)).url }
     },
-    code: ExitCode.downloadFailed, message: /shorter than its manifest says/, untouchedDisk: false,
+    code: ExitCode.downloadFailed,
+    message: /shorter than its manifest says/,
+    untouchedDisk: false,
   },
   {
     name: 'bad signature',
@@ -99,9 +113,17 @@ const failures: { name: string; setup: (t: Test) => Promise<{ url: string; args?
       fs.writeFileSync(`${d}/manifest.json`, JSON.stringify(m))
       return { url: (await serve(t, d)).url }
     },
-    code: ExitCode.signatureInvalid, message: /signature does not match/, untouchedDisk: true,
+    code: ExitCode.signatureInvalid,
+    message: /signature does not match/,
+    untouchedDisk: true,
   },
-  { name: 'no image at the URL (404)', setup: async (t) => ({ url: `${(await serve(t, dir)).url}/nothing/` }), code: ExitCode.notFound, message: /HTTP 404/, untouchedDisk: true },
+  {
+    name: 'no image at the URL (404)',
+    setup: async (t) => ({ url: `${(await serve(t, dir)).url}/nothing/` }),
+    code: ExitCode.notFound,
+    message: /HTTP 404/,
+    untouchedDisk: true,
+  },
   {
     name: 'server gone for good',
     setup: async (t) => {
@@ -109,15 +131,22 @@ const failures: { name: string; setup: (t: Test) => Promise<{ url: string; args?
       await s.close()
       return { url: s.url, args: ['--retries', '2'] }
     },
-    code: ExitCode.downloadFailed, message: /giving up after 2 failed attempts in a row \(last: ECONNREFUSED/, untouchedDisk: true,
+    code: ExitCode.downloadFailed,
+    message: /giving up after 2 failed attempts in a row \(last: ECONNREFUSED/,
+    untouchedDisk: true,
   },
   {
     name: 'connection always dropped at the same byte',
     setup: async (t) => {
       const size = fs.statSync(`${images.v2}/root.img.zst`).size
-      return { url: (await serve(t, images.v2, (p, i) => (p.endsWith('.zst') ? (i === 1 ? { dropAfter: Math.floor(size / 2) } : { dropAfter: 0 }) : undefined))).url, args: ['--retries', '3'] }
+      return {
+        url: (await serve(t, images.v2, (p, i) => (p.endsWith('.zst') ? (i === 1 ? { dropAfter: Math.floor(size / 2) } : { dropAfter: 0 }) : undefined))).url,
+        args: ['--retries', '3'],
+      }
     },
-    code: ExitCode.downloadFailed, message: /giving up after 3 failed attempts/, untouchedDisk: false,
+    code: ExitCode.downloadFailed,
+    message: /giving up after 3 failed attempts/,
+    untouchedDisk: false,
   },
 ]
 
@@ -137,17 +166,24 @@ const tlsFailures: typeof failures = [
   {
     name: 'https server whose certificate no trusted CA signed (no --ca)',
     setup: async (t) => ({ url: (await serve(t, images.v2, undefined, lab.server)).url }),
-    code: ExitCode.tlsUntrusted, message: /certificate is not trusted \((UNABLE_TO_VERIFY_LEAF_SIGNATURE|UNABLE_TO_GET_ISSUER_CERT_LOCALLY)[^\n]*\n.*hint: give the CA certificate .* with --ca PEM/, untouchedDisk: true,
+    code: ExitCode.tlsUntrusted,
+    message:
+      /certificate is not trusted \((UNABLE_TO_VERIFY_LEAF_SIGNATURE|UNABLE_TO_GET_ISSUER_CERT_LOCALLY)[^\n]*\n.*hint: give the CA certificate .* with --ca PEM/,
+    untouchedDisk: true,
   },
   {
     name: 'https certificate for another host name (--ca given)',
     setup: async (t) => ({ url: (await serve(t, images.v2, undefined, lab.otherName)).url, args: ['--ca', lab.ca] }),
-    code: ExitCode.tlsUntrusted, message: /certificate is not trusted \(ERR_TLS_CERT_ALTNAME_INVALID[^\n]*\n.*hint: use the host name the certificate names/, untouchedDisk: true,
+    code: ExitCode.tlsUntrusted,
+    message: /certificate is not trusted \(ERR_TLS_CERT_ALTNAME_INVALID[^\n]*\n.*hint: use the host name the certificate names/,
+    untouchedDisk: true,
   },
   {
     name: '--ca file that holds no certificate',
     setup: async (t) => ({ url: (await serve(t, images.v2, undefined, lab.server)).url, args: ['--ca', lab.server.key] }),
-    code: ExitCode.usage, message: /holds no PEM certificate/, untouchedDisk: true,
+    code: ExitCode.usage,
+    message: /holds no PEM certificate/,
+    untouchedDisk: true,
   },
 ]
 failures.push(...tlsFailures)

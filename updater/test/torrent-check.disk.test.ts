@@ -37,18 +37,45 @@ async function updateIsolated(served: string, args: string[]) {
     `$LABHOST update http://127.0.0.1:${PORT}/ "$@"`,
   ].join('\n')
   const started = Date.now()
-  const r = await execa('unshare', ['--net', '--pid', '--kill-child', '--', 'sh', '-c', script, 'sh', ...args],
-    { reject: false, timeout: 120_000, env: { LABHOST: labhostCommand().join(' '), SERVED: served } })
+  const r = await execa('unshare', ['--net', '--pid', '--kill-child', '--', 'sh', '-c', script, 'sh', ...args], {
+    reject: false,
+    timeout: 120_000,
+    env: { LABHOST: labhostCommand().join(' '), SERVED: served },
+  })
   return { code: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr), seconds: (Date.now() - started) / 1000 }
 }
 
-const torrentArgs = (h: Host, downloadRoot: string) => ['--full', '--torrent', '--download-dir', downloadRoot, '--seed-minutes', '0', '--timeout', '30', '--retries', '1', '--json', ...h.args]
+const torrentArgs = (h: Host, downloadRoot: string) => [
+  '--full',
+  '--torrent',
+  '--download-dir',
+  downloadRoot,
+  '--seed-minutes',
+  '0',
+  '--timeout',
+  '30',
+  '--retries',
+  '1',
+  '--json',
+  ...h.args,
+]
 
 /** A served copy of 2.0.0 whose .torrent mktorrent made of `content` (a file or a directory) in `d`. */
 async function servedWithTorrent(d: string, content: string): Promise<string> {
   const served = path.join(d, 'served')
   fs.cpSync(images.v2, served, { recursive: true })
-  await run('mktorrent', ['-d', '-l', '20', '-a', tracker, '-w', `http://127.0.0.1:${PORT}/root.img.zst`, '-o', path.join(served, 'root.img.zst.torrent'), content])
+  await run('mktorrent', [
+    '-d',
+    '-l',
+    '20',
+    '-a',
+    tracker,
+    '-w',
+    `http://127.0.0.1:${PORT}/root.img.zst`,
+    '-o',
+    path.join(served, 'root.img.zst.torrent'),
+    content,
+  ])
   return served
 }
 
@@ -77,7 +104,7 @@ const refusals: { name: string; make: (d: string) => string; message: RegExp }[]
     message: /root\.img\.zst\.torrent names its file "other\.img\.zst"/,
   },
   {
-    name: 'a torrent whose file is named like labhost\'s aria2c hook',
+    name: "a torrent whose file is named like labhost's aria2c hook",
     make: (d) => {
       fs.mkdirSync(path.join(d, 'content'))
       const f = path.join(d, 'content', 'on-complete.sh')
@@ -120,7 +147,11 @@ for (const c of refusals) {
     t.match(r.stderr, c.message)
     t.match(r.stderr, /\n\s*hint: .*nothing was written/)
     t.ok(r.seconds < 20, `refused at once (${r.seconds.toFixed(1)} s with the server's start), not after the 30-s stall`)
-    t.same(files(downloads).filter((f) => /aria2c\.log|on-complete|complete$|other\.img/.test(f)), [], 'aria2c never ran: no log, nothing of the torrent\'s written')
+    t.same(
+      files(downloads).filter((f) => /aria2c\.log|on-complete|complete$|other\.img/.test(f)),
+      [],
+      "aria2c never ran: no log, nothing of the torrent's written",
+    )
     t.equal(wholeDisk(h), before.disk, 'the disk is byte-identical')
   })
 }
@@ -157,9 +188,16 @@ t.test('the published torrent (web seed on the loopback) is accepted; the downlo
   t.ok(out.transfer.torrent?.file, 'downloaded with BitTorrent')
   t.ok(slotBHolds(h, `${images.v2}/root.img`), 'slot B holds 2.0.0')
   const downloadDir = path.dirname(out.transfer.torrent.file)
-  t.same(files(downloadDir).filter((f) => !f.endsWith('.aria2')), ['root.img.zst'], 'aria2c\'s directory: the transport file alone')
+  t.same(
+    files(downloadDir).filter((f) => !f.endsWith('.aria2')),
+    ['root.img.zst'],
+    "aria2c's directory: the transport file alone",
+  )
   const control = files(downloads).filter((f) => /on-complete\.sh|aria2c\.log/.test(f))
-  t.ok(control.length >= 1 && control.every((f) => !f.startsWith(`${path.basename(downloadDir)}/`)), `hook and log beside it, not in it (${control.join(', ')})`)
+  t.ok(
+    control.length >= 1 && control.every((f) => !f.startsWith(`${path.basename(downloadDir)}/`)),
+    `hook and log beside it, not in it (${control.join(', ')})`,
+  )
   const hookDir = path.join(downloads, path.dirname(control[0]!))
   t.equal(fs.statSync(hookDir).mode & 0o777, 0o700, 'in a directory only root may enter')
 })

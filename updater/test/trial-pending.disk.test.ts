@@ -19,8 +19,13 @@ t.before(async () => {
 })
 
 /** Every file under the state root with its content: the trial and its record must not move. */
-const stateFiles = (root: string) => Object.fromEntries((fs.readdirSync(root, { recursive: true }) as string[]).sort()
-  .filter((f) => fs.statSync(path.join(root, f)).isFile()).map((f) => [f, fs.readFileSync(path.join(root, f), 'utf8')]))
+const stateFiles = (root: string) =>
+  Object.fromEntries(
+    (fs.readdirSync(root, { recursive: true }) as string[])
+      .sort()
+      .filter((f) => fs.statSync(path.join(root, f)).isFile())
+      .map((f) => [f, fs.readFileSync(path.join(root, f), 'utf8')]),
+  )
 
 t.test('update while the running slot is on trial: exit 34, one line, nothing written anywhere', async (t) => {
   const h = await makeHost(t, images)
@@ -43,7 +48,11 @@ t.test('update while the running slot is on trial: exit 34, one line, nothing wr
   for (const [what, args] of attempts) {
     const r = await runCli(args)
     t.equal(r.code, ExitCode.trialPending, `${what}: exit 34`, { stderr: r.stderr })
-    t.match(r.stderr, /^labhost: error: slot B is still on trial \(\d+ boot\(s\) left\)\n {2}hint: wait for labhost mark-good .*nothing was written\n?$/, `${what}: one error line and its hint, nothing else`)
+    t.match(
+      r.stderr,
+      /^labhost: error: slot B is still on trial \(\d+ boot\(s\) left\)\n {2}hint: wait for labhost mark-good .*nothing was written\n?$/,
+      `${what}: one error line and its hint, nothing else`,
+    )
   }
   const json = await runCli(['update', images.v1, '--allow-downgrade', '--json', ...h.args])
   t.match(JSON.parse(json.stdout), { error: 'trialPending', exitCode: 34 }, '--json carries the code')

@@ -39,7 +39,8 @@ const active = (h: Host) => {
   }
 }
 
-const config = (checks: string[][], deadlineSeconds = 60) => TrialConfigSchema.parse({ deadlineSeconds, intervalSeconds: 1, checks: checks.map((run, i) => ({ name: `check${i}`, run })) })
+const config = (checks: string[][], deadlineSeconds = 60) =>
+  TrialConfigSchema.parse({ deadlineSeconds, intervalSeconds: 1, checks: checks.map((run, i) => ({ name: `check${i}`, run })) })
 
 t.test('checks that pass: the slot is marked good, nothing else written', async (t) => {
   const h = await onTrial(t)
@@ -56,8 +57,13 @@ t.test('a check failing until the deadline: rolled back to slot A by the saved s
   let now = 10
   let sleeps = 0
   const v = await judgeTrial({
-    paths: h.lib, config: config([['true'], ['sh', '-c', 'echo sshd is down; exit 3']], 30),
-    uptime: () => now, sleep: async () => { sleeps++; now += 5 },
+    paths: h.lib,
+    config: config([['true'], ['sh', '-c', 'echo sshd is down; exit 3']], 30),
+    uptime: () => now,
+    sleep: async () => {
+      sleeps++
+      now += 5
+    },
   })
   t.equal(v.verdict, 'rolled-back')
   t.equal(sleeps, 4, 'retried until the deadline (10, 15, 20, 25 s), judged at 30 s')
@@ -103,8 +109,18 @@ t.test('no rollback when the sector is not the one the update wrote, or the save
       fs.writeFileSync(f, fs.readFileSync(f, 'utf8').replace(/^PRIMARY_LBA=\d+$/m, 'PRIMARY_LBA=0'))
     }
     const before = wholeDisk(h)
-    const err = await judgeTrial({ paths: h.lib, config: config([['false']], 30), uptime: () => 100 }).then(() => null, (e: Error) => e)
-    t.match(err, { code: 'gptChanged', message: tamper === 'switched by hand' ? /not the one the update wrote/ : /saved sector addresses \(LBA 0, \d+\) are not one sector/ }, `${tamper}: refused`)
+    const err = await judgeTrial({ paths: h.lib, config: config([['false']], 30), uptime: () => 100 }).then(
+      () => null,
+      (e: Error) => e,
+    )
+    t.match(
+      err,
+      {
+        code: 'gptChanged',
+        message: tamper === 'switched by hand' ? /not the one the update wrote/ : /saved sector addresses \(LBA 0, \d+\) are not one sector/,
+      },
+      `${tamper}: refused`,
+    )
     t.equal(wholeDisk(h), before, `${tamper}: the disk is unchanged`)
   }
 })

@@ -51,7 +51,11 @@ t.test('update 1.0.0 -> 2.0.0 writes slot B and one GPT sector (and its mirror),
   const outsideB = () => {
     const b = h.plan[1]!
     const size = fs.statSync(h.disk).size
-    return crypto.createHash('sha256').update(readRange(h.disk, MiB, b.firstLba * 512 - MiB)).update(readRange(h.disk, (b.lastLba + 1) * 512, size - MiB - (b.lastLba + 1) * 512)).digest('hex')
+    return crypto
+      .createHash('sha256')
+      .update(readRange(h.disk, MiB, b.firstLba * 512 - MiB))
+      .update(readRange(h.disk, (b.lastLba + 1) * 512, size - MiB - (b.lastLba + 1) * 512))
+      .digest('hex')
   }
   const outside = outsideB()
   const dry = await runCli(['update', v2, '--dry-run', '--json', ...h.args])
@@ -81,45 +85,117 @@ t.test('update 1.0.0 -> 2.0.0 writes slot B and one GPT sector (and its mirror),
   t.not(ExitCode.switchNotBooted, ExitCode.slotFlagsAmbiguous)
 })
 
-t.test('update --dry-run --json carries the commit sector: its LBA and bytes are what the update then writes there, and the mirror\'s', async (t) => {
+t.test("update --dry-run --json carries the commit sector: its LBA and bytes are what the update then writes there, and the mirror's", async (t) => {
   const h = await host(t)
   const dry = await runCli(['update', v2, '--dry-run', '--json', ...h.args])
   t.equal(dry.code, 0, 'dry run exits 0', { stderr: dry.stderr })
-  const { commit } = JSON.parse(dry.stdout) as { commit: { from: string; to: string; sectorSize: number; compensationBytes: string; rollbackSector: string; writes: { region: string; lba: string; hex: string }[] } }
+  const { commit } = JSON.parse(dry.stdout) as {
+    commit: {
+      from: string
+      to: string
+      sectorSize: number
+      compensationBytes: string
+      rollbackSector: string
+      writes: { region: string; lba: string; hex: string }[]
+    }
+  }
   t.match(commit, { from: 'A', to: 'B', sectorSize: 512, compensationBytes: /^[0-9a-f]{8}$/ }, 'the switch from A to B')
-  t.same(commit.writes.map((w) => w.region), ['primary-array', 'backup-array'], 'the commit sector, then its mirror')
+  t.same(
+    commit.writes.map((w) => w.region),
+    ['primary-array', 'backup-array'],
+    'the commit sector, then its mirror',
+  )
   const [sector, mirror] = [commit.writes[0]!, commit.writes[1]!]
   t.equal(sector.lba, '2', 'the commit sector: LBA 2, the first sector of the primary entry array')
   t.ok(readRange(h.disk, 2 * 512, 512).equals(Buffer.from(commit.rollbackSector, 'hex')), 'its rollback sector is what the disk holds now')
   t.notOk(readRange(h.disk, 2 * 512, 512).equals(Buffer.from(sector.hex, 'hex')), 'the disk does not hold the commit sector yet')
   const human = await runCli(['update', v2, '--dry-run', ...h.args])
-  t.match(human.stdout, new RegExp(`root entries share array sector 0; CRC compensation in slot [AB]'s name tail: ${commit.compensationBytes}\\n.*would write primary-array LBA 2: commit: boot slot B instead of A`), 'printed as slots switch --dry-run prints it')
+  t.match(
+    human.stdout,
+    new RegExp(
+      `root entries share array sector 0; CRC compensation in slot [AB]'s name tail: ${commit.compensationBytes}\\n.*would write primary-array LBA 2: commit: boot slot B instead of A`,
+    ),
+    'printed as slots switch --dry-run prints it',
+  )
 
   const r = await runCli(['update', v2, ...h.args])
   t.equal(r.code, 0, 'update exits 0', { stderr: r.stderr })
-  t.ok(readRange(h.disk, Number(sector.lba) * 512, 512).equals(Buffer.from(sector.hex, 'hex')), 'the update wrote exactly the planned sector at the planned LBA')
+  t.ok(
+    readRange(h.disk, Number(sector.lba) * 512, 512).equals(Buffer.from(sector.hex, 'hex')),
+    'the update wrote exactly the planned sector at the planned LBA',
+  )
   t.ok(readRange(h.disk, Number(mirror.lba) * 512, 512).equals(Buffer.from(mirror.hex, 'hex')), 'and the planned mirror at its LBA')
 })
 
 const refusals: { name: string; source: (t: Test) => string; code: number; message: RegExp }[] = [
   {
     name: 'bad signature',
-    source: (t) => { const d = tmpDir(t); fs.cpSync(v2, d, { recursive: true }); const m = JSON.parse(fs.readFileSync(`${d}/manifest.json`, 'utf8')); m.version = '2.0.1'; fs.writeFileSync(`${d}/manifest.json`, JSON.stringify(m)); return d },
-    code: ExitCode.signatureInvalid, message: /signature does not match/,
+    source: (t) => {
+      const d = tmpDir(t)
+      fs.cpSync(v2, d, { recursive: true })
+      const m = JSON.parse(fs.readFileSync(`${d}/manifest.json`, 'utf8'))
+      m.version = '2.0.1'
+      fs.writeFileSync(`${d}/manifest.json`, JSON.stringify(m))
+      return d
+    },
+    code: ExitCode.signatureInvalid,
+    message: /signature does not match/,
   },
-  { name: 'signed by another key', source: (t) => { const d = tmpDir(t); const k = generateKeyPair(`${d}/k`); fs.cpSync(v2, `${d}/img`, { recursive: true }); const m = JSON.parse(fs.readFileSync(`${d}/img/manifest.json`, 'utf8')); fs.writeFileSync(`${d}/img/manifest.json`, JSON.stringify(signManifest(m, readPrivateKey(k.privateKeyFile)))); return `${d}/img` }, code: ExitCode.signatureInvalid, message: /signature does not match/ },
-  { name: 'manifest for a different layout', source: (t) => resigned(t, v2, (m) => { m.layout.slots = { A: 'sysA', B: 'sysB' } }), code: ExitCode.manifestInvalid, message: /layout with root slots sysA\/sysB/ },
-  { name: 'image larger than the slot', source: (t) => resigned(t, v2, (m) => { m.image.size = (layout.slotSizeMiB + 1) * MiB; m.image.chunks = Array(layout.slotSizeMiB + 1).fill(m.image.chunks[0]); delete m.transport.frames; delete m.blocks }), code: ExitCode.imageTooSmall, message: /larger than slot B/ },
+  {
+    name: 'signed by another key',
+    source: (t) => {
+      const d = tmpDir(t)
+      const k = generateKeyPair(`${d}/k`)
+      fs.cpSync(v2, `${d}/img`, { recursive: true })
+      const m = JSON.parse(fs.readFileSync(`${d}/img/manifest.json`, 'utf8'))
+      fs.writeFileSync(`${d}/img/manifest.json`, JSON.stringify(signManifest(m, readPrivateKey(k.privateKeyFile))))
+      return `${d}/img`
+    },
+    code: ExitCode.signatureInvalid,
+    message: /signature does not match/,
+  },
+  {
+    name: 'manifest for a different layout',
+    source: (t) =>
+      resigned(t, v2, (m) => {
+        m.layout.slots = { A: 'sysA', B: 'sysB' }
+      }),
+    code: ExitCode.manifestInvalid,
+    message: /layout with root slots sysA\/sysB/,
+  },
+  {
+    name: 'image larger than the slot',
+    source: (t) =>
+      resigned(t, v2, (m) => {
+        m.image.size = (layout.slotSizeMiB + 1) * MiB
+        m.image.chunks = Array(layout.slotSizeMiB + 1).fill(m.image.chunks[0])
+        delete m.transport.frames
+        delete m.blocks
+      }),
+    code: ExitCode.imageTooSmall,
+    message: /larger than slot B/,
+  },
   { name: 'not newer than the running version', source: () => v1, code: ExitCode.notNewer, message: /1\.0\.0 is not newer than the running 1\.0\.0/ },
   {
     name: 'truncated download',
-    source: (t) => { const d = transportOnly(t, v2); fs.truncateSync(`${d}/root.img.zst`, Math.floor(fs.statSync(`${d}/root.img.zst`).size / 2)); return d },
-    code: ExitCode.imageTruncated, message: /ends early/,
+    source: (t) => {
+      const d = transportOnly(t, v2)
+      fs.truncateSync(`${d}/root.img.zst`, Math.floor(fs.statSync(`${d}/root.img.zst`).size / 2))
+      return d
+    },
+    code: ExitCode.imageTruncated,
+    message: /ends early/,
   },
   {
     name: 'corrupted compressed stream',
-    source: (t) => { const d = transportOnly(t, v2); const f = `${d}/root.img.zst`; xorRange(f, Math.floor(fs.statSync(f).size / 2), Buffer.from([0xff, 0xff, 0xff, 0xff])); return d },
-    code: ExitCode.hashMismatch, message: /not a good zstd stream|does not match the signed manifest/,
+    source: (t) => {
+      const d = transportOnly(t, v2)
+      const f = `${d}/root.img.zst`
+      xorRange(f, Math.floor(fs.statSync(f).size / 2), Buffer.from([0xff, 0xff, 0xff, 0xff]))
+      return d
+    },
+    code: ExitCode.hashMismatch,
+    message: /not a good zstd stream|does not match the signed manifest/,
   },
 ]
 
@@ -136,7 +212,8 @@ for (const c of refusals) {
     t.equal(after.slotA, before.slotA, 'running slot A unchanged')
     t.equal(after.gpt, before.gpt, 'GPT regions unchanged')
     t.equal(after.state, before.state, 'no trial armed')
-    if (!['truncated download', 'corrupted compressed stream'].includes(c.name)) t.equal(wholeDisk(h), before.disk, 'refused before writing: the whole disk is byte-identical')
+    if (!['truncated download', 'corrupted compressed stream'].includes(c.name))
+      t.equal(wholeDisk(h), before.disk, 'refused before writing: the whole disk is byte-identical')
   })
 }
 
@@ -161,10 +238,15 @@ for (const readBack of ['during', 'after']) {
   })
 }
 
-t.test('the trial\'s boots come from the signed manifest (the recipe\'s trial.boots); --trial-boots overrides', async (t) => {
+t.test("the trial's boots come from the signed manifest (the recipe's trial.boots); --trial-boots overrides", async (t) => {
   t.equal((JSON.parse(fs.readFileSync(`${v2}/manifest.json`, 'utf8')) as Manifest).trial?.boots, 3, 'the test recipe signs trial.boots 3 into its manifest')
-  const five = resigned(t, v2, (m) => { m.trial = { boots: 5 } })
-  for (const [args, boots] of [[[], 5], [['--trial-boots', '2'], 2]] as const) {
+  const five = resigned(t, v2, (m) => {
+    m.trial = { boots: 5 }
+  })
+  for (const [args, boots] of [
+    [[], 5],
+    [['--trial-boots', '2'], 2],
+  ] as const) {
     const h = await host(t)
     const r = await runCli(['update', five, ...args, ...h.args])
     t.equal(r.code, 0, { stderr: r.stderr })
@@ -178,13 +260,18 @@ t.test('a byte corrupted on the disk after writing is caught by the read-back', 
   const gptBefore = readRange(h.disk, 0, MiB)
   const corruptAt = h.plan[1]!.firstLba * 512 + 7 * MiB + 3
   let corrupted = 0
-  await t.rejects(runUpdate({
-    source: v2, trustedKey: keys.publicKeyFile, paths: h.lib,
-    // the chunk is corrupted once, between its write and its read-back
-    beforeReadBack: (index, at, length) => {
-      if (at <= corruptAt && corruptAt < at + length && !corrupted++) xorRange(h.disk, corruptAt, Buffer.from([0x01]))
-    },
-  }), { code: 'hashMismatch', message: /reading slot B back .*: chunk 7 / })
+  await t.rejects(
+    runUpdate({
+      source: v2,
+      trustedKey: keys.publicKeyFile,
+      paths: h.lib,
+      // the chunk is corrupted once, between its write and its read-back
+      beforeReadBack: (index, at, length) => {
+        if (at <= corruptAt && corruptAt < at + length && !corrupted++) xorRange(h.disk, corruptAt, Buffer.from([0x01]))
+      },
+    }),
+    { code: 'hashMismatch', message: /reading slot B back .*: chunk 7 / },
+  )
   t.ok(readRange(h.disk, 0, MiB).equals(gptBefore), 'no switch')
   t.same(fs.readdirSync(h.state), [], 'no trial armed')
 })
@@ -199,10 +286,17 @@ t.test('without the read-back (fault SKIP_READBACK) a slot corrupted after its w
     if (mutant) process.env[FAULTS.SKIP_READBACK] = '1'
     try {
       const outcome = await runUpdate({
-        source: v2, trustedKey: keys.publicKeyFile, paths: h.lib,
+        source: v2,
+        trustedKey: keys.publicKeyFile,
+        paths: h.lib,
         // corrupted once the write is done, before anything reads it back
-        phase: (p) => { if (p === 'verify') xorRange(h.disk, corruptAt, Buffer.from([0x01])) },
-      }).then(() => 'switched', (e: { code?: string }) => e.code)
+        phase: (p) => {
+          if (p === 'verify') xorRange(h.disk, corruptAt, Buffer.from([0x01]))
+        },
+      }).then(
+        () => 'switched',
+        (e: { code?: string }) => e.code,
+      )
       t.equal(outcome, mutant ? 'switched' : 'hashMismatch', mutant ? 'the mutant switches to the corrupted slot' : 'the real updater refuses it')
       const d = openGptDisk(h.disk)
       t.equal(slotStatus(readGpt(d)).active, mutant ? 'B' : 'A', 'the flagged slot afterwards')
@@ -224,5 +318,12 @@ t.test('--read-back takes during or after; anything else is a usage error before
   t.equal(ok.code, 0, 'with --read-back during the update completes')
   const b = h.plan[1]!
   const m = JSON.parse(fs.readFileSync(`${v2}/manifest.json`, 'utf8')) as Manifest
-  t.equal(crypto.createHash('sha256').update(readRange(h.disk, b.firstLba * 512, m.image.size)).digest('hex'), m.image.sha256, 'slot B holds the image')
+  t.equal(
+    crypto
+      .createHash('sha256')
+      .update(readRange(h.disk, b.firstLba * 512, m.image.size))
+      .digest('hex'),
+    m.image.sha256,
+    'slot B holds the image',
+  )
 })

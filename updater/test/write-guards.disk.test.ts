@@ -33,27 +33,43 @@ const lbasOf = (entries: Buffer, index: number) => ({ first: entries.readBigUInt
 const crafted: { name: string; mutate: (e: Buffer, lastLba: bigint) => void; problem: RegExp }[] = [
   {
     name: 'rootB overlaps the running rootA',
-    mutate: (e) => { const a = lbasOf(e, 0); setLbas(e, 1, a.first + 64n, a.last + 64n) },
+    mutate: (e) => {
+      const a = lbasOf(e, 0)
+      setLbas(e, 1, a.first + 64n, a.last + 64n)
+    },
     problem: /partition 2 "rootB" .* overlaps partition 1 "rootA"/,
   },
   {
     name: 'rootB starts at LBA 0 (over the MBR and the primary GPT)',
-    mutate: (e) => { const b = lbasOf(e, 1); setLbas(e, 1, 0n, b.last - b.first) },
+    mutate: (e) => {
+      const b = lbasOf(e, 1)
+      setLbas(e, 1, 0n, b.last - b.first)
+    },
     problem: /partition 2 "rootB" .* outside the usable range/,
   },
   {
     name: 'rootB runs past the end of the disk',
-    mutate: (e, lastLba) => { const b = lbasOf(e, 1); setLbas(e, 1, b.first, lastLba + 100n) },
+    mutate: (e, lastLba) => {
+      const b = lbasOf(e, 1)
+      setLbas(e, 1, b.first, lastLba + 100n)
+    },
     problem: /partition 2 "rootB" .* outside the usable range/,
   },
   {
     name: 'rootB ends before it starts',
-    mutate: (e) => { const b = lbasOf(e, 1); setLbas(e, 1, b.last, b.first) },
+    mutate: (e) => {
+      const b = lbasOf(e, 1)
+      setLbas(e, 1, b.last, b.first)
+    },
     problem: /partition 2 "rootB" ends at LBA \d+, before it starts/,
   },
   {
     name: 'rootB overlaps the persistent partition',
-    mutate: (e) => { const p = lbasOf(e, 2); const b = lbasOf(e, 1); setLbas(e, 1, b.first, p.first + 10n) },
+    mutate: (e) => {
+      const p = lbasOf(e, 2)
+      const b = lbasOf(e, 1)
+      setLbas(e, 1, b.first, p.first + 10n)
+    },
     problem: /overlaps partition 2 "rootB"|partition 3 "persistent" .* overlaps/,
   },
 ]
@@ -88,7 +104,11 @@ t.test('one writer per disk: update, switch and repair refuse while another hold
   const before = wholeDisk(h)
   const lock = await lockDisk(h.disk, 'a test holding the disk')
   t.teardown(() => lock.release())
-  for (const args of [['update', images.v2, ...h.args], ['slots', 'switch', '--disk', h.disk, '--to', 'B'], ['slots', 'repair', '--disk', h.disk]]) {
+  for (const args of [
+    ['update', images.v2, ...h.args],
+    ['slots', 'switch', '--disk', h.disk, '--to', 'B'],
+    ['slots', 'repair', '--disk', h.disk],
+  ]) {
     const r = await runCli(args)
     t.equal(r.code, ExitCode.busy, `${args.slice(0, 2).join(' ')}: exit busy`, { stderr: r.stderr })
     t.match(r.stderr, new RegExp(`in use by another labhost process: pid ${process.pid} \\(a test holding the disk\\)`), 'names the holder')
@@ -125,7 +145,10 @@ t.test('no hand-made switch or repair of the boot disk while a trial is pending,
   t.equal(up.code, 0, 'update to 2.0.0: slot B on trial', { stderr: up.stderr })
   const before = wholeDisk(h)
   const paths = h.args.slice(0, 4) // --boot-file, --state-root: this host's files
-  for (const args of [['slots', 'switch', '--disk', h.disk, '--to', 'A', ...paths], ['slots', 'repair', '--disk', h.disk, ...paths]]) {
+  for (const args of [
+    ['slots', 'switch', '--disk', h.disk, '--to', 'A', ...paths],
+    ['slots', 'repair', '--disk', h.disk, ...paths],
+  ]) {
     const r = await runCli(args)
     t.equal(r.code, ExitCode.trialPending, `${args.slice(0, 2).join(' ')}: exit trialPending`, { stderr: r.stderr })
     t.match(r.stderr, /slot B of .* is on trial [^]*--ignore-trial/)
@@ -134,7 +157,7 @@ t.test('no hand-made switch or repair of the boot disk while a trial is pending,
   const other = tmpDir(t)
   fs.cpSync(h.disk, `${other}/copy.img`)
   const elsewhere = await runCli(['slots', 'switch', '--disk', `${other}/copy.img`, '--to', 'A', ...paths])
-  t.equal(elsewhere.code, 0, 'another disk than the booted one is not held by this host\'s trial', { stderr: elsewhere.stderr })
+  t.equal(elsewhere.code, 0, "another disk than the booted one is not held by this host's trial", { stderr: elsewhere.stderr })
   const forced = await runCli(['slots', 'switch', '--disk', h.disk, '--to', 'A', '--ignore-trial', ...paths])
   t.equal(forced.code, 0, '--ignore-trial overrules it', { stderr: forced.stderr })
 })
@@ -144,14 +167,21 @@ t.test('a GPT changed while the slot was written is never committed (exit gptCha
   const paths = { bootFile: h.lib.bootFile, stateRoot: h.lib.stateRoot, versionFile: h.lib.versionFile }
   let changed = false
   const err = await runUpdate({
-    source: images.v2, trustedKey: images.keys.publicKeyFile, paths,
+    source: images.v2,
+    trustedKey: images.keys.publicKeyFile,
+    paths,
     // someone else rewrites the table mid-update (a partitioner that takes no lock): rootB renamed
     beforeReadBack: () => {
       if (changed) return
       changed = true
-      rewriteGptValid(h.disk, 512, (e) => { e.write('X', ENTRY + 56 + 8, 'utf16le') })
+      rewriteGptValid(h.disk, 512, (e) => {
+        e.write('X', ENTRY + 56 + 8, 'utf16le')
+      })
     },
-  }).then(() => null, (e: Error) => e)
+  }).then(
+    () => null,
+    (e: Error) => e,
+  )
   t.ok(changed, 'the table was changed during the update')
   t.match(err, { code: 'gptChanged' }, 'the update refuses to commit')
   const d = openGptDisk(h.disk)
@@ -175,7 +205,13 @@ t.test('another image name, and versions in Debian order with hyphenated pre-rel
   fs.writeFileSync(recipeFile, 'test 0123abcd\n')
 
   const cases: [running: string, code: number][] = [
-    ['2.0.0-rc1', 0], ['2.0.0~rc10', 0], ['1.99.99', 0], ['2.0.0', ExitCode.notNewer], ['2.0.0+b1', ExitCode.notNewer], ['10.0.0', ExitCode.notNewer], ['2.0.0.1', ExitCode.notNewer],
+    ['2.0.0-rc1', 0],
+    ['2.0.0~rc10', 0],
+    ['1.99.99', 0],
+    ['2.0.0', ExitCode.notNewer],
+    ['2.0.0+b1', ExitCode.notNewer],
+    ['10.0.0', ExitCode.notNewer],
+    ['2.0.0.1', ExitCode.notNewer],
   ]
   for (const [running, code] of cases) {
     fs.writeFileSync(h.lib.versionFile, `${running}\n`)

@@ -59,7 +59,11 @@ export async function qemuHolding(t: Test, file: string): Promise<{ kill(): Prom
   const major = (st.dev >> 8) & 0xfff
   const minor = (st.dev & 0xff) | ((st.dev >> 12) & 0xfff00)
   const id = `${major.toString(16).padStart(2, '0')}:${minor.toString(16).padStart(2, '0')}:${st.ino}`
-  const locked = () => fs.readFileSync('/proc/locks', 'utf8').split('\n').some((l) => /\bOFDLCK\b/.test(l) && l.split(/\s+/).includes(id))
+  const locked = () =>
+    fs
+      .readFileSync('/proc/locks', 'utf8')
+      .split('\n')
+      .some((l) => /\bOFDLCK\b/.test(l) && l.split(/\s+/).includes(id))
   for (const end = Date.now() + 15_000; !locked(); await sleep(50)) {
     if (Date.now() > end || child.exitCode !== null) throw new Error(`QEMU did not lock ${file} (${id} not in /proc/locks)`)
   }
@@ -73,7 +77,11 @@ export function snapshot(dir: string): Record<string, string> {
     const p = path.join(dir, name)
     const st = fs.lstatSync(p)
     if (name === 'lost+found' || name.startsWith('lost+found/')) continue
-    out[name] = st.isFile() ? `${st.size} ${crypto.createHash('sha256').update(fs.readFileSync(p)).digest('hex')} ${st.mtimeMs}` : st.isDirectory() ? 'dir' : 'other'
+    out[name] = st.isFile()
+      ? `${st.size} ${crypto.createHash('sha256').update(fs.readFileSync(p)).digest('hex')} ${st.mtimeMs}`
+      : st.isDirectory()
+        ? 'dir'
+        : 'other'
   }
   return out
 }

@@ -21,9 +21,21 @@ const keys = generateKeyPair(path.join(dir, 'keys'))
 const pubs: string[] = []
 
 t.before(async () => {
-  for (const [version, pattern] of [['1.0.0', 0x10], ['2.0.0', 0x40]] as const) {
+  for (const [version, pattern] of [
+    ['1.0.0', 0x10],
+    ['2.0.0', 0x40],
+  ] as const) {
     const src = await makeBase(path.join(dir, `src-${version}.qcow2`), { dataMiB: 2, pattern })
-    const p = await publishVmImage({ file: src, name: 'win11', version, os: 'windows', isDefault: true, signingKey: keys.privateKeyFile, out: path.join(dir, `pub-${version}`), trackers: [] })
+    const p = await publishVmImage({
+      file: src,
+      name: 'win11',
+      version,
+      os: 'windows',
+      isDefault: true,
+      signingKey: keys.privateKeyFile,
+      out: path.join(dir, `pub-${version}`),
+      trackers: [],
+    })
     pubs.push(path.dirname(p.manifestFile))
   }
 })
@@ -32,7 +44,15 @@ t.before(async () => {
 async function replacedBase(t: Test, user: string): Promise<{ backing: string; v1: string; v2: string }> {
   const backing = await loopFs(t, 48)
   for (const source of pubs) {
-    await pullVmImage({ source, trustedKey: keys.publicKeyFile, backingDir: backing, userDir: user, catalogue: path.join(backing, 'catalogue.ini'), prune: false, reserveBytes: 0 })
+    await pullVmImage({
+      source,
+      trustedKey: keys.publicKeyFile,
+      backingDir: backing,
+      userDir: user,
+      catalogue: path.join(backing, 'catalogue.ini'),
+      prune: false,
+      reserveBytes: 0,
+    })
   }
   return { backing, v1: path.join(backing, 'win11-1.0.0.qcow2'), v2: path.join(backing, 'win11-2.0.0.qcow2') }
 }
@@ -76,7 +96,13 @@ t.test('volumes on the replaced base go, except one a QEMU holds; the old base s
     'frank/foreign.qcow2': /^keep: rests on .*foreign\.qcow2, outside/,
   })
   t.equal(Object.keys(plan).length, 8, 'every volume in the plan, notes.txt not')
-  t.same(dry.out.bases.map((b) => [path.basename(b.path), b.action]), [['win11-1.0.0.qcow2', 'keep'], ['win11-2.0.0.qcow2', 'keep']])
+  t.same(
+    dry.out.bases.map((b) => [path.basename(b.path), b.action]),
+    [
+      ['win11-1.0.0.qcow2', 'keep'],
+      ['win11-2.0.0.qcow2', 'keep'],
+    ],
+  )
   t.match(dry.out.bases[0]!.reason, /1 volume\(s\) rest on it: .*bob\/old-busy\.qcow2/)
   const human = await runCli(['vm-image', 'prune', '--dir', backing, '--user-dir', user, '--dry-run'])
   t.match(human.stdout, /delete  .*alice\/old\.qcow2/)
@@ -86,7 +112,7 @@ t.test('volumes on the replaced base go, except one a QEMU holds; the old base s
   t.equal(r.code, 0, r.stderr)
   const left = (fs.readdirSync(user, { recursive: true }) as string[]).filter((n) => n.endsWith('.qcow2')).sort()
   t.same(left, ['bob/old-busy.qcow2', 'carol/new-child.qcow2', 'carol/new.qcow2', 'erin/standalone.qcow2', 'frank/foreign.qcow2'])
-  t.ok(fs.existsSync(v1), 'the old base stays: a running VM\'s volume rests on it')
+  t.ok(fs.existsSync(v1), "the old base stays: a running VM's volume rests on it")
   t.ok(fs.existsSync(path.join(user, 'notes.txt')))
 
   await vm.kill()
@@ -95,8 +121,15 @@ t.test('volumes on the replaced base go, except one a QEMU holds; the old base s
   t.notOk(fs.existsSync(busy), 'once the VM is gone, its volume on the old base is deleted')
   t.notOk(fs.existsSync(v1), 'and then the old base')
   t.ok(fs.existsSync(v2) && fs.existsSync(carol), 'the current base and its volumes stay')
-  t.same(readCatalogue(path.join(backing, 'catalogue.ini')).map((e) => e.version), ['2.0.0'])
-  t.same(fs.readdirSync(backing).filter((n) => n.startsWith('.')), [], 'no file left renamed aside')
+  t.same(
+    readCatalogue(path.join(backing, 'catalogue.ini')).map((e) => e.version),
+    ['2.0.0'],
+  )
+  t.same(
+    fs.readdirSync(backing).filter((n) => n.startsWith('.')),
+    [],
+    'no file left renamed aside',
+  )
 })
 
 t.test('a base nothing rests on is kept while a QEMU holds it open (a VM on it directly)', async (t) => {
@@ -135,12 +168,21 @@ t.test('reserve: the least recently written volumes on current bases go until it
     'o3.qcow2': /^delete: for the reserve/,
     'o4-newest.qcow2': /^keep: rests on the current base/,
   })
-  t.same(fs.readdirSync(user).filter((n) => n.endsWith('.qcow2')).sort(), ['o1-oldest-busy.qcow2', 'o4-newest.qcow2'])
+  t.same(
+    fs
+      .readdirSync(user)
+      .filter((n) => n.endsWith('.qcow2'))
+      .sort(),
+    ['o1-oldest-busy.qcow2', 'o4-newest.qcow2'],
+  )
   t.ok(r.out.reserve.met && freeBytes(user) >= free + (12 << 20), 'the reserve is met')
 
   // a reserve that cannot be met: everything deletable goes, the one in use stays, exit 73
   const all = await prune(backing, user, ['--reserve-gib', '1'])
   t.equal(all.code, ExitCode.reserveNotMet, 'exit 73')
-  t.same(fs.readdirSync(user).filter((n) => n.endsWith('.qcow2')), ['o1-oldest-busy.qcow2'])
+  t.same(
+    fs.readdirSync(user).filter((n) => n.endsWith('.qcow2')),
+    ['o1-oldest-busy.qcow2'],
+  )
   t.equal(all.out.reserve.met, false)
 })

@@ -24,7 +24,17 @@ let v2: PublishedVm
 
 const publish = async (name: string, version: string, dataMiB: number, pattern: number, isDefault = true) => {
   const src = await makeBase(path.join(dir, `${name}-${version}-src.qcow2`), { dataMiB, pattern })
-  return publishVmImage({ file: src, name, version, os: 'windows', displayName: `Windows 11 (${version})`, isDefault, signingKey: keys.privateKeyFile, out: path.join(dir, `pub-${name}-${version}`), trackers: ['http://10.77.0.1:6969/announce'] })
+  return publishVmImage({
+    file: src,
+    name,
+    version,
+    os: 'windows',
+    displayName: `Windows 11 (${version})`,
+    isDefault,
+    signingKey: keys.privateKeyFile,
+    out: path.join(dir, `pub-${name}-${version}`),
+    trackers: ['http://10.77.0.1:6969/announce'],
+  })
 }
 
 t.before(async () => {
@@ -50,7 +60,22 @@ function copyOf(t: Test, p: PublishedVm): string {
 
 t.test('publish refuses what is not a standalone, clean qcow2 no VM has open (exit 70), writing nothing', async (t) => {
   const d = tmpDir(t)
-  const pub = (file: string) => runCli(['vm-image', 'publish', file, '--name', 'x', '--image-version', '1', '--os', 'linux', '--signing-key', keys.privateKeyFile, '--out', path.join(d, 'out')])
+  const pub = (file: string) =>
+    runCli([
+      'vm-image',
+      'publish',
+      file,
+      '--name',
+      'x',
+      '--image-version',
+      '1',
+      '--os',
+      'linux',
+      '--signing-key',
+      keys.privateKeyFile,
+      '--out',
+      path.join(d, 'out'),
+    ])
   await run('qemu-img', ['create', '-q', '-f', 'raw', path.join(d, 'raw.qcow2'), '16M'])
   const overlay = await makeOverlay(path.join(d, 'overlay.qcow2'), v1.imageFile)
   const truncated = path.join(d, 'truncated.qcow2')
@@ -84,9 +109,18 @@ t.test('publish -> pull over HTTP -> catalogue; a fresh overlay on the pulled ba
   const base = path.join(backing, 'win11-1.0.0.qcow2')
   t.equal(hashWhole(base), v1.manifest.image.sha256, 'the pulled base is the signed bytes')
   t.same(fs.readdirSync(backing).sort(), ['catalogue.ini', 'lost+found', 'win11-1.0.0.qcow2'], 'no temporary file left')
-  t.same(readCatalogue(path.join(backing, 'catalogue.ini')), [{
-    name: 'win11', displayName: 'Windows 11 (1.0.0)', osType: 'windows', default: true, version: '1.0.0', file: base, size: v1.manifest.image.size, sha256: v1.manifest.image.sha256,
-  }])
+  t.same(readCatalogue(path.join(backing, 'catalogue.ini')), [
+    {
+      name: 'win11',
+      displayName: 'Windows 11 (1.0.0)',
+      osType: 'windows',
+      default: true,
+      version: '1.0.0',
+      file: base,
+      size: v1.manifest.image.size,
+      sha256: v1.manifest.image.sha256,
+    },
+  ])
   const overlay = await makeOverlay(path.join(user, 'alice.qcow2'), base, 1)
   await run('qemu-img', ['check', overlay])
   t.pass('qemu-img check of a new overlay on the pulled base: no errors')
@@ -98,7 +132,10 @@ t.test('publish -> pull over HTTP -> catalogue; a fresh overlay on the pulled ba
   const s2 = await serve(t, path.dirname(v2.manifestFile))
   const r2 = await pull(`${s2.url}/manifest.json`, backing, user)
   t.equal(r2.code, 0, r2.stderr)
-  t.same(readCatalogue(path.join(backing, 'catalogue.ini')).map((e) => [e.name, e.version, e.file]), [['win11', '2.0.0', path.join(backing, 'win11-2.0.0.qcow2')]])
+  t.same(
+    readCatalogue(path.join(backing, 'catalogue.ini')).map((e) => [e.name, e.version, e.file]),
+    [['win11', '2.0.0', path.join(backing, 'win11-2.0.0.qcow2')]],
+  )
   t.same(fs.readdirSync(backing).sort(), ['catalogue.ini', 'lost+found', 'win11-2.0.0.qcow2'], 'the old base removed by the prune after the pull')
   t.same(fs.readdirSync(user), [], 'the volume on the old base removed')
 })
@@ -119,12 +156,25 @@ t.test('every refusal leaves the backing directory and the catalogue byte-identi
   const rootKind = tmpDir(t)
   const key = readPrivateKey(keys.privateKeyFile)
   const sha = crypto.createHash('sha256').update('x').digest('hex')
-  fs.writeFileSync(path.join(rootKind, 'manifest.json'), JSON.stringify(signManifest({
-    format: MANIFEST_FORMAT, name: 'test', version: '9.0.0', recipeHash: sha, createdAt: 0,
-    layout: { rootFsUuid: '6c1d1a2b-0a11-4b5e-9c3a-0000000000f0', slotSizeMiB: 8, slots: { A: 'rootA', B: 'rootB' } },
-    image: { file: 'root.img', size: 5, sha256: sha, chunkSize: CHUNK_SIZE, chunks: [sha] }, transport: { file: 'root.img.zst', size: 3, sha256: sha, compression: 'zstd' },
-    signer: keyFingerprint(crypto.createPublicKey(key)),
-  }, key)))
+  fs.writeFileSync(
+    path.join(rootKind, 'manifest.json'),
+    JSON.stringify(
+      signManifest(
+        {
+          format: MANIFEST_FORMAT,
+          name: 'test',
+          version: '9.0.0',
+          recipeHash: sha,
+          createdAt: 0,
+          layout: { rootFsUuid: '6c1d1a2b-0a11-4b5e-9c3a-0000000000f0', slotSizeMiB: 8, slots: { A: 'rootA', B: 'rootB' } },
+          image: { file: 'root.img', size: 5, sha256: sha, chunkSize: CHUNK_SIZE, chunks: [sha] },
+          transport: { file: 'root.img.zst', size: 3, sha256: sha, compression: 'zstd' },
+          signer: keyFingerprint(crypto.createPublicKey(key)),
+        },
+        key,
+      ),
+    ),
+  )
   const older = await publish('win11', '0.9.0', 1, 0x70)
   const big = await publish('bigbase', '1.0.0', 40, 0x20)
 
@@ -142,7 +192,12 @@ t.test('every refusal leaves the backing directory and the catalogue byte-identi
     t.equal(r.code, code, `${what}: exit ${code}`, { stderr: r.stderr })
     t.match(r.stderr, why, what)
     t.same(snapshot(backing), before, `${what}: backing directory and catalogue byte-identical`)
-    if (what === 'no room') t.same(s.requests.map((q) => q.path), ['/manifest.json'], 'no room: refused before downloading')
+    if (what === 'no room')
+      t.same(
+        s.requests.map((q) => q.path),
+        ['/manifest.json'],
+        'no room: refused before downloading',
+      )
   }
   // the same refusals from a directory (no HTTP)
   for (const [what, pubDir, code] of cases.slice(0, 2)) {

@@ -17,7 +17,8 @@ async function receiver(t: Parameters<typeof tmpDir>[0]): Promise<{ port: number
   await new Promise<void>((resolve) => s.bind(0, '127.0.0.1', () => resolve()))
   t.teardown(() => s.close())
   return {
-    port: s.address().port, packets,
+    port: s.address().port,
+    packets,
     until: async (n) => {
       for (const end = Date.now() + 5000; packets.length < n && Date.now() < end;) await new Promise((r) => setTimeout(r, 10))
     },
@@ -42,7 +43,10 @@ t.test('MACs: three spellings accepted, anything else refused', async (t) => {
 t.test('sendWake: every MAC, `repeat` times, as 102-byte magic packets', async (t) => {
   const r = await receiver(t)
   const macs = ['52:54:00:12:34:56', '00:1a:2b:3c:4d:5e']
-  const sent = await sendWake(macs.map((mac) => ({ mac, from: 'test' })), { address: '127.0.0.1', port: r.port, repeat: 2 })
+  const sent = await sendWake(
+    macs.map((mac) => ({ mac, from: 'test' })),
+    { address: '127.0.0.1', port: r.port, repeat: 2 },
+  )
   t.equal(sent.sent, 4)
   await r.until(4)
   t.equal(r.packets.length, 4)
@@ -51,19 +55,32 @@ t.test('sendWake: every MAC, `repeat` times, as 102-byte magic packets', async (
 
 t.test('labhost wake --reports: the MACs of every install report, each once', async (t) => {
   const dir = tmpDir(t)
-  const report = (name: string, nics: unknown) => fs.writeFileSync(path.join(dir, name), JSON.stringify({ machine: { vendor: 'Dell Inc.', product: 'OptiPlex 7010', nics } }))
+  const report = (name: string, nics: unknown) =>
+    fs.writeFileSync(path.join(dir, name), JSON.stringify({ machine: { vendor: 'Dell Inc.', product: 'OptiPlex 7010', nics } }))
   report('pc1.json', [{ name: 'eno1', mac: '52:54:00:00:00:01' }])
-  report('pc2.json', [{ name: 'eno1', mac: '52:54:00:00:00:02' }, { name: 'enp2s0', mac: '52:54:00:00:00:03' }])
+  report('pc2.json', [
+    { name: 'eno1', mac: '52:54:00:00:00:02' },
+    { name: 'enp2s0', mac: '52:54:00:00:00:03' },
+  ])
   report('pc2-again.json', [{ name: 'eno1', mac: '52:54:00:00:00:02' }])
   fs.writeFileSync(path.join(dir, 'unfinished-install.json'), '{}')
   // what the stick writes for a PC it refused (no NICs in it): no lab host, passed over
-  fs.writeFileSync(path.join(dir, 'CZC99-refused-2026-12-01T10-00-00-000Z.json'), JSON.stringify({ result: 'refused', code: 'modelRejected', message: 'not on the list' }))
-  t.same(targetsFromReports(dir).map((x) => x.mac), ['52:54:00:00:00:01', '52:54:00:00:00:02', '52:54:00:00:00:03'])
+  fs.writeFileSync(
+    path.join(dir, 'CZC99-refused-2026-12-01T10-00-00-000Z.json'),
+    JSON.stringify({ result: 'refused', code: 'modelRejected', message: 'not on the list' }),
+  )
+  t.same(
+    targetsFromReports(dir).map((x) => x.mac),
+    ['52:54:00:00:00:01', '52:54:00:00:00:02', '52:54:00:00:00:03'],
+  )
   const r = await receiver(t)
   const cli = await runCli(['wake', '--reports', dir, '--broadcast', '127.0.0.1', '--port', String(r.port), '--repeat', '1', '--json'])
   t.equal(cli.code, 0, cli.stderr)
   await r.until(3)
-  t.same(r.packets.map((p) => p.toString('hex')).sort(), ['52:54:00:00:00:01', '52:54:00:00:00:02', '52:54:00:00:00:03'].map((m) => expected(m).toString('hex')).sort())
+  t.same(
+    r.packets.map((p) => p.toString('hex')).sort(),
+    ['52:54:00:00:00:01', '52:54:00:00:00:02', '52:54:00:00:00:03'].map((m) => expected(m).toString('hex')).sort(),
+  )
   // a report without MACs (written before labhost recorded them) is named, and nothing is sent
   report('old.json', undefined)
   t.throws(() => targetsFromReports(dir), { code: 'notFound', message: /old\.json/ })
