@@ -4,7 +4,7 @@
 // labhost image seed: the first seeder of a published image (aria2c), after checking the file.
 import fs from 'node:fs'
 import path from 'node:path'
-import { bdecode, BencodeError, isDict, type BValue } from '../lib/bencode.ts'
+import { bdecode, bencode, BencodeError, isDict, type BValue } from '../lib/bencode.ts'
 import { LabhostError } from '../lib/errors.ts'
 import { run, start, toolError } from '../lib/exec.ts'
 import { matchesPart, readManifest } from './manifest.ts'
@@ -76,6 +76,41 @@ export function checkTorrent(data: Buffer, want: { name: string; size: number },
   if (typeof pieceLength !== 'number' || pieceLength < 1 || !Buffer.isBuffer(pieces) || pieces.length !== 20 * Math.ceil(want.size / pieceLength)) {
     throw refuse('has pieces that do not add up to its file')
   }
+}
+
+/** The trackers (announce, then announce-list in order, each once) and web seeds (url-list) a .torrent names; http(s) and udp only. */
+export function torrentSources(data: Buffer): { trackers: string[]; webSeeds: string[] } {
+  const root = bdecode(data)
+  if (!isDict(root)) return { trackers: [], webSeeds: [] }
+  const strings = (v: BValue | undefined): string[] => (Buffer.isBuffer(v) ? [v.toString('utf8')] : Array.isArray(v) ? v.flatMap(strings) : [])
+  // unsigned: only the kinds of URL aria2c should follow (no file://, no magnet, nothing else)
+  const trackers = [...new Set([...strings(root.get('announce')), ...strings(root.get('announce-list'))])].filter((u) => /^(https?|udp):\/\/[^/]/.test(u))
+  return { trackers, webSeeds: [...new Set(strings(root.get('url-list')))].filter((u) => /^https?:\/\/[^/]/.test(u)) }
+}
+
+/**
+ * The checked .torrent `data` with exactly these sources: its info dictionary is kept byte for
+ * byte (so is its info hash: it is the same swarm), announce, announce-list and url-list say
+ * `trackers` and `webSeeds`, and nothing else of the top level stays (a comment, DHT nodes).
+ */
+export function sourcedTorrent(data: Buffer, s: { trackers: string[]; webSeeds: string[] }): Buffer {
+  const root = bdecode(data)
+  const info = isDict(root) ? root.get('info') : undefined
+  if (!isDict(info)) throw new LabhostError('torrentInvalid', 'the torrent has no info dictionary', 'publish it again; nothing was written')
+  const out = new Map<string, BValue>([['info', info]])
+  if (s.trackers.length) {
+    out.set('announce', Buffer.from(s.trackers[0]!))
+    out.set(
+      'announce-list',
+      s.trackers.map((t) => [Buffer.from(t)]),
+    )
+  }
+  if (s.webSeeds.length)
+    out.set(
+      'url-list',
+      s.webSeeds.map((w) => Buffer.from(w)),
+    )
+  return bencode(out)
 }
 
 /** Info hash (hex) of a .torrent file, as aria2c reads it. */

@@ -75,3 +75,28 @@ export function bdecode(data: Buffer): BValue {
 }
 
 export const isDict = (v: BValue | undefined): v is BDict => v instanceof Map
+
+/** Encode `v` (BEP 3): dictionary keys sorted byte-wise, so what `bdecode` read comes out byte for byte. */
+export function bencode(v: BValue): Buffer {
+  const out: Buffer[] = []
+  const put = (x: BValue): void => {
+    if (typeof x === 'number') {
+      if (!Number.isSafeInteger(x)) throw new BencodeError(`${x} is not an integer bencode can hold`)
+      out.push(Buffer.from(`i${x}e`))
+    } else if (Buffer.isBuffer(x)) out.push(Buffer.from(`${x.length}:`), x)
+    else if (Array.isArray(x)) {
+      out.push(Buffer.from('l'))
+      x.forEach(put)
+      out.push(Buffer.from('e'))
+    } else {
+      out.push(Buffer.from('d'))
+      for (const k of [...x.keys()].sort((a, b) => Buffer.compare(Buffer.from(a, 'latin1'), Buffer.from(b, 'latin1')))) {
+        put(Buffer.from(k, 'latin1'))
+        put(x.get(k)!)
+      }
+      out.push(Buffer.from('e'))
+    }
+  }
+  put(v)
+  return Buffer.concat(out)
+}

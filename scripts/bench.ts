@@ -17,6 +17,8 @@ import { copyFileInto } from '../lib/blockdev.ts'
 import { serveDirectory } from '../lib/http-serve.ts'
 import type { Images } from '../test-support/update-fixtures.ts'
 import { PORT_MBIT, startFleet, torrentArgs } from '../test-support/fleet-fixtures.ts'
+import { startCampus, type Distribution, type DistributionMode } from '../test-support/campus-fixtures.ts'
+import { publishVmImage } from '../vmimages/publish.ts'
 import { SELECTOR_IN_IMAGE } from '../image-format/in-image.ts'
 import { buildHostDisks } from '../test-support/host-disks.ts'
 import { bootUntilPowerOff, uefiVarsCopy } from '../vm-tests/qemu.ts'
@@ -311,6 +313,86 @@ async function benchFleet(keys: { privateKeyFile: string; publicKeyFile: string 
   })
 }
 
+/**
+ * 6. VM base images to a campus (issue 22): two buildings of 4 hosts joined by a 100 Mbit/s link,
+ * the server in building a; one 400 MiB qcow2 base to all 8 at once — building-aware BitTorrent
+ * (one upstream host per building, the rest Local Peer Discovery only), plain BitTorrent (any
+ * peer, the server as web seed) and plain HTTP; three rounds of each, alternating. Copies of the
+ * base that went into each building over the link, copies the server sent, time until the last
+ * host was done (medians, with min and max in the note).
+ */
+async function benchCampus(): Promise<void> {
+  const campusDir = fs.mkdtempSync(path.join(dir, 'campus-'))
+  const keys = generateKeyPair(path.join(campusDir, 'keys'))
+  const served = path.join(campusDir, 'served')
+  const base = path.join(campusDir, 'src', 'win11-2.0.0.qcow2')
+  fs.mkdirSync(path.dirname(base), { recursive: true })
+  await execa('qemu-img', ['create', '-q', '-f', 'qcow2', base, '1G'])
+  await execa('qemu-io', ['-f', 'qcow2', ...Array.from({ length: 400 }, (_, i) => ['-c', `write -q -P ${i & 0xff} ${2 * i}M 1M`]).flat(), base])
+  const p = await publishVmImage({
+    file: base,
+    name: 'win11',
+    version: '2.0.0',
+    os: 'windows',
+    isDefault: true,
+    signingKey: keys.privateKeyFile,
+    out: path.join(served, 'win11-2.0.0'),
+    trackers: ['http://10.78.1.1:6969/announce'],
+  })
+  const size = p.manifest.image.size
+  const lab = await startCampus(campusDir, served, [p.infoHash], {
+    prefix: 'lhbc',
+    perBuilding: 4,
+    backingMiB: 1024,
+    userMiB: 32,
+    trustedKey: keys.publicKeyFile,
+  })
+  const runs: Record<DistributionMode, Distribution[]> = { locality: [], bittorrent: [], http: [] }
+  try {
+    for (let round = 0; round < 3; round++) {
+      for (const mode of ['locality', 'bittorrent', 'http'] as const) {
+        await lab.resetHosts()
+        dropCaches()
+        const d = await lab.distribute(`${lab.url}win11-2.0.0/`, mode, ['--no-prune', '--timeout', '600'])
+        for (const r of d.results) if (r.exitCode !== 0) throw new Error(`campus ${mode}: ${r.host.name} failed: ${r.output.slice(-1000)}`)
+        console.log(
+          `campus ${mode} round ${round + 1}: ${d.seconds.toFixed(1)} s, into a ${(d.linkBytesIn[0]! / size).toFixed(2)} / b ${(d.linkBytesIn[1]! / size).toFixed(2)} copies, server ${(d.serverBytes / size).toFixed(2)}`,
+        )
+        runs[mode].push(d)
+      }
+    }
+  } finally {
+    await lab.close()
+    fs.rmSync(campusDir, { recursive: true, force: true })
+  }
+  const stat = (mode: DistributionMode, f: (d: Distribution) => number) => {
+    const xs = runs[mode].map(f)
+    return { median: median(xs), min: Math.min(...xs), max: Math.max(...xs) }
+  }
+  const spread = (x: { min: number; max: number }, digits: number) => `min ${x.min.toFixed(digits)}, max ${x.max.toFixed(digits)}`
+  const setup = `8 hosts, 4 per building, 1 Gbit/s ports, 100 Mbit/s between the buildings, server in building a; a ${(size / 2 ** 20).toFixed(0)} MiB qcow2 base; median of 3 rounds`
+  const measures = [
+    { what: 'copies of the base into building b over the link', unit: 'x image', digits: 2, f: (d: Distribution) => d.linkBytesIn[1]! / size },
+    { what: 'copies of the base into building a over the link', unit: 'x image', digits: 2, f: (d: Distribution) => d.linkBytesIn[0]! / size },
+    { what: 'copies of the base the server sent', unit: 'x image', digits: 2, f: (d: Distribution) => d.serverBytes / size },
+    { what: 'time until the last of 8 hosts was done', unit: 's', digits: 1, f: (d: Distribution) => d.seconds },
+  ]
+  for (const m of measures) {
+    const ours = stat('locality', m.f)
+    for (const peer of ['bittorrent', 'http'] as const) {
+      const theirs = stat(peer, m.f)
+      fig({
+        name: `campus: ${m.what}, building-aware BitTorrent`,
+        value: Number(ours.median.toFixed(m.digits)),
+        unit: m.unit,
+        peer: peer === 'http' ? 'plain HTTP from the server' : 'plain BitTorrent (any peer, the server as web seed)',
+        peerValue: Number(theirs.median.toFixed(m.digits)),
+        note: `${setup}; ours ${spread(ours, m.digits)}; peer ${spread(theirs, m.digits)}`,
+      })
+    }
+  }
+}
+
 /** The server's upload cap in the third fleet round (a quarter of its 1 Gbit/s port, in bytes). */
 const SEED_CAP = '30M'
 
@@ -573,6 +655,12 @@ try {
     fs.rmSync(dir, { recursive: true, force: true })
     process.exit(0)
   }
+  // `npm run bench -- --campus-only`: only the VM base image figures of the campus, printed, not written
+  if (process.argv.includes('--campus-only')) {
+    await benchCampus()
+    fs.rmSync(dir, { recursive: true, force: true })
+    process.exit(0)
+  }
   // `npm run bench -- --fleet-only`: only the fleet and delta figures, printed, not written
   if (process.argv.includes('--fleet-only')) {
     const keys = generateKeyPair(path.join(dir, 'keys'))
@@ -660,6 +748,7 @@ try {
   await benchInstall(path.join(dir, 'host'), host.manifest.image.size)
   await benchDelta(path.join(dir, 'host'), keys)
   await benchFleet(keys)
+  await benchCampus()
   await benchImageServer(labhost)
   await benchBoot(keys)
   fig({ name: 'labhost executable size', value: fs.statSync(path.join(root, 'dist/labhost')).size, unit: 'bytes', peer: null, peerValue: null })

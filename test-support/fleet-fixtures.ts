@@ -9,11 +9,11 @@ import type { ResultPromise } from 'execa'
 import { attachLoop, detachLoop } from '../lib/loop.ts'
 import { createLab, type Lab, type LabMember } from './netns.ts'
 import { labhostCommand } from './test-helpers.ts'
+import { startServe, startTracker, TRACKER_PORT, waitFor } from './lab-services.ts'
 import { publishImage } from '../image-format/torrent.ts'
 import { makeHostIn, type Host, type Images } from './update-fixtures.ts'
 
-export const HTTP_PORT = 8080
-export const TRACKER_PORT = 6969
+export { HTTP_PORT, TRACKER_PORT } from './lab-services.ts'
 
 export interface FleetHost extends Host {
   member: LabMember
@@ -44,21 +44,6 @@ export interface Fleet {
 
 const [labhost, ...cli] = labhostCommand()
 
-/** Wait until a long-running process printed `pattern` (or ended, or `ms` passed). */
-async function waitFor(p: ResultPromise, pattern: RegExp, ms: number, what: string): Promise<void> {
-  let seen = ''
-  let ended = false
-  p.all?.on('data', (d: Buffer) => {
-    seen += d.toString()
-  })
-  void p.then(() => {
-    ended = true
-  })
-  for (const until = Date.now() + ms; !pattern.test(seen); await sleep(50)) {
-    if (ended || Date.now() > until) throw new Error(`${what} did not start: ${seen.trim().slice(-500) || (ended ? 'it exited' : 'no output')}`)
-  }
-}
-
 /** Switch ports of the lab, both ways: a gigabit lab switch. */
 export const PORT_MBIT = 1000
 
@@ -76,32 +61,14 @@ export async function startFleet(dir: string, images: Images, o: { hosts: number
   }
   try {
     const server = lab.members[0]!
-    const url = `http://${server.ip}:${HTTP_PORT}`
     const imageDir = path.join(dir, 'served')
     fs.cpSync(images.v2, imageDir, { recursive: true })
     const published = await publishImage(imageDir, { trackers: [`http://${server.ip}:${TRACKER_PORT}/announce`] })
-    // opentracker drops to `nobody` inside its chroot and tracks whitelisted torrents only
-    const chroot = fs.mkdtempSync(path.join(dir, 'tracker-'))
-    fs.chmodSync(chroot, 0o755)
-    fs.writeFileSync(path.join(chroot, 'whitelist'), `${published.infoHash}\n`)
-    fs.writeFileSync(path.join(dir, 'opentracker.conf'), 'access.whitelist /whitelist\n')
-    const tracker = lab.spawn(server, 'opentracker', [
-      '-i',
-      server.ip,
-      '-p',
-      String(TRACKER_PORT),
-      '-P',
-      String(TRACKER_PORT),
-      '-d',
-      chroot,
-      '-f',
-      path.join(dir, 'opentracker.conf'),
-    ])
-    processes.push(tracker)
-    const http = lab.spawn(server, labhost, [...cli, 'image', 'serve', path.join(dir, 'served'), '--host', server.ip, '--port', String(HTTP_PORT)])
-    processes.push(http)
-    await waitFor(http, /serving /, 30_000, 'labhost image serve')
-    await sleep(300) // opentracker binds at once; give it the moment
+    const tracker = await startTracker(lab.spawn, server, dir, [published.infoHash])
+    processes.push(tracker.process)
+    const http = await startServe(lab.spawn, server, imageDir)
+    processes.push(http.process)
+    const url = http.url
     const hosts: FleetHost[] = []
     for (const [i, member] of lab.members.slice(1).entries()) {
       const d = path.join(dir, `host${i + 1}`)
@@ -150,11 +117,7 @@ export async function startFleet(dir: string, images: Images, o: { hosts: number
         processes.push(p)
         return p
       },
-      async allow(infoHash) {
-        fs.appendFileSync(path.join(chroot, 'whitelist'), `${infoHash}\n`)
-        tracker.kill('SIGHUP')
-        await sleep(500)
-      },
+      allow: tracker.allow,
       update(h, args) {
         return lab.spawn(h.member, labhost, [...cli, 'update', url, '--json', ...h.args, ...args])
       },

@@ -35,64 +35,145 @@ export interface LabOptions {
   portMbit?: number
 }
 
+const tbf = (mbit: number) => ['root', 'tbf', 'rate', `${mbit}mbit`, 'burst', '256kb', 'latency', '50ms']
+
+/** A member's namespace, its veth to the switch namespace `sw` (port `port` on br0), its address and routes. */
+async function plug(sw: string, m: LabMember, port: string, prefixLength: number, portMbit?: number, gateway?: string): Promise<void> {
+  await run('ip', ['netns', 'add', m.ns])
+  await run('ip', ['link', 'add', m.dev, 'netns', m.ns, 'type', 'veth', 'peer', 'name', port, 'netns', sw])
+  await run('ip', ['-n', sw, 'link', 'set', port, 'master', 'br0'])
+  await run('ip', ['-n', sw, 'link', 'set', port, 'up'])
+  await run('ip', ['-n', m.ns, 'addr', 'add', `${m.ip}/${prefixLength}`, 'dev', m.dev])
+  await run('ip', ['-n', m.ns, 'link', 'set', m.dev, 'up'])
+  await run('ip', ['-n', m.ns, 'link', 'set', 'lo', 'up'])
+  // multicast (Local Peer Discovery) stays on the member's own segment: nothing here routes it
+  await run('ip', ['-n', m.ns, 'route', 'add', '224.0.0.0/4', 'dev', m.dev])
+  if (gateway) await run('ip', ['-n', m.ns, 'route', 'add', 'default', 'via', gateway])
+  if (portMbit) {
+    await run('ip', ['netns', 'exec', m.ns, 'tc', 'qdisc', 'add', 'dev', m.dev, ...tbf(portMbit)])
+    await run('ip', ['netns', 'exec', sw, 'tc', 'qdisc', 'add', 'dev', port, ...tbf(portMbit)])
+  }
+}
+
+async function killAndDelete(namespaces: string[]): Promise<void> {
+  for (const ns of namespaces) {
+    const pids = await execa('ip', ['netns', 'pids', ns], { reject: false })
+    for (const pid of String(pids.stdout ?? '')
+      .split('\n')
+      .filter(Boolean)) {
+      try {
+        process.kill(Number(pid), 'SIGKILL')
+      } catch {
+        /* gone */
+      }
+    }
+    await execa('ip', ['netns', 'del', ns], { reject: false })
+  }
+}
+
+const memberOps = (members: LabMember[]) => ({
+  async txBytes(m: LabMember) {
+    return Number((await run('ip', ['netns', 'exec', m.ns, 'cat', `/sys/class/net/${m.dev}/statistics/tx_bytes`])).stdout.trim())
+  },
+  spawn(m: LabMember, cmd: string, args: string[], opts: { env?: Record<string, string> } = {}) {
+    return execa('ip', ['netns', 'exec', m.ns, cmd, ...args], { reject: false, env: opts.env, all: true })
+  },
+  async link(m: LabMember, up: boolean) {
+    await run('ip', ['-n', m.ns, 'link', 'set', m.dev, up ? 'up' : 'down'])
+    if (up) await execa('ip', ['-n', m.ns, 'route', 'replace', '224.0.0.0/4', 'dev', m.dev], { reject: false })
+  },
+  members,
+})
+
 /** `prefix` (a few letters) names the namespaces. */
 export async function createLab(prefix: string, hosts: number, o: LabOptions = {}): Promise<Lab> {
   const subnet = o.subnet ?? '10.77.0'
   const sw = `${prefix}-sw`
   const members: LabMember[] = Array.from({ length: hosts + 1 }, (_, i) => ({ ns: `${prefix}-${i}`, ip: `${subnet}.${i + 1}`, dev: 'eth0' }))
   const namespaces = [sw, ...members.map((m) => m.ns)]
-  const close = async () => {
-    for (const ns of namespaces) {
-      const pids = await execa('ip', ['netns', 'pids', ns], { reject: false })
-      for (const pid of String(pids.stdout ?? '')
-        .split('\n')
-        .filter(Boolean)) {
-        try {
-          process.kill(Number(pid), 'SIGKILL')
-        } catch {
-          /* gone */
-        }
-      }
-      await execa('ip', ['netns', 'del', ns], { reject: false })
-    }
-  }
+  const close = () => killAndDelete(namespaces)
   // leftovers of a run that was killed
   await close()
   try {
     await run('ip', ['netns', 'add', sw])
     await run('ip', ['-n', sw, 'link', 'add', 'br0', 'type', 'bridge'])
     await run('ip', ['-n', sw, 'link', 'set', 'br0', 'up'])
-    for (const [i, m] of members.entries()) {
-      await run('ip', ['netns', 'add', m.ns])
-      await run('ip', ['link', 'add', m.dev, 'netns', m.ns, 'type', 'veth', 'peer', 'name', `p${i}`, 'netns', sw])
-      await run('ip', ['-n', sw, 'link', 'set', `p${i}`, 'master', 'br0'])
-      await run('ip', ['-n', sw, 'link', 'set', `p${i}`, 'up'])
-      await run('ip', ['-n', m.ns, 'addr', 'add', `${m.ip}/24`, 'dev', m.dev])
-      await run('ip', ['-n', m.ns, 'link', 'set', m.dev, 'up'])
-      await run('ip', ['-n', m.ns, 'link', 'set', 'lo', 'up'])
-      await run('ip', ['-n', m.ns, 'route', 'add', '224.0.0.0/4', 'dev', m.dev])
-      if (o.portMbit) {
-        const tbf = ['root', 'tbf', 'rate', `${o.portMbit}mbit`, 'burst', '256kb', 'latency', '50ms']
-        await run('ip', ['netns', 'exec', m.ns, 'tc', 'qdisc', 'add', 'dev', m.dev, ...tbf])
-        await run('ip', ['netns', 'exec', sw, 'tc', 'qdisc', 'add', 'dev', `p${i}`, ...tbf])
-      }
-    }
+    for (const [i, m] of members.entries()) await plug(sw, m, `p${i}`, 24, o.portMbit)
   } catch (e) {
     await close()
     throw e
   }
+  return { ...memberOps(members), close }
+}
+
+export interface Building {
+  name: string
+  /** The building's hosts (the server, if it stands here, first). */
+  members: LabMember[]
+}
+
+export interface Campus extends Omit<Lab, 'members'> {
+  buildings: Building[]
+  /** Bytes that went into each building over the link between them (in `buildings` order). */
+  linkBytesIn(): Promise<number[]>
+}
+
+export interface CampusOptions {
+  /** Members per building. */
+  perBuilding: number[]
+  /** The link between the two buildings, both ways (tc tbf on each end). */
+  linkMbit: number
+  /** Each switch port inside a building. */
+  portMbit: number
+  /** The second octet of the campus's 10.X.0.0/16; building k is 10.X.(k+1).0/24. */
+  octet?: number
+}
+
+/**
+ * Two buildings, each a /24 on a switch namespace of its own that routes (its br0 is the
+ * building's gateway, .254), joined by one link — a veth pair limited to `linkMbit`. Multicast is
+ * not routed, so Local Peer Discovery stays inside a building, as in a routed campus.
+ */
+export async function createCampus(prefix: string, o: CampusOptions): Promise<Campus> {
+  if (o.perBuilding.length !== 2) throw new Error('createCampus: two buildings')
+  const x = o.octet ?? 78
+  const names = ['a', 'b']
+  const buildings: Building[] = o.perBuilding.map((n, k) => ({
+    name: names[k]!,
+    members: Array.from({ length: n }, (_, i) => ({ ns: `${prefix}-${names[k]}${i}`, ip: `10.${x}.${k + 1}.${i + 1}`, dev: 'eth0' })),
+  }))
+  const switches = names.map((n) => `${prefix}-sw${n}`)
+  const all = buildings.flatMap((b) => b.members)
+  const close = () => killAndDelete([...switches, ...all.map((m) => m.ns)])
+  await close()
+  try {
+    for (const [k, sw] of switches.entries()) {
+      await run('ip', ['netns', 'add', sw])
+      await run('ip', ['-n', sw, 'link', 'add', 'br0', 'type', 'bridge'])
+      await run('ip', ['-n', sw, 'addr', 'add', `10.${x}.${k + 1}.254/24`, 'dev', 'br0'])
+      await run('ip', ['-n', sw, 'link', 'set', 'br0', 'up'])
+      await run('ip', ['netns', 'exec', sw, 'sysctl', '-qw', 'net.ipv4.ip_forward=1'])
+    }
+    // the link: up0 in each switch namespace, 10.X.0.1 and .2
+    await run('ip', ['link', 'add', 'up0', 'netns', switches[0]!, 'type', 'veth', 'peer', 'name', 'up0', 'netns', switches[1]!])
+    for (const [k, sw] of switches.entries()) {
+      await run('ip', ['-n', sw, 'addr', 'add', `10.${x}.0.${k + 1}/30`, 'dev', 'up0'])
+      await run('ip', ['-n', sw, 'link', 'set', 'up0', 'up'])
+      await run('ip', ['-n', sw, 'route', 'add', `10.${x}.${2 - k}.0/24`, 'via', `10.${x}.0.${2 - k}`])
+      await run('ip', ['netns', 'exec', sw, 'tc', 'qdisc', 'add', 'dev', 'up0', ...tbf(o.linkMbit)])
+    }
+    for (const [k, b] of buildings.entries())
+      for (const [i, m] of b.members.entries()) await plug(switches[k]!, m, `p${i}`, 24, o.portMbit, `10.${x}.${k + 1}.254`)
+  } catch (e) {
+    await close()
+    throw e
+  }
+  const sent = async (sw: string) => Number((await run('ip', ['netns', 'exec', sw, 'cat', '/sys/class/net/up0/statistics/tx_bytes'])).stdout.trim())
   return {
-    members,
-    async txBytes(m) {
-      return Number((await run('ip', ['netns', 'exec', m.ns, 'cat', `/sys/class/net/${m.dev}/statistics/tx_bytes`])).stdout.trim())
-    },
-    spawn(m, cmd, args, opts = {}) {
-      return execa('ip', ['netns', 'exec', m.ns, cmd, ...args], { reject: false, env: opts.env, all: true })
-    },
-    async link(m, up) {
-      await run('ip', ['-n', m.ns, 'link', 'set', m.dev, up ? 'up' : 'down'])
-      if (up) await execa('ip', ['-n', m.ns, 'route', 'replace', '224.0.0.0/4', 'dev', m.dev], { reject: false })
-    },
+    ...memberOps(all),
+    buildings,
+    // what building a's switch sent over the link went into building b, and the reverse
+    linkBytesIn: async () => [await sent(switches[1]!), await sent(switches[0]!)],
     close,
   }
 }

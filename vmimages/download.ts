@@ -10,6 +10,10 @@ import { vmChunkLength, type VmManifest } from './manifest.ts'
 import type { BaseSource } from './source.ts'
 
 export interface Downloaded {
+  /** How the bytes came: BitTorrent (aria2c, seeding on) or HTTP / a directory. */
+  method: 'torrent' | 'http'
+  /** aria2c, seeding on after the pull (BitTorrent only). */
+  seederPid?: number | null
   /** Bytes kept from an earlier, interrupted pull (read back and verified). */
   resumedBytes: number
   downloadedBytes: number
@@ -40,6 +44,18 @@ function verifiedPrefix(fd: number, m: VmManifest, whole: crypto.Hash): number {
     at += len
   }
   return at
+}
+
+/** How much of `file` is the signed base from its start (whole chunks), and the SHA-256 of those bytes. */
+export function verifyFile(file: string, m: VmManifest): { good: number; sha256: string } {
+  const fd = fs.openSync(file, 'r')
+  try {
+    const whole = crypto.createHash('sha256')
+    const good = verifiedPrefix(fd, m, whole)
+    return { good, sha256: whole.digest('hex') }
+  } finally {
+    fs.closeSync(fd)
+  }
 }
 
 /**
@@ -104,7 +120,7 @@ export async function downloadBase(source: BaseSource, tempFile: string, o: { pr
       )
     }
     fs.fsyncSync(fd)
-    return { resumedBytes: resumed, downloadedBytes: m.image.size - resumed, seconds: (Date.now() - started) / 1000 }
+    return { method: 'http', resumedBytes: resumed, downloadedBytes: m.image.size - resumed, seconds: (Date.now() - started) / 1000 }
   } finally {
     fs.closeSync(fd)
   }

@@ -7,7 +7,7 @@
 // pull, or deleted by prune as an unlisted base); a leftover temporary file is resumed.
 import fs from 'node:fs'
 import path from 'node:path'
-import { LabhostError } from '../lib/errors.ts'
+import { isLabhostError, LabhostError } from '../lib/errors.ts'
 import { lockDisk } from '../lib/disk-lock.ts'
 import type { Progress } from '../lib/progress.ts'
 import { compareVersions } from '../lib/version.ts'
@@ -16,9 +16,10 @@ import { syncDir } from '../lib/durable.ts'
 import { DEFAULT_FETCH, type FetchOptions, type TransferStats } from '../image-format/source.ts'
 import { readCatalogue, withBase, writeCatalogue } from './catalogue.ts'
 import { downloadBase, type Downloaded } from './download.ts'
+import { clearTorrents, fetchBaseTorrent, torrentIdOf, torrentPartialBytes, torrentPull, type VmTorrentOptions } from './torrent-pull.ts'
 import { applyPrune, planPrune, type PruneResult } from './prune.ts'
 import { checkBaseImage } from './publish.ts'
-import { openBaseSource } from './source.ts'
+import { openBaseSource, type BaseSource } from './source.ts'
 import { freeBytes, gib } from './space.ts'
 
 export interface PullOptions {
@@ -28,6 +29,8 @@ export interface PullOptions {
   userDir: string
   catalogue: string
   fetch?: FetchOptions
+  /** BitTorrent (vmimages/torrent-pull.ts) where a .torrent is published beside the base; absent: HTTP only. */
+  torrent?: VmTorrentOptions
   allowDowngrade?: boolean
   /** Run the overlay hygiene afterwards (labhost vm-image prune), with this reserve. */
   prune: boolean
@@ -48,6 +51,8 @@ export interface PullPlan {
   sha256: string
   /** install: download it; catalogue-only: the file is in place and verified (a pull cut off before its catalogue); current: nothing to do. */
   action: 'install' | 'catalogue-only' | 'current'
+  /** How an install downloads: BitTorrent when a .torrent is published beside the base (and --http is not given). */
+  method: 'torrent' | 'http' | null
   file: string
   tempFile: string
   previous: { version: string; file: string } | null
@@ -70,6 +75,22 @@ export const ROOM_MARGIN = 16 << 20
 
 /** Temporary files of pulls (ours: `.NAME.qcow2.partial`). */
 const TEMP = /^\..+\.qcow2\.partial$/
+
+/**
+ * BitTorrent, and HTTP when it stalls — except for a host that keeps to its building's peers: a
+ * building whose hosts all fell back to the server would pull a copy each over its uplink.
+ */
+async function pullTorrentOrHttp(source: BaseSource, torrent: Buffer, tempFile: string, o: PullOptions): Promise<Downloaded> {
+  const t = o.torrent!
+  try {
+    return await torrentPull(source, torrent, o.backingDir, tempFile, { ...t, log: o.log })
+  } catch (e) {
+    if (!isLabhostError(e) || e.code !== 'downloadFailed' || t.peers === 'building') throw e
+    o.log?.(`${e.message}; pulling over HTTP instead`)
+    await clearTorrents(o.backingDir, null)
+    return downloadBase(source, tempFile, { progress: o.progress })
+  }
+}
 
 export async function pullVmImage(o: PullOptions): Promise<PullResult> {
   const trusted = readPublicKey(o.trustedKey)
@@ -122,7 +143,14 @@ export async function pullVmImage(o: PullOptions): Promise<PullResult> {
       }
       action = 'catalogue-only'
     }
-    const resumableBytes = action === 'install' && fs.existsSync(tempFile) ? fs.statSync(tempFile).blocks * 512 : 0
+    const torrent = action === 'install' && o.torrent ? await fetchBaseTorrent(source) : null
+    const method = action !== 'install' ? null : torrent ? 'torrent' : 'http'
+    const resumableBytes =
+      method === 'torrent'
+        ? torrentPartialBytes(o.backingDir, torrentIdOf(m.image.sha256), m.image.file)
+        : method === 'http' && fs.existsSync(tempFile)
+          ? fs.statSync(tempFile).blocks * 512
+          : 0
     const needBytes = action === 'install' ? Math.max(0, m.image.size - resumableBytes) + ROOM_MARGIN : 0
     const free = freeBytes(o.backingDir)
     const plan: PullPlan = {
@@ -135,6 +163,7 @@ export async function pullVmImage(o: PullOptions): Promise<PullResult> {
       size: m.image.size,
       sha256: m.image.sha256,
       action,
+      method,
       file,
       tempFile,
       previous: before ? { version: before.version, file: before.file } : null,
@@ -156,9 +185,10 @@ export async function pullVmImage(o: PullOptions): Promise<PullResult> {
       // temporary files of other pulls (a base since replaced) are no use to this one
       for (const n of fs.readdirSync(o.backingDir))
         if (TEMP.test(n) && path.join(path.resolve(o.backingDir), n) !== tempFile) fs.rmSync(path.join(o.backingDir, n), { force: true })
+      await clearTorrents(o.backingDir, torrentIdOf(m.image.sha256))
       try {
-        o.log?.(`pulling ${m.name} ${m.version} (${gib(m.image.size)}) from ${source.where}`)
-        download = await downloadBase(source, tempFile, { progress: o.progress })
+        o.log?.(`pulling ${m.name} ${m.version} (${gib(m.image.size)}) from ${source.where}${torrent ? ' over BitTorrent' : ''}`)
+        download = torrent ? await pullTorrentOrHttp(source, torrent, tempFile, o) : await downloadBase(source, tempFile, { progress: o.progress })
         // signed, so checked when published: checked again here, before it goes where VMs find it
         await checkBaseImage(tempFile, `${source.where} (downloaded)`)
       } catch (e) {

@@ -5,9 +5,10 @@ import { DEFAULT_CATALOGUE } from '../../vmimages/catalogue.ts'
 import { pruneVmImages, type PruneResult } from '../../vmimages/prune.ts'
 import { publishVmImage } from '../../vmimages/publish.ts'
 import { pullVmImage } from '../../vmimages/pull.ts'
+import { DEFAULT_VM_TORRENT, PEER_PARTS } from '../../vmimages/torrent-pull.ts'
 import { GiB, gib } from '../../vmimages/space.ts'
 import { DEFAULT_WAKE, parseMac, formatMac, sendWake, targetsFromReports, type WakeTarget } from '../../vmimages/wake.ts'
-import { decimal, defineCommand, ipv4, pathValue, SIGNING_KEY, text, TRUSTED_KEY, wholeNumber, type Options } from '../command.ts'
+import { decimal, defineCommand, ipv4, oneOf, pathValue, SIGNING_KEY, text, TRUSTED_KEY, url, wholeNumber, type Options } from '../command.ts'
 import { TORRENT_OPTIONS } from './image.ts'
 
 const DIRS = {
@@ -161,11 +162,19 @@ export const vmImagePull = defineCommand({
   summary: 'fetch a signed VM base image into /qcow2/backing, verified chunk by chunk, then update the catalogue and prune',
   usage: 'labhost vm-image pull URL|DIR [options]',
   notes: `Refused before any download: a bad signature (30), not a VM image manifest (42), a bad manifest (31),
-an older version (33, --allow-downgrade), too little room on --dir (71). The file is downloaded
-over HTTP (resumed with Range after a dropped connection; a pull killed or cut by a power loss
-resumes from its verified bytes), every 1 MiB chunk checked (32), fsync'd, renamed into place;
+an older version (33, --allow-downgrade), too little room on --dir (71). From a URL whose base has
+a .torrent beside it (vm-image publish writes one), the file comes over BitTorrent (aria2c, onto
+--dir/.torrent/, seeded on for --seed-minutes); else, or with --http, over HTTP (resumed with Range
+after a dropped connection). A pull killed or cut by a power loss resumes from what it has. Every
+1 MiB chunk is checked against the signed manifest (32), the file fsync'd and renamed into place;
 then the catalogue is replaced durably, then prune runs (see \`labhost vm-image prune --help\`).
-Any refusal leaves --dir and the catalogue as they were.`,
+Any refusal leaves the bases and the catalogue as they were.
+--peers, for labs of several buildings with slow uplinks (one or two upstream hosts per building):
+  all       any peer: the torrent's trackers, the server as a web seed, local peer discovery, peer exchange;
+  building  only this subnet's peers (local peer discovery) and --tracker; never the server — no
+            HTTP fallback either, so a building never pulls a copy per host over its uplink;
+  upstream  the server and the torrent's trackers too, for the building's peers to fetch from;
+            no peer exchange. A stalled BitTorrent download (--timeout) falls back to HTTP here and in all.`,
   options: {
     ...DIRS,
     'trusted-key': TRUSTED_KEY,
@@ -181,13 +190,45 @@ Any refusal leaves --dir and the catalogue as they were.`,
       type: 'string',
       value: 'SECONDS',
       schema: wholeNumber(1, 86400),
-      defaultText: String(DEFAULT_FETCH.timeoutMs / 1000),
-      description: 'an HTTP request that stalls this long is retried',
+      defaultText: `${DEFAULT_FETCH.timeoutMs / 1000}, over BitTorrent ${DEFAULT_VM_TORRENT.stallSeconds}`,
+      description: 'an HTTP request that stalls this long is retried; a BitTorrent download that makes no progress this long fails',
     },
     'no-prune': { type: 'boolean', description: 'leave out the prune that follows the pull' },
     'reserve-gib': RESERVE,
+    http: { type: 'boolean', description: 'download over HTTP even where a .torrent is published' },
+    peers: {
+      type: 'string',
+      value: 'PART',
+      schema: oneOf(PEER_PARTS),
+      defaultText: DEFAULT_VM_TORRENT.peers,
+      description: "BitTorrent: which peers this host uses — all, building (this subnet's only) or upstream (brings the base into its building)",
+    },
+    tracker: {
+      type: 'string',
+      value: 'URL',
+      multiple: true,
+      schema: url(['http:', 'https:', 'udp:'], 'http://tracker.building-b.lab:6969/announce'),
+      description: "BitTorrent: also announce to this tracker (the building's own); with --peers building, the only one",
+    },
+    'seed-minutes': {
+      type: 'string',
+      value: 'N',
+      schema: wholeNumber(0, 10080),
+      defaultText: String(DEFAULT_VM_TORRENT.seedMinutes),
+      description: 'BitTorrent: minutes aria2c seeds on after the download',
+    },
+    'tracker-interval': {
+      type: 'string',
+      value: 'SECONDS',
+      schema: wholeNumber(1, 86400),
+      defaultText: String(DEFAULT_VM_TORRENT.trackerIntervalSeconds),
+      description: 'BitTorrent: seconds between announces to the trackers',
+    },
   },
-  dryRun: { plan: 'check the signature, the version and the room, print what would be downloaded; prune is not planned' },
+  conflicts: (['peers', 'tracker', 'seed-minutes', 'tracker-interval'] as const).map(
+    (o) => ['http', o, `--${o} is for BitTorrent: leave out --http or --${o}`] as const,
+  ),
+  dryRun: { plan: 'check the signature, the version and the room, print what would be downloaded and how; prune is not planned' },
   async run(values, positionals, ctx) {
     const source = positionals[0]
     if (!source) throw new LabhostError('usage', 'labhost vm-image pull needs a URL or DIR', `usage: ${this.usage}`)
@@ -199,6 +240,16 @@ Any refusal leaves --dir and the catalogue as they were.`,
       userDir: values['user-dir'],
       catalogue: catalogueOf(values),
       fetch: { ...DEFAULT_FETCH, ...(retries ? { retries } : {}), ...(timeout ? { timeoutMs: timeout * 1000 } : {}), log: ctx.log },
+      torrent: values.http
+        ? undefined
+        : {
+            ...DEFAULT_VM_TORRENT,
+            trackers: values.tracker,
+            ...(values.peers ? { peers: values.peers } : {}),
+            ...(values['seed-minutes'] !== undefined ? { seedMinutes: values['seed-minutes'] } : {}),
+            ...(values['tracker-interval'] !== undefined ? { trackerIntervalSeconds: values['tracker-interval'] } : {}),
+            ...(timeout ? { stallSeconds: timeout } : {}),
+          },
       allowDowngrade: values['allow-downgrade'],
       prune: !values['no-prune'],
       reserveBytes: reserveOf(values),
@@ -213,7 +264,7 @@ Any refusal leaves --dir and the catalogue as they were.`,
         : p.action === 'catalogue-only'
           ? 'was in place (verified): catalogue updated'
           : r.dryRun
-            ? 'would be downloaded'
+            ? `would be downloaded over ${p.method === 'torrent' ? 'BitTorrent' : 'HTTP'}`
             : `installed as ${p.file}`
     const lines = [
       `${p.name} ${p.version} ${what}${p.previous && p.previous.version !== p.version ? ` (replaces ${p.previous.version})` : ''}`,
@@ -221,7 +272,7 @@ Any refusal leaves --dir and the catalogue as they were.`,
     ]
     if (r.download)
       lines.push(
-        `  ${r.download.downloadedBytes} bytes downloaded in ${r.download.seconds.toFixed(1)} s${r.download.resumedBytes ? `, ${r.download.resumedBytes} resumed` : ''}`,
+        `  ${r.download.downloadedBytes} bytes downloaded over ${r.download.method === 'torrent' ? 'BitTorrent' : 'HTTP'} in ${r.download.seconds.toFixed(1)} s${r.download.resumedBytes ? `, ${r.download.resumedBytes} resumed` : ''}${r.download.seederPid ? `; aria2c (pid ${r.download.seederPid}) seeds on` : ''}`,
       )
     if (r.dryRun) lines.push('dry run: nothing was downloaded or written; prune runs after a pull')
     if (r.prune) lines.push(pruneHuman(r.prune))

@@ -3,9 +3,9 @@
 // without bound (deep nesting, lengths past the end). checkTorrent on hand-made torrents: the
 // cases mktorrent cannot make (a name.utf-8 that differs from the name, a v2 file tree).
 import t from 'tap'
-import { bdecode } from '../bencode.ts'
+import { bdecode, bencode, type BValue } from '../bencode.ts'
 import { ExitCode, LabhostError } from '../errors.ts'
-import { checkTorrent } from '../../image-format/torrent.ts'
+import { checkTorrent, sourcedTorrent, torrentSources } from '../../image-format/torrent.ts'
 
 type Enc = number | string | Buffer | Enc[] | { [k: string]: Enc }
 const enc = (v: Enc): Buffer => {
@@ -76,4 +76,42 @@ t.test('checkTorrent: one file of the signed name and size, nothing else', async
   refused({ info: { ...info, length: '3145728' } }, /gives its file no bytes/, 'a length that is no integer')
   refused({ announce: 'x' }, /has no info dictionary/, 'no info')
   refused([1, 2], /has no info dictionary/, 'not a dictionary')
+})
+
+t.test('bencode writes back what bdecode read, byte for byte (so an info dictionary keeps its hash)', async (t) => {
+  const torrent = enc({
+    announce: 'http://10.0.0.1:6969/announce',
+    'created by': 'mktorrent',
+    info: { length: 3 << 20, name: 'win11-2.0.0.qcow2', 'piece length': 1 << 20, pieces: Buffer.alloc(60, 7), private: 0 },
+    'url-list': ['http://10.0.0.1/a', 'http://10.0.0.1/b'],
+  })
+  t.ok(bencode(bdecode(torrent)).equals(torrent))
+  // keys sorted byte-wise, whatever order the map was filled in
+  const m = new Map<string, BValue>([
+    ['z', 1],
+    ['a', Buffer.from('x')],
+  ])
+  t.equal(bencode(m).toString(), 'd1:a1:x1:zi1ee')
+  t.throws(() => bencode(0.5), /not an integer/)
+})
+
+t.test('sourcedTorrent: the same info hash, exactly the sources given; torrentSources reads them back', async (t) => {
+  const info = { length: 3 << 20, name: 'win11-2.0.0.qcow2', 'piece length': 1 << 20, pieces: Buffer.alloc(60, 7) }
+  const torrent = enc({
+    announce: 'http://central:6969/announce',
+    'announce-list': [['http://central:6969/announce'], ['udp://other:6969', 'file:///etc/passwd']],
+    comment: 'dropped',
+    nodes: [['10.0.0.9', 6881]],
+    info,
+    'url-list': ['http://server/win11-2.0.0.qcow2', 'ftp://elsewhere/x'],
+  })
+  t.same(torrentSources(torrent), { trackers: ['http://central:6969/announce', 'udp://other:6969'], webSeeds: ['http://server/win11-2.0.0.qcow2'] })
+  const infoOf = (b: Buffer) => bencode((bdecode(b) as Map<string, BValue>).get('info')!)
+  const building = sourcedTorrent(torrent, { trackers: ['http://building-b:6969/announce'], webSeeds: [] })
+  t.ok(infoOf(building).equals(enc(info)), 'the info dictionary is the same bytes')
+  t.same(torrentSources(building), { trackers: ['http://building-b:6969/announce'], webSeeds: [] })
+  t.same([...(bdecode(building) as Map<string, BValue>).keys()], ['announce', 'announce-list', 'info'], 'no comment, no DHT nodes')
+  const lan = sourcedTorrent(torrent, { trackers: [], webSeeds: [] })
+  t.same([...(bdecode(lan) as Map<string, BValue>).keys()], ['info'], 'local peer discovery only: no tracker, no web seed')
+  checkTorrent(lan, { name: 'win11-2.0.0.qcow2', size: 3 << 20 }, 'lan')
 })

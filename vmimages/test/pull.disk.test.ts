@@ -49,7 +49,7 @@ async function serve(t: Test, root: string, fault?: (path: string, index: number
 }
 
 const pull = (source: string, backing: string, user: string, more: string[] = []) =>
-  runCli(['vm-image', 'pull', source, '--trusted-key', keys.publicKeyFile, '--dir', backing, '--user-dir', user, '--retries', '2', '--json', ...more])
+  runCli(['vm-image', 'pull', source, '--trusted-key', keys.publicKeyFile, '--dir', backing, '--user-dir', user, '--retries', '2', '--json', '--http', ...more])
 
 /** A copy of a published directory, for damaging. */
 function copyOf(t: Test, p: PublishedVm): string {

@@ -1,0 +1,173 @@
+// A VM base image over BitTorrent (the default of `labhost vm-image pull URL`): the .torrent that
+// `labhost vm-image publish` wrote beside the base, checked (one file: the signed name and size),
+// with the sources this host may use (building-aware, below); aria2c downloads straight onto the
+// backing partition — BACKING/.torrent/ID/NAME.qcow2, resumed after a cut — and seeds it on for a
+// while. The file is then read back and every chunk checked against the signed manifest, and
+// hard-linked to the pull's temporary name: the base is renamed into place from there, while
+// aria2c seeds from its own link (its hook removes that directory when seeding is over).
+//
+// Building-aware (a lab of several buildings whose uplinks are slow): each host takes one of
+// three parts —
+//   all       the torrent's trackers, the image server as a web seed (BEP 19: the server stays
+//             plain static files), Local Peer Discovery and peer exchange: any peer anywhere;
+//   building  only the peers of this host's subnet (Local Peer Discovery: multicast stays in the
+//             building) and any --tracker given (the building's own); no server, no peer exchange;
+//   upstream  a host that brings the image into its building: the torrent's trackers and the
+//             server as well as its building's peers, which fetch from it; no peer exchange (so
+//             its outside peers are not handed on to the building).
+// With one or two upstream hosts per building, the building's uplink carries about one copy.
+import fs from 'node:fs'
+import path from 'node:path'
+import { LabhostError, isLabhostError } from '../lib/errors.ts'
+import { syncDir } from '../lib/durable.ts'
+import { fetchBytes } from '../image-format/source.ts'
+import { checkTorrent, sourcedTorrent, torrentSources, TORRENT_MAX_BYTES } from '../image-format/torrent.ts'
+import { aria2Download, PID_FILE, shellQuote, type Aria2Options } from '../image-format/torrent-download.ts'
+import { verifyFile, type Downloaded } from './download.ts'
+import type { BaseSource } from './source.ts'
+
+export const PEER_PARTS = ['all', 'building', 'upstream'] as const
+export type PeerPart = (typeof PEER_PARTS)[number]
+
+export interface VmTorrentOptions extends Aria2Options {
+  peers: PeerPart
+  /** Trackers announced to besides the torrent's (building: instead of them), e.g. the building's own. */
+  trackers: string[]
+}
+
+export const DEFAULT_VM_TORRENT: VmTorrentOptions = {
+  peers: 'all',
+  trackers: [],
+  seedMinutes: 60,
+  seedRatio: 0,
+  trackerIntervalSeconds: 60,
+  stallSeconds: 600,
+}
+
+/** Where aria2c keeps its downloads on the backing partition (not a base: scanBases reads only the top level). */
+export const torrentRoot = (backingDir: string) => path.join(path.resolve(backingDir), '.torrent')
+
+/** The part a host takes, as aria2c's sources. */
+export function peerSources(part: PeerPart, own: { trackers: string[]; webSeeds: string[] }, server: string, trackers: string[]) {
+  if (part === 'building') return { trackers, webSeeds: [], lpd: true, peerExchange: false }
+  const sources = { trackers: [...new Set([...own.trackers, ...trackers])], webSeeds: [...new Set([...own.webSeeds, server])], lpd: true }
+  return { ...sources, peerExchange: part === 'all' }
+}
+
+/** A pid file's aria2c, if it still runs: ended (SIGTERM, then SIGKILL) before its files are touched. */
+async function endSeeder(pidFile: string): Promise<void> {
+  let pid: number
+  try {
+    pid = Number(fs.readFileSync(pidFile, 'utf8'))
+  } catch {
+    return
+  }
+  const alive = () => {
+    try {
+      return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(path.dirname(pidFile))
+    } catch {
+      return false
+    }
+  }
+  if (!Number.isInteger(pid) || pid <= 1 || !alive()) return
+  process.kill(pid, 'SIGTERM')
+  for (let i = 0; i < 50 && alive(); i++) await new Promise((r) => setTimeout(r, 100))
+  if (alive()) process.kill(pid, 'SIGKILL')
+}
+
+/** Remove the BitTorrent downloads of other bases (their seeders ended first); keep `keepId`'s. */
+export async function clearTorrents(backingDir: string, keepId: string | null): Promise<void> {
+  const root = torrentRoot(backingDir)
+  if (!fs.existsSync(root)) return
+  for (const n of fs.readdirSync(root)) {
+    const id = n.replace(/\.control$/, '')
+    if (id === keepId) continue
+    await endSeeder(path.join(root, `${id}.control`, PID_FILE))
+    fs.rmSync(path.join(root, n), { recursive: true, force: true })
+  }
+}
+
+/** Bytes an interrupted BitTorrent pull of `id` left on the disk. */
+export function torrentPartialBytes(backingDir: string, id: string, name: string): number {
+  const f = path.join(torrentRoot(backingDir), id, name)
+  return fs.existsSync(f) ? fs.statSync(f).blocks * 512 : 0
+}
+
+export const torrentIdOf = (sha256: string) => sha256.slice(0, 16)
+
+/**
+ * The published .torrent of `source` (null when none is published: the caller pulls over HTTP),
+ * checked against the signed manifest.
+ */
+export async function fetchBaseTorrent(source: BaseSource): Promise<Buffer | null> {
+  if (!source.url) return null
+  const url = `${source.url}.torrent`
+  let torrent: Buffer
+  try {
+    torrent = await fetchBytes(url, source.fetch, { maxBytes: TORRENT_MAX_BYTES, code: 'torrentInvalid' })
+  } catch (e) {
+    if (isLabhostError(e) && e.code === 'notFound') return null
+    throw e
+  }
+  // aria2c creates what the torrent names: exactly the signed file, with its size
+  checkTorrent(torrent, { name: source.manifest.image.file, size: source.manifest.image.size }, url)
+  return torrent
+}
+
+/**
+ * Download `source`'s base with aria2c onto the backing partition and link it to `tempFile`,
+ * every chunk checked against the signed manifest. Throws hashMismatch (a torrent of other bytes:
+ * its download is removed) or downloadFailed (no progress: the partial download stays for the next pull).
+ */
+export async function torrentPull(source: BaseSource, torrent: Buffer, backingDir: string, tempFile: string, o: VmTorrentOptions): Promise<Downloaded> {
+  const m = source.manifest
+  const started = Date.now()
+  const id = torrentIdOf(m.image.sha256)
+  const root = torrentRoot(backingDir)
+  fs.mkdirSync(root, { recursive: true, mode: 0o700 })
+  const dir = path.join(root, id)
+  const control = path.join(root, `${id}.control`)
+  // a pull killed before leaves its aria2c running (a session of its own): one writer per file
+  await endSeeder(path.join(control, PID_FILE))
+  const resumed = torrentPartialBytes(backingDir, id, m.image.file)
+  const s = peerSources(o.peers, torrentSources(torrent), source.url!, o.trackers)
+  o.log?.(
+    `peers: ${o.peers} (${s.trackers.length ? `trackers ${s.trackers.join(' ')}` : 'no tracker'}; ${s.webSeeds.length ? `web seeds ${s.webSeeds.join(' ')}` : 'no web seed'}; local peer discovery${s.peerExchange ? '; peer exchange' : ''})`,
+  )
+  const got = await aria2Download({
+    ...o,
+    torrent: sourcedTorrent(torrent, s),
+    name: m.image.file,
+    size: m.image.size,
+    dir,
+    control,
+    lpd: s.lpd,
+    peerExchange: s.peerExchange,
+    caFile: source.fetch.caFile,
+    afterSeeding: `rm -rf ${shellQuote(dir)} ${shellQuote(control)}`,
+    what: `${source.url}.torrent`,
+    otherwise: 'pull over HTTP (--http); the bytes downloaded so far stay for the next pull, nothing was installed',
+  })
+  const v = verifyFile(got.file, m)
+  if (v.good !== m.image.size || v.sha256 !== m.image.sha256) {
+    await got.stop()
+    for (const d of [dir, control]) fs.rmSync(d, { recursive: true, force: true })
+    if (fs.readdirSync(root).length === 0) fs.rmdirSync(root)
+    throw new LabhostError(
+      'hashMismatch',
+      `${source.url}.torrent delivered other bytes than the signed ${m.name} ${m.version}: ${v.good === m.image.size ? 'the whole file differs' : `chunk ${v.good / m.image.chunkSize} (from byte ${v.good}) differs`}`,
+      'the .torrent beside the base belongs to another file: publish the base again, or pull over HTTP (--http); nothing was installed',
+    )
+  }
+  fs.rmSync(tempFile, { force: true })
+  fs.linkSync(got.file, tempFile)
+  syncDir(path.dirname(tempFile))
+  o.log?.(`downloaded ${m.image.file} with BitTorrent in ${got.seconds.toFixed(1)} s; aria2c (pid ${got.seederPid}) seeds it for ${o.seedMinutes} min`)
+  return {
+    method: 'torrent',
+    seederPid: got.seederPid,
+    resumedBytes: Math.min(resumed, m.image.size),
+    downloadedBytes: m.image.size - Math.min(resumed, m.image.size),
+    seconds: (Date.now() - started) / 1000,
+  }
+}
