@@ -159,7 +159,8 @@ export const vmImagePublish = defineCommand({
 
 export const vmImagePull = defineCommand({
   name: 'vm-image pull',
-  summary: 'fetch a signed VM base image into /qcow2/backing over BitTorrent (building-aware) or HTTP, verified chunk by chunk, then update the catalogue and prune',
+  summary:
+    'fetch a signed VM base image into /qcow2/backing over BitTorrent (building-aware) or HTTP, verified chunk by chunk, then update the catalogue and prune',
   usage: 'labhost vm-image pull URL|DIR [options]',
   notes: `Refused before any download: a bad signature (30), not a VM image manifest (42), a bad manifest (31),
 an older version (33, --allow-downgrade), too little room on --dir (71). From a URL whose base has
