@@ -110,12 +110,12 @@ WantedBy=multi-user.target
         ['1.0.0', 'A', 'active', labhostVersion, 'none', last],
         `boot ${i}: multi-user reached, sshd active with the /persistent keys, labhost runs, no trial pending, last result ${last}`,
       )
-      const host = /LABHOST-USERSPACE .* hostname=(\S+) static=(\S+) failed=(\S+)/.exec(serial)
+      const host = /LABHOST-USERSPACE .* hostname=(\S+) static=(\S+) failed=(\S+) vmtools=(\S+)/.exec(serial)
       t.comment(host?.[0] ?? 'no LABHOST-USERSPACE line with hostname=')
       t.same(
         host?.slice(1),
-        [HOSTNAME, HOSTNAME, 'none'],
-        `boot ${i}: the host name from /persistent (kernel and systemd-hostnamed's static one), no failed unit`,
+        [HOSTNAME, HOSTNAME, 'none', '3'],
+        `boot ${i}: the host name from /persistent (kernel and systemd-hostnamed's static one), no failed unit, qemu-img, qemu-io and aria2c (vm-image pull, prune, update --torrent) installed`,
         { line: host?.[0] },
       )
     }

@@ -13,6 +13,8 @@ export interface VmDisk {
   rotationRate?: number
   logicalBlockSize?: 512 | 4096
   readOnly?: boolean
+  /** The image file's format (default raw): qcow2 for a user volume on a VM base image. */
+  format?: 'raw' | 'qcow2'
   /** SeaBIOS boot order: lower boots first. */
   bootIndex?: number
   /**
@@ -120,7 +122,7 @@ export function qemuArgs(spec: VmSpec, accel: Accel, serialFile: string, machine
         `driver=blklogwrites,node-name=d${i},file=f${i},log=l${i},log-sector-size=512`,
       )
     } else {
-      args.push('-drive', `file=${d.file},format=raw,if=none,id=d${i}${d.readOnly ? ',readonly=on' : ''}`)
+      args.push('-drive', `file=${d.file},format=${d.format ?? 'raw'},if=none,id=d${i}${d.readOnly ? ',readonly=on' : ''}`)
     }
     const bs =
       (d.logicalBlockSize ? `,logical_block_size=${d.logicalBlockSize},physical_block_size=${d.logicalBlockSize}` : '') +
