@@ -49,8 +49,10 @@ export async function* rawFileChunks(file: string, manifest: Manifest, buffers: 
   const size = manifest.image.chunkSize
   const fd = fs.openSync(file, 'r')
   try {
+    // past the last chunk, the one byte that tells a longer file is the one right after the image
+    // (inside the last chunk's room when the image is not a whole number of chunks)
     yield* fillChunks(manifest, buffers, (b, index, length) =>
-      readUpTo(fd, b, length, index * size).catch((e) => {
+      readUpTo(fd, b, length, Math.min(index * size, manifest.image.size)).catch((e) => {
         throw new LabhostError(
           'io',
           `reading ${file} failed: ${(e as Error).message}`,

@@ -209,6 +209,22 @@ t.test('a cut stream is imageTruncated, a changed or undecodable one hashMismatc
       message: /ends early/,
     },
     { name: 'raw stream with a changed byte in chunk 9', input: input('changed.img', changed, 'raw-stream'), code: 'hashMismatch', message: /chunk 9 / },
+    // a few bytes more than the manifest, inside the last chunk's room: never trusted as the image
+    {
+      name: 'raw stream 3 bytes longer',
+      input: input('longer.img', Buffer.concat([image, Buffer.from([1, 2, 3])]), 'raw-stream'),
+      code: 'hashMismatch',
+      message: /longer than its manifest/,
+    },
+    {
+      name: 'raw file 3 bytes longer',
+      input: {
+        kind: 'raw-file' as const,
+        file: (fs.writeFileSync(`${d}/longer-file.img`, Buffer.concat([image, Buffer.from([1, 2, 3])])), `${d}/longer-file.img`),
+      },
+      code: 'hashMismatch',
+      message: /longer than its manifest/,
+    },
     {
       name: 'zstd stream with changed bytes',
       input: input('damaged.zst', damagedZst, 'zstd'),
