@@ -89,35 +89,39 @@ const cases: Case[] = [
   },
 ]
 
-for (const sectorSize of [512, 4096]) {
-  for (const c of cases) {
-    // sector layout differs on 4Kn: 32 entries share one sector, so pick an entry beyond it.
-    const spec =
-      sectorSize === 4096 && c.name === 'root entries in different sectors'
-        ? {
-            parts: [
-              { number: 1, name: 'rootA', sizeKiB: 8192, attrs: [2] },
-              { number: 40, name: 'rootB', sizeKiB: 8192 },
-            ],
-          }
-        : (c.spec ?? STANDARD_LAYOUT)
-    t.test(`${sectorSize}: ${c.name}`, async (t) => {
-      const dir = tmpDir(t)
-      const dev = await loop(t, sparseFile(`${dir}/disk.img`, DISK_BYTES), { sectorSize })
-      await makeGptDisk(dev, spec)
-      c.damage?.(dev, sectorSize)
-      const before = hashWhole(dev)
-      const r = await runCli(['slots', 'switch', '--disk', dev, '--to', 'B', ...(c.args ?? [])])
-      t.equal(r.code, c.code, `exit code ${c.code}`, { stderr: r.stderr })
-      t.match(r.stderr, c.message)
-      t.match(r.stderr, /hint: .*nothing was written/, 'the hint says what to do and that nothing was written')
-      t.equal(r.stderr.trim().split('\n').length, 2, 'one error line and one hint line')
-      t.equal(hashWhole(dev), before, 'the disk is byte-identical')
-      const json = await runCli(['slots', 'switch', '--disk', dev, '--to', 'B', '--json', ...(c.args ?? [])])
-      t.equal(JSON.parse(json.stdout).exitCode, c.code, '--json carries the same code')
-    })
+// Each case on a disk of its own: they run side by side (tap's jobs), most of a case being
+// sgdisk, which syncs and sleeps while the kernel re-reads the table, and the CLI starting.
+t.test('every refusal, on disks of their own, side by side', { jobs: 10 }, async (t) => {
+  for (const sectorSize of [512, 4096]) {
+    for (const c of cases) {
+      // sector layout differs on 4Kn: 32 entries share one sector, so pick an entry beyond it.
+      const spec =
+        sectorSize === 4096 && c.name === 'root entries in different sectors'
+          ? {
+              parts: [
+                { number: 1, name: 'rootA', sizeKiB: 8192, attrs: [2] },
+                { number: 40, name: 'rootB', sizeKiB: 8192 },
+              ],
+            }
+          : (c.spec ?? STANDARD_LAYOUT)
+      t.test(`${sectorSize}: ${c.name}`, async (t) => {
+        const dir = tmpDir(t)
+        const dev = await loop(t, sparseFile(`${dir}/disk.img`, DISK_BYTES), { sectorSize })
+        await makeGptDisk(dev, spec)
+        c.damage?.(dev, sectorSize)
+        const before = hashWhole(dev)
+        const r = await runCli(['slots', 'switch', '--disk', dev, '--to', 'B', ...(c.args ?? [])])
+        t.equal(r.code, c.code, `exit code ${c.code}`, { stderr: r.stderr })
+        t.match(r.stderr, c.message)
+        t.match(r.stderr, /hint: .*nothing was written/, 'the hint says what to do and that nothing was written')
+        t.equal(r.stderr.trim().split('\n').length, 2, 'one error line and one hint line')
+        t.equal(hashWhole(dev), before, 'the disk is byte-identical')
+        const json = await runCli(['slots', 'switch', '--disk', dev, '--to', 'B', '--json', ...(c.args ?? [])])
+        t.equal(JSON.parse(json.stdout).exitCode, c.code, '--json carries the same code')
+      })
+    }
   }
-}
+})
 
 t.test('a missing disk', async (t) => {
   const r = await runCli(['slots', 'status', '--disk', '/dev/does-not-exist'])

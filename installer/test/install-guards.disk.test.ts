@@ -83,6 +83,14 @@ async function machine(t: Test, config: object = CONFIG): Promise<Machine> {
 }
 
 const hashes = (m: Machine) => ({ ssd: hashWhole(m.ssd), hdd: hashWhole(m.hdd) })
+
+/**
+ * Every test here works on machines of its own: they run side by side, in one group (tap's jobs)
+ * declared at the end of this file. An install spends most of its time waiting (sgdisk alone
+ * sleeps about 2 s per disk while the kernel re-reads the table).
+ */
+const sideBySide: [string, (t: Test) => Promise<void>][] = []
+const test = (name: string, fn: (t: Test) => Promise<void>) => void sideBySide.push([name, fn])
 const withErase = (erase: boolean) => ({ ...CONFIG, disks: { ...CONFIG.disks, eraseForeignData: erase } })
 const errorLines = (r: CliResult) => r.stderr.split('\n').filter((l) => l.startsWith('labhost: error:'))
 
@@ -137,7 +145,7 @@ const foreign: { name: string; disk: 'ssd' | 'hdd'; make: (dev: string) => Promi
 ]
 
 for (const f of foreign) {
-  t.test(`eraseForeignData: ${f.name}: refused by default with both disks byte-identical; erased when allowed`, async (t) => {
+  test(`eraseForeignData: ${f.name}: refused by default with both disks byte-identical; erased when allowed`, async (t) => {
     const m = await machine(t)
     const dev = m[f.disk]
     const markAt = await f.make(dev)
@@ -175,7 +183,7 @@ for (const f of foreign) {
   })
 }
 
-t.test('a disk with a mounted filesystem is never a target, even with eraseForeignData: true', async (t) => {
+test('a disk with a mounted filesystem is never a target, even with eraseForeignData: true', async (t) => {
   // 1. a filesystem on the whole SSD device, mounted (read-only, so its bytes hold still)
   const m = await machine(t, withErase(true))
   await run('mkfs.ext4', ['-q', '-F', '-E', 'lazy_itable_init=0,lazy_journal_init=0', m.ssd])
@@ -239,7 +247,7 @@ const runCliWith = async (args: string[], env: Record<string, string>): Promise<
 // lib/power.ts: through systemd when it runs the host, else the immediate form
 const expectedCall = (action: string) => (fs.existsSync('/run/systemd/system') ? `systemctl ${action}` : `${action} -f`)
 
-t.test('finish: reboot — planned, then called once after the reports are written; --finish-file and --no-finish only record it', async (t) => {
+test('finish: reboot — planned, then called once after the reports are written; --finish-file and --no-finish only record it', async (t) => {
   const m = await machine(t, { ...CONFIG, finish: 'reboot' })
   const power = await fakePowerPath(t, m.reports)
 
@@ -266,7 +274,7 @@ t.test('finish: reboot — planned, then called once after the reports are writt
   t.equal(power.calls().length, 1, '--finish-file and --no-finish: no further call')
 })
 
-t.test('finish: poweroff calls poweroff; a refused install powers nothing off (the PC stays on, showing the reason)', async (t) => {
+test('finish: poweroff calls poweroff; a refused install powers nothing off (the PC stays on, showing the reason)', async (t) => {
   const m = await machine(t, { ...CONFIG, finish: 'poweroff' })
   const power = await fakePowerPath(t, m.reports)
   const r = await runCliWith(m.args(), power.env)
@@ -280,4 +288,8 @@ t.test('finish: poweroff calls poweroff; a refused install powers nothing off (t
   t.equal(no.code, ExitCode.modelRejected, 'the model is refused', { stderr: no.stderr })
   t.same(power2.calls(), [], 'no reboot after a refusal')
   t.same(hashes(refused), before, 'both disks byte-identical')
+})
+
+t.test('installs and refusals on machines of their own, side by side', { jobs: sideBySide.length }, async (t) => {
+  for (const [name, fn] of sideBySide) t.test(name, fn)
 })

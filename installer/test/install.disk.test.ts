@@ -44,6 +44,7 @@ const CONFIG = {
 }
 
 interface Machine {
+  d: string
   ssd: string
   hdd: string
   sys: string
@@ -52,7 +53,8 @@ interface Machine {
   args: (extra?: string[]) => string[]
 }
 
-async function machine(t: Test, o: { product?: string; ssdMiB?: number; config?: object } = {}): Promise<Machine> {
+/** `from`: start from a copy of that machine's disks and stick (sparse; taken while nothing writes them). */
+async function machine(t: Test, o: { product?: string; ssdMiB?: number; config?: object; from?: Machine } = {}): Promise<Machine> {
   const d = tmpDir(t)
   fs.mkdirSync(`${d}/sys/class/dmi/id`, { recursive: true })
   for (const [f, v] of [
@@ -61,10 +63,14 @@ async function machine(t: Test, o: { product?: string; ssdMiB?: number; config?:
     ['product_serial', 'CN0TEST42'],
   ])
     fs.writeFileSync(`${d}/sys/class/dmi/id/${f}`, `${v}\n`)
-  const ssd = await loop(t, sparseFile(`${d}/ssd.img`, (o.ssdMiB ?? 480) * MiB), { directIo: true })
-  const hdd = await loop(t, sparseFile(`${d}/hdd.img`, 40 * MiB), { directIo: true })
+  if (o.from) {
+    for (const f of ['ssd.img', 'hdd.img']) await run('cp', ['--sparse=always', `${o.from.d}/${f}`, `${d}/${f}`])
+    if (fs.existsSync(o.from.reports)) fs.cpSync(o.from.reports, `${d}/reports`, { recursive: true })
+  }
+  const ssd = await loop(t, o.from ? `${d}/ssd.img` : sparseFile(`${d}/ssd.img`, (o.ssdMiB ?? 480) * MiB), { directIo: true })
+  const hdd = await loop(t, o.from ? `${d}/hdd.img` : sparseFile(`${d}/hdd.img`, 40 * MiB), { directIo: true })
   fs.writeFileSync(`${d}/install.yaml`, YAML.stringify(o.config ?? CONFIG))
-  const m = { ssd, hdd, sys: `${d}/sys`, reports: `${d}/reports`, config: `${d}/install.yaml` }
+  const m = { d, ssd, hdd, sys: `${d}/sys`, reports: `${d}/reports`, config: `${d}/install.yaml` }
   return {
     ...m,
     args: (extra = []) => [
@@ -93,7 +99,18 @@ const hashes = (m: Machine) => [hashWhole(m.ssd), hashWhole(m.hdd)]
 const persistentFiles = (m: Machine) =>
   readPartitionFiles(m.ssd, 'persistent', ['machine-uuid', 'ssh/ssh_host_ed25519_key.pub', 'ssh/ssh_host_rsa_key.pub', 'install-report.json'])
 
-t.test('blank SSD + HDD: dry run writes nothing; install partitions, writes slot A, gptmbr, identity, reports', async (t) => {
+let rawImage: Buffer | undefined
+const raw = () => (rawImage ??= fs.readFileSync(`${dir}/raw.img`))
+
+/**
+ * Every test but the mid-write kill works on machines of its own: they run side by side, in one
+ * group (tap's jobs) declared at the end of this file. An install spends most of its time
+ * waiting (sgdisk alone sleeps about 2 s per disk while the kernel re-reads the table).
+ */
+const sideBySide: [string, (t: Test) => Promise<void>][] = []
+const test = (name: string, fn: (t: Test) => Promise<void>) => void sideBySide.push([name, fn])
+
+test('blank SSD + HDD: dry run writes nothing; install partitions, writes slot A, gptmbr, identity, reports', async (t) => {
   const m = await machine(t)
   const before = hashes(m)
   const dry = await runCli([...m.args(), '--dry-run'])
@@ -139,7 +156,7 @@ t.test('blank SSD + HDD: dry run writes nothing; install partitions, writes slot
   )
   t.equal(slotStatus(gpt).active, 'A', 'slot A is flagged to boot')
   const slotA = gpt.entries[0]!
-  t.ok(readRange(m.ssd, Number(slotA.firstLba) * 512, manifest.image.size).equals(fs.readFileSync(`${dir}/raw.img`)), 'slot A holds the image')
+  t.ok(readRange(m.ssd, Number(slotA.firstLba) * 512, manifest.image.size).equals(raw()), 'slot A holds the image')
   t.ok(readRange(m.ssd, 0, 440).equals(fs.readFileSync(findGptmbr()).subarray(0, 440)), 'gptmbr boot code in the MBR')
   t.same(
     readGpt(openGptDisk(m.hdd)).entries.map((e) => e.name),
@@ -173,7 +190,7 @@ t.test('blank SSD + HDD: dry run writes nothing; install partitions, writes slot
   t.not((await persistentFiles(m))['machine-uuid'], files['machine-uuid'], '--new-identity: a new machine UUID')
 })
 
-t.test('BIOS settings through install: planned in --dry-run, applied and reported by the install', async (t) => {
+test('BIOS settings through install: planned in --dry-run, applied and reported by the install', async (t) => {
   const m = await machine(t, { config: { ...CONFIG, bios: { settings: { Virtualization: 'Enabled' } } } })
   const fw = `${m.sys}/class/firmware-attributes/dell-wmi-sysman`
   fs.mkdirSync(`${fw}/attributes/Virtualization`, { recursive: true })
@@ -194,7 +211,14 @@ t.test('BIOS settings through install: planned in --dry-run, applied and reporte
   t.equal(fs.readFileSync(`${fw}/attributes/Virtualization/current_value`, 'utf8'), 'Enabled')
 })
 
-t.test("hostname: from install.yaml onto /persistent and into the report, kept on a re-install, the stick's reports named by it", async (t) => {
+test("hostname: from install.yaml onto /persistent and into the report, kept on a re-install, the stick's reports named by it", async (t) => {
+  // no hostname setting: none written, the report is named by the serial (a machine of its own, beside the other)
+  const withoutSetting = (async () => {
+    const plain = await machine(t)
+    t.equal((await runCli([...plain.args(), '--json'])).code, 0)
+    t.equal((await readPartitionFiles(plain.ssd, 'persistent', ['hostname'])).hostname, '', "no /persistent/hostname: the image's own name stands")
+    t.match(fs.readdirSync(plain.reports), [/^CN0TEST42-.*\.json$/], 'the report is named by the serial')
+  })()
   const m = await machine(t, { config: { ...CONFIG, hostname: { pattern: 'lab-{serial}' } } })
   const hostnameOf = async () => (await readPartitionFiles(m.ssd, 'persistent', ['hostname'])).hostname
   const stickReport = (before: string[]) => fs.readdirSync(m.reports).filter((f) => !before.includes(f))
@@ -224,96 +248,86 @@ t.test("hostname: from install.yaml onto /persistent and into the report, kept o
     "--new-identity: the inventory's name",
   )
   t.equal(await hostnameOf(), 'r101-pc07\n')
-
-  // no hostname setting: none written, the report is named by the serial
-  const plain = await machine(t)
-  t.equal((await runCli([...plain.args(), '--json'])).code, 0)
-  t.equal((await readPartitionFiles(plain.ssd, 'persistent', ['hostname'])).hostname, '', "no /persistent/hostname: the image's own name stands")
-  t.match(fs.readdirSync(plain.reports), [/^CN0TEST42-.*\.json$/], 'the report is named by the serial')
+  await withoutSetting
 })
 
-t.test('an install cut off after any step, or killed in the middle of the image write, succeeds when run again', async (t) => {
-  const cuts = ['BIOS settings', 'partition the SSD', 'partition the HDD', 'write the root image to slot A', 'install gptmbr', 'mid-write']
-  for (const cut of cuts) {
-    const m = await machine(t)
-    if (cut === 'mid-write') {
-      // SIGKILL while slot A is being written (its own TMPDIR: what a killed run leaves there is seen)
-      const tmp = tmpDir(t)
-      const child = execa(...labhostArgv(...m.args()), { reject: false, env: { TMPDIR: tmp } })
-      let err = ''
-      child.stderr!.on('data', (d) => {
-        err += String(d)
-      })
-      while (!/step: write the root image/.test(err) && child.exitCode === null) await sleep(20)
-      await sleep(300)
-      child.kill('SIGKILL')
-      const r = await child
-      t.equal(r.signal, 'SIGKILL', 'killed mid-write')
-      t.same(fs.readdirSync(tmp), [], 'the killed run left nothing in its temporary directory (the zstd FIFO is unlinked once open)')
-    } else {
+const rerunSucceeds = async (t: Test, m: Machine, cut: string) => {
+  const again = await runCli([...m.args(), '--json'])
+  t.equal(again.code, 0, `re-run after a cut at "${cut}" succeeds`, { stderr: again.stderr })
+  const gpt = readGpt(openGptDisk(m.ssd))
+  t.equal(slotStatus(gpt).active, 'A')
+  t.ok(readRange(m.ssd, Number(gpt.entries[0]!.firstLba) * 512, manifest.image.size).equals(raw()), 'slot A holds the image')
+  t.match((await persistentFiles(m))['machine-uuid'], /^[0-9a-f-]{36}\n$/, 'identity present')
+}
+
+test('an install cut off after any step succeeds when run again', async (t) => {
+  // each cut on a machine of its own, side by side
+  const cuts = ['BIOS settings', 'partition the SSD', 'partition the HDD', 'write the root image to slot A', 'install gptmbr']
+  await Promise.all(
+    cuts.map(async (cut) => {
+      const m = await machine(t)
       const r = await execa(process.execPath, [path.join(import.meta.dirname, '../../cli/bin.ts'), ...m.args()], {
         reject: false,
         env: { LABHOST_FAULT_AFTER_STEP: cut },
       })
       t.equal(r.signal, 'SIGKILL', `cut after "${cut}"`, { stderr: r.stderr })
-    }
-    const again = await runCli([...m.args(), '--json'])
-    t.equal(again.code, 0, `re-run after a cut at "${cut}" succeeds`, { stderr: again.stderr })
-    const gpt = readGpt(openGptDisk(m.ssd))
-    t.equal(slotStatus(gpt).active, 'A')
-    t.ok(readRange(m.ssd, Number(gpt.entries[0]!.firstLba) * 512, manifest.image.size).equals(fs.readFileSync(`${dir}/raw.img`)), 'slot A holds the image')
-    t.match((await persistentFiles(m))['machine-uuid'], /^[0-9a-f-]{36}\n$/, 'identity present')
-  }
+      await rerunSucceeds(t, m, cut)
+    }),
+  )
 })
 
-t.test(
-  'cuts inside the partitioning: a table the cut left damaged is rewritten, and what only the stick knows is its own work is re-imaged, keeping /persistent',
-  async (t) => {
-    const cutRerun = async (damage: (m: Machine) => void, withRecord: boolean) => {
-      const m = await machine(t)
-      // a first run (a re-run keeps its /persistent), then a re-run cut after partitioning
-      t.equal((await runCli([...m.args(), '--json'])).code, 0)
-      const uuid = (await persistentFiles(m))['machine-uuid']
-      const cut = await execa(process.execPath, [path.join(import.meta.dirname, '../../cli/bin.ts'), ...m.args()], {
-        reject: false,
-        env: { LABHOST_FAULT_AFTER_STEP: 'partition the HDD' },
-      })
-      t.equal(cut.signal, 'SIGKILL')
-      t.ok(fs.existsSync(`${m.reports}/unfinished-install.json`), 'the stick remembers the unfinished install')
-      damage(m)
-      if (!withRecord) fs.rmSync(`${m.reports}/unfinished-install.json`)
-      return { m, uuid, again: await runCli([...m.args(), '--json']) }
+test('cuts inside the partitioning: a table the cut left damaged is rewritten, and what only the stick knows is its own work is re-imaged, keeping /persistent', async (t) => {
+  // a first run (a re-run keeps its /persistent): the same install for every case, so made once
+  // and each case starts from a copy of its disks
+  const first = await machine(t)
+  t.equal((await runCli([...first.args(), '--json'])).code, 0)
+  const uuid = (await persistentFiles(first))['machine-uuid']
+  t.match(uuid, /^[0-9a-f-]{36}\n$/)
+  const cutRerun = async (damage: (m: Machine) => void, withRecord: boolean) => {
+    const m = await machine(t, { from: first })
+    // then a re-run cut after partitioning
+    const cut = await execa(process.execPath, [path.join(import.meta.dirname, '../../cli/bin.ts'), ...m.args()], {
+      reject: false,
+      env: { LABHOST_FAULT_AFTER_STEP: 'partition the HDD' },
+    })
+    t.equal(cut.signal, 'SIGKILL')
+    t.ok(fs.existsSync(`${m.reports}/unfinished-install.json`), 'the stick remembers the unfinished install')
+    damage(m)
+    if (!withRecord) fs.rmSync(`${m.reports}/unfinished-install.json`)
+    return { m, uuid, again: await runCli([...m.args(), '--json']) }
+  }
+  const zero = (file: string, lbas: number[]) => {
+    const fd = fs.openSync(file, 'r+')
+    const size = describeDisk(file).sizeBytes // fstat of a block device says 0
+    for (const lba of lbas) fs.writeSync(fd, Buffer.alloc(512), 0, 512, lba >= 0 ? lba * 512 : size + lba * 512)
+    fs.fsyncSync(fd)
+    fs.closeSync(fd)
+  }
+  // three machines of their own, side by side:
+  // 1. the SSD's primary GPT gone, its backup whole: recognisably labhost's, so no record needed;
+  //    sgdisk alone would refuse to zap it ("Invalid partition data!")
+  // 2. both GPT headers gone, the primary array left: no GPT, yet data — the stick's record says it is its own
+  const [one, ...headersGone] = await Promise.all([
+    cutRerun((m) => zero(m.ssd, [0, 1, 2]), false),
+    ...[true, false].map(async (withRecord) => ({ withRecord, ...(await cutRerun((m) => zero(m.ssd, [1, -1]), withRecord)) })),
+  ])
+  t.equal(one!.again.code, 0, 'primary GPT gone: the re-run completes', { stderr: one!.again.stderr })
+  t.equal((await persistentFiles(one!.m))['machine-uuid'], one!.uuid, 'identity kept')
+  for (const { withRecord, m, uuid, again } of headersGone) {
+    if (withRecord) {
+      t.equal(again.code, 0, 'no valid GPT, with the record: the re-run completes', { stderr: again.stderr })
+      t.match(
+        again.stderr,
+        /SSD: .*\n {2}erases: the unfinished install this stick started at \S+ \(an MBR partition table with 1 partition\(s\)\), except persistent/,
+        'no GPT, only the protective MBR: foreign to anyone but the stick',
+      )
+      t.notOk(fs.existsSync(`${m.reports}/unfinished-install.json`), 'the record is gone once the install completed')
+      t.equal((await persistentFiles(m))['machine-uuid'], uuid, 'the identity the unfinished run kept is kept again')
+    } else {
+      t.equal(again.code, ExitCode.diskHasData, 'without the record: refused as foreign data', { stderr: again.stderr })
     }
-    const zero = (file: string, lbas: number[]) => {
-      const fd = fs.openSync(file, 'r+')
-      const size = describeDisk(file).sizeBytes // fstat of a block device says 0
-      for (const lba of lbas) fs.writeSync(fd, Buffer.alloc(512), 0, 512, lba >= 0 ? lba * 512 : size + lba * 512)
-      fs.fsyncSync(fd)
-      fs.closeSync(fd)
-    }
-    // 1. the SSD's primary GPT gone, its backup whole: recognisably labhost's, so no record needed;
-    //    sgdisk alone would refuse to zap it ("Invalid partition data!")
-    const one = await cutRerun((m) => zero(m.ssd, [0, 1, 2]), false)
-    t.equal(one.again.code, 0, 'primary GPT gone: the re-run completes', { stderr: one.again.stderr })
-    t.equal((await persistentFiles(one.m))['machine-uuid'], one.uuid, 'identity kept')
-    // 2. both GPT headers gone, the primary array left: no GPT, yet data — the stick's record says it is its own
-    for (const withRecord of [true, false]) {
-      const { m, uuid, again } = await cutRerun((m) => zero(m.ssd, [1, -1]), withRecord)
-      if (withRecord) {
-        t.equal(again.code, 0, 'no valid GPT, with the record: the re-run completes', { stderr: again.stderr })
-        t.match(
-          again.stderr,
-          /SSD: .*\n {2}erases: the unfinished install this stick started at \S+ \(an MBR partition table with 1 partition\(s\)\), except persistent/,
-          'no GPT, only the protective MBR: foreign to anyone but the stick',
-        )
-        t.notOk(fs.existsSync(`${m.reports}/unfinished-install.json`), 'the record is gone once the install completed')
-        t.equal((await persistentFiles(m))['machine-uuid'], uuid, 'the identity the unfinished run kept is kept again')
-      } else {
-        t.equal(again.code, ExitCode.diskHasData, 'without the record: refused as foreign data', { stderr: again.stderr })
-      }
-    }
-  },
-)
+  }
+})
 
 const refusals: { name: string; setup: (t: Test) => Promise<{ m: Machine; extra?: string[] }>; code: number; message: RegExp }[] = [
   {
@@ -390,26 +404,52 @@ const refusals: { name: string; setup: (t: Test) => Promise<{ m: Machine; extra?
   },
 ]
 
-for (const c of refusals) {
-  t.test(`refused: ${c.name}; both disks byte-identical, reason on the stick`, async (t) => {
-    const { m, extra = [] } = await c.setup(t)
-    const before = hashes(m)
-    const r = await runCli([...m.args(), ...extra])
-    t.equal(r.code, c.code, `exit ${c.code}`, { stderr: r.stderr })
-    t.match(r.stderr, c.message)
-    t.match(r.stderr, /hint: .*/)
-    t.equal(
-      r.stderr
-        .trim()
-        .split('\n')
-        .filter((l) => l.startsWith('labhost: error:')).length,
-      1,
-      'one error line',
-    )
-    t.same(hashes(m), before, 'SSD and HDD unchanged')
-    const reports = fs.existsSync(m.reports) ? fs.readdirSync(m.reports) : []
-    t.equal(reports.length, 1, 'a refusal report on the stick')
-    t.match(reports[0], /^CN0TEST42-refused-/, "named by the machine's serial")
-    t.match(JSON.parse(fs.readFileSync(`${m.reports}/${reports[0]}`, 'utf8')), { result: 'refused', exitCode: c.code })
+test('refusals', async (t) => {
+  t.jobs = refusals.length // each on a machine of its own, side by side too
+  for (const c of refusals) {
+    t.test(`refused: ${c.name}; both disks byte-identical, reason on the stick`, async (t) => {
+      const { m, extra = [] } = await c.setup(t)
+      const before = hashes(m)
+      const r = await runCli([...m.args(), ...extra])
+      t.equal(r.code, c.code, `exit ${c.code}`, { stderr: r.stderr })
+      t.match(r.stderr, c.message)
+      t.match(r.stderr, /hint: .*/)
+      t.equal(
+        r.stderr
+          .trim()
+          .split('\n')
+          .filter((l) => l.startsWith('labhost: error:')).length,
+        1,
+        'one error line',
+      )
+      t.same(hashes(m), before, 'SSD and HDD unchanged')
+      const reports = fs.existsSync(m.reports) ? fs.readdirSync(m.reports) : []
+      t.equal(reports.length, 1, 'a refusal report on the stick')
+      t.match(reports[0], /^CN0TEST42-refused-/, "named by the machine's serial")
+      t.match(JSON.parse(fs.readFileSync(`${m.reports}/${reports[0]}`, 'utf8')), { result: 'refused', exitCode: c.code })
+    })
+  }
+})
+
+t.test('installs and refusals on machines of their own, side by side', { jobs: sideBySide.length }, async (t) => {
+  for (const [name, fn] of sideBySide) t.test(name, fn)
+})
+
+// Alone, after the side-by-side group: nothing else may stretch the 300 ms into the image write.
+t.test('an install killed in the middle of the image write succeeds when run again', async (t) => {
+  // SIGKILL while slot A is being written (its own TMPDIR: what a killed run leaves there is seen)
+  const m = await machine(t)
+  const tmp = tmpDir(t)
+  const child = execa(...labhostArgv(...m.args()), { reject: false, env: { TMPDIR: tmp } })
+  let err = ''
+  child.stderr!.on('data', (d) => {
+    err += String(d)
   })
-}
+  while (!/step: write the root image/.test(err) && child.exitCode === null) await sleep(20)
+  await sleep(300)
+  child.kill('SIGKILL')
+  const r = await child
+  t.equal(r.signal, 'SIGKILL', 'killed mid-write')
+  t.same(fs.readdirSync(tmp), [], 'the killed run left nothing in its temporary directory (the zstd FIFO is unlinked once open)')
+  await rerunSucceeds(t, m, 'mid-write')
+})

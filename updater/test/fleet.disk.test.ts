@@ -20,6 +20,15 @@ t.before(async () => {
   images = await buildImages(dir)
 })
 
+/**
+ * Every test after the first (which measures how the 8 hosts share the pieces, and so runs alone)
+ * has a lab of its own (its own namespaces, disks and processes): they run side by side, in one
+ * group (tap's jobs) declared at the end of this file. They spend most of their time waiting: on
+ * a throttled download, a link that is down, a stall timeout, announce intervals.
+ */
+const sideBySide: [string, (t: Test) => Promise<void>][] = []
+const test = (name: string, fn: (t: Test) => Promise<void>) => void sideBySide.push([name, fn])
+
 async function fleet(t: Test, hosts: number, prefix: string): Promise<Fleet> {
   const d = tmpDir(t, 'labhost-fleet-run-')
   const f = await startFleet(d, images, { hosts, prefix })
@@ -51,7 +60,7 @@ t.test('8 hosts update over BitTorrent: every slot B is 2.0.0, the server sends 
   t.ok(ratio < 3, `the server sent ${ratio.toFixed(2)} copies (< 3)`)
 })
 
-t.test('a host whose link goes down mid-transfer resumes when it comes back and finishes', async (t) => {
+test('a host whose link goes down mid-transfer resumes when it comes back and finishes', async (t) => {
   const f = await fleet(t, 1, 'lhfn')
   await f.seed()
   const h = f.hosts[0]!
@@ -79,7 +88,7 @@ t.test('a host whose link goes down mid-transfer resumes when it comes back and 
   t.ok(slotBHolds(h, `${images.v2}/root.img`), 'slot B holds 2.0.0')
 })
 
-t.test('refused: the only seeder serves corrupted pieces; aria2c never completes, nothing is written', async (t) => {
+test('refused: the only seeder serves corrupted pieces; aria2c never completes, nothing is written', async (t) => {
   const f = await fleet(t, 1, 'lhfc')
   const bad = tmpDir(t)
   for (const n of ['root.img.zst', 'root.img.zst.torrent']) fs.copyFileSync(path.join(f.imageDir, n), path.join(bad, n))
@@ -94,7 +103,7 @@ t.test('refused: the only seeder serves corrupted pieces; aria2c never completes
   t.equal(hashWhole(h.disk), before.disk, 'the disk is byte-identical')
 })
 
-t.test('refused: a .torrent for other bytes (seeded in full) is caught by the signed manifest before any write', async (t) => {
+test('refused: a .torrent for other bytes (seeded in full) is caught by the signed manifest before any write', async (t) => {
   const f = await fleet(t, 1, 'lhfo')
   // the served .torrent now describes a changed transport file, which the server seeds
   const other = tmpDir(t)
@@ -113,7 +122,7 @@ t.test('refused: a .torrent for other bytes (seeded in full) is caught by the si
   t.equal(hashWhole(h.disk), before, 'the disk is byte-identical')
 })
 
-t.test('labhost image seed refuses what it must not seed: a directory never published, a transport file not the signed one', async (t) => {
+test('labhost image seed refuses what it must not seed: a directory never published, a transport file not the signed one', async (t) => {
   const d = tmpDir(t)
   fs.cpSync(images.v2, d, { recursive: true })
   const unpublished = await runCli(['image', 'seed', d])
@@ -126,4 +135,8 @@ t.test('labhost image seed refuses what it must not seed: a directory never publ
   t.match(changed.stderr, /is not the transport file its signed manifest names/)
   const rate = await runCli(['image', 'seed', d, '--upload-limit', 'fast'])
   t.equal(rate.code, ExitCode.usage, 'a rate that is no rate: usage error')
+})
+
+t.test('labs of their own, side by side', { jobs: sideBySide.length }, async (t) => {
+  for (const [name, fn] of sideBySide) t.test(name, fn)
 })
