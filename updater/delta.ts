@@ -228,18 +228,26 @@ function zeroBlockHash(blockSize: number, hashBytes: number): string {
 /** Whether the delta is worth it against downloading the whole transport file. */
 export const deltaPays = (s: DeltaSummary): boolean => s.fetchBytes <= DELTA_MAX_SHARE * s.transportBytes
 
+/** Transport bytes [start, end) as a stream: over HTTP (resumed after failures), or from a delta pack (delta-pack.ts). */
+export type RangeReader = (start: number, end: number) => AsyncIterable<Buffer>
+
+export const httpRanges =
+  (remote: Remote, stats: TransferStats): RangeReader =>
+  (start, end) =>
+    resumableDownload(remote.url, { start, end }, remote.fetch, stats)
+
 /**
  * The fetched chunks, in order: each range downloaded (resuming after failures, like a full
  * download), cut into its frames and each frame decompressed. Chunks inside a range that the plan
  * takes from elsewhere (zero chunks) are skipped.
  */
-async function* fetchChunks(plan: DeltaPlan, manifest: Manifest, remote: Remote, stats: TransferStats): AsyncGenerator<{ index: number; data: Buffer }> {
+async function* fetchChunks(plan: DeltaPlan, manifest: Manifest, remote: Remote, read: RangeReader): AsyncGenerator<{ index: number; data: Buffer }> {
   const frames = manifest.transport.frames!
   for (const range of plan.ranges) {
     let pending: Buffer[] = []
     let have = 0
     let index = range.first
-    for await (const piece of resumableDownload(remote.url, { start: range.start, end: range.end }, remote.fetch, stats)) {
+    for await (const piece of read(range.start, range.end)) {
       pending.push(piece)
       have += piece.length
       while (index <= range.last && have >= frames[index]!) {
@@ -278,19 +286,21 @@ async function assemble(file: DirectFile, buf: Buffer, at: number[], blockSize: 
 }
 
 /** One chunk downloaded by itself (its frame), when what was found on the disk was not it. */
-async function fetchOne(manifest: Manifest, i: number, remote: Remote, stats: TransferStats): Promise<Buffer> {
+async function fetchOne(manifest: Manifest, i: number, remote: Remote, read: RangeReader): Promise<Buffer> {
   const offsets = frameOffsets(manifest.transport.frames!)
   const parts: Buffer[] = []
-  for await (const p of resumableDownload(remote.url, { start: offsets[i]!, end: offsets[i + 1]! }, remote.fetch, stats)) parts.push(p)
+  for await (const p of read(offsets[i]!, offsets[i + 1]!)) parts.push(p)
   return decompressFrame(Buffer.concat(parts), chunkLength(manifest, i), `${remote.url}: the frame of chunk ${i}`)
 }
 
 /**
  * The new image as a raw stream for the slot writer: zero chunks as zeros, chunks the host has
- * read from the disk, the others downloaded. `source` is the http source the manifest came from.
+ * read from the disk, the others downloaded. `source` is the http source the manifest came from;
+ * `read` where the missing frames come from (default: HTTP Range requests to it).
  */
-export function deltaSource(plan: DeltaPlan, manifest: Manifest, disk: string, source: HttpSource): UpdateSource {
+export function deltaSource(plan: DeltaPlan, manifest: Manifest, disk: string, source: HttpSource, read?: RangeReader, via = ''): UpdateSource {
   const { remote } = source
+  const ranges = read ?? httpRanges(remote, source.stats)
   const { chunkSize } = manifest.image
   return {
     kind: 'delta',
@@ -298,12 +308,12 @@ export function deltaSource(plan: DeltaPlan, manifest: Manifest, disk: string, s
     manifest: source.manifest,
     stats: source.stats,
     remote,
-    transportWhere: `${remote.url} (delta: ${plan.summary.fetched} of ${plan.summary.chunks} chunks)`,
+    transportWhere: `${remote.url} (delta: ${plan.summary.fetched} of ${plan.summary.chunks} chunks${via})`,
     chunks: async function* () {
       const file = DirectFile.open(disk, 'read')
       const [buf] = alignedBuffers(1, roundUp(chunkSize, DIRECT_ALIGN))
       const zeros = Buffer.alloc(chunkSize)
-      const fetched = fetchChunks(plan, manifest, remote, source.stats)
+      const fetched = fetchChunks(plan, manifest, remote, ranges)
       try {
         for (let i = 0; i < plan.chunks.length; i++) {
           const from = plan.chunks[i]!
@@ -316,7 +326,7 @@ export function deltaSource(plan: DeltaPlan, manifest: Manifest, disk: string, s
             await assemble(file, buf!, from.at, manifest.blocks!.blockSize)
             // a short hash found the blocks; the chunk's signed SHA-256 decides (else: download it)
             if (crypto.createHash('sha256').update(buf!.subarray(0, length)).digest('hex') === manifest.image.chunks[i]) yield buf!.subarray(0, length)
-            else yield await fetchOne(manifest, i, remote, source.stats)
+            else yield await fetchOne(manifest, i, remote, ranges)
           } else {
             const next = await fetched.next()
             if (next.done || next.value.index !== i)

@@ -29,7 +29,8 @@ import {
   type UpdateSource,
 } from '../image-format/source.ts'
 import { imageInput, verifyImage, writeImage, type BeforeReadBack, type WriteStats } from '../image-format/slot-writer.ts'
-import { deltaPays, deltaSource, deltaUnusable, planDelta, type DeltaSummary } from './delta.ts'
+import { deltaPays, deltaSource, deltaUnusable, httpRanges, planDelta, type DeltaSummary } from './delta.ts'
+import { fetchDeltaPack, packRanges } from './delta-pack.ts'
 import { torrentSource, torrentUrlFor, type TorrentOptions } from './torrent.ts'
 import type { Progress } from '../lib/progress.ts'
 import { LABHOST_VERSION } from '../lib/labhost-version.ts'
@@ -118,7 +119,8 @@ export type UpdatePlan = Readonly<{
 }>
 
 /** What a delta takes from the disk and downloads; `used` false names why the whole image is downloaded. */
-export type DeltaChoice = (DeltaSummary & { used: true }) | { used: false; reason: string }
+export type DeltaChoice =
+  (DeltaSummary & { used: true; /** The delta pack the missing frames came from (over BitTorrent). */ pack?: string }) | { used: false; reason: string }
 
 /** The plan as data (`update --json`): sectors as hex, LBAs as decimal strings. */
 export interface UpdatePlanData extends Omit<UpdatePlan, 'commit' | 'writes'> {
@@ -302,13 +304,20 @@ async function acquire(o: UpdateOptions, plan: UpdatePlan, manifest: Manifest, s
     default:
       return unhandledKind(source)
   }
-  const delta = await chooseDelta(plan, manifest, source, log)
+  const delta = await chooseDelta(plan, manifest, source, log, o.torrent && plan.input.torrent !== null ? { ...o.torrent, log } : undefined, o.dryRun)
   if (delta.source !== source || plan.input.torrent === null) return delta
   if (o.dryRun) return { ...delta, how: `downloaded with BitTorrent (${plan.input.torrent})` }
   return { ...delta, source: await torrentSource(source, manifest, { ...o.torrent!, log }) }
 }
 
-async function chooseDelta(plan: UpdatePlan, manifest: Manifest, source: HttpSource, log: (line: string) => void): Promise<Acquired> {
+async function chooseDelta(
+  plan: UpdatePlan,
+  manifest: Manifest,
+  source: HttpSource,
+  log: (line: string) => void,
+  torrent?: TorrentOptions,
+  dryRun?: boolean,
+): Promise<Acquired> {
   if (!plan.input.delta) return { source }
   const unusable = deltaUnusable(manifest)
   if (unusable) {
@@ -333,6 +342,24 @@ async function chooseDelta(plan: UpdatePlan, manifest: Manifest, source: HttpSou
     return { source, delta: { used: false, reason: `a delta would fetch ${what}` } }
   }
   log(`delta: fetching ${what}`)
+  // with --torrent: from a delta pack that holds this host's ranges, over BitTorrent (delta-pack.ts)
+  if (torrent && dryRun) return { source, delta: { used: true, ...s }, how: `delta: ${what}; over BitTorrent where a delta pack holds it` }
+  const pack = torrent ? await fetchDeltaPack(source, manifest, d.ranges, torrent) : null
+  if (pack) {
+    const via = `, from the delta pack ${pack.pack.file} (BitTorrent)`
+    source.stats.torrent = {
+      url: `${pack.pack.file}.torrent`,
+      file: pack.file,
+      seconds: pack.seconds,
+      seederPid: pack.seederPid,
+      seedMinutes: torrent!.seedMinutes,
+    }
+    return {
+      source: deltaSource(d, manifest, plan.disk, source, packRanges(pack.pack, pack.file, httpRanges(source.remote, source.stats)), via),
+      delta: { used: true, ...s, pack: pack.pack.file },
+      how: `delta: ${what}${via}`,
+    }
+  }
   return { source: deltaSource(d, manifest, plan.disk, source), delta: { used: true, ...s }, how: `delta: ${what}` }
 }
 

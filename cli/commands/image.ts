@@ -12,6 +12,7 @@ import { generateKeyPair, planKeyPair, readPublicKey, verifyImageDir } from '../
 import { recipeJsonSchema } from '../../image-build/recipe.ts'
 import { buildStick } from '../../image-build/stick.ts'
 import { publishImage, seedImage } from '../../image-format/torrent.ts'
+import { publishDeltaPacks } from '../../updater/delta-pack.ts'
 import { serveDirectory } from '../../lib/http-serve.ts'
 import { defineCommand, pathValue, rate, SIGNING_KEY, text, TRUSTED_KEY, url, wholeNumber } from '../command.ts'
 
@@ -96,15 +97,38 @@ export const imagePublish = defineCommand({
   name: 'image publish',
   summary: 'make the BitTorrent file of an image directory (root.img.zst.torrent, by mktorrent) for `labhost update --torrent`',
   usage: 'labhost image publish DIR --tracker URL [options]',
-  options: TORRENT_OPTIONS,
-  dryRun: { refused: 'it writes only DIR/root.img.zst.torrent' },
-  async run(values, positionals) {
+  notes: `--delta-from OLD_DIR (repeatable): also a delta pack for hosts running OLD_DIR's image — the
+transport bytes their delta asks for, in one file (root.img.zst.from-ID.pack) with its .torrent,
+listed in root.img.zst.deltas.json — so that \`labhost update URL --torrent\` fetches a delta from
+the lab's peers instead of the server. Give every version the fleet still runs.`,
+  options: {
+    ...TORRENT_OPTIONS,
+    'delta-from': {
+      type: 'string',
+      value: 'OLD_DIR',
+      multiple: true,
+      schema: pathValue(),
+      description: 'an image directory of a version hosts run now: publish the delta pack from it',
+    },
+  },
+  dryRun: { refused: 'it writes only the .torrent files and the delta packs in DIR' },
+  async run(values, positionals, ctx) {
     const dir = positionals[0]
     if (!dir) throw new LabhostError('usage', 'labhost image publish needs an image DIR', `usage: ${this.usage}`)
-    const r = await publishImage(dir, { trackers: values.tracker, webSeeds: values['web-seed'].length ? values['web-seed'] : undefined })
+    const torrent = { trackers: values.tracker, webSeeds: values['web-seed'].length ? values['web-seed'] : undefined }
+    const r = await publishImage(dir, torrent)
+    for (const old of values['delta-from'])
+      if (!fs.existsSync(path.join(old, 'manifest.json')))
+        throw new LabhostError('usage', `--delta-from ${old} is not an image directory (no manifest.json)`, 'give the directory of an image the hosts run now')
+    const packs = values['delta-from'].length ? await publishDeltaPacks(dir, values['delta-from'], torrent) : []
+    if (packs.length) ctx.log(`delta packs: ${packs.map((p) => `${p.file} (${p.size} bytes, from ${p.from.version})`).join(', ')}`)
     return {
-      data: r,
-      human: `${r.torrentFile}: info hash ${r.infoHash}, ${r.pieces} pieces\n  serve it beside manifest.json; trackers with a whitelist need the info hash`,
+      data: { ...r, deltaPacks: packs },
+      human:
+        `${r.torrentFile}: info hash ${r.infoHash}, ${r.pieces} pieces\n  serve it beside manifest.json; trackers with a whitelist need the info hash` +
+        packs
+          .map((p) => `\n  delta pack ${p.file}: ${p.size} bytes for hosts on ${p.from.version} (its .torrent beside it; whitelist its info hash too)`)
+          .join(''),
     }
   },
 })

@@ -7,43 +7,22 @@
 // labhost talk over 127.0.0.1 there, and aria2c's multicast peer discovery reaches nothing.
 import fs from 'node:fs'
 import path from 'node:path'
-import { execa } from 'execa'
 import t from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
 import { run } from '../../lib/exec.ts'
-import { labhostCommand, tmpDir } from '../../test-support/test-helpers.ts'
+import { tmpDir } from '../../test-support/test-helpers.ts'
+import { ISOLATED_PORT, updateIsolated } from '../../test-support/isolated.ts'
 import { publishImage } from '../../image-format/torrent.ts'
 import { buildImages, makeHost, protectedParts, slotBHolds, wholeDisk, type Host, type Images } from '../../test-support/update-fixtures.ts'
 
 const dir = tmpDir(t, 'labhost-torrent-check-')
 let images: Images
-const PORT = 8080
+const PORT = ISOLATED_PORT
 const tracker = 'http://127.0.0.1:1/announce'
 
 t.before(async () => {
   images = await buildImages(dir)
 })
-
-/**
- * `labhost image serve SERVED` and `labhost update http://127.0.0.1:8080/ ARGS` in a network
- * namespace of their own (its only interface the loopback) and a PID namespace of their own: when
- * the update is over, every process started there (aria2c seeding on) ends with it.
- */
-async function updateIsolated(served: string, args: string[]) {
-  const script = [
-    'ip link set lo up || exit 90',
-    `$LABHOST image serve "$SERVED" --port ${PORT} 2>"$SERVED/../serve.log" &`,
-    'for i in $(seq 300); do grep -q serving "$SERVED/../serve.log" && break; sleep 0.1; done',
-    `$LABHOST update http://127.0.0.1:${PORT}/ "$@"`,
-  ].join('\n')
-  const started = Date.now()
-  const r = await execa('unshare', ['--net', '--pid', '--kill-child', '--', 'sh', '-c', script, 'sh', ...args], {
-    reject: false,
-    timeout: 120_000,
-    env: { LABHOST: labhostCommand().join(' '), SERVED: served },
-  })
-  return { code: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr), seconds: (Date.now() - started) / 1000 }
-}
 
 const torrentArgs = (h: Host, downloadRoot: string) => [
   '--full',
