@@ -8,6 +8,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { buildImage } from '../image-build/build.ts'
 import { cacheKeys } from '../image-build/cache-keys.ts'
+import { buildRollbackImages } from '../vm-tests/rollback-campaign.ts'
 import { buildCampaignImages } from '../vm-tests/campaign.ts'
 import { leanBrokenRecipe, leanEspRecipe, leanRecipe } from '../vm-tests/fixtures/lean-image.ts'
 
@@ -36,6 +37,12 @@ try {
   ]
   for (const [name, recipe] of lean) await buildImage(recipe(path.join(dir, `${name}.yaml`)), { out: path.join(dir, name), keyFile })
   console.log(`lean images of the stick and UEFI tests in the cache after ${((Date.now() - t1) / 1000).toFixed(0)} s`)
+  // the test image that image-boot converts into a VM base, and the rollback campaign's failing
+  // 3.0.0: built here on this core rather than in the VM lane
+  const t2 = Date.now()
+  await buildImage('test', { out: path.join(dir, 'test'), keyFile })
+  await buildRollbackImages(path.join(dir, 'rollback'))
+  console.log(`test and rollback images in the cache after ${((Date.now() - t2) / 1000).toFixed(0)} s`)
 } finally {
   fs.rmSync(dir, { recursive: true, force: true })
 }

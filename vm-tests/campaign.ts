@@ -33,6 +33,11 @@ export interface CampaignOptions {
   keepDir: string
   /** A cycle that reaches no userspace within this is a brick. */
   bootTimeoutMs?: number
+  /**
+   * BIOS: a boot after a reset that shows neither SYSLINUX's banner nor userspace within this is
+   * a brick already (a torn slot's bootloader prints nothing); default: wait bootTimeoutMs.
+   */
+  bootloaderTimeoutMs?: number
   /** Share of resets aimed at the commit (the rest fall uniformly over the update); default 0.4. */
   commitWeight?: number
   /**
@@ -252,6 +257,8 @@ async function stageCampaign(disks: HostDisks, dirs: Record<string, string>, mut
 
 const MARKERS: MarkerPattern[] = [
   [/LABHOST-USERSPACE version=(\S+) slot=([AB])/, 'userspace'],
+  // extlinux's banner on the serial console: the flagged slot's bootloader runs (BIOS)
+  [/SYSLINUX (\S+)()/, 'bootloader'],
   [/LABHOST-PHASE (\S+)()/, 'phase'],
   [/LABHOST-CYCLE-UPDATE from=(\S+) to=(\S+)/, 'cycle'],
   [/LABHOST-UPDATE-EXIT (\d+)()/, 'exit'],
@@ -410,7 +417,14 @@ class HostUnderTest {
 
   /** Wait for userspace after a reset or reboot; check the booted slot holds that version's bytes exactly. */
   async awaitBoot(record: CycleRecord, since: number, timeoutMs: number): Promise<boolean> {
-    const up = await this.con.until(['userspace', 'boot-failed'], Date.now() + timeoutMs)
+    const deadline = Date.now() + timeoutMs
+    const early = this.o.bootloaderTimeoutMs
+    let up = early ? await this.con.until(['bootloader', 'userspace', 'boot-failed'], Math.min(deadline, Date.now() + early)) : null
+    if (early && !up) {
+      await this.brick(record, `no bootloader output within ${early / 1000} s`)
+      return false
+    }
+    if (!up || up.kind === 'bootloader') up = await this.con.until(['userspace', 'boot-failed'], deadline)
     if (up?.kind === 'boot-failed') {
       await this.brick(record, `the boot failed: ${up.a}`)
       return false

@@ -138,14 +138,17 @@ for (const firmware of ['bios', 'uefi'] as const) {
     const boot = async (file: string) => (await bootUntilPowerOff(machine({ file, bus: 'ide-hd', rotationRate: 1 }), 300_000, verdict)).serial
     const end = await boot(materialize(before, writes, writes.length, `${dir}/end.img`))
     t.match(end, /LABHOST-USERSPACE version=2\.0\.0 slot=B/, 'the final state boots 2.0.0, as judged')
-    const broken = await boot(materialize(before, naive, naive.length, `${dir}/naive.img`))
-    t.notMatch(broken, /LABHOST-USERSPACE/, 'the naive end state does not boot, as judged')
-    t.match(
-      broken,
-      uefi ? /Shell> |No bootable option/ : /LABHOST-INITRAMFS-FAIL/,
-      uefi ? 'the firmware finds no valid GPT and no ESP' : 'the initramfs finds no partitions',
-    )
+    // the naive end state: under BIOS it is the state the campaign's naive-switch mutant boots
+    // (campaign.vm.test.ts asserts the initramfs's failure marker there); under OVMF it is booted
+    // here, up to the firmware turning to its shell (the shell's own countdown is not waited out)
     if (uefi) {
+      const shell = /LABHOST-USERSPACE version=\S+ slot=[AB]|LABHOST-INITRAMFS-FAIL|Shell> |No bootable option|Boot\d+ "EFI Internal Shell"/
+      const broken = (
+        await bootUntilPowerOff(machine({ file: materialize(before, naive, naive.length, `${dir}/naive.img`), bus: 'ide-hd', rotationRate: 1 }), 300_000, shell)
+      ).serial
+      t.notMatch(broken, /LABHOST-USERSPACE/, 'the naive end state does not boot, as judged')
+      t.match(broken, /Shell> |No bootable option|"EFI Internal Shell"/, 'the firmware finds no valid GPT and no ESP')
+
       // the naive commit without its mirror: primary invalid, backup valid and still 1.0.0's
       const judged = replay({ ...input, writes: naive.slice(0, mirrorIndex) })
       t.ok(judged.restored! > 0 && judged.bricked.length === 0, 'judged: the firmware restores the primary GPT from the backup and boots', { judged })

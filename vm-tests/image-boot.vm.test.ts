@@ -12,6 +12,8 @@ import t, { type Test } from 'tap'
 import { run } from '../lib/exec.ts'
 import { hashWhole, runCli, tmpDir } from '../test-support/test-helpers.ts'
 import { loadRecipe } from '../image-build/recipe.ts'
+import { buildImage } from '../image-build/build.ts'
+import { cacheKeys } from '../image-build/cache-keys.ts'
 import { bootUntilPowerOff, type VmSpec } from './qemu.ts'
 import { buildHostDisks, type HostDisks } from '../test-support/host-disks.ts'
 
@@ -19,11 +21,12 @@ const dir = tmpDir(t, 'labhost-vm-image-')
 const layout = loadRecipe('test').layout
 let image = ''
 
+const keys = cacheKeys()
+
 t.before(async () => {
-  t.equal((await runCli(['image', 'keygen', '--out', `${dir}/keys`])).code, 0)
-  const b = await runCli(['image', 'build', 'test', '--out', `${dir}/out`, '--key', `${dir}/keys/labhost-signing.key`])
-  if (b.code !== 0) throw new Error(`image build failed: ${b.stderr}`)
-  image = `${dir}/out/root.img`
+  // signed with the suite's key, so the image comes from the cache (scripts/prebuild-images.ts)
+  const b = await buildImage('test', { out: `${dir}/out`, keyFile: keys.privateKeyFile })
+  image = path.join(path.dirname(b.manifestFile), 'root.img')
 })
 
 async function boot(t: Test, disks: HostDisks, ssd: { file: string; format: 'raw' | 'qcow2' } = { file: disks.ssd, format: 'raw' }) {
@@ -57,7 +60,7 @@ t.test('image in slot A, A flagged: the initramfs mounts A, fstab mounts every p
     '--os',
     'linux',
     '--signing-key',
-    `${dir}/keys/labhost-signing.key`,
+    keys.privateKeyFile,
     '--out',
     path.join(d, 'pub'),
   ])
@@ -65,18 +68,7 @@ t.test('image in slot A, A flagged: the initramfs mounts A, fstab mounts every p
   const backing = path.join(d, 'backing')
   const user = path.join(d, 'user')
   for (const x of [backing, user]) fs.mkdirSync(x)
-  const pulled = await runCli([
-    'vm-image',
-    'pull',
-    path.join(d, 'pub'),
-    '--trusted-key',
-    `${dir}/keys/labhost-signing.pub`,
-    '--dir',
-    backing,
-    '--user-dir',
-    user,
-    '--json',
-  ])
+  const pulled = await runCli(['vm-image', 'pull', path.join(d, 'pub'), '--trusted-key', keys.publicKeyFile, '--dir', backing, '--user-dir', user, '--json'])
   t.equal(pulled.code, 0, pulled.stderr)
   const base = path.join(backing, 'lab-pc-1.0.0.qcow2')
   const signed = (JSON.parse(pulled.stdout) as { plan: { sha256: string } }).plan.sha256
