@@ -130,6 +130,18 @@ export async function torrentPull(source: BaseSource, torrent: Buffer, backingDi
   // a pull killed before leaves its aria2c running (a session of its own): one writer per file
   await endSeeder(path.join(control, PID_FILE))
   const resumed = torrentPartialBytes(backingDir, id, m.image.file)
+  // a pull killed after aria2c had every piece: the file is whole already (judged as below)
+  const have = path.join(dir, m.image.file)
+  if (resumed >= m.image.size && fs.statSync(have).size === m.image.size) {
+    const v = verifyFile(have, m)
+    if (v.good === m.image.size && v.sha256 === m.image.sha256) {
+      o.log?.(`${have} is whole already (an earlier pull's download): not downloaded again`)
+      fs.rmSync(tempFile, { force: true })
+      fs.linkSync(have, tempFile)
+      syncDir(path.dirname(tempFile))
+      return { method: 'torrent', seederPid: null, resumedBytes: m.image.size, downloadedBytes: 0, seconds: (Date.now() - started) / 1000 }
+    }
+  }
   const s = peerSources(o.peers, torrentSources(torrent), source.url!, o.trackers)
   o.log?.(
     `peers: ${o.peers} (${s.trackers.length ? `trackers ${s.trackers.join(' ')}` : 'no tracker'}; ${s.webSeeds.length ? `web seeds ${s.webSeeds.join(' ')}` : 'no web seed'}; local peer discovery${s.peerExchange ? '; peer exchange' : ''})`,

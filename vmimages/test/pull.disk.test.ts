@@ -228,3 +228,23 @@ t.test('a dropped connection resumes with Range; an interrupted pull keeps its v
   t.equal(hashWhole(path.join(backing, file)), v2.manifest.image.sha256)
   t.notOk(fs.existsSync(temp), 'the temporary file became the base')
 })
+
+t.test('over BitTorrent, a pull killed after aria2c had every piece: the whole download is judged and used, not fetched again', async (t) => {
+  const backing = await loopFs(t, 64)
+  const user = tmpDir(t)
+  const s1 = await serve(t, path.dirname(v1.manifestFile))
+  // what an earlier pull's aria2c left: the whole file in its download directory
+  const left = path.join(backing, '.torrent', v1.manifest.image.sha256.slice(0, 16), v1.manifest.image.file)
+  fs.mkdirSync(path.dirname(left), { recursive: true })
+  fs.copyFileSync(v1.imageFile, left)
+  const r = await runCli(['vm-image', 'pull', `${s1.url}/`, '--trusted-key', keys.publicKeyFile, '--dir', backing, '--user-dir', user, '--json'])
+  t.equal(r.code, 0, r.stderr)
+  const out = JSON.parse(r.stdout)
+  t.match(out.plan, { method: 'torrent' })
+  t.match(out.download, { method: 'torrent', downloadedBytes: 0 })
+  t.equal(hashWhole(path.join(backing, v1.manifest.image.file)), v1.manifest.image.sha256, 'the base is the signed bytes')
+  t.notOk(
+    s1.requests.some((q) => q.path.endsWith('.qcow2')),
+    'not one request for the base itself',
+  )
+})
