@@ -265,7 +265,7 @@ Any refusal leaves the bases and the catalogue as they were.
         : p.action === 'catalogue-only'
           ? 'was in place (verified): catalogue updated'
           : r.dryRun
-            ? `would be downloaded over ${p.method === 'torrent' ? 'BitTorrent' : 'HTTP'}`
+            ? `would be downloaded${p.method === 'torrent' ? ' over BitTorrent' : ''}`
             : `installed as ${p.file}`
     const lines = [
       `${p.name} ${p.version} ${what}${p.previous && p.previous.version !== p.version ? ` (replaces ${p.previous.version})` : ''}`,
@@ -273,7 +273,7 @@ Any refusal leaves the bases and the catalogue as they were.
     ]
     if (r.download)
       lines.push(
-        `  ${r.download.downloadedBytes} bytes downloaded over ${r.download.method === 'torrent' ? 'BitTorrent' : 'HTTP'} in ${r.download.seconds.toFixed(1)} s${r.download.resumedBytes ? `, ${r.download.resumedBytes} resumed` : ''}${r.download.seederPid ? `; aria2c (pid ${r.download.seederPid}) seeds on` : ''}`,
+        `  ${r.download.downloadedBytes} bytes downloaded${r.download.method === 'torrent' ? ' over BitTorrent' : ''} in ${r.download.seconds.toFixed(1)} s${r.download.resumedBytes ? `, ${r.download.resumedBytes} resumed` : ''}${r.download.seederPid ? `; aria2c (pid ${r.download.seederPid}) seeds on` : ''}`,
       )
     if (r.dryRun) lines.push('dry run: nothing was downloaded or written; prune runs after a pull')
     if (r.prune) lines.push(pruneHuman(r.prune))

@@ -39,7 +39,7 @@ t.test('one schema per command: defaults filled in and converted', async (t) => 
     full: false,
   })
   const publish = commandSchema(command('image publish')).parse({})
-  t.same(publish, { tracker: [], 'web-seed': [] }, 'repeatable options: an empty list when absent')
+  t.same(publish, { tracker: [], 'web-seed': [], 'delta-from': [] }, 'repeatable options: an empty list when absent')
   t.notOk(commandSchema(command('wake')).safeParse({ bogus: 'x' }).success, 'an option the command does not have is refused')
 })
 
