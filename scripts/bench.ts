@@ -341,7 +341,7 @@ async function benchCampus(): Promise<void> {
   })
   const size = p.manifest.image.size
   const lab = await startCampus(campusDir, served, [p.infoHash], {
-    prefix: 'lhbc',
+    prefix: 'lhbu',
     perBuilding: 4,
     backingMiB: 1024,
     userMiB: 32,

@@ -3,13 +3,15 @@
 // hosts share the pieces, so the server sends far less than 8 copies; a host that loses its link
 // mid-transfer finishes; a seeder of corrupted pieces, or a .torrent for other bytes, never gets a
 // byte into a slot; `labhost image seed` refuses a directory never published or bytes not signed.
+import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t, { type Test } from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
-import { hashWhole, runCli, tmpDir, xorRange } from '../../test-support/test-helpers.ts'
-import { publishImage } from '../../image-format/torrent.ts'
+import { hashWhole, labhostArgv, runCli, tmpDir, xorRange } from '../../test-support/test-helpers.ts'
+import { infoHash, publishImage } from '../../image-format/torrent.ts'
+import { rolloutPoint } from '../rollout.ts'
 import { buildImages, protectedParts, slotBHolds, type Images } from '../../test-support/update-fixtures.ts'
 import { startFleet, torrentArgs, TRACKER_PORT, type Fleet } from '../../test-support/fleet-fixtures.ts'
 
@@ -58,6 +60,83 @@ t.test('8 hosts update over BitTorrent: every slot B is 2.0.0, the server sends 
   )
   // plain HTTP sends at least 8 copies; the peers must have carried most of it
   t.ok(ratio < 3, `the server sent ${ratio.toFixed(2)} copies (< 3)`)
+})
+
+/** A machine UUID whose rollout point for test 2.0.0 lies in [lo, hi). */
+function uuidWithPoint(lo: number, hi: number): string {
+  for (;;) {
+    const u = crypto.randomUUID()
+    const p = rolloutPoint(u, 'test', '2.0.0')
+    if (p >= lo && p < hi) return u
+  }
+}
+
+// Pull mode (issue 18): the hosts check a signed channel themselves. At 25 % exactly the hosts
+// whose rollout point lies below 25 update — here two of eight, the delta fetched as a pack over
+// BitTorrent — and the others decide "not in this rollout stage", their disks byte-identical;
+// then the channel is paused at 100 %, and no host starts an update.
+test('a channel rollout at 25 %: exactly the hosts below it update, with a delta over BitTorrent; a pause stops the rest', async (t) => {
+  const f = await fleet(t, 8, 'lhfr')
+  // the delta pack for hosts on 1.0.0, served (the server is its web seed) and whitelisted
+  const pub = await runCli([
+    'image',
+    'publish',
+    f.imageDir,
+    '--tracker',
+    `http://${f.server.ip}:${TRACKER_PORT}/announce`,
+    '--web-seed',
+    `${f.url}/`,
+    '--delta-from',
+    images.v1,
+    '--json',
+  ])
+  t.equal(pub.code, 0, pub.stderr)
+  const pack = (JSON.parse(pub.stdout) as { deltaPacks: { file: string }[] }).deltaPacks[0]!.file
+  await f.allow(await infoHash(path.join(f.imageDir, `${pack}.torrent`)))
+  const channel = path.join(f.imageDir, 'channel.json')
+  const publishChannel = async (args: string[]) => {
+    const r = await runCli(['channel', 'publish', '--out', channel, '--signing-key', images.keys.privateKeyFile, ...args])
+    t.equal(r.code, 0, `channel publish ${args.join(' ')}`, { stderr: r.stderr })
+  }
+  await publishChannel(['--image', 'manifest.json', '--share', '25'])
+  const points = [uuidWithPoint(0, 25), uuidWithPoint(0, 25), ...Array.from({ length: 6 }, () => uuidWithPoint(25, 100))]
+  const hosts = f.hosts.map((h, i) => {
+    const file = path.join(path.dirname(h.downloadDir), 'machine-uuid')
+    fs.writeFileSync(file, `${points[i]}\n`)
+    return {
+      h,
+      inStage: i < 2,
+      args: ['--machine-uuid-file', file, '--torrent', '--download-dir', h.downloadDir, '--tracker-interval', '2', '--seed-minutes', '2'],
+    }
+  })
+  // `labhost update --channel URL` on a host, in its namespace
+  const check = (x: (typeof hosts)[number]) => {
+    const [exe, args] = labhostArgv('update', '--channel', `${f.url}/channel.json`, ...x.args, '--json', ...x.h.args)
+    return f.lab.spawn(x.h.member, exe, args)
+  }
+  const before = hosts.map((x) => hashWhole(x.h.disk))
+  const runs = await Promise.all(hosts.map(check))
+  for (const [i, r] of runs.entries()) {
+    const x = hosts[i]!
+    t.equal(r.exitCode, 0, `host ${i + 1} exit 0`, { output: String(r.all).slice(-2000) })
+    const out = JSON.parse(String(r.stdout))
+    if (x.inStage) {
+      t.equal(out.decision, 'updated', `host ${i + 1} (rollout point below 25) updated`)
+      t.equal(out.update?.delta?.pack, pack, `host ${i + 1}: its delta came as the pack, over BitTorrent`)
+      t.ok(slotBHolds(x.h, `${images.v2}/root.img`), `host ${i + 1}: slot B is 2.0.0 byte for byte`)
+    } else {
+      t.equal(out.decision, 'not-in-stage', `host ${i + 1} (rollout point 25 or more) is not in this stage`)
+      t.equal(hashWhole(x.h.disk), before[i], `host ${i + 1}: the whole disk byte-identical`)
+    }
+  }
+  // paused at 100 %: no host that has not updated starts now
+  await publishChannel(['--share', '100', '--pause'])
+  const paused = await Promise.all(hosts.slice(2).map(check))
+  for (const [i, r] of paused.entries()) {
+    t.equal(r.exitCode, 0, { output: String(r.all).slice(-2000) })
+    t.equal(JSON.parse(String(r.stdout)).decision, 'paused', `host ${i + 3}: paused`)
+    t.equal(hashWhole(hosts[i + 2]!.h.disk), before[i + 2], `host ${i + 3}: the whole disk byte-identical`)
+  }
 })
 
 test('a host whose link goes down mid-transfer resumes when it comes back and finishes', async (t) => {
