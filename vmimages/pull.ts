@@ -87,7 +87,8 @@ async function pullTorrentOrHttp(source: BaseSource, torrent: Buffer, tempFile: 
   } catch (e) {
     if (!isLabhostError(e) || e.code !== 'downloadFailed' || t.peers === 'building') throw e
     o.log?.(`${e.message}; pulling over HTTP instead`)
-    await clearTorrents(o.backingDir, null)
+    // the download of this base is given up; the other current bases' go on seeding
+    await clearTorrents(o.backingDir, new Set(readCatalogue(o.catalogue).map((e) => torrentIdOf(e.sha256))))
     return downloadBase(source, tempFile, { progress: o.progress })
   }
 }
@@ -185,7 +186,8 @@ export async function pullVmImage(o: PullOptions): Promise<PullResult> {
       // temporary files of other pulls (a base since replaced) are no use to this one
       for (const n of fs.readdirSync(o.backingDir))
         if (TEMP.test(n) && path.join(path.resolve(o.backingDir), n) !== tempFile) fs.rmSync(path.join(o.backingDir, n), { force: true })
-      await clearTorrents(o.backingDir, torrentIdOf(m.image.sha256))
+      // downloads of replaced bases go; this one's (resumed) and the other current bases' (seeding) stay
+      await clearTorrents(o.backingDir, new Set([torrentIdOf(m.image.sha256), ...entries.filter((e) => e.name !== m.name).map((e) => torrentIdOf(e.sha256))]))
       try {
         o.log?.(`pulling ${m.name} ${m.version} (${gib(m.image.size)}) from ${source.where}${torrent ? ' over BitTorrent' : ''}`)
         download = torrent ? await pullTorrentOrHttp(source, torrent, tempFile, o) : await downloadBase(source, tempFile, { progress: o.progress })

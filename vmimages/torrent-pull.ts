@@ -75,13 +75,16 @@ async function endSeeder(pidFile: string): Promise<void> {
   if (alive()) process.kill(pid, 'SIGKILL')
 }
 
-/** Remove the BitTorrent downloads of other bases (their seeders ended first); keep `keepId`'s. */
-export async function clearTorrents(backingDir: string, keepId: string | null): Promise<void> {
+/**
+ * Remove the BitTorrent downloads whose id is not in `keep` (their seeders ended first): those of
+ * bases since replaced. The caller keeps the current bases' (they go on seeding for the lab).
+ */
+export async function clearTorrents(backingDir: string, keep: ReadonlySet<string>): Promise<void> {
   const root = torrentRoot(backingDir)
   if (!fs.existsSync(root)) return
   for (const n of fs.readdirSync(root)) {
     const id = n.replace(/\.control$/, '')
-    if (id === keepId) continue
+    if (keep.has(id)) continue
     await endSeeder(path.join(root, `${id}.control`, PID_FILE))
     fs.rmSync(path.join(root, n), { recursive: true, force: true })
   }

@@ -14,6 +14,7 @@ import { hashWhole, runCli, tmpDir, xorRange } from '../../test-support/test-hel
 import { CHUNK_SIZE, generateKeyPair, keyFingerprint, MANIFEST_FORMAT, readPrivateKey, signManifest } from '../../image-format/manifest.ts'
 import { readCatalogue } from '../catalogue.ts'
 import { publishVmImage, type PublishedVm } from '../publish.ts'
+import { clearTorrents } from '../torrent-pull.ts'
 import { loopFs, makeBase, makeOverlay, qemuHolding, snapshot } from './fixtures.ts'
 import crypto from 'node:crypto'
 
@@ -247,4 +248,16 @@ t.test('over BitTorrent, a pull killed after aria2c had every piece: the whole d
     s1.requests.some((q) => q.path.endsWith('.qcow2')),
     'not one request for the base itself',
   )
+})
+
+t.test('BitTorrent downloads on the backing partition: those of replaced bases go, the current ones stay (they seed for the lab)', async (t) => {
+  const backing = tmpDir(t)
+  const root = path.join(backing, '.torrent')
+  for (const id of ['aaaa', 'bbbb', 'cccc']) {
+    fs.mkdirSync(path.join(root, id), { recursive: true })
+    fs.mkdirSync(path.join(root, `${id}.control`))
+    fs.writeFileSync(path.join(root, id, 'x.qcow2'), id)
+  }
+  await clearTorrents(backing, new Set(['aaaa', 'cccc']))
+  t.same(fs.readdirSync(root).sort(), ['aaaa', 'aaaa.control', 'cccc', 'cccc.control'])
 })
