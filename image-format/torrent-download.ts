@@ -14,6 +14,8 @@ import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { LabhostError } from '../lib/errors.ts'
 import { start, toolError, type RunOutcome } from '../lib/exec.ts'
+import { fetchBytes, type FetchOptions } from './source.ts'
+import { checkTorrent, TORRENT_MAX_BYTES } from './torrent.ts'
 
 export interface Aria2Options {
   /** Minutes aria2c goes on seeding after the download completed (it outlives labhost; a reboot ends it). */
@@ -76,6 +78,17 @@ function tailOf(file: string, lines = 4): string {
   } catch {
     return ''
   }
+}
+
+/**
+ * The .torrent at `url` (at most TORRENT_MAX_BYTES), checked to describe exactly `want` — one
+ * file of that name and size — before aria2c sees it: the torrent is not signed, and aria2c
+ * creates whatever files it names.
+ */
+export async function fetchTorrent(url: string, fetch: FetchOptions, want: { name: string; size: number }): Promise<Buffer> {
+  const torrent = await fetchBytes(url, fetch, { maxBytes: TORRENT_MAX_BYTES, code: 'torrentInvalid' })
+  checkTorrent(torrent, want, url)
+  return torrent
 }
 
 /** Download the torrent's one file into `o.dir`; resolves when it is complete (aria2c's SHA-1 pieces all checked). */

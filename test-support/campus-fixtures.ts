@@ -7,12 +7,11 @@
 // `npm run bench`; close() ends every process, unmounts, detaches and removes the namespaces.
 import fs from 'node:fs'
 import path from 'node:path'
-import { setTimeout as sleep } from 'node:timers/promises'
 import type { ResultPromise } from 'execa'
 import { run } from '../lib/exec.ts'
 import { attachLoop, detachLoop } from '../lib/loop.ts'
-import { createCampus, type Campus, type LabMember } from './netns.ts'
-import { startServe, startTracker, type Tracker } from './lab-services.ts'
+import { createCampus, killIn, type Campus, type LabMember } from './netns.ts'
+import { startServe, startTracker, stopProcesses, type Tracker } from './lab-services.ts'
 import { labhostCommand, sparseFile } from './test-helpers.ts'
 
 export const LINK_MBIT = 100
@@ -80,9 +79,7 @@ export async function startCampus(
   const mounts: string[] = []
   const loops: string[] = []
   const close = async () => {
-    for (const p of processes) p.kill('SIGTERM')
-    await Promise.race([Promise.allSettled(processes), sleep(2000)])
-    for (const p of processes) p.kill('SIGKILL')
+    await stopProcesses(processes, 2000)
     await campus.close() // every aria2c still seeding in a namespace ends here
     for (const m of mounts.reverse()) await run('umount', [m]).catch(() => run('umount', ['-l', m]).catch(() => {}))
     for (const l of loops) await detachLoop(l).catch(() => {})
@@ -164,17 +161,7 @@ export async function startCampus(
       },
       async resetHosts() {
         for (const h of hosts) {
-          // (`ip netns pids`: pkill would reach every aria2c of the machine, the namespaces share one PID space)
-          const pids = String((await run('ip', ['netns', 'pids', h.member.ns])).stdout)
-            .split('\n')
-            .filter(Boolean)
-          for (const pid of pids) {
-            try {
-              if (fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === 'aria2c') process.kill(Number(pid), 'SIGKILL')
-            } catch {
-              /* gone */
-            }
-          }
+          await killIn(h.member.ns, 'aria2c')
           for (const d of [h.backing, h.user])
             for (const n of fs.readdirSync(d)) if (n !== 'lost+found') fs.rmSync(path.join(d, n), { recursive: true, force: true })
         }

@@ -9,7 +9,7 @@ import type { ResultPromise } from 'execa'
 import { attachLoop, detachLoop } from '../lib/loop.ts'
 import { createLab, type Lab, type LabMember } from './netns.ts'
 import { labhostCommand } from './test-helpers.ts'
-import { startServe, startTracker, TRACKER_PORT, waitFor } from './lab-services.ts'
+import { startServe, startTracker, stopProcesses, TRACKER_PORT, waitFor } from './lab-services.ts'
 import { publishImage } from '../image-format/torrent.ts'
 import { makeHostIn, type Host, type Images } from './update-fixtures.ts'
 
@@ -52,10 +52,7 @@ export async function startFleet(dir: string, images: Images, o: { hosts: number
   const loops: string[] = []
   const processes: ResultPromise[] = []
   const close = async () => {
-    // SIGTERM first: `labhost image seed` ends its aria2c then; whatever is left, SIGKILL
-    for (const p of processes) p.kill('SIGTERM')
-    await Promise.race([Promise.allSettled(processes), sleep(3000)])
-    for (const p of processes) p.kill('SIGKILL')
+    await stopProcesses(processes, 3000)
     await lab.close()
     for (const l of loops) await detachLoop(l).catch(() => {})
   }

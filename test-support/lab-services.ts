@@ -28,6 +28,13 @@ export async function waitFor(p: ResultPromise, pattern: RegExp, ms: number, wha
   }
 }
 
+/** SIGTERM to each (a `labhost image seed` then ends its aria2c), up to `graceMs` to end, then SIGKILL to what is left. */
+export async function stopProcesses(processes: ResultPromise[], graceMs: number): Promise<void> {
+  for (const p of processes) p.kill('SIGTERM')
+  await Promise.race([Promise.allSettled(processes), sleep(graceMs)])
+  for (const p of processes) p.kill('SIGKILL')
+}
+
 export interface Tracker {
   process: ResultPromise
   url: string

@@ -2,6 +2,7 @@
 // pairs to a bridge in a namespace of its own, with addresses of one private /24 that exists only
 // inside them. Nothing is routed out; a multicast route lets aria2c's Local Peer Discovery work.
 // close() kills whatever still runs in the namespaces and deletes them.
+import fs from 'node:fs'
 import { execa, type ResultPromise } from 'execa'
 import { run } from '../lib/exec.ts'
 
@@ -55,18 +56,23 @@ async function plug(sw: string, m: LabMember, port: string, prefixLength: number
   }
 }
 
+/** SIGKILL to the processes in namespace `ns` (those named `comm` only, when given; the namespaces share one PID space, so pkill would reach the whole machine). */
+export async function killIn(ns: string, comm?: string): Promise<void> {
+  const pids = await execa('ip', ['netns', 'pids', ns], { reject: false })
+  for (const pid of String(pids.stdout ?? '')
+    .split('\n')
+    .filter(Boolean)) {
+    try {
+      if (comm === undefined || fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === comm) process.kill(Number(pid), 'SIGKILL')
+    } catch {
+      /* gone */
+    }
+  }
+}
+
 async function killAndDelete(namespaces: string[]): Promise<void> {
   for (const ns of namespaces) {
-    const pids = await execa('ip', ['netns', 'pids', ns], { reject: false })
-    for (const pid of String(pids.stdout ?? '')
-      .split('\n')
-      .filter(Boolean)) {
-      try {
-        process.kill(Number(pid), 'SIGKILL')
-      } catch {
-        /* gone */
-      }
-    }
+    await killIn(ns)
     await execa('ip', ['netns', 'del', ns], { reject: false })
   }
 }

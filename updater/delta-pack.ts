@@ -16,10 +16,9 @@ import { LabhostError, isLabhostError } from '../lib/errors.ts'
 import { run } from '../lib/exec.ts'
 import { readManifest, type Manifest } from '../image-format/manifest.ts'
 import { fetchBytes, type HttpSource } from '../image-format/source.ts'
-import { checkTorrent, makeTorrent, TORRENT_MAX_BYTES, type PublishOptions } from '../image-format/torrent.ts'
-import { aria2Download } from '../image-format/torrent-download.ts'
+import { makeTorrent, type PublishOptions } from '../image-format/torrent.ts'
 import { planDelta, type FetchRange, type RangeReader } from './delta.ts'
-import type { TorrentOptions } from './torrent.ts'
+import { torrentDownload, type TorrentOptions } from './torrent.ts'
 
 export const DELTA_PACKS_FORMAT = 'labhost-delta-packs/1'
 /** The largest pack list read (before anything in it is checked). */
@@ -122,24 +121,14 @@ export async function fetchDeltaPack(
     return null
   }
   const packUrl = new URL(pack.file, source.remote.url).toString()
-  const torrentUrl = `${packUrl}.torrent`
-  const torrent = await fetchBytes(torrentUrl, source.remote.fetch, { maxBytes: TORRENT_MAX_BYTES, code: 'torrentInvalid' })
-  checkTorrent(torrent, { name: pack.file, size: pack.size }, torrentUrl)
-  const id = `${manifest.transport.sha256.slice(0, 16)}-${pack.from.sha256.slice(0, 16)}`
-  const got = await aria2Download({
-    ...o,
-    torrent,
-    name: pack.file,
-    size: pack.size,
-    dir: path.join(o.dir, id),
-    control: path.join(o.dir, `${id}.control`),
-    lpd: true,
-    peerExchange: true,
-    caFile: source.remote.fetch.caFile,
-    what: torrentUrl,
-    otherwise: 'update without --torrent (the delta then comes over HTTP); nothing was written',
-    log,
-  })
+  const got = await torrentDownload(
+    source.remote,
+    `${packUrl}.torrent`,
+    { name: pack.file, size: pack.size },
+    `${manifest.transport.sha256.slice(0, 16)}-${pack.from.sha256.slice(0, 16)}`,
+    { ...o, log },
+    'update without --torrent (the delta then comes over HTTP); nothing was written',
+  )
   if (fs.statSync(got.file).size !== pack.size) {
     await got.stop()
     throw new LabhostError('hashMismatch', `${got.file} is not ${pack.size} bytes`, 'publish the image again; nothing was written')

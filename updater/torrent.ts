@@ -10,9 +10,8 @@
 import path from 'node:path'
 import { LabhostError } from '../lib/errors.ts'
 import { matchesPart, type Manifest } from '../image-format/manifest.ts'
-import { checkTorrent, TORRENT_MAX_BYTES } from '../image-format/torrent.ts'
-import { aria2Download, type Aria2Options } from '../image-format/torrent-download.ts'
-import { fetchBytes, type HttpSource, type UpdateSource } from '../image-format/source.ts'
+import { aria2Download, fetchTorrent, type Aria2Options, type Aria2Result } from '../image-format/torrent-download.ts'
+import type { HttpSource, Remote, UpdateSource } from '../image-format/source.ts'
 
 export interface TorrentOptions extends Aria2Options {
   /** Download (and seeding) directory; default /run/labhost/torrent (RAM, gone at reboot). */
@@ -25,6 +24,35 @@ export const DEFAULT_TORRENT: TorrentOptions = { dir: '/run/labhost/torrent', se
 export const torrentUrlFor = (transportUrl: string): string => `${transportUrl}.torrent`
 
 /**
+ * `want` — the signed transport file, or a delta pack (delta-pack.ts) — downloaded with aria2c from
+ * the .torrent at `torrentUrl` (checked first) into o.dir/ID; aria2c seeds on. One directory per
+ * file (ID): a new image never meets the pieces of another; the .torrent, the completion hook, its
+ * marker and aria2c's log live in a directory beside it that only root may enter, where no
+ * torrent's file name can reach.
+ */
+export async function torrentDownload(
+  remote: Remote,
+  torrentUrl: string,
+  want: { name: string; size: number },
+  id: string,
+  o: TorrentOptions,
+  otherwise: string,
+): Promise<Aria2Result> {
+  return aria2Download({
+    ...o,
+    torrent: await fetchTorrent(torrentUrl, remote.fetch, want),
+    ...want,
+    dir: path.join(o.dir, id),
+    control: path.join(o.dir, `${id}.control`),
+    lpd: true,
+    peerExchange: true,
+    caFile: remote.fetch.caFile,
+    what: torrentUrl,
+    otherwise,
+  })
+}
+
+/**
  * Download the transport file of `source` (an http source) with aria2c and return it as a local
  * source. Checks size and SHA-256 against the signed manifest; leaves aria2c seeding.
  */
@@ -33,28 +61,14 @@ export async function torrentSource(source: HttpSource, manifest: Manifest, o: T
   const log = o.log ?? (() => {})
   const torrentUrl = torrentUrlFor(remote.url)
   const name = path.basename(manifest.transport.file)
-  // The torrent is not signed, and aria2c creates whatever files it names: it must name exactly
-  // the signed transport file, with its size, before aria2c sees it.
-  const torrent = await fetchBytes(torrentUrl, remote.fetch, { maxBytes: TORRENT_MAX_BYTES, code: 'torrentInvalid' })
-  checkTorrent(torrent, { name, size: manifest.transport.size }, torrentUrl)
-  // one directory per transport file: a new image never meets the pieces of another. aria2c
-  // writes there; the .torrent, the completion hook, its marker and aria2c's log live in a
-  // directory beside it that only root may enter, where no torrent's file name can reach.
-  const id = manifest.transport.sha256.slice(0, 16)
-  const got = await aria2Download({
-    ...o,
-    torrent,
-    name,
-    size: manifest.transport.size,
-    dir: path.join(o.dir, id),
-    control: path.join(o.dir, `${id}.control`),
-    lpd: true,
-    peerExchange: true,
-    caFile: remote.fetch.caFile,
-    what: torrentUrl,
-    otherwise: 'update over HTTP without --torrent; nothing was written',
-    log,
-  })
+  const got = await torrentDownload(
+    remote,
+    torrentUrl,
+    { name, size: manifest.transport.size },
+    manifest.transport.sha256.slice(0, 16),
+    o,
+    'update over HTTP without --torrent; nothing was written',
+  )
   const { file, seconds } = got
   const h = matchesPart(file, manifest.transport)
   if (!h.ok) {

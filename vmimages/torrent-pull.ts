@@ -20,9 +20,8 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { LabhostError, isLabhostError } from '../lib/errors.ts'
 import { syncDir } from '../lib/durable.ts'
-import { fetchBytes } from '../image-format/source.ts'
-import { checkTorrent, sourcedTorrent, torrentSources, TORRENT_MAX_BYTES } from '../image-format/torrent.ts'
-import { aria2Download, PID_FILE, shellQuote, type Aria2Options } from '../image-format/torrent-download.ts'
+import { sourcedTorrent, torrentSources } from '../image-format/torrent.ts'
+import { aria2Download, fetchTorrent, PID_FILE, shellQuote, type Aria2Options } from '../image-format/torrent-download.ts'
 import { verifyFile, type Downloaded } from './download.ts'
 import type { BaseSource } from './source.ts'
 
@@ -104,17 +103,13 @@ export const torrentIdOf = (sha256: string) => sha256.slice(0, 16)
  */
 export async function fetchBaseTorrent(source: BaseSource): Promise<Buffer | null> {
   if (!source.url) return null
-  const url = `${source.url}.torrent`
-  let torrent: Buffer
   try {
-    torrent = await fetchBytes(url, source.fetch, { maxBytes: TORRENT_MAX_BYTES, code: 'torrentInvalid' })
+    // aria2c creates what the torrent names: exactly the signed file, with its size
+    return await fetchTorrent(`${source.url}.torrent`, source.fetch, { name: source.manifest.image.file, size: source.manifest.image.size })
   } catch (e) {
     if (isLabhostError(e) && e.code === 'notFound') return null
     throw e
   }
-  // aria2c creates what the torrent names: exactly the signed file, with its size
-  checkTorrent(torrent, { name: source.manifest.image.file, size: source.manifest.image.size }, url)
-  return torrent
 }
 
 /**
