@@ -24,7 +24,7 @@ export interface Aria2Options {
   seedRatio: number
   /** Seconds between announces to the tracker; 0: what the tracker asks for. */
   trackerIntervalSeconds: number
-  /** Give up when no byte arrived for this long. */
+  /** Give up when no byte arrived for this long (error details: `stalled: true`). */
   stallSeconds: number
   /** Download rate limit in aria2c's notation (`5M`: 5 MiB/s); none by default. */
   downloadLimit?: string
@@ -120,7 +120,8 @@ export async function aria2Download(o: Aria2Download): Promise<Aria2Result> {
     `--enable-peer-exchange=${o.peerExchange}`,
     `--seed-time=${o.seedMinutes}`,
     `--seed-ratio=${o.seedRatio.toFixed(1)}`,
-    `--bt-stop-timeout=${o.stallSeconds}`,
+    // a backstop only: the watch below judges a stall (by the bytes that land) before aria2c would
+    `--bt-stop-timeout=${o.stallSeconds + 30}`,
     ...(o.trackerIntervalSeconds ? [`--bt-tracker-interval=${o.trackerIntervalSeconds}`] : []),
     ...(o.downloadLimit ? [`--max-overall-download-limit=${o.downloadLimit}`] : []),
     ...(o.caFile ? [`--ca-certificate=${path.resolve(o.caFile)}`] : []),
@@ -164,22 +165,26 @@ export async function aria2Download(o: Aria2Download): Promise<Aria2Result> {
       const failed = toolError('aria2c', args, { ...x, stderr: logged })
       if (failed.details.notInstalled) throw failed
       const why = x.startError ? `aria2c could not be started (${x.startError})` : `aria2c exited with ${x.exitCode ?? x.signal}`
+      // 7: downloads left unfinished (its --bt-stop-timeout, or a signal): no peer gave it the rest
       throw new LabhostError(
         'downloadFailed',
         `BitTorrent download of ${o.what} failed: ${why}${logged ? `: ${logged}` : ''}`,
         `check the tracker and that a peer or the server seeds the torrent (see ${logFile}), or ${o.otherwise}`,
-        {},
+        { stalled: x.exitCode === 7 },
         { cause: failed },
       )
     }
     const bytes = allocated()
     if (bytes > last.bytes) last = { bytes, at: Date.now() }
     else if (Date.now() - last.at > o.stallSeconds * 1000) {
+      // ended before the caller may start another aria2c on the same file
       stop()
+      await Promise.race([aria2c.done, sleep(5000)])
       throw new LabhostError(
         'downloadFailed',
         `BitTorrent download of ${o.what} made no progress for ${o.stallSeconds} s (${bytes} of ${o.size} bytes verified or in flight)`,
         `no peer serves good pieces: check that the server seeds the torrent (${logFile}), or ${o.otherwise}`,
+        { stalled: true },
       )
     }
     await sleep(200)

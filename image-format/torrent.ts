@@ -89,6 +89,31 @@ export function torrentSources(data: Buffer): { trackers: string[]; webSeeds: st
 }
 
 /**
+ * Which peers a host's aria2c uses (`--peers` of vm-image pull and update), for labs of several
+ * buildings with slow uplinks, or a lab whose server should send about one copy:
+ *   all       any peer: the torrent's trackers and web seeds, local peer discovery, peer exchange;
+ *   building  only the peers of this host's subnet (Local Peer Discovery: multicast stays in the
+ *             building) and the trackers given (the building's own); never the server, no peer exchange;
+ *   upstream  a host that brings the file into its building: the torrent's trackers and the server
+ *             (a BEP 19 web seed: the server stays plain static files) as well as its building's
+ *             peers, which fetch from it; no peer exchange (its outside peers are not handed on).
+ */
+export const PEER_PARTS = ['all', 'building', 'upstream'] as const
+export type PeerPart = (typeof PEER_PARTS)[number]
+
+/** The part a host takes, as aria2c's sources; `server` is the file's URL on the image server, added as a web seed (null: none but the torrent's). */
+export function peerSources(part: PeerPart, own: { trackers: string[]; webSeeds: string[] }, server: string | null, trackers: string[]) {
+  if (part === 'building') return { trackers: [...new Set(trackers)], webSeeds: [], lpd: true, peerExchange: false }
+  const webSeeds = [...new Set([...own.webSeeds, ...(server === null ? [] : [server])])]
+  const sources = { trackers: [...new Set([...own.trackers, ...trackers])], webSeeds, lpd: true }
+  return { ...sources, peerExchange: part === 'all' }
+}
+
+/** For the log: the part and its sources. */
+export const describeSources = (part: PeerPart, s: ReturnType<typeof peerSources>) =>
+  `peers: ${part} (${s.trackers.length ? `trackers ${s.trackers.join(' ')}` : 'no tracker'}; ${s.webSeeds.length ? `web seeds ${s.webSeeds.join(' ')}` : 'no web seed'}; local peer discovery${s.peerExchange ? '; peer exchange' : ''})`
+
+/**
  * The checked .torrent `data` with exactly these sources: its info dictionary is kept byte for
  * byte (so is its info hash: it is the same swarm), announce, announce-list and url-list say
  * `trackers` and `webSeeds`, and nothing else of the top level stays (a comment, DHT nodes).

@@ -10,7 +10,8 @@ import { attachLoop, detachLoop } from '../lib/loop.ts'
 import { createLab, type Lab, type LabMember } from './netns.ts'
 import { labhostCommand } from './test-helpers.ts'
 import { startServe, startTracker, stopProcesses, TRACKER_PORT, waitFor } from './lab-services.ts'
-import { publishImage } from '../image-format/torrent.ts'
+import { infoHash, publishImage } from '../image-format/torrent.ts'
+import { publishDeltaPacks, type DeltaPack } from '../updater/delta-pack.ts'
 import { makeHostIn, type Host, type Images } from './update-fixtures.ts'
 
 export { HTTP_PORT, TRACKER_PORT } from './lab-services.ts'
@@ -27,7 +28,11 @@ export interface Fleet {
   /** The image directory served (2.0.0, with its .torrent). */
   imageDir: string
   url: string
+  /** The server's opentracker (announce URL). */
+  trackerUrl: string
   transportBytes: number
+  /** The delta packs published for hosts on 1.0.0 (with `deltaFrom`), tracked too. */
+  deltaPacks: DeltaPack[]
   /**
    * Start the honest seeder on the server (the first source of the pieces), `labhost image seed`,
    * and wait until it has announced itself: a lab's server seeds before its hosts are told to update.
@@ -47,7 +52,8 @@ const [labhost, ...cli] = labhostCommand()
 /** Switch ports of the lab, both ways: a gigabit lab switch. */
 export const PORT_MBIT = 1000
 
-export async function startFleet(dir: string, images: Images, o: { hosts: number; prefix: string }): Promise<Fleet> {
+/** `deltaFrom`: also publish a delta pack (and its .torrent) for hosts running that image directory. */
+export async function startFleet(dir: string, images: Images, o: { hosts: number; prefix: string; deltaFrom?: string }): Promise<Fleet> {
   const lab = await createLab(o.prefix, o.hosts, { portMbit: PORT_MBIT })
   const loops: string[] = []
   const processes: ResultPromise[] = []
@@ -60,8 +66,11 @@ export async function startFleet(dir: string, images: Images, o: { hosts: number
     const server = lab.members[0]!
     const imageDir = path.join(dir, 'served')
     fs.cpSync(images.v2, imageDir, { recursive: true })
-    const published = await publishImage(imageDir, { trackers: [`http://${server.ip}:${TRACKER_PORT}/announce`] })
-    const tracker = await startTracker(lab.spawn, server, dir, [published.infoHash])
+    const trackers = [`http://${server.ip}:${TRACKER_PORT}/announce`]
+    const published = await publishImage(imageDir, { trackers })
+    const deltaPacks = o.deltaFrom ? await publishDeltaPacks(imageDir, [o.deltaFrom], { trackers }) : []
+    const packHashes = await Promise.all(deltaPacks.map((p) => infoHash(path.join(imageDir, `${p.file}.torrent`))))
+    const tracker = await startTracker(lab.spawn, server, dir, [published.infoHash, ...packHashes])
     processes.push(tracker.process)
     const http = await startServe(lab.spawn, server, imageDir)
     processes.push(http.process)
@@ -83,6 +92,8 @@ export async function startFleet(dir: string, images: Images, o: { hosts: number
       hosts,
       imageDir,
       url,
+      trackerUrl: tracker.url,
+      deltaPacks,
       transportBytes: fs.statSync(path.join(imageDir, 'root.img.zst')).size,
       async seed(o = {}) {
         const p = lab.spawn(server, labhost, [

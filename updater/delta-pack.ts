@@ -2,13 +2,17 @@
 // one HTTP Range request per host per run of frames. At publish time, for each version the fleet
 // runs (`labhost image publish DIR --delta-from OLD_DIR`), the transport bytes a host running that
 // version lacks — exactly the ranges its own delta plan asks for (planDelta on the old image) —
-// are concatenated into one file, TRANSPORT.from-ID.pack, with its .torrent; DIR/TRANSPORT.deltas.json
-// lists the packs and the transport ranges each holds. A host updating with --torrent plans its
-// delta as always; when a pack holds every range it needs, it downloads that pack with aria2c and
-// reads the ranges from it (any range the pack lacks, and a chunk assembled from blocks that did
-// not match, come over HTTP as before). Neither the list nor the pack is signed: the list is
-// checked for bounds and names before use, the torrent like any other, and every chunk is judged
-// against the signed manifest by the slot writer, as from HTTP.
+// are concatenated into one file, TRANSPORT.from-ID.pack, after the image's block index (the
+// pack's first `index` bytes), with its .torrent; DIR/TRANSPORT.deltas.json lists the packs and the
+// transport ranges each holds. A host updating with --torrent that runs a pack's `from` version
+// downloads that pack with aria2c first, takes the block index from it (checked against the signed
+// manifest) and plans its delta as always; so the server sends a lab the index once, not once per
+// host. Otherwise it plans with the index over HTTP and takes the pack that holds every range it
+// needs, if one does. Any range the pack lacks, and a chunk assembled from blocks that did not
+// match, come over HTTP as before. Neither the list nor the pack is signed: the list is checked for
+// bounds and names before use, the torrent like any other, the index against the signed manifest,
+// and every chunk is judged against the signed manifest by the slot writer, as from HTTP.
+import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { z } from 'zod'
@@ -24,6 +28,9 @@ export const DELTA_PACKS_FORMAT = 'labhost-delta-packs/1'
 /** The largest pack list read (before anything in it is checked). */
 export const DELTA_PACKS_MAX_BYTES = 1 << 20
 
+/** The largest block index a pack may start with (a 64 GiB image's: 4 KiB blocks, 8-byte hashes). */
+const PACK_MAX_INDEX = 128 << 20
+
 export const deltaPacksFileFor = (transportFile: string) => `${transportFile}.deltas.json`
 
 const PackSchema = z
@@ -32,6 +39,8 @@ const PackSchema = z
     size: z.number().int().positive(),
     /** The image a host must run for the pack to hold its delta (for the admin; the host checks the ranges). */
     from: z.object({ version: z.string().max(64), sha256: z.string().regex(/^[0-9a-f]{64}$/) }).strict(),
+    /** The pack's first bytes are the image's block index (manifest.blocks), this many; 0: none. */
+    index: z.number().int().nonnegative().max(PACK_MAX_INDEX).optional(),
     /** Transport byte ranges [start, end), ascending, apart: the pack is their bytes in this order. */
     ranges: z
       .array(z.tuple([z.number().int().nonnegative(), z.number().int().positive()]))
@@ -63,14 +72,14 @@ export function parseDeltaPacks(text: string, transportSize: number, where: stri
       end = e
       sum += e - s
     }
-    if (sum !== p.size) throw bad(`${p.file}: its ranges hold ${sum} bytes, not ${p.size}`)
+    if (sum + (p.index ?? 0) !== p.size) throw bad(`${p.file}: its index and ranges hold ${sum + (p.index ?? 0)} bytes, not ${p.size}`)
   }
   return r.data.packs
 }
 
 /** Where transport bytes [start, end) lie in `pack`, or null when one of its ranges does not hold them all. */
 export function packOffset(pack: DeltaPack, start: number, end: number): number | null {
-  let at = 0
+  let at = pack.index ?? 0
   for (const [s, e] of pack.ranges) {
     if (start >= s && end <= e) return at + (start - s)
     at += e - s
@@ -93,21 +102,12 @@ export function packRanges(pack: DeltaPack, file: string, fallback: RangeReader)
   }
 }
 
-/**
- * The pack that holds this host's delta, downloaded with aria2c (seeding on), or null: no pack
- * list published, or none holds every range (the delta then comes over HTTP).
- */
-export async function fetchDeltaPack(
-  source: HttpSource,
-  manifest: Manifest,
-  ranges: readonly FetchRange[],
-  o: TorrentOptions,
-): Promise<{ pack: DeltaPack; file: string; seconds: number; seederPid: number | null } | null> {
-  const log = o.log ?? (() => {})
+/** The published pack list of `source`'s transport file, checked; null when none is published. */
+export async function fetchPackList(source: HttpSource, manifest: Manifest, log: (line: string) => void): Promise<DeltaPack[] | null> {
   const listUrl = deltaPacksFileFor(source.remote.url)
-  let text: string
   try {
-    text = (await fetchBytes(listUrl, source.remote.fetch, { maxBytes: DELTA_PACKS_MAX_BYTES, code: 'manifestInvalid' })).toString('utf8')
+    const text = (await fetchBytes(listUrl, source.remote.fetch, { maxBytes: DELTA_PACKS_MAX_BYTES, code: 'manifestInvalid' })).toString('utf8')
+    return parseDeltaPacks(text, manifest.transport.size, listUrl)
   } catch (e) {
     if (isLabhostError(e) && e.code === 'notFound') {
       log(`${listUrl}: no delta packs published; the delta comes over HTTP`)
@@ -115,15 +115,27 @@ export async function fetchDeltaPack(
     }
     throw e
   }
-  const pack = packFor(parseDeltaPacks(text, manifest.transport.size, listUrl), ranges)
-  if (!pack) {
-    log(`${listUrl}: no pack holds this host's delta; it comes over HTTP`)
-    return null
-  }
-  const packUrl = new URL(pack.file, source.remote.url).toString()
+}
+
+/** The pack made for hosts running `version` that starts with this image's block index, or null. */
+export function packForVersion(packs: DeltaPack[], version: string | null, manifest: Manifest): DeltaPack | null {
+  if (version === null || !manifest.blocks) return null
+  return packs.find((p) => p.from.version === version && p.index === manifest.blocks!.size) ?? null
+}
+
+export interface FetchedPack {
+  pack: DeltaPack
+  file: string
+  seconds: number
+  seederPid: number | null
+}
+
+/** `pack` downloaded with aria2c (seeding on). */
+export async function downloadPack(source: HttpSource, manifest: Manifest, pack: DeltaPack, o: TorrentOptions): Promise<FetchedPack> {
+  const log = o.log ?? (() => {})
   const got = await torrentDownload(
     source.remote,
-    `${packUrl}.torrent`,
+    new URL(pack.file, source.remote.url).toString(),
     { name: pack.file, size: pack.size },
     `${manifest.transport.sha256.slice(0, 16)}-${pack.from.sha256.slice(0, 16)}`,
     { ...o, log },
@@ -135,6 +147,21 @@ export async function fetchDeltaPack(
   }
   log(`downloaded the delta pack ${pack.file} (${pack.size} bytes) with BitTorrent in ${got.seconds.toFixed(1)} s; aria2c seeds it for ${o.seedMinutes} min`)
   return { pack, file: got.file, seconds: got.seconds, seederPid: got.seederPid }
+}
+
+/** The block index a fetched pack starts with, if it is the signed one (else undefined, said in the log). */
+export function packIndex(fetched: FetchedPack, manifest: Manifest, log: (line: string) => void): Buffer | undefined {
+  const b = manifest.blocks
+  if (!b || fetched.pack.index !== b.size) return undefined
+  const fd = fs.openSync(fetched.file, 'r')
+  try {
+    const data = Buffer.alloc(b.size)
+    if (fs.readSync(fd, data, 0, b.size, 0) === b.size && crypto.createHash('sha256').update(data).digest('hex') === b.sha256) return data
+  } finally {
+    fs.closeSync(fd)
+  }
+  log(`the block index in ${fetched.pack.file} does not match the signed manifest: it comes over HTTP`)
+  return undefined
 }
 
 /**
@@ -161,6 +188,8 @@ export async function publishDeltaPacks(imageDir: string, oldDirs: string[], o: 
       const fd = fs.openSync(transport, 'r')
       const wfd = fs.openSync(out, 'w')
       try {
+        // the block index first: a host running the old version plans its delta with it
+        if (blockIndex) fs.writeSync(wfd, blockIndex)
         const buf = Buffer.alloc(1 << 20)
         for (const r of plan.ranges)
           for (let at = r.start; at < r.end;) {
@@ -178,6 +207,7 @@ export async function publishDeltaPacks(imageDir: string, oldDirs: string[], o: 
         file,
         size: fs.statSync(out).size,
         from: { version: old.version, sha256: old.image.sha256 },
+        index: blockIndex?.length ?? 0,
         ranges: plan.ranges.map((r) => [r.start, r.end] as [number, number]),
       })
     } finally {

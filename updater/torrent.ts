@@ -8,48 +8,86 @@
 // lab's subnet) finds them without the tracker, and DHT stays off, so peers come from the tracker
 // and the LAN only (image-format/torrent-download.ts runs aria2c).
 import path from 'node:path'
-import { LabhostError } from '../lib/errors.ts'
+import { LabhostError, isLabhostError } from '../lib/errors.ts'
 import { matchesPart, type Manifest } from '../image-format/manifest.ts'
 import { aria2Download, fetchTorrent, type Aria2Options, type Aria2Result } from '../image-format/torrent-download.ts'
+import { describeSources, peerSources, sourcedTorrent, torrentSources, type PeerPart } from '../image-format/torrent.ts'
 import type { HttpSource, Remote, UpdateSource } from '../image-format/source.ts'
 
 export interface TorrentOptions extends Aria2Options {
   /** Download (and seeding) directory; default /run/labhost/torrent (RAM, gone at reboot). */
   dir: string
+  /**
+   * Which peers (image-format/torrent.ts): `all` takes the torrent as published; `upstream` adds
+   * the server as a web seed and keeps its peers to itself (the lab's one or two hosts that fetch
+   * from the server); `building` uses only the lab's peers and `trackers`, and turns to the server
+   * only when no peer had a byte to give for the stall timeout (it becomes the upstream).
+   */
+  peers: PeerPart
+  /** Trackers announced to besides the torrent's (with `building`: instead of them), e.g. the lab's own. */
+  trackers: string[]
 }
 
-export const DEFAULT_TORRENT: TorrentOptions = { dir: '/run/labhost/torrent', seedMinutes: 30, seedRatio: 0, trackerIntervalSeconds: 60, stallSeconds: 300 }
+export const DEFAULT_TORRENT: TorrentOptions = {
+  dir: '/run/labhost/torrent',
+  peers: 'all',
+  trackers: [],
+  seedMinutes: 30,
+  seedRatio: 0,
+  trackerIntervalSeconds: 60,
+  stallSeconds: 300,
+}
 
 /** The URL of the .torrent published for a transport file URL. */
 export const torrentUrlFor = (transportUrl: string): string => `${transportUrl}.torrent`
 
 /**
  * `want` — the signed transport file, or a delta pack (delta-pack.ts) — downloaded with aria2c from
- * the .torrent at `torrentUrl` (checked first) into o.dir/ID; aria2c seeds on. One directory per
- * file (ID): a new image never meets the pieces of another; the .torrent, the completion hook, its
- * marker and aria2c's log live in a directory beside it that only root may enter, where no
- * torrent's file name can reach.
+ * the .torrent beside `fileUrl` (checked first; its sources as o.peers says) into o.dir/ID; aria2c
+ * seeds on. One directory per file (ID): a new image never meets the pieces of another; the
+ * .torrent, the completion hook, its marker and aria2c's log live in a directory beside it that
+ * only root may enter, where no torrent's file name can reach.
  */
 export async function torrentDownload(
   remote: Remote,
-  torrentUrl: string,
+  fileUrl: string,
   want: { name: string; size: number },
   id: string,
   o: TorrentOptions,
   otherwise: string,
 ): Promise<Aria2Result> {
-  return aria2Download({
-    ...o,
-    torrent: await fetchTorrent(torrentUrl, remote.fetch, want),
-    ...want,
-    dir: path.join(o.dir, id),
-    control: path.join(o.dir, `${id}.control`),
-    lpd: true,
-    peerExchange: true,
-    caFile: remote.fetch.caFile,
-    what: torrentUrl,
-    otherwise,
-  })
+  const torrentUrl = torrentUrlFor(fileUrl)
+  const torrent = await fetchTorrent(torrentUrl, remote.fetch, want)
+  const run = (part: PeerPart, stallSeconds: number) => {
+    const s = peerSources(part, torrentSources(torrent), part === 'all' ? null : fileUrl, o.trackers)
+    o.log?.(describeSources(part, s))
+    return aria2Download({
+      ...o,
+      stallSeconds,
+      torrent: sourcedTorrent(torrent, s),
+      ...want,
+      dir: path.join(o.dir, id),
+      control: path.join(o.dir, `${id}.control`),
+      lpd: s.lpd,
+      peerExchange: s.peerExchange,
+      caFile: remote.fetch.caFile,
+      what: torrentUrl,
+      otherwise,
+    })
+  }
+  if (o.peers !== 'building') return run(o.peers, o.stallSeconds)
+  // A lab's hosts wait for their peers; when none has a byte to give for the timeout (and up to
+  // half of it more, at random, so that the hosts of a lab without an upstream do not all turn to
+  // the server at once), this host fetches from the server as well and becomes the lab's upstream:
+  // one host per lab pays the copy, the others get their pieces from it. aria2c resumes the
+  // pieces it has.
+  try {
+    return await run('building', Math.round(o.stallSeconds * (1 + Math.random() / 2)))
+  } catch (e) {
+    if (!(isLabhostError(e) && e.details.stalled)) throw e
+    o.log?.(`no peer of this lab had ${want.name} to give: fetching it from the server too, as the lab's upstream`)
+    return run('upstream', o.stallSeconds)
+  }
 }
 
 /**
@@ -63,7 +101,7 @@ export async function torrentSource(source: HttpSource, manifest: Manifest, o: T
   const name = path.basename(manifest.transport.file)
   const got = await torrentDownload(
     remote,
-    torrentUrl,
+    remote.url,
     { name, size: manifest.transport.size },
     manifest.transport.sha256.slice(0, 16),
     o,

@@ -30,7 +30,7 @@ import {
 } from '../image-format/source.ts'
 import { imageInput, verifyImage, writeImage, type BeforeReadBack, type WriteStats } from '../image-format/slot-writer.ts'
 import { deltaPays, deltaSource, deltaUnusable, httpRanges, planDelta, type DeltaSummary } from './delta.ts'
-import { fetchDeltaPack, packRanges } from './delta-pack.ts'
+import { downloadPack, fetchPackList, packFor, packForVersion, packIndex, packRanges, type FetchedPack } from './delta-pack.ts'
 import { torrentSource, torrentUrlFor, type TorrentOptions } from './torrent.ts'
 import type { Progress } from '../lib/progress.ts'
 import { LABHOST_VERSION } from '../lib/labhost-version.ts'
@@ -324,6 +324,11 @@ async function chooseDelta(
     log(`downloading the whole image: ${unusable}`)
     return { source, delta: { used: false, reason: unusable } }
   }
+  // with --torrent: the pack made for the version this host runs, first — its block index comes
+  // with it, so the lab's hosts do not each fetch the index from the server (delta-pack.ts)
+  const packs = torrent && !dryRun ? await fetchPackList(source, manifest, log) : null
+  const mine = packs && packForVersion(packs, plan.from.version, manifest)
+  let fetched: FetchedPack | null = mine ? await downloadPack(source, manifest, mine, torrent!) : null
   const d = await planDelta(
     manifest,
     plan.disk,
@@ -331,7 +336,7 @@ async function chooseDelta(
       active: { firstByte: plan.from.firstByte, bytes: plan.from.slotBytes },
       target: { firstByte: plan.to.firstByte, bytes: plan.to.slotBytes },
     },
-    await fetchBlockIndex(manifest, source, log),
+    (fetched && packIndex(fetched, manifest, log)) ?? (await fetchBlockIndex(manifest, source, log)),
   )
   const s = d.summary
   const what =
@@ -344,7 +349,11 @@ async function chooseDelta(
   log(`delta: fetching ${what}`)
   // with --torrent: from a delta pack that holds this host's ranges, over BitTorrent (delta-pack.ts)
   if (torrent && dryRun) return { source, delta: { used: true, ...s }, how: `delta: ${what}; over BitTorrent where a delta pack holds it` }
-  const pack = torrent ? await fetchDeltaPack(source, manifest, d.ranges, torrent) : null
+  // else a pack that holds every range this host needs, if one does
+  const holding = !fetched && packs ? packFor(packs, d.ranges) : null
+  if (holding) fetched = await downloadPack(source, manifest, holding, torrent!)
+  else if (!fetched && packs) log("no delta pack holds this host's delta; it comes over HTTP")
+  const pack = fetched
   if (pack) {
     const via = `, from the delta pack ${pack.pack.file} (BitTorrent)`
     source.stats.torrent = {

@@ -20,13 +20,10 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { LabhostError, isLabhostError } from '../lib/errors.ts'
 import { syncDir } from '../lib/durable.ts'
-import { sourcedTorrent, torrentSources } from '../image-format/torrent.ts'
+import { describeSources, peerSources, sourcedTorrent, torrentSources, type PeerPart } from '../image-format/torrent.ts'
 import { aria2Download, fetchTorrent, PID_FILE, shellQuote, type Aria2Options } from '../image-format/torrent-download.ts'
 import { verifyFile, type Downloaded } from './download.ts'
 import type { BaseSource } from './source.ts'
-
-export const PEER_PARTS = ['all', 'building', 'upstream'] as const
-export type PeerPart = (typeof PEER_PARTS)[number]
 
 export interface VmTorrentOptions extends Aria2Options {
   peers: PeerPart
@@ -45,13 +42,6 @@ export const DEFAULT_VM_TORRENT: VmTorrentOptions = {
 
 /** Where aria2c keeps its downloads on the backing partition (not a base: scanBases reads only the top level). */
 export const torrentRoot = (backingDir: string) => path.join(path.resolve(backingDir), '.torrent')
-
-/** The part a host takes, as aria2c's sources. */
-export function peerSources(part: PeerPart, own: { trackers: string[]; webSeeds: string[] }, server: string, trackers: string[]) {
-  if (part === 'building') return { trackers, webSeeds: [], lpd: true, peerExchange: false }
-  const sources = { trackers: [...new Set([...own.trackers, ...trackers])], webSeeds: [...new Set([...own.webSeeds, server])], lpd: true }
-  return { ...sources, peerExchange: part === 'all' }
-}
 
 /** A pid file's aria2c, if it still runs: ended (SIGTERM, then SIGKILL) before its files are touched. */
 async function endSeeder(pidFile: string): Promise<void> {
@@ -141,9 +131,7 @@ export async function torrentPull(source: BaseSource, torrent: Buffer, backingDi
     }
   }
   const s = peerSources(o.peers, torrentSources(torrent), source.url!, o.trackers)
-  o.log?.(
-    `peers: ${o.peers} (${s.trackers.length ? `trackers ${s.trackers.join(' ')}` : 'no tracker'}; ${s.webSeeds.length ? `web seeds ${s.webSeeds.join(' ')}` : 'no web seed'}; local peer discovery${s.peerExchange ? '; peer exchange' : ''})`,
-  )
+  o.log?.(describeSources(o.peers, s))
   const got = await aria2Download({
     ...o,
     torrent: sourcedTorrent(torrent, s),

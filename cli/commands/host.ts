@@ -9,6 +9,7 @@ import { DEFAULT_MACHINE_UUID_FILE, runChannelUpdate, type ChannelOutcome } from
 import { failingConfig, judgeTrial, loadTrialConfig, trialPendingHere, TRIAL_CONFIG, type TrialConfig } from '../../updater/trial-verdict.ts'
 import { DEFAULT_TORRENT } from '../../updater/torrent.ts'
 import { DEFAULT_FETCH } from '../../image-format/source.ts'
+import { PEER_PARTS } from '../../image-format/torrent.ts'
 import { ExitCode, LabhostError } from '../../lib/errors.ts'
 import { powerAction } from '../../lib/power.ts'
 import { renderSwitch } from '../../bootloader/switch.ts'
@@ -135,7 +136,7 @@ export const trialCheck = defineCommand({
 })
 
 // read only with --torrent: given without it, a mistake worth saying (not silently ignored)
-const TORRENT_ONLY = ['download-dir', 'seed-minutes', 'seed-ratio', 'tracker-interval', 'download-limit'] as const
+const TORRENT_ONLY = ['download-dir', 'peers', 'tracker', 'seed-minutes', 'seed-ratio', 'tracker-interval', 'download-limit'] as const
 
 export const update = defineCommand({
   name: 'update',
@@ -228,6 +229,21 @@ export const update = defineCommand({
       default: DEFAULT_TORRENT.dir,
       description: 'with --torrent: where aria2c keeps the transport file while it downloads and seeds',
     },
+    peers: {
+      type: 'string',
+      value: 'PART',
+      schema: oneOf(PEER_PARTS),
+      defaultText: DEFAULT_TORRENT.peers,
+      description:
+        "with --torrent: which peers — all (the torrent as published), upstream (one of the lab's few hosts that fetch from the server, as a web seed, for the others) or building (only the lab's peers and --tracker, never the server)",
+    },
+    tracker: {
+      type: 'string',
+      value: 'URL',
+      multiple: true,
+      schema: url(['http:', 'https:', 'udp:'], 'http://10.0.0.1:6969/announce'),
+      description: "with --torrent: also announce to this tracker (the lab's own); with --peers building, the only one",
+    },
     'seed-minutes': {
       type: 'string',
       value: 'N',
@@ -293,6 +309,8 @@ export const update = defineCommand({
         ? {
             ...DEFAULT_TORRENT,
             dir: values['download-dir'],
+            ...(values.peers !== undefined ? { peers: values.peers } : {}),
+            ...(values.tracker !== undefined ? { trackers: values.tracker } : {}),
             ...(values['seed-minutes'] !== undefined ? { seedMinutes: values['seed-minutes'] } : {}),
             ...(values['seed-ratio'] !== undefined ? { seedRatio: values['seed-ratio'] } : {}),
             ...(values['tracker-interval'] !== undefined ? { trackerIntervalSeconds: values['tracker-interval'] } : {}),

@@ -45,7 +45,7 @@ t.test('labhost-update.service: follows the configured channel, reboots into the
   t.same(get('ConditionFileNotEmpty'), ['|/persistent/labhost/channel.url', '|/etc/labhost/channel.url'])
   t.match(
     get('ExecStart')[0],
-    /\/persistent\/labhost\/channel\.url.*\/etc\/labhost\/channel\.url.*\/usr\/sbin\/labhost update --channel "\$\(head -n1 \$f\)" --reboot/,
+    /\/persistent\/labhost\/channel\.url.*\/etc\/labhost\/channel\.url.*\/usr\/sbin\/labhost update --channel "\$url" \$opts --reboot/,
   )
   t.match(get('ExecStopPost')[0], /labhost status --prometheus --out \/run\/labhost\/metrics\/labhost\.prom/)
   t.ok(get('After')[0]?.includes('network-online.target'))
@@ -53,6 +53,29 @@ t.test('labhost-update.service: follows the configured channel, reboots into the
     recipe.files.some((f) => f.path === '/etc/labhost/channel.url'),
     'the shipped image names no channel: pull mode stays off until an admin sets one',
   )
+})
+
+t.test("the service's command line, run by sh: the per-host file's URL and options first, else the image's", async (t) => {
+  const d = tmpDir(t)
+  const persistent = path.join(d, 'persistent-channel.url')
+  const image = path.join(d, 'etc-channel.url')
+  // the ExecStart line with its files moved here and labhost replaced by printing its arguments
+  const command = /^\/bin\/sh -c '(.*)'$/
+    .exec(file('/etc/systemd/system/labhost-update.service').match(/^ExecStart=(.*)$/m)![1]!)![1]!
+    .replaceAll('/persistent/labhost/channel.url', persistent)
+    .replaceAll('/etc/labhost/channel.url', image)
+    .replace('/usr/sbin/labhost', `printf '%s\\n'`)
+  const argv = () => spawnSync('/bin/sh', ['-c', command], { encoding: 'utf8' }).stdout.trimEnd().split('\n')
+  fs.writeFileSync(image, 'http://images.lab/channel.json\n')
+  t.same(argv(), ['update', '--channel', 'http://images.lab/channel.json', '--reboot'], "the image's URL alone")
+  fs.writeFileSync(persistent, 'http://10.0.0.1/lab-b.json --torrent --peers upstream --tracker http://10.0.0.1:6969/announce\n# a comment line\n')
+  t.same(
+    argv(),
+    ['update', '--channel', 'http://10.0.0.1/lab-b.json', '--torrent', '--peers', 'upstream', '--tracker', 'http://10.0.0.1:6969/announce', '--reboot'],
+    "the host's own file wins, its options passed as words",
+  )
+  fs.writeFileSync(persistent, 'http://10.0.0.1/*.json')
+  t.same(argv(), ['update', '--channel', 'http://10.0.0.1/*.json', '--reboot'], 'no trailing newline, no glob expansion')
 })
 
 t.test('systemd-analyze verify accepts both units (where systemd-analyze is installed)', async (t) => {

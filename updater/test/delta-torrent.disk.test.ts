@@ -1,8 +1,9 @@
 // A delta over BitTorrent (issue 18, item 1): `labhost image publish DIR --delta-from OLD_DIR`
-// writes the pack of transport bytes a host on the old version lacks, with its .torrent and the
-// pack list; `labhost update URL --torrent` plans its delta as always, finds the pack holding all
-// of it, fetches the pack with aria2c (here from its web seed, the image server) and not one of the
-// delta's frames over its own HTTP requests; slot B is then 2.0.0 exactly. A pack of other bytes
+// writes the block index and the transport bytes a host on the old version lacks into a pack, with
+// its .torrent and the pack list; `labhost update URL --torrent` on a host running that version
+// fetches the pack with aria2c (here from its web seed, the image server), plans its delta with the
+// index from it, and fetches neither the index nor one of the delta's frames over its own HTTP
+// requests; slot B is then 2.0.0 exactly. A pack of other bytes
 // is caught by the slot writer against the signed manifest, slot A, the GPT and the state untouched;
 // a pack list that points outside the transport file is refused before any download.
 // Each run is a network and PID namespace of its own (test-support/isolated.ts).
@@ -67,6 +68,15 @@ t.test('publish --delta-from: one pack, smaller than the transport file, listed 
   t.equal(fs.statSync(path.join(served, packFile)).size, p.size)
   t.ok(p.size < m.transport.size / 2, `the pack (${p.size} bytes) is a delta, not the image (${m.transport.size})`)
   t.equal(p.from.sha256, readManifest(path.join(images.v1, 'manifest.json')).image.sha256)
+  t.equal(p.from.version, '1.0.0')
+  t.equal(p.index, m.blocks!.size, 'the pack starts with the block index')
+  t.ok(
+    fs
+      .readFileSync(path.join(served, packFile))
+      .subarray(0, p.index)
+      .equals(fs.readFileSync(path.join(served, m.blocks!.file))),
+    'byte for byte',
+  )
   t.ok(fs.existsSync(path.join(served, `${packFile}.torrent`)), 'its .torrent')
 })
 
@@ -78,7 +88,8 @@ t.test('1.0.0 -> 2.0.0 with --torrent: the delta comes from the pack over BitTor
   t.equal(out.delta.used, true)
   t.equal(out.delta.pack, packFile, 'the delta named its pack')
   const m2 = readManifest(path.join(served, 'manifest.json'))
-  t.equal(out.transfer.bytes, m2.blocks!.size, "labhost's own HTTP requests brought the block index only, none of the delta's frames")
+  t.equal(out.transfer.bytes, 0, "labhost's own HTTP requests brought none of the delta's frames, nor the block index (it came in the pack)")
+  t.ok(m2.blocks, 'the image has a block index')
   t.ok(slotBHolds(h, path.join(images.v2, 'root.img')), 'slot B holds 2.0.0 byte for byte')
 })
 

@@ -1,0 +1,180 @@
+// The fleet section of `npm run bench` (issue 18): a lab of N hosts in network namespaces (1, 8
+// and 32; the server's and every host's port at 1 Gbit/s) updates from 1.0.0 to 2.0.0 at once,
+// four ways — the whole transport file over HTTP, the whole file over BitTorrent, the delta over
+// HTTP, the delta (its pack) over BitTorrent. BitTorrent here is building-aware as docs/admin.md
+// advises for a lab: one host per lab is `--peers upstream` (it fetches from the server, a web seed,
+// and the others fetch from it), the rest `--peers building --tracker` (the lab's peers only, never
+// the server); the server runs no seeder. Measured per round: the bytes the server's interface
+// sent, per the bytes one host needs; the time until the last host was done; and how busy this
+// machine's CPUs were (every host shares its two cores, which real PCs do not).
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { buildImage } from '../image-build/build.ts'
+import { writeRecipeVariant } from '../image-build/recipe.ts'
+import { startFleet, type Fleet, type FleetHost } from '../test-support/fleet-fixtures.ts'
+import type { Images } from '../test-support/update-fixtures.ts'
+
+/** The package 2.0.0 of the fleet's image adds (with its libraries): a delta of a few MiB, as a small update is. */
+export const FLEET_EXTRA_PACKAGE = 'nano'
+
+/** The test image as 1.0.0, and as 2.0.0 with one package more. */
+export async function buildFleetImages(dir: string, keys: Images['keys']): Promise<Images> {
+  const v1 = path.dirname((await buildImage('test', { out: path.join(dir, 'fleet-v1'), keyFile: keys.privateKeyFile })).manifestFile)
+  const recipe2 = writeRecipeVariant('test', path.join(dir, 'fleet-test-2.yaml'), (r) => {
+    r.version = '2.0.0'
+    r.base.packages = [...r.base.packages, FLEET_EXTRA_PACKAGE]
+  })
+  const v2 = path.dirname((await buildImage(recipe2, { out: path.join(dir, 'fleet-v2'), keyFile: keys.privateKeyFile })).manifestFile)
+  return { keys, v1, v2 }
+}
+
+export const METHODS = ['full-http', 'full-bt', 'delta-http', 'delta-bt'] as const
+export type Method = (typeof METHODS)[number]
+
+const LABEL: Record<Method, string> = {
+  'full-http': 'whole image over HTTP',
+  'full-bt': 'whole image over BitTorrent (one upstream host, the rest the lab only)',
+  'delta-http': 'delta over HTTP',
+  'delta-bt': 'delta pack over BitTorrent (one upstream host, the rest the lab only)',
+}
+
+export interface Round {
+  method: Method
+  hosts: number
+  seconds: number
+  serverBytes: number
+  /** What one host needs: the whole transport file, or (delta) its pack — the block index and the ranges it lacks. */
+  needBytes: number
+  /** Machine-wide CPU busy share during the round (1: both cores busy all the time). */
+  cpuBusy: number
+}
+
+/** CPU time this machine spent busy (all cores, seconds), from /proc/stat. */
+function cpuBusySeconds(): number {
+  const f = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number)
+  // user nice system idle iowait irq softirq steal
+  const busy = f[0]! + f[1]! + f[2]! + f[5]! + f[6]! + f[7]!
+  return busy / 100
+}
+
+/** A host's `labhost update` arguments for `method`; host 0 of the lab is the BitTorrent upstream. */
+function hostArgs(f: Fleet, h: FleetHost, i: number, method: Method): string[] {
+  const bt = [
+    '--torrent',
+    '--download-dir',
+    h.downloadDir,
+    '--tracker-interval',
+    '2',
+    '--seed-minutes',
+    '2',
+    ...(i === 0 ? ['--peers', 'upstream'] : ['--peers', 'building', '--tracker', f.trackerUrl]),
+  ]
+  switch (method) {
+    case 'full-http':
+      return ['--full']
+    case 'full-bt':
+      return ['--full', ...bt]
+    case 'delta-http':
+      return []
+    case 'delta-bt':
+      return bt
+  }
+}
+
+/** One round: a fresh lab of `hosts` (with a delta pack for 1.0.0 published), all updating at once with `method`. */
+export async function fleetRound(dir: string, images: Images, hosts: number, method: Method, prefix: string): Promise<Round> {
+  const fleetDir = fs.mkdtempSync(path.join(dir, `fleet-${method}-${hosts}-`))
+  const f = await startFleet(fleetDir, images, { hosts, prefix, deltaFrom: images.v1 })
+  try {
+    const before = await f.lab.txBytes(f.server)
+    const cpu0 = cpuBusySeconds()
+    const t0 = performance.now()
+    const runs = await Promise.all(f.hosts.map((h, i) => f.update(h, hostArgs(f, h, i, method))))
+    const seconds = (performance.now() - t0) / 1000
+    const cpu = cpuBusySeconds() - cpu0
+    const serverBytes = (await f.lab.txBytes(f.server)) - before
+    for (const [i, r] of runs.entries()) {
+      if (r.exitCode !== 0) throw new Error(`${method}, ${hosts} hosts: host ${i + 1} failed: ${String(r.all).slice(-1500)}`)
+      const out = JSON.parse(String(r.stdout)) as { to: { version: string } }
+      if (out.to.version !== '2.0.0') throw new Error(`${method}: host ${i + 1} wrote ${out.to.version}`)
+    }
+    const needBytes = method.startsWith('delta') ? f.deltaPacks[0]!.size : f.transportBytes
+    return { method, hosts, seconds, serverBytes, needBytes, cpuBusy: cpu / seconds / os.cpus().length }
+  } finally {
+    await f.close()
+    fs.rmSync(fleetDir, { recursive: true, force: true })
+  }
+}
+
+export interface FleetFigure {
+  name: string
+  value: number
+  unit: string
+  peer: string | null
+  peerValue: number | null
+  note?: string
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
+
+/**
+ * The whole section: 3 single-host rounds per method (the reference time), `runs8` rounds of 8
+ * hosts and `runs32` of 32, methods alternating. Figures: server bytes per one host's need and
+ * time per the single host's, each method at 8 and 32 hosts, with the spread and CPU share.
+ */
+export async function benchFleetScale(
+  dir: string,
+  images: Images,
+  fig: (f: FleetFigure) => void,
+  o: { runs8: number; runs32: number; methods?: readonly Method[] } = { runs8: 3, runs32: 1 },
+): Promise<Round[]> {
+  const methods = o.methods ?? METHODS
+  const rounds: Round[] = []
+  const prefix = (m: Method, n: number) => `lhs${METHODS.indexOf(m)}${n}`
+  const plan: [number, number][] = [
+    [1, 3],
+    [8, o.runs8],
+    [32, o.runs32],
+  ]
+  for (const [n, runs] of plan)
+    for (let r = 0; r < runs; r++)
+      for (const m of methods) {
+        const round = await fleetRound(dir, images, n, m, prefix(m, n))
+        console.log(
+          `fleet ${m}, ${n} host(s), round ${r + 1}: ${round.seconds.toFixed(1)} s, server sent ${(round.serverBytes / 2 ** 20).toFixed(1)} MiB, CPU busy ${(round.cpuBusy * 100).toFixed(0)} %`,
+        )
+        rounds.push(round)
+      }
+  const single = (m: Method) => rounds.filter((r) => r.method === m && r.hosts === 1)
+  for (const m of methods) {
+    const need = single(m)[0]!.needBytes
+    const alone = median(single(m).map((r) => r.seconds))
+    const httpAlone = median(single(m.startsWith('delta') ? 'delta-http' : 'full-http').map((r) => r.seconds))
+    for (const n of [8, 32]) {
+      const rs = rounds.filter((r) => r.method === m && r.hosts === n)
+      if (!rs.length) continue
+      const copies = rs.map((r) => r.serverBytes / need)
+      const times = rs.map((r) => r.seconds)
+      const spread = (xs: number[], d: number) =>
+        xs.length > 1 ? `; ${xs.length} runs, min ${Math.min(...xs).toFixed(d)}, max ${Math.max(...xs).toFixed(d)}` : '; 1 run'
+      fig({
+        name: `fleet: server bytes sent per the bytes one host needs, ${n} hosts, ${LABEL[m]}`,
+        value: Number(median(copies).toFixed(2)),
+        unit: 'x one host',
+        peer: 'the bytes one host needs (the transport file; for a delta its pack: the block index and the frames it lacks)',
+        peerValue: 1,
+        note: `one host needs ${need} bytes${spread(copies, 2)}; every port ${1000} Mbit/s`,
+      })
+      fig({
+        name: `fleet: time until the last of ${n} hosts was done, ${LABEL[m]}`,
+        value: Number(median(times).toFixed(1)),
+        unit: 's',
+        peer: 'one host alone, the same way',
+        peerValue: Number(alone.toFixed(1)),
+        note: `one host alone over HTTP: ${httpAlone.toFixed(1)} s${spread(times, 1)}; this machine's ${os.cpus().length} cores were busy ${(median(rs.map((r) => r.cpuBusy)) * 100).toFixed(0)} % of the time (all hosts share them)`,
+      })
+    }
+  }
+  return rounds
+}
