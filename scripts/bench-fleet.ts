@@ -48,6 +48,54 @@ export interface Round {
   needBytes: number
   /** Machine-wide CPU busy share during the round (1: both cores busy all the time). */
   cpuBusy: number
+  /** CPU seconds this machine spent during the round (all cores). */
+  cpuSeconds: number
+  /** CPU seconds the hosts' own processes used (labhost, zstd, aria2c until the round ended); null where no control group could count them. */
+  hostCpuSeconds: number | null
+  /** BitTorrent: the longest a host's aria2c took until it had every piece (null over HTTP, where the download is the write). */
+  downloadSeconds: number | null
+}
+
+/**
+ * A control group that counts the CPU time of the processes put into it and of everything they
+ * start (the hosts' labhost, its zstd and aria2c): cgroup v2 (cpu.stat) or v1's cpuacct, where
+ * this machine mounts one; null where neither can be made.
+ */
+function cpuGroup(name: string): { join(pid: number | undefined): void; seconds(): number; remove(): void } | null {
+  const roots = [
+    { dir: '/sys/fs/cgroup', read: (d: string) => Number(/usage_usec (\d+)/.exec(fs.readFileSync(path.join(d, 'cpu.stat'), 'utf8'))?.[1]) / 1e6 },
+    { dir: '/sys/fs/cgroup/unified', read: (d: string) => Number(/usage_usec (\d+)/.exec(fs.readFileSync(path.join(d, 'cpu.stat'), 'utf8'))?.[1]) / 1e6 },
+    { dir: '/sys/fs/cgroup/cpuacct', read: (d: string) => Number(fs.readFileSync(path.join(d, 'cpuacct.usage'), 'utf8')) / 1e9 },
+  ]
+  for (const r of roots) {
+    const d = path.join(r.dir, name)
+    try {
+      if (!fs.existsSync(path.join(r.dir, 'cgroup.procs'))) continue
+      fs.mkdirSync(d)
+      if (!Number.isFinite(r.read(d))) throw new Error('no CPU count')
+    } catch {
+      fs.rmSync(d, { recursive: false, force: true })
+      continue
+    }
+    return {
+      join(pid) {
+        if (pid) fs.writeFileSync(path.join(d, 'cgroup.procs'), String(pid))
+      },
+      seconds: () => r.read(d),
+      remove() {
+        // a group with processes cannot be removed: what still runs (aria2c seeding on) goes to the parent
+        for (const pid of fs.readFileSync(path.join(d, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean)) {
+          try {
+            fs.writeFileSync(path.join(r.dir, 'cgroup.procs'), pid)
+          } catch {
+            /* gone */
+          }
+        }
+        fs.rmdirSync(d)
+      },
+    }
+  }
+  return null
 }
 
 /** CPU time this machine spent busy (all cores, seconds), from /proc/stat. */
@@ -88,19 +136,34 @@ export async function fleetRound(dir: string, images: Images, hosts: number, met
   const f = await startFleet(fleetDir, images, { hosts, prefix, deltaFrom: images.v1 })
   try {
     const before = await f.lab.txBytes(f.server)
-    const cpu0 = cpuBusySeconds()
-    const t0 = performance.now()
-    const runs = await Promise.all(f.hosts.map((h, i) => f.update(h, hostArgs(f, h, i, method))))
-    const seconds = (performance.now() - t0) / 1000
-    const cpu = cpuBusySeconds() - cpu0
-    const serverBytes = (await f.lab.txBytes(f.server)) - before
-    for (const [i, r] of runs.entries()) {
-      if (r.exitCode !== 0) throw new Error(`${method}, ${hosts} hosts: host ${i + 1} failed: ${String(r.all).slice(-1500)}`)
-      const out = JSON.parse(String(r.stdout)) as { to: { version: string } }
-      if (out.to.version !== '2.0.0') throw new Error(`${method}: host ${i + 1} wrote ${out.to.version}`)
+    const group = cpuGroup(`${prefix}-${process.pid}`)
+    try {
+      const cpu0 = cpuBusySeconds()
+      const t0 = performance.now()
+      const runs = await Promise.all(
+        f.hosts.map((h, i) => {
+          const p = f.update(h, hostArgs(f, h, i, method))
+          group?.join(p.pid)
+          return p
+        }),
+      )
+      const seconds = (performance.now() - t0) / 1000
+      const cpu = cpuBusySeconds() - cpu0
+      const hostCpuSeconds = group ? group.seconds() : null
+      const serverBytes = (await f.lab.txBytes(f.server)) - before
+      let downloadSeconds: number | null = null
+      for (const [i, r] of runs.entries()) {
+        if (r.exitCode !== 0) throw new Error(`${method}, ${hosts} hosts: host ${i + 1} failed: ${String(r.all).slice(-1500)}`)
+        const out = JSON.parse(String(r.stdout)) as { to: { version: string }; transfer: { torrent?: { seconds: number } } }
+        if (out.to.version !== '2.0.0') throw new Error(`${method}: host ${i + 1} wrote ${out.to.version}`)
+        if (out.transfer.torrent) downloadSeconds = Math.max(downloadSeconds ?? 0, out.transfer.torrent.seconds)
+      }
+      const needBytes = method.startsWith('delta') ? f.deltaPacks[0]!.size : f.transportBytes
+      return { method, hosts, seconds, serverBytes, needBytes, cpuBusy: cpu / seconds / cores, cpuSeconds: cpu, hostCpuSeconds, downloadSeconds }
+    } finally {
+      // aria2c may still seed: moved out of the group, ended by f.close below
+      group?.remove()
     }
-    const needBytes = method.startsWith('delta') ? f.deltaPacks[0]!.size : f.transportBytes
-    return { method, hosts, seconds, serverBytes, needBytes, cpuBusy: cpu / seconds / os.cpus().length }
   } finally {
     await f.close()
     fs.rmSync(fleetDir, { recursive: true, force: true })
@@ -142,7 +205,7 @@ export async function benchFleetScale(
       for (const m of methods) {
         const round = await fleetRound(dir, images, n, m, prefix(m, n))
         console.log(
-          `fleet ${m}, ${n} host(s), round ${r + 1}: ${round.seconds.toFixed(1)} s, server sent ${(round.serverBytes / 2 ** 20).toFixed(1)} MiB, CPU busy ${(round.cpuBusy * 100).toFixed(0)} %`,
+          `fleet ${m}, ${n} host(s), round ${r + 1}: ${round.seconds.toFixed(1)} s${round.downloadSeconds === null ? '' : ` (BitTorrent downloads done within ${round.downloadSeconds.toFixed(1)} s)`}, server sent ${(round.serverBytes / 2 ** 20).toFixed(1)} MiB, CPU busy ${(round.cpuBusy * 100).toFixed(0)} %`,
         )
         rounds.push(round)
       }
@@ -150,7 +213,8 @@ export async function benchFleetScale(
   for (const m of methods) {
     const need = single(m)[0]!.needBytes
     const alone = median(single(m).map((r) => r.seconds))
-    const httpAlone = median(single(m.startsWith('delta') ? 'delta-http' : 'full-http').map((r) => r.seconds))
+    const httpSingles = single(m.startsWith('delta') ? 'delta-http' : 'full-http').map((r) => r.seconds)
+    const httpAlone = httpSingles.length ? `one host alone over HTTP: ${median(httpSingles).toFixed(1)} s` : 'HTTP not measured'
     for (const n of [8, 32]) {
       const rs = rounds.filter((r) => r.method === m && r.hosts === n)
       if (!rs.length) continue
@@ -172,9 +236,56 @@ export async function benchFleetScale(
         unit: 's',
         peer: 'one host alone, the same way',
         peerValue: Number(alone.toFixed(1)),
-        note: `one host alone over HTTP: ${httpAlone.toFixed(1)} s${spread(times, 1)}; this machine's ${os.cpus().length} cores were busy ${(median(rs.map((r) => r.cpuBusy)) * 100).toFixed(0)} % of the time (all hosts share them)`,
+        note:
+          `${httpAlone}${spread(times, 1)}; this machine's ${cores} cores were busy ${(median(rs.map((r) => r.cpuBusy)) * 100).toFixed(0)} % of the time: ` +
+          `all hosts share them, where real PCs have a CPU each`,
       })
+      const hostCpu = rs.map((r) => r.hostCpuSeconds).filter((x) => x !== null)
+      if (hostCpu.length)
+        fig({
+          name: `fleet: time until the last of ${n} hosts was done, against the hosts' own CPU time spread over this machine's cores, ${LABEL[m]}`,
+          value: Number(median(times).toFixed(1)),
+          unit: 's',
+          peer: `the CPU seconds the hosts' processes used (labhost, zstd, aria2c; a control group), / ${cores} cores: the least this machine can take`,
+          peerValue: Number((median(hostCpu) / cores).toFixed(1)),
+          note: `${(median(hostCpu) / n).toFixed(2)} CPU s per host; the server's processes and the kernel's packet forwarding are not counted`,
+        })
+      const downloads = rs.map((r) => r.downloadSeconds).filter((x) => x !== null)
+      const aloneDownload = single(m)
+        .map((r) => r.downloadSeconds)
+        .filter((x) => x !== null)
+      if (downloads.length && aloneDownload.length)
+        fig({
+          name: `fleet: time until every one of ${n} hosts had the whole download (aria2c), ${LABEL[m]}`,
+          value: Number(median(downloads).toFixed(1)),
+          unit: 's',
+          peer: 'one host alone, the same way',
+          peerValue: Number(median(aloneDownload).toFixed(1)),
+          note: `the distribution without the slot writes and read-backs that follow it${spread(downloads, 1)}; the same shared cores`,
+        })
     }
+    const fit = linearFit(rounds.filter((r) => r.method === m).map((r) => [r.hosts, r.seconds]))
+    const counted = rounds.filter((r) => r.method === m && r.hostCpuSeconds !== null)
+    const perHost = counted.length ? median(counted.map((r) => r.hostCpuSeconds! / r.hosts)) : null
+    console.log(
+      `fleet model, ${m}: last host done after ${fit.a.toFixed(1)} + ${fit.b.toFixed(2)} x hosts s on this machine` +
+        (perHost === null
+          ? ''
+          : `; the hosts' processes used ${perHost.toFixed(2)} CPU s each, ${(perHost / cores).toFixed(2)} s per host on ${cores} shared cores`),
+    )
   }
   return rounds
+}
+
+const cores = os.cpus().length
+
+/** Least squares t = a + b·n over the points (n, t). */
+export function linearFit(points: [number, number][]): { a: number; b: number } {
+  const k = points.length
+  const sx = points.reduce((x, [n]) => x + n, 0)
+  const sy = points.reduce((x, [, t]) => x + t, 0)
+  const sxx = points.reduce((x, [n]) => x + n * n, 0)
+  const sxy = points.reduce((x, [n, t]) => x + n * t, 0)
+  const b = (k * sxy - sx * sy) / (k * sxx - sx * sx)
+  return { a: (sy - b * sx) / k, b }
 }

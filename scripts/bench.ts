@@ -15,8 +15,7 @@ import { loadRecipe, writeRecipeVariant } from '../image-build/recipe.ts'
 import { partitionDisk, planDisk } from '../installer/partition.ts'
 import { copyFileInto } from '../lib/blockdev.ts'
 import { serveDirectory } from '../lib/http-serve.ts'
-import type { Images } from '../test-support/update-fixtures.ts'
-import { PORT_MBIT, startFleet, torrentArgs } from '../test-support/fleet-fixtures.ts'
+import { benchFleetScale, buildFleetImages } from './bench-fleet.ts'
 import { startCampus, type Distribution, type DistributionMode } from '../test-support/campus-fixtures.ts'
 import { publishVmImage } from '../vmimages/publish.ts'
 import { SELECTOR_IN_IMAGE } from '../image-format/in-image.ts'
@@ -252,68 +251,6 @@ async function benchInstall(imageDir: string, imageBytes: number): Promise<void>
 }
 
 /**
- * 5. Fleet distribution (issue 7): 8 hosts in network namespaces update to one image at once,
- * from the server alone over HTTP, then (a new lab, same image) over BitTorrent with opentracker
- * and the server as first seeder. Bytes the server's interface sent per transport-file size, and
- * the time until the last host finished.
- */
-async function benchFleet(keys: { privateKeyFile: string; publicKeyFile: string }): Promise<void> {
-  const images = await buildFleetImages(keys)
-  const rounds: Record<'http' | 'torrent' | 'capped', { ratio: number; seconds: number }> = {
-    http: { ratio: 0, seconds: 0 },
-    torrent: { ratio: 0, seconds: 0 },
-    capped: { ratio: 0, seconds: 0 },
-  }
-  for (const mode of ['http', 'torrent', 'capped'] as const) {
-    const fleetDir = fs.mkdtempSync(path.join(dir, `fleet-${mode}-`))
-    const f = await startFleet(fleetDir, images, { hosts: 8, prefix: `lhb${mode[0]}` })
-    try {
-      if (mode !== 'http') await f.seed(mode === 'capped' ? { uploadLimit: SEED_CAP } : {})
-      const before = await f.lab.txBytes(f.server)
-      const t0 = performance.now()
-      // whole images both ways (--full): the distribution of a new image, not a delta
-      const runs = await Promise.all(f.hosts.map((h) => f.update(h, mode === 'http' ? ['--full'] : torrentArgs(h))))
-      rounds[mode] = { seconds: (performance.now() - t0) / 1000, ratio: ((await f.lab.txBytes(f.server)) - before) / f.transportBytes }
-      for (const r of runs) if (r.exitCode !== 0) throw new Error(`a ${mode} fleet host failed: ${String(r.all).slice(-1000)}`)
-    } finally {
-      await f.close()
-      fs.rmSync(fleetDir, { recursive: true, force: true })
-    }
-  }
-  const note = `bytes sent on the server's interface (all protocols) / transport file size; 8 hosts in network namespaces on one bridge, every port ${PORT_MBIT} Mbit/s both ways (tc tbf)`
-  fig({
-    name: 'fleet: server bytes sent per image, 8 hosts, BitTorrent (aria2c, opentracker, server seeds first)',
-    value: Number(rounds.torrent.ratio.toFixed(2)),
-    unit: 'x image',
-    peer: 'plain HTTP from the same server',
-    peerValue: Number(rounds.http.ratio.toFixed(2)),
-    note,
-  })
-  fig({
-    name: 'fleet: time until the last of 8 hosts finished its update, BitTorrent',
-    value: Number(rounds.torrent.seconds.toFixed(1)),
-    unit: 's',
-    peer: 'plain HTTP from the same server',
-    peerValue: Number(rounds.http.seconds.toFixed(1)),
-  })
-  fig({
-    name: `fleet: server bytes sent per image, 8 hosts, BitTorrent, server seeding with --upload-limit ${SEED_CAP}`,
-    value: Number(rounds.capped.ratio.toFixed(2)),
-    unit: 'x image',
-    peer: 'plain HTTP from the same server',
-    peerValue: Number(rounds.http.ratio.toFixed(2)),
-    note,
-  })
-  fig({
-    name: `fleet: time until the last of 8 hosts finished its update, BitTorrent, server seeding with --upload-limit ${SEED_CAP}`,
-    value: Number(rounds.capped.seconds.toFixed(1)),
-    unit: 's',
-    peer: 'plain HTTP from the same server',
-    peerValue: Number(rounds.http.seconds.toFixed(1)),
-  })
-}
-
-/**
  * 6. VM base images to a campus (issue 22): two buildings of 4 hosts joined by a 100 Mbit/s link,
  * the server in building a; one 400 MiB qcow2 base to all 8 at once — building-aware BitTorrent
  * (one upstream host per building, the rest Local Peer Discovery only), plain BitTorrent (any
@@ -391,19 +328,6 @@ async function benchCampus(): Promise<void> {
       })
     }
   }
-}
-
-/** The server's upload cap in the third fleet round (a quarter of its 1 Gbit/s port, in bytes). */
-const SEED_CAP = '30M'
-
-/** The test image as 1.0.0 and 2.0.0, as the fleet fixture wants them. */
-async function buildFleetImages(keys: { privateKeyFile: string; publicKeyFile: string }): Promise<Images> {
-  const v1 = path.dirname((await buildImage('test', { out: path.join(dir, 'fleet-v1'), keyFile: keys.privateKeyFile })).manifestFile)
-  const recipe2 = writeRecipeVariant('test', path.join(dir, 'fleet-test-2.yaml'), (r) => {
-    r.version = '2.0.0'
-  })
-  const v2 = path.dirname((await buildImage(recipe2, { out: path.join(dir, 'fleet-v2'), keyFile: keys.privateKeyFile })).manifestFile)
-  return { keys, v1, v2 }
 }
 
 /**
@@ -640,6 +564,36 @@ async function benchBoot(keys: { privateKeyFile: string }): Promise<void> {
 /** The package the delta benchmark's 1.1.0 adds: small, no new dependencies. */
 const DELTA_EXTRA_PACKAGE = 'less'
 
+/** The fleet section (scripts/bench-fleet.ts), on the executable that ships. */
+async function benchFleet(keys: { privateKeyFile: string; publicKeyFile: string }): Promise<void> {
+  process.env.LABHOST_TEST_EXE ??= labhost
+  const images = await buildFleetImages(dir, keys)
+  await benchFleetScale(dir, images, fig)
+}
+
+/**
+ * bench/results.json: this run's figures with the machine they were measured on; `merge`: into the
+ * figures there, replacing those of the same names (a partial run), each stamped with its time.
+ */
+function writeResults(merge: boolean): void {
+  const machine = {
+    cpu: os.cpus()[0]?.model ?? 'unknown',
+    cores: os.cpus().length,
+    memGiB: Math.round(os.totalmem() / 2 ** 30),
+    kernel: os.release(),
+    node: process.version,
+  }
+  const file = path.join(root, 'bench/results.json')
+  const when = new Date().toISOString()
+  const fresh = figures.map((f) => ({ ...f, machine: machine.cpu, ...(merge ? { when } : {}) }))
+  const names = new Set(fresh.map((f) => f.name))
+  const old = merge && fs.existsSync(file) ? (JSON.parse(fs.readFileSync(file, 'utf8')) as { when: string; figures: { name: string }[] }) : null
+  const kept = old ? old.figures.filter((f) => !names.has(f.name) && !/^fleet: /.test(f.name)) : []
+  fs.mkdirSync(path.dirname(file), { recursive: true })
+  fs.writeFileSync(file, JSON.stringify({ when: old?.when ?? when, machine, figures: [...kept, ...fresh] }, null, 2) + '\n')
+  console.log(merge ? `merged ${fresh.length} figures into bench/results.json` : 'written bench/results.json')
+}
+
 try {
   // `npm run bench -- --server-only`: only the image server figures, printed, not written; with
   // node cli/bin.ts, not a fresh build (dist/labhost may be in use by a test run)
@@ -661,12 +615,11 @@ try {
     fs.rmSync(dir, { recursive: true, force: true })
     process.exit(0)
   }
-  // `npm run bench -- --fleet-only`: only the fleet and delta figures, printed, not written
+  // `npm run bench -- --fleet-only [--write]`: only the fleet figures (1, 8 and 32 hosts), printed;
+  // with --write also merged into bench/results.json (replacing the figures of the same names)
   if (process.argv.includes('--fleet-only')) {
-    const keys = generateKeyPair(path.join(dir, 'keys'))
-    await benchFleet(keys)
-    await buildImage('host', { out: path.join(dir, 'host'), keyFile: keys.privateKeyFile })
-    await benchDelta(path.join(dir, 'host'), keys)
+    await benchFleet(generateKeyPair(path.join(dir, 'keys')))
+    if (process.argv.includes('--write')) writeResults(true)
     fs.rmSync(dir, { recursive: true, force: true })
     process.exit(0)
   }
@@ -753,19 +706,7 @@ try {
   await benchBoot(keys)
   fig({ name: 'labhost executable size', value: fs.statSync(path.join(root, 'dist/labhost')).size, unit: 'bytes', peer: null, peerValue: null })
 
-  const machine = {
-    cpu: os.cpus()[0]?.model ?? 'unknown',
-    cores: os.cpus().length,
-    memGiB: Math.round(os.totalmem() / 2 ** 30),
-    kernel: os.release(),
-    node: process.version,
-  }
-  fs.mkdirSync(path.join(root, 'bench'), { recursive: true })
-  fs.writeFileSync(
-    path.join(root, 'bench/results.json'),
-    JSON.stringify({ when: new Date().toISOString(), machine, figures: figures.map((f) => ({ ...f, machine: machine.cpu })) }, null, 2) + '\n',
-  )
-  console.log('written bench/results.json')
+  writeResults(false)
 } finally {
   fs.rmSync(dir, { recursive: true, force: true })
 }

@@ -47,13 +47,13 @@ export interface Fleet {
   close(): Promise<void>
 }
 
-const [labhost, ...cli] = labhostCommand()
-
 /** Switch ports of the lab, both ways: a gigabit lab switch. */
 export const PORT_MBIT = 1000
 
 /** `deltaFrom`: also publish a delta pack (and its .torrent) for hosts running that image directory. */
 export async function startFleet(dir: string, images: Images, o: { hosts: number; prefix: string; deltaFrom?: string }): Promise<Fleet> {
+  // read when the fleet starts (not at import): the bench points it at the executable first
+  const [labhost, ...cli] = labhostCommand()
   const lab = await createLab(o.prefix, o.hosts, { portMbit: PORT_MBIT })
   const loops: string[] = []
   const processes: ResultPromise[] = []
