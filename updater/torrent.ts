@@ -6,7 +6,9 @@
 //
 // Peers in the same lab come first where aria2c allows it: Local Peer Discovery (multicast on the
 // lab's subnet) finds them without the tracker, and DHT stays off, so peers come from the tracker
-// and the LAN only (image-format/torrent-download.ts runs aria2c).
+// and the LAN only (image-format/torrent-download.ts runs aria2c). With --peers a lab's server
+// sends about one copy: its one upstream host fetches from the server and the others only from the
+// lab, until no peer of the lab has a byte to give (torrentDownload below).
 import path from 'node:path'
 import { LabhostError, isLabhostError } from '../lib/errors.ts'
 import { matchesPart, type Manifest } from '../image-format/manifest.ts'

@@ -235,7 +235,7 @@ export const update = defineCommand({
       schema: oneOf(PEER_PARTS),
       defaultText: DEFAULT_TORRENT.peers,
       description:
-        "with --torrent: which peers — all (the torrent as published), upstream (one of the lab's few hosts that fetch from the server, as a web seed, for the others) or building (only the lab's peers and --tracker, never the server)",
+        "with --torrent: which peers — all (the torrent as published), upstream (one of the lab's few hosts that fetch from the server, as a web seed, for the others) or building (only the lab's peers and --tracker; the server only when no peer had a byte to give for --timeout)",
     },
     tracker: {
       type: 'string',
