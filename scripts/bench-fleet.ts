@@ -12,7 +12,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { buildImage } from '../image-build/build.ts'
 import { writeRecipeVariant } from '../image-build/recipe.ts'
-import { startFleet, type Fleet, type FleetHost } from '../test-support/fleet-fixtures.ts'
+import { btArgs, labPart, startFleet, type Fleet, type FleetHost } from '../test-support/fleet-fixtures.ts'
 import type { Images } from '../test-support/update-fixtures.ts'
 
 /** The package 2.0.0 of the fleet's image adds (with its libraries): a delta of a few MiB, as a small update is. */
@@ -108,16 +108,7 @@ function cpuBusySeconds(): number {
 
 /** A host's `labhost update` arguments for `method`; host 0 of the lab is the BitTorrent upstream. */
 function hostArgs(f: Fleet, h: FleetHost, i: number, method: Method): string[] {
-  const bt = [
-    '--torrent',
-    '--download-dir',
-    h.downloadDir,
-    '--tracker-interval',
-    '2',
-    '--seed-minutes',
-    '2',
-    ...(i === 0 ? ['--peers', 'upstream'] : ['--peers', 'building', '--tracker', f.trackerUrl]),
-  ]
+  const bt = btArgs(h, labPart(f, i))
   switch (method) {
     case 'full-http':
       return ['--full']

@@ -137,12 +137,8 @@ export async function startFleet(dir: string, images: Images, o: { hosts: number
   }
 }
 
-/**
- * A whole image over BitTorrent for a test host (--full: a delta from 1.0.0 would be a few HTTP
- * requests): its own download directory, quick announces, short seeding.
- */
-export const torrentArgs = (h: FleetHost, extra: string[] = []) => [
-  '--full',
+/** BitTorrent for a test host: its own download directory, quick announces, short seeding. */
+export const btArgs = (h: FleetHost, extra: string[] = []) => [
   '--torrent',
   '--download-dir',
   h.downloadDir,
@@ -152,3 +148,9 @@ export const torrentArgs = (h: FleetHost, extra: string[] = []) => [
   '2',
   ...extra,
 ]
+
+/** A whole image over BitTorrent (--full: a delta from 1.0.0 would be a few HTTP requests). */
+export const torrentArgs = (h: FleetHost, extra: string[] = []) => ['--full', ...btArgs(h, extra)]
+
+/** The part host `i` of the lab takes (docs/admin.md): the first is the upstream, the others keep to the lab and its tracker. */
+export const labPart = (f: Fleet, i: number) => (i === 0 ? ['--peers', 'upstream'] : ['--peers', 'building', '--tracker', f.trackerUrl])

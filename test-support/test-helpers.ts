@@ -21,7 +21,18 @@ export function tmpDir(t: Teardown, prefix = 'labhost-test-'): string {
 
 export async function loop(t: Teardown, file: string, o: LoopOptions = {}): Promise<string> {
   const dev = await attachLoop(file, o)
-  t.teardown(() => detachLoop(dev))
+  const own = fs.realpathSync(file)
+  t.teardown(async () => {
+    // detached only while it still backs this file: a device detached already (a CI run once saw
+    // one gone before its test's teardown) may have been attached again by a test beside this one
+    const back = await execa('losetup', ['--list', '--noheadings', '-O', 'BACK-FILE', dev], { reject: false })
+    if (
+      String(back.stdout)
+        .trim()
+        .replace(/ \(deleted\)$/, '') === own
+    )
+      await detachLoop(dev)
+  })
   return dev
 }
 

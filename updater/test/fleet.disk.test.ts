@@ -14,7 +14,7 @@ import { hashWhole, labhostArgv, runCli, tmpDir, xorRange } from '../../test-sup
 import { infoHash, publishImage } from '../../image-format/torrent.ts'
 import { rolloutPoint } from '../rollout.ts'
 import { buildImages, protectedParts, slotBHolds, type Images } from '../../test-support/update-fixtures.ts'
-import { startFleet, torrentArgs, TRACKER_PORT, type Fleet } from '../../test-support/fleet-fixtures.ts'
+import { labPart, startFleet, torrentArgs, TRACKER_PORT, type Fleet } from '../../test-support/fleet-fixtures.ts'
 
 const dir = tmpDir(t, 'labhost-fleet-')
 let images: Images
@@ -45,9 +45,7 @@ t.test('8 hosts update over BitTorrent, one of them the upstream: every slot B i
   // (it fetches from the server, a web seed), the others fetch from the lab's peers only
   const before = await f.lab.txBytes(f.server)
   const started = Date.now()
-  const runs = await Promise.all(
-    f.hosts.map((h, i) => f.update(h, torrentArgs(h, i === 0 ? ['--peers', 'upstream'] : ['--peers', 'building', '--tracker', f.trackerUrl]))),
-  )
+  const runs = await Promise.all(f.hosts.map((h, i) => f.update(h, torrentArgs(h, labPart(f, i)))))
   const seconds = (Date.now() - started) / 1000
   const sent = (await f.lab.txBytes(f.server)) - before
   for (const [i, r] of runs.entries()) {
