@@ -61,10 +61,13 @@ export interface Round {
  * start (the hosts' labhost, its zstd and aria2c): cgroup v2 (cpu.stat) or v1's cpuacct, where
  * this machine mounts one; null where neither can be made.
  */
+/** cgroup v2: the CPU seconds of a group (cpu.stat's usage_usec). */
+const v2Usage = (d: string) => Number(/usage_usec (\d+)/.exec(fs.readFileSync(path.join(d, 'cpu.stat'), 'utf8'))?.[1]) / 1e6
+
 function cpuGroup(name: string): { join(pid: number | undefined): void; seconds(): number; remove(): void } | null {
   const roots = [
-    { dir: '/sys/fs/cgroup', read: (d: string) => Number(/usage_usec (\d+)/.exec(fs.readFileSync(path.join(d, 'cpu.stat'), 'utf8'))?.[1]) / 1e6 },
-    { dir: '/sys/fs/cgroup/unified', read: (d: string) => Number(/usage_usec (\d+)/.exec(fs.readFileSync(path.join(d, 'cpu.stat'), 'utf8'))?.[1]) / 1e6 },
+    { dir: '/sys/fs/cgroup', read: v2Usage },
+    { dir: '/sys/fs/cgroup/unified', read: v2Usage },
     { dir: '/sys/fs/cgroup/cpuacct', read: (d: string) => Number(fs.readFileSync(path.join(d, 'cpuacct.usage'), 'utf8')) / 1e9 },
   ]
   for (const r of roots) {

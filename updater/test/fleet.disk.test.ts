@@ -14,7 +14,7 @@ import { hashWhole, labhostArgv, runCli, tmpDir, xorRange } from '../../test-sup
 import { infoHash, publishImage } from '../../image-format/torrent.ts'
 import { rolloutPoint } from '../rollout.ts'
 import { buildImages, protectedParts, slotBHolds, type Images } from '../../test-support/update-fixtures.ts'
-import { labPart, startFleet, torrentArgs, TRACKER_PORT, type Fleet } from '../../test-support/fleet-fixtures.ts'
+import { btArgs, labPart, startFleet, torrentArgs, TRACKER_PORT, type Fleet } from '../../test-support/fleet-fixtures.ts'
 
 const dir = tmpDir(t, 'labhost-fleet-')
 let images: Images
@@ -106,7 +106,7 @@ test('a channel rollout at 25 %: exactly the hosts below it update, with a delta
     return {
       h,
       inStage: i < 2,
-      args: ['--machine-uuid-file', file, '--torrent', '--download-dir', h.downloadDir, '--tracker-interval', '2', '--seed-minutes', '2'],
+      args: btArgs(h, ['--machine-uuid-file', file]),
     }
   })
   // `labhost update --channel URL` on a host, in its namespace
