@@ -4,21 +4,24 @@
 // serving is built on — behind Node's http/https server; this file decides which file a request
 // may have: only regular files whose real path is inside the directory, no dotfiles, no private
 // keys. Any static server with Range support (nginx) serves an image directory as well.
-// A fault hook lets tests answer with errors or cut a response short, as real networks do.
+// A fault hook lets tests answer with errors or cut a response short, as real networks do. With
+// `uploads`, one directory also takes PUTs of reports (lib/upload-receiver.ts); nothing else is written.
 import fs from 'node:fs'
 import http from 'node:http'
 import https from 'node:https'
 import type { AddressInfo } from 'node:net'
 import path from 'node:path'
 import send from 'send'
+import { openUploadDir, receiveUpload, type UploadLimits } from './upload-receiver.ts'
 
 export interface ServedRequest {
+  method: string
   /** The decoded path, control characters escaped (safe to log). */
   path: string
   range: string | null
   /** 0 when the connection closed before an answer was sent. */
   status: number
-  /** Body bytes of the file sent (error pages not counted). */
+  /** Body bytes of the file sent, or stored by a PUT (error pages not counted). */
   bytes: number
 }
 
@@ -71,6 +74,12 @@ export interface ServeOptions {
   /** Keep every request in `requests` (tests); a long-running server counts them only. Default true. */
   keepRequests?: boolean
   limits?: Partial<ServeLimits>
+  /**
+   * Take PUTs of reports into this directory (relative to the root; it must exist inside it,
+   * reached without a symlink): `PUT /<dir>/<name>`, names and limits as lib/upload-receiver.ts
+   * says. Any other PUT is 405, as without this option.
+   */
+  uploads?: { dir: string } & Partial<UploadLimits>
 }
 
 export interface Server {
@@ -78,7 +87,10 @@ export interface Server {
   port: number
   /** Every request answered so far (empty with keepRequests: false). */
   requests: ServedRequest[]
-  totals: { requests: number; bytes: number }
+  /** With ServeOptions.uploads: the directory's real path and its URL. */
+  uploads: { dir: string; url: string } | null
+  /** `uploaded`: files stored by PUTs. */
+  totals: { requests: number; bytes: number; uploaded: number }
   close(): Promise<void>
 }
 
@@ -187,14 +199,21 @@ function meter(res: http.ServerResponse, record: ServedRequest, dropAfter: numbe
 export async function serveDirectory(root: string, o: ServeOptions = {}): Promise<Server> {
   const limits = { ...DEFAULT_LIMITS, ...o.limits }
   const realRoot = fs.realpathSync(root)
+  const uploads = o.uploads ? openUploadDir(root, realRoot, o.uploads.dir, o.uploads) : null
   const requests: ServedRequest[] = []
-  const totals = { requests: 0, bytes: 0 }
+  const totals = { requests: 0, bytes: 0, uploaded: 0 }
   const keep = o.keepRequests ?? true
 
   const handle = async (req: http.IncomingMessage, res: http.ServerResponse) => {
     const decoded = requestPath(req.url ?? '/')
     const range = typeof req.headers.range === 'string' ? req.headers.range : null
-    const record: ServedRequest = { path: printable(decoded ?? req.url ?? ''), range: range === null ? null : printable(range), status: 0, bytes: 0 }
+    const record: ServedRequest = {
+      method: printable(req.method ?? ''),
+      path: printable(decoded ?? req.url ?? ''),
+      range: range === null ? null : printable(range),
+      status: 0,
+      bytes: 0,
+    }
     const index = totals.requests++
     if (keep) requests.push(record)
     res.once('close', () => {
@@ -211,7 +230,20 @@ export async function serveDirectory(root: string, o: ServeOptions = {}): Promis
     if (decoded === null) return answer(400)
     const fault = o.fault?.({ path: record.path, range, index }) ?? {}
     if (fault.status) return answer(fault.status)
-    if (req.method !== 'GET' && req.method !== 'HEAD') return answer(405, { allow: 'GET, HEAD' })
+    const slash = decoded.lastIndexOf('/')
+    const toUploads = uploads !== null && decoded.slice(0, slash) === uploads.urlPath
+    if (req.method === 'PUT' && toUploads) {
+      const r = await receiveUpload(req, uploads, decoded.slice(slash + 1))
+      if (r.status === 201 || r.status === 204) {
+        record.bytes = r.bytes
+        totals.uploaded++
+      }
+      if (res.destroyed) return
+      if (r.status === 204) return res.writeHead(204).end()
+      // a refused body was not read (or not all of it): the connection cannot carry another request
+      return answer(r.status, r.status === 201 ? {} : { connection: 'close' })
+    }
+    if (req.method !== 'GET' && req.method !== 'HEAD') return answer(405, { allow: toUploads ? 'GET, HEAD, PUT' : 'GET, HEAD' })
     const found = await resolveFile(realRoot, decoded)
     if ('status' in found) return answer(found.status)
     if (res.destroyed) return
@@ -255,9 +287,11 @@ export async function serveDirectory(root: string, o: ServeOptions = {}): Promis
     })
   })
   const port = (server.address() as AddressInfo).port
+  const url = `${o.tls ? 'https' : 'http'}://${o.host ?? '127.0.0.1'}:${port}`
   return {
-    url: `${o.tls ? 'https' : 'http'}://${o.host ?? '127.0.0.1'}:${port}`,
+    url,
     port,
+    uploads: uploads && { dir: uploads.real, url: url + uploads.urlPath.split('/').map(encodeURIComponent).join('/') + '/' },
     requests,
     totals,
     close: () =>

@@ -1,7 +1,7 @@
 // labhost image build|keygen|verify, and labhost schema: root images and their signed manifests.
 import fs from 'node:fs'
 import path from 'node:path'
-import { LabhostError } from '../../lib/errors.ts'
+import { isLabhostError, LabhostError } from '../../lib/errors.ts'
 import { LayoutSchema } from '../../lib/layout.ts'
 import { InstallConfigSchema } from '../../installer/config.ts'
 import { TrialConfigSchema } from '../../updater/trial-verdict.ts'
@@ -148,6 +148,13 @@ export const imageServe = defineCommand({
     port: { type: 'string', value: 'N', default: '8080', schema: wholeNumber(0, 65535), description: 'the TCP port to listen on (0: any free one, printed)' },
     'tls-cert': { type: 'string', value: 'PEM', schema: pathValue(), description: 'serve https with this certificate (with --tls-key)' },
     'tls-key': { type: 'string', value: 'PEM', schema: pathValue(), description: "the certificate's private key (with --tls-cert)" },
+    'accept-reports': {
+      type: 'string',
+      value: 'SUBDIR',
+      schema: pathValue(),
+      description:
+        'let PCs installing over the network PUT their reports into SUBDIR, a directory inside DIR: only that directory accepts writes, names *.json, *.log, *.boot-local only',
+    },
   },
   requires: [
     ['tls-cert', 'tls-key'],
@@ -163,6 +170,7 @@ export const imageServe = defineCommand({
       if (f !== undefined && !fs.existsSync(f))
         throw new LabhostError('notFound', `${f} does not exist`, 'give PEM files of the server certificate and its key')
     const tls = cert !== undefined && key !== undefined ? { cert: fs.readFileSync(cert), key: fs.readFileSync(key) } : undefined
+    const reports = values['accept-reports']
     // one line per request; the path and range come escaped (a crafted path cannot forge a line),
     // and only counted: a server that runs for weeks must not keep a record of every request
     const server = await serveDirectory(dir, {
@@ -170,16 +178,24 @@ export const imageServe = defineCommand({
       port,
       tls,
       keepRequests: false,
-      onRequest: (q) => ctx.log(`${q.status} ${q.path} ${q.range ?? ''} ${q.bytes} bytes`),
+      uploads: reports === undefined ? undefined : { dir: reports },
+      onRequest: (q) => ctx.log(q.method === 'PUT' ? `${q.status} PUT ${q.path} ${q.bytes} bytes` : `${q.status} ${q.path} ${q.range ?? ''} ${q.bytes} bytes`),
+    }).catch((e: unknown) => {
+      // the upload directory is checked as the server starts
+      throw isLabhostError(e) && e.code === 'usage' ? new LabhostError('usage', `--accept-reports ${reports}: ${e.message}`, e.hint, {}, { cause: e }) : e
     })
     ctx.log(`serving ${dir} at ${server.url}/ (stop with Ctrl-C or SIGTERM)`)
+    if (server.uploads) ctx.log(`accepting reports (PUT *.json, *.log, *.boot-local) into ${server.uploads.dir} at ${server.uploads.url}`)
     await new Promise<void>((resolve) => {
       process.once('SIGINT', resolve)
       process.once('SIGTERM', resolve)
     })
     await server.close()
-    const { requests, bytes } = server.totals
-    return { data: { url: server.url, requests, bytes }, human: `served ${requests} request(s), ${bytes} body bytes` }
+    const { requests, bytes, uploaded } = server.totals
+    return {
+      data: { url: server.url, requests, bytes, uploaded },
+      human: `served ${requests} request(s), ${bytes} body bytes${reports !== undefined ? `, ${uploaded} report file(s) stored` : ''}`,
+    }
   },
 })
 
