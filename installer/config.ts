@@ -1,7 +1,7 @@
 // install.yaml: what the unattended installer may do on which machines. The schema is the
 // documentation (`labhost schema install` exports it as JSON Schema for editors).
 import { z } from 'zod'
-import { loadConfig } from '../lib/config.ts'
+import { loadConfig, parseConfig } from '../lib/config.ts'
 import { patternProblem } from '../lib/pattern.ts'
 import { HostnameSchema } from './hostname.ts'
 
@@ -35,6 +35,31 @@ export const DiskMatchSchema = z
   })
   .strict()
 
+const MAC = /^([0-9a-f]{2}:){5}[0-9a-f]{2}$/
+
+export const NetbootGateSchema = z
+  .object({
+    imageBlank: z.boolean().default(true).describe('image a PC whose internal disks are all blank (no partition table, zeros at both ends): a new PC'),
+    imageListed: z
+      .array(
+        z
+          .object({
+            mac: z
+              .string()
+              .transform((s) => s.toLowerCase().replace(/-/g, ':'))
+              .pipe(z.string().regex(MAC, 'a MAC address such as 52:54:00:12:34:56'))
+              .optional()
+              .describe('the MAC of the NIC the PC network-boots from'),
+            serial: z.string().min(1).optional().describe("the PC's DMI serial number (product_serial), exactly"),
+          })
+          .strict()
+          .refine((e) => (e.mac === undefined) !== (e.serial === undefined), 'give exactly one of mac and serial'),
+      )
+      .default([])
+      .describe('PCs imaged (again) whatever their disks hold, by boot MAC or DMI serial; what keep: names is kept as on a re-run from the stick'),
+  })
+  .strict()
+
 export const InstallConfigSchema = z
   .object({
     models: z.array(ModelSchema).min(1).describe('machines this config may image; any other is refused before anything is touched'),
@@ -63,13 +88,22 @@ export const InstallConfigSchema = z
     hostname: HostnameSchema.optional().describe(
       "each host's own name, kept on /persistent (/persistent/hostname) and set at every boot; without it hosts are called labhost",
     ),
+    netboot: NetbootGateSchema.optional().describe(
+      'which PCs a network boot (labhost netboot) may image; any other boots on from its own disk, untouched. The stick ignores it',
+    ),
     finish: z.enum(['reboot', 'poweroff', 'none']).default('reboot').describe('what the machine does after a successful install'),
   })
   .strict()
 
 export type InstallConfig = z.infer<typeof InstallConfigSchema>
 export type DiskMatch = z.infer<typeof DiskMatchSchema>
+export type NetbootGate = z.infer<typeof NetbootGateSchema>
 
 export function loadInstallConfig(file: string): InstallConfig {
   return loadConfig(file, InstallConfigSchema)
+}
+
+/** install.yaml fetched from somewhere else (a network install's server): `where` names it in errors. */
+export function parseInstallConfig(where: string, text: string): InstallConfig {
+  return parseConfig(where, text, InstallConfigSchema)
 }

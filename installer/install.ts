@@ -16,12 +16,14 @@ import { applySectorWrites } from '../bootloader/sector-writes.ts'
 import { readPublicKey } from '../image-format/manifest.ts'
 import { openSource, type UpdateSource } from '../image-format/source.ts'
 import { imageInput, verifyImage, writeImage } from '../image-format/slot-writer.ts'
-import { clearUnfinished, diskIdentity, markUnfinished, readUnfinished } from './unfinished.ts'
-import { writeDurable } from '../lib/durable.ts'
+import { clearUnfinished, diskIdentity, markUnfinished, readUnfinished, type UnfinishedInstall } from './unfinished.ts'
 import { applyBios, planBios, type BiosPlan, type BiosResult } from './bios.ts'
-import { loadInstallConfig, type InstallConfig } from './config.ts'
+import { loadInstallConfig, parseInstallConfig, type InstallConfig } from './config.ts'
+import { netbootVerdict } from './netboot-gate.ts'
+import type { ReportStore } from './report-store.ts'
 import { classifyDisk, ext4UuidAt, type DiskContent } from './disk-content.ts'
 import { bootMedia, describe, describeBlockDisk, diskNameOf, listDisks, selectDisk, type BlockDisk } from './disks.ts'
+import { writeDurable } from '../lib/durable.ts'
 import { ensureIdentity, type Identity } from './identity.ts'
 import { chooseHostname, placeholderValues, type HostnameChoice } from './hostname.ts'
 import { readMachine, requireModel, type Machine } from './machine.ts'
@@ -32,7 +34,9 @@ import { fault } from '../lib/faults.ts'
 import { LABHOST_VERSION } from '../lib/labhost-version.ts'
 
 export interface InstallOptions {
+  /** install.yaml's path, or where it came from when `configText` holds it. */
   config: string
+  configText?: string
   /** The image directory (manifest.json + root.img.zst) on the stick. */
   image: string
   trustedKey: string
@@ -41,8 +45,10 @@ export interface InstallOptions {
   /** Name the disks instead of matching them by properties (still checked for size and contents). */
   ssd?: string
   hdd?: string
-  /** Where the report and a copy of it go besides /persistent (the stick's reports/). */
-  reportDir?: string
+  /** Where the report (and the record of an unfinished install) go besides /persistent: the stick's reports/, or the server's. */
+  reports?: ReportStore
+  /** A network install: the PC booted the installer from the network by this NIC; install.yaml's netboot: gate decides first. */
+  netboot?: { bootMac: string }
   newIdentity?: boolean
   /** Root of sysfs (DMI, block devices); tests point it at a prepared tree. */
   sysRoot?: string
@@ -69,6 +75,8 @@ export interface InstallPlan {
   /** The name install.yaml gives this machine (null: it sets none); one already on a kept /persistent stays. */
   hostname: HostnameChoice | null
   finish: InstallConfig['finish']
+  /** A network install: the NIC it booted by, and why the netboot: gate let it be imaged. */
+  netboot?: { bootMac: string; why: string }
 }
 
 export interface InstallReport extends Omit<InstallPlan, 'bios' | 'hostname'> {
@@ -175,8 +183,12 @@ function planOne(
 }
 
 export async function planInstall(o: InstallOptions): Promise<{ plan: InstallPlan; config: InstallConfig; layout: Layout; source: UpdateSource }> {
-  const config = loadInstallConfig(o.config)
+  const config = o.configText === undefined ? loadInstallConfig(o.config) : parseInstallConfig(o.config, o.configText)
   const machine = readMachine(o.sysRoot)
+  const unfinished = await readUnfinished(o.reports)
+  const excluded = bootMedia(o.stick)
+  // before the model check: a PC that is not to be imaged boots on from its disk, whatever model it is
+  const netboot = o.netboot && { bootMac: o.netboot.bootMac, why: gate(o, config, machine, excluded, unfinished).why }
   requireModel(config, o.config, machine)
   const hostname = chooseHostname(config.hostname, machine, o.config)
   const trusted = readPublicKey(o.trustedKey)
@@ -193,7 +205,6 @@ export async function planInstall(o: InstallOptions): Promise<{ plan: InstallPla
     )
   }
   const bios = await planBios(config.bios, o.sysRoot)
-  const excluded = bootMedia(o.stick)
   const roles: DiskRole[] = layout.partitions.some((p) => p.disk === 'hdd') ? ['ssd', 'hdd'] : ['ssd']
   if (roles.includes('hdd') && !config.disks.hdd) {
     throw new LabhostError(
@@ -213,7 +224,6 @@ export async function planInstall(o: InstallOptions): Promise<{ plan: InstallPla
       'give them different properties in install.yaml; nothing was written',
     )
   }
-  const unfinished = readUnfinished(o.reportDir)
   const disks = chosen.map((d, i) => {
     const mine = unfinished?.disks.find((u) => u.role === roles[i] && u.identity === diskIdentity(d))
     return planOne(roles[i]!, d, layout, config, o.config, o.newIdentity === true, mine)
@@ -223,13 +233,25 @@ export async function planInstall(o: InstallOptions): Promise<{ plan: InstallPla
   if (image.bytes > (slotA.lastLba - slotA.firstLba + 1) * disks[0]!.disk.sectorSize) {
     throw new LabhostError('imageTooSmall', `the image (${image.bytes} bytes) is larger than slot A`, 'use an image built for this layout; nothing was written')
   }
-  return { plan: { machine, firmware, image, bios, disks, hostname, finish: config.finish }, config, layout, source }
+  return { plan: { machine, firmware, image, bios, disks, hostname, finish: config.finish, ...(netboot && { netboot }) }, config, layout, source }
+}
+
+/** install.yaml's netboot: gate over the disks this PC would be imaged on, or that could be mistaken for them. */
+function gate(o: InstallOptions, config: InstallConfig, machine: Machine, excluded: Set<string>, unfinished: UnfinishedInstall | null) {
+  const sysRoot = o.sysRoot ?? '/sys'
+  const named = [o.ssd, o.hdd].filter((d): d is string => d !== undefined && fs.existsSync(d))
+  const disks = named.length
+    ? named.map((d) => ({ ...describeBlockDisk(diskNameOf(d)), path: d }))
+    : listDisks(sysRoot).filter((d) => !d.usb && !d.removable && !excluded.has(d.name))
+  const resuming = disks.some((d) => unfinished?.disks.some((u) => u.identity === diskIdentity(d)))
+  return netbootVerdict(config.netboot, o.config, machine, o.netboot!.bootMac, disks, resuming)
 }
 
 export function renderPlan(p: InstallPlan, dryRun: boolean): string {
   const lines = [
     `machine: ${p.machine.vendor} / ${p.machine.product}${p.machine.serial ? ` (serial ${p.machine.serial})` : ''}, ${p.firmware === 'uefi' ? 'UEFI' : 'legacy BIOS'} firmware`,
     `image: ${p.image.name} ${p.image.version} (${(p.image.bytes / 2 ** 20).toFixed(0)} MiB)`,
+    ...(p.netboot ? [`network install (boot NIC ${p.netboot.bootMac}): may be imaged because ${p.netboot.why}`] : []),
     `hostname: ${p.hostname ? `${p.hostname.name} (${p.hostname.from})` : "none set in install.yaml (the image's own, labhost)"}${p.disks[0]?.partitions.some((q) => q.action === 'keep' && q.mount === '/persistent') ? '; a name already on the kept /persistent stays' : ''}`,
     `BIOS (${p.bios.backend}${p.bios.where ? ` ${p.bios.where}` : ''}): ${p.bios.changes.map((c) => `${c.name} ${c.from} -> ${c.to}`).join(', ') || 'no changes'}${p.bios.unchanged.length ? `; already set: ${p.bios.unchanged.join(', ')}` : ''}`,
   ]
@@ -271,10 +293,10 @@ export async function runInstall(o: InstallOptions): Promise<{ plan: InstallPlan
   if (bios.changes.length) log(`BIOS: changed ${bios.changes.map((c) => c.name).join(', ')}${bios.pendingReboot ? ' (pending reboot)' : ''}`)
 
   // From here on the disks change: a power cut leaves them to this stick's re-run (unfinished.ts).
-  if (o.reportDir) {
-    const earlier = readUnfinished(o.reportDir)?.disks ?? []
-    markUnfinished(
-      o.reportDir,
+  if (o.reports) {
+    const earlier = (await readUnfinished(o.reports))?.disks ?? []
+    await markUnfinished(
+      o.reports,
       plan.disks.map((d) => {
         const identity = diskIdentity(d.disk)
         return {
@@ -359,14 +381,14 @@ export async function runInstall(o: InstallOptions): Promise<{ plan: InstallPlan
     }),
   )
   report!.finishedAt = new Date().toISOString()
-  if (o.reportDir) {
-    clearUnfinished(
-      o.reportDir,
+  if (o.reports) {
+    await clearUnfinished(
+      o.reports,
       plan.disks.map((d) => diskIdentity(d.disk)),
     )
     const name = `${reportName(report!.hostname?.name, plan.machine)}-${startedAt.toISOString().replace(/[:.]/g, '-')}.json`
-    fs.writeFileSync(path.join(o.reportDir, name), JSON.stringify(report, null, 2) + '\n')
-    log(`report: ${path.join(o.reportDir, name)}`)
+    await o.reports.write(name, JSON.stringify(report, null, 2) + '\n')
+    log(`report: ${o.reports.where}${o.reports.where.endsWith('/') ? '' : '/'}${name}`)
   }
   return { plan, report }
 }

@@ -41,6 +41,8 @@ export const ExitCode = {
   uefiUnsupported: 57,
   /** install.yaml's hostname setting gives this machine no valid name (no inventory entry, no serial for the pattern). */
   hostnameUnavailable: 58,
+  /** A network boot of a PC that install.yaml's netboot: gate does not let be imaged (it holds data, it is not listed): declined, it boots its own disk. */
+  notToBeImaged: 59,
   /** labhost trial-check: the health checks failed by the deadline and the slot was rolled back. */
   trialFailed: 60,
   /** An update while an earlier switch is not booted yet: the GPT flags the other slot than the one running. */

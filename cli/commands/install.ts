@@ -1,30 +1,29 @@
 // labhost install: image this PC from the installer stick, unattended (installer/install.ts).
 import fs from 'node:fs'
-import path from 'node:path'
-import { isLabhostError } from '../../lib/errors.ts'
+import { isLabhostError, LabhostError } from '../../lib/errors.ts'
 import { powerAction } from '../../lib/power.ts'
 import { renderPlan, reportName, runInstall } from '../../installer/install.ts'
 import { readMachine } from '../../installer/machine.ts'
+import { dirStore, hexrawMac, httpStore, type ReportStore } from '../../installer/report-store.ts'
+import { DEFAULT_FETCH, fetchBytes } from '../../image-format/source.ts'
 import { defineCommand, pathValue, TRUSTED_KEY } from '../command.ts'
 
 export const install = defineCommand({
   name: 'install',
   summary: 'image this PC: check the model, pick and partition the disks, write the root image to slot A, identity, report, reboot',
-  usage: 'labhost install --config install.yaml --image DIR [options]',
+  usage: 'labhost install --config install.yaml --image DIR [options] | labhost install --netboot URL --boot-mac MAC [options]',
   options: {
     config: {
       type: 'string',
       value: 'FILE',
-      required: true,
       schema: pathValue(),
-      description: 'install.yaml: the models, disks, kept partitions, BIOS settings and finish (labhost schema install)',
+      description: 'install.yaml (required without --netboot): the models, disks, kept partitions, BIOS settings and finish (labhost schema install)',
     },
     image: {
       type: 'string',
       value: 'DIR',
-      required: true,
       schema: pathValue(),
-      description: 'the signed root image (manifest.json and root.img.zst) to write to slot A',
+      description: 'the signed root image (manifest.json and root.img.zst) to write to slot A (required without --netboot)',
     },
     stick: { type: 'string', value: 'DEV', schema: pathValue(), description: "the installer's own medium, never a target" },
     ssd: {
@@ -47,6 +46,13 @@ export const install = defineCommand({
       schema: pathValue(),
       description: "where the install report (or a refusal's reason) goes besides /persistent: the stick's reports/",
     },
+    netboot: {
+      type: 'string',
+      value: 'URL',
+      description:
+        'a network install: the directory `labhost netboot` made, as served over http (its install.yaml, image/ and reports/, where the report, refusal and log are PUT); install.yaml netboot: decides whether this PC may be imaged',
+    },
+    'boot-mac': { type: 'string', value: 'MAC', description: 'with --netboot: the MAC of the NIC this PC network-booted by (iPXE passes BOOTIF)' },
     'trusted-key': TRUSTED_KEY,
     'new-identity': { type: 'boolean', description: 'replace the machine identity (UUID, SSH host keys, host name) a kept /persistent holds' },
     'no-finish': { type: 'boolean', description: "leave install.yaml's finish (reboot, poweroff) undone" },
@@ -65,27 +71,56 @@ export const install = defineCommand({
       description: 'the root of sysfs (DMI, block devices): a tree laid out by a test',
     },
   },
-  conflicts: [['no-finish', 'finish-file', 'give one: --finish-file records the finish, --no-finish drops it']],
+  conflicts: [
+    ['no-finish', 'finish-file', 'give one: --finish-file records the finish, --no-finish drops it'],
+    ['netboot', 'config', 'a network install takes install.yaml from the server'],
+    ['netboot', 'image', 'a network install takes the image from the server'],
+    ['netboot', 'report-dir', 'a network install leaves its reports on the server'],
+  ],
+  requires: [
+    ['netboot', 'boot-mac'],
+    ['boot-mac', 'netboot'],
+  ],
   dryRun: { plan: 'check the model and the image, pick the disks, print the plan (what each disk loses, each partition, BIOS changes)' },
   async run(values, _positionals, ctx) {
-    const reportDir = values['report-dir']
+    const net = values.netboot === undefined ? null : netbootSource(values.netboot, values['boot-mac']!)
+    for (const o of ['config', 'image'] as const)
+      if (!net && !values[o]) throw new LabhostError('usage', `labhost install needs --${o} (or --netboot URL)`, `usage: ${this.usage}`)
+    const reports: ReportStore | undefined = net ? net.reports : values['report-dir'] ? dirStore(values['report-dir']) : undefined
+    // a network install's log goes to the server beside its report: the admin is not at the PC
+    const logLines: string[] = []
+    const log = (line: string) => {
+      if (net) logLines.push(line)
+      ctx.log(line)
+    }
+    let name = 'unknown-machine'
     try {
+      const configText = net ? await fetchText(net.config) : undefined
       const { plan, report } = await runInstall({
-        config: values.config,
-        image: values.image,
+        config: net ? net.config : values.config!,
+        configText,
+        image: net ? net.image : values.image!,
         trustedKey: values['trusted-key'],
         stick: values.stick,
         ssd: values.ssd,
         hdd: values.hdd,
-        reportDir,
+        reports,
+        netboot: net ? { bootMac: net.bootMac } : undefined,
         newIdentity: values['new-identity'],
         sysRoot: values['sys-root'],
         dryRun: ctx.dryRun,
-        log: ctx.log,
+        log,
         progress: ctx.progress,
       })
       if (ctx.dryRun || !report) return { data: { ...plan, dryRun: true }, human: renderPlan(plan, true) }
+      name = reportName(report.hostname?.name, plan.machine)
       const human = `installed ${plan.image.name} ${plan.image.version} on ${plan.disks.map((d) => d.disk.path).join(' + ')} in ${report.steps.reduce((n, x) => n + x.seconds, 0).toFixed(1)} s; identity ${report.identity.created ? 'created' : 'kept'}`
+      if (net) {
+        log(human)
+        await net.reports.write(`${name}-${net.stamp}.log`, logLines.join('\n') + '\n')
+        // the PC's next network boot goes on to its SSD (the boot script looks for this first)
+        await net.reports.write(`${hexrawMac(net.bootMac)}.boot-local`, `${new Date().toISOString()} installed ${plan.image.name} ${plan.image.version}\n`)
+      }
       const finishFile = values['finish-file']
       if (finishFile) fs.writeFileSync(finishFile, `${plan.finish}\n`)
       else if (plan.finish !== 'none' && !values['no-finish']) {
@@ -94,21 +129,55 @@ export const install = defineCommand({
       }
       return { data: report, human }
     } catch (e) {
-      // the technician reads the outcome on the stick: a refusal leaves its reason there too
-      if (reportDir && isLabhostError(e)) {
-        fs.mkdirSync(reportDir, { recursive: true })
+      // the technician (or, over the network, the admin) reads the outcome where the reports go:
+      // a refusal leaves its reason there too
+      if (reports && isLabhostError(e)) {
         let machine = null
         try {
           machine = readMachine(values['sys-root'])
         } catch {
           /* no DMI: the report is named unknown-machine */
         }
-        fs.writeFileSync(
-          path.join(reportDir, `${reportName(null, machine)}-refused-${new Date().toISOString().replace(/[:.]/g, '-')}.json`),
-          JSON.stringify({ result: 'refused', ...e.toJSON() }, null, 2) + '\n',
-        )
+        name = reportName(null, machine)
+        const declined = e.code === 'notToBeImaged'
+        const stamp = new Date().toISOString().replace(/[:.]/g, '-')
+        const record = JSON.stringify({ result: declined ? 'declined' : 'refused', ...e.toJSON() }, null, 2) + '\n'
+        try {
+          await reports.write(`${name}-${declined ? 'declined' : 'refused'}-${stamp}.json`, record)
+          if (net) {
+            log(`labhost install ${declined ? 'declined' : 'refused'}: ${e.message}`)
+            await reports.write(`${name}-${stamp}.log`, logLines.join('\n') + '\n')
+            // declined: this PC boots its own disk from now on; a refused one is for the admin to look at
+            if (declined) await net.reports.write(`${hexrawMac(net.bootMac)}.boot-local`, `${new Date().toISOString()} declined: ${e.message}\n`)
+          }
+        } catch (w) {
+          ctx.log(`the ${declined ? 'decline' : 'refusal'} could not be recorded in ${reports.where}: ${w instanceof Error ? w.message : String(w)}`)
+        }
       }
       throw e
     }
   },
 })
+
+/** Where a network install finds install.yaml, the image and the reports directory, under the URL `labhost netboot` served. */
+function netbootSource(url: string, bootMac: string) {
+  if (!/^https?:\/\/[^/]/i.test(url))
+    throw new LabhostError('usage', `--netboot ${url} is not an http(s) URL`, 'give the URL of the directory `labhost netboot` made, as the server serves it')
+  const mac = bootMac.toLowerCase().replace(/-/g, ':')
+  if (!/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/.test(mac))
+    throw new LabhostError('usage', `--boot-mac ${bootMac} is not a MAC address`, 'give it as 52:54:00:12:34:56 (iPXE passes BOOTIF=01-52-54-00-12-34-56)')
+  const base = url.endsWith('/') ? url : `${url}/`
+  return {
+    bootMac: mac,
+    config: new URL('install.yaml', base).toString(),
+    image: new URL('image/', base).toString(),
+    reports: httpStore(new URL('reports/', base).toString(), mac),
+    stamp: new Date().toISOString().replace(/[:.]/g, '-'),
+  }
+}
+
+const CONFIG_MAX_BYTES = 1 << 20
+
+async function fetchText(url: string): Promise<string> {
+  return (await fetchBytes(url, DEFAULT_FETCH, { maxBytes: CONFIG_MAX_BYTES, code: 'configInvalid', what: 'nothing was written' })).toString('utf8')
+}

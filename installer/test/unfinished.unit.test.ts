@@ -4,6 +4,7 @@ import fs from 'node:fs'
 import t from 'tap'
 import { tmpDir } from '../../test-support/test-helpers.ts'
 import { clearUnfinished, diskIdentity, markUnfinished, readUnfinished, UNFINISHED_FILE } from '../unfinished.ts'
+import { dirStore } from '../report-store.ts'
 import type { BlockDisk } from '../disks.ts'
 
 const disk = (name: string, serial: string): BlockDisk => ({
@@ -20,7 +21,8 @@ const disk = (name: string, serial: string): BlockDisk => ({
 
 t.test("two PCs on one stick: each PC's disks are remembered until that PC is done", async (t) => {
   const dir = tmpDir(t)
-  t.equal(readUnfinished(dir), null, 'no record at first')
+  const store = dirStore(dir)
+  t.equal(await readUnfinished(store), null, 'no record at first')
   const pc1 = [disk('sda', 'S1'), disk('sdb', 'H1')].map((d, i) => ({
     role: i ? 'hdd' : 'ssd',
     identity: diskIdentity(d),
@@ -28,21 +30,21 @@ t.test("two PCs on one stick: each PC's disks are remembered until that PC is do
     startedAt: '2026-01-01T00:00:00Z',
   }))
   const pc2 = [disk('sda', 'S2')].map((d) => ({ role: 'ssd', identity: diskIdentity(d), kept: [], startedAt: '2026-01-02T00:00:00Z' }))
-  markUnfinished(dir, pc1)
-  markUnfinished(dir, pc2)
+  await markUnfinished(store, pc1)
+  await markUnfinished(store, pc2)
   t.same(
-    readUnfinished(dir)?.disks.map((d) => d.identity),
+    (await readUnfinished(store))?.disks.map((d) => d.identity),
     [...pc1, ...pc2].map((d) => d.identity),
     'both PCs recorded',
   )
   t.not(pc1[0]!.identity, pc2[0]!.identity, 'the same kernel name on two PCs is two disks (serials differ)')
-  clearUnfinished(
-    dir,
+  await clearUnfinished(
+    store,
     pc2.map((d) => d.identity),
   )
-  t.same(readUnfinished(dir)?.disks, pc1, 'PC 2 done: PC 1 still remembered')
-  clearUnfinished(
-    dir,
+  t.same((await readUnfinished(store))?.disks, pc1, 'PC 2 done: PC 1 still remembered')
+  await clearUnfinished(
+    store,
     pc1.map((d) => d.identity),
   )
   t.notOk(fs.existsSync(`${dir}/${UNFINISHED_FILE}`), 'all done: the record is gone')
@@ -51,6 +53,6 @@ t.test("two PCs on one stick: each PC's disks are remembered until that PC is do
 t.test('a torn record (cut while it was written) reads as none', async (t) => {
   const dir = tmpDir(t)
   fs.writeFileSync(`${dir}/${UNFINISHED_FILE}`, '{"disks": [{"role": "ssd", "ident')
-  t.equal(readUnfinished(dir), null)
-  t.equal(readUnfinished(undefined), null, 'no report directory: no record')
+  t.equal(await readUnfinished(dirStore(dir)), null)
+  t.equal(await readUnfinished(undefined), null, 'no report directory: no record')
 })
