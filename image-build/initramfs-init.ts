@@ -167,3 +167,131 @@ kexec -e
 fail "kexec -e returned"
 `
 }
+
+/** Where the network installer's initramfs keeps udhcpc's lease script (busybox ships none). */
+export const UDHCPC_SCRIPT_PATH = 'etc/labhost/udhcpc.script'
+
+/**
+ * busybox udhcpc runs this on each lease event: deconfig, bound, renew, leasefail, nak. After the
+ * first lease udhcpc stays in the background and renews it (a seed can outlast a lease), so
+ * bound and renew must be repeatable without cutting a download: ifconfig leaves an unchanged
+ * address alone, `ip route replace` and the rename of resolv.conf are idempotent.
+ */
+export function udhcpcScript(): string {
+  return `#!/bin/sh
+case "$1" in
+  deconfig)
+    ip link set dev "$interface" up
+    ip -4 addr flush dev "$interface"
+    ;;
+  bound|renew)
+    ifconfig "$interface" "$ip" netmask "\${subnet:-255.255.255.0}" \${broadcast:+broadcast $broadcast} up
+    [ -n "$mtu" ] && ip link set dev "$interface" mtu "$mtu"
+    if [ -n "$router" ]; then
+      set -- $router
+      ip route replace default via "$1" dev "$interface"
+    fi
+    { [ -n "$domain" ] && echo "search $domain"; for d in $dns; do echo "nameserver $d"; done; } > /etc/resolv.conf.new
+    mv /etc/resolv.conf.new /etc/resolv.conf
+    ;;
+esac
+exit 0
+`
+}
+
+/**
+ * The network installer's /init (docs/plans/netboot.md §1): the stick's system is this initramfs
+ * itself, so no switch_root. iPXE passes labhost.url= and BOOTIF=01-<mac>; the NIC with that MAC
+ * gets a DHCP lease and `labhost install --netboot` does the rest. PID 1 never returns and never
+ * reboots unless the server will send this PC to its disk next time: a reboot into the network
+ * boot would start the installer again, round after round.
+ */
+export function netbootInit(): string {
+  return `${PROLOGUE}
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+# a failure switches the PC off: a reboot would come back here through the network boot
+fail() { say "FATAL: $*"; echo "LABHOST-NETBOOT-FAIL $*"; sleep 10; poweroff -f; while :; do sleep 3600; done; }
+stay() { while :; do echo "$*"; sleep 60; done; }
+
+URL=""; MAC=""
+set -f
+for a in $(cat /proc/cmdline); do
+  case "$a" in
+    labhost.url=*) URL=\${a#labhost.url=} ;;
+    # pxelinux's form: ARP type 01, then the MAC with dashes
+    BOOTIF=*) MAC=$(echo "\${a#BOOTIF=}" | tr 'A-F-' 'a-f:' | sed 's/^01:\\(..:..:..:..:..:..\\)$/\\1/') ;;
+  esac
+done
+set +f
+[ -n "$URL" ] || fail "no labhost.url= on the kernel command line"
+if [ -n "$MAC" ] && ! echo "$MAC" | grep -qx '[0-9a-f][0-9a-f]\\(:[0-9a-f][0-9a-f]\\)\\{5\\}'; then
+  say "BOOTIF gives no MAC address ($MAC): taking the first NIC with a link"; MAC=""
+fi
+
+nic_by_mac() {
+  for n in /sys/class/net/*; do
+    [ "$(cat "$n/address" 2>/dev/null)" = "$1" ] && { echo "\${n##*/}"; return 0; }
+  done
+  return 1
+}
+nic_with_carrier() {
+  for n in /sys/class/net/*; do
+    [ "\${n##*/}" = lo ] && continue
+    ip link set dev "\${n##*/}" up >/dev/null 2>&1
+    [ "$(cat "$n/carrier" 2>/dev/null)" = 1 ] && { echo "\${n##*/}"; return 0; }
+  done
+  return 1
+}
+# the NIC's driver may still be probing: up to 15 s for the one iPXE booted from
+IF=""; i=0
+while :; do
+  [ -n "$MAC" ] && IF=$(nic_by_mac "$MAC") && break
+  CARRIER=$(nic_with_carrier) && [ -z "$MAC" ] && { IF=$CARRIER; break; }
+  i=$((i + 1))
+  [ $i -ge 15 ] && { IF=$CARRIER; break; }
+  sleep 1
+done
+[ -n "$IF" ] || fail "no network interface (BOOTIF MAC \${MAC:-not given}, and none with a link)"
+[ -n "$MAC" ] && [ "$(cat /sys/class/net/$IF/address)" != "$MAC" ] && say "no NIC has the BOOTIF MAC $MAC: using $IF"
+# the server knows this PC by the MAC iPXE booted with (its boot-local marker is named by it)
+[ -n "$MAC" ] || MAC=$(cat /sys/class/net/$IF/address)
+
+ip link set dev "$IF" up
+udhcpc -i "$IF" -n -t 20 -T 2 -s /${UDHCPC_SCRIPT_PATH} || fail "no DHCP lease on $IF"
+IP=$(ip -4 addr show dev "$IF" | sed -n 's/.*inet \\([0-9.]*\\).*/\\1/p' | head -n 1)
+echo "LABHOST-NETBOOT-START url=$URL mac=$MAC if=$IF ip=$IP"
+
+# labhost writes the finish action (reboot, poweroff, none) to a file instead of doing it, as on
+# the stick: the install's log is complete before the PC goes
+( /usr/sbin/labhost install --netboot "$URL" --boot-mac "$MAC" --finish-file /run/labhost/finish 2>&1; echo "exit $?" > /run/labhost/install-exit ) | tee /run/labhost/install.log
+EXIT=$(sed -n 's/^exit //p' /run/labhost/install-exit 2>/dev/null)
+echo "LABHOST-NETBOOT-INSTALL-END exit=\${EXIT:-unknown}"
+sync
+case "$EXIT" in
+  0)
+    FINISH=$(cat /run/labhost/finish 2>/dev/null)
+    case "$FINISH" in
+      reboot) reboot -f ;;
+      poweroff) poweroff -f ;;
+    esac
+    stay "labhost install done (finish: \${FINISH:-none}): this PC may be switched off or restarted"
+    ;;
+  59)
+    # declined: labhost put <mac>.boot-local on the server, so the next network boot goes to the
+    # disk. Rebooted only when iPXE will find it there too: an upload that failed would loop.
+    echo "LABHOST-NETBOOT-DECLINED"
+    MARKER="\${URL%/}/reports/$(echo "$MAC" | tr -d :).boot-local"
+    wget -q -T 10 -O /dev/null "$MARKER" && reboot -f
+    say "the server does not serve $MARKER: a reboot would start this installer again; switching off"
+    sleep 10
+    poweroff -f
+    ;;
+  *)
+    # a refusal leaves the PC on, showing why; the same reason is in the server's reports/
+    stay "labhost install refused (exit \${EXIT:-unknown}): the reason is in the server's reports/"
+    ;;
+esac
+while :; do sleep 3600; done
+`
+}
