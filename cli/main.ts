@@ -4,6 +4,7 @@ import { ExitCode, isLabhostError, LabhostError } from '../lib/errors.ts'
 import { createProgress } from '../lib/progress.ts'
 import { bootloaderMbr } from './commands/bootloader.ts'
 import { install } from './commands/install.ts'
+import { netboot } from './commands/netboot.ts'
 import { markGoodCommand, status, trialCheck, update } from './commands/host.ts'
 import { imageBuild, imageKeygen, imagePublish, imageSeed, imageServe, imageStick, imageVerify, schema } from './commands/image.ts'
 import { imageSelector } from './commands/image-selector.ts'
@@ -31,6 +32,7 @@ export const COMMANDS: Command[] = [
   channelShow,
   schema,
   install,
+  netboot,
   update,
   status,
   markGoodCommand,

@@ -166,12 +166,15 @@ export function renderDnsmasqConf(spec: DnsmasqSpec): string {
     'enable-tftp',
     `tftp-root=${checkTftpRoot(spec.tftpRoot)}`,
     'dhcp-userclass=set:ipxe,iPXE',
-    `dhcp-boot=tag:ipxe,${checkNetbootUrl(spec.bootScriptUrl)}`,
     // one service per architecture and no pxe-prompt: no menu to wait through; BC_EFI (7) is what
-    // x86-64 UEFI firmware (OVMF too) sends, x86-64_EFI (9) what some others do
-    'pxe-service=tag:!ipxe,x86PC,"labhost network install",undionly.kpxe',
-    `pxe-service=tag:!ipxe,BC_EFI,"labhost network install",${efi}`,
-    `pxe-service=tag:!ipxe,x86-64_EFI,"labhost network install",${efi}`,
+    // x86-64 UEFI firmware (OVMF too) sends, x86-64_EFI (9) what some others do. PXE firmware gets
+    // iPXE by TFTP; iPXE (a chained one, or a NIC's own ROM) gets boot.ipxe's URL the same way, as
+    // its boot server's file: a proxy offer's dhcp-boot file alone was "Nothing to boot" for the
+    // 2019 iPXE (tried in QEMU)
+    ...(['x86PC', 'BC_EFI', 'x86-64_EFI'] as const).flatMap((arch) => [
+      `pxe-service=tag:!ipxe,${arch},"labhost network install",${arch === 'x86PC' ? 'undionly.kpxe' : efi}`,
+      `pxe-service=tag:ipxe,${arch},"labhost network install",${checkNetbootUrl(spec.bootScriptUrl)}`,
+    ]),
     '',
   ].join('\n')
 }

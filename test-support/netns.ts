@@ -23,6 +23,10 @@ export interface Lab {
   spawn(m: LabMember, cmd: string, args: string[], opts?: { env?: Record<string, string> }): ResultPromise
   /** Take a member's link down or up (a host losing its network). */
   link(m: LabMember, up: boolean): Promise<void>
+  /** The namespace of the lab's switch (its bridge br0). */
+  switchNs: string
+  /** A tap device plugged into the switch, for a VM's NIC (QEMU run in switchNs opens it). */
+  addTap(name: string): Promise<void>
   close(): Promise<void>
 }
 
@@ -109,7 +113,12 @@ export async function createLab(prefix: string, hosts: number, o: LabOptions = {
     await close()
     throw e
   }
-  return { ...memberOps(members), close }
+  const addTap = async (name: string) => {
+    await run('ip', ['-n', sw, 'tuntap', 'add', 'dev', name, 'mode', 'tap'])
+    await run('ip', ['-n', sw, 'link', 'set', name, 'master', 'br0'])
+    await run('ip', ['-n', sw, 'link', 'set', name, 'up'])
+  }
+  return { ...memberOps(members), switchNs: sw, addTap, close }
 }
 
 export interface Building {
@@ -118,7 +127,7 @@ export interface Building {
   members: LabMember[]
 }
 
-export interface Campus extends Omit<Lab, 'members'> {
+export interface Campus extends Omit<Lab, 'members' | 'switchNs' | 'addTap'> {
   buildings: Building[]
   /** Bytes that went into each building over the link between them (in `buildings` order). */
   linkBytesIn(): Promise<number[]>

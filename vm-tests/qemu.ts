@@ -38,6 +38,12 @@ export interface VmSpec {
    */
   net?: { forwards: { guestPort: number; hostPort: number }[] }
   /**
+   * Instead: an e1000 NIC (QEMU's iPXE in its option ROM, as a PC's PXE ROM) on a tap device that
+   * already exists in network namespace `ns` (plugged into a lab's bridge); QEMU runs in that
+   * namespace. `bootIndex`: its place in the firmware's boot order (network boot).
+   */
+  tap?: { ns: string; ifname: string; mac: string; bootIndex?: number }
+  /**
    * UEFI instead of SeaBIOS: a q35 machine with OVMF (Debian's ovmf, no CSM) and this writable
    * copy of its variable store (uefiVarsCopy) — a PC of the kind labs buy now.
    */
@@ -94,7 +100,15 @@ export function qemuArgs(spec: VmSpec, accel: Accel, serialFile: string, machine
   if (machine.qmp) args.push('-qmp', `unix:${machine.qmp},server=on,wait=off`)
   // COM2, after the console's COM1: the guest's ttyS1
   if (machine.hold) args.push('-serial', `unix:${machine.hold},server=on,wait=off`)
-  if (spec.net) {
+  if (spec.tap) {
+    const { ifname, mac, bootIndex } = spec.tap
+    args.push(
+      '-netdev',
+      `tap,id=n0,ifname=${ifname},script=no,downscript=no`,
+      '-device',
+      `e1000,netdev=n0,mac=${mac}${bootIndex !== undefined ? `,bootindex=${bootIndex}` : ''}`,
+    )
+  } else if (spec.net) {
     // cmd: runs one `nc` per guest connection (a tcp: chardev would be one connection, opened
     // when QEMU starts, shared by every guest connection)
     const fwd = spec.net.forwards.map((f) => `,guestfwd=tcp:10.0.2.100:${f.guestPort}-cmd:busybox nc 127.0.0.1 ${f.hostPort}`).join('')
@@ -152,7 +166,9 @@ export async function bootUntilPowerOff(spec: VmSpec, timeoutMs: number, until?:
   const readSerial = () => (fs.existsSync(serialFile) ? fs.readFileSync(serialFile, 'latin1') : '')
   let sawMarker = false
   try {
-    const vm = execa('qemu-system-x86_64', qemuArgs(spec, accel, serialFile), { reject: false, timeout: timeoutMs, killSignal: 'SIGKILL' })
+    // ip netns exec execs QEMU: the process killed on a timeout is QEMU itself
+    const [cmd, ...pre] = spec.tap ? ['ip', 'netns', 'exec', spec.tap.ns, 'qemu-system-x86_64'] : ['qemu-system-x86_64']
+    const vm = execa(cmd!, [...pre, ...qemuArgs(spec, accel, serialFile)], { reject: false, timeout: timeoutMs, killSignal: 'SIGKILL' })
     const poll = until
       ? setInterval(() => {
           if (until.test(readSerial())) {

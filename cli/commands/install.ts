@@ -117,7 +117,8 @@ export const install = defineCommand({
       const human = `installed ${plan.image.name} ${plan.image.version} on ${plan.disks.map((d) => d.disk.path).join(' + ')} in ${report.steps.reduce((n, x) => n + x.seconds, 0).toFixed(1)} s; identity ${report.identity.created ? 'created' : 'kept'}`
       if (net) {
         log(human)
-        await net.reports.write(`${name}-${net.stamp}.log`, logLines.join('\n') + '\n')
+        // beside the report, under its name
+        await net.reports.write(`${name}-${report.startedAt.replace(/[:.]/g, '-')}.log`, logLines.join('\n') + '\n')
         // the PC's next network boot goes on to its SSD (the boot script looks for this first)
         await net.reports.write(`${hexrawMac(net.bootMac)}.boot-local`, `${new Date().toISOString()} installed ${plan.image.name} ${plan.image.version}\n`)
       }
@@ -143,10 +144,11 @@ export const install = defineCommand({
         const stamp = new Date().toISOString().replace(/[:.]/g, '-')
         const record = JSON.stringify({ result: declined ? 'declined' : 'refused', ...e.toJSON() }, null, 2) + '\n'
         try {
-          await reports.write(`${name}-${declined ? 'declined' : 'refused'}-${stamp}.json`, record)
+          const base = `${name}-${declined ? 'declined' : 'refused'}-${stamp}`
+          await reports.write(`${base}.json`, record)
           if (net) {
             log(`labhost install ${declined ? 'declined' : 'refused'}: ${e.message}`)
-            await reports.write(`${name}-${stamp}.log`, logLines.join('\n') + '\n')
+            await reports.write(`${base}.log`, logLines.join('\n') + '\n')
             // declined: this PC boots its own disk from now on; a refused one is for the admin to look at
             if (declined) await net.reports.write(`${hexrawMac(net.bootMac)}.boot-local`, `${new Date().toISOString()} declined: ${e.message}\n`)
           }
@@ -172,7 +174,6 @@ function netbootSource(url: string, bootMac: string) {
     config: new URL('install.yaml', base).toString(),
     image: new URL('image/', base).toString(),
     reports: httpStore(new URL('reports/', base).toString(), mac),
-    stamp: new Date().toISOString().replace(/[:.]/g, '-'),
   }
 }
 

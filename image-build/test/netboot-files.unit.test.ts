@@ -93,16 +93,18 @@ t.test('dnsmasq.conf: proxy DHCP beside the lab DHCP server, TFTP of the iPXE bi
       'enable-tftp',
       'tftp-root=/srv/labhost/netboot/tftp',
       'dhcp-userclass=set:ipxe,iPXE',
-      'dhcp-boot=tag:ipxe,http://10.1.2.3/netboot/boot.ipxe',
       'pxe-service=tag:!ipxe,x86PC,"labhost network install",undionly.kpxe',
+      'pxe-service=tag:ipxe,x86PC,"labhost network install",http://10.1.2.3/netboot/boot.ipxe',
       'pxe-service=tag:!ipxe,BC_EFI,"labhost network install",snponly.efi',
+      'pxe-service=tag:ipxe,BC_EFI,"labhost network install",http://10.1.2.3/netboot/boot.ipxe',
       'pxe-service=tag:!ipxe,x86-64_EFI,"labhost network install",snponly.efi',
+      'pxe-service=tag:ipxe,x86-64_EFI,"labhost network install",http://10.1.2.3/netboot/boot.ipxe',
       '',
     ].join('\n'),
   )
   const efi = renderDnsmasqConf({ ...dnsmasq, efi: 'ipxe' }).split('\n')
   t.same(
-    efi.filter((l) => l.startsWith('pxe-service=')),
+    efi.filter((l) => l.startsWith('pxe-service=tag:!')),
     [
       'pxe-service=tag:!ipxe,x86PC,"labhost network install",undionly.kpxe',
       'pxe-service=tag:!ipxe,BC_EFI,"labhost network install",ipxe.efi',
