@@ -42,7 +42,18 @@ export interface VmSpec {
    * already exists in network namespace `ns` (plugged into a lab's bridge); QEMU runs in that
    * namespace. `bootIndex`: its place in the firmware's boot order (network boot).
    */
-  tap?: { ns: string; ifname: string; mac: string; bootIndex?: number }
+  tap?: {
+    ns: string
+    ifname: string
+    mac: string
+    bootIndex?: number
+    /**
+     * firmware-pxe: a virtio NIC without QEMU's iPXE option ROM, so UEFI firmware boots it by its
+     * own PXE (OVMF's, over its virtio-net driver), which fetches the boot file by TFTP as a
+     * real PC's firmware does. Default: e1000 with its iPXE ROM.
+     */
+    nic?: 'ipxe-rom' | 'firmware-pxe'
+  }
   /**
    * UEFI instead of SeaBIOS: a q35 machine with OVMF (Debian's ovmf, no CSM) and this writable
    * copy of its variable store (uefiVarsCopy) — a PC of the kind labs buy now.
@@ -101,12 +112,13 @@ export function qemuArgs(spec: VmSpec, accel: Accel, serialFile: string, machine
   // COM2, after the console's COM1: the guest's ttyS1
   if (machine.hold) args.push('-serial', `unix:${machine.hold},server=on,wait=off`)
   if (spec.tap) {
-    const { ifname, mac, bootIndex } = spec.tap
+    const { ifname, mac, bootIndex, nic } = spec.tap
+    const device = nic === 'firmware-pxe' ? 'virtio-net-pci,romfile=' : 'e1000'
     args.push(
       '-netdev',
       `tap,id=n0,ifname=${ifname},script=no,downscript=no`,
       '-device',
-      `e1000,netdev=n0,mac=${mac}${bootIndex !== undefined ? `,bootindex=${bootIndex}` : ''}`,
+      `${device},netdev=n0,mac=${mac}${bootIndex !== undefined ? `,bootindex=${bootIndex}` : ''}`,
     )
   } else if (spec.net) {
     // cmd: runs one `nc` per guest connection (a tcp: chardev would be one connection, opened
