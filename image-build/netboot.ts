@@ -21,6 +21,7 @@ import { unpackDebianPackage } from './debian-packages.ts'
 import { buildNetbootInitrd } from './netboot-initrd.ts'
 import { checkNetbootUrl, renderDnsmasqConf, renderIpxeScript, type LocalBoot, type NetbootManifest } from './netboot-files.ts'
 import { loadRecipe } from './recipe.ts'
+import { publishImage } from '../image-format/torrent.ts'
 import { run } from '../lib/exec.ts'
 
 export interface NetbootOptions {
@@ -40,6 +41,12 @@ export interface NetbootOptions {
   tftpRoot?: string
   localBoot?: LocalBoot
   efi?: 'snponly' | 'ipxe'
+  /**
+   * The image over BitTorrent too: a .torrent (these trackers, no web seed) in image/, and
+   * netboot.json says so; the server seeds (labhost image seed OUT/image) and every PC seeds for
+   * the room while it installs and `seedMinutes` after.
+   */
+  torrent?: { trackers: string[]; seedMinutes: number }
   log?: (line: string) => void
 }
 
@@ -121,6 +128,12 @@ export async function buildNetboot(o: NetbootOptions): Promise<NetbootResult> {
   for (const f of ['manifest.json', manifest.transport.file, `${manifest.transport.file}.torrent`]) {
     if (fs.existsSync(path.join(o.imageDir, f))) place(path.join(o.imageDir, f), path.join(out, 'image', f))
   }
+  if (o.torrent) {
+    // a .torrent of our own (unlinked first: the one placed may be the image directory's, hard-linked)
+    fs.rmSync(path.join(out, 'image', `${manifest.transport.file}.torrent`), { force: true })
+    const published = await publishImage(path.join(out, 'image'), { trackers: o.torrent.trackers })
+    log(`image/${path.basename(published.torrentFile)}: info hash ${published.infoHash}`)
+  }
 
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'labhost-netboot-'))
   try {
@@ -161,6 +174,7 @@ export async function buildNetboot(o: NetbootOptions): Promise<NetbootResult> {
   const netboot: NetbootManifest = {
     url,
     image: { name: manifest.name, version: manifest.version },
+    ...(o.torrent && { torrent: { tracker: o.torrent.trackers[0]!, seedMinutes: o.torrent.seedMinutes } }),
     files: listed.map((p) => ({ path: p, sha256: sha256File(path.join(out, p)), size: fs.statSync(path.join(out, p)).size })),
   }
   fs.writeFileSync(path.join(out, 'netboot.json'), JSON.stringify(netboot, null, 2) + '\n')

@@ -49,6 +49,12 @@ export interface InstallOptions {
   reports?: ReportStore
   /** A network install: the PC booted the installer from the network by this NIC; install.yaml's netboot: gate decides first. */
   netboot?: { bootMac: string }
+  /**
+   * Fetch the image another way once every check has passed and before the first write (a network
+   * install over BitTorrent): the source it returns is what slot A is written from, checked
+   * chunk by chunk against the same signed manifest.
+   */
+  prepareSource?: (source: UpdateSource) => Promise<UpdateSource>
   newIdentity?: boolean
   /** Root of sysfs (DMI, block devices); tests point it at a prepared tree. */
   sysRoot?: string
@@ -286,9 +292,11 @@ export async function runInstall(o: InstallOptions): Promise<{ plan: InstallPlan
     if (fault('AFTER_STEP') === name) process.kill(process.pid, 'SIGKILL')
     return r
   }
-  const { plan, config, source } = await step('check machine, image and disks', () => planInstall(o))
+  const planned = await step('check machine, image and disks', () => planInstall(o))
+  const { plan, config } = planned
   for (const line of renderPlan(plan, o.dryRun === true).split('\n')) log(line)
   if (o.dryRun) return { plan }
+  const source = o.prepareSource ? await step('download the image', () => o.prepareSource!(planned.source)) : planned.source
   const bios = await step('BIOS settings', () => applyBios(plan.bios, config.bios, o.config, o.sysRoot))
   if (bios.changes.length) log(`BIOS: changed ${bios.changes.map((c) => c.name).join(', ')}${bios.pendingReboot ? ' (pending reboot)' : ''}`)
 

@@ -16,6 +16,7 @@ import { partitionDisk, planDisk } from '../installer/partition.ts'
 import { copyFileInto } from '../lib/blockdev.ts'
 import { serveDirectory } from '../lib/http-serve.ts'
 import { benchFleetScale, buildFleetImages } from './bench-fleet.ts'
+import { benchNetbootRoom } from './bench-netboot.ts'
 import { startCampus, type Distribution, type DistributionMode } from '../test-support/campus-fixtures.ts'
 import { publishVmImage } from '../vmimages/publish.ts'
 import { SELECTOR_IN_IMAGE } from '../image-format/in-image.ts'
@@ -571,6 +572,13 @@ async function benchFleet(keys: { privateKeyFile: string; publicKeyFile: string 
   await benchFleetScale(dir, images, fig)
 }
 
+/** The network-install section (scripts/bench-netboot.ts), on the executable that ships. */
+async function benchNetboot(keys: { privateKeyFile: string; publicKeyFile: string }): Promise<void> {
+  process.env.LABHOST_TEST_EXE ??= labhost
+  const images = await buildFleetImages(dir, keys)
+  await benchNetbootRoom(dir, images, fig)
+}
+
 /**
  * bench/results.json: this run's figures with the machine they were measured on; `merge`: into the
  * figures there, replacing those of the same names (a partial run), each stamped with its time.
@@ -588,7 +596,9 @@ function writeResults(merge: boolean): void {
   const fresh = figures.map((f) => ({ ...f, machine: machine.cpu, ...(merge ? { when } : {}) }))
   const names = new Set(fresh.map((f) => f.name))
   const old = merge && fs.existsSync(file) ? (JSON.parse(fs.readFileSync(file, 'utf8')) as { when: string; figures: { name: string }[] }) : null
-  const kept = old ? old.figures.filter((f) => !names.has(f.name) && !/^fleet: /.test(f.name)) : []
+  // a section's figures replace all of that section's (`fleet: …`, `netboot: …`), also ones no longer made
+  const sections = new Set(fresh.map((f) => /^(\w+): /.exec(f.name)?.[1]).filter((x) => x !== undefined))
+  const kept = old ? old.figures.filter((f) => !names.has(f.name) && !sections.has(/^(\w+): /.exec(f.name)?.[1] ?? '')) : []
   fs.mkdirSync(path.dirname(file), { recursive: true })
   fs.writeFileSync(file, JSON.stringify({ when: old?.when ?? when, machine, figures: [...kept, ...fresh] }, null, 2) + '\n')
   console.log(merge ? `merged ${fresh.length} figures into bench/results.json` : 'written bench/results.json')
@@ -619,6 +629,14 @@ try {
   // with --write also merged into bench/results.json (replacing the figures of the same names)
   if (process.argv.includes('--fleet-only')) {
     await benchFleet(generateKeyPair(path.join(dir, 'keys')))
+    if (process.argv.includes('--write')) writeResults(true)
+    fs.rmSync(dir, { recursive: true, force: true })
+    process.exit(0)
+  }
+  // `npm run bench -- --netboot-only [--write]`: only the network-install figures (1 and 8 PCs, HTTP
+  // and BitTorrent), printed; with --write also merged into bench/results.json
+  if (process.argv.includes('--netboot-only')) {
+    await benchNetboot(generateKeyPair(path.join(dir, 'keys')))
     if (process.argv.includes('--write')) writeResults(true)
     fs.rmSync(dir, { recursive: true, force: true })
     process.exit(0)
@@ -701,6 +719,7 @@ try {
   await benchInstall(path.join(dir, 'host'), host.manifest.image.size)
   await benchDelta(path.join(dir, 'host'), keys)
   await benchFleet(keys)
+  await benchNetboot(keys)
   await benchCampus()
   await benchImageServer(labhost)
   await benchBoot(keys)

@@ -62,10 +62,16 @@ export async function startTracker(spawn: Spawn, m: LabMember, dir: string, info
   }
 }
 
-/** `labhost image serve DIR` on `m`, ready when it says so; its URL. */
-export async function startServe(spawn: Spawn, m: LabMember, servedDir: string, port = HTTP_PORT): Promise<{ process: ResultPromise; url: string }> {
+/** `labhost image serve DIR` on `m` (with `extra` options), ready when it says so; its URL. */
+export async function startServe(
+  spawn: Spawn,
+  m: LabMember,
+  servedDir: string,
+  port = HTTP_PORT,
+  extra: string[] = [],
+): Promise<{ process: ResultPromise; url: string }> {
   const [labhost, ...cli] = labhostCommand()
-  const p = spawn(m, labhost, [...cli, 'image', 'serve', servedDir, '--host', m.ip, '--port', String(port)])
+  const p = spawn(m, labhost, [...cli, 'image', 'serve', servedDir, '--host', m.ip, '--port', String(port), ...extra])
   await waitFor(p, /serving /, 30_000, 'labhost image serve')
   return { process: p, url: `http://${m.ip}:${port}` }
 }

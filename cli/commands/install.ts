@@ -5,7 +5,9 @@ import { powerAction } from '../../lib/power.ts'
 import { renderPlan, reportName, runInstall } from '../../installer/install.ts'
 import { readMachine } from '../../installer/machine.ts'
 import { dirStore, hexrawMac, httpStore, type ReportStore } from '../../installer/report-store.ts'
-import { DEFAULT_FETCH, fetchBytes } from '../../image-format/source.ts'
+import { DEFAULT_FETCH, fetchBytes, httpSource, type UpdateSource } from '../../image-format/source.ts'
+import { parseNetbootManifest, type NetbootManifest } from '../../image-build/netboot-files.ts'
+import { DEFAULT_TORRENT, torrentSource } from '../../updater/torrent.ts'
 import { defineCommand, pathValue, TRUSTED_KEY } from '../command.ts'
 
 export const install = defineCommand({
@@ -53,6 +55,13 @@ export const install = defineCommand({
         'a network install: the directory `labhost netboot` made, as served over http (its install.yaml, image/ and reports/, where the report, refusal and log are PUT); install.yaml netboot: decides whether this PC may be imaged',
     },
     'boot-mac': { type: 'string', value: 'MAC', description: 'with --netboot: the MAC of the NIC this PC network-booted by (iPXE passes BOOTIF)' },
+    'download-dir': {
+      type: 'string',
+      value: 'DIR',
+      schema: pathValue(),
+      defaultText: DEFAULT_TORRENT.dir,
+      description: "with --netboot, when the server's netboot.json says BitTorrent: where the image is downloaded (RAM on a PC that booted from the network)",
+    },
     'trusted-key': TRUSTED_KEY,
     'new-identity': { type: 'boolean', description: 'replace the machine identity (UUID, SSH host keys, host name) a kept /persistent holds' },
     'no-finish': { type: 'boolean', description: "leave install.yaml's finish (reboot, poweroff) undone" },
@@ -80,6 +89,7 @@ export const install = defineCommand({
   requires: [
     ['netboot', 'boot-mac'],
     ['boot-mac', 'netboot'],
+    ['download-dir', 'netboot'],
   ],
   dryRun: { plan: 'check the model and the image, pick the disks, print the plan (what each disk loses, each partition, BIOS changes)' },
   async run(values, _positionals, ctx) {
@@ -96,6 +106,8 @@ export const install = defineCommand({
     let name = 'unknown-machine'
     try {
       const configText = net ? await fetchText(net.config) : undefined
+      const served = net ? await netbootManifest(net.base) : null
+      const bt = served?.torrent && !ctx.dryRun ? btFetch(served, values['download-dir'] ?? DEFAULT_TORRENT.dir, log) : undefined
       const { plan, report } = await runInstall({
         config: net ? net.config : values.config!,
         configText,
@@ -106,6 +118,7 @@ export const install = defineCommand({
         hdd: values.hdd,
         reports,
         netboot: net ? { bootMac: net.bootMac } : undefined,
+        prepareSource: bt?.prepare,
         newIdentity: values['new-identity'],
         sysRoot: values['sys-root'],
         dryRun: ctx.dryRun,
@@ -123,6 +136,8 @@ export const install = defineCommand({
         await net.reports.write(`${hexrawMac(net.bootMac)}.boot-local`, `${new Date().toISOString()} installed ${plan.image.name} ${plan.image.version}\n`)
       }
       const finishFile = values['finish-file']
+      // the room's other PCs fetch from this one while it seeds: its reboot waits for that
+      if (bt?.seeder() && plan.finish !== 'none' && !values['no-finish']) await seedOut(bt.seeder()!, served!.torrent!.seedMinutes, log)
       if (finishFile) fs.writeFileSync(finishFile, `${plan.finish}\n`)
       else if (plan.finish !== 'none' && !values['no-finish']) {
         ctx.log(human)
@@ -170,6 +185,7 @@ function netbootSource(url: string, bootMac: string) {
     throw new LabhostError('usage', `--boot-mac ${bootMac} is not a MAC address`, 'give it as 52:54:00:12:34:56 (iPXE passes BOOTIF=01-52-54-00-12-34-56)')
   const base = url.endsWith('/') ? url : `${url}/`
   return {
+    base,
     bootMac: mac,
     config: new URL('install.yaml', base).toString(),
     image: new URL('image/', base).toString(),
@@ -181,4 +197,79 @@ const CONFIG_MAX_BYTES = 1 << 20
 
 async function fetchText(url: string): Promise<string> {
   return (await fetchBytes(url, DEFAULT_FETCH, { maxBytes: CONFIG_MAX_BYTES, code: 'configInvalid', what: 'nothing was written' })).toString('utf8')
+}
+
+/** netboot.json, the server's description of the netboot directory (whether the image comes over BitTorrent); null without one. */
+async function netbootManifest(base: string): Promise<NetbootManifest | null> {
+  const url = new URL('netboot.json', base).toString()
+  let r: Response
+  try {
+    r = await fetch(url, { signal: AbortSignal.timeout(DEFAULT_FETCH.timeoutMs) })
+  } catch (e) {
+    throw new LabhostError(
+      'downloadFailed',
+      `GET ${url} failed: ${e instanceof Error ? e.message : String(e)}`,
+      'check the netboot server; nothing was written',
+      {},
+      { cause: e },
+    )
+  }
+  if (r.status === 404) return null
+  // a small file with its length declared, or nothing read at all
+  const declared = r.headers.get('content-length')
+  const text = r.ok && declared !== null && Number(declared) <= CONFIG_MAX_BYTES ? await r.text() : null
+  let v: unknown
+  try {
+    v = JSON.parse(text ?? '')
+  } catch (e) {
+    throw new LabhostError(
+      'manifestInvalid',
+      `${url} is not the JSON labhost netboot writes (HTTP ${r.status})`,
+      'write the netboot directory again with `labhost netboot`; nothing was written',
+      {},
+      { cause: e },
+    )
+  }
+  return parseNetbootManifest(v, url)
+}
+
+const onPath = (tool: string) => (process.env.PATH ?? '').split(':').some((d) => d && fs.existsSync(`${d}/${tool}`))
+
+/**
+ * The image over BitTorrent, as the server's netboot.json says (its seeder and the room's PCs as
+ * peers): fetched after every check passed, before the first write. An installer system without
+ * aria2c takes it over HTTP, as does a server that publishes no torrent.
+ */
+function btFetch(served: NetbootManifest, dir: string, log: (line: string) => void) {
+  if (!onPath('aria2c')) {
+    log('netboot.json offers the image over BitTorrent, but this installer system has no aria2c: over HTTP')
+    return undefined
+  }
+  const seedMinutes = served.torrent!.seedMinutes
+  let seeder: number | null = null
+  return {
+    prepare: async (source: UpdateSource): Promise<UpdateSource> => {
+      const http = httpSource(source)
+      if (!http) return source
+      const got = await torrentSource(http, source.manifest, { ...DEFAULT_TORRENT, dir, seedMinutes, log })
+      seeder = got.stats.torrent?.seederPid ?? null
+      return got
+    },
+    seeder: () => seeder,
+  }
+}
+
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}
+
+/** Until aria2c (pid) has seeded its minutes and ended. */
+async function seedOut(pid: number, minutes: number, log: (line: string) => void): Promise<void> {
+  log(`seeding the image for the room for up to ${minutes} min before the finish`)
+  while (alive(pid)) await new Promise((r) => setTimeout(r, 2000))
 }

@@ -1,7 +1,7 @@
 // labhost netboot: prepare the directory an image server serves so that a lab's PCs install by
 // network boot (image-build/netboot.ts), and say what to run next.
 import { buildNetboot } from '../../image-build/netboot.ts'
-import { defineCommand, oneOf, pathValue, SIGNING_KEY, text } from '../command.ts'
+import { defineCommand, oneOf, pathValue, SIGNING_KEY, text, url, wholeNumber } from '../command.ts'
 
 export const netboot = defineCommand({
   name: 'netboot',
@@ -69,7 +69,29 @@ export const netboot = defineCommand({
       defaultText: 'snponly',
       description: "UEFI PCs' iPXE: snponly (the firmware's own NIC driver) or ipxe (iPXE's drivers)",
     },
+    torrent: {
+      type: 'boolean',
+      description: "the image over BitTorrent as well: the PCs of a room fetch it from each other and the server's seeder (labhost image seed OUT/image)",
+    },
+    tracker: {
+      type: 'string',
+      value: 'URL',
+      multiple: true,
+      schema: url(['http:', 'https:', 'udp:'], 'http://10.1.2.3:6969/announce'),
+      description: 'with --torrent: the BitTorrent tracker the .torrent names (the server can run opentracker)',
+    },
+    'seed-minutes': {
+      type: 'string',
+      value: 'N',
+      schema: wholeNumber(0, 24 * 60),
+      default: '10',
+      description: 'with --torrent: how long each PC seeds for the room after its install, before its finish (reboot, power off)',
+    },
   },
+  requires: [
+    ['tracker', 'torrent'],
+    ['torrent', 'tracker'],
+  ],
   dryRun: { refused: 'it writes only --out' },
   async run(values, _pos, ctx) {
     const r = await buildNetboot({
@@ -83,6 +105,7 @@ export const netboot = defineCommand({
       tftpRoot: values['tftp-root'],
       localBoot: values['local-boot'],
       efi: values.efi,
+      torrent: values.torrent ? { trackers: values.tracker, seedMinutes: values['seed-minutes'] } : undefined,
       log: ctx.log,
     })
     // labhost image serve serves a directory at /: the one whose subdirectory is the URL's path
@@ -98,6 +121,7 @@ export const netboot = defineCommand({
       'next, on the server:',
       serve,
       `  cp ${r.out}/dnsmasq.conf /etc/dnsmasq.d/labhost-netboot.conf && systemctl restart dnsmasq`,
+      ...(r.manifest.torrent ? [`  labhost image seed ${r.out}/image    # and the tracker at ${r.manifest.torrent.tracker} (opentracker)`] : []),
       `then power on the PCs (network boot enabled); reports arrive in ${r.out}/reports/`,
     ].join('\n')
     return { data: r, human }

@@ -6,10 +6,13 @@
 // A refusal (an unlisted model) is reported to the server with the disks byte-identical.
 // The PCs are loop devices and a sysfs tree; the server is `labhost image serve` on the loopback.
 import fs from 'node:fs'
+import path from 'node:path'
+import { execa } from 'execa'
 import t, { type Test } from 'tap'
 import YAML from 'yaml'
 import { ExitCode } from '../../lib/errors.ts'
-import { hashWhole, loop, readRange, runCli, sparseFile, tmpDir, type CliResult } from '../../test-support/test-helpers.ts'
+import { hashWhole, labhostCommand, loop, readRange, runCli, sparseFile, tmpDir, type CliResult } from '../../test-support/test-helpers.ts'
+import { infoHash } from '../../image-format/torrent.ts'
 import { startServer, type ServerProcess } from '../../test-support/serve-fixtures.ts'
 import { openGptDisk, readGpt } from '../../bootloader/gpt.ts'
 import { slotStatus } from '../../bootloader/slots.ts'
@@ -230,6 +233,68 @@ test('bad command lines and a bad install.yaml on the server', async (t) => {
   t.equal(badMac.code, ExitCode.usage)
   t.match(badMac.stderr, /--boot-mac 52:54:00 is not a MAC address/)
   t.same(hashes(p), before)
+})
+
+// Over BitTorrent: `labhost netboot --torrent` publishes a .torrent in image/ and says so in
+// netboot.json; the server seeds (labhost image seed), opentracker tracks. Everything runs in a
+// network and PID namespace of its own (its only interface the loopback), so the seeders end with
+// it and nothing reaches any network.
+test('with the netboot directory made for BitTorrent, the image comes from the seeder, not over HTTP; slot A is the image', async (t) => {
+  const d = tmpDir(t)
+  fs.writeFileSync(`${d}/install.yaml`, YAML.stringify({ ...CONFIG, netboot: {} }))
+  const out = `${d}/netboot`
+  const made = await runCli([
+    'netboot',
+    '--image',
+    images.v1,
+    '--config',
+    `${d}/install.yaml`,
+    '--url',
+    'http://127.0.0.1:8080',
+    '--out',
+    out,
+    '--signing-key',
+    images.keys.privateKeyFile,
+    '--interface',
+    'lo',
+    '--torrent',
+    '--tracker',
+    'http://127.0.0.1:6969/announce',
+    '--seed-minutes',
+    '0',
+  ])
+  t.equal(made.code, 0, { stderr: made.stderr })
+  t.match(JSON.parse(fs.readFileSync(`${out}/netboot.json`, 'utf8')).torrent, { tracker: 'http://127.0.0.1:6969/announce', seedMinutes: 0 })
+  const torrent = fs.readdirSync(`${out}/image`).find((f) => f.endsWith('.torrent'))!
+  fs.mkdirSync(`${d}/tracker`, { mode: 0o755 })
+  fs.writeFileSync(`${d}/tracker/whitelist`, `${await infoHash(`${out}/image/${torrent}`)}\n`)
+  fs.writeFileSync(`${d}/tracker.conf`, 'access.whitelist /whitelist\n')
+  const p = await pc(t, '52:54:00:12:34:08')
+  const script = [
+    'ip link set lo up || exit 90',
+    `opentracker -i 127.0.0.1 -p 6969 -P 6969 -d ${d}/tracker -f ${d}/tracker.conf >/dev/null 2>&1 &`,
+    `$LABHOST image serve ${out} --port 8080 --accept-reports reports 2>${d}/serve.log &`,
+    `$LABHOST image seed ${out}/image --tracker-interval 2 2>${d}/seed.log &`,
+    `for i in $(seq 300); do grep -q serving ${d}/serve.log && grep -q seeding ${d}/seed.log && break; sleep 0.1; done`,
+    'sleep 3',
+    `$LABHOST "$@"`,
+  ].join('\n')
+  const args = [...p.args('http://127.0.0.1:8080/'), '--download-dir', `${d}/bt`, '--json']
+  const r = await execa('unshare', ['--net', '--pid', '--kill-child', '--', 'sh', '-c', script, 'sh', ...args], {
+    reject: false,
+    timeout: 180_000,
+    env: { LABHOST: labhostCommand().join(' ') },
+  })
+  t.equal(r.exitCode, 0, 'installed', { stderr: String(r.stderr).slice(-3000) })
+  t.match(String(r.stderr), /downloaded root\.img\.zst with BitTorrent in/, 'the image came by BitTorrent')
+  const served = fs.readFileSync(`${d}/serve.log`, 'utf8')
+  t.notMatch(served, /^\d+ \/image\/root\.img\.zst /m, 'and not one byte of it over HTTP')
+  t.match(served, /^200 \/image\/root\.img\.zst\.torrent /m, 'the .torrent did')
+  t.ok(slotAHoldsV1(p), 'slot A holds the image')
+  t.ok(
+    fs.readdirSync(path.join(out, 'reports')).some((f) => /^CN0NETB01-.*\.json$/.test(f)),
+    'the report is on the server',
+  )
 })
 
 t.test('side by side', { jobs: 3 }, async (t) => {
