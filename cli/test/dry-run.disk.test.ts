@@ -278,6 +278,31 @@ const cases: Record<string, { kind: Kind; run: (t: Test) => Promise<void> }> = {
       )
     },
   },
+  netboot: {
+    kind: 'refused',
+    run: async (t) => {
+      const d = tmpDir(t)
+      fs.writeFileSync(`${d}/install.yaml`, 'models: []\n')
+      await refused(
+        t,
+        'netboot',
+        [
+          'netboot',
+          '--image',
+          images.v1,
+          '--config',
+          `${d}/install.yaml`,
+          '--url',
+          'http://10.1.2.3/netboot',
+          '--out',
+          `${d}/out`,
+          '--signing-key',
+          images.keys.privateKeyFile,
+        ],
+        [d, images.v1],
+      )
+    },
+  },
   'image selector': {
     kind: 'refused',
     run: async (t) => {
