@@ -117,7 +117,9 @@ async function pcBoot(t: Test, what: string, spec: Omit<VmSpec, 'tap'>, mac: str
   await lab.addTap(ifname)
   // UEFI: the firmware's own PXE (TFTP of snponly.efi, then iPXE); BIOS: the NIC's iPXE ROM (SeaBIOS has no PXE of its own)
   const nic = spec.uefi ? 'firmware-pxe' : 'ipxe-rom'
-  const r = await bootUntilPowerOff({ ...spec, tap: { ns: lab.switchNs, ifname, mac, bootIndex: nicBootIndex, nic } }, 900_000, until)
+  // a boot took at most 110 s here (under load); a PC whose network boot went nowhere waits at
+  // "No bootable device" until this ends it
+  const r = await bootUntilPowerOff({ ...spec, tap: { ns: lab.switchNs, ifname, mac, bootIndex: nicBootIndex, nic } }, 480_000, until)
   t.comment(`${what} under ${r.accel} in ${r.seconds.toFixed(1)} s`)
   return r
 }
