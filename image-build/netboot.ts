@@ -14,7 +14,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { LabhostError } from '../lib/errors.ts'
-import { readPrivateKey, verifyImageDir } from '../image-format/manifest.ts'
+import { fileDigest, readPrivateKey, verifyImageDir } from '../image-format/manifest.ts'
 import { loadInstallConfig } from '../installer/config.ts'
 import { buildImage } from './build.ts'
 import { unpackDebianPackage } from './debian-packages.ts'
@@ -110,18 +110,6 @@ function place(from: string, to: string): void {
   }
 }
 
-function sha256File(file: string): string {
-  const h = crypto.createHash('sha256')
-  const fd = fs.openSync(file, 'r')
-  try {
-    const buf = Buffer.allocUnsafe(1 << 20)
-    for (let n; (n = fs.readSync(fd, buf, 0, buf.length, null)) > 0;) h.update(buf.subarray(0, n))
-  } finally {
-    fs.closeSync(fd)
-  }
-  return h.digest('hex')
-}
-
 export async function buildNetboot(o: NetbootOptions): Promise<NetbootResult> {
   const log = o.log ?? (() => {})
   const url = checkNetbootUrl(o.url)
@@ -210,7 +198,7 @@ export async function buildNetboot(o: NetbootOptions): Promise<NetbootResult> {
     url,
     image: { name: manifest.name, version: manifest.version },
     ...(o.torrent && { torrent: { tracker: o.torrent.trackers[0]!, seedMinutes: o.torrent.seedMinutes } }),
-    files: listed.map((p) => ({ path: p, sha256: sha256File(path.join(out, p)), size: fs.statSync(path.join(out, p)).size })),
+    files: listed.map((p) => ({ path: p, ...fileDigest(path.join(out, p)) })),
   }
   fs.writeFileSync(path.join(out, 'netboot.json'), JSON.stringify(netboot, null, 2) + '\n')
   return { out, manifest: netboot, dnsmasqConf, gate }

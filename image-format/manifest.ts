@@ -377,8 +377,8 @@ export function hashChunks(file: string, chunkSize = CHUNK_SIZE): { size: number
   }
 }
 
-/** Whether `file` is the file a manifest part names (its size and SHA-256), in one pass. */
-export function matchesPart(file: string, part: { size: number; sha256: string }): { ok: boolean; size: number; sha256: string } {
+/** A file's size and SHA-256, in one pass. */
+export function fileDigest(file: string): { size: number; sha256: string } {
   const whole = crypto.createHash('sha256')
   const fd = fs.openSync(file, 'r')
   let size = 0
@@ -388,7 +388,12 @@ export function matchesPart(file: string, part: { size: number; sha256: string }
   } finally {
     fs.closeSync(fd)
   }
-  const sha256 = whole.digest('hex')
+  return { size, sha256: whole.digest('hex') }
+}
+
+/** Whether `file` is the file a manifest part names (its size and SHA-256), in one pass. */
+export function matchesPart(file: string, part: { size: number; sha256: string }): { ok: boolean; size: number; sha256: string } {
+  const { size, sha256 } = fileDigest(file)
   return { ok: size === part.size && sha256 === part.sha256, size, sha256 }
 }
 

@@ -102,7 +102,7 @@ function cpuGroup(name: string): { join(pid: number | undefined): void; seconds(
 }
 
 /** CPU time this machine spent busy (all cores, seconds), from /proc/stat. */
-function cpuBusySeconds(): number {
+export function cpuBusySeconds(): number {
   const f = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number)
   // user nice system idle iowait irq softirq steal
   const busy = f[0]! + f[1]! + f[2]! + f[5]! + f[6]! + f[7]!

@@ -18,7 +18,7 @@ import { HTTP_PORT, startServe, startTracker, stopProcesses, waitFor } from '../
 import { labhostCommand, runCli, sparseFile } from '../test-support/test-helpers.ts'
 import type { Images } from '../test-support/update-fixtures.ts'
 import { infoHash } from '../image-format/torrent.ts'
-import type { FleetFigure } from './bench-fleet.ts'
+import { cpuBusySeconds, type FleetFigure } from './bench-fleet.ts'
 
 const MiB = 1 << 20
 const SUBNET = '10.78.0'
@@ -42,10 +42,6 @@ export interface NetbootRound {
 }
 
 const cores = os.cpus().length
-const cpuBusySeconds = () => {
-  const f = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number)
-  return (f[0]! + f[1]! + f[2]! + f[5]! + f[6]! + f[7]!) / 100
-}
 
 /** A netboot directory for the bench's server address, over BitTorrent too with `tracker`. */
 async function netbootDir(out: string, images: Images, config: string, tracker?: string): Promise<void> {
