@@ -12,7 +12,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { buildImage } from '../image-build/build.ts'
 import { writeRecipeVariant } from '../image-build/recipe.ts'
-import { btArgs, labPart, startFleet, type Fleet, type FleetHost } from '../test-support/fleet-fixtures.ts'
+import { btArgs, labPart, PORT_MBIT, startFleet, type Fleet, type FleetHost } from '../test-support/fleet-fixtures.ts'
 import type { Images } from '../test-support/update-fixtures.ts'
 
 /** The package 2.0.0 of the fleet's image adds (with its libraries): a delta of a few MiB, as a small update is. */
@@ -42,6 +42,8 @@ const LABEL: Record<Method, string> = {
 export interface Round {
   method: Method
   hosts: number
+  /** The hosts' port speed (the server's: PORT_MBIT). */
+  hostPortMbit: number
   seconds: number
   serverBytes: number
   /** What one host needs: the whole transport file, or (delta) its pack — the block index and the ranges it lacks. */
@@ -125,9 +127,9 @@ function hostArgs(f: Fleet, h: FleetHost, i: number, method: Method): string[] {
 }
 
 /** One round: a fresh lab of `hosts` (with a delta pack for 1.0.0 published), all updating at once with `method`. */
-export async function fleetRound(dir: string, images: Images, hosts: number, method: Method, prefix: string): Promise<Round> {
+export async function fleetRound(dir: string, images: Images, hosts: number, method: Method, prefix: string, hostPortMbit: number = PORT_MBIT): Promise<Round> {
   const fleetDir = fs.mkdtempSync(path.join(dir, `fleet-${method}-${hosts}-`))
-  const f = await startFleet(fleetDir, images, { hosts, prefix, deltaFrom: images.v1 })
+  const f = await startFleet(fleetDir, images, { hosts, prefix, deltaFrom: images.v1, hostPortMbit })
   try {
     const before = await f.lab.txBytes(f.server)
     const group = cpuGroup(`${prefix}-${process.pid}`)
@@ -153,7 +155,7 @@ export async function fleetRound(dir: string, images: Images, hosts: number, met
         if (out.transfer.torrent) downloadSeconds = Math.max(downloadSeconds ?? 0, out.transfer.torrent.seconds)
       }
       const needBytes = method.startsWith('delta') ? f.deltaPacks[0]!.size : f.transportBytes
-      return { method, hosts, seconds, serverBytes, needBytes, cpuBusy: cpu / seconds / cores, cpuSeconds: cpu, hostCpuSeconds, downloadSeconds }
+      return { method, hosts, hostPortMbit, seconds, serverBytes, needBytes, cpuBusy: cpu / seconds / cores, cpuSeconds: cpu, hostCpuSeconds, downloadSeconds }
     } finally {
       // aria2c may still seed: moved out of the group, ended by f.close below
       group?.remove()
@@ -176,17 +178,33 @@ export interface FleetFigure {
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
 
 /**
+ * The network-bound regime: the hosts' ports slowed until one host's download takes about 40 s,
+ * so the download, not this machine's two shared cores, is what takes the time (32 hosts' own
+ * processes need about 65 s of both cores together at gigabit speed, more than one host alone
+ * needs in all). Per method: the whole transport file (57 MB) at 10 Mbit/s, the delta pack
+ * (5.7 MB) at 1 Mbit/s; the server's port stays at 1 Gbit/s.
+ */
+export const NETWORK_BOUND: Partial<Record<Method, number>> = { 'full-bt': 10, 'delta-bt': 1 }
+
+/**
  * The whole section: 3 single-host rounds per method (the reference time), `runs8` rounds of 8
  * hosts and `runs32` of 32, methods alternating. Figures: server bytes per one host's need and
  * time per the single host's, each method at 8 and 32 hosts, with the spread and CPU share.
+ * `hostPortMbit`: the hosts' port speed per method (PORT_MBIT where not given); `section` names
+ * the figures (`fleet: …`).
  */
 export async function benchFleetScale(
   dir: string,
   images: Images,
   fig: (f: FleetFigure) => void,
-  o: { runs8: number; runs32: number; methods?: readonly Method[] } = { runs8: 3, runs32: 1 },
+  o: { runs8: number; runs32: number; methods?: readonly Method[]; hostPortMbit?: Partial<Record<Method, number>>; section?: string } = {
+    runs8: 3,
+    runs32: 1,
+  },
 ): Promise<Round[]> {
   const methods = o.methods ?? METHODS
+  const section = o.section ?? 'fleet'
+  const portOf = (m: Method) => o.hostPortMbit?.[m] ?? PORT_MBIT
   const rounds: Round[] = []
   const prefix = (m: Method, n: number) => `lhs${METHODS.indexOf(m)}${n}`
   const plan: [number, number][] = [
@@ -197,12 +215,14 @@ export async function benchFleetScale(
   for (const [n, runs] of plan)
     for (let r = 0; r < runs; r++)
       for (const m of methods) {
-        const round = await fleetRound(dir, images, n, m, prefix(m, n))
+        const round = await fleetRound(dir, images, n, m, prefix(m, n), portOf(m))
         console.log(
-          `fleet ${m}, ${n} host(s), round ${r + 1}: ${round.seconds.toFixed(1)} s${round.downloadSeconds === null ? '' : ` (BitTorrent downloads done within ${round.downloadSeconds.toFixed(1)} s)`}, server sent ${(round.serverBytes / 2 ** 20).toFixed(1)} MiB, CPU busy ${(round.cpuBusy * 100).toFixed(0)} %`,
+          `${section} ${m} (hosts' ports ${portOf(m)} Mbit/s), ${n} host(s), round ${r + 1}: ${round.seconds.toFixed(1)} s${round.downloadSeconds === null ? '' : ` (BitTorrent downloads done within ${round.downloadSeconds.toFixed(1)} s)`}, server sent ${(round.serverBytes / 2 ** 20).toFixed(1)} MiB, CPU busy ${(round.cpuBusy * 100).toFixed(0)} %`,
         )
         rounds.push(round)
       }
+  const ports = (m: Method) =>
+    portOf(m) === PORT_MBIT ? `every port ${PORT_MBIT} Mbit/s` : `the hosts' ports ${portOf(m)} Mbit/s, the server's ${PORT_MBIT} Mbit/s`
   const single = (m: Method) => rounds.filter((r) => r.method === m && r.hosts === 1)
   for (const m of methods) {
     const need = single(m)[0]!.needBytes
@@ -217,27 +237,27 @@ export async function benchFleetScale(
       const spread = (xs: number[], d: number) =>
         xs.length > 1 ? `; ${xs.length} runs, min ${Math.min(...xs).toFixed(d)}, max ${Math.max(...xs).toFixed(d)}` : '; 1 run'
       fig({
-        name: `fleet: server bytes sent per the bytes one host needs, ${n} hosts, ${LABEL[m]}`,
+        name: `${section}: server bytes sent per the bytes one host needs, ${n} hosts, ${LABEL[m]}`,
         value: Number(median(copies).toFixed(2)),
         unit: 'x one host',
         peer: 'the bytes one host needs (the transport file; for a delta its pack: the block index and the frames it lacks)',
         peerValue: 1,
-        note: `one host needs ${need} bytes${spread(copies, 2)}; every port ${1000} Mbit/s`,
+        note: `one host needs ${need} bytes${spread(copies, 2)}; ${ports(m)}`,
       })
       fig({
-        name: `fleet: time until the last of ${n} hosts was done, ${LABEL[m]}`,
+        name: `${section}: time until the last of ${n} hosts was done, ${LABEL[m]}`,
         value: Number(median(times).toFixed(1)),
         unit: 's',
         peer: 'one host alone, the same way',
         peerValue: Number(alone.toFixed(1)),
         note:
-          `${httpAlone}${spread(times, 1)}; this machine's ${cores} cores were busy ${(median(rs.map((r) => r.cpuBusy)) * 100).toFixed(0)} % of the time: ` +
+          `${httpAlone}${spread(times, 1)}; ${ports(m)}; this machine's ${cores} cores were busy ${(median(rs.map((r) => r.cpuBusy)) * 100).toFixed(0)} % of the time: ` +
           `all hosts share them, where real PCs have a CPU each`,
       })
       const hostCpu = rs.map((r) => r.hostCpuSeconds).filter((x) => x !== null)
       if (hostCpu.length)
         fig({
-          name: `fleet: time until the last of ${n} hosts was done, against the hosts' own CPU time spread over this machine's cores, ${LABEL[m]}`,
+          name: `${section}: time until the last of ${n} hosts was done, against the hosts' own CPU time spread over this machine's cores, ${LABEL[m]}`,
           value: Number(median(times).toFixed(1)),
           unit: 's',
           peer: `the CPU seconds the hosts' processes used (labhost, zstd, aria2c; a control group), / ${cores} cores: the least this machine can take`,
@@ -250,7 +270,7 @@ export async function benchFleetScale(
         .filter((x) => x !== null)
       if (downloads.length && aloneDownload.length)
         fig({
-          name: `fleet: time until every one of ${n} hosts had the whole download (aria2c), ${LABEL[m]}`,
+          name: `${section}: time until every one of ${n} hosts had the whole download (aria2c), ${LABEL[m]}`,
           value: Number(median(downloads).toFixed(1)),
           unit: 's',
           peer: 'one host alone, the same way',
@@ -262,7 +282,7 @@ export async function benchFleetScale(
     const counted = rounds.filter((r) => r.method === m && r.hostCpuSeconds !== null)
     const perHost = counted.length ? median(counted.map((r) => r.hostCpuSeconds! / r.hosts)) : null
     console.log(
-      `fleet model, ${m}: last host done after ${fit.a.toFixed(1)} + ${fit.b.toFixed(2)} x hosts s on this machine` +
+      `${section} model, ${m}: last host done after ${fit.a.toFixed(1)} + ${fit.b.toFixed(2)} x hosts s on this machine` +
         (perHost === null
           ? ''
           : `; the hosts' processes used ${perHost.toFixed(2)} CPU s each, ${(perHost / cores).toFixed(2)} s per host on ${cores} shared cores`),

@@ -15,7 +15,7 @@ import { loadRecipe, writeRecipeVariant } from '../image-build/recipe.ts'
 import { partitionDisk, planDisk } from '../installer/partition.ts'
 import { copyFileInto } from '../lib/blockdev.ts'
 import { serveDirectory } from '../lib/http-serve.ts'
-import { benchFleetScale, buildFleetImages } from './bench-fleet.ts'
+import { benchFleetScale, buildFleetImages, NETWORK_BOUND, type Method } from './bench-fleet.ts'
 import { benchNetbootRoom } from './bench-netboot.ts'
 import { startCampus, type Distribution, type DistributionMode } from '../test-support/campus-fixtures.ts'
 import { publishVmImage } from '../vmimages/publish.ts'
@@ -572,6 +572,17 @@ async function benchFleet(keys: { privateKeyFile: string; publicKeyFile: string 
   await benchFleetScale(dir, images, fig)
 }
 
+/**
+ * The fleet section's BitTorrent methods once more with the hosts' ports slowed (NETWORK_BOUND):
+ * time as a lab sees it when the network, not the CPU all hosts share here, is the bound.
+ */
+async function benchFleetNetworkBound(keys: { privateKeyFile: string; publicKeyFile: string }): Promise<void> {
+  process.env.LABHOST_TEST_EXE ??= labhost
+  const images = await buildFleetImages(dir, keys)
+  const methods = Object.keys(NETWORK_BOUND) as Method[]
+  await benchFleetScale(dir, images, fig, { runs8: 3, runs32: 1, methods, hostPortMbit: NETWORK_BOUND, section: 'fleet-network-bound' })
+}
+
 /** The network-install section (scripts/bench-netboot.ts), on the executable that ships. */
 async function benchNetboot(keys: { privateKeyFile: string; publicKeyFile: string }): Promise<void> {
   process.env.LABHOST_TEST_EXE ??= labhost
@@ -597,8 +608,8 @@ function writeResults(merge: boolean): void {
   const names = new Set(fresh.map((f) => f.name))
   const old = merge && fs.existsSync(file) ? (JSON.parse(fs.readFileSync(file, 'utf8')) as { when: string; figures: { name: string }[] }) : null
   // a section's figures replace all of that section's (`fleet: …`, `netboot: …`), also ones no longer made
-  const sections = new Set(fresh.map((f) => /^(\w+): /.exec(f.name)?.[1]).filter((x) => x !== undefined))
-  const kept = old ? old.figures.filter((f) => !names.has(f.name) && !sections.has(/^(\w+): /.exec(f.name)?.[1] ?? '')) : []
+  const sections = new Set(fresh.map((f) => /^([\w-]+): /.exec(f.name)?.[1]).filter((x) => x !== undefined))
+  const kept = old ? old.figures.filter((f) => !names.has(f.name) && !sections.has(/^([\w-]+): /.exec(f.name)?.[1] ?? '')) : []
   fs.mkdirSync(path.dirname(file), { recursive: true })
   fs.writeFileSync(file, JSON.stringify({ when: old?.when ?? when, machine, figures: [...kept, ...fresh] }, null, 2) + '\n')
   console.log(merge ? `merged ${fresh.length} figures into bench/results.json` : 'written bench/results.json')
@@ -629,6 +640,14 @@ try {
   // with --write also merged into bench/results.json (replacing the figures of the same names)
   if (process.argv.includes('--fleet-only')) {
     await benchFleet(generateKeyPair(path.join(dir, 'keys')))
+    if (process.argv.includes('--write')) writeResults(true)
+    fs.rmSync(dir, { recursive: true, force: true })
+    process.exit(0)
+  }
+  // `npm run bench -- --fleet-network-bound-only [--write]`: only the fleet's BitTorrent rounds with
+  // the hosts' ports slowed (1, 8 and 32 hosts), printed; with --write also merged
+  if (process.argv.includes('--fleet-network-bound-only')) {
+    await benchFleetNetworkBound(generateKeyPair(path.join(dir, 'keys')))
     if (process.argv.includes('--write')) writeResults(true)
     fs.rmSync(dir, { recursive: true, force: true })
     process.exit(0)
@@ -719,6 +738,7 @@ try {
   await benchInstall(path.join(dir, 'host'), host.manifest.image.size)
   await benchDelta(path.join(dir, 'host'), keys)
   await benchFleet(keys)
+  await benchFleetNetworkBound(keys)
   await benchNetboot(keys)
   await benchCampus()
   await benchImageServer(labhost)

@@ -50,11 +50,14 @@ export interface Fleet {
 /** Switch ports of the lab, both ways: a gigabit lab switch. */
 export const PORT_MBIT = 1000
 
-/** `deltaFrom`: also publish a delta pack (and its .torrent) for hosts running that image directory. */
-export async function startFleet(dir: string, images: Images, o: { hosts: number; prefix: string; deltaFrom?: string }): Promise<Fleet> {
+/**
+ * `deltaFrom`: also publish a delta pack (and its .torrent) for hosts running that image directory.
+ * `hostPortMbit`: the hosts' ports at that speed (the server's stays at PORT_MBIT).
+ */
+export async function startFleet(dir: string, images: Images, o: { hosts: number; prefix: string; deltaFrom?: string; hostPortMbit?: number }): Promise<Fleet> {
   // read when the fleet starts (not at import): the bench points it at the executable first
   const [labhost, ...cli] = labhostCommand()
-  const lab = await createLab(o.prefix, o.hosts, { portMbit: PORT_MBIT })
+  const lab = await createLab(o.prefix, o.hosts, { portMbit: o.hostPortMbit ?? PORT_MBIT, serverPortMbit: PORT_MBIT })
   const loops: string[] = []
   const processes: ResultPromise[] = []
   const close = async () => {

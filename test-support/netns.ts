@@ -38,6 +38,8 @@ export interface LabOptions {
    * in a real lab; 0: as fast as this machine copies packets.
    */
   portMbit?: number
+  /** Member 0's (the server's) port speed instead of `portMbit`: a server on a faster port than the hosts. */
+  serverPortMbit?: number
 }
 
 const tbf = (mbit: number) => ['root', 'tbf', 'rate', `${mbit}mbit`, 'burst', '256kb', 'latency', '50ms']
@@ -108,7 +110,7 @@ export async function createLab(prefix: string, hosts: number, o: LabOptions = {
     await run('ip', ['netns', 'add', sw])
     await run('ip', ['-n', sw, 'link', 'add', 'br0', 'type', 'bridge'])
     await run('ip', ['-n', sw, 'link', 'set', 'br0', 'up'])
-    for (const [i, m] of members.entries()) await plug(sw, m, `p${i}`, 24, o.portMbit)
+    for (const [i, m] of members.entries()) await plug(sw, m, `p${i}`, 24, i === 0 ? (o.serverPortMbit ?? o.portMbit) : o.portMbit)
   } catch (e) {
     await close()
     throw e
