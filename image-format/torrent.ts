@@ -14,8 +14,18 @@ export interface PublishOptions {
   trackers: string[]
   /** HTTP URLs of the transport file that peers may also download from (BEP 19 web seeds). */
   webSeeds?: string[]
-  /** log2 of the piece size; default 20 (1 MiB pieces). */
+  /** log2 of the piece size; default pieceSizeLog2For(the file's size). */
   pieceSizeLog2?: number
+}
+
+/**
+ * The piece size for a file: about a thousand pieces, from 32 KiB to 1 MiB. A piece is what a
+ * peer can pass on once it has it whole and checked, so a small file (a delta pack of a few MiB)
+ * in 1 MiB pieces gives a lab's hosts a handful of pieces to trade, and most wait for the one host
+ * that fetches from the server; files of 1 GiB and more keep 1 MiB pieces (a short .torrent).
+ */
+export function pieceSizeLog2For(size: number): number {
+  return Math.min(20, Math.max(15, Math.ceil(Math.log2(Math.max(1, size) / 1024))))
 }
 
 export interface Published {
@@ -27,8 +37,8 @@ export interface Published {
 export const torrentFileFor = (transportFile: string): string => `${transportFile}.torrent`
 
 /**
- * The largest .torrent accepted. `labhost image publish` makes 1 MiB pieces, 20 bytes of SHA-1
- * each: 64 GiB of transport file make a 1.25 MiB torrent (5 MiB with 256 KiB pieces).
+ * The largest .torrent accepted. `labhost image publish` makes pieces of at most 1 MiB, 20 bytes of
+ * SHA-1 each: 64 GiB of transport file make a 1.25 MiB torrent (5 MiB with 256 KiB pieces).
  */
 export const TORRENT_MAX_BYTES = 8 << 20
 
@@ -173,7 +183,7 @@ export async function makeTorrent(file: string, o: PublishOptions): Promise<Publ
   }
   const out = torrentFileFor(file)
   fs.rmSync(out, { force: true })
-  const pieceLog2 = o.pieceSizeLog2 ?? 20
+  const pieceLog2 = o.pieceSizeLog2 ?? pieceSizeLog2For(fs.statSync(file).size)
   // -d: no creation date, so the same image and trackers give the same torrent (and info hash)
   await run('mktorrent', [
     '-d',
