@@ -55,11 +55,13 @@ ${SWITCH_ROOT}`
  * primary GPT: SLOT, ROOT (its partition), OTHER, DISK, SS, and the helpers u32/u8 for the GPT.
  */
 function pickSlotSh(layout: Layout): string {
-  return `i=0
+  return `# labhost.slotwait=N on the kernel command line: tenths of a second to wait for the slots (30 s)
+W=$(sed -n 's/.*labhost\\.slotwait=\\([0-9][0-9]*\\).*/\\1/p' /proc/cmdline)
+i=0
 while :; do
   PA=$(part_by_name '${layout.slots.A.name}'); PB=$(part_by_name '${layout.slots.B.name}')
   [ -n "$PA" ] && [ -n "$PB" ] && break
-  i=$((i + 1)); [ $i -ge 300 ] && fail "no partitions named ${layout.slots.A.name} and ${layout.slots.B.name}"
+  i=$((i + 1)); [ $i -ge \${W:-300} ] && fail "no partitions named ${layout.slots.A.name} and ${layout.slots.B.name}"
   sleep 0.1
 done
 DISK=$(basename "$(readlink -f /sys/class/block/$PA/..)")
