@@ -82,6 +82,11 @@ export interface CampaignOptions {
    * the machine starts afresh (1.0.0 in slot A, a new calibration).
    */
   resume?: CampaignReport
+  /**
+   * Phase lengths measured by an earlier campaign on this machine: no calibration cycle, the
+   * first update is already aimed (a mutant whose aim needs the phases, not a clean update).
+   */
+  calibration?: NonNullable<CampaignReport['calibration']>
 }
 
 /** brick: no userspace in time, or a version came up whose slot is not its signed image. */
@@ -617,7 +622,7 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
     failedUpdates: 0,
     seconds: 0,
     resetsPerHour: 0,
-    calibration: null,
+    calibration: o.calibration ?? null,
     aims: o.stratified ? 'stratified' : 'independent',
     ...(hold ? { held: true } : {}),
     records: [],
@@ -642,7 +647,7 @@ export async function runUpdateCampaign(o: CampaignOptions): Promise<CampaignRep
       bootSeconds: null,
     }
     if (!(await host.awaitBoot(boot, tally.startedAt, bootTimeout))) return report
-    let calibration: Calibration | null = null
+    let calibration: Calibration | null = o.calibration ?? null
     for (let cycle = tally.firstCycle; tally.counted() < o.cycles; cycle++) {
       // the aim's draw is made in both modes, so drawsOf() holds for either
       const nth = tally.counted() // cycles aimed before this one (the calibration is not counted)
