@@ -130,14 +130,18 @@ for (const firmware of ['bios', 'uefi'] as const) {
       `a commit before the slot is durable is caught offline: ${early.bricked.length} bricked state(s), e.g. ${early.bricked[0]?.why}`,
     )
 
-    // Boot a sample: the end (2.0.0 on trial) and the naive end (no boot). (A state before the
+    // Boot a sample: the end (2.0.0 on trial; BIOS) and the naive end (no boot). (A state before the
     // commit boots 1.0.0: every reset of the campaign before the commit shows that for real.)
     // each ends at the first verdict on the console: userspace up, the initramfs giving up, or the
     // firmware finding nothing to boot (OVMF then starts its shell)
     const verdict = /LABHOST-USERSPACE version=\S+ slot=[AB]|LABHOST-INITRAMFS-FAIL|Shell> |No bootable option/
     const boot = async (file: string) => (await bootUntilPowerOff(machine({ file, bus: 'ide-hd', rotationRate: 1 }), 300_000, verdict)).serial
-    const end = await boot(materialize(before, writes, writes.length, `${dir}/end.img`))
-    t.match(end, /LABHOST-USERSPACE version=2\.0\.0 slot=B/, 'the final state boots 2.0.0, as judged')
+    // (under OVMF the final state is the one uefi-boot.vm.test.ts boots after its own update to
+    // 2.0.0 from the same staged plan: it is not booted a second time here)
+    if (!uefi) {
+      const end = await boot(materialize(before, writes, writes.length, `${dir}/end.img`))
+      t.match(end, /LABHOST-USERSPACE version=2\.0\.0 slot=B/, 'the final state boots 2.0.0, as judged')
+    }
     // the naive end state: under BIOS it is the state the campaign's naive-switch mutant boots
     // (campaign.vm.test.ts asserts the initramfs's failure marker there); under OVMF it is booted
     // here, up to the firmware turning to its shell (the shell's own countdown is not waited out)

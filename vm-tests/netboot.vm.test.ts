@@ -11,16 +11,14 @@
 // - A blank UEFI-only PC, disk first: the blank SSD falls through to the firmware's own PXE (OVMF's,
 //   a virtio NIC without an option ROM), which fetches snponly.efi from dnsmasq's TFTP; that iPXE
 //   goes on as above; its SSD then boots the selector.
-// - A PC of a model install.yaml does not list: refused, the reason on the server, no marker,
-//   disks byte-identical.
-// (Declined and listed PCs, a server that takes no reports, bad input: installer/test/install-netboot.disk.test.ts.)
+// (Refused, declined and listed PCs, a server that takes no reports, bad input: the same
+// `labhost install --netboot` against the same server in installer/test/install-netboot.disk.test.ts,
+// without the boot; /init's handling of each outcome: image-build/test/netboot-init.unit.test.ts.)
 import fs from 'node:fs'
-import path from 'node:path'
 import type { ResultPromise } from 'execa'
 import t, { type Test } from 'tap'
 import YAML from 'yaml'
-import { ExitCode } from '../lib/errors.ts'
-import { hashWhole, labhostCommand, runCli, sparseFile, tmpDir } from '../test-support/test-helpers.ts'
+import { labhostCommand, runCli, sparseFile, tmpDir } from '../test-support/test-helpers.ts'
 import { createLab, type Lab } from '../test-support/netns.ts'
 import { cacheKeys } from '../image-build/cache-keys.ts'
 import { bootUntilPowerOff, uefiVarsCopy, type VmDisk, type VmSpec } from './qemu.ts'
@@ -185,20 +183,4 @@ t.test('a blank UEFI-only PC (disk first) falls through to PXE, installs, then b
   const host = await pcBoot(t, 'SSD boot (UEFI)', spec, mac, 1)
   t.match(host.serial, /LABHOST-SELECTOR slot=A /, "the SSD's selector picked slot A", { serial: host.serial.slice(-3000) })
   t.match(host.serial, /LABHOST-USERSPACE version=1\.0\.0 slot=A/)
-})
-
-t.test('a PC of a model install.yaml does not list is refused: the reason on the server, no marker, disks byte-identical', async (t) => {
-  const d = tmpDir(t)
-  const ssd = sparseFile(`${d}/ssd.img`, 640 * MiB)
-  const hdd = sparseFile(`${d}/hdd.img`, 64 * MiB)
-  const before = { ssd: hashWhole(ssd), hdd: hashWhole(hdd) }
-  const mac = '52:54:00:4e:42:03'
-  const spec = { smbios: { manufacturer: 'Dell Inc.', product: 'OptiPlex 9020', serial: 'CZCNET9020' }, memoryMb: 1536, disks: [ssdDisk(ssd, 1), hddDisk(hdd)] }
-  const r = await pcBoot(t, 'network install, unlisted model (BIOS)', spec, mac, 0, /labhost install refused \(exit \d+\)/)
-  t.match(r.serial, new RegExp(`LABHOST-NETBOOT-INSTALL-END exit=${ExitCode.modelRejected}`), 'refused: exit 51', { serial: r.serial.slice(-4000) })
-  const refused = reports().find((f) => /^CZCNET9020-refused-.*\.json$/.test(f))
-  t.ok(refused, 'the refusal is on the server')
-  t.match(JSON.parse(fs.readFileSync(path.join(out, 'reports', refused ?? 'none'), 'utf8')), { error: 'modelRejected' })
-  t.notOk(reports().includes(`${mac.replace(/:/g, '')}.boot-local`), 'no boot-local marker')
-  t.same({ ssd: hashWhole(ssd), hdd: hashWhole(hdd) }, before, 'SSD and HDD byte-identical')
 })

@@ -62,6 +62,7 @@ t.test('UEFI (OVMF, no CSM): a host updates A -> B -> A over the one-sector swit
     t.notOk(r.timedOut, `boot ${n} ended by itself`, { serial: r.serial.slice(-3000) })
     return r.serial
   }
+  const gptBefore = fs.readFileSync(disks.ssd).subarray(0, 34 * 512)
   const b1 = await boot(1)
   t.match(b1, /LABHOST-SELECTOR slot=A /, 'boot 1: the selector picked slot A')
   t.match(b1, /LABHOST-USERSPACE version=1\.0\.0 slot=A/)
@@ -73,6 +74,13 @@ t.test('UEFI (OVMF, no CSM): a host updates A -> B -> A over the one-sector swit
   t.match(b2, /LABHOST-BROKEN version=1\.5\.0/, 'its userspace dies without marking good')
   const b3 = await boot(3)
   t.match(b3, /LABHOST-ROLLBACK from=B to=A/, 'boot 3: its initramfs rolls back by itself', { serial: b3.slice(-3000) })
+  t.ok(
+    fs
+      .readFileSync(disks.ssd)
+      .subarray(0, 34 * 512)
+      .equals(gptBefore),
+    'the primary GPT region is byte for byte what it was before the update',
+  )
   const b4 = await boot(4)
   t.match(b4, /LABHOST-SELECTOR slot=A /, 'boot 4: the selector picks slot A again')
   t.match(b4, /LABHOST-USERSPACE version=1\.0\.0 slot=A/, '1.0.0 runs again')
