@@ -21,45 +21,43 @@ if (process.getuid?.() !== 0 && kinds.some((k) => k !== 'unit')) {
 // compiled (type-stripped) modules between starts — 0.9 s per start to 0.6 s on this machine.
 process.env.NODE_COMPILE_CACHE ??= path.join(root, '.cache/node-compile-cache')
 
-// The type check is part of the test run: strict TypeScript, no unused code.
-const tsc = await execa('tsc', ['--noEmit', '-p', root], { cwd: root, reject: false, all: true, preferLocal: true })
-if (tsc.exitCode !== 0) {
-  console.log(String(tsc.all))
-  console.log('0 passed, 1 failed')
-  process.exit(1)
-}
-
-// One format for the tree (.prettierrc.json; `npm run format` applies it): checked, never rewritten here.
-const fmt = await execa('prettier', ['--check', '**/*.ts'], { cwd: root, reject: false, all: true, preferLocal: true })
-if (fmt.exitCode !== 0) {
-  console.log(`${String(fmt.all)}\nrun \`npm run format\``)
-  console.log('0 passed, 1 failed')
-  process.exit(1)
-}
-
-// Disk and VM tests use the single executable (images carry it): build it once, up front.
-// The release build and the fault-enabled one (lib/faults.ts) that the campaign's mutants run.
-if (kinds.some((k) => k !== 'unit')) {
-  for (const flags of [[], ['--faults']]) {
-    const b = await execa(process.execPath, [path.join(root, 'scripts/build.ts'), ...flags], { cwd: root, reject: false, all: true })
-    if (b.exitCode !== 0) {
-      console.log(String(b.all))
-      console.log('0 passed, 1 failed')
-      process.exit(1)
-    }
+// Before any test, side by side (two cores; each of these is mostly one thread): the type check
+// (strict TypeScript, no unused code), the format check (.prettierrc.json; `npm run format`
+// applies it: checked, never rewritten here), and for disk and VM tests the single executable
+// (images carry it) — the release build and the fault-enabled one (lib/faults.ts) that the
+// campaign's mutants run; and tap's own build.
+const step =
+  (cmd: string, args: string[], hint = '') =>
+  async () => {
+    const r = await execa(cmd, args, { cwd: root, reject: false, all: true, preferLocal: true })
+    return r.exitCode === 0 ? null : `${String(r.all)}${hint}`
   }
+const builds = async () => {
+  for (const flags of [[], ['--faults']]) {
+    const failed = await step(process.execPath, [path.join(root, 'scripts/build.ts'), ...flags])()
+    if (failed) return failed
+  }
+  return null
+}
+const failures = (
+  await Promise.all([
+    step('tsc', ['--noEmit', '-p', root])(),
+    step('prettier', ['--check', '**/*.ts'], '\nrun `npm run format`')(),
+    kinds.some((k) => k !== 'unit') ? builds() : null,
+    // tap rebuilds itself for our plugin set on its first run; two tap runs at once would race on it
+    step('tap', ['build'])(),
+  ])
+).filter((f) => f !== null)
+if (failures.length) {
+  console.log(failures.join('\n'))
+  console.log('0 passed, 1 failed')
+  process.exit(1)
+}
+if (kinds.some((k) => k !== 'unit')) {
   // ...and the tests start that executable, not the source (test-support/test-helpers.ts,
   // labhostCommand): what ships is what is tested. It keeps its image cache where the source does.
   process.env.LABHOST_TEST_EXE = path.join(root, 'dist/labhost')
   process.env.LABHOST_CACHE ??= path.join(root, '.cache')
-}
-
-// tap rebuilds itself for our plugin set on its first run; two tap runs at once would race on it
-const built = await execa('tap', ['build'], { cwd: root, reject: false, all: true, preferLocal: true })
-if (built.exitCode !== 0) {
-  console.log(String(built.all))
-  console.log('0 passed, 1 failed')
-  process.exit(1)
 }
 
 const totals = { pass: 0, fail: 0, skip: 0, todo: 0 }
