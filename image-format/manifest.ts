@@ -62,10 +62,11 @@ export const ManifestSchema = z
     }).optional(),
     image: z.object({ ...fileRef, chunkSize: positive, chunks: z.array(sha256Hex) }).strict(),
     /**
-     * The zstd copy that is downloaded. `frames`: the size of each chunk's own zstd frame, in chunk
-     * order (image-format/zstd-frames.ts): a delta update fetches single chunks by their byte range.
+     * The zstd copy that is downloaded, one zstd frame per `frameSize` bytes of image (without
+     * `frameSize`, an image built before it: one per chunk). `frames`: each frame's size, in image
+     * order (image-format/zstd-frames.ts): a delta update fetches single frames by their byte range.
      */
-    transport: z.object({ ...fileRef, compression: z.literal('zstd'), frames: z.array(positive).optional() }).strict(),
+    transport: z.object({ ...fileRef, compression: z.literal('zstd'), frameSize: positive.optional(), frames: z.array(positive).optional() }).strict(),
     /** The block index (image-format/block-index.ts): short hashes of every block, for delta updates. */
     blocks: z
       .object({ ...fileRef, blockSize: positive, hashBytes: z.number().int().min(1).max(32) })
@@ -82,12 +83,25 @@ export const ManifestSchema = z
   .strict()
   .superRefine((m, ctx) => {
     refineChunkCount(m.image, ctx)
+    const { frameSize } = m.transport
+    // a frame never straddles two chunks (a chunk is whole frames) nor splits a block (a fetched
+    // frame replaces whole blocks of a chunk assembled from the disk: updater/delta.ts)
+    if (frameSize !== undefined && m.image.chunkSize % frameSize !== 0) {
+      ctx.addIssue({ code: 'custom', path: ['transport', 'frameSize'], message: `${frameSize} bytes does not divide the chunk size ${m.image.chunkSize}` })
+    } else if (frameSize !== undefined && m.blocks && frameSize % m.blocks.blockSize !== 0) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['transport', 'frameSize'],
+        message: `${frameSize} bytes is not a multiple of the block size ${m.blocks.blockSize}`,
+      })
+    }
     const frames = m.transport.frames
-    if (frames && (frames.length !== m.image.chunks.length || frames.reduce((a, b) => a + b, 0) !== m.transport.size)) {
+    const want = Math.ceil(m.image.size / frameSizeOf(m))
+    if (frames && (frames.length !== want || frames.reduce((a, b) => a + b, 0) !== m.transport.size)) {
       ctx.addIssue({
         code: 'custom',
         path: ['transport', 'frames'],
-        message: `${frames.length} frames of ${frames.reduce((a, b) => a + b, 0)} bytes, where there are ${m.image.chunks.length} chunks and ${m.transport.size} bytes`,
+        message: `${frames.length} frames of ${frames.reduce((a, b) => a + b, 0)} bytes, where ${m.image.size} bytes of image make ${want} frames of ${frameSizeOf(m)} and the transport file has ${m.transport.size} bytes`,
       })
     }
     if (m.blocks && m.blocks.size !== Math.ceil(m.image.size / m.blocks.blockSize) * m.blocks.hashBytes) {
@@ -106,6 +120,17 @@ export type Manifest = z.infer<typeof ManifestSchema>
 
 /** Bytes of chunk `index` of the image: the chunk size, less for the last one. */
 export const chunkLength = (m: Manifest, index: number): number => Math.min(m.image.chunkSize, m.image.size - index * m.image.chunkSize)
+
+type FrameGrid = { image: { size: number; chunkSize: number }; transport: { frameSize?: number | undefined } }
+
+/** Bytes of image in each transport frame: `transport.frameSize`, or one chunk (an image built before frame sizes). */
+export const frameSizeOf = (m: FrameGrid): number => m.transport.frameSize ?? m.image.chunkSize
+
+/** Frames that make one chunk (the last chunk may have fewer). */
+export const framesPerChunk = (m: FrameGrid): number => m.image.chunkSize / frameSizeOf(m)
+
+/** Bytes of image in frame `index`: the frame size, less for the last one. */
+export const frameLength = (m: FrameGrid, index: number): number => Math.min(frameSizeOf(m), m.image.size - index * frameSizeOf(m))
 
 /** JSON with keys sorted at every level: the bytes that are signed. */
 export function canonicalJson(v: unknown): string {

@@ -10,6 +10,9 @@ import { ExitCode } from '../../lib/errors.ts'
 import { runCli, tmpDir, type CliResult } from '../../test-support/test-helpers.ts'
 import {
   CHUNK_SIZE,
+  frameLength,
+  frameSizeOf,
+  framesPerChunk,
   generateKeyPair,
   hashChunks,
   keyFingerprint,
@@ -107,6 +110,28 @@ t.test('the well-formed signed manifest passes', async (t) => {
   t.equal(r.code, 0, 'image verify: OK', { stderr: r.stderr })
 })
 
+t.test('frames of a frame size: one per frameSize bytes of image, the last short; without frameSize one per chunk (older images)', async (t) => {
+  t.equal(GOOD.transport.frameSize, undefined, 'the manifest above is an older image: a frame per chunk')
+  const framed = signed((m) => {
+    m.transport.frameSize = 512 << 10
+    m.transport.frames = [600, 600, 600, 600, 600]
+  })
+  const r = await verify(withManifest(t, framed))
+  t.equal(r.code, 0, 'image verify: OK', { stderr: r.stderr })
+  const m = JSON.parse(framed) as Manifest
+  t.equal(frameSizeOf(m), 512 << 10)
+  t.equal(framesPerChunk(m), 2)
+  t.same(
+    [0, 1, 2, 3, 4].map((i) => frameLength(m, i)),
+    [524288, 524288, 524288, 524288, 524288],
+  )
+  const short = { ...m, image: { ...m.image, size: m.image.size - 4096 } }
+  t.equal(frameLength(short, 4), 520192, 'the last frame: what is left of the image')
+  t.equal(frameSizeOf(GOOD), CHUNK_SIZE, 'without frameSize: a frame is a chunk')
+  t.equal(framesPerChunk(GOOD), 1)
+  t.equal(frameLength(GOOD, 2), CHUNK_SIZE / 2)
+})
+
 const wrongShape: [string, (m: Record<string, any>) => void, RegExp][] = [
   [
     'no image',
@@ -191,6 +216,50 @@ const wrongShape: [string, (m: Record<string, any>) => void, RegExp][] = [
       m.transport.frames = [1500, 1500]
     },
     /: transport\.frames: /,
+  ],
+  [
+    'a frame size that does not divide the chunk size',
+    (m) => {
+      m.transport.frameSize = 3 << 16
+    },
+    /: transport\.frameSize: 196608 bytes does not divide the chunk size 1048576/,
+  ],
+  [
+    'a frame size that splits blocks',
+    (m) => {
+      m.transport.frameSize = 2048
+    },
+    /: transport\.frameSize: 2048 bytes is not a multiple of the block size 4096/,
+  ],
+  [
+    'a frame size of 0',
+    (m) => {
+      m.transport.frameSize = 0
+    },
+    /: transport\.frameSize: /,
+  ],
+  [
+    'a frame per chunk where the frame size asks for one per 512 KiB',
+    (m) => {
+      m.transport.frameSize = 512 << 10
+    },
+    /: transport\.frames: 3 frames of 3000 bytes, where 2621440 bytes of image make 5 frames of 524288/,
+  ],
+  [
+    'a frame too many for the frame size',
+    (m) => {
+      m.transport.frameSize = 512 << 10
+      m.transport.frames = [500, 500, 500, 500, 500, 500]
+    },
+    /: transport\.frames: 6 frames/,
+  ],
+  [
+    'frames of the frame size that do not add up to the transport size',
+    (m) => {
+      m.transport.frameSize = 512 << 10
+      m.transport.frames = [600, 600, 600, 600, 601]
+    },
+    /: transport\.frames: 5 frames of 3001 bytes/,
   ],
   [
     'a block index of the wrong size',
