@@ -1,47 +1,69 @@
-// The transport copy of an image: every chunk of the image compressed as a zstd frame of its own,
-// the frames concatenated. zstd reads the file as one stream (a full update decompresses it as it
-// downloads), and any chunk can be fetched alone by its frame's byte range: a delta update asks
-// only for the chunks a host does not have (updater/delta.ts). The frame sizes go into the
-// signed manifest. Independent frames cost a few percent of compression against one stream.
+// The transport copy of an image: every FRAME_SIZE bytes of the image compressed as a zstd frame
+// of its own, the frames concatenated. zstd reads the file as one stream (a full update
+// decompresses it as it downloads), and any frame can be fetched alone by its byte range: a delta
+// update asks only for the frames holding blocks a host does not have (updater/delta.ts). The
+// frame sizes go into the signed manifest. Independent frames cost compression against one stream;
+// the level makes up for it.
 import fs from 'node:fs'
 import zlib from 'node:zlib'
 import { LabhostError } from '../lib/errors.ts'
 
-// 6: within 0.3 % of level 9 on the test image, in less than half the time
-export const TRANSPORT_LEVEL = 6
-/** Frames compressed at once (zlib runs them on the libuv thread pool). */
-const IN_FLIGHT = 8
+/**
+ * Bytes of image per frame: 32 blocks of 4 KiB, 1/8 of a chunk. A one-package update of the host
+ * image changes blocks in 396 of its 1024 chunks; fetching the 128 KiB around each instead of its
+ * whole chunk took that delta from 9.3 % of the image to 3.2 % (docs/benchmarks.md). 64 KiB
+ * frames fetched 2.0 %, but made the transport 7 % larger even at level 14.
+ */
+export const FRAME_SIZE = 128 << 10
+/**
+ * 14 (zstd's first optimal-parsing level for inputs this small): the frames then make the
+ * transport 2 % larger than 1 MiB frames at level 6 did for the host image (at level 6: 9 %), 1 %
+ * smaller for the test image, for 6 times the CPU of level 6. zstd decompresses every level
+ * equally fast.
+ */
+export const TRANSPORT_LEVEL = 14
+/** Image bytes compressed at once (zlib runs the frames on the libuv thread pool). */
+const IN_FLIGHT_BYTES = 8 << 20
 
-const compressOptions = {
-  params: {
-    [zlib.constants.ZSTD_c_compressionLevel]: TRANSPORT_LEVEL,
-    // as the zstd command: each frame carries its content size and a checksum of its content
-    [zlib.constants.ZSTD_c_checksumFlag]: 1,
-    [zlib.constants.ZSTD_c_contentSizeFlag]: 1,
-  },
-}
+const compress = (data: Buffer) =>
+  new Promise<Buffer>((resolve, reject) =>
+    zlib.zstdCompress(
+      data,
+      {
+        // the frame's size told first: zstd then sizes its tables to it (without, 64 KiB frames
+        // at level 6 took 4 times the CPU of 1 MiB frames, and compressed worse)
+        pledgedSrcSize: data.length,
+        params: {
+          [zlib.constants.ZSTD_c_compressionLevel]: TRANSPORT_LEVEL,
+          // as the zstd command: each frame carries its content size and a checksum of its content
+          [zlib.constants.ZSTD_c_checksumFlag]: 1,
+          [zlib.constants.ZSTD_c_contentSizeFlag]: 1,
+        },
+      },
+      (e, r) => (e ? reject(e) : resolve(r)),
+    ),
+  )
 
-const compress = (data: Buffer) => new Promise<Buffer>((resolve, reject) => zlib.zstdCompress(data, compressOptions, (e, r) => (e ? reject(e) : resolve(r))))
-
-/** Compress `image` chunk by chunk into `out`; returns the size of each chunk's frame. */
-export async function compressFramed(image: string, out: string, chunkSize: number): Promise<number[]> {
+/** Compress `image` frame by frame (`frameSize` bytes of it each) into `out`; returns the size of each frame. */
+export async function compressFramed(image: string, out: string, frameSize: number): Promise<number[]> {
   const size = fs.statSync(image).size
-  const count = Math.ceil(size / chunkSize)
+  const count = Math.ceil(size / frameSize)
+  const inFlight = Math.max(4, Math.floor(IN_FLIGHT_BYTES / frameSize))
   const inFd = fs.openSync(image, 'r')
   const outFd = fs.openSync(out, 'w')
   const frames: number[] = []
   try {
     const pending: Promise<Buffer>[] = []
     const start = (i: number) => {
-      const length = Math.min(chunkSize, size - i * chunkSize)
+      const length = Math.min(frameSize, size - i * frameSize)
       const buf = Buffer.allocUnsafe(length)
-      for (let n = 0; n < length;) n += fs.readSync(inFd, buf, n, length - n, i * chunkSize + n)
+      for (let n = 0; n < length;) n += fs.readSync(inFd, buf, n, length - n, i * frameSize + n)
       pending.push(compress(buf))
     }
-    for (let i = 0; i < Math.min(IN_FLIGHT, count); i++) start(i)
+    for (let i = 0; i < Math.min(inFlight, count); i++) start(i)
     for (let i = 0; i < count; i++) {
       const frame = await pending.shift()!
-      if (i + IN_FLIGHT < count) start(i + IN_FLIGHT)
+      if (i + inFlight < count) start(i + inFlight)
       fs.writeSync(outFd, frame)
       frames.push(frame.length)
     }
@@ -60,7 +82,7 @@ export function frameOffsets(frames: number[]): number[] {
   return offsets
 }
 
-/** One chunk from its frame; `what` names the frame in the error when it is not a good one. */
+/** The image bytes of one frame; `what` names the frame in the error when it is not a good one. */
 export function decompressFrame(frame: Buffer, length: number, what: string): Buffer {
   let data: Buffer
   try {

@@ -1,19 +1,28 @@
 // The framed transport: the zstd program reads the whole file as the image, every frame
-// decompresses alone to its chunk, the same input gives the same bytes, and a damaged frame or a
-// frame of the wrong size is refused by name.
+// decompresses alone to its frameSize bytes of the image, the same input gives the same bytes, and
+// a damaged frame or a frame of the wrong size is refused by name. The build's frame size fits the
+// manifest's rules: whole blocks, whole frames per chunk.
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import t from 'tap'
 import { execa } from 'execa'
 import { tmpDir } from '../../test-support/test-helpers.ts'
 import { ExitCode, LabhostError } from '../../lib/errors.ts'
-import { compressFramed, decompressFrame, frameOffsets } from '../zstd-frames.ts'
+import { BLOCK_SIZE } from '../block-index.ts'
+import { CHUNK_SIZE } from '../manifest.ts'
+import { compressFramed, decompressFrame, FRAME_SIZE, frameOffsets } from '../zstd-frames.ts'
 
 const chunk = 1 << 16
 const dir = tmpDir(t, 'labhost-frames-')
 // random, zeros, text and an odd tail: frames of very different sizes
 const image = Buffer.concat([crypto.randomBytes(3 * chunk), Buffer.alloc(2 * chunk), Buffer.from('labhost '.repeat(chunk / 4)), crypto.randomBytes(12_345)])
 fs.writeFileSync(`${dir}/root.img`, image)
+
+t.test("the build's frame size: whole 4 KiB blocks, a chunk whole frames", async (t) => {
+  t.equal(FRAME_SIZE % BLOCK_SIZE, 0, 'a multiple of the block size')
+  t.equal(CHUNK_SIZE % FRAME_SIZE, 0, 'divides the chunk size')
+  t.ok(FRAME_SIZE < CHUNK_SIZE, 'smaller than a chunk: a delta fetches less than whole chunks')
+})
 
 t.test('zstd reads the concatenated frames as the image; each frame alone is its chunk', async (t) => {
   const frames = await compressFramed(`${dir}/root.img`, `${dir}/root.img.zst`, chunk)
@@ -32,6 +41,23 @@ t.test('zstd reads the concatenated frames as the image; each frame alone is its
   t.ok(frames[3]! < frames[0]! / 50, 'a zero chunk compresses to a small frame')
   await compressFramed(`${dir}/root.img`, `${dir}/again.zst`, chunk)
   t.ok(fs.readFileSync(`${dir}/again.zst`).equals(transport), 'the same image gives the same transport bytes')
+})
+
+t.test('frames smaller than the chunk: 4 KiB frames, each alone its 4 KiB of the image', async (t) => {
+  const frame = 4096
+  const frames = await compressFramed(`${dir}/root.img`, `${dir}/small.zst`, frame)
+  t.equal(frames.length, Math.ceil(image.length / frame), 'one frame per 4 KiB')
+  const transport = fs.readFileSync(`${dir}/small.zst`)
+  const offsets = frameOffsets(frames)
+  t.equal(offsets.at(-1), transport.length, 'frame sizes add up to the file')
+  const whole = Buffer.from((await execa('zstd', ['-d', '-q', '-c'], { input: transport, encoding: 'buffer' })).stdout)
+  t.ok(whole.equals(image), 'zstd -d gives the image back')
+  let bad = 0
+  for (let i = 0; i < frames.length; i++) {
+    const length = Math.min(frame, image.length - i * frame)
+    if (!decompressFrame(transport.subarray(offsets[i]!, offsets[i + 1]!), length, `frame ${i}`).equals(image.subarray(i * frame, i * frame + length))) bad++
+  }
+  t.equal(bad, 0, 'every frame alone is its 4 KiB, the last one the odd tail')
 })
 
 t.test('a damaged frame and a frame of another chunk size are refused', async (t) => {
