@@ -18,7 +18,7 @@ import { rootRuleInit, stickInit } from './initramfs-init.ts'
 import { CHUNK_SIZE, hashChunks, keyFingerprint, MANIFEST_FORMAT, readPrivateKey, signManifest, type Manifest } from '../image-format/manifest.ts'
 import { stageRecipeFiles, stageRecipeLinks } from './recipe-files.ts'
 import { loadRecipe, type LoadedRecipe } from './recipe.ts'
-import { compressFramed } from '../image-format/zstd-frames.ts'
+import { compressFramed, FRAME_SIZE, TRANSPORT_LEVEL } from '../image-format/zstd-frames.ts'
 import { BLOCK_HASH_BYTES, BLOCK_SIZE, writeBlockIndex } from '../image-format/block-index.ts'
 import { builderClosureHash } from './builder-hash.ts'
 
@@ -403,12 +403,12 @@ interface ImageOutputs {
   blocks: FileHashes
 }
 
-/** The zstd transport copy (one frame per chunk) and the block index beside root.img, each hashed for the manifest. */
+/** The zstd transport copy (one frame per FRAME_SIZE bytes) and the block index beside root.img, each hashed for the manifest. */
 async function makeTransport(image: string, out: string, log: (line: string) => void): Promise<ImageOutputs> {
-  log('compressing the transport copy (zstd, one frame per chunk)')
+  log(`compressing the transport copy (zstd level ${TRANSPORT_LEVEL}, one frame per ${FRAME_SIZE >> 10} KiB)`)
   const transport = path.join(out, 'root.img.zst')
   fs.rmSync(transport, { force: true })
-  const frames = await compressFramed(image, transport, CHUNK_SIZE)
+  const frames = await compressFramed(image, transport, FRAME_SIZE)
   const blocksFile = path.join(out, 'root.img.blocks')
   writeBlockIndex(image, blocksFile)
   const blocks = hashChunks(blocksFile, CHUNK_SIZE)
@@ -434,7 +434,14 @@ function writeSignedManifest(
       layout: { rootFsUuid: r.layout.rootFsUuid, slotSizeMiB: r.layout.slotSizeMiB, slots: { A: r.layout.slots.A.name, B: r.layout.slots.B.name } },
       diskLayout: r.layout,
       image: { file: 'root.img', size: o.image.size, sha256: o.image.sha256, chunkSize: CHUNK_SIZE, chunks: o.image.chunks },
-      transport: { file: 'root.img.zst', size: o.transport.size, sha256: o.transport.sha256, compression: 'zstd', frames: o.transport.frames },
+      transport: {
+        file: 'root.img.zst',
+        size: o.transport.size,
+        sha256: o.transport.sha256,
+        compression: 'zstd',
+        frameSize: FRAME_SIZE,
+        frames: o.transport.frames,
+      },
       blocks: { file: 'root.img.blocks', size: o.blocks.size, sha256: o.blocks.sha256, blockSize: BLOCK_SIZE, hashBytes: BLOCK_HASH_BYTES },
       trial: { boots: r.recipe.trial.boots },
       signer: s.signer,
@@ -442,6 +449,11 @@ function writeSignedManifest(
     s.key,
   )
   const manifestFile = path.join(out, 'manifest.json')
-  fs.writeFileSync(manifestFile, JSON.stringify(manifest, null, 2) + '\n')
+  // the frame sizes (8 a MiB of image) on one line, not one a line: the manifest a third smaller
+  // (every host fetches it; an updater reads at most 16 MiB of it, image-format/source.ts)
+  fs.writeFileSync(
+    manifestFile,
+    JSON.stringify(manifest, null, 2).replace(/\[\s+(\d+(?:,\s+\d+)*)\s+\]/g, (_, n: string) => `[${n.replace(/\s+/g, '')}]`) + '\n',
+  )
   return { manifestFile, manifest }
 }

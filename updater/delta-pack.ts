@@ -8,8 +8,10 @@
 // downloads that pack with aria2c first, takes the block index from it (checked against the signed
 // manifest) and plans its delta as always; so the server sends a lab the index once, not once per
 // host. Otherwise it plans with the index over HTTP and takes the pack that holds every range it
-// needs, if one does. Any range the pack lacks, and a chunk assembled from blocks that did not
-// match, come over HTTP as before. Neither the list nor the pack is signed: the list is checked for
+// needs, if one does. The ranges are runs of frames (updater/delta.ts): a host running the pack's
+// version lacks the same frames or fewer, and finds each of its ranges inside one of the pack's.
+// Any range the pack lacks, and a chunk assembled from blocks (and frames) that did not match,
+// come over HTTP as before. Neither the list nor the pack is signed: the list is checked for
 // bounds and names before use, the torrent like any other, the index against the signed manifest,
 // and every chunk is judged against the signed manifest by the slot writer, as from HTTP.
 import crypto from 'node:crypto'

@@ -340,7 +340,8 @@ async function chooseDelta(
   )
   const s = d.summary
   const what =
-    `${s.fetched} of ${s.chunks} chunks, ${s.fetchBytes} of ${s.transportBytes} transport bytes in ${s.requests} request(s); ` +
+    `${s.fetched} of ${s.chunks} chunks (${s.patched} of them in part), ${s.fetchedFrames} of ${s.frames} frames of ${s.frameSize >> 10} KiB, ` +
+    `${s.fetchBytes} of ${s.transportBytes} transport bytes in ${s.requests} request(s); ` +
     `${s.fromActive} from slot ${plan.from.slot}, ${s.fromTarget} from slot ${plan.to.slot}, ${s.fromBlocks} assembled from blocks, ${s.zero} zero`
   if (!deltaPays(s)) {
     log(`downloading the whole image: a delta would fetch ${what}`)

@@ -1,5 +1,5 @@
-// labhost image build: reproducible bytes, a signature that catches any change, and recipe
-// errors that name the file, the key and the value.
+// labhost image build: reproducible bytes, a signature that catches any change, a transport of
+// FRAME_SIZE frames, and recipe errors that name the file, the key and the value.
 import fs from 'node:fs'
 import path from 'node:path'
 import t, { type Test } from 'tap'
@@ -7,6 +7,7 @@ import YAML from 'yaml'
 import { ExitCode } from '../../lib/errors.ts'
 import { runCli, tmpDir, xorRange } from '../../test-support/test-helpers.ts'
 import { RecipeSchema, recipesDir } from '../recipe.ts'
+import { FRAME_SIZE } from '../../image-format/zstd-frames.ts'
 
 const dir = tmpDir(t, 'labhost-build-test-')
 const key = `${dir}/keys/labhost-signing.key`
@@ -34,6 +35,9 @@ t.test('two builds of the test recipe are bit-identical, and verify', async (t) 
   t.equal(v.code, 0, 'verify exits 0', { stderr: v.stderr })
   const m = JSON.parse(fs.readFileSync(`${outs[0]}/manifest.json`, 'utf8'))
   t.equal(m.image.chunks.length, Math.ceil(m.image.size / m.image.chunkSize), 'one chunk hash per chunk')
+  t.equal(m.transport.frameSize, FRAME_SIZE, `transport frames of ${FRAME_SIZE} bytes of image`)
+  t.equal(m.transport.frames.length, Math.ceil(m.image.size / FRAME_SIZE), 'one frame size per frame')
+  t.match(fs.readFileSync(`${outs[0]}/manifest.json`, 'utf8'), /\n {4}"frames": \[\d+(,\d+)*\]\n/, 'the frame sizes on one line')
   t.equal(m.version, '1.0.0')
   const e2 = await import('node:child_process')
   e2.execFileSync('e2fsck', ['-fn', `${outs[0]}/root.img`])
