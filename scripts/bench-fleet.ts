@@ -7,6 +7,8 @@
 // the server); the server runs no seeder. Measured per round: the bytes the server's interface
 // sent, per the bytes one host needs; the time until the last host was done; and how busy this
 // machine's CPUs were (every host shares its two cores, which real PCs do not).
+// The network-bound section runs the BitTorrent ways again with the hosts' ports slowed
+// (NETWORK_BOUND), so that one host's download, not the shared CPU, is what a host waits for.
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -178,7 +180,7 @@ export interface FleetFigure {
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
 
 /**
- * The network-bound regime: the hosts' ports slowed until one host's download takes about 40 s,
+ * The network-bound regime: the hosts' ports slowed until one host's download takes about 45 s,
  * so the download, not this machine's two shared cores, is what takes the time (32 hosts' own
  * processes need about 65 s of both cores together at gigabit speed, more than one host alone
  * needs in all). Per method: the whole transport file (57 MB) at 10 Mbit/s, the delta pack
