@@ -225,11 +225,7 @@ function fromBlocks(at: (number | null)[], perFrame: number, frames: number): Ch
  * patched chunk takes each of its frames that comes anyway. Changes `chunks` so.
  */
 function fetchRanges(chunks: ChunkFrom[], frames: number[], gap: number, perChunk: number, perFrame: number): FetchRange[] {
-  const need = new Uint8Array(frames.length)
-  chunks.forEach((c, i) => {
-    if (c.kind === 'fetch') need.fill(1, i * perChunk, Math.min((i + 1) * perChunk, frames.length))
-    else if (c.kind === 'patch') for (const k of c.frames) need[i * perChunk + k] = 1
-  })
+  const need = usedFrames(chunks, frames.length, perChunk)
   const offsets = frameOffsets(frames)
   const ranges: FetchRange[] = []
   need.forEach((n, f) => {
@@ -312,12 +308,13 @@ export const httpRanges =
     resumableDownload(remote.url, { start, end }, remote.fetch, stats)
 
 /**
- * The frames the plan uses: every frame of a downloaded chunk, a patched chunk's own; a frame in a
- * merged gap that neither takes is downloaded and skipped.
+ * The frames `chunks` use: every frame of a downloaded chunk, a patched chunk's own (before ranges
+ * are merged, the frames to request; after, a frame in a merged gap that neither takes is
+ * downloaded and skipped).
  */
-function usedFrames(plan: DeltaPlan, count: number, perChunk: number): Uint8Array {
+function usedFrames(chunks: ChunkFrom[], count: number, perChunk: number): Uint8Array {
   const used = new Uint8Array(count)
-  plan.chunks.forEach((c, i) => {
+  chunks.forEach((c, i) => {
     if (c.kind === 'fetch') used.fill(1, i * perChunk, Math.min((i + 1) * perChunk, count))
     else if (c.kind === 'patch') for (const k of c.frames) used[i * perChunk + k] = 1
   })
@@ -333,7 +330,7 @@ const frameName = (f: number, perChunk: number) => (perChunk === 1 ? `the frame 
 async function* fetchFrames(plan: DeltaPlan, manifest: Manifest, remote: Remote, read: RangeReader): AsyncGenerator<{ index: number; data: Buffer }> {
   const frames = manifest.transport.frames!
   const perChunk = framesPerChunk(manifest)
-  const used = usedFrames(plan, frames.length, perChunk)
+  const used = usedFrames(plan.chunks, frames.length, perChunk)
   for (const range of plan.ranges) {
     let pending: Buffer[] = []
     let have = 0
