@@ -18,7 +18,7 @@ import { rootRuleInit, stickInit } from './initramfs-init.ts'
 import { CHUNK_SIZE, hashChunks, keyFingerprint, MANIFEST_FORMAT, readPrivateKey, signManifest, type Manifest } from '../image-format/manifest.ts'
 import { stageRecipeFiles, stageRecipeLinks } from './recipe-files.ts'
 import { loadRecipe, type LoadedRecipe } from './recipe.ts'
-import { compressFramed, FRAME_SIZE, TRANSPORT_LEVEL } from '../image-format/zstd-frames.ts'
+import { compressFramed, FRAME_SIZE } from '../image-format/zstd-frames.ts'
 import { BLOCK_HASH_BYTES, BLOCK_SIZE, writeBlockIndex } from '../image-format/block-index.ts'
 import { builderClosureHash } from './builder-hash.ts'
 
@@ -210,7 +210,7 @@ export async function buildImage(recipeName: string, o: BuildOptions): Promise<B
     const extlinuxConfig = extlinuxConfigFor(r)
     await stageRoot(r, staging, { epoch, publicKey, extlinuxConfig, log })
     const image = await makeRootImage(r, staging, o.out, { epoch, extlinuxConfig, log })
-    const outputs = await makeTransport(image, o.out, log)
+    const outputs = await makeTransport(image, o.out, r.recipe.transport.level, log)
     const { manifestFile, manifest } = writeSignedManifest(r, o.out, outputs, { epoch, key, signer })
     if (cacheDir) storeInCache(o.out, cacheDir)
     return { manifestFile, manifest, seconds: seconds(), cached: false }
@@ -404,11 +404,11 @@ interface ImageOutputs {
 }
 
 /** The zstd transport copy (one frame per FRAME_SIZE bytes) and the block index beside root.img, each hashed for the manifest. */
-async function makeTransport(image: string, out: string, log: (line: string) => void): Promise<ImageOutputs> {
-  log(`compressing the transport copy (zstd level ${TRANSPORT_LEVEL}, one frame per ${FRAME_SIZE >> 10} KiB)`)
+async function makeTransport(image: string, out: string, level: number, log: (line: string) => void): Promise<ImageOutputs> {
+  log(`compressing the transport copy (zstd level ${level}, one frame per ${FRAME_SIZE >> 10} KiB)`)
   const transport = path.join(out, 'root.img.zst')
   fs.rmSync(transport, { force: true })
-  const frames = await compressFramed(image, transport, FRAME_SIZE)
+  const frames = await compressFramed(image, transport, FRAME_SIZE, level)
   const blocksFile = path.join(out, 'root.img.blocks')
   writeBlockIndex(image, blocksFile)
   const blocks = hashChunks(blocksFile, CHUNK_SIZE)

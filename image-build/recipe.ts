@@ -7,6 +7,7 @@ import YAML from 'yaml'
 import { z } from 'zod'
 import { loadConfig } from '../lib/config.ts'
 import { LabhostError } from '../lib/errors.ts'
+import { TRANSPORT_LEVEL } from '../image-format/zstd-frames.ts'
 import { shippedRoot } from './shipped-files.ts'
 import { loadLayout, type Layout } from '../lib/layout.ts'
 
@@ -93,6 +94,20 @@ export const RecipeSchema = z
       })
       .strict()
       .default({ boots: 3 }),
+    transport: z
+      .object({
+        level: z
+          .number()
+          .int()
+          .min(1)
+          .max(19)
+          .default(TRANSPORT_LEVEL)
+          .describe(
+            `zstd level of the transport copy's frames: ${TRANSPORT_LEVEL} (the default) makes the smallest downloads for the CPU; a low level builds faster (test images) and decompresses as fast`,
+          ),
+      })
+      .strict()
+      .default({ level: TRANSPORT_LEVEL }),
   })
   .strict()
 

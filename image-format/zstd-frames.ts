@@ -25,7 +25,7 @@ export const TRANSPORT_LEVEL = 14
 /** Image bytes compressed at once (zlib runs the frames on the libuv thread pool). */
 const IN_FLIGHT_BYTES = 8 << 20
 
-const compress = (data: Buffer) =>
+const compress = (data: Buffer, level: number) =>
   new Promise<Buffer>((resolve, reject) =>
     zlib.zstdCompress(
       data,
@@ -34,7 +34,7 @@ const compress = (data: Buffer) =>
         // at level 6 took 4 times the CPU of 1 MiB frames, and compressed worse)
         pledgedSrcSize: data.length,
         params: {
-          [zlib.constants.ZSTD_c_compressionLevel]: TRANSPORT_LEVEL,
+          [zlib.constants.ZSTD_c_compressionLevel]: level,
           // as the zstd command: each frame carries its content size and a checksum of its content
           [zlib.constants.ZSTD_c_checksumFlag]: 1,
           [zlib.constants.ZSTD_c_contentSizeFlag]: 1,
@@ -44,8 +44,8 @@ const compress = (data: Buffer) =>
     ),
   )
 
-/** Compress `image` frame by frame (`frameSize` bytes of it each) into `out`; returns the size of each frame. */
-export async function compressFramed(image: string, out: string, frameSize: number): Promise<number[]> {
+/** Compress `image` frame by frame (`frameSize` bytes of it each, at zstd `level`) into `out`; returns the size of each frame. */
+export async function compressFramed(image: string, out: string, frameSize: number, level = TRANSPORT_LEVEL): Promise<number[]> {
   const size = fs.statSync(image).size
   const count = Math.ceil(size / frameSize)
   const inFlight = Math.max(4, Math.floor(IN_FLIGHT_BYTES / frameSize))
@@ -58,7 +58,7 @@ export async function compressFramed(image: string, out: string, frameSize: numb
       const length = Math.min(frameSize, size - i * frameSize)
       const buf = Buffer.allocUnsafe(length)
       for (let n = 0; n < length;) n += fs.readSync(inFd, buf, n, length - n, i * frameSize + n)
-      pending.push(compress(buf))
+      pending.push(compress(buf, level))
     }
     for (let i = 0; i < Math.min(inFlight, count); i++) start(i)
     for (let i = 0; i < count; i++) {

@@ -14,6 +14,7 @@ import { copyFileInto } from '../../lib/blockdev.ts'
 import { frameSizeOf, framesPerChunk, hashChunks, readPrivateKey, signManifest, type Manifest } from '../../image-format/manifest.ts'
 import { writeBlockIndex } from '../../image-format/block-index.ts'
 import { compressFramed, frameOffsets } from '../../image-format/zstd-frames.ts'
+import { loadRecipe } from '../../image-build/recipe.ts'
 import { buildImages, makeHost, protectedParts, slotBHolds, wholeDisk, type Images } from '../../test-support/update-fixtures.ts'
 import { activeSlot, serve, transportRequests } from './http-fixtures.ts'
 import { deltaSource, mergeGap, planDelta, type RangeReader } from '../delta.ts'
@@ -27,7 +28,7 @@ const MiB = 1 << 20
  */
 async function publishVariant(d: string, version: string, oldStyle = false) {
   const frameSize = oldStyle ? m1.image.chunkSize : frameSizeOf(m1)
-  const frames = await compressFramed(`${d}/root.img`, `${d}/root.img.zst`, frameSize)
+  const frames = await compressFramed(`${d}/root.img`, `${d}/root.img.zst`, frameSize, loadRecipe('test').recipe.transport.level)
   writeBlockIndex(`${d}/root.img`, `${d}/root.img.blocks`)
   const img = hashChunks(`${d}/root.img`)
   const tr = hashChunks(`${d}/root.img.zst`)
