@@ -5,7 +5,7 @@
 // match while their blocks do — and assembles chunks from them (updater/delta.ts). A short hash
 // is enough to find candidates: every assembled chunk is checked against its full SHA-256.
 import fs from 'node:fs'
-import { blockHashes } from '../lib/hash-pool.ts'
+import { blockHashes } from '../lib/worker-pool.ts'
 
 export const BLOCK_SIZE = 4096
 export const BLOCK_HASH_BYTES = 8

@@ -6,7 +6,8 @@ import fs from 'node:fs'
 import { readUpTo } from '../lib/direct-io.ts'
 import { LabhostError } from '../lib/errors.ts'
 import type { ZstdReader } from '../lib/zstd-reader.ts'
-import { chunkLength, type Manifest } from './manifest.ts'
+import type { WorkerPool } from '../lib/worker-pool.ts'
+import { chunkLength, frameSizeOf, framesPerChunk, type Manifest } from './manifest.ts'
 
 /** The writer's chunk buffers: a reader takes one to fill and gives back one it does not yield. */
 export interface ChunkBuffers {
@@ -97,4 +98,117 @@ export async function* rawStreamChunks(stream: AsyncIterable<Buffer>, manifest: 
     }
   }
   if (buf && filled) yield { buf, length: filled }
+}
+
+/** Chunks whose frames are being decompressed at once, ahead of the one the writer takes next. */
+const FRAMED_AHEAD = 5
+
+/** Why a framed transport stopped short of its image: it ended early, or a frame is damaged. */
+export class FrameError extends Error {
+  readonly truncated: boolean
+  constructor(message: string, truncated: boolean) {
+    super(message)
+    this.truncated = truncated
+  }
+}
+
+/** The compressed frames of one chunk, one after the other in `data` (its own memory: it is handed to a worker). */
+interface FrameGroup {
+  data: Uint8Array
+  sizes: number[]
+}
+
+/**
+ * A transport file of independent zstd frames (their sizes in the signed manifest), decompressed
+ * a chunk's frames at a time in worker threads straight into the buffers, several chunks at once.
+ * A frame must decompress to exactly its share of the image (else FrameError); an input that ends
+ * early yields the chunks it completed, then throws FrameError(truncated).
+ */
+export async function* framedZstdChunks(
+  from: string | AsyncIterable<Buffer>,
+  manifest: Manifest,
+  buffers: ChunkBuffers,
+  pool: WorkerPool,
+): AsyncGenerator<FilledChunk> {
+  const frames = manifest.transport.frames!
+  const perChunk = framesPerChunk(manifest)
+  const frameSize = frameSizeOf(manifest)
+  const groups = manifest.image.chunks.map((_, i) => frames.slice(i * perChunk, (i + 1) * perChunk))
+  const input = typeof from === 'string' ? fileGroups(from, groups) : streamGroups(from, groups)
+  const ahead: { buf: Buffer; length: number; done: Promise<unknown> }[] = []
+  try {
+    for (let index = 0; index < groups.length; index++) {
+      if (ahead.length >= FRAMED_AHEAD) yield await settled(ahead.shift()!)
+      const next = await input.next()
+      if (next.done) {
+        while (ahead.length) yield await settled(ahead.shift()!)
+        throw new FrameError(`premature end: the transport file ends in the frames of chunk ${index} of ${groups.length}`, true)
+      }
+      const length = chunkLength(manifest, index)
+      const buf = await buffers.take()
+      const done = pool.zstdFrames(next.value.data, next.value.sizes, buf.subarray(0, length), frameSize).catch((e: Error) => {
+        throw new FrameError(`chunk ${index}'s frames (image bytes ${index * manifest.image.chunkSize}..) do not decompress: ${e.message}`, false)
+      })
+      done.catch(() => {}) // looked at when its turn comes
+      ahead.push({ buf, length, done })
+    }
+    while (ahead.length) yield await settled(ahead.shift()!)
+    if (!(await input.next()).done)
+      throw new LabhostError('hashMismatch', 'the transport file is longer than its manifest says', 'the transport file was replaced: fetch it again')
+  } finally {
+    // stopped early: the buffers of chunks not handed over go back once their frames are done
+    for (const a of ahead.splice(0)) {
+      await a.done.catch(() => {})
+      buffers.give(a.buf)
+    }
+    await input.return(undefined)
+  }
+}
+
+/** A chunk whose frames are all in its buffer (else what went wrong with them). */
+async function settled(a: { buf: Buffer; length: number; done: Promise<unknown> }): Promise<FilledChunk> {
+  await a.done
+  return { buf: a.buf, length: a.length }
+}
+
+/** A transport file on disk, a chunk's frames at a time; anything after the last frame comes as one more group. */
+async function* fileGroups(file: string, groups: number[][]): AsyncGenerator<FrameGroup> {
+  const fh = await fs.promises.open(file, 'r')
+  try {
+    let at = 0
+    for (const sizes of groups) {
+      const want = sizes.reduce((a, b) => a + b, 0)
+      const data = Buffer.allocUnsafeSlow(want)
+      let got = 0
+      for (let r; got < want && (r = (await fh.read(data, got, want - got, at + got)).bytesRead); got += r);
+      if (got < want) return
+      yield { data, sizes }
+      at += want
+    }
+    const probe = Buffer.alloc(1)
+    if ((await fh.read(probe, 0, 1, at)).bytesRead) yield { data: probe, sizes: [1] }
+  } finally {
+    await fh.close()
+  }
+}
+
+/** A byte stream (a download), cut into a chunk's frames at a time; bytes after the last frame come as one more group. */
+async function* streamGroups(stream: AsyncIterable<Buffer>, groups: number[][]): AsyncGenerator<FrameGroup> {
+  let i = 0
+  let data = new Uint8Array(groups[0]?.reduce((a, b) => a + b, 0) ?? 0)
+  let filled = 0
+  for await (const piece of stream) {
+    for (let from = 0; from < piece.length;) {
+      if (i === groups.length) return yield { data: piece.subarray(from), sizes: [piece.length - from] }
+      const n = Math.min(data.length - filled, piece.length - from)
+      data.set(piece.subarray(from, from + n), filled)
+      filled += n
+      from += n
+      if (filled === data.length) {
+        yield { data, sizes: groups[i]! }
+        data = new Uint8Array(groups[++i]?.reduce((a, b) => a + b, 0) ?? 0)
+        filled = 0
+      }
+    }
+  }
 }

@@ -19,7 +19,7 @@ const fdatasync = promisify(fs.fdatasync)
  * `count` buffers of `size` bytes at page-aligned addresses. Node has no aligned allocation, but
  * WebAssembly memory starts on a page of its own, so views into one Memory at multiples of 64 KiB
  * are aligned for any logical sector size. The memory is shared (a SharedArrayBuffer), so worker
- * threads can hash the buffers without a copy (lib/hash-pool.ts).
+ * threads can hash the buffers without a copy (lib/worker-pool.ts).
  */
 export function alignedBuffers(count: number, size: number): Buffer[] {
   const stride = Math.ceil(size / WASM_PAGE) * WASM_PAGE

@@ -9,7 +9,7 @@
 // verified exactly as in a full update; nothing here is trusted without that check.
 import crypto from 'node:crypto'
 import { alignedBuffers, DIRECT_ALIGN, DirectFile, roundUp } from '../lib/direct-io.ts'
-import { blockHashes, HashPool } from '../lib/hash-pool.ts'
+import { blockHashes, WorkerPool } from '../lib/worker-pool.ts'
 import { LabhostError } from '../lib/errors.ts'
 import { chunkLength, frameLength, frameSizeOf, framesPerChunk, type Manifest } from '../image-format/manifest.ts'
 import { decompressFrame, frameOffsets } from '../image-format/zstd-frames.ts'
@@ -104,7 +104,7 @@ export function deltaUnusable(manifest: Manifest): string | null {
  * SHA-256 of each chunk-sized piece of a slot on the new image's chunk grid, as far as the slot
  * reaches; with `blocks`, also where each block hash (as in the block index) lies on the disk.
  */
-async function hashSlot(file: DirectFile, slot: SlotRange, manifest: Manifest, pool: HashPool, blocks?: Map<string, number>): Promise<(string | null)[]> {
+async function hashSlot(file: DirectFile, slot: SlotRange, manifest: Manifest, pool: WorkerPool, blocks?: Map<string, number>): Promise<(string | null)[]> {
   const { chunkSize } = manifest.image
   const count = manifest.image.chunks.length
   const hashes: (string | null)[] = new Array<string | null>(count).fill(null)
@@ -145,7 +145,7 @@ export async function planDelta(manifest: Manifest, disk: string, slots: { activ
   // blocks are looked for only where a frame is whole blocks (always, but for an odd old image)
   const withBlocks = !!blockIndex && !!manifest.blocks && frameSize % manifest.blocks.blockSize === 0
   const file = DirectFile.open(disk, 'read')
-  const pool = new HashPool()
+  const pool = new WorkerPool()
   let active: (string | null)[]
   let target: (string | null)[]
   // where each block hash lies: in the running slot, and (the last place) in the slot being written

@@ -11,6 +11,7 @@ import { hashChunks, type Manifest } from '../manifest.ts'
 import { DirectFile } from '../../lib/direct-io.ts'
 import { ExitCode, type ErrorCode, type LabhostError } from '../../lib/errors.ts'
 import { verifyImage, writeImage, type ImageInput } from '../slot-writer.ts'
+import { compressFramed } from '../zstd-frames.ts'
 
 const MiB = 1 << 20
 const CHUNK = MiB
@@ -33,12 +34,30 @@ function manifestFor(file: string): Manifest {
   return { image: { file: 'root.img', size: h.size, sha256: h.sha256, chunkSize: CHUNK, chunks: h.chunks } } as Manifest
 }
 
-/** The image as a stream (zstd, or raw as a delta's), in pieces that do not line up with its chunks. */
-async function sourceFor(file: string, compressed: boolean): Promise<{ manifest: Manifest; input: () => ImageInput }> {
-  if (compressed) await execa('zstd', ['-q', '-f', '-1', file, '-o', `${file}.zst`])
-  const f = compressed ? `${file}.zst` : file
-  const stream = () => fs.createReadStream(f, { highWaterMark: 300_000 })
-  return { manifest: manifestFor(file), input: () => (compressed ? { kind: 'zstd', from: stream() } : { kind: 'raw-stream', stream: stream() }) }
+/** Frames of 128 KiB of image, as image builds make them. */
+const FRAME = 128 << 10
+
+/** The image compressed frame by frame, and its manifest naming the frames (as a built image's). */
+async function framedSource(file: string): Promise<Manifest> {
+  const frames = await compressFramed(file, `${file}.zst`, FRAME, 3)
+  const m = manifestFor(file)
+  return { ...m, transport: { file: 'root.img.zst', size: fs.statSync(`${file}.zst`).size, frameSize: FRAME, frames } } as Manifest
+}
+
+type SourceKind = 'raw' | 'zstd' | 'framed' | 'framed file'
+
+/**
+ * The image as a stream (raw as a delta's; zstd of one frame, from an image built before frames;
+ * zstd frames in worker threads) in pieces that do not line up with its chunks, or the frames
+ * from a file.
+ */
+async function sourceFor(file: string, kind: SourceKind): Promise<{ manifest: Manifest; input: () => ImageInput }> {
+  if (kind === 'zstd') await execa('zstd', ['-q', '-f', '-1', file, '-o', `${file}.zst`])
+  const manifest = kind.startsWith('framed') ? await framedSource(file) : manifestFor(file)
+  const stream = (f: string) => fs.createReadStream(f, { highWaterMark: 300_000 })
+  const input = (): ImageInput =>
+    kind === 'raw' ? { kind: 'raw-stream', stream: stream(file) } : { kind: 'zstd', from: kind === 'framed file' ? `${file}.zst` : stream(`${file}.zst`) }
+  return { manifest, input }
 }
 
 const targets = [
@@ -48,47 +67,50 @@ const targets = [
 ] as const
 
 for (const target of targets) {
-  for (const compressed of [false, true]) {
-    t.test(`${target.name}, ${compressed ? 'zstd' : 'raw'} stream: the range holds the image exactly, the bytes after it are kept`, async (t) => {
-      const d = tmpDir(t)
-      const image = makeImage(`${d}/root.img`)
-      const backing = sparseFile(`${d}/disk.img`, 24 * MiB)
-      const garbage = crypto.randomBytes(24 * MiB)
-      fs.writeFileSync(backing, garbage)
-      const dev = target.loop ? await loop(t, backing, target.loop) : backing
-      const source = await sourceFor(`${d}/root.img`, compressed)
-      const progress: number[] = []
-      const { stats, readBack } = await writeImage({ disk: dev, firstByte: FIRST_BYTE, name: 'slot B' }, source.manifest, source.input(), {
-        progress: (done) => progress.push(done),
-        readBack: true,
-      })
-      // with O_DIRECT every chunk written as data was read back while writing; zeroed chunks were
-      // not; a file system without O_DIRECT (tmpfs) leaves all of it to verifyImage
-      const probe = DirectFile.open(dev, 'read')
-      probe.close()
-      t.same(
-        [...readBack].sort((a, b) => a - b),
-        probe.direct ? [...KINDS].flatMap((k, i) => (k === 'd' || i === KINDS.length - 1 ? [i] : [])) : [],
-        probe.direct ? 'read back while writing: the data chunks' : 'nothing read back while writing without O_DIRECT',
-      )
-      // the run of 6 zero chunks is zeroed by the kernel on a block device; the run of 2 is written
-      t.same(
-        stats,
-        target.loop
-          ? { dataBytes: SIZE - 8 * CHUNK, kernelZeroedBytes: 6 * CHUNK, writtenZeroBytes: 2 * CHUNK }
-          : { dataBytes: SIZE - 8 * CHUNK, kernelZeroedBytes: 0, writtenZeroBytes: 8 * CHUNK },
-        'zero chunks: not sent as data',
-      )
-      t.ok(readRange(backing, FIRST_BYTE, SIZE).equals(image), 'the range reads back as the image, zero chunks included')
-      t.ok(readRange(backing, 0, FIRST_BYTE).equals(garbage.subarray(0, FIRST_BYTE)), 'bytes before the range untouched')
-      t.ok(
-        readRange(backing, FIRST_BYTE + SIZE, 24 * MiB - FIRST_BYTE - SIZE).equals(garbage.subarray(FIRST_BYTE + SIZE)),
-        'bytes after the image untouched (also inside its last 4 KiB block)',
-      )
-      t.equal(progress.at(-1), SIZE, 'progress reaches the image size')
-      await verifyImage({ disk: dev, firstByte: FIRST_BYTE, name: 'slot B' }, source.manifest)
-      t.pass('read-back verifies')
-    })
+  for (const kind of ['raw', 'zstd', 'framed', 'framed file'] as const) {
+    t.test(
+      `${target.name}, ${kind === 'framed file' ? 'zstd frames from a file' : `${kind} stream`}: the range holds the image exactly, the bytes after it are kept`,
+      async (t) => {
+        const d = tmpDir(t)
+        const image = makeImage(`${d}/root.img`)
+        const backing = sparseFile(`${d}/disk.img`, 24 * MiB)
+        const garbage = crypto.randomBytes(24 * MiB)
+        fs.writeFileSync(backing, garbage)
+        const dev = target.loop ? await loop(t, backing, target.loop) : backing
+        const source = await sourceFor(`${d}/root.img`, kind)
+        const progress: number[] = []
+        const { stats, readBack } = await writeImage({ disk: dev, firstByte: FIRST_BYTE, name: 'slot B' }, source.manifest, source.input(), {
+          progress: (done) => progress.push(done),
+          readBack: true,
+        })
+        // with O_DIRECT every chunk written as data was read back while writing; zeroed chunks were
+        // not; a file system without O_DIRECT (tmpfs) leaves all of it to verifyImage
+        const probe = DirectFile.open(dev, 'read')
+        probe.close()
+        t.same(
+          [...readBack].sort((a, b) => a - b),
+          probe.direct ? [...KINDS].flatMap((k, i) => (k === 'd' || i === KINDS.length - 1 ? [i] : [])) : [],
+          probe.direct ? 'read back while writing: the data chunks' : 'nothing read back while writing without O_DIRECT',
+        )
+        // the run of 6 zero chunks is zeroed by the kernel on a block device; the run of 2 is written
+        t.same(
+          stats,
+          target.loop
+            ? { dataBytes: SIZE - 8 * CHUNK, kernelZeroedBytes: 6 * CHUNK, writtenZeroBytes: 2 * CHUNK }
+            : { dataBytes: SIZE - 8 * CHUNK, kernelZeroedBytes: 0, writtenZeroBytes: 8 * CHUNK },
+          'zero chunks: not sent as data',
+        )
+        t.ok(readRange(backing, FIRST_BYTE, SIZE).equals(image), 'the range reads back as the image, zero chunks included')
+        t.ok(readRange(backing, 0, FIRST_BYTE).equals(garbage.subarray(0, FIRST_BYTE)), 'bytes before the range untouched')
+        t.ok(
+          readRange(backing, FIRST_BYTE + SIZE, 24 * MiB - FIRST_BYTE - SIZE).equals(garbage.subarray(FIRST_BYTE + SIZE)),
+          'bytes after the image untouched (also inside its last 4 KiB block)',
+        )
+        t.equal(progress.at(-1), SIZE, 'progress reaches the image size')
+        await verifyImage({ disk: dev, firstByte: FIRST_BYTE, name: 'slot B' }, source.manifest)
+        t.pass('read-back verifies')
+      },
+    )
   }
 }
 
@@ -97,7 +119,7 @@ t.test('read-back catches one flipped byte in a zeroed run and in the odd tail, 
   makeImage(`${d}/root.img`)
   const backing = sparseFile(`${d}/disk.img`, 24 * MiB)
   const dev = await loop(t, backing, { directIo: true })
-  const source = await sourceFor(`${d}/root.img`, false)
+  const source = await sourceFor(`${d}/root.img`, 'raw')
   const target = { disk: dev, firstByte: FIRST_BYTE, name: 'slot B' }
   await writeImage(target, source.manifest, source.input())
   for (const [chunk, at] of [
@@ -120,7 +142,7 @@ t.test('read-back catches one flipped byte in a zeroed run and in the odd tail, 
 t.test('a data chunk that does not match the manifest is caught by its read-back; a chunk due to be zeros, before it is written', async (t) => {
   const d = tmpDir(t)
   const image = makeImage(`${d}/root.img`)
-  const source = await sourceFor(`${d}/root.img`, false)
+  const source = await sourceFor(`${d}/root.img`, 'raw')
   const backing = sparseFile(`${d}/disk.img`, 24 * MiB)
   const dev = await loop(t, backing, { directIo: true })
   const target = { disk: dev, firstByte: FIRST_BYTE, name: 'slot B' }
@@ -146,7 +168,7 @@ t.test('read-back while writing: a chunk changed on the disk after its write is 
   makeImage(`${d}/root.img`)
   const backing = sparseFile(`${d}/disk.img`, 24 * MiB)
   const dev = await loop(t, backing, { directIo: true })
-  const source = await sourceFor(`${d}/root.img`, true)
+  const source = await sourceFor(`${d}/root.img`, 'zstd')
   const target = { disk: dev, firstByte: FIRST_BYTE, name: 'slot B' }
   const seen: number[] = []
   // chunks 12 and 8 are damaged between their write and their read-back; 8 is the first bad one
@@ -188,9 +210,16 @@ t.test('read-back while writing: a chunk changed on the disk after its write is 
 t.test('a cut stream is imageTruncated, a changed or undecodable one hashMismatch', async (t) => {
   const d = tmpDir(t)
   const image = makeImage(`${d}/root.img`)
-  const source = await sourceFor(`${d}/root.img`, true)
+  const source = await sourceFor(`${d}/root.img`, 'zstd')
   const target = { disk: sparseFile(`${d}/disk.img`, 24 * MiB), firstByte: FIRST_BYTE, name: 'slot B' }
   const zst = fs.readFileSync(`${d}/root.img.zst`)
+  fs.copyFileSync(`${d}/root.img`, `${d}/framed.img`)
+  const framedManifest = await framedSource(`${d}/framed.img`)
+  const framed = fs.readFileSync(`${d}/framed.img.zst`)
+  const damagedFramed = Buffer.from(framed)
+  // inside the frames of chunk 9 (data)
+  const at9 = framedManifest.transport.frames!.slice(0, 9 * (CHUNK / FRAME)).reduce((a, b) => a + b, 0) + 100
+  damagedFramed.writeUInt32LE((damagedFramed.readUInt32LE(at9) ^ 0xffffffff) >>> 0, at9)
   const input = (name: string, bytes: Buffer, kind: 'zstd' | 'raw-stream'): ImageInput => {
     fs.writeFileSync(`${d}/${name}`, bytes)
     const stream = fs.createReadStream(`${d}/${name}`, { highWaterMark: 300_000 })
@@ -232,8 +261,53 @@ t.test('a cut stream is imageTruncated, a changed or undecodable one hashMismatc
       message: /not a good zstd stream|does not match the signed manifest/,
     },
   ]
-  for (const c of cases) {
-    const e = await writeImage(target, source.manifest, c.input, { readBack: true }).then(
+  const framedCases = [
+    {
+      name: 'zstd frames cut in half',
+      input: input('cut-framed.zst', framed.subarray(0, framed.length >> 1), 'zstd'),
+      code: 'imageTruncated',
+      message: /ends early/,
+    },
+    {
+      name: 'zstd frames from a file cut inside the last frame',
+      input: {
+        kind: 'zstd' as const,
+        from: (fs.writeFileSync(`${d}/cut-file.zst`, framed.subarray(0, framed.length - 100)), `${d}/cut-file.zst`),
+      },
+      code: 'imageTruncated',
+      message: /ends early: 13631488 of \d+ bytes .*in the frames of chunk 13 of 14/,
+    },
+    {
+      name: 'zstd frames with changed bytes in chunk 9',
+      input: input('damaged-framed.zst', damagedFramed, 'zstd'),
+      code: 'hashMismatch',
+      message: /not a good zstd stream after \d+ of \d+ bytes \(zstd: chunk 9's frames \(image bytes 9437184\.\.\) do not decompress/,
+    },
+    {
+      name: 'zstd frames and 3 bytes more',
+      input: input('longer-framed.zst', Buffer.concat([framed, Buffer.from([1, 2, 3])]), 'zstd'),
+      code: 'hashMismatch',
+      message: /longer than its manifest/,
+    },
+    {
+      name: 'zstd frames from a file and 3 bytes more',
+      input: {
+        kind: 'zstd' as const,
+        from: (fs.writeFileSync(`${d}/longer-file.zst`, Buffer.concat([framed, Buffer.from([1, 2, 3])])), `${d}/longer-file.zst`),
+      },
+      code: 'hashMismatch',
+      message: /longer than its manifest/,
+    },
+    {
+      // chunk 0 is random data: its frames are stored, all of one size, so each still decodes
+      name: "zstd frames one frame on (chunk 0's first left out): caught by the chunk's hash read back",
+      input: input('short-frame.zst', framed.subarray(framedManifest.transport.frames![0]!), 'zstd'),
+      code: 'hashMismatch',
+      message: /reading slot B back from .*: chunk 0 \(/,
+    },
+  ]
+  for (const c of [...cases.map((c) => ({ ...c, manifest: source.manifest })), ...framedCases.map((c) => ({ ...c, manifest: framedManifest }))]) {
+    const e = await writeImage(target, c.manifest, c.input, { readBack: true }).then(
       () => null,
       (e: unknown) => e as LabhostError,
     )
@@ -241,4 +315,21 @@ t.test('a cut stream is imageTruncated, a changed or undecodable one hashMismatc
     t.equal(e?.exitCode, ExitCode[c.code as ErrorCode], `${c.name}: exit ${ExitCode[c.code as ErrorCode]}`)
   }
   t.not(ExitCode.imageTruncated, ExitCode.hashMismatch, 'two exit codes')
+})
+
+t.test('zstd frames: a download that fails midway is reported as its own error, the buffers all come back', async (t) => {
+  const d = tmpDir(t)
+  makeImage(`${d}/root.img`)
+  const manifest = await framedSource(`${d}/root.img`)
+  const target = { disk: sparseFile(`${d}/disk.img`, 24 * MiB), firstByte: FIRST_BYTE, name: 'slot B' }
+  const zst = fs.readFileSync(`${d}/root.img.zst`)
+  async function* failing() {
+    yield zst.subarray(0, zst.length >> 1)
+    throw new Error('connection reset by the test')
+  }
+  await t.rejects(writeImage(target, manifest, { kind: 'zstd', from: failing() }), /connection reset by the test/)
+  // the same writer code runs again at once: nothing was left holding a buffer or a worker
+  await writeImage(target, manifest, { kind: 'zstd', from: `${d}/root.img.zst` }, { readBack: true })
+  await verifyImage(target, manifest)
+  t.pass('a whole write after it verifies')
 })

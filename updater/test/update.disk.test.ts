@@ -2,6 +2,7 @@
 // inactive slot and the GPT sector are all it writes, and every bad input leaves the disk,
 // the running slot and the state untouched.
 import crypto from 'node:crypto'
+import { spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import t, { type Test } from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
@@ -10,7 +11,9 @@ import { run } from '../../lib/exec.ts'
 import { differingBlocks, hashWhole, readRange, runCli, tmpDir, xorRange } from '../../test-support/test-helpers.ts'
 import { openGptDisk, readGpt } from '../../bootloader/gpt.ts'
 import { slotStatus } from '../../bootloader/slots.ts'
-import { generateKeyPair, readPrivateKey, signManifest, type Manifest } from '../../image-format/manifest.ts'
+import { frameSizeOf, generateKeyPair, hashChunks, readPrivateKey, signManifest, type Manifest } from '../../image-format/manifest.ts'
+import { compressFramed } from '../../image-format/zstd-frames.ts'
+import { loadRecipe } from '../../image-build/recipe.ts'
 import { runUpdate } from '../update.ts'
 import { buildImages, layout, makeHost, protectedParts, wholeDisk, type Images } from '../../test-support/update-fixtures.ts'
 
@@ -197,6 +200,16 @@ const refusals: { name: string; source: (t: Test) => string; code: number; messa
     code: ExitCode.hashMismatch,
     message: /not a good zstd stream|does not match the signed manifest/,
   },
+  {
+    name: 'transport not framed as signed (one zstd stream of the same image)',
+    source: (t) => {
+      const d = transportOnly(t, v2)
+      spawnSync('zstd', ['-q', '-f', '-o', `${d}/root.img.zst`, `${v2}/root.img`])
+      return d
+    },
+    code: ExitCode.hashMismatch,
+    message: /not a good zstd stream after 0 of \d+ bytes \(zstd: chunk 0's frames .*do not decompress: frame \d/,
+  },
 ]
 
 for (const c of refusals) {
@@ -220,13 +233,19 @@ for (const c of refusals) {
 for (const readBack of ['during', 'after']) {
   t.test(`hash mismatch in the middle of the stream (--read-back ${readBack}): reported at that chunk, nothing switched`, async (t) => {
     const h = await host(t)
-    const d = transportOnly(t, v2)
+    const m2 = JSON.parse(fs.readFileSync(`${v2}/manifest.json`, 'utf8')) as Manifest
+    const d = tmpDir(t)
     fs.copyFileSync(`${v2}/root.img`, `${d}/bad.img`)
     // a chunk of data (not zeros) after the first few
     const chunk = [...Array(40).keys()].find((i) => i >= 5 && readRange(`${v2}/root.img`, i * MiB, MiB).some((b) => b !== 0))!
     xorRange(`${d}/bad.img`, chunk * MiB + 17, Buffer.from([0x40]))
-    await run('zstd', ['-q', '-f', '-o', `${d}/root.img.zst`, `${d}/bad.img`])
+    // framed as the manifest says, the frame sizes and the transport's hash signed: only the
+    // image's chunk hashes can tell
+    const frames = await compressFramed(`${d}/bad.img`, `${d}/root.img.zst`, frameSizeOf(m2), loadRecipe('test').recipe.transport.level)
     fs.rmSync(`${d}/bad.img`)
+    const tr = hashChunks(`${d}/root.img.zst`)
+    const signed = signManifest({ ...m2, transport: { ...m2.transport, size: tr.size, sha256: tr.sha256, frames } }, readPrivateKey(keys.privateKeyFile))
+    fs.writeFileSync(`${d}/manifest.json`, JSON.stringify(signed))
     const gptBefore = readRange(h.disk, 0, MiB)
     const slotA = readRange(h.disk, h.plan[0]!.firstLba * 512, h.plan[1]!.firstLba * 512 - h.plan[0]!.firstLba * 512)
     const r = await runCli(['update', d, '--read-back', readBack, ...h.args])
