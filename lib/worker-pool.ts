@@ -51,8 +51,11 @@ export class WorkerPool {
   private nextId = 0
   private memories: SharedArrayBuffer[] = []
 
-  /** `threads` 0 hashes on the calling thread. */
-  constructor(threads = Math.min(4, os.availableParallelism())) {
+  /**
+   * `threads` 0 does the work on the calling thread: the default on a machine with one CPU, where
+   * a worker only costs its start (a VM under emulation takes a second or more to start one).
+   */
+  constructor(threads = os.availableParallelism() > 1 ? Math.min(4, os.availableParallelism()) : 0) {
     for (let i = 0; i < threads; i++) {
       const w = new Worker(WORKER, { eval: true })
       w.on('message', ({ id, ...answer }: Answer & { id: number }) => {

@@ -7,7 +7,9 @@ import { spawn, spawnSync } from 'node:child_process'
 import http from 'node:http'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { execa } from 'execa'
-import { buildImage } from '../image-build/build.ts'
+import { buildImage, type BuildResult } from '../image-build/build.ts'
+import { cacheKeys } from '../image-build/cache-keys.ts'
+import { compressFramed } from '../image-format/zstd-frames.ts'
 import { generateKeyPair } from '../image-format/manifest.ts'
 import { attachLoop, detachLoop } from '../lib/loop.ts'
 import { makeGptDisk, STANDARD_LAYOUT } from '../test-support/gpt-fixtures.ts'
@@ -175,7 +177,7 @@ async function benchUpdateWrite(imageDir: string, imageBytes: number, trustedKey
  * per step, and its image step (zstd transport as on the stick, hashing, O_DIRECT write and
  * read-back) against `dd bs=4M oflag=direct conv=fsync` of the raw image to the same slot.
  */
-async function benchInstall(imageDir: string, imageBytes: number): Promise<void> {
+async function benchInstall(imageDir: string, imageBytes: number, trustedKey: string): Promise<void> {
   const stickImage = path.join(dir, 'stick-image')
   fs.mkdirSync(stickImage)
   for (const f of ['manifest.json', 'root.img.zst']) fs.copyFileSync(path.join(imageDir, f), path.join(stickImage, f))
@@ -211,7 +213,7 @@ async function benchInstall(imageDir: string, imageBytes: number): Promise<void>
       '--sys-root',
       sys,
       '--trusted-key',
-      path.join(dir, 'keys/labhost-signing.pub'),
+      trustedKey,
       '--json',
     ])
     const report = JSON.parse(r.stdout) as { steps: { step: string; seconds: number }[]; disks: { partitions: { firstLba: number }[] }[] }
@@ -337,19 +339,37 @@ async function benchCampus(): Promise<void> {
  * whole transport file a full update downloads.
  */
 async function benchDelta(v1Dir: string, keys: { privateKeyFile: string; publicKeyFile: string }): Promise<void> {
-  const recipe2 = writeRecipeVariant('host', path.join(dir, 'host-1.1.0.yaml'), (r) => {
-    r.version = '1.1.0'
-    r.base.packages = [...r.base.packages, DELTA_EXTRA_PACKAGE]
+  for (const change of DELTA_CHANGES) await benchDeltaChange(v1Dir, keys, change)
+}
+
+/** The packages dpkg lists as installed in an ext4 root image (read with debugfs, nothing mounted). */
+function installedPackages(image: string): Set<string> {
+  const status = spawnSync('debugfs', ['-R', 'cat /var/lib/dpkg/status', image], { encoding: 'utf8', maxBuffer: 64 << 20 }).stdout
+  return new Set(
+    status
+      .split('\n\n')
+      .filter((p) => /^Status: install ok installed$/m.test(p))
+      .map((p) => /^Package: (\S+)/m.exec(p)?.[1] ?? '')
+      .filter(Boolean),
+  )
+}
+
+/** One delta update of the host image from 1.0.0 (in `v1Dir`) to a version with `change.packages` added. */
+async function benchDeltaChange(v1Dir: string, keys: { privateKeyFile: string; publicKeyFile: string }, change: (typeof DELTA_CHANGES)[number]): Promise<void> {
+  const recipe2 = writeRecipeVariant('host', path.join(dir, `host-${change.version}.yaml`), (r) => {
+    r.version = change.version
+    r.base.packages = [...r.base.packages, ...change.packages]
   })
-  const v2 = await buildImage(recipe2, { out: path.join(dir, 'host-1.1.0'), keyFile: keys.privateKeyFile })
+  const v2 = await buildImage(recipe2, { out: path.join(dir, `host-${change.version}`), keyFile: keys.privateKeyFile })
   const { diskFile, plan } = await hostSsd('delta-disk.img')
   copyFileInto(path.join(v1Dir, 'root.img'), diskFile, plan[0]!.firstLba * 512)
   const disk = await attachLoop(diskFile, { directIo: true })
   const state = path.join(dir, 'delta-state')
+  fs.rmSync(state, { recursive: true, force: true })
   fs.mkdirSync(state)
   fs.writeFileSync(path.join(dir, 'delta-boot'), `SLOT=A\nDEVICE=${disk}\nDISK=${disk}\n`)
   fs.writeFileSync(path.join(dir, 'delta-version'), '1.0.0\n')
-  const server = await serveDirectory(path.join(dir, 'host-1.1.0'))
+  const server = await serveDirectory(path.join(dir, `host-${change.version}`))
   try {
     const r = await execa(labhost, [
       'update',
@@ -366,13 +386,32 @@ async function benchDelta(v1Dir: string, keys: { privateKeyFile: string; publicK
       path.join(dir, 'delta-version'),
     ])
     const out = JSON.parse(r.stdout) as {
-      delta: { used: boolean; fetched: number; chunks: number; fromActive: number; zero: number }
+      delta: {
+        used: boolean
+        fetched: number
+        patched: number
+        chunks: number
+        fromActive: number
+        zero: number
+        fetchedFrames: number
+        frames: number
+        requests: number
+      }
       transfer: { bytes: number }
     }
     const size = v2.manifest.image.size
-    const note = `one package added (${DELTA_EXTRA_PACKAGE}); ${out.delta.used ? `${out.delta.fetched} of ${out.delta.chunks} chunks fetched, ${out.delta.fromActive} taken from slot A, ${out.delta.zero} zero` : 'delta not used'}`
+    const d = out.delta
+    const added = [...installedPackages(path.join(dir, `host-${change.version}`, 'root.img'))].filter(
+      (p) => !installedPackages(path.join(v1Dir, 'root.img')).has(p),
+    )
+    const note =
+      `${change.what}: ${added.length} packages new in the image (${added.join(', ')}); ` +
+      (d.used
+        ? `${d.fetched} of ${d.chunks} chunks fetched (${d.patched} of them patched: ${d.fetchedFrames} of ${d.frames} frames downloaded, the rest of their blocks from the disk), ` +
+          `${d.fromActive} taken from slot A, ${d.zero} zero; ${d.requests} Range requests`
+        : 'delta not used')
     fig({
-      name: 'delta update, host image 1.0.0 -> 1.1.0 (one package added): bytes downloaded per image size',
+      name: `delta update, host image 1.0.0 -> ${change.version} (${change.what}): bytes downloaded per image size`,
       value: out.transfer.bytes,
       unit: 'bytes',
       peer: 'raw image size',
@@ -380,7 +419,7 @@ async function benchDelta(v1Dir: string, keys: { privateKeyFile: string; publicK
       note,
     })
     fig({
-      name: 'delta update, host image 1.0.0 -> 1.1.0: bytes downloaded',
+      name: `delta update, host image 1.0.0 -> ${change.version}: bytes downloaded`,
       value: out.transfer.bytes,
       unit: 'bytes',
       peer: "the full update's download (the whole transport file)",
@@ -563,7 +602,34 @@ async function benchBoot(keys: { privateKeyFile: string }): Promise<void> {
 }
 
 /** The package the delta benchmark's 1.1.0 adds: small, no new dependencies. */
-const DELTA_EXTRA_PACKAGE = 'less'
+/**
+ * The host image's transport against the same image as transports were made before 128 KiB frames
+ * (1 MiB frames, zstd level 6), then the update, install and delta figures on it.
+ */
+async function benchImage(host: BuildResult, keys: { privateKeyFile: string; publicKeyFile: string }): Promise<void> {
+  const image = path.join(dir, 'host', 'root.img')
+  fig({ name: 'host image, zstd transport size', value: host.manifest.transport.size, unit: 'bytes', peer: 'raw image', peerValue: host.manifest.image.size })
+  const before = path.join(dir, 'host-1mib-frames.zst')
+  await compressFramed(image, before, 1 << 20, 6)
+  fig({
+    name: 'host image, zstd transport size against the transport before 128 KiB frames',
+    value: host.manifest.transport.size,
+    unit: 'bytes',
+    peer: 'the same image in 1 MiB frames at zstd level 6 (as built before)',
+    peerValue: fs.statSync(before).size,
+    note: `${host.manifest.transport.frames?.length} frames of ${(host.manifest.transport.frameSize ?? 0) >> 10} KiB at zstd level ${loadRecipe('host').recipe.transport.level}`,
+  })
+  fs.rmSync(before)
+  await benchUpdateWrite(path.join(dir, 'host'), host.manifest.image.size, keys.publicKeyFile)
+  await benchInstall(path.join(dir, 'host'), host.manifest.image.size, keys.publicKeyFile)
+  await benchDelta(path.join(dir, 'host'), keys)
+}
+
+/** The changes the delta figures measure: one small package; one with several dependencies the image does not have. */
+const DELTA_CHANGES = [
+  { version: '1.1.0', packages: ['less'], what: 'one package added (less)' },
+  { version: '1.2.0', packages: ['curl'], what: 'a package with several new dependencies added (curl)' },
+] as const
 
 /** The fleet section (scripts/bench-fleet.ts), on the executable that ships. */
 async function benchFleet(keys: { privateKeyFile: string; publicKeyFile: string }): Promise<void> {
@@ -670,6 +736,17 @@ try {
     fs.rmSync(dir, { recursive: true, force: true })
     process.exit(0)
   }
+  // `npm run bench -- --image-only [--write]`: the host image's transport size, the update, install
+  // and delta figures (issue 19), on the host image built with the test suite's key (from the image
+  // cache when it is there); with --write merged into bench/results.json
+  if (process.argv.includes('--image-only')) {
+    const keys = cacheKeys()
+    const host = await buildImage('host', { out: path.join(dir, 'host'), keyFile: keys.privateKeyFile })
+    await benchImage(host, keys)
+    if (process.argv.includes('--write')) writeResults(true)
+    fs.rmSync(dir, { recursive: true, force: true })
+    process.exit(0)
+  }
   // 1. The slot switch against sgdisk changing the same two attribute bits (ABAB, median of 7).
   const file = path.join(dir, 'disk.img')
   fs.writeFileSync(file, '')
@@ -733,10 +810,7 @@ try {
   const host = await buildImage('host', { out: path.join(dir, 'host'), keyFile: keys.privateKeyFile, noCache: true })
   fig({ name: 'image build, host recipe (debootstrap), from scratch', value: Number(host.seconds.toFixed(1)), unit: 's', peer: null, peerValue: null })
   fig({ name: 'host image, raw ext4 size', value: host.manifest.image.size, unit: 'bytes', peer: null, peerValue: null })
-  fig({ name: 'host image, zstd transport size', value: host.manifest.transport.size, unit: 'bytes', peer: 'raw image', peerValue: host.manifest.image.size })
-  await benchUpdateWrite(path.join(dir, 'host'), host.manifest.image.size, path.join(dir, 'keys/labhost-signing.pub'))
-  await benchInstall(path.join(dir, 'host'), host.manifest.image.size)
-  await benchDelta(path.join(dir, 'host'), keys)
+  await benchImage(host, keys)
   await benchFleet(keys)
   await benchFleetNetworkBound(keys)
   await benchNetboot(keys)

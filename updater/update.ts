@@ -132,7 +132,12 @@ export interface UpdateResult extends UpdatePlanData {
   delta?: DeltaChoice
   /** The labhost executable that ran the update. */
   labhost: string
-  seconds: { scan: number; write: number; verify: number; total: number }
+  /**
+   * Where the time went: checking the manifest and planning (`plan`), finding what the disk has
+   * and opening the download (`scan`), writing (decompressing and downloading overlap it), reading
+   * the slot back (`verify`), arming the trial and switching (`commit`), and all of it (`total`).
+   */
+  seconds: { plan: number; scan: number; write: number; verify: number; commit: number; total: number }
   transfer: TransferStats
   /** How the slot's bytes reached the disk (absent on --dry-run). */
   written?: WriteStats
@@ -416,7 +421,7 @@ export async function runUpdate(o: UpdateOptions): Promise<UpdateResult> {
 
 async function lockedUpdate(o: UpdateOptions, log: (line: string) => void, started: number): Promise<UpdateResult> {
   const { plan, manifest, source: opened } = await planUpdate(o)
-  const seconds = { scan: 0, write: 0, verify: 0, total: 0 }
+  const seconds = { plan: (Date.now() - started) / 1000, scan: 0, write: 0, verify: 0, commit: 0, total: 0 }
   if (o.dryRun) {
     const acquired = await acquire(o, plan, manifest, opened, log)
     return { ...resultOf(plan, acquired), labhost: LABHOST_VERSION, seconds, transfer: opened.stats }
@@ -450,7 +455,9 @@ async function lockedUpdate(o: UpdateOptions, log: (line: string) => void, start
   t0 = Date.now()
   await verifyImage(target, manifest, { progress: o.progress?.('verify'), skip: written.readBack, beforeReadBack: o.beforeReadBack })
   seconds.verify = (Date.now() - t0) / 1000
+  t0 = Date.now()
   if (!commitFirst) await commit(o, plan, manifest, started)
+  seconds.commit = (Date.now() - t0) / 1000
   seconds.total = (Date.now() - started) / 1000
   return { ...resultOf(plan, acquired), labhost: LABHOST_VERSION, seconds, transfer: source.stats, written: written.stats }
 }
