@@ -7,27 +7,35 @@
 // the server); the server runs no seeder. Measured per round: the bytes the server's interface
 // sent, per the bytes one host needs; the time until the last host was done; and how busy this
 // machine's CPUs were (every host shares its two cores, which real PCs do not).
-// The network-bound section runs the BitTorrent ways again with the hosts' ports slowed
-// (NETWORK_BOUND), so that one host's download, not the shared CPU, is what a host waits for.
+// The network-bound section runs the BitTorrent ways again on the lean image with the hosts' ports
+// slowed (networkBoundSpeeds), so that one host's download, not the shared CPU, is what a host waits for.
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { buildImage } from '../image-build/build.ts'
 import { writeRecipeVariant } from '../image-build/recipe.ts'
+import { publishDeltaPacks } from '../updater/delta-pack.ts'
+import { leanRecipe } from '../vm-tests/fixtures/lean-image.ts'
 import { btArgs, labPart, PORT_MBIT, startFleet, type Fleet, type FleetHost } from '../test-support/fleet-fixtures.ts'
 import type { Images } from '../test-support/update-fixtures.ts'
 
 /** The package 2.0.0 of the fleet's image adds (with its libraries): a delta of a few MiB, as a small update is. */
 export const FLEET_EXTRA_PACKAGE = 'nano'
 
-/** The test image as 1.0.0, and as 2.0.0 with one package more. */
-export async function buildFleetImages(dir: string, keys: Images['keys']): Promise<Images> {
-  const v1 = path.dirname((await buildImage('test', { out: path.join(dir, 'fleet-v1'), keyFile: keys.privateKeyFile })).manifestFile)
-  const recipe2 = writeRecipeVariant('test', path.join(dir, 'fleet-test-2.yaml'), (r) => {
+/**
+ * The test image as 1.0.0, and as 2.0.0 with one package more; `lean`: the 40 MiB variant without
+ * the labhost executable inside (vm-tests' lean image), so that writing 32 slots at once costs a
+ * quarter of the CPU.
+ */
+export async function buildFleetImages(dir: string, keys: Images['keys'], o: { lean?: boolean } = {}): Promise<Images> {
+  const name = o.lean ? 'fleet-lean' : 'fleet'
+  const base = o.lean ? leanRecipe(path.join(dir, `${name}-1.yaml`)) : 'test'
+  const v1 = path.dirname((await buildImage(base, { out: path.join(dir, `${name}-v1`), keyFile: keys.privateKeyFile })).manifestFile)
+  const recipe2 = writeRecipeVariant(base, path.join(dir, `${name}-2.yaml`), (r) => {
     r.version = '2.0.0'
     r.base.packages = [...r.base.packages, FLEET_EXTRA_PACKAGE]
   })
-  const v2 = path.dirname((await buildImage(recipe2, { out: path.join(dir, 'fleet-v2'), keyFile: keys.privateKeyFile })).manifestFile)
+  const v2 = path.dirname((await buildImage(recipe2, { out: path.join(dir, `${name}-v2`), keyFile: keys.privateKeyFile })).manifestFile)
   return { keys, v1, v2 }
 }
 
@@ -180,13 +188,25 @@ export interface FleetFigure {
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
 
 /**
- * The network-bound regime: the hosts' ports slowed until one host's download takes about 45 s,
- * so the download, not this machine's two shared cores, is what takes the time (32 hosts' own
- * processes need about 65 s of both cores together at gigabit speed, more than one host alone
- * needs in all). Per method: the whole transport file (57 MB) at 10 Mbit/s, the delta pack
- * (5.7 MB) at 1 Mbit/s; the server's port stays at 1 Gbit/s.
+ * The network-bound regime: the hosts' ports slowed until one host's download takes about
+ * `seconds` (45), so the download, not this machine's two shared cores, is what takes the time (32
+ * hosts' own processes needed about 65 s of both cores together at gigabit speed with the test
+ * image, more than one host alone needs in all). Per BitTorrent method, the speed at which what
+ * one host needs takes that long: the whole transport file, or the delta pack from 1.0.0 (made
+ * here as the fleet publishes it). The server's port stays at 1 Gbit/s.
  */
-export const NETWORK_BOUND: Partial<Record<Method, number>> = { 'full-bt': 10, 'delta-bt': 1 }
+export async function networkBoundSpeeds(dir: string, images: Images, seconds = 45): Promise<Partial<Record<Method, number>>> {
+  const work = fs.mkdtempSync(path.join(dir, 'pack-size-'))
+  try {
+    fs.cpSync(images.v2, work, { recursive: true })
+    const [pack] = await publishDeltaPacks(work, [images.v1], { trackers: ['http://127.0.0.1:1/announce'] })
+    const transport = (JSON.parse(fs.readFileSync(path.join(images.v2, 'manifest.json'), 'utf8')) as { transport: { size: number } }).transport.size
+    const mbit = (bytes: number) => Number(((bytes * 8) / seconds / 1e6).toFixed(2))
+    return { 'full-bt': mbit(transport), 'delta-bt': mbit(pack!.size) }
+  } finally {
+    fs.rmSync(work, { recursive: true, force: true })
+  }
+}
 
 /**
  * The whole section: 3 single-host rounds per method (the reference time), `runs8` rounds of 8

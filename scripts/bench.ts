@@ -17,7 +17,7 @@ import { loadRecipe, writeRecipeVariant } from '../image-build/recipe.ts'
 import { partitionDisk, planDisk } from '../installer/partition.ts'
 import { copyFileInto } from '../lib/blockdev.ts'
 import { serveDirectory } from '../lib/http-serve.ts'
-import { benchFleetScale, buildFleetImages, NETWORK_BOUND, type Method } from './bench-fleet.ts'
+import { benchFleetScale, buildFleetImages, networkBoundSpeeds, type Method } from './bench-fleet.ts'
 import { benchNetbootRoom } from './bench-netboot.ts'
 import { startCampus, type Distribution, type DistributionMode } from '../test-support/campus-fixtures.ts'
 import { publishVmImage } from '../vmimages/publish.ts'
@@ -639,14 +639,17 @@ async function benchFleet(keys: { privateKeyFile: string; publicKeyFile: string 
 }
 
 /**
- * The fleet section's BitTorrent methods once more with the hosts' ports slowed (NETWORK_BOUND):
- * time as a lab sees it when the network, not the CPU all hosts share here, is the bound.
+ * The fleet section's BitTorrent methods once more, on the lean image, with the hosts' ports slowed
+ * until one host alone needs about 45 s for its download (networkBoundSpeeds): time as a lab sees
+ * it when the network, not the CPU all hosts share here, is the bound.
  */
 async function benchFleetNetworkBound(keys: { privateKeyFile: string; publicKeyFile: string }): Promise<void> {
   process.env.LABHOST_TEST_EXE ??= labhost
-  const images = await buildFleetImages(dir, keys)
-  const methods = Object.keys(NETWORK_BOUND) as Method[]
-  await benchFleetScale(dir, images, fig, { runs8: 3, runs32: 1, methods, hostPortMbit: NETWORK_BOUND, section: 'fleet-network-bound' })
+  const images = await buildFleetImages(dir, keys, { lean: true })
+  const speeds = await networkBoundSpeeds(dir, images)
+  console.log(`hosts' ports: ${JSON.stringify(speeds)} Mbit/s`)
+  const methods = Object.keys(speeds) as Method[]
+  await benchFleetScale(dir, images, fig, { runs8: 3, runs32: 1, methods, hostPortMbit: speeds, section: 'fleet-network-bound' })
 }
 
 /** The network-install section (scripts/bench-netboot.ts), on the executable that ships. */

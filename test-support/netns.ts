@@ -42,7 +42,18 @@ export interface LabOptions {
   serverPortMbit?: number
 }
 
-const tbf = (mbit: number) => ['root', 'tbf', 'rate', `${mbit}mbit`, 'burst', '256kb', 'latency', '50ms']
+// the bucket holds 100 ms of the port's speed, between 16 and 256 KB: at a few Mbit/s a larger one
+// would let whole seconds of a download through at full speed
+const tbf = (mbit: number) => [
+  'root',
+  'tbf',
+  'rate',
+  `${Math.round(mbit * 1000)}kbit`,
+  'burst',
+  `${Math.min(256, Math.max(16, Math.round((mbit * 1e6) / 8 / 10 / 1024)))}kb`,
+  'latency',
+  '50ms',
+]
 
 /** A member's namespace, its veth to the switch namespace `sw` (port `port` on br0), its address and routes. */
 async function plug(sw: string, m: LabMember, port: string, prefixLength: number, portMbit?: number, gateway?: string): Promise<void> {
