@@ -93,7 +93,7 @@ export function httpSource(source: UpdateSource): HttpSource | null {
 
 /** The transport file of an http source from its first byte, resumed across failures. */
 export function downloadTransport(source: HttpSource): AsyncIterable<Buffer> {
-  return resumableDownload(source.remote.url, { start: 0, end: source.manifest.transport.size }, source.remote.fetch, source.stats)
+  return resumableDownload(source.remote.url, { start: 0, end: source.manifest.transport.size, whole: true }, source.remote.fetch, source.stats)
 }
 
 export const isUrl = (s: string): boolean => /^https?:\/\//i.test(s)
@@ -314,19 +314,25 @@ async function openHttpSource(spec: string, trusted: crypto.KeyObject, o: FetchO
 }
 
 /**
- * The bytes start..end-1 of `url`, across as many requests as it takes: after an error, a timeout
- * or a connection that ends early, wait and ask for the rest with `Range: bytes=N-(end-1)`. A
- * server that ignores Range (200 instead of 206) is read from its first byte, the bytes before
- * the wanted ones skipped.
+ * The bytes start..end-1 of `url`, across as many requests as it takes: asked for with `Range:
+ * bytes=start-(end-1)` (a plain GET when `want.whole`: the file is all of 0..end-1), and after an
+ * error, a timeout or a connection that ends early, after a wait, for the rest the same way. A
+ * server that ignores Range (200 instead of 206) is read from its first byte, the bytes before the
+ * wanted ones skipped and the ones after them not read.
  */
-export async function* resumableDownload(url: string, want: { start: number; end: number }, o: FetchOptions, stats: TransferStats): AsyncGenerator<Buffer> {
+export async function* resumableDownload(
+  url: string,
+  want: { start: number; end: number; whole?: boolean },
+  o: FetchOptions,
+  stats: TransferStats,
+): AsyncGenerator<Buffer> {
   const size = want.end
   let offset = want.start
   let failures = 0
   const got = await loadGot()
   while (offset < size) {
-    const resuming = offset > 0
-    const stream = got.stream(url, { ...gotOptions(o), headers: resuming ? { range: `bytes=${offset}-${size - 1}` } : {} })
+    const ranged = offset > 0 || !want.whole
+    const stream = got.stream(url, { ...gotOptions(o), headers: ranged ? { range: `bytes=${offset}-${size - 1}` } : {} })
     stats.requests++
     if (offset > want.start) stats.resumes++
     const gainedFrom = offset
@@ -336,7 +342,7 @@ export async function* resumableDownload(url: string, want: { start: number; end
         stream.once('error', reject)
       })
       let skip = 0
-      if (resuming && response.statusCode === 206) {
+      if (ranged && response.statusCode === 206) {
         const start = /^bytes (\d+)-/.exec(String(response.headers['content-range'] ?? ''))?.[1]
         if (Number(start) !== offset)
           throw new LabhostError(
@@ -344,7 +350,7 @@ export async function* resumableDownload(url: string, want: { start: number; end
             `${url}: asked for bytes from ${offset}, the server sent ${response.headers['content-range'] ?? 'no Content-Range'}`,
             'serve the image from a plain HTTP server; nothing was switched',
           )
-      } else if (resuming) {
+      } else if (ranged) {
         skip = offset
       }
       for await (const data of stream as AsyncIterable<Buffer>) {

@@ -185,7 +185,8 @@ export interface FleetFigure {
   note?: string
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
+/** The middle value (the upper one of an even count). */
+export const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
 
 /**
  * The network-bound regime: the hosts' ports slowed until one host's download takes about

@@ -17,7 +17,7 @@ import { loadRecipe, writeRecipeVariant } from '../image-build/recipe.ts'
 import { partitionDisk, planDisk } from '../installer/partition.ts'
 import { copyFileInto } from '../lib/blockdev.ts'
 import { serveDirectory } from '../lib/http-serve.ts'
-import { benchFleetScale, buildFleetImages, networkBoundSpeeds, type Method } from './bench-fleet.ts'
+import { benchFleetScale, buildFleetImages, median, networkBoundSpeeds, type Method } from './bench-fleet.ts'
 import { benchNetbootRoom } from './bench-netboot.ts'
 import { startCampus, type Distribution, type DistributionMode } from '../test-support/campus-fixtures.ts'
 import { publishVmImage } from '../vmimages/publish.ts'
@@ -39,7 +39,6 @@ interface Figure {
 const root = path.resolve(import.meta.dirname, '..')
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'labhost-bench-'))
 const figures: Figure[] = []
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
 const fig = (f: Omit<Figure, 'ratio'>) => {
   const full = { ...f, ratio: f.peerValue ? Number((f.value / f.peerValue).toFixed(3)) : null }
   figures.push(full)

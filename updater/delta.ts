@@ -371,11 +371,13 @@ async function assemble(file: DirectFile, buf: Buffer, at: number[], blockSize: 
   }
 }
 
-/** Chunk `i` downloaded by itself (all its frames) into `buf`, when what was assembled from the disk was not it. */
-async function fetchChunk(manifest: Manifest, i: number, buf: Buffer, remote: Remote, read: RangeReader): Promise<Buffer> {
+/**
+ * Chunk `i` downloaded by itself (all its frames) into `buf`, when what was assembled from the disk
+ * was not it. `offsets`: frameOffsets of the manifest's frames.
+ */
+async function fetchChunk(manifest: Manifest, offsets: number[], i: number, buf: Buffer, remote: Remote, read: RangeReader): Promise<Buffer> {
   const frames = manifest.transport.frames!
   const perChunk = framesPerChunk(manifest)
-  const offsets = frameOffsets(frames)
   const first = i * perChunk
   const last = Math.min(first + perChunk, frames.length) - 1
   const parts: Buffer[] = []
@@ -420,6 +422,8 @@ export function deltaSource(plan: DeltaPlan, manifest: Manifest, disk: string, s
           throw new Error(`delta: frame ${f} expected from the download, got ${next.done ? 'its end' : next.value.index}`)
         next.value.data.copy(buf!, (f - i * perChunk) * frameSize)
       }
+      /** The frames' offsets in the transport file, once a chunk may need them. */
+      let offsets: number[] | undefined
       const signed = (i: number, length: number) => crypto.createHash('sha256').update(buf!.subarray(0, length)).digest('hex') === manifest.image.chunks[i]
       try {
         for (let i = 0; i < plan.chunks.length; i++) {
@@ -430,10 +434,11 @@ export function deltaSource(plan: DeltaPlan, manifest: Manifest, disk: string, s
             await file.read(buf!, file.direct ? roundUp(length, DIRECT_ALIGN) : length, from.at)
             yield buf!.subarray(0, length)
           } else if (from.kind === 'blocks' || from.kind === 'patch') {
+            offsets ??= frameOffsets(manifest.transport.frames!)
             await assemble(file, buf!, from.at, manifest.blocks!.blockSize)
             if (from.kind === 'patch') for (const k of from.frames) await place(i, i * perChunk + k)
             // a short hash found the blocks; the chunk's signed SHA-256 decides (else: download all of it)
-            yield signed(i, length) ? buf!.subarray(0, length) : await fetchChunk(manifest, i, buf!, remote, ranges)
+            yield signed(i, length) ? buf!.subarray(0, length) : await fetchChunk(manifest, offsets, i, buf!, remote, ranges)
           } else {
             for (let f = i * perChunk; f * frameSize < i * chunkSize + length; f++) await place(i, f)
             yield buf!.subarray(0, length)

@@ -48,7 +48,7 @@ export async function openBaseSource(spec: string, trusted: crypto.KeyObject, fe
       url,
       fetch,
       stats,
-      read: (start) => resumableDownload(url, { start, end: manifest.image.size }, fetch, stats),
+      read: (start) => resumableDownload(url, { start, end: manifest.image.size, whole: start === 0 }, fetch, stats),
     }
   }
   if (!fs.existsSync(spec))

@@ -279,6 +279,26 @@ t.test('a few changed blocks in two chunks: only the 3 frames that hold them are
   t.equal(activeSlot(h.disk), 'B')
 })
 
+t.test('a changed block in the first frame (the superblock changes with every version): its frames asked for by Range from byte 0', async (t) => {
+  const h = await makeHost(t, images)
+  const d = tmpDir(t)
+  const image = Buffer.from(fs.readFileSync(`${images.v1}/root.img`))
+  crypto.randomBytes(4096).copy(image, 4096)
+  fs.writeFileSync(`${d}/root.img`, image)
+  const { manifest: m6 } = await publishVariant(d, '6.0.0')
+  const server = await serve(t, d)
+  const r = await runCli(['update', server.url, '--json', ...h.args])
+  t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
+  const out = JSON.parse(r.stdout)
+  t.same(
+    transportRequests(server).map((q) => [q.status, q.range]),
+    [[206, rangeOf(m6, 0, 0)]],
+    'one request, Range: bytes=0-…: frame 0, not the whole file',
+  )
+  t.equal(out.transfer.bytes, out.delta.fetchBytes + m6.blocks!.size, 'received exactly frame 0 and the block index')
+  t.ok(slotBHolds(h, `${d}/root.img`), 'slot B holds 6.0.0 byte for byte')
+})
+
 t.test('a patched chunk that does not hash right (a block changed on the disk after the plan) is downloaded whole', async (t) => {
   const d = tmpDir(t)
   const { a } = fewBlocksChanged(d)
