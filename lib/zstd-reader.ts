@@ -2,7 +2,9 @@
 // its own buffers. Reading a child's stdout as a Node stream allocates a buffer per pipe read (64
 // KiB), and zlib's zstd one per output chunk: for a 1 GiB image that is garbage collection on the
 // main thread that costs more than the decompression. Here the data goes from zstd to the kernel
-// to the caller's (shared, aligned) buffer, and nothing is allocated per read.
+// to the caller's (shared, aligned) buffer, and nothing is allocated per read. Used for transport
+// files without frame sizes in their manifest (built before them); framed ones are decompressed
+// frame by frame in worker threads (image-format/image-readers.ts, lib/worker-pool.ts).
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'

@@ -34,11 +34,25 @@ interface Figure {
   peerValue: number | null
   ratio: number | null
   note?: string
+  /** Over repeated runs: how many, and the least, middle and most of each contender (`value` is one of them, most often the median). */
+  spread?: { runs: number; min: number; median: number; max: number; peerMin?: number; peerMedian?: number; peerMax?: number }
 }
 
 const root = path.resolve(import.meta.dirname, '..')
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'labhost-bench-'))
 const figures: Figure[] = []
+/** min, median and max of `xs` under `f` (a time turned into a rate, say), each rounded to `digits`. */
+const spreadOf = (xs: number[], f: (x: number) => number = (x) => x, digits = 2) => {
+  const r = (x: number) => Number(f(x).toFixed(digits))
+  const ys = xs.map(r).sort((a, b) => a - b)
+  return { min: ys[0]!, median: r(median(xs)), max: ys.at(-1)! }
+}
+/** A figure's spread over runs of it and of its peer: rates the other way round (the fastest run is the max). */
+const spreadFigure = (ours: number[], theirs: number[], f: (x: number) => number, digits = 1): NonNullable<Figure['spread']> => {
+  const a = spreadOf(ours, f, digits)
+  const b = spreadOf(theirs, f, digits)
+  return { runs: ours.length, ...a, peerMin: b.min, peerMedian: b.median, peerMax: b.max }
+}
 const fig = (f: Omit<Figure, 'ratio'>) => {
   const full = { ...f, ratio: f.peerValue ? Number((f.value / f.peerValue).toFixed(3)) : null }
   figures.push(full)
@@ -106,7 +120,19 @@ async function benchUpdateWrite(imageDir: string, imageBytes: number, trustedKey
   const bmap = path.join(dir, 'root.bmap')
   await execa('bmaptool', ['create', '-o', bmap, rawImage])
   const keyArgs = ['--trusted-key', trustedKey, '--boot-file', path.join(dir, 'boot'), '--state-root', state, '--version-file', path.join(dir, 'version')]
-  const rounds = { raw: [] as number[], zst: [] as number[], write: [] as number[], bmapRaw: [] as number[], bmapZst: [] as number[], dd: [] as number[] }
+  const rounds = {
+    raw: [] as number[],
+    zst: [] as number[],
+    write: [] as number[],
+    bmapRaw: [] as number[],
+    bmapZst: [] as number[],
+    bmapZstRead: [] as number[],
+    dd: [] as number[],
+    diskWrite: [] as number[],
+    diskRead: [] as number[],
+  }
+  type Stages = { start: number; plan: number; scan: number; write: number; verify: number; commit: number }
+  const stages = { raw: [] as Stages[], zst: [] as Stages[] }
   let written: { dataBytes: number; kernelZeroedBytes: number; writtenZeroBytes: number } | undefined
   const timed = async (into: number[], fn: () => Promise<unknown>) => {
     dropCaches()
@@ -115,24 +141,35 @@ async function benchUpdateWrite(imageDir: string, imageBytes: number, trustedKey
     into.push((performance.now() - t0) / 1000)
     return r
   }
-  const update = async (into: number[], source: string) => {
-    const r = (await timed(into, () => execa(labhost, ['update', source, '--json', ...keyArgs]))) as { stdout: string }
-    const result = JSON.parse(r.stdout) as { seconds: { write: number; verify: number; total: number }; written: typeof written }
-    if (process.env.LABHOST_BENCH_DEBUG) console.log(source, JSON.stringify(result.seconds))
+  const update = async (kind: 'raw' | 'zst', source: string) => {
+    const r = (await timed(rounds[kind], () => execa(labhost, ['update', source, '--json', ...keyArgs]))) as { stdout: string }
+    const result = JSON.parse(r.stdout) as { seconds: Omit<Stages, 'start'> & { total: number }; written: typeof written }
+    const { total, ...s } = result.seconds
+    // the executable's start and the time before runUpdate's clock: the wall time not in `total`
+    stages[kind].push({ start: rounds[kind].at(-1)! - total, ...s })
     await execa(labhost, ['slots', 'switch', '--disk', disk, '--to', 'A'])
     fs.rmSync(state, { recursive: true })
     fs.mkdirSync(state)
     return result
   }
+  // the disk itself in this run: O_DIRECT writes and reads of as many bytes as the image, 4 MiB at a time
+  const count = String(Math.ceil(imageBytes / (4 << 20)))
+  const slotRead = ['dd', [`if=${slot}`, 'of=/dev/null', 'bs=4M', `count=${count}`, 'iflag=direct', 'status=none']] as const
   try {
     for (let i = 0; i < 5; i++) {
-      const r = await update(rounds.raw, imageDir)
+      await timed(rounds.diskWrite, () => execa('dd', ['if=/dev/zero', `of=${slot}`, 'bs=4M', `count=${count}`, 'oflag=direct', 'conv=fsync', 'status=none']))
+      await timed(rounds.diskRead, () => execa(...slotRead))
+      const r = await update('raw', imageDir)
       written = r.written
       // the write phase alone: the read-back comes after it (the default), so it is timed apart
       rounds.write.push(r.seconds.write)
       await timed(rounds.bmapRaw, () => execa('bmaptool', ['copy', '--bmap', bmap, rawImage, slot]))
-      await update(rounds.zst, transportDir)
+      await update('zst', transportDir)
       await timed(rounds.bmapZst, () => execa('bmaptool', ['copy', '--bmap', bmap, path.join(imageDir, 'root.img.zst'), slot]))
+      // bmaptool checks only what it reads from the source; the same promise as labhost's (every
+      // byte judged from the disk) costs it one read of the slot more
+      await timed(rounds.bmapZstRead, () => execa(...slotRead))
+      rounds.bmapZstRead.push(rounds.bmapZstRead.pop()! + rounds.bmapZst.at(-1)!)
       await timed(rounds.dd, () => execa('dd', [`if=${rawImage}`, `of=${slot}`, 'bs=4M', 'oflag=direct', 'conv=fsync', 'status=none']))
     }
   } finally {
@@ -142,9 +179,11 @@ async function benchUpdateWrite(imageDir: string, imageBytes: number, trustedKey
   }
   const mbps = (s: number) => Number((imageBytes / 2 ** 20 / s).toFixed(1))
   const mapped = Number(fs.readFileSync(bmap, 'utf8').match(/<MappedBlocksCount>\s*(\d+)/)?.[1] ?? NaN) * 4096
+  const diskSpeeds = `this disk in this run, O_DIRECT 4 MiB at a time: writes ${mbps(median(rounds.diskWrite))} MiB/s, reads ${mbps(median(rounds.diskRead))} MiB/s (medians)`
   const how =
     `image ${imageBytes >> 20} MiB; bmaptool writes the ${Math.round(mapped / 2 ** 20)} MiB its bmap maps and leaves the rest as it was; ` +
-    `labhost sends ${Math.round(written!.dataBytes / 2 ** 20)} MiB of data, has ${Math.round(written!.kernelZeroedBytes / 2 ** 20)} MiB of zero chunks zeroed by the kernel (BLKZEROOUT), then reads all of it back`
+    `labhost sends ${Math.round(written!.dataBytes / 2 ** 20)} MiB of data, has ${Math.round(written!.kernelZeroedBytes / 2 ** 20)} MiB of zero chunks zeroed by the kernel (BLKZEROOUT), then reads all of it back; ` +
+    `5 runs each, alternating, page cache dropped before each; ${diskSpeeds}`
   fig({
     name: 'update throughput, whole `labhost update` from an image directory with the raw root.img (executable start, checks, write, fsync, O_DIRECT read-back, switch)',
     value: mbps(median(rounds.raw)),
@@ -152,6 +191,7 @@ async function benchUpdateWrite(imageDir: string, imageBytes: number, trustedKey
     peer: 'bmaptool copy --bmap root.img (checksums on), same slot',
     peerValue: mbps(median(rounds.bmapRaw)),
     note: how,
+    spread: spreadFigure(rounds.raw, rounds.bmapRaw, mbps),
   })
   fig({
     name: 'update throughput, whole `labhost update` from the zstd transport only (as on the stick)',
@@ -160,6 +200,16 @@ async function benchUpdateWrite(imageDir: string, imageBytes: number, trustedKey
     peer: 'bmaptool copy --bmap root.img.zst (checksums on), same slot',
     peerValue: mbps(median(rounds.bmapZst)),
     note: how,
+    spread: spreadFigure(rounds.zst, rounds.bmapZst, mbps),
+  })
+  fig({
+    name: 'update throughput, whole `labhost update` from the zstd transport only, against bmaptool and one read of the slot',
+    value: mbps(median(rounds.zst)),
+    unit: 'MiB/s of image',
+    peer: 'bmaptool copy --bmap root.img.zst, then dd iflag=direct of the slot (every byte judged from the disk, as labhost does)',
+    peerValue: mbps(median(rounds.bmapZstRead)),
+    note: how,
+    spread: spreadFigure(rounds.zst, rounds.bmapZstRead, mbps),
   })
   fig({
     name: 'update throughput, write phase only (`labhost update` from the raw root.img: O_DIRECT writes, fsync; the read-back after it timed apart)',
@@ -168,8 +218,49 @@ async function benchUpdateWrite(imageDir: string, imageBytes: number, trustedKey
     peer: 'dd bs=4M oflag=direct conv=fsync of the raw image',
     peerValue: mbps(median(rounds.dd)),
     note: 'higher is better; ratio = labhost / dd',
+    spread: spreadFigure(rounds.write, rounds.dd, mbps),
   })
+  for (const [name, xs] of [
+    ['write', rounds.diskWrite],
+    ['read', rounds.diskRead],
+  ] as const) {
+    fig({
+      name: `update: the disk's own O_DIRECT ${name} speed in the update run (dd bs=4M ${name === 'write' ? 'oflag=direct conv=fsync from /dev/zero' : 'iflag=direct'})`,
+      value: mbps(median(xs)),
+      unit: 'MiB/s',
+      peer: null,
+      peerValue: null,
+      note: 'a loop device with direct I/O over a file: what the program cannot be faster than',
+      spread: { runs: xs.length, ...spreadOf(xs, mbps, 1) },
+    })
+  }
+  // where labhost's time goes, stage by stage (medians of the 5 runs)
+  for (const kind of ['raw', 'zst'] as const) {
+    const from = kind === 'raw' ? 'the raw root.img' : 'the zstd transport'
+    for (const stage of ['start', 'plan', 'scan', 'write', 'verify', 'commit'] as const) {
+      const xs = stages[kind].map((s) => s[stage])
+      fig({
+        name: `update stage, from ${from}: ${stage}`,
+        value: Number(median(xs).toFixed(3)),
+        unit: 's',
+        peer: null,
+        peerValue: null,
+        note: STAGE_NOTES[stage],
+        spread: { runs: xs.length, ...spreadOf(xs, (x) => x, 3) },
+      })
+    }
+  }
 }
+
+/** What each stage of `labhost update` (its --json `seconds`) holds. */
+const STAGE_NOTES = {
+  start: "the executable's start (Node, the bundle) and argument checks: the wall time outside `seconds.total`",
+  plan: 'the disk lock, reading the GPT and the boot state, the manifest and its signature, the plan',
+  scan: 'what the slots already hold (a delta) and opening the source',
+  write: 'reading or downloading, decompressing (worker threads, beside the writes), O_DIRECT writes, zeroing the zero runs, fdatasync',
+  verify: 'reading the slot back with O_DIRECT and hashing every chunk against the signed manifest',
+  commit: 'arming the trial and the one-sector switch',
+} as const
 
 /**
  * 4. labhost install of the host image onto blank loop-device disks (the default layout), time
