@@ -184,42 +184,37 @@ async function benchUpdateWrite(imageDir: string, imageBytes: number, trustedKey
     `image ${imageBytes >> 20} MiB; bmaptool writes the ${Math.round(mapped / 2 ** 20)} MiB its bmap maps and leaves the rest as it was; ` +
     `labhost sends ${Math.round(written!.dataBytes / 2 ** 20)} MiB of data, has ${Math.round(written!.kernelZeroedBytes / 2 ** 20)} MiB of zero chunks zeroed by the kernel (BLKZEROOUT), then reads all of it back; ` +
     `5 runs each, alternating, page cache dropped before each; ${diskSpeeds}`
-  fig({
-    name: 'update throughput, whole `labhost update` from an image directory with the raw root.img (executable start, checks, write, fsync, O_DIRECT read-back, switch)',
-    value: mbps(median(rounds.raw)),
-    unit: 'MiB/s of image',
-    peer: 'bmaptool copy --bmap root.img (checksums on), same slot',
-    peerValue: mbps(median(rounds.bmapRaw)),
-    note: how,
-    spread: spreadFigure(rounds.raw, rounds.bmapRaw, mbps),
-  })
-  fig({
-    name: 'update throughput, whole `labhost update` from the zstd transport only (as on the stick)',
-    value: mbps(median(rounds.zst)),
-    unit: 'MiB/s of image',
-    peer: 'bmaptool copy --bmap root.img.zst (checksums on), same slot',
-    peerValue: mbps(median(rounds.bmapZst)),
-    note: how,
-    spread: spreadFigure(rounds.zst, rounds.bmapZst, mbps),
-  })
-  fig({
-    name: 'update throughput, whole `labhost update` from the zstd transport only, against bmaptool and one read of the slot',
-    value: mbps(median(rounds.zst)),
-    unit: 'MiB/s of image',
-    peer: 'bmaptool copy --bmap root.img.zst, then dd iflag=direct of the slot (every byte judged from the disk, as labhost does)',
-    peerValue: mbps(median(rounds.bmapZstRead)),
-    note: how,
-    spread: spreadFigure(rounds.zst, rounds.bmapZstRead, mbps),
-  })
-  fig({
-    name: 'update throughput, write phase only (`labhost update` from the raw root.img: O_DIRECT writes, fsync; the read-back after it timed apart)',
-    value: mbps(median(rounds.write)),
-    unit: 'MiB/s of image',
-    peer: 'dd bs=4M oflag=direct conv=fsync of the raw image',
-    peerValue: mbps(median(rounds.dd)),
-    note: 'higher is better; ratio = labhost / dd',
-    spread: spreadFigure(rounds.write, rounds.dd, mbps),
-  })
+  /** labhost's runs against a peer's, as MiB/s of image: the medians, and the spread of both. */
+  const rateFigure = (name: string, ours: number[], peer: string, theirs: number[], note: string) =>
+    fig({ name, value: mbps(median(ours)), unit: 'MiB/s of image', peer, peerValue: mbps(median(theirs)), note, spread: spreadFigure(ours, theirs, mbps) })
+  rateFigure(
+    'update throughput, whole `labhost update` from an image directory with the raw root.img (executable start, checks, write, fsync, O_DIRECT read-back, switch)',
+    rounds.raw,
+    'bmaptool copy --bmap root.img (checksums on), same slot',
+    rounds.bmapRaw,
+    how,
+  )
+  rateFigure(
+    'update throughput, whole `labhost update` from the zstd transport only (as on the stick)',
+    rounds.zst,
+    'bmaptool copy --bmap root.img.zst (checksums on), same slot',
+    rounds.bmapZst,
+    how,
+  )
+  rateFigure(
+    'update throughput, whole `labhost update` from the zstd transport only, against bmaptool and one read of the slot',
+    rounds.zst,
+    'bmaptool copy --bmap root.img.zst, then dd iflag=direct of the slot (every byte judged from the disk, as labhost does)',
+    rounds.bmapZstRead,
+    how,
+  )
+  rateFigure(
+    'update throughput, write phase only (`labhost update` from the raw root.img: O_DIRECT writes, fsync; the read-back after it timed apart)',
+    rounds.write,
+    'dd bs=4M oflag=direct conv=fsync of the raw image',
+    rounds.dd,
+    'higher is better; ratio = labhost / dd',
+  )
   for (const [name, xs] of [
     ['write', rounds.diskWrite],
     ['read', rounds.diskRead],
@@ -819,13 +814,14 @@ try {
     fs.rmSync(dir, { recursive: true, force: true })
     process.exit(0)
   }
-  // `npm run bench -- --update-only IMAGE_DIR PUBLIC_KEY`: only the update figures, on a built
-  // image, printed and not written to bench/results.json (for work on the writer)
+  // `npm run bench -- --update-only IMAGE_DIR PUBLIC_KEY [--write]`: only the update figures, on a
+  // built image, printed; with --write merged into bench/results.json (for work on the writer)
   const only = process.argv.indexOf('--update-only')
   if (only > 0) {
     const [imageDir, key] = process.argv.slice(only + 1, only + 3)
     const m = JSON.parse(fs.readFileSync(path.join(imageDir!, 'manifest.json'), 'utf8')) as { image: { size: number } }
     await benchUpdateWrite(imageDir!, m.image.size, path.resolve(key!))
+    if (process.argv.includes('--write')) writeResults(true)
     fs.rmSync(dir, { recursive: true, force: true })
     process.exit(0)
   }
