@@ -62,7 +62,7 @@ export class WorkerPool {
         this.waiting.get(id)?.resolve(answer)
         this.waiting.delete(id)
       })
-      // a worker that fails or exits fails what it was asked; later hashes run on this thread
+      // a worker that fails or exits fails what it was asked; later work runs on this thread
       const broken = (e: unknown) => {
         for (const p of this.waiting.values()) p.reject(e)
         this.waiting.clear()
@@ -70,7 +70,7 @@ export class WorkerPool {
       }
       w.on('error', broken)
       w.on('exit', (code) => {
-        if (this.workers.length) broken(new Error(`a hashing worker exited (${code})`))
+        if (this.workers.length) broken(new Error(`a worker exited (${code})`))
       })
       this.workers.push(w)
     }
