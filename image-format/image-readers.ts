@@ -173,22 +173,20 @@ async function settled(a: { buf: Buffer; length: number; done: Promise<unknown> 
 
 /** A transport file on disk, a chunk's frames at a time; anything after the last frame comes as one more group. */
 async function* fileGroups(file: string, groups: number[][]): AsyncGenerator<FrameGroup> {
-  const fh = await fs.promises.open(file, 'r')
+  const fd = fs.openSync(file, 'r')
   try {
     let at = 0
     for (const sizes of groups) {
       const want = sizes.reduce((a, b) => a + b, 0)
       const data = Buffer.allocUnsafeSlow(want)
-      let got = 0
-      for (let r; got < want && (r = (await fh.read(data, got, want - got, at + got)).bytesRead); got += r);
-      if (got < want) return
+      if ((await readUpTo(fd, data, want, at)) < want) return
       yield { data, sizes }
       at += want
     }
     const probe = Buffer.alloc(1)
-    if ((await fh.read(probe, 0, 1, at)).bytesRead) yield { data: probe, sizes: [1] }
+    if (await readUpTo(fd, probe, 1, at)) yield { data: probe, sizes: [1] }
   } finally {
-    await fh.close()
+    fs.closeSync(fd)
   }
 }
 
