@@ -61,6 +61,7 @@ if (kinds.some((k) => k !== 'unit')) {
 }
 
 const totals = { pass: 0, fail: 0, skip: 0, todo: 0 }
+const laneSeconds: string[] = [] // each lane's wall time, printed before the summary (the 30-minute budget)
 let tapFailed = false
 const vmFiles = kinds.includes('vm') ? pick('vm') : []
 const otherFiles = [...(kinds.includes('unit') ? pick('unit') : []), ...(kinds.includes('disk') ? pick('disk') : [])]
@@ -76,6 +77,7 @@ await Promise.all(
   groups
     .filter((g) => g.files.length)
     .map(async (g) => {
+      const started = Date.now()
       let prebuilt = ''
       // (nice 15: several disk tests now run parts side by side; with the lane at nice 5 the VM lane
       // took about 100 s longer in a CI run, while the disk lane finished 8 minutes before it)
@@ -100,8 +102,10 @@ await Promise.all(
         if (k && k in totals) totals[k as keyof typeof totals] += Number(v)
       }
       if (r.exitCode !== 0) tapFailed = true
+      laneSeconds.push(`${g.name} ${Math.round((Date.now() - started) / 1000)} s`)
     }),
 )
 if (tapFailed && totals.fail === 0) totals.fail = 1 // tap failed without counting a failure (crash, timeout)
+console.log(`# wall time: ${laneSeconds.join(', ')}; whole run ${Math.round(process.uptime())} s`)
 console.log(`${totals.pass} passed, ${totals.fail} failed${totals.skip ? `, ${totals.skip} skipped` : ''}`)
 process.exit(totals.fail > 0 || totals.pass === 0 ? 1 : 0)
