@@ -2,48 +2,61 @@
 // (human text, or JSON with --json) and exits with the failure class's code.
 import { ExitCode, isLabhostError, LabhostError } from '../lib/errors.ts'
 import { createProgress } from '../lib/progress.ts'
-import { bootloaderMbr } from './commands/bootloader.ts'
-import { install } from './commands/install.ts'
-import { netboot } from './commands/netboot.ts'
-import { markGoodCommand, status, trialCheck, update } from './commands/host.ts'
-import { imageBuild, imageKeygen, imagePublish, imageSeed, imageServe, imageStick, imageVerify, schema } from './commands/image.ts'
-import { imageSelector } from './commands/image-selector.ts'
-import { channelPublish, channelShow } from './commands/channel.ts'
-import { slotsRepair, slotsStatus, slotsSwitch } from './commands/slots.ts'
-import { vmImagePrune, vmImagePublish, vmImagePull, wake } from './commands/vm-image.ts'
 import { checkOptions, parseCommandArgs, type Command, type Context } from './command.ts'
 import { commandHelp } from './help.ts'
 import { LABHOST_VERSION } from '../lib/labhost-version.ts'
 
-export const COMMANDS: Command[] = [
-  slotsStatus,
-  slotsSwitch,
-  slotsRepair,
-  bootloaderMbr,
-  imageBuild,
-  imageKeygen,
-  imageVerify,
-  imageStick,
-  imageSelector,
-  imagePublish,
-  imageSeed,
-  imageServe,
-  channelPublish,
-  channelShow,
-  schema,
-  install,
-  netboot,
-  update,
-  status,
-  markGoodCommand,
-  trialCheck,
-  vmImagePublish,
-  vmImagePull,
-  vmImagePrune,
-  wake,
+/**
+ * Every command, in the order `labhost --help` lists them, by the file that defines it. A command's
+ * file (and what it imports: the updater, the image builder, the file server...) is loaded only
+ * when that command runs: the executable starts once per update, install and trial check, also
+ * on slow emulated guests, and most of the bundle is other commands' code.
+ */
+const COMMAND_FILES: readonly { names: readonly string[]; load: () => Promise<Command[]> }[] = [
+  {
+    names: ['slots status', 'slots switch', 'slots repair'],
+    load: async () => import('./commands/slots.ts').then((m) => [m.slotsStatus, m.slotsSwitch, m.slotsRepair]),
+  },
+  { names: ['bootloader mbr'], load: async () => import('./commands/bootloader.ts').then((m) => [m.bootloaderMbr]) },
+  {
+    names: ['image build', 'image keygen', 'image verify', 'image stick'],
+    load: async () => import('./commands/image.ts').then((m) => [m.imageBuild, m.imageKeygen, m.imageVerify, m.imageStick]),
+  },
+  { names: ['image selector'], load: async () => import('./commands/image-selector.ts').then((m) => [m.imageSelector]) },
+  {
+    names: ['image publish', 'image seed', 'image serve'],
+    load: async () => import('./commands/image.ts').then((m) => [m.imagePublish, m.imageSeed, m.imageServe]),
+  },
+  { names: ['channel publish', 'channel show'], load: async () => import('./commands/channel.ts').then((m) => [m.channelPublish, m.channelShow]) },
+  { names: ['schema'], load: async () => import('./commands/image.ts').then((m) => [m.schema]) },
+  { names: ['install'], load: async () => import('./commands/install.ts').then((m) => [m.install]) },
+  { names: ['netboot'], load: async () => import('./commands/netboot.ts').then((m) => [m.netboot]) },
+  {
+    names: ['update', 'status', 'mark-good', 'trial-check'],
+    load: async () => import('./commands/host.ts').then((m) => [m.update, m.status, m.markGoodCommand, m.trialCheck]),
+  },
+  {
+    names: ['vm-image publish', 'vm-image pull', 'vm-image prune', 'wake'],
+    load: async () => import('./commands/vm-image.ts').then((m) => [m.vmImagePublish, m.vmImagePull, m.vmImagePrune, m.wake]),
+  },
 ]
 
-function topHelp(): string {
+/** Every command's name, in --help's order, without loading any of them. */
+export const COMMAND_NAMES: readonly string[] = COMMAND_FILES.flatMap((f) => f.names)
+
+/** The command `name` (as COMMAND_NAMES spells it), loaded with its file. */
+export async function loadCommand(name: string): Promise<Command> {
+  const file = COMMAND_FILES.find((f) => f.names.includes(name))!
+  return (await file.load()).find((c) => c.name === name)!
+}
+
+/** Every command, in --help's order (loads them all: the top help and the tests). */
+export async function allCommands(): Promise<Command[]> {
+  return Promise.all(COMMAND_NAMES.map(loadCommand))
+}
+
+async function topHelp(): Promise<string> {
+  const COMMANDS = await allCommands()
   const width = Math.max(...COMMANDS.map((c) => c.name.length))
   return [
     'labhost — unattended installer and atomic A/B updater for lab PCs',
@@ -66,19 +79,17 @@ export async function main(argv: string[], out = process.stdout, err = process.s
   const json = argv.includes('--json')
   try {
     if (argv.length === 0 || argv[0] === '--help' || argv[0] === '-h' || argv[0] === 'help') {
-      out.write(topHelp() + '\n')
+      out.write((await topHelp()) + '\n')
       return 0
     }
     if (argv[0] === '--version') {
       out.write(`labhost ${LABHOST_VERSION}\n`)
       return 0
     }
-    const cmd = COMMANDS.find((c) => {
-      const words = c.name.split(' ')
-      return words.every((w, i) => argv[i] === w)
-    })
+    const name = COMMAND_NAMES.find((n) => n.split(' ').every((w, i) => argv[i] === w))
+    const cmd = name ? await loadCommand(name) : undefined
     if (!cmd) {
-      const group = COMMANDS.filter((c) => c.name.startsWith(`${argv[0]} `))
+      const group = (await allCommands()).filter((c) => c.name.startsWith(`${argv[0]} `))
       if (group.length && (argv.length === 1 || argv.includes('--help'))) {
         out.write(group.map((c) => `labhost ${c.name.padEnd(16)} ${c.summary}`).join('\n') + '\n')
         return argv.includes('--help') ? 0 : ExitCode.usage

@@ -16,7 +16,9 @@ import { buildImages, makeHost, type Host, type Images } from '../../test-suppor
 import { pullVmImage } from '../../vmimages/pull.ts'
 import { publishVmImage } from '../../vmimages/publish.ts'
 import { makeBase, makeOverlay } from '../../vmimages/test/fixtures.ts'
-import { COMMANDS } from '../main.ts'
+import { allCommands } from '../main.ts'
+
+const COMMANDS = await allCommands()
 
 const MiB = 1 << 20
 const dir = tmpDir(t, 'labhost-dry-run-test-')

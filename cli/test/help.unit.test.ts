@@ -2,8 +2,10 @@
 // the command's own options first, then the common ones; test seams appear only with --help-all,
 // and --help says they are left out. Every command says what it does with --dry-run.
 import t from 'tap'
-import { COMMANDS, main } from '../main.ts'
+import { allCommands, COMMAND_NAMES, main } from '../main.ts'
 import { runCli } from '../../test-support/test-helpers.ts'
+
+const COMMANDS = await allCommands()
 
 /** main() in this process, its stdout and stderr captured. */
 async function cli(argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
@@ -114,4 +116,14 @@ t.test('the real executable path (cli/bin.ts): --help and --help-all on stdout, 
   t.match(all.stdout, /\n {2}--state-root DIR +the directory holding labhost\//)
   const top = await runCli(['--help'])
   t.match(top.stdout, /--help-all/, 'the top-level help names --help-all')
+})
+
+t.test('the command index names each command as its file defines it, in the order of the top help', async (t) => {
+  t.same(
+    COMMANDS.map((c) => c.name),
+    COMMAND_NAMES,
+  )
+  const r = await cli(['--help'])
+  const listed = r.stdout.split('\n').flatMap((l) => COMMAND_NAMES.filter((n) => l.startsWith(`  ${n}  `)))
+  t.same(listed, COMMAND_NAMES, 'labhost --help lists every command once, in that order')
 })

@@ -4,8 +4,10 @@
 // that names the option and the value, and a hint. (Numeric ranges: numeric-options.unit.test.ts.)
 import t from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
-import { COMMANDS, main } from '../main.ts'
+import { allCommands, main } from '../main.ts'
 import { commandSchema } from '../command.ts'
+
+const COMMANDS = await allCommands()
 
 async function cli(argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   let stdout = ''

@@ -13,7 +13,7 @@ import { rawRequest, startServer, until } from '../../test-support/serve-fixture
 import { serveDirectory, type ServeOptions } from '../http-serve.ts'
 import { openUploadDir } from '../upload-receiver.ts'
 import { commandSchema } from '../../cli/command.ts'
-import { COMMANDS } from '../../cli/main.ts'
+import { loadCommand } from '../../cli/main.ts'
 
 const dir = tmpDir(t, 'labhost-upload-test-')
 let n = 0
@@ -285,7 +285,7 @@ t.test('the upload directory is checked once, at start', async (t) => {
 })
 
 t.test('labhost image serve --accept-reports', async (t) => {
-  const serve = commandSchema(COMMANDS.find((c) => c.name === 'image serve')!)
+  const serve = commandSchema(await loadCommand('image serve'))
   t.match(serve.parse({ 'accept-reports': 'netboot/reports' }), { 'accept-reports': 'netboot/reports', port: 8080 }, 'the option is parsed')
   t.notOk(serve.safeParse({ 'accept-reports': '' }).success, 'an empty value is refused')
 
