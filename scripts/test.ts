@@ -64,47 +64,68 @@ const totals = { pass: 0, fail: 0, skip: 0, todo: 0 }
 const laneSeconds: string[] = [] // each lane's wall time, printed before the summary (the 30-minute budget)
 let tapFailed = false
 const vmFiles = kinds.includes('vm') ? pick('vm') : []
-const otherFiles = [...(kinds.includes('unit') ? pick('unit') : []), ...(kinds.includes('disk') ? pick('disk') : [])]
-// Two cores: the VM tests run one at a time on one, and the unit and disk tests beside them on
-// the other (one at a time then; two at a time when there is no VM test to share with). Beside
-// the VM tests, the other lane runs at a low priority (nice 15): QEMU under TCG is one busy
-// thread that the whole VM lane waits on, while the disk tests have slack and a core of their own.
-const groups: { name: string; files: string[]; jobs: number; timeout: number; live: boolean }[] = [
-  { name: 'VM tests', files: vmFiles, jobs: 1, timeout: 1800, live: true },
-  { name: 'unit and disk tests', files: otherFiles, jobs: vmFiles.length ? 1 : 2, timeout: 900, live: !vmFiles.length },
-]
-await Promise.all(
-  groups
-    .filter((g) => g.files.length)
-    .map(async (g) => {
-      const started = Date.now()
-      let prebuilt = ''
-      // (nice 15: several disk tests now run parts side by side; with the lane at nice 5 the VM lane
-      // took about 100 s longer in a CI run, while the disk lane finished 8 minutes before it)
-      const beside = !g.live ? ['nice', '-n', '15'] : []
-      if (g.name === 'unit and disk tests' && vmFiles.some((f) => f.includes('host-image'))) {
-        // (at full priority: the second VM test waits for the campaign's images it builds first)
-        const b = await execa(process.execPath, [path.join(root, 'scripts/prebuild-images.ts')], { cwd: root, reject: false, all: true })
-        prebuilt = `# prebuild: ${String(b.all ?? '')
-          .trim()
-          .split('\n')
-          .pop()}\n`
-      }
-      const tap = [...beside, 'tap', `--jobs=${g.jobs}`, `--timeout=${g.timeout}`, ...g.files]
-      const p = execa(tap[0]!, tap.slice(1), { cwd: root, reject: false, all: true, preferLocal: true })
-      if (g.live) p.all?.pipe(process.stdout)
-      const r = await p
-      // the group that ran beside the live one prints when it is done, in one piece
-      if (!g.live) console.log(`\n# ---- ${g.name} (ran beside the VM tests) ----\n${prebuilt}${String(r.all ?? '')}\n# ---- end of ${g.name} ----\n`)
-      const summary = /# \{ ([^}]*) \}/.exec(String(r.all ?? ''))?.[1] ?? ''
-      for (const kv of summary.split(',')) {
-        const [k, v] = kv.split(':').map((x) => x.trim())
-        if (k && k in totals) totals[k as keyof typeof totals] += Number(v)
-      }
-      if (r.exitCode !== 0) tapFailed = true
-      laneSeconds.push(`${g.name} ${Math.round((Date.now() - started) / 1000)} s`)
-    }),
-)
+const unitFiles = kinds.includes('unit') ? pick('unit') : []
+const diskFiles = kinds.includes('disk') ? pick('disk') : []
+
+/** One tap run over `files` (at nice 15 when `nice`); its counts join the totals. Its output, or piped live. */
+async function tapRun(files: string[], timeout: number, o: { nice?: boolean; live?: boolean } = {}): Promise<string> {
+  const cmd = [...(o.nice ? ['nice', '-n', '15'] : []), 'tap', '--jobs=1', `--timeout=${timeout}`, ...files]
+  const p = execa(cmd[0]!, cmd.slice(1), { cwd: root, reject: false, all: true, preferLocal: true })
+  if (o.live) p.all?.pipe(process.stdout)
+  const r = await p
+  const summary = /# \{ ([^}]*) \}/.exec(String(r.all ?? ''))?.[1] ?? ''
+  for (const kv of summary.split(',')) {
+    const [k, v] = kv.split(':').map((x) => x.trim())
+    if (k && k in totals) totals[k as keyof typeof totals] += Number(v)
+  }
+  if (r.exitCode !== 0) tapFailed = true
+  return String(r.all ?? '')
+}
+
+// Two cores. The VM tests run one at a time (never two VM suites at once), on one core. The unit
+// and disk tests run beside them on the other, one file at a time and at a low priority (nice 15:
+// QEMU under TCG is one busy thread the whole VM lane waits on; with the lane at nice 5 the VM
+// lane took about 100 s longer in a CI run). Once the VM lane is done, a second worker takes
+// disk test files too, at full priority: the disk lane outlasted the VM lane by minutes while
+// one core sat idle. Each disk test file is its own tap run (about a second of tap's start
+// each), so the second worker can take any of them; the unit tests are two runs.
+const vmStarted = Date.now()
+const vmLane = (async () => {
+  if (!vmFiles.length) return
+  await tapRun(vmFiles, 1800, { live: true })
+  laneSeconds.push(`VM tests ${Math.round((Date.now() - vmStarted) / 1000)} s`)
+})()
+let vmRunning = vmFiles.length > 0
+void vmLane.then(() => (vmRunning = false))
+const batches = [...[0, 1].map((k) => unitFiles.filter((_, i) => i % 2 === k)).filter((b) => b.length), ...diskFiles.map((f) => [f])]
+const outputs: string[] = []
+let nextBatch = 0
+const worker = async () => {
+  while (nextBatch < batches.length) {
+    const i = nextBatch++
+    // beside the VM lane the output waits for the end of the run, in one piece; alone, it is printed as each run ends
+    outputs[i] = await tapRun(batches[i]!, 900, { nice: vmRunning })
+    if (!vmRunning && !vmFiles.length) console.log(outputs[i])
+  }
+}
+const otherLane = (async () => {
+  if (!batches.length) return
+  const started = Date.now()
+  let prebuilt = ''
+  if (vmFiles.some((f) => f.includes('host-image'))) {
+    // (at full priority: the second VM test waits for the campaign's images it builds first)
+    const b = await execa(process.execPath, [path.join(root, 'scripts/prebuild-images.ts')], { cwd: root, reject: false, all: true })
+    prebuilt = `# prebuild: ${String(b.all ?? '')
+      .trim()
+      .split('\n')
+      .pop()} (${Math.round((Date.now() - started) / 1000)} s)\n`
+  }
+  await Promise.all([worker(), vmLane.then(worker)])
+  if (vmFiles.length)
+    console.log(`\n# ---- unit and disk tests (ran beside the VM tests) ----\n${prebuilt}${outputs.join('\n')}\n# ---- end of unit and disk tests ----\n`)
+  laneSeconds.push(`unit and disk tests ${Math.round((Date.now() - started) / 1000)} s`)
+})()
+await Promise.all([vmLane, otherLane])
 if (tapFailed && totals.fail === 0) totals.fail = 1 // tap failed without counting a failure (crash, timeout)
 console.log(`# wall time: ${laneSeconds.join(', ')}; whole run ${Math.round(process.uptime())} s`)
 console.log(`${totals.pass} passed, ${totals.fail} failed${totals.skip ? `, ${totals.skip} skipped` : ''}`)
