@@ -33,6 +33,10 @@ const compress = (data: Buffer, level: number) =>
         // the frame's size told first: zstd then sizes its tables to it (without, 64 KiB frames
         // at level 6 took 4 times the CPU of 1 MiB frames, and compressed worse)
         pledgedSrcSize: data.length,
+        // room for the whole frame in one output buffer: a frame that filled zlib's buffer exactly
+        // (16 KiB by default) got a second, empty frame after it (13 bytes), from the call zlib makes
+        // for more output
+        chunkSize: Math.max(16 << 10, data.length + (data.length >> 7) + 1024),
         params: {
           [zlib.constants.ZSTD_c_compressionLevel]: level,
           // as the zstd command: each frame carries its content size and a checksum of its content

@@ -154,6 +154,7 @@ export function unzstdFrames(zlib: typeof import('node:zlib'), frames: Uint8Arra
   const state = stream._writeState
   const direct = typeof handle?.writeSync === 'function' && state instanceof Uint32Array && state.length === 2 && inPlace
   let failed = ''
+  const spare = new Uint8Array(1)
   if (direct) handle.onerror = (message) => (failed ||= message)
   try {
     let from = 0
@@ -164,7 +165,17 @@ export function unzstdFrames(zlib: typeof import('node:zlib'), frames: Uint8Arra
       if (direct) {
         handle.writeSync!(zlib.constants.ZSTD_e_end, frame, 0, frame.length, into, at, want)
         if (failed) throw new Error(`frame ${k}: ${failed}`)
-        if (state[0] || state[1]) throw new Error(`frame ${k} does not hold ${want} bytes (${state[0] ? 'fewer' : 'more'})`)
+        const outLeft = state[0]!
+        let inLeft = state[1]!
+        // Its share filled, zstd stops: what is left of the input must hold nothing more. Node's
+        // compressor sometimes ends a frame's bytes with an empty frame (13 bytes), which zstd
+        // reads on a call of its own: once more, with one spare byte of room that must stay unused.
+        if (!outLeft && inLeft) {
+          handle.writeSync!(zlib.constants.ZSTD_e_end, frame, frame.length - inLeft, inLeft, spare, 0, 1)
+          if (failed) throw new Error(`frame ${k}: ${failed}`)
+          inLeft = state[0] ? state[1]! : 1
+        }
+        if (outLeft || inLeft) throw new Error(`frame ${k} does not hold ${want} bytes (${outLeft ? 'fewer' : 'more'})`)
         handle.reset()
       } else {
         let out: Buffer

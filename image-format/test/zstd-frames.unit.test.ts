@@ -79,3 +79,12 @@ t.test('a damaged frame and a frame of another chunk size are refused', async (t
   refused(() => decompressFrame(last, chunk, 'the last frame'), /^the last frame holds 12345 bytes, the manifest says 65536/)
   refused(() => decompressFrame(transport.subarray(0, frames[0]!), chunk - 1, 'frame 0'), /^frame 0 is not a good zstd frame/)
 })
+
+t.test('a frame of exactly 16 KiB is one frame (no empty frame after it)', async (t) => {
+  // random bytes are stored raw: 16370 of them make a frame of 16384 bytes (header, block header, checksum)
+  const file = `${dir}/raw16k.img`
+  fs.writeFileSync(file, crypto.randomBytes(16370))
+  const frames = await compressFramed(file, `${file}.zst`, 16370, 3)
+  t.same(frames, [16384], 'one frame, of 16384 bytes')
+  t.equal(fs.statSync(`${file}.zst`).size, 16384, 'and nothing after it')
+})

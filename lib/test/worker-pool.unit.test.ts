@@ -64,6 +64,18 @@ t.test('zstd frames: decompressed into their places in a worker, in place or cop
     unzstdFrames(zlib, frames, sizes, plain, frameSize, inPlace)
     t.ok(plain.equals(image), inPlace ? 'on this thread, in place' : 'on this thread, copied')
   }
+  // transports published before the fix in image-format/zstd-frames.ts: a frame of exactly 16 KiB
+  // of zstd came with an empty frame after it, both in its signed size
+  const withEmpty = Buffer.concat([parts[0]!, compress(Buffer.alloc(0)), ...parts.slice(1)])
+  const emptySizes = [sizes[0]! + compress(Buffer.alloc(0)).length, ...sizes.slice(1)]
+  const [shared2] = alignedBuffers(1, image.length)
+  await pool.zstdFrames(new Uint8Array(withEmpty), emptySizes, shared2!, frameSize)
+  t.ok(shared2!.equals(image), 'a frame followed by an empty frame: in a worker')
+  for (const inPlace of [true, false]) {
+    const plain = Buffer.alloc(image.length)
+    unzstdFrames(zlib, withEmpty, emptySizes, plain, frameSize, inPlace)
+    t.ok(plain.equals(image), `a frame followed by an empty frame: ${inPlace ? 'in place' : 'copied'}`)
+  }
   const damaged = Buffer.from(frames)
   damaged[sizes[0]! + sizes[1]! + sizes[2]! + 10]! ^= 0xff
   const longer = compress(Buffer.alloc(frameSize + 1))
