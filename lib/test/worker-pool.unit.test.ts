@@ -56,26 +56,22 @@ t.test('zstd frames: decompressed into their places in a worker, in place or cop
   const parts = Array.from({ length: 6 }, (_, k) => compress(image.subarray(k * frameSize, (k + 1) * frameSize)))
   const frames = Buffer.concat(parts)
   const sizes = parts.map((p) => p.length)
-  const [shared] = alignedBuffers(1, image.length)
-  await pool.zstdFrames(new Uint8Array(frames), sizes, shared!, frameSize)
-  t.ok(shared!.equals(image), 'in a worker, into shared memory')
-  for (const inPlace of [true, false]) {
-    const plain = Buffer.alloc(image.length)
-    unzstdFrames(zlib, frames, sizes, plain, frameSize, inPlace)
-    t.ok(plain.equals(image), inPlace ? 'on this thread, in place' : 'on this thread, copied')
+  /** The frames decode to the image in a worker (into shared memory) and on this thread, in place and copied. */
+  const decodes = async (data: Buffer, s: number[], what: string) => {
+    const [shared] = alignedBuffers(1, image.length)
+    await pool.zstdFrames(new Uint8Array(data), s, shared!, frameSize)
+    t.ok(shared!.equals(image), `${what}: in a worker, into shared memory`)
+    for (const inPlace of [true, false]) {
+      const plain = Buffer.alloc(image.length)
+      unzstdFrames(zlib, data, s, plain, frameSize, inPlace)
+      t.ok(plain.equals(image), `${what}: on this thread, ${inPlace ? 'in place' : 'copied'}`)
+    }
   }
+  await decodes(frames, sizes, 'one frame each')
   // transports published before the fix in image-format/zstd-frames.ts: a frame of exactly 16 KiB
   // of zstd came with an empty frame after it, both in its signed size
-  const withEmpty = Buffer.concat([parts[0]!, compress(Buffer.alloc(0)), ...parts.slice(1)])
-  const emptySizes = [sizes[0]! + compress(Buffer.alloc(0)).length, ...sizes.slice(1)]
-  const [shared2] = alignedBuffers(1, image.length)
-  await pool.zstdFrames(new Uint8Array(withEmpty), emptySizes, shared2!, frameSize)
-  t.ok(shared2!.equals(image), 'a frame followed by an empty frame: in a worker')
-  for (const inPlace of [true, false]) {
-    const plain = Buffer.alloc(image.length)
-    unzstdFrames(zlib, withEmpty, emptySizes, plain, frameSize, inPlace)
-    t.ok(plain.equals(image), `a frame followed by an empty frame: ${inPlace ? 'in place' : 'copied'}`)
-  }
+  const empty = compress(Buffer.alloc(0))
+  await decodes(Buffer.concat([parts[0]!, empty, ...parts.slice(1)]), [sizes[0]! + empty.length, ...sizes.slice(1)], 'a frame followed by an empty frame')
   const damaged = Buffer.from(frames)
   damaged[sizes[0]! + sizes[1]! + sizes[2]! + 10]! ^= 0xff
   const longer = compress(Buffer.alloc(frameSize + 1))
