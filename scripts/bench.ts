@@ -156,6 +156,14 @@ async function benchUpdateWrite(imageDir: string, imageBytes: number, trustedKey
   // the disk itself in this run: O_DIRECT writes and reads of as many bytes as the image, 4 MiB at a time
   const count = String(Math.ceil(imageBytes / (4 << 20)))
   const slotRead = ['dd', [`if=${slot}`, 'of=/dev/null', 'bs=4M', `count=${count}`, 'iflag=direct', 'status=none']] as const
+  // bmaptool copy of `source`; then one read of the slot, timed apart and recorded as the sum in
+  // `withRead`: bmaptool checks only what it reads from the source, and the same promise as
+  // labhost's (every byte judged from the disk) costs it one read of the slot more
+  const bmaptool = async (source: string, alone: number[], withRead: number[]) => {
+    await timed(alone, () => execa('bmaptool', ['copy', '--bmap', bmap, source, slot]))
+    await timed(withRead, () => execa(...slotRead))
+    withRead.push(withRead.pop()! + alone.at(-1)!)
+  }
   try {
     for (let i = 0; i < 5; i++) {
       await timed(rounds.diskWrite, () => execa('dd', ['if=/dev/zero', `of=${slot}`, 'bs=4M', `count=${count}`, 'oflag=direct', 'conv=fsync', 'status=none']))
@@ -164,15 +172,9 @@ async function benchUpdateWrite(imageDir: string, imageBytes: number, trustedKey
       written = r.written
       // the write phase alone: the read-back comes after it (the default), so it is timed apart
       rounds.write.push(r.seconds.write)
-      await timed(rounds.bmapRaw, () => execa('bmaptool', ['copy', '--bmap', bmap, rawImage, slot]))
-      await timed(rounds.bmapRawRead, () => execa(...slotRead))
-      rounds.bmapRawRead.push(rounds.bmapRawRead.pop()! + rounds.bmapRaw.at(-1)!)
+      await bmaptool(rawImage, rounds.bmapRaw, rounds.bmapRawRead)
       await update('zst', transportDir)
-      await timed(rounds.bmapZst, () => execa('bmaptool', ['copy', '--bmap', bmap, path.join(imageDir, 'root.img.zst'), slot]))
-      // bmaptool checks only what it reads from the source; the same promise as labhost's (every
-      // byte judged from the disk) costs it one read of the slot more
-      await timed(rounds.bmapZstRead, () => execa(...slotRead))
-      rounds.bmapZstRead.push(rounds.bmapZstRead.pop()! + rounds.bmapZst.at(-1)!)
+      await bmaptool(path.join(imageDir, 'root.img.zst'), rounds.bmapZst, rounds.bmapZstRead)
       await timed(rounds.dd, () => execa('dd', [`if=${rawImage}`, `of=${slot}`, 'bs=4M', 'oflag=direct', 'conv=fsync', 'status=none']))
     }
   } finally {
