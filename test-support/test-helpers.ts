@@ -140,6 +140,17 @@ export function labhostArgv(...args: string[]): [string, string[]] {
   return [file, rest]
 }
 
+/**
+ * What a failed assertion on a run shows: its error and hint lines first (a CI log may keep only
+ * the head of a long diagnostic), or its last lines when it printed none, then the whole stderr.
+ */
+export function failDiag(r: { stderr: unknown }): { error: string[]; stderr: string } {
+  const stderr = String(r.stderr)
+  const lines = stderr.split('\n').filter((l) => l.trim())
+  const errors = lines.filter((l) => /^(labhost: error:|hint:|\s+hint:)/.test(l))
+  return { error: errors.length ? errors : lines.slice(-5), stderr }
+}
+
 export async function runCli(args: string[]): Promise<CliResult> {
   const [file, ...rest] = labhostCommand(...args)
   const r = await execa(file, rest, { reject: false })

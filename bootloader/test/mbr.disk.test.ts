@@ -1,7 +1,7 @@
 // gptmbr goes into the first 440 bytes; the disk signature and the protective entry stay.
 import fs from 'node:fs'
 import t from 'tap'
-import { readRange, runCli, sparseFile, tmpDir } from '../../test-support/test-helpers.ts'
+import { failDiag, readRange, runCli, sparseFile, tmpDir } from '../../test-support/test-helpers.ts'
 import { findGptmbr } from '../mbr.ts'
 import { makeGptDisk, sgdiskVerify, STANDARD_LAYOUT } from '../../test-support/gpt-fixtures.ts'
 
@@ -14,7 +14,7 @@ t.test('labhost bootloader mbr', async (t) => {
   t.equal(dry.code, 0)
   t.ok(readRange(file, 0, 1 << 20).equals(before), '--dry-run writes nothing')
   const r = await runCli(['bootloader', 'mbr', '--disk', file])
-  t.equal(r.code, 0, 'exits 0', { stderr: r.stderr })
+  t.equal(r.code, 0, 'exits 0', failDiag(r))
   const after = readRange(file, 0, 1 << 20)
   const code = fs.readFileSync(findGptmbr())
   t.ok(after.subarray(0, code.length).equals(code), 'boot code is gptmbr.bin')

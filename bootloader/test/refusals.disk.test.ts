@@ -2,7 +2,7 @@
 // byte is unchanged.
 import t from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
-import { hashWhole, loop, runCli, sparseFile, tmpDir, xorRange } from '../../test-support/test-helpers.ts'
+import { failDiag, hashWhole, loop, runCli, sparseFile, tmpDir, xorRange } from '../../test-support/test-helpers.ts'
 import { makeGptDisk, rewriteBackupValid, STANDARD_LAYOUT, type GptDiskSpec } from '../../test-support/gpt-fixtures.ts'
 
 const DISK_BYTES = 48 << 20
@@ -111,7 +111,7 @@ t.test('every refusal, on disks of their own, side by side', { jobs: 10 }, async
         c.damage?.(dev, sectorSize)
         const before = hashWhole(dev)
         const r = await runCli(['slots', 'switch', '--disk', dev, '--to', 'B', ...(c.args ?? [])])
-        t.equal(r.code, c.code, `exit code ${c.code}`, { stderr: r.stderr })
+        t.equal(r.code, c.code, `exit code ${c.code}`, failDiag(r))
         t.match(r.stderr, c.message)
         t.match(r.stderr, /hint: .*nothing was written/, 'the hint says what to do and that nothing was written')
         t.equal(r.stderr.trim().split('\n').length, 2, 'one error line and one hint line')

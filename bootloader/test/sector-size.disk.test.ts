@@ -8,7 +8,7 @@ import fs from 'node:fs'
 import t, { type Test } from 'tap'
 import YAML from 'yaml'
 import { ExitCode } from '../../lib/errors.ts'
-import { hashWhole, loop, runCli, sparseFile, tmpDir } from '../../test-support/test-helpers.ts'
+import { failDiag, hashWhole, loop, runCli, sparseFile, tmpDir } from '../../test-support/test-helpers.ts'
 import { buildImages, makeHostIn, type Images } from '../../test-support/update-fixtures.ts'
 
 const MiB = 1 << 20
@@ -20,7 +20,7 @@ t.before(async () => {
 })
 
 const refusal = (t: Test, r: { code: number; stderr: string }, dev: string, size: number, what: string) => {
-  t.equal(r.code, ExitCode.sectorSizeUnsupported, `${what}: exit 27`, { stderr: r.stderr })
+  t.equal(r.code, ExitCode.sectorSizeUnsupported, `${what}: exit 27`, failDiag(r))
   t.match(
     r.stderr,
     new RegExp(`labhost: error: ${dev} has ${size}-byte logical sectors\\n {2}hint: labhost supports 512-byte and 4096-byte \\(4Kn\\) disks\\n?$`),

@@ -4,7 +4,7 @@
 // then differs from the primary in the root-entry sector alone, both tables CRC-valid.
 import t, { type Test } from 'tap'
 import { Disk } from '../../lib/blockdev.ts'
-import { differingBlocks, hashRange, loop, readRange, runCli, sparseFile, tmpDir } from '../../test-support/test-helpers.ts'
+import { differingBlocks, failDiag, hashRange, loop, readRange, runCli, sparseFile, tmpDir } from '../../test-support/test-helpers.ts'
 import { readGpt } from '../gpt.ts'
 import { applySectorWrites } from '../sector-writes.ts'
 import { slotStatus } from '../slots.ts'
@@ -52,7 +52,7 @@ for (const sectorSize of [512, 4096]) {
     t.match(st.stdout, /DIFFER/, 'slots status reports the disagreement')
 
     const dry = await runCli(['slots', 'switch', '--disk', c.dev, '--to', 'B', '--dry-run', '--json'])
-    t.equal(dry.code, 0, { stderr: dry.stderr })
+    t.equal(dry.code, 0, failDiag(dry))
     t.match(
       JSON.parse(dry.stdout),
       { alreadyActive: true, writes: [{ region: 'backup-array', lba: String(c.backupArraySector) }] },
@@ -62,7 +62,7 @@ for (const sectorSize of [512, 4096]) {
     t.same(edges(c.dev), c.cut, '--dry-run wrote nothing')
 
     const r = await runCli(['slots', 'switch', '--disk', c.dev, '--to', 'B', '--json'])
-    t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
+    t.equal(r.code, 0, 'exit 0', failDiag(r))
     t.same(
       JSON.parse(r.stdout).writes.map((w: { region: string }) => w.region),
       ['backup-array'],
@@ -88,7 +88,7 @@ for (const sectorSize of [512, 4096]) {
   t.test(`${sectorSize}-byte sectors: switch back over a stale backup: one commit write, tables agree, the disk as before`, async (t) => {
     const c = await cutAfterCommit(t)
     const r = await runCli(['slots', 'switch', '--disk', c.dev, '--to', 'A', '--json'])
-    t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
+    t.equal(r.code, 0, 'exit 0', failDiag(r))
     // the stale backup already holds A's flags: the commit write alone makes the tables agree
     t.same(
       JSON.parse(r.stdout).writes.map((w: { region: string }) => w.region),

@@ -10,7 +10,7 @@ import { execa } from 'execa'
 import t, { type Test } from 'tap'
 import YAML from 'yaml'
 import { ExitCode } from '../../lib/errors.ts'
-import { hashWhole, labhostArgv, loop, runCli, sparseFile, tmpDir, xorRange, type CliResult } from '../../test-support/test-helpers.ts'
+import { type CliResult, failDiag, hashWhole, labhostArgv, loop, runCli, sparseFile, tmpDir, xorRange } from '../../test-support/test-helpers.ts'
 import { readTrial } from '../../updater/host-state.ts'
 import { buildImages, makeHost, type Host, type Images } from '../../test-support/update-fixtures.ts'
 import { pullVmImage } from '../../vmimages/pull.ts'
@@ -63,7 +63,7 @@ async function dryRun(t: Test, argv: string[], paths: string[]): Promise<CliResu
 /** `argv --dry-run` is refused before anything happens: exit 2, one line naming the command. */
 async function refused(t: Test, name: string, argv: string[], paths: string[]): Promise<void> {
   const r = await dryRun(t, argv, paths)
-  t.equal(r.code, ExitCode.usage, `labhost ${name} --dry-run: exit 2 (usage)`, { stderr: r.stderr })
+  t.equal(r.code, ExitCode.usage, `labhost ${name} --dry-run: exit 2 (usage)`, failDiag(r))
   t.match(r.stderr, new RegExp(`^labhost: error: labhost ${name} has no --dry-run: .*\n {2}hint: leave out --dry-run; nothing was written$`))
   t.equal(r.stdout, '')
 }
@@ -75,7 +75,7 @@ const hostFiles = (h: Host) => [h.disk, h.state, h.lib.bootFile, h.lib.versionFi
 async function onTrial(t: Test): Promise<Host> {
   const h = await makeHost(t, images)
   const up = await runCli(['update', images.v2, ...h.args])
-  t.equal(up.code, 0, 'a real update to 2.0.0', { stderr: up.stderr })
+  t.equal(up.code, 0, 'a real update to 2.0.0', failDiag(up))
   fs.writeFileSync(h.lib.bootFile, `SLOT=B\nDEVICE=${h.device}\nDISK=${h.device}\n`)
   t.ok(readTrial(h.lib), 'slot B on trial')
   return h
@@ -101,7 +101,7 @@ const cases: Record<string, { kind: Kind; run: (t: Test) => Promise<void> }> = {
     run: async (t) => {
       const h = await makeHost(t, images)
       const r = await dryRun(t, ['slots', 'status', '--disk', h.disk], [h.disk])
-      t.equal(r.code, 0, { stderr: r.stderr })
+      t.equal(r.code, 0, failDiag(r))
       t.match(r.stdout, /active: A/)
     },
   },
@@ -110,7 +110,7 @@ const cases: Record<string, { kind: Kind; run: (t: Test) => Promise<void> }> = {
     run: async (t) => {
       const h = await makeHost(t, images)
       const r = await dryRun(t, ['slots', 'switch', '--disk', h.disk, '--to', 'B', ...hostPaths(h)], hostFiles(h))
-      t.equal(r.code, 0, { stderr: r.stderr })
+      t.equal(r.code, 0, failDiag(r))
       t.match(r.stdout, /slot A -> slot B\n.*CRC compensation.*\n {2}would write primary-array LBA \d+: commit/)
     },
   },
@@ -121,7 +121,7 @@ const cases: Record<string, { kind: Kind; run: (t: Test) => Promise<void> }> = {
       // a damaged backup header (the disk's last sector): there is something to repair
       xorRange(h.disk, fs.statSync(h.disk).size - 512, Buffer.from([0xff]))
       const r = await dryRun(t, ['slots', 'repair', '--disk', h.disk, ...hostPaths(h)], hostFiles(h))
-      t.equal(r.code, 0, { stderr: r.stderr })
+      t.equal(r.code, 0, failDiag(r))
       t.match(r.stdout, /repairing from the primary\n {2}would write backup/)
     },
   },
@@ -134,7 +134,7 @@ const cases: Record<string, { kind: Kind; run: (t: Test) => Promise<void> }> = {
       fs.writeSync(fd, Buffer.alloc(440), 0, 440, 0)
       fs.closeSync(fd)
       const r = await dryRun(t, ['bootloader', 'mbr', '--disk', h.disk, '--json'], [h.disk])
-      t.equal(r.code, 0, { stderr: r.stderr })
+      t.equal(r.code, 0, failDiag(r))
       t.match(JSON.parse(r.stdout), { dryRun: true, writes: [{ lba: '0' }] })
     },
   },
@@ -143,7 +143,7 @@ const cases: Record<string, { kind: Kind; run: (t: Test) => Promise<void> }> = {
     run: async (t) => {
       const h = await makeHost(t, images)
       const r = await dryRun(t, ['update', images.v2, ...h.args], [...hostFiles(h), images.v2])
-      t.equal(r.code, 0, { stderr: r.stderr })
+      t.equal(r.code, 0, failDiag(r))
       t.match(r.stdout, /^would update .*: slot A \(1\.0\.0\) -> slot B \(2\.0\.0\)/)
     },
   },
@@ -152,7 +152,7 @@ const cases: Record<string, { kind: Kind; run: (t: Test) => Promise<void> }> = {
     run: async (t) => {
       const h = await onTrial(t)
       const r = await dryRun(t, ['mark-good', '--json', ...hostPaths(h)], hostFiles(h))
-      t.equal(r.code, 0, { stderr: r.stderr })
+      t.equal(r.code, 0, failDiag(r))
       t.match(JSON.parse(r.stdout), { marked: false, dryRun: true, reason: 'slot B (version 2.0.0) would be marked good' })
       t.ok(readTrial(h.lib), 'still on trial')
       const real = await runCli(['mark-good', ...hostPaths(h)])
@@ -172,7 +172,7 @@ const cases: Record<string, { kind: Kind; run: (t: Test) => Promise<void> }> = {
         fs.writeFileSync(cfg, `deadlineSeconds: 30\nchecks:\n  - name: "${check}"\n    run: ["${check}"]\n`)
         // this machine has been up for more than 30 s: a failing check is past its deadline at once
         const r = await dryRun(t, ['trial-check', '--config', cfg, ...hostPaths(h)], hostFiles(h))
-        t.equal(r.code, code, `checks ${check}: exit ${code}`, { stderr: r.stderr })
+        t.equal(r.code, code, `checks ${check}: exit ${code}`, failDiag(r))
         t.match(r.stdout, verdict)
       }
       t.ok(readTrial(h.lib), 'still on trial')
@@ -185,7 +185,7 @@ const cases: Record<string, { kind: Kind; run: (t: Test) => Promise<void> }> = {
       const metrics = path.join(tmpDir(t), 'metrics')
       const out = path.join(metrics, 'labhost.prom')
       const r = await dryRun(t, ['status', '--prometheus', '--out', out, '--disk', h.disk, ...hostPaths(h)], [...hostFiles(h), metrics])
-      t.equal(r.code, 0, { stderr: r.stderr })
+      t.equal(r.code, 0, failDiag(r))
       t.match(r.stdout, new RegExp(`^would write ${out}:\n# HELP labhost_`))
       const real = await runCli(['status', '--prometheus', '--out', out, '--disk', h.disk, ...hostPaths(h)])
       t.equal(real.code, 0)
@@ -233,7 +233,7 @@ const cases: Record<string, { kind: Kind; run: (t: Test) => Promise<void> }> = {
         images.keys.publicKeyFile,
       ]
       const r = await dryRun(t, argv, [ssdFile, hddFile, `${d}/reports`, `${d}/sys`, images.v1])
-      t.equal(r.code, 0, { stderr: r.stderr })
+      t.equal(r.code, 0, failDiag(r))
       t.match(r.stdout, /write the root image[^]*\ndry run: nothing was written$/)
     },
   },
@@ -249,7 +249,7 @@ const cases: Record<string, { kind: Kind; run: (t: Test) => Promise<void> }> = {
     run: async (t) => {
       const d = tmpDir(t)
       const r = await dryRun(t, ['image', 'keygen', '--out', `${d}/keys`], [d])
-      t.equal(r.code, 0, { stderr: r.stderr })
+      t.equal(r.code, 0, failDiag(r))
       t.equal(r.stdout, `would write private key ${d}/keys/labhost-signing.key\nwould write public key  ${d}/keys/labhost-signing.pub`)
       t.notOk(fs.existsSync(`${d}/keys`), 'no directory, no keys')
       // where the real run would refuse (a key is there), so does the plan
@@ -263,7 +263,7 @@ const cases: Record<string, { kind: Kind; run: (t: Test) => Promise<void> }> = {
     kind: 'readsOnly',
     run: async (t) => {
       const r = await dryRun(t, ['image', 'verify', images.v1, '--trusted-key', images.keys.publicKeyFile], [images.v1])
-      t.equal(r.code, 0, { stderr: r.stderr })
+      t.equal(r.code, 0, failDiag(r))
       t.match(r.stdout, /: OK$/)
     },
   },
@@ -341,7 +341,7 @@ const cases: Record<string, { kind: Kind; run: (t: Test) => Promise<void> }> = {
       imageLinks(`${d}/v1`)
       const argv = ['channel', 'publish', '--out', `${d}/channel.json`, '--image', 'v1/', '--share', '5', '--signing-key', images.keys.privateKeyFile]
       const r = await dryRun(t, argv, [d])
-      t.equal(r.code, 0, { stderr: r.stderr })
+      t.equal(r.code, 0, failDiag(r))
       t.match(r.stdout, /^would write .*channel\.json: serial 1, /)
       t.notOk(fs.existsSync(`${d}/channel.json`), 'no channel written')
     },
@@ -357,7 +357,7 @@ const cases: Record<string, { kind: Kind; run: (t: Test) => Promise<void> }> = {
         0,
       )
       const r = await dryRun(t, ['channel', 'show', `${d}/channel.json`, '--trusted-key', images.keys.publicKeyFile], [d])
-      t.equal(r.code, 0, { stderr: r.stderr })
+      t.equal(r.code, 0, failDiag(r))
       t.match(r.stdout, /channel\.json: serial 1, /)
     },
   },
@@ -366,7 +366,7 @@ const cases: Record<string, { kind: Kind; run: (t: Test) => Promise<void> }> = {
     run: async (t) => {
       const cwd = tmpDir(t)
       const r = await execa(...labhostArgv('schema', 'install', '--dry-run'), { cwd, reject: false })
-      t.equal(r.exitCode, 0, { stderr: r.stderr })
+      t.equal(r.exitCode, 0, failDiag(r))
       t.match(JSON.parse(String(r.stdout)), { type: 'object' })
       t.same(fs.readdirSync(cwd), [], 'nothing written where it ran')
     },
@@ -420,7 +420,7 @@ const cases: Record<string, { kind: Kind; run: (t: Test) => Promise<void> }> = {
         ['vm-image', 'pull', path.dirname(pub.manifestFile), '--trusted-key', images.keys.publicKeyFile, '--dir', `${d}/backing`, '--user-dir', `${d}/user`],
         [`${d}/backing`, `${d}/user`, `${d}/pub`],
       )
-      t.equal(r.code, 0, { stderr: r.stderr })
+      t.equal(r.code, 0, failDiag(r))
       t.match(r.stdout, /^win11 1\.0\.0 would be downloaded\n[^]*dry run: nothing was downloaded or written/)
     },
   },
@@ -458,7 +458,7 @@ const cases: Record<string, { kind: Kind; run: (t: Test) => Promise<void> }> = {
       }
       await makeOverlay(`${d}/user/alice/old.qcow2`, `${d}/backing/win11-1.0.0.qcow2`, 1)
       const r = await dryRun(t, ['vm-image', 'prune', '--dir', `${d}/backing`, '--user-dir', `${d}/user`], [`${d}/backing`, `${d}/user`])
-      t.equal(r.code, 0, { stderr: r.stderr })
+      t.equal(r.code, 0, failDiag(r))
       t.match(r.stdout, /^delete {2}.*alice\/old\.qcow2 /m)
       t.match(r.stdout, /\ndry run: nothing was changed$/)
     },

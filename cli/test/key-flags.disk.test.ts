@@ -6,7 +6,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
-import { runCli, tmpDir, type CliResult } from '../../test-support/test-helpers.ts'
+import { type CliResult, failDiag, runCli, tmpDir } from '../../test-support/test-helpers.ts'
 import { cacheKeys } from '../../image-build/cache-keys.ts'
 import { generateKeyPair } from '../../image-format/manifest.ts'
 
@@ -18,20 +18,20 @@ const warnings = (r: CliResult) => r.stderr.split('\n').filter((l) => l.startsWi
 
 t.test('image build --signing-key, image verify --trusted-key: no notice', async (t) => {
   const b = await runCli(['image', 'build', 'test', '--out', `${dir}/new`, '--signing-key', keys.privateKeyFile, '--json'])
-  t.equal(b.code, 0, 'built', { stderr: b.stderr })
+  t.equal(b.code, 0, 'built', failDiag(b))
   t.same(warnings(b), [], 'no deprecation notice')
   t.equal(JSON.parse(b.stdout).name, 'test')
   const v = await runCli(['image', 'verify', `${dir}/new`, '--trusted-key', keys.publicKeyFile, '--json'])
-  t.equal(v.code, 0, 'verified', { stderr: v.stderr })
+  t.equal(v.code, 0, 'verified', failDiag(v))
   t.same(warnings(v), [])
   t.match(JSON.parse(v.stdout), { ok: true, name: 'test' })
   const wrong = await runCli(['image', 'verify', `${dir}/new`, '--trusted-key', other.publicKeyFile])
-  t.equal(wrong.code, ExitCode.signatureInvalid, '--trusted-key is the key the signature is checked with: another one is refused', { stderr: wrong.stderr })
+  t.equal(wrong.code, ExitCode.signatureInvalid, '--trusted-key is the key the signature is checked with: another one is refused', failDiag(wrong))
 })
 
 t.test('the old --key: works, one notice on stderr, stdout the same JSON', async (t) => {
   const b = await runCli(['image', 'build', 'test', '--out', `${dir}/old`, '--key', keys.privateKeyFile, '--json'])
-  t.equal(b.code, 0, 'built', { stderr: b.stderr })
+  t.equal(b.code, 0, 'built', failDiag(b))
   t.same(warnings(b), ['labhost: warning: --key is deprecated: use --signing-key (labhost image build)'])
   t.equal(JSON.parse(b.stdout).name, 'test', 'stdout is the JSON result alone')
   t.equal(
@@ -40,7 +40,7 @@ t.test('the old --key: works, one notice on stderr, stdout the same JSON', async
     'the same signed manifest as with --signing-key',
   )
   const v = await runCli(['image', 'verify', `${dir}/old`, '--key', keys.publicKeyFile, '--json'])
-  t.equal(v.code, 0, { stderr: v.stderr })
+  t.equal(v.code, 0, failDiag(v))
   t.same(warnings(v), ['labhost: warning: --key is deprecated: use --trusted-key (labhost image verify)'], 'verify: --key is the trusted (public) key')
   t.match(JSON.parse(v.stdout), { ok: true })
   // an error in --json mode: stdout is the error object alone, the notice stays on stderr
@@ -68,7 +68,7 @@ t.test('image stick --signing-key; the old --key is read as --signing-key', asyn
     keys.privateKeyFile,
     '--json',
   ])
-  t.equal(s.code, 0, 'stick made', { stderr: s.stderr })
+  t.equal(s.code, 0, 'stick made', failDiag(s))
   t.same(warnings(s), [])
   t.ok(fs.statSync(`${dir}/stick.img`).size > 0)
   // the alias fills --signing-key: what is missing is --image, not the key

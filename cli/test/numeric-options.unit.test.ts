@@ -5,7 +5,7 @@
 import path from 'node:path'
 import t from 'tap'
 import { generateKeyPair } from '../../image-format/manifest.ts'
-import { runCli, tmpDir } from '../../test-support/test-helpers.ts'
+import { failDiag, runCli, tmpDir } from '../../test-support/test-helpers.ts'
 
 // A real trusted key and a source that does not exist: a valid command line gets past the options
 // to a notFound (3).
@@ -58,9 +58,9 @@ t.test('a bad numeric option is a usage error naming the option and the value', 
   bad.forEach(([flag, args], i) => {
     const r = results[i]!
     const value = args[args.indexOf(`--${flag}`) + 1]!
-    t.equal(r.code, 2, `--${flag} ${JSON.stringify(value)}: exit 2 (usage)`, { stderr: r.stderr })
+    t.equal(r.code, 2, `--${flag} ${JSON.stringify(value)}: exit 2 (usage)`, failDiag(r))
     t.match(r.stderr, `--${flag} ${JSON.stringify(value)}`, 'the error names the option and the value')
-    t.equal(r.stderr.trimEnd().split('\n').length, 2, 'one line and a hint', { stderr: r.stderr })
+    t.equal(r.stderr.trimEnd().split('\n').length, 2, 'one line and a hint', failDiag(r))
   })
 })
 
@@ -71,5 +71,5 @@ t.test('good values pass the check (the command goes on to its source)', async (
     update('--torrent', '--seed-minutes', '0', '--seed-ratio', '1.5', '--tracker-interval', '2', '--download-limit', '500K'),
   ]
   const results = await runAll(good)
-  results.forEach((r, i) => t.equal(r.code, 3, `${good[i]!.slice(5).join(' ')}: past the options, to the missing source`, { stderr: r.stderr }))
+  results.forEach((r, i) => t.equal(r.code, 3, `${good[i]!.slice(5).join(' ')}: past the options, to the missing source`, failDiag(r)))
 })

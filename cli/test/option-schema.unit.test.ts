@@ -6,6 +6,7 @@ import t from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
 import { allCommands, main } from '../main.ts'
 import { commandSchema } from '../command.ts'
+import { failDiag } from '../../test-support/test-helpers.ts'
 
 const COMMANDS = await allCommands()
 
@@ -91,9 +92,9 @@ const bad: [string, string[], RegExp][] = [
 t.test('a bad option is a usage error in one line naming it (and its value), before the command runs', async (t) => {
   for (const [what, argv, message] of bad) {
     const r = await cli(argv)
-    t.equal(r.code, ExitCode.usage, `${what}: ${argv.join(' ')}: exit 2`, { stderr: r.stderr })
+    t.equal(r.code, ExitCode.usage, `${what}: ${argv.join(' ')}: exit 2`, failDiag(r))
     const lines = r.stderr.trimEnd().split('\n')
-    t.equal(lines.length, 2, 'one line and a hint', { stderr: r.stderr })
+    t.equal(lines.length, 2, 'one line and a hint', failDiag(r))
     t.match(lines[0]!.replace(/^labhost: error: /, ''), message)
     t.match(lines[1], /^ {2}hint: \S/)
     t.equal(r.stdout, '', 'nothing on stdout')
@@ -110,7 +111,7 @@ t.test("vm-image publish: --image-version is the base image's version; --version
   const argv = (flag: string) => ['vm-image', 'publish', 'F.qcow2', '--name', '', flag, '1', '--os', 'l', '--signing-key', 'K', '--out', 'D']
   const old = await cli(argv('--version'))
   // the empty --name stops it before any work: what matters is that --version was taken as the image version
-  t.match(old.stderr, /^labhost: error: --name "" is empty$/m, 'the old spelling parses', { stderr: old.stderr })
+  t.match(old.stderr, /^labhost: error: --name "" is empty$/m, 'the old spelling parses', failDiag(old))
   t.notMatch(old.stdout, /^labhost \d/, "and does not print labhost's own version")
   const both = await cli([...argv('--version'), '--image-version', '2'])
   t.equal(both.code, ExitCode.usage)

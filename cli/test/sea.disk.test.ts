@@ -5,7 +5,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { execa } from 'execa'
 import t from 'tap'
-import { loop, REPO_ROOT, sparseFile, tmpDir } from '../../test-support/test-helpers.ts'
+import { failDiag, loop, REPO_ROOT, sparseFile, tmpDir } from '../../test-support/test-helpers.ts'
 import { makeGptDisk, sgdiskVerify, STANDARD_LAYOUT } from '../../test-support/gpt-fixtures.ts'
 import { openGptDisk, readGpt } from '../../bootloader/gpt.ts'
 import { slotStatus } from '../../bootloader/slots.ts'
@@ -24,7 +24,7 @@ t.test('dist/labhost runs with nothing beside it', async (t) => {
   const dev = await loop(t, sparseFile(path.join(dir, 'disk.img'), 32 << 20))
   await makeGptDisk(dev, STANDARD_LAYOUT)
   const sw = await execa(exe, ['slots', 'switch', '--disk', dev, '--to', 'B', '--json'], { cwd: dir, env, extendEnv: false, reject: false })
-  t.equal(sw.exitCode, 0, 'switch exits 0', { stderr: sw.stderr })
+  t.equal(sw.exitCode, 0, 'switch exits 0', failDiag(sw))
   t.equal(JSON.parse(String(sw.stdout)).to, 'B')
   const st = await execa(exe, ['slots', 'status', '--disk', dev, '--json'], { cwd: dir, env, extendEnv: false, reject: false })
   t.equal(JSON.parse(String(st.stdout)).active, 'B')
@@ -57,7 +57,7 @@ t.test('the release executable ignores fault-injection variables; dist/labhost-f
       t.not(sw.exitCode, 0, `${exe}: the naive switch is refused by its own read-back`)
       t.notOk(status.primaryValid, `${exe}: the primary GPT's entry-array CRC is wrong (the injected fault)`)
     } else {
-      t.equal(sw.exitCode, 0, `${exe}: switch exits 0`, { stderr: sw.stderr })
+      t.equal(sw.exitCode, 0, `${exe}: switch exits 0`, failDiag(sw))
       t.ok(status.primaryValid && status.backupValid && status.active === 'B', `${exe}: both GPTs valid, slot B active`)
       t.match(await sgdiskVerify(dev), /No problems found/, `${exe}: sgdisk -v finds no problem`)
     }
@@ -93,7 +93,7 @@ t.test('LABHOST_FAULT_HOLD: dist/labhost-faults waits before each switch write u
     reject: false,
     timeout: 60_000,
   })
-  t.equal(r.exitCode, 0, 'the release build switched without waiting', { stderr: r.stderr })
+  t.equal(r.exitCode, 0, 'the release build switched without waiting', failDiag(r))
   t.notMatch(String(r.stderr), /LABHOST-HOLD/)
   t.equal(active(release), 'B')
 

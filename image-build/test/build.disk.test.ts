@@ -5,7 +5,7 @@ import path from 'node:path'
 import t, { type Test } from 'tap'
 import YAML from 'yaml'
 import { ExitCode } from '../../lib/errors.ts'
-import { runCli, tmpDir, xorRange } from '../../test-support/test-helpers.ts'
+import { failDiag, runCli, tmpDir, xorRange } from '../../test-support/test-helpers.ts'
 import { RecipeSchema, recipesDir } from '../recipe.ts'
 import { FRAME_SIZE } from '../../image-format/zstd-frames.ts'
 
@@ -23,7 +23,7 @@ t.test('two builds of the test recipe are bit-identical, and verify', async (t) 
   const results = []
   for (const out of outs) {
     const r = await runCli(['image', 'build', 'test', '--out', out, '--key', key, '--json', '--no-cache'])
-    t.equal(r.code, 0, 'build exits 0', { stderr: r.stderr })
+    t.equal(r.code, 0, 'build exits 0', failDiag(r))
     results.push(JSON.parse(r.stdout))
   }
   t.notOk(results[0].cached || results[1].cached, 'both built from scratch')
@@ -32,7 +32,7 @@ t.test('two builds of the test recipe are bit-identical, and verify', async (t) 
     t.ok(fs.readFileSync(`${outs[0]}/${f}`).equals(fs.readFileSync(`${outs[1]}/${f}`)), `${f} identical`)
   }
   const v = await runCli(['image', 'verify', outs[0]!, '--key', pub])
-  t.equal(v.code, 0, 'verify exits 0', { stderr: v.stderr })
+  t.equal(v.code, 0, 'verify exits 0', failDiag(v))
   const m = JSON.parse(fs.readFileSync(`${outs[0]}/manifest.json`, 'utf8'))
   t.equal(m.image.chunks.length, Math.ceil(m.image.size / m.image.chunkSize), 'one chunk hash per chunk')
   t.equal(m.transport.frameSize, FRAME_SIZE, `transport frames of ${FRAME_SIZE} bytes of image`)
@@ -146,7 +146,7 @@ for (const c of bad) {
     const f = recipeVariant(t, c.mutate ?? (() => {}), c.raw)
     const out = `${path.dirname(f)}/out`
     const r = await runCli(['image', 'build', f, '--out', out, '--key', key])
-    t.equal(r.code, c.code, `exit ${c.code}`, { stderr: r.stderr })
+    t.equal(r.code, c.code, `exit ${c.code}`, failDiag(r))
     t.match(r.stderr, c.message)
     const lines = r.stderr.trim().split('\n')
     t.equal(lines.filter((l) => l.startsWith('labhost: error:')).length, 1, 'one error line')

@@ -9,7 +9,7 @@ import fs from 'node:fs'
 import zlib from 'node:zlib'
 import t from 'tap'
 import { run, runStatus } from '../../lib/exec.ts'
-import { tmpDir } from '../../test-support/test-helpers.ts'
+import { failDiag, tmpDir } from '../../test-support/test-helpers.ts'
 import { buildImage } from '../build.ts'
 import { cacheKeys } from '../cache-keys.ts'
 import { readCpio } from '../cpio.ts'
@@ -75,7 +75,7 @@ t.test("the stick's tree without /boot, the same labhost, /init, udhcpc's script
   t.equal(sha(built.vmlinuz), sha(await fromImage('/boot/vmlinuz')), "vmlinuz is the image's kernel")
   for (const f of ['init', UDHCPC_SCRIPT_PATH]) {
     const r = await runStatus(busybox, ['sh', '-n', `${x}/${f}`])
-    t.equal(r.exitCode, 0, `busybox sh -n accepts /${f}`, { stderr: r.stderr })
+    t.equal(r.exitCode, 0, `busybox sh -n accepts /${f}`, failDiag(r))
   }
 })
 

@@ -10,7 +10,7 @@ import t from 'tap'
 import YAML from 'yaml'
 import { ExitCode } from '../../lib/errors.ts'
 import { run } from '../../lib/exec.ts'
-import { runCli, tmpDir } from '../../test-support/test-helpers.ts'
+import { failDiag, runCli, tmpDir } from '../../test-support/test-helpers.ts'
 import { buildImages, type Images } from '../../test-support/update-fixtures.ts'
 
 const dir = tmpDir(t, 'labhost-netboot-test-')
@@ -44,21 +44,21 @@ const errorLine = (stderr: string) => stderr.split('\n').find((l) => l.startsWit
 t.test('refused before OUT is written: https, a bad signature, a bad install.yaml, an address no interface holds', async (t) => {
   const out = `${tmpDir(t)}/nb`
   const https = await runCli(args(out, { url: 'https://10.1.2.3/netboot' }))
-  t.equal(https.code, ExitCode.usage, { stderr: https.stderr })
+  t.equal(https.code, ExitCode.usage, failDiag(https))
   t.match(errorLine(https.stderr), /netboot URL "https:\/\/10\.1\.2\.3\/netboot" /)
 
   const otherKey = `${tmpDir(t)}/other`
   t.equal((await runCli(['image', 'keygen', '--out', otherKey])).code, 0)
   const sig = await runCli(args(out, { 'signing-key': `${otherKey}/labhost-signing.key` }))
-  t.equal(sig.code, ExitCode.signatureInvalid, 'an image not signed by the key the installer will trust: exit 30', { stderr: sig.stderr })
+  t.equal(sig.code, ExitCode.signatureInvalid, 'an image not signed by the key the installer will trust: exit 30', failDiag(sig))
 
   fs.writeFileSync(`${dir}/bad.yaml`, YAML.stringify({ ...CONFIG, netboot: { imageListed: [{ mac: 'nope' }] } }))
   const bad = await runCli(args(out, { config: `${dir}/bad.yaml` }))
-  t.equal(bad.code, ExitCode.configInvalid, { stderr: bad.stderr })
+  t.equal(bad.code, ExitCode.configInvalid, failDiag(bad))
   t.match(errorLine(bad.stderr), /bad\.yaml: netboot\.imageListed\.0\.mac: a MAC address/)
 
   const noIf = await runCli(args(out, { interface: '', 'server-address': '10.255.254.253' }))
-  t.equal(noIf.code, ExitCode.usage, { stderr: noIf.stderr })
+  t.equal(noIf.code, ExitCode.usage, failDiag(noIf))
   t.match(errorLine(noIf.stderr), /no interface of this machine holds 10\.255\.254\.253/)
   t.notOk(fs.existsSync(out), 'OUT was never created')
 })
@@ -68,7 +68,7 @@ t.test(
   async (t) => {
     const out = `${tmpDir(t)}/nb`
     const r = await runCli([...args(out), '--torrent', '--tracker', 'http://10.1.2.3:6969/announce', '--seed-minutes', '5', '--json'])
-    t.equal(r.code, 0, { stderr: r.stderr })
+    t.equal(r.code, 0, failDiag(r))
     const data = JSON.parse(r.stdout)
     t.match(data.gate, /blank PCs are imaged; listed: CZC1/)
     const ipxe = fs.readFileSync(`${out}/boot.ipxe`, 'utf8')

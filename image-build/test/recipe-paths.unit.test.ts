@@ -8,7 +8,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
-import { runCli, tmpDir } from '../../test-support/test-helpers.ts'
+import { failDiag, runCli, tmpDir } from '../../test-support/test-helpers.ts'
 import { cacheKeys } from '../cache-keys.ts'
 import { writeRecipeVariant, type Recipe } from '../recipe.ts'
 import { stageRecipeFiles, stageRecipeLinks } from '../recipe-files.ts'
@@ -78,7 +78,7 @@ t.test('the schema refuses a path with .. (image build exits 10 before staging a
   for (const [name, change, key] of cases) {
     const recipe = writeRecipeVariant('test', path.join(dir, `${name.replace(/\W+/g, '-')}.yaml`), change)
     const r = await runCli(['image', 'build', recipe, '--out', path.join(dir, 'out'), '--key', keys.privateKeyFile])
-    t.equal(r.code, ExitCode.configInvalid, `${name}: exit 10`, { stderr: r.stderr })
+    t.equal(r.code, ExitCode.configInvalid, `${name}: exit 10`, failDiag(r))
     t.match(r.stderr, `${recipe}: ${key}: `, 'names the recipe and the key')
     // --key is the deprecated spelling of --signing-key: its notice is a line of its own
     t.equal(
@@ -88,7 +88,7 @@ t.test('the schema refuses a path with .. (image build exits 10 before staging a
         .filter((l) => !l.startsWith('labhost: warning:')).length,
       2,
       'one line and a hint',
-      { stderr: r.stderr },
+      failDiag(r),
     )
     t.ok(s.intact(), 'the sentinel outside the tree is untouched')
   }

@@ -3,7 +3,7 @@ import fs from 'node:fs'
 import t from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
 import { run } from '../../lib/exec.ts'
-import { runCli, tmpDir } from '../../test-support/test-helpers.ts'
+import { failDiag, runCli, tmpDir } from '../../test-support/test-helpers.ts'
 import { isValid, openGptDisk, readGpt } from '../../bootloader/gpt.ts'
 
 const dir = tmpDir(t, 'labhost-stick-test-')
@@ -22,7 +22,7 @@ const CONFIG =
 
 t.test('a bootable GPT stick with the system and a FAT data partition', async (t) => {
   const r = await runCli(['image', 'stick', '--image', `${dir}/image`, '--config', `${dir}/install.yaml`, '--out', `${dir}/stick.img`, '--key', key])
-  t.equal(r.code, 0, 'exits 0', { stderr: r.stderr })
+  t.equal(r.code, 0, 'exits 0', failDiag(r))
   const disk = openGptDisk(`${dir}/stick.img`)
   const gpt = readGpt(disk)
   disk.close()

@@ -7,7 +7,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
-import { runCli, tmpDir, type CliResult } from '../../test-support/test-helpers.ts'
+import { type CliResult, failDiag, runCli, tmpDir } from '../../test-support/test-helpers.ts'
 import {
   CHUNK_SIZE,
   frameLength,
@@ -100,14 +100,14 @@ function oneLine(t: Parameters<typeof tmpDir>[0] & { equal: Function; notMatch: 
       .filter((l) => !l.startsWith('labhost: warning:')).length,
     2,
     'one line and a hint',
-    { stderr: r.stderr },
+    failDiag(r),
   )
   t.notMatch(r.stderr, /TypeError|\n\s+at /, 'no stack trace')
 }
 
 t.test('the well-formed signed manifest passes', async (t) => {
   const r = await verify(withManifest(t, JSON.stringify(signManifest(GOOD, key))))
-  t.equal(r.code, 0, 'image verify: OK', { stderr: r.stderr })
+  t.equal(r.code, 0, 'image verify: OK', failDiag(r))
 })
 
 t.test('frames of a frame size: one per frameSize bytes of image, the last short; without frameSize one per chunk (older images)', async (t) => {
@@ -117,7 +117,7 @@ t.test('frames of a frame size: one per frameSize bytes of image, the last short
     m.transport.frames = [600, 600, 600, 600, 600]
   })
   const r = await verify(withManifest(t, framed))
-  t.equal(r.code, 0, 'image verify: OK', { stderr: r.stderr })
+  t.equal(r.code, 0, 'image verify: OK', failDiag(r))
   const m = JSON.parse(framed) as Manifest
   t.equal(frameSizeOf(m), 512 << 10)
   t.equal(framesPerChunk(m), 2)
@@ -409,7 +409,7 @@ t.test('through the CLI: the exit code and one line, no stack trace', async (t) 
     // update checks the signature as it reads the manifest (image-format/source.ts takes the key)
     ['update, garbage with a forged signature', f, ExitCode.signatureInvalid],
   ] as const) {
-    t.equal(r.code, code, `${what}: exit ${code}`, { stderr: r.stderr })
+    t.equal(r.code, code, `${what}: exit ${code}`, failDiag(r))
     oneLine(t, r)
   }
   t.match(a.stderr, /manifest\.json: image\.chunks: /)

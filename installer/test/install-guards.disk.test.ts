@@ -17,8 +17,7 @@ import t, { type Test } from 'tap'
 import YAML from 'yaml'
 import { ExitCode } from '../../lib/errors.ts'
 import { run } from '../../lib/exec.ts'
-import { attachLoop, detachLoop } from '../../lib/loop.ts'
-import { hashWhole, labhostArgv, loop, readRange, runCli, sparseFile, tmpDir, type CliResult } from '../../test-support/test-helpers.ts'
+import { type CliResult, failDiag, hashWhole, labhostArgv, loop, readRange, runCli, sparseFile, tmpDir } from '../../test-support/test-helpers.ts'
 import { openGptDisk, readGpt } from '../../bootloader/gpt.ts'
 import { slotStatus } from '../../bootloader/slots.ts'
 import { buildImages, type Images } from '../../test-support/update-fixtures.ts'
@@ -152,7 +151,7 @@ for (const f of foreign) {
     const before = hashes(m)
 
     const r = await runCli(m.args())
-    t.equal(r.code, ExitCode.diskHasData, 'exit 54 diskHasData', { stderr: r.stderr })
+    t.equal(r.code, ExitCode.diskHasData, 'exit 54 diskHasData', failDiag(r))
     t.equal(errorLines(r).length, 1, 'one error line')
     t.match(errorLines(r)[0], new RegExp(`the ${f.disk.toUpperCase()} ${dev} .*${f.what.source}`), 'names the disk and what it holds')
     t.match(r.stderr, /hint: set disks\.eraseForeignData: true in .*install\.yaml to erase it, or wipe it first; nothing was written/)
@@ -163,11 +162,11 @@ for (const f of foreign) {
 
     fs.writeFileSync(m.config, YAML.stringify(withErase(true)))
     const dry = await runCli([...m.args(), '--dry-run'])
-    t.equal(dry.code, 0, 'eraseForeignData: true: the dry run plans it', { stderr: dry.stderr })
+    t.equal(dry.code, 0, 'eraseForeignData: true: the dry run plans it', failDiag(dry))
     t.match(dry.stdout, new RegExp(`${f.disk.toUpperCase()}: ${dev} .*\\n {2}erases: everything: `), 'the plan says everything on it is erased')
     t.same(hashes(m), before, '--dry-run wrote nothing')
     const ok = await runCli([...m.args(), '--json'])
-    t.equal(ok.code, 0, 'the install runs', { stderr: ok.stderr })
+    t.equal(ok.code, 0, 'the install runs', failDiag(ok))
     t.notOk(hasMark(dev, markAt), 'the foreign data is gone')
     const gpt = readGpt(openGptDisk(m.ssd))
     t.equal(slotStatus(gpt).active, 'A', 'the SSD boots slot A')
@@ -192,7 +191,7 @@ test('a disk with a mounted filesystem is never a target, even with eraseForeign
   t.teardown(() => run('umount', [mnt]).catch(() => {}))
   const before = hashes(m)
   const r = await runCli(m.args())
-  t.equal(r.code, ExitCode.diskIsBootMedium, `--ssd names a disk mounted at ${mnt}: refused (exit 55)`, { stderr: r.stderr })
+  t.equal(r.code, ExitCode.diskIsBootMedium, `--ssd names a disk mounted at ${mnt}: refused (exit 55)`, failDiag(r))
   t.equal(errorLines(r).length, 1, 'one error line')
   t.match(errorLines(r)[0], new RegExp(`--ssd ${m.ssd} `))
   t.same(hashes(m), before, 'SSD and HDD byte-identical')
@@ -201,17 +200,17 @@ test('a disk with a mounted filesystem is never a target, even with eraseForeign
   // 2. an imaged SSD whose /persistent is mounted through a loop device over its byte range (how
   //    labhost itself and this machine's tools mount partitions of a loop device: no partition nodes)
   const first = await runCli(m.args())
-  t.equal(first.code, 0, 'unmounted, the SSD is imaged', { stderr: first.stderr })
+  t.equal(first.code, 0, 'unmounted, the SSD is imaged', failDiag(first))
   const persistent = readGpt(openGptDisk(m.ssd)).entries.find((e) => e.name === 'persistent')!
-  const part = await attachLoop(m.ssd, { offset: Number(persistent.firstLba) * 512, sizeLimit: Number(persistent.lastLba - persistent.firstLba + 1n) * 512 })
-  t.teardown(() => detachLoop(part).catch(() => {}))
+  // (loop(): detached at teardown only while it still backs the SSD's file. A second, plain detach
+  // here once detached whatever loop device another test had been given that name by then.)
+  const part = await loop(t, m.ssd, { offset: Number(persistent.firstLba) * 512, sizeLimit: Number(persistent.lastLba - persistent.firstLba + 1n) * 512 })
   await run('mount', ['-o', 'ro', part, mnt])
   const held = hashes(m)
   const again = await runCli(m.args())
-  t.equal(again.code, ExitCode.diskIsBootMedium, `a partition of --ssd mounted at ${mnt} (through ${part}): refused (exit 55)`, { stderr: again.stderr })
+  t.equal(again.code, ExitCode.diskIsBootMedium, `a partition of --ssd mounted at ${mnt} (through ${part}): refused (exit 55)`, failDiag(again))
   t.same(hashes(m), held, 'SSD and HDD byte-identical')
   await run('umount', [mnt])
-  await detachLoop(part)
 })
 
 // ---- finish: reboot / poweroff ----------------------------------------------------------------
@@ -252,12 +251,12 @@ test('finish: reboot — planned, then called once after the reports are written
   const power = await fakePowerPath(t, m.reports)
 
   const dry = await runCliWith([...m.args(), '--dry-run'], power.env)
-  t.equal(dry.code, 0, { stderr: dry.stderr })
+  t.equal(dry.code, 0, failDiag(dry))
   t.match(dry.stdout, /then: gptmbr in the SSD's MBR, .*report, reboot\n/, 'the plan ends with: reboot')
   t.same(power.calls(), [], '--dry-run reboots nothing')
 
   const r = await runCliWith([...m.args(), '--json'], power.env)
-  t.equal(r.code, 0, 'install exits 0', { stderr: r.stderr })
+  t.equal(r.code, 0, 'install exits 0', failDiag(r))
   t.match(JSON.parse(r.stdout), { finish: 'reboot' }, 'the report says reboot')
   t.match(r.stderr, /installed test 1\.0\.0 on .*\n.*reboot (now|via systemd)/, 'it says what it is about to do')
   t.same(power.calls(), [`${expectedCall('reboot')} | reports: 1`], `exactly one call, ${expectedCall('reboot')}, after the report was on the stick`)
@@ -267,10 +266,10 @@ test('finish: reboot — planned, then called once after the reports are written
   // the stick's init passes --finish-file: labhost writes what to do and the init does it after unmounting
   const finishFile = path.join(m.d, 'finish')
   const viaFile = await runCliWith([...m.args(), '--finish-file', finishFile], power.env)
-  t.equal(viaFile.code, 0, { stderr: viaFile.stderr })
+  t.equal(viaFile.code, 0, failDiag(viaFile))
   t.equal(fs.readFileSync(finishFile, 'utf8'), 'reboot\n', '--finish-file: the file says reboot')
   const noFinish = await runCliWith([...m.args(), '--no-finish'], power.env)
-  t.equal(noFinish.code, 0, { stderr: noFinish.stderr })
+  t.equal(noFinish.code, 0, failDiag(noFinish))
   t.equal(power.calls().length, 1, '--finish-file and --no-finish: no further call')
 })
 
@@ -278,14 +277,14 @@ test('finish: poweroff calls poweroff; a refused install powers nothing off (the
   const m = await machine(t, { ...CONFIG, finish: 'poweroff' })
   const power = await fakePowerPath(t, m.reports)
   const r = await runCliWith(m.args(), power.env)
-  t.equal(r.code, 0, { stderr: r.stderr })
+  t.equal(r.code, 0, failDiag(r))
   t.same(power.calls(), [`${expectedCall('poweroff')} | reports: 1`], `one call: ${expectedCall('poweroff')}`)
 
   const refused = await machine(t, { ...CONFIG, models: [{ vendor: 'LENOVO', product: 'ThinkCentre M920' }], finish: 'reboot' })
   const power2 = await fakePowerPath(t, refused.reports)
   const before = hashes(refused)
   const no = await runCliWith(refused.args(), power2.env)
-  t.equal(no.code, ExitCode.modelRejected, 'the model is refused', { stderr: no.stderr })
+  t.equal(no.code, ExitCode.modelRejected, 'the model is refused', failDiag(no))
   t.same(power2.calls(), [], 'no reboot after a refusal')
   t.same(hashes(refused), before, 'both disks byte-identical')
 })

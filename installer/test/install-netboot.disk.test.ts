@@ -11,7 +11,7 @@ import { execa } from 'execa'
 import t, { type Test } from 'tap'
 import YAML from 'yaml'
 import { ExitCode } from '../../lib/errors.ts'
-import { hashWhole, labhostCommand, loop, readRange, runCli, sparseFile, tmpDir, type CliResult } from '../../test-support/test-helpers.ts'
+import { type CliResult, failDiag, hashWhole, labhostCommand, loop, readRange, runCli, sparseFile, tmpDir } from '../../test-support/test-helpers.ts'
 import { infoHash } from '../../image-format/torrent.ts'
 import { startServer, type ServerProcess } from '../../test-support/serve-fixtures.ts'
 import { openGptDisk, readGpt } from '../../bootloader/gpt.ts'
@@ -106,12 +106,12 @@ test('a blank PC installs from the server and leaves report, log and boot-local 
   const url = `${s.server.url}/`
 
   const dry = await runCli([...p.args(url), '--dry-run'])
-  t.equal(dry.code, 0, { stderr: dry.stderr })
+  t.equal(dry.code, 0, failDiag(dry))
   t.match(dry.stdout, /network install \(boot NIC 52:54:00:12:34:01\): may be imaged because its disks are all blank/)
   t.same(s.reports(), [], '--dry-run uploads nothing')
 
   const r = await runCli([...p.args(url), '--json'])
-  t.equal(r.code, 0, 'installed', { stderr: r.stderr })
+  t.equal(r.code, 0, 'installed', failDiag(r))
   t.ok(slotAHoldsV1(p), 'slot A holds the image and boots first')
   const files = s.reports()
   const report = files.find((f) => /^CN0NETB01-.*\.json$/.test(f))
@@ -132,7 +132,7 @@ test('a blank PC installs from the server and leaves report, log and boot-local 
   // the same PC network-boots again (the marker gone): its disks hold labhost now
   const before = hashes(p)
   const again = await runCli(p.args(url))
-  t.equal(again.code, ExitCode.notToBeImaged, 'declined (exit 59)', { stderr: again.stderr })
+  t.equal(again.code, ExitCode.notToBeImaged, 'declined (exit 59)', failDiag(again))
   t.equal(errorLines(again).length, 1, 'one error line')
   t.match(
     errorLines(again)[0],
@@ -151,13 +151,13 @@ test('a listed PC (by serial) is imaged again, keeping /persistent and its ident
   const first = await netbootServer(t, { ...CONFIG, netboot: {} })
   const p = await pc(t, '52:54:00:12:34:02', 'OptiPlex 7010', 'CN0LISTED')
   const r1 = await runCli([...p.args(`${first.server.url}/`), '--json'])
-  t.equal(r1.code, 0, { stderr: r1.stderr })
+  t.equal(r1.code, 0, failDiag(r1))
   const id1 = JSON.parse(r1.stdout).identity.machineUuid
 
   for (const entry of [{ serial: 'CN0LISTED' }, { mac: '52-54-00-12-34-02' }]) {
     const s = await netbootServer(t, { ...CONFIG, netboot: { imageBlank: false, imageListed: [entry] } })
     const r = await runCli([...p.args(`${s.server.url}/`), '--json'])
-    t.equal(r.code, 0, `listed by ${Object.keys(entry)[0]}: imaged again`, { stderr: r.stderr })
+    t.equal(r.code, 0, `listed by ${Object.keys(entry)[0]}: imaged again`, failDiag(r))
     const report = JSON.parse(r.stdout)
     t.match(report.netboot.why, /is listed in .*netboot\.imageListed/)
     t.equal(report.identity.machineUuid, id1, 'the machine UUID on the kept /persistent stays')
@@ -174,7 +174,7 @@ test('a PC with data on a disk is declined by default (disks byte-identical); im
   fs.closeSync(fd)
   const before = hashes(p)
   const r = await runCli(p.args(`${s.server.url}/`))
-  t.equal(r.code, ExitCode.notToBeImaged, { stderr: r.stderr })
+  t.equal(r.code, ExitCode.notToBeImaged, failDiag(r))
   t.match(errorLines(r)[0], new RegExp(`${p.hdd} .* holds data in its first MiB`))
   t.same(hashes(p), before, 'SSD and HDD byte-identical')
   t.ok(s.reports().includes(`${hexraw(p.mac)}.boot-local`))
@@ -183,7 +183,7 @@ test('a PC with data on a disk is declined by default (disks byte-identical); im
   const s2 = await netbootServer(t, { ...CONFIG, netboot: { imageBlank: false } })
   const b2 = hashes(blank)
   const r2 = await runCli(blank.args(`${s2.server.url}/`))
-  t.equal(r2.code, ExitCode.notToBeImaged, { stderr: r2.stderr })
+  t.equal(r2.code, ExitCode.notToBeImaged, failDiag(r2))
   t.match(errorLines(r2)[0], /netboot\.imageBlank is false and it is not listed/)
   t.same(hashes(blank), b2)
 })
@@ -193,7 +193,7 @@ test('an unlisted model is refused with its reason on the server, no marker, dis
   const p = await pc(t, '52:54:00:12:34:05', 'OptiPlex 9020', 'CZC9020X')
   const before = hashes(p)
   const r = await runCli(p.args(`${s.server.url}/`))
-  t.equal(r.code, ExitCode.modelRejected, 'exit 51', { stderr: r.stderr })
+  t.equal(r.code, ExitCode.modelRejected, 'exit 51', failDiag(r))
   t.same(hashes(p), before, 'SSD and HDD byte-identical')
   const files = s.reports()
   const refused = files.find((f) => /^CZC9020X-refused-.*\.json$/.test(f))
@@ -211,7 +211,7 @@ test('a server that does not accept reports: the install stops before its first 
   const p = await pc(t, '52:54:00:12:34:06')
   const before = hashes(p)
   const r = await runCli(p.args(`${s.server.url}/`))
-  t.equal(r.code, ExitCode.downloadFailed, 'exit 36', { stderr: r.stderr })
+  t.equal(r.code, ExitCode.downloadFailed, 'exit 36', failDiag(r))
   t.match(errorLines(r)[0], /PUT .*\/reports\/525400123406-unfinished-install\.json failed: HTTP 405/)
   t.same(hashes(p), before, 'SSD and HDD byte-identical')
 })
@@ -221,7 +221,7 @@ test('bad command lines and a bad install.yaml on the server', async (t) => {
   const s = await netbootServer(t, { ...CONFIG, netboot: { imageListed: [{ mac: 'not-a-mac' }] } })
   const before = hashes(p)
   const bad = await runCli(p.args(`${s.server.url}/`))
-  t.equal(bad.code, ExitCode.configInvalid, { stderr: bad.stderr })
+  t.equal(bad.code, ExitCode.configInvalid, failDiag(bad))
   t.match(errorLines(bad)[0], /\/install\.yaml: netboot\.imageListed\.0\.mac: a MAC address such as 52:54:00:12:34:56; found value "not-a-mac"/)
   const noMac = await runCli(['install', '--netboot', `${s.server.url}/`])
   t.equal(noMac.code, ExitCode.usage)
@@ -263,7 +263,7 @@ test('with the netboot directory made for BitTorrent, the image comes from the s
     '--seed-minutes',
     '0',
   ])
-  t.equal(made.code, 0, { stderr: made.stderr })
+  t.equal(made.code, 0, failDiag(made))
   t.match(JSON.parse(fs.readFileSync(`${out}/netboot.json`, 'utf8')).torrent, { tracker: 'http://127.0.0.1:6969/announce', seedMinutes: 0 })
   const torrent = fs.readdirSync(`${out}/image`).find((f) => f.endsWith('.torrent'))!
   fs.mkdirSync(`${d}/tracker`, { mode: 0o755 })

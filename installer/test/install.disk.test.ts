@@ -11,7 +11,7 @@ import YAML from 'yaml'
 import { describeDisk } from '../../lib/blockdev.ts'
 import { ExitCode } from '../../lib/errors.ts'
 import { run } from '../../lib/exec.ts'
-import { hashWhole, labhostArgv, loop, readRange, runCli, sparseFile, tmpDir } from '../../test-support/test-helpers.ts'
+import { failDiag, hashWhole, labhostArgv, loop, readRange, runCli, sparseFile, tmpDir } from '../../test-support/test-helpers.ts'
 import { openGptDisk, readGpt } from '../../bootloader/gpt.ts'
 import { findGptmbr } from '../../bootloader/mbr.ts'
 import { slotStatus } from '../../bootloader/slots.ts'
@@ -114,7 +114,7 @@ test('blank SSD + HDD: dry run writes nothing; install partitions, writes slot A
   const m = await machine(t)
   const before = hashes(m)
   const dry = await runCli([...m.args(), '--dry-run'])
-  t.equal(dry.code, 0, 'dry run exits 0', { stderr: dry.stderr })
+  t.equal(dry.code, 0, 'dry run exits 0', failDiag(dry))
   t.match(dry.stdout, /machine: Dell Inc\. \/ OptiPlex 7010 \(serial CN0TEST42\)/)
   t.match(dry.stdout, /SSD: .*\n {2}erases: nothing \(the disk is blank\)/)
   t.match(dry.stdout, / 1 rootA .* write the root image/)
@@ -124,7 +124,7 @@ test('blank SSD + HDD: dry run writes nothing; install partitions, writes slot A
   t.same(hashes(m), before, '--dry-run: both disks byte-identical')
 
   const r = await runCli([...m.args(), '--json'])
-  t.equal(r.code, 0, 'install exits 0', { stderr: r.stderr })
+  t.equal(r.code, 0, 'install exits 0', failDiag(r))
   const report = JSON.parse(r.stdout)
   t.same(
     report.steps.map((s: { step: string }) => s.step),
@@ -176,7 +176,7 @@ test('blank SSD + HDD: dry run writes nothing; install partitions, writes slot A
 
   // Re-running on the imaged machine keeps the identity; --new-identity replaces it.
   const again = await runCli([...m.args(), '--json'])
-  t.equal(again.code, 0, 're-run exits 0', { stderr: again.stderr })
+  t.equal(again.code, 0, 're-run exits 0', failDiag(again))
   t.match(again.stderr, /erases: the earlier labhost install, except persistent/)
   t.equal(JSON.parse(again.stdout).identity.created, false, 'identity kept')
   t.same(
@@ -185,7 +185,7 @@ test('blank SSD + HDD: dry run writes nothing; install partitions, writes slot A
     'same machine UUID and host key',
   )
   const fresh = await runCli([...m.args(), '--new-identity', '--json'])
-  t.equal(fresh.code, 0, { stderr: fresh.stderr })
+  t.equal(fresh.code, 0, failDiag(fresh))
   t.equal(JSON.parse(fresh.stdout).identity.created, true)
   t.not((await persistentFiles(m))['machine-uuid'], files['machine-uuid'], '--new-identity: a new machine UUID')
 })
@@ -202,11 +202,11 @@ test('BIOS settings through install: planned in --dry-run, applied and reported 
     fs.writeFileSync(`${fw}/attributes/Virtualization/${f}`, `${v}\n`)
   fs.writeFileSync(`${fw}/attributes/pending_reboot`, '0\n')
   const dry = await runCli([...m.args(), '--dry-run'])
-  t.equal(dry.code, 0, { stderr: dry.stderr })
+  t.equal(dry.code, 0, failDiag(dry))
   t.match(dry.stdout, /BIOS \(sysfs .*dell-wmi-sysman\): Virtualization Disabled -> Enabled/)
   t.equal(fs.readFileSync(`${fw}/attributes/Virtualization/current_value`, 'utf8'), 'Disabled\n', 'dry run: BIOS untouched')
   const r = await runCli([...m.args(), '--json'])
-  t.equal(r.code, 0, { stderr: r.stderr })
+  t.equal(r.code, 0, failDiag(r))
   t.match(JSON.parse(r.stdout).bios, { backend: 'sysfs', changes: [{ name: 'Virtualization', from: 'Disabled', to: 'Enabled' }] })
   t.equal(fs.readFileSync(`${fw}/attributes/Virtualization/current_value`, 'utf8'), 'Enabled')
 })
@@ -225,7 +225,7 @@ test("hostname: from install.yaml onto /persistent and into the report, kept on 
   const dry = await runCli([...m.args(), '--dry-run'])
   t.match(dry.stdout, /^hostname: lab-cn0test42 \(hostname\.pattern lab-\{serial\}\)$/m, 'the plan names the host')
   const r = await runCli([...m.args(), '--json'])
-  t.equal(r.code, 0, { stderr: r.stderr })
+  t.equal(r.code, 0, failDiag(r))
   t.same(JSON.parse(r.stdout).hostname, { name: 'lab-cn0test42', from: 'hostname.pattern lab-{serial}', kept: false }, 'the report carries it')
   t.equal(await hostnameOf(), 'lab-cn0test42\n', '/persistent/hostname, next to machine-uuid and the SSH host keys')
   const first = stickReport([])
@@ -234,14 +234,14 @@ test("hostname: from install.yaml onto /persistent and into the report, kept on 
   // the inventory now names this PC otherwise: a re-install keeps the name it has, like its keys
   fs.writeFileSync(m.config, YAML.stringify({ ...CONFIG, hostname: { pattern: 'lab-{serial}', inventory: [{ serial: 'cn0test42', name: 'r101-pc07' }] } }))
   const again = await runCli([...m.args(), '--json'])
-  t.equal(again.code, 0, { stderr: again.stderr })
+  t.equal(again.code, 0, failDiag(again))
   t.match(again.stderr, /hostname: r101-pc07 \(hostname\.inventory\.0 \(serial cn0test42\)\); a name already on the kept \/persistent stays/)
   t.match(again.stderr, /hostname: kept lab-cn0test42 from \/persistent \(install\.yaml would give r101-pc07: --new-identity takes that\)/)
   t.same(JSON.parse(again.stdout).hostname, { name: 'lab-cn0test42', from: '/persistent/hostname (an earlier install)', kept: true })
   t.equal(await hostnameOf(), 'lab-cn0test42\n', 'kept on re-install')
   t.match(stickReport(first), [/^lab-cn0test42-/], 'the second report: the same name, another time')
   const fresh = await runCli([...m.args(), '--new-identity', '--json'])
-  t.equal(fresh.code, 0, { stderr: fresh.stderr })
+  t.equal(fresh.code, 0, failDiag(fresh))
   t.same(
     JSON.parse(fresh.stdout).hostname,
     { name: 'r101-pc07', from: 'hostname.inventory.0 (serial cn0test42)', kept: false },
@@ -253,7 +253,7 @@ test("hostname: from install.yaml onto /persistent and into the report, kept on 
 
 const rerunSucceeds = async (t: Test, m: Machine, cut: string) => {
   const again = await runCli([...m.args(), '--json'])
-  t.equal(again.code, 0, `re-run after a cut at "${cut}" succeeds`, { stderr: again.stderr })
+  t.equal(again.code, 0, `re-run after a cut at "${cut}" succeeds`, failDiag(again))
   const gpt = readGpt(openGptDisk(m.ssd))
   t.equal(slotStatus(gpt).active, 'A')
   t.ok(readRange(m.ssd, Number(gpt.entries[0]!.firstLba) * 512, manifest.image.size).equals(raw()), 'slot A holds the image')
@@ -270,7 +270,7 @@ test('an install cut off after any step succeeds when run again', async (t) => {
         reject: false,
         env: { LABHOST_FAULT_AFTER_STEP: cut },
       })
-      t.equal(r.signal, 'SIGKILL', `cut after "${cut}"`, { stderr: r.stderr })
+      t.equal(r.signal, 'SIGKILL', `cut after "${cut}"`, failDiag(r))
       await rerunSucceeds(t, m, cut)
     }),
   )
@@ -315,7 +315,7 @@ test('cuts inside the partitioning: a table the cut left damaged is rewritten, a
   t.equal((await persistentFiles(one!.m))['machine-uuid'], one!.uuid, 'identity kept')
   for (const { withRecord, m, uuid, again } of headersGone) {
     if (withRecord) {
-      t.equal(again.code, 0, 'no valid GPT, with the record: the re-run completes', { stderr: again.stderr })
+      t.equal(again.code, 0, 'no valid GPT, with the record: the re-run completes', failDiag(again))
       t.match(
         again.stderr,
         /SSD: .*\n {2}erases: the unfinished install this stick started at \S+ \(an MBR partition table with 1 partition\(s\)\), except persistent/,
@@ -324,7 +324,7 @@ test('cuts inside the partitioning: a table the cut left damaged is rewritten, a
       t.notOk(fs.existsSync(`${m.reports}/unfinished-install.json`), 'the record is gone once the install completed')
       t.equal((await persistentFiles(m))['machine-uuid'], uuid, 'the identity the unfinished run kept is kept again')
     } else {
-      t.equal(again.code, ExitCode.diskHasData, 'without the record: refused as foreign data', { stderr: again.stderr })
+      t.equal(again.code, ExitCode.diskHasData, 'without the record: refused as foreign data', failDiag(again))
     }
   }
 })
@@ -411,7 +411,7 @@ test('refusals', async (t) => {
       const { m, extra = [] } = await c.setup(t)
       const before = hashes(m)
       const r = await runCli([...m.args(), ...extra])
-      t.equal(r.code, c.code, `exit ${c.code}`, { stderr: r.stderr })
+      t.equal(r.code, c.code, `exit ${c.code}`, failDiag(r))
       t.match(r.stderr, c.message)
       t.match(r.stderr, /hint: .*/)
       t.equal(

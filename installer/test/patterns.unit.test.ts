@@ -9,7 +9,7 @@ import { execa } from 'execa'
 import t from 'tap'
 import YAML from 'yaml'
 import { ExitCode } from '../../lib/errors.ts'
-import { REPO_ROOT, tmpDir } from '../../test-support/test-helpers.ts'
+import { failDiag, REPO_ROOT, tmpDir } from '../../test-support/test-helpers.ts'
 
 const EVIL = '(a+)+'
 const LONG = 'a'.repeat(40) + 'b'
@@ -44,9 +44,9 @@ t.test('the model check answers a pathological productPattern at once', async (t
   const r = await install(['--config', config(dir, { productPattern: EVIL }), '--sys-root', dmi(dir, LONG)])
   const seconds = (Date.now() - started) / 1000
   t.notOk(r.timedOut, `returned in ${seconds.toFixed(1)} s`)
-  t.equal(r.exitCode, ExitCode.modelRejected, 'this product is not allowed: exit 51', { stderr: r.stderr })
+  t.equal(r.exitCode, ExitCode.modelRejected, 'this product is not allowed: exit 51', failDiag(r))
   const ok = await install(['--config', config(dir, { productPattern: EVIL }), '--sys-root', dmi(dir, 'a'.repeat(40))])
-  t.not(ok.exitCode, ExitCode.modelRejected, 'and a product the pattern matches passes the model check', { stderr: ok.stderr })
+  t.not(ok.exitCode, ExitCode.modelRejected, 'and a product the pattern matches passes the model check', failDiag(ok))
 })
 
 t.test('disk selection answers a pathological model pattern at once', async (t) => {
@@ -58,7 +58,7 @@ t.test('disk selection answers a pathological model pattern at once', async (t) 
     console.log(selectDisk('ssd', m, [disk('sda', ${JSON.stringify(LONG)}), disk('sdb', 'aaaa')], new Set()).name)`
   const r = await execa(process.execPath, ['--input-type=module', '-e', script], { timeout: 20_000, reject: false })
   t.notOk(r.timedOut, 'returned')
-  t.equal(r.stdout.trim(), 'sdb', 'the one disk whose model matches', { stderr: r.stderr })
+  t.equal(r.stdout.trim(), 'sdb', 'the one disk whose model matches', failDiag(r))
 })
 
 t.test('a pattern RE2 does not take is a config error naming file, key and value', async (t) => {
@@ -69,7 +69,7 @@ t.test('a pattern RE2 does not take is a config error naming file, key and value
   ] as const) {
     const file = config(dir, o)
     const r = await install(['--config', file, '--sys-root', dmi(dir, 'OptiPlex 7010')])
-    t.equal(r.exitCode, ExitCode.configInvalid, `${key}: exit 10`, { stderr: r.stderr })
+    t.equal(r.exitCode, ExitCode.configInvalid, `${key}: exit 10`, failDiag(r))
     const value = Object.values(o)[0]!
     t.match(r.stderr, `${file}: ${key}: `, 'names file and key')
     t.match(r.stderr, JSON.stringify(value), 'quotes the value')

@@ -8,7 +8,7 @@ import fs from 'node:fs'
 import http from 'node:http'
 import path from 'node:path'
 import t, { type Test } from 'tap'
-import { runCli, tmpDir } from '../../test-support/test-helpers.ts'
+import { failDiag, runCli, tmpDir } from '../../test-support/test-helpers.ts'
 import { rawRequest, startServer, until } from '../../test-support/serve-fixtures.ts'
 import { serveDirectory, type ServeOptions } from '../http-serve.ts'
 import { openUploadDir } from '../upload-receiver.ts'
@@ -291,7 +291,7 @@ t.test('labhost image serve --accept-reports', async (t) => {
 
   const { root, reports } = layout()
   const missing = await runCli(['image', 'serve', root, '--port', '0', '--accept-reports', 'nowhere'])
-  t.equal(missing.code, 2, 'a directory that does not exist: usage error', { stderr: missing.stderr })
+  t.equal(missing.code, 2, 'a directory that does not exist: usage error', failDiag(missing))
   t.match(missing.stderr, /--accept-reports nowhere: /)
 
   const s = await startServer(t, root, ['--accept-reports', 'reports'])

@@ -10,7 +10,7 @@ import path from 'node:path'
 import t, { type Test } from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
 import { readPrivateKey } from '../../image-format/manifest.ts'
-import { runCli, tmpDir } from '../../test-support/test-helpers.ts'
+import { failDiag, runCli, tmpDir } from '../../test-support/test-helpers.ts'
 import { buildImages, makeHost, protectedParts, slotBHolds, wholeDisk, type Host, type Images } from '../../test-support/update-fixtures.ts'
 import { readTrial } from '../host-state.ts'
 import { CHANNEL_FORMAT, signChannel } from '../channel.ts'
@@ -50,7 +50,7 @@ function serverRoot(t: Test): string {
 
 async function publish(t: Test, root: string, args: string[], file = 'channel.json'): Promise<void> {
   const r = await runCli(['channel', 'publish', '--out', path.join(root, file), '--signing-key', images.keys.privateKeyFile, ...args])
-  t.equal(r.code, 0, `channel publish ${args.join(' ')}`, { stderr: r.stderr })
+  t.equal(r.code, 0, `channel publish ${args.join(' ')}`, failDiag(r))
 }
 
 async function host(t: Test, uuid: string): Promise<Host & { all: string[] }> {
@@ -64,7 +64,7 @@ async function host(t: Test, uuid: string): Promise<Host & { all: string[] }> {
 async function decides(t: Test, h: Host & { all: string[] }, url: string, args: string[], decision: string, human: RegExp) {
   const before = wholeDisk(h)
   const r = await runCli(['update', '--channel', url, ...args, ...h.all])
-  t.equal(r.code, 0, `exit 0: ${decision}`, { stderr: r.stderr })
+  t.equal(r.code, 0, `exit 0: ${decision}`, failDiag(r))
   t.match(r.stdout, human)
   const j = await runCli(['update', '--channel', url, '--json', ...args, ...h.all])
   t.equal(JSON.parse(j.stdout).decision, decision, `--json: decision ${decision}`)
@@ -86,7 +86,7 @@ t.test('in the stage, inside the window: --dry-run plans, then the update writes
   const url = `${server.url}/channel.json`
   const before = { disk: wholeDisk(h), state: protectedParts(h).state }
   const plan = await runCli(['update', '--channel', url, '--now', INSIDE, '--dry-run', '--json', ...h.all])
-  t.equal(plan.code, 0, { stderr: plan.stderr })
+  t.equal(plan.code, 0, failDiag(plan))
   const p = JSON.parse(plan.stdout)
   t.match(p, {
     decision: 'update',
@@ -102,7 +102,7 @@ t.test('in the stage, inside the window: --dry-run plans, then the update writes
 
   const slotA = protectedParts(h).slotA
   const r = await runCli(['update', '--channel', url, '--now', INSIDE, '--json', ...h.all])
-  t.equal(r.code, 0, { stderr: r.stderr })
+  t.equal(r.code, 0, failDiag(r))
   const out = JSON.parse(r.stdout)
   t.equal(out.decision, 'updated')
   t.equal(out.mayReboot, true, 'inside the window: --reboot would reboot')
@@ -163,7 +163,7 @@ async function refused(t: Test, h: Host & { all: string[] }, url: string, code: 
       }),
   }
   const r = await runCli(['update', '--channel', url, '--now', INSIDE, ...h.all])
-  t.equal(r.code, code, `exit ${code}`, { stderr: r.stderr })
+  t.equal(r.code, code, `exit ${code}`, failDiag(r))
   t.match(r.stderr, message)
   t.equal(wholeDisk(h), before.disk, 'the whole disk byte-identical')
   t.same(
@@ -205,7 +205,7 @@ t.test('refused: a tampered channel (43), one signed by another key (43), a repl
     ),
   )
   const wrong = await runCli(['update', '--channel', url('wrong-image.json'), '--now', INSIDE, ...h.all])
-  t.equal(wrong.code, ExitCode.channelInvalid, 'exit 44', { stderr: wrong.stderr })
+  t.equal(wrong.code, ExitCode.channelInvalid, 'exit 44', failDiag(wrong))
   t.match(wrong.stderr, /is test 2\.0\.0, but the channel names test 3\.0\.0/)
   t.equal(readTrial(h.lib), null, 'no trial')
   t.equal(activeSlot(h.disk), 'A')
@@ -236,7 +236,7 @@ t.test('channel publish: the image must be signed by the signing key; serials on
     '--signing-key',
     path.join(root, 'other.key'),
   ])
-  t.equal(r.code, ExitCode.signatureInvalid, 'an image no host would take is refused', { stderr: r.stderr })
+  t.equal(r.code, ExitCode.signatureInvalid, 'an image no host would take is refused', failDiag(r))
   t.notOk(fs.existsSync(path.join(root, 'channel.json')))
   const first = await runCli(['channel', 'publish', '--out', path.join(root, 'channel.json'), '--share', '5', '--signing-key', images.keys.privateKeyFile])
   t.equal(first.code, ExitCode.usage, 'the first channel needs --image')

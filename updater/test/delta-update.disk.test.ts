@@ -9,7 +9,7 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import t from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
-import { runCli, tmpDir, xorRange } from '../../test-support/test-helpers.ts'
+import { failDiag, runCli, tmpDir, xorRange } from '../../test-support/test-helpers.ts'
 import { copyFileInto } from '../../lib/blockdev.ts'
 import { frameSizeOf, framesPerChunk, hashChunks, readPrivateKey, signManifest, type Manifest } from '../../image-format/manifest.ts'
 import { writeBlockIndex } from '../../image-format/block-index.ts'
@@ -72,7 +72,7 @@ t.test('1.0.0 -> 2.0.0: only frames of the chunks 1.0.0 lacks are downloaded; sl
   t.ok(lacking.length > 0 && lacking.length < m2.image.chunks.length / 4, `2.0.0 differs from 1.0.0 in a few chunks (${lacking.length})`)
   // delta is the default from http(s)
   const r = await runCli(['update', `${server.url}/`, '--json', ...h.args])
-  t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
+  t.equal(r.code, 0, 'exit 0', failDiag(r))
   const out = JSON.parse(r.stdout)
   t.equal(out.delta.used, true)
   const offsets = frameOffsets(m2.transport.frames!)
@@ -108,7 +108,7 @@ t.test('slot B already holds 2.0.0 (an update cut off before its switch): nothin
   copyFileInto(`${images.v2}/root.img`, h.disk, h.plan[1]!.firstLba * 512)
   const server = await serve(t, images.v2)
   const r = await runCli(['update', server.url, '--delta', '--json', ...h.args])
-  t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
+  t.equal(r.code, 0, 'exit 0', failDiag(r))
   const out = JSON.parse(r.stdout)
   t.match(out.delta, { used: true, fetched: 0, fetchBytes: 0, requests: 0 })
   t.ok(out.delta.fromTarget >= m2.image.chunks.length - out.delta.zero - out.delta.fromActive)
@@ -121,7 +121,7 @@ t.test('a connection dropped inside a range resumes within it', async (t) => {
   const h = await makeHost(t, images)
   const server = await serve(t, images.v2, (p) => (p.endsWith('.zst') && transportRequests(server).length === 1 ? { dropAfter: 1000 } : undefined))
   const r = await runCli(['update', server.url, '--delta', '--json', ...h.args])
-  t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
+  t.equal(r.code, 0, 'exit 0', failDiag(r))
   const out = JSON.parse(r.stdout)
   const reqs = transportRequests(server)
   t.equal(reqs[0]!.bytes, 1000, 'the first request was cut after 1000 bytes')
@@ -143,7 +143,7 @@ t.test('refused: a damaged frame on the server; slot A, GPT and state untouched'
     for (let f = i * perChunk; f < (i + 1) * perChunk; f++) xorRange(`${d}/root.img.zst`, Math.floor((offsets[f]! + offsets[f + 1]!) / 2), Buffer.from([0x10]))
   const server = await serve(t, d)
   const r = await runCli(['update', server.url, '--delta', ...h.args])
-  t.equal(r.code, ExitCode.hashMismatch, 'hash mismatch exit code', { stderr: r.stderr })
+  t.equal(r.code, ExitCode.hashMismatch, 'hash mismatch exit code', failDiag(r))
   t.match(r.stderr, new RegExp(`frame \\d+ \\(of chunk (${missing().join('|')})\\) is not a good zstd frame`))
   t.same(protectedParts(h), before, 'slot A, both GPT regions and the state: byte-identical')
   t.equal(activeSlot(h.disk), 'A')
@@ -158,7 +158,7 @@ t.test('where the host has nothing of the image, the whole transport file is dow
   fs.closeSync(fd)
   const server = await serve(t, images.v2)
   const r = await runCli(['update', server.url, '--delta', '--json', ...h.args])
-  t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
+  t.equal(r.code, 0, 'exit 0', failDiag(r))
   const out = JSON.parse(r.stdout)
   t.match(out.delta, { used: false, reason: /^a delta would fetch/ })
   t.same(
@@ -182,7 +182,7 @@ t.test('an image whose blocks moved (3 new blocks inserted at 5 MiB + 12 KiB): c
   t.ok(moved > 100, `${moved} chunks of 3.0.0 are in no chunk of 1.0.0`)
   const server = await serve(t, d)
   const r = await runCli(['update', server.url, '--delta', '--json', ...h.args])
-  t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
+  t.equal(r.code, 0, 'exit 0', failDiag(r))
   const out = JSON.parse(r.stdout)
   t.equal(out.delta.used, true)
   t.ok(out.delta.fromBlocks >= moved - 2, `${out.delta.fromBlocks} chunks assembled from blocks of slot A`)
@@ -211,7 +211,7 @@ t.test('the slot being written lends a chunk only from where it is not yet overw
   fs.closeSync(fd)
   const server = await serve(t, d)
   const r = await runCli(['update', server.url, '--json', ...h.args])
-  t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
+  t.equal(r.code, 0, 'exit 0', failDiag(r))
   const out = JSON.parse(r.stdout)
   t.match(out.delta, { used: true, fetched: 1, patched: 0, fromTarget: 1 }, 'chunk 5 fetched, chunk 9 taken from further on in slot B')
   const perChunk = framesPerChunk(m4)
@@ -259,7 +259,7 @@ t.test('a few changed blocks in two chunks: only the 3 frames that hold them are
   )
   const server = await serve(t, d)
   const r = await runCli(['update', server.url, '--json', ...h.args])
-  t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
+  t.equal(r.code, 0, 'exit 0', failDiag(r))
   const out = JSON.parse(r.stdout)
   t.same(
     transportRequests(server).map((q) => q.range),
@@ -288,7 +288,7 @@ t.test('a changed block in the first frame (the superblock changes with every ve
   const { manifest: m6 } = await publishVariant(d, '6.0.0')
   const server = await serve(t, d)
   const r = await runCli(['update', server.url, '--json', ...h.args])
-  t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
+  t.equal(r.code, 0, 'exit 0', failDiag(r))
   const out = JSON.parse(r.stdout)
   t.same(
     transportRequests(server).map((q) => [q.status, q.range]),
@@ -353,7 +353,7 @@ t.test('an image built before frame sizes (a frame per chunk, no frameSize) stil
   t.ok(offsets[b]! - offsets[a + 1]! > mergeGap(m5.image.chunkSize), 'the chunks between them are too large to be fetched with them')
   const server = await serve(t, d)
   const r = await runCli(['update', server.url, '--json', ...h.args])
-  t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
+  t.equal(r.code, 0, 'exit 0', failDiag(r))
   const out = JSON.parse(r.stdout)
   t.match(out.delta, { used: true, fetched: 2, patched: 0, fetchedFrames: 2, frameSize: m5.image.chunkSize, frames: m5.image.chunks.length })
   t.same(
@@ -373,7 +373,7 @@ t.test('an image without a frame index (built before delta updates) is downloade
   fs.writeFileSync(`${d}/manifest.json`, JSON.stringify(signManifest(m, readPrivateKey(images.keys.privateKeyFile))))
   const server = await serve(t, d)
   const r = await runCli(['update', server.url, '--delta', '--json', ...h.args])
-  t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
+  t.equal(r.code, 0, 'exit 0', failDiag(r))
   t.match(JSON.parse(r.stdout).delta, { used: false, reason: /no frame index/ })
   t.same(
     transportRequests(server).map((q) => q.status),
@@ -387,7 +387,7 @@ t.test('--dry-run prints the delta plan and writes nothing', async (t) => {
   const before = wholeDisk(h)
   const server = await serve(t, images.v2)
   const r = await runCli(['update', server.url, '--delta', '--dry-run', ...h.args])
-  t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
+  t.equal(r.code, 0, 'exit 0', failDiag(r))
   t.match(r.stdout, new RegExp(`would write slot B .*, delta: \\d+ of ${m2.image.chunks.length} chunks`))
   t.same(transportRequests(server), [], 'nothing downloaded')
   t.equal(wholeDisk(h), before, 'the disk is byte-identical')

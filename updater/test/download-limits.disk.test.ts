@@ -10,7 +10,7 @@ import path from 'node:path'
 import { execa } from 'execa'
 import t, { type Test } from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
-import { labhostCommand, sparseFile, tmpDir } from '../../test-support/test-helpers.ts'
+import { failDiag, labhostCommand, sparseFile, tmpDir } from '../../test-support/test-helpers.ts'
 import { MANIFEST_MAX_BYTES } from '../../image-format/source.ts'
 import { buildImages, makeHost, slotBHolds, wholeDisk, type Images } from '../../test-support/update-fixtures.ts'
 import { serve } from './http-fixtures.ts'
@@ -59,7 +59,7 @@ t.test('refused: a 300 MB manifest.json; exit 31 naming the URL and the cap, mem
   sparseFile(`${d}/manifest.json`, 300_000_000)
   const server = await serve(t, d)
   const r = await updateMeasured([`${server.url}/`, '--retries', '1', ...h.args])
-  t.equal(r.code, ExitCode.manifestInvalid, 'manifest invalid exit code', { stderr: r.stderr })
+  t.equal(r.code, ExitCode.manifestInvalid, 'manifest invalid exit code', failDiag(r))
   t.match(r.stderr, new RegExp(`${server.url}/manifest\\.json is larger than the ${MANIFEST_MAX_BYTES}-byte \\(16 MiB\\) cap`))
   t.match(r.stderr, /\n\s*hint: .*nothing was written/)
   t.ok(r.maxRssMiB < 250, `peak memory of labhost ${r.maxRssMiB.toFixed(0)} MiB (< 250 MiB)`)
@@ -73,7 +73,7 @@ t.test('refused: a manifest.json that never ends (no Content-Length); reading st
   const url = await endlessServer(t)
   const started = Date.now()
   const r = await updateMeasured([`${url}/`, '--retries', '1', ...h.args])
-  t.equal(r.code, ExitCode.manifestInvalid, 'manifest invalid exit code', { stderr: r.stderr })
+  t.equal(r.code, ExitCode.manifestInvalid, 'manifest invalid exit code', failDiag(r))
   t.match(r.stderr, /manifest\.json is larger than the 16777216-byte \(16 MiB\) cap for it \(more than 16777216 bytes sent\); stopped reading/)
   t.ok(Date.now() - started < 60_000, 'it stopped by itself')
   t.ok(r.maxRssMiB < 250, `peak memory of labhost ${r.maxRssMiB.toFixed(0)} MiB (< 250 MiB)`)
@@ -89,7 +89,7 @@ t.test('a block index larger than its signed size is not downloaded; the update 
   sparseFile(path.join(d, path.basename(m.blocks.file)), big)
   const server = await serve(t, d)
   const r = await updateMeasured([`${server.url}/`, '--json', ...h.args])
-  t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
+  t.equal(r.code, 0, 'exit 0', failDiag(r))
   t.match(
     r.stderr,
     new RegExp(

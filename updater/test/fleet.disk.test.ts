@@ -10,7 +10,7 @@ import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t, { type Test } from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
-import { hashWhole, labhostArgv, runCli, tmpDir, xorRange } from '../../test-support/test-helpers.ts'
+import { failDiag, hashWhole, labhostArgv, runCli, tmpDir, xorRange } from '../../test-support/test-helpers.ts'
 import { infoHash, publishImage } from '../../image-format/torrent.ts'
 import { rolloutPoint } from '../rollout.ts'
 import { buildImages, protectedParts, slotBHolds, type Images } from '../../test-support/update-fixtures.ts'
@@ -96,7 +96,7 @@ test('a channel rollout at 25 %: exactly the hosts below it update, with a delta
   const channel = path.join(f.imageDir, 'channel.json')
   const publishChannel = async (args: string[]) => {
     const r = await runCli(['channel', 'publish', '--out', channel, '--signing-key', images.keys.privateKeyFile, ...args])
-    t.equal(r.code, 0, `channel publish ${args.join(' ')}`, { stderr: r.stderr })
+    t.equal(r.code, 0, `channel publish ${args.join(' ')}`, failDiag(r))
   }
   await publishChannel(['--image', 'manifest.json', '--share', '25'])
   const points = [uuidWithPoint(0, 25), uuidWithPoint(0, 25), ...Array.from({ length: 6 }, () => uuidWithPoint(25, 100))]
@@ -221,12 +221,12 @@ test('labhost image seed refuses what it must not seed: a directory never publis
   const d = tmpDir(t)
   fs.cpSync(images.v2, d, { recursive: true })
   const unpublished = await runCli(['image', 'seed', d])
-  t.equal(unpublished.code, ExitCode.notFound, 'not published: exit 3', { stderr: unpublished.stderr })
+  t.equal(unpublished.code, ExitCode.notFound, 'not published: exit 3', failDiag(unpublished))
   t.match(unpublished.stderr, /root\.img\.zst\.torrent is missing\n.*hint: make it first: labhost image publish/)
   await publishImage(d, { trackers: ['http://127.0.0.1:6969/announce'] })
   xorRange(path.join(d, 'root.img.zst'), 4096, Buffer.from([0x01]))
   const changed = await runCli(['image', 'seed', d])
-  t.equal(changed.code, ExitCode.hashMismatch, 'a changed transport file: exit 32', { stderr: changed.stderr })
+  t.equal(changed.code, ExitCode.hashMismatch, 'a changed transport file: exit 32', failDiag(changed))
   t.match(changed.stderr, /is not the transport file its signed manifest names/)
   const rate = await runCli(['image', 'seed', d, '--upload-limit', 'fast'])
   t.equal(rate.code, ExitCode.usage, 'a rate that is no rate: usage error')

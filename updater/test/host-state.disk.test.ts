@@ -1,7 +1,7 @@
 // labhost status and mark-good against a host's files laid out in a temp dir and a real GPT.
 import fs from 'node:fs'
 import t, { type Test } from 'tap'
-import { runCli, sparseFile, tmpDir } from '../../test-support/test-helpers.ts'
+import { failDiag, runCli, sparseFile, tmpDir } from '../../test-support/test-helpers.ts'
 import { makeGptDisk, STANDARD_LAYOUT } from '../../test-support/gpt-fixtures.ts'
 import { writeTrialState } from '../../image-format/trial-state.ts'
 
@@ -21,7 +21,7 @@ const sector = Buffer.alloc(512)
 t.test('status of a healthy host, as JSON and for Prometheus', async (t) => {
   const h = await host(t, 'A')
   const r = await runCli(['status', '--json', ...h.args])
-  t.equal(r.code, 0, 'exits 0', { stderr: r.stderr })
+  t.equal(r.code, 0, 'exits 0', failDiag(r))
   const s = JSON.parse(r.stdout)
   t.equal(s.version, '1.0.0')
   t.equal(s.booted.slot, 'A')

@@ -6,7 +6,7 @@
 import fs from 'node:fs'
 import t, { type Test } from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
-import { runCli, tmpDir } from '../../test-support/test-helpers.ts'
+import { failDiag, runCli, tmpDir } from '../../test-support/test-helpers.ts'
 import { buildImages, makeHost, protectedParts, slotBHolds, wholeDisk, type Images } from '../../test-support/update-fixtures.ts'
 import { activeSlot, makeLabCa, serve, transportRequests } from './http-fixtures.ts'
 
@@ -24,7 +24,7 @@ t.test('update from http://: one request, written while downloading, B on trial'
   const h = await makeHost(t, images)
   const server = await serve(t, images.v2)
   const r = await runCli(['update', `${server.url}/`, '--full', '--json', ...h.args])
-  t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
+  t.equal(r.code, 0, 'exit 0', failDiag(r))
   const out = JSON.parse(r.stdout)
   t.equal(out.source, `${server.url}/root.img.zst`)
   t.same(out.transfer, { requests: 1, resumes: 0, bytes: fs.statSync(`${images.v2}/root.img.zst`).size, failures: [] })
@@ -44,7 +44,7 @@ t.test('server answers 500 three times, then recovers: the update completes', as
   let transportErrors = 0
   const server = await serve(t, images.v2, (p) => (p.endsWith('.zst') && transportErrors++ < 3 ? { status: 500 } : undefined))
   const r = await runCli(['update', server.url, '--full', '--json', ...h.args])
-  t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
+  t.equal(r.code, 0, 'exit 0', failDiag(r))
   t.match(r.stderr, /HTTP 500 at byte 0 .*resuming in 1\.0 s/)
   t.same(
     transportRequests(server).map((q) => q.status),
@@ -60,7 +60,7 @@ t.test('connection dropped mid-way: resumes with Range from the byte it stopped 
   const cut = Math.floor(size * 0.4)
   const server = await serve(t, images.v2, (p, i) => (p.endsWith('.zst') && i === 1 ? { dropAfter: cut } : undefined))
   const r = await runCli(['update', `${server.url}/manifest.json`, '--full', '--json', ...h.args])
-  t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
+  t.equal(r.code, 0, 'exit 0', failDiag(r))
   const reqs = transportRequests(server)
   t.equal(reqs.length, 2, 'two requests for the transport file')
   t.equal(reqs[0]!.bytes, cut, 'the first one was cut')
@@ -82,7 +82,7 @@ t.test('a server that ignores Range: the resumed response is read from the start
   const size = fs.statSync(`${images.v2}/root.img.zst`).size
   const server = await serve(t, images.v2, (p, i) => (p.endsWith('.zst') ? (i === 1 ? { dropAfter: Math.floor(size / 3) } : { ignoreRange: true }) : undefined))
   const r = await runCli(['update', server.url, '--full', ...h.args])
-  t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
+  t.equal(r.code, 0, 'exit 0', failDiag(r))
   t.same(
     transportRequests(server).map((q) => q.status),
     [200, 200],
@@ -155,7 +155,7 @@ t.test('https:// from a server a lab CA signed, trusted with --ca: the update (a
   const server = await serve(t, images.v2, undefined, lab.server)
   t.match(server.url, /^https:/)
   const r = await runCli(['update', `${server.url}/`, '--ca', lab.ca, '--json', ...h.args])
-  t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
+  t.equal(r.code, 0, 'exit 0', failDiag(r))
   t.equal(JSON.parse(r.stdout).delta.used, true, 'a delta')
   t.ok(transportRequests(server).length > 0 && transportRequests(server).every((q) => q.status === 206), 'its frames fetched by Range over TLS')
   t.ok(slotBHolds(h, `${images.v2}/root.img`), 'slot B holds 2.0.0')
@@ -194,7 +194,7 @@ for (const c of failures) {
     const before = { disk: wholeDisk(h), ...protectedParts(h) }
     const { url, args = [] } = await c.setup(t)
     const r = await runCli(['update', url, '--full', ...args, ...h.args])
-    t.equal(r.code, c.code, `exit ${c.code}`, { stderr: r.stderr })
+    t.equal(r.code, c.code, `exit ${c.code}`, failDiag(r))
     t.match(r.stderr, c.message)
     t.match(r.stderr, /hint: /)
     t.same(protectedParts(h), { slotA: before.slotA, gpt: before.gpt, state: before.state }, 'slot A, both GPT regions and the state: byte-identical')

@@ -11,7 +11,7 @@ import path from 'node:path'
 import { execa } from 'execa'
 import t, { type Test } from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
-import { labhostArgv, tmpDir } from '../../test-support/test-helpers.ts'
+import { failDiag, labhostArgv, tmpDir } from '../../test-support/test-helpers.ts'
 import { buildImages, makeHost, slotBHolds, wholeDisk, type Images } from '../../test-support/update-fixtures.ts'
 import { activeSlot } from './http-fixtures.ts'
 import { markDataPartitions, regionHashes } from './partition-guard.ts'
@@ -152,7 +152,7 @@ for (const c of cases) {
       const errors = String(r.stderr)
         .split('\n')
         .filter((l) => l.startsWith('labhost: error:'))
-      t.equal(errors.length, 1, 'one error line', { stderr: r.stderr })
+      t.equal(errors.length, 1, 'one error line', failDiag(r))
       t.match(errors[0], /giving up after \d+ failed attempts? in a row \(last: .*(timeout|Timeout|ETIMEDOUT)/i, 'it names the timeout')
       t.match(r.stderr, /\n {2}hint: .*nothing was (written|switched)/, 'a hint saying nothing was written or switched')
       t.notMatch(r.stderr, /^\s+at /m, 'no stack trace')
@@ -172,7 +172,7 @@ t.test('a server that stops sending the block index: after --timeout the delta g
   const h = await makeHost(t, images)
   const server = await stallingServer(t, images.v2, 'root.img.blocks', (n) => Math.floor(n / 2))
   const r = await execa(...labhostArgv('update', server.url, '--timeout', '3', '--retries', '1', ...h.args), { reject: false, timeout: 120_000 })
-  t.equal(r.exitCode, 0, 'exit 0', { stderr: r.stderr })
+  t.equal(r.exitCode, 0, 'exit 0', failDiag(r))
   t.equal(server.stalls.length, 1, 'the block index stalled once')
   t.match(
     r.stderr,

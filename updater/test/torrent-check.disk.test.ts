@@ -10,7 +10,7 @@ import path from 'node:path'
 import t from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
 import { run } from '../../lib/exec.ts'
-import { tmpDir } from '../../test-support/test-helpers.ts'
+import { failDiag, tmpDir } from '../../test-support/test-helpers.ts'
 import { ISOLATED_PORT, updateIsolated } from '../../test-support/isolated.ts'
 import { publishImage } from '../../image-format/torrent.ts'
 import { buildImages, makeHost, protectedParts, slotBHolds, wholeDisk, type Host, type Images } from '../../test-support/update-fixtures.ts'
@@ -122,7 +122,7 @@ for (const c of refusals) {
     const served = await servedWithTorrent(d, c.make(d))
     const downloads = path.join(d, 'downloads')
     const r = await updateIsolated(served, torrentArgs(h, downloads))
-    t.equal(r.code, ExitCode.torrentInvalid, 'exit 39 (torrent invalid)', { stderr: r.stderr })
+    t.equal(r.code, ExitCode.torrentInvalid, 'exit 39 (torrent invalid)', failDiag(r))
     t.match(r.stderr, c.message)
     t.match(r.stderr, /\n\s*hint: .*nothing was written/)
     t.ok(r.seconds < 20, `refused at once (${r.seconds.toFixed(1)} s with the server's start), not after the 30-s stall`)
@@ -147,7 +147,7 @@ t.test('refused: a .torrent over the 8 MiB cap, or no torrent at all (exit 39)',
     fs.cpSync(images.v2, served, { recursive: true })
     fs.writeFileSync(path.join(served, 'root.img.zst.torrent'), bytes)
     const r = await updateIsolated(served, torrentArgs(h, path.join(d, 'downloads')))
-    t.equal(r.code, ExitCode.torrentInvalid, `${what}: exit 39`, { stderr: r.stderr })
+    t.equal(r.code, ExitCode.torrentInvalid, `${what}: exit 39`, failDiag(r))
     t.match(r.stderr, message)
     t.same(files(path.join(d, 'downloads')), [], `${what}: nothing in the download directory`)
   }
@@ -162,7 +162,7 @@ t.test('the published torrent (web seed on the loopback) is accepted; the downlo
   await publishImage(served, { trackers: [tracker], webSeeds: [`http://127.0.0.1:${PORT}/root.img.zst`] })
   const downloads = path.join(d, 'downloads')
   const r = await updateIsolated(served, torrentArgs(h, downloads))
-  t.equal(r.code, 0, 'exit 0', { stderr: r.stderr })
+  t.equal(r.code, 0, 'exit 0', failDiag(r))
   const out = JSON.parse(r.stdout)
   t.ok(out.transfer.torrent?.file, 'downloaded with BitTorrent')
   t.ok(slotBHolds(h, `${images.v2}/root.img`), 'slot B holds 2.0.0')

@@ -6,7 +6,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
-import { runCli, tmpDir } from '../../test-support/test-helpers.ts'
+import { failDiag, runCli, tmpDir } from '../../test-support/test-helpers.ts'
 import { buildImages, makeHost, wholeDisk, type Images } from '../../test-support/update-fixtures.ts'
 import { activeSlot } from './http-fixtures.ts'
 import { markDataPartitions, regionHashes } from './partition-guard.ts'
@@ -31,7 +31,7 @@ t.test('update while the running slot is on trial: exit 34, one line, nothing wr
   const h = await makeHost(t, images)
   markDataPartitions(h)
   const up = await runCli(['update', images.v2, ...h.args])
-  t.equal(up.code, 0, 'update to 2.0.0: slot B on trial', { stderr: up.stderr })
+  t.equal(up.code, 0, 'update to 2.0.0: slot B on trial', failDiag(up))
   // the reboot into B: the initramfs and boot report say slot B runs 2.0.0; the trial is B's
   fs.writeFileSync(h.lib.bootFile, fs.readFileSync(h.lib.bootFile, 'utf8').replace('SLOT=A', 'SLOT=B'))
   fs.writeFileSync(h.lib.versionFile, '2.0.0\n')
@@ -47,7 +47,7 @@ t.test('update while the running slot is on trial: exit 34, one line, nothing wr
   ]
   for (const [what, args] of attempts) {
     const r = await runCli(args)
-    t.equal(r.code, ExitCode.trialPending, `${what}: exit 34`, { stderr: r.stderr })
+    t.equal(r.code, ExitCode.trialPending, `${what}: exit 34`, failDiag(r))
     t.match(
       r.stderr,
       /^labhost: error: slot B is still on trial \(\d+ boot\(s\) left\)\n {2}hint: wait for labhost mark-good .*nothing was written\n?$/,
@@ -62,8 +62,8 @@ t.test('update while the running slot is on trial: exit 34, one line, nothing wr
   t.equal(activeSlot(h.disk), 'B', 'slot B still flagged')
 
   const good = await runCli(['mark-good', ...h.args.slice(0, 6)])
-  t.equal(good.code, 0, 'mark-good', { stderr: good.stderr })
+  t.equal(good.code, 0, 'mark-good', failDiag(good))
   const after = await runCli(['update', images.v1, '--allow-downgrade', ...h.args])
-  t.equal(after.code, 0, 'marked good: the same update runs', { stderr: after.stderr })
+  t.equal(after.code, 0, 'marked good: the same update runs', failDiag(after))
   t.equal(activeSlot(h.disk), 'A', 'and switches to slot A')
 })

@@ -5,7 +5,7 @@
 import fs from 'node:fs'
 import t, { type Test } from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
-import { runCli, tmpDir } from '../../test-support/test-helpers.ts'
+import { failDiag, runCli, tmpDir } from '../../test-support/test-helpers.ts'
 import { openGptDisk, readGpt } from '../../bootloader/gpt.ts'
 import { slotStatus } from '../../bootloader/slots.ts'
 import { readLastResult, readTrial } from '../host-state.ts'
@@ -23,7 +23,7 @@ t.before(async () => {
 async function onTrial(t: Test): Promise<Host> {
   const h = await makeHost(t, images)
   const up = await runCli(['update', images.v2, ...h.args])
-  t.equal(up.code, 0, 'update to 2.0.0', { stderr: up.stderr })
+  t.equal(up.code, 0, 'update to 2.0.0', failDiag(up))
   fs.writeFileSync(h.lib.bootFile, `SLOT=B\nDEVICE=${h.device}\nDISK=${h.device}\n`)
   return h
 }
@@ -81,14 +81,14 @@ t.test('labhost trial-check: exit trialFailed after the rollback; --dry-run writ
   const before = wholeDisk(h)
   // this machine has been up for more than 30 s: the deadline has passed at the first round
   const dry = await runCli(['trial-check', '--config', cfg, '--dry-run', '--json', ...paths])
-  t.equal(dry.code, ExitCode.trialFailed, 'dry run: the verdict is a rollback', { stderr: dry.stderr })
+  t.equal(dry.code, ExitCode.trialFailed, 'dry run: the verdict is a rollback', failDiag(dry))
   t.equal(wholeDisk(h), before, '--dry-run wrote nothing')
   t.ok(readTrial(h.lib), 'the trial is still pending')
   const dryHuman = await runCli(['trial-check', '--config', cfg, '--dry-run', ...paths])
   t.match(dryHuman.stdout, /^would roll back \(dry run\): health check failed/m, 'the dry run says what it would do')
   t.equal(wholeDisk(h), before, 'and wrote nothing')
   const r = await runCli(['trial-check', '--config', cfg, ...paths])
-  t.equal(r.code, ExitCode.trialFailed, 'exit trialFailed', { stderr: r.stderr })
+  t.equal(r.code, ExitCode.trialFailed, 'exit trialFailed', failDiag(r))
   t.match(r.stdout, /rolled-back: health check failed/)
   t.same(active(h), { active: 'A', healthy: true })
   const bad = `${tmpDir(t)}/bad.yaml`
@@ -136,7 +136,7 @@ t.test('a trial version whose own trial.yaml is broken is judged unhealthy and r
   const bad = `${tmpDir(t)}/trial.yaml`
   fs.writeFileSync(bad, 'deadlineSeconds: [not a number\n')
   const r = await runCli(['trial-check', '--config', bad, ...h.args.slice(0, 4)])
-  t.equal(r.code, ExitCode.trialFailed, 'exit trialFailed', { stderr: r.stderr })
+  t.equal(r.code, ExitCode.trialFailed, 'exit trialFailed', failDiag(r))
   t.match(r.stdout, /rolled-back: health check failed .*the trial configuration cannot be used: .*trial\.yaml: not valid YAML/)
   t.same(active(h), { active: 'A', healthy: true }, 'slot A boots next')
   t.match(readLastResult(h.lib), { RESULT: 'rolled-back', REASON: /trial configuration cannot be used/ })

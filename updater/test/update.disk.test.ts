@@ -8,7 +8,7 @@ import t, { type Test } from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
 import { FAULTS } from '../../lib/faults.ts'
 import { run } from '../../lib/exec.ts'
-import { differingBlocks, hashWhole, readRange, runCli, tmpDir, xorRange } from '../../test-support/test-helpers.ts'
+import { differingBlocks, failDiag, hashWhole, readRange, runCli, tmpDir, xorRange } from '../../test-support/test-helpers.ts'
 import { openGptDisk, readGpt } from '../../bootloader/gpt.ts'
 import { slotStatus } from '../../bootloader/slots.ts'
 import { frameSizeOf, generateKeyPair, hashChunks, readPrivateKey, signManifest, type Manifest } from '../../image-format/manifest.ts'
@@ -62,12 +62,12 @@ t.test('update 1.0.0 -> 2.0.0 writes slot B and one GPT sector (and its mirror),
   }
   const outside = outsideB()
   const dry = await runCli(['update', v2, '--dry-run', '--json', ...h.args])
-  t.equal(dry.code, 0, 'dry run exits 0', { stderr: dry.stderr })
+  t.equal(dry.code, 0, 'dry run exits 0', failDiag(dry))
   t.same(JSON.parse(dry.stdout).to.slot, 'B')
   t.equal(readRange(h.disk, 0, MiB).equals(before.head), true, '--dry-run writes nothing')
 
   const r = await runCli(['update', v2, ...h.args])
-  t.equal(r.code, 0, 'update exits 0', { stderr: r.stderr })
+  t.equal(r.code, 0, 'update exits 0', failDiag(r))
   const slotB = readRange(h.disk, h.plan[1]!.firstLba * 512, fs.statSync(`${v2}/root.img`).size)
   t.ok(slotB.equals(fs.readFileSync(`${v2}/root.img`)), 'slot B holds the 2.0.0 image')
   t.equal(outsideB(), outside, 'slot A and every other partition: unchanged')
@@ -79,19 +79,19 @@ t.test('update 1.0.0 -> 2.0.0 writes slot B and one GPT sector (and its mirror),
   const st = JSON.parse((await runCli(['status', '--json', ...h.args.slice(0, 6)])).stdout)
   t.same(st.trial, { slot: 'B', bootsLeft: 3, version: '2.0.0' }, 'B is on trial')
   const again = await runCli(['update', v2, ...h.args])
-  t.equal(again.code, ExitCode.switchNotBooted, 'a second update before rebooting is refused: the switch is not booted yet', { stderr: again.stderr })
+  t.equal(again.code, ExitCode.switchNotBooted, 'a second update before rebooting is refused: the switch is not booted yet', failDiag(again))
   t.match(again.stderr, /running slot A, but the GPT flags slot B to boot next/)
   // flags that name no one slot are another failure, with their own code
   await run('sgdisk', ['-A', `${h.plan[0]!.number}:set:2`, h.disk])
   const ambiguous = await runCli(['update', v2, ...h.args])
-  t.equal(ambiguous.code, ExitCode.slotFlagsAmbiguous, 'both slots flagged: ambiguous flags, not a pending switch', { stderr: ambiguous.stderr })
+  t.equal(ambiguous.code, ExitCode.slotFlagsAmbiguous, 'both slots flagged: ambiguous flags, not a pending switch', failDiag(ambiguous))
   t.not(ExitCode.switchNotBooted, ExitCode.slotFlagsAmbiguous)
 })
 
 t.test("update --dry-run --json carries the commit sector: its LBA and bytes are what the update then writes there, and the mirror's", async (t) => {
   const h = await host(t)
   const dry = await runCli(['update', v2, '--dry-run', '--json', ...h.args])
-  t.equal(dry.code, 0, 'dry run exits 0', { stderr: dry.stderr })
+  t.equal(dry.code, 0, 'dry run exits 0', failDiag(dry))
   const { commit } = JSON.parse(dry.stdout) as {
     commit: {
       from: string
@@ -122,7 +122,7 @@ t.test("update --dry-run --json carries the commit sector: its LBA and bytes are
   )
 
   const r = await runCli(['update', v2, ...h.args])
-  t.equal(r.code, 0, 'update exits 0', { stderr: r.stderr })
+  t.equal(r.code, 0, 'update exits 0', failDiag(r))
   t.ok(
     readRange(h.disk, Number(sector.lba) * 512, 512).equals(Buffer.from(sector.hex, 'hex')),
     'the update wrote exactly the planned sector at the planned LBA',
@@ -218,7 +218,7 @@ for (const c of refusals) {
     const source = c.source(t)
     const before = { disk: wholeDisk(h), ...protectedParts(h) }
     const r = await runCli(['update', source, ...h.args])
-    t.equal(r.code, c.code, `exit ${c.code}`, { stderr: r.stderr })
+    t.equal(r.code, c.code, `exit ${c.code}`, failDiag(r))
     t.match(r.stderr, c.message)
     t.match(r.stderr, /hint: /)
     const after = protectedParts(h)
@@ -268,7 +268,7 @@ t.test("the trial's boots come from the signed manifest (the recipe's trial.boot
   ] as const) {
     const h = await host(t)
     const r = await runCli(['update', five, ...args, ...h.args])
-    t.equal(r.code, 0, { stderr: r.stderr })
+    t.equal(r.code, 0, failDiag(r))
     const st = JSON.parse((await runCli(['status', '--json', ...h.args.slice(0, 6)])).stdout)
     t.same(st.trial, { slot: 'B', bootsLeft: boots, version: '2.0.0' }, `${args.join(' ') || 'no --trial-boots'}: ${boots} boots on trial`)
   }

@@ -8,7 +8,7 @@ import t from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
 import { lockDisk } from '../../lib/disk-lock.ts'
 import { run } from '../../lib/exec.ts'
-import { labhostArgv, loop, runCli, tmpDir } from '../../test-support/test-helpers.ts'
+import { failDiag, labhostArgv, loop, runCli, tmpDir } from '../../test-support/test-helpers.ts'
 import { openGptDisk, readGpt } from '../../bootloader/gpt.ts'
 import { slotStatus } from '../../bootloader/slots.ts'
 import { rewriteGptValid } from '../../test-support/gpt-fixtures.ts'
@@ -84,14 +84,14 @@ for (const c of crafted) {
     const before = wholeDisk(h)
 
     const up = await runCli(['update', images.v2, ...h.args])
-    t.equal(up.code, ExitCode.gptLayoutInvalid, 'update: exit gptLayoutInvalid', { stderr: up.stderr })
+    t.equal(up.code, ExitCode.gptLayoutInvalid, 'update: exit gptLayoutInvalid', failDiag(up))
     t.match(up.stderr, c.problem, 'the message names the partitions')
     t.match(up.stderr, /nothing was written/)
     t.equal(up.stderr.trim().split('\n').length <= 2, true, 'one line and its hint, no stack trace')
     const dry = await runCli(['update', images.v2, '--dry-run', ...h.args])
     t.equal(dry.code, ExitCode.gptLayoutInvalid, 'update --dry-run refuses too')
     const sw = await runCli(['slots', 'switch', '--disk', h.disk, '--to', 'B'])
-    t.equal(sw.code, ExitCode.gptLayoutInvalid, 'slots switch: exit gptLayoutInvalid', { stderr: sw.stderr })
+    t.equal(sw.code, ExitCode.gptLayoutInvalid, 'slots switch: exit gptLayoutInvalid', failDiag(sw))
     const st = await runCli(['slots', 'status', '--disk', h.disk, '--json'])
     t.equal(st.code, 1, 'slots status calls the disk unhealthy')
     t.match(JSON.parse(st.stdout).layoutProblems.join('\n'), c.problem, 'slots status reports the problem')
@@ -110,13 +110,13 @@ t.test('one writer per disk: update, switch and repair refuse while another hold
     ['slots', 'repair', '--disk', h.disk],
   ]) {
     const r = await runCli(args)
-    t.equal(r.code, ExitCode.busy, `${args.slice(0, 2).join(' ')}: exit busy`, { stderr: r.stderr })
+    t.equal(r.code, ExitCode.busy, `${args.slice(0, 2).join(' ')}: exit busy`, failDiag(r))
     t.match(r.stderr, new RegExp(`in use by another labhost process: pid ${process.pid} \\(a test holding the disk\\)`), 'names the holder')
   }
   t.equal(wholeDisk(h), before, 'the disk is byte-identical')
   await lock.release()
   const r = await runCli(['update', images.v2, ...h.args])
-  t.equal(r.code, 0, 'once released, the update runs', { stderr: r.stderr })
+  t.equal(r.code, 0, 'once released, the update runs', failDiag(r))
 })
 
 t.test('a SIGKILLed update leaves no stale lock: the next update runs', async (t) => {
@@ -135,14 +135,14 @@ t.test('a SIGKILLed update leaves no stale lock: the next update runs', async (t
   t.ok(killed, 'the update was killed while writing')
   t.equal((await child).signal, 'SIGKILL')
   const r = await runCli(['update', images.v2, ...h.args])
-  t.equal(r.code, 0, 'the next update is not refused as busy', { stderr: r.stderr })
+  t.equal(r.code, 0, 'the next update is not refused as busy', failDiag(r))
   t.ok(slotBHolds(h, `${images.v2}/root.img`), 'and completes')
 })
 
 t.test('no hand-made switch or repair of the boot disk while a trial is pending, unless --ignore-trial', async (t) => {
   const h = await makeHost(t, images)
   const up = await runCli(['update', images.v2, ...h.args])
-  t.equal(up.code, 0, 'update to 2.0.0: slot B on trial', { stderr: up.stderr })
+  t.equal(up.code, 0, 'update to 2.0.0: slot B on trial', failDiag(up))
   const before = wholeDisk(h)
   const paths = h.args.slice(0, 4) // --boot-file, --state-root: this host's files
   for (const args of [
@@ -150,16 +150,16 @@ t.test('no hand-made switch or repair of the boot disk while a trial is pending,
     ['slots', 'repair', '--disk', h.disk, ...paths],
   ]) {
     const r = await runCli(args)
-    t.equal(r.code, ExitCode.trialPending, `${args.slice(0, 2).join(' ')}: exit trialPending`, { stderr: r.stderr })
+    t.equal(r.code, ExitCode.trialPending, `${args.slice(0, 2).join(' ')}: exit trialPending`, failDiag(r))
     t.match(r.stderr, /slot B of .* is on trial [^]*--ignore-trial/)
   }
   t.equal(wholeDisk(h), before, 'nothing written')
   const other = tmpDir(t)
   fs.cpSync(h.disk, `${other}/copy.img`)
   const elsewhere = await runCli(['slots', 'switch', '--disk', `${other}/copy.img`, '--to', 'A', ...paths])
-  t.equal(elsewhere.code, 0, "another disk than the booted one is not held by this host's trial", { stderr: elsewhere.stderr })
+  t.equal(elsewhere.code, 0, "another disk than the booted one is not held by this host's trial", failDiag(elsewhere))
   const forced = await runCli(['slots', 'switch', '--disk', h.disk, '--to', 'A', '--ignore-trial', ...paths])
-  t.equal(forced.code, 0, '--ignore-trial overrules it', { stderr: forced.stderr })
+  t.equal(forced.code, 0, '--ignore-trial overrules it', failDiag(forced))
 })
 
 t.test('a GPT changed while the slot was written is never committed (exit gptChanged, no trial armed)', async (t) => {
@@ -197,11 +197,11 @@ t.test('another image name, and versions in Debian order with hyphenated pre-rel
   const recipeFile = `${h.lib.versionFile.replace(/version$/, 'recipe')}`
   fs.writeFileSync(recipeFile, 'host 0123abcd\n')
   const other = await runCli(['update', images.v2, ...h.args])
-  t.equal(other.code, ExitCode.otherImage, 'a "test" image on a host running "host": exit otherImage', { stderr: other.stderr })
+  t.equal(other.code, ExitCode.otherImage, 'a "test" image on a host running "host": exit otherImage', failDiag(other))
   t.match(other.stderr, /is image "test", but this host runs image "host"/)
   t.equal(wholeDisk(h), before, 'nothing written')
   const allowed = await runCli(['update', images.v2, '--dry-run', '--allow-other-image', ...h.args])
-  t.equal(allowed.code, 0, '--allow-other-image takes it', { stderr: allowed.stderr })
+  t.equal(allowed.code, 0, '--allow-other-image takes it', failDiag(allowed))
   fs.writeFileSync(recipeFile, 'test 0123abcd\n')
 
   const cases: [running: string, code: number][] = [
@@ -216,7 +216,7 @@ t.test('another image name, and versions in Debian order with hyphenated pre-rel
   for (const [running, code] of cases) {
     fs.writeFileSync(h.lib.versionFile, `${running}\n`)
     const r = await runCli(['update', images.v2, '--dry-run', ...h.args])
-    t.equal(r.code, code, `running ${running}, image 2.0.0: ${code === 0 ? 'newer' : 'not newer'}`, { stderr: r.stderr })
+    t.equal(r.code, code, `running ${running}, image 2.0.0: ${code === 0 ? 'newer' : 'not newer'}`, failDiag(r))
   }
   t.equal(wholeDisk(h), before, 'nothing written')
 })
@@ -234,10 +234,10 @@ t.test('a mounted target slot is never written (exit busy)', async (t) => {
   await run('mount', ['-o', 'ro', slotB, mnt])
   t.teardown(() => run('umount', [mnt]).catch(() => undefined))
   const r = await runCli(['update', images.v2, ...h.args])
-  t.equal(r.code, ExitCode.busy, 'exit busy', { stderr: r.stderr })
+  t.equal(r.code, ExitCode.busy, 'exit busy', failDiag(r))
   t.match(r.stderr, new RegExp(`slot B of ${dev} is mounted \\(${slotB}\\)`))
   await run('umount', [mnt])
   t.equal(wholeDisk(h), before, 'the disk is byte-identical')
   const ok = await runCli(['update', images.v2, ...h.args])
-  t.equal(ok.code, 0, 'unmounted, the update runs', { stderr: ok.stderr })
+  t.equal(ok.code, 0, 'unmounted, the update runs', failDiag(ok))
 })

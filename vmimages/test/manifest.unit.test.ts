@@ -7,7 +7,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
 import { ExitCode, LabhostError } from '../../lib/errors.ts'
-import { runCli, tmpDir } from '../../test-support/test-helpers.ts'
+import { failDiag, runCli, tmpDir } from '../../test-support/test-helpers.ts'
 import {
   CHUNK_SIZE,
   generateKeyPair,
@@ -140,7 +140,7 @@ t.test('a VM image manifest is never a root image: refused with exit 42 by the r
     '--state-root',
     path.join(dir, 'no-state'),
   ])
-  t.equal(update.code, ExitCode.manifestKind, 'labhost update: exit 42', { stderr: update.stderr })
+  t.equal(update.code, ExitCode.manifestKind, 'labhost update: exit 42', failDiag(update))
 })
 
 t.test("a root image manifest is never a VM base: refused with exit 42 by vm-image pull's check", async (t) => {

@@ -10,7 +10,7 @@ import t, { type Test } from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
 import { run } from '../../lib/exec.ts'
 import { serveDirectory, type Fault } from '../../lib/http-serve.ts'
-import { hashWhole, runCli, tmpDir, xorRange } from '../../test-support/test-helpers.ts'
+import { failDiag, hashWhole, runCli, tmpDir, xorRange } from '../../test-support/test-helpers.ts'
 import { CHUNK_SIZE, generateKeyPair, keyFingerprint, MANIFEST_FORMAT, readPrivateKey, signManifest } from '../../image-format/manifest.ts'
 import { readCatalogue } from '../catalogue.ts'
 import { publishVmImage, type PublishedVm } from '../publish.ts'
@@ -90,7 +90,7 @@ t.test('publish refuses what is not a standalone, clean qcow2 no VM has open (ex
   ]
   for (const [what, file, why] of cases) {
     const r = await pub(file)
-    t.equal(r.code, ExitCode.vmImageInvalid, `${what}: exit 70`, { stderr: r.stderr })
+    t.equal(r.code, ExitCode.vmImageInvalid, `${what}: exit 70`, failDiag(r))
     t.match(r.stderr, why, what)
     t.equal(r.stderr.split('\n').filter((l) => l.startsWith('labhost: error:')).length, 1, `${what}: one error line`)
     t.same(fs.existsSync(path.join(d, 'out')) ? fs.readdirSync(path.join(d, 'out')) : [], [], `${what}: nothing published`)
@@ -190,7 +190,7 @@ t.test('every refusal leaves the backing directory and the catalogue byte-identi
   for (const [what, pubDir, code, why] of cases) {
     const s = await serve(t, pubDir)
     const r = await pull(`${s.url}/`, backing, user)
-    t.equal(r.code, code, `${what}: exit ${code}`, { stderr: r.stderr })
+    t.equal(r.code, code, `${what}: exit ${code}`, failDiag(r))
     t.match(r.stderr, why, what)
     t.same(snapshot(backing), before, `${what}: backing directory and catalogue byte-identical`)
     if (what === 'no room')
