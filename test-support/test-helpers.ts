@@ -140,6 +140,13 @@ export function labhostArgv(...args: string[]): [string, string[]] {
   return [file, rest]
 }
 
+/** A run's `labhost: error:` lines (one, for a refusal). */
+export function errorLines(r: { stderr: unknown }): string[] {
+  return String(r.stderr)
+    .split('\n')
+    .filter((l) => l.startsWith('labhost: error:'))
+}
+
 /**
  * What a failed assertion on a run shows: its error and hint lines first (a CI log may keep only
  * the head of a long diagnostic), or its last lines when it printed none, then the whole stderr.
@@ -147,7 +154,7 @@ export function labhostArgv(...args: string[]): [string, string[]] {
 export function failDiag(r: { stderr: unknown }): { error: string[]; stderr: string } {
   const stderr = String(r.stderr)
   const lines = stderr.split('\n').filter((l) => l.trim())
-  const errors = lines.filter((l) => /^(labhost: error:|hint:|\s+hint:)/.test(l))
+  const errors = lines.filter((l) => /^(labhost: error:|\s*hint:)/.test(l))
   return { error: errors.length ? errors : lines.slice(-5), stderr }
 }
 

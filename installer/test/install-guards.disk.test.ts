@@ -17,7 +17,7 @@ import t, { type Test } from 'tap'
 import YAML from 'yaml'
 import { ExitCode } from '../../lib/errors.ts'
 import { run } from '../../lib/exec.ts'
-import { type CliResult, failDiag, hashWhole, labhostArgv, loop, readRange, runCli, sparseFile, tmpDir } from '../../test-support/test-helpers.ts'
+import { type CliResult, errorLines, failDiag, hashWhole, labhostArgv, loop, readRange, runCli, sparseFile, tmpDir } from '../../test-support/test-helpers.ts'
 import { openGptDisk, readGpt } from '../../bootloader/gpt.ts'
 import { slotStatus } from '../../bootloader/slots.ts'
 import { buildImages, type Images } from '../../test-support/update-fixtures.ts'
@@ -91,7 +91,6 @@ const hashes = (m: Machine) => ({ ssd: hashWhole(m.ssd), hdd: hashWhole(m.hdd) }
 const sideBySide: [string, (t: Test) => Promise<void>][] = []
 const test = (name: string, fn: (t: Test) => Promise<void>) => void sideBySide.push([name, fn])
 const withErase = (erase: boolean) => ({ ...CONFIG, disks: { ...CONFIG.disks, eraseForeignData: erase } })
-const errorLines = (r: CliResult) => r.stderr.split('\n').filter((l) => l.startsWith('labhost: error:'))
 
 /** A marker the foreign data carries, and whether the disk still holds it. */
 const MARK = Buffer.from("somebody else's data, not labhost's")

@@ -11,7 +11,7 @@ import { execa } from 'execa'
 import t, { type Test } from 'tap'
 import YAML from 'yaml'
 import { ExitCode } from '../../lib/errors.ts'
-import { type CliResult, failDiag, hashWhole, labhostCommand, loop, readRange, runCli, sparseFile, tmpDir } from '../../test-support/test-helpers.ts'
+import { errorLines, failDiag, hashWhole, labhostCommand, loop, readRange, runCli, sparseFile, tmpDir } from '../../test-support/test-helpers.ts'
 import { infoHash } from '../../image-format/torrent.ts'
 import { startServer, type ServerProcess } from '../../test-support/serve-fixtures.ts'
 import { openGptDisk, readGpt } from '../../bootloader/gpt.ts'
@@ -89,7 +89,6 @@ async function pc(t: Test, mac: string, product = 'OptiPlex 7010', serial = 'CN0
 }
 
 const hashes = (p: Pc) => ({ ssd: hashWhole(p.ssd), hdd: hashWhole(p.hdd) })
-const errorLines = (r: CliResult) => r.stderr.split('\n').filter((l) => l.startsWith('labhost: error:'))
 const hexraw = (mac: string) => mac.replace(/:/g, '')
 const slotAHoldsV1 = (p: Pc) => {
   const gpt = readGpt(openGptDisk(p.ssd))
