@@ -234,17 +234,27 @@ function restoreFromCache(cacheDir: string, out: string, log: (line: string) => 
   return { manifestFile, manifest: JSON.parse(fs.readFileSync(manifestFile, 'utf8')) as Manifest }
 }
 
-/** The outputs into the cache, whole or not at all (a temporary directory renamed into place). */
+/**
+ * The outputs into the cache, whole or not at all (a temporary directory renamed into place). A
+ * copy already there is renamed aside first, not deleted in place: another process may be reading
+ * it (restoreFromCache), and by path it then reads this build's files, whole.
+ */
 function storeInCache(out: string, cacheDir: string): void {
   const tmp = `${cacheDir}.tmp-${process.pid}`
+  const old = `${cacheDir}.old-${process.pid}`
   fs.mkdirSync(tmp, { recursive: true })
   for (const f of OUTPUTS) fs.copyFileSync(path.join(out, f), path.join(tmp, f))
-  fs.rmSync(cacheDir, { recursive: true, force: true })
+  try {
+    fs.renameSync(cacheDir, old)
+  } catch {
+    // none there yet
+  }
   try {
     fs.renameSync(tmp, cacheDir)
   } catch {
     fs.rmSync(tmp, { recursive: true, force: true }) // a build beside this one was first: its copy stays
   }
+  fs.rmSync(old, { recursive: true, force: true })
 }
 
 function extlinuxConfigFor(r: LoadedRecipe): ExtlinuxConfig {

@@ -10,7 +10,9 @@
 // backup array (switched, mirror not written: the new version must come up). Before
 // each update the guest fills the slot it will write with 0xFF, and the harness checks from the
 // disk that the slot held none of the image's chunks: a torn or skipped write cannot pass. Then the
-// same campaign with a switch that skips the CRC compensation must report a brick.
+// same campaign with an updater that switches before it writes must report a brick. (The naive
+// switch, no CRC compensation, is `npm run vm-tests -- --mutant naive-switch`; in `npm test` the
+// crash replay boots its end state under BIOS and UEFI.)
 // LABHOST_SEED=S repeats a run; the JSON report goes to reports/campaign.json.
 import fs from 'node:fs'
 import path from 'node:path'
@@ -101,33 +103,6 @@ t.test(`short campaign: ${RESETS} resets aimed over updates and at the commit, n
   t.ok(held.length > RESETS && held.every((n) => n === 0), "before every update, the slot it wrote held none of the image's chunks (checked from the disk)", {
     held,
   })
-})
-
-t.test('the same campaign with a switch that skips the CRC compensation reports a brick', async (t) => {
-  const keep = tmpDir(t, 'labhost-campaign-keep-')
-  const report = await runUpdateCampaign({
-    driver: new QemuDriver(),
-    cycles: 1,
-    seed: 1,
-    workDir: tmpDir(t, 'labhost-campaign-'),
-    keepDir: keep,
-    mutant: 'naive-switch',
-    log: (l) => t.comment(l),
-  })
-  t.equal(report.bricked, 1, summaryLine(report))
-  // the right reason, from the guest itself (not a timeout): the kernel saw no partitions
-  t.match(report.records.at(-1)?.why, /^the boot .*failed: .*no partitions named/, 'the initramfs reported that it found no root slots', {
-    record: report.records.at(-1),
-  })
-  t.ok(
-    report.kept && fs.existsSync(path.join(report.kept, 'ssd.img')) && fs.existsSync(path.join(report.kept, 'serial.log')),
-    "the brick's disk and serial log are kept",
-  )
-  const serial = fs.readFileSync(path.join(report.kept!, 'serial.log'), 'latin1')
-  const commit = serial.indexOf('writing primary-array LBA 2')
-  t.ok(commit > 0, 'the kept serial log shows the (naive) commit')
-  t.notMatch(serial.slice(commit), /LABHOST-USERSPACE/, 'and no userspace after it')
-  t.match(serial.slice(commit), /LABHOST-INITRAMFS-FAIL/, "but the initramfs's own failure marker")
 })
 
 // The mutant the scrambled slot exists for: an updater that switches before it writes. With the

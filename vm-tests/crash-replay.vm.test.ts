@@ -141,10 +141,16 @@ for (const firmware of ['bios', 'uefi'] as const) {
     if (!uefi) {
       const end = await boot(materialize(before, writes, writes.length, `${dir}/end.img`))
       t.match(end, /LABHOST-USERSPACE version=2\.0\.0 slot=B/, 'the final state boots 2.0.0, as judged')
+      // the naive end state under BIOS (the state the campaign's naive-switch mutant, `npm run
+      // vm-tests -- --mutant naive-switch`, leaves): gptmbr takes the flagged entry without a CRC
+      // check, the kernel then takes neither GPT, and the initramfs gives up on its slots
+      const broken = await boot(materialize(before, naive, naive.length, `${dir}/naive.img`))
+      t.notMatch(broken, /LABHOST-USERSPACE/, 'the naive end state does not boot, as judged')
+      t.match(broken, /no partitions named/, 'the initramfs found no root slots: the kernel took neither GPT', { serial: broken.slice(-3000) })
+      t.match(broken, /LABHOST-INITRAMFS-FAIL/, 'and said so with its own failure marker (not a timeout)')
     }
-    // the naive end state: under BIOS it is the state the campaign's naive-switch mutant boots
-    // (campaign.vm.test.ts asserts the initramfs's failure marker there); under OVMF it is booted
-    // here, up to the firmware turning to its shell (the shell's own countdown is not waited out)
+    // the naive end state under OVMF: booted up to the firmware turning to its shell (the shell's
+    // own countdown is not waited out)
     if (uefi) {
       const shell = /LABHOST-USERSPACE version=\S+ slot=[AB]|LABHOST-INITRAMFS-FAIL|Shell> |No bootable option|Boot\d+ "EFI Internal Shell"/
       const broken = (
