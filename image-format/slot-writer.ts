@@ -168,7 +168,7 @@ export interface WriteStats {
  * others are hashed when they are read back (here with `readBack`, else by verifyImage).
  * A pipeline of stages: a reader per input kind fills the writer's buffers (readInput), the
  * writer writes them in order and reads them back (SlotWriter), the input's end is judged
- * (checkWholeImage), the zero runs are zeroed and the disk synced (SlotWriter.finish).
+ * (checkWholeImage), the last zero run is zeroed and the disk synced (SlotWriter.finish).
  */
 export async function writeImage(target: ImageTarget, manifest: Manifest, input: ImageInput, o: WriteOptions = {}): Promise<WriteResult> {
   const writer = new SlotWriter(target, manifest, o)
@@ -270,8 +270,8 @@ function checkWholeImage(verdict: ZstdVerdict, failure: unknown, written: number
  * Stage 2, the writer: chunks in stream order into the target range with O_DIRECT, several writes
  * in flight; each chunk read back and hashed once its write completed (with `readBack`). A chunk
  * that does not match stops the writer (the target slot is not bootable until the switch, which
- * comes only after every chunk matched from the disk). Chunks due to be zeros are not sent: they
- * are zeroed in runs at the end (finish).
+ * comes only after every chunk matched from the disk). Chunks due to be zeros are not sent: each
+ * run of them is zeroed once the stream has passed it, beside the writes of later chunks.
  */
 class SlotWriter {
   private readonly target: ImageTarget
@@ -290,7 +290,10 @@ class SlotWriter {
   /** Chunks read back from the device and found matching. */
   readonly checked = new Set<number>()
   private firstBad = Infinity
-  private readonly zeroRuns: { at: number; length: number }[] = []
+  /** The run of checked zero chunks the stream is in, zeroed when the stream leaves it (or ends). */
+  private zeroRun: { at: number; length: number } | null = null
+  private readonly zeroings = new Set<Promise<void>>()
+  private readonly zeroStats = { kernelZeroedBytes: 0, writtenZeroBytes: 0 }
   private received = 0
   /** Image bytes written, or checked as zeros and due to be zeroed. */
   written = 0
@@ -341,6 +344,7 @@ class SlotWriter {
       }
       if (length % DIRECT_ALIGN === 0) return this.noteZeros(buf, at, length)
     }
+    this.zeroRunEnded()
     const span = this.file.direct && length % DIRECT_ALIGN ? await this.completeLastBlock(buf, at, length) : length
     const w: Promise<void> = this.file
       .write(buf, span, at)
@@ -358,13 +362,30 @@ class SlotWriter {
     this.writes.add(w)
   }
 
-  /** A checked chunk of zeros joins the run it continues; the runs are zeroed by finish. */
+  /** A checked chunk of zeros joins the run it continues (zeroRunEnded zeroes the run). */
   private noteZeros(buf: Buffer, at: number, length: number): void {
     this.buffers.give(buf)
     this.advance(length)
-    const last = this.zeroRuns.at(-1)
-    if (last && last.at + last.length === at) last.length += length
-    else this.zeroRuns.push({ at, length })
+    if (this.zeroRun && this.zeroRun.at + this.zeroRun.length === at) this.zeroRun.length += length
+    else {
+      this.zeroRunEnded()
+      this.zeroRun = { at, length }
+    }
+  }
+
+  /** The stream left a run of zero chunks: zero it (by the kernel where it can) beside the writes that follow. */
+  private zeroRunEnded(): void {
+    const run = this.zeroRun
+    if (!run) return
+    this.zeroRun = null
+    const z: Promise<void> = this.file
+      .zero(run.at, run.length, this.checker.zeros)
+      .then(
+        (how) => void (this.zeroStats[how === 'kernel' ? 'kernelZeroedBytes' : 'writtenZeroBytes'] += run.length),
+        (e) => this.buffers.fail(e),
+      )
+      .finally(() => this.zeroings.delete(z))
+    this.zeroings.add(z)
   }
 
   /** O_DIRECT moves whole blocks: complete the image's last block with what the disk holds; the bytes to write. */
@@ -415,21 +436,21 @@ class SlotWriter {
     return this.firstBad < this.manifest.image.chunks.length ? this.readBackMismatch(this.firstBad) : null
   }
 
-  /** Wait for the queued chunks, their writes and their read-backs. */
+  /** Wait for the queued chunks, their writes, their read-backs and the zeroing of the runs passed. */
   async settle(): Promise<void> {
     await this.inOrder
     await Promise.all(this.writes)
     await Promise.all(this.readBacks)
+    await Promise.all(this.zeroings)
   }
 
-  /** Stage 4: zero the runs of zeros (by the kernel where it can), then fdatasync. */
+  /** Stage 4: zero the last run of zeros, then fdatasync. */
   async finish(): Promise<WriteStats> {
-    const stats = { dataBytes: this.manifest.image.size, kernelZeroedBytes: 0, writtenZeroBytes: 0 }
-    for (const run of this.zeroRuns) {
-      stats.dataBytes -= run.length
-      if ((await this.file.zero(run.at, run.length, this.checker.zeros)) === 'kernel') stats.kernelZeroedBytes += run.length
-      else stats.writtenZeroBytes += run.length
-    }
+    this.zeroRunEnded()
+    await Promise.all(this.zeroings)
+    if (this.buffers.failure) throw this.buffers.failure
+    const { kernelZeroedBytes, writtenZeroBytes } = this.zeroStats
+    const stats = { dataBytes: this.manifest.image.size - kernelZeroedBytes - writtenZeroBytes, kernelZeroedBytes, writtenZeroBytes }
     await this.file.sync()
     return stats
   }
