@@ -235,9 +235,10 @@ function restoreFromCache(cacheDir: string, out: string, log: (line: string) => 
 }
 
 /**
- * The outputs into the cache, whole or not at all (a temporary directory renamed into place). A
- * copy already there is renamed aside first, not deleted in place: another process may be reading
- * it (restoreFromCache), and by path it then reads this build's files, whole.
+ * The outputs into the cache, whole or not at all (a temporary directory renamed into place; the
+ * last build to land stays). A copy already there is renamed aside rather than deleted file by
+ * file, so a process copying out of it (restoreFromCache) meets a missing file only in the
+ * instant between the two renames, not for the whole deletion.
  */
 function storeInCache(out: string, cacheDir: string): void {
   const tmp = `${cacheDir}.tmp-${process.pid}`

@@ -292,7 +292,8 @@ class SlotWriter {
   private firstBad = Infinity
   /** The run of checked zero chunks the stream is in, zeroed when the stream leaves it (or ends). */
   private zeroRun: { at: number; length: number } | null = null
-  private readonly zeroings = new Set<Promise<void>>()
+  /** The zeroing of the runs passed, one run at a time (a sparse image has many), beside the writes. */
+  private zeroings: Promise<void> = Promise.resolve()
   private readonly zeroStats = { kernelZeroedBytes: 0, writtenZeroBytes: 0 }
   private received = 0
   /** Image bytes written, or checked as zeros and due to be zeroed. */
@@ -335,7 +336,7 @@ class SlotWriter {
   /** In stream order: note a chunk of zeros, or write the chunk (its buffer returns when the write completed). */
   private async writeChunk(buf: Buffer, index: number, at: number, length: number): Promise<void> {
     if (this.buffers.failure) return this.buffers.give(buf)
-    // a chunk the manifest says is zeros is compared with zeros here and zeroed at the end;
+    // a chunk the manifest says is zeros is compared with zeros here and zeroed with its run;
     // every other chunk is hashed once, when it is read back from the disk
     if (this.checker.isZero(index)) {
       if (!buf.subarray(0, length).equals(this.checker.zeros.subarray(0, length))) {
@@ -378,14 +379,12 @@ class SlotWriter {
     const run = this.zeroRun
     if (!run) return
     this.zeroRun = null
-    const z: Promise<void> = this.file
-      .zero(run.at, run.length, this.checker.zeros)
-      .then(
+    this.zeroings = this.zeroings.then(() =>
+      this.file.zero(run.at, run.length, this.checker.zeros).then(
         (how) => void (this.zeroStats[how === 'kernel' ? 'kernelZeroedBytes' : 'writtenZeroBytes'] += run.length),
         (e) => this.buffers.fail(e),
-      )
-      .finally(() => this.zeroings.delete(z))
-    this.zeroings.add(z)
+      ),
+    )
   }
 
   /** O_DIRECT moves whole blocks: complete the image's last block with what the disk holds; the bytes to write. */
@@ -441,13 +440,13 @@ class SlotWriter {
     await this.inOrder
     await Promise.all(this.writes)
     await Promise.all(this.readBacks)
-    await Promise.all(this.zeroings)
+    await this.zeroings
   }
 
   /** Stage 4: zero the last run of zeros, then fdatasync. */
   async finish(): Promise<WriteStats> {
     this.zeroRunEnded()
-    await Promise.all(this.zeroings)
+    await this.zeroings
     if (this.buffers.failure) throw this.buffers.failure
     const { kernelZeroedBytes, writtenZeroBytes } = this.zeroStats
     const stats = { dataBytes: this.manifest.image.size - kernelZeroedBytes - writtenZeroBytes, kernelZeroedBytes, writtenZeroBytes }
