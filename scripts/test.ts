@@ -113,9 +113,9 @@ const otherLane = (async () => {
   const started = Date.now()
   let prebuilt = ''
   // The image prebuild first (at full priority: the second VM test waits for the campaign's images
-  // it builds first). A disk worker beside it (nice 15) was tried on 2026-12-03: the campaign
-  // beside both took 338 and 378 s against 240 s, the prebuild 399 s against 300 s; the workers
-  // start after it.
+  // it builds first). A disk worker beside it (nice 15) was tried on 2026-12-03 and not kept: no
+  // gain could be shown (the campaign beside both took 338 and 378 s, but 328 s without it the
+  // same day, against 240 s the day before: this machine's speed moved more than the change).
   if (vmFiles.some((f) => f.includes('host-image'))) {
     const b = await execa(process.execPath, [path.join(root, 'scripts/prebuild-images.ts')], { cwd: root, reject: false, all: true })
     prebuilt = `# prebuild: ${String(b.all ?? '')
