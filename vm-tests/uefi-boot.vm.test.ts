@@ -2,9 +2,9 @@
 // boot, so nothing depends on an NVRAM boot entry. A host whose ESP holds only the selector
 // (\EFI\BOOT\BOOTX64.EFI, image-build/selector.ts) updates itself A -> B and B -> A with the
 // one-sector switch; the version it updated to in slot A dies in userspace and is rolled back to B
-// by its initramfs's trial, as on a BIOS PC (five boots). The installer stick on a UEFI-only PC (an unattended install, then the SSD boots
-// through the selector the image carried) and a disk with an ESP booting on SeaBIOS are in
-// stick-boot.vm.test.ts: one stick for both firmware types.
+// by its initramfs's trial, as on a BIOS PC (five boots). The installer stick on a UEFI-only PC
+// (an unattended install, then the SSD boots through the selector the image carried) and a disk
+// with an ESP booting on SeaBIOS are in stick-boot.vm.test.ts: one stick for both firmware types.
 import fs from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
