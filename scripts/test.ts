@@ -1,6 +1,7 @@
 // npm test: every *.{unit,disk,vm}.test.ts file under tap. VM tests one at a time (two cores:
 // never two VM suites at once), unit and disk tests beside them. Ends with `N passed, N failed`.
 import fs from 'node:fs'
+import os from 'node:os'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
 import { execa } from 'execa'
@@ -67,12 +68,41 @@ const vmFiles = kinds.includes('vm') ? pick('vm') : []
 const unitFiles = kinds.includes('unit') ? pick('unit') : []
 const diskFiles = kinds.includes('disk') ? pick('disk') : []
 
+/**
+ * CPU seconds (user + system, with every process a run started and waited for: QEMU, mkfs, the
+ * labhost executable...) per tap run, printed at the end: both cores are busy for most of the run,
+ * so the wall time follows the CPU spent, and this says where it goes.
+ */
+const cpuSeconds: [string, number][] = []
+let runs = 0
+
+/** The children's CPU seconds from bash's `times` output (its second line: user, then system). */
+function childCpu(file: string): number {
+  const line = fs.readFileSync(file, 'utf8').split('\n')[1] ?? ''
+  return [...line.matchAll(/(\d+)m([\d.]+)s/g)].reduce((s, m) => s + Number(m[1]) * 60 + Number(m[2]), 0)
+}
+
+/** `cmd` run by bash, which then writes `times` (the CPU time of all it waited for) for cpuSeconds under `label`. */
+function cpuCounted(label: string, cmd: string[]) {
+  const timesFile = path.join(os.tmpdir(), `labhost-test-cpu-${process.pid}-${runs++}`)
+  return {
+    cmd: ['bash', '-c', '"$@"; rc=$?; times > "$0"; exit $rc', timesFile, ...cmd],
+    done: () => {
+      if (!fs.existsSync(timesFile)) return
+      cpuSeconds.push([label, childCpu(timesFile)])
+      fs.rmSync(timesFile)
+    },
+  }
+}
+
 /** One tap run over `files` (at nice 15 when `nice`); its counts join the totals. Its output, or piped live. */
-async function tapRun(files: string[], timeout: number, o: { nice?: boolean; live?: boolean } = {}): Promise<string> {
-  const cmd = [...(o.nice ? ['nice', '-n', '15'] : []), 'tap', '--jobs=1', `--timeout=${timeout}`, ...files]
+async function tapRun(files: string[], timeout: number, o: { nice?: boolean; live?: boolean; label?: string } = {}): Promise<string> {
+  const counted = cpuCounted(o.label ?? files.join(' '), ['tap', '--jobs=1', `--timeout=${timeout}`, ...files])
+  const cmd = [...(o.nice ? ['nice', '-n', '15'] : []), ...counted.cmd]
   const p = execa(cmd[0]!, cmd.slice(1), { cwd: root, reject: false, all: true, preferLocal: true })
   if (o.live) p.all?.pipe(process.stdout)
   const r = await p
+  counted.done()
   const summary = /# \{ ([^}]*) \}/.exec(String(r.all ?? ''))?.[1] ?? ''
   for (const kv of summary.split(',')) {
     const [k, v] = kv.split(':').map((x) => x.trim())
@@ -92,7 +122,7 @@ async function tapRun(files: string[], timeout: number, o: { nice?: boolean; liv
 const vmStarted = Date.now()
 const vmLane = (async () => {
   if (!vmFiles.length) return
-  await tapRun(vmFiles, 1800, { live: true })
+  await tapRun(vmFiles, 1800, { live: true, label: 'VM tests' })
   laneSeconds.push(`VM tests ${Math.round((Date.now() - vmStarted) / 1000)} s`)
 })()
 let vmRunning = vmFiles.length > 0
@@ -104,7 +134,7 @@ const worker = async () => {
   while (nextBatch < batches.length) {
     const i = nextBatch++
     // beside the VM lane the output waits for the end of the run, in one piece; alone, it is printed as each run ends
-    outputs[i] = await tapRun(batches[i]!, 900, { nice: vmRunning })
+    outputs[i] = await tapRun(batches[i]!, 900, { nice: vmRunning, label: batches[i]!.length > 1 ? `unit tests (${i + 1})` : batches[i]![0] })
     if (!vmFiles.length) console.log(outputs[i])
   }
 }
@@ -117,7 +147,9 @@ const otherLane = (async () => {
   // gain could be shown (the campaign beside both took 338 and 378 s, but 328 s without it the
   // same day, against 240 s the day before: this machine's speed moved more than the change).
   if (vmFiles.some((f) => f.includes('host-image'))) {
-    const b = await execa(process.execPath, [path.join(root, 'scripts/prebuild-images.ts')], { cwd: root, reject: false, all: true })
+    const counted = cpuCounted('image prebuild', [process.execPath, path.join(root, 'scripts/prebuild-images.ts')])
+    const b = await execa(counted.cmd[0]!, counted.cmd.slice(1), { cwd: root, reject: false, all: true })
+    counted.done()
     prebuilt = `# prebuild: ${String(b.all ?? '')
       .trim()
       .split('\n')
@@ -130,6 +162,14 @@ const otherLane = (async () => {
 })()
 await Promise.all([vmLane, otherLane])
 if (tapFailed && totals.fail === 0) totals.fail = 1 // tap failed without counting a failure (crash, timeout)
+const cpuTotal = cpuSeconds.reduce((s, [, c]) => s + c, 0)
+console.log(
+  `# CPU seconds (user + system, with children), ${Math.round(cpuTotal)} in all: ` +
+    cpuSeconds
+      .sort((a, b) => b[1] - a[1])
+      .map(([label, c]) => `${label} ${Math.round(c)}`)
+      .join(', '),
+)
 console.log(`# wall time: ${laneSeconds.join(', ')}; whole run ${Math.round(process.uptime())} s`)
 console.log(`${totals.pass} passed, ${totals.fail} failed${totals.skip ? `, ${totals.skip} skipped` : ''}`)
 process.exit(totals.fail > 0 || totals.pass === 0 ? 1 : 0)

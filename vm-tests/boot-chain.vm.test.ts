@@ -47,6 +47,6 @@ t.test('labhost slots switch --to B: B boots, the kernel still parses both table
 })
 
 // Switching back (B -> A) and booting is every second cycle of the update campaign
-// (campaign.vm.test.ts) and the rollback of update-guest.vm.test.ts; a switch without the CRC
+// (campaign.vm.test.ts) and the rollbacks of uefi-boot.vm.test.ts and the rollback campaign; a switch without the CRC
 // compensation losing the partitions is the campaign's naive-switch mutant and the crash replay's
 // naive end state, both booted with the initramfs's own failure marker.

@@ -43,8 +43,9 @@ export interface CampaignOptions {
   /**
    * Stratified aims for a short run: resets alternate between commit and uniform aims, and the
    * k-th of n resets of an aim falls at a random instant inside the k-th n-th of its window, so
-   * a handful of resets covers the whole update and both sides of the switch. Default: every
-   * aim and instant drawn independently (the soak).
+   * a handful of resets covers the whole update and both sides of the switch; the first uniform
+   * one falls inside the write (as aimAtWrite), so a short run always tears a slot. Default:
+   * every aim and instant drawn independently (the soak).
    */
   stratified?: boolean
   /**
@@ -560,7 +561,7 @@ async function aimReset(
   const deadline = Date.now() + 4 * calibration.updateMs + 60_000
   const u = within(rnd())
   let resetAt = start + u * (calibration.updateMs + 1000)
-  if (record.aim === 'uniform' && o.aimAtWrite) {
+  if (record.aim === 'uniform' && (o.aimAtWrite || (o.stratified && nth === 1))) {
     // inside the first 80 % of the write as calibrated, from the guest's announcement of it
     await watch.awaitPhase('write', deadline)
     resetAt = (phases.write ?? Date.now()) + u * (calibration.writeMs ?? 1000) * 0.8

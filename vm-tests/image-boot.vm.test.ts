@@ -4,7 +4,7 @@
 // with `labhost vm-image publish`, pulled into a backing directory with `labhost vm-image pull`,
 // and booted from a fresh user volume on the pulled copy (`qemu-img create -b`), which it writes
 // while the base stays the signed bytes.
-// (Trial boots and rollback are proven end to end by update-guest.vm.test.ts; a B-flagged slot
+// (Trial boots and rollback are proven end to end by uefi-boot.vm.test.ts and the campaigns; a B-flagged slot
 // booting is what every other cycle of the campaign, campaign.vm.test.ts, checks.)
 import fs from 'node:fs'
 import path from 'node:path'
