@@ -35,11 +35,22 @@ export async function resolveMetapackage(name: string): Promise<string> {
 export async function unpackDebianPackage(name: string): Promise<string> {
   const debDir = path.join(cacheRoot(), 'debs')
   fs.mkdirSync(debDir, { recursive: true })
-  let deb = fs.readdirSync(debDir).find((f) => f.startsWith(`${name}_`) && f.endsWith('.deb'))
+  const isDeb = (f: string) => f.startsWith(`${name}_`) && f.endsWith('.deb')
+  let deb = fs.readdirSync(debDir).find(isDeb)
   if (!deb) {
-    await aptGet(['download', name], debDir)
-    deb = fs.readdirSync(debDir).find((f) => f.startsWith(`${name}_`) && f.endsWith('.deb'))
-    if (!deb) throw new LabhostError('notFound', `apt-get download ${name} produced no .deb`, 'check the apt sources and the network to the Debian mirror')
+    // downloaded into a directory of this process's own, then renamed in: a build beside this one
+    // never meets a half-written .deb
+    const dl = path.join(debDir, `.tmp-${process.pid}`)
+    fs.rmSync(dl, { recursive: true, force: true })
+    fs.mkdirSync(dl)
+    try {
+      await aptGet(['download', name], dl)
+      deb = fs.readdirSync(dl).find(isDeb)
+      if (!deb) throw new LabhostError('notFound', `apt-get download ${name} produced no .deb`, 'check the apt sources and the network to the Debian mirror')
+      fs.renameSync(path.join(dl, deb), path.join(debDir, deb))
+    } finally {
+      fs.rmSync(dl, { recursive: true, force: true })
+    }
   }
   const out = path.join(cacheRoot(), 'unpacked', deb.replace(/\.deb$/, ''))
   if (!fs.existsSync(out)) {
@@ -47,9 +58,19 @@ export async function unpackDebianPackage(name: string): Promise<string> {
     fs.rmSync(tmp, { recursive: true, force: true })
     fs.mkdirSync(tmp, { recursive: true })
     await run('dpkg-deb', ['-x', path.join(debDir, deb), tmp])
-    fs.renameSync(tmp, out)
+    renameUnlessThere(tmp, out)
   }
   return out
+}
+
+/** Rename `tmp` to `out`; if a process beside this one put `out` there first, its copy stays and `tmp` goes. */
+function renameUnlessThere(tmp: string, out: string): void {
+  try {
+    fs.renameSync(tmp, out)
+  } catch (e) {
+    if (!fs.existsSync(out)) throw e
+    fs.rmSync(tmp, { recursive: true, force: true })
+  }
 }
 
 export interface DebianKernel {

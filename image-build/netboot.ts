@@ -153,15 +153,7 @@ export async function buildNetboot(o: NetbootOptions): Promise<NetbootResult> {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'labhost-netboot-'))
   try {
     log(`building the installer system (recipe stick${o.torrent ? ', with aria2c' : ''}) and its initramfs`)
-    const recipe = o.torrent
-      ? writeRecipeVariant('stick', path.join(work, 'stick-bittorrent.yaml'), (r) => {
-          r.base.packages = [...r.base.packages, ...ARIA2_PACKAGES.filter((p) => !r.base.packages.includes(p))]
-          r.imageSizeMiB += ARIA2_MIB
-          // the layout's slot size bounds the image; this system never goes into a slot (it becomes the initramfs)
-          r.layout = path.join(path.dirname(r.layout), 'default.yaml')
-        })
-      : 'stick'
-    await buildImage(recipe, { out: path.join(work, 'sys'), keyFile: o.keyFile, log })
+    await buildImage(installerSystemRecipe(work, !!o.torrent), { out: path.join(work, 'sys'), keyFile: o.keyFile, log })
     const initrd = await buildNetbootInitrd({ rootImg: path.join(work, 'sys/root.img'), out, log })
     log(`initrd.img: ${(initrd.bytes / 2 ** 20).toFixed(1)} MiB`)
   } finally {
@@ -202,4 +194,15 @@ export async function buildNetboot(o: NetbootOptions): Promise<NetbootResult> {
   }
   fs.writeFileSync(path.join(out, 'netboot.json'), JSON.stringify(netboot, null, 2) + '\n')
   return { out, manifest: netboot, dnsmasqConf, gate }
+}
+
+/** The installer system's recipe: the stick's, or with `torrent` a variant in `dir` that adds aria2c. */
+export function installerSystemRecipe(dir: string, torrent: boolean): string {
+  if (!torrent) return 'stick'
+  return writeRecipeVariant('stick', path.join(dir, 'stick-bittorrent.yaml'), (r) => {
+    r.base.packages = [...r.base.packages, ...ARIA2_PACKAGES.filter((p) => !r.base.packages.includes(p))]
+    r.imageSizeMiB += ARIA2_MIB
+    // the layout's slot size bounds the image; this system never goes into a slot (it becomes the initramfs)
+    r.layout = path.join(path.dirname(r.layout), 'default.yaml')
+  })
 }

@@ -2,12 +2,13 @@
 // unit and disk tests): first the two lean images of the update campaign (also crash-replay's and
 // the UEFI test's), which the second VM test needs, then the debootstrap host image that
 // vm-tests/host-image boots, then the lean images of the stick and UEFI tests, so their builds
-// are not on the VM tests' path.
+// are not on the VM tests' path, and last the installer systems of sticks and netboot.
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { buildImage } from '../image-build/build.ts'
 import { cacheKeys } from '../image-build/cache-keys.ts'
+import { installerSystemRecipe } from '../image-build/netboot.ts'
 import { buildRollbackImages } from '../vm-tests/rollback-campaign.ts'
 import { buildCampaignImages } from '../vm-tests/campaign.ts'
 import { leanBrokenRecipe, leanEspRecipe } from '../vm-tests/fixtures/lean-image.ts'
@@ -36,6 +37,12 @@ try {
   await buildImage('test', { out: path.join(dir, 'test'), keyFile })
   await buildRollbackImages(path.join(dir, 'rollback'))
   console.log(`test and rollback images in the cache after ${((Date.now() - t2) / 1000).toFixed(0)} s`)
+  // the installer system of `image stick` (install-campaign, the sixth VM test, and the stick
+  // tests) and its variant with aria2c of `netboot --torrent`: built once here, not by whichever
+  // disk tests ask first (two at once would each build it)
+  const t3 = Date.now()
+  for (const torrent of [false, true]) await buildImage(installerSystemRecipe(dir, torrent), { out: path.join(dir, `installer-${torrent}`), keyFile })
+  console.log(`installer systems in the cache after ${((Date.now() - t3) / 1000).toFixed(0)} s`)
 } finally {
   fs.rmSync(dir, { recursive: true, force: true })
 }

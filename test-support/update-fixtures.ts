@@ -1,5 +1,5 @@
 // Shared by the updater's disk tests: the suite's signing key (image-build/cache-keys.ts), the
-// test image as 1.0.0 and 2.0.0 (cached builds, shared by every test file), and a host disk laid
+// lean test image as 1.0.0 and 2.0.0 (cached builds, shared by every test file), and a host disk laid
 // out by the test layout running 1.0.0 from slot A, with its state files in a temporary directory.
 import crypto from 'node:crypto'
 import fs from 'node:fs'
@@ -12,6 +12,7 @@ import { cacheKeys } from '../image-build/cache-keys.ts'
 import { buildImage } from '../image-build/build.ts'
 import { loadRecipe, writeRecipeVariant } from '../image-build/recipe.ts'
 import { partitionDisk, planDisk, type PlannedPartition } from '../installer/partition.ts'
+import { leanRecipe } from './lean-recipe.ts'
 
 const MiB = 1 << 20
 export const layout = loadRecipe('test').layout
@@ -22,15 +23,27 @@ export interface Images {
   v2: string
 }
 
-/** Build (or take from the cache) the test image as 1.0.0 and 2.0.0, signed by the suite's key. */
-export async function buildImages(dir: string): Promise<Images> {
+/**
+ * Build (or take from the cache) the test image as 1.0.0 and 2.0.0, signed by the suite's key:
+ * by default the lean variant (vm-tests/fixtures/lean-image.ts: 40 MiB, no labhost inside, the
+ * campaign's images, which the image prebuild makes first), as no updater or installer disk test
+ * runs what is inside the image and every byte of it is written, read back, hashed and copied;
+ * with `full`, the shipped test recipe (160 MiB, the 112 MB executable inside).
+ */
+export async function buildImages(dir: string, o: { full?: boolean } = {}): Promise<Images> {
   const keys = cacheKeys()
-  const v1 = path.dirname((await buildImage('test', { out: `${dir}/v1`, keyFile: keys.privateKeyFile })).manifestFile)
-  const recipe2 = writeRecipeVariant('test', `${dir}/test-2.yaml`, (r) => {
-    r.version = '2.0.0'
-  })
-  const v2 = path.dirname((await buildImage(recipe2, { out: `${dir}/v2`, keyFile: keys.privateKeyFile })).manifestFile)
-  return { keys, v1, v2 }
+  const recipe = (version: string) =>
+    o.full
+      ? version === '1.0.0'
+        ? 'test'
+        : writeRecipeVariant('test', `${dir}/test-${version}.yaml`, (r) => {
+            r.version = version
+          })
+      : leanRecipe(`${dir}/lean-${version}.yaml`, (r) => {
+          r.version = version
+        })
+  const build = async (version: string, out: string) => path.dirname((await buildImage(recipe(version), { out, keyFile: keys.privateKeyFile })).manifestFile)
+  return { keys, v1: await build('1.0.0', `${dir}/v1`), v2: await build('2.0.0', `${dir}/v2`) }
 }
 
 export interface Host {

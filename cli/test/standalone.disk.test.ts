@@ -3,9 +3,11 @@
 // README's command list that needs no VM — build the shipped test image by name (not from the
 // cache: the builder itself runs), verify it, make a stick of it, publish its torrent, serve it
 // over HTTP, print a schema, read and switch the slots of a loop disk, and plan an install onto
-// loop disks. The shipped recipes and layouts come from inside the executable (SEA assets). Only
-// the Debian package cache is shared with the source tree (LABHOST_CACHE), so no package is
-// downloaded twice.
+// loop disks. The shipped recipes and layouts come from inside the executable (SEA assets). The
+// cache (LABHOST_CACHE) is the source tree's, so no package is downloaded twice. The stick is
+// made of the test image signed with the suite's key (the signer is part of the image cache's
+// key): that image and the stick's installer system are the ones the image prebuild made, not
+// built a second time; the image built afresh is signed with the new key.
 import fs from 'node:fs'
 import path from 'node:path'
 import { execa, type ResultPromise } from 'execa'
@@ -14,6 +16,7 @@ import YAML from 'yaml'
 import { hashWhole, loop, REPO_ROOT, sparseFile, tmpDir } from '../../test-support/test-helpers.ts'
 import { makeGptDisk, STANDARD_LAYOUT } from '../../test-support/gpt-fixtures.ts'
 import { cacheRoot } from '../../image-build/debian-packages.ts'
+import { cacheKeys } from '../../image-build/cache-keys.ts'
 import { LABHOST_VERSION } from '../../lib/labhost-version.ts'
 
 const MiB = 1 << 20
@@ -57,8 +60,11 @@ t.test('dist/labhost alone in an empty directory: build, verify, stick, publish,
       finish: 'none',
     }),
   )
+  const suite = cacheKeys()
+  // a cache copy when the prebuild (or an earlier test) made it
+  await ok(['image', 'build', 'test', '--out', 'suite-img', '--key', suite.privateKeyFile], 'the test image signed with the suite key')
   await ok(
-    ['image', 'stick', '--image', 'img', '--config', 'install.yaml', '--out', 'stick.img', '--key', 'keys/labhost-signing.key', '--json'],
+    ['image', 'stick', '--image', 'suite-img', '--config', 'install.yaml', '--out', 'stick.img', '--key', suite.privateKeyFile, '--json'],
     'an installer stick image',
   )
   const stickGpt = await execa('sgdisk', ['-p', path.join(dir, 'stick.img')], { reject: false })

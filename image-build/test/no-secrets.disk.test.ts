@@ -19,7 +19,7 @@ const dir = tmpDir(t, 'labhost-no-secrets-test-')
 let images: Images
 
 t.before(async () => {
-  images = await buildImages(dir)
+  images = await buildImages(dir, { full: true })
 })
 
 const KEY_NAME = /^ssh_host_\w+_key$|^id_(rsa|dsa|ecdsa|ed25519)(_sk)?$|\.(key|pem|p12|pfx)$/i

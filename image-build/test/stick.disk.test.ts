@@ -5,13 +5,15 @@ import { ExitCode } from '../../lib/errors.ts'
 import { run } from '../../lib/exec.ts'
 import { failDiag, runCli, tmpDir } from '../../test-support/test-helpers.ts'
 import { isValid, openGptDisk, readGpt } from '../../bootloader/gpt.ts'
+import { cacheKeys } from '../cache-keys.ts'
 
 const dir = tmpDir(t, 'labhost-stick-test-')
-const key = `${dir}/keys/labhost-signing.key`
+// the suite's key: the signer is part of the image cache's key, so the test image and the stick
+// system come from the cache (a fresh key here cost a full build of both on every run)
+const key = cacheKeys().privateKeyFile
 const env = { ...process.env, MTOOLS_SKIP_CHECK: '1' } as Record<string, string>
 
 t.before(async () => {
-  await runCli(['image', 'keygen', '--out', `${dir}/keys`])
   const b = await runCli(['image', 'build', 'test', '--out', `${dir}/image`, '--key', key])
   if (b.code !== 0) throw new Error(b.stderr)
   fs.writeFileSync(`${dir}/install.yaml`, CONFIG)

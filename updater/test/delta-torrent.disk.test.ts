@@ -98,7 +98,11 @@ t.test('refused: a pack of other bytes (its own .torrent) — the slot writer ca
   const bad = path.join(d, 'served')
   fs.cpSync(served, bad, { recursive: true })
   const size = fs.statSync(path.join(bad, packFile)).size
-  for (let at = 0; at < size; at += 1 << 16) xorRange(path.join(bad, packFile), at, Buffer.from([0xff]))
+  // the frames after the block index (a damaged index alone sends the host to HTTP instead)
+  const list = JSON.parse(fs.readFileSync(deltaPacksFileFor(path.join(bad, 'root.img.zst')), 'utf8'))
+  const index: number = list.packs[0].index ?? 0
+  t.ok(index < size, 'the pack holds frames after its block index')
+  for (let at = index; at < size; at += 1 << 12) xorRange(path.join(bad, packFile), at, Buffer.from([0xff]))
   // a torrent of the damaged pack, so that aria2c takes its bytes (the list stays as published)
   fs.rmSync(path.join(bad, `${packFile}.torrent`))
   await execa('mktorrent', [

@@ -179,7 +179,7 @@ t.test('an image whose blocks moved (3 new blocks inserted at 5 MiB + 12 KiB): c
   fs.writeFileSync(`${d}/root.img`, Buffer.concat([v1.subarray(0, at), inserted, v1.subarray(at, v1.length - inserted.length)]))
   const img = await publishVariant(d, '3.0.0')
   const moved = img.chunks.filter((c, i) => c !== m1.image.chunks[i] && !m1.image.chunks.includes(c)).length
-  t.ok(moved > 100, `${moved} chunks of 3.0.0 are in no chunk of 1.0.0`)
+  t.ok(moved >= 10, `${moved} chunks of 3.0.0 are in no chunk of 1.0.0`)
   const server = await serve(t, d)
   const r = await runCli(['update', server.url, '--delta', '--json', ...h.args])
   t.equal(r.code, 0, 'exit 0', failDiag(r))
