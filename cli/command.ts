@@ -248,6 +248,19 @@ export function oneOf<const T extends string>(values: readonly T[], hint?: strin
   return valueOf((s) => values.find((v) => v === s), `is ${list}`, hint ?? `give ${values.join(' or ')}`)
 }
 
+/** K/N, 1 <= K <= N <= 64: one of N parts (--upstream-part). */
+export const upstreamPart = (): z.ZodType<{ index: number; of: number }, string> =>
+  valueOf(
+    (s) => {
+      const m = /^(\d{1,2})\/(\d{1,2})$/.exec(s)
+      const index = Number(m?.[1])
+      const of = Number(m?.[2])
+      return m && index >= 1 && index <= of && of <= 64 ? { index, of } : undefined
+    },
+    'is not a part K/N',
+    "give K/N with 1 <= K <= N <= 64: this host's part of the lab's N upstream hosts, e.g. 2/4",
+  )
+
 /** A dotted IPv4 address. */
 export const ipv4 = (): z.ZodType<string, string> =>
   valueOf(

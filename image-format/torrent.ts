@@ -88,6 +88,33 @@ export function checkTorrent(data: Buffer, want: { name: string; size: number },
   }
 }
 
+/** The piece length of a .torrent that passed checkTorrent. */
+export function torrentPieceLength(data: Buffer): number {
+  const root = bdecode(data)
+  const info = isDict(root) ? root.get('info') : undefined
+  const pieceLength = isDict(info) ? info.get('piece length') : undefined
+  if (typeof pieceLength !== 'number' || pieceLength < 1) throw new Error('torrentPieceLength: a .torrent not checked by checkTorrent')
+  return pieceLength
+}
+
+/** Part `index` of `of` (1-based) of a host's share of a file: `--upstream-part index/of`. */
+export interface UpstreamPart {
+  index: number
+  of: number
+}
+
+/**
+ * The bytes [start, end) of part `p` of a file of `size` bytes in pieces of `pieceLength`: the
+ * pieces split as evenly as whole pieces allow, in order, so that the parts of 1/N … N/N are apart
+ * and together the whole file (a part may be empty when there are more parts than pieces).
+ */
+export function upstreamPartRange(size: number, pieceLength: number, p: UpstreamPart): { start: number; end: number } {
+  const pieces = Math.ceil(size / pieceLength)
+  const first = Math.floor(((p.index - 1) * pieces) / p.of)
+  const last = Math.floor((p.index * pieces) / p.of)
+  return { start: Math.min(size, first * pieceLength), end: Math.min(size, last * pieceLength) }
+}
+
 /** The trackers (announce, then announce-list in order, each once) and web seeds (url-list) a .torrent names; http(s) and udp only. */
 export function torrentSources(data: Buffer): { trackers: string[]; webSeeds: string[] } {
   const root = bdecode(data)

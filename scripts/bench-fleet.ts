@@ -2,9 +2,9 @@
 // and 32; the server's and every host's port at 1 Gbit/s) updates from 1.0.0 to 2.0.0 at once,
 // four ways — the whole transport file over HTTP, the whole file over BitTorrent, the delta over
 // HTTP, the delta (its pack) over BitTorrent. BitTorrent here is building-aware as docs/admin.md
-// advises for a lab: one host per lab is `--peers upstream` (it fetches from the server, a web seed,
-// and the others fetch from it), the rest `--peers building --tracker` (the lab's peers only, never
-// the server); the server runs no seeder. Measured per round: the bytes the server's interface
+// advises for a lab: LAB_UPSTREAMS hosts per lab are `--peers upstream --upstream-part K/N` (each
+// fetches its part of the file from the server, and the others fetch from them), the rest
+// `--peers building --tracker` (the lab's peers only, never the server); the server runs no seeder. Measured per round: the bytes the server's interface
 // sent, per the bytes one host needs; the time until the last host was done; and how busy this
 // machine's CPUs were (every host shares its two cores, which real PCs do not).
 // The network-bound section runs the BitTorrent ways again on the lean image with the hosts' ports
@@ -42,11 +42,19 @@ export async function buildFleetImages(dir: string, keys: Images['keys'], o: { l
 export const METHODS = ['full-http', 'full-bt', 'delta-http', 'delta-bt'] as const
 export type Method = (typeof METHODS)[number]
 
+/**
+ * A lab's upstream hosts (at most; a lab of fewer hosts has that many): each fetches its part of
+ * the file from the server (--upstream-part K/N), so the file comes into the lab through N ports
+ * and each passes on a part, where one upstream host passed on every piece several times over
+ * its one port (aria2c has no super-seeding: 4.55x one host's time at 32 hosts with one).
+ */
+export const LAB_UPSTREAMS = 4
+
 const LABEL: Record<Method, string> = {
   'full-http': 'whole image over HTTP',
-  'full-bt': 'whole image over BitTorrent (one upstream host, the rest the lab only)',
+  'full-bt': `whole image over BitTorrent (${LAB_UPSTREAMS} upstream hosts with a part each, the rest the lab only)`,
   'delta-http': 'delta over HTTP',
-  'delta-bt': 'delta pack over BitTorrent (one upstream host, the rest the lab only)',
+  'delta-bt': `delta pack over BitTorrent (${LAB_UPSTREAMS} upstream hosts with a part each, the rest the lab only)`,
 }
 
 export interface Round {
@@ -124,13 +132,14 @@ export function cpuBusySeconds(): number {
 }
 
 /**
- * A host's `labhost update` arguments for `method`; host 0 of the lab is the BitTorrent upstream.
+ * A host's `labhost update` arguments for `method`; the first LAB_UPSTREAMS hosts of the lab are
+ * its BitTorrent upstream hosts (one host alone fetches the whole file from the server).
  * BitTorrent as a lab runs it: the product's announce interval and seeding time, not the tests'
  * quick ones (btArgs: announces every 2 s, seeding 2 min, which at 32 hosts left late hosts a lab
  * whose seeders had gone, and the server's tracker answering 16 announces a second).
  */
 function hostArgs(f: Fleet, h: FleetHost, i: number, method: Method): string[] {
-  const bt = ['--torrent', '--download-dir', h.downloadDir, ...labPart(f, i)]
+  const bt = ['--torrent', '--download-dir', h.downloadDir, ...labPart(f, i, Math.min(LAB_UPSTREAMS, f.hosts.length))]
   switch (method) {
     case 'full-http':
       return ['--full']

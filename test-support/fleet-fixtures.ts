@@ -155,5 +155,12 @@ export const btArgs = (h: FleetHost, extra: string[] = []) => [
 /** A whole image over BitTorrent (--full: a delta from 1.0.0 would be a few HTTP requests). */
 export const torrentArgs = (h: FleetHost, extra: string[] = []) => ['--full', ...btArgs(h, extra)]
 
-/** The part host `i` of the lab takes (docs/admin.md): the first is the upstream, the others keep to the lab and its tracker. */
-export const labPart = (f: Fleet, i: number) => (i === 0 ? ['--peers', 'upstream'] : ['--peers', 'building', '--tracker', f.trackerUrl])
+/**
+ * The part host `i` of the lab takes (docs/admin.md): the first `upstreams` are the upstream hosts
+ * (with more than one, each fetches its part K/N of the file from the server), the others keep to
+ * the lab and its tracker.
+ */
+export const labPart = (f: Fleet, i: number, upstreams = 1) =>
+  i >= upstreams
+    ? ['--peers', 'building', '--tracker', f.trackerUrl]
+    : ['--peers', 'upstream', ...(upstreams > 1 ? ['--upstream-part', `${i + 1}/${upstreams}`] : [])]

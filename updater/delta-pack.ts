@@ -136,7 +136,7 @@ export interface FetchedPack {
 export async function downloadPack(source: HttpSource, manifest: Manifest, pack: DeltaPack, o: TorrentOptions): Promise<FetchedPack> {
   const log = o.log ?? (() => {})
   const got = await torrentDownload(
-    source.remote,
+    source,
     new URL(pack.file, source.remote.url).toString(),
     { name: pack.file, size: pack.size },
     `${manifest.transport.sha256.slice(0, 16)}-${pack.from.sha256.slice(0, 16)}`,

@@ -13,8 +13,9 @@ import path from 'node:path'
 import { LabhostError, isLabhostError } from '../lib/errors.ts'
 import { matchesPart, type Manifest } from '../image-format/manifest.ts'
 import { aria2Download, fetchTorrent, type Aria2Options, type Aria2Result } from '../image-format/torrent-download.ts'
-import { describeSources, peerSources, sourcedTorrent, torrentSources, type PeerPart } from '../image-format/torrent.ts'
-import type { HttpSource, Remote, UpdateSource } from '../image-format/source.ts'
+import { describeSources, peerSources, sourcedTorrent, torrentSources, type PeerPart, type UpstreamPart } from '../image-format/torrent.ts'
+import { fetchUpstreamPart } from './upstream-part.ts'
+import type { HttpSource, UpdateSource } from '../image-format/source.ts'
 
 export interface TorrentOptions extends Aria2Options {
   /** Download (and seeding) directory; default /run/labhost/torrent (RAM, gone at reboot). */
@@ -28,6 +29,11 @@ export interface TorrentOptions extends Aria2Options {
   peers: PeerPart
   /** Trackers announced to besides the torrent's (with `building`: instead of them), e.g. the lab's own. */
   trackers: string[]
+  /**
+   * With `upstream`: this host is one of a lab's N upstream hosts and fetches only part K of N
+   * from the server (upstream-part.ts), the rest from the lab; none: the whole file, as a web seed.
+   */
+  upstreamPart?: UpstreamPart
 }
 
 export const DEFAULT_TORRENT: TorrentOptions = {
@@ -51,17 +57,19 @@ export const torrentUrlFor = (transportUrl: string): string => `${transportUrl}.
  * only root may enter, where no torrent's file name can reach.
  */
 export async function torrentDownload(
-  remote: Remote,
+  source: Pick<HttpSource, 'remote' | 'stats'>,
   fileUrl: string,
   want: { name: string; size: number },
   id: string,
   o: TorrentOptions,
   otherwise: string,
 ): Promise<Aria2Result> {
+  const { remote } = source
   const torrentUrl = torrentUrlFor(fileUrl)
   const torrent = await fetchTorrent(torrentUrl, remote.fetch, want)
-  const run = (part: PeerPart, stallSeconds: number) => {
-    const s = peerSources(part, torrentSources(torrent), part === 'all' ? null : fileUrl, o.trackers)
+  const run = (part: PeerPart, stallSeconds: number, webSeeds = true) => {
+    const all = peerSources(part, torrentSources(torrent), part === 'all' ? null : fileUrl, o.trackers)
+    const s = webSeeds ? all : { ...all, webSeeds: [] }
     o.log?.(describeSources(part, s))
     return aria2Download({
       ...o,
@@ -77,14 +85,22 @@ export async function torrentDownload(
       otherwise,
     })
   }
-  if (o.peers !== 'building') return run(o.peers, o.stallSeconds)
+  const part = o.peers === 'upstream' && o.upstreamPart && o.upstreamPart.of > 1 ? o.upstreamPart : undefined
+  if (o.peers !== 'building' && !part) return run(o.peers, o.stallSeconds)
+  if (part) {
+    // one of the lab's N upstream hosts: its part from the server, then the rest from the lab
+    // (the torrent's trackers too, where the other parts' hosts are; no web seed)
+    const bytes = await fetchUpstreamPart(remote, fileUrl, torrent, want, part, path.join(o.dir, id), source.stats, o.log ?? (() => {}))
+    o.log?.(`fetched part ${part.index} of ${part.of} of ${want.name} from the server (${bytes} bytes); the rest comes from the lab`)
+  }
   // A lab's hosts wait for their peers; when none has a byte to give for the timeout (and up to
   // half of it more, at random, so that the hosts of a lab without an upstream do not all turn to
   // the server at once), this host fetches from the server as well and becomes the lab's upstream:
   // one host per lab pays the copy, the others get their pieces from it. aria2c resumes the
   // pieces it has.
   try {
-    return await run('building', Math.round(o.stallSeconds * (1 + Math.random() / 2)))
+    const stall = Math.round(o.stallSeconds * (1 + Math.random() / 2))
+    return await (part ? run('upstream', stall, false) : run('building', stall))
   } catch (e) {
     if (!(isLabhostError(e) && e.details.stalled)) throw e
     o.log?.(`no peer of this lab had ${want.name} to give: fetching it from the server too, as the lab's upstream`)
@@ -102,7 +118,7 @@ export async function torrentSource(source: HttpSource, manifest: Manifest, o: T
   const torrentUrl = torrentUrlFor(remote.url)
   const name = path.basename(manifest.transport.file)
   const got = await torrentDownload(
-    remote,
+    source,
     remote.url,
     { name, size: manifest.transport.size },
     manifest.transport.sha256.slice(0, 16),

@@ -13,7 +13,7 @@ import { PEER_PARTS } from '../../image-format/torrent.ts'
 import { ExitCode, LabhostError } from '../../lib/errors.ts'
 import { powerAction } from '../../lib/power.ts'
 import { renderSwitch } from '../../bootloader/switch.ts'
-import { decimal, defineCommand, oneOf, pathValue, rate, TRUSTED_KEY, url, valueOf, wholeNumber, type Options } from '../command.ts'
+import { decimal, defineCommand, oneOf, pathValue, rate, TRUSTED_KEY, upstreamPart, url, valueOf, wholeNumber, type Options } from '../command.ts'
 
 /**
  * Where a host's files are: test seams (the disk tests lay a host's files out in a temp dir; on a
@@ -136,7 +136,7 @@ export const trialCheck = defineCommand({
 })
 
 // read only with --torrent: given without it, a mistake worth saying (not silently ignored)
-const TORRENT_ONLY = ['download-dir', 'peers', 'tracker', 'seed-minutes', 'seed-ratio', 'tracker-interval', 'download-limit'] as const
+const TORRENT_ONLY = ['download-dir', 'peers', 'upstream-part', 'tracker', 'seed-minutes', 'seed-ratio', 'tracker-interval', 'download-limit'] as const
 
 export const update = defineCommand({
   name: 'update',
@@ -237,6 +237,13 @@ export const update = defineCommand({
       description:
         "with --torrent: which peers — all (the torrent as published), upstream (one of the lab's few hosts that fetch from the server, as a web seed, for the others) or building (only the lab's peers and --tracker; the server only when no peer had a byte to give for --timeout)",
     },
+    'upstream-part': {
+      type: 'string',
+      value: 'K/N',
+      schema: upstreamPart(),
+      description:
+        "with --peers upstream: this host is one of the lab's N upstream hosts and fetches only part K of N of the file from the server, the rest from the lab (N hosts bring the file in N times as fast; the server still sends about one copy)",
+    },
     tracker: {
       type: 'string',
       value: 'URL',
@@ -295,6 +302,12 @@ export const update = defineCommand({
         'labhost update needs a SOURCE (an image directory, its manifest.json, or an http(s) URL of one) or --channel URL',
         `usage: ${this.usage}`,
       )
+    if (values['upstream-part'] !== undefined && values.peers !== 'upstream')
+      throw new LabhostError(
+        'usage',
+        `--upstream-part ${values['upstream-part'].index}/${values['upstream-part'].of} is for an upstream host (--peers ${values.peers ?? DEFAULT_TORRENT.peers} given)`,
+        'add --peers upstream, or leave out --upstream-part',
+      )
     const timeout = values.timeout
     const common = {
       trustedKey: values['trusted-key'],
@@ -310,6 +323,7 @@ export const update = defineCommand({
             ...DEFAULT_TORRENT,
             dir: values['download-dir'],
             ...(values.peers !== undefined ? { peers: values.peers } : {}),
+            ...(values['upstream-part'] !== undefined ? { upstreamPart: values['upstream-part'] } : {}),
             ...(values.tracker !== undefined ? { trackers: values.tracker } : {}),
             ...(values['seed-minutes'] !== undefined ? { seedMinutes: values['seed-minutes'] } : {}),
             ...(values['seed-ratio'] !== undefined ? { seedRatio: values['seed-ratio'] } : {}),

@@ -1,7 +1,8 @@
 // The fleet on one machine: a server and 8 hosts in network namespaces, opentracker on the server,
-// every host running the real `labhost update --torrent` against its disk on a loop device. One
-// host fetches from the server and the others from the lab's peers, so the server sends about one
-// copy; in a lab without such an upstream one host turns to the server; a host that loses its link
+// every host running the real `labhost update --torrent` against its disk on a loop device. Two
+// hosts fetch a half each from the server and the others from the lab's peers, so the server sends
+// about one copy; an upstream host with a part whose lab has no other part fetches the rest from
+// the server; in a lab without an upstream one host turns to the server; a host that loses its link
 // mid-transfer finishes; a seeder of corrupted pieces, or a .torrent for other bytes, never gets a
 // byte into a slot; `labhost image seed` refuses a directory never published or bytes not signed.
 import crypto from 'node:crypto'
@@ -39,13 +40,14 @@ async function fleet(t: Test, hosts: number, prefix: string): Promise<Fleet> {
   return f
 }
 
-t.test('8 hosts update over BitTorrent, one of them the upstream: every slot B is 2.0.0, the server sends about one copy', async (t) => {
+t.test('8 hosts update over BitTorrent, two of them upstream hosts with half each: every slot B is 2.0.0, the server sends about one copy', async (t) => {
   const f = await fleet(t, 8, 'lhft')
-  // as docs/admin.md advises for a lab: no seeder on the server; one host per lab is the upstream
-  // (it fetches from the server, a web seed), the others fetch from the lab's peers only
+  // as docs/admin.md advises for a lab: no seeder on the server; two hosts are the lab's upstream
+  // hosts (--upstream-part 1/2 and 2/2: each fetches its half from the server), the others fetch
+  // from the lab's peers only
   const before = await f.lab.txBytes(f.server)
   const started = Date.now()
-  const runs = await Promise.all(f.hosts.map((h, i) => f.update(h, torrentArgs(h, labPart(f, i)))))
+  const runs = await Promise.all(f.hosts.map((h, i) => f.update(h, torrentArgs(h, labPart(f, i, 2)))))
   const seconds = (Date.now() - started) / 1000
   const sent = (await f.lab.txBytes(f.server)) - before
   for (const [i, r] of runs.entries()) {
@@ -53,12 +55,14 @@ t.test('8 hosts update over BitTorrent, one of them the upstream: every slot B i
     const out = JSON.parse(String(r.stdout))
     t.ok(out.transfer.torrent?.file, `host ${i + 1} downloaded with BitTorrent`)
     t.ok(slotBHolds(f.hosts[i]!, `${images.v2}/root.img`), `host ${i + 1}: slot B holds 2.0.0`)
+    if (i < 2) t.match(String(r.all), `fetched part ${i + 1} of 2 of root.img.zst from the server`, `host ${i + 1} fetched its half from the server`)
+    else t.notMatch(String(r.all), /fetched part/, `host ${i + 1} fetched no part from the server`)
   }
   const ratio = sent / f.transportBytes
   t.comment(
     `server sent ${sent} bytes for 8 hosts = ${ratio.toFixed(2)} x the ${f.transportBytes}-byte transport file, last host done after ${seconds.toFixed(1)} s`,
   )
-  // plain HTTP sends 8 copies, a capped seeder about 2 (npm run bench); here the upstream alone fetches from the server
+  // plain HTTP sends 8 copies, a capped seeder about 2 (npm run bench); here the upstream hosts alone fetch from the server, a half each
   t.ok(ratio < 1.5, `the server sent ${ratio.toFixed(2)} copies (< 1.5)`)
 })
 
@@ -153,6 +157,20 @@ test('a lab without an upstream: a host that finds no peer with pieces turns to 
   t.ok(promoted >= 1, `${promoted} host(s) turned to the server`)
   const copies = sent / f.transportBytes
   t.ok(copies < promoted + 0.5, `the server sent ${copies.toFixed(2)} copies: those of the ${promoted} host(s) that turned to it, the rest came from them`)
+})
+
+test('an upstream host with part 1 of 2 whose lab has no other: it turns to the server for the rest, and the server sends one copy', async (t) => {
+  const f = await fleet(t, 1, 'lhfp')
+  const before = await f.lab.txBytes(f.server)
+  const [h] = f.hosts
+  const r = await f.update(h!, torrentArgs(h!, ['--peers', 'upstream', '--upstream-part', '1/2', '--timeout', '5']))
+  const sent = (await f.lab.txBytes(f.server)) - before
+  t.equal(r.exitCode, 0, 'exit 0', { output: String(r.all).slice(-2000) })
+  t.match(String(r.all), 'fetched part 1 of 2 of root.img.zst from the server', 'its half from the server first')
+  t.match(String(r.all), "as the lab's upstream", 'then, no peer having the other half, the rest from the server too')
+  t.ok(slotBHolds(h!, `${images.v2}/root.img`), 'slot B holds 2.0.0')
+  const copies = sent / f.transportBytes
+  t.ok(copies < 1.25, `the server sent ${copies.toFixed(2)} copies: the half it had is not fetched again`)
 })
 
 test('a host whose link goes down mid-transfer resumes when it comes back and finishes', async (t) => {
