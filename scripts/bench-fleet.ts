@@ -2,11 +2,12 @@
 // and 32; the server's and every host's port at 1 Gbit/s) updates from 1.0.0 to 2.0.0 at once,
 // four ways — the whole transport file over HTTP, the whole file over BitTorrent, the delta over
 // HTTP, the delta (its pack) over BitTorrent. BitTorrent here is building-aware as docs/admin.md
-// advises for a lab: LAB_UPSTREAMS hosts per lab are `--peers upstream --upstream-part K/N` (each
-// fetches its part of the file from the server, and the others fetch from them), the rest
-// `--peers building --tracker` (the lab's peers only, never the server); the server runs no seeder. Measured per round: the bytes the server's interface
-// sent, per the bytes one host needs; the time until the last host was done; and how busy this
-// machine's CPUs were (every host shares its two cores, which real PCs do not).
+// advises for a lab: half the lab's hosts, at most LAB_UPSTREAMS, are `--peers upstream
+// --upstream-part K/N` (each fetches its part of the file from the server, and the others fetch
+// from them), the rest `--peers building --tracker` (the lab's peers only, never the server); the
+// server runs no seeder. Measured per round: the bytes the server's interface sent, per the bytes
+// one host needs; the time until the last host was done; and how busy this machine's CPUs were
+// (every host shares its two cores, which real PCs do not).
 // The network-bound section runs the BitTorrent ways again on the lean image with the hosts' ports
 // slowed (networkBoundSpeeds), so that one host's download, not the shared CPU, is what a host waits for.
 import fs from 'node:fs'
@@ -43,18 +44,20 @@ export const METHODS = ['full-http', 'full-bt', 'delta-http', 'delta-bt'] as con
 export type Method = (typeof METHODS)[number]
 
 /**
- * A lab's upstream hosts (at most; a lab of fewer hosts has that many): each fetches its part of
- * the file from the server (--upstream-part K/N), so the file comes into the lab through N ports
- * and each passes on a part, where one upstream host passed on every piece several times over
- * its one port (aria2c has no super-seeding: 4.55x one host's time at 32 hosts with one).
+ * A lab's upstream hosts: half its hosts, at most LAB_UPSTREAMS (4 of 8, 8 of 32). Each fetches
+ * its part of the file from the server (--upstream-part K/N), so the file comes into the lab
+ * through N ports and each passes on a part, where one upstream host passed on every piece several
+ * times over its one port (aria2c has no super-seeding: 4.55x one host's time at 32 hosts with
+ * one; 3.0x with 4 parts, 2.3x with 8, measured 2026-12-03).
  */
-export const LAB_UPSTREAMS = 4
+export const LAB_UPSTREAMS = 8
+export const upstreamsFor = (hosts: number) => Math.min(LAB_UPSTREAMS, Math.ceil(hosts / 2))
 
 const LABEL: Record<Method, string> = {
   'full-http': 'whole image over HTTP',
-  'full-bt': `whole image over BitTorrent (${LAB_UPSTREAMS} upstream hosts with a part each, the rest the lab only)`,
+  'full-bt': `whole image over BitTorrent (half the hosts, at most ${LAB_UPSTREAMS}, upstream with a part each; the rest the lab only)`,
   'delta-http': 'delta over HTTP',
-  'delta-bt': `delta pack over BitTorrent (${LAB_UPSTREAMS} upstream hosts with a part each, the rest the lab only)`,
+  'delta-bt': `delta pack over BitTorrent (half the hosts, at most ${LAB_UPSTREAMS}, upstream with a part each; the rest the lab only)`,
 }
 
 export interface Round {
@@ -132,14 +135,14 @@ export function cpuBusySeconds(): number {
 }
 
 /**
- * A host's `labhost update` arguments for `method`; the first LAB_UPSTREAMS hosts of the lab are
- * its BitTorrent upstream hosts (one host alone fetches the whole file from the server).
+ * A host's `labhost update` arguments for `method`; the first `upstreams` hosts of the lab are its
+ * BitTorrent upstream hosts (one host alone fetches the whole file from the server).
  * BitTorrent as a lab runs it: the product's announce interval and seeding time, not the tests'
  * quick ones (btArgs: announces every 2 s, seeding 2 min, which at 32 hosts left late hosts a lab
  * whose seeders had gone, and the server's tracker answering 16 announces a second).
  */
-function hostArgs(f: Fleet, h: FleetHost, i: number, method: Method): string[] {
-  const bt = ['--torrent', '--download-dir', h.downloadDir, ...labPart(f, i, Math.min(LAB_UPSTREAMS, f.hosts.length))]
+function hostArgs(f: Fleet, h: FleetHost, i: number, method: Method, upstreams: number): string[] {
+  const bt = ['--torrent', '--download-dir', h.downloadDir, ...labPart(f, i, Math.min(upstreams, f.hosts.length))]
   switch (method) {
     case 'full-http':
       return ['--full']
@@ -152,8 +155,16 @@ function hostArgs(f: Fleet, h: FleetHost, i: number, method: Method): string[] {
   }
 }
 
-/** One round: a fresh lab of `hosts` (with a delta pack for 1.0.0 published), all updating at once with `method`. */
-export async function fleetRound(dir: string, images: Images, hosts: number, method: Method, prefix: string, hostPortMbit: number = PORT_MBIT): Promise<Round> {
+/** One round: a fresh lab of `hosts` (with a delta pack for 1.0.0 published), all updating at once with `method`, `upstreams` of them the lab's upstream hosts. */
+export async function fleetRound(
+  dir: string,
+  images: Images,
+  hosts: number,
+  method: Method,
+  prefix: string,
+  hostPortMbit: number = PORT_MBIT,
+  upstreams = upstreamsFor(hosts),
+): Promise<Round> {
   const fleetDir = fs.mkdtempSync(path.join(dir, `fleet-${method}-${hosts}-`))
   const f = await startFleet(fleetDir, images, { hosts, prefix, deltaFrom: images.v1, hostPortMbit })
   try {
@@ -164,7 +175,7 @@ export async function fleetRound(dir: string, images: Images, hosts: number, met
       const t0 = performance.now()
       const runs = await Promise.all(
         f.hosts.map((h, i) => {
-          const p = f.update(h, hostArgs(f, h, i, method))
+          const p = f.update(h, hostArgs(f, h, i, method, upstreams))
           group?.join(p.pid)
           return p
         }),
@@ -296,6 +307,21 @@ export async function benchFleetScale(
         peer: 'the bytes one host needs (the transport file; for a delta its pack: the block index and the frames it lacks)',
         peerValue: 1,
         note: `one host needs ${need} bytes${spread(copies, 2)}; ${ports(m)}`,
+      })
+      // the same bytes against what the server sent for one host alone: besides the file, each
+      // host fetches the signed manifest, the .torrent (and the pack list) and announces to the
+      // tracker, and TCP resends what a slow port's queue drops; the server sends that for any host
+      const aloneBytes = median(single(m).map((r) => r.serverBytes))
+      fig({
+        name: `${section}: server bytes sent per the server bytes for one host alone, ${n} hosts, ${LABEL[m]}`,
+        value: Number(median(rs.map((r) => r.serverBytes / aloneBytes)).toFixed(2)),
+        unit: 'x one host alone',
+        peer: 'the bytes the server sent for one host alone, the same way (the file, the manifest, the .torrent, the pack list, tracker answers, TCP resends)',
+        peerValue: 1,
+        note: `one host alone: ${aloneBytes} bytes, ${(aloneBytes / need).toFixed(2)} x the bytes it needs${spread(
+          rs.map((r) => r.serverBytes / aloneBytes),
+          2,
+        )}; ${ports(m)}`,
       })
       fig({
         name: `${section}: time until the last of ${n} hosts was done, ${LABEL[m]}`,
