@@ -67,6 +67,8 @@ export interface Round {
   hostPortMbit: number
   seconds: number
   serverBytes: number
+  /** TCP segments the server sent again (its namespace's RetransSegs; null if unread): what the slow ports' queues dropped. */
+  serverResent: number | null
   /** What one host needs: the whole transport file, or (delta) its pack — the block index and the ranges it lacks. */
   needBytes: number
   /** Machine-wide CPU busy share during the round (1: both cores busy all the time). */
@@ -124,6 +126,18 @@ function cpuGroup(name: string): { join(pid: number | undefined): void; seconds(
     }
   }
   return null
+}
+
+/** The TCP segments the server's namespace sent again since it was made (/proc/net/snmp's Tcp RetransSegs there), or null. */
+async function resentSegments(f: Fleet): Promise<number | null> {
+  const r = await f.lab.spawn(f.server, 'cat', ['/proc/net/snmp'])
+  const [names, values] = String(r.stdout)
+    .split('\n')
+    .filter((l) => l.startsWith('Tcp:'))
+    .map((l) => l.trim().split(/\s+/))
+  const at = names?.indexOf('RetransSegs') ?? -1
+  const n = at > 0 ? Number(values?.[at]) : NaN
+  return r.exitCode === 0 && Number.isFinite(n) ? n : null
 }
 
 /** CPU time this machine spent busy (all cores, seconds), from /proc/stat. */
@@ -184,6 +198,7 @@ export async function fleetRound(
       const cpu = cpuBusySeconds() - cpu0
       const hostCpuSeconds = group ? group.seconds() : null
       const serverBytes = (await f.lab.txBytes(f.server)) - before
+      const serverResent = await resentSegments(f)
       let downloadSeconds: number | null = null
       // hosts of the lab that found no peer with a byte to give in time and fetched from the server too
       const fellBack = runs.filter((r) => /no peer of this lab had .* to give/.test(String(r.all))).length
@@ -200,6 +215,7 @@ export async function fleetRound(
         hostPortMbit,
         seconds,
         serverBytes,
+        serverResent,
         needBytes,
         cpuBusy: cpu / seconds / cores,
         cpuSeconds: cpu,
@@ -281,13 +297,18 @@ export async function benchFleetScale(
       for (const m of methods) {
         const round = await fleetRound(dir, images, n, m, prefix(m, n), portOf(m))
         console.log(
-          `${section} ${m} (hosts' ports ${portOf(m)} Mbit/s), ${n} host(s), round ${r + 1}: ${round.seconds.toFixed(1)} s${round.downloadSeconds === null ? '' : ` (BitTorrent downloads done within ${round.downloadSeconds.toFixed(1)} s; ${round.fellBack} host(s) turned to the server)`}, server sent ${(round.serverBytes / 2 ** 20).toFixed(1)} MiB, CPU busy ${(round.cpuBusy * 100).toFixed(0)} %`,
+          `${section} ${m} (hosts' ports ${portOf(m)} Mbit/s), ${n} host(s), round ${r + 1}: ${round.seconds.toFixed(1)} s${round.downloadSeconds === null ? '' : ` (BitTorrent downloads done within ${round.downloadSeconds.toFixed(1)} s; ${round.fellBack} host(s) turned to the server)`}, server sent ${(round.serverBytes / 2 ** 20).toFixed(1)} MiB${round.serverResent === null ? '' : ` (TCP sent ${round.serverResent} segments again)`}, CPU busy ${(round.cpuBusy * 100).toFixed(0)} %`,
         )
         rounds.push(round)
       }
   const ports = (m: Method) =>
     portOf(m) === PORT_MBIT ? `every port ${PORT_MBIT} Mbit/s` : `the hosts' ports ${portOf(m)} Mbit/s, the server's ${PORT_MBIT} Mbit/s`
   const single = (m: Method) => rounds.filter((r) => r.method === m && r.hosts === 1)
+  // segments of at most one MSS (1448 bytes here): an upper bound on the bytes sent again
+  const resent = (rs: Round[]) => {
+    const segs = rs.map((r) => r.serverResent).filter((x) => x !== null)
+    return segs.length ? `; TCP sent ${median(segs)} segments again (at most ${((median(segs) * 1448) / 1e6).toFixed(2)} MB; median)` : ''
+  }
   for (const m of methods) {
     const need = single(m)[0]!.needBytes
     const alone = median(single(m).map((r) => r.seconds))
@@ -306,7 +327,7 @@ export async function benchFleetScale(
         unit: 'x one host',
         peer: 'the bytes one host needs (the transport file; for a delta its pack: the block index and the frames it lacks)',
         peerValue: 1,
-        note: `one host needs ${need} bytes${spread(copies, 2)}; ${ports(m)}`,
+        note: `one host needs ${need} bytes${spread(copies, 2)}; ${ports(m)}${resent(rs)}`,
       })
       // the same bytes against what the server sent for one host alone: besides the file, each
       // host fetches the signed manifest, the .torrent (and the pack list) and announces to the
