@@ -35,7 +35,7 @@ export async function fetchUpstreamPart(
   fs.rmSync(`${file}.aria2`, { force: true })
   if (start === end) return 0
   log(`fetching part ${part.index} of ${part.of} of ${want.name} (bytes ${start}-${end - 1}) from the server, for the lab`)
-  const fd = fs.openSync(file, fs.constants.O_WRONLY | fs.constants.O_CREAT, 0o600)
+  const fd = fs.openSync(file, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o600)
   try {
     if (fs.fstatSync(fd).size < want.size) fs.ftruncateSync(fd, want.size) // the rest a hole until aria2c fills it
     let at = start
