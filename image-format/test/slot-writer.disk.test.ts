@@ -245,6 +245,25 @@ t.test('a cut stream is imageTruncated, a changed or undecodable one hashMismatc
       code: 'hashMismatch',
       message: /longer than its manifest/,
     },
+    // a raw file is read several chunks ahead (RAW_READ_AHEAD): a cut one stops with reads in flight
+    {
+      name: 'raw file cut inside chunk 5',
+      input: { kind: 'raw-file' as const, file: (fs.writeFileSync(`${d}/cut-file.img`, image.subarray(0, 5 * CHUNK + 100)), `${d}/cut-file.img`) },
+      code: 'imageTruncated',
+      message: /ends early/,
+    },
+    {
+      name: 'raw file cut after chunk 3',
+      input: { kind: 'raw-file' as const, file: (fs.writeFileSync(`${d}/cut3-file.img`, image.subarray(0, 3 * CHUNK)), `${d}/cut3-file.img`) },
+      code: 'imageTruncated',
+      message: /ends early/,
+    },
+    {
+      name: 'raw file with a changed byte in chunk 9',
+      input: { kind: 'raw-file' as const, file: (fs.writeFileSync(`${d}/changed-file.img`, changed), `${d}/changed-file.img`) },
+      code: 'hashMismatch',
+      message: /chunk 9 /,
+    },
     {
       name: 'raw file 3 bytes longer',
       input: {
