@@ -45,31 +45,15 @@ async function* fillChunks(manifest: Manifest, buffers: ChunkBuffers, fill: Fill
   }
 }
 
-/** Chunks of a raw image file read at once (each into a buffer of its own), ahead of the one the writer takes next. */
-export const RAW_READ_AHEAD = 4
-
-/**
- * A local raw image file, read as it is, each chunk from its own offset: RAW_READ_AHEAD reads in
- * flight at a time (one read at a time left the disk idle between them: a single 1 MiB read after
- * another is slower than the O_DIRECT writes it feeds), yielded in image order. Past the last
- * chunk, the one byte that tells a longer file is the one right after the image (inside the last
- * chunk's room when the image is not a whole number of chunks).
- */
+/** A local raw image file, read as it is, each chunk from its own offset. */
 export async function* rawFileChunks(file: string, manifest: Manifest, buffers: ChunkBuffers): AsyncGenerator<FilledChunk> {
   const size = manifest.image.chunkSize
-  const count = manifest.image.chunks.length
   const fd = fs.openSync(file, 'r')
-  const inFlight: Promise<{ buf: Buffer; n: number; length: number }>[] = []
-  let next = 0
-  const issue = () => {
-    const index = next++
-    const length = index < count ? chunkLength(manifest, index) : 1
-    const read = (async () => {
-      const buf = await buffers.take()
-      try {
-        return { buf, n: await readUpTo(fd, buf, length, Math.min(index * size, manifest.image.size)), length }
-      } catch (e) {
-        buffers.give(buf)
+  try {
+    // past the last chunk, the one byte that tells a longer file is the one right after the image
+    // (inside the last chunk's room when the image is not a whole number of chunks)
+    yield* fillChunks(manifest, buffers, (b, index, length) =>
+      readUpTo(fd, b, length, Math.min(index * size, manifest.image.size)).catch((e) => {
         throw new LabhostError(
           'io',
           `reading ${file} failed: ${(e as Error).message}`,
@@ -77,33 +61,9 @@ export async function* rawFileChunks(file: string, manifest: Manifest, buffers: 
           {},
           { cause: e },
         )
-      }
-    })()
-    read.catch(() => {}) // awaited in order below; one that fails after another stopped the reading is not unhandled
-    inFlight.push(read)
-  }
-  try {
-    for (;;) {
-      while (inFlight.length < RAW_READ_AHEAD && next <= count) issue()
-      const read = inFlight.shift()
-      if (!read) return
-      const { buf, n, length } = await read
-      if (n === 0) {
-        buffers.give(buf)
-        return
-      }
-      yield { buf, length: n }
-      if (n < length) return
-    }
+      }),
+    )
   } finally {
-    // reads still in flight when the reading stops (an error, a short file, the writer stopping): their buffers back
-    for (const read of inFlight) {
-      try {
-        buffers.give((await read).buf)
-      } catch {
-        /* its buffer went back when it failed */
-      }
-    }
     fs.closeSync(fd)
   }
 }

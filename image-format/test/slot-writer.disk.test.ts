@@ -245,7 +245,7 @@ t.test('a cut stream is imageTruncated, a changed or undecodable one hashMismatc
       code: 'hashMismatch',
       message: /longer than its manifest/,
     },
-    // a raw file is read several chunks ahead (RAW_READ_AHEAD): a cut one stops with reads in flight
+    // raw files: cut inside and after a chunk, a changed byte, a longer one
     {
       name: 'raw file cut inside chunk 5',
       input: { kind: 'raw-file' as const, file: (fs.writeFileSync(`${d}/cut-file.img`, image.subarray(0, 5 * CHUNK + 100)), `${d}/cut-file.img`) },
