@@ -16,7 +16,7 @@ import path from 'node:path'
 import { buildImage } from '../image-build/build.ts'
 import { writeRecipeVariant } from '../image-build/recipe.ts'
 import { publishDeltaPacks } from '../updater/delta-pack.ts'
-import { leanRecipe } from '../vm-tests/fixtures/lean-image.ts'
+import { leanRecipe } from '../test-support/lean-recipe.ts'
 import { labPart, PORT_MBIT, startFleet, type Fleet, type FleetHost } from '../test-support/fleet-fixtures.ts'
 import type { Images } from '../test-support/update-fixtures.ts'
 

@@ -28,7 +28,7 @@ import { run } from '../lib/exec.ts'
 import { loadLayout } from '../lib/layout.ts'
 import { withPartitionDevice } from '../lib/partition-dev.ts'
 import { buildHostDisks, withPartition, type HostDisks } from '../test-support/host-disks.ts'
-import { leanRecipe } from '../vm-tests/fixtures/lean-image.ts'
+import { leanRecipe } from '../test-support/lean-recipe.ts'
 
 const ROOT = path.resolve(import.meta.dirname, '..')
 const RESULT = path.join(ROOT, 'vm-tests/results/secure-boot-probe.json')

@@ -22,7 +22,7 @@ import { readManifest } from '../image-format/manifest.ts'
 import type { RunningVm, VmDriver } from './driver.ts'
 import type { VmDisk, VmSpec } from './qemu.ts'
 import { Console, type Marker, type MarkerPattern } from './console-markers.ts'
-import { leanRecipe } from './fixtures/lean-image.ts'
+import { leanRecipe } from '../test-support/lean-recipe.ts'
 
 const MiB = 1 << 20
 const DELL = { manufacturer: 'Dell Inc.', product: 'OptiPlex 7010' }

@@ -6,9 +6,10 @@
 // by the host itself over the network: from an HTTP server on this machine's loopback, reached
 // through QEMU user networking only, as a delta (manifest, block index, Range requests); 2.0.0
 // then boots on trial and the hook's `labhost mark-good` ends the trial (the trial and mark-good
-// end to end; on a BIOS PC every cycle of the campaign does the same from a local file). The installer stick on a UEFI-only PC
-// (an unattended install, then the SSD boots through the selector the image carried) and a disk
-// with an ESP booting on SeaBIOS are in stick-boot.vm.test.ts: one stick for both firmware types.
+// end to end; on a BIOS PC every cycle of the campaign does the same from a local file). The
+// installer stick on a UEFI-only PC (an unattended install, then the SSD boots through the
+// selector the image carried) and a disk with an ESP booting on SeaBIOS are in
+// stick-boot.vm.test.ts: one stick for both firmware types.
 import fs from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
