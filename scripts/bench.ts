@@ -177,14 +177,22 @@ async function benchUpdateWrite(imageDir: string, imageBytes: number, trustedKey
     for (let i = 0; i < 5; i++) {
       await timed(rounds.diskWrite, () => execa('dd', ['if=/dev/zero', `of=${slot}`, 'bs=4M', `count=${count}`, 'oflag=direct', 'conv=fsync', 'status=none']))
       await timed(rounds.diskRead, () => execa(...slotRead))
-      const r = await update('raw', rawDir)
-      written = r.written
-      // the write phase alone: the read-back comes after it (the default), so it is timed apart
-      rounds.write.push(r.seconds.write)
-      await bmaptool(rawImage, rounds.bmapRaw, rounds.bmapRawRead)
-      await update('zst', transportDir)
-      await bmaptool(path.join(imageDir, 'root.img.zst'), rounds.bmapZst, rounds.bmapZstRead)
-      await timed(rounds.dd, () => execa('dd', [`if=${rawImage}`, `of=${slot}`, 'bs=4M', 'oflag=direct', 'conv=fsync', 'status=none']))
+      const contenders = [
+        async () => {
+          const r = await update('raw', rawDir)
+          written = r.written
+          // the write phase alone: the read-back comes after it (the default), so it is timed apart
+          rounds.write.push(r.seconds.write)
+        },
+        () => bmaptool(rawImage, rounds.bmapRaw, rounds.bmapRawRead),
+        () => update('zst', transportDir),
+        () => bmaptool(path.join(imageDir, 'root.img.zst'), rounds.bmapZst, rounds.bmapZstRead),
+        () => timed(rounds.dd, () => execa('dd', [`if=${rawImage}`, `of=${slot}`, 'bs=4M', 'oflag=direct', 'conv=fsync', 'status=none'])),
+      ]
+      // each round starts one contender later: over the 5 rounds each runs once in every place
+      // (first after the disk's own write of zeros, after each of the others), so neither what the
+      // slot holds nor what the disk still does from the one before favours a contender
+      for (let k = 0; k < contenders.length; k++) await contenders[(i + k) % contenders.length]!()
     }
   } finally {
     await detachLoop(slot)
@@ -197,7 +205,7 @@ async function benchUpdateWrite(imageDir: string, imageBytes: number, trustedKey
   const how =
     `image ${imageBytes >> 20} MiB; bmaptool writes the ${Math.round(mapped / 2 ** 20)} MiB its bmap maps and leaves the rest as it was; ` +
     `labhost sends ${Math.round(written!.dataBytes / 2 ** 20)} MiB of data, has ${Math.round(written!.kernelZeroedBytes / 2 ** 20)} MiB of zero chunks zeroed by the kernel (BLKZEROOUT), then reads all of it back; ` +
-    `5 runs each, alternating, page cache dropped before each; ${diskSpeeds}`
+    `5 runs each, alternating, each contender once in each place of a round, page cache dropped before each; ${diskSpeeds}`
   /** labhost's runs against a peer's, as MiB/s of image: the medians, and the spread of both. */
   const rateFigure = (name: string, ours: number[], peer: string, theirs: number[], note: string) =>
     fig({ name, value: mbps(median(ours)), unit: 'MiB/s of image', peer, peerValue: mbps(median(theirs)), note, spread: spreadFigure(ours, theirs, mbps) })
