@@ -88,13 +88,14 @@ export function checkTorrent(data: Buffer, want: { name: string; size: number },
   }
 }
 
-/** The piece length of a .torrent that passed checkTorrent. */
-export function torrentPieceLength(data: Buffer): number {
+/** The piece length and the pieces' SHA-1 hashes (20 bytes each, in order) of a .torrent that passed checkTorrent. */
+export function torrentPieces(data: Buffer): { pieceLength: number; hashes: Buffer } {
   const root = bdecode(data)
   const info = isDict(root) ? root.get('info') : undefined
   const pieceLength = isDict(info) ? info.get('piece length') : undefined
-  if (typeof pieceLength !== 'number' || pieceLength < 1) throw new Error('torrentPieceLength: a .torrent not checked by checkTorrent')
-  return pieceLength
+  const hashes = isDict(info) ? info.get('pieces') : undefined
+  if (typeof pieceLength !== 'number' || pieceLength < 1 || !Buffer.isBuffer(hashes)) throw new Error('torrentPieces: a .torrent not checked by checkTorrent')
+  return { pieceLength, hashes }
 }
 
 /** Part `index` of `of` (1-based) of a host's share of a file: `--upstream-part index/of`. */

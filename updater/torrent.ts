@@ -91,7 +91,7 @@ export async function torrentDownload(
     // one of the lab's N upstream hosts: its part from the server, then the rest from the lab
     // (the torrent's trackers too, where the other parts' hosts are; no web seed)
     const bytes = await fetchUpstreamPart(remote, fileUrl, torrent, want, part, path.join(o.dir, id), source.stats, o.log ?? (() => {}))
-    o.log?.(`fetched part ${part.index} of ${part.of} of ${want.name} from the server (${bytes} bytes); the rest comes from the lab`)
+    if (bytes) o.log?.(`fetched part ${part.index} of ${part.of} of ${want.name} from the server (${bytes} bytes); the rest comes from the lab`)
   }
   // A lab's hosts wait for their peers; when none has a byte to give for the timeout (and up to
   // half of it more, at random, so that the hosts of a lab without an upstream do not all turn to
