@@ -43,9 +43,9 @@ export async function fetchUpstreamPart(
   if (start === end) return 0
   const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o600)
   try {
-    if (!fs.fstatSync(fd).isFile())
-      throw new LabhostError('io', `${file} is not a regular file`, `remove it, or give --download-dir a directory of labhost's own`)
-    const had = fs.fstatSync(fd).size
+    const st = fs.fstatSync(fd)
+    if (!st.isFile()) throw new LabhostError('io', `${file} is not a regular file`, `remove it, or give --download-dir a directory of labhost's own`)
+    const had = st.size
     if (had < want.size) fs.ftruncateSync(fd, want.size) // the rest a hole until aria2c fills it
     // a file just made holds nothing to check (a part of a large file would take seconds to hash)
     const runs = had ? await missingRuns(fd, hashes, pieceLength, start, end) : [{ start, end }]
