@@ -55,6 +55,23 @@ const tbf = (mbit: number) => [
   '50ms',
 ]
 
+/**
+ * The TCP congestion control the lab's members use: cubic, the default of Debian's kernel that a
+ * lab's server and PCs run, rather than whatever this machine defaults to (BBR on some cloud
+ * kernels, which at the slowed ports of the network-bound bench made the server send a third
+ * more again); null where this kernel has no cubic (the machine's default then). Set per route:
+ * a namespace may default only to the algorithms the machine allows unprivileged.
+ */
+const LAB_TCP = fs.readFileSync('/proc/sys/net/ipv4/tcp_available_congestion_control', 'utf8').split(/\s+/).includes('cubic') ? 'cubic' : null
+const congctl = LAB_TCP ? ['congctl', LAB_TCP] : []
+
+/** The network `ip`/`prefixLength` is in (IPv4), as `a.b.c.d/n`. */
+function networkOf(ip: string, prefixLength: number): string {
+  const n = ip.split('.').reduce((a, o) => a * 256 + Number(o), 0)
+  const net = prefixLength === 0 ? 0 : n - (n % 2 ** (32 - prefixLength))
+  return `${[24, 16, 8, 0].map((s) => Math.floor(net / 2 ** s) % 256).join('.')}/${prefixLength}`
+}
+
 /** A member's namespace, its veth to the switch namespace `sw` (port `port` on br0), its address and routes. */
 async function plug(sw: string, m: LabMember, port: string, prefixLength: number, portMbit?: number, gateway?: string): Promise<void> {
   await run('ip', ['netns', 'add', m.ns])
@@ -64,9 +81,11 @@ async function plug(sw: string, m: LabMember, port: string, prefixLength: number
   await run('ip', ['-n', m.ns, 'addr', 'add', `${m.ip}/${prefixLength}`, 'dev', m.dev])
   await run('ip', ['-n', m.ns, 'link', 'set', m.dev, 'up'])
   await run('ip', ['-n', m.ns, 'link', 'set', 'lo', 'up'])
+  if (LAB_TCP)
+    await run('ip', ['-n', m.ns, 'route', 'replace', networkOf(m.ip, prefixLength), 'dev', m.dev, 'proto', 'kernel', 'scope', 'link', 'src', m.ip, ...congctl])
   // multicast (Local Peer Discovery) stays on the member's own segment: nothing here routes it
   await run('ip', ['-n', m.ns, 'route', 'add', '224.0.0.0/4', 'dev', m.dev])
-  if (gateway) await run('ip', ['-n', m.ns, 'route', 'add', 'default', 'via', gateway])
+  if (gateway) await run('ip', ['-n', m.ns, 'route', 'add', 'default', 'via', gateway, ...congctl])
   if (portMbit) {
     await run('ip', ['netns', 'exec', m.ns, 'tc', 'qdisc', 'add', 'dev', m.dev, ...tbf(portMbit)])
     await run('ip', ['netns', 'exec', sw, 'tc', 'qdisc', 'add', 'dev', port, ...tbf(portMbit)])
