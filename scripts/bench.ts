@@ -200,7 +200,7 @@ async function benchUpdateWrite(imageDir: string, imageBytes: number, trustedKey
     // A write of the slot's first half and a read of its second half at once, 5 times: whether this
     // disk serves both together faster than one after the other (the floor below assumes it does
     // not). After the rounds, not in them: before each round it slowed labhost's writes from the
-    // raw image that followed (write stage 1.33-1.65 s against 0.93 without, two runs each).
+    // raw image that followed (its write stage 1.33 and 1.65 s, against 0.88-0.93 s without; 2026-12-03).
     const half = String(Math.ceil(Number(count) / 2))
     for (let i = 0; i < 5; i++)
       await timed(rounds.diskBoth, () =>
