@@ -131,33 +131,63 @@ async function hashSlot(file: DirectFile, slot: SlotRange, manifest: Manifest, p
   return hashes
 }
 
+/** Both slots hashed on the new image's chunk grid (scanSlots): what planFromScan decides with. */
+export interface SlotScan {
+  active: (string | null)[]
+  target: (string | null)[]
+  /** Where each 4 KiB block hash lies, in the running slot and in the slot being written; only where the image's block index can be used. */
+  activeBlocks?: Map<string, number>
+  targetBlocks?: Map<string, number>
+  seconds: number
+}
+
+/** Blocks are looked for only where the image has a block index and a frame is whole blocks (always, but for an odd old image). */
+const blocksUsable = (manifest: Manifest) => !!manifest.blocks && frameSizeOf(manifest) % manifest.blocks.blockSize === 0
+
+/**
+ * Read and hash both slots of `disk` as far as the image reaches (and, where the image has a
+ * usable block index, locate every block); writes nothing. Needs only the signed manifest: an
+ * update over BitTorrent runs it while the delta pack (and the block index in it) downloads.
+ */
+export async function scanSlots(manifest: Manifest, disk: string, slots: { active: SlotRange; target: SlotRange }): Promise<SlotScan> {
+  const started = Date.now()
+  const file = DirectFile.open(disk, 'read')
+  const pool = new WorkerPool()
+  const activeBlocks = blocksUsable(manifest) ? new Map<string, number>() : undefined
+  const targetBlocks = activeBlocks ? new Map<string, number>() : undefined
+  try {
+    const active = await hashSlot(file, slots.active, manifest, pool, activeBlocks)
+    const target = await hashSlot(file, slots.target, manifest, pool, targetBlocks)
+    return { active, target, activeBlocks, targetBlocks, seconds: (Date.now() - started) / 1000 }
+  } finally {
+    file.close()
+    await pool.close()
+  }
+}
+
 /**
  * Decide for every chunk of the new image where it comes from, and which frames of the transport
  * file are downloaded. Reads and hashes both slots of `disk` as far as the image reaches; writes
  * nothing.
  */
 export async function planDelta(manifest: Manifest, disk: string, slots: { active: SlotRange; target: SlotRange }, blockIndex?: Buffer): Promise<DeltaPlan> {
+  // without an index the blocks are not located at all
+  const scan = await scanSlots(blockIndex ? manifest : { ...manifest, blocks: undefined }, disk, slots)
+  return planFromScan(manifest, slots, scan, blockIndex)
+}
+
+/** planDelta's decision on slots already scanned (scanSlots); `blockIndex`: the image's, checked against the signed manifest. */
+export function planFromScan(manifest: Manifest, slots: { active: SlotRange; target: SlotRange }, scan: SlotScan, blockIndex?: Buffer): DeltaPlan {
   const started = Date.now()
   const { chunks: wanted, chunkSize } = manifest.image
   const frames = manifest.transport.frames!
   const frameSize = frameSizeOf(manifest)
   const perChunk = framesPerChunk(manifest)
-  // blocks are looked for only where a frame is whole blocks (always, but for an odd old image)
-  const withBlocks = !!blockIndex && !!manifest.blocks && frameSize % manifest.blocks.blockSize === 0
-  const file = DirectFile.open(disk, 'read')
-  const pool = new WorkerPool()
-  let active: (string | null)[]
-  let target: (string | null)[]
+  const { active, target } = scan
+  const withBlocks = !!blockIndex && blocksUsable(manifest) && !!scan.activeBlocks && !!scan.targetBlocks
   // where each block hash lies: in the running slot, and (the last place) in the slot being written
-  const activeBlocks = withBlocks ? new Map<string, number>() : undefined
-  const targetBlocks = activeBlocks ? new Map<string, number>() : undefined
-  try {
-    active = await hashSlot(file, slots.active, manifest, pool, activeBlocks)
-    target = await hashSlot(file, slots.target, manifest, pool, targetBlocks)
-  } finally {
-    file.close()
-    await pool.close()
-  }
+  const activeBlocks = withBlocks ? scan.activeBlocks : undefined
+  const targetBlocks = withBlocks ? scan.targetBlocks : undefined
   const inActive = new Map<string, number>()
   active.forEach((h, j) => {
     if (h && !inActive.has(h)) inActive.set(h, j)
@@ -198,7 +228,7 @@ export async function planDelta(manifest: Manifest, disk: string, slots: { activ
       fetchBytes: ranges.reduce((n, r) => n + r.end - r.start, 0),
       requests: ranges.length,
       transportBytes: manifest.transport.size,
-      scanSeconds: (Date.now() - started) / 1000,
+      scanSeconds: scan.seconds + (Date.now() - started) / 1000,
     },
   }
 }

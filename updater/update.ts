@@ -29,7 +29,7 @@ import {
   type UpdateSource,
 } from '../image-format/source.ts'
 import { imageInput, verifyImage, writeImage, type BeforeReadBack, type WriteStats } from '../image-format/slot-writer.ts'
-import { deltaPays, deltaSource, deltaUnusable, httpRanges, planDelta, type DeltaSummary } from './delta.ts'
+import { deltaPays, deltaSource, deltaUnusable, httpRanges, planDelta, planFromScan, scanSlots, type DeltaSummary } from './delta.ts'
 import { downloadPack, fetchPackList, packFor, packForVersion, packIndex, packRanges, type FetchedPack } from './delta-pack.ts'
 import { torrentSource, torrentUrlFor, type TorrentOptions } from './torrent.ts'
 import type { Progress } from '../lib/progress.ts'
@@ -333,16 +333,22 @@ async function chooseDelta(
   // with it, so the lab's hosts do not each fetch the index from the server (delta-pack.ts)
   const packs = torrent && !dryRun ? await fetchPackList(source, manifest, log) : null
   const mine = packs && packForVersion(packs, plan.from.version, manifest)
-  let fetched: FetchedPack | null = mine ? await downloadPack(source, manifest, mine, torrent!) : null
-  const d = await planDelta(
-    manifest,
-    plan.disk,
-    {
-      active: { firstByte: plan.from.firstByte, bytes: plan.from.slotBytes },
-      target: { firstByte: plan.to.firstByte, bytes: plan.to.slotBytes },
-    },
-    (fetched && packIndex(fetched, manifest, log)) ?? (await fetchBlockIndex(manifest, source, log)),
-  )
+  const slots = {
+    active: { firstByte: plan.from.firstByte, bytes: plan.from.slotBytes },
+    target: { firstByte: plan.to.firstByte, bytes: plan.to.slotBytes },
+  }
+  // the slots are read and hashed while the pack downloads (the disk is locked: nothing else writes them)
+  const scanning = mine ? scanSlots(manifest, plan.disk, slots) : null
+  scanning?.catch(() => {}) // awaited below: a failure during the download is not an unhandled one
+  let fetched: FetchedPack | null
+  try {
+    fetched = mine ? await downloadPack(source, manifest, mine, torrent!) : null
+  } catch (e) {
+    await scanning?.catch(() => {})
+    throw e
+  }
+  const index = (fetched && packIndex(fetched, manifest, log)) ?? (await fetchBlockIndex(manifest, source, log))
+  const d = scanning ? planFromScan(manifest, slots, await scanning, index) : await planDelta(manifest, plan.disk, slots, index)
   const s = d.summary
   const what =
     `${s.fetched} of ${s.chunks} chunks (${s.patched} of them in part), ${s.fetchedFrames} of ${s.frames} frames of ${s.frameSize >> 10} KiB, ` +
