@@ -24,17 +24,29 @@ import type { Images } from '../test-support/update-fixtures.ts'
 export const FLEET_EXTRA_PACKAGE = 'nano'
 
 /**
+ * What 2.0.0 adds in the network-bound section's delta rounds: the Debian Edu manual (Debian's
+ * school-lab distribution), a 19 MB delta pack, where nano's is 1.6 MB. One host alone takes about
+ * 45 s for its download either way, but nano's pack does so only at 0.36 Mbit/s, where a port's
+ * queue holds a dozen frames for every flow through it and TCP recovers a loss by its timeout: the
+ * ports then carried about 60 % of their speed with 32 hosts (2026-12-03). The manual's pack takes
+ * its 45 s at 3.4 Mbit/s, near the whole image's 3.7; and a real update of the host image is of its
+ * size (the 1 GiB host image's delta is 36 MB, README).
+ */
+export const NETWORK_BOUND_DELTA_PACKAGES = ['debian-edu-doc-en']
+
+/**
  * The test image as 1.0.0, and as 2.0.0 with one package more; `lean`: the 40 MiB variant without
  * the labhost executable inside (vm-tests' lean image), so that writing 32 slots at once costs a
- * quarter of the CPU.
+ * quarter of the CPU; `add`: the packages 2.0.0 adds besides FLEET_EXTRA_PACKAGE, in a lean image
+ * of `imageSizeMiB` (both versions) that holds them.
  */
-export async function buildFleetImages(dir: string, keys: Images['keys'], o: { lean?: boolean } = {}): Promise<Images> {
-  const name = o.lean ? 'fleet-lean' : 'fleet'
-  const base = o.lean ? leanRecipe(path.join(dir, `${name}-1.yaml`)) : 'test'
+export async function buildFleetImages(dir: string, keys: Images['keys'], o: { lean?: boolean; add?: string[]; imageSizeMiB?: number } = {}): Promise<Images> {
+  const name = `fleet${o.lean ? '-lean' : ''}${o.add?.length ? '-more' : ''}`
+  const base = o.lean ? leanRecipe(path.join(dir, `${name}-1.yaml`), (r) => void (r.imageSizeMiB = o.imageSizeMiB ?? r.imageSizeMiB)) : 'test'
   const v1 = path.dirname((await buildImage(base, { out: path.join(dir, `${name}-v1`), keyFile: keys.privateKeyFile })).manifestFile)
   const recipe2 = writeRecipeVariant(base, path.join(dir, `${name}-2.yaml`), (r) => {
     r.version = '2.0.0'
-    r.base.packages = [...r.base.packages, FLEET_EXTRA_PACKAGE]
+    r.base.packages = [...r.base.packages, FLEET_EXTRA_PACKAGE, ...(o.add ?? [])]
   })
   const v2 = path.dirname((await buildImage(recipe2, { out: path.join(dir, `${name}-v2`), keyFile: keys.privateKeyFile })).manifestFile)
   return { keys, v1, v2 }
@@ -277,12 +289,22 @@ export async function benchFleetScale(
   dir: string,
   images: Images,
   fig: (f: FleetFigure) => void,
-  o: { runs8: number; runs32: number; methods?: readonly Method[]; hostPortMbit?: Partial<Record<Method, number>>; section?: string } = {
+  o: {
+    runs8: number
+    runs32: number
+    methods?: readonly Method[]
+    hostPortMbit?: Partial<Record<Method, number>>
+    section?: string
+    /** A method's own images instead of `images`, and what its 2.0.0 changes (in its figures' notes). */
+    imagesOf?: Partial<Record<Method, { images: Images; change: string }>>
+  } = {
     runs8: 3,
     runs32: 1,
   },
 ): Promise<Round[]> {
   const methods = o.methods ?? METHODS
+  const imagesFor = (m: Method) => o.imagesOf?.[m]?.images ?? images
+  const change = (m: Method) => (o.imagesOf?.[m] ? `; 2.0.0 ${o.imagesOf[m].change}` : '')
   const section = o.section ?? 'fleet'
   const portOf = (m: Method) => o.hostPortMbit?.[m] ?? PORT_MBIT
   const rounds: Round[] = []
@@ -295,7 +317,7 @@ export async function benchFleetScale(
   for (const [n, runs] of plan)
     for (let r = 0; r < runs; r++)
       for (const m of methods) {
-        const round = await fleetRound(dir, images, n, m, prefix(m, n), portOf(m))
+        const round = await fleetRound(dir, imagesFor(m), n, m, prefix(m, n), portOf(m))
         console.log(
           `${section} ${m} (hosts' ports ${portOf(m)} Mbit/s), ${n} host(s), round ${r + 1}: ${round.seconds.toFixed(1)} s${round.downloadSeconds === null ? '' : ` (BitTorrent downloads done within ${round.downloadSeconds.toFixed(1)} s; ${round.fellBack} host(s) turned to the server)`}, server sent ${(round.serverBytes / 2 ** 20).toFixed(1)} MiB${round.serverResent === null ? '' : ` (TCP sent ${round.serverResent} segments again)`}, CPU busy ${(round.cpuBusy * 100).toFixed(0)} %`,
         )
@@ -327,7 +349,7 @@ export async function benchFleetScale(
         unit: 'x one host',
         peer: 'the bytes one host needs (the transport file; for a delta its pack: the block index and the frames it lacks)',
         peerValue: 1,
-        note: `one host needs ${need} bytes${spread(copies, 2)}; ${ports(m)}${resent(rs)}`,
+        note: `one host needs ${need} bytes${spread(copies, 2)}; ${ports(m)}${resent(rs)}${change(m)}`,
       })
       // the same bytes against what the server sent for one host alone: besides the file, each
       // host fetches the signed manifest, the .torrent (and the pack list) and announces to the
@@ -342,7 +364,7 @@ export async function benchFleetScale(
         note: `one host alone: ${aloneBytes} bytes, ${(aloneBytes / need).toFixed(2)} x the bytes it needs${spread(
           rs.map((r) => r.serverBytes / aloneBytes),
           2,
-        )}; ${ports(m)}`,
+        )}; ${ports(m)}${change(m)}`,
       })
       fig({
         name: `${section}: time until the last of ${n} hosts was done, ${LABEL[m]}`,
@@ -352,7 +374,7 @@ export async function benchFleetScale(
         peerValue: Number(alone.toFixed(1)),
         note:
           `${httpAlone}${spread(times, 1)}; ${ports(m)}; this machine's ${cores} cores were busy ${(median(rs.map((r) => r.cpuBusy)) * 100).toFixed(0)} % of the time: ` +
-          `all hosts share them, where real PCs have a CPU each`,
+          `all hosts share them, where real PCs have a CPU each${change(m)}`,
       })
       const hostCpu = rs.map((r) => r.hostCpuSeconds).filter((x) => x !== null)
       if (hostCpu.length)

@@ -17,7 +17,7 @@ import { loadRecipe, writeRecipeVariant } from '../image-build/recipe.ts'
 import { partitionDisk, planDisk } from '../installer/partition.ts'
 import { copyFileInto } from '../lib/blockdev.ts'
 import { serveDirectory } from '../lib/http-serve.ts'
-import { benchFleetScale, buildFleetImages, median, networkBoundSpeeds, type Method } from './bench-fleet.ts'
+import { benchFleetScale, buildFleetImages, FLEET_EXTRA_PACKAGE, median, NETWORK_BOUND_DELTA_PACKAGES, networkBoundSpeeds, type Method } from './bench-fleet.ts'
 import { benchNetbootRoom } from './bench-netboot.ts'
 import { startCampus, type Distribution, type DistributionMode } from '../test-support/campus-fixtures.ts'
 import { publishVmImage } from '../vmimages/publish.ts'
@@ -815,15 +815,25 @@ async function benchFleet(keys: { privateKeyFile: string; publicKeyFile: string 
 /**
  * The fleet section's BitTorrent methods once more, on the lean image, with the hosts' ports slowed
  * until one host alone needs about 45 s for its download (networkBoundSpeeds): time as a lab sees
- * it when the network, not the CPU all hosts share here, is the bound.
+ * it when the network, not the CPU all hosts share here, is the bound. The delta rounds update to a
+ * 2.0.0 that adds more (NETWORK_BOUND_DELTA_PACKAGES: a 19 MB pack, in 64 MiB images); 3 rounds of
+ * 32 hosts, as of 8, for the spread.
  */
 async function benchFleetNetworkBound(keys: { privateKeyFile: string; publicKeyFile: string }): Promise<void> {
   process.env.LABHOST_TEST_EXE ??= labhost
   const images = await buildFleetImages(dir, keys, { lean: true })
-  const speeds = await networkBoundSpeeds(dir, images)
+  const more = await buildFleetImages(dir, keys, { lean: true, add: NETWORK_BOUND_DELTA_PACKAGES, imageSizeMiB: 64 })
+  const speeds = { 'full-bt': (await networkBoundSpeeds(dir, images))['full-bt'], 'delta-bt': (await networkBoundSpeeds(dir, more))['delta-bt'] }
   console.log(`hosts' ports: ${JSON.stringify(speeds)} Mbit/s`)
   const methods = Object.keys(speeds) as Method[]
-  await benchFleetScale(dir, images, fig, { runs8: 3, runs32: 1, methods, hostPortMbit: speeds, section: 'fleet-network-bound' })
+  await benchFleetScale(dir, images, fig, {
+    runs8: 3,
+    runs32: 3,
+    methods,
+    hostPortMbit: speeds,
+    section: 'fleet-network-bound',
+    imagesOf: { 'delta-bt': { images: more, change: `adds ${[FLEET_EXTRA_PACKAGE, ...NETWORK_BOUND_DELTA_PACKAGES].join(' and ')} (64 MiB images)` } },
+  })
 }
 
 /** The network-install section (scripts/bench-netboot.ts), on the executable that ships. */
