@@ -261,17 +261,23 @@ export const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor
  * The network-bound regime: the hosts' ports slowed until one host's download takes about
  * `seconds` (45), so the download, not this machine's two shared cores, is what takes the time (32
  * hosts' own processes needed about 65 s of both cores together at gigabit speed with the test
- * image, more than one host alone needs in all). Per BitTorrent method, the speed at which what
- * one host needs takes that long: the whole transport file, or the delta pack from 1.0.0 (made
- * here as the fleet publishes it). The server's port stays at 1 Gbit/s.
+ * image, more than one host alone needs in all). Per BitTorrent method, on that method's images,
+ * the speed at which what one host needs takes that long: the whole transport file, or the delta
+ * pack from 1.0.0 (made here as the fleet publishes it). The server's port stays at 1 Gbit/s.
  */
-export async function networkBoundSpeeds(dir: string, images: Images, seconds = 45): Promise<Partial<Record<Method, number>>> {
+export async function networkBoundSpeeds(
+  dir: string,
+  images: { 'full-bt': Images; 'delta-bt': Images },
+  seconds = 45,
+): Promise<Record<'full-bt' | 'delta-bt', number>> {
+  const mbit = (bytes: number) => Number(((bytes * 8) / seconds / 1e6).toFixed(2))
+  const full = images['full-bt']
+  const transport = (JSON.parse(fs.readFileSync(path.join(full.v2, 'manifest.json'), 'utf8')) as { transport: { size: number } }).transport.size
+  const delta = images['delta-bt']
   const work = fs.mkdtempSync(path.join(dir, 'pack-size-'))
   try {
-    fs.cpSync(images.v2, work, { recursive: true })
-    const [pack] = await publishDeltaPacks(work, [images.v1], { trackers: ['http://127.0.0.1:1/announce'] })
-    const transport = (JSON.parse(fs.readFileSync(path.join(images.v2, 'manifest.json'), 'utf8')) as { transport: { size: number } }).transport.size
-    const mbit = (bytes: number) => Number(((bytes * 8) / seconds / 1e6).toFixed(2))
+    fs.cpSync(delta.v2, work, { recursive: true })
+    const [pack] = await publishDeltaPacks(work, [delta.v1], { trackers: ['http://127.0.0.1:1/announce'] })
     return { 'full-bt': mbit(transport), 'delta-bt': mbit(pack!.size) }
   } finally {
     fs.rmSync(work, { recursive: true, force: true })

@@ -823,7 +823,7 @@ async function benchFleetNetworkBound(keys: { privateKeyFile: string; publicKeyF
   process.env.LABHOST_TEST_EXE ??= labhost
   const images = await buildFleetImages(dir, keys, { lean: true })
   const more = await buildFleetImages(dir, keys, { lean: true, add: NETWORK_BOUND_DELTA_PACKAGES, imageSizeMiB: 64 })
-  const speeds = { 'full-bt': (await networkBoundSpeeds(dir, images))['full-bt'], 'delta-bt': (await networkBoundSpeeds(dir, more))['delta-bt'] }
+  const speeds = await networkBoundSpeeds(dir, { 'full-bt': images, 'delta-bt': more })
   console.log(`hosts' ports: ${JSON.stringify(speeds)} Mbit/s`)
   const methods = Object.keys(speeds) as Method[]
   await benchFleetScale(dir, images, fig, {

@@ -145,15 +145,20 @@ export interface SlotScan {
 const blocksUsable = (manifest: Manifest) => !!manifest.blocks && frameSizeOf(manifest) % manifest.blocks.blockSize === 0
 
 /**
- * Read and hash both slots of `disk` as far as the image reaches (and, where the image has a
- * usable block index, locate every block); writes nothing. Needs only the signed manifest: an
- * update over BitTorrent runs it while the delta pack (and the block index in it) downloads.
+ * Read and hash both slots of `disk` as far as the image reaches (and, with `o.blocks` where the
+ * image has a usable block index, locate every block); writes nothing. Needs only the signed
+ * manifest: an update over BitTorrent runs it while the delta pack (and its block index) downloads.
  */
-export async function scanSlots(manifest: Manifest, disk: string, slots: { active: SlotRange; target: SlotRange }): Promise<SlotScan> {
+export async function scanSlots(
+  manifest: Manifest,
+  disk: string,
+  slots: { active: SlotRange; target: SlotRange },
+  o: { blocks: boolean } = { blocks: true },
+): Promise<SlotScan> {
   const started = Date.now()
   const file = DirectFile.open(disk, 'read')
   const pool = new WorkerPool()
-  const activeBlocks = blocksUsable(manifest) ? new Map<string, number>() : undefined
+  const activeBlocks = o.blocks && blocksUsable(manifest) ? new Map<string, number>() : undefined
   const targetBlocks = activeBlocks ? new Map<string, number>() : undefined
   try {
     const active = await hashSlot(file, slots.active, manifest, pool, activeBlocks)
@@ -172,7 +177,7 @@ export async function scanSlots(manifest: Manifest, disk: string, slots: { activ
  */
 export async function planDelta(manifest: Manifest, disk: string, slots: { active: SlotRange; target: SlotRange }, blockIndex?: Buffer): Promise<DeltaPlan> {
   // without an index the blocks are not located at all
-  const scan = await scanSlots(blockIndex ? manifest : { ...manifest, blocks: undefined }, disk, slots)
+  const scan = await scanSlots(manifest, disk, slots, { blocks: !!blockIndex })
   return planFromScan(manifest, slots, scan, blockIndex)
 }
 
