@@ -1,8 +1,9 @@
-// One file over BitTorrent with aria2c, for root images (updater/torrent.ts) and VM base images
-// (vmimages/torrent-pull.ts) alike: the caller has checked the torrent (checkTorrent: one file, the
-// signed name and size) and chosen its sources (sourcedTorrent); aria2c downloads into `dir`, its
-// .torrent, completion hook, marker and log live in a private control directory beside it, and it
-// goes on seeding in a session of its own after labhost is done. Whatever arrives is still only
+// One file over BitTorrent with aria2c (or labhost's libtorrent client: bt-clients.ts), for root
+// images (updater/torrent.ts) and VM base images (vmimages/torrent-pull.ts) alike: the caller has
+// checked the torrent (checkTorrent: one file, the signed name and size) and chosen its sources
+// (sourcedTorrent); the client downloads into `dir`, its .torrent, completion hook, marker and log
+// live in a private control directory beside it, and it goes on seeding in a session of its own
+// after labhost is done. Whatever arrives is still only
 // bytes that match the torrent's SHA-1 pieces: the caller checks them against the signed manifest.
 //
 // Which peers: DHT stays off always (peers come from the trackers, the web seeds and the LAN only).
@@ -14,11 +15,14 @@ import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { LabhostError } from '../lib/errors.ts'
 import { start, toolError, type RunOutcome } from '../lib/exec.ts'
+import { libtorrentClientSource, rateBytes, LIBTORRENT_CLIENT, type BtClient } from './bt-clients.ts'
 import { fetchBytes, type FetchOptions } from './source.ts'
 import { checkTorrent, TORRENT_MAX_BYTES } from './torrent.ts'
 
 export interface Aria2Options {
-  /** Minutes aria2c goes on seeding after the download completed (it outlives labhost; a reboot ends it). */
+  /** Which client downloads and seeds (bt-clients.ts); aria2c where not given. */
+  client?: BtClient
+  /** Minutes the client goes on seeding after the download completed (it outlives labhost; a reboot ends it). */
   seedMinutes: number
   /** Also stop seeding at this upload/download ratio; 0: only the time counts. */
   seedRatio: number
@@ -55,13 +59,13 @@ export interface Aria2Download extends Aria2Options {
 export interface Aria2Result {
   file: string
   seconds: number
-  /** aria2c, seeding on (null: it ended with the download). */
+  /** The client, seeding on (null: it ended with the download). */
   seederPid: number | null
-  /** End aria2c now (the download turned out to be useless); resolves once it has exited (or 5 s passed). */
+  /** End the client now (the download turned out to be useless); resolves once it has exited (or 5 s passed). */
   stop(): Promise<void>
 }
 
-/** aria2c's pid, in the control directory. */
+/** The client's pid (aria2c's or libtorrent's; the name from when there was only aria2c), in the control directory. */
 export const PID_FILE = 'aria2c.pid'
 
 export const shellQuote = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`
@@ -91,7 +95,7 @@ export async function fetchTorrent(url: string, fetch: FetchOptions, want: { nam
   return torrent
 }
 
-/** Download the torrent's one file into `o.dir`; resolves when it is complete (aria2c's SHA-1 pieces all checked). */
+/** Download the torrent's one file into `o.dir`; resolves when it is complete (the client checked every SHA-1 piece). */
 export async function aria2Download(o: Aria2Download): Promise<Aria2Result> {
   const log = o.log ?? (() => {})
   const started = Date.now()
@@ -106,8 +110,9 @@ export async function aria2Download(o: Aria2Download): Promise<Aria2Result> {
   fs.writeFileSync(hook, `#!/bin/sh\n: > ${shellQuote(marker)}\n`, { mode: 0o700 })
   const after = path.join(o.control, 'after-seeding.sh')
   if (o.afterSeeding) fs.writeFileSync(after, `#!/bin/sh\n${o.afterSeeding}\n`, { mode: 0o700 })
-  const logFile = path.join(o.control, 'aria2c.log')
-  const args = [
+  const client = o.client ?? 'aria2c'
+  const logFile = path.join(o.control, `${client}.log`)
+  const aria2cArgs = (): string[] => [
     `--dir=${o.dir}`,
     '--continue=true',
     '--check-integrity=true',
@@ -136,14 +141,35 @@ export async function aria2Download(o: Aria2Download): Promise<Aria2Result> {
     '--log-level=notice',
     torrentFile,
   ]
-  log(`downloading ${o.name} with BitTorrent (${o.what}) into ${o.dir}`)
-  // its own session: it seeds on after labhost exits
-  const aria2c = start('aria2c', args, { detached: true, stderr: 'ignore' })
-  const child = aria2c.process
-  // the next run of the same download ends this aria2c first if it is still running (PID_FILE)
+  // labhost's libtorrent client (bt-clients.ts): the same contract, its marker touched by itself
+  const libtorrentArgs = (): string[] => {
+    const script = path.join(o.control, LIBTORRENT_CLIENT)
+    fs.writeFileSync(script, libtorrentClientSource(), { mode: 0o700 })
+    return [
+      script,
+      `--torrent=${torrentFile}`,
+      `--dir=${o.dir}`,
+      `--marker=${marker}`,
+      `--log=${logFile}`,
+      `--seed-minutes=${o.seedMinutes}`,
+      `--seed-ratio=${o.seedRatio}`,
+      `--tracker-interval=${o.trackerIntervalSeconds}`,
+      `--lpd=${o.lpd}`,
+      `--peer-exchange=${o.peerExchange}`,
+      ...(o.downloadLimit ? [`--download-limit=${rateBytes(o.downloadLimit)}`] : []),
+      ...(o.afterSeeding ? [`--after-seeding=${after}`] : []),
+    ]
+  }
+  const [cmd, args] = client === 'aria2c' ? ['aria2c', aria2cArgs()] : ['/usr/bin/python3', libtorrentArgs()]
+  log(`downloading ${o.name} with BitTorrent (${client}; ${o.what}) into ${o.dir}`)
+  // its own session: it seeds on after labhost exits (libtorrent's web seeds over https trust the CA file as aria2c does)
+  const env = client === 'libtorrent' && o.caFile ? { SSL_CERT_FILE: path.resolve(o.caFile) } : undefined
+  const running = start(cmd, args, { detached: true, stderr: 'ignore', env })
+  const child = running.process
+  // the next run of the same download ends this client first if it is still running (PID_FILE)
   if (child.pid) fs.writeFileSync(path.join(o.control, PID_FILE), String(child.pid))
   let exit: RunOutcome | null = null
-  void aria2c.done.then((r) => {
+  void running.done.then((r) => {
     exit = r
   })
   const stop = () => {
@@ -160,11 +186,14 @@ export async function aria2Download(o: Aria2Download): Promise<Aria2Result> {
   while (!fs.existsSync(marker)) {
     if (exit) {
       const x = exit as RunOutcome
-      // aria2c logs to its file, not to stderr: the error lines of the log are what it said
+      // the client logs to its file, not to stderr: the error lines of the log are what it said
       const logged = tailOf(logFile)
-      const failed = toolError('aria2c', args, { ...x, stderr: logged })
+      const failed = toolError(cmd, args, { ...x, stderr: logged })
       if (failed.details.notInstalled) throw failed
-      const why = x.startError ? `aria2c could not be started (${x.startError})` : `aria2c exited with ${x.exitCode ?? x.signal}`
+      // 3: labhost's libtorrent client found no python3-libtorrent
+      if (client === 'libtorrent' && x.exitCode === 3)
+        throw new LabhostError('toolFailed', `python3-libtorrent is not installed (${logged})`, `install the python3-libtorrent package, or use --bt-client aria2c`, { notInstalled: true })
+      const why = x.startError ? `${client} could not be started (${x.startError})` : `${client} exited with ${x.exitCode ?? x.signal}`
       // 7: downloads left unfinished (its --bt-stop-timeout, or a signal): no peer gave it the rest
       throw new LabhostError(
         'downloadFailed',
@@ -177,9 +206,9 @@ export async function aria2Download(o: Aria2Download): Promise<Aria2Result> {
     const bytes = allocated()
     if (bytes > last.bytes) last = { bytes, at: Date.now() }
     else if (Date.now() - last.at > o.stallSeconds * 1000) {
-      // ended before the caller may start another aria2c on the same file
+      // ended before the caller may start another client on the same file
       stop()
-      await Promise.race([aria2c.done, sleep(5000)])
+      await Promise.race([running.done, sleep(5000)])
       throw new LabhostError(
         'downloadFailed',
         `BitTorrent download of ${o.what} made no progress for ${o.stallSeconds} s (${bytes} of ${o.size} bytes verified or in flight)`,
@@ -192,7 +221,7 @@ export async function aria2Download(o: Aria2Download): Promise<Aria2Result> {
   child.unref()
   const stopNow = async () => {
     stop()
-    await Promise.race([aria2c.done, sleep(5000)])
+    await Promise.race([running.done, sleep(5000)])
   }
   return { file, seconds: (Date.now() - started) / 1000, seederPid: exit ? null : (child.pid ?? null), stop: stopNow }
 }

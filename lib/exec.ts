@@ -33,6 +33,11 @@ const TOOLS: Record<string, { pkg: string; check: string; missing?: string }> = 
   extlinux: { pkg: 'extlinux', check: 'check that the directory is on a mounted ext4 filesystem with room for ldlinux.sys' },
   zstd: { pkg: 'zstd', check: 'check the compressed file: it may be cut short or damaged' },
   aria2c: { pkg: 'aria2', check: 'check the .torrent, that the tracker is reachable and that the BitTorrent port is free' },
+  python3: {
+    pkg: 'python3-libtorrent',
+    check: 'check the .torrent, that the tracker is reachable and that the BitTorrent port is free',
+    missing: 'install the python3-libtorrent package (scripts/setup.sh does), or use --bt-client aria2c',
+  },
   mktorrent: { pkg: 'mktorrent', check: 'check the tracker URLs and that the directory is writable' },
   'qemu-img': { pkg: 'qemu-utils', check: 'check that the file is a qcow2 image that no VM has open' },
   'qemu-io': { pkg: 'qemu-utils', check: 'check that the file is an image that no VM has open' },
@@ -171,6 +176,8 @@ export interface StartOptions {
   stderr?: 'pipe' | 'ignore' | 2
   /** Its own process group: it runs on after labhost exits (kill it with process.kill(-pid)). */
   detached?: boolean
+  /** Set in its environment besides labhost's own. */
+  env?: Record<string, string>
 }
 
 /**
@@ -186,6 +193,7 @@ export function start(cmd: string, args: readonly string[], opts: StartOptions =
     detached: opts.detached ?? false,
     reject: false,
     encoding: 'utf8',
+    ...(opts.env ? { env: opts.env } : {}),
   }
   const child = execa(cmd, args, options)
   return { process: child, done: child.then(outcomeOf) }

@@ -10,6 +10,7 @@ import { build } from 'esbuild'
 import { execa } from 'execa'
 import { closureHash } from '../image-build/builder-hash.ts'
 import { SHIPPED_INDEX, shippedAssets } from '../image-build/shipped-files.ts'
+import { LIBTORRENT_CLIENT } from '../image-format/bt-clients.ts'
 
 const root = path.resolve(import.meta.dirname, '..')
 const { values } = parseArgs({ options: { faults: { type: 'boolean', default: false } } })
@@ -42,13 +43,14 @@ if (!values.faults && fs.readFileSync(bundle, 'utf8').includes('LABHOST_FAULT_')
 }
 const seaConfig = path.join(dist, `${name}.sea-config.json`)
 const blob = path.join(dist, `${name}.sea-prep.blob`)
-// the shipped recipes and layouts ride along as assets (image-build/shipped-files.ts)
+// the shipped recipes and layouts ride along as assets (image-build/shipped-files.ts), and the
+// libtorrent client's source (image-format/bt-clients.ts)
 const shipped = shippedAssets(path.join(root, 'image-build'))
 const index = path.join(dist, `${name}.${SHIPPED_INDEX}`)
 fs.writeFileSync(index, JSON.stringify(Object.keys(shipped)))
 fs.writeFileSync(
   seaConfig,
-  JSON.stringify({ main: bundle, output: blob, disableExperimentalSEAWarning: true, useCodeCache: true, assets: { [SHIPPED_INDEX]: index, ...shipped } }),
+  JSON.stringify({ main: bundle, output: blob, disableExperimentalSEAWarning: true, useCodeCache: true, assets: { [SHIPPED_INDEX]: index, ...shipped, [LIBTORRENT_CLIENT]: path.join(root, 'image-format', LIBTORRENT_CLIENT) } }),
 )
 await execa(process.execPath, ['--experimental-sea-config', seaConfig], { stdio: 'inherit' })
 const exe = path.join(dist, name)

@@ -6,7 +6,8 @@
 //
 // Peers in the same lab come first where aria2c allows it: Local Peer Discovery (multicast on the
 // lab's subnet) finds them without the tracker, and DHT stays off, so peers come from the tracker
-// and the LAN only (image-format/torrent-download.ts runs aria2c). With --peers a lab's server
+// and the LAN only (image-format/torrent-download.ts runs aria2c, or with --bt-client libtorrent
+// labhost's libtorrent client, which unchokes every peer of the lab). With --peers a lab's server
 // sends about one copy: its one upstream host fetches from the server and the others only from the
 // lab, until no peer of the lab has a byte to give (torrentDownload below).
 import path from 'node:path'
@@ -135,7 +136,7 @@ export async function torrentSource(source: HttpSource, manifest: Manifest, o: T
       'the .torrent beside the manifest belongs to another image: publish it again (labhost image publish); nothing was written',
     )
   }
-  log(`downloaded ${name} with BitTorrent in ${seconds.toFixed(1)} s; aria2c (pid ${got.seederPid}) seeds it for ${o.seedMinutes} min`)
+  log(`downloaded ${name} with BitTorrent in ${seconds.toFixed(1)} s; ${o.client ?? 'aria2c'} (pid ${got.seederPid}) seeds it for ${o.seedMinutes} min`)
   source.stats.torrent = { url: torrentUrl, file, seconds, seederPid: got.seederPid, seedMinutes: o.seedMinutes }
   return {
     kind: 'torrent',

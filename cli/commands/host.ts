@@ -10,6 +10,7 @@ import { failingConfig, judgeTrial, loadTrialConfig, trialPendingHere, TRIAL_CON
 import { DEFAULT_TORRENT } from '../../updater/torrent.ts'
 import { DEFAULT_FETCH } from '../../image-format/source.ts'
 import { PEER_PARTS } from '../../image-format/torrent.ts'
+import { BT_CLIENTS } from '../../image-format/bt-clients.ts'
 import { ExitCode, LabhostError } from '../../lib/errors.ts'
 import { powerAction } from '../../lib/power.ts'
 import { renderSwitch } from '../../bootloader/switch.ts'
@@ -136,7 +137,7 @@ export const trialCheck = defineCommand({
 })
 
 // read only with --torrent: given without it, a mistake worth saying (not silently ignored)
-const TORRENT_ONLY = ['download-dir', 'peers', 'upstream-part', 'tracker', 'seed-minutes', 'seed-ratio', 'tracker-interval', 'download-limit'] as const
+const TORRENT_ONLY = ['bt-client', 'download-dir', 'peers', 'upstream-part', 'tracker', 'seed-minutes', 'seed-ratio', 'tracker-interval', 'download-limit'] as const
 
 export const update = defineCommand({
   name: 'update',
@@ -222,12 +223,20 @@ export const update = defineCommand({
       description: 'from an http(s) URL, take the chunks this host has from its disk and download the rest (the default, said explicitly)',
     },
     torrent: { type: 'boolean', description: 'download the transport file over BitTorrent (aria2c, the .torrent beside it), seed it on afterwards' },
+    'bt-client': {
+      type: 'string',
+      value: 'CLIENT',
+      schema: oneOf(BT_CLIENTS),
+      defaultText: 'aria2c',
+      description:
+        "with --torrent: the BitTorrent client — aria2c, or libtorrent (labhost's own client on python3-libtorrent: it unchokes every peer, where aria2c trades with 4; for a whole lab updating at once)",
+    },
     'download-dir': {
       type: 'string',
       value: 'DIR',
       schema: pathValue(),
       default: DEFAULT_TORRENT.dir,
-      description: 'with --torrent: where aria2c keeps the transport file while it downloads and seeds',
+      description: 'with --torrent: where the BitTorrent client keeps the transport file while it downloads and seeds',
     },
     peers: {
       type: 'string',
@@ -256,7 +265,7 @@ export const update = defineCommand({
       value: 'N',
       schema: wholeNumber(0, 10080),
       defaultText: String(DEFAULT_TORRENT.seedMinutes),
-      description: 'with --torrent: minutes aria2c seeds on after the download',
+      description: 'with --torrent: minutes the BitTorrent client seeds on after the download',
     },
     'seed-ratio': {
       type: 'string',
@@ -322,6 +331,7 @@ export const update = defineCommand({
         ? {
             ...DEFAULT_TORRENT,
             dir: values['download-dir'],
+            ...(values['bt-client'] !== undefined ? { client: values['bt-client'] } : {}),
             ...(values.peers !== undefined ? { peers: values.peers } : {}),
             ...(values['upstream-part'] !== undefined ? { upstreamPart: values['upstream-part'] } : {}),
             ...(values.tracker !== undefined ? { trackers: values.tracker } : {}),
@@ -380,7 +390,7 @@ export const update = defineCommand({
                 ? `, ${result.transfer.requests} request(s), ${result.transfer.resumes} resumed, ${result.transfer.bytes} bytes downloaded`
                 : '') +
               (result.transfer.torrent
-                ? `; BitTorrent ${result.transfer.torrent.seconds.toFixed(1)} s, aria2c seeds on for ${result.transfer.torrent.seedMinutes} min`
+                ? `; BitTorrent ${result.transfer.torrent.seconds.toFixed(1)} s, seeding on for ${result.transfer.torrent.seedMinutes} min`
                 : ''),
             `  slot ${result.to.slot} boots next, on trial until labhost mark-good${reboot ? '; rebooting' : ''}`,
           ]),
