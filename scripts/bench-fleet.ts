@@ -13,6 +13,7 @@
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
+import type { BtClient } from '../image-format/bt-clients.ts'
 import { buildImage } from '../image-build/build.ts'
 import { writeRecipeVariant } from '../image-build/recipe.ts'
 import { publishDeltaPacks } from '../updater/delta-pack.ts'
@@ -71,6 +72,10 @@ const LABEL: Record<Method, string> = {
   'delta-http': 'delta over HTTP',
   'delta-bt': `delta pack over BitTorrent (half the hosts, at most ${LAB_UPSTREAMS}, upstream with a part each; the rest the lab only)`,
 }
+
+/** A method's label in the figures' names; the BitTorrent client where it is not aria2c (whose figures came first). */
+const labelOf = (m: Method, client: BtClient) =>
+  client === 'aria2c' || !m.endsWith('-bt') ? LABEL[m] : LABEL[m].replace('over BitTorrent (', "over BitTorrent (labhost's libtorrent client; ")
 
 export interface Round {
   method: Method
@@ -167,8 +172,8 @@ export function cpuBusySeconds(): number {
  * quick ones (btArgs: announces every 2 s, seeding 2 min, which at 32 hosts left late hosts a lab
  * whose seeders had gone, and the server's tracker answering 16 announces a second).
  */
-function hostArgs(f: Fleet, h: FleetHost, i: number, method: Method, upstreams: number): string[] {
-  const bt = ['--torrent', '--download-dir', h.downloadDir, ...labPart(f, i, Math.min(upstreams, f.hosts.length))]
+function hostArgs(f: Fleet, h: FleetHost, i: number, method: Method, upstreams: number, client: BtClient): string[] {
+  const bt = ['--torrent', '--download-dir', h.downloadDir, '--bt-client', client, ...labPart(f, i, Math.min(upstreams, f.hosts.length))]
   switch (method) {
     case 'full-http':
       return ['--full']
@@ -181,7 +186,7 @@ function hostArgs(f: Fleet, h: FleetHost, i: number, method: Method, upstreams: 
   }
 }
 
-/** One round: a fresh lab of `hosts` (with a delta pack for 1.0.0 published), all updating at once with `method`, `upstreams` of them the lab's upstream hosts. */
+/** One round: a fresh lab of `hosts` (with a delta pack for 1.0.0 published), all updating at once with `method` (BitTorrent: by `client`), `upstreams` of them the lab's upstream hosts. */
 export async function fleetRound(
   dir: string,
   images: Images,
@@ -190,6 +195,7 @@ export async function fleetRound(
   prefix: string,
   hostPortMbit: number = PORT_MBIT,
   upstreams = upstreamsFor(hosts),
+  client: BtClient = 'aria2c',
 ): Promise<Round> {
   const fleetDir = fs.mkdtempSync(path.join(dir, `fleet-${method}-${hosts}-`))
   const f = await startFleet(fleetDir, images, { hosts, prefix, deltaFrom: images.v1, hostPortMbit })
@@ -201,7 +207,7 @@ export async function fleetRound(
       const t0 = performance.now()
       const runs = await Promise.all(
         f.hosts.map((h, i) => {
-          const p = f.update(h, hostArgs(f, h, i, method, upstreams))
+          const p = f.update(h, hostArgs(f, h, i, method, upstreams, client))
           group?.join(p.pid)
           return p
         }),
@@ -303,6 +309,8 @@ export async function benchFleetScale(
     section?: string
     /** A method's own images instead of `images`, and what its 2.0.0 changes (in its figures' notes). */
     imagesOf?: Partial<Record<Method, { images: Images; change: string }>>
+    /** The BitTorrent client of the BitTorrent methods; aria2c where not given. */
+    client?: BtClient
   } = {
     runs8: 3,
     runs32: 1,
@@ -312,6 +320,8 @@ export async function benchFleetScale(
   const imagesFor = (m: Method) => o.imagesOf?.[m]?.images ?? images
   const change = (m: Method) => (o.imagesOf?.[m] ? `; 2.0.0 ${o.imagesOf[m].change}` : '')
   const section = o.section ?? 'fleet'
+  const client = o.client ?? 'aria2c'
+  const label = (m: Method) => labelOf(m, client)
   const portOf = (m: Method) => o.hostPortMbit?.[m] ?? PORT_MBIT
   const rounds: Round[] = []
   const prefix = (m: Method, n: number) => `lhs${METHODS.indexOf(m)}${n}`
@@ -323,9 +333,9 @@ export async function benchFleetScale(
   for (const [n, runs] of plan)
     for (let r = 0; r < runs; r++)
       for (const m of methods) {
-        const round = await fleetRound(dir, imagesFor(m), n, m, prefix(m, n), portOf(m))
+        const round = await fleetRound(dir, imagesFor(m), n, m, prefix(m, n), portOf(m), upstreamsFor(n), client)
         console.log(
-          `${section} ${m} (hosts' ports ${portOf(m)} Mbit/s), ${n} host(s), round ${r + 1}: ${round.seconds.toFixed(1)} s${round.downloadSeconds === null ? '' : ` (BitTorrent downloads done within ${round.downloadSeconds.toFixed(1)} s; ${round.fellBack} host(s) turned to the server)`}, server sent ${(round.serverBytes / 2 ** 20).toFixed(1)} MiB${round.serverResent === null ? '' : ` (TCP sent ${round.serverResent} segments again)`}, CPU busy ${(round.cpuBusy * 100).toFixed(0)} %`,
+          `${section} ${m}${m.endsWith('-bt') ? ` (${client})` : ''} (hosts' ports ${portOf(m)} Mbit/s), ${n} host(s), round ${r + 1}: ${round.seconds.toFixed(1)} s${round.downloadSeconds === null ? '' : ` (BitTorrent downloads done within ${round.downloadSeconds.toFixed(1)} s; ${round.fellBack} host(s) turned to the server)`}, server sent ${(round.serverBytes / 2 ** 20).toFixed(1)} MiB${round.serverResent === null ? '' : ` (TCP sent ${round.serverResent} segments again)`}, CPU busy ${(round.cpuBusy * 100).toFixed(0)} %`,
         )
         rounds.push(round)
       }
@@ -350,7 +360,7 @@ export async function benchFleetScale(
       const spread = (xs: number[], d: number) =>
         xs.length > 1 ? `; ${xs.length} runs, min ${Math.min(...xs).toFixed(d)}, max ${Math.max(...xs).toFixed(d)}` : '; 1 run'
       fig({
-        name: `${section}: server bytes sent per the bytes one host needs, ${n} hosts, ${LABEL[m]}`,
+        name: `${section}: server bytes sent per the bytes one host needs, ${n} hosts, ${label(m)}`,
         value: Number(median(copies).toFixed(2)),
         unit: 'x one host',
         peer: 'the bytes one host needs (the transport file; for a delta its pack: the block index and the frames it lacks)',
@@ -362,7 +372,7 @@ export async function benchFleetScale(
       // tracker, and TCP resends what a slow port's queue drops; the server sends that for any host
       const aloneBytes = median(single(m).map((r) => r.serverBytes))
       fig({
-        name: `${section}: server bytes sent per the server bytes for one host alone, ${n} hosts, ${LABEL[m]}`,
+        name: `${section}: server bytes sent per the server bytes for one host alone, ${n} hosts, ${label(m)}`,
         value: Number(median(rs.map((r) => r.serverBytes / aloneBytes)).toFixed(2)),
         unit: 'x one host alone',
         peer: 'the bytes the server sent for one host alone, the same way (the file, the manifest, the .torrent, the pack list, tracker answers, TCP resends)',
@@ -373,7 +383,7 @@ export async function benchFleetScale(
         )}; ${ports(m)}${change(m)}`,
       })
       fig({
-        name: `${section}: time until the last of ${n} hosts was done, ${LABEL[m]}`,
+        name: `${section}: time until the last of ${n} hosts was done, ${label(m)}`,
         value: Number(median(times).toFixed(1)),
         unit: 's',
         peer: 'one host alone, the same way',
@@ -385,10 +395,10 @@ export async function benchFleetScale(
       const hostCpu = rs.map((r) => r.hostCpuSeconds).filter((x) => x !== null)
       if (hostCpu.length)
         fig({
-          name: `${section}: time until the last of ${n} hosts was done, against the hosts' own CPU time spread over this machine's cores, ${LABEL[m]}`,
+          name: `${section}: time until the last of ${n} hosts was done, against the hosts' own CPU time spread over this machine's cores, ${label(m)}`,
           value: Number(median(times).toFixed(1)),
           unit: 's',
-          peer: `the CPU seconds the hosts' processes used (labhost, zstd, aria2c; a control group), / ${cores} cores: the least this machine can take`,
+          peer: `the CPU seconds the hosts' processes used (labhost, zstd, ${client}; a control group), / ${cores} cores: the least this machine can take`,
           peerValue: Number((median(hostCpu) / cores).toFixed(1)),
           note: `${(median(hostCpu) / n).toFixed(2)} CPU s per host; the server's processes and the kernel's packet forwarding are not counted`,
         })
@@ -398,7 +408,7 @@ export async function benchFleetScale(
         .filter((x) => x !== null)
       if (downloads.length && aloneDownload.length)
         fig({
-          name: `${section}: time until every one of ${n} hosts had the whole download (aria2c), ${LABEL[m]}`,
+          name: `${section}: time until every one of ${n} hosts had the whole download (${client === 'aria2c' ? 'aria2c' : 'BitTorrent'}), ${label(m)}`,
           value: Number(median(downloads).toFixed(1)),
           unit: 's',
           peer: 'one host alone, the same way',

@@ -817,7 +817,10 @@ async function benchFleet(keys: { privateKeyFile: string; publicKeyFile: string 
  * until one host alone needs about 45 s for its download (networkBoundSpeeds): time as a lab sees
  * it when the network, not the CPU all hosts share here, is the bound. The delta rounds update to a
  * 2.0.0 that adds more (NETWORK_BOUND_DELTA_PACKAGES: a 19 MB pack, in 64 MiB images); 3 rounds of
- * 32 hosts, as of 8, for the spread.
+ * 32 hosts, as of 8, for the spread. The hosts run labhost's libtorrent client (--bt-client
+ * libtorrent), as docs/admin.md advises for a lab updating at once: with aria2c's 3 + 1 unchoke
+ * slots the last of 32 hosts took 2.3x one host's time (2026-12-03, bench/results.json's figures
+ * without the client in their names).
  */
 async function benchFleetNetworkBound(keys: { privateKeyFile: string; publicKeyFile: string }): Promise<void> {
   process.env.LABHOST_TEST_EXE ??= labhost
@@ -833,6 +836,7 @@ async function benchFleetNetworkBound(keys: { privateKeyFile: string; publicKeyF
     hostPortMbit: speeds,
     section: 'fleet-network-bound',
     imagesOf: { 'delta-bt': { images: more, change: `adds ${[FLEET_EXTRA_PACKAGE, ...NETWORK_BOUND_DELTA_PACKAGES].join(' and ')} (64 MiB images)` } },
+    client: 'libtorrent',
   })
 }
 

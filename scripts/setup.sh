@@ -12,7 +12,7 @@ fi
 
 # sbsigntool and efitools: scripts/secure-boot-probe.ts signs the selector with a lab key and enrolls it in OVMF's db
 # dnsmasq-base: the network-install VM test runs dnsmasq (proxy DHCP + TFTP) in a network namespace; no service is started
-PACKAGES=(gdisk extlinux syslinux-common qemu-system-x86 qemu-utils seabios ovmf e2fsprogs busybox-static zstd dosfstools mtools debootstrap openssh-client util-linux kmod mount bmap-tools aria2 mktorrent opentracker iproute2 openssl kexec-tools binutils sbsigntool efitools dnsmasq-base)
+PACKAGES=(gdisk extlinux syslinux-common qemu-system-x86 qemu-utils seabios ovmf e2fsprogs busybox-static zstd dosfstools mtools debootstrap openssh-client util-linux kmod mount bmap-tools aria2 python3-libtorrent mktorrent opentracker iproute2 openssl kexec-tools binutils sbsigntool efitools dnsmasq-base)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -116,8 +116,8 @@ WantedBy=multi-user.target
       t.comment(host?.[0] ?? 'no LABHOST-USERSPACE line with hostname=')
       t.same(
         host?.slice(1),
-        [HOSTNAME, HOSTNAME, 'none', '3'],
-        `boot ${i}: the host name from /persistent (kernel and systemd-hostnamed's static one), no failed unit, qemu-img, qemu-io and aria2c (vm-image pull, prune, update --torrent) installed`,
+        [HOSTNAME, HOSTNAME, 'none', '4'],
+        `boot ${i}: the host name from /persistent (kernel and systemd-hostnamed's static one), no failed unit, qemu-img, qemu-io, aria2c and python3's libtorrent (vm-image pull, prune, update --torrent and its --bt-client libtorrent) installed`,
         { line: host?.[0] },
       )
     }

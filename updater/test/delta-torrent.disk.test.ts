@@ -1,7 +1,7 @@
 // A delta over BitTorrent (issue 18, item 1): `labhost image publish DIR --delta-from OLD_DIR`
 // writes the block index and the transport bytes a host on the old version lacks into a pack, with
 // its .torrent and the pack list; `labhost update URL --torrent` on a host running that version
-// fetches the pack with aria2c (here from its web seed, the image server), plans its delta with the
+// fetches the pack with aria2c or labhost's libtorrent client (here from its web seed, the image server), plans its delta with the
 // index from it, and fetches neither the index nor one of the delta's frames over its own HTTP
 // requests; slot B is then 2.0.0 exactly. A pack of other bytes
 // is caught by the slot writer against the signed manifest, slot A, the GPT and the state untouched;
@@ -17,6 +17,7 @@ import { ISOLATED_PORT, updateIsolated } from '../../test-support/isolated.ts'
 import { readManifest } from '../../image-format/manifest.ts'
 import { buildImages, makeHost, protectedParts, slotBHolds, type Images } from '../../test-support/update-fixtures.ts'
 import { deltaPacksFileFor } from '../delta-pack.ts'
+import { BT_CLIENTS } from '../../image-format/bt-clients.ts'
 
 const dir = tmpDir(t, 'labhost-delta-torrent-')
 let images: Images
@@ -80,18 +81,31 @@ t.test('publish --delta-from: one pack, smaller than the transport file, listed 
   t.ok(fs.existsSync(path.join(served, `${packFile}.torrent`)), 'its .torrent')
 })
 
-t.test('1.0.0 -> 2.0.0 with --torrent: the delta comes from the pack over BitTorrent; slot B is 2.0.0 exactly', async (t) => {
-  const h = await makeHost(t, images)
-  const r = await updateIsolated(served, args(h, path.join(tmpDir(t), 'downloads')))
-  t.equal(r.code, 0, r.stderr)
-  const out = JSON.parse(r.stdout)
-  t.equal(out.delta.used, true)
-  t.equal(out.delta.pack, packFile, 'the delta named its pack')
-  const m2 = readManifest(path.join(served, 'manifest.json'))
-  t.equal(out.transfer.bytes, 0, "labhost's own HTTP requests brought none of the delta's frames, nor the block index (it came in the pack)")
-  t.ok(m2.blocks, 'the image has a block index')
-  t.ok(slotBHolds(h, path.join(images.v2, 'root.img')), 'slot B holds 2.0.0 byte for byte')
-})
+for (const client of BT_CLIENTS)
+  t.test(`1.0.0 -> 2.0.0 with --torrent --bt-client ${client}: the delta comes from the pack over BitTorrent; slot B is 2.0.0 exactly`, async (t) => {
+    const h = await makeHost(t, images)
+    const downloads = path.join(tmpDir(t), 'downloads')
+    const r = await updateIsolated(served, [...args(h, downloads), '--bt-client', client])
+    t.equal(r.code, 0, r.stderr)
+    t.match(r.stderr, `with BitTorrent (${client}; `, `${client} downloaded it`)
+    t.ok(
+      fs.existsSync(
+        path.join(
+          downloads,
+          fs.readdirSync(downloads).find((d) => d.endsWith('.control'))!,
+          `${client}.log`,
+        ),
+      ),
+      `its log, ${client}.log`,
+    )
+    const out = JSON.parse(r.stdout)
+    t.equal(out.delta.used, true)
+    t.equal(out.delta.pack, packFile, 'the delta named its pack')
+    const m2 = readManifest(path.join(served, 'manifest.json'))
+    t.equal(out.transfer.bytes, 0, "labhost's own HTTP requests brought none of the delta's frames, nor the block index (it came in the pack)")
+    t.ok(m2.blocks, 'the image has a block index')
+    t.ok(slotBHolds(h, path.join(images.v2, 'root.img')), 'slot B holds 2.0.0 byte for byte')
+  })
 
 t.test('refused: a pack of other bytes (its own .torrent) — the slot writer catches it; slot A, GPT, state untouched', async (t) => {
   const d = tmpDir(t)

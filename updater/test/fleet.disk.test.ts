@@ -66,6 +66,30 @@ t.test('8 hosts update over BitTorrent, two of them upstream hosts with half eac
   t.ok(ratio < 1.5, `the server sent ${ratio.toFixed(2)} copies (< 1.5)`)
 })
 
+// labhost's libtorrent client (--bt-client libtorrent, image-format/bt-clients.ts) as a lab runs it
+// for a delta: two upstream hosts fetch half the pack each from the server, the others only from
+// the lab; every slot B is then 2.0.0 byte for byte.
+test('8 hosts fetch the delta pack with --bt-client libtorrent, two upstream hosts with half each: every slot B is 2.0.0, only the upstream hosts fetch from the server', async (t) => {
+  const d = tmpDir(t, 'labhost-fleet-run-')
+  const f = await startFleet(d, images, { hosts: 8, prefix: 'lhfl', deltaFrom: images.v1 })
+  t.teardown(() => f.close())
+  const pack = f.deltaPacks[0]!
+  const before = await f.lab.txBytes(f.server)
+  const runs = await Promise.all(f.hosts.map((h, i) => f.update(h, btArgs(h, [...labPart(f, i, 2), '--bt-client', 'libtorrent']))))
+  const sent = (await f.lab.txBytes(f.server)) - before
+  for (const [i, r] of runs.entries()) {
+    t.equal(r.exitCode, 0, `host ${i + 1} exit 0`, { output: String(r.all).slice(-2000) })
+    const out = JSON.parse(String(r.stdout))
+    t.equal(out.delta.pack, pack.file, `host ${i + 1}: the delta came from the pack`)
+    t.match(String(r.stderr), /with BitTorrent \(libtorrent; /, `host ${i + 1}: libtorrent downloaded it`)
+    t.ok(slotBHolds(f.hosts[i]!, `${images.v2}/root.img`), `host ${i + 1}: slot B holds 2.0.0`)
+    if (i < 2) t.match(String(r.all), `fetched part ${i + 1} of 2 of ${pack.file} from the server`, `host ${i + 1} fetched its half from the server`)
+    else t.notMatch(String(r.all), /fetched part|no peer of this lab had/, `host ${i + 1} fetched nothing from the server: the lab's peers gave it the pack`)
+  }
+  // the pack of the test image is small: the manifests, torrents and pack lists the 8 hosts fetch weigh as much
+  t.comment(`server sent ${sent} bytes for 8 hosts, the pack is ${pack.size} bytes`)
+})
+
 /** A machine UUID whose rollout point for test 2.0.0 lies in [lo, hi). */
 function uuidWithPoint(lo: number, hi: number): string {
   for (;;) {
