@@ -192,7 +192,12 @@ export async function aria2Download(o: Aria2Download): Promise<Aria2Result> {
       if (failed.details.notInstalled) throw failed
       // 3: labhost's libtorrent client found no python3-libtorrent
       if (client === 'libtorrent' && x.exitCode === 3)
-        throw new LabhostError('toolFailed', `python3-libtorrent is not installed (${logged})`, `install the python3-libtorrent package, or use --bt-client aria2c`, { notInstalled: true })
+        throw new LabhostError(
+          'toolFailed',
+          `python3-libtorrent is not installed (${logged})`,
+          `install the python3-libtorrent package, or use --bt-client aria2c`,
+          { notInstalled: true },
+        )
       const why = x.startError ? `${client} could not be started (${x.startError})` : `${client} exited with ${x.exitCode ?? x.signal}`
       // 7: downloads left unfinished (its --bt-stop-timeout, or a signal): no peer gave it the rest
       throw new LabhostError(

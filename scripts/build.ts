@@ -50,7 +50,13 @@ const index = path.join(dist, `${name}.${SHIPPED_INDEX}`)
 fs.writeFileSync(index, JSON.stringify(Object.keys(shipped)))
 fs.writeFileSync(
   seaConfig,
-  JSON.stringify({ main: bundle, output: blob, disableExperimentalSEAWarning: true, useCodeCache: true, assets: { [SHIPPED_INDEX]: index, ...shipped, [LIBTORRENT_CLIENT]: path.join(root, 'image-format', LIBTORRENT_CLIENT) } }),
+  JSON.stringify({
+    main: bundle,
+    output: blob,
+    disableExperimentalSEAWarning: true,
+    useCodeCache: true,
+    assets: { [SHIPPED_INDEX]: index, ...shipped, [LIBTORRENT_CLIENT]: path.join(root, 'image-format', LIBTORRENT_CLIENT) },
+  }),
 )
 await execa(process.execPath, ['--experimental-sea-config', seaConfig], { stdio: 'inherit' })
 const exe = path.join(dist, name)

@@ -147,7 +147,9 @@ export async function downloadPack(source: HttpSource, manifest: Manifest, pack:
     await got.stop()
     throw new LabhostError('hashMismatch', `${got.file} is not ${pack.size} bytes`, 'publish the image again; nothing was written')
   }
-  log(`downloaded the delta pack ${pack.file} (${pack.size} bytes) with BitTorrent in ${got.seconds.toFixed(1)} s; ${o.client ?? 'aria2c'} seeds it for ${o.seedMinutes} min`)
+  log(
+    `downloaded the delta pack ${pack.file} (${pack.size} bytes) with BitTorrent in ${got.seconds.toFixed(1)} s; ${o.client ?? 'aria2c'} seeds it for ${o.seedMinutes} min`,
+  )
   return { pack, file: got.file, seconds: got.seconds, seederPid: got.seederPid }
 }
 

@@ -137,7 +137,17 @@ export const trialCheck = defineCommand({
 })
 
 // read only with --torrent: given without it, a mistake worth saying (not silently ignored)
-const TORRENT_ONLY = ['bt-client', 'download-dir', 'peers', 'upstream-part', 'tracker', 'seed-minutes', 'seed-ratio', 'tracker-interval', 'download-limit'] as const
+const TORRENT_ONLY = [
+  'bt-client',
+  'download-dir',
+  'peers',
+  'upstream-part',
+  'tracker',
+  'seed-minutes',
+  'seed-ratio',
+  'tracker-interval',
+  'download-limit',
+] as const
 
 export const update = defineCommand({
   name: 'update',
