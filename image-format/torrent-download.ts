@@ -3,8 +3,8 @@
 // checked the torrent (checkTorrent: one file, the signed name and size) and chosen its sources
 // (sourcedTorrent); the client downloads into `dir`, its .torrent, completion hook, marker and log
 // live in a private control directory beside it, and it goes on seeding in a session of its own
-// after labhost is done. Whatever arrives is still only
-// bytes that match the torrent's SHA-1 pieces: the caller checks them against the signed manifest.
+// after labhost is done. Whatever arrives is still only bytes that match the torrent's SHA-1
+// pieces: the caller checks them against the signed manifest.
 //
 // Which peers: DHT stays off always (peers come from the trackers, the web seeds and the LAN only).
 // Local Peer Discovery (multicast on the host's subnet) finds the peers of the same lab without a
