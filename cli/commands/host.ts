@@ -232,7 +232,10 @@ export const update = defineCommand({
       type: 'boolean',
       description: 'from an http(s) URL, take the chunks this host has from its disk and download the rest (the default, said explicitly)',
     },
-    torrent: { type: 'boolean', description: 'download the transport file over BitTorrent (aria2c, the .torrent beside it), seed it on afterwards' },
+    torrent: {
+      type: 'boolean',
+      description: 'download the transport file over BitTorrent (aria2c or --bt-client, the .torrent beside it), seed it on afterwards',
+    },
     'bt-client': {
       type: 'string',
       value: 'CLIENT',
