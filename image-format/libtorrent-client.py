@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-p = argparse.ArgumentParser(description=__doc__)
+p = argparse.ArgumentParser(description="labhost's BitTorrent client on libtorrent (image-format/bt-clients.ts)")
 p.add_argument('--torrent', required=True)
 p.add_argument('--dir', required=True)
 p.add_argument('--marker', required=True)

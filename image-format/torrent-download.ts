@@ -106,41 +106,44 @@ export async function aria2Download(o: Aria2Download): Promise<Aria2Result> {
   const torrentFile = path.join(o.control, `${o.name}.torrent`)
   fs.writeFileSync(torrentFile, o.torrent)
   const marker = path.join(o.control, 'complete')
-  const hook = path.join(o.control, 'on-complete.sh')
-  fs.writeFileSync(hook, `#!/bin/sh\n: > ${shellQuote(marker)}\n`, { mode: 0o700 })
   const after = path.join(o.control, 'after-seeding.sh')
   if (o.afterSeeding) fs.writeFileSync(after, `#!/bin/sh\n${o.afterSeeding}\n`, { mode: 0o700 })
   const client = o.client ?? 'aria2c'
   const logFile = path.join(o.control, `${client}.log`)
-  const aria2cArgs = (): string[] => [
-    `--dir=${o.dir}`,
-    '--continue=true',
-    '--check-integrity=true',
-    '--auto-file-renaming=false',
-    '--allow-overwrite=true',
-    '--file-allocation=none',
-    '--enable-dht=false',
-    '--enable-dht6=false',
-    `--bt-enable-lpd=${o.lpd}`,
-    `--enable-peer-exchange=${o.peerExchange}`,
-    `--seed-time=${o.seedMinutes}`,
-    `--seed-ratio=${o.seedRatio.toFixed(1)}`,
-    // a backstop only: the watch below judges a stall (by the bytes that land) before aria2c would
-    `--bt-stop-timeout=${o.stallSeconds + 30}`,
-    ...(o.trackerIntervalSeconds ? [`--bt-tracker-interval=${o.trackerIntervalSeconds}`] : []),
-    ...(o.downloadLimit ? [`--max-overall-download-limit=${o.downloadLimit}`] : []),
-    ...(o.caFile ? [`--ca-certificate=${path.resolve(o.caFile)}`] : []),
-    // for BitTorrent, --on-bt-download-complete runs when the pieces are in, --on-download-complete
-    // (and -stop, -error) once seeding is over
-    `--on-bt-download-complete=${hook}`,
-    // (only then: a download that failed or was stopped stays, to be resumed)
-    ...(o.afterSeeding ? [`--on-download-complete=${after}`] : []),
-    '--summary-interval=0',
-    '--console-log-level=error',
-    `--log=${logFile}`,
-    '--log-level=notice',
-    torrentFile,
-  ]
+  // aria2c's completion hook touches the marker (labhost's libtorrent client touches it itself)
+  const aria2cArgs = (): string[] => {
+    const hook = path.join(o.control, 'on-complete.sh')
+    fs.writeFileSync(hook, `#!/bin/sh\n: > ${shellQuote(marker)}\n`, { mode: 0o700 })
+    return [
+      `--dir=${o.dir}`,
+      '--continue=true',
+      '--check-integrity=true',
+      '--auto-file-renaming=false',
+      '--allow-overwrite=true',
+      '--file-allocation=none',
+      '--enable-dht=false',
+      '--enable-dht6=false',
+      `--bt-enable-lpd=${o.lpd}`,
+      `--enable-peer-exchange=${o.peerExchange}`,
+      `--seed-time=${o.seedMinutes}`,
+      `--seed-ratio=${o.seedRatio.toFixed(1)}`,
+      // a backstop only: the watch below judges a stall (by the bytes that land) before aria2c would
+      `--bt-stop-timeout=${o.stallSeconds + 30}`,
+      ...(o.trackerIntervalSeconds ? [`--bt-tracker-interval=${o.trackerIntervalSeconds}`] : []),
+      ...(o.downloadLimit ? [`--max-overall-download-limit=${o.downloadLimit}`] : []),
+      ...(o.caFile ? [`--ca-certificate=${path.resolve(o.caFile)}`] : []),
+      // for BitTorrent, --on-bt-download-complete runs when the pieces are in, --on-download-complete
+      // (and -stop, -error) once seeding is over
+      `--on-bt-download-complete=${hook}`,
+      // (only then: a download that failed or was stopped stays, to be resumed)
+      ...(o.afterSeeding ? [`--on-download-complete=${after}`] : []),
+      '--summary-interval=0',
+      '--console-log-level=error',
+      `--log=${logFile}`,
+      '--log-level=notice',
+      torrentFile,
+    ]
+  }
   // labhost's libtorrent client (bt-clients.ts): the same contract, its marker touched by itself
   const libtorrentArgs = (): string[] => {
     const script = path.join(o.control, LIBTORRENT_CLIENT)
