@@ -81,14 +81,21 @@ export class ZstdReader {
           zstd.process.kill()
         })
     // The read end opens when zstd opens the write end. Should zstd end without opening it (not
-    // installed, killed), a write end opened and closed here lets the read end open on an empty FIFO.
+    // installed, killed, garbage input), a write end held here until the read end is open lets it
+    // open on an empty FIFO. O_RDWR, because a FIFO opened so never waits and never fails for want
+    // of a reader: our open runs on libuv's thread pool and may not have begun yet when zstd has
+    // already ended (a busy pool), and a non-blocking write-only open would then fail (ENXIO) and
+    // leave the read end waiting forever.
     const opening = fs.promises.open(fifo, 'r')
-    void zstd.done.then(() => {
+    void zstd.done.then(async () => {
+      let fd: number
       try {
-        fs.closeSync(fs.openSync(fifo, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK))
+        fd = fs.openSync(fifo, fs.constants.O_RDWR)
       } catch {
-        // the read end is open already (ENXIO cannot happen while our open waits)
+        return // the name is gone: the read end is open already
       }
+      await opening.catch(() => undefined)
+      fs.closeSync(fd)
     })
     const fh = await opening
     // both ends are open: the name is no longer needed, and a labhost killed from here on
