@@ -11,6 +11,9 @@ import sea from 'node:sea'
 export const BT_CLIENTS = ['aria2c', 'libtorrent'] as const
 export type BtClient = (typeof BT_CLIENTS)[number]
 
+/** The client where none is named (--bt-client). */
+export const DEFAULT_BT_CLIENT: BtClient = 'aria2c'
+
 /** The SEA asset (scripts/build.ts) and source file of labhost's libtorrent client. */
 export const LIBTORRENT_CLIENT = 'libtorrent-client.py'
 

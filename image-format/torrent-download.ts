@@ -14,13 +14,13 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { LabhostError } from '../lib/errors.ts'
-import { start, toolError, type RunOutcome } from '../lib/exec.ts'
-import { libtorrentClientSource, rateBytes, LIBTORRENT_CLIENT, type BtClient } from './bt-clients.ts'
+import { missingHint, start, toolError, type RunOutcome } from '../lib/exec.ts'
+import { DEFAULT_BT_CLIENT, libtorrentClientSource, rateBytes, LIBTORRENT_CLIENT, type BtClient } from './bt-clients.ts'
 import { fetchBytes, type FetchOptions } from './source.ts'
 import { checkTorrent, TORRENT_MAX_BYTES } from './torrent.ts'
 
 export interface Aria2Options {
-  /** Which client downloads and seeds (bt-clients.ts); aria2c where not given. */
+  /** Which client downloads and seeds (bt-clients.ts); DEFAULT_BT_CLIENT where not given. */
   client?: BtClient
   /** Minutes the client goes on seeding after the download completed (it outlives labhost; a reboot ends it). */
   seedMinutes: number
@@ -108,7 +108,7 @@ export async function aria2Download(o: Aria2Download): Promise<Aria2Result> {
   const marker = path.join(o.control, 'complete')
   const after = path.join(o.control, 'after-seeding.sh')
   if (o.afterSeeding) fs.writeFileSync(after, `#!/bin/sh\n${o.afterSeeding}\n`, { mode: 0o700 })
-  const client = o.client ?? 'aria2c'
+  const client = o.client ?? DEFAULT_BT_CLIENT
   const logFile = path.join(o.control, `${client}.log`)
   // aria2c's completion hook touches the marker (labhost's libtorrent client touches it itself)
   const aria2cArgs = (): string[] => {
@@ -195,12 +195,7 @@ export async function aria2Download(o: Aria2Download): Promise<Aria2Result> {
       if (failed.details.notInstalled) throw failed
       // 3: labhost's libtorrent client found no python3-libtorrent
       if (client === 'libtorrent' && x.exitCode === 3)
-        throw new LabhostError(
-          'toolFailed',
-          `python3-libtorrent is not installed (${logged})`,
-          `install the python3-libtorrent package, or use --bt-client aria2c`,
-          { notInstalled: true },
-        )
+        throw new LabhostError('toolFailed', `python3-libtorrent is not installed (${logged})`, missingHint(cmd), { notInstalled: true })
       const why = x.startError ? `${client} could not be started (${x.startError})` : `${client} exited with ${x.exitCode ?? x.signal}`
       // 7: downloads left unfinished (its --bt-stop-timeout, or a signal): no peer gave it the rest
       throw new LabhostError(

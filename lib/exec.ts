@@ -73,6 +73,12 @@ function toolOf(cmd: string): { name: string; pkg: string; check: string; missin
   return { name, ...(TOOLS[name] ?? GENERIC) }
 }
 
+/** What to do when `cmd` is not installed: its package (or the tool's own advice). */
+export function missingHint(cmd: string): string {
+  const tool = toolOf(cmd)
+  return tool.missing ?? `install ${tool.pkg ? `the ${tool.pkg} package` : 'it'} (scripts/setup.sh installs every tool labhost needs)`
+}
+
 function tail(text: string, lines = 8): string {
   return text.trim().split('\n').slice(-lines).join('\n')
 }
@@ -102,13 +108,7 @@ export function toolError(
   const tool = toolOf(cmd)
   const commandLine = [cmd, ...args].join(' ')
   if (r.startError === 'ENOENT') {
-    return new LabhostError(
-      'toolFailed',
-      `${cmd} is not installed`,
-      tool.missing ?? `install ${tool.pkg ? `the ${tool.pkg} package` : 'it'} (scripts/setup.sh installs every tool labhost needs)`,
-      { command: commandLine, notInstalled: true },
-      { cause: o.cause },
-    )
+    return new LabhostError('toolFailed', `${cmd} is not installed`, missingHint(cmd), { command: commandLine, notInstalled: true }, { cause: o.cause })
   }
   const stderr = String(r.stderr ?? '')
   const why = r.startError

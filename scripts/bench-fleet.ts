@@ -13,7 +13,7 @@
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import type { BtClient } from '../image-format/bt-clients.ts'
+import { DEFAULT_BT_CLIENT, type BtClient } from '../image-format/bt-clients.ts'
 import { buildImage } from '../image-build/build.ts'
 import { writeRecipeVariant } from '../image-build/recipe.ts'
 import { publishDeltaPacks } from '../updater/delta-pack.ts'
@@ -195,7 +195,7 @@ export async function fleetRound(
   prefix: string,
   hostPortMbit: number = PORT_MBIT,
   upstreams = upstreamsFor(hosts),
-  client: BtClient = 'aria2c',
+  client: BtClient = DEFAULT_BT_CLIENT,
 ): Promise<Round> {
   const fleetDir = fs.mkdtempSync(path.join(dir, `fleet-${method}-${hosts}-`))
   const f = await startFleet(fleetDir, images, { hosts, prefix, deltaFrom: images.v1, hostPortMbit })
@@ -320,7 +320,7 @@ export async function benchFleetScale(
   const imagesFor = (m: Method) => o.imagesOf?.[m]?.images ?? images
   const change = (m: Method) => (o.imagesOf?.[m] ? `; 2.0.0 ${o.imagesOf[m].change}` : '')
   const section = o.section ?? 'fleet'
-  const client = o.client ?? 'aria2c'
+  const client = o.client ?? DEFAULT_BT_CLIENT
   const label = (m: Method) => labelOf(m, client)
   const portOf = (m: Method) => o.hostPortMbit?.[m] ?? PORT_MBIT
   const rounds: Round[] = []

@@ -13,6 +13,7 @@
 import path from 'node:path'
 import { LabhostError, isLabhostError } from '../lib/errors.ts'
 import { matchesPart, type Manifest } from '../image-format/manifest.ts'
+import { DEFAULT_BT_CLIENT } from '../image-format/bt-clients.ts'
 import { aria2Download, fetchTorrent, type Aria2Options, type Aria2Result } from '../image-format/torrent-download.ts'
 import { describeSources, peerSources, sourcedTorrent, torrentSources, type PeerPart, type UpstreamPart } from '../image-format/torrent.ts'
 import { fetchUpstreamPart } from './upstream-part.ts'
@@ -136,7 +137,9 @@ export async function torrentSource(source: HttpSource, manifest: Manifest, o: T
       'the .torrent beside the manifest belongs to another image: publish it again (labhost image publish); nothing was written',
     )
   }
-  log(`downloaded ${name} with BitTorrent in ${seconds.toFixed(1)} s; ${o.client ?? 'aria2c'} (pid ${got.seederPid}) seeds it for ${o.seedMinutes} min`)
+  log(
+    `downloaded ${name} with BitTorrent in ${seconds.toFixed(1)} s; ${o.client ?? DEFAULT_BT_CLIENT} (pid ${got.seederPid}) seeds it for ${o.seedMinutes} min`,
+  )
   source.stats.torrent = { url: torrentUrl, file, seconds, seederPid: got.seederPid, seedMinutes: o.seedMinutes }
   return {
     kind: 'torrent',

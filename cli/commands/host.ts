@@ -10,7 +10,7 @@ import { failingConfig, judgeTrial, loadTrialConfig, trialPendingHere, TRIAL_CON
 import { DEFAULT_TORRENT } from '../../updater/torrent.ts'
 import { DEFAULT_FETCH } from '../../image-format/source.ts'
 import { PEER_PARTS } from '../../image-format/torrent.ts'
-import { BT_CLIENTS } from '../../image-format/bt-clients.ts'
+import { BT_CLIENTS, DEFAULT_BT_CLIENT } from '../../image-format/bt-clients.ts'
 import { ExitCode, LabhostError } from '../../lib/errors.ts'
 import { powerAction } from '../../lib/power.ts'
 import { renderSwitch } from '../../bootloader/switch.ts'
@@ -240,7 +240,7 @@ export const update = defineCommand({
       type: 'string',
       value: 'CLIENT',
       schema: oneOf(BT_CLIENTS),
-      defaultText: 'aria2c',
+      defaultText: DEFAULT_BT_CLIENT,
       description:
         "with --torrent: the BitTorrent client — aria2c, or libtorrent (labhost's own client on python3-libtorrent: it unchokes every peer, where aria2c trades with 4; for a whole lab updating at once)",
     },

@@ -84,7 +84,7 @@ t.test('python3 without libtorrent: a one-line error naming the package and the 
   await t.rejects(download(p, 20), {
     code: 'toolFailed',
     message: /^python3-libtorrent is not installed \(.*no libtorrent here/,
-    hint: 'install the python3-libtorrent package, or use --bt-client aria2c',
+    hint: 'install the python3-libtorrent package (scripts/setup.sh does), or use --bt-client aria2c',
   })
 })
 
