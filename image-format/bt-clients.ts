@@ -7,12 +7,34 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import sea from 'node:sea'
+import { runStatus } from '../lib/exec.ts'
 
 export const BT_CLIENTS = ['aria2c', 'libtorrent'] as const
 export type BtClient = (typeof BT_CLIENTS)[number]
 
-/** The client where none is named (--bt-client). */
+/** What a caller may ask for: a client, or `auto` (libtorrent where it is installed, else aria2c). */
+export const BT_CLIENT_CHOICES = ['auto', ...BT_CLIENTS] as const
+export type BtClientChoice = (typeof BT_CLIENT_CHOICES)[number]
+
+/** The client where none is named: `labhost update --torrent` takes `auto` (DEFAULT_TORRENT). */
 export const DEFAULT_BT_CLIENT: BtClient = 'aria2c'
+
+/** The Python labhost's libtorrent client runs on (Debian's, which python3-libtorrent is built for). */
+export const PYTHON3 = '/usr/bin/python3'
+
+/**
+ * The client `choice` stands for. `auto`: labhost's libtorrent client where Debian's python3 can
+ * import libtorrent (host images built from the recipe since python3-libtorrent is in it), else
+ * aria2c (hosts installed from older images), with the reason for the log.
+ */
+export async function chooseBtClient(choice: BtClientChoice | undefined): Promise<{ client: BtClient; why: string }> {
+  if (choice === undefined) return { client: DEFAULT_BT_CLIENT, why: 'the default' }
+  if (choice !== 'auto') return { client: choice, why: 'asked for' }
+  const r = await runStatus(PYTHON3, ['-c', 'import libtorrent'], { timeoutMs: 30_000 })
+  return r.exitCode === 0
+    ? { client: 'libtorrent', why: 'auto: python3-libtorrent is installed' }
+    : { client: 'aria2c', why: `auto: python3-libtorrent is not installed${r.startError ? ` (${PYTHON3}: ${r.startError})` : ''}` }
+}
 
 /** The SEA asset (scripts/build.ts) and source file of labhost's libtorrent client. */
 export const LIBTORRENT_CLIENT = 'libtorrent-client.py'

@@ -79,6 +79,13 @@ plugins = ['ut_metadata', 'smart_ban'] + (['ut_pex'] if a.peer_exchange == 'true
 session = lt.session(settings, 0)
 for name in plugins:
     session.add_extension(name)
+if a.download_limit:
+    # the limit is the session's (its global peer class), from which libtorrent exempts peers on a
+    # local network by default; a lab's peers are all on one: every address goes in the global class
+    every = lt.ip_filter()
+    every.add_rule('0.0.0.0', '255.255.255.255', 1 << lt.session.global_peer_class_id)
+    every.add_rule('::', 'ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff', 1 << lt.session.global_peer_class_id)
+    session.set_peer_class_filter(every)
 atp = lt.add_torrent_params()
 atp.ti = lt.torrent_info(a.torrent)
 atp.save_path = a.dir

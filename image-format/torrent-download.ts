@@ -15,13 +15,13 @@ import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { LabhostError } from '../lib/errors.ts'
 import { missingHint, start, toolError, type RunOutcome } from '../lib/exec.ts'
-import { DEFAULT_BT_CLIENT, libtorrentClientSource, rateBytes, LIBTORRENT_CLIENT, type BtClient } from './bt-clients.ts'
+import { chooseBtClient, libtorrentClientSource, rateBytes, LIBTORRENT_CLIENT, PYTHON3, type BtClient, type BtClientChoice } from './bt-clients.ts'
 import { fetchBytes, type FetchOptions } from './source.ts'
 import { checkTorrent, TORRENT_MAX_BYTES } from './torrent.ts'
 
 export interface Aria2Options {
-  /** Which client downloads and seeds (bt-clients.ts); DEFAULT_BT_CLIENT where not given. */
-  client?: BtClient
+  /** Which client downloads and seeds (bt-clients.ts: chooseBtClient); DEFAULT_BT_CLIENT where not given. */
+  client?: BtClientChoice
   /** Minutes the client goes on seeding after the download completed (it outlives labhost; a reboot ends it). */
   seedMinutes: number
   /** Also stop seeding at this upload/download ratio; 0: only the time counts. */
@@ -58,6 +58,8 @@ export interface Aria2Download extends Aria2Options {
 
 export interface Aria2Result {
   file: string
+  /** The client that downloaded it (and seeds it). */
+  client: BtClient
   seconds: number
   /** The client, seeding on (null: it ended with the download). */
   seederPid: number | null
@@ -108,7 +110,7 @@ export async function aria2Download(o: Aria2Download): Promise<Aria2Result> {
   const marker = path.join(o.control, 'complete')
   const after = path.join(o.control, 'after-seeding.sh')
   if (o.afterSeeding) fs.writeFileSync(after, `#!/bin/sh\n${o.afterSeeding}\n`, { mode: 0o700 })
-  const client = o.client ?? DEFAULT_BT_CLIENT
+  const { client, why } = await chooseBtClient(o.client)
   const logFile = path.join(o.control, `${client}.log`)
   // aria2c's completion hook touches the marker (labhost's libtorrent client touches it itself)
   const aria2cArgs = (): string[] => {
@@ -163,8 +165,8 @@ export async function aria2Download(o: Aria2Download): Promise<Aria2Result> {
       ...(o.afterSeeding ? [`--after-seeding=${after}`] : []),
     ]
   }
-  const [cmd, args] = client === 'aria2c' ? ['aria2c', aria2cArgs()] : ['/usr/bin/python3', libtorrentArgs()]
-  log(`downloading ${o.name} with BitTorrent (${client}; ${o.what}) into ${o.dir}`)
+  const [cmd, args] = client === 'aria2c' ? ['aria2c', aria2cArgs()] : [PYTHON3, libtorrentArgs()]
+  log(`downloading ${o.name} with BitTorrent (${client}, ${why}; ${o.what}) into ${o.dir}`)
   // its own session: it seeds on after labhost exits (libtorrent's web seeds over https trust the CA file as aria2c does)
   const env = client === 'libtorrent' && o.caFile ? { SSL_CERT_FILE: path.resolve(o.caFile) } : undefined
   const running = start(cmd, args, { detached: true, stderr: 'ignore', env })
@@ -226,5 +228,5 @@ export async function aria2Download(o: Aria2Download): Promise<Aria2Result> {
     stop()
     await Promise.race([running.done, sleep(5000)])
   }
-  return { file, seconds: (Date.now() - started) / 1000, seederPid: exit ? null : (child.pid ?? null), stop: stopNow }
+  return { file, client, seconds: (Date.now() - started) / 1000, seederPid: exit ? null : (child.pid ?? null), stop: stopNow }
 }

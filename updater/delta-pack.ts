@@ -21,7 +21,6 @@ import { z } from 'zod'
 import { LabhostError, isLabhostError } from '../lib/errors.ts'
 import { run } from '../lib/exec.ts'
 import { readManifest, type Manifest } from '../image-format/manifest.ts'
-import { DEFAULT_BT_CLIENT } from '../image-format/bt-clients.ts'
 import { fetchBytes, type HttpSource } from '../image-format/source.ts'
 import { makeTorrent, type PublishOptions } from '../image-format/torrent.ts'
 import { planDelta, type FetchRange, type RangeReader } from './delta.ts'
@@ -149,7 +148,7 @@ export async function downloadPack(source: HttpSource, manifest: Manifest, pack:
     throw new LabhostError('hashMismatch', `${got.file} is not ${pack.size} bytes`, 'publish the image again; nothing was written')
   }
   log(
-    `downloaded the delta pack ${pack.file} (${pack.size} bytes) with BitTorrent in ${got.seconds.toFixed(1)} s; ${o.client ?? DEFAULT_BT_CLIENT} seeds it for ${o.seedMinutes} min`,
+    `downloaded the delta pack ${pack.file} (${pack.size} bytes) with BitTorrent in ${got.seconds.toFixed(1)} s; ${got.client} seeds it for ${o.seedMinutes} min`,
   )
   return { pack, file: got.file, seconds: got.seconds, seederPid: got.seederPid }
 }

@@ -13,7 +13,6 @@
 import path from 'node:path'
 import { LabhostError, isLabhostError } from '../lib/errors.ts'
 import { matchesPart, type Manifest } from '../image-format/manifest.ts'
-import { DEFAULT_BT_CLIENT } from '../image-format/bt-clients.ts'
 import { aria2Download, fetchTorrent, type Aria2Options, type Aria2Result } from '../image-format/torrent-download.ts'
 import { describeSources, peerSources, sourcedTorrent, torrentSources, type PeerPart, type UpstreamPart } from '../image-format/torrent.ts'
 import { fetchUpstreamPart } from './upstream-part.ts'
@@ -39,6 +38,9 @@ export interface TorrentOptions extends Aria2Options {
 }
 
 export const DEFAULT_TORRENT: TorrentOptions = {
+  // labhost's libtorrent client where the host has it: it keeps the last host of a lab near the
+  // first when the whole lab updates at once (aria2c's tit-for-tat chokes it: bt-clients.ts)
+  client: 'auto',
   dir: '/run/labhost/torrent',
   peers: 'all',
   trackers: [],
@@ -137,9 +139,7 @@ export async function torrentSource(source: HttpSource, manifest: Manifest, o: T
       'the .torrent beside the manifest belongs to another image: publish it again (labhost image publish); nothing was written',
     )
   }
-  log(
-    `downloaded ${name} with BitTorrent in ${seconds.toFixed(1)} s; ${o.client ?? DEFAULT_BT_CLIENT} (pid ${got.seederPid}) seeds it for ${o.seedMinutes} min`,
-  )
+  log(`downloaded ${name} with BitTorrent in ${seconds.toFixed(1)} s; ${got.client} (pid ${got.seederPid}) seeds it for ${o.seedMinutes} min`)
   source.stats.torrent = { url: torrentUrl, file, seconds, seederPid: got.seederPid, seedMinutes: o.seedMinutes }
   return {
     kind: 'torrent',

@@ -10,7 +10,7 @@ import { failingConfig, judgeTrial, loadTrialConfig, trialPendingHere, TRIAL_CON
 import { DEFAULT_TORRENT } from '../../updater/torrent.ts'
 import { DEFAULT_FETCH } from '../../image-format/source.ts'
 import { PEER_PARTS } from '../../image-format/torrent.ts'
-import { BT_CLIENTS, DEFAULT_BT_CLIENT } from '../../image-format/bt-clients.ts'
+import { BT_CLIENT_CHOICES } from '../../image-format/bt-clients.ts'
 import { ExitCode, LabhostError } from '../../lib/errors.ts'
 import { powerAction } from '../../lib/power.ts'
 import { renderSwitch } from '../../bootloader/switch.ts'
@@ -234,15 +234,15 @@ export const update = defineCommand({
     },
     torrent: {
       type: 'boolean',
-      description: 'download the transport file over BitTorrent (aria2c or --bt-client, the .torrent beside it), seed it on afterwards',
+      description: 'download the transport file over BitTorrent (the .torrent beside it; --bt-client), seed it on afterwards',
     },
     'bt-client': {
       type: 'string',
       value: 'CLIENT',
-      schema: oneOf(BT_CLIENTS),
-      defaultText: DEFAULT_BT_CLIENT,
+      schema: oneOf(BT_CLIENT_CHOICES),
+      defaultText: DEFAULT_TORRENT.client,
       description:
-        "with --torrent: the BitTorrent client — aria2c, or libtorrent (labhost's own client on python3-libtorrent: it unchokes every peer, where aria2c trades with 4; for a whole lab updating at once)",
+        "with --torrent: the BitTorrent client — libtorrent (labhost's own client on python3-libtorrent: it unchokes every peer, where aria2c trades with 4, so a whole lab updating at once finishes together), aria2c, or auto: libtorrent where python3-libtorrent is installed, else aria2c",
     },
     'download-dir': {
       type: 'string',

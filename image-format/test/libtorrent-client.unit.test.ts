@@ -2,11 +2,12 @@
 // (aria2Download), without a network: a file already whole in the download directory is checked
 // piece by piece and reported complete, and the client seeds on for --seed-minutes; a file with a
 // damaged piece and no peer to mend it makes no progress and is given up as a stall; without
-// python3-libtorrent the error says so. Rates in aria2c's notation are read as bytes per second.
+// python3-libtorrent the error says so, and `auto` (update's default) takes aria2c instead. Rates in
+// aria2c's notation are read as bytes per second.
 import fs from 'node:fs'
 import path from 'node:path'
 import t, { type Test } from 'tap'
-import { rateBytes } from '../bt-clients.ts'
+import { chooseBtClient, rateBytes } from '../bt-clients.ts'
 import { makeTorrent } from '../torrent.ts'
 import { aria2Download, PID_FILE } from '../torrent-download.ts'
 import { tmpDir } from '../../test-support/test-helpers.ts'
@@ -72,19 +73,35 @@ t.test('a damaged piece and no peer: no progress, given up as a stall; the clien
   t.notOk(fs.existsSync(`/proc/${pid}`), 'the client is gone')
 })
 
-t.test('python3 without libtorrent: a one-line error naming the package and the other client', async (t) => {
-  const p = await published(t)
-  // a module of that name that cannot be imported, first on python's path
-  const fake = path.join(p.d, 'fake')
+/** python3 without libtorrent from here on in `t`: a module of that name that cannot be imported, first on python's path. */
+function withoutLibtorrent(t: Test, d: string) {
+  const fake = path.join(d, 'fake')
   fs.mkdirSync(fake)
   fs.writeFileSync(path.join(fake, 'libtorrent.py'), "raise ImportError('no libtorrent here')\n")
   const was = process.env.PYTHONPATH
   process.env.PYTHONPATH = fake
   t.teardown(() => void (was === undefined ? delete process.env.PYTHONPATH : (process.env.PYTHONPATH = was)))
+}
+
+t.test('python3 without libtorrent: a one-line error naming the package and the other client', async (t) => {
+  const p = await published(t)
+  withoutLibtorrent(t, p.d)
   await t.rejects(download(p, 20), {
     code: 'toolFailed',
     message: /^python3-libtorrent is not installed \(.*no libtorrent here/,
     hint: 'install the python3-libtorrent package (scripts/setup.sh does), or use --bt-client aria2c',
+  })
+})
+
+t.test('which client: auto is libtorrent where python3 imports it, else aria2c; a named client is taken as named', async (t) => {
+  t.same(await chooseBtClient('auto'), { client: 'libtorrent', why: 'auto: python3-libtorrent is installed' })
+  t.same(await chooseBtClient('aria2c'), { client: 'aria2c', why: 'asked for' })
+  t.same(await chooseBtClient('libtorrent'), { client: 'libtorrent', why: 'asked for' })
+  t.same(await chooseBtClient(undefined), { client: 'aria2c', why: 'the default' })
+  t.test('without python3-libtorrent', async (t) => {
+    withoutLibtorrent(t, tmpDir(t))
+    t.same(await chooseBtClient('auto'), { client: 'aria2c', why: 'auto: python3-libtorrent is not installed' })
+    t.same(await chooseBtClient('libtorrent'), { client: 'libtorrent', why: 'asked for' }, 'asked for: taken, and its download says what is missing')
   })
 })
 

@@ -87,7 +87,7 @@ for (const client of BT_CLIENTS)
     const downloads = path.join(tmpDir(t), 'downloads')
     const r = await updateIsolated(served, [...args(h, downloads), '--bt-client', client])
     t.equal(r.code, 0, r.stderr)
-    t.match(r.stderr, `with BitTorrent (${client}; `, `${client} downloaded it`)
+    t.match(r.stderr, `with BitTorrent (${client}, asked for; `, `${client} downloaded it`)
     t.ok(
       fs.existsSync(
         path.join(

@@ -54,6 +54,8 @@ t.test('8 hosts update over BitTorrent, two of them upstream hosts with half eac
     t.equal(r.exitCode, 0, `host ${i + 1} exit 0`, { output: String(r.all).slice(-2000) })
     const out = JSON.parse(String(r.stdout))
     t.ok(out.transfer.torrent?.file, `host ${i + 1} downloaded with BitTorrent`)
+    // --bt-client's default (auto): labhost's libtorrent client, which scripts/setup.sh installs
+    t.match(String(r.stderr), /with BitTorrent \(libtorrent, auto: python3-libtorrent is installed; /, `host ${i + 1}: libtorrent, by default`)
     t.ok(slotBHolds(f.hosts[i]!, `${images.v2}/root.img`), `host ${i + 1}: slot B holds 2.0.0`)
     if (i < 2) t.match(String(r.all), `fetched part ${i + 1} of 2 of root.img.zst from the server`, `host ${i + 1} fetched its half from the server`)
     else t.notMatch(String(r.all), /fetched part/, `host ${i + 1} fetched no part from the server`)
@@ -66,22 +68,23 @@ t.test('8 hosts update over BitTorrent, two of them upstream hosts with half eac
   t.ok(ratio < 1.5, `the server sent ${ratio.toFixed(2)} copies (< 1.5)`)
 })
 
-// labhost's libtorrent client (--bt-client libtorrent, image-format/bt-clients.ts) as a lab runs it
-// for a delta: two upstream hosts fetch half the pack each from the server, the others only from
-// the lab; every slot B is then 2.0.0 byte for byte.
-test('8 hosts fetch the delta pack with --bt-client libtorrent, two upstream hosts with half each: every slot B is 2.0.0, only the upstream hosts fetch from the server', async (t) => {
+// aria2c (--bt-client aria2c, and auto on a host without python3-libtorrent: one installed from an
+// image older than the recipe's libtorrent) as a lab runs it for a delta: two upstream hosts fetch
+// half the pack each from the server, the others only from the lab; every slot B is then 2.0.0
+// byte for byte.
+test('8 hosts fetch the delta pack with --bt-client aria2c, two upstream hosts with half each: every slot B is 2.0.0, only the upstream hosts fetch from the server', async (t) => {
   const d = tmpDir(t, 'labhost-fleet-run-')
   const f = await startFleet(d, images, { hosts: 8, prefix: 'lhfl', deltaFrom: images.v1 })
   t.teardown(() => f.close())
   const pack = f.deltaPacks[0]!
   const before = await f.lab.txBytes(f.server)
-  const runs = await Promise.all(f.hosts.map((h, i) => f.update(h, btArgs(h, [...labPart(f, i, 2), '--bt-client', 'libtorrent']))))
+  const runs = await Promise.all(f.hosts.map((h, i) => f.update(h, btArgs(h, [...labPart(f, i, 2), '--bt-client', 'aria2c']))))
   const sent = (await f.lab.txBytes(f.server)) - before
   for (const [i, r] of runs.entries()) {
     t.equal(r.exitCode, 0, `host ${i + 1} exit 0`, { output: String(r.all).slice(-2000) })
     const out = JSON.parse(String(r.stdout))
     t.equal(out.delta.pack, pack.file, `host ${i + 1}: the delta came from the pack`)
-    t.match(String(r.stderr), /with BitTorrent \(libtorrent; /, `host ${i + 1}: libtorrent downloaded it`)
+    t.match(String(r.stderr), /with BitTorrent \(aria2c, asked for; /, `host ${i + 1}: aria2c downloaded it`)
     t.ok(slotBHolds(f.hosts[i]!, `${images.v2}/root.img`), `host ${i + 1}: slot B holds 2.0.0`)
     if (i < 2) t.match(String(r.all), `fetched part ${i + 1} of 2 of ${pack.file} from the server`, `host ${i + 1} fetched its half from the server`)
     else t.notMatch(String(r.all), /fetched part|no peer of this lab had/, `host ${i + 1} fetched nothing from the server: the lab's peers gave it the pack`)
@@ -203,7 +206,7 @@ test('a host whose link goes down mid-transfer resumes when it comes back and fi
   const h = f.hosts[0]!
   // slow enough that the link drop falls inside the transfer
   const run = f.update(h, torrentArgs(h, ['--download-limit', `${Math.ceil(f.transportBytes / 8 / 1024)}K`]))
-  // the transfer has begun when aria2c created the file
+  // the transfer has begun when the client created the file
   const started = () =>
     fs.existsSync(h.downloadDir) &&
     fs
@@ -225,7 +228,7 @@ test('a host whose link goes down mid-transfer resumes when it comes back and fi
   t.ok(slotBHolds(h, `${images.v2}/root.img`), 'slot B holds 2.0.0')
 })
 
-test('refused: the only seeder serves corrupted pieces; aria2c never completes, nothing is written', async (t) => {
+test('refused: the only seeder serves corrupted pieces; the client never completes, nothing is written', async (t) => {
   const f = await fleet(t, 1, 'lhfc')
   const bad = tmpDir(t)
   for (const n of ['root.img.zst', 'root.img.zst.torrent']) fs.copyFileSync(path.join(f.imageDir, n), path.join(bad, n))

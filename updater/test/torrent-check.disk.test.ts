@@ -1,8 +1,9 @@
 // The .torrent beside a signed manifest is not signed, and it chooses the names aria2c writes: a
 // torrent naming its file like labhost's aria2c hook overwrote the hook, one naming it like the
-// completion marker hung labhost. Before aria2c starts, `labhost update --torrent` requires one
-// file with the signed transport file's name and size (else exit 39, nothing written, aria2c never
-// run); the hook, the marker and aria2c's log live in a private directory beside the download.
+// completion marker hung labhost. Before a client starts, `labhost update --torrent` requires one
+// file with the signed transport file's name and size (else exit 39, nothing written, no client
+// run); the hook, the marker and the client's log live in a private directory beside the download,
+// for aria2c and for labhost's libtorrent client (the default where python3-libtorrent is installed).
 // Each run is a private network namespace with only a loopback (unshare): the image server and
 // labhost talk over 127.0.0.1 there, and aria2c's multicast peer discovery reaches nothing.
 import fs from 'node:fs'
@@ -24,7 +25,8 @@ t.before(async () => {
   images = await buildImages(dir)
 })
 
-const torrentArgs = (h: Host, downloadRoot: string) => [
+const torrentArgs = (h: Host, downloadRoot: string, extra: string[] = []) => [
+  ...extra,
   '--full',
   '--torrent',
   '--download-dir',
@@ -127,9 +129,9 @@ for (const c of refusals) {
     t.match(r.stderr, /\n\s*hint: .*nothing was written/)
     t.ok(r.seconds < 20, `refused at once (${r.seconds.toFixed(1)} s with the server's start), not after the 30-s stall`)
     t.same(
-      files(downloads).filter((f) => /aria2c\.log|on-complete|complete$|other\.img/.test(f)),
+      files(downloads).filter((f) => /\.log$|\.py$|on-complete|complete$|other\.img/.test(f)),
       [],
-      "aria2c never ran: no log, nothing of the torrent's written",
+      "no client ever ran: no log, nothing of the torrent's written",
     )
     t.equal(wholeDisk(h), before.disk, 'the disk is byte-identical')
   })
@@ -154,29 +156,39 @@ t.test('refused: a .torrent over the 8 MiB cap, or no torrent at all (exit 39)',
   t.equal(wholeDisk(h), before, 'the disk is byte-identical')
 })
 
-t.test('the published torrent (web seed on the loopback) is accepted; the download directory holds only the transport file', async (t) => {
-  const h = await makeHost(t, images)
-  const d = tmpDir(t)
-  const served = path.join(d, 'served')
-  fs.cpSync(images.v2, served, { recursive: true })
-  await publishImage(served, { trackers: [tracker], webSeeds: [`http://127.0.0.1:${PORT}/root.img.zst`] })
-  const downloads = path.join(d, 'downloads')
-  const r = await updateIsolated(served, torrentArgs(h, downloads))
-  t.equal(r.code, 0, 'exit 0', failDiag(r))
-  const out = JSON.parse(r.stdout)
-  t.ok(out.transfer.torrent?.file, 'downloaded with BitTorrent')
-  t.ok(slotBHolds(h, `${images.v2}/root.img`), 'slot B holds 2.0.0')
-  const downloadDir = path.dirname(out.transfer.torrent.file)
-  t.same(
-    files(downloadDir).filter((f) => !f.endsWith('.aria2')),
-    ['root.img.zst'],
-    "aria2c's directory: the transport file alone",
-  )
-  const control = files(downloads).filter((f) => /on-complete\.sh|aria2c\.log/.test(f))
-  t.ok(
-    control.length >= 1 && control.every((f) => !f.startsWith(`${path.basename(downloadDir)}/`)),
-    `hook and log beside it, not in it (${control.join(', ')})`,
-  )
-  const hookDir = path.join(downloads, path.dirname(control[0]!))
-  t.equal(fs.statSync(hookDir).mode & 0o777, 0o700, 'in a directory only root may enter')
-})
+// each client: the default (auto: labhost's libtorrent client, python3-libtorrent being installed) and aria2c
+for (const [client, extra, logName] of [
+  ['the default client', [], 'libtorrent.log'],
+  ['aria2c', ['--bt-client', 'aria2c'], 'aria2c.log'],
+] as const) {
+  t.test(`the published torrent (web seed on the loopback) is accepted by ${client}; the download directory holds only the transport file`, async (t) => {
+    const h = await makeHost(t, images)
+    const d = tmpDir(t)
+    const served = path.join(d, 'served')
+    fs.cpSync(images.v2, served, { recursive: true })
+    await publishImage(served, { trackers: [tracker], webSeeds: [`http://127.0.0.1:${PORT}/root.img.zst`] })
+    const downloads = path.join(d, 'downloads')
+    const r = await updateIsolated(served, torrentArgs(h, downloads, [...extra]))
+    t.equal(r.code, 0, 'exit 0', failDiag(r))
+    const out = JSON.parse(r.stdout)
+    t.ok(out.transfer.torrent?.file, 'downloaded with BitTorrent')
+    t.ok(slotBHolds(h, `${images.v2}/root.img`), 'slot B holds 2.0.0')
+    const downloadDir = path.dirname(out.transfer.torrent.file)
+    t.same(
+      files(downloadDir).filter((f) => !f.endsWith('.aria2')),
+      ['root.img.zst'],
+      "the client's directory: the transport file alone",
+    )
+    const control = files(downloads).filter((f) => f.endsWith(`/${logName}`) || f.endsWith('/on-complete.sh') || f.endsWith('/libtorrent-client.py'))
+    t.ok(
+      control.some((f) => f.endsWith(`/${logName}`)),
+      `${logName}: ${client} downloaded it`,
+    )
+    t.ok(
+      control.length >= 1 && control.every((f) => !f.startsWith(`${path.basename(downloadDir)}/`)),
+      `the client's files beside it, not in it (${control.join(', ')})`,
+    )
+    const hookDir = path.join(downloads, path.dirname(control[0]!))
+    t.equal(fs.statSync(hookDir).mode & 0o777, 0o700, 'in a directory only root may enter')
+  })
+}
