@@ -68,23 +68,25 @@ t.test('8 hosts update over BitTorrent, two of them upstream hosts with half eac
   t.ok(ratio < 1.5, `the server sent ${ratio.toFixed(2)} copies (< 1.5)`)
 })
 
-// aria2c (--bt-client aria2c, and auto on a host without python3-libtorrent: one installed from an
-// image older than the recipe's libtorrent) as a lab runs it for a delta: two upstream hosts fetch
-// half the pack each from the server, the others only from the lab; every slot B is then 2.0.0
-// byte for byte.
-test('8 hosts fetch the delta pack with --bt-client aria2c, two upstream hosts with half each: every slot B is 2.0.0, only the upstream hosts fetch from the server', async (t) => {
+// A lab in transition: every other host runs aria2c (auto on a host without python3-libtorrent: one
+// installed from an image older than the recipe's libtorrent; here --bt-client aria2c), the others
+// labhost's libtorrent client, for a delta: two upstream hosts (one of each) fetch half the pack
+// each from the server, the others only from the lab, whichever client their peers run; every
+// slot B is then 2.0.0 byte for byte.
+test('8 hosts, half on aria2c and half on libtorrent, fetch the delta pack from each other, two upstream hosts with half each: every slot B is 2.0.0, only the upstream hosts fetch from the server', async (t) => {
   const d = tmpDir(t, 'labhost-fleet-run-')
   const f = await startFleet(d, images, { hosts: 8, prefix: 'lhfl', deltaFrom: images.v1 })
   t.teardown(() => f.close())
   const pack = f.deltaPacks[0]!
   const before = await f.lab.txBytes(f.server)
-  const runs = await Promise.all(f.hosts.map((h, i) => f.update(h, btArgs(h, [...labPart(f, i, 2), '--bt-client', 'aria2c']))))
+  const runs = await Promise.all(f.hosts.map((h, i) => f.update(h, btArgs(h, [...labPart(f, i, 2), '--bt-client', i % 2 ? 'aria2c' : 'libtorrent']))))
   const sent = (await f.lab.txBytes(f.server)) - before
   for (const [i, r] of runs.entries()) {
     t.equal(r.exitCode, 0, `host ${i + 1} exit 0`, { output: String(r.all).slice(-2000) })
     const out = JSON.parse(String(r.stdout))
     t.equal(out.delta.pack, pack.file, `host ${i + 1}: the delta came from the pack`)
-    t.match(String(r.stderr), /with BitTorrent \(aria2c, asked for; /, `host ${i + 1}: aria2c downloaded it`)
+    const client = i % 2 ? 'aria2c' : 'libtorrent'
+    t.match(String(r.stderr), `with BitTorrent (${client}, asked for; `, `host ${i + 1}: ${client} downloaded it`)
     t.ok(slotBHolds(f.hosts[i]!, `${images.v2}/root.img`), `host ${i + 1}: slot B holds 2.0.0`)
     if (i < 2) t.match(String(r.all), `fetched part ${i + 1} of 2 of ${pack.file} from the server`, `host ${i + 1} fetched its half from the server`)
     else t.notMatch(String(r.all), /fetched part|no peer of this lab had/, `host ${i + 1} fetched nothing from the server: the lab's peers gave it the pack`)
