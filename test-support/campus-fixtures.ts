@@ -161,7 +161,8 @@ export async function startCampus(
       },
       async resetHosts() {
         for (const h of hosts) {
-          await killIn(h.member.ns, 'aria2c')
+          // the seeding clients: aria2c, or labhost's libtorrent client (python3)
+          for (const comm of ['aria2c', 'python3']) await killIn(h.member.ns, comm)
           for (const d of [h.backing, h.user])
             for (const n of fs.readdirSync(d)) if (n !== 'lost+found') fs.rmSync(path.join(d, n), { recursive: true, force: true })
         }

@@ -8,11 +8,14 @@ import { LabhostError } from '../lib/errors.ts'
 import type { Progress } from '../lib/progress.ts'
 import { vmChunkLength, type VmManifest } from './manifest.ts'
 import type { BaseSource } from './source.ts'
+import type { BtClient } from '../image-format/bt-clients.ts'
 
 export interface Downloaded {
-  /** How the bytes came: BitTorrent (aria2c, seeding on) or HTTP / a directory. */
+  /** How the bytes came: BitTorrent (a client seeding on) or HTTP / a directory. */
   method: 'torrent' | 'http'
-  /** aria2c, seeding on after the pull (BitTorrent only). */
+  /** The BitTorrent client that downloaded it (null: an earlier pull's download was whole already). */
+  client?: BtClient | null
+  /** That client, seeding on after the pull (BitTorrent only). */
   seederPid?: number | null
   /** Bytes kept from an earlier, interrupted pull (read back and verified). */
   resumedBytes: number

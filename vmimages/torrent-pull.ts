@@ -1,10 +1,11 @@
 // A VM base image over BitTorrent (the default of `labhost vm-image pull URL`): the .torrent that
 // `labhost vm-image publish` wrote beside the base, checked (one file: the signed name and size),
-// with the sources this host may use (building-aware, below); aria2c downloads straight onto the
+// with the sources this host may use (building-aware, below); the client (labhost's libtorrent one
+// where python3-libtorrent is installed, else aria2c: image-format/bt-clients.ts) downloads straight onto the
 // backing partition — BACKING/.torrent/ID/NAME.qcow2, resumed after a cut — and seeds it on for a
 // while. The file is then read back and every chunk checked against the signed manifest, and
 // hard-linked to the pull's temporary name: the base is renamed into place from there, while
-// aria2c seeds from its own link (its hook removes that directory when seeding is over).
+// the client seeds from its own link (its after-seeding hook removes that directory).
 //
 // Building-aware (a lab of several buildings whose uplinks are slow): each host takes one of
 // three parts —
@@ -32,6 +33,8 @@ export interface VmTorrentOptions extends Aria2Options {
 }
 
 export const DEFAULT_VM_TORRENT: VmTorrentOptions = {
+  // labhost's libtorrent client where the host has it, as for root images (updater/torrent.ts)
+  client: 'auto',
   peers: 'all',
   trackers: [],
   seedMinutes: 60,
@@ -40,10 +43,10 @@ export const DEFAULT_VM_TORRENT: VmTorrentOptions = {
   stallSeconds: 600,
 }
 
-/** Where aria2c keeps its downloads on the backing partition (not a base: scanBases reads only the top level). */
+/** Where the BitTorrent client keeps its downloads on the backing partition (not a base: scanBases reads only the top level). */
 export const torrentRoot = (backingDir: string) => path.join(path.resolve(backingDir), '.torrent')
 
-/** A pid file's aria2c, if it still runs: ended (SIGTERM, then SIGKILL) before its files are touched. */
+/** A pid file's BitTorrent client, if it still runs: ended (SIGTERM, then SIGKILL) before its files are touched. */
 async function endSeeder(pidFile: string): Promise<void> {
   let pid: number
   try {
@@ -94,7 +97,7 @@ export const torrentIdOf = (sha256: string) => sha256.slice(0, 16)
 export async function fetchBaseTorrent(source: BaseSource): Promise<Buffer | null> {
   if (!source.url) return null
   try {
-    // aria2c creates what the torrent names: exactly the signed file, with its size
+    // the client creates what the torrent names: exactly the signed file, with its size
     return await fetchTorrent(`${source.url}.torrent`, source.fetch, { name: source.manifest.image.file, size: source.manifest.image.size })
   } catch (e) {
     if (isLabhostError(e) && e.code === 'notFound') return null
@@ -103,7 +106,7 @@ export async function fetchBaseTorrent(source: BaseSource): Promise<Buffer | nul
 }
 
 /**
- * Download `source`'s base with aria2c onto the backing partition and link it to `tempFile`,
+ * Download `source`'s base with BitTorrent onto the backing partition and link it to `tempFile`,
  * every chunk checked against the signed manifest. Throws hashMismatch (a torrent of other bytes:
  * its download is removed) or downloadFailed (no progress: the partial download stays for the next pull).
  */
@@ -115,10 +118,10 @@ export async function torrentPull(source: BaseSource, torrent: Buffer, backingDi
   fs.mkdirSync(root, { recursive: true, mode: 0o700 })
   const dir = path.join(root, id)
   const control = path.join(root, `${id}.control`)
-  // a pull killed before leaves its aria2c running (a session of its own): one writer per file
+  // a pull killed before leaves its client running (a session of its own): one writer per file
   await endSeeder(path.join(control, PID_FILE))
   const resumed = torrentPartialBytes(backingDir, id, m.image.file)
-  // a pull killed after aria2c had every piece: the file is whole already (judged as below)
+  // a pull killed after the client had every piece: the file is whole already (judged as below)
   const have = path.join(dir, m.image.file)
   if (resumed >= m.image.size && fs.statSync(have).size === m.image.size) {
     const v = verifyFile(have, m)
@@ -127,7 +130,7 @@ export async function torrentPull(source: BaseSource, torrent: Buffer, backingDi
       fs.rmSync(tempFile, { force: true })
       fs.linkSync(have, tempFile)
       syncDir(path.dirname(tempFile))
-      return { method: 'torrent', seederPid: null, resumedBytes: m.image.size, downloadedBytes: 0, seconds: (Date.now() - started) / 1000 }
+      return { method: 'torrent', client: null, seederPid: null, resumedBytes: m.image.size, downloadedBytes: 0, seconds: (Date.now() - started) / 1000 }
     }
   }
   const s = peerSources(o.peers, torrentSources(torrent), source.url!, o.trackers)
@@ -160,9 +163,10 @@ export async function torrentPull(source: BaseSource, torrent: Buffer, backingDi
   fs.rmSync(tempFile, { force: true })
   fs.linkSync(got.file, tempFile)
   syncDir(path.dirname(tempFile))
-  o.log?.(`downloaded ${m.image.file} with BitTorrent in ${got.seconds.toFixed(1)} s; aria2c (pid ${got.seederPid}) seeds it for ${o.seedMinutes} min`)
+  o.log?.(`downloaded ${m.image.file} with BitTorrent in ${got.seconds.toFixed(1)} s; ${got.client} (pid ${got.seederPid}) seeds it for ${o.seedMinutes} min`)
   return {
     method: 'torrent',
+    client: got.client,
     seederPid: got.seederPid,
     resumedBytes: Math.min(resumed, m.image.size),
     downloadedBytes: m.image.size - Math.min(resumed, m.image.size),

@@ -7,6 +7,7 @@ import { publishVmImage } from '../../vmimages/publish.ts'
 import { pullVmImage } from '../../vmimages/pull.ts'
 import { DEFAULT_VM_TORRENT } from '../../vmimages/torrent-pull.ts'
 import { PEER_PARTS } from '../../image-format/torrent.ts'
+import { BT_CLIENT_CHOICES } from '../../image-format/bt-clients.ts'
 import { GiB, gib } from '../../vmimages/space.ts'
 import { DEFAULT_WAKE, parseMac, formatMac, sendWake, targetsFromReports, type WakeTarget } from '../../vmimages/wake.ts'
 import { decimal, defineCommand, ipv4, oneOf, pathValue, SIGNING_KEY, text, TRUSTED_KEY, url, wholeNumber, type Options } from '../command.ts'
@@ -165,7 +166,7 @@ export const vmImagePull = defineCommand({
   usage: 'labhost vm-image pull URL|DIR [options]',
   notes: `Refused before any download: a bad signature (30), not a VM image manifest (42), a bad manifest (31),
 an older version (33, --allow-downgrade), too little room on --dir (71). From a URL whose base has
-a .torrent beside it (vm-image publish writes one), the file comes over BitTorrent (aria2c, onto
+a .torrent beside it (vm-image publish writes one), the file comes over BitTorrent (--bt-client, onto
 --dir/.torrent/, seeded on for --seed-minutes); else, or with --http, over HTTP (resumed with Range
 after a dropped connection). A pull killed or cut by a power loss resumes from what it has. Every
 1 MiB chunk is checked against the signed manifest (32), the file fsync'd and renamed into place;
@@ -217,7 +218,7 @@ Any refusal leaves the bases and the catalogue as they were.
       value: 'N',
       schema: wholeNumber(0, 10080),
       defaultText: String(DEFAULT_VM_TORRENT.seedMinutes),
-      description: 'BitTorrent: minutes aria2c seeds on after the download',
+      description: 'BitTorrent: minutes the client seeds on after the download',
     },
     'tracker-interval': {
       type: 'string',
@@ -226,8 +227,16 @@ Any refusal leaves the bases and the catalogue as they were.
       defaultText: String(DEFAULT_VM_TORRENT.trackerIntervalSeconds),
       description: 'BitTorrent: seconds between announces to the trackers',
     },
+    'bt-client': {
+      type: 'string',
+      value: 'CLIENT',
+      schema: oneOf(BT_CLIENT_CHOICES),
+      defaultText: DEFAULT_VM_TORRENT.client,
+      description:
+        "BitTorrent: the client — libtorrent (labhost's own on python3-libtorrent: it unchokes every peer, so a lab pulling a base at once finishes together), aria2c, or auto: libtorrent where python3-libtorrent is installed, else aria2c",
+    },
   },
-  conflicts: (['peers', 'tracker', 'seed-minutes', 'tracker-interval'] as const).map(
+  conflicts: (['peers', 'tracker', 'seed-minutes', 'tracker-interval', 'bt-client'] as const).map(
     (o) => ['http', o, `--${o} is for BitTorrent: leave out --http or --${o}`] as const,
   ),
   dryRun: { plan: 'check the signature, the version and the room, print what would be downloaded and how; prune is not planned' },
@@ -248,6 +257,7 @@ Any refusal leaves the bases and the catalogue as they were.
             ...DEFAULT_VM_TORRENT,
             trackers: values.tracker,
             ...(values.peers ? { peers: values.peers } : {}),
+            ...(values['bt-client'] !== undefined ? { client: values['bt-client'] } : {}),
             ...(values['seed-minutes'] !== undefined ? { seedMinutes: values['seed-minutes'] } : {}),
             ...(values['tracker-interval'] !== undefined ? { trackerIntervalSeconds: values['tracker-interval'] } : {}),
             ...(timeout ? { stallSeconds: timeout } : {}),
@@ -274,7 +284,7 @@ Any refusal leaves the bases and the catalogue as they were.
     ]
     if (r.download)
       lines.push(
-        `  ${r.download.downloadedBytes} bytes downloaded${r.download.method === 'torrent' ? ' over BitTorrent' : ''} in ${r.download.seconds.toFixed(1)} s${r.download.resumedBytes ? `, ${r.download.resumedBytes} resumed` : ''}${r.download.seederPid ? `; aria2c (pid ${r.download.seederPid}) seeds on` : ''}`,
+        `  ${r.download.downloadedBytes} bytes downloaded${r.download.method === 'torrent' ? ' over BitTorrent' : ''} in ${r.download.seconds.toFixed(1)} s${r.download.resumedBytes ? `, ${r.download.resumedBytes} resumed` : ''}${r.download.seederPid ? `; ${r.download.client} (pid ${r.download.seederPid}) seeds on` : ''}`,
       )
     if (r.dryRun) lines.push('dry run: nothing was downloaded or written; prune runs after a pull')
     if (r.prune) lines.push(pruneHuman(r.prune))

@@ -105,24 +105,26 @@ function rogueSeeder(ns: string, file: string, torrent: string) {
   return p
 }
 
-t.test('a .torrent of other bytes (seeded, same name and size): refused after the download, the host unchanged', async (t) => {
-  const h = lab.hosts[1]!
-  const other = path.join(dir, 'other', win2.manifest.image.file)
-  const rogue = rogueSeeder(lab.bystander.ns, other, `${other}.torrent`)
-  t.teardown(() => {
-    rogue.kill('SIGKILL')
+for (const [i, client] of (['libtorrent', 'aria2c'] as const).entries())
+  t.test(`a .torrent of other bytes (seeded, same name and size), --bt-client ${client}: refused after the download, the host unchanged`, async (t) => {
+    const h = lab.hosts[1 + i]!
+    const other = path.join(dir, 'other', win2.manifest.image.file)
+    const rogue = rogueSeeder(lab.bystander.ns, other, `${other}.torrent`)
+    t.teardown(() => {
+      rogue.kill('SIGKILL')
+    })
+    const before = { backing: snapshot(h.backing), user: snapshot(h.user) }
+    const r = await lab.pull(h, `${lab.url}win11-2.0.0-wrong/`, ['--peers', 'all', '--timeout', '120', '--bt-client', client])
+    t.equal(r.exitCode, ExitCode.hashMismatch, String(r.all))
+    t.match(String(r.stderr), `with BitTorrent (${client}, asked for; `, `${client} downloaded it`)
+    t.match(String(r.stderr), /delivered other bytes than the signed win11 2\.0\.0: chunk 100 /)
+    t.same(snapshot(h.backing), before.backing, 'the backing partition is byte-identical (no base, no catalogue change, no download left)')
+    t.same(snapshot(h.user), before.user, 'the user partition is byte-identical')
   })
-  const before = { backing: snapshot(h.backing), user: snapshot(h.user) }
-  const r = await lab.pull(h, `${lab.url}win11-2.0.0-wrong/`, ['--peers', 'all', '--timeout', '120'])
-  t.equal(r.exitCode, ExitCode.hashMismatch, String(r.all))
-  t.match(String(r.stderr), /delivered other bytes than the signed win11 2\.0\.0: chunk 100 /)
-  t.same(snapshot(h.backing), before.backing, 'the backing partition is byte-identical (no base, no catalogue change, no download left)')
-  t.same(snapshot(h.user), before.user, 'the user partition is byte-identical')
-})
 
 t.test('building-aware BitTorrent: every host gets the signed bytes, each building link carries about one copy, prune', async (t) => {
   // a peer in building b (not one of the hosts) serving the right torrent with every piece damaged
-  // (aria2c drops them: were one good, the building could take it from there and not over the link)
+  // (the client drops them: were one good, the building could take it from there and not over the link)
   const damaged = path.join(dir, 'damaged', win2.manifest.image.file)
   fs.mkdirSync(path.dirname(damaged))
   fs.copyFileSync(win2.imageFile, damaged)
@@ -146,8 +148,10 @@ t.test('building-aware BitTorrent: every host gets the signed bytes, each buildi
     const h = r.host
     t.equal(r.exitCode, 0, `${h.name} pulled win11 2.0.0`)
     if (r.exitCode !== 0) t.comment(r.output.slice(-1500))
-    const j = r.json as { download?: { method: string } } | null
+    const j = r.json as { download?: { method: string; client?: string } } | null
     t.equal(j?.download?.method, 'torrent', `${h.name} pulled over BitTorrent`)
+    // --bt-client's default (auto): labhost's libtorrent client, which scripts/setup.sh installs
+    t.equal(j?.download?.client, 'libtorrent', `${h.name}: with libtorrent, by default`)
     t.equal(hashWhole(path.join(h.backing, win2.manifest.image.file)), win2.manifest.image.sha256, `${h.name}: the signed bytes`)
     const cat = readCatalogue(h.catalogue)
     t.same(
