@@ -289,6 +289,11 @@ case "$EXIT" in
     sleep 10
     poweroff -f
     ;;
+  62)
+    # installed, but the server did not take its report or boot-local marker: a reboot would start
+    # this installer again (which then declines a PC that holds a labhost install, unless listed)
+    stay "labhost install done, but the server did not take its record (see above): this PC may be switched off; it boots its SSD once the server has $(echo "$MAC" | tr -d :).boot-local in reports/"
+    ;;
   *)
     # a refusal leaves the PC on, showing why; the same reason is in the server's reports/
     stay "labhost install refused (exit \${EXIT:-unknown}): the reason is in the server's reports/"

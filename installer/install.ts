@@ -7,7 +7,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { Disk } from '../lib/blockdev.ts'
-import { LabhostError } from '../lib/errors.ts'
+import { isLabhostError, LabhostError } from '../lib/errors.ts'
 import type { Layout } from '../lib/layout.ts'
 import { withPartitionMounted } from '../lib/partition-dev.ts'
 import type { Progress } from '../lib/progress.ts'
@@ -390,15 +390,38 @@ export async function runInstall(o: InstallOptions): Promise<{ plan: InstallPlan
   )
   report!.finishedAt = new Date().toISOString()
   if (o.reports) {
-    await clearUnfinished(
-      o.reports,
-      plan.disks.map((d) => diskIdentity(d.disk)),
-    )
-    const name = `${reportName(report!.hostname?.name, plan.machine)}-${startedAt.toISOString().replace(/[:.]/g, '-')}.json`
-    await o.reports.write(name, JSON.stringify(report, null, 2) + '\n')
-    log(`report: ${o.reports.where}${o.reports.where.endsWith('/') ? '' : '/'}${name}`)
+    const reports = o.reports
+    await recordingInstalled(plan, reports, async () => {
+      await clearUnfinished(
+        reports,
+        plan.disks.map((d) => diskIdentity(d.disk)),
+      )
+      const name = `${reportName(report!.hostname?.name, plan.machine)}-${startedAt.toISOString().replace(/[:.]/g, '-')}.json`
+      await reports.write(name, JSON.stringify(report, null, 2) + '\n')
+      log(`report: ${reports.where}${reports.where.endsWith('/') ? '' : '/'}${name}`)
+    })
   }
   return { plan, report }
+}
+
+/**
+ * Run `fn`, a write to the report store once the disks are complete; its failure says so: the PC is
+ * installed (exit 62, installedNotRecorded), only its record is missing — not a refusal, not a
+ * download that failed before anything was written.
+ */
+export async function recordingInstalled(plan: InstallPlan, reports: ReportStore, fn: () => Promise<void>): Promise<void> {
+  try {
+    await fn()
+  } catch (e) {
+    const why = e instanceof Error ? e.message : String(e)
+    throw new LabhostError(
+      'installedNotRecorded',
+      `installed ${plan.image.name} ${plan.image.version} on ${plan.disks.map((d) => d.disk.path).join(' + ')}, but ${reports.where} did not take its record: ${why}`,
+      `the disks are complete and the report is on the SSD (/persistent/install-report.json); ${isLabhostError(e) ? e.hint : `check ${reports.where}`}`,
+      { where: reports.where },
+      { cause: e },
+    )
+  }
 }
 
 /**

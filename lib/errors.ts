@@ -47,6 +47,8 @@ export const ExitCode = {
   trialFailed: 60,
   /** An update while an earlier switch is not booted yet: the GPT flags the other slot than the one running. */
   switchNotBooted: 61,
+  /** labhost install: the disks are installed, but the report (or, over the network, the boot-local marker) could not be stored on the stick or the server. */
+  installedNotRecorded: 62,
   /** The image stream (transport file) ends before the manifest's size: a cut copy or download, not a bad chunk. */
   imageTruncated: 46,
   /** A .torrent that is not one file with the signed transport file's name and size (checked before aria2c starts). */

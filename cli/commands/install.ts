@@ -2,7 +2,7 @@
 import fs from 'node:fs'
 import { isLabhostError, LabhostError } from '../../lib/errors.ts'
 import { powerAction } from '../../lib/power.ts'
-import { renderPlan, reportName, runInstall } from '../../installer/install.ts'
+import { recordingInstalled, renderPlan, reportName, runInstall } from '../../installer/install.ts'
 import { readMachine } from '../../installer/machine.ts'
 import { dirStore, hexrawMac, httpStore, type ReportStore } from '../../installer/report-store.ts'
 import { DEFAULT_FETCH, fetchBytes, httpSource, type UpdateSource } from '../../image-format/source.ts'
@@ -130,10 +130,12 @@ export const install = defineCommand({
       const human = `installed ${plan.image.name} ${plan.image.version} on ${plan.disks.map((d) => d.disk.path).join(' + ')} in ${report.steps.reduce((n, x) => n + x.seconds, 0).toFixed(1)} s; identity ${report.identity.created ? 'created' : 'kept'}`
       if (net) {
         log(human)
-        // beside the report, under its name
-        await net.reports.write(`${name}-${report.startedAt.replace(/[:.]/g, '-')}.log`, logLines.join('\n') + '\n')
-        // the PC's next network boot goes on to its SSD (the boot script looks for this first)
-        await net.reports.write(`${hexrawMac(net.bootMac)}.boot-local`, `${new Date().toISOString()} installed ${plan.image.name} ${plan.image.version}\n`)
+        await recordingInstalled(plan, net.reports, async () => {
+          // beside the report, under its name
+          await net.reports.write(`${name}-${report.startedAt.replace(/[:.]/g, '-')}.log`, logLines.join('\n') + '\n')
+          // the PC's next network boot goes on to its SSD (the boot script looks for this first)
+          await net.reports.write(`${hexrawMac(net.bootMac)}.boot-local`, `${new Date().toISOString()} installed ${plan.image.name} ${plan.image.version}\n`)
+        })
       }
       const finishFile = values['finish-file']
       // the room's other PCs fetch from this one while it seeds: its reboot waits for that
@@ -147,7 +149,8 @@ export const install = defineCommand({
     } catch (e) {
       // the technician (or, over the network, the admin) reads the outcome where the reports go:
       // a refusal leaves its reason there too
-      if (reports && isLabhostError(e)) {
+      // (installed, only not recorded: the store did not take the report, nor would it take this)
+      if (reports && isLabhostError(e) && e.code !== 'installedNotRecorded') {
         let machine = null
         try {
           machine = readMachine(values['sys-root'])

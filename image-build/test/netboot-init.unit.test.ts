@@ -72,21 +72,27 @@ t.test('the START marker, the installer line, the exit captured as on the stick,
   t.ok(init.indexOf('LABHOST-NETBOOT-START') < init.indexOf('/usr/sbin/labhost install'))
 })
 
-t.test('exit 0: the finish file decides; 59: DECLINED, reboot only when the marker is served; any other: stay on', async (t) => {
-  const arms = exitArms()
-  t.same(Object.keys(arms), ['0', '59', '*'])
-  t.match(arms['0'], 'reboot) reboot -f ;;')
-  t.match(arms['0'], 'poweroff) poweroff -f ;;')
-  t.match(arms['0'], 'stay "labhost install done (finish: ${FINISH:-none})', 'none (or no file): stays on')
-  t.match(arms['59'], 'echo "LABHOST-NETBOOT-DECLINED"')
-  t.match(arms['59'], 'MARKER="${URL%/}/reports/$(echo "$MAC" | tr -d :).boot-local"')
-  t.match(arms['59'], 'wget -q -T 10 -O /dev/null "$MARKER" && reboot -f')
-  t.ok(arms['59']!.indexOf('poweroff -f') > arms['59']!.indexOf('reboot -f'), 'else off')
-  t.match(arms['*'], `stay "labhost install refused (exit \${EXIT:-unknown}): the reason is in the server's reports/"`)
-  t.notMatch(arms['*'], /reboot|poweroff/, 'a refusal never reboots nor switches off')
-  t.match(init, 'stay() { while :; do echo "$*"; sleep 60; done; }', 'a line every 60 s')
-  t.ok(init.trimEnd().endsWith('while :; do sleep 3600; done'), 'PID 1 never returns (the kernel would panic and reboot)')
-})
+t.test(
+  'exit 0: the finish file decides; 59: DECLINED, reboot only when the marker is served; 62 (installed, not recorded) and any other: stay on',
+  async (t) => {
+    const arms = exitArms()
+    t.same(Object.keys(arms), ['0', '59', '62', '*'])
+    t.match(arms['0'], 'reboot) reboot -f ;;')
+    t.match(arms['0'], 'poweroff) poweroff -f ;;')
+    t.match(arms['0'], 'stay "labhost install done (finish: ${FINISH:-none})', 'none (or no file): stays on')
+    t.match(arms['59'], 'echo "LABHOST-NETBOOT-DECLINED"')
+    t.match(arms['59'], 'MARKER="${URL%/}/reports/$(echo "$MAC" | tr -d :).boot-local"')
+    t.match(arms['59'], 'wget -q -T 10 -O /dev/null "$MARKER" && reboot -f')
+    t.ok(arms['59']!.indexOf('poweroff -f') > arms['59']!.indexOf('reboot -f'), 'else off')
+    t.match(arms['*'], `stay "labhost install refused (exit \${EXIT:-unknown}): the reason is in the server's reports/"`)
+    t.notMatch(arms['*'], /reboot|poweroff/, 'a refusal never reboots nor switches off')
+    t.match(arms['62'], 'stay "labhost install done, but the server did not take its record')
+    t.match(arms['62'], '$(echo "$MAC" | tr -d :).boot-local in reports/"', 'it names the marker the server lacks')
+    t.notMatch(arms['62'], /reboot -f|poweroff -f/, 'installed but unrecorded: a reboot would start the installer again')
+    t.match(init, 'stay() { while :; do echo "$*"; sleep 60; done; }', 'a line every 60 s')
+    t.ok(init.trimEnd().endsWith('while :; do sleep 3600; done'), 'PID 1 never returns (the kernel would panic and reboot)')
+  },
+)
 
 t.test('reboot -f only where the next network boot goes to the disk', async (t) => {
   const own = init.slice(init.indexOf('export PATH=/bin:/sbin:/usr/bin:/usr/sbin'))

@@ -215,6 +215,36 @@ test('a server that does not accept reports: the install stops before its first 
   t.same(hashes(p), before, 'SSD and HDD byte-identical')
 })
 
+test('a server that stops taking reports once the disks are being written: exit 62, the PC installed, no refusal recorded', async (t) => {
+  const s = await netbootServer(t, { ...CONFIG, netboot: {} })
+  const p = await pc(t, '52:54:00:12:34:08')
+  const reports = `${s.out}/reports`
+  const running = runCli(p.args(`${s.server.url}/`))
+  // the unfinished-install record is stored just before the first disk write: from then on every
+  // PUT fails (the reports directory is a file now)
+  const record = `${reports}/${hexraw(p.mac)}-unfinished-install.json`
+  for (const until = Date.now() + 60_000; Date.now() < until && !fs.existsSync(record);) await new Promise((r) => setTimeout(r, 50))
+  t.ok(fs.existsSync(record), 'the record of the unfinished install is on the server')
+  fs.renameSync(reports, `${reports}.gone`)
+  fs.writeFileSync(reports, 'not a directory\n')
+  const r = await running
+  t.equal(r.code, ExitCode.installedNotRecorded, 'exit 62', failDiag(r))
+  t.equal(errorLines(r).length, 1, 'one error line')
+  t.match(
+    errorLines(r)[0],
+    new RegExp(`^labhost: error: installed test 1\\.0\\.0 on ${p.ssd} \\+ ${p.hdd}, but http://[^ ]+/reports/ did not take its record: `),
+  )
+  t.match(r.stderr, /hint: the disks are complete and the report is on the SSD \(\/persistent\/install-report\.json\)/)
+  t.ok(slotAHoldsV1(p), 'slot A holds the image and boots first')
+  fs.rmSync(reports)
+  fs.renameSync(`${reports}.gone`, reports)
+  t.same(
+    s.reports().filter((f) => !f.includes('unfinished')),
+    [],
+    'no report, no refusal and no marker: the server took none',
+  )
+})
+
 test('bad command lines and a bad install.yaml on the server', async (t) => {
   const p = await pc(t, '52:54:00:12:34:07')
   const s = await netbootServer(t, { ...CONFIG, netboot: { imageListed: [{ mac: 'not-a-mac' }] } })
