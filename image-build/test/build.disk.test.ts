@@ -5,7 +5,7 @@ import path from 'node:path'
 import t, { type Test } from 'tap'
 import YAML from 'yaml'
 import { ExitCode } from '../../lib/errors.ts'
-import { failDiag, runCli, tmpDir, xorRange } from '../../test-support/test-helpers.ts'
+import { errorLines, failDiag, runCli, tmpDir, xorRange } from '../../test-support/test-helpers.ts'
 import { RecipeSchema, recipesDir } from '../recipe.ts'
 import { FRAME_SIZE } from '../../image-format/zstd-frames.ts'
 
@@ -149,7 +149,7 @@ for (const c of bad) {
     t.equal(r.code, c.code, `exit ${c.code}`, failDiag(r))
     t.match(r.stderr, c.message)
     const lines = r.stderr.trim().split('\n')
-    t.equal(lines.filter((l) => l.startsWith('labhost: error:')).length, 1, 'one error line')
+    t.equal(errorLines(r).length, 1, 'one error line')
     t.match(lines.at(-1), /^  hint: /, 'followed by a hint')
     t.notOk(fs.existsSync(`${out}/manifest.json`), 'no manifest written')
   })

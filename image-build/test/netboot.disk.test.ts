@@ -10,7 +10,7 @@ import t from 'tap'
 import YAML from 'yaml'
 import { ExitCode } from '../../lib/errors.ts'
 import { run } from '../../lib/exec.ts'
-import { failDiag, runCli, tmpDir } from '../../test-support/test-helpers.ts'
+import { errorLines, failDiag, runCli, tmpDir } from '../../test-support/test-helpers.ts'
 import { buildImages, type Images } from '../../test-support/update-fixtures.ts'
 
 const dir = tmpDir(t, 'labhost-netboot-test-')
@@ -39,7 +39,7 @@ const args = (out: string, over: Record<string, string> = {}) => {
   }
   return ['netboot', ...Object.entries(o).flatMap(([k, v]) => (v === '' ? [] : [`--${k}`, v]))]
 }
-const errorLine = (stderr: string) => stderr.split('\n').find((l) => l.startsWith('labhost: error:')) ?? ''
+const errorLine = (stderr: string) => errorLines({ stderr })[0] ?? ''
 
 t.test('refused before OUT is written: https, a bad signature, a bad install.yaml, an address no interface holds', async (t) => {
   const out = `${tmpDir(t)}/nb`

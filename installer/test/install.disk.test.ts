@@ -11,7 +11,7 @@ import YAML from 'yaml'
 import { describeDisk } from '../../lib/blockdev.ts'
 import { ExitCode } from '../../lib/errors.ts'
 import { run } from '../../lib/exec.ts'
-import { failDiag, hashWhole, labhostArgv, loop, readRange, runCli, sparseFile, tmpDir } from '../../test-support/test-helpers.ts'
+import { errorLines, failDiag, hashWhole, labhostArgv, loop, readRange, runCli, sparseFile, tmpDir } from '../../test-support/test-helpers.ts'
 import { openGptDisk, readGpt } from '../../bootloader/gpt.ts'
 import { findGptmbr } from '../../bootloader/mbr.ts'
 import { slotStatus } from '../../bootloader/slots.ts'
@@ -414,14 +414,7 @@ test('refusals', async (t) => {
       t.equal(r.code, c.code, `exit ${c.code}`, failDiag(r))
       t.match(r.stderr, c.message)
       t.match(r.stderr, /hint: .*/)
-      t.equal(
-        r.stderr
-          .trim()
-          .split('\n')
-          .filter((l) => l.startsWith('labhost: error:')).length,
-        1,
-        'one error line',
-      )
+      t.equal(errorLines(r).length, 1, 'one error line')
       t.same(hashes(m), before, 'SSD and HDD unchanged')
       const reports = fs.existsSync(m.reports) ? fs.readdirSync(m.reports) : []
       t.equal(reports.length, 1, 'a refusal report on the stick')

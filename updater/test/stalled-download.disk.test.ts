@@ -11,7 +11,7 @@ import path from 'node:path'
 import { execa } from 'execa'
 import t, { type Test } from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
-import { failDiag, labhostArgv, tmpDir } from '../../test-support/test-helpers.ts'
+import { errorLines, failDiag, labhostArgv, tmpDir } from '../../test-support/test-helpers.ts'
 import { buildImages, makeHost, slotBHolds, wholeDisk, type Images } from '../../test-support/update-fixtures.ts'
 import { activeSlot } from './http-fixtures.ts'
 import { markDataPartitions, regionHashes } from './partition-guard.ts'
@@ -149,9 +149,7 @@ for (const c of cases) {
       const expected = c.retries * c.timeout + (c.retries - 1) * 1
       const took = (ended - server.stalls[0]!) / 1000
       t.ok(took >= expected - 0.5 && took <= expected + 3, `gave up ${took.toFixed(1)} s after the server went silent (expected about ${expected} s)`)
-      const errors = String(r.stderr)
-        .split('\n')
-        .filter((l) => l.startsWith('labhost: error:'))
+      const errors = errorLines(r)
       t.equal(errors.length, 1, 'one error line', failDiag(r))
       t.match(errors[0], /giving up after \d+ failed attempts? in a row \(last: .*(timeout|Timeout|ETIMEDOUT)/i, 'it names the timeout')
       t.match(r.stderr, /\n {2}hint: .*nothing was (written|switched)/, 'a hint saying nothing was written or switched')

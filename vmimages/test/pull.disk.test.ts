@@ -10,7 +10,7 @@ import t, { type Test } from 'tap'
 import { ExitCode } from '../../lib/errors.ts'
 import { run } from '../../lib/exec.ts'
 import { serveDirectory, type Fault } from '../../lib/http-serve.ts'
-import { failDiag, hashWhole, runCli, tmpDir, xorRange } from '../../test-support/test-helpers.ts'
+import { errorLines, failDiag, hashWhole, runCli, tmpDir, xorRange } from '../../test-support/test-helpers.ts'
 import { CHUNK_SIZE, generateKeyPair, keyFingerprint, MANIFEST_FORMAT, readPrivateKey, signManifest } from '../../image-format/manifest.ts'
 import { readCatalogue } from '../catalogue.ts'
 import { publishVmImage, type PublishedVm } from '../publish.ts'
@@ -92,7 +92,7 @@ t.test('publish refuses what is not a standalone, clean qcow2 no VM has open (ex
     const r = await pub(file)
     t.equal(r.code, ExitCode.vmImageInvalid, `${what}: exit 70`, failDiag(r))
     t.match(r.stderr, why, what)
-    t.equal(r.stderr.split('\n').filter((l) => l.startsWith('labhost: error:')).length, 1, `${what}: one error line`)
+    t.equal(errorLines(r).length, 1, `${what}: one error line`)
     t.same(fs.existsSync(path.join(d, 'out')) ? fs.readdirSync(path.join(d, 'out')) : [], [], `${what}: nothing published`)
   }
   await qemuHolding(t, idle)
