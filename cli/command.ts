@@ -6,6 +6,7 @@ import { parseArgs } from 'node:util'
 import { z } from 'zod'
 import { LabhostError } from '../lib/errors.ts'
 import type { Progress } from '../lib/progress.ts'
+import { RATE_MAX, rateBytes } from '../image-format/bt-clients.ts'
 
 export interface Context {
   json: boolean
@@ -233,13 +234,13 @@ export const decimal = (min: number, max: number): z.ZodType<number, string> =>
     `give a number from ${min} to ${max}`,
   )
 
-/** A bytes-per-second rate as aria2c takes it (500K, 30M, 1000000). */
+/** A bytes-per-second rate as aria2c takes it (500K, 30M, 1000000), up to RATE_MAX. */
 export const rate = (): z.ZodType<string, string> =>
   // aria2c reads 0 as "no limit": the opposite of what a 0 on the command line seems to ask for
   valueOf(
-    (s) => (/^0*[1-9]\d*[KM]?$/.test(s) ? s : undefined),
+    (s) => (/^0*[1-9]\d*[KM]?$/.test(s) && rateBytes(s) <= RATE_MAX ? s : undefined),
     'is not a rate',
-    'give bytes per second above 0, with K or M: 500K, 30M; leave the option out for no limit',
+    'give bytes per second from 1 to 2047M, with K or M: 500K, 30M; leave the option out for no limit',
   )
 
 /** One of a few words. */

@@ -45,6 +45,9 @@ export function libtorrentClientSource(): string {
   return fs.readFileSync(path.join(import.meta.dirname ?? '.', LIBTORRENT_CLIENT), 'utf8')
 }
 
+/** The largest rate a client takes: libtorrent's rate settings are 32-bit signed integers (2047M fits). */
+export const RATE_MAX = 2 ** 31 - 1
+
 /** aria2c's rate notation (500K, 30M; K and M are 1024 and 1024²) in bytes per second. */
 export function rateBytes(rate: string): number {
   const m = /^(\d+)([KM]?)$/.exec(rate)

@@ -44,6 +44,9 @@ const bad: [string, string[]][] = [
   ['tracker-interval', update('--torrent', '--tracker-interval', '0')],
   ['tracker-interval', update('--torrent', '--tracker-interval', '2.5')],
   ['download-limit', update('--torrent', '--download-limit', '0')],
+  // past libtorrent's 32-bit rate setting
+  ['download-limit', update('--torrent', '--download-limit', '2048M')],
+  ['download-limit', update('--torrent', '--download-limit', '99999999999')],
   // read only with --torrent, checked all the same: a typo is not silently ignored
   ['seed-minutes', update('--seed-minutes', 'soon')],
   ['tracker-interval', seed('--tracker-interval', '0')],
@@ -69,6 +72,7 @@ t.test('good values pass the check (the command goes on to its source)', async (
     update('--trial-boots', '1', '--retries', '5', '--timeout', '30'),
     update('--trial-boots', '100'),
     update('--torrent', '--seed-minutes', '0', '--seed-ratio', '1.5', '--tracker-interval', '2', '--download-limit', '500K'),
+    update('--torrent', '--download-limit', '2047M'),
   ]
   const results = await runAll(good)
   results.forEach((r, i) => t.equal(r.code, 3, `${good[i]!.slice(5).join(' ')}: past the options, to the missing source`, failDiag(r)))
