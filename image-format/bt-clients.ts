@@ -16,8 +16,12 @@ export type BtClient = (typeof BT_CLIENTS)[number]
 export const BT_CLIENT_CHOICES = ['auto', ...BT_CLIENTS] as const
 export type BtClientChoice = (typeof BT_CLIENT_CHOICES)[number]
 
-/** The client where none is named: `labhost update --torrent` takes `auto` (DEFAULT_TORRENT). */
-export const DEFAULT_BT_CLIENT: BtClient = 'aria2c'
+/**
+ * The client where none is named (`labhost update --torrent`, `vm-image pull`): labhost's libtorrent
+ * client where the host has it — it keeps the last host of a lab near the first when the whole lab
+ * downloads at once (aria2c's tit-for-tat chokes it, above).
+ */
+export const DEFAULT_BT_CLIENT: BtClientChoice = 'auto'
 
 /** The Python labhost's libtorrent client runs on (Debian's, which python3-libtorrent is built for). */
 export const PYTHON3 = '/usr/bin/python3'
@@ -27,8 +31,7 @@ export const PYTHON3 = '/usr/bin/python3'
  * import libtorrent (host images built from the recipe since python3-libtorrent is in it), else
  * aria2c (hosts installed from older images), with the reason for the log.
  */
-export async function chooseBtClient(choice: BtClientChoice | undefined): Promise<{ client: BtClient; why: string }> {
-  if (choice === undefined) return { client: DEFAULT_BT_CLIENT, why: 'the default' }
+export async function chooseBtClient(choice: BtClientChoice = DEFAULT_BT_CLIENT): Promise<{ client: BtClient; why: string }> {
   if (choice !== 'auto') return { client: choice, why: 'asked for' }
   const r = await runStatus(PYTHON3, ['-c', 'import libtorrent'], { timeoutMs: 30_000 })
   return r.exitCode === 0

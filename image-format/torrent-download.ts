@@ -20,7 +20,7 @@ import { fetchBytes, type FetchOptions } from './source.ts'
 import { checkTorrent, TORRENT_MAX_BYTES } from './torrent.ts'
 
 export interface Aria2Options {
-  /** Which client downloads and seeds (bt-clients.ts: chooseBtClient); DEFAULT_BT_CLIENT where not given. */
+  /** Which client downloads and seeds (bt-clients.ts: chooseBtClient); DEFAULT_BT_CLIENT (auto) where not given. */
   client?: BtClientChoice
   /** Minutes the client goes on seeding after the download completed (it outlives labhost; a reboot ends it). */
   seedMinutes: number

@@ -13,7 +13,7 @@
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { DEFAULT_BT_CLIENT, type BtClient } from '../image-format/bt-clients.ts'
+import type { BtClient } from '../image-format/bt-clients.ts'
 import { buildImage } from '../image-build/build.ts'
 import { writeRecipeVariant } from '../image-build/recipe.ts'
 import { publishDeltaPacks } from '../updater/delta-pack.ts'
@@ -65,6 +65,9 @@ export type Method = (typeof METHODS)[number]
  */
 export const LAB_UPSTREAMS = 8
 export const upstreamsFor = (hosts: number) => Math.min(LAB_UPSTREAMS, Math.ceil(hosts / 2))
+
+/** The client of the CPU-bound rounds: aria2c, as in their first runs, so that runs compare (the network-bound ones name theirs). */
+const CPU_BOUND_CLIENT: BtClient = 'aria2c'
 
 const LABEL: Record<Method, string> = {
   'full-http': 'whole image over HTTP',
@@ -195,7 +198,7 @@ export async function fleetRound(
   prefix: string,
   hostPortMbit: number = PORT_MBIT,
   upstreams = upstreamsFor(hosts),
-  client: BtClient = DEFAULT_BT_CLIENT,
+  client: BtClient = CPU_BOUND_CLIENT,
 ): Promise<Round> {
   const fleetDir = fs.mkdtempSync(path.join(dir, `fleet-${method}-${hosts}-`))
   const f = await startFleet(fleetDir, images, { hosts, prefix, deltaFrom: images.v1, hostPortMbit })
@@ -320,7 +323,7 @@ export async function benchFleetScale(
   const imagesFor = (m: Method) => o.imagesOf?.[m]?.images ?? images
   const change = (m: Method) => (o.imagesOf?.[m] ? `; 2.0.0 ${o.imagesOf[m].change}` : '')
   const section = o.section ?? 'fleet'
-  const client = o.client ?? DEFAULT_BT_CLIENT
+  const client = o.client ?? CPU_BOUND_CLIENT
   const label = (m: Method) => labelOf(m, client)
   const portOf = (m: Method) => o.hostPortMbit?.[m] ?? PORT_MBIT
   const rounds: Round[] = []

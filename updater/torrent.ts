@@ -17,6 +17,7 @@ import { aria2Download, fetchTorrent, type Aria2Options, type Aria2Result } from
 import { describeSources, peerSources, sourcedTorrent, torrentSources, type PeerPart, type UpstreamPart } from '../image-format/torrent.ts'
 import { fetchUpstreamPart } from './upstream-part.ts'
 import type { HttpSource, UpdateSource } from '../image-format/source.ts'
+import { DEFAULT_BT_CLIENT } from '../image-format/bt-clients.ts'
 
 export interface TorrentOptions extends Aria2Options {
   /** Download (and seeding) directory; default /run/labhost/torrent (RAM, gone at reboot). */
@@ -38,9 +39,7 @@ export interface TorrentOptions extends Aria2Options {
 }
 
 export const DEFAULT_TORRENT: TorrentOptions = {
-  // labhost's libtorrent client where the host has it: it keeps the last host of a lab near the
-  // first when the whole lab updates at once (aria2c's tit-for-tat chokes it: bt-clients.ts)
-  client: 'auto',
+  client: DEFAULT_BT_CLIENT,
   dir: '/run/labhost/torrent',
   peers: 'all',
   trackers: [],

@@ -23,6 +23,7 @@ import { LabhostError, isLabhostError } from '../lib/errors.ts'
 import { syncDir } from '../lib/durable.ts'
 import { describeSources, peerSources, sourcedTorrent, torrentSources, type PeerPart } from '../image-format/torrent.ts'
 import { aria2Download, fetchTorrent, PID_FILE, shellQuote, type Aria2Options } from '../image-format/torrent-download.ts'
+import { DEFAULT_BT_CLIENT } from '../image-format/bt-clients.ts'
 import { verifyFile, type Downloaded } from './download.ts'
 import type { BaseSource } from './source.ts'
 
@@ -33,8 +34,7 @@ export interface VmTorrentOptions extends Aria2Options {
 }
 
 export const DEFAULT_VM_TORRENT: VmTorrentOptions = {
-  // labhost's libtorrent client where the host has it, as for root images (updater/torrent.ts)
-  client: 'auto',
+  client: DEFAULT_BT_CLIENT,
   peers: 'all',
   trackers: [],
   seedMinutes: 60,

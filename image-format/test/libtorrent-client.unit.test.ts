@@ -97,7 +97,7 @@ t.test('which client: auto is libtorrent where python3 imports it, else aria2c; 
   t.same(await chooseBtClient('auto'), { client: 'libtorrent', why: 'auto: python3-libtorrent is installed' })
   t.same(await chooseBtClient('aria2c'), { client: 'aria2c', why: 'asked for' })
   t.same(await chooseBtClient('libtorrent'), { client: 'libtorrent', why: 'asked for' })
-  t.same(await chooseBtClient(undefined), { client: 'aria2c', why: 'the default' })
+  t.same(await chooseBtClient(), { client: 'libtorrent', why: 'auto: python3-libtorrent is installed' }, 'none named: auto')
   t.test('without python3-libtorrent', async (t) => {
     withoutLibtorrent(t, tmpDir(t))
     t.same(await chooseBtClient('auto'), { client: 'aria2c', why: 'auto: python3-libtorrent is not installed' })
